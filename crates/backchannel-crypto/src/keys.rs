@@ -1,0 +1,407 @@
+//! Ed25519 keys and signatures under one verification policy.
+//!
+//! # Verification policy
+//!
+//! Signatures are checked by the ZIP-215 rules (`ed25519-consensus`): the
+//! cofactored equation `[8][S]B = [8]R + [8][k]A`, `S` must be canonical
+//! (`S < ℓ`), and `A` and `R` may be any point encoding. ZIP-215 is chosen
+//! because its batch verification accepts exactly the signatures single
+//! verification accepts, so a node that batches (the performance issue) can
+//! never reach a different verdict from a client that does not.
+//!
+//! Keys are stricter than the verification equation: [`PublicKey`] accepts
+//! only canonical encodings of points that are not of small order, so a key
+//! that could make a signature valid for every message never enters a
+//! roster, certificate or access list, and every key has exactly one byte
+//! encoding (and so one [`KeyId`]).
+
+use backchannel_codec::{Decode, DecodeError, Encode, Reader, Writer};
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use rand_core::CryptoRngCore;
+use thiserror::Error;
+
+use crate::{Context, Digest};
+
+/// The context of key ids: `SHA-256("backchannel/v1/key-id" ‖ 0x01 ‖ key)`.
+pub const KEY_ID_CONTEXT: Context = Context::new("backchannel/v1/key-id");
+
+/// The algorithm byte of Ed25519 in key ids.
+const ALG_ED25519: u8 = 0x01;
+
+/// Why bytes are not an acceptable public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum BadKey {
+    /// Not 32 bytes.
+    #[error("an Ed25519 public key is 32 bytes, got {0}")]
+    WrongLength(usize),
+    /// Not the encoding of a curve point.
+    #[error("not an Ed25519 point")]
+    NotAPoint,
+    /// A point with another, canonical encoding.
+    #[error("non-canonical point encoding")]
+    NonCanonical,
+    /// A point of small order (it would verify forged signatures).
+    #[error("key of small order")]
+    SmallOrder,
+}
+
+/// A signature did not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("signature does not verify under {context}")]
+pub struct BadSignature {
+    /// The context it was checked under.
+    pub context: Context,
+}
+
+/// A [`Signer`] could not sign.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SignError {
+    /// The key is on a device that is not available (card removed, agent down).
+    #[error("signing device unavailable: {0}")]
+    Unavailable(String),
+    /// The device or its holder refused.
+    #[error("signing refused: {0}")]
+    Refused(String),
+}
+
+/// An Ed25519 public key that is canonically encoded and not of small order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// Parses a key, refusing non-canonical encodings and small-order points.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BadKey> {
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| BadKey::WrongLength(bytes.len()))?;
+        let point = CompressedEdwardsY(arr)
+            .decompress()
+            .ok_or(BadKey::NotAPoint)?;
+        if point.compress().to_bytes() != arr {
+            return Err(BadKey::NonCanonical);
+        }
+        if point.is_small_order() {
+            return Err(BadKey::SmallOrder);
+        }
+        Ok(Self(arr))
+    }
+
+    /// The 32 key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The key's id.
+    pub fn id(&self) -> KeyId {
+        KeyId(Digest::with_context(
+            KEY_ID_CONTEXT,
+            &[&[ALG_ED25519], &self.0],
+        ))
+    }
+
+    /// Verifies `signature` over `context ‖ message` (see the module's
+    /// verification policy).
+    pub fn verify(
+        &self,
+        context: Context,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), BadSignature> {
+        verify(self, context, message, signature)
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", hex::encode(self.0))
+    }
+}
+
+impl Encode for PublicKey {
+    fn encode(&self, w: &mut Writer) {
+        w.raw(&self.0);
+    }
+}
+
+impl Decode for PublicKey {
+    const MIN_LEN: usize = 32;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let bytes: [u8; 32] = r.array("public key")?;
+        Self::from_bytes(&bytes).map_err(|e| DecodeError::Invalid {
+            field: "public key",
+            reason: match e {
+                BadKey::WrongLength(_) => "wrong length",
+                BadKey::NotAPoint => "not a curve point",
+                BadKey::NonCanonical => "non-canonical encoding",
+                BadKey::SmallOrder => "small-order key",
+            },
+        })
+    }
+}
+
+/// A key id: `SHA-256("backchannel/v1/key-id" ‖ 0x01 ‖ public key)`.
+///
+/// Ids, not keys, travel in envelope headers and statements; the key itself
+/// is found in the certificate that introduced it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub Digest);
+
+impl KeyId {
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0.0
+    }
+
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        self.0.to_hex()
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyId({})", &self.to_hex()[..16])
+    }
+}
+
+impl Encode for KeyId {
+    fn encode(&self, w: &mut Writer) {
+        self.0.encode(w);
+    }
+}
+
+impl Decode for KeyId {
+    const MIN_LEN: usize = 32;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(Digest(r.array("key id")?)))
+    }
+}
+
+/// A 64-byte Ed25519 signature (`R ‖ S`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature(pub [u8; 64]);
+
+impl Signature {
+    /// The signature's bytes.
+    pub fn as_bytes(&self) -> &[u8; 64] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature({}…)", hex::encode(&self.0[..8]))
+    }
+}
+
+impl Encode for Signature {
+    fn encode(&self, w: &mut Writer) {
+        w.raw(&self.0);
+    }
+}
+
+impl Decode for Signature {
+    const MIN_LEN: usize = 64;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.array("signature")?))
+    }
+}
+
+fn signed_message(context: Context, message: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(context.as_bytes().len() + message.len());
+    m.extend_from_slice(context.as_bytes());
+    m.extend_from_slice(message);
+    m
+}
+
+/// Verifies `signature` by `key` over `context ‖ message` (ZIP-215).
+pub fn verify(
+    key: &PublicKey,
+    context: Context,
+    message: &[u8],
+    signature: &Signature,
+) -> Result<(), BadSignature> {
+    let vk = ed25519_consensus::VerificationKey::try_from(key.0)
+        // A PublicKey is always a valid point (checked in from_bytes), so
+        // this cannot fail; map it to a verdict rather than panic anyway.
+        .map_err(|_| BadSignature { context })?;
+    let sig = ed25519_consensus::Signature::from(signature.0);
+    vk.verify(&sig, &signed_message(context, message))
+        .map_err(|_| BadSignature { context })
+}
+
+/// Verifies many signatures at once, accepting exactly what [`verify`]
+/// accepts (ZIP-215). On failure, callers that need to know *which*
+/// signature failed fall back to [`verify`] one by one.
+#[derive(Default)]
+pub struct BatchVerifier {
+    inner: ed25519_consensus::batch::Verifier,
+    len: usize,
+}
+
+impl BatchVerifier {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one signature to the batch.
+    pub fn queue(&mut self, key: &PublicKey, context: Context, message: &[u8], sig: &Signature) {
+        let item: ed25519_consensus::batch::Item = (
+            ed25519_consensus::VerificationKeyBytes::from(key.0),
+            ed25519_consensus::Signature::from(sig.0),
+            &signed_message(context, message),
+        )
+            .into();
+        self.inner.queue(item);
+        self.len += 1;
+    }
+
+    /// How many signatures are queued.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Checks every queued signature; `rng` draws the random coefficients.
+    pub fn verify(self, rng: &mut impl CryptoRngCore) -> Result<(), BatchFailed> {
+        self.inner.verify(rng).map_err(|_| BatchFailed)
+    }
+}
+
+/// At least one signature in a batch did not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("at least one signature in the batch does not verify")]
+pub struct BatchFailed;
+
+/// Anything that can sign for one key: a key in memory, a key file, later a
+/// smart card. Implementations sign exactly `context ‖ message`.
+pub trait Signer {
+    /// The public key signatures verify under.
+    fn public_key(&self) -> PublicKey;
+
+    /// Signs `context ‖ message`.
+    fn sign(&self, context: Context, message: &[u8]) -> Result<Signature, SignError>;
+}
+
+/// An Ed25519 secret key held in memory (zeroized on drop).
+pub struct SecretKey {
+    inner: ed25519_consensus::SigningKey,
+    public: PublicKey,
+}
+
+impl SecretKey {
+    /// A fresh key from `rng`. Draws until the public key is acceptable
+    /// (a small-order public key from a hashed seed has negligible
+    /// probability; the loop only makes that explicit).
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        loop {
+            let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+            rng.fill_bytes(seed.as_mut());
+            if let Ok(key) = Self::from_seed(&seed) {
+                return key;
+            }
+        }
+    }
+
+    /// The key whose 32-byte RFC 8032 seed is `seed`.
+    pub fn from_seed(seed: &[u8; 32]) -> Result<Self, BadKey> {
+        let inner = ed25519_consensus::SigningKey::from(*seed);
+        let public = PublicKey::from_bytes(inner.verification_key().as_bytes())?;
+        Ok(Self { inner, public })
+    }
+
+    /// The 32-byte seed (secret).
+    pub fn seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.inner.to_bytes())
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer for SecretKey {
+    fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn sign(&self, context: Context, message: &[u8]) -> Result<Signature, SignError> {
+        Ok(Signature(
+            self.inner
+                .sign(&signed_message(context, message))
+                .to_bytes(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> SecretKey {
+        SecretKey::from_seed(&[n; 32]).expect("seed gives a valid key")
+    }
+
+    const A: Context = Context::new("backchannel/v1/test/a");
+    const B: Context = Context::new("backchannel/v1/test/b");
+
+    #[test]
+    fn signature_is_bound_to_its_context_and_message() {
+        let k = key(1);
+        let sig = k.sign(A, b"hello").expect("in-memory keys sign");
+        assert!(k.public_key().verify(A, b"hello", &sig).is_ok());
+        assert!(k.public_key().verify(B, b"hello", &sig).is_err());
+        assert!(k.public_key().verify(A, b"hellp", &sig).is_err());
+        assert!(key(2).public_key().verify(A, b"hello", &sig).is_err());
+    }
+
+    #[test]
+    fn small_order_and_non_canonical_keys_are_refused() {
+        // The identity point (y = 1) has order 1.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(PublicKey::from_bytes(&identity), Err(BadKey::SmallOrder));
+        // y = 1 + p is the identity again, non-canonically encoded
+        // (p = 2^255 - 19, so 1 + p = 2^255 - 18: 0xee, 0xff…, 0x7f).
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        assert_eq!(
+            PublicKey::from_bytes(&non_canonical),
+            Err(BadKey::NonCanonical)
+        );
+        assert_eq!(
+            PublicKey::from_bytes(&[0; 31]),
+            Err(BadKey::WrongLength(31))
+        );
+        assert!(PublicKey::from_bytes(key(3).public_key().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn batch_and_single_agree() {
+        let mut rng = rand_core::OsRng;
+        let keys: Vec<_> = (1..=5).map(key).collect();
+        let mut ok = BatchVerifier::new();
+        for (i, k) in keys.iter().enumerate() {
+            let msg = [i as u8; 10];
+            let sig = k.sign(A, &msg).expect("in-memory keys sign");
+            ok.queue(&k.public_key(), A, &msg, &sig);
+        }
+        assert_eq!(ok.len(), 5);
+        assert!(ok.verify(&mut rng).is_ok());
+
+        let mut bad = BatchVerifier::new();
+        let sig = keys[0].sign(A, b"x").expect("in-memory keys sign");
+        bad.queue(&keys[0].public_key(), B, b"x", &sig);
+        assert!(bad.verify(&mut rng).is_err());
+    }
+}
