@@ -10,6 +10,14 @@
 pub struct Context(&'static str);
 
 impl Context {
+    /// The empty context, for the one kind of message signed bare: C2SP
+    /// signed notes (checkpoints, and `cosignature/v1` messages), whose
+    /// signatures other C2SP tools must verify. They stay separated from
+    /// every other context because a note's text begins with its origin, and
+    /// `backchannel-tlog` refuses any origin that begins with `backchannel/`,
+    /// while every other signed message begins with `backchannel/v1/`.
+    pub const C2SP_SIGNED_NOTE: Context = Context("");
+
     /// Declares a context. It must start with `backchannel/v1/` and hold only
     /// ASCII letters, digits, `-` and `/`; a violation fails to compile when
     /// used in a `const`.
