@@ -1,0 +1,505 @@
+//! Statement frame, payloads, access lists and headers, end to end.
+
+use backchannel_codec::{Decode, Encode, PartyId, PrincipalId, RoomId, TalksId};
+use backchannel_crypto::{Digest, Signer, sha256};
+use backchannel_statement::access_list::{FLAG_DEVICE, FLAG_MAY_PROPOSE};
+use backchannel_statement::fixtures::{self, key, labels::*};
+use backchannel_statement::header::{BODY_BUCKETS, pad_body, unpad_body};
+use backchannel_statement::*;
+
+fn payloads(t: &fixtures::Talks) -> Vec<(u8, PartyId, Payload)> {
+    let roster = SignedStatement::decode(
+        t.statement(
+            1,
+            &key(OMAN_LEAD),
+            t.oman,
+            Payload::Roster(t.roster.clone()),
+        )
+        .as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let rules = t.statement(
+        2,
+        &key(OMAN_LEAD),
+        t.oman,
+        Payload::GroundRules(t.ground_rules.clone()),
+    );
+    vec![
+        (OMAN_LEAD, t.oman, Payload::Roster(t.roster.clone())),
+        (
+            OMAN_LEAD,
+            t.oman,
+            Payload::GroundRules(t.ground_rules.clone()),
+        ),
+        (
+            US_TALKS,
+            t.us,
+            Payload::Acceptance(Acceptance {
+                roster: roster.unverified().id,
+                roster_hash: roster.hash(),
+                ground_rules: rules.unverified().id,
+                ground_rules_hash: rules.hash(),
+            }),
+        ),
+        (
+            US_HEAD,
+            t.us,
+            Payload::DeviceCert(DeviceCert {
+                principal: fixtures::PRINCIPALS[1],
+                device_key: key(0x99).public_key(),
+                not_after: 1_767_225_600_000,
+            }),
+        ),
+        (
+            US_TALKS,
+            t.us,
+            Payload::MemberCert(
+                MemberCert::new(
+                    fixtures::PRINCIPALS[3],
+                    t.us,
+                    Role::Negotiator,
+                    key(US_NEGOTIATOR).public_key(),
+                    vec![Act::ProposeText, Act::ReleaseMessage],
+                    None,
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+        ),
+        (
+            US_HEAD,
+            t.us,
+            Payload::Revoke(Revoke {
+                key: key(US_HEAD_DEVICE).public_key().id(),
+                reason: RevokeReason::Lost,
+                lost_at: Some(1_705_000_000_000),
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn every_payload_round_trips_and_verifies() {
+    let t = fixtures::talks();
+    for (i, (label, party, payload)) in payloads(&t).into_iter().enumerate() {
+        let signer = key(label);
+        let signed = t.statement(100 + i as u64, &signer, party, payload.clone());
+        let decoded = SignedStatement::decode(signed.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decoded, signed);
+        assert_eq!(decoded.unverified().payload, payload);
+        let verified = decoded
+            .verify(t.talks, &signer.public_key())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            verified
+                .check_room(t.record, &[t.oman, t.us, t.iran])
+                .is_ok()
+        );
+        // Posted into a room outside its audience: refused.
+        assert_eq!(
+            verified.check_room(t.us_caucus, &[t.oman, t.us]),
+            Err(VerifyError::OutsideAudience)
+        );
+        // Moved into other talks: refused.
+        assert_eq!(
+            decoded.verify(TalksId([9; 16]), &signer.public_key()),
+            Err(VerifyError::OtherTalks)
+        );
+        // Another key: refused.
+        assert_eq!(
+            decoded.verify(t.talks, &key(0x77).public_key()),
+            Err(VerifyError::WrongKey)
+        );
+    }
+}
+
+#[test]
+fn a_statement_re_signed_under_another_context_fails() {
+    let t = fixtures::talks();
+    let signer = key(US_HEAD);
+    let signed = t.statement(
+        5,
+        &signer,
+        t.us,
+        Payload::Revoke(Revoke {
+            key: key(US_HEAD_DEVICE).public_key().id(),
+            reason: RevokeReason::Superseded,
+            lost_at: None,
+        }),
+    );
+    for ty in StatementType::ALL {
+        let sig = signer
+            .sign(ty.context(), signed.frame())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = signed.frame().to_vec();
+        bytes.extend_from_slice(sig.as_bytes());
+        let resigned = SignedStatement::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        let verdict = resigned.verify(t.talks, &signer.public_key());
+        assert_eq!(verdict.is_ok(), ty == StatementType::Revoke, "{ty:?}");
+    }
+    // The envelope context, too.
+    let sig = signer
+        .sign(header::ENVELOPE_CONTEXT, signed.frame())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut bytes = signed.frame().to_vec();
+    bytes.extend_from_slice(sig.as_bytes());
+    let resigned = SignedStatement::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    assert!(resigned.verify(t.talks, &signer.public_key()).is_err());
+}
+
+#[test]
+fn every_one_bit_change_is_rejected() {
+    let t = fixtures::talks();
+    let signer = key(US_HEAD);
+    let signed = t.statement(
+        6,
+        &signer,
+        t.us,
+        Payload::DeviceCert(DeviceCert {
+            principal: fixtures::PRINCIPALS[1],
+            device_key: key(0x98).public_key(),
+            not_after: 42,
+        }),
+    );
+    let bytes = signed.as_bytes();
+    for i in 0..bytes.len() * 8 {
+        let mut b = bytes.to_vec();
+        b[i / 8] ^= 1 << (i % 8);
+        let ok = SignedStatement::decode(&b)
+            .ok()
+            .and_then(|s| s.verify(t.talks, &signer.public_key()).ok());
+        assert!(ok.is_none(), "bit {i} flipped and still verified");
+    }
+}
+
+#[test]
+fn roster_verifies_and_its_tampering_does_not() {
+    let t = fixtures::talks();
+    let list = t
+        .roster
+        .verify_for(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(list.hash(), t.roster.access_list_hash);
+    // Certified for other talks.
+    assert!(matches!(
+        t.roster.verify_for(TalksId([2; 16])),
+        Err(RosterError::Certification(_))
+    ));
+    // A substituted talks authority key.
+    let mut r = t.roster.clone();
+    r.parties[2].talks_authority_key = key(0x66).public_key();
+    assert!(matches!(
+        r.verify_for(t.talks),
+        Err(RosterError::Certification(_))
+    ));
+    // A member added without updating the hash.
+    let mut r = t.roster.clone();
+    r.members[0].devices.push(key(0x65).public_key());
+    r.members[0].devices.sort();
+    assert_eq!(r.verify_for(t.talks), Err(RosterError::AccessListHash));
+    // No record room.
+    let mut r = t.roster.clone();
+    r.rooms.retain(|room| room.room != t.record);
+    assert_eq!(r.check_structure(), Err(RosterError::RecordRoom));
+    // A mediator role in a delegation.
+    let mut r = t.roster.clone();
+    r.members[1].role = Role::Lead;
+    assert!(matches!(
+        r.check_structure(),
+        Err(RosterError::RoleKind { .. })
+    ));
+    // Decoding enforces structure.
+    let mut r = t.roster.clone();
+    r.members.swap(0, 1);
+    assert!(Roster::from_canonical_bytes(&r.to_canonical_bytes()).is_err());
+}
+
+#[test]
+fn member_certificates_respect_the_permission_matrix() {
+    let cert = MemberCert::new(
+        PrincipalId([1; 16]),
+        PartyId([2; 16]),
+        Role::Interpreter,
+        key(0x90).public_key(),
+        vec![Act::SignAgreement],
+        None,
+    );
+    assert!(cert.is_err());
+}
+
+struct Change<'a> {
+    talks: &'a fixtures::Talks,
+    list: AccessList,
+}
+
+impl Change<'_> {
+    fn check(
+        &self,
+        remove: Vec<u8>,
+        upsert: Vec<AccessEntry>,
+        signers: &[u8],
+        expect: Result<(), &str>,
+    ) {
+        let delta = AccessListDelta::new(
+            self.talks.talks,
+            self.list.hash(),
+            remove.iter().map(|l| key(*l).public_key().id()).collect(),
+            upsert,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let sigs = signers
+            .iter()
+            .map(|l| delta.sign(&key(*l)).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let change = AccessListChange::new(delta, sigs).unwrap_or_else(|e| panic!("{e}"));
+        let decoded = AccessListChange::from_canonical_bytes(&change.to_canonical_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decoded, change);
+        match (self.list.apply(&change), expect) {
+            (Ok(_), Ok(())) => {}
+            (Err(e), Err(want)) => assert!(
+                e.to_string().contains(want),
+                "{e} does not contain {want:?}"
+            ),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn access_list_changes_need_the_right_signatures() {
+    let t = fixtures::talks();
+    let list = t
+        .roster
+        .verify_for(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        AccessList::from_canonical_bytes(&list.to_canonical_bytes()),
+        Ok(list.clone())
+    );
+    let c = Change { talks: &t, list };
+    let device = |label: u8, principal: PrincipalId, party, rooms: Vec<RoomId>| {
+        AccessEntry::new(
+            key(label).public_key(),
+            principal,
+            party,
+            rooms,
+            FLAG_DEVICE,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let us_head = fixtures::PRINCIPALS[1];
+    // A member removes its own device.
+    c.check(vec![US_HEAD_DEVICE], vec![], &[US_HEAD_DEVICE], Ok(()));
+    // Not another member's device, even of the same party.
+    c.check(
+        vec![US_NEGOTIATOR_DEVICE],
+        vec![],
+        &[US_HEAD_DEVICE],
+        Err("needs a device of its principal"),
+    );
+    // The party's designated signer removes a member's device; another party's cannot.
+    c.check(vec![US_NEGOTIATOR_DEVICE], vec![], &[US_TALKS], Ok(()));
+    c.check(
+        vec![US_NEGOTIATOR_DEVICE],
+        vec![],
+        &[IRAN_TALKS],
+        Err("needs a device of its principal"),
+    );
+    // Adding a US device to the US caucus: mediator + US.
+    let new_us = device(0x90, us_head, t.us, vec![t.record, t.us_caucus]);
+    c.check(
+        vec![],
+        vec![new_us.clone()],
+        &[OMAN_TALKS, US_TALKS],
+        Ok(()),
+    );
+    c.check(vec![], vec![new_us.clone()], &[US_TALKS], Err("mediator"));
+    c.check(
+        vec![],
+        vec![new_us.clone()],
+        &[OMAN_TALKS],
+        Err("designated signer has not signed"),
+    );
+    // Putting a US device into Iran's caucus: Iran must sign too, whatever the mediator signs.
+    let intruder = device(0x91, us_head, t.us, vec![t.iran_caucus]);
+    c.check(
+        vec![],
+        vec![intruder.clone()],
+        &[OMAN_TALKS, US_TALKS],
+        Err("designated signer has not signed"),
+    );
+    c.check(
+        vec![],
+        vec![intruder],
+        &[OMAN_TALKS, US_TALKS, IRAN_TALKS],
+        Ok(()),
+    );
+    // A signer not on the list; a device signing where a designated signer is needed.
+    c.check(
+        vec![],
+        vec![new_us.clone()],
+        &[OMAN_TALKS, 0x55],
+        Err("not on the current access list"),
+    );
+    c.check(
+        vec![],
+        vec![new_us],
+        &[OMAN_LEAD_DEVICE, US_HEAD_DEVICE],
+        Err("mediator"),
+    );
+    // Removing a key that is not there.
+    c.check(vec![0x92], vec![], &[US_TALKS], Err("not on the list"));
+}
+
+#[test]
+fn stale_or_forged_changes_change_nothing() {
+    let t = fixtures::talks();
+    let list = t
+        .roster
+        .verify_for(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let remove = vec![key(US_HEAD_DEVICE).public_key().id()];
+    let stale = AccessListDelta::new(t.talks, Digest([7; 32]), remove.clone(), vec![])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sig = stale.sign(&key(US_TALKS)).unwrap_or_else(|e| panic!("{e}"));
+    let change = AccessListChange::new(stale, vec![sig]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        list.apply(&change),
+        Err(AccessListError::StaleBase { .. })
+    ));
+
+    let delta = AccessListDelta::new(t.talks, list.hash(), remove, vec![])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (k, mut sig) = delta.sign(&key(US_TALKS)).unwrap_or_else(|e| panic!("{e}"));
+    sig.0[0] ^= 1;
+    let change = AccessListChange::new(delta, vec![(k, sig)]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(list.apply(&change), Err(AccessListError::BadSignature(k)));
+    // Flags the node does not know are refused.
+    assert!(
+        AccessEntry::new(
+            key(1).public_key(),
+            PrincipalId([0; 16]),
+            PartyId([0; 16]),
+            vec![],
+            0x80
+        )
+        .is_err()
+    );
+    assert!(
+        list.get(&key(US_HEAD_DEVICE).public_key().id())
+            .is_some_and(|e| e.has(FLAG_MAY_PROPOSE))
+    );
+}
+
+#[test]
+fn headers_sign_decode_and_bind_their_body() {
+    let t = fixtures::talks();
+    let device = key(US_HEAD_DEVICE);
+    let body = pad_body(b"hello Muscat").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body.len(), 1024);
+    assert_eq!(unpad_body(&body), Ok(&b"hello Muscat"[..]));
+    let salt = Salt([3; 32]);
+    let kinds = [
+        Kind::MlsApp,
+        Kind::MlsHandshake,
+        Kind::Welcome,
+        Kind::Alert(Severity::Flash),
+        Kind::Ack(17),
+        Kind::NodeTick,
+    ];
+    for kind in kinds {
+        let header = Header {
+            talks: t.talks,
+            room: t.us_caucus,
+            sender: device.public_key().id(),
+            kind,
+            idempotency_key: [5; 16],
+            body_len: body.len() as u32,
+            body_hash: sha256(&body),
+            commitment: Commitment::to_plaintext(&salt, b"hello Muscat"),
+        };
+        let signed = header.sign(&device).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = signed.to_bytes();
+        let decoded = SignedHeader::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decoded, signed);
+        assert!(decoded.verify(&device.public_key()).is_ok());
+        assert!(decoded.verify(&key(IRAN_HEAD_DEVICE).public_key()).is_err());
+        assert!(decoded.check_body(&body).is_ok());
+        assert!(decoded.header().commitment.opens(&salt, b"hello Muscat"));
+        assert!(!decoded.header().commitment.opens(&salt, b"hello Tehran"));
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes;
+            b[i / 8] ^= 1 << (i % 8);
+            let ok = SignedHeader::decode(&b).is_ok_and(|h| h.verify(&device.public_key()).is_ok());
+            assert!(!ok, "bit {i} flipped and still verified");
+        }
+    }
+    // Not a bucket; another signer.
+    let mut header = *SignedHeader::decode(
+        &Header {
+            talks: t.talks,
+            room: t.record,
+            sender: device.public_key().id(),
+            kind: Kind::MlsApp,
+            idempotency_key: [0; 16],
+            body_len: 1024,
+            body_hash: sha256(&body),
+            commitment: Commitment([0; 32]),
+        }
+        .sign(&device)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .header();
+    assert!(header.sign(&key(IRAN_HEAD_DEVICE)).is_err());
+    header.body_len = 1000;
+    assert!(header.sign(&device).is_err());
+}
+
+#[test]
+fn bodies_pad_to_buckets_and_refuse_bad_padding() {
+    for (len, bucket) in [
+        (0usize, 1024usize),
+        (1020, 1024),
+        (1021, 4096),
+        ((1 << 20) - 4, 1 << 20),
+    ] {
+        let body = pad_body(&vec![1; len]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(body.len(), bucket);
+        assert!(BODY_BUCKETS.contains(&(bucket as u32)));
+    }
+    assert!(pad_body(&vec![1; (1 << 20) - 3]).is_err());
+    let mut body = pad_body(b"x").unwrap_or_else(|e| panic!("{e}"));
+    body[100] = 1;
+    assert!(unpad_body(&body).is_err());
+    assert!(unpad_body(&[0, 0, 0, 9, 1]).is_err());
+    let mut body = pad_body(b"x").unwrap_or_else(|e| panic!("{e}"));
+    body[0] = 0xff;
+    assert!(unpad_body(&body).is_err());
+}
+
+#[test]
+fn fixture_keys_are_valid_and_distinct() {
+    let labels = [
+        OMAN_AUTHORITY,
+        US_AUTHORITY,
+        IRAN_AUTHORITY,
+        OMAN_TALKS,
+        US_TALKS,
+        IRAN_TALKS,
+        OMAN_LEAD,
+        US_HEAD,
+        IRAN_HEAD,
+        US_NEGOTIATOR,
+        OMAN_LEAD_DEVICE,
+        US_HEAD_DEVICE,
+        IRAN_HEAD_DEVICE,
+        US_NEGOTIATOR_DEVICE,
+        NODE_LOG,
+    ];
+    let mut ids: Vec<_> = labels.iter().map(|l| key(*l).public_key().id()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), labels.len());
+}
