@@ -25,6 +25,8 @@ pub mod access_list;
 pub mod certs;
 #[doc(hidden)]
 pub mod fixtures;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod header;
 pub mod markings;
 pub mod payload;
