@@ -12,5 +12,5 @@
 //! randomness. Later issues add agreements, disputes, exchanges, ledgers,
 //! blind ranges and the hotline as further replayed state.
 
-// pub mod evidence;
+pub mod evidence;
 pub mod replay;

@@ -13,8 +13,9 @@
 //! 4. A [`Revoke`] is valid when signed by the key itself, by its party's
 //!    talks authority, or (for a device) by its member's identity key. The
 //!    key signs nothing sequenced after the revocation.
-//! 5. Every statement must be signed by a key valid at its own seq and
-//!    acting for that key's party, and be posted to a room in its audience.
+//! 5. Every statement must be signed by a talks authority or identity key
+//!    (device keys sign envelopes, never statements) valid at its own seq,
+//!    act for that key's party, and be posted to a room in its audience.
 //!
 //! A rejected statement changes no state; replay goes on (the rejection is
 //! itself evidence a client shows).
@@ -221,6 +222,13 @@ impl Replay {
             if entry.node_time > t {
                 return Err(Rejected::Expired);
             }
+        }
+        if matches!(author.role, KeyRole::Device { .. }) {
+            // Device keys authenticate connections and sign envelopes (and
+            // later MLS leaves); statements are signed by identity keys.
+            return Err(Rejected::NotEntitled(
+                "device keys sign envelopes, not statements",
+            ));
         }
         let verified = entry.statement.verify(self.talks, &author.key)?;
         let statement = verified.statement();

@@ -194,8 +194,7 @@ fn devices_expire_by_node_time_and_statements_stay_in_their_audience() {
             device_key: key(LATER_DEVICE).public_key(),
             not_after: u64::MAX,
         };
-        // A device key signing a device certificate is not entitled, but the
-        // expiry check comes first.
+        // Device keys never sign statements, but the expiry check comes first.
         t.statement(seed, &key(NEW_DEVICE), t.us, Payload::DeviceCert(cert))
     };
     check(
@@ -218,7 +217,7 @@ fn devices_expire_by_node_time_and_statements_stay_in_their_audience() {
             Ok(()),
             Ok(()),
             Ok(()),
-            Err("signed by a member identity key"),
+            Err("device keys sign envelopes, not statements"),
         ],
     );
     // Addressed to the record room, posted in Iran's caucus.

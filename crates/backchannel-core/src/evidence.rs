@@ -1,0 +1,381 @@
+//! Evidence bundles: one statement, opened to an arbiter, verifiable offline
+//! with nothing else.
+//!
+//! A bundle carries the signed statement and its commitment salt, the
+//! signed envelope header that was logged (whose body hash stands in for the
+//! ciphertext, which is never included), the seq and node timestamp, an
+//! inclusion proof, a checkpoint note with its cosignatures, and the chain
+//! of statements that certify the author's key (the roster, then any member
+//! or device certificates).
+//!
+//! Encoding (`docs/formats.md` § Evidence bundles):
+//!
+//! ```text
+//! bundle = version:u8 (=1) statement:bytes salt:[32] signed_header:[223]
+//!          seq:u64 node_time:u64 inclusion_proof checkpoint_note:bytes
+//!          chain:list<bytes>
+//! ```
+//!
+//! What verification proves, and what it does not: the statement was signed
+//! by a key the roster (signed by the mediator team's talks authority, each
+//! party's talks authority certified by its long-term key) or a certificate
+//! in the chain vouches for; it was committed to in the header logged at
+//! `seq`, in the room named there, in the log whose checkpoint the node's
+//! log key signed and the listed witnesses cosigned. The chain's own
+//! statements are not proven to be in the log, and revocations later in the
+//! log are not visible in a bundle; a participant's replay of the whole
+//! record (client issue) is what decides those.
+
+use backchannel_codec::{Decode, DecodeError, Encode, PartyId, Reader, Writer};
+use backchannel_crypto::PublicKey;
+use backchannel_statement::header::SIGNED_HEADER_LEN;
+use backchannel_statement::roster::Roster;
+use backchannel_statement::{
+    PartyKind, Payload, Salt, SignedHeader, SignedStatement, VerifiedStatement, VerifyError,
+};
+use backchannel_tlog::{
+    CheckpointNote, CosignerKey, InclusionProof, LeafData, LogOrigin, MAX_NOTE_LEN, NodeOrigin,
+    verify_cosignatures,
+};
+use thiserror::Error;
+
+/// The bundle format version.
+pub const EVIDENCE_VERSION: u8 = 1;
+/// The largest statement a bundle holds (a statement's payload limit plus
+/// its frame).
+pub const MAX_STATEMENT_LEN: usize = backchannel_statement::statement::MAX_PAYLOAD + 4096;
+/// The most chain statements (roster, member certificate, device
+/// certificate, and room for a rotation or two).
+pub const MAX_CHAIN: usize = 8;
+
+/// One statement opened for an arbiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceBundle {
+    /// The statement.
+    pub statement: SignedStatement,
+    /// The salt of its commitment.
+    pub salt: Salt,
+    /// The logged header.
+    pub header: SignedHeader,
+    /// Its seq (leaf index).
+    pub seq: u64,
+    /// The node's timestamp (Unix ms).
+    pub node_time: u64,
+    /// Inclusion of the leaf in the checkpoint's tree.
+    pub proof: InclusionProof,
+    /// The checkpoint as a C2SP signed note, with cosignature lines.
+    pub checkpoint_note: Vec<u8>,
+    /// The roster first, then certificates for the author's key.
+    pub chain: Vec<SignedStatement>,
+}
+
+/// What a verified bundle establishes.
+#[derive(Debug, Clone)]
+pub struct VerifiedEvidence {
+    /// The statement, its signature checked.
+    pub statement: VerifiedStatement,
+    /// The party it was made for.
+    pub party: PartyId,
+    /// That party's long-term authority key, to compare with one known
+    /// independently.
+    pub party_authority: PublicKey,
+    /// Its seq.
+    pub seq: u64,
+    /// The node's timestamp.
+    pub node_time: u64,
+    /// The checkpoint's tree size.
+    pub checkpoint_size: u64,
+    /// The names of the witnesses (of those given) whose cosignatures verified.
+    pub cosigned_by: Vec<String>,
+}
+
+/// Why a bundle did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EvidenceError {
+    /// The statement and header are for different talks.
+    #[error("the statement and the header belong to different talks")]
+    TalksMismatch,
+    /// The salt and statement do not open the header's commitment.
+    #[error("the statement does not open the commitment in the logged header")]
+    Commitment,
+    /// The proof is for another index.
+    #[error("the inclusion proof is for another seq")]
+    ProofIndex,
+    /// The checkpoint note is malformed or not signed by the log key.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// The leaf is not in the checkpoint's tree.
+    #[error("the leaf is not included in the checkpoint: {0}")]
+    Inclusion(String),
+    /// A cosignature line is malformed or a listed witness's is bad.
+    #[error("cosignatures: {0}")]
+    Cosignature(String),
+    /// The chain does not start with a valid roster.
+    #[error(
+        "the chain must start with a roster signed by the mediator team's talks authority: {0}"
+    )]
+    Roster(String),
+    /// The author's key is not vouched for by the chain.
+    #[error("no statement in the chain certifies the author's key")]
+    UnknownAuthor,
+    /// Statements are signed by identity or authority keys, never devices.
+    #[error("the statement is signed by a device key; statements are signed by identity keys")]
+    DeviceAuthor,
+    /// A certificate in the chain is not signed by its certifier.
+    #[error("a certificate in the chain is not signed by its certifier")]
+    Chain,
+    /// The statement's signature, talks or room check failed.
+    #[error(transparent)]
+    Statement(#[from] VerifyError),
+    /// The author acts for a party that is not its own.
+    #[error("the author acts for a party that is not its own")]
+    WrongParty,
+    /// The header's room is not declared by the roster.
+    #[error("the header's room is not declared by the roster")]
+    UnknownRoom,
+}
+
+impl EvidenceBundle {
+    /// Verifies the bundle offline against the node's log key and origin,
+    /// and (optionally) witness keys whose cosignatures to check.
+    pub fn verify(
+        &self,
+        node: &NodeOrigin,
+        log_key: &PublicKey,
+        witnesses: &[CosignerKey],
+    ) -> Result<VerifiedEvidence, EvidenceError> {
+        let header = self.header.header();
+        let talks = header.talks;
+        if self.statement.unverified().talks != talks {
+            return Err(EvidenceError::TalksMismatch);
+        }
+        // 1. The statement is what the logged header committed to.
+        if !header
+            .commitment
+            .opens(&self.salt, self.statement.as_bytes())
+        {
+            return Err(EvidenceError::Commitment);
+        }
+        // 2. The leaf is in the signed checkpoint's tree.
+        let leaf = LeafData {
+            seq: self.seq,
+            timestamp_ms: self.node_time,
+            room: header.room,
+            header_hash: self.header.hash(),
+            body_hash: header.body_hash,
+        };
+        if self.proof.index() != self.seq {
+            return Err(EvidenceError::ProofIndex);
+        }
+        let origin = LogOrigin::new(node, talks);
+        let checkpoint = CheckpointNote::parse(&self.checkpoint_note)
+            .and_then(|n| n.verify(log_key, &origin))
+            .map_err(|e| EvidenceError::Checkpoint(e.to_string()))?;
+        let cp = checkpoint.checkpoint();
+        self.proof
+            .verify(self.seq, cp.size, &cp.root, &leaf.hash())
+            .map_err(|e| EvidenceError::Inclusion(e.to_string()))?;
+        let cosigned_by = verify_cosignatures(&self.checkpoint_note, witnesses)
+            .map_err(|e| EvidenceError::Cosignature(e.to_string()))?
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        // 3. The author's key is vouched for by the chain.
+        let (roster, keys) = self.chain_keys(talks)?;
+        let author_id = self.statement.unverified().author;
+        let author = keys
+            .iter()
+            .find(|k| k.key.id() == author_id)
+            .copied()
+            .ok_or(EvidenceError::UnknownAuthor)?;
+        if matches!(author.holder, Holder::Device(_)) {
+            return Err(EvidenceError::DeviceAuthor);
+        }
+        let (author_key, author_party) = (author.key, author.party);
+        let statement = self.statement.verify(talks, &author_key)?;
+        if statement.statement().acting_for != author_party {
+            return Err(EvidenceError::WrongParty);
+        }
+        // 4. It was posted to a room its audience allows.
+        let decl = roster
+            .rooms
+            .iter()
+            .find(|r| r.room == header.room)
+            .ok_or(EvidenceError::UnknownRoom)?;
+        let mut room_parties: Vec<PartyId> = roster
+            .members
+            .iter()
+            .filter(|m| decl.members.binary_search(&m.principal).is_ok())
+            .map(|m| m.party)
+            .collect();
+        room_parties.sort();
+        room_parties.dedup();
+        statement.check_room(header.room, &room_parties)?;
+        let party_authority = roster
+            .parties
+            .iter()
+            .find(|p| p.party == author_party)
+            .map(|p| p.authority_key)
+            .ok_or(EvidenceError::UnknownAuthor)?;
+        Ok(VerifiedEvidence {
+            statement,
+            party: author_party,
+            party_authority,
+            seq: self.seq,
+            node_time: self.node_time,
+            checkpoint_size: cp.size,
+            cosigned_by,
+        })
+    }
+
+    /// The roster and every key the chain vouches for.
+    fn chain_keys(
+        &self,
+        talks: backchannel_codec::TalksId,
+    ) -> Result<(&Roster, Vec<ChainKey>), EvidenceError> {
+        let first = self
+            .chain
+            .first()
+            .ok_or_else(|| EvidenceError::Roster("the chain is empty".into()))?;
+        let Payload::Roster(roster) = &first.unverified().payload else {
+            return Err(EvidenceError::Roster(
+                "the first statement is not a roster".into(),
+            ));
+        };
+        roster
+            .verify_for(talks)
+            .map_err(|e| EvidenceError::Roster(e.to_string()))?;
+        let mediator = roster
+            .parties
+            .iter()
+            .find(|p| {
+                p.kind == PartyKind::Mediator
+                    && p.talks_authority_key.id() == first.unverified().author
+            })
+            .ok_or_else(|| EvidenceError::Roster("not signed by a mediator team".into()))?;
+        first
+            .verify(talks, &mediator.talks_authority_key)
+            .map_err(|e| EvidenceError::Roster(e.to_string()))?;
+        let mut keys = Vec::new();
+        for p in &roster.parties {
+            keys.push(ChainKey {
+                key: p.talks_authority_key,
+                party: p.party,
+                holder: Holder::Authority,
+            });
+        }
+        for m in &roster.members {
+            keys.push(ChainKey {
+                key: m.identity_key,
+                party: m.party,
+                holder: Holder::Identity(m.principal),
+            });
+            keys.extend(m.devices.iter().map(|d| ChainKey {
+                key: *d,
+                party: m.party,
+                holder: Holder::Device(m.principal),
+            }));
+        }
+        for cert in &self.chain[1..] {
+            let author = cert.unverified().author;
+            let signer = *keys
+                .iter()
+                .find(|k| k.key.id() == author)
+                .ok_or(EvidenceError::Chain)?;
+            let verified = cert
+                .verify(talks, &signer.key)
+                .map_err(|_| EvidenceError::Chain)?;
+            match &verified.statement().payload {
+                // A member certificate, by its party's talks authority.
+                Payload::MemberCert(c)
+                    if signer.holder == Holder::Authority && c.party == signer.party =>
+                {
+                    keys.push(ChainKey {
+                        key: c.identity_key,
+                        party: c.party,
+                        holder: Holder::Identity(c.principal),
+                    });
+                }
+                // A device certificate, by the member's own identity key.
+                Payload::DeviceCert(c) if signer.holder == Holder::Identity(c.principal) => {
+                    keys.push(ChainKey {
+                        key: c.device_key,
+                        party: signer.party,
+                        holder: Holder::Device(c.principal),
+                    });
+                }
+                _ => return Err(EvidenceError::Chain),
+            }
+        }
+        Ok((roster, keys))
+    }
+}
+
+/// Who holds a key the chain vouches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Authority,
+    Identity(backchannel_codec::PrincipalId),
+    Device(backchannel_codec::PrincipalId),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ChainKey {
+    key: PublicKey,
+    party: PartyId,
+    holder: Holder,
+}
+
+impl Encode for EvidenceBundle {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(EVIDENCE_VERSION);
+        w.bytes(self.statement.as_bytes());
+        w.raw(&self.salt.0);
+        w.raw(&self.header.to_bytes());
+        w.u64(self.seq);
+        w.u64(self.node_time);
+        self.proof.encode(w);
+        w.bytes(&self.checkpoint_note);
+        w.len(self.chain.len());
+        for s in &self.chain {
+            w.bytes(s.as_bytes());
+        }
+    }
+}
+
+impl Decode for EvidenceBundle {
+    const MIN_LEN: usize = 1 + 4 + 32 + SIGNED_HEADER_LEN + 16;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let v = r.u8("evidence version")?;
+        if v != EVIDENCE_VERSION {
+            return Err(DecodeError::UnknownValue {
+                field: "evidence version",
+                value: u64::from(v),
+            });
+        }
+        let statement = SignedStatement::decode(r.bytes("statement", MAX_STATEMENT_LEN)?)?;
+        let salt = Salt(r.array("salt")?);
+        let header = SignedHeader::decode(r.take(SIGNED_HEADER_LEN, "signed header")?)?;
+        let seq = r.u64("seq")?;
+        let node_time = r.u64("node time")?;
+        let proof = InclusionProof::decode(r)?;
+        let checkpoint_note = r.bytes("checkpoint note", MAX_NOTE_LEN)?.to_vec();
+        let n = r.len("chain", MAX_CHAIN, 4)?;
+        let mut chain = Vec::with_capacity(n);
+        for _ in 0..n {
+            chain.push(SignedStatement::decode(
+                r.bytes("chain statement", MAX_STATEMENT_LEN)?,
+            )?);
+        }
+        Ok(Self {
+            statement,
+            salt,
+            header,
+            seq,
+            node_time,
+            proof,
+            checkpoint_note,
+            chain,
+        })
+    }
+}

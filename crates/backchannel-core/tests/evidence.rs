@@ -1,0 +1,211 @@
+//! Evidence bundles verify offline, and any change to one is caught.
+
+use backchannel_codec::{Decode, Encode};
+use backchannel_core::evidence::{EvidenceBundle, EvidenceError};
+use backchannel_crypto::{Digest, Signer, sha256};
+use backchannel_statement::fixtures::{self, key, labels::*};
+use backchannel_statement::header::pad_body;
+use backchannel_statement::{
+    Act, Commitment, Header, Kind, MemberCert, Payload, Revoke, RevokeReason, Role, Salt,
+};
+use backchannel_tlog::{
+    Checkpoint, CosignerKey, InclusionProof, LeafData, LogOrigin, MemoryHashStore, NodeOrigin,
+    cosign_note,
+};
+
+const NEW_IDENTITY: u8 = 0x35;
+const US_WITNESS: u8 = 0x61;
+const IRAN_WITNESS: u8 = 0x62;
+
+struct Fixture {
+    bundle: EvidenceBundle,
+    node: NodeOrigin,
+    witnesses: Vec<CosignerKey>,
+}
+
+fn witness(label: u8, name: &str) -> CosignerKey {
+    CosignerKey::new(name, key(label).public_key()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn fixture() -> Fixture {
+    let t = fixtures::talks();
+    let node = NodeOrigin::new("node.example").unwrap_or_else(|e| panic!("{e}"));
+    let roster = t.statement(
+        1,
+        &key(OMAN_TALKS),
+        t.oman,
+        Payload::Roster(t.roster.clone()),
+    );
+    let cert = MemberCert::new(
+        fixtures::PRINCIPALS[3],
+        t.us,
+        Role::Negotiator,
+        key(NEW_IDENTITY).public_key(),
+        vec![Act::ProposeText],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cert = t.statement(2, &key(US_TALKS), t.us, Payload::MemberCert(cert));
+    let statement = t.statement(
+        3,
+        &key(NEW_IDENTITY),
+        t.us,
+        Payload::Revoke(Revoke {
+            key: key(US_NEGOTIATOR_DEVICE).public_key().id(),
+            reason: RevokeReason::Lost,
+            lost_at: Some(1_705_000_000_000),
+        }),
+    );
+    let salt = Salt([0x33; 32]);
+    // Until rooms are MLS groups the body is the padded plaintext; only its
+    // hash matters to the bundle.
+    let body = pad_body(statement.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let device = key(US_NEGOTIATOR_DEVICE);
+    let header = Header {
+        talks: t.talks,
+        room: t.record,
+        sender: device.public_key().id(),
+        kind: Kind::MlsApp,
+        idempotency_key: [9; 16],
+        body_len: body.len() as u32,
+        body_hash: sha256(&body),
+        commitment: Commitment::to_plaintext(&salt, statement.as_bytes()),
+    }
+    .sign(&device)
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // A log of 16 leaves with ours at seq 10.
+    let (seq, node_time) = (10u64, 1_705_000_123_456u64);
+    let mut store = MemoryHashStore::new();
+    for i in 0..16u64 {
+        let leaf = if i == seq {
+            LeafData {
+                seq,
+                timestamp_ms: node_time,
+                room: t.record,
+                header_hash: header.hash(),
+                body_hash: header.header().body_hash,
+            }
+        } else {
+            LeafData {
+                seq: i,
+                timestamp_ms: node_time - 1000 + i,
+                room: t.us_caucus,
+                header_hash: Digest([i as u8; 32]),
+                body_hash: Digest([0xbb; 32]),
+            }
+        };
+        store.append(&leaf.hash()).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let root = store.root().unwrap_or_else(|e| panic!("{e}"));
+    let checkpoint = Checkpoint {
+        origin: LogOrigin::new(&node, t.talks),
+        size: 16,
+        root,
+    }
+    .sign(&key(NODE_LOG))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut note = checkpoint.note().to_vec();
+    for (label, name) in [(US_WITNESS, "witness.us"), (IRAN_WITNESS, "witness.ir")] {
+        note =
+            cosign_note(&note, &key(label), name, 1_705_000_200).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let proof: InclusionProof = store
+        .prove_inclusion(seq, 16)
+        .unwrap_or_else(|e| panic!("{e}"));
+    Fixture {
+        bundle: EvidenceBundle {
+            statement,
+            salt,
+            header,
+            seq,
+            node_time,
+            proof,
+            checkpoint_note: note,
+            chain: vec![roster, cert],
+        },
+        node,
+        witnesses: vec![
+            witness(US_WITNESS, "witness.us"),
+            witness(IRAN_WITNESS, "witness.ir"),
+        ],
+    }
+}
+
+#[test]
+fn a_bundle_verifies_offline_after_a_round_trip() {
+    let f = fixture();
+    let bytes = f.bundle.to_canonical_bytes();
+    let decoded = EvidenceBundle::from_canonical_bytes(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(decoded, f.bundle);
+    let v = decoded
+        .verify(&f.node, &key(NODE_LOG).public_key(), &f.witnesses)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.seq, 10);
+    assert_eq!(v.checkpoint_size, 16);
+    assert_eq!(v.party, fixtures::talks().us);
+    assert_eq!(v.party_authority, key(US_AUTHORITY).public_key());
+    let mut names = v.cosigned_by.clone();
+    names.sort();
+    assert_eq!(names, ["witness.ir", "witness.us"]);
+}
+
+/// Verifies a modified bundle and expects an error containing `want`.
+fn check(modify: impl FnOnce(&mut EvidenceBundle), want: &str) {
+    let f = fixture();
+    let mut b = f.bundle.clone();
+    modify(&mut b);
+    match b.verify(&f.node, &key(NODE_LOG).public_key(), &f.witnesses) {
+        Ok(_) => panic!("a modified bundle verified (wanted {want:?})"),
+        Err(e) => assert!(e.to_string().contains(want), "{e} lacks {want:?}"),
+    }
+}
+
+#[test]
+fn modified_bundles_are_rejected() {
+    check(|b| b.salt.0[0] ^= 1, "commitment");
+    check(|b| b.seq += 1, "another seq");
+    check(|b| b.node_time += 1, "not included");
+    check(|b| b.chain.truncate(1), "certifies the author");
+    check(|b| b.chain.clear(), "chain is empty");
+    check(|b| b.chain.swap(0, 1), "first statement is not a roster");
+    check(|b| b.checkpoint_note[3] ^= 0x20, "checkpoint");
+    // A statement the header did not commit to.
+    check(|b| b.statement = b.chain[1].clone(), "commitment");
+    let f = fixture();
+    // Another log key, another node origin.
+    assert!(matches!(
+        f.bundle
+            .verify(&f.node, &key(0x52).public_key(), &f.witnesses),
+        Err(EvidenceError::Checkpoint(_))
+    ));
+    let other = NodeOrigin::new("other.example").unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        f.bundle
+            .verify(&other, &key(NODE_LOG).public_key(), &f.witnesses)
+            .is_err()
+    );
+}
+
+/// Every changed byte makes the bundle fail, or (for a byte of a witness's
+/// key name, which turns its line into an unknown signature that C2SP notes
+/// ignore) drops that witness from the verified cosigners.
+#[test]
+fn every_changed_byte_of_an_encoded_bundle_is_rejected() {
+    let f = fixture();
+    let bytes = f.bundle.to_canonical_bytes();
+    let log_key = key(NODE_LOG).public_key();
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 1 << (i % 8);
+        let verdict = EvidenceBundle::from_canonical_bytes(&b)
+            .ok()
+            .and_then(|bundle| bundle.verify(&f.node, &log_key, &f.witnesses).ok());
+        if let Some(v) = verdict {
+            assert!(
+                v.cosigned_by.len() < 2,
+                "byte {i} changed and the bundle still fully verified"
+            );
+        }
+    }
+}
