@@ -31,7 +31,7 @@ use backchannel_crypto::PublicKey;
 use backchannel_statement::header::SIGNED_HEADER_LEN;
 use backchannel_statement::roster::Roster;
 use backchannel_statement::{
-    PartyKind, Payload, Salt, SignedHeader, SignedStatement, VerifiedStatement, VerifyError,
+    Kind, PartyKind, Payload, Salt, SignedHeader, SignedStatement, VerifiedStatement, VerifyError,
 };
 use backchannel_tlog::{
     CheckpointNote, CosignerKey, InclusionProof, LeafData, LogOrigin, MAX_NOTE_LEN, NodeOrigin,
@@ -118,6 +118,15 @@ pub enum EvidenceError {
     /// The author's key is not vouched for by the chain.
     #[error("no statement in the chain certifies the author's key")]
     UnknownAuthor,
+    /// The header's sender is not a device the chain vouches for.
+    #[error("the envelope's sender is not a device the chain vouches for")]
+    UnknownSender,
+    /// The header's signature does not verify.
+    #[error("the envelope header's signature does not verify")]
+    HeaderSignature,
+    /// The header is not an application message.
+    #[error("a statement travels as an application message; the header says otherwise")]
+    HeaderKind,
     /// Statements are signed by identity or authority keys, never devices.
     #[error("the statement is signed by a device key; statements are signed by identity keys")]
     DeviceAuthor,
@@ -193,6 +202,19 @@ impl EvidenceBundle {
         }
         let (author_key, author_party) = (author.key, author.party);
         let statement = self.statement.verify(talks, &author_key)?;
+        // The logged header was signed by a device the chain vouches for
+        // (the author's, or a mediator's conveying it), as an application
+        // message (statements travel as MLS application messages).
+        let sender = keys
+            .iter()
+            .find(|k| k.key.id() == header.sender && matches!(k.holder, Holder::Device(_)))
+            .ok_or(EvidenceError::UnknownSender)?;
+        self.header
+            .verify(&sender.key)
+            .map_err(|_| EvidenceError::HeaderSignature)?;
+        if header.kind != Kind::MlsApp {
+            return Err(EvidenceError::HeaderKind);
+        }
         if statement.statement().acting_for != author_party {
             return Err(EvidenceError::WrongParty);
         }
@@ -253,9 +275,14 @@ impl EvidenceBundle {
                     && p.talks_authority_key.id() == first.unverified().author
             })
             .ok_or_else(|| EvidenceError::Roster("not signed by a mediator team".into()))?;
-        first
+        let verified = first
             .verify(talks, &mediator.talks_authority_key)
             .map_err(|e| EvidenceError::Roster(e.to_string()))?;
+        if verified.statement().acting_for != mediator.party {
+            return Err(EvidenceError::Roster(
+                "it does not act for the mediator team".into(),
+            ));
+        }
         let mut keys = Vec::new();
         for p in &roster.parties {
             keys.push(ChainKey {
@@ -276,6 +303,13 @@ impl EvidenceBundle {
                 holder: Holder::Device(m.principal),
             }));
         }
+        let party_kind = |party: PartyId| {
+            roster
+                .parties
+                .iter()
+                .find(|p| p.party == party)
+                .map(|p| p.kind)
+        };
         for cert in &self.chain[1..] {
             let author = cert.unverified().author;
             let signer = *keys
@@ -288,7 +322,9 @@ impl EvidenceBundle {
             match &verified.statement().payload {
                 // A member certificate, by its party's talks authority.
                 Payload::MemberCert(c)
-                    if signer.holder == Holder::Authority && c.party == signer.party =>
+                    if signer.holder == Holder::Authority
+                        && c.party == signer.party
+                        && party_kind(c.party) == Some(c.role.party_kind()) =>
                 {
                     keys.push(ChainKey {
                         key: c.identity_key,

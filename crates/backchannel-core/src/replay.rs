@@ -10,10 +10,15 @@
 //! 3. A [`DeviceCert`] is valid when signed by the identity key of the
 //!    principal it names; the device key is valid from its seq until its
 //!    `not_after` (compared with node timestamps, never a signer's claim).
-//! 4. A [`Revoke`] is valid when signed by the key itself, by its party's
-//!    talks authority, or (for a device) by its member's identity key. The
-//!    key signs nothing sequenced after the revocation.
-//! 5. Every statement must be signed by a talks authority or identity key
+//! 4. A [`Revoke`] is valid when signed by the key's party's talks
+//!    authority, or by its member's identity key (for that identity key or
+//!    the member's devices). The key signs nothing sequenced after the
+//!    revocation. (Device keys sign no statements, so a lost device is
+//!    revoked through the identity key, from another device.)
+//! 5. Ground rules are signed by the mediator team's talks authority; an
+//!    acceptance by the accepting party's talks authority. Identity keys
+//!    expire at their certificate's `not_after`, by node time.
+//! 6. Every statement must be signed by a talks authority or identity key
 //!    (device keys sign envelopes, never statements) valid at its own seq,
 //!    act for that key's party, and be posted to a room in its audience.
 //!
@@ -44,6 +49,8 @@ pub enum KeyRole {
         party: PartyId,
         /// Its role.
         role: Role,
+        /// Not valid after (Unix ms, compared with node timestamps).
+        not_after: Option<u64>,
     },
     /// A member's device key.
     Device {
@@ -217,6 +224,9 @@ impl Replay {
         }
         if let KeyRole::Device {
             not_after: Some(t), ..
+        }
+        | KeyRole::Identity {
+            not_after: Some(t), ..
         } = author.role
         {
             if entry.node_time > t {
@@ -260,6 +270,7 @@ impl Replay {
                     principal: cert.principal,
                     party: cert.party,
                     role: cert.role,
+                    not_after: cert.not_after,
                 };
                 Ok(self.certify(cert.identity_key, role, entry.seq))
             }
@@ -308,9 +319,28 @@ impl Replay {
                 }
                 Ok(Accepted::Revoked(revoke.key))
             }
-            Payload::GroundRules(_) | Payload::Acceptance(_) | Payload::AccessListChange(_) => {
+            Payload::GroundRules(_) => {
+                if author_role
+                    != (KeyRole::TalksAuthority {
+                        party: statement.acting_for,
+                    })
+                    || party_kind(roster, statement.acting_for) != Some(PartyKind::Mediator)
+                {
+                    return Err(Rejected::NotEntitled(
+                        "ground rules are signed by the mediator team's talks authority",
+                    ));
+                }
                 Ok(Accepted::Recorded)
             }
+            Payload::Acceptance(_) => {
+                if !matches!(author_role, KeyRole::TalksAuthority { .. }) {
+                    return Err(Rejected::NotEntitled(
+                        "a party accepts roster and ground rules through its talks authority",
+                    ));
+                }
+                Ok(Accepted::Recorded)
+            }
+            Payload::AccessListChange(_) => Ok(Accepted::Recorded),
         }
     }
 
@@ -367,6 +397,7 @@ impl Replay {
                 principal: m.principal,
                 party: m.party,
                 role: m.role,
+                not_after: None,
             };
             self.certify(m.identity_key, identity, seq);
             for d in &m.devices {

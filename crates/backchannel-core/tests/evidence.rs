@@ -28,6 +28,11 @@ fn witness(label: u8, name: &str) -> CosignerKey {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(US_NEGOTIATOR_DEVICE, Kind::MlsApp)
+}
+
+/// The bundle, with the envelope sent by the device `sender` as `kind`.
+fn fixture_with(sender: u8, kind: Kind) -> Fixture {
     let t = fixtures::talks();
     let node = NodeOrigin::new("node.example").unwrap_or_else(|e| panic!("{e}"));
     let roster = t.statement(
@@ -60,12 +65,12 @@ fn fixture() -> Fixture {
     // Until rooms are MLS groups the body is the padded plaintext; only its
     // hash matters to the bundle.
     let body = pad_body(statement.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    let device = key(US_NEGOTIATOR_DEVICE);
+    let device = key(sender);
     let header = Header {
         talks: t.talks,
         room: t.record,
         sender: device.public_key().id(),
-        kind: Kind::MlsApp,
+        kind,
         idempotency_key: [9; 16],
         body_len: body.len() as u32,
         body_hash: sha256(&body),
@@ -162,6 +167,33 @@ fn check(modify: impl FnOnce(&mut EvidenceBundle), want: &str) {
 }
 
 #[test]
+fn the_bundle_matches_its_known_answer_vector() {
+    let f = fixture();
+    let bytes = f.bundle.to_canonical_bytes();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../test-vectors/evidence/bundle.json");
+    let value = serde_json::json!({
+        "description": "an evidence bundle: a revocation by a newly certified US negotiator, leaf 10 of 16, checkpoint cosigned by two witnesses",
+        "node_origin": "node.example",
+        "log_public_key": hex::encode(key(NODE_LOG).public_key().as_bytes()),
+        "witnesses": [
+            {"name": "witness.us", "public_key": hex::encode(key(US_WITNESS).public_key().as_bytes())},
+            {"name": "witness.ir", "public_key": hex::encode(key(IRAN_WITNESS).public_key().as_bytes())},
+        ],
+        "bundle": hex::encode(&bytes),
+    });
+    let text = serde_json::to_string_pretty(&value).unwrap_or_else(|e| panic!("{e}")) + "\n";
+    if std::env::var_os("BACKCHANNEL_REGENERATE_VECTORS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let stored =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(stored, text, "the bundle encoding changed");
+}
+
+#[test]
 fn modified_bundles_are_rejected() {
     check(|b| b.salt.0[0] ^= 1, "commitment");
     check(|b| b.seq += 1, "another seq");
@@ -172,6 +204,21 @@ fn modified_bundles_are_rejected() {
     check(|b| b.checkpoint_note[3] ^= 0x20, "checkpoint");
     // A statement the header did not commit to.
     check(|b| b.statement = b.chain[1].clone(), "commitment");
+    // Logged by a device the chain does not know, or as another kind.
+    for (sender, kind, want) in [
+        (0x49, Kind::MlsApp, "sender is not a device"),
+        (US_HEAD, Kind::MlsApp, "sender is not a device"),
+        (US_HEAD_DEVICE, Kind::Welcome, "application message"),
+    ] {
+        let f = fixture_with(sender, kind);
+        match f
+            .bundle
+            .verify(&f.node, &key(NODE_LOG).public_key(), &f.witnesses)
+        {
+            Ok(_) => panic!("verified with sender {sender:#x}"),
+            Err(e) => assert!(e.to_string().contains(want), "{e} lacks {want:?}"),
+        }
+    }
     let f = fixture();
     // Another log key, another node origin.
     assert!(matches!(

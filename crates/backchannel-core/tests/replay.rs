@@ -256,3 +256,69 @@ fn devices_expire_by_node_time_and_statements_stay_in_their_audience() {
     );
     assert!(key(US_HEAD_DEVICE).public_key() != key(US_HEAD).public_key());
 }
+
+#[test]
+fn acceptances_and_ground_rules_need_an_authority_and_identities_expire() {
+    let l = Log::new();
+    let t = fixtures::talks();
+    let acceptance = |label: u8, party| {
+        t.statement(
+            20,
+            &key(label),
+            party,
+            Payload::Acceptance(backchannel_statement::Acceptance {
+                roster: backchannel_codec::StatementId([1; 16]),
+                roster_hash: backchannel_crypto::Digest([2; 32]),
+                ground_rules: backchannel_codec::StatementId([3; 16]),
+                ground_rules_hash: backchannel_crypto::Digest([4; 32]),
+            }),
+        )
+    };
+    check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.rules()),
+            at(acceptance(US_TALKS, t.us)),
+            at(acceptance(US_HEAD, t.us)),
+        ],
+        &[Ok(()), Ok(()), Ok(()), Err("through its talks authority")],
+    );
+    let us_rules = t.statement(
+        2,
+        &key(US_TALKS),
+        t.us,
+        Payload::GroundRules(t.ground_rules.clone()),
+    );
+    check(
+        &[at(l.roster(OMAN_TALKS)), at(us_rules)],
+        &[Ok(()), Err("mediator team's talks authority")],
+    );
+    // An identity certified until node time 2500 signs nothing at seq 3 (time 3000).
+    let cert = MemberCert::new(
+        fixtures::PRINCIPALS[3],
+        t.us,
+        Role::Negotiator,
+        key(NEW_IDENTITY).public_key(),
+        vec![],
+        Some(2500),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cert = t.statement(3, &key(US_TALKS), t.us, Payload::MemberCert(cert));
+    check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(cert.clone()),
+            at(l.device_cert(4, NEW_DEVICE, u64::MAX)),
+        ],
+        &[Ok(()), Ok(()), Ok(())],
+    );
+    check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(cert),
+            at(l.rules()),
+            at(l.device_cert(4, NEW_DEVICE, u64::MAX)),
+        ],
+        &[Ok(()), Ok(()), Ok(()), Err("expired")],
+    );
+}

@@ -19,7 +19,7 @@ impl Context {
     pub const C2SP_SIGNED_NOTE: Context = Context("");
 
     /// Declares a context. It must start with `backchannel/v1/` and hold only
-    /// ASCII letters, digits, `-` and `/`; a violation fails to compile when
+    /// lower-case ASCII letters, digits, `-` and `/`; a violation fails to compile when
     /// used in a `const`.
     pub const fn new(s: &'static str) -> Self {
         let b = s.as_bytes();

@@ -125,6 +125,16 @@ impl KeyKind {
         }
     }
 
+    /// Whether keys of this kind belong to one talks (and their files name
+    /// it): talks authority, identity and device keys do; a party's
+    /// long-term authority key and a node's log key do not.
+    pub fn is_per_talks(self) -> bool {
+        matches!(
+            self,
+            KeyKind::TalksAuthority | KeyKind::Identity | KeyKind::Device
+        )
+    }
+
     fn tag(self) -> u8 {
         match self {
             KeyKind::Authority => 0x01,
@@ -155,9 +165,17 @@ pub struct KeyFile {
 }
 
 impl KeyFile {
-    /// Contents for a new key file.
-    pub fn new(kind: KeyKind, talks: Option<TalksId>, key: SecretKey) -> Self {
-        Self { kind, talks, key }
+    /// Contents for a new key file. Per-talks kinds must name their talks,
+    /// and the others must not ([`KeyKind::is_per_talks`]).
+    pub fn new(
+        kind: KeyKind,
+        talks: Option<TalksId>,
+        key: SecretKey,
+    ) -> Result<Self, KindTalksMismatch> {
+        if kind.is_per_talks() != talks.is_some() {
+            return Err(KindTalksMismatch(kind));
+        }
+        Ok(Self { kind, talks, key })
     }
 
     /// What the key is for.
@@ -263,7 +281,7 @@ impl KeyFile {
         let seed = Zeroizing::new(r.array::<32>("seed")?);
         r.finish()?;
         let key = SecretKey::from_seed(&seed).map_err(|_| Corruption::SmallOrderKey)?;
-        Ok(Self { kind, talks, key })
+        Self::new(kind, talks, key).map_err(|_| Corruption::KindTalks)
     }
 }
 
@@ -420,10 +438,22 @@ pub enum Corruption {
     /// The plaintext does not decode.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A per-talks kind without a talks id, or another kind with one.
+    #[error("the key kind and the presence of a talks id disagree")]
+    KindTalks,
     /// The seed gives a public key of small order (never written by us).
     #[error("the key is of small order")]
     SmallOrderKey,
 }
+
+/// A key kind that belongs to one talks without a talks id, or another
+/// kind with one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error(
+    "a {0} key {must} name the talks it belongs to",
+    must = if .0.is_per_talks() { "must" } else { "must not" }
+)]
+pub struct KindTalksMismatch(pub KeyKind);
 
 /// An [`OpenError`] before the path is known.
 #[derive(Debug)]

@@ -24,6 +24,7 @@ fn key_file(n: u8, kind: KeyKind, talks: Option<TalksId>) -> KeyFile {
         talks,
         SecretKey::from_seed(&[n; 32]).expect("valid seed"),
     )
+    .expect("kind and talks agree")
 }
 
 /// Writes a test key file at the fast work factor.
@@ -60,9 +61,9 @@ fn round_trips_with_and_without_talks() {
     for (i, (kind, talks)) in [
         (KeyKind::Authority, None),
         (KeyKind::TalksAuthority, Some(talks)),
-        (KeyKind::Identity, None),
+        (KeyKind::Identity, Some(talks)),
         (KeyKind::Device, Some(talks)),
-        (KeyKind::Log, Some(talks)),
+        (KeyKind::Log, None),
     ]
     .into_iter()
     .enumerate()
@@ -143,7 +144,13 @@ fn plaintext_decoding_is_strict() {
 fn wrong_passphrase_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k");
-    write(&key_file(1, KeyKind::Identity, None), &path, "right", false).unwrap();
+    write(
+        &key_file(1, KeyKind::Identity, Some(TalksId([1; 16]))),
+        &path,
+        "right",
+        false,
+    )
+    .unwrap();
     let err = FileSigner::open(&path, &passphrase("wrong")).unwrap_err();
     assert!(matches!(err, OpenError::WrongPassphrase { .. }), "{err:?}");
     assert!(err.to_string().contains("wrong passphrase"), "{err}");
@@ -153,7 +160,13 @@ fn wrong_passphrase_is_refused_clearly() {
 fn empty_passphrase_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k");
-    let err = write(&key_file(1, KeyKind::Identity, None), &path, "", false).unwrap_err();
+    let err = write(
+        &key_file(1, KeyKind::Identity, Some(TalksId([1; 16]))),
+        &path,
+        "",
+        false,
+    )
+    .unwrap_err();
     assert!(matches!(err, WriteError::EmptyPassphrase), "{err:?}");
     assert!(!path.exists());
 }
@@ -162,8 +175,8 @@ fn empty_passphrase_is_refused() {
 fn refuses_to_overwrite_without_force_and_replaces_with_force() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k");
-    let first = key_file(1, KeyKind::Device, None);
-    let second = key_file(2, KeyKind::Device, None);
+    let first = key_file(1, KeyKind::Device, Some(TalksId([1; 16])));
+    let second = key_file(2, KeyKind::Device, Some(TalksId([1; 16])));
     write(&first, &path, "pw", false).unwrap();
     let before = fs::read(&path).unwrap();
 
@@ -225,7 +238,13 @@ fn group_or_world_accessible_files_are_refused() {
 fn truncated_files_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k");
-    write(&key_file(1, KeyKind::Device, None), &path, "pw", false).unwrap();
+    write(
+        &key_file(1, KeyKind::Device, Some(TalksId([1; 16]))),
+        &path,
+        "pw",
+        false,
+    )
+    .unwrap();
     let bytes = fs::read(&path).unwrap();
     let damaged = dir.path().join("damaged");
     let mut lens: Vec<usize> = (0..bytes.len()).step_by(9).collect();
@@ -244,7 +263,13 @@ fn truncated_files_are_refused() {
 fn bit_flips_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k");
-    write(&key_file(1, KeyKind::Device, None), &path, "pw", false).unwrap();
+    write(
+        &key_file(1, KeyKind::Device, Some(TalksId([1; 16]))),
+        &path,
+        "pw",
+        false,
+    )
+    .unwrap();
     let bytes = fs::read(&path).unwrap();
     let damaged = dir.path().join("damaged");
     // Every region is hit: version line, stanza (salt, work factor, wrapped
@@ -327,7 +352,13 @@ fn other_files_are_refused() {
 fn work_factor_is_written_and_bounded_on_reading() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("k");
-    write(&key_file(1, KeyKind::Device, None), &path, "pw", false).unwrap();
+    write(
+        &key_file(1, KeyKind::Device, Some(TalksId([1; 16]))),
+        &path,
+        "pw",
+        false,
+    )
+    .unwrap();
     let bytes = fs::read(&path).unwrap();
     assert_eq!(header_log_n(&bytes), TEST_LOG_N);
 
@@ -405,4 +436,12 @@ fn env_var_child() {
     key_file(3, KeyKind::Authority, None)
         .write(&Path::new(&dir).join("k"), &passphrase("pw"), false)
         .unwrap();
+}
+
+#[test]
+fn kind_and_talks_must_agree() {
+    let key = || SecretKey::from_seed(&[5; 32]).expect("valid seed");
+    assert!(KeyFile::new(KeyKind::Device, None, key()).is_err());
+    assert!(KeyFile::new(KeyKind::Log, Some(TalksId([1; 16])), key()).is_err());
+    assert!(KeyFile::new(KeyKind::Authority, None, key()).is_ok());
 }

@@ -190,6 +190,11 @@ pub enum AccessListError {
     /// A signature does not verify.
     #[error("the signature of {0:?} does not verify")]
     BadSignature(KeyId),
+    /// An added entry's mediator flag differs from its party's.
+    #[error(
+        "{0:?}: the mediator flag must match the party's kind on the current list; mediator teams change only with a new roster"
+    )]
+    MediatorFlag(KeyId),
     /// A required signature is missing.
     #[error("missing signature: {0}")]
     MissingSignature(String),
@@ -326,13 +331,22 @@ impl AccessList {
                 "a change that adds or alters keys needs a mediator's designated signer".into(),
             ));
         }
-        for party in touched {
-            let is_mediator_party = self
+        // Mediator teams are fixed by the roster: a change may not make a
+        // delegation's key a mediator's (which would let a mediator speak
+        // for it), nor a mediator's key a delegation's.
+        for e in &delta.upsert {
+            let mediator_party = self
                 .entries
                 .iter()
-                .chain(delta.upsert.iter())
-                .any(|e| e.party == party && e.has(FLAG_MEDIATOR));
-            if !is_mediator_party && !designated(party) {
+                .any(|x| x.party == e.party && x.has(FLAG_MEDIATOR));
+            if e.has(FLAG_MEDIATOR) != mediator_party {
+                return Err(AccessListError::MediatorFlag(e.key_id()));
+            }
+        }
+        // Every touched party signs, mediator teams included (the mediator
+        // signature above may be another team's).
+        for party in touched {
+            if !designated(party) {
                 return Err(AccessListError::MissingSignature(format!(
                     "the change touches party {party}, whose designated signer has not signed"
                 )));

@@ -162,9 +162,10 @@ u8_enum_codec!(
     ]
 );
 
-/// Retires an identity or device key. Valid when signed by the key's
-/// certifier (the talks authority for identity keys; the member's identity
-/// key or the talks authority for device keys) or by the key itself. Every
+/// Retires an identity or device key. Valid when signed by the key's party's
+/// talks authority, by the member's identity key (for its own identity key
+/// or its devices). Device keys never sign statements, so a member revokes
+/// a lost device from another device through its identity key. Every
 /// signature by the key sequenced after the revocation is rejected,
 /// whatever time it claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,9 +174,9 @@ pub struct Revoke {
     pub key: KeyId,
     /// Why.
     pub reason: RevokeReason,
-    /// For a lost device: when it was lost (Unix ms). Views flag what the
-    /// key signed at or after the first log position whose node timestamp
-    /// is at or after this time.
+    /// For a lost or compromised key: when it was lost (Unix ms); absent for
+    /// other reasons. Views flag what the key signed at or after the first
+    /// log position whose node timestamp is at or after this time.
     pub lost_at: Option<u64>,
 }
 
@@ -190,10 +191,19 @@ impl Encode for Revoke {
 impl Decode for Revoke {
     const MIN_LEN: usize = 32 + 1 + 1;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let key = KeyId::decode(r)?;
+        let reason = RevokeReason::decode(r)?;
+        let lost_at = r.option("lost at")?;
+        if lost_at.is_some() && !matches!(reason, RevokeReason::Lost | RevokeReason::Compromised) {
+            return Err(DecodeError::Invalid {
+                field: "lost at",
+                reason: "only a lost or compromised key has a time of loss",
+            });
+        }
         Ok(Self {
-            key: KeyId::decode(r)?,
-            reason: RevokeReason::decode(r)?,
-            lost_at: r.option("lost at")?,
+            key,
+            reason,
+            lost_at,
         })
     }
 }

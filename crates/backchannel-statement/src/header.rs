@@ -358,17 +358,22 @@ pub fn pad_body(message: &[u8]) -> Result<Vec<u8>, BodyError> {
     Ok(body)
 }
 
-/// The message inside a padded body; the padding must be all zeros and the
-/// body a bucket size.
+/// The message inside a padded body. The body must be exactly what
+/// [`pad_body`] makes of that message: the smallest bucket that holds it,
+/// with all-zero padding (one body per message).
 pub fn unpad_body(body: &[u8]) -> Result<&[u8], BodyError> {
-    if !BODY_BUCKETS.contains(&(body.len() as u32)) || body.len() < 4 {
+    let [a, b, c, d, ..] = *body else {
         return Err(BodyError::Padding);
-    }
-    let len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    };
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
     let end = len
         .checked_add(4)
         .filter(|e| *e <= body.len())
         .ok_or(BodyError::Padding)?;
+    let smallest = BODY_BUCKETS.iter().find(|b| **b as usize >= end);
+    if smallest.map(|b| *b as usize) != Some(body.len()) {
+        return Err(BodyError::Padding);
+    }
     if body[end..].iter().any(|b| *b != 0) {
         return Err(BodyError::Padding);
     }

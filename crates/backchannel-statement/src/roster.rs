@@ -312,6 +312,20 @@ impl Roster {
                 return Err(RosterError::Dangling("a room's member"));
             }
         }
+        // Every key has one holder and one role.
+        let mut keys: Vec<&PublicKey> = Vec::new();
+        for p in &self.parties {
+            keys.extend([&p.authority_key, &p.talks_authority_key]);
+        }
+        for m in &self.members {
+            keys.push(&m.identity_key);
+            keys.extend(m.devices.iter());
+        }
+        keys.sort();
+        sorted(
+            keys.windows(2).all(|w| w[0] != w[1]),
+            "a key appears twice in the roster",
+        )?;
         let records: Vec<_> = self
             .rooms
             .iter()

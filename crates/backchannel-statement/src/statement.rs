@@ -118,6 +118,9 @@ pub enum BuildError {
     /// The encoded payload is over [`MAX_PAYLOAD`].
     #[error("payload is over {MAX_PAYLOAD} bytes")]
     PayloadTooLarge,
+    /// The signing key is not the statement's author.
+    #[error("the signing key is not the statement's author key")]
+    WrongSigner,
     /// The signer failed.
     #[error(transparent)]
     Sign(#[from] SignError),
@@ -188,6 +191,9 @@ impl Statement {
 
     /// Signs the statement. The signer's key id must be the author.
     pub fn sign(self, signer: &dyn Signer) -> Result<SignedStatement, BuildError> {
+        if signer.public_key().id() != self.author {
+            return Err(BuildError::WrongSigner);
+        }
         let frame = self.frame_bytes()?;
         let signature = signer.sign(self.statement_type().context(), &frame)?;
         let mut bytes = frame;

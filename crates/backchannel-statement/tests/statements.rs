@@ -2,7 +2,7 @@
 
 use backchannel_codec::{Decode, Encode, PartyId, PrincipalId, RoomId, TalksId};
 use backchannel_crypto::{Digest, Signer, sha256};
-use backchannel_statement::access_list::{FLAG_DEVICE, FLAG_MAY_PROPOSE};
+use backchannel_statement::access_list::{FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::{BODY_BUCKETS, pad_body, unpad_body};
 use backchannel_statement::*;
@@ -334,6 +334,21 @@ fn access_list_changes_need_the_right_signatures() {
         &[OMAN_TALKS, US_TALKS, IRAN_TALKS],
         Ok(()),
     );
+    // A mediator cannot slip a key into a delegation's rooms by flagging it as its own.
+    let disguised = AccessEntry::new(
+        key(0x93).public_key(),
+        us_head,
+        t.iran,
+        vec![t.iran_caucus],
+        FLAG_DEVICE | FLAG_MEDIATOR,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    c.check(
+        vec![],
+        vec![disguised],
+        &[OMAN_TALKS],
+        Err("mediator flag must match"),
+    );
     // A signer not on the list; a device signing where a designated signer is needed.
     c.check(
         vec![],
@@ -502,4 +517,45 @@ fn fixture_keys_are_valid_and_distinct() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), labels.len());
+}
+
+#[test]
+fn non_canonical_values_are_refused() {
+    let t = fixtures::talks();
+    // A short message padded to a larger bucket than the smallest.
+    let mut body = vec![0u8; 4096];
+    body[3] = 1;
+    body[4] = b'x';
+    assert!(unpad_body(&body).is_err());
+    // A time of loss on a superseded key.
+    let bad = Revoke {
+        key: key(US_HEAD_DEVICE).public_key().id(),
+        reason: RevokeReason::Superseded,
+        lost_at: Some(1),
+    };
+    assert!(Revoke::from_canonical_bytes(&bad.to_canonical_bytes()).is_err());
+    // One key in two roles.
+    let mut r = t.roster.clone();
+    r.members[3].identity_key = r.members[1].identity_key;
+    assert!(matches!(r.check_structure(), Err(RosterError::Shape(_))));
+    // A statement signed by a key other than its author.
+    let statement = Statement::new(
+        &mut fixtures::rng(1),
+        t.talks,
+        key(US_HEAD).public_key().id(),
+        t.us,
+        vec![Audience::Room(t.record)],
+        CheckpointRef::NONE,
+        Markings::mediator_only(),
+        Payload::Revoke(Revoke {
+            key: key(US_HEAD_DEVICE).public_key().id(),
+            reason: RevokeReason::Left,
+            lost_at: None,
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        statement.sign(&key(IRAN_HEAD)),
+        Err(statement::BuildError::WrongSigner)
+    ));
 }

@@ -33,7 +33,7 @@ pub struct LeafData {
     pub timestamp_ms: u64,
     /// The room the envelope was posted to.
     pub room: RoomId,
-    /// SHA-256 of the envelope's canonical header.
+    /// SHA-256 of the envelope's signed header (the 223 canonical bytes, signature included).
     pub header_hash: Digest,
     /// SHA-256 of the envelope's body.
     pub body_hash: Digest,

@@ -6,7 +6,7 @@
 //! record hash               = SHA-256(0x00 ‖ batch record)                      (RFC 6962 §2.1)
 //! batch root                = RFC 6962 Merkle tree hash of the record hashes, in batch order
 //! signed (48 bytes)         = batch root [32] ‖ batch size u64 ‖ batch timestamp ms u64
-//! signature                 = Ed25519 by the node's receipt key over
+//! signature                 = Ed25519 by the node's log key over
 //!                             "backchannel/v1/receipt" ‖ signed
 //! receipt (encoded)         = u8 version = 1 ‖ batch size u64 ‖ batch timestamp ms u64
 //!                             ‖ batch root [32] ‖ signature [64] ‖ index u64
