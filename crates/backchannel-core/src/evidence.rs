@@ -8,7 +8,7 @@
 //! of statements that certify the author's key (the roster, then any member
 //! or device certificates).
 //!
-//! Encoding (`docs/formats.md` § Evidence bundles):
+//! Encoding (`docs/formats.md` § 9, Evidence bundles):
 //!
 //! ```text
 //! bundle = version:u8 (=1) statement:bytes salt:[32] signed_header:[223]
@@ -319,6 +319,15 @@ impl EvidenceBundle {
             let verified = cert
                 .verify(talks, &signer.key)
                 .map_err(|_| EvidenceError::Chain)?;
+            let certified = match &verified.statement().payload {
+                Payload::MemberCert(c) => Some(c.identity_key),
+                Payload::DeviceCert(c) => Some(c.device_key),
+                _ => None,
+            };
+            // One holder and one role per key, as in replay.
+            if certified.is_some_and(|k| keys.iter().any(|x| x.key == k)) {
+                return Err(EvidenceError::Chain);
+            }
             match &verified.statement().payload {
                 // A member certificate, by its party's talks authority.
                 Payload::MemberCert(c)

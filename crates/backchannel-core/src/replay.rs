@@ -1,6 +1,6 @@
 //! Replay of key validity: who could sign what, at which log position.
 //!
-//! Rules (`docs/formats.md` § Keys):
+//! Rules (`docs/formats.md` § 10, Replay rules for key validity):
 //! 1. The first statement is the roster, signed by the mediator team's talks
 //!    authority key, whose certification by the team's long-term authority
 //!    the roster carries. It establishes every party's talks authority key,
@@ -272,7 +272,7 @@ impl Replay {
                     role: cert.role,
                     not_after: cert.not_after,
                 };
-                Ok(self.certify(cert.identity_key, role, entry.seq))
+                self.certify(cert.identity_key, role, entry.seq)
             }
             Payload::DeviceCert(cert) => {
                 let KeyRole::Identity {
@@ -293,7 +293,7 @@ impl Replay {
                     party,
                     not_after: Some(cert.not_after),
                 };
-                Ok(self.certify(cert.device_key, role, entry.seq))
+                self.certify(cert.device_key, role, entry.seq)
             }
             Payload::Revoke(revoke) => {
                 let target = self
@@ -344,17 +344,26 @@ impl Replay {
         }
     }
 
-    fn certify(&mut self, key: PublicKey, role: KeyRole, seq: u64) -> Accepted {
+    fn certify(&mut self, key: PublicKey, role: KeyRole, seq: u64) -> Result<Accepted, Rejected> {
         let id = key.id();
-        // A key is certified once; a later certificate of the same key does
-        // not un-revoke it or move its start.
-        self.keys.entry(id).or_insert(KeyState {
-            key,
-            role,
-            valid_from: seq,
-            revoked_at: None,
-        });
-        Accepted::Certified(id)
+        // A key has one holder and one role for the life of the talks: a
+        // second certificate could otherwise un-revoke it, move its start or
+        // let it speak for someone else.
+        if self.keys.contains_key(&id) {
+            return Err(Rejected::NotEntitled(
+                "the key is already certified; rotation uses a new key",
+            ));
+        }
+        self.keys.insert(
+            id,
+            KeyState {
+                key,
+                role,
+                valid_from: seq,
+                revoked_at: None,
+            },
+        );
+        Ok(Accepted::Certified(id))
     }
 
     fn apply_roster(&mut self, entry: LoggedStatement<'_>) -> Result<Accepted, Rejected> {
@@ -385,12 +394,15 @@ impl Replay {
         let parties = room_parties(roster, entry.room).ok_or(Rejected::UnknownRoom)?;
         verified.check_room(entry.room, &parties)?;
         let seq = entry.seq;
+        // The map is empty before the roster and `verify_for` checked that
+        // every roster key is distinct, so none of these certifications can
+        // be refused.
         for p in &roster.parties {
             self.certify(
                 p.talks_authority_key,
                 KeyRole::TalksAuthority { party: p.party },
                 seq,
-            );
+            )?;
         }
         for m in &roster.members {
             let identity = KeyRole::Identity {
@@ -399,14 +411,14 @@ impl Replay {
                 role: m.role,
                 not_after: None,
             };
-            self.certify(m.identity_key, identity, seq);
+            self.certify(m.identity_key, identity, seq)?;
             for d in &m.devices {
                 let device = KeyRole::Device {
                     principal: m.principal,
                     party: m.party,
                     not_after: None,
                 };
-                self.certify(*d, device, seq);
+                self.certify(*d, device, seq)?;
             }
         }
         self.roster = Some(roster.clone());

@@ -322,3 +322,20 @@ fn acceptances_and_ground_rules_need_an_authority_and_identities_expire() {
         &[Ok(()), Ok(()), Ok(()), Err("expired")],
     );
 }
+
+#[test]
+fn a_key_is_certified_once() {
+    let l = Log::new();
+    let t = fixtures::talks();
+    // A device certificate naming the US head's identity key, already certified by the roster.
+    let cert = DeviceCert {
+        principal: fixtures::PRINCIPALS[1],
+        device_key: key(US_HEAD).public_key(),
+        not_after: u64::MAX,
+    };
+    let cert = t.statement(30, &key(US_HEAD), t.us, Payload::DeviceCert(cert));
+    check(
+        &[at(l.roster(OMAN_TALKS)), at(cert)],
+        &[Ok(()), Err("already certified")],
+    );
+}

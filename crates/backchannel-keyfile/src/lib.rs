@@ -2,7 +2,8 @@
 //!
 //! Features:
 //! - A key file holds one Ed25519 seed, the [`KeyKind`] of the key and,
-//!   optionally, the [`TalksId`] the key belongs to, encrypted to a passphrase
+//!   for a per-talks kind ([`KeyKind::is_per_talks`]), the [`TalksId`] the key
+//!   belongs to (and for other kinds none), encrypted to a passphrase
 //!   with [age]'s scrypt recipient at a fixed work factor ([`SCRYPT_LOG_N`]).
 //! - Files are written with mode `0600`, atomically (temporary file in the same
 //!   directory, `fsync`, rename, `fsync` of the directory), and an existing

@@ -485,6 +485,13 @@ impl Decode for AccessListDelta {
         check_strictly_sorted(&remove, "removed keys", |k| *k)?;
         let upsert: Vec<AccessEntry> = r.list("added entries", MAX_ENTRIES)?;
         check_strictly_sorted(&upsert, "added entries", |e| e.key_id())?;
+        if remove.len() + upsert.len() > MAX_ENTRIES {
+            return Err(DecodeError::TooLong {
+                field: "changes in one delta",
+                len: (remove.len() + upsert.len()) as u64,
+                max: MAX_ENTRIES as u64,
+            });
+        }
         Ok(Self {
             talks,
             base,

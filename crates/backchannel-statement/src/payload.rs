@@ -90,7 +90,7 @@ impl StatementType {
 }
 
 /// A party's acceptance of the roster and ground rules, by its talks
-/// authority (or, for a mediator team, its lead's authority).
+/// authority (a mediator team's too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acceptance {
     /// The roster statement accepted.
