@@ -26,12 +26,12 @@
 //! log are not visible in a bundle; a participant's replay of the whole
 //! record (client issue) is what decides those.
 
-use backchannel_codec::{Decode, DecodeError, Encode, PartyId, Reader, Writer};
+use backchannel_codec::{Decode, DecodeError, Encode, PartyId, PrincipalId, Reader, Writer};
 use backchannel_crypto::PublicKey;
 use backchannel_statement::header::SIGNED_HEADER_LEN;
-use backchannel_statement::roster::Roster;
+use backchannel_statement::roster::{Roster, VerifiedRoster};
 use backchannel_statement::{
-    Kind, PartyKind, Payload, Salt, SignedHeader, SignedStatement, VerifiedStatement, VerifyError,
+    Kind, Payload, Salt, SignedHeader, SignedStatement, VerifiedStatement, VerifyError,
 };
 use backchannel_tlog::{
     CheckpointNote, CosignerKey, InclusionProof, LeafData, LogOrigin, MAX_NOTE_LEN, NodeOrigin,
@@ -118,6 +118,9 @@ pub enum EvidenceError {
     /// The author's key is not vouched for by the chain.
     #[error("no statement in the chain certifies the author's key")]
     UnknownAuthor,
+    /// The author's or sender's certificate had expired at the node time.
+    #[error("a key's certificate had expired when the envelope was sequenced")]
+    Expired,
     /// The header's sender is not a device the chain vouches for.
     #[error("the envelope's sender is not a device the chain vouches for")]
     UnknownSender,
@@ -200,6 +203,9 @@ impl EvidenceBundle {
         if matches!(author.holder, Holder::Device(_)) {
             return Err(EvidenceError::DeviceAuthor);
         }
+        if author.expired_at(self.node_time) {
+            return Err(EvidenceError::Expired);
+        }
         let (author_key, author_party) = (author.key, author.party);
         let statement = self.statement.verify(talks, &author_key)?;
         // The logged header was signed by a device the chain vouches for
@@ -212,6 +218,9 @@ impl EvidenceBundle {
         self.header
             .verify(&sender.key)
             .map_err(|_| EvidenceError::HeaderSignature)?;
+        if sender.expired_at(self.node_time) {
+            return Err(EvidenceError::Expired);
+        }
         if header.kind != Kind::MlsApp {
             return Err(EvidenceError::HeaderKind);
         }
@@ -219,19 +228,9 @@ impl EvidenceBundle {
             return Err(EvidenceError::WrongParty);
         }
         // 4. It was posted to a room its audience allows.
-        let decl = roster
-            .rooms
-            .iter()
-            .find(|r| r.room == header.room)
+        let room_parties = roster
+            .room_parties(header.room)
             .ok_or(EvidenceError::UnknownRoom)?;
-        let mut room_parties: Vec<PartyId> = roster
-            .members
-            .iter()
-            .filter(|m| decl.members.binary_search(&m.principal).is_ok())
-            .map(|m| m.party)
-            .collect();
-        room_parties.sort();
-        room_parties.dedup();
         statement.check_room(header.room, &room_parties)?;
         let party_authority = roster
             .parties
@@ -264,31 +263,14 @@ impl EvidenceBundle {
                 "the first statement is not a roster".into(),
             ));
         };
-        roster
-            .verify_for(talks)
-            .map_err(|e| EvidenceError::Roster(e.to_string()))?;
-        let mediator = roster
-            .parties
-            .iter()
-            .find(|p| {
-                p.kind == PartyKind::Mediator
-                    && p.talks_authority_key.id() == first.unverified().author
-            })
-            .ok_or_else(|| EvidenceError::Roster("not signed by a mediator team".into()))?;
-        let verified = first
-            .verify(talks, &mediator.talks_authority_key)
-            .map_err(|e| EvidenceError::Roster(e.to_string()))?;
-        if verified.statement().acting_for != mediator.party {
-            return Err(EvidenceError::Roster(
-                "it does not act for the mediator team".into(),
-            ));
-        }
+        VerifiedRoster::verify(talks, first).map_err(|e| EvidenceError::Roster(e.to_string()))?;
         let mut keys = Vec::new();
         for p in &roster.parties {
             keys.push(ChainKey {
                 key: p.talks_authority_key,
                 party: p.party,
                 holder: Holder::Authority,
+                not_after: None,
             });
         }
         for m in &roster.members {
@@ -296,20 +278,15 @@ impl EvidenceBundle {
                 key: m.identity_key,
                 party: m.party,
                 holder: Holder::Identity(m.principal),
+                not_after: None,
             });
             keys.extend(m.devices.iter().map(|d| ChainKey {
                 key: *d,
                 party: m.party,
                 holder: Holder::Device(m.principal),
+                not_after: None,
             }));
         }
-        let party_kind = |party: PartyId| {
-            roster
-                .parties
-                .iter()
-                .find(|p| p.party == party)
-                .map(|p| p.kind)
-        };
         for cert in &self.chain[1..] {
             let author = cert.unverified().author;
             let signer = *keys
@@ -333,12 +310,14 @@ impl EvidenceBundle {
                 Payload::MemberCert(c)
                     if signer.holder == Holder::Authority
                         && c.party == signer.party
-                        && party_kind(c.party) == Some(c.role.party_kind()) =>
+                        && roster.party_kind(c.party) == Some(c.role.party_kind())
+                        && !principal_of_other_party(&keys, c.principal, c.party) =>
                 {
                     keys.push(ChainKey {
                         key: c.identity_key,
                         party: c.party,
                         holder: Holder::Identity(c.principal),
+                        not_after: c.not_after,
                     });
                 }
                 // A device certificate, by the member's own identity key.
@@ -347,6 +326,7 @@ impl EvidenceBundle {
                         key: c.device_key,
                         party: signer.party,
                         holder: Holder::Device(c.principal),
+                        not_after: Some(c.not_after),
                     });
                 }
                 _ => return Err(EvidenceError::Chain),
@@ -356,12 +336,21 @@ impl EvidenceBundle {
     }
 }
 
+/// Whether `principal` is already bound to a party other than `party`
+/// (a principal belongs to one party for the life of the talks).
+fn principal_of_other_party(keys: &[ChainKey], principal: PrincipalId, party: PartyId) -> bool {
+    keys.iter().any(|k| match k.holder {
+        Holder::Identity(p) | Holder::Device(p) => p == principal && k.party != party,
+        Holder::Authority => k.party.0 == principal.0,
+    })
+}
+
 /// Who holds a key the chain vouches for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Holder {
     Authority,
-    Identity(backchannel_codec::PrincipalId),
-    Device(backchannel_codec::PrincipalId),
+    Identity(PrincipalId),
+    Device(PrincipalId),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -369,6 +358,14 @@ struct ChainKey {
     key: PublicKey,
     party: PartyId,
     holder: Holder,
+    /// From its certificate, compared with the bundle's node time.
+    not_after: Option<u64>,
+}
+
+impl ChainKey {
+    fn expired_at(&self, node_time: u64) -> bool {
+        self.not_after.is_some_and(|t| node_time > t)
+    }
 }
 
 impl Encode for EvidenceBundle {

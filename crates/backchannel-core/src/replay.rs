@@ -29,7 +29,7 @@ use std::collections::HashMap;
 
 use backchannel_codec::{PartyId, PrincipalId, RoomId, TalksId};
 use backchannel_crypto::{KeyId, PublicKey};
-use backchannel_statement::roster::Roster;
+use backchannel_statement::roster::{Roster, VerifiedRoster};
 use backchannel_statement::{PartyKind, Payload, Role, SignedStatement, VerifyError};
 use thiserror::Error;
 
@@ -247,7 +247,9 @@ impl Replay {
                 "the author acts for a party not its own",
             ));
         }
-        let room_parties = room_parties(roster, entry.room).ok_or(Rejected::UnknownRoom)?;
+        let room_parties = roster
+            .room_parties(entry.room)
+            .ok_or(Rejected::UnknownRoom)?;
         verified.check_room(entry.room, &room_parties)?;
         let author_role = author.role.clone();
 
@@ -259,11 +261,28 @@ impl Replay {
                         "a member certificate must be signed by its party's talks authority",
                     ));
                 }
-                let kind = party_kind(roster, cert.party)
+                let kind = roster
+                    .party_kind(cert.party)
                     .ok_or(Rejected::NotEntitled("certificate for an unknown party"))?;
                 if cert.role.party_kind() != kind {
                     return Err(Rejected::NotEntitled(
                         "the role does not fit the party's kind",
+                    ));
+                }
+                // A principal belongs to one party for the life of the talks.
+                let taken = roster.parties.iter().any(|p| p.party.0 == cert.principal.0)
+                    || self.keys.values().any(|k| match k.role {
+                        KeyRole::Identity {
+                            principal, party, ..
+                        }
+                        | KeyRole::Device {
+                            principal, party, ..
+                        } => principal == cert.principal && party != cert.party,
+                        KeyRole::TalksAuthority { .. } => false,
+                    });
+                if taken {
+                    return Err(Rejected::NotEntitled(
+                        "the principal belongs to another party",
                     ));
                 }
                 let role = KeyRole::Identity {
@@ -307,7 +326,10 @@ impl Replay {
                         })
                     || matches!(
                         (&author_role, &target.role),
-                        (KeyRole::Identity { principal: a, .. }, KeyRole::Device { principal: b, .. }) if a == b
+                        (
+                            KeyRole::Identity { principal: a, party: pa, .. },
+                            KeyRole::Device { principal: b, party: pb, .. },
+                        ) if a == b && pa == pb
                     );
                 if !allowed {
                     return Err(Rejected::NotEntitled(
@@ -324,7 +346,7 @@ impl Replay {
                     != (KeyRole::TalksAuthority {
                         party: statement.acting_for,
                     })
-                    || party_kind(roster, statement.acting_for) != Some(PartyKind::Mediator)
+                    || roster.party_kind(statement.acting_for) != Some(PartyKind::Mediator)
                 {
                     return Err(Rejected::NotEntitled(
                         "ground rules are signed by the mediator team's talks authority",
@@ -367,31 +389,18 @@ impl Replay {
     }
 
     fn apply_roster(&mut self, entry: LoggedStatement<'_>) -> Result<Accepted, Rejected> {
-        let Payload::Roster(roster) = &entry.statement.unverified().payload else {
+        if !matches!(entry.statement.unverified().payload, Payload::Roster(_)) {
             return Err(Rejected::BeforeRoster);
-        };
-        roster
-            .verify_for(self.talks)
-            .map_err(|e| Rejected::Roster(e.to_string()))?;
-        let mediator = roster
-            .parties
-            .iter()
-            .find(|p| {
-                p.kind == PartyKind::Mediator
-                    && p.talks_authority_key.id() == entry.statement.unverified().author
-            })
-            .ok_or(Rejected::NotEntitled(
-                "the roster must be signed by a mediator team's talks authority",
-            ))?;
-        let verified = entry
-            .statement
-            .verify(self.talks, &mediator.talks_authority_key)?;
-        if verified.statement().acting_for != mediator.party {
-            return Err(Rejected::NotEntitled(
-                "the roster must act for the mediator team",
-            ));
         }
-        let parties = room_parties(roster, entry.room).ok_or(Rejected::UnknownRoom)?;
+        let VerifiedRoster {
+            statement: verified,
+            roster,
+            ..
+        } = VerifiedRoster::verify(self.talks, entry.statement)
+            .map_err(|e| Rejected::Roster(e.to_string()))?;
+        let parties = roster
+            .room_parties(entry.room)
+            .ok_or(Rejected::UnknownRoom)?;
         verified.check_room(entry.room, &parties)?;
         let seq = entry.seq;
         // The map is empty before the roster and `verify_for` checked that
@@ -421,29 +430,7 @@ impl Replay {
                 self.certify(*d, device, seq)?;
             }
         }
-        self.roster = Some(roster.clone());
+        self.roster = Some(roster);
         Ok(Accepted::Roster)
     }
-}
-
-fn party_kind(roster: &Roster, party: PartyId) -> Option<PartyKind> {
-    roster
-        .parties
-        .iter()
-        .find(|p| p.party == party)
-        .map(|p| p.kind)
-}
-
-/// The parties with a member in `room`, if the roster declares it.
-fn room_parties(roster: &Roster, room: RoomId) -> Option<Vec<PartyId>> {
-    let decl = roster.rooms.iter().find(|r| r.room == room)?;
-    let mut parties: Vec<PartyId> = roster
-        .members
-        .iter()
-        .filter(|m| decl.members.binary_search(&m.principal).is_ok())
-        .map(|m| m.party)
-        .collect();
-    parties.sort();
-    parties.dedup();
-    Some(parties)
 }

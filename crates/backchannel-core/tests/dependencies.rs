@@ -18,22 +18,40 @@ const PURE: &[&str] = &[
 
 /// Crates that would mean IO in the core: async runtimes, HTTP, databases.
 const FORBIDDEN: &[&str] = &[
+    // async runtimes and executors
     "tokio",
     "async-std",
     "smol",
     "async-executor",
+    "async-io",
+    "futures",
     "futures-executor",
+    "futures-util",
     "mio",
+    "glommio",
+    "monoio",
+    // HTTP and network clients and servers
     "hyper",
     "http",
     "h2",
+    "h3",
+    "quinn",
     "reqwest",
+    "ureq",
+    "curl",
+    "isahc",
+    "surf",
     "axum",
+    "actix-web",
+    "warp",
     "tower",
     "tower-http",
     "tungstenite",
     "tokio-tungstenite",
     "rustls",
+    "native-tls",
+    "openssl",
+    // databases and embedded stores
     "sqlx",
     "sqlx-core",
     "rusqlite",
@@ -41,8 +59,15 @@ const FORBIDDEN: &[&str] = &[
     "diesel",
     "postgres",
     "tokio-postgres",
+    "mysql",
+    "mysql_async",
     "sea-orm",
     "redis",
+    "sled",
+    "redb",
+    "rocksdb",
+    "lmdb",
+    "heed",
 ];
 
 #[test]

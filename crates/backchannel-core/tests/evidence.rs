@@ -187,6 +187,11 @@ fn the_bundle_matches_its_known_answer_vector() {
         std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")))
             .unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/evidence/seed-bundle");
+        std::fs::create_dir_all(seed.parent().unwrap_or(std::path::Path::new(".")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&seed, &bytes).unwrap_or_else(|e| panic!("{e}"));
     }
     let stored =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -20,6 +20,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("cosignature", backchannel_tlog::fuzz::cosignature),
     ("receipt", backchannel_tlog::fuzz::receipt),
     ("proof", backchannel_tlog::fuzz::proof),
+    ("evidence", backchannel_core::fuzz::evidence),
 ];
 
 /// Random byte changes per corpus file.

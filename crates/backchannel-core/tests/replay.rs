@@ -339,3 +339,25 @@ fn a_key_is_certified_once() {
         &[Ok(()), Err("already certified")],
     );
 }
+
+#[test]
+fn a_principal_belongs_to_one_party() {
+    let l = Log::new();
+    let t = fixtures::talks();
+    // Iran's authority certifies a key for the US head's principal, then
+    // uses it to revoke the US head's device.
+    let cert = MemberCert::new(
+        fixtures::PRINCIPALS[1],
+        t.iran,
+        Role::Negotiator,
+        key(NEW_IDENTITY).public_key(),
+        vec![],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cert = t.statement(40, &key(IRAN_TALKS), t.iran, Payload::MemberCert(cert));
+    check(
+        &[at(l.roster(OMAN_TALKS)), at(cert)],
+        &[Ok(()), Err("belongs to another party")],
+    );
+}

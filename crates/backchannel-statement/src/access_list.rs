@@ -146,6 +146,10 @@ impl Decode for AccessEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessList {
     talks: TalksId,
+    /// How many changes have been applied since the roster's list (0). Part
+    /// of the hash, so a list never returns to an earlier hash and an old
+    /// signed change can never be replayed.
+    generation: u64,
     /// Sorted by key id.
     entries: Vec<AccessEntry>,
 }
@@ -195,6 +199,9 @@ pub enum AccessListError {
         "{0:?}: the mediator flag must match the party's kind on the current list; mediator teams change only with a new roster"
     )]
     MediatorFlag(KeyId),
+    /// One principal id under two parties.
+    #[error("principal {0} appears under two parties")]
+    PrincipalOfTwoParties(PrincipalId),
     /// A required signature is missing.
     #[error("missing signature: {0}")]
     MissingSignature(String),
@@ -202,7 +209,12 @@ pub enum AccessListError {
 
 impl AccessList {
     /// A list; entries are sorted by key id; duplicates are refused.
-    pub fn new(talks: TalksId, mut entries: Vec<AccessEntry>) -> Result<Self, AccessListError> {
+    /// Every principal belongs to exactly one party.
+    pub fn new(
+        talks: TalksId,
+        generation: u64,
+        mut entries: Vec<AccessEntry>,
+    ) -> Result<Self, AccessListError> {
         if entries.len() > MAX_ENTRIES {
             return Err(AccessListError::TooLarge("access-list entries"));
         }
@@ -210,7 +222,17 @@ impl AccessList {
         if let Some(w) = entries.windows(2).find(|w| w[0].key_id() == w[1].key_id()) {
             return Err(AccessListError::DuplicateKey(w[0].key_id()));
         }
-        Ok(Self { talks, entries })
+        check_principals(&entries)?;
+        Ok(Self {
+            talks,
+            generation,
+            entries,
+        })
+    }
+
+    /// How many changes have been applied to the roster's list.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The talks.
@@ -294,13 +316,16 @@ impl AccessList {
                 touched.insert(old.party);
             }
         }
-        let next = AccessList::new(self.talks, map.into_values().collect())?;
+        let next = AccessList::new(self.talks, self.generation + 1, map.into_values().collect())?;
 
         if delta.upsert.is_empty() {
             // Removal only: the key's own principal (a device) or its party's signer.
             for e in &removed {
                 let own = signers.iter().any(|s| {
-                    s.has(FLAG_DEVICE) && s.principal == e.principal && e.has(FLAG_DEVICE)
+                    s.has(FLAG_DEVICE)
+                        && e.has(FLAG_DEVICE)
+                        && s.principal == e.principal
+                        && s.party == e.party
                 });
                 if !own && !designated(e.party) {
                     return Err(AccessListError::MissingSignature(format!(
@@ -356,15 +381,26 @@ impl AccessList {
     }
 }
 
+/// Fails if one principal id appears under two parties.
+fn check_principals(entries: &[AccessEntry]) -> Result<(), AccessListError> {
+    let mut owner: BTreeMap<PrincipalId, PartyId> = BTreeMap::new();
+    for e in entries {
+        if *owner.entry(e.principal).or_insert(e.party) != e.party {
+            return Err(AccessListError::PrincipalOfTwoParties(e.principal));
+        }
+    }
+    Ok(())
+}
+
 /// Rooms whose set of member *principals* differs between two lists. A new
 /// device of a principal already in a room changes who holds keys, not who
 /// can read, so it touches only the device's own party.
 fn changed_rooms(old: &AccessList, new: &AccessList) -> BTreeSet<RoomId> {
-    fn members(l: &AccessList) -> BTreeMap<RoomId, BTreeSet<PrincipalId>> {
-        let mut m: BTreeMap<RoomId, BTreeSet<PrincipalId>> = BTreeMap::new();
+    fn members(l: &AccessList) -> BTreeMap<RoomId, BTreeSet<(PartyId, PrincipalId)>> {
+        let mut m: BTreeMap<RoomId, BTreeSet<(PartyId, PrincipalId)>> = BTreeMap::new();
         for e in &l.entries {
             for r in &e.rooms {
-                m.entry(*r).or_default().insert(e.principal);
+                m.entry(*r).or_default().insert((e.party, e.principal));
             }
         }
         m
@@ -381,12 +417,13 @@ impl Encode for AccessList {
     fn encode(&self, w: &mut Writer) {
         w.u8(ACCESS_LIST_VERSION);
         self.talks.encode(w);
+        w.u64(self.generation);
         w.list(&self.entries);
     }
 }
 
 impl Decode for AccessList {
-    const MIN_LEN: usize = 1 + 16 + 4;
+    const MIN_LEN: usize = 1 + 16 + 8 + 4;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let v = r.u8("access list version")?;
         if v != ACCESS_LIST_VERSION {
@@ -396,9 +433,18 @@ impl Decode for AccessList {
             });
         }
         let talks = TalksId::decode(r)?;
+        let generation = r.u64("access list generation")?;
         let entries: Vec<AccessEntry> = r.list("access list entries", MAX_ENTRIES)?;
         check_strictly_sorted(&entries, "access list entries", |e| e.key_id())?;
-        Ok(Self { talks, entries })
+        check_principals(&entries).map_err(|_| DecodeError::Invalid {
+            field: "access list entries",
+            reason: "a principal belongs to two parties",
+        })?;
+        Ok(Self {
+            talks,
+            generation,
+            entries,
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use crate::payload::Payload;
 use crate::roles::{Act, PartyKind, Role};
 use crate::roster::{
     Calendar, ChangeRule, ExportRecipient, ExportRule, ExportScope, GroundRules, KeyVerification,
-    MemberEntry, PartyEntry, RoomDecl, RoomPurpose, Roster, SigningRule,
+    MemberFields, PartyEntry, RoomDecl, RoomPurpose, Roster, SigningRule,
 };
 use crate::statement::{Audience, CheckpointRef, SignedStatement, Statement};
 use crate::{Attribution, Conveyance};
@@ -141,13 +141,37 @@ pub fn talks() -> Talks {
         PartyEntry::certify(talks, p, kind, name, &key(auth), pk(talks_auth))
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    let member = |principal, party, role, name: &str, ident: u8, dev: u8| MemberEntry {
-        principal,
-        party,
-        role,
-        name: name.into(),
-        identity_key: pk(ident),
-        devices: vec![pk(dev)],
+    // Each member is certified by its own party's talks authority.
+    let talks_authority = |p: PartyId| {
+        if p == oman {
+            OMAN_TALKS
+        } else if p == us {
+            US_TALKS
+        } else {
+            IRAN_TALKS
+        }
+    };
+    let member = |principal, party, role: Role, name: &str, ident: u8, dev: u8| {
+        let acts = [
+            Act::AcceptTalks,
+            Act::ReleaseMessage,
+            Act::SignAgreement,
+            Act::Convey,
+        ]
+        .into_iter()
+        .filter(|a| role.permits(*a))
+        .collect();
+        MemberFields {
+            principal,
+            party,
+            role,
+            name: name.into(),
+            identity_key: pk(ident),
+            devices: vec![pk(dev)],
+            acts,
+        }
+        .certify(talks, &key(talks_authority(party)))
+        .unwrap_or_else(|e| panic!("{e}"))
     };
     let room = |room, purpose, name: &str, mut members: Vec<PrincipalId>| {
         members.sort();

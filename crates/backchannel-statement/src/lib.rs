@@ -23,8 +23,10 @@
 
 pub mod access_list;
 pub mod certs;
+#[cfg(feature = "test-fixtures")]
 #[doc(hidden)]
 pub mod fixtures;
+#[cfg(feature = "test-fixtures")]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod header;

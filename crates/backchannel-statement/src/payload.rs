@@ -7,7 +7,6 @@ use backchannel_crypto::{Context, Digest};
 use crate::access_list::AccessListChange;
 use crate::certs::{DeviceCert, MemberCert, Revoke};
 use crate::roster::{GroundRules, Roster};
-use crate::statement::statement_context;
 
 /// A statement's type: its code in the frame and its signature context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,17 +73,15 @@ impl StatementType {
     /// The signature context: `backchannel/v1/statement/<name>`.
     pub const fn context(self) -> Context {
         match self {
-            StatementType::Roster => statement_context("backchannel/v1/statement/roster"),
-            StatementType::GroundRules => {
-                statement_context("backchannel/v1/statement/ground-rules")
-            }
-            StatementType::Acceptance => statement_context("backchannel/v1/statement/acceptance"),
+            StatementType::Roster => Context::new("backchannel/v1/statement/roster"),
+            StatementType::GroundRules => Context::new("backchannel/v1/statement/ground-rules"),
+            StatementType::Acceptance => Context::new("backchannel/v1/statement/acceptance"),
             StatementType::AccessListChange => {
-                statement_context("backchannel/v1/statement/access-list-change")
+                Context::new("backchannel/v1/statement/access-list-change")
             }
-            StatementType::DeviceCert => statement_context("backchannel/v1/statement/device-cert"),
-            StatementType::MemberCert => statement_context("backchannel/v1/statement/member-cert"),
-            StatementType::Revoke => statement_context("backchannel/v1/statement/revoke"),
+            StatementType::DeviceCert => Context::new("backchannel/v1/statement/device-cert"),
+            StatementType::MemberCert => Context::new("backchannel/v1/statement/member-cert"),
+            StatementType::Revoke => Context::new("backchannel/v1/statement/revoke"),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::roles::{Act, PartyKind, Role, u8_enum_codec};
 use crate::text::check_string;
 
 /// The context of a long-term authority's certification of a talks
-/// authority key: signed over `talks ‖ party ‖ talks authority key`.
+/// authority key: signed over `talks ‖ party ‖ kind ‖ name ‖ talks authority key`.
 pub const TALKS_AUTHORITY_CONTEXT: Context = Context::new("backchannel/v1/talks-authority");
 /// The most parties (delegations, mediator teams, monitors, escrow agents).
 pub const MAX_PARTIES: usize = 32;
@@ -65,35 +65,58 @@ impl PartyEntry {
         authority: &dyn Signer,
         talks_authority_key: PublicKey,
     ) -> Result<Self, SignError> {
-        let msg = Self::cert_message(talks, party, &talks_authority_key);
+        let name = name.into();
+        let msg = Self::cert_message(talks, party, kind, &name, &talks_authority_key);
         let authority_signature = authority.sign(TALKS_AUTHORITY_CONTEXT, &msg)?;
         Ok(Self {
             party,
             kind,
-            name: name.into(),
+            name,
             authority_key: authority.public_key(),
             talks_authority_key,
             authority_signature,
         })
     }
 
-    fn cert_message(talks: TalksId, party: PartyId, key: &PublicKey) -> Vec<u8> {
-        let mut w = Writer::with_capacity(64);
+    /// `talks ‖ party ‖ kind ‖ name ‖ talks authority key`: the kind and
+    /// name are bound so that the mediator cannot relabel a party.
+    fn cert_message(
+        talks: TalksId,
+        party: PartyId,
+        kind: PartyKind,
+        name: &str,
+        key: &PublicKey,
+    ) -> Vec<u8> {
+        let mut w = Writer::with_capacity(96 + name.len());
         talks.encode(&mut w);
         party.encode(&mut w);
+        kind.encode(&mut w);
+        w.text(name);
         key.encode(&mut w);
         w.into_bytes()
     }
 
     /// Checks the long-term authority's certification of the talks authority key.
     pub fn verify_certification(&self, talks: TalksId) -> Result<(), BadSignature> {
-        let msg = Self::cert_message(talks, self.party, &self.talks_authority_key);
+        let msg = Self::cert_message(
+            talks,
+            self.party,
+            self.kind,
+            &self.name,
+            &self.talks_authority_key,
+        );
         self.authority_key
             .verify(TALKS_AUTHORITY_CONTEXT, &msg, &self.authority_signature)
     }
 }
 
-/// A member as the roster lists it.
+/// The context of a party's certification of a member the roster lists:
+/// its talks authority signs `talks ‖ member entry without the signature`.
+pub const ROSTER_MEMBER_CONTEXT: Context = Context::new("backchannel/v1/roster-member");
+
+/// A member as the roster lists it, certified by its own party's talks
+/// authority (so the mediator, who signs the roster, cannot add or change a
+/// party's members): the roster's form of a [`crate::MemberCert`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberEntry {
     /// The member's opaque id.
@@ -108,6 +131,118 @@ pub struct MemberEntry {
     pub identity_key: PublicKey,
     /// Its device keys at the time of the roster; sorted, unique.
     pub devices: Vec<PublicKey>,
+    /// The acts it may sign for the party; sorted, unique, each permitted by `role`.
+    pub acts: Vec<Act>,
+    /// The party's talks authority's signature over the rest, under
+    /// [`ROSTER_MEMBER_CONTEXT`].
+    pub certification: Signature,
+}
+
+/// The fields of a [`MemberEntry`], before its party certifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberFields {
+    /// The member's opaque id.
+    pub principal: PrincipalId,
+    /// Its party.
+    pub party: PartyId,
+    /// Its role.
+    pub role: Role,
+    /// Its name.
+    pub name: String,
+    /// Its identity key for these talks.
+    pub identity_key: PublicKey,
+    /// Its device keys.
+    pub devices: Vec<PublicKey>,
+    /// The acts it may sign for the party.
+    pub acts: Vec<Act>,
+}
+
+impl MemberFields {
+    fn encode_unsigned(&self, w: &mut Writer) {
+        self.principal.encode(w);
+        self.party.encode(w);
+        self.role.encode(w);
+        w.text(&self.name);
+        self.identity_key.encode(w);
+        w.list(&self.devices);
+        w.list(&self.acts);
+    }
+
+    fn signed_message(&self, talks: TalksId) -> Vec<u8> {
+        let mut w = Writer::with_capacity(256);
+        talks.encode(&mut w);
+        self.encode_unsigned(&mut w);
+        w.into_bytes()
+    }
+
+    /// Sorts devices and acts, checks the acts against the role, and signs
+    /// the entry with the party's talks authority.
+    pub fn certify(
+        mut self,
+        talks: TalksId,
+        talks_authority: &dyn Signer,
+    ) -> Result<MemberEntry, MemberCertifyError> {
+        self.devices.sort();
+        self.devices.dedup();
+        self.acts.sort();
+        self.acts.dedup();
+        if let Some(&act) = self.acts.iter().find(|a| !self.role.permits(**a)) {
+            return Err(MemberCertifyError::Act(crate::certs::ActNotPermitted {
+                role: self.role,
+                act,
+            }));
+        }
+        let certification =
+            talks_authority.sign(ROSTER_MEMBER_CONTEXT, &self.signed_message(talks))?;
+        Ok(MemberEntry {
+            principal: self.principal,
+            party: self.party,
+            role: self.role,
+            name: self.name,
+            identity_key: self.identity_key,
+            devices: self.devices,
+            acts: self.acts,
+            certification,
+        })
+    }
+}
+
+/// Why a member entry could not be certified.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MemberCertifyError {
+    /// An act the role does not permit.
+    #[error(transparent)]
+    Act(#[from] crate::certs::ActNotPermitted),
+    /// The signer failed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+impl MemberEntry {
+    fn fields(&self) -> MemberFields {
+        MemberFields {
+            principal: self.principal,
+            party: self.party,
+            role: self.role,
+            name: self.name.clone(),
+            identity_key: self.identity_key,
+            devices: self.devices.clone(),
+            acts: self.acts.clone(),
+        }
+    }
+
+    /// Checks the party's certification of this entry.
+    pub fn verify_certification(
+        &self,
+        talks: TalksId,
+        talks_authority: &PublicKey,
+    ) -> Result<(), BadSignature> {
+        talks_authority.verify(
+            ROSTER_MEMBER_CONTEXT,
+            &self.fields().signed_message(talks),
+            &self.certification,
+        )
+    }
 }
 
 /// What a room is for.
@@ -222,6 +357,16 @@ pub enum RosterError {
     /// A party's talks authority certification does not verify.
     #[error("party {0}: the authority's certification of its talks authority key does not verify")]
     Certification(PartyId),
+    /// The statement is not a roster.
+    #[error("the statement is not a roster")]
+    NotARoster,
+    /// The roster statement is not signed by a mediator team's talks
+    /// authority acting for that team.
+    #[error("the roster must be signed by a mediator team's talks authority, acting for that team")]
+    NotSignedByMediator,
+    /// A member entry is not certified by its party's talks authority.
+    #[error("member {0}: its party's talks authority has not certified this entry")]
+    MemberCertification(PrincipalId),
     /// The access-list hash is not that of the implied list.
     #[error("the roster's access-list hash does not match the access list it implies")]
     AccessListHash,
@@ -300,6 +445,14 @@ impl Roster {
             )?;
         }
         let principals: BTreeSet<PrincipalId> = self.members.iter().map(|m| m.principal).collect();
+        // A party's authority appears on the access list with its party id
+        // as principal; no member may take that id.
+        sorted(
+            self.parties
+                .iter()
+                .all(|p| !principals.contains(&PrincipalId(p.party.0))),
+            "a member's principal id equals a party id",
+        )?;
         for r in &self.rooms {
             if !name_ok(&r.name) {
                 return Err(RosterError::Name);
@@ -349,6 +502,36 @@ impl Roster {
         Ok(())
     }
 
+    /// The kind of a party the roster declares.
+    pub fn party_kind(&self, party: PartyId) -> Option<PartyKind> {
+        self.parties
+            .iter()
+            .find(|p| p.party == party)
+            .map(|p| p.kind)
+    }
+
+    /// The parties with a member in `room`, sorted, if the roster declares it.
+    pub fn room_parties(&self, room: RoomId) -> Option<Vec<PartyId>> {
+        let decl = self.rooms.iter().find(|r| r.room == room)?;
+        let mut parties: Vec<PartyId> = self
+            .members
+            .iter()
+            .filter(|m| decl.members.binary_search(&m.principal).is_ok())
+            .map(|m| m.party)
+            .collect();
+        parties.sort();
+        parties.dedup();
+        Some(parties)
+    }
+
+    /// The mediator team whose talks authority key has id `key`: the only
+    /// party that may sign the roster.
+    pub fn mediator_with_authority(&self, key: &backchannel_crypto::KeyId) -> Option<&PartyEntry> {
+        self.parties
+            .iter()
+            .find(|p| p.kind == PartyKind::Mediator && p.talks_authority_key.id() == *key)
+    }
+
     /// The access list this roster implies for `talks`: each member's
     /// devices with the rooms the member is in; each party's talks authority
     /// key as its designated signer; heads and mediator leads may propose
@@ -396,7 +579,7 @@ impl Roster {
                 flags,
             )?);
         }
-        Ok(AccessList::new(talks, entries)?)
+        Ok(AccessList::new(talks, 0, entries)?)
     }
 
     /// Everything [`Roster::check_structure`] checks, plus every party's
@@ -407,11 +590,58 @@ impl Roster {
             p.verify_certification(talks)
                 .map_err(|_| RosterError::Certification(p.party))?;
         }
+        for m in &self.members {
+            let authority = self
+                .parties
+                .iter()
+                .find(|p| p.party == m.party)
+                .ok_or(RosterError::Dangling("a member's party"))?;
+            m.verify_certification(talks, &authority.talks_authority_key)
+                .map_err(|_| RosterError::MemberCertification(m.principal))?;
+        }
         let list = self.implied_access_list(talks)?;
         if list.hash() != self.access_list_hash {
             return Err(RosterError::AccessListHash);
         }
         Ok(list)
+    }
+}
+
+/// A roster statement that verified: the roster is sound for its talks
+/// (see [`Roster::verify_for`]) and the statement is signed by a mediator
+/// team's talks authority acting for that team.
+#[derive(Debug, Clone)]
+pub struct VerifiedRoster {
+    /// The verified statement.
+    pub statement: crate::VerifiedStatement,
+    /// The roster.
+    pub roster: Roster,
+    /// The access list the roster implies.
+    pub access_list: AccessList,
+}
+
+impl VerifiedRoster {
+    /// Verifies a signed roster statement for `talks`: the one check replay
+    /// and evidence verification share.
+    pub fn verify(talks: TalksId, signed: &crate::SignedStatement) -> Result<Self, RosterError> {
+        let crate::Payload::Roster(roster) = &signed.unverified().payload else {
+            return Err(RosterError::NotARoster);
+        };
+        let access_list = roster.verify_for(talks)?;
+        let mediator = roster
+            .mediator_with_authority(&signed.unverified().author)
+            .ok_or(RosterError::NotSignedByMediator)?;
+        let statement = signed
+            .verify(talks, &mediator.talks_authority_key)
+            .map_err(|_| RosterError::NotSignedByMediator)?;
+        if statement.statement().acting_for != mediator.party {
+            return Err(RosterError::NotSignedByMediator);
+        }
+        Ok(Self {
+            statement,
+            roster: roster.clone(),
+            access_list,
+        })
     }
 }
 
@@ -457,26 +687,32 @@ impl Decode for PartyEntry {
 
 impl Encode for MemberEntry {
     fn encode(&self, w: &mut Writer) {
-        self.principal.encode(w);
-        self.party.encode(w);
-        self.role.encode(w);
-        w.text(&self.name);
-        self.identity_key.encode(w);
-        w.list(&self.devices);
+        self.fields().encode_unsigned(w);
+        self.certification.encode(w);
     }
 }
 
 impl Decode for MemberEntry {
-    const MIN_LEN: usize = 16 + 16 + 1 + 4 + 32 + 4;
+    const MIN_LEN: usize = 16 + 16 + 1 + 4 + 32 + 4 + 4 + 64;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Self {
+        let entry = Self {
             principal: PrincipalId::decode(r)?,
             party: PartyId::decode(r)?,
             role: Role::decode(r)?,
             name: r.text("member name", MAX_NAME_BYTES)?.to_owned(),
             identity_key: PublicKey::decode(r)?,
             devices: r.list("devices", MAX_DEVICES)?,
-        })
+            acts: r.list("acts", crate::certs::MAX_ACTS)?,
+            certification: Signature::decode(r)?,
+        };
+        check_strictly_sorted(&entry.acts, "acts", |a| *a)?;
+        if entry.acts.iter().any(|a| !entry.role.permits(*a)) {
+            return Err(DecodeError::Invalid {
+                field: "acts",
+                reason: "an act the role does not permit",
+            });
+        }
+        Ok(entry)
     }
 }
 

@@ -16,7 +16,7 @@ use backchannel_codec::{
     check_strictly_sorted,
 };
 use backchannel_crypto::{
-    BadSignature, Context, Digest, KeyId, PublicKey, SignError, Signature, Signer, sha256,
+    BadSignature, Digest, KeyId, PublicKey, SignError, Signature, Signer, sha256,
 };
 use rand_core::CryptoRngCore;
 use thiserror::Error;
@@ -375,9 +375,4 @@ impl VerifiedStatement {
             Err(VerifyError::OutsideAudience)
         }
     }
-}
-
-/// The signature context of statements of type `ty`.
-pub(crate) const fn statement_context(name: &'static str) -> Context {
-    Context::new(name)
 }

@@ -5,6 +5,7 @@ use backchannel_crypto::{Digest, Signer, sha256};
 use backchannel_statement::access_list::{FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::{BODY_BUCKETS, pad_body, unpad_body};
+use backchannel_statement::roster::MemberFields;
 use backchannel_statement::*;
 
 fn payloads(t: &fixtures::Talks) -> Vec<(u8, PartyId, Payload)> {
@@ -191,10 +192,44 @@ fn roster_verifies_and_its_tampering_does_not() {
         r.verify_for(t.talks),
         Err(RosterError::Certification(_))
     ));
-    // A member added without updating the hash.
+    // A device slipped into a member's entry by the mediator: the member's
+    // party did not certify it.
     let mut r = t.roster.clone();
-    r.members[0].devices.push(key(0x65).public_key());
-    r.members[0].devices.sort();
+    r.members[1].devices.push(key(0x65).public_key());
+    r.members[1].devices.sort();
+    assert_eq!(
+        r.verify_for(t.talks),
+        Err(RosterError::MemberCertification(fixtures::PRINCIPALS[1]))
+    );
+    // A member the mediator invents for the US, certified by the mediator.
+    let mut r = t.roster.clone();
+    let fake = MemberFields {
+        principal: PrincipalId([0xa9; 16]),
+        party: t.us,
+        role: Role::Head,
+        name: "Impostor".into(),
+        identity_key: key(0x67).public_key(),
+        devices: vec![key(0x68).public_key()],
+        acts: vec![Act::SignAgreement],
+    }
+    .certify(t.talks, &key(OMAN_TALKS))
+    .unwrap_or_else(|e| panic!("{e}"));
+    r.members.push(fake);
+    for room in r.rooms.iter_mut().filter(|room| room.room == t.record) {
+        room.members.push(PrincipalId([0xa9; 16]));
+        room.members.sort();
+    }
+    assert_eq!(
+        r.verify_for(t.talks),
+        Err(RosterError::MemberCertification(PrincipalId([0xa9; 16])))
+    );
+    // A room changed without updating the hash.
+    let mut r = t.roster.clone();
+    let caucus = r.rooms.iter_mut().find(|room| room.room == t.iran_caucus);
+    if let Some(caucus) = caucus {
+        caucus.members.push(fixtures::PRINCIPALS[3]);
+        caucus.members.sort();
+    }
     assert_eq!(r.verify_for(t.talks), Err(RosterError::AccessListHash));
     // No record room.
     let mut r = t.roster.clone();
@@ -337,7 +372,7 @@ fn access_list_changes_need_the_right_signatures() {
     // A mediator cannot slip a key into a delegation's rooms by flagging it as its own.
     let disguised = AccessEntry::new(
         key(0x93).public_key(),
-        us_head,
+        PrincipalId([0xd0; 16]),
         t.iran,
         vec![t.iran_caucus],
         FLAG_DEVICE | FLAG_MEDIATOR,
@@ -557,5 +592,68 @@ fn non_canonical_values_are_refused() {
     assert!(matches!(
         statement.sign(&key(IRAN_HEAD)),
         Err(statement::BuildError::WrongSigner)
+    ));
+}
+
+#[test]
+fn a_principal_belongs_to_one_party_and_old_changes_cannot_be_replayed() {
+    let t = fixtures::talks();
+    let list = t
+        .roster
+        .verify_for(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // An Iranian device claiming the US head's principal, to reach the US caucus.
+    let borrowed = AccessEntry::new(
+        key(0x94).public_key(),
+        fixtures::PRINCIPALS[1],
+        t.iran,
+        vec![t.us_caucus],
+        FLAG_DEVICE,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let delta = AccessListDelta::new(t.talks, list.hash(), vec![], vec![borrowed])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sigs = [OMAN_TALKS, IRAN_TALKS]
+        .iter()
+        .map(|l| delta.sign(&key(*l)).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let change = AccessListChange::new(delta, sigs).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        list.apply(&change),
+        Err(AccessListError::PrincipalOfTwoParties(
+            fixtures::PRINCIPALS[1]
+        ))
+    );
+
+    // Remove a device, put it back: the list's contents are as before, but
+    // its generation is not, so the old removal does not apply again.
+    let device = list
+        .get(&key(US_NEGOTIATOR_DEVICE).public_key().id())
+        .cloned()
+        .unwrap_or_else(|| panic!("fixture device"));
+    let signed = |l: &AccessList, remove: Vec<_>, upsert: Vec<AccessEntry>, signers: &[u8]| {
+        let delta = AccessListDelta::new(t.talks, l.hash(), remove, upsert)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sigs = signers
+            .iter()
+            .map(|s| delta.sign(&key(*s)).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        AccessListChange::new(delta, sigs).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let removal = signed(&list, vec![device.key_id()], vec![], &[US_TALKS]);
+    let l1 = list.apply(&removal).unwrap_or_else(|e| panic!("{e}"));
+    let l2 = l1
+        .apply(&signed(
+            &l1,
+            vec![],
+            vec![device],
+            &[OMAN_TALKS, US_TALKS, IRAN_TALKS],
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(l2.entries(), list.entries());
+    assert_eq!(l2.generation(), 2);
+    assert!(matches!(
+        l2.apply(&removal),
+        Err(AccessListError::StaleBase { .. })
     ));
 }
