@@ -1,0 +1,994 @@
+//! The node's storage ([`backchannel_store::Store`]) on one SQLite file.
+//!
+//! Features:
+//! - **Durable acknowledgements.** The database runs in WAL mode with
+//!   `synchronous=FULL` on the write connection, so every `COMMIT` fsyncs
+//!   the WAL before it returns; a method returns `Ok` only after its
+//!   `COMMIT` did. Every write connection is checked for both pragmas when it
+//!   is opened and refused otherwise ([`SqliteStore::write_pragmas`] reads
+//!   them back).
+//! - **One writer.** Writes go through a pool of exactly one connection
+//!   (SQLite allows one writer at a time), each method one
+//!   `BEGIN IMMEDIATE` transaction, so a method's reads and writes see no
+//!   interleaved writer and a crash leaves all or none of its writes.
+//!   Reads use a small pool of `query_only` connections that WAL lets run
+//!   beside the writer.
+//! - **Versioned schema.** Migrations under `migrations/` are embedded and
+//!   applied on open; a database with a newer schema than this build knows
+//!   is refused ([`OpenError::NewerSchema`]).
+//! - **Defensive decoding.** Stored values of the wrong length, type or sign
+//!   are [`StoreError::Corrupt`], never a panic; SQLite errors are mapped to
+//!   [`StoreError::Unavailable`] (try again: nothing may be assumed written)
+//!   or [`StoreError::Backend`], with messages that carry no ids.
+//!
+//! Non-features: no content verification. The store returns what the file
+//! holds; a tampered header or receipt is served as stored and caught by
+//! clients, which verify headers, leaves, receipts and proofs themselves
+//! (the node is an untrusted sequencer). Structural breaks the store can see
+//! cheaply (a missing seq, a bad length) are reported as `Corrupt`.
+
+mod error;
+mod migrate;
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+
+use backchannel_codec::{Encode, RoomId, TalksId};
+use backchannel_crypto::{Digest, KeyId, Signer};
+use backchannel_store::{
+    AccessListRecord, Appended, CheckpointRecord, MAX_READ, MAX_SEQUENCE_BATCH, Outcome, Placement,
+    SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+};
+use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
+use sqlx::pool::PoolConnectionMetadata;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+use crate::error::{backend, fixed, from_sql, to_sql};
+pub use crate::migrate::SCHEMA_VERSION;
+
+/// How the store opens its database.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long a connection waits on a lock held by another process before
+    /// failing with [`StoreError::Unavailable`] (SQLite's busy timeout).
+    pub busy_timeout: Duration,
+    /// How long a call waits for a free connection before failing with
+    /// [`StoreError::Unavailable`]. Writers queue for the one write
+    /// connection, so this bounds how long a write may wait behind others.
+    pub acquire_timeout: Duration,
+    /// How many read connections to keep at most (at least 1).
+    pub read_connections: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(30),
+            read_connections: 4,
+        }
+    }
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The database was migrated by a newer build.
+    #[error(
+        "the database has schema version {found}, newer than this build knows ({known}): \
+         run a newer node, or restore a backup taken by this version"
+    )]
+    NewerSchema {
+        /// The version recorded in the database.
+        found: u32,
+        /// The newest version this build knows ([`SCHEMA_VERSION`]).
+        known: u32,
+    },
+    /// The bookkeeping of the schema is unreadable.
+    #[error("the database is corrupt: {0}")]
+    Corrupt(String),
+    /// SQLite refused to open, configure or migrate the file (including a
+    /// write connection that would not run in WAL mode with
+    /// `synchronous=FULL`).
+    #[error("cannot open the database: {0}")]
+    Sqlite(String),
+}
+
+/// The pragmas in force on the write connection, as SQLite reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritePragmas {
+    /// `PRAGMA journal_mode`, lower case (`"wal"`).
+    pub journal_mode: String,
+    /// `PRAGMA synchronous` by name (`"OFF"`, `"NORMAL"`, `"FULL"`, `"EXTRA"`).
+    pub synchronous: String,
+    /// `PRAGMA foreign_keys`.
+    pub foreign_keys: bool,
+    /// `PRAGMA busy_timeout`, in milliseconds.
+    pub busy_timeout_ms: u64,
+}
+
+/// [`Store`] on an SQLite database file. Clones share the connections and
+/// the subscribers.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// Exactly one connection: every write transaction goes through it.
+    writer: SqlitePool,
+    /// `query_only` connections for reads.
+    reader: SqlitePool,
+    appended: broadcast::Sender<Appended>,
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating it if missing, and migrates it
+    /// to [`SCHEMA_VERSION`]. Must run inside a Tokio runtime.
+    pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, OpenError> {
+        let base = SqliteConnectOptions::new()
+            .filename(path.as_ref())
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout)
+            // FULL: a commit fsyncs the WAL before returning, so an
+            // acknowledged envelope survives power loss (NORMAL would only
+            // survive a process crash). Set on every connection.
+            .synchronous(SqliteSynchronous::Full);
+        let sql = |e: sqlx::Error| OpenError::Sqlite(backend("open", e).to_string());
+
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            // Keep the one connection for the life of the store; if it is
+            // lost, the pool opens a new one through the same checks.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(check_durable)
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // On macOS, fsync does not flush the drive's cache; these
+                    // make SQLite use F_FULLFSYNC there (no-ops elsewhere).
+                    .pragma("fullfsync", "ON")
+                    .pragma("checkpoint_fullfsync", "ON"),
+            )
+            .await
+            .map_err(sql)?;
+        migrate::migrate(&writer).await?;
+
+        // WAL is a property of the file, set by the writer above; readers
+        // must not try to change the journal mode (that needs an exclusive
+        // lock), and `query_only` makes any stray write fail loudly.
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(base.create_if_missing(false).pragma("query_only", "ON"))
+            .await
+            .map_err(sql)?;
+
+        let (appended, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
+        Ok(Self {
+            writer,
+            reader,
+            appended,
+        })
+    }
+
+    /// The pragmas of the write connection, read back from SQLite (for
+    /// tests and health checks: a durable store reports `wal` and `FULL`).
+    pub async fn write_pragmas(&self) -> Result<WritePragmas, StoreError> {
+        const OP: &str = "write pragmas";
+        let mut conn = self.writer.acquire().await.map_err(|e| backend(OP, e))?;
+        let journal_mode: String = pragma(&mut conn, "PRAGMA journal_mode", OP).await?;
+        let synchronous: i64 = pragma(&mut conn, "PRAGMA synchronous", OP).await?;
+        let foreign_keys: i64 = pragma(&mut conn, "PRAGMA foreign_keys", OP).await?;
+        let busy_timeout: i64 = pragma(&mut conn, "PRAGMA busy_timeout", OP).await?;
+        Ok(WritePragmas {
+            journal_mode: journal_mode.to_ascii_lowercase(),
+            synchronous: synchronous_name(synchronous),
+            foreign_keys: foreign_keys != 0,
+            busy_timeout_ms: from_sql(busy_timeout, "busy timeout")?,
+        })
+    }
+
+    /// The schema version recorded in the database.
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        let mut conn = self
+            .reader
+            .acquire()
+            .await
+            .map_err(|e| backend("schema version", e))?;
+        migrate::current_version(&mut conn)
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
+    /// Closes every connection, waiting for calls in progress. Later calls
+    /// (on this store or its clones) fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin_write(
+        &self,
+        op: &'static str,
+    ) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| backend(op, e))
+    }
+
+    async fn begin_read(
+        &self,
+        op: &'static str,
+    ) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.reader.begin().await.map_err(|e| backend(op, e))
+    }
+}
+
+/// Refuses a write connection that is not in WAL mode with
+/// `synchronous=FULL` (`after_connect` runs on every new pooled
+/// connection, after the connect options' pragmas).
+fn check_durable(
+    conn: &mut SqliteConnection,
+    _: PoolConnectionMetadata,
+) -> Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + '_>> {
+    Box::pin(async move {
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await?;
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await?;
+        if !mode.eq_ignore_ascii_case("wal") || sync != SYNCHRONOUS_FULL {
+            return Err(sqlx::Error::Configuration(
+                format!(
+                    "the write connection runs journal_mode={mode}, synchronous={}; \
+                     WAL and FULL are required (is the file on a filesystem without \
+                     shared memory, such as a network mount?)",
+                    synchronous_name(sync)
+                )
+                .into(),
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// `PRAGMA synchronous` reports FULL as 2.
+const SYNCHRONOUS_FULL: i64 = 2;
+
+fn synchronous_name(v: i64) -> String {
+    match v {
+        0 => "OFF".into(),
+        1 => "NORMAL".into(),
+        SYNCHRONOUS_FULL => "FULL".into(),
+        3 => "EXTRA".into(),
+        other => other.to_string(),
+    }
+}
+
+async fn pragma<T>(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    op: &'static str,
+) -> Result<T, StoreError>
+where
+    T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> + Send + Unpin,
+{
+    sqlx::query_scalar(sql)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| backend(op, e))
+}
+
+// ---------------------------------------------------------------------------
+// Row decoding. Every stored value is checked as it is read.
+
+fn blob<'r>(row: &'r SqliteRow, col: &'static str) -> Result<&'r [u8], StoreError> {
+    row.try_get::<&[u8], _>(col)
+        .map_err(|_| StoreError::Corrupt(format!("stored {col} is not a blob")))
+}
+
+fn uint(row: &SqliteRow, col: &'static str) -> Result<u64, StoreError> {
+    let v: i64 = row
+        .try_get(col)
+        .map_err(|_| StoreError::Corrupt(format!("stored {col} is not an integer")))?;
+    from_sql(v, col)
+}
+
+fn digest(row: &SqliteRow, col: &'static str) -> Result<Digest, StoreError> {
+    Ok(Digest(fixed::<32>(blob(row, col)?, col)?))
+}
+
+fn envelope(talks: TalksId, row: &SqliteRow) -> Result<StoredEnvelope, StoreError> {
+    let body = row
+        .try_get::<Option<&[u8]>, _>("body")
+        .map_err(|_| StoreError::Corrupt("stored body is not a blob".into()))?;
+    Ok(StoredEnvelope {
+        talks,
+        seq: uint(row, "seq")?,
+        node_time: uint(row, "node_time")?,
+        room: RoomId(fixed::<16>(blob(row, "room")?, "room")?),
+        sender: KeyId(digest(row, "sender")?),
+        header: blob(row, "header")?.to_vec(),
+        body: body.map(<[u8]>::to_vec),
+        body_hash: digest(row, "body_hash")?,
+        leaf_hash: digest(row, "leaf_hash")?,
+        receipt: blob(row, "receipt")?.to_vec(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Queries shared by several methods.
+
+/// A talks' log head as stored.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    next_seq: u64,
+    last_time: u64,
+    integrated_size: u64,
+}
+
+async fn head(
+    conn: &mut SqliteConnection,
+    talks: TalksId,
+    op: &'static str,
+) -> Result<Option<Head>, StoreError> {
+    let row =
+        sqlx::query("SELECT next_seq, last_time, integrated_size FROM log_heads WHERE talks = ?")
+            .bind(talks.as_bytes().as_slice())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| backend(op, e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let head = Head {
+        next_seq: uint(&row, "next_seq")?,
+        last_time: uint(&row, "last_time")?,
+        integrated_size: uint(&row, "integrated_size")?,
+    };
+    if head.integrated_size > head.next_seq {
+        return Err(StoreError::Corrupt(
+            "the integrated size exceeds the log size".into(),
+        ));
+    }
+    Ok(Some(head))
+}
+
+/// The latest checkpoint of a talks.
+async fn latest_checkpoint(
+    conn: &mut SqliteConnection,
+    talks: TalksId,
+    op: &'static str,
+) -> Result<Option<CheckpointRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT size, note FROM checkpoints WHERE talks = ? ORDER BY size DESC LIMIT 1",
+    )
+    .bind(talks.as_bytes().as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    row.map(|row| {
+        Ok(CheckpointRecord {
+            size: uint(&row, "size")?,
+            note: blob(&row, "note")?.to_vec(),
+        })
+    })
+    .transpose()
+}
+
+/// An envelope found by its idempotency key.
+struct Original {
+    placement: Placement,
+    header_hash: Digest,
+}
+
+async fn by_idempotency_key(
+    conn: &mut SqliteConnection,
+    sub: &Submission,
+) -> Result<Option<Original>, StoreError> {
+    let row = sqlx::query(
+        "SELECT seq, node_time, header_hash, leaf_hash, receipt FROM envelopes
+         WHERE talks = ? AND sender = ? AND idempotency_key = ?",
+    )
+    .bind(sub.talks.as_bytes().as_slice())
+    .bind(sub.sender.as_bytes().as_slice())
+    .bind(sub.idempotency_key.as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend("sequence", e))?;
+    row.map(|row| {
+        Ok(Original {
+            placement: Placement {
+                seq: uint(&row, "seq")?,
+                node_time: uint(&row, "node_time")?,
+                leaf_hash: digest(&row, "leaf_hash")?,
+                receipt: blob(&row, "receipt")?.to_vec(),
+            },
+            header_hash: digest(&row, "header_hash")?,
+        })
+    })
+    .transpose()
+}
+
+async fn commit(tx: Transaction<'static, Sqlite>, op: &'static str) -> Result<(), StoreError> {
+    tx.commit().await.map_err(|e| backend(op, e))
+}
+
+/// What became of one submission while its batch is being built.
+enum Slot {
+    /// Decided from what was already stored.
+    Done(Outcome),
+    /// The new envelope at this index of the batch (itself, or the first
+    /// submission of the batch with the same idempotency key).
+    New(usize),
+}
+
+/// A new envelope of the batch being sequenced.
+struct Fresh {
+    /// Its index in the submitted batch.
+    submission: usize,
+    record: BatchRecord,
+}
+
+impl Store for SqliteStore {
+    async fn create_talks(
+        &self,
+        talks: &TalksRecord,
+        access_list: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "create talks";
+        let created_at = to_sql(talks.created_at, "the creation time is out of range")?;
+        let version = to_sql(
+            access_list.version,
+            "the access list version is out of range",
+        )?;
+        let id = talks.talks.as_bytes().as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        let exists = sqlx::query("SELECT 1 FROM talks WHERE talks = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        if exists.is_some() {
+            return Err(StoreError::TalksExists);
+        }
+        sqlx::query("INSERT INTO talks (talks, creator, created_at) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(talks.creator.as_bytes().as_slice())
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        sqlx::query("INSERT INTO access_lists (talks, version, hash, bytes) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(version)
+            .bind(access_list.hash.0.as_slice())
+            .bind(access_list.bytes.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        sqlx::query(
+            "INSERT INTO log_heads (talks, next_seq, last_time, integrated_size)
+             VALUES (?, 0, 0, 0)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn talks(&self, talks: TalksId) -> Result<Option<TalksRecord>, StoreError> {
+        const OP: &str = "read talks";
+        let row = sqlx::query("SELECT creator, created_at FROM talks WHERE talks = ?")
+            .bind(talks.as_bytes().as_slice())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        row.map(|row| {
+            Ok(TalksRecord {
+                talks,
+                creator: KeyId(digest(&row, "creator")?),
+                created_at: uint(&row, "created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn access_list(&self, talks: TalksId) -> Result<Option<AccessListRecord>, StoreError> {
+        const OP: &str = "read access list";
+        let row = sqlx::query("SELECT bytes, hash, version FROM access_lists WHERE talks = ?")
+            .bind(talks.as_bytes().as_slice())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        row.map(|row| {
+            Ok(AccessListRecord {
+                bytes: blob(&row, "bytes")?.to_vec(),
+                hash: digest(&row, "hash")?,
+                version: uint(&row, "version")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn replace_access_list(
+        &self,
+        talks: TalksId,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "replace access list";
+        let id = talks.as_bytes().as_slice();
+        let next_version = to_sql(next.version, "the access list version is out of range")?;
+        let mut tx = self.begin_write(OP).await?;
+        let row = sqlx::query("SELECT hash, version FROM access_lists WHERE talks = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        let Some(row) = row else {
+            return Err(StoreError::UnknownTalks);
+        };
+        if digest(&row, "hash")? != expected {
+            return Err(StoreError::Stale);
+        }
+        // A version that is not the current + 1 was computed from another
+        // list than the stored one: as stale as a hash mismatch.
+        if uint(&row, "version")?.checked_add(1) != Some(next.version) {
+            return Err(StoreError::Stale);
+        }
+        sqlx::query("UPDATE access_lists SET version = ?, hash = ?, bytes = ? WHERE talks = ?")
+            .bind(next_version)
+            .bind(next.hash.0.as_slice())
+            .bind(next.bytes.as_slice())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn sequence(
+        &self,
+        batch: Vec<Submission>,
+        clock_ms: u64,
+        log_key: &(dyn Signer + Sync),
+    ) -> Result<Vec<Outcome>, StoreError> {
+        const OP: &str = "sequence";
+        if batch.len() > MAX_SEQUENCE_BATCH {
+            return Err(StoreError::Limit(
+                "a sequence batch holds at most MAX_SEQUENCE_BATCH envelopes",
+            ));
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        to_sql(clock_ms, "the clock is beyond the storage range")?;
+
+        // Every error below returns early and drops `tx`, which rolls back:
+        // nothing of the batch is written unless COMMIT succeeds.
+        let mut tx = self.begin_write(OP).await?;
+
+        // Heads of the talks touched, in order of first appearance (the
+        // order of the notifications), with their stored next seq.
+        let mut heads: HashMap<TalksId, Head> = HashMap::new();
+        let mut order: Vec<(TalksId, u64)> = Vec::new();
+        let mut pending: HashMap<(TalksId, KeyId, [u8; 16]), usize> = HashMap::new();
+        let mut fresh: Vec<Fresh> = Vec::new();
+        let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
+
+        for (i, sub) in batch.iter().enumerate() {
+            if let Entry::Vacant(v) = heads.entry(sub.talks) {
+                let Some(h) = head(&mut tx, sub.talks, OP).await? else {
+                    return Err(StoreError::UnknownTalks);
+                };
+                order.push((sub.talks, h.next_seq));
+                v.insert(h);
+            }
+
+            // A key seen earlier in this batch: a retry of that submission.
+            let key = (sub.talks, sub.sender, sub.idempotency_key);
+            if let Some(&f) = pending.get(&key) {
+                let first = &batch[fresh[f].submission];
+                slots.push(if first.header_hash == sub.header_hash {
+                    Slot::New(f)
+                } else {
+                    Slot::Done(Outcome::Conflict {
+                        seq: fresh[f].record.seq,
+                    })
+                });
+                continue;
+            }
+            // A key stored before: a retry, or a conflict.
+            if let Some(original) = by_idempotency_key(&mut tx, sub).await? {
+                slots.push(Slot::Done(if original.header_hash == sub.header_hash {
+                    Outcome::Sequenced(original.placement)
+                } else {
+                    Outcome::Conflict {
+                        seq: original.placement.seq,
+                    }
+                }));
+                continue;
+            }
+
+            let Some(h) = heads.get_mut(&sub.talks) else {
+                // Inserted above for this very talks.
+                return Err(StoreError::Backend("sequence: lost a log head".into()));
+            };
+            let seq = h.next_seq;
+            let timestamp_ms = h.last_time.max(clock_ms);
+            h.next_seq = seq
+                .checked_add(1)
+                .ok_or(StoreError::Limit("the log is full"))?;
+            h.last_time = timestamp_ms;
+            let leaf_hash = LeafData {
+                seq,
+                timestamp_ms,
+                room: sub.room,
+                header_hash: sub.header_hash,
+                body_hash: sub.body_hash,
+            }
+            .hash();
+            pending.insert(key, fresh.len());
+            slots.push(Slot::New(fresh.len()));
+            fresh.push(Fresh {
+                submission: i,
+                record: BatchRecord {
+                    talks: sub.talks,
+                    seq,
+                    timestamp_ms,
+                    leaf_hash,
+                },
+            });
+        }
+
+        let mut placements: Vec<Placement> = Vec::with_capacity(fresh.len());
+        if !fresh.is_empty() {
+            // One signature for the batch. Built and dropped before the next
+            // await, and before anything is written.
+            let receipts: Vec<Vec<u8>> = {
+                let records = fresh.iter().map(|f| f.record).collect();
+                let signed = SignedBatch::sign(log_key, records, clock_ms)
+                    .map_err(|e| StoreError::Sign(e.to_string()))?;
+                (0..fresh.len())
+                    .map(|i| {
+                        signed
+                            .receipt(i)
+                            .map(|r| r.to_canonical_bytes())
+                            .ok_or(StoreError::Sign("a record has no receipt".into()))
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            for (f, receipt) in fresh.iter().zip(receipts) {
+                let sub = &batch[f.submission];
+                let r = &f.record;
+                sqlx::query(
+                    "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
+                         header, header_hash, body, body_hash, leaf_hash, receipt)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(r.talks.as_bytes().as_slice())
+                .bind(to_sql(r.seq, "the log is full")?)
+                .bind(to_sql(
+                    r.timestamp_ms,
+                    "the clock is beyond the storage range",
+                )?)
+                .bind(sub.room.as_bytes().as_slice())
+                .bind(sub.sender.as_bytes().as_slice())
+                .bind(sub.idempotency_key.as_slice())
+                .bind(sub.header.as_slice())
+                .bind(sub.header_hash.0.as_slice())
+                .bind(sub.body.as_slice())
+                .bind(sub.body_hash.0.as_slice())
+                .bind(r.leaf_hash.0.as_slice())
+                .bind(receipt.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match e {
+                    // The idempotency key was looked up above, so only the
+                    // (talks, seq) key can collide: a head behind its rows.
+                    sqlx::Error::Database(db)
+                        if db.kind() == sqlx::error::ErrorKind::UniqueViolation =>
+                    {
+                        StoreError::Corrupt("the log head is behind its envelopes".into())
+                    }
+                    e => backend(OP, e),
+                })?;
+                placements.push(Placement {
+                    seq: r.seq,
+                    node_time: r.timestamp_ms,
+                    leaf_hash: r.leaf_hash,
+                    receipt,
+                });
+            }
+            for (talks, stored_next) in &order {
+                let Some(h) = heads.get(talks) else { continue };
+                if h.next_seq == *stored_next {
+                    continue;
+                }
+                sqlx::query("UPDATE log_heads SET next_seq = ?, last_time = ? WHERE talks = ?")
+                    .bind(to_sql(h.next_seq, "the log is full")?)
+                    .bind(to_sql(
+                        h.last_time,
+                        "the clock is beyond the storage range",
+                    )?)
+                    .bind(talks.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| backend(OP, e))?;
+            }
+            // Durable here (WAL fsync'd, synchronous=FULL): only now may the
+            // node acknowledge, and subscribers be woken.
+            commit(tx, OP).await?;
+            for (talks, stored_next) in &order {
+                if let Some(h) = heads.get(talks).filter(|h| h.next_seq != *stored_next) {
+                    // No receiver is not an error: nobody is listening.
+                    let _ = self.appended.send(Appended {
+                        talks: *talks,
+                        size: h.next_seq,
+                    });
+                }
+            }
+        }
+        // (With nothing new, `tx` is dropped here: a rollback of a
+        // transaction that wrote nothing.)
+
+        slots
+            .into_iter()
+            .map(|s| match s {
+                Slot::Done(o) => Ok(o),
+                Slot::New(i) => placements
+                    .get(i)
+                    .cloned()
+                    .map(Outcome::Sequenced)
+                    .ok_or(StoreError::Backend("sequence: lost a placement".into())),
+            })
+            .collect()
+    }
+
+    async fn log_size(&self, talks: TalksId) -> Result<u64, StoreError> {
+        const OP: &str = "log size";
+        let mut conn = self.reader.acquire().await.map_err(|e| backend(OP, e))?;
+        Ok(head(&mut conn, talks, OP).await?.map_or(0, |h| h.next_seq))
+    }
+
+    async fn read(
+        &self,
+        talks: TalksId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        const OP: &str = "read envelopes";
+        let limit = limit.min(MAX_READ);
+        // Seqs never reach i64::MAX (see `to_sql`), so nothing lies beyond.
+        let Ok(from_sql_value) = i64::try_from(from) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One snapshot for the head and the rows, so they can be compared.
+        let mut tx = self.begin_read(OP).await?;
+        let Some(h) = head(&mut tx, talks, OP).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(
+            "SELECT seq, node_time, room, sender, header, body, body_hash, leaf_hash, receipt
+             FROM envelopes WHERE talks = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(from_sql_value)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await?;
+
+        let want = h.next_seq.saturating_sub(from).min(limit as u64);
+        if rows.len() as u64 != want {
+            return Err(StoreError::Corrupt(
+                "the envelopes disagree with the log size".into(),
+            ));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (expected, row) in (from..).zip(&rows) {
+            let e = envelope(talks, row)?;
+            if e.seq != expected {
+                return Err(StoreError::Corrupt("a seq is missing from the log".into()));
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    async fn purge_body(&self, talks: TalksId, seq: u64) -> Result<bool, StoreError> {
+        const OP: &str = "purge body";
+        let Ok(seq) = i64::try_from(seq) else {
+            return Ok(false);
+        };
+        let mut tx = self.begin_write(OP).await?;
+        let done = sqlx::query(
+            "UPDATE envelopes SET body = NULL WHERE talks = ? AND seq = ? AND body IS NOT NULL",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(seq)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn integrated_size(&self, talks: TalksId) -> Result<u64, StoreError> {
+        const OP: &str = "integrated size";
+        let mut conn = self.reader.acquire().await.map_err(|e| backend(OP, e))?;
+        Ok(head(&mut conn, talks, OP)
+            .await?
+            .map_or(0, |h| h.integrated_size))
+    }
+
+    async fn tree_hashes(
+        &self,
+        talks: TalksId,
+        indexes: &[u64],
+    ) -> Result<Vec<Digest>, StoreError> {
+        const OP: &str = "read tree hashes";
+        let mut tx = self.begin_read(OP).await?;
+        let integrated = head(&mut tx, talks, OP)
+            .await?
+            .map_or(0, |h| h.integrated_size);
+        let stored = tlog_tiles::stored_hash_count(integrated);
+        let mut out = Vec::with_capacity(indexes.len());
+        for &index in indexes {
+            let row = match i64::try_from(index) {
+                Ok(idx) => sqlx::query("SELECT hash FROM tree_hashes WHERE talks = ? AND idx = ?")
+                    .bind(talks.as_bytes().as_slice())
+                    .bind(idx)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| backend(OP, e))?,
+                Err(_) => None,
+            };
+            // A missing hash is `Corrupt` either way, as in the in-memory
+            // backend; the message tells a hole in the tree (corruption)
+            // from a hash the tree does not have yet (a caller's bug).
+            match row {
+                Some(row) => out.push(digest(&row, "hash")?),
+                None if index < stored => {
+                    return Err(StoreError::Corrupt(
+                        "a tree hash is missing below the integrated size".into(),
+                    ));
+                }
+                None => {
+                    return Err(StoreError::Corrupt(
+                        "a tree hash beyond the integrated size was asked for".into(),
+                    ));
+                }
+            }
+        }
+        commit(tx, OP).await?;
+        Ok(out)
+    }
+
+    async fn integrate(
+        &self,
+        talks: TalksId,
+        from: u64,
+        to: u64,
+        hashes: &[(u64, Digest)],
+        checkpoint: &CheckpointRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "integrate";
+        let id = talks.as_bytes().as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        let Some(h) = head(&mut tx, talks, OP).await? else {
+            return Err(StoreError::UnknownTalks);
+        };
+        if h.integrated_size != from {
+            return Err(StoreError::Stale);
+        }
+        if to < from || to > h.next_seq {
+            return Err(StoreError::Limit(
+                "integration must end between its start and the log size",
+            ));
+        }
+        if checkpoint.size != to {
+            return Err(StoreError::Limit(
+                "the checkpoint must be at the integrated size",
+            ));
+        }
+        // Exactly the stored hashes leaves [from, to) add, each once: an
+        // integrator that forgets one is caught here, not by a later read.
+        let range = tlog_tiles::stored_hash_count(from)..tlog_tiles::stored_hash_count(to);
+        let mut seen: Vec<u64> = hashes.iter().map(|&(i, _)| i).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != hashes.len()
+            || seen.len() as u64 != range.end - range.start
+            || !seen.iter().all(|i| range.contains(i))
+        {
+            return Err(StoreError::Limit(
+                "integrate: hashes must be exactly the stored hashes leaves [from, to) add",
+            ));
+        }
+        for (index, hash) in hashes {
+            sqlx::query("INSERT INTO tree_hashes (talks, idx, hash) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(to_sql(*index, "a tree hash index is out of range")?)
+                .bind(hash.0.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        }
+        // Re-signing at an unchanged size (from == to) replaces that note.
+        sqlx::query(
+            "INSERT INTO checkpoints (talks, size, note) VALUES (?, ?, ?)
+             ON CONFLICT (talks, size) DO UPDATE SET note = excluded.note",
+        )
+        .bind(id)
+        .bind(to_sql(to, "the log is full")?)
+        .bind(checkpoint.note.as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        sqlx::query("UPDATE log_heads SET integrated_size = ? WHERE talks = ?")
+            .bind(to_sql(to, "the log is full")?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn checkpoint(&self, talks: TalksId) -> Result<Option<CheckpointRecord>, StoreError> {
+        const OP: &str = "read checkpoint";
+        let mut conn = self.reader.acquire().await.map_err(|e| backend(OP, e))?;
+        latest_checkpoint(&mut conn, talks, OP).await
+    }
+
+    async fn replace_checkpoint_note(
+        &self,
+        talks: TalksId,
+        size: u64,
+        expected: &[u8],
+        note: &[u8],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "replace checkpoint note";
+        let mut tx = self.begin_write(OP).await?;
+        if head(&mut tx, talks, OP).await?.is_none() {
+            return Err(StoreError::UnknownTalks);
+        }
+        let Some(latest) = latest_checkpoint(&mut tx, talks, OP).await? else {
+            return Err(StoreError::Stale);
+        };
+        if latest.size != size || latest.note != expected {
+            return Err(StoreError::Stale);
+        }
+        sqlx::query("UPDATE checkpoints SET note = ? WHERE talks = ? AND size = ?")
+            .bind(note)
+            .bind(talks.as_bytes().as_slice())
+            .bind(to_sql(size, "the log is full")?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    fn subscribe(&self) -> Subscription {
+        self.appended.subscribe()
+    }
+}

@@ -1,0 +1,320 @@
+//! The mediator node's storage contract.
+//!
+//! The node keeps no authoritative state in memory: sequence counters,
+//! idempotency keys, access lists, receipts, integrated tree hashes and
+//! checkpoints are rows behind this trait, and live fan-out is driven by
+//! [`Store::subscribe`], so several nodes can later share one PostgreSQL
+//! without a rewrite. Every backend passes the one conformance suite in
+//! [`conformance`] (the SQLite backend in `backchannel-store-sqlite`, the
+//! in-memory backend with a crash model in [`memory`], PostgreSQL later).
+//!
+//! # Contract (storage version 1)
+//!
+//! - **Durability.** A method that returns `Ok` has made its writes
+//!   durable (fsync or the backend's equivalent). [`Store::sequence`]
+//!   returning `Ok` is what the node's acknowledgement stands on.
+//! - **Atomicity.** Each method is one transaction: after a crash at any
+//!   point, either all of its writes are visible or none.
+//! - **A missing value is `Ok(None)`** (or an empty list), never an error.
+//! - **Sequencing.** Per talks, seqs are dense from 0 and are leaf indexes;
+//!   node timestamps never decrease along a log (`max(previous, clock)`).
+//!   Idempotency keys are scoped to (talks, sender) and stored with the
+//!   envelope, so a retry after a restart still finds its original.
+//! - **Purging** removes a body and keeps everything else, so proofs and
+//!   receipts keep verifying.
+//! - **Notifications are wake-ups.** [`Store::subscribe`] says that a talks
+//!   has grown; subscribers read by seq from what they last delivered, and
+//!   a lagged subscriber re-reads everything after its last seq.
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod memory;
+
+use std::future::Future;
+
+use backchannel_codec::{RoomId, TalksId};
+use backchannel_crypto::{Digest, KeyId, Signer};
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+/// The version of this contract. Backends record the schema version they
+/// migrated to; a node refuses a database whose version it does not know.
+pub const STORAGE_VERSION: u32 = 1;
+
+/// How many envelopes one call to [`Store::sequence`] may hold: the receipt
+/// batch limit of the log format.
+// 4096 fits every `usize`, so the cast cannot truncate.
+pub const MAX_SEQUENCE_BATCH: usize = backchannel_tlog::MAX_BATCH_SIZE as usize;
+
+/// How many envelopes one read returns at most.
+pub const MAX_READ: usize = 1000;
+
+/// How many notifications a slow subscriber may lag before it is told to
+/// re-read ([`broadcast::error::RecvError::Lagged`]).
+pub const SUBSCRIPTION_BUFFER: usize = 4096;
+
+/// Why a storage operation failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The talks does not exist.
+    #[error("unknown talks")]
+    UnknownTalks,
+    /// The talks already exists.
+    #[error("the talks already exists")]
+    TalksExists,
+    /// A compare-and-swap found another value (someone else changed it).
+    #[error("the stored value changed since it was read")]
+    Stale,
+    /// The request breaks a limit of the contract.
+    #[error("{0}")]
+    Limit(&'static str),
+    /// The backend crashed (the in-memory crash model) or lost its
+    /// connection; nothing of this call may be assumed written.
+    #[error("storage crashed or is unreachable: {0}")]
+    Unavailable(String),
+    /// Signing the batch receipt failed; nothing was written.
+    #[error("signing the receipt failed: {0}")]
+    Sign(String),
+    /// Stored data does not decode or breaks an invariant (corruption or
+    /// tampering): the node must stop serving that talks and alert.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// Any other backend error.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+/// A talks as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TalksRecord {
+    /// Its id.
+    pub talks: TalksId,
+    /// The creator key (from the node's creators file) that opened it.
+    pub creator: KeyId,
+    /// When it was opened (node time, Unix ms).
+    pub created_at: u64,
+}
+
+/// The current access list of a talks, as canonical bytes with its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessListRecord {
+    /// Canonical encoding (`backchannel_statement::AccessList`).
+    pub bytes: Vec<u8>,
+    /// Its SHA-256.
+    pub hash: Digest,
+    /// How many times it has changed since the talks opened (0 = initial).
+    pub version: u64,
+}
+
+/// One envelope the node has validated and wants sequenced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// The talks.
+    pub talks: TalksId,
+    /// The room (from the header).
+    pub room: RoomId,
+    /// The sending key (from the header; the connection's key).
+    pub sender: KeyId,
+    /// The header's idempotency key.
+    pub idempotency_key: [u8; 16],
+    /// The canonical signed header (223 bytes).
+    pub header: Vec<u8>,
+    /// SHA-256 of `header`.
+    pub header_hash: Digest,
+    /// The padded body.
+    pub body: Vec<u8>,
+    /// SHA-256 of `body` (equal to the header's body hash).
+    pub body_hash: Digest,
+}
+
+/// What became of one submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sequenced now, or earlier under the same idempotency key with the
+    /// same header hash (a retry): either way, here is its place.
+    Sequenced(Placement),
+    /// The idempotency key was used before for a different header.
+    Conflict {
+        /// The seq of the envelope that holds the key.
+        seq: u64,
+    },
+}
+
+/// Where an envelope sits in its log, and its receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Its seq (leaf index).
+    pub seq: u64,
+    /// The node's timestamp (Unix ms).
+    pub node_time: u64,
+    /// Its leaf hash.
+    pub leaf_hash: Digest,
+    /// Its receipt, canonically encoded (`backchannel_tlog::Receipt`).
+    pub receipt: Vec<u8>,
+}
+
+/// An envelope as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// The talks.
+    pub talks: TalksId,
+    /// Its seq.
+    pub seq: u64,
+    /// The node's timestamp (Unix ms).
+    pub node_time: u64,
+    /// The room.
+    pub room: RoomId,
+    /// The sender.
+    pub sender: KeyId,
+    /// The canonical signed header.
+    pub header: Vec<u8>,
+    /// The body, unless purged.
+    pub body: Option<Vec<u8>>,
+    /// SHA-256 of the body (kept after a purge).
+    pub body_hash: Digest,
+    /// The leaf hash.
+    pub leaf_hash: Digest,
+    /// The receipt, canonically encoded.
+    pub receipt: Vec<u8>,
+}
+
+/// A signed checkpoint as stored, with the cosignatures gathered for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    /// Tree size.
+    pub size: u64,
+    /// The checkpoint as a signed note, with every cosignature line
+    /// gathered so far appended (C2SP signed-note).
+    pub note: Vec<u8>,
+}
+
+/// A talks has grown: every seq below `size` is readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The talks.
+    pub talks: TalksId,
+    /// Its new log size (next seq).
+    pub size: u64,
+}
+
+/// A subscription to [`Appended`] notifications.
+pub type Subscription = broadcast::Receiver<Appended>;
+
+/// The node's storage (contract version [`STORAGE_VERSION`]).
+pub trait Store: Send + Sync + 'static {
+    /// Opens a talks with its initial access list. `TalksExists` if the id
+    /// is taken.
+    fn create_talks(
+        &self,
+        talks: &TalksRecord,
+        access_list: &AccessListRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The talks, if it exists.
+    fn talks(
+        &self,
+        talks: TalksId,
+    ) -> impl Future<Output = Result<Option<TalksRecord>, StoreError>> + Send;
+
+    /// The current access list (`None` for an unknown talks).
+    fn access_list(
+        &self,
+        talks: TalksId,
+    ) -> impl Future<Output = Result<Option<AccessListRecord>, StoreError>> + Send;
+
+    /// Replaces the access list if its current hash is `expected`
+    /// (compare-and-swap); `Stale` otherwise. `next.version` must be the
+    /// current version + 1.
+    fn replace_access_list(
+        &self,
+        talks: TalksId,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sequences a batch in one durable transaction: for each submission,
+    /// in order, finds an earlier envelope with the same (talks, sender,
+    /// idempotency key) — a retry with the same header hash gets the
+    /// original's placement back, a different header hash a `Conflict` —
+    /// and otherwise assigns the talks' next seq and a node timestamp of
+    /// `max(previous timestamp of that talks, clock_ms)`. The new envelopes
+    /// of the batch get one receipt batch signed by `log_key` over their
+    /// records (`backchannel_tlog::SignedBatch`), stored with each. Returns
+    /// one outcome per submission, in order. All submissions' talks must
+    /// exist (`UnknownTalks` otherwise, and nothing is written).
+    fn sequence(
+        &self,
+        batch: Vec<Submission>,
+        clock_ms: u64,
+        log_key: &(dyn Signer + Sync),
+    ) -> impl Future<Output = Result<Vec<Outcome>, StoreError>> + Send;
+
+    /// The next seq of a talks (its log size); 0 for an unknown talks.
+    fn log_size(&self, talks: TalksId) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Envelopes of a talks with `from <= seq`, in seq order, at most
+    /// `limit` (capped at [`MAX_READ`]).
+    fn read(
+        &self,
+        talks: TalksId,
+        from: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredEnvelope>, StoreError>> + Send;
+
+    /// Removes the body of one envelope, keeping its hash, header, leaf and
+    /// receipt. `Ok(false)` if there was no such envelope or it was
+    /// already purged.
+    fn purge_body(
+        &self,
+        talks: TalksId,
+        seq: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// How many leaves have been integrated into the talks' tree.
+    fn integrated_size(
+        &self,
+        talks: TalksId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Stored tree hashes (indexes as in `tlog_tiles::stored_hash_index`),
+    /// in the order asked; `Corrupt` if one is missing below the
+    /// integrated size.
+    fn tree_hashes(
+        &self,
+        talks: TalksId,
+        indexes: &[u64],
+    ) -> impl Future<Output = Result<Vec<Digest>, StoreError>> + Send;
+
+    /// Integrates leaves `[from, to)`: stores the tree hashes the new leaves
+    /// add (`(index, hash)` pairs) and the signed checkpoint at size `to`,
+    /// in one transaction fenced on the integrated size still being `from`
+    /// (`Stale` otherwise, and nothing is written).
+    fn integrate(
+        &self,
+        talks: TalksId,
+        from: u64,
+        to: u64,
+        hashes: &[(u64, Digest)],
+        checkpoint: &CheckpointRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The latest checkpoint, with its gathered cosignatures.
+    fn checkpoint(
+        &self,
+        talks: TalksId,
+    ) -> impl Future<Output = Result<Option<CheckpointRecord>, StoreError>> + Send;
+
+    /// Replaces the note of the checkpoint at `size` (to add a verified
+    /// cosignature line), if it is still the latest and its note is still
+    /// `expected` (compare-and-swap); `Stale` otherwise.
+    fn replace_checkpoint_note(
+        &self,
+        talks: TalksId,
+        size: u64,
+        expected: &[u8],
+        note: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Notifications of appended envelopes, from now on.
+    fn subscribe(&self) -> Subscription;
+}

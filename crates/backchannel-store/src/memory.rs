@@ -1,0 +1,669 @@
+//! The in-memory backend, with a crash model: the storage of the future
+//! deterministic simulator (no IO, no clock, no randomness).
+//!
+//! State is split into *durable* (synced) and *pending* (written, not yet
+//! synced). Every [`Store`] method runs as a sequence of named **steps**,
+//! counted globally from the store's creation ([`MemoryStore::steps`]):
+//!
+//! ```text
+//! sequence                 read → reserve → sign → write envelope (one per new
+//!                          envelope) → sync → notify → acknowledge
+//!                          (a batch of retries and conflicts only: read → reserve
+//!                          → acknowledge)
+//! integrate                read → write tree hash (one per hash) → write checkpoint
+//!                          → write integrated size → sync → acknowledge
+//! create_talks             read → write talks → sync → acknowledge
+//! replace_access_list      read → write access list → sync → acknowledge
+//! purge_body               read → write purge → sync → acknowledge
+//! replace_checkpoint_note  read → write checkpoint → sync → acknowledge
+//! every read-only method   read
+//! ```
+//!
+//! A call refused by the contract (`Stale`, `UnknownTalks`, `Limit`, a
+//! purge with nothing to purge) stops after `read` and writes nothing.
+//! [`MemoryStore::crash_at`] arms a crash at the `n`-th step from now: that
+//! step does not happen, the call returns `StoreError::Unavailable("crashed")`,
+//! every pending write is dropped (as a power loss would), and every call
+//! fails the same way until [`MemoryStore::restart`] brings the store back
+//! with only its durable state. A crash before `sync` loses the whole call;
+//! a crash after it (at `notify` or `acknowledge`) keeps all of it although
+//! the caller saw an error — exactly the two outcomes the contract allows.
+//!
+//! One operation holds the store's (synchronous) mutex from its first step
+//! to its last, so operations are serial and a pending write is never seen
+//! by another call; no lock is held across an `.await` (there is none).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use backchannel_codec::{Encode, TalksId};
+use backchannel_crypto::{Digest, KeyId, Signer};
+use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
+use tokio::sync::broadcast;
+
+use crate::{
+    AccessListRecord, Appended, CheckpointRecord, MAX_READ, MAX_SEQUENCE_BATCH, Outcome, Placement,
+    SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+};
+
+/// The message of the error every call returns while the store is down.
+const CRASHED: &str = "crashed";
+
+/// Where the store crashed: the operation and the step that did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// The [`Store`] method (`"sequence"`, `"integrate"`, …).
+    pub op: &'static str,
+    /// The step that was cut (`"sign"`, `"sync"`, `"acknowledge"`, …).
+    pub step: &'static str,
+    /// The global index of that step ([`MemoryStore::steps`] before it).
+    pub index: u64,
+}
+
+/// The in-memory [`Store`] with a crash model (see the module docs).
+#[derive(Debug)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    appended: broadcast::Sender<Appended>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store, running, with no crash armed.
+    pub fn new() -> Self {
+        let (appended, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
+        Self {
+            inner: Mutex::new(Inner::default()),
+            appended,
+        }
+    }
+
+    /// How many steps every call so far has run (a step cut by a crash
+    /// counts; calls refused while the store is down do not). Run an
+    /// operation once without a crash and subtract to learn how many crash
+    /// points it has.
+    pub fn steps(&self) -> u64 {
+        self.lock().steps
+    }
+
+    /// Arms a crash at the `n`-th step from now (0 = the very next step),
+    /// whichever operation runs it. Replaces any crash already armed.
+    pub fn crash_at(&self, n: u64) {
+        let mut inner = self.lock();
+        inner.crash_at = Some(inner.steps.saturating_add(n));
+    }
+
+    /// Disarms a crash armed by [`MemoryStore::crash_at`] that has not
+    /// happened yet.
+    pub fn disarm(&self) {
+        self.lock().crash_at = None;
+    }
+
+    /// Where the store crashed, while it is down (`None` while it runs).
+    pub fn crashed(&self) -> Option<CrashPoint> {
+        self.lock().down
+    }
+
+    /// Brings a crashed store back with its durable state only (pending
+    /// writes were dropped by the crash). Disarms any crash still armed.
+    /// Subscriptions survive (a real restart would drop them; subscribers
+    /// re-read from their last seq either way).
+    pub fn restart(&self) {
+        let mut inner = self.lock();
+        inner.down = None;
+        inner.crash_at = None;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while the lock was held can only come from a bug in this
+        // module; the durable state is still consistent (it only changes in
+        // `Txn::sync`, which does not panic), so keep going.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts operation `op`: fails at once while the store is down.
+    fn begin(&self, op: &'static str) -> Result<Txn<'_>, StoreError> {
+        let inner = self.lock();
+        if inner.down.is_some() {
+            return Err(StoreError::Unavailable(CRASHED.to_owned()));
+        }
+        Ok(Txn {
+            inner,
+            op,
+            pending: Vec::new(),
+        })
+    }
+}
+
+/// Everything behind the mutex.
+#[derive(Debug, Default)]
+struct Inner {
+    /// What survives a crash.
+    durable: BTreeMap<TalksId, Log>,
+    /// Steps run so far.
+    steps: u64,
+    /// The global step index at which to crash.
+    crash_at: Option<u64>,
+    /// Set while the store is down.
+    down: Option<CrashPoint>,
+}
+
+/// One talks as stored. `BTreeMap`s rather than `HashMap`s: a `HashMap`
+/// seeds its hasher from the OS, and the simulator wants no randomness.
+#[derive(Debug, Clone)]
+struct Log {
+    record: TalksRecord,
+    access: AccessListRecord,
+    /// Envelopes; the one at index `i` has seq `i`.
+    rows: Vec<Row>,
+    /// (sender, idempotency key) → seq.
+    keys: BTreeMap<(KeyId, [u8; 16]), u64>,
+    integrated: u64,
+    /// Stored tree hashes by `tlog_tiles` stored-hash index.
+    hashes: BTreeMap<u64, Digest>,
+    checkpoint: Option<CheckpointRecord>,
+}
+
+/// One stored envelope with what idempotency needs.
+#[derive(Debug, Clone)]
+struct Row {
+    envelope: StoredEnvelope,
+    header_hash: Digest,
+    idempotency_key: [u8; 16],
+}
+
+impl Row {
+    fn placement(&self) -> Placement {
+        Placement {
+            seq: self.envelope.seq,
+            node_time: self.envelope.node_time,
+            leaf_hash: self.envelope.leaf_hash,
+            receipt: self.envelope.receipt.clone(),
+        }
+    }
+}
+
+/// A write waiting for the next sync.
+#[derive(Debug)]
+enum Write {
+    Talks(TalksRecord, AccessListRecord),
+    AccessList(TalksId, AccessListRecord),
+    Envelope(Box<Row>),
+    PurgeBody(TalksId, u64),
+    TreeHash(TalksId, u64, Digest),
+    Checkpoint(TalksId, CheckpointRecord),
+    Integrated(TalksId, u64),
+}
+
+/// One operation in progress: the lock, and its pending writes (dropped
+/// with it unless synced).
+struct Txn<'a> {
+    inner: MutexGuard<'a, Inner>,
+    op: &'static str,
+    pending: Vec<Write>,
+}
+
+impl Txn<'_> {
+    /// Runs step `step`, or crashes there if a crash is armed for it.
+    fn step(&mut self, step: &'static str) -> Result<(), StoreError> {
+        let index = self.inner.steps;
+        self.inner.steps += 1;
+        if self.inner.crash_at == Some(index) {
+            self.inner.crash_at = None;
+            self.inner.down = Some(CrashPoint {
+                op: self.op,
+                step,
+                index,
+            });
+            // Power loss: whatever was not synced is gone.
+            self.pending.clear();
+            return Err(StoreError::Unavailable(CRASHED.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// A write step: `w` becomes pending.
+    fn write(&mut self, step: &'static str, w: Write) -> Result<(), StoreError> {
+        self.step(step)?;
+        self.pending.push(w);
+        Ok(())
+    }
+
+    /// The sync step: every pending write becomes durable, all at once.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.step("sync")?;
+        for w in std::mem::take(&mut self.pending) {
+            apply(&mut self.inner.durable, w);
+        }
+        Ok(())
+    }
+
+    fn log(&self, talks: TalksId) -> Option<&Log> {
+        self.inner.durable.get(&talks)
+    }
+}
+
+/// Makes one write durable. The operation that queued it held the lock
+/// since it read the state the write depends on, so the talks exists and a
+/// new envelope's seq is the log's next; a write that breaks this is a bug
+/// here and is dropped rather than corrupting the log.
+fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
+    match w {
+        Write::Talks(record, access) => {
+            durable.entry(record.talks).or_insert(Log {
+                record,
+                access,
+                rows: Vec::new(),
+                keys: BTreeMap::new(),
+                integrated: 0,
+                hashes: BTreeMap::new(),
+                checkpoint: None,
+            });
+        }
+        Write::AccessList(talks, access) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                log.access = access;
+            }
+        }
+        Write::Envelope(row) => {
+            if let Some(log) = durable.get_mut(&row.envelope.talks) {
+                if row.envelope.seq == log.rows.len() as u64 {
+                    log.keys
+                        .insert((row.envelope.sender, row.idempotency_key), row.envelope.seq);
+                    log.rows.push(*row);
+                }
+            }
+        }
+        Write::PurgeBody(talks, seq) => {
+            if let Some(row) = durable
+                .get_mut(&talks)
+                .and_then(|log| usize::try_from(seq).ok().and_then(|i| log.rows.get_mut(i)))
+            {
+                row.envelope.body = None;
+            }
+        }
+        Write::TreeHash(talks, index, hash) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                log.hashes.insert(index, hash);
+            }
+        }
+        Write::Checkpoint(talks, checkpoint) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                log.checkpoint = Some(checkpoint);
+            }
+        }
+        Write::Integrated(talks, size) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                log.integrated = size;
+            }
+        }
+    }
+}
+
+/// The number of stored hashes of a tree of `n` leaves
+/// (`tlog_tiles::stored_hash_count`): leaf `i` adds `1 + trailing_ones(i)`
+/// hashes, which sums to `2n − popcount(n)`.
+pub(crate) fn stored_hash_count(n: u64) -> u64 {
+    2 * n - u64::from(n.count_ones())
+}
+
+/// What one submission of a batch becomes, before signing.
+enum Planned {
+    /// Settled by an envelope stored earlier.
+    Done(Outcome),
+    /// The `i`-th new envelope of the batch (itself, or a retry of it
+    /// within the batch).
+    New(usize),
+    /// A different header under the key of the `i`-th new envelope.
+    ConflictNew(usize),
+}
+
+impl Store for MemoryStore {
+    async fn create_talks(
+        &self,
+        talks: &TalksRecord,
+        access_list: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("create_talks")?;
+        txn.step("read")?;
+        if txn.log(talks.talks).is_some() {
+            return Err(StoreError::TalksExists);
+        }
+        txn.write(
+            "write talks",
+            Write::Talks(talks.clone(), access_list.clone()),
+        )?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn talks(&self, talks: TalksId) -> Result<Option<TalksRecord>, StoreError> {
+        let mut txn = self.begin("talks")?;
+        txn.step("read")?;
+        Ok(txn.log(talks).map(|l| l.record.clone()))
+    }
+
+    async fn access_list(&self, talks: TalksId) -> Result<Option<AccessListRecord>, StoreError> {
+        let mut txn = self.begin("access_list")?;
+        txn.step("read")?;
+        Ok(txn.log(talks).map(|l| l.access.clone()))
+    }
+
+    async fn replace_access_list(
+        &self,
+        talks: TalksId,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("replace_access_list")?;
+        txn.step("read")?;
+        let current = &txn.log(talks).ok_or(StoreError::UnknownTalks)?.access;
+        if current.hash != expected || Some(next.version) != current.version.checked_add(1) {
+            return Err(StoreError::Stale);
+        }
+        txn.write("write access list", Write::AccessList(talks, next.clone()))?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn sequence(
+        &self,
+        batch: Vec<Submission>,
+        clock_ms: u64,
+        log_key: &(dyn Signer + Sync),
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut txn = self.begin("sequence")?;
+        txn.step("read")?;
+        if batch.len() > MAX_SEQUENCE_BATCH {
+            return Err(StoreError::Limit(
+                "a sequence batch holds at most MAX_SEQUENCE_BATCH envelopes",
+            ));
+        }
+        if batch.iter().any(|s| txn.log(s.talks).is_none()) {
+            return Err(StoreError::UnknownTalks);
+        }
+
+        txn.step("reserve")?;
+        // Per talks: (next seq, node time of this batch's new envelopes).
+        let mut heads: BTreeMap<TalksId, (u64, u64)> = BTreeMap::new();
+        // (talks, sender, key) → index in `new`, for retries within the batch.
+        let mut batch_keys: BTreeMap<(TalksId, KeyId, [u8; 16]), usize> = BTreeMap::new();
+        let mut new: Vec<(Submission, BatchRecord)> = Vec::new();
+        let mut plan = Vec::with_capacity(batch.len());
+        for s in batch {
+            let Some(log) = txn.log(s.talks) else {
+                return Err(StoreError::UnknownTalks);
+            };
+            if let Some(row) = log
+                .keys
+                .get(&(s.sender, s.idempotency_key))
+                .and_then(|&seq| usize::try_from(seq).ok())
+                .and_then(|i| log.rows.get(i))
+            {
+                plan.push(Planned::Done(if row.header_hash == s.header_hash {
+                    Outcome::Sequenced(row.placement())
+                } else {
+                    Outcome::Conflict {
+                        seq: row.envelope.seq,
+                    }
+                }));
+                continue;
+            }
+            let key = (s.talks, s.sender, s.idempotency_key);
+            if let Some(&i) = batch_keys.get(&key) {
+                plan.push(if new[i].0.header_hash == s.header_hash {
+                    Planned::New(i)
+                } else {
+                    Planned::ConflictNew(i)
+                });
+                continue;
+            }
+            let (next, time) = heads.entry(s.talks).or_insert_with(|| {
+                // Node time never decreases along a log: max(previous, clock).
+                let previous = log.rows.last().map_or(0, |r| r.envelope.node_time);
+                (log.rows.len() as u64, previous.max(clock_ms))
+            });
+            let leaf = LeafData {
+                seq: *next,
+                timestamp_ms: *time,
+                room: s.room,
+                header_hash: s.header_hash,
+                body_hash: s.body_hash,
+            };
+            let record = BatchRecord {
+                talks: s.talks,
+                seq: *next,
+                timestamp_ms: *time,
+                leaf_hash: leaf.hash(),
+            };
+            *next += 1;
+            batch_keys.insert(key, new.len());
+            plan.push(Planned::New(new.len()));
+            new.push((s, record));
+        }
+
+        let mut placements = Vec::with_capacity(new.len());
+        if !new.is_empty() {
+            txn.step("sign")?;
+            let signed =
+                SignedBatch::sign(log_key, new.iter().map(|(_, r)| *r).collect(), clock_ms)
+                    .map_err(|e| StoreError::Sign(e.to_string()))?;
+            for (i, (s, r)) in new.into_iter().enumerate() {
+                let receipt = signed
+                    .receipt(i)
+                    .ok_or_else(|| StoreError::Sign("no receipt for a batch record".to_owned()))?
+                    .to_canonical_bytes();
+                let row = Row {
+                    envelope: StoredEnvelope {
+                        talks: s.talks,
+                        seq: r.seq,
+                        node_time: r.timestamp_ms,
+                        room: s.room,
+                        sender: s.sender,
+                        header: s.header,
+                        body: Some(s.body),
+                        body_hash: s.body_hash,
+                        leaf_hash: r.leaf_hash,
+                        receipt,
+                    },
+                    header_hash: s.header_hash,
+                    idempotency_key: s.idempotency_key,
+                };
+                placements.push((row.placement(), row.envelope.seq));
+                txn.write("write envelope", Write::Envelope(Box::new(row)))?;
+            }
+            txn.sync()?;
+            txn.step("notify")?;
+            for (&talks, &(size, _)) in &heads {
+                // No receiver is not an error: nobody is listening.
+                let _ = self.appended.send(Appended { talks, size });
+            }
+        }
+        txn.step("acknowledge")?;
+        Ok(plan
+            .into_iter()
+            .map(|p| match p {
+                Planned::Done(o) => o,
+                Planned::New(i) => Outcome::Sequenced(placements[i].0.clone()),
+                Planned::ConflictNew(i) => Outcome::Conflict {
+                    seq: placements[i].1,
+                },
+            })
+            .collect())
+    }
+
+    async fn log_size(&self, talks: TalksId) -> Result<u64, StoreError> {
+        let mut txn = self.begin("log_size")?;
+        txn.step("read")?;
+        Ok(txn.log(talks).map_or(0, |l| l.rows.len() as u64))
+    }
+
+    async fn read(
+        &self,
+        talks: TalksId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        let mut txn = self.begin("read")?;
+        txn.step("read")?;
+        let Some(log) = txn.log(talks) else {
+            return Ok(Vec::new());
+        };
+        let from = usize::try_from(from).unwrap_or(usize::MAX);
+        Ok(log
+            .rows
+            .iter()
+            .skip(from)
+            .take(limit.min(MAX_READ))
+            .map(|r| r.envelope.clone())
+            .collect())
+    }
+
+    async fn purge_body(&self, talks: TalksId, seq: u64) -> Result<bool, StoreError> {
+        let mut txn = self.begin("purge_body")?;
+        txn.step("read")?;
+        let has_body = txn
+            .log(talks)
+            .and_then(|l| usize::try_from(seq).ok().and_then(|i| l.rows.get(i)))
+            .is_some_and(|r| r.envelope.body.is_some());
+        if !has_body {
+            return Ok(false);
+        }
+        txn.write("write purge", Write::PurgeBody(talks, seq))?;
+        txn.sync()?;
+        txn.step("acknowledge")?;
+        Ok(true)
+    }
+
+    async fn integrated_size(&self, talks: TalksId) -> Result<u64, StoreError> {
+        let mut txn = self.begin("integrated_size")?;
+        txn.step("read")?;
+        Ok(txn.log(talks).map_or(0, |l| l.integrated))
+    }
+
+    async fn tree_hashes(
+        &self,
+        talks: TalksId,
+        indexes: &[u64],
+    ) -> Result<Vec<Digest>, StoreError> {
+        let mut txn = self.begin("tree_hashes")?;
+        txn.step("read")?;
+        let log = txn.log(talks);
+        indexes
+            .iter()
+            .map(|i| {
+                log.and_then(|l| l.hashes.get(i)).copied().ok_or_else(|| {
+                    StoreError::Corrupt(format!("tree hash {i} of talks {talks} is missing"))
+                })
+            })
+            .collect()
+    }
+
+    async fn integrate(
+        &self,
+        talks: TalksId,
+        from: u64,
+        to: u64,
+        hashes: &[(u64, Digest)],
+        checkpoint: &CheckpointRecord,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("integrate")?;
+        txn.step("read")?;
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        if log.integrated != from {
+            return Err(StoreError::Stale);
+        }
+        if to < from || to > log.rows.len() as u64 || checkpoint.size != to {
+            return Err(StoreError::Limit(
+                "integrate: need from <= to <= log size and a checkpoint at size to",
+            ));
+        }
+        // Exactly the hashes leaves [from, to) add: the simulator should
+        // catch an integrator that forgets one, not a later `tree_hashes`.
+        let range = stored_hash_count(from)..stored_hash_count(to);
+        let mut seen: Vec<u64> = hashes.iter().map(|&(i, _)| i).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != hashes.len()
+            || seen.len() as u64 != range.end - range.start
+            || !seen.iter().all(|i| range.contains(i))
+        {
+            return Err(StoreError::Limit(
+                "integrate: hashes must be exactly the stored hashes leaves [from, to) add",
+            ));
+        }
+        for &(index, hash) in hashes {
+            txn.write("write tree hash", Write::TreeHash(talks, index, hash))?;
+        }
+        txn.write(
+            "write checkpoint",
+            Write::Checkpoint(talks, checkpoint.clone()),
+        )?;
+        txn.write("write integrated size", Write::Integrated(talks, to))?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn checkpoint(&self, talks: TalksId) -> Result<Option<CheckpointRecord>, StoreError> {
+        let mut txn = self.begin("checkpoint")?;
+        txn.step("read")?;
+        Ok(txn.log(talks).and_then(|l| l.checkpoint.clone()))
+    }
+
+    async fn replace_checkpoint_note(
+        &self,
+        talks: TalksId,
+        size: u64,
+        expected: &[u8],
+        note: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("replace_checkpoint_note")?;
+        txn.step("read")?;
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        match &log.checkpoint {
+            Some(c) if c.size == size && c.note == expected => {}
+            _ => return Err(StoreError::Stale),
+        }
+        txn.write(
+            "write checkpoint",
+            Write::Checkpoint(
+                talks,
+                CheckpointRecord {
+                    size,
+                    note: note.to_vec(),
+                },
+            ),
+        )?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    fn subscribe(&self) -> Subscription {
+        self.appended.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_hash_count_matches_tlog_tiles() {
+        let mut tree = backchannel_tlog::MemoryHashStore::new();
+        for n in 0..70u64 {
+            // The count is the first index the tree of n leaves lacks.
+            let count = stored_hash_count(n);
+            use backchannel_tlog::HashReader;
+            assert!(tree.read_hashes(&[count]).is_err(), "n = {n}");
+            if count > 0 {
+                assert!(tree.read_hashes(&[count - 1]).is_ok(), "n = {n}");
+            }
+            tree.append(&Digest([n as u8; 32])).unwrap();
+        }
+    }
+}
