@@ -316,7 +316,11 @@ impl AccessList {
                 touched.insert(old.party);
             }
         }
-        let next = AccessList::new(self.talks, self.generation + 1, map.into_values().collect())?;
+        let generation = self
+            .generation
+            .checked_add(1)
+            .ok_or(AccessListError::TooLarge("access-list generations"))?;
+        let next = AccessList::new(self.talks, generation, map.into_values().collect())?;
 
         if delta.upsert.is_empty() {
             // Removal only: the key's own principal (a device) or its party's signer.

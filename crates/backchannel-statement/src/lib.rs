@@ -60,6 +60,7 @@ pub fn contexts() -> Vec<backchannel_crypto::Context> {
         header::ENVELOPE_CONTEXT,
         header::COMMITMENT_CONTEXT,
         roster::TALKS_AUTHORITY_CONTEXT,
+        roster::ROSTER_MEMBER_CONTEXT,
     ]);
     v
 }
