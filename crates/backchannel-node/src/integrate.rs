@@ -1,0 +1,252 @@
+//! The log integrator: turns sequenced leaves into tree hashes and a signed
+//! checkpoint, off the request path.
+//!
+//! Sequencing ([`Store::sequence`]) gives each envelope its seq, leaf hash
+//! and receipt, and that is what the node acknowledges. Integration comes
+//! later and in bulk: [`integrate_once`] reads the leaves after the
+//! integrated size, computes the stored hashes they add (C2SP tlog-tiles
+//! stored-hash order, Crosby–Wallach §3.3) and the new root, signs the
+//! C2SP tlog-checkpoint at the new size with the node's log key, and hands
+//! all of it to [`Store::integrate`] in one transaction fenced on the old
+//! integrated size. Two integrators may race: one wins, the other gets
+//! [`IntegrateError::Stale`] and simply runs again.
+//!
+//! # Which stored hashes are read
+//!
+//! `tlog_tiles` computes hashes synchronously through a
+//! [`HashReader`], and the store is async, so the existing hashes are
+//! fetched first. They are *computed*, not discovered by a dry run: a
+//! stored hash of the tree of `m` leaves that appending leaves `≥ m` (or
+//! computing any later root) can need is the root of a perfect subtree
+//! lying inside `[0, m)` whose parent reaches past `m` — a *maximal*
+//! perfect subtree of `[0, m)`. Those are exactly the subtrees of `m`'s
+//! binary decomposition, `tlog_tiles::sub_tree_index(0, m)`: at most
+//! `1 + log₂ m` hashes, one `tree_hashes` round trip. (A recording reader
+//! run twice would read the same set at twice the hashing cost.) The reader
+//! handed to `tlog_tiles` holds only those plus the new hashes, and refuses
+//! any other index, so a wrong claim here is an error, never a wrong root.
+//!
+//! No clock, no randomness: the same store state gives the same hashes and
+//! the same checkpoint note (Ed25519 signatures are deterministic), which
+//! is what the crash model's tests compare.
+
+use std::collections::BTreeMap;
+
+use backchannel_codec::TalksId;
+use backchannel_crypto::{Digest, Signer, sha256};
+use backchannel_store::{CheckpointRecord, MAX_READ, Store, StoreError};
+use backchannel_tlog::{Checkpoint, LeafData, LogOrigin, NodeOrigin, SignCheckpointError};
+use thiserror::Error;
+use tlog_tiles::{Hash, HashReader};
+
+/// How many leaves one [`integrate_once`] call integrates at most.
+///
+/// One call is one store transaction holding about two tree hashes per leaf
+/// (`2n − popcount(n)` over the whole log), so this bounds the
+/// transaction's size (~8 200 rows of 40 bytes) and the integrator's memory,
+/// and keeps a checkpoint at most this many leaves behind under load. It
+/// equals the largest receipt batch ([`backchannel_store::MAX_SEQUENCE_BATCH`]),
+/// so one integration keeps up with one full sequencing batch.
+pub const MAX_INTEGRATION_BATCH: u64 = backchannel_tlog::MAX_BATCH_SIZE;
+
+/// Why an integration did not happen.
+#[derive(Debug, Error)]
+pub enum IntegrateError {
+    /// Another integrator moved the integrated size first; nothing was
+    /// written. Run again: the next call starts from the new size.
+    #[error("another integrator integrated this log first; run the integrator again")]
+    Stale,
+    /// The store failed (or, for the in-memory backend, crashed).
+    #[error(transparent)]
+    Store(StoreError),
+    /// `max_leaves` was 0, so no call could ever make progress.
+    #[error("max_leaves must be at least 1")]
+    EmptyBatch,
+    /// The store says more leaves are integrated than sequenced.
+    #[error("integrated size {integrated} is past the log size {size}: the store is corrupt")]
+    AheadOfLog {
+        /// The integrated size read.
+        integrated: u64,
+        /// The log size read.
+        size: u64,
+    },
+    /// A seq below the log size could not be read (a gap in the log).
+    #[error("leaf {seq} is missing below the log size: the store is corrupt")]
+    MissingLeaf {
+        /// The first seq not read.
+        seq: u64,
+    },
+    /// A stored envelope does not hash to its stored leaf hash, or sits at
+    /// the wrong seq or talks.
+    #[error("leaf {seq} does not match its stored envelope: the store is corrupt")]
+    BadLeaf {
+        /// The seq of the envelope.
+        seq: u64,
+    },
+    /// The tree maths could not read a hash it needed (a stored hash is
+    /// missing, or the prefetched set is wrong).
+    #[error("tree hashes: {0}")]
+    Tree(#[from] tlog_tiles::Error),
+    /// Signing the checkpoint failed; nothing was written.
+    #[error("signing the checkpoint failed: {0}")]
+    Sign(#[from] SignCheckpointError),
+}
+
+impl From<StoreError> for IntegrateError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // The only call that fences is `Store::integrate`; losing that
+            // race is routine, not a storage failure.
+            StoreError::Stale => Self::Stale,
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// Integrates up to `max_leaves` leaves of `talks` past its integrated
+/// size, signing the checkpoint at the new size with `log_key` under the
+/// origin of `node`. Returns the new integrated size, or `None` when every
+/// sequenced leaf is already integrated.
+///
+/// Each leaf is re-hashed from its stored envelope before it enters the
+/// tree: a leaf in a signed checkpoint is there for good, so a corrupt row
+/// stops integration ([`IntegrateError::BadLeaf`]) rather than being
+/// committed.
+pub async fn integrate_once<S: Store>(
+    store: &S,
+    talks: TalksId,
+    node: &NodeOrigin,
+    log_key: &(dyn Signer + Sync),
+    max_leaves: u64,
+) -> Result<Option<u64>, IntegrateError> {
+    if max_leaves == 0 {
+        return Err(IntegrateError::EmptyBatch);
+    }
+    let from = store.integrated_size(talks).await?;
+    let size = store.log_size(talks).await?;
+    if size < from {
+        return Err(IntegrateError::AheadOfLog {
+            integrated: from,
+            size,
+        });
+    }
+    if size == from {
+        return Ok(None);
+    }
+    let to = size.min(from.saturating_add(max_leaves));
+
+    let leaves = read_leaves(store, talks, from, to).await?;
+
+    // The maximal perfect subtrees of [0, from): see the module docs.
+    let frontier = tlog_tiles::sub_tree_index(0, from, Vec::new());
+    let old = store.tree_hashes(talks, &frontier).await?;
+    let mut tree = Overlay {
+        old: frontier
+            .into_iter()
+            .zip(old.iter().map(|d| Hash(d.0)))
+            .collect(),
+        base: tlog_tiles::stored_hash_count(from),
+        new: Vec::with_capacity(leaves.len().saturating_mul(2)),
+    };
+    for (seq, leaf) in (from..to).zip(&leaves) {
+        // Leaf `seq`'s hashes go at stored_hash_index(0, seq), right after
+        // everything stored before it, so appending in order keeps `new`
+        // dense from `base`.
+        let added = tlog_tiles::stored_hashes_for_record_hash(seq, Hash(leaf.0), &tree)?;
+        tree.new.extend(added);
+    }
+    let root = tlog_tiles::tree_hash(to, &tree)?;
+
+    let checkpoint = Checkpoint {
+        origin: LogOrigin::new(node, talks),
+        size: to,
+        root: Digest(root.0),
+    }
+    .sign(log_key)?;
+    let hashes: Vec<(u64, Digest)> = (tree.base..)
+        .zip(tree.new.iter().map(|h| Digest(h.0)))
+        .collect();
+    store
+        .integrate(
+            talks,
+            from,
+            to,
+            &hashes,
+            &CheckpointRecord {
+                size: to,
+                note: checkpoint.note().to_vec(),
+            },
+        )
+        .await?;
+    Ok(Some(to))
+}
+
+/// The leaf hashes of seqs `[from, to)`, read page by page and each checked
+/// against its envelope.
+async fn read_leaves<S: Store>(
+    store: &S,
+    talks: TalksId,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Digest>, IntegrateError> {
+    let want = usize::try_from(to - from).unwrap_or(usize::MAX);
+    let mut leaves = Vec::with_capacity(want.min(1 << 20));
+    let mut next = from;
+    while next < to {
+        let limit = usize::try_from(to - next)
+            .unwrap_or(usize::MAX)
+            .min(MAX_READ);
+        let page = store.read(talks, next, limit).await?;
+        if page.is_empty() {
+            return Err(IntegrateError::MissingLeaf { seq: next });
+        }
+        for e in page.into_iter().take(limit) {
+            if e.seq != next {
+                // A store returns seqs in order from `next`; anything else
+                // means a hole before `e.seq` (or a broken backend).
+                return Err(if e.seq > next {
+                    IntegrateError::MissingLeaf { seq: next }
+                } else {
+                    IntegrateError::BadLeaf { seq: e.seq }
+                });
+            }
+            let leaf = LeafData {
+                seq: e.seq,
+                timestamp_ms: e.node_time,
+                room: e.room,
+                header_hash: sha256(&e.header),
+                body_hash: e.body_hash,
+            };
+            if e.talks != talks || leaf.hash() != e.leaf_hash {
+                return Err(IntegrateError::BadLeaf { seq: e.seq });
+            }
+            leaves.push(e.leaf_hash);
+            next += 1;
+        }
+    }
+    Ok(leaves)
+}
+
+/// The stored hashes `tlog_tiles` may read during one integration: the
+/// prefetched frontier of the old tree, and the hashes added so far
+/// (dense from `base`, the old tree's stored-hash count).
+struct Overlay {
+    old: BTreeMap<u64, Hash>,
+    base: u64,
+    new: Vec<Hash>,
+}
+
+impl HashReader for Overlay {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|&i| {
+                let found = match i.checked_sub(self.base) {
+                    Some(k) => usize::try_from(k).ok().and_then(|k| self.new.get(k)),
+                    None => self.old.get(&i),
+                };
+                found.copied().ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,116 @@
+//! Group commit: concurrent submissions share one durable transaction and
+//! one receipt signature.
+//!
+//! One task owns the sequencing queue. It takes the first waiting
+//! submission, then every other one already waiting (up to
+//! [`MAX_SEQUENCE_BATCH`]), sequences them in one [`Store::sequence`] call —
+//! one fsync, one Ed25519 signature — and answers each submitter with its
+//! own outcome. Nothing is acknowledged before that call returns, so an
+//! acknowledgement always means durably committed. The batch grows with
+//! load by itself: while one commit is in flight, the next batch queues up.
+
+use std::sync::Arc;
+
+use backchannel_crypto::Signer;
+use backchannel_store::{MAX_SEQUENCE_BATCH, Outcome, Store, Submission};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+/// How many submissions may wait for the sequencer before submitters are
+/// slowed down (back-pressure): a few full batches.
+pub const SEQUENCER_QUEUE: usize = 4 * MAX_SEQUENCE_BATCH;
+
+/// The node's clock: a parameter, so that the simulator can skew it.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch, UTC.
+    fn now_ms(&self) -> u64;
+}
+
+/// Why a submission was not sequenced. Nothing of it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SequenceError {
+    /// Storage failed; the whole batch was refused and may be retried with
+    /// the same idempotency keys.
+    #[error("storage is unavailable; retry with the same idempotency key")]
+    Unavailable,
+    /// The sequencer has stopped (the node is shutting down).
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+struct Job {
+    submission: Submission,
+    reply: oneshot::Sender<Result<Outcome, SequenceError>>,
+}
+
+/// A handle to the sequencing task; cheap to clone.
+#[derive(Clone)]
+pub struct Sequencer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Sequencer {
+    /// Starts the sequencing task on the current Tokio runtime.
+    pub fn spawn<S: Store>(
+        store: Arc<S>,
+        clock: Arc<dyn Clock>,
+        log_key: Arc<dyn Signer + Send + Sync>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(SEQUENCER_QUEUE);
+        tokio::spawn(run(store, clock, log_key, rx));
+        Self { tx }
+    }
+
+    /// How many submissions are waiting for the next batch (for metrics).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Sequences one validated submission; returns once it is durably
+    /// committed (or refused).
+    pub async fn submit(&self, submission: Submission) -> Result<Outcome, SequenceError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job { submission, reply })
+            .await
+            .map_err(|_| SequenceError::Stopped)?;
+        answer.await.map_err(|_| SequenceError::Stopped)?
+    }
+}
+
+async fn run<S: Store>(
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+    log_key: Arc<dyn Signer + Send + Sync>,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    while let Some(first) = rx.recv().await {
+        // Bodies move into the batch; they are never copied.
+        let mut batch = Vec::with_capacity(MAX_SEQUENCE_BATCH);
+        let mut replies = Vec::with_capacity(MAX_SEQUENCE_BATCH);
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            batch.push(job.submission);
+            replies.push(job.reply);
+            if replies.len() < MAX_SEQUENCE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        match store.sequence(batch, clock.now_ms(), &*log_key).await {
+            Ok(outcomes) if outcomes.len() == replies.len() => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // A submitter that went away still had its envelope
+                    // committed; a retry with its key finds it.
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            // Every submission was validated against an existing talks, so
+            // any failure is the store's: nothing was written, all retry.
+            _ => {
+                for reply in replies {
+                    let _ = reply.send(Err(SequenceError::Unavailable));
+                }
+            }
+        }
+    }
+}
