@@ -172,20 +172,11 @@ pub fn device_key_of(cert: &CertificateDer<'_>) -> Option<PublicKey> {
     PublicKey::from_bytes(&spki.subject_public_key.data).ok()
 }
 
-/// Accepts exactly one self-signed certificate for an Ed25519 device key;
-/// the TLS 1.3 handshake signature proves the client holds the key.
-#[derive(Debug)]
-pub struct DeviceCertVerifier {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl Default for DeviceCertVerifier {
-    fn default() -> Self {
-        Self {
-            algorithms: ed25519_algorithms(),
-        }
-    }
-}
+/// Accepts exactly one certificate for an acceptable Ed25519 device key
+/// (its own signature is not what proves anything); the TLS 1.3 handshake
+/// signature, checked against that same key, proves the client holds it.
+#[derive(Debug, Default)]
+pub struct DeviceCertVerifier;
 
 impl ClientCertVerifier for DeviceCertVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -223,7 +214,20 @@ impl ClientCertVerifier for DeviceCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
+        // Verify with the very key the node will act as (`device_key_of`),
+        // not with a key a second certificate parser finds, so that what is
+        // proven and what is reported can never differ.
+        let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
+        if dss.scheme != SignatureScheme::ED25519 {
+            return Err(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ));
+        }
+        let key = device_key_of(cert).ok_or_else(bad)?;
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.as_bytes())
+            .verify(message, dss.signature())
+            .map_err(|_| bad())?;
+        Ok(HandshakeSignatureValid::assertion())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -246,7 +250,7 @@ pub fn peer_device_key(peer_certificates: Option<&[CertificateDer<'_>]>) -> Opti
 pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, TlsError> {
     Ok(rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(DeviceCertVerifier::default()))
+        .with_client_cert_verifier(Arc::new(DeviceCertVerifier))
         .with_single_cert(vec![identity.cert.clone()], identity.private_key())?)
 }
 

@@ -451,6 +451,9 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         const OP: &str = "create talks";
         let created_at = to_sql(talks.created_at, "the creation time is out of range")?;
+        if access_list.version != 0 {
+            return Err(StoreError::Limit("the first access list is version 0"));
+        }
         let version = to_sql(
             access_list.version,
             "the access list version is out of range",
@@ -911,6 +914,19 @@ impl Store for SqliteStore {
                 "the checkpoint must be at the integrated size",
             ));
         }
+        if from == to {
+            let exists = sqlx::query("SELECT 1 FROM checkpoints WHERE talks = ? LIMIT 1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+            if exists.is_some() {
+                // Re-signing would drop the cosignatures gathered on the note.
+                return Err(StoreError::Limit(
+                    "integrate: nothing new to integrate; add cosignatures with replace_checkpoint_note",
+                ));
+            }
+        }
         // Exactly the stored hashes leaves [from, to) add, each once: an
         // integrator that forgets one is caught here, not by a later read.
         let range = tlog_tiles::stored_hash_count(from)..tlog_tiles::stored_hash_count(to);
@@ -934,17 +950,15 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| backend(OP, e))?;
         }
-        // Re-signing at an unchanged size (from == to) replaces that note.
-        sqlx::query(
-            "INSERT INTO checkpoints (talks, size, note) VALUES (?, ?, ?)
-             ON CONFLICT (talks, size) DO UPDATE SET note = excluded.note",
-        )
-        .bind(id)
-        .bind(to_sql(to, "the log is full")?)
-        .bind(checkpoint.note.as_slice())
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| backend(OP, e))?;
+        // A size integrates once (from == to only for a first, empty
+        // checkpoint), so this never replaces a note and its cosignatures.
+        sqlx::query("INSERT INTO checkpoints (talks, size, note) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(to_sql(to, "the log is full")?)
+            .bind(checkpoint.note.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
         sqlx::query("UPDATE log_heads SET integrated_size = ? WHERE talks = ?")
             .bind(to_sql(to, "the log is full")?)
             .bind(id)

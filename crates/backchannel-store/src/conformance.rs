@@ -278,6 +278,30 @@ pub async fn create_and_get_talks<S: Store>(store: &S) {
     assert!(ok(store.read(t, 0, 10).await, "read").is_empty());
     assert!(ok(store.tree_hashes(t, &[]).await, "tree_hashes").is_empty());
 
+    // The first access list is version 0; times and versions fit 63 bits.
+    let t3 = talks_id(3);
+    assert!(
+        matches!(
+            store
+                .create_talks(&talks_record(t3), &access_list(3, 1))
+                .await,
+            Err(StoreError::Limit(_))
+        ),
+        "a first access list of version 1 must be refused"
+    );
+    let late = TalksRecord {
+        created_at: crate::MAX_NUMBER + 1,
+        ..talks_record(t3)
+    };
+    assert!(
+        matches!(
+            store.create_talks(&late, &access_list(3, 0)).await,
+            Err(StoreError::Limit(_))
+        ),
+        "a creation time of 2^63 must be refused"
+    );
+    assert_eq!(ok(store.talks(t3).await, "talks"), None);
+
     let t2 = open(store, 2).await;
     assert_eq!(
         ok(store.talks(t2).await, "talks").map(|r| r.talks),
@@ -329,11 +353,13 @@ pub async fn unknown_talks<S: Store>(store: &S) {
     assert_eq!(placed(&out[0], "after UnknownTalks").seq, 0);
 
     assert!(
-        store
-            .replace_access_list(unknown, access_list(9, 0).hash, &access_list(9, 1))
-            .await
-            .is_err(),
-        "replace_access_list on an unknown talks must fail"
+        matches!(
+            store
+                .replace_access_list(unknown, access_list(9, 0).hash, &access_list(9, 1))
+                .await,
+            Err(StoreError::UnknownTalks)
+        ),
+        "replace_access_list on an unknown talks must fail with UnknownTalks"
     );
     assert_eq!(ok(store.access_list(unknown).await, "access_list"), None);
     let c0 = CheckpointRecord {
@@ -341,16 +367,21 @@ pub async fn unknown_talks<S: Store>(store: &S) {
         note: b"an opaque note\n".to_vec(),
     };
     assert!(
-        store.integrate(unknown, 0, 0, &[], &c0).await.is_err(),
-        "integrate on an unknown talks must fail"
+        matches!(
+            store.integrate(unknown, 0, 0, &[], &c0).await,
+            Err(StoreError::UnknownTalks)
+        ),
+        "integrate on an unknown talks must fail with UnknownTalks"
     );
     assert_eq!(ok(store.checkpoint(unknown).await, "checkpoint"), None);
     assert!(
-        store
-            .replace_checkpoint_note(unknown, 0, &c0.note, b"x")
-            .await
-            .is_err(),
-        "replace_checkpoint_note on an unknown talks must fail"
+        matches!(
+            store
+                .replace_checkpoint_note(unknown, 0, &c0.note, b"x")
+                .await,
+            Err(StoreError::UnknownTalks)
+        ),
+        "replace_checkpoint_note on an unknown talks must fail with UnknownTalks"
     );
     assert_eq!(ok(store.talks(unknown).await, "talks"), None);
 }
@@ -823,6 +854,28 @@ pub async fn checkpoint_note_compare_and_swap<S: Store>(store: &S) {
     };
     let n1 = cosigned(&c2.note, "w1.example");
     let n2 = cosigned(&n1, "w2.example");
+    // A checkpoint is never re-signed in place: that would drop its
+    // gathered cosignatures.
+    ok(
+        store.replace_checkpoint_note(t, 2, &c2.note, &n1).await,
+        "replace_checkpoint_note",
+    );
+    assert!(
+        matches!(
+            store.integrate(t, 2, 2, &[], &c2).await,
+            Err(StoreError::Limit(_))
+        ),
+        "integrate with from == to over an existing checkpoint must be Limit"
+    );
+    assert_eq!(
+        ok(store.checkpoint(t).await, "checkpoint").map(|c| c.note),
+        Some(n1.clone()),
+        "the cosigned note must survive"
+    );
+    ok(
+        store.replace_checkpoint_note(t, 2, &n1, &c2.note).await,
+        "replace_checkpoint_note back",
+    );
     let stale = |r: Result<(), StoreError>, what: &str| {
         assert!(
             matches!(r, Err(StoreError::Stale)),

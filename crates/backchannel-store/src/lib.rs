@@ -24,7 +24,23 @@
 //!   receipts keep verifying.
 //! - **Notifications are wake-ups.** [`Store::subscribe`] says that a talks
 //!   has grown; subscribers read by seq from what they last delivered, and
-//!   a lagged subscriber re-reads everything after its last seq.
+//!   a lagged subscriber re-reads everything after its last seq. A store
+//!   notifies its own subscribers of its own writes after they are durable
+//!   and before `sequence` returns; writes by other processes (several nodes
+//!   on one database) arrive eventually or, after a crash or a cancelled
+//!   call, not at all — so subscribers also poll by seq. No order among the
+//!   talks of one batch is promised.
+//! - **An unknown outcome.** `Unavailable` means the call's outcome is
+//!   unknown: it may or may not have committed. Callers retry the same
+//!   operation and re-read before treating `Stale` or `TalksExists` on the
+//!   retry as a real conflict (sequencing needs no care: the idempotency
+//!   key makes the retry safe).
+//! - **Numbers fit in 63 bits.** Seqs, timestamps and versions are below
+//!   2^63 (what PostgreSQL's and SQLite's signed 64-bit integers hold); a
+//!   larger value is refused with `Limit`.
+//! - **Receipt batch time.** A batch's receipt is signed at `clock_ms` as
+//!   given, which may be earlier than its records' node timestamps when the
+//!   clock went backwards; clients must not treat that as an error.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -45,6 +61,10 @@ pub const STORAGE_VERSION: u32 = 1;
 /// batch limit of the log format.
 // 4096 fits every `usize`, so the cast cannot truncate.
 pub const MAX_SEQUENCE_BATCH: usize = backchannel_tlog::MAX_BATCH_SIZE as usize;
+
+/// The largest seq, timestamp or version a store accepts: 2^63 − 1, what a
+/// signed 64-bit database integer holds.
+pub const MAX_NUMBER: u64 = i64::MAX as u64;
 
 /// How many envelopes one read returns at most.
 pub const MAX_READ: usize = 1000;
@@ -69,7 +89,7 @@ pub enum StoreError {
     #[error("{0}")]
     Limit(&'static str),
     /// The backend crashed (the in-memory crash model) or lost its
-    /// connection; nothing of this call may be assumed written.
+    /// connection: the call's outcome is unknown (see the crate docs).
     #[error("storage crashed or is unreachable: {0}")]
     Unavailable(String),
     /// Signing the batch receipt failed; nothing was written.
@@ -202,8 +222,8 @@ pub type Subscription = broadcast::Receiver<Appended>;
 
 /// The node's storage (contract version [`STORAGE_VERSION`]).
 pub trait Store: Send + Sync + 'static {
-    /// Opens a talks with its initial access list. `TalksExists` if the id
-    /// is taken.
+    /// Opens a talks with its initial access list (whose version is 0).
+    /// `TalksExists` if the id is taken.
     fn create_talks(
         &self,
         talks: &TalksRecord,
@@ -288,7 +308,11 @@ pub trait Store: Send + Sync + 'static {
     /// Integrates leaves `[from, to)`: stores the tree hashes the new leaves
     /// add (`(index, hash)` pairs) and the signed checkpoint at size `to`,
     /// in one transaction fenced on the integrated size still being `from`
-    /// (`Stale` otherwise, and nothing is written).
+    /// (`Stale` otherwise, and nothing is written). `from == to` is allowed
+    /// only for a talks' first checkpoint (of an empty log); otherwise it is
+    /// `Limit`, so a checkpoint and its gathered cosignatures are never
+    /// replaced. Malformed arguments (`to` beyond the log, a checkpoint of
+    /// another size, other hashes than those `[from, to)` add) are `Limit`.
     fn integrate(
         &self,
         talks: TalksId,

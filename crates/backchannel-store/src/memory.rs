@@ -42,8 +42,9 @@ use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
 use tokio::sync::broadcast;
 
 use crate::{
-    AccessListRecord, Appended, CheckpointRecord, MAX_READ, MAX_SEQUENCE_BATCH, Outcome, Placement,
-    SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+    AccessListRecord, Appended, CheckpointRecord, MAX_NUMBER, MAX_READ, MAX_SEQUENCE_BATCH,
+    Outcome, Placement, SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope, Submission,
+    Subscription, TalksRecord,
 };
 
 /// The message of the error every call returns while the store is down.
@@ -331,6 +332,11 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut txn = self.begin("create_talks")?;
         txn.step("read")?;
+        if talks.created_at > MAX_NUMBER || access_list.version != 0 {
+            return Err(StoreError::Limit(
+                "created_at must be below 2^63 and the first access list is version 0",
+            ));
+        }
         if txn.log(talks.talks).is_some() {
             return Err(StoreError::TalksExists);
         }
@@ -363,6 +369,9 @@ impl Store for MemoryStore {
         let mut txn = self.begin("replace_access_list")?;
         txn.step("read")?;
         let current = &txn.log(talks).ok_or(StoreError::UnknownTalks)?.access;
+        if next.version > MAX_NUMBER {
+            return Err(StoreError::Limit("versions are below 2^63"));
+        }
         if current.hash != expected || Some(next.version) != current.version.checked_add(1) {
             return Err(StoreError::Stale);
         }
@@ -383,6 +392,9 @@ impl Store for MemoryStore {
             return Err(StoreError::Limit(
                 "a sequence batch holds at most MAX_SEQUENCE_BATCH envelopes",
             ));
+        }
+        if clock_ms > MAX_NUMBER {
+            return Err(StoreError::Limit("timestamps are below 2^63"));
         }
         if batch.iter().any(|s| txn.log(s.talks).is_none()) {
             return Err(StoreError::UnknownTalks);
@@ -557,9 +569,9 @@ impl Store for MemoryStore {
         indexes
             .iter()
             .map(|i| {
-                log.and_then(|l| l.hashes.get(i)).copied().ok_or_else(|| {
-                    StoreError::Corrupt(format!("tree hash {i} of talks {talks} is missing"))
-                })
+                log.and_then(|l| l.hashes.get(i))
+                    .copied()
+                    .ok_or_else(|| StoreError::Corrupt(format!("tree hash {i} is missing")))
             })
             .collect()
     }
@@ -581,6 +593,12 @@ impl Store for MemoryStore {
         if to < from || to > log.rows.len() as u64 || checkpoint.size != to {
             return Err(StoreError::Limit(
                 "integrate: need from <= to <= log size and a checkpoint at size to",
+            ));
+        }
+        if from == to && log.checkpoint.is_some() {
+            // Re-signing would drop the cosignatures gathered on the note.
+            return Err(StoreError::Limit(
+                "integrate: nothing new to integrate; add cosignatures with replace_checkpoint_note",
             ));
         }
         // Exactly the hashes leaves [from, to) add: the simulator should
