@@ -20,6 +20,12 @@ use tokio::sync::{mpsc, oneshot};
 /// slowed down (back-pressure): a few full batches.
 pub const SEQUENCER_QUEUE: usize = 4 * MAX_SEQUENCE_BATCH;
 
+/// The most header and body bytes one group commit carries (64 MiB): with
+/// 1 KiB bodies a batch is bounded by [`MAX_SEQUENCE_BATCH`] long before
+/// this; with 1 MiB bodies it keeps one transaction, and the memory it
+/// holds, to 64 envelopes.
+pub const MAX_BATCH_BYTES: usize = 64 << 20;
+
 /// The node's clock: a parameter, so that the simulator can skew it.
 pub trait Clock: Send + Sync + 'static {
     /// Milliseconds since the Unix epoch, UTC.
@@ -84,12 +90,28 @@ async fn run<S: Store>(
     log_key: Arc<dyn Signer + Send + Sync>,
     mut rx: mpsc::Receiver<Job>,
 ) {
-    while let Some(first) = rx.recv().await {
+    // A job that would have made the last batch too large opens the next.
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
         // Bodies move into the batch; they are never copied.
         let mut batch = Vec::with_capacity(MAX_SEQUENCE_BATCH);
         let mut replies = Vec::with_capacity(MAX_SEQUENCE_BATCH);
+        let mut bytes = 0usize;
         let mut next = Some(first);
         while let Some(job) = next.take() {
+            let size = job.submission.header.len() + job.submission.body.len();
+            if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
+                carried = Some(job);
+                break;
+            }
+            bytes += size;
             batch.push(job.submission);
             replies.push(job.reply);
             if replies.len() < MAX_SEQUENCE_BATCH {

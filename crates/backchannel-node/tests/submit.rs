@@ -230,8 +230,18 @@ impl Signer for GatedKey {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submissions_that_arrive_during_a_commit_share_the_next_one() {
+/// Holds the first commit until `n - 1` more submissions (made by
+/// `make`) are queued behind it, then lets everything through. Returns the
+/// store, the sequencer, and the seqs and batch roots the submitters got.
+async fn gated_run(
+    n: u32,
+    make: fn(u32) -> backchannel_store::Submission,
+) -> (
+    Arc<MemoryStore>,
+    Sequencer,
+    Vec<u64>,
+    std::collections::BTreeSet<Digest>,
+) {
     let store = store_with_talks().await;
     let clock = Arc::new(TestClock(AtomicU64::new(1_700_000_000_000)));
     let gate = Arc::new(GatedKey {
@@ -242,20 +252,18 @@ async fn submissions_that_arrive_during_a_commit_share_the_next_one() {
     });
     let log_key: Arc<dyn Signer + Send + Sync> = gate.clone();
     let seq = Sequencer::spawn(store.clone(), clock, log_key);
-    let n = 200u32;
-    let mut submissions: Vec<_> = (0..n).map(submission).collect();
-    let rest = submissions.split_off(1);
     let mut tasks = Vec::new();
     // The first submission's commit starts and holds the sequencer…
-    let first = submissions.remove(0);
     let first_seq = seq.clone();
+    let first = make(0);
     tasks.push(tokio::spawn(async move { first_seq.submit(first).await }));
     while !gate.entered.load(Ordering::SeqCst) {
         tokio::task::yield_now().await;
     }
     // …while every other submission queues behind it.
-    for s in rest {
+    for i in 1..n {
         let seq = seq.clone();
+        let s = make(i);
         tasks.push(tokio::spawn(async move { seq.submit(s).await }));
     }
     while seq.queued() < n as usize - 1 {
@@ -278,6 +286,13 @@ async fn submissions_that_arrive_during_a_commit_share_the_next_one() {
         (0..u64::from(n)).collect::<Vec<_>>(),
         "dense, each once"
     );
+    (store, seq, seqs, roots)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_that_arrive_during_a_commit_share_the_next_one() {
+    let n = 200u32;
+    let (store, seq, _, roots) = gated_run(n, submission).await;
     assert_eq!(
         roots.len(),
         2,
@@ -296,6 +311,34 @@ async fn submissions_that_arrive_during_a_commit_share_the_next_one() {
         store.log_size(fixtures::talks().talks).await.expect("size"),
         u64::from(n)
     );
+}
+
+/// A submission with a 1 MiB body.
+fn large_submission(i: u32) -> backchannel_store::Submission {
+    let t = fixtures::talks();
+    let us = key(US_HEAD_DEVICE);
+    let body = pad_body(&vec![0x5a; (MAX_BODY as usize) - 4]).expect("pads");
+    let mut header = Header {
+        talks: t.talks,
+        room: t.record,
+        sender: us.public_key().id(),
+        kind: Kind::MlsApp,
+        idempotency_key: [0; 16],
+        body_len: body.len() as u32,
+        body_hash: sha256(&body),
+        commitment: Commitment([2; 32]),
+    };
+    header.idempotency_key[..4].copy_from_slice(&i.to_be_bytes());
+    let header = header.sign(&us).expect("signs").to_bytes();
+    validate(t.talks, &us.public_key(), &access(), &header, &body).expect("valid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_commit_is_bounded_in_bytes() {
+    // 69 queued 1 MiB envelopes: 63 fit in MAX_BATCH_BYTES (64 MiB), so two
+    // commits follow the first.
+    let (_, _, _, roots) = gated_run(70, large_submission).await;
+    assert_eq!(roots.len(), 3);
 }
 
 #[tokio::test]
