@@ -41,6 +41,20 @@ pub(crate) fn backend(op: &'static str, e: sqlx::Error) -> StoreError {
     }
 }
 
+/// Whether `e` is SQLite's "busy" or "locked": another connection holds the
+/// lock, so the same call may succeed a moment later.
+pub(crate) fn is_busy(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    matches!(
+        db.code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .map(|c| c & 0xff),
+        Some(SQLITE_BUSY | SQLITE_LOCKED)
+    )
+}
+
 fn database(op: &'static str, db: &dyn DatabaseError) -> StoreError {
     let code = db
         .code()

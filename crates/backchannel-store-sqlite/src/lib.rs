@@ -14,8 +14,11 @@
 //!   Reads use a small pool of `query_only` connections that WAL lets run
 //!   beside the writer.
 //! - **Versioned schema.** Migrations under `migrations/` are embedded and
-//!   applied on open; a database with a newer schema than this build knows
-//!   is refused ([`OpenError::NewerSchema`]).
+//!   applied on open, in one `BEGIN IMMEDIATE` transaction that reads the
+//!   version inside it, so several processes may open one fresh file at
+//!   once (the loser of the race to switch it to WAL waits out the busy
+//!   timeout); a database with a newer schema than this build knows is
+//!   refused ([`OpenError::NewerSchema`]).
 //! - **Defensive decoding.** Stored values of the wrong length, type or sign
 //!   are [`StoreError::Corrupt`], never a panic; SQLite errors are mapped to
 //!   [`StoreError::Unavailable`] (try again: nothing may be assumed written)
@@ -34,13 +37,14 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backchannel_codec::{Encode, RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
 use backchannel_store::{
-    AccessListRecord, Appended, CheckpointRecord, MAX_READ, MAX_SEQUENCE_BATCH, Outcome, Placement,
-    SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+    AccessListRecord, Appended, CheckpointRecord, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH,
+    MAX_TREE_HASHES, Outcome, Placement, SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope,
+    Submission, Subscription, TalksRecord,
 };
 use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
 use sqlx::pool::PoolConnectionMetadata;
@@ -52,8 +56,12 @@ use sqlx::{Row, Sqlite, Transaction};
 use thiserror::Error;
 use tokio::sync::broadcast;
 
-use crate::error::{backend, fixed, from_sql, to_sql};
+use crate::error::{backend, fixed, from_sql, is_busy, to_sql};
 pub use crate::migrate::SCHEMA_VERSION;
+
+/// How long [`SqliteStore::open`] pauses before trying again to open a
+/// file another process holds locked while switching it to WAL.
+const OPEN_RETRY: Duration = Duration::from_millis(10);
 
 /// How the store opens its database.
 #[derive(Debug, Clone)]
@@ -141,26 +149,41 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full);
         let sql = |e: sqlx::Error| OpenError::Sqlite(backend("open", e).to_string());
 
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            // Keep the one connection for the life of the store; if it is
-            // lost, the pool opens a new one through the same checks.
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(options.acquire_timeout)
-            .after_connect(check_durable)
-            .connect_with(
-                base.clone()
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    // On macOS, fsync does not flush the drive's cache; these
-                    // make SQLite use F_FULLFSYNC there (no-ops elsewhere).
-                    .pragma("fullfsync", "ON")
-                    .pragma("checkpoint_fullfsync", "ON"),
-            )
-            .await
-            .map_err(sql)?;
+        // Two processes opening one fresh file at once race to switch it to
+        // WAL, and SQLite reports the loser's `PRAGMA journal_mode` as busy
+        // at once, without waiting out the busy timeout: so wait it out
+        // here. (The migration after it runs in `BEGIN IMMEDIATE`, which
+        // does wait, and re-reads the version inside its transaction.)
+        let deadline = Instant::now() + options.busy_timeout;
+        let writer = loop {
+            let connected = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                // Keep the one connection for the life of the store; if it is
+                // lost, the pool opens a new one through the same checks.
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(options.acquire_timeout)
+                .after_connect(check_durable)
+                .connect_with(
+                    base.clone()
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        // On macOS, fsync does not flush the drive's cache;
+                        // these make SQLite use F_FULLFSYNC there (no-ops
+                        // elsewhere).
+                        .pragma("fullfsync", "ON")
+                        .pragma("checkpoint_fullfsync", "ON"),
+                )
+                .await;
+            match connected {
+                Ok(pool) => break pool,
+                Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(OPEN_RETRY).await;
+                }
+                Err(e) => return Err(sql(e)),
+            }
+        };
         migrate::migrate(&writer).await?;
 
         // WAL is a property of the file, set by the writer above; readers
@@ -789,8 +812,12 @@ impl Store for SqliteStore {
         let Some(h) = head(&mut tx, talks, OP).await? else {
             return Ok(Vec::new());
         };
-        let rows = sqlx::query(
-            "SELECT seq, node_time, room, sender, header, body, body_hash, leaf_hash, receipt
+        let want = h.next_seq.saturating_sub(from).min(limit as u64);
+        // First the sizes only (SQLite reads a blob's length from the
+        // record header, not its content), to find how many rows fit in
+        // `MAX_READ_BYTES` without loading bodies that would not be sent.
+        let sizes = sqlx::query(
+            "SELECT seq, length(header) + COALESCE(length(body), 0) AS bytes
              FROM envelopes WHERE talks = ? AND seq >= ? ORDER BY seq LIMIT ?",
         )
         .bind(talks.as_bytes().as_slice())
@@ -799,10 +826,42 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| backend(OP, e))?;
+        if sizes.len() as u64 != want {
+            return Err(StoreError::Corrupt(
+                "the envelopes disagree with the log size".into(),
+            ));
+        }
+        let mut total = 0usize;
+        let mut fit = 0usize;
+        for (expected, row) in (from..).zip(&sizes) {
+            if uint(row, "seq")? != expected {
+                return Err(StoreError::Corrupt("a seq is missing from the log".into()));
+            }
+            let bytes = usize::try_from(uint(row, "bytes")?).unwrap_or(usize::MAX);
+            total = total.saturating_add(bytes);
+            // The first row always goes, so paging makes progress.
+            if fit > 0 && total > MAX_READ_BYTES {
+                break;
+            }
+            fit += 1;
+        }
+        if fit == 0 {
+            commit(tx, OP).await?;
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT seq, node_time, room, sender, header, body, body_hash, leaf_hash, receipt
+             FROM envelopes WHERE talks = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(from_sql_value)
+        .bind(i64::try_from(fit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
         commit(tx, OP).await?;
 
-        let want = h.next_seq.saturating_sub(from).min(limit as u64);
-        if rows.len() as u64 != want {
+        if rows.len() != fit {
             return Err(StoreError::Corrupt(
                 "the envelopes disagree with the log size".into(),
             ));
@@ -850,13 +909,28 @@ impl Store for SqliteStore {
         indexes: &[u64],
     ) -> Result<Vec<Digest>, StoreError> {
         const OP: &str = "read tree hashes";
+        // The caller's errors first, for the whole call: too many indexes,
+        // or (below) a peer-chosen index beyond the integrated tree — both
+        // `Limit`, never `Corrupt`.
+        if indexes.len() > MAX_TREE_HASHES {
+            return Err(StoreError::Limit(
+                "tree_hashes: at most MAX_TREE_HASHES indexes per call",
+            ));
+        }
         let mut tx = self.begin_read(OP).await?;
         let integrated = head(&mut tx, talks, OP)
             .await?
             .map_or(0, |h| h.integrated_size);
         let stored = tlog_tiles::stored_hash_count(integrated);
+        if indexes.iter().any(|&i| i >= stored) {
+            return Err(StoreError::Limit(
+                "tree_hashes: a hash at or beyond the integrated tree was asked for",
+            ));
+        }
         let mut out = Vec::with_capacity(indexes.len());
         for &index in indexes {
+            // An index past i64::MAX (a tree of over 2^62 leaves) can never
+            // have been stored (`integrate` refuses it), so it is missing.
             let row = match i64::try_from(index) {
                 Ok(idx) => sqlx::query("SELECT hash FROM tree_hashes WHERE talks = ? AND idx = ?")
                     .bind(talks.as_bytes().as_slice())
@@ -866,22 +940,13 @@ impl Store for SqliteStore {
                     .map_err(|e| backend(OP, e))?,
                 Err(_) => None,
             };
-            // A missing hash is `Corrupt` either way, as in the in-memory
-            // backend; the message tells a hole in the tree (corruption)
-            // from a hash the tree does not have yet (a caller's bug).
-            match row {
-                Some(row) => out.push(digest(&row, "hash")?),
-                None if index < stored => {
-                    return Err(StoreError::Corrupt(
-                        "a tree hash is missing below the integrated size".into(),
-                    ));
-                }
-                None => {
-                    return Err(StoreError::Corrupt(
-                        "a tree hash beyond the integrated size was asked for".into(),
-                    ));
-                }
-            }
+            // Below the integrated tree, a missing hash is a hole: corruption.
+            let Some(row) = row else {
+                return Err(StoreError::Corrupt(
+                    "a tree hash is missing below the integrated size".into(),
+                ));
+            };
+            out.push(digest(&row, "hash")?);
         }
         commit(tx, OP).await?;
         Ok(out)

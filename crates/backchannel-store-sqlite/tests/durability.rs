@@ -285,3 +285,62 @@ async fn malformed_rows_are_corrupt_not_panics() {
         store.close().await;
     }
 }
+
+/// A tree hash missing below the integrated size is a hole in stored data:
+/// `Corrupt`. An index beyond the integrated tree stays a caller's error
+/// (`Limit`) even then: a peer's proof request never reads as corruption.
+#[tokio::test]
+async fn a_missing_tree_hash_is_corrupt_one_beyond_the_tree_is_limit() {
+    let (_dir, path, store) = fresh().await;
+    create(&store, 1).await;
+    let out = store
+        .sequence(
+            (0..3).map(|i| submission(1, 1, i, i)).collect(),
+            10,
+            &log_key(),
+        )
+        .await
+        .unwrap();
+    let mut tree = MemoryHashStore::new();
+    for o in &out {
+        tree.append(&placed(o).leaf_hash).unwrap();
+    }
+    let count = 2 * 3 - 2; // stored_hash_count(3)
+    let indexes: Vec<u64> = (0..count).collect();
+    let hashes: Vec<(u64, Digest)> = indexes
+        .iter()
+        .zip(tree.read_hashes(&indexes).unwrap())
+        .map(|(&i, h)| (i, Digest(h.0)))
+        .collect();
+    let checkpoint = CheckpointRecord {
+        size: 3,
+        note: b"checkpoint at 3\n".to_vec(),
+    };
+    store
+        .integrate(talks_id(1), 0, 3, &hashes, &checkpoint)
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+
+    let pool = raw(&path).await;
+    sqlx::query("DELETE FROM tree_hashes WHERE idx = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = open(&path).await;
+    assert_eq!(
+        store.tree_hashes(talks_id(1), &[0, 2]).await.unwrap(),
+        [hashes[0].1, hashes[2].1]
+    );
+    match store.tree_hashes(talks_id(1), &[0, 1]).await {
+        Err(StoreError::Corrupt(m)) => assert!(m.contains("missing"), "{m}"),
+        other => panic!("a hole below the integrated size: {other:?}"),
+    }
+    for idx in [count, count + 1, u64::MAX] {
+        let r = store.tree_hashes(talks_id(1), &[idx]).await;
+        assert!(matches!(r, Err(StoreError::Limit(_))), "{idx}: {r:?}");
+    }
+}

@@ -31,8 +31,9 @@ use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::memory::{MemoryStore, stored_hash_count};
 use crate::{
-    AccessListRecord, CheckpointRecord, MAX_READ, MAX_SEQUENCE_BATCH, Outcome, Placement, Store,
-    StoreError, StoredEnvelope, Submission, TalksRecord,
+    AccessListRecord, Appended, CheckpointRecord, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH,
+    MAX_TREE_HASHES, Outcome, Placement, Store, StoreError, StoredEnvelope, Submission,
+    Subscription, TalksRecord,
 };
 
 /// Runs every property, each on a store from `fresh` (which must open a
@@ -58,11 +59,14 @@ where
         receipts_verify,
         idempotent_retries,
         read_pages,
+        read_byte_budget,
         purge_keeps_proof_material,
         integrate_and_tree_hashes,
+        tree_hashes_limits,
         checkpoint_note_compare_and_swap,
         subscribers_see_appends,
         batch_limit,
+        concurrent_sequence,
     );
 }
 
@@ -705,6 +709,125 @@ pub async fn read_pages<S: Store>(store: &S) {
     assert!(ok(store.read(t2, 0, 10).await, "read").is_empty());
 }
 
+/// `submission` with a body of `len` bytes (the store treats bodies as
+/// opaque; the node refuses bodies over `backchannel_statement`'s
+/// `header::MAX_BODY` before they reach it).
+pub fn with_body(mut sub: Submission, len: usize) -> Submission {
+    let fill = sub.header_hash.0[0];
+    sub.body = vec![fill; len];
+    sub.body_hash = sha256(&sub.body);
+    sub
+}
+
+/// The bytes of a row that count against [`MAX_READ_BYTES`].
+fn row_bytes(e: &StoredEnvelope) -> usize {
+    e.header.len() + e.body.as_ref().map_or(0, Vec::len)
+}
+
+/// How many of `rows` (from the first) one read with `limit` returns: at
+/// most `limit` (capped at [`MAX_READ`]), and no more than fit in
+/// [`MAX_READ_BYTES`], but at least one.
+fn page_len(rows: &[StoredEnvelope], limit: usize) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for e in rows.iter().take(limit.min(MAX_READ)) {
+        total += row_bytes(e);
+        if n > 0 && total > MAX_READ_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Reads stop before the row that would take a page's header and body
+/// bytes past [`MAX_READ_BYTES`], but always return at least one row if any
+/// exists (even one larger than the budget by itself); purged bodies count
+/// nothing; paging by seq still reads every row exactly once.
+pub async fn read_byte_budget<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    // 1 MiB, `backchannel_statement::header::MAX_BODY`: the largest legal body.
+    const MAX_BODY: usize = 1 << 20;
+    let large = MAX_READ_BYTES / MAX_BODY + 4;
+    let mut k = 0u32;
+    let mut next = |len: usize| {
+        k += 1;
+        with_body(submission(t, a, k, 0), len)
+    };
+    let mut batches: Vec<Vec<Submission>> = Vec::new();
+    batches.push((0..3).map(|_| next(256)).collect());
+    // One batch per large body keeps each call's memory modest.
+    for _ in 0..large {
+        batches.push(vec![next(MAX_BODY)]);
+    }
+    // One row larger than the whole budget, then small ones again.
+    batches.push(vec![next(MAX_READ_BYTES + 1)]);
+    batches.push((0..2).map(|_| next(256)).collect());
+    let mut want: Vec<StoredEnvelope> = Vec::new();
+    for batch in batches {
+        let out = sequence(store, batch.clone(), 1000).await;
+        want.extend(
+            batch
+                .iter()
+                .zip(&out)
+                .map(|(s, o)| expected_envelope(s, &placed(o, "budget"))),
+        );
+    }
+    let n = want.len();
+    let huge = 3 + large;
+
+    let check = async |want: &[StoredEnvelope], from: usize, limit: usize| -> usize {
+        let got = ok(store.read(t, from as u64, limit).await, "read");
+        let len = page_len(&want[from.min(n)..], limit);
+        assert!(
+            got == want[from.min(n)..from.min(n) + len],
+            "read(from {from}, limit {limit}) must return {len} rows, got {} rows starting at {:?}",
+            got.len(),
+            got.first().map(|e| e.seq)
+        );
+        len
+    };
+    // From the start: the small rows and as many large ones as fit.
+    let first = check(&want, 0, MAX_READ).await;
+    assert!(
+        first > 3 && first < huge,
+        "the budget must cut the first page among the large rows, got {first} rows"
+    );
+    let bytes: usize = want[..first].iter().map(row_bytes).sum();
+    assert!(bytes <= MAX_READ_BYTES, "a page of {bytes} bytes");
+    assert!(
+        bytes + row_bytes(&want[first]) > MAX_READ_BYTES,
+        "the page stops only when the next row would not fit"
+    );
+    // The limit still applies below the budget.
+    assert_eq!(check(&want, 0, 2).await, 2);
+    assert_eq!(check(&want, 1, 0).await, 0);
+    // The row before the oversized one comes alone, and so does that row.
+    assert_eq!(check(&want, huge - 1, MAX_READ).await, 1);
+    assert_eq!(check(&want, huge, MAX_READ).await, 1);
+    assert_eq!(check(&want, huge, 1).await, 1);
+    assert_eq!(check(&want, huge + 1, MAX_READ).await, 2);
+    assert_eq!(check(&want, n, MAX_READ).await, 0);
+    // Paging by seq reads everything once.
+    assert!(
+        read_all(store, t).await == want,
+        "paging through large rows"
+    );
+
+    // A purged body counts nothing: after purging the large bodies of the
+    // first page, it reaches further.
+    for row in &mut want[3..first] {
+        assert!(ok(store.purge_body(t, row.seq).await, "purge_body"));
+        row.body = None;
+    }
+    let again = check(&want, 0, MAX_READ).await;
+    assert!(
+        again > first,
+        "purged bodies must not count: {again} rows after purging, {first} before"
+    );
+}
+
 /// Purging drops the body and keeps header, body hash, leaf and receipt
 /// (which still verifies); a second purge, or a missing envelope, is
 /// `Ok(false)`; a retry after the purge still gets its placement.
@@ -826,6 +949,96 @@ pub async fn integrate_and_tree_hashes<S: Store>(store: &S) {
     // Another talks is untouched.
     assert_eq!(ok(store.integrated_size(other).await, "integrated_size"), 0);
     assert_eq!(ok(store.checkpoint(other).await, "checkpoint"), None);
+}
+
+/// `tree_hashes` refuses what a caller (often a peer asking for a proof)
+/// should not ask: an index at or beyond the integrated tree, on a known or
+/// unknown talks, and more than [`MAX_TREE_HASHES`] indexes — all `Limit`,
+/// never `Corrupt`, checked for the whole call.
+pub async fn tree_hashes_limits<S: Store>(store: &S) {
+    let (t, bare) = (open(store, 1).await, open(store, 2).await);
+    let a = sender(labels::US_HEAD_DEVICE);
+    let batch: Vec<Submission> = (0..7).map(|i| submission(t, a, i, 0)).collect();
+    sequence(store, batch, 1000).await;
+    sequence(store, vec![submission(bare, a, 1, 0)], 1000).await;
+    let mut tree = MemoryHashStore::new();
+    for e in read_all(store, t).await {
+        ok(tree.append(&e.leaf_hash), "reference tree");
+    }
+    let limit = |r: Result<Vec<Digest>, StoreError>, what: &str| {
+        assert!(
+            matches!(r, Err(StoreError::Limit(_))),
+            "{what}: want Limit, got {r:?}"
+        );
+    };
+
+    // Nothing integrated yet: every index lies beyond the tree, although
+    // the log has leaves.
+    limit(store.tree_hashes(t, &[0]).await, "before any integration");
+    limit(
+        store.tree_hashes(bare, &[0]).await,
+        "a talks never integrated",
+    );
+    limit(
+        store.tree_hashes(talks_id(9), &[0]).await,
+        "an unknown talks",
+    );
+
+    let c3 = checkpoint_at(t, &tree, 3);
+    ok(
+        store
+            .integrate(t, 0, 3, &hashes_between(&tree, 0, 3), &c3)
+            .await,
+        "integrate [0, 3)",
+    );
+    let stored = stored_hash_count(3);
+    let all: Vec<u64> = (0..stored).collect();
+    let want: Vec<Digest> = hashes_between(&tree, 0, 3)
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect();
+    assert_eq!(ok(store.tree_hashes(t, &all).await, "tree_hashes"), want);
+    for (what, idx) in [
+        ("the first index beyond the tree", vec![stored]),
+        ("a hash the log will have but not yet", vec![stored + 1]),
+        ("beyond after good ones", vec![0, stored - 1, stored]),
+        ("beyond before good ones", vec![stored, 0]),
+        ("the largest index", vec![u64::MAX]),
+        ("2^63", vec![1 << 63]),
+    ] {
+        limit(store.tree_hashes(t, &idx).await, what);
+    }
+
+    // The count limit: exactly MAX_TREE_HASHES is served, one more is not.
+    let many = vec![0u64; MAX_TREE_HASHES];
+    let got = ok(store.tree_hashes(t, &many).await, "MAX_TREE_HASHES indexes");
+    assert_eq!(got, vec![want[0]; MAX_TREE_HASHES]);
+    let too_many = vec![0u64; MAX_TREE_HASHES + 1];
+    limit(
+        store.tree_hashes(t, &too_many).await,
+        "MAX_TREE_HASHES + 1 indexes",
+    );
+
+    // Integration moves the bound, for this talks only.
+    let c7 = checkpoint_at(t, &tree, 7);
+    ok(
+        store
+            .integrate(t, 3, 7, &hashes_between(&tree, 3, 7), &c7)
+            .await,
+        "integrate [3, 7)",
+    );
+    let stored7 = stored_hash_count(7);
+    let got = ok(
+        store.tree_hashes(t, &[stored, stored7 - 1]).await,
+        "tree_hashes after the second integration",
+    );
+    let h = |i: u64| match tree.read_hashes(&[i]).as_deref() {
+        Ok([h]) => Digest(h.0),
+        other => panic!("reference tree lacks hash {i}: {other:?}"),
+    };
+    assert_eq!(got, [h(stored), h(stored7 - 1)]);
+    limit(store.tree_hashes(t, &[stored7]).await, "beyond size 7");
+    limit(store.tree_hashes(bare, &[0]).await, "another talks");
 }
 
 /// The latest checkpoint's note changes only by compare-and-swap on its
@@ -1010,6 +1223,92 @@ pub async fn batch_limit<S: Store>(store: &S) {
         let r = ok(Receipt::from_canonical_bytes(&p.receipt), "receipt");
         assert_eq!(r.batch_size(), MAX_SEQUENCE_BATCH as u64);
     }
+}
+
+/// Many `sequence` calls in flight at once on one store: half submit the
+/// very same submission (same talks, sender, idempotency key and header),
+/// the others distinct keys (some across two talks). The shared one is
+/// stored exactly once and every call that submitted it gets the same
+/// outcome; the logs stay dense, every placement is the stored row, and
+/// node times never decrease.
+pub async fn concurrent_sequence<S: Store>(store: &S) {
+    let (t1, t2) = (open(store, 1).await, open(store, 2).await);
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let key = log_key();
+    let node_key = key.public_key();
+    let shared = submission(t1, a, 1, 0);
+    const CALLS: u32 = 32;
+    let batches: Vec<Vec<Submission>> = (0..CALLS)
+        .map(|i| {
+            if i % 2 == 0 {
+                vec![shared.clone()]
+            } else if i % 4 == 1 {
+                vec![submission(t1, b, 100 + i, 0)]
+            } else {
+                vec![submission(t1, b, 100 + i, 0), submission(t2, a, 100 + i, 0)]
+            }
+        })
+        .collect();
+    let calls = batches.iter().enumerate().map(|(i, batch)| {
+        let key = &key;
+        // Clocks out of order, so concurrent calls race on node time too.
+        let clock = 1000 + (i as u64 * 7919) % 101;
+        async move { store.sequence(batch.clone(), clock, key).await }
+    });
+    let results = futures::future::join_all(calls).await;
+
+    let mut shared_outcomes = Vec::new();
+    let mut placements: BTreeMap<TalksId, Vec<(Submission, Placement)>> = BTreeMap::new();
+    for (batch, r) in batches.iter().zip(results) {
+        let out = ok(r, "concurrent sequence");
+        assert_eq!(out.len(), batch.len(), "one outcome per submission");
+        for (s, o) in batch.iter().zip(&out) {
+            let p = placed(o, "concurrent sequence");
+            check_placement("concurrent sequence", &node_key, s, &p);
+            if *s == shared {
+                shared_outcomes.push(o.clone());
+            } else {
+                placements.entry(s.talks).or_default().push((s.clone(), p));
+            }
+        }
+    }
+    assert_eq!(shared_outcomes.len(), CALLS as usize / 2);
+    assert!(
+        shared_outcomes.iter().all(|o| *o == shared_outcomes[0]),
+        "every call with the same submission must get the same outcome: {shared_outcomes:?}"
+    );
+    let shared_placement = placed(&shared_outcomes[0], "shared");
+    placements
+        .entry(t1)
+        .or_default()
+        .push((shared.clone(), shared_placement));
+
+    for t in [t1, t2] {
+        let mut want = placements.remove(&t).unwrap_or_default();
+        want.sort_by_key(|(_, p)| p.seq);
+        let want: Vec<StoredEnvelope> = want.iter().map(|(s, p)| expected_envelope(s, p)).collect();
+        let got = read_all(store, t).await;
+        assert_eq!(
+            ok(store.log_size(t).await, "log_size"),
+            got.len() as u64,
+            "log size of {t}"
+        );
+        for (i, e) in got.iter().enumerate() {
+            assert_eq!(e.seq, i as u64, "seqs of {t} must be dense");
+        }
+        assert!(
+            got.windows(2).all(|w| w[0].node_time <= w[1].node_time),
+            "node times of {t} must never decrease"
+        );
+        assert!(got == want, "the stored rows of {t} are the placements");
+    }
+    let copies = read_all(store, t1)
+        .await
+        .iter()
+        .filter(|e| e.header == shared.header)
+        .count();
+    assert_eq!(copies, 1, "the shared submission is stored {copies} times");
 }
 
 // ---------------------------------------------------------------------------
@@ -1281,17 +1580,24 @@ struct Seen {
 /// store then accepts the crashed operation again (a crashed batch gets the
 /// same outcomes: no gaps, no duplicates) and the rest of the scenario
 /// ends in the state of the run without a crash; (d) retried submissions
-/// keep their original placement. The first retry is itself crashed at
-/// varying steps, so recovery from a crash during recovery is covered too.
+/// keep their original placement; (e) no [`Appended`] notification, from
+/// before a crash or after it, announces more than is durable: after each
+/// restart every size received is at most its talks' `log_size`. The
+/// first retry is itself crashed at varying steps, so recovery from a
+/// crash during recovery is covered too.
 pub async fn crash_suite() {
     let s = Scenario::build().await;
     let mut seen = vec![Seen::default(); s.ops.len()];
     let mut points = BTreeSet::new();
     for k in 0..s.steps {
         let store = MemoryStore::new();
+        // Subscribed before anything runs: every notification of the run
+        // is checked against what survived each crash (e).
+        let mut rx = store.subscribe();
         store.crash_at(k);
         let mut acked: Vec<(Submission, Placement)> = Vec::new();
         let mut crashed = None;
+        let mut announced = BTreeMap::new();
         for (i, op) in s.ops.iter().enumerate() {
             match op.apply(&store).await {
                 Ok(done) => {
@@ -1330,6 +1636,7 @@ pub async fn crash_suite() {
             "{what}: a crashed store refuses calls until restarted"
         );
         store.restart();
+        check_notifications(&store, &mut rx, &mut announced, &what).await;
 
         let took_effect = check_after_crash(&store, &s, c, &acked, &what).await;
         if took_effect {
@@ -1349,6 +1656,7 @@ pub async fn crash_suite() {
             store.disarm();
             if matches!(r, Err(StoreError::Unavailable(_))) {
                 store.restart();
+                check_notifications(&store, &mut rx, &mut announced, &what).await;
                 check_after_crash(&store, &s, c, &acked, &what).await;
                 continue;
             }
@@ -1371,6 +1679,7 @@ pub async fn crash_suite() {
             view(&store, &s.talks).await == s.views[s.ops.len()],
             "{what}: final state"
         );
+        check_notifications(&store, &mut rx, &mut announced, &what).await;
     }
     for (i, op) in s.ops.iter().enumerate() {
         assert!(
@@ -1399,6 +1708,36 @@ pub async fn crash_suite() {
         s.steps,
         s.ops.len()
     );
+}
+
+/// (e) of the crash suite: drains `rx` into `announced` (the largest size
+/// announced per talks) and checks, on a store just restarted, that no
+/// notification ever announced a size beyond what is durable (logs only
+/// grow, so every notification received so far is checked again).
+async fn check_notifications(
+    store: &MemoryStore,
+    rx: &mut Subscription,
+    announced: &mut BTreeMap<TalksId, u64>,
+    what: &str,
+) {
+    loop {
+        match rx.try_recv() {
+            Ok(Appended { talks, size }) => {
+                let max = announced.entry(talks).or_insert(0);
+                *max = (*max).max(size);
+            }
+            Err(TryRecvError::Empty) => break,
+            Err(e) => panic!("{what}: subscription: {e}"),
+        }
+    }
+    for (&talks, &size) in announced.iter() {
+        let durable = ok(store.log_size(talks).await, "log_size");
+        assert!(
+            size <= durable,
+            "{what}: a notification announced size {size} of {talks}, \
+             but only {durable} envelopes are durable"
+        );
+    }
 }
 
 /// After a crash in operation `c` and a restart: every acknowledged

@@ -35,6 +35,11 @@
 //!   operation and re-read before treating `Stale` or `TalksExists` on the
 //!   retry as a real conflict (sequencing needs no care: the idempotency
 //!   key makes the retry safe).
+//! - **Bounded requests.** A read returns at most [`MAX_READ`] rows and
+//!   [`MAX_READ_BYTES`] of headers and bodies (but always one row if any
+//!   is there); [`Store::tree_hashes`] takes at most [`MAX_TREE_HASHES`]
+//!   indexes, all inside the integrated tree. Asking for more is `Limit`,
+//!   so a request a peer chose never makes stored data look `Corrupt`.
 //! - **Numbers fit in 63 bits.** Seqs, timestamps and versions are below
 //!   2^63 (what PostgreSQL's and SQLite's signed 64-bit integers hold); a
 //!   larger value is refused with `Limit`.
@@ -68,6 +73,26 @@ pub const MAX_NUMBER: u64 = i64::MAX as u64;
 
 /// How many envelopes one read returns at most.
 pub const MAX_READ: usize = 1000;
+
+/// How many bytes of envelopes (header plus body, summed over the rows) one
+/// read returns at most, unless its first row alone is larger.
+///
+/// 16 MiB: [`MAX_READ`] rows of bodies up to 1 MiB
+/// (`backchannel_statement::header::MAX_BODY`) could otherwise make one
+/// read — often asked for by a peer catching up — hold about 1 GiB in
+/// memory. 16 MiB still holds sixteen maximal bodies, or [`MAX_READ`] rows of
+/// typical small ones, so paging stays cheap, and a page always makes
+/// progress because its first row is returned whatever its size.
+pub const MAX_READ_BYTES: usize = 16 << 20;
+
+/// How many indexes one call to [`Store::tree_hashes`] may ask for.
+///
+/// 4096: an inclusion or consistency proof needs at most a few hundred
+/// stored hashes (about two per level of a tree of up to 2^63 leaves), and
+/// a full tlog tile is 256 hashes, so this is far above any honest request
+/// while bounding the lookups (and the response) one peer-chosen request
+/// can cause. It matches [`MAX_SEQUENCE_BATCH`], the other per-call bound.
+pub const MAX_TREE_HASHES: usize = 4096;
 
 /// How many notifications a slow subscriber may lag before it is told to
 /// re-read ([`broadcast::error::RecvError::Lagged`]).
@@ -273,7 +298,12 @@ pub trait Store: Send + Sync + 'static {
     fn log_size(&self, talks: TalksId) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Envelopes of a talks with `from <= seq`, in seq order, at most
-    /// `limit` (capped at [`MAX_READ`]).
+    /// `limit` (capped at [`MAX_READ`]). A page also stops before the row
+    /// that would take the sum of its rows' header and body bytes past
+    /// [`MAX_READ_BYTES`], but always holds at least one row if any is
+    /// asked for and exists (so paging by seq always makes progress). A
+    /// short page is therefore not the end of the log: callers page on
+    /// until a read returns nothing, or compare with [`Store::log_size`].
     fn read(
         &self,
         talks: TalksId,
@@ -297,8 +327,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Stored tree hashes (indexes as in `tlog_tiles::stored_hash_index`),
-    /// in the order asked; `Corrupt` if one is missing below the
-    /// integrated size.
+    /// in the order asked.
+    ///
+    /// The indexes are often chosen by a peer (a proof request), so asking
+    /// for a hash the integrated tree does not have — an index at or beyond
+    /// `stored_hash_count(integrated_size)`, which for an unknown talks is
+    /// every index — is a caller's error: `Limit`, never `Corrupt`. So is
+    /// asking for more than [`MAX_TREE_HASHES`] indexes. Both are checked
+    /// for the whole call before any hash is read. Only a hash missing
+    /// *below* the integrated tree is `Corrupt` (stored data is damaged).
     fn tree_hashes(
         &self,
         talks: TalksId,

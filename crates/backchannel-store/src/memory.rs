@@ -42,9 +42,9 @@ use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
 use tokio::sync::broadcast;
 
 use crate::{
-    AccessListRecord, Appended, CheckpointRecord, MAX_NUMBER, MAX_READ, MAX_SEQUENCE_BATCH,
-    Outcome, Placement, SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope, Submission,
-    Subscription, TalksRecord,
+    AccessListRecord, Appended, CheckpointRecord, MAX_NUMBER, MAX_READ, MAX_READ_BYTES,
+    MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, Placement, SUBSCRIPTION_BUFFER, Store,
+    StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 
 /// The message of the error every call returns while the store is down.
@@ -313,6 +313,32 @@ pub(crate) fn stored_hash_count(n: u64) -> u64 {
     2 * n - u64::from(n.count_ones())
 }
 
+/// The bytes of an envelope that count against [`MAX_READ_BYTES`]: its
+/// header and its body (a purged body counts nothing).
+pub(crate) fn envelope_bytes(e: &StoredEnvelope) -> usize {
+    e.header
+        .len()
+        .saturating_add(e.body.as_ref().map_or(0, Vec::len))
+}
+
+/// The caller's errors of [`Store::tree_hashes`], checked for the whole
+/// call before any hash is read: too many indexes, or an index the tree of
+/// `integrated` leaves does not have (`Limit`, never `Corrupt`).
+pub(crate) fn check_tree_hash_indexes(indexes: &[u64], integrated: u64) -> Result<(), StoreError> {
+    if indexes.len() > MAX_TREE_HASHES {
+        return Err(StoreError::Limit(
+            "tree_hashes: at most MAX_TREE_HASHES indexes per call",
+        ));
+    }
+    let stored = stored_hash_count(integrated);
+    if indexes.iter().any(|&i| i >= stored) {
+        return Err(StoreError::Limit(
+            "tree_hashes: a hash at or beyond the integrated tree was asked for",
+        ));
+    }
+    Ok(())
+}
+
 /// What one submission of a batch becomes, before signing.
 enum Planned {
     /// Settled by an envelope stored earlier.
@@ -527,13 +553,17 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         };
         let from = usize::try_from(from).unwrap_or(usize::MAX);
-        Ok(log
-            .rows
-            .iter()
-            .skip(from)
-            .take(limit.min(MAX_READ))
-            .map(|r| r.envelope.clone())
-            .collect())
+        let mut bytes = 0usize;
+        let mut out = Vec::new();
+        for r in log.rows.iter().skip(from).take(limit.min(MAX_READ)) {
+            bytes = bytes.saturating_add(envelope_bytes(&r.envelope));
+            // The first row always goes, so paging makes progress.
+            if !out.is_empty() && bytes > MAX_READ_BYTES {
+                break;
+            }
+            out.push(r.envelope.clone());
+        }
+        Ok(out)
     }
 
     async fn purge_body(&self, talks: TalksId, seq: u64) -> Result<bool, StoreError> {
@@ -566,12 +596,13 @@ impl Store for MemoryStore {
         let mut txn = self.begin("tree_hashes")?;
         txn.step("read")?;
         let log = txn.log(talks);
+        check_tree_hash_indexes(indexes, log.map_or(0, |l| l.integrated))?;
         indexes
             .iter()
             .map(|i| {
-                log.and_then(|l| l.hashes.get(i))
-                    .copied()
-                    .ok_or_else(|| StoreError::Corrupt(format!("tree hash {i} is missing")))
+                log.and_then(|l| l.hashes.get(i)).copied().ok_or_else(|| {
+                    StoreError::Corrupt("a tree hash is missing below the integrated size".into())
+                })
             })
             .collect()
     }
