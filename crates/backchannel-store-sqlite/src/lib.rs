@@ -992,20 +992,7 @@ impl Store for SqliteStore {
                 ));
             }
         }
-        // Exactly the stored hashes leaves [from, to) add, each once: an
-        // integrator that forgets one is caught here, not by a later read.
-        let range = tlog_tiles::stored_hash_count(from)..tlog_tiles::stored_hash_count(to);
-        let mut seen: Vec<u64> = hashes.iter().map(|&(i, _)| i).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        if seen.len() != hashes.len()
-            || seen.len() as u64 != range.end - range.start
-            || !seen.iter().all(|i| range.contains(i))
-        {
-            return Err(StoreError::Limit(
-                "integrate: hashes must be exactly the stored hashes leaves [from, to) add",
-            ));
-        }
+        backchannel_store::check_integration_hashes(from, to, hashes)?;
         for (index, hash) in hashes {
             sqlx::query("INSERT INTO tree_hashes (talks, idx, hash) VALUES (?, ?, ?)")
                 .bind(id)

@@ -245,6 +245,39 @@ pub struct Appended {
 /// A subscription to [`Appended`] notifications.
 pub type Subscription = broadcast::Receiver<Appended>;
 
+/// How many tree hashes a tree of `n` leaves stores, in tlog-tiles storage
+/// order (`tlog_tiles::stored_hash_count`): leaf `i` adds
+/// `1 + trailing_ones(i)` hashes, which sums to `2n − popcount(n)`; it is
+/// also the first index a tree of `n` leaves lacks. `n` is below 2^63
+/// ([`MAX_NUMBER`]), so this cannot overflow.
+pub fn stored_hash_count(n: u64) -> u64 {
+    2 * n - u64::from(n.count_ones())
+}
+
+/// The argument check every backend makes in [`Store::integrate`]: the
+/// hashes must be exactly the stored hashes leaves `[from, to)` add, each
+/// once, so that an integrator that forgets one is caught at once, not by
+/// a later read.
+pub fn check_integration_hashes(
+    from: u64,
+    to: u64,
+    hashes: &[(u64, Digest)],
+) -> Result<(), StoreError> {
+    let range = stored_hash_count(from)..stored_hash_count(to);
+    let mut seen: Vec<u64> = hashes.iter().map(|&(i, _)| i).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != hashes.len()
+        || seen.len() as u64 != range.end - range.start
+        || !seen.iter().all(|i| range.contains(i))
+    {
+        return Err(StoreError::Limit(
+            "integrate: hashes must be exactly the stored hashes leaves [from, to) add",
+        ));
+    }
+    Ok(())
+}
+
 /// The node's storage (contract version [`STORAGE_VERSION`]).
 pub trait Store: Send + Sync + 'static {
     /// Opens a talks with its initial access list (whose version is 0).

@@ -306,12 +306,7 @@ fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
     }
 }
 
-/// The number of stored hashes of a tree of `n` leaves
-/// (`tlog_tiles::stored_hash_count`): leaf `i` adds `1 + trailing_ones(i)`
-/// hashes, which sums to `2n − popcount(n)`.
-pub(crate) fn stored_hash_count(n: u64) -> u64 {
-    2 * n - u64::from(n.count_ones())
-}
+pub(crate) use crate::stored_hash_count;
 
 /// The bytes of an envelope that count against [`MAX_READ_BYTES`]: its
 /// header and its body (a purged body counts nothing).
@@ -632,20 +627,7 @@ impl Store for MemoryStore {
                 "integrate: nothing new to integrate; add cosignatures with replace_checkpoint_note",
             ));
         }
-        // Exactly the hashes leaves [from, to) add: the simulator should
-        // catch an integrator that forgets one, not a later `tree_hashes`.
-        let range = stored_hash_count(from)..stored_hash_count(to);
-        let mut seen: Vec<u64> = hashes.iter().map(|&(i, _)| i).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        if seen.len() != hashes.len()
-            || seen.len() as u64 != range.end - range.start
-            || !seen.iter().all(|i| range.contains(i))
-        {
-            return Err(StoreError::Limit(
-                "integrate: hashes must be exactly the stored hashes leaves [from, to) add",
-            ));
-        }
+        crate::check_integration_hashes(from, to, hashes)?;
         for &(index, hash) in hashes {
             txn.write("write tree hash", Write::TreeHash(talks, index, hash))?;
         }
