@@ -225,6 +225,17 @@ impl<'a> Reader<'a> {
         Ok(self.array::<1>(field)?[0])
     }
 
+    /// Reads a format version byte and fails unless it is `expected`.
+    pub fn version(&mut self, field: &'static str, expected: u8) -> Result<(), DecodeError> {
+        match self.u8(field)? {
+            v if v == expected => Ok(()),
+            v => Err(DecodeError::UnknownValue {
+                field,
+                value: u64::from(v),
+            }),
+        }
+    }
+
     /// Reads a big-endian `u16`.
     pub fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array(field)?))

@@ -388,13 +388,7 @@ impl Encode for EvidenceBundle {
 impl Decode for EvidenceBundle {
     const MIN_LEN: usize = 1 + 4 + 32 + SIGNED_HEADER_LEN + 16;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let v = r.u8("evidence version")?;
-        if v != EVIDENCE_VERSION {
-            return Err(DecodeError::UnknownValue {
-                field: "evidence version",
-                value: u64::from(v),
-            });
-        }
+        r.version("evidence version", EVIDENCE_VERSION)?;
         let statement = SignedStatement::decode(r.bytes("statement", MAX_STATEMENT_LEN)?)?;
         let salt = Salt(r.array("salt")?);
         let header = SignedHeader::decode(r.take(SIGNED_HEADER_LEN, "signed header")?)?;

@@ -429,13 +429,7 @@ impl Encode for AccessList {
 impl Decode for AccessList {
     const MIN_LEN: usize = 1 + 16 + 8 + 4;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let v = r.u8("access list version")?;
-        if v != ACCESS_LIST_VERSION {
-            return Err(DecodeError::UnknownValue {
-                field: "access list version",
-                value: u64::from(v),
-            });
-        }
+        r.version("access list version", ACCESS_LIST_VERSION)?;
         let talks = TalksId::decode(r)?;
         let generation = r.u64("access list generation")?;
         let entries: Vec<AccessEntry> = r.list("access list entries", MAX_ENTRIES)?;
@@ -522,13 +516,7 @@ impl Encode for AccessListDelta {
 impl Decode for AccessListDelta {
     const MIN_LEN: usize = 1 + 16 + 32 + 8;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let v = r.u8("access list version")?;
-        if v != ACCESS_LIST_VERSION {
-            return Err(DecodeError::UnknownValue {
-                field: "access list version",
-                value: u64::from(v),
-            });
-        }
+        r.version("access list version", ACCESS_LIST_VERSION)?;
         let talks = TalksId::decode(r)?;
         let base = Digest::decode(r)?;
         let remove: Vec<KeyId> = r.list("removed keys", MAX_ENTRIES)?;

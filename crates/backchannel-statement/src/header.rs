@@ -258,13 +258,7 @@ impl SignedHeader {
     /// Parses a signed header strictly.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        let v = r.u8("header version")?;
-        if v != HEADER_VERSION {
-            return Err(DecodeError::UnknownValue {
-                field: "header version",
-                value: u64::from(v),
-            });
-        }
+        r.version("header version", HEADER_VERSION)?;
         let talks = TalksId::decode(&mut r)?;
         let room = RoomId::decode(&mut r)?;
         let sender = KeyId::decode(&mut r)?;

@@ -207,13 +207,7 @@ impl Statement {
 }
 
 fn decode_frame(r: &mut Reader<'_>) -> Result<Statement, DecodeError> {
-    let version = r.u8("statement version")?;
-    if version != STATEMENT_VERSION {
-        return Err(DecodeError::UnknownValue {
-            field: "statement version",
-            value: u64::from(version),
-        });
-    }
+    r.version("statement version", STATEMENT_VERSION)?;
     let code = r.u16("statement type")?;
     let ty = StatementType::from_code(code).ok_or(DecodeError::UnknownValue {
         field: "statement type",

@@ -73,13 +73,7 @@ impl Decode for LeafData {
     const MIN_LEN: usize = LEAF_DATA_LEN;
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let version = r.u8("leaf format version")?;
-        if version != LEAF_FORMAT_VERSION {
-            return Err(DecodeError::UnknownValue {
-                field: "leaf format version",
-                value: u64::from(version),
-            });
-        }
+        r.version("leaf format version", LEAF_FORMAT_VERSION)?;
         Ok(Self {
             seq: r.u64("leaf seq")?,
             timestamp_ms: r.u64("leaf timestamp")?,

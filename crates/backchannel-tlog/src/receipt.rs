@@ -284,13 +284,7 @@ impl Decode for Receipt {
     const MIN_LEN: usize = 1 + 8 + 8 + 32 + 64 + 8 + 4;
 
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let version = r.u8("receipt format version")?;
-        if version != RECEIPT_FORMAT_VERSION {
-            return Err(DecodeError::UnknownValue {
-                field: "receipt format version",
-                value: u64::from(version),
-            });
-        }
+        r.version("receipt format version", RECEIPT_FORMAT_VERSION)?;
         let batch_size = r.u64("batch size")?;
         if batch_size == 0 || batch_size > MAX_BATCH_SIZE {
             return Err(DecodeError::TooLong {
