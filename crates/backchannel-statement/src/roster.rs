@@ -119,23 +119,24 @@ pub const ROSTER_MEMBER_CONTEXT: Context = Context::new("backchannel/v1/roster-m
 /// party's members): the roster's form of a [`crate::MemberCert`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberEntry {
-    /// The member's opaque id.
-    pub principal: PrincipalId,
-    /// Its party.
-    pub party: PartyId,
-    /// Its role.
-    pub role: Role,
-    /// Its name.
-    pub name: String,
-    /// Its identity key for these talks.
-    pub identity_key: PublicKey,
-    /// Its device keys at the time of the roster; sorted, unique.
-    pub devices: Vec<PublicKey>,
-    /// The acts it may sign for the party; sorted, unique, each permitted by `role`.
-    pub acts: Vec<Act>,
-    /// The party's talks authority's signature over the rest, under
+    /// What the party certifies (read through `Deref`: `entry.principal`).
+    pub member: MemberFields,
+    /// The party's talks authority's signature over `talks ‖ member`, under
     /// [`ROSTER_MEMBER_CONTEXT`].
     pub certification: Signature,
+}
+
+impl std::ops::Deref for MemberEntry {
+    type Target = MemberFields;
+    fn deref(&self) -> &MemberFields {
+        &self.member
+    }
+}
+
+impl std::ops::DerefMut for MemberEntry {
+    fn deref_mut(&mut self) -> &mut MemberFields {
+        &mut self.member
+    }
 }
 
 /// The fields of a [`MemberEntry`], before its party certifies it.
@@ -195,13 +196,7 @@ impl MemberFields {
         let certification =
             talks_authority.sign(ROSTER_MEMBER_CONTEXT, &self.signed_message(talks))?;
         Ok(MemberEntry {
-            principal: self.principal,
-            party: self.party,
-            role: self.role,
-            name: self.name,
-            identity_key: self.identity_key,
-            devices: self.devices,
-            acts: self.acts,
+            member: self,
             certification,
         })
     }
@@ -219,18 +214,6 @@ pub enum MemberCertifyError {
 }
 
 impl MemberEntry {
-    fn fields(&self) -> MemberFields {
-        MemberFields {
-            principal: self.principal,
-            party: self.party,
-            role: self.role,
-            name: self.name.clone(),
-            identity_key: self.identity_key,
-            devices: self.devices.clone(),
-            acts: self.acts.clone(),
-        }
-    }
-
     /// Checks the party's certification of this entry.
     pub fn verify_certification(
         &self,
@@ -239,7 +222,7 @@ impl MemberEntry {
     ) -> Result<(), BadSignature> {
         talks_authority.verify(
             ROSTER_MEMBER_CONTEXT,
-            &self.fields().signed_message(talks),
+            &self.member.signed_message(talks),
             &self.certification,
         )
     }
@@ -687,7 +670,7 @@ impl Decode for PartyEntry {
 
 impl Encode for MemberEntry {
     fn encode(&self, w: &mut Writer) {
-        self.fields().encode_unsigned(w);
+        self.member.encode_unsigned(w);
         self.certification.encode(w);
     }
 }
@@ -696,13 +679,15 @@ impl Decode for MemberEntry {
     const MIN_LEN: usize = 16 + 16 + 1 + 4 + 32 + 4 + 4 + 64;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let entry = Self {
-            principal: PrincipalId::decode(r)?,
-            party: PartyId::decode(r)?,
-            role: Role::decode(r)?,
-            name: r.text("member name", MAX_NAME_BYTES)?.to_owned(),
-            identity_key: PublicKey::decode(r)?,
-            devices: r.list("devices", MAX_DEVICES)?,
-            acts: r.list("acts", crate::certs::MAX_ACTS)?,
+            member: MemberFields {
+                principal: PrincipalId::decode(r)?,
+                party: PartyId::decode(r)?,
+                role: Role::decode(r)?,
+                name: r.text("member name", MAX_NAME_BYTES)?.to_owned(),
+                identity_key: PublicKey::decode(r)?,
+                devices: r.list("devices", MAX_DEVICES)?,
+                acts: r.list("acts", crate::certs::MAX_ACTS)?,
+            },
             certification: Signature::decode(r)?,
         };
         check_strictly_sorted(&entry.acts, "acts", |a| *a)?;
