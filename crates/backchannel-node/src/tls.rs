@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use backchannel_crypto::{PublicKey, SecretKey, Signer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls13_signature};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -146,14 +146,33 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Ed25519 only, for handshake signatures.
-static ED25519_ONLY: WebPkiSupportedAlgorithms = WebPkiSupportedAlgorithms {
-    all: &[webpki::ring::ED25519],
-    mapping: &[(SignatureScheme::ED25519, &[webpki::ring::ED25519])],
-};
+/// Both verifiers refuse TLS 1.2 (only TLS 1.3 is configured).
+fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
+}
 
-fn ed25519_algorithms() -> WebPkiSupportedAlgorithms {
-    ED25519_ONLY
+/// Checks a TLS 1.3 handshake signature with the Ed25519 key of `cert` as
+/// [`device_key_of`] reads it — the very key the node then acts as, not a
+/// key a second certificate parser finds, so what is proven and what is
+/// reported can never differ. Used for both sides of the handshake.
+fn verify_ed25519_handshake(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
+    if dss.scheme != SignatureScheme::ED25519 {
+        return Err(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ));
+    }
+    let key = device_key_of(cert).ok_or_else(bad)?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.as_bytes())
+        .verify(message, dss.signature())
+        .map_err(|_| bad())?;
+    Ok(HandshakeSignatureValid::assertion())
 }
 
 /// The Ed25519 key of a device certificate, if it is one: a single
@@ -203,9 +222,7 @@ impl ClientCertVerifier for DeviceCertVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -214,20 +231,7 @@ impl ClientCertVerifier for DeviceCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Verify with the very key the node will act as (`device_key_of`),
-        // not with a key a second certificate parser finds, so that what is
-        // proven and what is reported can never differ.
-        let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
-        if dss.scheme != SignatureScheme::ED25519 {
-            return Err(rustls::Error::PeerMisbehaved(
-                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
-            ));
-        }
-        let key = device_key_of(cert).ok_or_else(bad)?;
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.as_bytes())
-            .verify(message, dss.signature())
-            .map_err(|_| bad())?;
-        Ok(HandshakeSignatureValid::assertion())
+        verify_ed25519_handshake(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -258,16 +262,12 @@ pub fn server_config(identity: &Identity) -> Result<rustls::ServerConfig, TlsErr
 #[derive(Debug)]
 pub struct PinnedServerVerifier {
     pinned: Fingerprint,
-    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl PinnedServerVerifier {
     /// Pins `fingerprint`.
     pub fn new(pinned: Fingerprint) -> Self {
-        Self {
-            pinned,
-            algorithms: ed25519_algorithms(),
-        }
+        Self { pinned }
     }
 }
 
@@ -295,9 +295,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -306,7 +304,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
+        verify_ed25519_handshake(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
