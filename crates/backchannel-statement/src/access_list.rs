@@ -52,8 +52,11 @@ const KNOWN_FLAGS: u8 = FLAG_DEVICE | FLAG_DESIGNATED_SIGNER | FLAG_MAY_PROPOSE 
 /// One key on the access list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessEntry {
-    /// The key.
-    pub key: PublicKey,
+    /// The key (read with [`AccessEntry::key`]).
+    key: PublicKey,
+    /// Its id, derived once: lists are sorted and searched by it, and a
+    /// lookup on the envelope hot path must not hash every probed entry.
+    key_id: KeyId,
     /// Its principal (opaque).
     pub principal: PrincipalId,
     /// Its party (opaque).
@@ -83,6 +86,7 @@ impl AccessEntry {
             return Err(AccessListError::UnknownFlags(flags));
         }
         Ok(Self {
+            key_id: key.id(),
             key,
             principal,
             party,
@@ -91,9 +95,14 @@ impl AccessEntry {
         })
     }
 
+    /// The key.
+    pub fn key(&self) -> &PublicKey {
+        &self.key
+    }
+
     /// The key's id.
     pub fn key_id(&self) -> KeyId {
-        self.key.id()
+        self.key_id
     }
 
     /// The rooms, sorted.
@@ -133,6 +142,7 @@ impl Decode for AccessEntry {
             });
         }
         Ok(Self {
+            key_id: key.id(),
             key,
             principal,
             party,
