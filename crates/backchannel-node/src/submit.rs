@@ -94,13 +94,14 @@ impl SubmitError {
 
 /// Validates one envelope submitted to `talks` on a connection
 /// authenticated as `connection_key`, against the talks' current access
-/// list. On success, the submission to sequence.
+/// list. On success, the submission to sequence; the body moves into it
+/// (it is never copied on the way to storage).
 pub fn validate(
     talks: TalksId,
     connection_key: &PublicKey,
     access: &AccessList,
     header: &[u8],
-    body: &[u8],
+    body: Vec<u8>,
 ) -> Result<Submission, SubmitError> {
     // Sizes first: nothing is decoded or hashed beyond the limits.
     if header.len() != SIGNED_HEADER_LEN {
@@ -138,7 +139,7 @@ pub fn validate(
     signed
         .verify(connection_key)
         .map_err(|_| SubmitError::BadSignature)?;
-    let body_hash = sha256(body);
+    let body_hash = sha256(&body);
     if body_hash != h.body_hash {
         return Err(SubmitError::BodyHash);
     }
@@ -149,7 +150,7 @@ pub fn validate(
         idempotency_key: h.idempotency_key,
         header: header.to_vec(),
         header_hash: signed.hash(),
-        body: body.to_vec(),
+        body,
         body_hash,
     })
 }
