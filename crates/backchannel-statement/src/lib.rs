@@ -30,6 +30,7 @@ pub mod fixtures;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod header;
+pub mod invitation;
 pub mod markings;
 pub mod payload;
 pub mod roles;
@@ -42,6 +43,7 @@ pub use access_list::{
 };
 pub use certs::{DeviceCert, MemberCert, Revoke, RevokeReason};
 pub use header::{Commitment, Header, Kind, Salt, Severity, SignedHeader};
+pub use invitation::{Invitation, InvitationError, InvitationFields, InvitationToken};
 pub use markings::{Attribution, Conveyance, HandlingLabel, Markings};
 pub use payload::{Acceptance, Payload, StatementType};
 pub use roles::{Act, PartyKind, Role};
@@ -57,6 +59,7 @@ pub fn contexts() -> Vec<backchannel_crypto::Context> {
     let mut v: Vec<_> = StatementType::ALL.iter().map(|t| t.context()).collect();
     v.extend([
         access_list::ACCESS_LIST_CONTEXT,
+        invitation::INVITATION_CONTEXT,
         header::ENVELOPE_CONTEXT,
         header::COMMITMENT_CONTEXT,
         roster::TALKS_AUTHORITY_CONTEXT,
