@@ -39,11 +39,12 @@ use std::path::Path;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use backchannel_codec::{Encode, RoomId, TalksId};
+use backchannel_codec::{Encode, PartyId, RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
 use backchannel_store::{
-    AccessListRecord, Appended, CheckpointRecord, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH,
-    MAX_TREE_HASHES, Outcome, Placement, SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope,
+    AccessListRecord, Appended, BlobRecord, CheckpointRecord, InvitationRecord, MAX_INVITATIONS,
+    MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome,
+    PendingChange, Placement, Redemption, SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope,
     Submission, Subscription, TalksRecord,
 };
 use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
@@ -334,6 +335,55 @@ fn digest(row: &SqliteRow, col: &'static str) -> Result<Digest, StoreError> {
     Ok(Digest(fixed::<32>(blob(row, col)?, col)?))
 }
 
+fn opt_blob<'r>(row: &'r SqliteRow, col: &'static str) -> Result<Option<&'r [u8]>, StoreError> {
+    row.try_get::<Option<&[u8]>, _>(col)
+        .map_err(|_| StoreError::Corrupt(format!("stored {col} is not a blob")))
+}
+
+fn opt_uint(row: &SqliteRow, col: &'static str) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = row
+        .try_get(col)
+        .map_err(|_| StoreError::Corrupt(format!("stored {col} is not an integer")))?;
+    v.map(|v| from_sql(v, col)).transpose()
+}
+
+/// A stored boolean (0 or 1).
+fn flag(row: &SqliteRow, col: &'static str) -> Result<bool, StoreError> {
+    match uint(row, col)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(StoreError::Corrupt(format!("stored {col} is not 0 or 1"))),
+    }
+}
+
+fn invitation(row: &SqliteRow) -> Result<InvitationRecord, StoreError> {
+    let redeemed = match (
+        opt_blob(row, "redeemed_key")?,
+        opt_uint(row, "redeemed_at")?,
+        opt_blob(row, "payload")?,
+    ) {
+        (None, None, None) => None,
+        (Some(key), Some(at), Some(payload)) => Some(Redemption {
+            key: KeyId(Digest(fixed::<32>(key, "redeemed_key")?)),
+            at,
+            payload: payload.to_vec(),
+        }),
+        _ => {
+            return Err(StoreError::Corrupt(
+                "an invitation's redemption is partly stored".into(),
+            ));
+        }
+    };
+    Ok(InvitationRecord {
+        token_hash: digest(row, "token_hash")?,
+        party: PartyId(fixed::<16>(blob(row, "party")?, "party")?),
+        expires_at: uint(row, "expires_at")?,
+        invitation: blob(row, "invitation")?.to_vec(),
+        created_at: uint(row, "created_at")?,
+        redeemed,
+    })
+}
+
 fn envelope(talks: TalksId, row: &SqliteRow) -> Result<StoredEnvelope, StoreError> {
     let body = row
         .try_get::<Option<&[u8]>, _>("body")
@@ -444,6 +494,155 @@ async fn by_idempotency_key(
         })
     })
     .transpose()
+}
+
+/// Whether the talks exists.
+async fn talks_exists(
+    conn: &mut SqliteConnection,
+    talks: TalksId,
+    op: &'static str,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 FROM talks WHERE talks = ?")
+        .bind(talks.as_bytes().as_slice())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend(op, e))?;
+    Ok(row.is_some())
+}
+
+/// The access-list swap of [`Store::replace_access_list`] and
+/// [`Store::redeem_invitation`], inside the caller's write transaction:
+/// checks that the current list's hash is `expected` and `next` its next
+/// version (`Stale` otherwise, `UnknownTalks` without a list), then
+/// installs `next` and drops every pending change (their base is gone).
+async fn swap_access_list(
+    tx: &mut SqliteConnection,
+    talks: TalksId,
+    expected: Digest,
+    next: &AccessListRecord,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    let id = talks.as_bytes().as_slice();
+    let next_version = to_sql(next.version, "the access list version is out of range")?;
+    let row = sqlx::query("SELECT hash, version FROM access_lists WHERE talks = ?")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(op, e))?;
+    let Some(row) = row else {
+        return Err(StoreError::UnknownTalks);
+    };
+    if digest(&row, "hash")? != expected {
+        return Err(StoreError::Stale);
+    }
+    // A version that is not the current + 1 was computed from another
+    // list than the stored one: as stale as a hash mismatch.
+    if uint(&row, "version")?.checked_add(1) != Some(next.version) {
+        return Err(StoreError::Stale);
+    }
+    sqlx::query("UPDATE access_lists SET version = ?, hash = ?, bytes = ? WHERE talks = ?")
+        .bind(next_version)
+        .bind(next.hash.0.as_slice())
+        .bind(next.bytes.as_slice())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(op, e))?;
+    sqlx::query("DELETE FROM pending_changes WHERE talks = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(op, e))?;
+    Ok(())
+}
+
+/// A blob's record with its rooms, read in the caller's transaction.
+async fn blob_record(
+    conn: &mut SqliteConnection,
+    talks: TalksId,
+    hash: Digest,
+    op: &'static str,
+) -> Result<Option<BlobRecord>, StoreError> {
+    let id = talks.as_bytes().as_slice();
+    let row = sqlx::query(
+        "SELECT size, party, uploader, created_at, complete FROM blobs
+         WHERE talks = ? AND hash = ?",
+    )
+    .bind(id)
+    .bind(hash.0.as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let complete = flag(&row, "complete")?;
+    let rooms =
+        sqlx::query("SELECT room FROM blob_rooms WHERE talks = ? AND hash = ? ORDER BY room")
+            .bind(id)
+            .bind(hash.0.as_slice())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| backend(op, e))?
+            .iter()
+            .map(|r| Ok(RoomId(fixed::<16>(blob(r, "room")?, "room")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+    if rooms.is_empty() {
+        return Err(StoreError::Corrupt("a blob has no room".into()));
+    }
+    Ok(Some(BlobRecord {
+        hash,
+        size: uint(&row, "size")?,
+        party: PartyId(fixed::<16>(blob(&row, "party")?, "party")?),
+        uploader: KeyId(digest(&row, "uploader")?),
+        created_at: uint(&row, "created_at")?,
+        complete,
+        rooms,
+    }))
+}
+
+/// A blob's size and whether it is complete, for a write on it: `Limit`
+/// for an unknown blob (`UnknownTalks` for an unknown talks).
+async fn blob_state(
+    conn: &mut SqliteConnection,
+    talks: TalksId,
+    hash: Digest,
+    op: &'static str,
+    unknown: &'static str,
+) -> Result<(u64, bool), StoreError> {
+    let row = sqlx::query("SELECT size, complete FROM blobs WHERE talks = ? AND hash = ?")
+        .bind(talks.as_bytes().as_slice())
+        .bind(hash.0.as_slice())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend(op, e))?;
+    let Some(row) = row else {
+        return Err(if talks_exists(conn, talks, op).await? {
+            StoreError::Limit(unknown)
+        } else {
+            StoreError::UnknownTalks
+        });
+    };
+    let complete = flag(&row, "complete")?;
+    Ok((uint(&row, "size")?, complete))
+}
+
+/// A count from `SELECT COUNT(*)`.
+async fn count(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    binds: &[&[u8]],
+    op: &'static str,
+) -> Result<u64, StoreError> {
+    let mut q = sqlx::query(sql);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    let row = q.fetch_one(&mut *conn).await.map_err(|e| backend(op, e))?;
+    let n: i64 = row
+        .try_get(0)
+        .map_err(|_| StoreError::Corrupt("a count is not an integer".into()))?;
+    from_sql(n, "count")
 }
 
 async fn commit(tx: Transaction<'static, Sqlite>, op: &'static str) -> Result<(), StoreError> {
@@ -558,33 +757,9 @@ impl Store for SqliteStore {
         next: &AccessListRecord,
     ) -> Result<(), StoreError> {
         const OP: &str = "replace access list";
-        let id = talks.as_bytes().as_slice();
-        let next_version = to_sql(next.version, "the access list version is out of range")?;
+        to_sql(next.version, "the access list version is out of range")?;
         let mut tx = self.begin_write(OP).await?;
-        let row = sqlx::query("SELECT hash, version FROM access_lists WHERE talks = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| backend(OP, e))?;
-        let Some(row) = row else {
-            return Err(StoreError::UnknownTalks);
-        };
-        if digest(&row, "hash")? != expected {
-            return Err(StoreError::Stale);
-        }
-        // A version that is not the current + 1 was computed from another
-        // list than the stored one: as stale as a hash mismatch.
-        if uint(&row, "version")?.checked_add(1) != Some(next.version) {
-            return Err(StoreError::Stale);
-        }
-        sqlx::query("UPDATE access_lists SET version = ?, hash = ?, bytes = ? WHERE talks = ?")
-            .bind(next_version)
-            .bind(next.hash.0.as_slice())
-            .bind(next.bytes.as_slice())
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| backend(OP, e))?;
+        swap_access_list(&mut tx, talks, expected, next, OP).await?;
         commit(tx, OP).await
     }
 
@@ -1056,5 +1231,417 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> Subscription {
         self.appended.subscribe()
+    }
+
+    async fn unintegrated_talks(&self, limit: usize) -> Result<Vec<TalksId>, StoreError> {
+        const OP: &str = "unintegrated talks";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The WHERE clause is the partial index's, so only talks with work
+        // are visited.
+        let rows = sqlx::query(
+            "SELECT talks FROM log_heads WHERE integrated_size < next_seq
+             ORDER BY talks LIMIT ?",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        rows.iter()
+            .map(|row| Ok(TalksId(fixed::<16>(blob(row, "talks")?, "talks")?)))
+            .collect()
+    }
+
+    async fn create_invitation(
+        &self,
+        talks: TalksId,
+        invitation: &InvitationRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "create invitation";
+        backchannel_store::check_new_invitation(invitation)?;
+        let expires_at = to_sql(invitation.expires_at, "the expiry is out of range")?;
+        let created_at = to_sql(invitation.created_at, "the creation time is out of range")?;
+        let id = talks.as_bytes().as_slice();
+        let token = invitation.token_hash.0.as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        if !talks_exists(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        let taken = sqlx::query("SELECT 1 FROM invitations WHERE talks = ? AND token_hash = ?")
+            .bind(id)
+            .bind(token)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        if taken.is_some() {
+            return Err(StoreError::Exists);
+        }
+        let held = count(
+            &mut tx,
+            "SELECT COUNT(*) FROM invitations WHERE talks = ?",
+            &[id],
+            OP,
+        )
+        .await?;
+        if held >= MAX_INVITATIONS as u64 {
+            return Err(StoreError::Limit(
+                "a talks holds at most MAX_INVITATIONS invitations",
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO invitations (talks, token_hash, party, expires_at, invitation, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(invitation.party.as_bytes().as_slice())
+        .bind(expires_at)
+        .bind(invitation.invitation.as_slice())
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn invitation(
+        &self,
+        talks: TalksId,
+        token_hash: Digest,
+    ) -> Result<Option<InvitationRecord>, StoreError> {
+        const OP: &str = "read invitation";
+        let row = sqlx::query(
+            "SELECT token_hash, party, expires_at, invitation, created_at,
+                    redeemed_key, redeemed_at, payload
+             FROM invitations WHERE talks = ? AND token_hash = ?",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(token_hash.0.as_slice())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        row.as_ref().map(invitation).transpose()
+    }
+
+    async fn invitations(&self, talks: TalksId) -> Result<Vec<InvitationRecord>, StoreError> {
+        const OP: &str = "read invitations";
+        let rows = sqlx::query(
+            "SELECT token_hash, party, expires_at, invitation, created_at,
+                    redeemed_key, redeemed_at, payload
+             FROM invitations WHERE talks = ? ORDER BY token_hash LIMIT ?",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(MAX_INVITATIONS as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        rows.iter().map(invitation).collect()
+    }
+
+    async fn redeem_invitation(
+        &self,
+        talks: TalksId,
+        token_hash: Digest,
+        redemption: &Redemption,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "redeem invitation";
+        backchannel_store::check_redemption(redemption, next)?;
+        let at = to_sql(redemption.at, "the redemption time is out of range")?;
+        let id = talks.as_bytes().as_slice();
+        let token = token_hash.0.as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        if !talks_exists(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        // Only an unredeemed invitation is redeemed: a second redemption
+        // (or a race with one) updates nothing and is stale.
+        let redeemed = sqlx::query(
+            "UPDATE invitations SET redeemed_key = ?, redeemed_at = ?, payload = ?
+             WHERE talks = ? AND token_hash = ? AND redeemed_key IS NULL",
+        )
+        .bind(redemption.key.as_bytes().as_slice())
+        .bind(at)
+        .bind(redemption.payload.as_slice())
+        .bind(id)
+        .bind(token)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        if redeemed.rows_affected() != 1 {
+            return Err(StoreError::Stale);
+        }
+        // Refused here, the update above is rolled back with `tx`.
+        swap_access_list(&mut tx, talks, expected, next, OP).await?;
+        commit(tx, OP).await
+    }
+
+    async fn pending_changes(&self, talks: TalksId) -> Result<Vec<PendingChange>, StoreError> {
+        const OP: &str = "read pending changes";
+        let rows = sqlx::query(
+            "SELECT delta_hash, change FROM pending_changes WHERE talks = ?
+             ORDER BY delta_hash LIMIT ?",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(MAX_PENDING_CHANGES as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(PendingChange {
+                    delta_hash: digest(row, "delta_hash")?,
+                    change: blob(row, "change")?.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    async fn put_pending_change(
+        &self,
+        talks: TalksId,
+        base: Digest,
+        expected: Option<&[u8]>,
+        change: &PendingChange,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "put pending change";
+        let id = talks.as_bytes().as_slice();
+        let delta = change.delta_hash.0.as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        let row = sqlx::query("SELECT hash FROM access_lists WHERE talks = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        let Some(row) = row else {
+            return Err(StoreError::UnknownTalks);
+        };
+        if digest(&row, "hash")? != base {
+            return Err(StoreError::Stale);
+        }
+        let stored =
+            sqlx::query("SELECT change FROM pending_changes WHERE talks = ? AND delta_hash = ?")
+                .bind(id)
+                .bind(delta)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        let stored = stored.as_ref().map(|r| blob(r, "change")).transpose()?;
+        if stored != expected {
+            return Err(StoreError::Stale);
+        }
+        if stored.is_some() {
+            sqlx::query("UPDATE pending_changes SET change = ? WHERE talks = ? AND delta_hash = ?")
+                .bind(change.change.as_slice())
+                .bind(id)
+                .bind(delta)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        } else {
+            let held = count(
+                &mut tx,
+                "SELECT COUNT(*) FROM pending_changes WHERE talks = ?",
+                &[id],
+                OP,
+            )
+            .await?;
+            if held >= MAX_PENDING_CHANGES as u64 {
+                return Err(StoreError::Limit(
+                    "a talks holds at most MAX_PENDING_CHANGES pending changes",
+                ));
+            }
+            sqlx::query("INSERT INTO pending_changes (talks, delta_hash, change) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(delta)
+                .bind(change.change.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        }
+        commit(tx, OP).await
+    }
+
+    async fn create_blob(
+        &self,
+        talks: TalksId,
+        new: &BlobRecord,
+        quota: u64,
+    ) -> Result<BlobRecord, StoreError> {
+        const OP: &str = "create blob";
+        let room = backchannel_store::check_new_blob(new)?;
+        let size = to_sql(new.size, "the blob size is out of range")?;
+        let created_at = to_sql(new.created_at, "the creation time is out of range")?;
+        let id = talks.as_bytes().as_slice();
+        let hash = new.hash.0.as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        if !talks_exists(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        if let Some(mut existing) = blob_record(&mut tx, talks, new.hash, OP).await? {
+            if existing.size != new.size {
+                return Err(StoreError::Limit(
+                    "a blob with this hash exists with another size",
+                ));
+            }
+            let Err(at) = existing.rooms.binary_search(&room) else {
+                // Already referenced from this room: nothing to write.
+                return Ok(existing);
+            };
+            sqlx::query("INSERT INTO blob_rooms (talks, hash, room) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(hash)
+                .bind(room.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+            commit(tx, OP).await?;
+            existing.rooms.insert(at, room);
+            return Ok(existing);
+        }
+        // The quota is checked in the write transaction that inserts, so
+        // concurrent uploads of one party cannot both fit in its last bytes.
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(size), 0) AS used FROM blobs WHERE talks = ? AND party = ?",
+        )
+        .bind(id)
+        .bind(new.party.as_bytes().as_slice())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        if !backchannel_store::fits_quota(uint(&row, "used")?, new.size, quota) {
+            return Err(StoreError::Quota);
+        }
+        sqlx::query(
+            "INSERT INTO blobs (talks, hash, size, party, uploader, created_at, complete)
+             VALUES (?, ?, ?, ?, ?, ?, 0)",
+        )
+        .bind(id)
+        .bind(hash)
+        .bind(size)
+        .bind(new.party.as_bytes().as_slice())
+        .bind(new.uploader.as_bytes().as_slice())
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        sqlx::query("INSERT INTO blob_rooms (talks, hash, room) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(hash)
+            .bind(room.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await?;
+        Ok(new.clone())
+    }
+
+    async fn blob(&self, talks: TalksId, hash: Digest) -> Result<Option<BlobRecord>, StoreError> {
+        const OP: &str = "read blob";
+        // One snapshot for the record and its rooms.
+        let mut tx = self.begin_read(OP).await?;
+        let record = blob_record(&mut tx, talks, hash, OP).await?;
+        commit(tx, OP).await?;
+        Ok(record)
+    }
+
+    async fn put_blob_chunk(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "put blob chunk";
+        let mut tx = self.begin_write(OP).await?;
+        let (size, complete) =
+            blob_state(&mut tx, talks, hash, OP, "put_blob_chunk: no such blob").await?;
+        if complete {
+            return Err(StoreError::Limit("put_blob_chunk: the blob is complete"));
+        }
+        backchannel_store::check_blob_chunk(size, index, bytes.len())?;
+        sqlx::query(
+            "INSERT INTO blob_chunks (talks, hash, idx, bytes) VALUES (?, ?, ?, ?)
+             ON CONFLICT (talks, hash, idx) DO UPDATE SET bytes = excluded.bytes",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(hash.0.as_slice())
+        .bind(to_sql(index, "a chunk index is out of range")?)
+        .bind(bytes)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn blob_chunk(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+        index: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        const OP: &str = "read blob chunk";
+        // An index past i64::MAX was never stored (`put_blob_chunk` refuses
+        // any index past the last chunk).
+        let Ok(index) = i64::try_from(index) else {
+            return Ok(None);
+        };
+        let row =
+            sqlx::query("SELECT bytes FROM blob_chunks WHERE talks = ? AND hash = ? AND idx = ?")
+                .bind(talks.as_bytes().as_slice())
+                .bind(hash.0.as_slice())
+                .bind(index)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        row.map(|row| Ok(blob(&row, "bytes")?.to_vec())).transpose()
+    }
+
+    async fn blob_chunks_present(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+    ) -> Result<Vec<u64>, StoreError> {
+        const OP: &str = "read blob chunks present";
+        let rows =
+            sqlx::query("SELECT idx FROM blob_chunks WHERE talks = ? AND hash = ? ORDER BY idx")
+                .bind(talks.as_bytes().as_slice())
+                .bind(hash.0.as_slice())
+                .fetch_all(&self.reader)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        rows.iter().map(|row| uint(row, "idx")).collect()
+    }
+
+    async fn complete_blob(&self, talks: TalksId, hash: Digest) -> Result<(), StoreError> {
+        const OP: &str = "complete blob";
+        let mut tx = self.begin_write(OP).await?;
+        let (size, complete) =
+            blob_state(&mut tx, talks, hash, OP, "complete_blob: no such blob").await?;
+        if complete {
+            return Ok(());
+        }
+        let chunks = BlobRecord::chunk_count(size);
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM blob_chunks WHERE talks = ? AND hash = ? AND idx < ?",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(hash.0.as_slice())
+        .bind(to_sql(chunks, "a chunk index is out of range")?)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        if uint(&row, "n")? != chunks {
+            return Err(StoreError::Limit("complete_blob: a chunk is missing"));
+        }
+        sqlx::query("UPDATE blobs SET complete = 1 WHERE talks = ? AND hash = ?")
+            .bind(talks.as_bytes().as_slice())
+            .bind(hash.0.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
     }
 }

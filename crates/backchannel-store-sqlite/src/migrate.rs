@@ -21,14 +21,21 @@ struct Migration {
 
 /// Every migration, in order. Append only: a released migration never
 /// changes (a database that ran it would differ from one created later).
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "enrolment_blobs",
+        sql: include_str!("../migrations/0002_enrolment_blobs.sql"),
+    },
+];
 
 /// The schema version this code migrates to (the last migration's).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const _: () = assert!(MIGRATIONS.len() as u32 == SCHEMA_VERSION);
 

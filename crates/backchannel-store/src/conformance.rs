@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::future::Future;
 
-use backchannel_codec::{Decode, RoomId, TalksId};
+use backchannel_codec::{Decode, PartyId, RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, PublicKey, SecretKey, Signer, sha256};
 use backchannel_statement::fixtures::{self, labels};
 use backchannel_tlog::{
@@ -31,9 +31,10 @@ use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::memory::{MemoryStore, stored_hash_count};
 use crate::{
-    AccessListRecord, Appended, CheckpointRecord, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH,
-    MAX_TREE_HASHES, Outcome, Placement, Store, StoreError, StoredEnvelope, Submission,
-    Subscription, TalksRecord,
+    AccessListRecord, Appended, BLOB_CHUNK, BlobRecord, CheckpointRecord, InvitationRecord,
+    MAX_ENROLMENT_PAYLOAD, MAX_INVITATIONS, MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ,
+    MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange, Placement,
+    Redemption, Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 
 /// Runs every property, each on a store from `fresh` (which must open a
@@ -67,6 +68,18 @@ where
         subscribers_see_appends,
         batch_limit,
         concurrent_sequence,
+        unintegrated_talks_lists_the_work,
+        invitations_create_and_list,
+        invitation_limit,
+        redeem_invitation_once,
+        pending_changes_compare_and_swap,
+        pending_changes_limit,
+        access_list_changes_drop_pending_changes,
+        blobs_create_and_reference,
+        blob_quota,
+        concurrent_blob_quota,
+        blob_chunks,
+        empty_blob,
     );
 }
 
@@ -198,6 +211,81 @@ pub fn check_placement(what: &str, node_key: &PublicKey, sub: &Submission, p: &P
     }
 }
 
+/// The `n`-th party id of the suite (`n < 16`).
+pub fn party(n: u8) -> PartyId {
+    PartyId(fixtures::id(0xB0 | (n & 0x0f)))
+}
+
+/// The `n`-th room id of the suite's blobs (`n < 16`).
+pub fn blob_room(n: u8) -> RoomId {
+    RoomId(fixtures::id(0xD0 | (n & 0x0f)))
+}
+
+/// The token of invitation number `n` (the store only ever sees its hash).
+pub fn token(n: u16) -> [u8; 32] {
+    sha256(&[b"token ".as_slice(), &n.to_be_bytes()].concat()).0
+}
+
+/// Invitation number `n` for `party`, unredeemed. Its signed bytes are
+/// opaque to the store, so these are not a real invitation.
+pub fn invitation(n: u16, party: PartyId) -> InvitationRecord {
+    InvitationRecord {
+        token_hash: sha256(&token(n)),
+        party,
+        expires_at: 1_700_000_600_000 + u64::from(n),
+        invitation: format!("signed invitation {n}").into_bytes(),
+        created_at: 1_700_000_000_000 + u64::from(n),
+        redeemed: None,
+    }
+}
+
+/// A redemption by the fixture key `label`, with a payload of `len` bytes.
+pub fn redemption(label: u8, len: usize) -> Redemption {
+    Redemption {
+        key: sender(label),
+        at: 1_700_000_100_000,
+        payload: vec![label; len],
+    }
+}
+
+/// Pending change number `n` with `signatures` signatures gathered: the
+/// store keeps the change opaque, so only its length grows.
+pub fn pending_change(n: u8, signatures: u8) -> PendingChange {
+    PendingChange {
+        delta_hash: sha256(&[b"delta ".as_slice(), &[n]].concat()),
+        change: [vec![n; 40], vec![0x5c; usize::from(signatures) * 64]].concat(),
+    }
+}
+
+/// The content of blob number `n` of `size` bytes.
+pub fn blob_content(n: u8, size: u64) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8 ^ n).collect()
+}
+
+/// A new blob record: blob number `n` of `size` bytes, for `party`,
+/// referenced from `room`. The store never hashes content (its caller
+/// checks the chunks against the address before completing a blob), so the
+/// address is derived from `n` and `size` alone, and sizes near 2^63 cost
+/// nothing.
+pub fn new_blob(n: u8, size: u64, party: PartyId, room: RoomId) -> BlobRecord {
+    BlobRecord {
+        hash: sha256(format!("blob {n} of {size} bytes").as_bytes()),
+        size,
+        party,
+        uploader: sender(labels::US_HEAD_DEVICE),
+        created_at: 1_700_000_200_000,
+        complete: false,
+        rooms: vec![room],
+    }
+}
+
+/// Chunk `index` of `content`, as [`BlobRecord::chunk_len`] cuts it.
+pub fn chunk_of(content: &[u8], index: u64) -> Vec<u8> {
+    let start = (index * BLOB_CHUNK) as usize;
+    let end = (start + BLOB_CHUNK as usize).min(content.len());
+    content[start..end].to_vec()
+}
+
 fn ok<T, E: Debug>(r: Result<T, E>, what: &str) -> T {
     match r {
         Ok(v) => v,
@@ -294,7 +382,7 @@ pub async fn create_and_get_talks<S: Store>(store: &S) {
         "a first access list of version 1 must be refused"
     );
     let late = TalksRecord {
-        created_at: crate::MAX_NUMBER + 1,
+        created_at: MAX_NUMBER + 1,
         ..talks_record(t3)
     };
     assert!(
@@ -1312,6 +1400,1207 @@ pub async fn concurrent_sequence<S: Store>(store: &S) {
 }
 
 // ---------------------------------------------------------------------------
+// Enrolment, pending changes, blobs and the integrator's work list.
+
+/// The variant of a [`StoreError`], for tables of expected refusals.
+fn kind(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::UnknownTalks => "UnknownTalks",
+        StoreError::TalksExists => "TalksExists",
+        StoreError::Stale => "Stale",
+        StoreError::Limit(_) => "Limit",
+        StoreError::Unavailable(_) => "Unavailable",
+        StoreError::Sign(_) => "Sign",
+        StoreError::Corrupt(_) => "Corrupt",
+        StoreError::Exists => "Exists",
+        StoreError::Quota => "Quota",
+        StoreError::Backend(_) => "Backend",
+    }
+}
+
+/// Asserts that `r` is the error `want` (a [`kind`]).
+fn refused<T: Debug>(r: Result<T, StoreError>, want: &str, what: &str) {
+    match &r {
+        Err(e) if kind(e) == want => {}
+        _ => panic!("{what}: want {want}, got {r:?}"),
+    }
+}
+
+/// What the enrolment methods show of one talks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Enrolment {
+    access: Option<AccessListRecord>,
+    invitations: Vec<InvitationRecord>,
+    pending: Vec<PendingChange>,
+}
+
+async fn enrolment<S: Store>(store: &S, t: TalksId) -> Enrolment {
+    Enrolment {
+        access: ok(store.access_list(t).await, "access_list"),
+        invitations: ok(store.invitations(t).await, "invitations"),
+        pending: ok(store.pending_changes(t).await, "pending_changes"),
+    }
+}
+
+/// What the blob methods show of one blob: its record, which chunks are
+/// stored and their bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BlobView {
+    record: Option<BlobRecord>,
+    present: Vec<u64>,
+    chunks: Vec<Option<Vec<u8>>>,
+}
+
+async fn blob_view<S: Store>(store: &S, t: TalksId, hash: Digest) -> BlobView {
+    let present = ok(
+        store.blob_chunks_present(t, hash).await,
+        "blob_chunks_present",
+    );
+    let mut chunks = Vec::with_capacity(present.len());
+    for &i in &present {
+        chunks.push(ok(store.blob_chunk(t, hash, i).await, "blob_chunk"));
+    }
+    BlobView {
+        record: ok(store.blob(t, hash).await, "blob"),
+        present,
+        chunks,
+    }
+}
+
+/// `unintegrated_talks` lists exactly the talks whose integrated size is
+/// below their log size, in talks id order, at most `limit`; integrating
+/// takes a talks off the list and sequencing puts it back.
+pub async fn unintegrated_talks_lists_the_work<S: Store>(store: &S) {
+    assert!(ok(store.unintegrated_talks(100).await, "unintegrated_talks").is_empty());
+    // Opened out of id order, so the order is the store's.
+    let mut ts = BTreeMap::new();
+    for n in [5, 2, 4, 1, 3] {
+        ts.insert(n, open(store, n).await);
+    }
+    let t = |n: u8| ts[&n];
+    assert!(
+        ok(store.unintegrated_talks(100).await, "unintegrated_talks").is_empty(),
+        "empty logs have nothing to integrate"
+    );
+    let a = sender(labels::US_HEAD_DEVICE);
+    let batch = vec![
+        submission(t(5), a, 1, 0),
+        submission(t(2), a, 2, 0),
+        submission(t(1), a, 3, 0),
+        submission(t(4), a, 4, 0),
+        submission(t(4), a, 5, 0),
+    ];
+    sequence(store, batch, 1000).await;
+    let check = async |limit: usize, want: &[u8]| {
+        let got = ok(store.unintegrated_talks(limit).await, "unintegrated_talks");
+        let want: Vec<TalksId> = want.iter().map(|&n| t(n)).collect();
+        assert_eq!(got, want, "unintegrated_talks({limit})");
+    };
+    check(100, &[1, 2, 4, 5]).await;
+    check(4, &[1, 2, 4, 5]).await;
+    check(2, &[1, 2]).await;
+    check(1, &[1]).await;
+    check(0, &[]).await;
+    check(usize::MAX, &[1, 2, 4, 5]).await;
+
+    // A talks' first checkpoint of its empty log changes nothing.
+    let empty = MemoryHashStore::new();
+    ok(
+        store
+            .integrate(t(3), 0, 0, &[], &checkpoint_at(t(3), &empty, 0))
+            .await,
+        "integrate an empty log",
+    );
+    check(100, &[1, 2, 4, 5]).await;
+
+    let integrate_all = async |n: u8, from: u64, to: u64| {
+        let mut tree = MemoryHashStore::new();
+        for e in read_all(store, t(n)).await {
+            ok(tree.append(&e.leaf_hash), "reference tree");
+        }
+        ok(
+            store
+                .integrate(
+                    t(n),
+                    from,
+                    to,
+                    &hashes_between(&tree, from, to),
+                    &checkpoint_at(t(n), &tree, to),
+                )
+                .await,
+            "integrate",
+        );
+    };
+    integrate_all(2, 0, 1).await;
+    check(100, &[1, 4, 5]).await;
+    // Partly integrated is still work.
+    integrate_all(4, 0, 1).await;
+    check(100, &[1, 4, 5]).await;
+    integrate_all(4, 1, 2).await;
+    check(100, &[1, 5]).await;
+    check(1, &[1]).await;
+    // A new leaf puts a talks back on the list.
+    sequence(store, vec![submission(t(2), a, 6, 0)], 1000).await;
+    check(100, &[1, 2, 5]).await;
+    integrate_all(1, 0, 1).await;
+    integrate_all(2, 1, 2).await;
+    integrate_all(5, 0, 1).await;
+    check(100, &[]).await;
+}
+
+/// Invitations are created once per token hash and talks, read back one
+/// by one and listed by token hash; a duplicate is `Exists`, an unknown
+/// talks `UnknownTalks`, a malformed one `Limit`, and none writes anything.
+pub async fn invitations_create_and_list<S: Store>(store: &S) {
+    let (t, other) = (open(store, 1).await, open(store, 2).await);
+    let unknown = talks_id(9);
+    let invs: Vec<InvitationRecord> = (0..5u16)
+        .map(|n| invitation(n, party(n as u8 % 2)))
+        .collect();
+    assert!(ok(store.invitations(t).await, "invitations").is_empty());
+    assert_eq!(
+        ok(store.invitation(t, invs[0].token_hash).await, "invitation"),
+        None
+    );
+    for inv in &invs {
+        ok(store.create_invitation(t, inv).await, "create_invitation");
+    }
+    // Token hashes are scoped to their talks.
+    ok(
+        store.create_invitation(other, &invs[0]).await,
+        "the same token hash in other talks",
+    );
+    for inv in &invs {
+        assert_eq!(
+            ok(store.invitation(t, inv.token_hash).await, "invitation"),
+            Some(inv.clone())
+        );
+    }
+    let mut sorted = invs.clone();
+    sorted.sort_by_key(|i| i.token_hash);
+    assert_ne!(
+        sorted, invs,
+        "the suite's token hashes are not created in order"
+    );
+    assert_eq!(ok(store.invitations(t).await, "invitations"), sorted);
+    assert_eq!(
+        ok(store.invitations(other).await, "invitations"),
+        [invs[0].clone()]
+    );
+
+    let before = enrolment(store, t).await;
+    let duplicate = InvitationRecord {
+        party: party(7),
+        invitation: b"another invitation under the same token".to_vec(),
+        ..invs[2].clone()
+    };
+    let redeemed = InvitationRecord {
+        redeemed: Some(redemption(labels::US_HEAD_DEVICE, 10)),
+        ..invitation(10, party(0))
+    };
+    let late = InvitationRecord {
+        expires_at: MAX_NUMBER + 1,
+        ..invitation(11, party(0))
+    };
+    let early = InvitationRecord {
+        created_at: MAX_NUMBER + 1,
+        ..invitation(12, party(0))
+    };
+    for (what, talks, inv, want) in [
+        ("a duplicate token hash", t, &duplicate, "Exists"),
+        (
+            "an unknown talks",
+            unknown,
+            &invitation(13, party(0)),
+            "UnknownTalks",
+        ),
+        ("an invitation already redeemed", t, &redeemed, "Limit"),
+        ("an expiry of 2^63", t, &late, "Limit"),
+        ("a creation time of 2^63", t, &early, "Limit"),
+    ] {
+        refused(store.create_invitation(talks, inv).await, want, what);
+        assert_eq!(enrolment(store, t).await, before, "{what}: nothing written");
+        assert_eq!(
+            ok(store.invitation(talks, inv.token_hash).await, "invitation"),
+            (talks == t && inv.token_hash == duplicate.token_hash).then(|| invs[2].clone()),
+            "{what}: nothing written"
+        );
+    }
+    assert!(ok(store.invitations(unknown).await, "invitations").is_empty());
+    assert_eq!(ok(store.talks(unknown).await, "talks"), None);
+}
+
+/// A talks holds at most [`MAX_INVITATIONS`] invitations, redeemed or not:
+/// one more is `Limit` and writes nothing; other talks are not affected.
+pub async fn invitation_limit<S: Store>(store: &S) {
+    let (t, other) = (open(store, 1).await, open(store, 2).await);
+    let max = MAX_INVITATIONS as u16;
+    for n in 0..max {
+        ok(
+            store.create_invitation(t, &invitation(n, party(1))).await,
+            "create_invitation up to the limit",
+        );
+    }
+    // Redeeming one frees nothing.
+    ok(
+        store
+            .redeem_invitation(
+                t,
+                invitation(0, party(1)).token_hash,
+                &redemption(labels::US_HEAD_DEVICE, 8),
+                access_list(1, 0).hash,
+                &access_list(2, 1),
+            )
+            .await,
+        "redeem_invitation",
+    );
+    let before = enrolment(store, t).await;
+    assert_eq!(before.invitations.len(), MAX_INVITATIONS);
+    let extra = invitation(max, party(1));
+    refused(
+        store.create_invitation(t, &extra).await,
+        "Limit",
+        "MAX_INVITATIONS + 1",
+    );
+    assert_eq!(enrolment(store, t).await, before, "nothing written");
+    assert_eq!(
+        ok(store.invitation(t, extra.token_hash).await, "invitation"),
+        None
+    );
+    // A duplicate at the limit is still a duplicate.
+    refused(
+        store.create_invitation(t, &invitation(5, party(1))).await,
+        "Exists",
+        "a duplicate at the limit",
+    );
+    ok(
+        store.create_invitation(other, &extra).await,
+        "another talks has its own limit",
+    );
+}
+
+/// Redeeming marks the invitation redeemed with its redemption and installs
+/// the next access list in one step, dropping the pending changes; a second
+/// redemption, an unknown token, a stale access list or a skipped version
+/// is `Stale`, a payload over [`MAX_ENROLMENT_PAYLOAD`] `Limit`, and none
+/// of them writes anything.
+pub async fn redeem_invitation_once<S: Store>(store: &S) {
+    let (t, other) = (open(store, 1).await, open(store, 2).await);
+    let (v0, v1, v2) = (access_list(1, 0), access_list(21, 1), access_list(22, 2));
+    let (i1, i2) = (invitation(1, party(1)), invitation(2, party(2)));
+    for inv in [&i1, &i2] {
+        ok(store.create_invitation(t, inv).await, "create_invitation");
+    }
+    ok(
+        store.create_invitation(other, &i1).await,
+        "create_invitation in other talks",
+    );
+    ok(
+        store
+            .put_pending_change(t, v0.hash, None, &pending_change(1, 1))
+            .await,
+        "put_pending_change",
+    );
+    let largest = redemption(labels::US_HEAD_DEVICE, MAX_ENROLMENT_PAYLOAD);
+    let too_large = redemption(labels::US_HEAD_DEVICE, MAX_ENROLMENT_PAYLOAD + 1);
+    let too_late = Redemption {
+        at: MAX_NUMBER + 1,
+        ..largest.clone()
+    };
+    let before = enrolment(store, t).await;
+    let other_before = enrolment(store, other).await;
+    for (what, talks, token, r, expected, next, want) in [
+        (
+            "an unknown token",
+            t,
+            sha256(&token(9)),
+            &largest,
+            v0.hash,
+            &v1,
+            "Stale",
+        ),
+        (
+            "a token's own bytes, not its hash",
+            t,
+            Digest(token(1)),
+            &largest,
+            v0.hash,
+            &v1,
+            "Stale",
+        ),
+        (
+            "a stale expected hash",
+            t,
+            i1.token_hash,
+            &largest,
+            v1.hash,
+            &v1,
+            "Stale",
+        ),
+        (
+            "the same version",
+            t,
+            i1.token_hash,
+            &largest,
+            v0.hash,
+            &access_list(21, 0),
+            "Stale",
+        ),
+        (
+            "a skipped version",
+            t,
+            i1.token_hash,
+            &largest,
+            v0.hash,
+            &v2,
+            "Stale",
+        ),
+        (
+            "a payload over the limit",
+            t,
+            i1.token_hash,
+            &too_large,
+            v0.hash,
+            &v1,
+            "Limit",
+        ),
+        (
+            "a time of 2^63",
+            t,
+            i1.token_hash,
+            &too_late,
+            v0.hash,
+            &v1,
+            "Limit",
+        ),
+        (
+            "an unknown talks",
+            talks_id(9),
+            i1.token_hash,
+            &largest,
+            v0.hash,
+            &v1,
+            "UnknownTalks",
+        ),
+    ] {
+        refused(
+            store
+                .redeem_invitation(talks, token, r, expected, next)
+                .await,
+            want,
+            what,
+        );
+        assert_eq!(enrolment(store, t).await, before, "{what}: nothing written");
+    }
+
+    ok(
+        store
+            .redeem_invitation(t, i1.token_hash, &largest, v0.hash, &v1)
+            .await,
+        "redeem_invitation",
+    );
+    let redeemed = InvitationRecord {
+        redeemed: Some(largest.clone()),
+        ..i1.clone()
+    };
+    let after = enrolment(store, t).await;
+    assert_eq!(
+        ok(store.invitation(t, i1.token_hash).await, "invitation"),
+        Some(redeemed.clone())
+    );
+    assert_eq!(
+        ok(store.invitation(t, i2.token_hash).await, "invitation"),
+        Some(i2.clone()),
+        "the other invitation is untouched"
+    );
+    assert_eq!(after.access, Some(v1.clone()), "the next list, version 1");
+    assert!(after.pending.is_empty(), "pending changes are dropped");
+    assert_eq!(
+        enrolment(store, other).await,
+        other_before,
+        "other talks are untouched"
+    );
+
+    // Once only, whatever the access list.
+    for (what, expected, next) in [
+        ("a second redemption", v1.hash, &v2),
+        ("a second redemption on the old list", v0.hash, &v1),
+    ] {
+        refused(
+            store
+                .redeem_invitation(
+                    t,
+                    i1.token_hash,
+                    &redemption(labels::IRAN_HEAD_DEVICE, 3),
+                    expected,
+                    next,
+                )
+                .await,
+            "Stale",
+            what,
+        );
+        assert_eq!(enrolment(store, t).await, after, "{what}: nothing written");
+    }
+    // Another invitation against the list the first one replaced.
+    refused(
+        store
+            .redeem_invitation(
+                t,
+                i2.token_hash,
+                &redemption(labels::IRAN_HEAD_DEVICE, 0),
+                v0.hash,
+                &v1,
+            )
+            .await,
+        "Stale",
+        "a redemption on a replaced access list",
+    );
+    assert_eq!(enrolment(store, t).await, after, "nothing written");
+    let empty = redemption(labels::IRAN_HEAD_DEVICE, 0);
+    ok(
+        store
+            .redeem_invitation(t, i2.token_hash, &empty, v1.hash, &v2)
+            .await,
+        "redeem the second invitation",
+    );
+    assert_eq!(
+        ok(store.invitation(t, i2.token_hash).await, "invitation"),
+        Some(InvitationRecord {
+            redeemed: Some(empty),
+            ..i2
+        })
+    );
+    assert_eq!(ok(store.access_list(t).await, "access_list"), Some(v2));
+    assert_eq!(
+        ok(store.invitation(other, i1.token_hash).await, "invitation"),
+        Some(i1),
+        "the same token hash in other talks stays unredeemed"
+    );
+}
+
+/// A pending change is stored and updated only by compare-and-swap on the
+/// access list's hash and on the change stored for its delta hash; a
+/// refused put writes nothing; changes are listed by delta hash.
+pub async fn pending_changes_compare_and_swap<S: Store>(store: &S) {
+    let (t, other) = (open(store, 1).await, open(store, 2).await);
+    let base = access_list(1, 0).hash;
+    let (c1, c1b, c1c) = (
+        pending_change(1, 1),
+        pending_change(1, 2),
+        pending_change(1, 3),
+    );
+    assert!(ok(store.pending_changes(t).await, "pending_changes").is_empty());
+    assert!(ok(store.pending_changes(talks_id(9)).await, "pending_changes").is_empty());
+
+    ok(
+        store.put_pending_change(t, base, None, &c1).await,
+        "put a new change",
+    );
+    assert_eq!(
+        ok(store.pending_changes(t).await, "pending_changes"),
+        std::slice::from_ref(&c1)
+    );
+    let before = enrolment(store, t).await;
+    let absent = pending_change(2, 1);
+    for (what, talks, base, expected, change, want) in [
+        ("a new change that exists", t, base, None, &c1b, "Stale"),
+        (
+            "a wrong expected change",
+            t,
+            base,
+            Some(&c1b.change[..]),
+            &c1c,
+            "Stale",
+        ),
+        (
+            "an expected change that is absent",
+            t,
+            base,
+            Some(&absent.change[..]),
+            &absent,
+            "Stale",
+        ),
+        (
+            "a wrong base",
+            t,
+            access_list(2, 0).hash,
+            Some(&c1.change[..]),
+            &c1b,
+            "Stale",
+        ),
+        (
+            "a wrong base for a new change",
+            t,
+            access_list(2, 0).hash,
+            None,
+            &absent,
+            "Stale",
+        ),
+        (
+            "an unknown talks",
+            talks_id(9),
+            base,
+            None,
+            &absent,
+            "UnknownTalks",
+        ),
+    ] {
+        refused(
+            store
+                .put_pending_change(talks, base, expected, change)
+                .await,
+            want,
+            what,
+        );
+        assert_eq!(enrolment(store, t).await, before, "{what}: nothing written");
+    }
+    assert!(ok(store.pending_changes(talks_id(9)).await, "pending_changes").is_empty());
+
+    ok(
+        store
+            .put_pending_change(t, base, Some(&c1.change), &c1b)
+            .await,
+        "update with one more signature",
+    );
+    ok(
+        store
+            .put_pending_change(t, base, Some(&c1b.change), &c1c)
+            .await,
+        "update again",
+    );
+    refused(
+        store
+            .put_pending_change(t, base, Some(&c1b.change), &c1b)
+            .await,
+        "Stale",
+        "the change before the update",
+    );
+    let mut changes: Vec<PendingChange> = (2..6).map(|n| pending_change(n, 0)).collect();
+    for c in &changes {
+        ok(
+            store.put_pending_change(t, base, None, c).await,
+            "put another change",
+        );
+    }
+    changes.push(c1c);
+    changes.sort_by_key(|c| c.delta_hash);
+    assert_eq!(
+        ok(store.pending_changes(t).await, "pending_changes"),
+        changes
+    );
+    assert!(
+        ok(store.pending_changes(other).await, "pending_changes").is_empty(),
+        "other talks are untouched"
+    );
+    // The same delta in other talks is its own change, on its own base.
+    ok(
+        store
+            .put_pending_change(other, access_list(2, 0).hash, None, &c1)
+            .await,
+        "the same delta in other talks",
+    );
+    assert_eq!(
+        ok(store.pending_changes(t).await, "pending_changes"),
+        changes
+    );
+}
+
+/// A talks holds at most [`MAX_PENDING_CHANGES`] pending changes: one more
+/// new change is `Limit` and writes nothing, while an update of a stored
+/// one is still accepted.
+pub async fn pending_changes_limit<S: Store>(store: &S) {
+    let (t, other) = (open(store, 1).await, open(store, 2).await);
+    let base = access_list(1, 0).hash;
+    for n in 0..MAX_PENDING_CHANGES as u8 {
+        ok(
+            store
+                .put_pending_change(t, base, None, &pending_change(n, 0))
+                .await,
+            "put up to the limit",
+        );
+    }
+    let before = enrolment(store, t).await;
+    assert_eq!(before.pending.len(), MAX_PENDING_CHANGES);
+    let extra = pending_change(MAX_PENDING_CHANGES as u8, 0);
+    refused(
+        store.put_pending_change(t, base, None, &extra).await,
+        "Limit",
+        "MAX_PENDING_CHANGES + 1",
+    );
+    assert_eq!(enrolment(store, t).await, before, "nothing written");
+    ok(
+        store
+            .put_pending_change(
+                t,
+                base,
+                Some(&pending_change(3, 0).change),
+                &pending_change(3, 1),
+            )
+            .await,
+        "an update at the limit",
+    );
+    assert_eq!(
+        ok(store.pending_changes(t).await, "pending_changes").len(),
+        MAX_PENDING_CHANGES
+    );
+    ok(
+        store
+            .put_pending_change(other, access_list(2, 0).hash, None, &extra)
+            .await,
+        "other talks have their own limit",
+    );
+}
+
+/// Replacing the access list, directly or by redeeming an invitation, drops
+/// every pending change of that talks (their base is gone) and of no other;
+/// a refused replacement drops nothing.
+pub async fn access_list_changes_drop_pending_changes<S: Store>(store: &S) {
+    let (t1, t2) = (open(store, 1).await, open(store, 2).await);
+    let (b1, b2) = (access_list(1, 0).hash, access_list(2, 0).hash);
+    for (t, base) in [(t1, b1), (t2, b2)] {
+        for n in 0..3 {
+            ok(
+                store
+                    .put_pending_change(t, base, None, &pending_change(n, 1))
+                    .await,
+                "put_pending_change",
+            );
+        }
+    }
+    let (before1, before2) = (enrolment(store, t1).await, enrolment(store, t2).await);
+    refused(
+        store.replace_access_list(t1, b2, &access_list(11, 1)).await,
+        "Stale",
+        "a stale replacement",
+    );
+    assert_eq!(enrolment(store, t1).await, before1, "a refused replacement");
+
+    ok(
+        store.replace_access_list(t1, b1, &access_list(11, 1)).await,
+        "replace_access_list",
+    );
+    assert!(ok(store.pending_changes(t1).await, "pending_changes").is_empty());
+    assert_eq!(
+        enrolment(store, t2).await,
+        before2,
+        "other talks keep theirs"
+    );
+    // The old base is gone for good; the new one takes changes again.
+    refused(
+        store
+            .put_pending_change(t1, b1, None, &pending_change(0, 1))
+            .await,
+        "Stale",
+        "a change on the replaced list",
+    );
+    ok(
+        store
+            .put_pending_change(t1, access_list(11, 1).hash, None, &pending_change(0, 1))
+            .await,
+        "a change on the new list",
+    );
+    let after1 = enrolment(store, t1).await;
+
+    let inv = invitation(1, party(1));
+    ok(store.create_invitation(t2, &inv).await, "create_invitation");
+    ok(
+        store
+            .redeem_invitation(
+                t2,
+                inv.token_hash,
+                &redemption(labels::US_HEAD_DEVICE, 16),
+                b2,
+                &access_list(12, 1),
+            )
+            .await,
+        "redeem_invitation",
+    );
+    assert!(ok(store.pending_changes(t2).await, "pending_changes").is_empty());
+    assert_eq!(
+        enrolment(store, t1).await,
+        after1,
+        "other talks keep theirs"
+    );
+}
+
+/// A blob is created once per hash and talks, incomplete with one room;
+/// creating it again from another room adds the room (sorted, unique) and
+/// returns the stored record, without counting its size again; another
+/// size for the same hash, or a malformed record, is `Limit`; an unknown
+/// talks is `UnknownTalks`; refusals write nothing.
+pub async fn blobs_create_and_reference<S: Store>(store: &S) {
+    let (t, other) = (open(store, 1).await, open(store, 2).await);
+    let (pa, pb) = (party(1), party(2));
+    let b1 = new_blob(1, 10, pa, blob_room(5));
+    assert_eq!(ok(store.blob(t, b1.hash).await, "blob"), None);
+    assert_eq!(ok(store.create_blob(t, &b1, 10).await, "create_blob"), b1);
+    assert_eq!(ok(store.blob(t, b1.hash).await, "blob"), Some(b1.clone()));
+    assert_eq!(ok(store.blob(other, b1.hash).await, "blob"), None);
+
+    // Another party uploads the same content from two other rooms: the
+    // record keeps its first party, uploader and time, and gains the rooms.
+    let again = |room| BlobRecord {
+        party: pb,
+        uploader: sender(labels::IRAN_HEAD_DEVICE),
+        created_at: b1.created_at + 1,
+        ..new_blob(1, 10, pb, room)
+    };
+    let mut want = b1.clone();
+    for (room, rooms) in [
+        (blob_room(2), vec![blob_room(2), blob_room(5)]),
+        (blob_room(9), vec![blob_room(2), blob_room(5), blob_room(9)]),
+        (blob_room(5), vec![blob_room(2), blob_room(5), blob_room(9)]),
+        (blob_room(2), vec![blob_room(2), blob_room(5), blob_room(9)]),
+    ] {
+        // A quota of 0: referencing an existing blob counts nothing.
+        want.rooms = rooms;
+        assert_eq!(
+            ok(
+                store.create_blob(t, &again(room), 0).await,
+                "create_blob again"
+            ),
+            want,
+            "from {room}"
+        );
+        assert_eq!(ok(store.blob(t, b1.hash).await, "blob"), Some(want.clone()));
+    }
+    // Party A's 10 bytes are counted once: 5 more fit a quota of 15.
+    let b2 = new_blob(2, 5, pa, blob_room(1));
+    assert_eq!(ok(store.create_blob(t, &b2, 15).await, "create_blob"), b2);
+    // Party B's quota was never charged for the shared blob.
+    let b3 = new_blob(3, 7, pb, blob_room(1));
+    assert_eq!(ok(store.create_blob(t, &b3, 7).await, "create_blob"), b3);
+
+    let before = blob_view(store, t, b1.hash).await;
+    let fresh = new_blob(4, 3, pa, blob_room(1));
+    let resized = BlobRecord {
+        size: 11,
+        ..new_blob(1, 10, pa, blob_room(7))
+    };
+    let cases: Vec<(&str, TalksId, BlobRecord, &str)> = vec![
+        ("the same hash with another size", t, resized, "Limit"),
+        (
+            "no room",
+            t,
+            BlobRecord {
+                rooms: vec![],
+                ..fresh.clone()
+            },
+            "Limit",
+        ),
+        (
+            "two rooms",
+            t,
+            BlobRecord {
+                rooms: vec![blob_room(1), blob_room(2)],
+                ..fresh.clone()
+            },
+            "Limit",
+        ),
+        (
+            "complete already",
+            t,
+            BlobRecord {
+                complete: true,
+                ..fresh.clone()
+            },
+            "Limit",
+        ),
+        (
+            "a size of 2^63",
+            t,
+            BlobRecord {
+                size: MAX_NUMBER + 1,
+                ..fresh.clone()
+            },
+            "Limit",
+        ),
+        (
+            "a creation time of 2^63",
+            t,
+            BlobRecord {
+                created_at: MAX_NUMBER + 1,
+                ..fresh.clone()
+            },
+            "Limit",
+        ),
+        (
+            "an unknown talks",
+            talks_id(9),
+            fresh.clone(),
+            "UnknownTalks",
+        ),
+    ];
+    for (what, talks, record, want) in cases {
+        refused(
+            store.create_blob(talks, &record, u64::MAX).await,
+            want,
+            what,
+        );
+        assert_eq!(
+            blob_view(store, t, b1.hash).await,
+            before,
+            "{what}: nothing written"
+        );
+        assert_eq!(
+            ok(store.blob(talks, fresh.hash).await, "blob"),
+            None,
+            "{what}: nothing written"
+        );
+    }
+    assert_eq!(ok(store.blob(talks_id(9), b1.hash).await, "blob"), None);
+    assert_eq!(ok(store.talks(talks_id(9)).await, "talks"), None);
+}
+
+/// A new blob counts its size against its party's quota in its talks: one
+/// that would take the party's total past `quota` is `Quota` and writes
+/// nothing; exactly the quota fits; parties and talks have separate
+/// totals; a total never passes 2^63, whatever the quota.
+pub async fn blob_quota<S: Store>(store: &S) {
+    let (t, other) = (open(store, 1).await, open(store, 2).await);
+    let (pa, pb, pc) = (party(1), party(2), party(3));
+    let r = blob_room(1);
+    // (what, talks, blob, quota, accepted)
+    let cases = [
+        ("party A, first blob", t, new_blob(1, 60, pa, r), 100, true),
+        (
+            "party A, one byte over",
+            t,
+            new_blob(2, 41, pa, r),
+            100,
+            false,
+        ),
+        (
+            "party A, exactly the quota",
+            t,
+            new_blob(3, 40, pa, r),
+            100,
+            true,
+        ),
+        ("party A, full", t, new_blob(4, 1, pa, r), 100, false),
+        (
+            "party A, an empty blob when full",
+            t,
+            new_blob(5, 0, pa, r),
+            100,
+            true,
+        ),
+        (
+            "party A, a larger quota",
+            t,
+            new_blob(6, 50, pa, r),
+            150,
+            true,
+        ),
+        (
+            "party B, its own total",
+            t,
+            new_blob(7, 100, pb, r),
+            100,
+            true,
+        ),
+        (
+            "party A, other talks",
+            other,
+            new_blob(8, 100, pa, r),
+            100,
+            true,
+        ),
+        (
+            "party B, a quota of 0",
+            other,
+            new_blob(9, 1, pb, r),
+            0,
+            false,
+        ),
+        (
+            "party C, a blob larger than its quota",
+            t,
+            new_blob(10, 11, pc, r),
+            10,
+            false,
+        ),
+        (
+            "party C, up to 2^63 - 1",
+            t,
+            new_blob(11, MAX_NUMBER - 1, pc, r),
+            u64::MAX,
+            true,
+        ),
+        (
+            "party C, one byte to 2^63 - 1",
+            t,
+            new_blob(12, 1, pc, r),
+            u64::MAX,
+            true,
+        ),
+        (
+            "party C, past 2^63 - 1",
+            t,
+            new_blob(13, 1, pc, r),
+            u64::MAX,
+            false,
+        ),
+    ];
+    for (what, talks, blob, quota, accepted) in cases {
+        let r = store.create_blob(talks, &blob, quota).await;
+        if accepted {
+            assert_eq!(ok(r, what), blob, "{what}");
+            assert_eq!(ok(store.blob(talks, blob.hash).await, "blob"), Some(blob));
+        } else {
+            refused(r, "Quota", what);
+            assert_eq!(
+                ok(store.blob(talks, blob.hash).await, "blob"),
+                None,
+                "{what}: nothing written"
+            );
+        }
+    }
+}
+
+/// Concurrent creations of one party's blobs are checked against its quota
+/// one at a time: exactly as many as fit are stored.
+pub async fn concurrent_blob_quota<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let pa = party(1);
+    const CALLS: u8 = 8;
+    let blobs: Vec<BlobRecord> = (0..CALLS)
+        .map(|n| new_blob(n, 10, pa, blob_room(1)))
+        .collect();
+    let results =
+        futures::future::join_all(blobs.iter().map(|b| store.create_blob(t, b, 35))).await;
+    let mut stored = 0;
+    for (b, r) in blobs.iter().zip(results) {
+        match r {
+            Ok(rec) => {
+                assert_eq!(&rec, b);
+                stored += 1;
+            }
+            Err(StoreError::Quota) => {}
+            Err(e) => panic!("concurrent create_blob: {e:?}"),
+        }
+    }
+    assert_eq!(stored, 3, "three blobs of 10 bytes fit a quota of 35");
+    let mut present = 0;
+    for b in &blobs {
+        present += usize::from(ok(store.blob(t, b.hash).await, "blob").is_some());
+    }
+    assert_eq!(present, 3, "the refused blobs were not written");
+}
+
+/// Chunks have exactly their length ([`BlobRecord::chunk_len`]); a wrong
+/// length, an index past the end, an unknown or complete blob is `Limit`
+/// and writes nothing; a chunk stored again is replaced; completing needs
+/// every chunk (`Limit` otherwise), once complete a blob takes no chunk,
+/// and completing it again is `Ok`.
+pub async fn blob_chunks<S: Store>(store: &S) {
+    let (t, other) = (open(store, 1).await, open(store, 2).await);
+    let size = 2 * BLOB_CHUNK + 5;
+    let content = blob_content(1, size);
+    let b = new_blob(1, size, party(1), blob_room(1));
+    let h = b.hash;
+    ok(store.create_blob(t, &b, u64::MAX).await, "create_blob");
+    let small = new_blob(2, 5, party(1), blob_room(1));
+    ok(store.create_blob(t, &small, u64::MAX).await, "create_blob");
+    assert_eq!(BlobRecord::chunk_count(size), 3);
+    let chunk = |i: u64| chunk_of(&content, i);
+    let full = BLOB_CHUNK as usize;
+    let empty = blob_view(store, t, h).await;
+    assert!(empty.present.is_empty());
+
+    let unknown = sha256(b"no such blob");
+    // (what, talks, hash, index, length, error)
+    let cases: &[(&str, TalksId, Digest, u64, usize, &str)] = &[
+        ("a first chunk one byte short", t, h, 0, full - 1, "Limit"),
+        ("a first chunk one byte long", t, h, 0, full + 1, "Limit"),
+        ("an empty first chunk", t, h, 0, 0, "Limit"),
+        ("a last chunk one byte short", t, h, 2, 4, "Limit"),
+        ("a last chunk one byte long", t, h, 2, 6, "Limit"),
+        ("a full-size last chunk", t, h, 2, full, "Limit"),
+        ("the index past the end", t, h, 3, 0, "Limit"),
+        ("the index past the end, with bytes", t, h, 3, 5, "Limit"),
+        ("the largest index", t, h, u64::MAX, 0, "Limit"),
+        ("index 2^63", t, h, 1 << 63, 0, "Limit"),
+        ("an unknown blob", t, unknown, 0, full, "Limit"),
+        ("a blob of other talks", other, h, 0, full, "Limit"),
+        ("an unknown talks", talks_id(9), h, 0, full, "UnknownTalks"),
+    ];
+    for &(what, talks, hash, index, len, want) in cases {
+        let bytes = vec![0xab; len];
+        refused(
+            store.put_blob_chunk(talks, hash, index, &bytes).await,
+            want,
+            what,
+        );
+        assert_eq!(
+            blob_view(store, t, h).await,
+            empty,
+            "{what}: nothing written"
+        );
+    }
+    assert!(
+        ok(
+            store.blob_chunks_present(t, unknown).await,
+            "blob_chunks_present"
+        )
+        .is_empty()
+    );
+    assert!(
+        ok(
+            store.blob_chunks_present(other, h).await,
+            "blob_chunks_present"
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        ok(store.blob_chunk(t, unknown, 0).await, "blob_chunk"),
+        None
+    );
+    assert_eq!(
+        ok(store.blob_chunk(t, h, u64::MAX).await, "blob_chunk"),
+        None
+    );
+    refused(
+        store.complete_blob(t, h).await,
+        "Limit",
+        "completing with no chunk",
+    );
+    refused(
+        store.complete_blob(t, unknown).await,
+        "Limit",
+        "completing an unknown blob",
+    );
+    refused(
+        store.complete_blob(other, h).await,
+        "Limit",
+        "completing a blob of other talks",
+    );
+    refused(
+        store.complete_blob(talks_id(9), h).await,
+        "UnknownTalks",
+        "completing in an unknown talks",
+    );
+    assert_eq!(blob_view(store, t, h).await, empty, "nothing written");
+
+    // Out of order, and a chunk replaced.
+    ok(store.put_blob_chunk(t, h, 2, &chunk(2)).await, "chunk 2");
+    let wrong = vec![0xee; full];
+    ok(
+        store.put_blob_chunk(t, h, 0, &wrong).await,
+        "chunk 0, wrong bytes",
+    );
+    assert_eq!(
+        ok(store.blob_chunk(t, h, 0).await, "blob_chunk"),
+        Some(wrong)
+    );
+    ok(
+        store.put_blob_chunk(t, h, 0, &chunk(0)).await,
+        "chunk 0 again",
+    );
+    assert_eq!(
+        ok(store.blob_chunk(t, h, 0).await, "blob_chunk"),
+        Some(chunk(0))
+    );
+    assert_eq!(ok(store.blob_chunk(t, h, 1).await, "blob_chunk"), None);
+    assert_eq!(
+        ok(store.blob_chunks_present(t, h).await, "blob_chunks_present"),
+        [0, 2]
+    );
+    let partial = blob_view(store, t, h).await;
+    refused(
+        store.complete_blob(t, h).await,
+        "Limit",
+        "completing with chunk 1 missing",
+    );
+    assert_eq!(blob_view(store, t, h).await, partial, "nothing written");
+    assert!(!ok(store.blob(t, h).await, "blob").is_some_and(|r| r.complete));
+
+    ok(store.put_blob_chunk(t, h, 1, &chunk(1)).await, "chunk 1");
+    assert_eq!(
+        ok(store.blob_chunks_present(t, h).await, "blob_chunks_present"),
+        [0, 1, 2]
+    );
+    let mut all = Vec::new();
+    for i in 0..3 {
+        all.extend(ok(store.blob_chunk(t, h, i).await, "blob_chunk").unwrap_or_default());
+    }
+    assert!(all == content, "the chunks are the content");
+    // The other blob is untouched by all this.
+    assert!(
+        ok(
+            store.blob_chunks_present(t, small.hash).await,
+            "blob_chunks_present"
+        )
+        .is_empty()
+    );
+
+    ok(store.complete_blob(t, h).await, "complete_blob");
+    let done = BlobRecord {
+        complete: true,
+        ..b.clone()
+    };
+    assert_eq!(ok(store.blob(t, h).await, "blob"), Some(done.clone()));
+    ok(store.complete_blob(t, h).await, "completing again");
+    let complete = blob_view(store, t, h).await;
+    for (what, index, bytes) in [
+        ("a chunk again", 1, chunk(1)),
+        ("a different chunk", 1, vec![0xee; full]),
+        ("a bad chunk", 2, vec![0; 1]),
+    ] {
+        refused(
+            store.put_blob_chunk(t, h, index, &bytes).await,
+            "Limit",
+            &format!("{what} into a complete blob"),
+        );
+        assert_eq!(
+            blob_view(store, t, h).await,
+            complete,
+            "{what}: nothing written"
+        );
+    }
+    // Referencing a complete blob from another room keeps it complete.
+    let mut from_room = done;
+    from_room.rooms.insert(0, blob_room(0));
+    assert_eq!(
+        ok(
+            store
+                .create_blob(t, &new_blob(1, size, party(2), blob_room(0)), 0)
+                .await,
+            "create_blob of a complete blob"
+        ),
+        from_room
+    );
+}
+
+/// An empty blob has no chunk: none can be stored, and it completes at once.
+pub async fn empty_blob<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let b = new_blob(1, 0, party(1), blob_room(1));
+    assert_eq!(BlobRecord::chunk_count(0), 0);
+    assert_eq!(ok(store.create_blob(t, &b, 0).await, "create_blob"), b);
+    refused(
+        store.put_blob_chunk(t, b.hash, 0, &[]).await,
+        "Limit",
+        "chunk 0 of an empty blob",
+    );
+    assert!(
+        ok(
+            store.blob_chunks_present(t, b.hash).await,
+            "blob_chunks_present"
+        )
+        .is_empty()
+    );
+    ok(store.complete_blob(t, b.hash).await, "complete_blob");
+    assert_eq!(
+        ok(store.blob(t, b.hash).await, "blob"),
+        Some(BlobRecord {
+            complete: true,
+            ..b
+        })
+    );
+}
+
+// ---------------------------------------------------------------------------
 // The crash suite (MemoryStore only).
 
 /// One operation of the crash scenario.
@@ -1323,6 +2612,12 @@ enum Op {
     Integrate(TalksId, u64, u64, Vec<(u64, Digest)>, CheckpointRecord),
     Purge(TalksId, u64),
     ReplaceNote(TalksId, u64, Vec<u8>, Vec<u8>),
+    CreateInvitation(TalksId, InvitationRecord),
+    Redeem(TalksId, Digest, Redemption, Digest, AccessListRecord),
+    PutPending(TalksId, Digest, Option<Vec<u8>>, PendingChange),
+    CreateBlob(TalksId, BlobRecord, u64),
+    PutChunk(TalksId, Digest, u64, Vec<u8>),
+    CompleteBlob(TalksId, Digest),
 }
 
 /// What an operation returned.
@@ -1331,6 +2626,7 @@ enum Done {
     Unit,
     Outcomes(Vec<Outcome>),
     Purged(bool),
+    Blob(BlobRecord),
 }
 
 impl Op {
@@ -1342,6 +2638,12 @@ impl Op {
             Op::Integrate(..) => "integrate",
             Op::Purge(..) => "purge_body",
             Op::ReplaceNote(..) => "replace_checkpoint_note",
+            Op::CreateInvitation(..) => "create_invitation",
+            Op::Redeem(..) => "redeem_invitation",
+            Op::PutPending(..) => "put_pending_change",
+            Op::CreateBlob(..) => "create_blob",
+            Op::PutChunk(..) => "put_blob_chunk",
+            Op::CompleteBlob(..) => "complete_blob",
         }
     }
 
@@ -1365,15 +2667,43 @@ impl Op {
                 .replace_checkpoint_note(*t, *size, expected, note)
                 .await
                 .map(|()| Done::Unit)?,
+            Op::CreateInvitation(t, inv) => store
+                .create_invitation(*t, inv)
+                .await
+                .map(|()| Done::Unit)?,
+            Op::Redeem(t, token, r, expected, next) => store
+                .redeem_invitation(*t, *token, r, *expected, next)
+                .await
+                .map(|()| Done::Unit)?,
+            Op::PutPending(t, base, expected, change) => store
+                .put_pending_change(*t, *base, expected.as_deref(), change)
+                .await
+                .map(|()| Done::Unit)?,
+            Op::CreateBlob(t, blob, quota) => {
+                Done::Blob(store.create_blob(*t, blob, *quota).await?)
+            }
+            Op::PutChunk(t, hash, index, bytes) => store
+                .put_blob_chunk(*t, *hash, *index, bytes)
+                .await
+                .map(|()| Done::Unit)?,
+            Op::CompleteBlob(t, hash) => {
+                store.complete_blob(*t, *hash).await.map(|()| Done::Unit)?
+            }
         })
     }
 
     /// Checks what a repeat of this operation, after it took effect,
-    /// returns: a sequence batch is idempotent (same outcomes); the rest
-    /// are compare-and-swaps or creations that now refuse or do nothing.
+    /// returns: a sequence batch, a blob's creation (or reference), a chunk
+    /// and a completion are idempotent (same result); the rest are
+    /// compare-and-swaps or creations that now refuse or do nothing.
     fn check_repeat(&self, first: &Done, repeat: Result<Done, StoreError>) {
         let fine = match (self, &repeat) {
-            (Op::Sequence(..), Ok(d)) => d == first,
+            (
+                Op::Sequence(..) | Op::CreateBlob(..) | Op::PutChunk(..) | Op::CompleteBlob(..),
+                Ok(d),
+            ) => d == first,
+            (Op::CreateInvitation(..), Err(StoreError::Exists)) => true,
+            (Op::Redeem(..) | Op::PutPending(..), Err(StoreError::Stale)) => true,
             (Op::Create(..), Err(StoreError::TalksExists)) => true,
             (Op::ReplaceAccessList(..) | Op::Integrate(..), Err(StoreError::Stale)) => true,
             (Op::ReplaceNote(..), Err(StoreError::Stale)) => true,
@@ -1392,6 +2722,8 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct View {
     talks: Vec<TalksView>,
+    /// The integrator's work list.
+    unintegrated: Vec<TalksId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1403,9 +2735,12 @@ struct TalksView {
     integrated: u64,
     hashes: Vec<Digest>,
     checkpoint: Option<CheckpointRecord>,
+    enrolment: Enrolment,
+    /// The watched blobs ([`Scenario::blobs`]) as this talks has them.
+    blobs: Vec<BlobView>,
 }
 
-async fn view<S: Store>(store: &S, talks: &[TalksId]) -> View {
+async fn view<S: Store>(store: &S, talks: &[TalksId], blobs: &[Digest]) -> View {
     let mut out = Vec::new();
     for &t in talks {
         let integrated = ok(store.integrated_size(t).await, "integrated_size");
@@ -1418,7 +2753,13 @@ async fn view<S: Store>(store: &S, talks: &[TalksId]) -> View {
             integrated,
             hashes: ok(store.tree_hashes(t, &idx).await, "tree_hashes"),
             checkpoint: ok(store.checkpoint(t).await, "checkpoint"),
+            enrolment: enrolment(store, t).await,
+            blobs: Vec::with_capacity(blobs.len()),
         };
+        let mut v = v;
+        for &h in blobs {
+            v.blobs.push(blob_view(store, t, h).await);
+        }
         // Dense: row i has seq i, and the size says how many rows.
         assert_eq!(v.size, v.log.len() as u64, "log size of {t}");
         for (i, e) in v.log.iter().enumerate() {
@@ -1433,13 +2774,21 @@ async fn view<S: Store>(store: &S, talks: &[TalksId]) -> View {
         );
         out.push(v);
     }
-    View { talks: out }
+    View {
+        talks: out,
+        unintegrated: ok(
+            store.unintegrated_talks(MAX_READ).await,
+            "unintegrated_talks",
+        ),
+    }
 }
 
 /// The crash scenario, run once without a crash: the operations, their
 /// results, and what the store shows after each.
 struct Scenario {
     talks: Vec<TalksId>,
+    /// The blobs the scenario creates (their hashes), watched in every talks.
+    blobs: Vec<Digest>,
     ops: Vec<Op>,
     results: Vec<Done>,
     /// `views[i]`: after the first `i` operations.
@@ -1455,21 +2804,27 @@ impl Scenario {
         self.steps += store.steps() - before;
         self.ops.push(op);
         self.results.push(done.clone());
-        self.views.push(view(store, &self.talks).await);
+        self.views.push(view(store, &self.talks, &self.blobs).await);
         done
     }
 
     /// Several talks, three group commits (the second with a retry of the
     /// first, an in-batch retry, two conflicts, a clock gone backwards; the
-    /// third with retries only partly), an access-list change, two
-    /// integrations, a purge and a cosignature.
+    /// third with retries only partly), a pending change stored, updated
+    /// and dropped by an access-list change, two integrations, a purge and
+    /// a cosignature; then an invitation redeemed over a pending change,
+    /// and a blob created, referenced from a second room, uploaded in two
+    /// chunks and completed.
     async fn build() -> Self {
         let store = MemoryStore::new();
         let talks = vec![talks_id(1), talks_id(2), talks_id(3)];
         let (t1, t2, t3) = (talks[0], talks[1], talks[2]);
+        let blob = new_blob(1, BLOB_CHUNK + 3, party(1), blob_room(2));
+        let blobs = vec![blob.hash];
         let mut s = Scenario {
-            views: vec![view(&store, &talks).await],
+            views: vec![view(&store, &talks, &blobs).await],
             talks,
+            blobs,
             ops: Vec::new(),
             results: Vec::new(),
             steps: 0,
@@ -1491,6 +2846,12 @@ impl Scenario {
         let Done::Outcomes(out1) = s.push(&store, Op::Sequence(batch1, 1000)).await else {
             panic!("sequence returns outcomes");
         };
+        let (c1, c1b) = (pending_change(1, 1), pending_change(1, 2));
+        let base1 = access_list(1, 0).hash;
+        s.push(&store, Op::PutPending(t1, base1, None, c1.clone()))
+            .await;
+        s.push(&store, Op::PutPending(t1, base1, Some(c1.change), c1b))
+            .await;
         s.push(
             &store,
             Op::ReplaceAccessList(t1, access_list(1, 0).hash, access_list(11, 1)),
@@ -1559,6 +2920,43 @@ impl Scenario {
             ),
         )
         .await;
+
+        let inv = invitation(1, party(2));
+        let base2 = access_list(2, 0).hash;
+        s.push(&store, Op::CreateInvitation(t2, inv.clone())).await;
+        s.push(
+            &store,
+            Op::PutPending(t2, base2, None, pending_change(2, 1)),
+        )
+        .await;
+        s.push(
+            &store,
+            Op::Redeem(
+                t2,
+                inv.token_hash,
+                redemption(labels::IRAN_HEAD_DEVICE, 100),
+                base2,
+                access_list(12, 1),
+            ),
+        )
+        .await;
+
+        let content = blob_content(1, blob.size);
+        s.push(&store, Op::CreateBlob(t3, blob.clone(), 2 * BLOB_CHUNK))
+            .await;
+        let referenced = BlobRecord {
+            rooms: vec![blob_room(1)],
+            ..blob.clone()
+        };
+        s.push(&store, Op::CreateBlob(t3, referenced, 0)).await;
+        for i in [1, 0] {
+            s.push(
+                &store,
+                Op::PutChunk(t3, blob.hash, i, chunk_of(&content, i)),
+            )
+            .await;
+        }
+        s.push(&store, Op::CompleteBlob(t3, blob.hash)).await;
         s
     }
 }
@@ -1573,7 +2971,9 @@ struct Seen {
 /// The crash model: for every step `k` of a scenario covering every
 /// writing operation (three group commits over several talks with retries
 /// and conflicts, access-list change, two integrations, purge, checkpoint
-/// note), crash at `k`, restart, and check that
+/// note, pending changes, an invitation and its redemption, a blob's
+/// creation, second room, chunks and completion), crash at `k`, restart,
+/// and check that
 /// (a) every envelope acknowledged before the crash is there once, with its
 /// placement; (b) the crashed operation is entirely visible or entirely
 /// absent, and both happen for each operation across the steps; (c) the
@@ -1648,7 +3048,7 @@ pub async fn crash_suite() {
         // Recover: repeat the crashed operation, itself crashed once early.
         let mut again = Some(k % 4);
         loop {
-            let took_effect = view(&store, &s.talks).await == s.views[c + 1];
+            let took_effect = view(&store, &s.talks, &s.blobs).await == s.views[c + 1];
             if let Some(j) = again.take() {
                 store.crash_at(j);
             }
@@ -1668,7 +3068,7 @@ pub async fn crash_suite() {
             break;
         }
         assert!(
-            view(&store, &s.talks).await == s.views[c + 1],
+            view(&store, &s.talks, &s.blobs).await == s.views[c + 1],
             "{what}: state after the retry"
         );
         for (i, op) in s.ops.iter().enumerate().skip(c + 1) {
@@ -1676,7 +3076,7 @@ pub async fn crash_suite() {
             assert_eq!(done, s.results[i], "{what}: op {i} after recovery");
         }
         assert!(
-            view(&store, &s.talks).await == s.views[s.ops.len()],
+            view(&store, &s.talks, &s.blobs).await == s.views[s.ops.len()],
             "{what}: final state"
         );
         check_notifications(&store, &mut rx, &mut announced, &what).await;
@@ -1689,19 +3089,38 @@ pub async fn crash_suite() {
             seen[i]
         );
     }
-    for step in [
-        "read",
-        "reserve",
-        "sign",
-        "write envelope",
-        "sync",
-        "notify",
-        "acknowledge",
+    for (op, steps) in [
+        (
+            "sequence",
+            &[
+                "read",
+                "reserve",
+                "sign",
+                "write envelope",
+                "sync",
+                "notify",
+                "acknowledge",
+            ][..],
+        ),
+        (
+            "redeem_invitation",
+            &[
+                "read",
+                "write invitation",
+                "write access list",
+                "drop pending changes",
+                "sync",
+                "acknowledge",
+            ][..],
+        ),
+        (
+            "create_blob",
+            &["read", "write blob", "sync", "acknowledge"][..],
+        ),
     ] {
-        assert!(
-            points.contains(&("sequence", step)),
-            "no crash at sequence / {step}"
-        );
+        for &step in steps {
+            assert!(points.contains(&(op, step)), "no crash at {op} / {step}");
+        }
     }
     eprintln!(
         "crash suite: {} crash points over {} operations: {points:?}",
@@ -1751,7 +3170,7 @@ async fn check_after_crash(
     acked: &[(Submission, Placement)],
     what: &str,
 ) -> bool {
-    let v = view(store, &s.talks).await;
+    let v = view(store, &s.talks, &s.blobs).await;
     for (sub, p) in acked {
         let Some(tv) = s
             .talks

@@ -53,14 +53,14 @@ pub mod memory;
 
 use std::future::Future;
 
-use backchannel_codec::{RoomId, TalksId};
+use backchannel_codec::{PartyId, RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
 use thiserror::Error;
 use tokio::sync::broadcast;
 
 /// The version of this contract. Backends record the schema version they
 /// migrated to; a node refuses a database whose version it does not know.
-pub const STORAGE_VERSION: u32 = 1;
+pub const STORAGE_VERSION: u32 = 2;
 
 /// How many envelopes one call to [`Store::sequence`] may hold: the receipt
 /// batch limit of the log format.
@@ -124,6 +124,12 @@ pub enum StoreError {
     /// tampering): the node must stop serving that talks and alert.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The row to create already exists (an invitation's token hash).
+    #[error("it already exists")]
+    Exists,
+    /// A party's blob quota would be exceeded; nothing was written.
+    #[error("the party's blob quota would be exceeded")]
+    Quota,
     /// Any other backend error.
     #[error("storage backend error: {0}")]
     Backend(String),
@@ -233,6 +239,92 @@ pub struct CheckpointRecord {
     pub note: Vec<u8>,
 }
 
+/// An invitation to a talks, as stored: a one-time token (kept only as its
+/// hash) that lets its redeemer's key enrol as the talks authority of one
+/// party (see `docs/formats.md`, "Invitations and enrolment").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitationRecord {
+    /// SHA-256 of the one-time token (the token itself is never stored).
+    pub token_hash: Digest,
+    /// The party whose talks authority the redeemer becomes.
+    pub party: PartyId,
+    /// After this node time (Unix ms) the token can no longer be redeemed.
+    pub expires_at: u64,
+    /// The invitation as the mediator signed it (canonical bytes).
+    pub invitation: Vec<u8>,
+    /// When it was created (node time, Unix ms).
+    pub created_at: u64,
+    /// Its redemption, once redeemed.
+    pub redeemed: Option<Redemption>,
+}
+
+/// The redemption of an invitation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redemption {
+    /// The key that redeemed it (now on the access list).
+    pub key: KeyId,
+    /// When (node time, Unix ms).
+    pub at: u64,
+    /// An opaque enrolment payload for the mediator (at most
+    /// [`MAX_ENROLMENT_PAYLOAD`] bytes).
+    pub payload: Vec<u8>,
+}
+
+/// The largest enrolment payload a redemption carries (64 KiB).
+pub const MAX_ENROLMENT_PAYLOAD: usize = 64 << 10;
+
+/// How many invitations a talks may hold (redeemed or not).
+pub const MAX_INVITATIONS: usize = 1024;
+
+/// An access-list change waiting for more signatures, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingChange {
+    /// SHA-256 of the canonical delta (its identity).
+    pub delta_hash: Digest,
+    /// The canonical change (`backchannel_statement::AccessListChange`):
+    /// the delta with every signature gathered so far.
+    pub change: Vec<u8>,
+}
+
+/// How many pending changes a talks may hold at once.
+pub const MAX_PENDING_CHANGES: usize = 64;
+
+/// The size of every blob chunk but the last (1 MiB).
+pub const BLOB_CHUNK: u64 = 1 << 20;
+
+/// A blob (an encrypted attachment) as stored, without its chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// SHA-256 of its content (its address).
+    pub hash: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The party it counts against.
+    pub party: PartyId,
+    /// The key that created it.
+    pub uploader: KeyId,
+    /// When it was created (node time, Unix ms).
+    pub created_at: u64,
+    /// Whether every chunk is stored and the content hash was checked.
+    pub complete: bool,
+    /// The rooms that reference it, sorted, unique (at least one).
+    pub rooms: Vec<RoomId>,
+}
+
+impl BlobRecord {
+    /// How many chunks a blob of `size` bytes has (0 for an empty blob).
+    pub fn chunk_count(size: u64) -> u64 {
+        size.div_ceil(BLOB_CHUNK)
+    }
+
+    /// The length chunk `index` of a blob of `size` bytes must have, or
+    /// `None` past the last chunk.
+    pub fn chunk_len(size: u64, index: u64) -> Option<u64> {
+        let start = index.checked_mul(BLOB_CHUNK)?;
+        (start < size).then(|| (size - start).min(BLOB_CHUNK))
+    }
+}
+
 /// A talks has grown: every seq below `size` is readable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -278,6 +370,79 @@ pub fn check_integration_hashes(
     Ok(())
 }
 
+/// The argument checks every backend makes in [`Store::create_invitation`]
+/// before reading anything: a new invitation is unredeemed and its times
+/// fit 63 bits (`Limit` otherwise).
+pub fn check_new_invitation(invitation: &InvitationRecord) -> Result<(), StoreError> {
+    if invitation.redeemed.is_some() {
+        return Err(StoreError::Limit("a new invitation is not redeemed"));
+    }
+    if invitation.expires_at > MAX_NUMBER || invitation.created_at > MAX_NUMBER {
+        return Err(StoreError::Limit("times are below 2^63"));
+    }
+    Ok(())
+}
+
+/// The argument checks every backend makes in [`Store::redeem_invitation`]
+/// before reading anything: the payload is at most
+/// [`MAX_ENROLMENT_PAYLOAD`] bytes, the time and the next version fit 63
+/// bits (`Limit` otherwise).
+pub fn check_redemption(
+    redemption: &Redemption,
+    next: &AccessListRecord,
+) -> Result<(), StoreError> {
+    if redemption.payload.len() > MAX_ENROLMENT_PAYLOAD {
+        return Err(StoreError::Limit(
+            "an enrolment payload holds at most MAX_ENROLMENT_PAYLOAD bytes",
+        ));
+    }
+    if redemption.at > MAX_NUMBER || next.version > MAX_NUMBER {
+        return Err(StoreError::Limit("times and versions are below 2^63"));
+    }
+    Ok(())
+}
+
+/// The argument checks every backend makes in [`Store::create_blob`]
+/// before reading anything: exactly one room, not complete, size and time
+/// below 2^63 (`Limit` otherwise). Returns the room.
+pub fn check_new_blob(blob: &BlobRecord) -> Result<RoomId, StoreError> {
+    let (&[room], false) = (blob.rooms.as_slice(), blob.complete) else {
+        return Err(StoreError::Limit(
+            "a new blob names exactly one room and is not complete",
+        ));
+    };
+    if blob.size > MAX_NUMBER || blob.created_at > MAX_NUMBER {
+        return Err(StoreError::Limit("sizes and times are below 2^63"));
+    }
+    Ok(room)
+}
+
+/// The quota rule of [`Store::create_blob`]: whether a new blob of `size`
+/// bytes fits `quota` when the party's blobs in the talks already take
+/// `used` bytes. A total above [`MAX_NUMBER`] never fits, whatever the
+/// quota: like every stored number, a party's total stays below 2^63 (so a
+/// backend can sum sizes in a signed 64-bit integer).
+pub fn fits_quota(used: u64, size: u64, quota: u64) -> bool {
+    used.checked_add(size)
+        .is_some_and(|total| total <= quota.min(MAX_NUMBER))
+}
+
+/// The length rule every backend checks in [`Store::put_blob_chunk`]:
+/// chunk `index` of a blob of `size` bytes has exactly
+/// [`BlobRecord::chunk_len`] bytes (`Limit` otherwise, and for an index
+/// past the last chunk).
+pub fn check_blob_chunk(size: u64, index: u64, len: usize) -> Result<(), StoreError> {
+    match BlobRecord::chunk_len(size, index) {
+        None => Err(StoreError::Limit(
+            "put_blob_chunk: the index is past the blob's last chunk",
+        )),
+        Some(want) if want != len as u64 => Err(StoreError::Limit(
+            "put_blob_chunk: a chunk must have exactly its length",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The node's storage (contract version [`STORAGE_VERSION`]).
 pub trait Store: Send + Sync + 'static {
     /// Opens a talks with its initial access list (whose version is 0).
@@ -302,7 +467,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces the access list if its current hash is `expected`
     /// (compare-and-swap); `Stale` otherwise. `next.version` must be the
-    /// current version + 1.
+    /// current version + 1. Drops every pending change of the talks.
     fn replace_access_list(
         &self,
         talks: TalksId,
@@ -411,4 +576,124 @@ pub trait Store: Send + Sync + 'static {
 
     /// Notifications of appended envelopes, from now on.
     fn subscribe(&self) -> Subscription;
+
+    /// Talks whose integrated size is below their log size, at most
+    /// `limit`, in talks id order (the integrator's work list; it keeps no
+    /// list of its own).
+    fn unintegrated_talks(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<TalksId>, StoreError>> + Send;
+
+    /// Stores a new invitation (`redeemed` must be `None`). `Exists` if the
+    /// token hash is taken in that talks, `Limit` past
+    /// [`MAX_INVITATIONS`], `UnknownTalks` for an unknown talks.
+    fn create_invitation(
+        &self,
+        talks: TalksId,
+        invitation: &InvitationRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One invitation by its token hash.
+    fn invitation(
+        &self,
+        talks: TalksId,
+        token_hash: Digest,
+    ) -> impl Future<Output = Result<Option<InvitationRecord>, StoreError>> + Send;
+
+    /// Every invitation of a talks (at most [`MAX_INVITATIONS`]), by token
+    /// hash.
+    fn invitations(
+        &self,
+        talks: TalksId,
+    ) -> impl Future<Output = Result<Vec<InvitationRecord>, StoreError>> + Send;
+
+    /// Redeems an invitation and installs the access list the redemption
+    /// makes, in one transaction: the invitation must exist and be
+    /// unredeemed, and the current access list's hash must be `expected`
+    /// (`Stale` otherwise, and nothing is written); `next.version` must be
+    /// the current version + 1. Like [`Store::replace_access_list`], it
+    /// drops every pending change (their base is gone).
+    fn redeem_invitation(
+        &self,
+        talks: TalksId,
+        token_hash: Digest,
+        redemption: &Redemption,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The pending access-list changes of a talks, by delta hash. Every one
+    /// applies to the current access list: replacing the list drops them.
+    fn pending_changes(
+        &self,
+        talks: TalksId,
+    ) -> impl Future<Output = Result<Vec<PendingChange>, StoreError>> + Send;
+
+    /// Stores or updates a pending change, if the access list's hash is
+    /// still `base` and the stored change for that delta hash is still
+    /// `expected` (`None`: there is none) — compare-and-swap, `Stale`
+    /// otherwise. `Limit` past [`MAX_PENDING_CHANGES`].
+    fn put_pending_change(
+        &self,
+        talks: TalksId,
+        base: Digest,
+        expected: Option<&[u8]>,
+        change: &PendingChange,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates a blob (`complete` false, `rooms` exactly one room) or, if
+    /// one with that hash exists in the talks, adds the room to its
+    /// references and returns it. A new blob counts `size` against its
+    /// party's quota: if the sizes of the party's blobs in that talks plus
+    /// `size` would exceed `quota`, `Quota` and nothing is written. A
+    /// record for an existing hash with another size is `Limit`.
+    fn create_blob(
+        &self,
+        talks: TalksId,
+        blob: &BlobRecord,
+        quota: u64,
+    ) -> impl Future<Output = Result<BlobRecord, StoreError>> + Send;
+
+    /// A blob's record.
+    fn blob(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+    ) -> impl Future<Output = Result<Option<BlobRecord>, StoreError>> + Send;
+
+    /// Stores chunk `index` of an incomplete blob (durably). Its length
+    /// must be [`BlobRecord::chunk_len`] (`Limit` otherwise, or for an
+    /// unknown or complete blob). Storing a chunk again replaces it.
+    fn put_blob_chunk(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+        index: u64,
+        bytes: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Chunk `index` of a blob, if stored.
+    fn blob_chunk(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+        index: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Which chunks of a blob are stored, in order.
+    fn blob_chunks_present(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+
+    /// Marks a blob complete, once the caller has checked that its chunks
+    /// hash to its address. `Limit` if a chunk is missing or the blob is
+    /// unknown; completing a complete blob is `Ok`.
+    fn complete_blob(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

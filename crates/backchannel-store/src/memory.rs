@@ -13,14 +13,25 @@
 //! integrate                read → write tree hash (one per hash) → write checkpoint
 //!                          → write integrated size → sync → acknowledge
 //! create_talks             read → write talks → sync → acknowledge
-//! replace_access_list      read → write access list → sync → acknowledge
+//! replace_access_list      read → write access list → drop pending changes
+//!                          → sync → acknowledge
 //! purge_body               read → write purge → sync → acknowledge
 //! replace_checkpoint_note  read → write checkpoint → sync → acknowledge
+//! create_invitation        read → write invitation → sync → acknowledge
+//! redeem_invitation        read → write invitation → write access list
+//!                          → drop pending changes → sync → acknowledge
+//! put_pending_change       read → write pending change → sync → acknowledge
+//! create_blob              read → write blob → sync → acknowledge
+//!                          (a room the blob already has: read only)
+//! put_blob_chunk           read → write blob chunk → sync → acknowledge
+//! complete_blob            read → write complete → sync → acknowledge
+//!                          (a blob already complete: read only)
 //! every read-only method   read
 //! ```
 //!
-//! A call refused by the contract (`Stale`, `UnknownTalks`, `Limit`, a
-//! purge with nothing to purge) stops after `read` and writes nothing.
+//! A call refused by the contract (`Stale`, `UnknownTalks`, `Limit`,
+//! `Exists`, `Quota`, a purge with nothing to purge) stops after `read` and
+//! writes nothing.
 //! [`MemoryStore::crash_at`] arms a crash at the `n`-th step from now: that
 //! step does not happen, the call returns `StoreError::Unavailable("crashed")`,
 //! every pending write is dropped (as a power loss would), and every call
@@ -42,9 +53,10 @@ use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
 use tokio::sync::broadcast;
 
 use crate::{
-    AccessListRecord, Appended, CheckpointRecord, MAX_NUMBER, MAX_READ, MAX_READ_BYTES,
-    MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, Placement, SUBSCRIPTION_BUFFER, Store,
-    StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+    AccessListRecord, Appended, BlobRecord, CheckpointRecord, InvitationRecord, MAX_INVITATIONS,
+    MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES,
+    Outcome, PendingChange, Placement, Redemption, SUBSCRIPTION_BUFFER, Store, StoreError,
+    StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 
 /// The message of the error every call returns while the store is down.
@@ -168,6 +180,20 @@ struct Log {
     /// Stored tree hashes by `tlog_tiles` stored-hash index.
     hashes: BTreeMap<u64, Digest>,
     checkpoint: Option<CheckpointRecord>,
+    /// Invitations by token hash.
+    invitations: BTreeMap<Digest, InvitationRecord>,
+    /// Pending access-list changes (canonical bytes) by delta hash.
+    pending: BTreeMap<Digest, Vec<u8>>,
+    /// Blobs by content hash.
+    blobs: BTreeMap<Digest, Blob>,
+}
+
+/// One stored blob: its record and the chunks stored so far.
+#[derive(Debug, Clone)]
+struct Blob {
+    record: BlobRecord,
+    /// Chunk index → bytes.
+    chunks: BTreeMap<u64, Vec<u8>>,
 }
 
 /// One stored envelope with what idempotency needs.
@@ -199,6 +225,15 @@ enum Write {
     TreeHash(TalksId, u64, Digest),
     Checkpoint(TalksId, CheckpointRecord),
     Integrated(TalksId, u64),
+    /// Stores an invitation, or replaces it (its redemption).
+    Invitation(TalksId, Box<InvitationRecord>),
+    /// Drops every pending change of the talks.
+    DropPending(TalksId),
+    PendingChange(TalksId, PendingChange),
+    /// Stores a blob's record, or replaces it keeping its chunks.
+    Blob(TalksId, Box<BlobRecord>),
+    BlobChunk(TalksId, Digest, u64, Vec<u8>),
+    CompleteBlob(TalksId, Digest),
 }
 
 /// One operation in progress: the lock, and its pending writes (dropped
@@ -264,6 +299,9 @@ fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
                 integrated: 0,
                 hashes: BTreeMap::new(),
                 checkpoint: None,
+                invitations: BTreeMap::new(),
+                pending: BTreeMap::new(),
+                blobs: BTreeMap::new(),
             });
         }
         Write::AccessList(talks, access) => {
@@ -303,7 +341,65 @@ fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
                 log.integrated = size;
             }
         }
+        Write::Invitation(talks, invitation) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                log.invitations.insert(invitation.token_hash, *invitation);
+            }
+        }
+        Write::DropPending(talks) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                log.pending.clear();
+            }
+        }
+        Write::PendingChange(talks, change) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                log.pending.insert(change.delta_hash, change.change);
+            }
+        }
+        Write::Blob(talks, record) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                match log.blobs.get_mut(&record.hash) {
+                    Some(blob) => blob.record = *record,
+                    None => {
+                        log.blobs.insert(
+                            record.hash,
+                            Blob {
+                                record: *record,
+                                chunks: BTreeMap::new(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Write::BlobChunk(talks, hash, index, bytes) => {
+            if let Some(blob) = durable.get_mut(&talks).and_then(|l| l.blobs.get_mut(&hash)) {
+                blob.chunks.insert(index, bytes);
+            }
+        }
+        Write::CompleteBlob(talks, hash) => {
+            if let Some(blob) = durable.get_mut(&talks).and_then(|l| l.blobs.get_mut(&hash)) {
+                blob.record.complete = true;
+            }
+        }
     }
+}
+
+/// The compare-and-swap of an access-list replacement (by
+/// [`Store::replace_access_list`] or [`Store::redeem_invitation`]): the
+/// current hash must be `expected` and `next` the next version.
+fn check_access_list_swap(
+    current: &AccessListRecord,
+    expected: Digest,
+    next: &AccessListRecord,
+) -> Result<(), StoreError> {
+    if next.version > MAX_NUMBER {
+        return Err(StoreError::Limit("versions are below 2^63"));
+    }
+    if current.hash != expected || Some(next.version) != current.version.checked_add(1) {
+        return Err(StoreError::Stale);
+    }
+    Ok(())
 }
 
 pub(crate) use crate::stored_hash_count;
@@ -390,13 +486,10 @@ impl Store for MemoryStore {
         let mut txn = self.begin("replace_access_list")?;
         txn.step("read")?;
         let current = &txn.log(talks).ok_or(StoreError::UnknownTalks)?.access;
-        if next.version > MAX_NUMBER {
-            return Err(StoreError::Limit("versions are below 2^63"));
-        }
-        if current.hash != expected || Some(next.version) != current.version.checked_add(1) {
-            return Err(StoreError::Stale);
-        }
+        check_access_list_swap(current, expected, next)?;
         txn.write("write access list", Write::AccessList(talks, next.clone()))?;
+        // Every pending change applied to the list just replaced.
+        txn.write("drop pending changes", Write::DropPending(talks))?;
         txn.sync()?;
         txn.step("acknowledge")
     }
@@ -676,6 +769,270 @@ impl Store for MemoryStore {
 
     fn subscribe(&self) -> Subscription {
         self.appended.subscribe()
+    }
+
+    async fn unintegrated_talks(&self, limit: usize) -> Result<Vec<TalksId>, StoreError> {
+        let mut txn = self.begin("unintegrated_talks")?;
+        txn.step("read")?;
+        Ok(txn
+            .inner
+            .durable
+            .iter()
+            .filter(|(_, log)| log.integrated < log.rows.len() as u64)
+            .map(|(&talks, _)| talks)
+            .take(limit)
+            .collect())
+    }
+
+    async fn create_invitation(
+        &self,
+        talks: TalksId,
+        invitation: &InvitationRecord,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("create_invitation")?;
+        txn.step("read")?;
+        crate::check_new_invitation(invitation)?;
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        if log.invitations.contains_key(&invitation.token_hash) {
+            return Err(StoreError::Exists);
+        }
+        if log.invitations.len() >= MAX_INVITATIONS {
+            return Err(StoreError::Limit(
+                "a talks holds at most MAX_INVITATIONS invitations",
+            ));
+        }
+        txn.write(
+            "write invitation",
+            Write::Invitation(talks, Box::new(invitation.clone())),
+        )?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn invitation(
+        &self,
+        talks: TalksId,
+        token_hash: Digest,
+    ) -> Result<Option<InvitationRecord>, StoreError> {
+        let mut txn = self.begin("invitation")?;
+        txn.step("read")?;
+        Ok(txn
+            .log(talks)
+            .and_then(|l| l.invitations.get(&token_hash))
+            .cloned())
+    }
+
+    async fn invitations(&self, talks: TalksId) -> Result<Vec<InvitationRecord>, StoreError> {
+        let mut txn = self.begin("invitations")?;
+        txn.step("read")?;
+        Ok(txn
+            .log(talks)
+            .map(|l| l.invitations.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn redeem_invitation(
+        &self,
+        talks: TalksId,
+        token_hash: Digest,
+        redemption: &Redemption,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("redeem_invitation")?;
+        txn.step("read")?;
+        crate::check_redemption(redemption, next)?;
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        let Some(invitation) = log.invitations.get(&token_hash) else {
+            return Err(StoreError::Stale);
+        };
+        if invitation.redeemed.is_some() {
+            return Err(StoreError::Stale);
+        }
+        check_access_list_swap(&log.access, expected, next)?;
+        let redeemed = InvitationRecord {
+            redeemed: Some(redemption.clone()),
+            ..invitation.clone()
+        };
+        txn.write(
+            "write invitation",
+            Write::Invitation(talks, Box::new(redeemed)),
+        )?;
+        txn.write("write access list", Write::AccessList(talks, next.clone()))?;
+        txn.write("drop pending changes", Write::DropPending(talks))?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn pending_changes(&self, talks: TalksId) -> Result<Vec<PendingChange>, StoreError> {
+        let mut txn = self.begin("pending_changes")?;
+        txn.step("read")?;
+        Ok(txn
+            .log(talks)
+            .map(|l| {
+                l.pending
+                    .iter()
+                    .map(|(&delta_hash, change)| PendingChange {
+                        delta_hash,
+                        change: change.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn put_pending_change(
+        &self,
+        talks: TalksId,
+        base: Digest,
+        expected: Option<&[u8]>,
+        change: &PendingChange,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("put_pending_change")?;
+        txn.step("read")?;
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        let stored = log.pending.get(&change.delta_hash);
+        if log.access.hash != base || stored.map(Vec::as_slice) != expected {
+            return Err(StoreError::Stale);
+        }
+        if stored.is_none() && log.pending.len() >= MAX_PENDING_CHANGES {
+            return Err(StoreError::Limit(
+                "a talks holds at most MAX_PENDING_CHANGES pending changes",
+            ));
+        }
+        txn.write(
+            "write pending change",
+            Write::PendingChange(talks, change.clone()),
+        )?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn create_blob(
+        &self,
+        talks: TalksId,
+        blob: &BlobRecord,
+        quota: u64,
+    ) -> Result<BlobRecord, StoreError> {
+        let mut txn = self.begin("create_blob")?;
+        txn.step("read")?;
+        let room = crate::check_new_blob(blob)?;
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        let record = match log.blobs.get(&blob.hash) {
+            Some(existing) => {
+                if existing.record.size != blob.size {
+                    return Err(StoreError::Limit(
+                        "a blob with this hash exists with another size",
+                    ));
+                }
+                let mut record = existing.record.clone();
+                match record.rooms.binary_search(&room) {
+                    // Already referenced from this room: nothing to write.
+                    Ok(_) => return Ok(record),
+                    Err(at) => record.rooms.insert(at, room),
+                }
+                record
+            }
+            None => {
+                let used = log
+                    .blobs
+                    .values()
+                    .filter(|b| b.record.party == blob.party)
+                    .fold(0u64, |sum, b| sum.saturating_add(b.record.size));
+                if !crate::fits_quota(used, blob.size, quota) {
+                    return Err(StoreError::Quota);
+                }
+                blob.clone()
+            }
+        };
+        txn.write("write blob", Write::Blob(talks, Box::new(record.clone())))?;
+        txn.sync()?;
+        txn.step("acknowledge")?;
+        Ok(record)
+    }
+
+    async fn blob(&self, talks: TalksId, hash: Digest) -> Result<Option<BlobRecord>, StoreError> {
+        let mut txn = self.begin("blob")?;
+        txn.step("read")?;
+        Ok(txn
+            .log(talks)
+            .and_then(|l| l.blobs.get(&hash))
+            .map(|b| b.record.clone()))
+    }
+
+    async fn put_blob_chunk(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("put_blob_chunk")?;
+        txn.step("read")?;
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        let Some(blob) = log.blobs.get(&hash) else {
+            return Err(StoreError::Limit("put_blob_chunk: no such blob"));
+        };
+        if blob.record.complete {
+            return Err(StoreError::Limit("put_blob_chunk: the blob is complete"));
+        }
+        crate::check_blob_chunk(blob.record.size, index, bytes.len())?;
+        txn.write(
+            "write blob chunk",
+            Write::BlobChunk(talks, hash, index, bytes.to_vec()),
+        )?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn blob_chunk(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+        index: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut txn = self.begin("blob_chunk")?;
+        txn.step("read")?;
+        Ok(txn
+            .log(talks)
+            .and_then(|l| l.blobs.get(&hash))
+            .and_then(|b| b.chunks.get(&index))
+            .cloned())
+    }
+
+    async fn blob_chunks_present(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut txn = self.begin("blob_chunks_present")?;
+        txn.step("read")?;
+        Ok(txn
+            .log(talks)
+            .and_then(|l| l.blobs.get(&hash))
+            .map(|b| b.chunks.keys().copied().collect())
+            .unwrap_or_default())
+    }
+
+    async fn complete_blob(&self, talks: TalksId, hash: Digest) -> Result<(), StoreError> {
+        let mut txn = self.begin("complete_blob")?;
+        txn.step("read")?;
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        let Some(blob) = log.blobs.get(&hash) else {
+            return Err(StoreError::Limit("complete_blob: no such blob"));
+        };
+        if blob.record.complete {
+            return Ok(());
+        }
+        let count = BlobRecord::chunk_count(blob.record.size);
+        // Chunks are only stored at indexes below the count, so a count of
+        // them says whether every one is there.
+        if blob.chunks.len() as u64 != count {
+            return Err(StoreError::Limit("complete_blob: a chunk is missing"));
+        }
+        txn.write("write complete", Write::CompleteBlob(talks, hash))?;
+        txn.sync()?;
+        txn.step("acknowledge")
     }
 }
 
