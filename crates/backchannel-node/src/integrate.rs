@@ -250,3 +250,61 @@ impl HashReader for Overlay {
             .collect()
     }
 }
+
+/// Signs and stores the checkpoint of a new talks' empty log (size 0, the
+/// root of the empty tree), unless the talks already has a checkpoint.
+/// Returns whether it wrote one.
+pub async fn first_checkpoint<S: Store>(
+    store: &S,
+    talks: TalksId,
+    node: &NodeOrigin,
+    log_key: &(dyn Signer + Sync),
+) -> Result<bool, IntegrateError> {
+    if store.checkpoint(talks).await?.is_some() || store.integrated_size(talks).await? != 0 {
+        return Ok(false);
+    }
+    let checkpoint = Checkpoint {
+        origin: LogOrigin::new(node, talks),
+        size: 0,
+        // RFC 6962: the hash of an empty tree is SHA-256 of nothing.
+        root: sha256(&[]),
+    }
+    .sign(log_key)?;
+    store
+        .integrate(
+            talks,
+            0,
+            0,
+            &[],
+            &CheckpointRecord {
+                size: 0,
+                note: checkpoint.note().to_vec(),
+            },
+        )
+        .await?;
+    Ok(true)
+}
+
+/// How many talks one integration round looks at.
+pub const TALKS_PER_ROUND: usize = 1024;
+
+/// One integration round: integrates every talks with un-integrated
+/// leaves (as the store lists them), up to [`MAX_INTEGRATION_BATCH`]
+/// leaves each. Errors are per talks and logged without ids; a talks
+/// whose stored data is corrupt keeps failing (and alerting) while the
+/// others go on. Returns how many talks got a new checkpoint.
+pub async fn integrate_round<S: Store>(
+    store: &S,
+    node: &NodeOrigin,
+    log_key: &(dyn Signer + Sync),
+) -> Result<usize, StoreError> {
+    let mut done = 0;
+    for talks in store.unintegrated_talks(TALKS_PER_ROUND).await? {
+        match integrate_once(store, talks, node, log_key, MAX_INTEGRATION_BATCH).await {
+            Ok(Some(_)) => done += 1,
+            Ok(None) | Err(IntegrateError::Stale) => {}
+            Err(e) => tracing::error!(error = %e, "integration of a talks failed"),
+        }
+    }
+    Ok(done)
+}

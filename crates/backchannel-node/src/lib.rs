@@ -2,18 +2,36 @@
 //!
 //! The node is an untrusted sequencer: it authenticates, orders, stores,
 //! fans out, keeps time and proves its logs, and it never holds a key that
-//! decrypts content. This version holds its parts below the HTTP surface:
+//! decrypts content. Its parts:
 //! - [`tls`]: TLS 1.3 with a self-signed server certificate that clients
 //!   pin, and client authentication by per-talks device keys;
+//! - [`net`]: the listener (a parameter), connection limits, and one
+//!   [`server::Peer`] key per connection;
+//! - [`server`]: the HTTP API — talks, access lists, invitations,
+//!   envelopes, blobs — authorised per request against the talks' access
+//!   list; [`api`] holds its wire types and error codes;
+//! - [`stream`]: WebSocket delivery resuming by seq;
+//! - [`logs`]: checkpoints with cosignatures, tiles and proofs;
 //! - [`submit`]: validation of one envelope, cheapest check first, with one
 //!   Ed25519 verification per envelope;
 //! - [`sequencer`]: group commit — concurrent submissions share one durable
 //!   transaction and one receipt signature;
 //! - [`integrate`]: integration of sequenced leaves into the talks' tree and
 //!   a signed checkpoint, off the request path, fenced against a second
-//!   integrator.
+//!   integrator;
+//! - [`limits`]: the named limits and the soft state enforcing rates.
+//!
+//! Non-features: no file, clock, randomness or socket of its own — storage,
+//! the [`sequencer::Clock`] and the [`net::Listener`] are parameters (the
+//! CLI passes real ones, the simulator its own).
 
+pub mod api;
 pub mod integrate;
+pub mod limits;
+pub mod logs;
+pub mod net;
 pub mod sequencer;
+pub mod server;
+pub mod stream;
 pub mod submit;
 pub mod tls;

@@ -202,6 +202,15 @@ impl ClientCertVerifier for DeviceCertVerifier {
         &[]
     }
 
+    /// A client may connect without a certificate: the connection then has
+    /// no key, and every API request on it is answered 401
+    /// `unauthenticated` (a JSON error the client can read, where a failed
+    /// handshake would say nothing). A certificate that is presented must
+    /// be a valid device certificate.
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,

@@ -15,8 +15,8 @@ use backchannel_store::conformance::{
 };
 use backchannel_store::memory::MemoryStore;
 use backchannel_store::{
-    AccessListRecord, CheckpointRecord, Outcome, Store, StoreError, StoredEnvelope, Submission,
-    Subscription, TalksRecord,
+    AccessListRecord, BlobRecord, CheckpointRecord, InvitationRecord, Outcome, PendingChange,
+    Redemption, Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 use backchannel_tlog::{
     HashReader, InclusionProof, LogOrigin, MemoryHashStore, NodeOrigin, SignedCheckpoint,
@@ -365,6 +365,82 @@ impl Store for Faulty {
     }
     fn subscribe(&self) -> Subscription {
         self.inner.subscribe()
+    }
+    async fn unintegrated_talks(&self, limit: usize) -> Result<Vec<TalksId>, StoreError> {
+        self.inner.unintegrated_talks(limit).await
+    }
+    async fn create_invitation(&self, t: TalksId, i: &InvitationRecord) -> Result<(), StoreError> {
+        self.inner.create_invitation(t, i).await
+    }
+    async fn invitation(
+        &self,
+        t: TalksId,
+        token_hash: Digest,
+    ) -> Result<Option<InvitationRecord>, StoreError> {
+        self.inner.invitation(t, token_hash).await
+    }
+    async fn invitations(&self, t: TalksId) -> Result<Vec<InvitationRecord>, StoreError> {
+        self.inner.invitations(t).await
+    }
+    async fn redeem_invitation(
+        &self,
+        t: TalksId,
+        token_hash: Digest,
+        redemption: &Redemption,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .redeem_invitation(t, token_hash, redemption, expected, next)
+            .await
+    }
+    async fn pending_changes(&self, t: TalksId) -> Result<Vec<PendingChange>, StoreError> {
+        self.inner.pending_changes(t).await
+    }
+    async fn put_pending_change(
+        &self,
+        t: TalksId,
+        base: Digest,
+        expected: Option<&[u8]>,
+        change: &PendingChange,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .put_pending_change(t, base, expected, change)
+            .await
+    }
+    async fn create_blob(
+        &self,
+        t: TalksId,
+        blob: &BlobRecord,
+        quota: u64,
+    ) -> Result<BlobRecord, StoreError> {
+        self.inner.create_blob(t, blob, quota).await
+    }
+    async fn blob(&self, t: TalksId, hash: Digest) -> Result<Option<BlobRecord>, StoreError> {
+        self.inner.blob(t, hash).await
+    }
+    async fn put_blob_chunk(
+        &self,
+        t: TalksId,
+        hash: Digest,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.inner.put_blob_chunk(t, hash, index, bytes).await
+    }
+    async fn blob_chunk(
+        &self,
+        t: TalksId,
+        hash: Digest,
+        index: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.blob_chunk(t, hash, index).await
+    }
+    async fn blob_chunks_present(&self, t: TalksId, hash: Digest) -> Result<Vec<u64>, StoreError> {
+        self.inner.blob_chunks_present(t, hash).await
+    }
+    async fn complete_blob(&self, t: TalksId, hash: Digest) -> Result<(), StoreError> {
+        self.inner.complete_blob(t, hash).await
     }
 }
 

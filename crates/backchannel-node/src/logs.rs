@@ -1,0 +1,268 @@
+//! Log endpoints: the latest checkpoint with its cosignatures, cosigning,
+//! tlog tiles, inclusion and consistency proofs — each per talks and
+//! authorised by that talks' access list.
+//!
+//! Proofs are computed from stored tree hashes. `tlog_tiles` reads hashes
+//! synchronously and the store is async, so each proof is computed twice:
+//! once with a reader that records which indexes it asks for (the set
+//! depends only on the sizes, never on hash values), then, after one
+//! [`Store::tree_hashes`] round trip, with those hashes. Only hash tiles
+//! are served (`tile/8/<L>/<N>`): data tiles would show every leaf's room
+//! to every member.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use backchannel_codec::{Encode, TalksId};
+use backchannel_statement::access_list::FLAG_DEVICE;
+use backchannel_store::{MAX_TREE_HASHES, Store, StoreError};
+use backchannel_tlog::{
+    CheckpointNote, ConsistencyProof, Cosignature, CosignerKey, InclusionProof, attach,
+};
+use serde::Deserialize;
+use tlog_tiles::{Hash, HashReader};
+
+use crate::api::{self, ApiError};
+use crate::server::{
+    ApiJson, ApiPath, ApiQuery, Authed, Node, parse_talks, store_error, witness_name,
+};
+
+/// The tile height served (C2SP tlog-tiles uses 8).
+pub const TILE_HEIGHT: u8 = 8;
+
+/// Records the indexes a computation asks for, answering zero hashes.
+#[derive(Default)]
+struct Recorder(RefCell<Vec<u64>>);
+
+impl HashReader for Recorder {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        self.0.borrow_mut().extend_from_slice(indexes);
+        Ok(vec![Hash([0; 32]); indexes.len()])
+    }
+}
+
+/// Answers from hashes fetched beforehand.
+struct Fetched(BTreeMap<u64, Hash>);
+
+impl HashReader for Fetched {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|i| {
+                self.0
+                    .get(i)
+                    .copied()
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}
+
+/// Runs `compute` against the stored hashes of `talks` it needs.
+async fn with_hashes<S: Store, T>(
+    store: &S,
+    talks: TalksId,
+    compute: impl Fn(&Dyn<'_>) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let recorder = Recorder::default();
+    compute(&Dyn(&recorder))?;
+    let mut indexes = recorder.0.into_inner();
+    indexes.sort_unstable();
+    indexes.dedup();
+    if indexes.len() > MAX_TREE_HASHES {
+        return Err(ApiError::too_large(
+            "the request needs too many tree hashes",
+        ));
+    }
+    let hashes = store
+        .tree_hashes(talks, &indexes)
+        .await
+        .map_err(|e| match e {
+            // An index outside the integrated tree: the caller asked beyond it.
+            StoreError::Limit(_) => ApiError::not_found(),
+            other => store_error(other),
+        })?;
+    let fetched = Fetched(
+        indexes
+            .into_iter()
+            .zip(hashes.into_iter().map(|d| Hash(d.0)))
+            .collect(),
+    );
+    compute(&Dyn(&fetched))
+}
+
+/// Either reader, as one sized type (`tlog_tiles` takes `impl HashReader`).
+struct Dyn<'a>(&'a dyn HashReader);
+
+impl HashReader for Dyn<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        self.0.read_hashes(indexes)
+    }
+}
+
+pub(crate) async fn checkpoint<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+) -> Result<Json<api::CheckpointBody>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    node.member(talks, &key).await?;
+    let record = node
+        .store
+        .checkpoint(talks)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(ApiError::unavailable)?;
+    let note = String::from_utf8(record.note).map_err(|_| ApiError::internal())?;
+    Ok(Json(api::CheckpointBody {
+        size: record.size,
+        note,
+    }))
+}
+
+pub(crate) async fn cosign<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiJson(req): ApiJson<api::Cosign>,
+) -> Result<Response, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, _, entry) = node.member(talks, &key).await?;
+    if !entry.has(FLAG_DEVICE) {
+        return Err(ApiError::forbidden("only device keys cosign checkpoints"));
+    }
+    let line = Cosignature::from_line(req.line.as_bytes())
+        .map_err(|e| ApiError::malformed(format!("the cosignature line: {e}")))?;
+    let cosigner =
+        CosignerKey::new(&witness_name(&key.id()), key).map_err(|_| ApiError::internal())?;
+    // A few rounds: another cosigner may attach its line meanwhile.
+    for _ in 0..8 {
+        let record = node
+            .store
+            .checkpoint(talks)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(ApiError::unavailable)?;
+        if record.size != req.size {
+            return Err(ApiError::stale(format!(
+                "the latest checkpoint has size {}; cosign that one",
+                record.size
+            )));
+        }
+        let parsed = CheckpointNote::parse(&record.note).map_err(|_| ApiError::internal())?;
+        line.verify(&cosigner, &parsed.claimed().body())
+            .map_err(|e| ApiError::malformed(format!("the cosignature does not verify: {e}")))?;
+        let note = attach(&record.note, &line)
+            .map_err(|e| ApiError::too_large(format!("the note cannot take it: {e}")))?;
+        match node
+            .store
+            .replace_checkpoint_note(talks, record.size, &record.note, &note)
+            .await
+        {
+            Ok(()) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            Err(StoreError::Stale) => continue,
+            Err(e) => return Err(store_error(e)),
+        }
+    }
+    Err(ApiError::unavailable())
+}
+
+pub(crate) async fn tile<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath((talks, path)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let talks = parse_talks(&talks)?;
+    node.member(talks, &key).await?;
+    let tile =
+        tlog_tiles::Tile::from_path(&format!("tile/{path}")).map_err(|_| ApiError::not_found())?;
+    if tile.is_data() || tile.height() != TILE_HEIGHT {
+        return Err(ApiError::not_found());
+    }
+    let data = with_hashes(&*node.store, talks, |r| {
+        tile.read_data(r).map_err(|_| ApiError::not_found())
+    })
+    .await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        data,
+    )
+        .into_response())
+}
+
+/// Query of the inclusion proof.
+#[derive(Debug, Deserialize)]
+pub struct InclusionQuery {
+    /// The leaf index.
+    pub index: u64,
+    /// The tree size (at most the integrated size).
+    pub size: u64,
+}
+
+/// Query of the consistency proof.
+#[derive(Debug, Deserialize)]
+pub struct ConsistencyQuery {
+    /// The older size.
+    pub from: u64,
+    /// The newer size (at most the integrated size).
+    pub to: u64,
+}
+
+async fn integrated<S: Store>(node: &Node<S>, talks: TalksId, size: u64) -> Result<(), ApiError> {
+    let integrated = node
+        .store
+        .integrated_size(talks)
+        .await
+        .map_err(store_error)?;
+    if size > integrated {
+        return Err(ApiError::not_found());
+    }
+    Ok(())
+}
+
+pub(crate) async fn inclusion<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiQuery(q): ApiQuery<InclusionQuery>,
+) -> Result<Json<api::ProofBody>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    node.member(talks, &key).await?;
+    if q.index >= q.size {
+        return Err(ApiError::malformed("index must be below size"));
+    }
+    integrated(&node, talks, q.size).await?;
+    let proof = with_hashes(&*node.store, talks, |r| {
+        InclusionProof::prove(r, q.index, q.size).map_err(|_| ApiError::internal())
+    })
+    .await?;
+    Ok(Json(api::ProofBody {
+        proof: proof.to_canonical_bytes(),
+    }))
+}
+
+pub(crate) async fn consistency<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
+) -> Result<Json<api::ProofBody>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    node.member(talks, &key).await?;
+    if q.from == 0 || q.from > q.to {
+        return Err(ApiError::malformed("need 1 <= from <= to"));
+    }
+    integrated(&node, talks, q.to).await?;
+    let proof = with_hashes(&*node.store, talks, |r| {
+        ConsistencyProof::prove(r, q.from, q.to).map_err(|_| ApiError::internal())
+    })
+    .await?;
+    Ok(Json(api::ProofBody {
+        proof: proof.to_canonical_bytes(),
+    }))
+}

@@ -1,0 +1,1049 @@
+//! The node's HTTP API: state, authentication, authorisation, routes.
+//!
+//! Every request acts as the key its connection authenticated with
+//! ([`Peer`], set per connection by [`crate::net`]). A talks-scoped request
+//! first loads the talks' access list from storage and looks the key up in
+//! it — before parsing anything else — so a caller not on the list gets the
+//! very answer an unknown talks gets ([`ApiError::not_found`]). Rights
+//! come from the entry's flags and rooms; lacking one is 403.
+//!
+//! The node keeps no authoritative state in memory: access lists,
+//! invitations, pending changes, envelopes, receipts, checkpoints and blobs
+//! are rows behind [`Store`]. In memory are only the rate buckets and
+//! stream counts ([`crate::limits`]) and the access-change wake-up channel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use backchannel_codec::{Decode, Encode, RoomId, TalksId};
+use backchannel_crypto::{Digest, KeyId, PublicKey, Signer, sha256};
+use backchannel_statement::access_list::{
+    FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
+};
+use backchannel_statement::header::{MAX_BODY, SIGNED_HEADER_LEN};
+use backchannel_statement::{
+    AccessEntry, AccessList, AccessListChange, AccessListError, Invitation, InvitationError,
+};
+use backchannel_store::{
+    AccessListRecord, BLOB_CHUNK, BlobRecord, InvitationRecord, MAX_ENROLMENT_PAYLOAD, MAX_READ,
+    Outcome, PendingChange, Redemption, Store, StoreError, TalksRecord,
+};
+use backchannel_tlog::NodeOrigin;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+use crate::api::{self, ApiError, codes};
+use crate::limits::{KeyRates, Limits, StreamCounts};
+use crate::sequencer::{Clock, SequenceError, Sequencer};
+use crate::submit::{self, SubmitError};
+
+/// The key a connection authenticated with, inserted into every request
+/// on it. `None`: the connection presented no client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub Option<PublicKey>);
+
+/// How the node is set up (no IO: the CLI reads files and passes values).
+pub struct NodeConfig {
+    /// The node's origin (log origins are `<origin>/<talks hex>`).
+    pub origin: NodeOrigin,
+    /// The node's log key: receipts and checkpoints.
+    pub log_key: Arc<dyn Signer + Send + Sync>,
+    /// Keys that may open talks (the creators file).
+    pub creators: Vec<PublicKey>,
+    /// The limits.
+    pub limits: Limits,
+    /// Wall time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The node's shared state.
+pub struct Node<S: Store> {
+    pub(crate) store: Arc<S>,
+    pub(crate) sequencer: Sequencer,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) log_key: Arc<dyn Signer + Send + Sync>,
+    pub(crate) origin: NodeOrigin,
+    creators: Vec<KeyId>,
+    pub(crate) limits: Limits,
+    rates: KeyRates,
+    pub(crate) streams: Arc<StreamCounts>,
+    /// Wakes streams of a talks whose access list this node changed.
+    pub(crate) access_changed: broadcast::Sender<TalksId>,
+}
+
+impl<S: Store> Node<S> {
+    /// The node over `store`; starts its sequencer on the current runtime.
+    pub fn new(store: Arc<S>, config: NodeConfig) -> Arc<Self> {
+        let sequencer = Sequencer::spawn(
+            Arc::clone(&store),
+            Arc::clone(&config.clock),
+            Arc::clone(&config.log_key),
+        );
+        let (access_changed, _) = broadcast::channel(1024);
+        let rates = KeyRates::new(
+            config.limits.requests_per_second,
+            config.limits.request_burst,
+        );
+        Arc::new(Self {
+            store,
+            sequencer,
+            clock: config.clock,
+            log_key: config.log_key,
+            origin: config.origin,
+            creators: config.creators.iter().map(PublicKey::id).collect(),
+            limits: config.limits,
+            rates,
+            streams: Arc::new(StreamCounts::default()),
+            access_changed,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The talks' access list, and the caller's entry on it; `not_found`
+    /// for unknown talks and for a key not on the list alike.
+    pub(crate) async fn member(
+        &self,
+        talks: TalksId,
+        key: &PublicKey,
+    ) -> Result<(AccessListRecord, AccessList, AccessEntry), ApiError> {
+        let record = self
+            .store
+            .access_list(talks)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(ApiError::not_found)?;
+        let list = AccessList::from_canonical_bytes(&record.bytes).map_err(|e| {
+            tracing::error!(error = %e, "a stored access list does not decode");
+            ApiError::internal()
+        })?;
+        let entry = list
+            .get(&key.id())
+            .cloned()
+            .ok_or_else(ApiError::not_found)?;
+        Ok((record, list, entry))
+    }
+}
+
+/// The witness name a key cosigns checkpoints under: `bc-` and the hex of
+/// its key id.
+pub fn witness_name(key: &KeyId) -> String {
+    format!("bc-{}", hex::encode(key.0.0))
+}
+
+/// Maps a storage error to the API's answer; corruption and backend
+/// failures are logged (without ids) and answered 500/503.
+pub(crate) fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::UnknownTalks => ApiError::not_found(),
+        StoreError::Unavailable(_) => ApiError::unavailable(),
+        StoreError::Stale => {
+            ApiError::stale("the state changed meanwhile; read it again and retry")
+        }
+        StoreError::Exists => {
+            ApiError::new(StatusCode::CONFLICT, codes::EXISTS, "it already exists")
+        }
+        StoreError::Quota => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::QUOTA_EXCEEDED,
+            "your party's blob quota for these talks is used up",
+        ),
+        StoreError::Limit(what) => ApiError::too_large(what),
+        StoreError::TalksExists => ApiError::new(
+            StatusCode::CONFLICT,
+            codes::EXISTS,
+            "these talks exist already",
+        ),
+        e @ (StoreError::Corrupt(_) | StoreError::Backend(_) | StoreError::Sign(_)) => {
+            tracing::error!(error = %e, "storage failed");
+            ApiError::internal()
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Extractors: every rejection is a JSON error.
+
+/// The authenticated key of the request, after its rate check.
+pub struct Authed(pub PublicKey);
+
+impl<S: Store> FromRequestParts<Arc<Node<S>>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        node: &Arc<Node<S>>,
+    ) -> Result<Self, Self::Rejection> {
+        let key = parts
+            .extensions
+            .get::<Peer>()
+            .and_then(|p| p.0)
+            .ok_or_else(ApiError::unauthenticated)?;
+        if !node.rates.allow(key.id(), node.clock.now_ms()) {
+            return Err(ApiError::rate_limited(
+                "too many requests from this key; slow down and retry",
+            ));
+        }
+        Ok(Self(key))
+    }
+}
+
+/// A JSON body, bounded by the route's body limit.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::malformed(format!("the JSON body does not parse: {e}")))
+    }
+}
+
+/// A raw body, bounded by the route's body limit.
+pub struct ApiBytes(pub Bytes);
+
+impl<St: Send + Sync> FromRequest<St> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large("the request body is larger than this endpoint accepts")
+                } else {
+                    ApiError::malformed(format!("the request body could not be read: {e}"))
+                }
+            })
+    }
+}
+
+/// Query parameters.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::malformed(format!("bad query parameters: {e}")))
+    }
+}
+
+/// Path parameters.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, St: Send + Sync> FromRequestParts<St> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| ApiPath(p))
+            .map_err(|_| ApiError::not_found())
+    }
+}
+
+pub(crate) fn parse_talks(s: &str) -> Result<TalksId, ApiError> {
+    TalksId::from_hex(s).map_err(|_| ApiError::not_found())
+}
+
+fn parse_digest(s: &str, what: &str) -> Result<Digest, ApiError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out)
+        .map_err(|_| ApiError::malformed(format!("{what} must be 64 hex digits")))?;
+    Ok(Digest(out))
+}
+
+fn parse_room(s: &str) -> Result<RoomId, ApiError> {
+    RoomId::from_hex(s).map_err(|_| ApiError::malformed("a room id must be 32 hex digits"))
+}
+
+fn decode<T: Decode>(bytes: &[u8], what: &str) -> Result<T, ApiError> {
+    T::from_canonical_bytes(bytes).map_err(|e| ApiError::malformed(format!("{what}: {e}")))
+}
+
+fn access_list_body(talks: TalksId, record: &AccessListRecord) -> api::AccessListBody {
+    api::AccessListBody {
+        talks: talks.to_hex(),
+        access_list: record.bytes.clone(),
+        hash: hex::encode(record.hash.0),
+        version: record.version,
+    }
+}
+
+fn record_of(list: &AccessList, version: u64) -> AccessListRecord {
+    let bytes = list.to_canonical_bytes();
+    AccessListRecord {
+        hash: sha256(&bytes),
+        bytes,
+        version,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Routes.
+
+/// The API's routes over `node`.
+pub fn router<S: Store>(node: Arc<Node<S>>) -> Router {
+    let small = DefaultBodyLimit::max(256 << 10);
+    Router::new()
+        .route("/v1/node", get(node_info::<S>))
+        .route(
+            "/v1/talks",
+            post(create_talks::<S>).layer(DefaultBodyLimit::max(4 << 20)),
+        )
+        .route("/v1/talks/{talks}/access-list", get(get_access_list::<S>))
+        .route(
+            "/v1/talks/{talks}/access-list/changes",
+            get(pending_changes::<S>)
+                .post(submit_change::<S>)
+                .layer(DefaultBodyLimit::max(4 << 20)),
+        )
+        .route(
+            "/v1/talks/{talks}/invitations",
+            get(list_invitations::<S>)
+                .post(create_invitation::<S>)
+                .layer(small),
+        )
+        .route(
+            "/v1/talks/{talks}/enrol",
+            post(enrol::<S>).layer(DefaultBodyLimit::max(2 * MAX_ENROLMENT_PAYLOAD)),
+        )
+        .route(
+            "/v1/talks/{talks}/envelopes",
+            get(fetch::<S>)
+                .post(submit_envelope::<S>)
+                .layer(DefaultBodyLimit::max(SIGNED_HEADER_LEN + MAX_BODY as usize)),
+        )
+        .route("/v1/talks/{talks}/stream", get(crate::stream::stream::<S>))
+        .route(
+            "/v1/talks/{talks}/checkpoint",
+            get(crate::logs::checkpoint::<S>),
+        )
+        .route(
+            "/v1/talks/{talks}/checkpoint/cosignatures",
+            post(crate::logs::cosign::<S>).layer(small),
+        )
+        .route(
+            "/v1/talks/{talks}/tile/{*path}",
+            get(crate::logs::tile::<S>),
+        )
+        .route(
+            "/v1/talks/{talks}/proof/inclusion",
+            get(crate::logs::inclusion::<S>),
+        )
+        .route(
+            "/v1/talks/{talks}/proof/consistency",
+            get(crate::logs::consistency::<S>),
+        )
+        .route(
+            "/v1/talks/{talks}/blobs",
+            post(create_blob::<S>).layer(small),
+        )
+        .route("/v1/talks/{talks}/blobs/{hash}", get(get_blob::<S>))
+        .route(
+            "/v1/talks/{talks}/blobs/{hash}/complete",
+            post(complete_blob::<S>),
+        )
+        .route(
+            "/v1/talks/{talks}/blobs/{hash}/chunks/{index}",
+            put(put_chunk::<S>)
+                .get(get_chunk::<S>)
+                .layer(DefaultBodyLimit::max(BLOB_CHUNK as usize)),
+        )
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                codes::METHOD_NOT_ALLOWED,
+                "this method is not allowed on this path",
+            )
+        })
+        .with_state(node)
+}
+
+async fn node_info<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(_): Authed,
+) -> axum::Json<api::NodeInfo> {
+    axum::Json(api::NodeInfo {
+        origin: node.origin.as_str().to_owned(),
+        log_key: hex::encode(node.log_key.public_key().as_bytes()),
+        max_body: MAX_BODY,
+        blob_chunk: BLOB_CHUNK,
+        max_blob: node.limits.max_blob,
+    })
+}
+
+// --- Talks and access lists ------------------------------------------------
+
+async fn create_talks<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiJson(req): ApiJson<api::CreateTalks>,
+) -> Result<Response, ApiError> {
+    if !node.creators.contains(&key.id()) {
+        return Err(ApiError::forbidden(
+            "this key is not in the node's creators file; ask the node's operator to add it",
+        ));
+    }
+    let list: AccessList = decode(&req.access_list, "access list")?;
+    if list.generation() != 0 {
+        return Err(ApiError::malformed(
+            "a new talks' access list has generation 0",
+        ));
+    }
+    if !list
+        .entries()
+        .iter()
+        .any(|e| e.has(FLAG_MEDIATOR) && e.has(FLAG_DESIGNATED_SIGNER))
+    {
+        return Err(ApiError::malformed(
+            "the access list needs a mediator's designated signer (talks authority)",
+        ));
+    }
+    let talks = list.talks();
+    let record = record_of(&list, 0);
+    node.store
+        .create_talks(
+            &TalksRecord {
+                talks,
+                creator: key.id(),
+                created_at: node.clock.now_ms(),
+            },
+            &record,
+        )
+        .await
+        .map_err(store_error)?;
+    // The first checkpoint, of the empty log, so that clients always have
+    // one to start from.
+    if let Err(e) =
+        crate::integrate::first_checkpoint(&*node.store, talks, &node.origin, &*node.log_key).await
+    {
+        tracing::warn!(error = %e, "the first checkpoint of new talks failed; the integrator retries");
+    }
+    tracing::info!("talks opened");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(access_list_body(talks, &record)),
+    )
+        .into_response())
+}
+
+async fn get_access_list<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+) -> Result<axum::Json<api::AccessListBody>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (record, _, _) = node.member(talks, &key).await?;
+    Ok(axum::Json(access_list_body(talks, &record)))
+}
+
+async fn pending_changes<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+) -> Result<axum::Json<api::PendingChanges>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    node.member(talks, &key).await?;
+    let pending = node
+        .store
+        .pending_changes(talks)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(|p| api::PendingChangeBody {
+            delta_hash: hex::encode(p.delta_hash.0),
+            change: p.change,
+        })
+        .collect();
+    Ok(axum::Json(api::PendingChanges { pending }))
+}
+
+fn change_error(e: AccessListError) -> ApiError {
+    match e {
+        AccessListError::StaleBase { .. } => ApiError::stale(
+            "the change applies to an older access list; fetch the current list and sign again",
+        ),
+        AccessListError::TooLarge(_) => ApiError::too_large(e.to_string()),
+        other => ApiError::malformed(format!("the change is refused: {other}")),
+    }
+}
+
+async fn submit_change<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiJson(req): ApiJson<api::SubmitChange>,
+) -> Result<Response, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (record, list, entry) = node.member(talks, &key).await?;
+    if !(entry.has(FLAG_MAY_PROPOSE) || entry.has(FLAG_DESIGNATED_SIGNER)) {
+        return Err(ApiError::forbidden(
+            "this key may not submit access-list changes",
+        ));
+    }
+    let change: AccessListChange = decode(&req.change, "access-list change")?;
+    let delta_bytes = change.delta.to_canonical_bytes();
+    let delta_hash = sha256(&delta_bytes);
+    // The signatures given must each be valid on their own: `apply` checks
+    // every one before it looks for missing ones.
+    let (change, outcome) = match list.apply(&change) {
+        Ok(next) => (change, Ok(next)),
+        Err(AccessListError::MissingSignature(_)) => {
+            // Merge with the signatures gathered so far for this delta.
+            let pending = node
+                .store
+                .pending_changes(talks)
+                .await
+                .map_err(store_error)?;
+            let earlier = pending.iter().find(|p| p.delta_hash == delta_hash);
+            let mut sigs: BTreeMap<KeyId, _> = change.signatures().iter().copied().collect();
+            if let Some(p) = earlier {
+                if let Ok(c) = AccessListChange::from_canonical_bytes(&p.change) {
+                    for (k, s) in c.signatures() {
+                        sigs.entry(*k).or_insert(*s);
+                    }
+                }
+            }
+            let merged = AccessListChange::new(change.delta.clone(), sigs.into_iter().collect())
+                .map_err(change_error)?;
+            match list.apply(&merged) {
+                Ok(next) => (merged, Ok(next)),
+                Err(AccessListError::MissingSignature(missing)) => {
+                    let stored = PendingChange {
+                        delta_hash,
+                        change: merged.to_canonical_bytes(),
+                    };
+                    node.store
+                        .put_pending_change(
+                            talks,
+                            record.hash,
+                            earlier.map(|p| p.change.as_slice()),
+                            &stored,
+                        )
+                        .await
+                        .map_err(store_error)?;
+                    (merged, Err(missing))
+                }
+                Err(e) => return Err(change_error(e)),
+            }
+        }
+        Err(e) => return Err(change_error(e)),
+    };
+    let _ = change;
+    match outcome {
+        Ok(next) => {
+            let next_record = record_of(&next, record.version + 1);
+            node.store
+                .replace_access_list(talks, record.hash, &next_record)
+                .await
+                .map_err(store_error)?;
+            let _ = node.access_changed.send(talks);
+            tracing::info!("access list changed");
+            Ok(axum::Json(api::ChangeOutcome {
+                applied: true,
+                delta_hash: hex::encode(delta_hash.0),
+                missing: None,
+                access_list: access_list_body(talks, &next_record),
+            })
+            .into_response())
+        }
+        Err(missing) => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(api::ChangeOutcome {
+                applied: false,
+                delta_hash: hex::encode(delta_hash.0),
+                missing: Some(missing),
+                access_list: access_list_body(talks, &record),
+            }),
+        )
+            .into_response()),
+    }
+}
+
+// --- Invitations -----------------------------------------------------------
+
+fn invitation_body(i: InvitationRecord) -> api::InvitationBody {
+    let (redeemed_by, redeemed_at, payload) = match i.redeemed {
+        Some(r) => (Some(hex::encode(r.key.0.0)), Some(r.at), Some(r.payload)),
+        None => (None, None, None),
+    };
+    api::InvitationBody {
+        token_hash: hex::encode(i.token_hash.0),
+        party: i.party.to_hex(),
+        expires_at: i.expires_at,
+        invitation: i.invitation,
+        redeemed_by,
+        redeemed_at,
+        payload,
+    }
+}
+
+async fn create_invitation<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiJson(req): ApiJson<api::CreateInvitation>,
+) -> Result<Response, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, list, entry) = node.member(talks, &key).await?;
+    if !entry.has(FLAG_MEDIATOR) {
+        return Err(ApiError::forbidden("only the mediator team invites"));
+    }
+    let invitation: Invitation = decode(&req.invitation, "invitation")?;
+    invitation.verify(&list).map_err(invitation_error)?;
+    let now = node.clock.now_ms();
+    let ttl = u64::try_from(node.limits.max_invitation_ttl.as_millis()).unwrap_or(u64::MAX);
+    let f = invitation.fields;
+    if f.expires_at <= now || f.expires_at - now > ttl {
+        return Err(ApiError::malformed(format!(
+            "an invitation must expire in the future and within {} days",
+            ttl / 86_400_000
+        )));
+    }
+    if list.entries().iter().any(|e| e.party == f.party) {
+        return Err(invitation_error(InvitationError::PartyExists));
+    }
+    let record = InvitationRecord {
+        token_hash: f.token_hash,
+        party: f.party,
+        expires_at: f.expires_at,
+        invitation: req.invitation,
+        created_at: now,
+        redeemed: None,
+    };
+    node.store
+        .create_invitation(talks, &record)
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::CREATED, axum::Json(invitation_body(record))).into_response())
+}
+
+fn invitation_error(e: InvitationError) -> ApiError {
+    match e {
+        InvitationError::PartyExists | InvitationError::KeyExists => {
+            ApiError::new(StatusCode::CONFLICT, codes::EXISTS, e.to_string())
+        }
+        other => ApiError::malformed(format!("the invitation is refused: {other}")),
+    }
+}
+
+async fn list_invitations<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+) -> Result<axum::Json<api::Invitations>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, _, entry) = node.member(talks, &key).await?;
+    if !entry.has(FLAG_MEDIATOR) {
+        return Err(ApiError::forbidden(
+            "only the mediator team reads invitations",
+        ));
+    }
+    let invitations = node
+        .store
+        .invitations(talks)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(invitation_body)
+        .collect();
+    Ok(axum::Json(api::Invitations { invitations }))
+}
+
+async fn enrol<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiJson(req): ApiJson<api::Enrol>,
+) -> Result<axum::Json<api::AccessListBody>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    // The caller is not on the list yet: the token is its credential. Any
+    // failure to find the invitation looks like unknown talks.
+    let token: [u8; 32] = req
+        .token
+        .as_slice()
+        .try_into()
+        .map_err(|_| ApiError::not_found())?;
+    let token_hash = sha256(&token);
+    let Some(record) = node
+        .store
+        .invitation(talks, token_hash)
+        .await
+        .map_err(store_error)?
+    else {
+        return Err(ApiError::not_found());
+    };
+    let list_record = node
+        .store
+        .access_list(talks)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(ApiError::not_found)?;
+    if let Some(r) = &record.redeemed {
+        // A retry by the same key (its reply was lost) gets the list again.
+        if r.key == key.id() {
+            return Ok(axum::Json(access_list_body(talks, &list_record)));
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            codes::EXISTS,
+            "this invitation was already used; ask the mediator for a new one",
+        ));
+    }
+    let now = node.clock.now_ms();
+    if now > record.expires_at {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            codes::EXPIRED,
+            "this invitation has expired; ask the mediator for a new one",
+        ));
+    }
+    if req.payload.len() > MAX_ENROLMENT_PAYLOAD {
+        return Err(ApiError::too_large(format!(
+            "the enrolment payload is larger than {MAX_ENROLMENT_PAYLOAD} bytes"
+        )));
+    }
+    let list =
+        AccessList::from_canonical_bytes(&list_record.bytes).map_err(|_| ApiError::internal())?;
+    let invitation =
+        Invitation::from_canonical_bytes(&record.invitation).map_err(|_| ApiError::internal())?;
+    let next = list.enrol(&invitation, key).map_err(invitation_error)?;
+    let next_record = record_of(&next, list_record.version + 1);
+    node.store
+        .redeem_invitation(
+            talks,
+            token_hash,
+            &Redemption {
+                key: key.id(),
+                at: now,
+                payload: req.payload,
+            },
+            list_record.hash,
+            &next_record,
+        )
+        .await
+        .map_err(store_error)?;
+    let _ = node.access_changed.send(talks);
+    tracing::info!("a party enrolled");
+    Ok(axum::Json(access_list_body(talks, &next_record)))
+}
+
+// --- Envelopes -------------------------------------------------------------
+
+fn submit_error(e: SubmitError) -> ApiError {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    if e == SubmitError::NotOnAccessList {
+        return ApiError::not_found();
+    }
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+async fn submit_envelope<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiBytes(bytes): ApiBytes,
+) -> Result<axum::Json<api::Sequenced>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, list, _) = node.member(talks, &key).await?;
+    if bytes.len() < SIGNED_HEADER_LEN {
+        return Err(ApiError::malformed(
+            "the request body is the 223-byte signed header followed by the body",
+        ));
+    }
+    let (header, body) = bytes.split_at(SIGNED_HEADER_LEN);
+    let submission =
+        submit::validate(talks, &key, &list, header, body.to_vec()).map_err(submit_error)?;
+    match node.sequencer.submit(submission).await {
+        Ok(Outcome::Sequenced(p)) => Ok(axum::Json(api::Sequenced {
+            seq: p.seq,
+            node_time: p.node_time,
+            leaf_hash: hex::encode(p.leaf_hash.0),
+            receipt: p.receipt,
+        })),
+        Ok(Outcome::Conflict { seq }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            codes::IDEMPOTENCY_CONFLICT,
+            format!(
+                "this idempotency key was used at seq {seq} for another header; use a fresh key for a new envelope"
+            ),
+        )),
+        Err(SequenceError::Unavailable) | Err(SequenceError::Stopped) => {
+            Err(ApiError::unavailable())
+        }
+    }
+}
+
+/// Query of `GET …/envelopes`.
+#[derive(Debug, Deserialize)]
+pub struct FetchQuery {
+    /// The first seq.
+    #[serde(default)]
+    pub from: u64,
+    /// At most this many envelopes (≤ 1000).
+    pub limit: Option<usize>,
+}
+
+pub(crate) fn delivered(e: backchannel_store::StoredEnvelope) -> api::Delivered {
+    api::Delivered {
+        seq: e.seq,
+        node_time: e.node_time,
+        header: e.header,
+        body: e.body,
+        receipt: e.receipt,
+    }
+}
+
+async fn fetch<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiQuery(q): ApiQuery<FetchQuery>,
+) -> Result<axum::Json<api::Page>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, _, entry) = node.member(talks, &key).await?;
+    let limit = q.limit.unwrap_or(MAX_READ).clamp(1, MAX_READ);
+    let log_size = node.store.log_size(talks).await.map_err(store_error)?;
+    let rows = node
+        .store
+        .read(talks, q.from, limit)
+        .await
+        .map_err(store_error)?;
+    let next = rows.last().map_or(q.from, |r| r.seq + 1);
+    let envelopes = rows
+        .into_iter()
+        .filter(|r| may_read(&entry, r.room))
+        .map(delivered)
+        .collect();
+    Ok(axum::Json(api::Page {
+        envelopes,
+        next,
+        log_size,
+    }))
+}
+
+/// Whether `entry` reads envelopes of `room`: devices read their rooms.
+pub(crate) fn may_read(entry: &AccessEntry, room: RoomId) -> bool {
+    entry.has(FLAG_DEVICE) && entry.rooms().binary_search(&room).is_ok()
+}
+
+// --- Blobs -----------------------------------------------------------------
+
+fn blob_body(b: &BlobRecord, present: Vec<u64>) -> api::BlobBody {
+    api::BlobBody {
+        hash: hex::encode(b.hash.0),
+        size: b.size,
+        chunk_size: BLOB_CHUNK,
+        chunks: BlobRecord::chunk_count(b.size),
+        present,
+        complete: b.complete,
+    }
+}
+
+/// The blob, if the caller's rooms reference it (else `not_found`: which
+/// blobs other rooms hold is their business).
+async fn visible_blob<S: Store>(
+    node: &Node<S>,
+    talks: TalksId,
+    entry: &AccessEntry,
+    hash: &str,
+) -> Result<BlobRecord, ApiError> {
+    let hash = parse_digest(hash, "a blob hash")?;
+    let blob = node
+        .store
+        .blob(talks, hash)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(ApiError::not_found)?;
+    if blob.rooms.iter().any(|r| may_read(entry, *r)) {
+        Ok(blob)
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+async fn create_blob<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiJson(req): ApiJson<api::CreateBlob>,
+) -> Result<Response, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, _, entry) = node.member(talks, &key).await?;
+    let hash = parse_digest(&req.hash, "a blob hash")?;
+    let room = parse_room(&req.room)?;
+    if !may_read(&entry, room) {
+        return Err(ApiError::forbidden("this key may not post to that room"));
+    }
+    if req.size > node.limits.max_blob {
+        return Err(ApiError::too_large(format!(
+            "a blob may be at most {} bytes",
+            node.limits.max_blob
+        )));
+    }
+    let blob = node
+        .store
+        .create_blob(
+            talks,
+            &BlobRecord {
+                hash,
+                size: req.size,
+                party: entry.party,
+                uploader: key.id(),
+                created_at: node.clock.now_ms(),
+                complete: false,
+                rooms: vec![room],
+            },
+            node.limits.party_blob_quota,
+        )
+        .await
+        .map_err(store_error)?;
+    let present = node
+        .store
+        .blob_chunks_present(talks, hash)
+        .await
+        .map_err(store_error)?;
+    Ok((StatusCode::CREATED, axum::Json(blob_body(&blob, present))).into_response())
+}
+
+async fn get_blob<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath((talks, hash)): ApiPath<(String, String)>,
+) -> Result<axum::Json<api::BlobBody>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, _, entry) = node.member(talks, &key).await?;
+    let blob = visible_blob(&node, talks, &entry, &hash).await?;
+    let present = node
+        .store
+        .blob_chunks_present(talks, blob.hash)
+        .await
+        .map_err(store_error)?;
+    Ok(axum::Json(blob_body(&blob, present)))
+}
+
+async fn put_chunk<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath((talks, hash, index)): ApiPath<(String, String, u64)>,
+    ApiBytes(bytes): ApiBytes,
+) -> Result<StatusCode, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, _, entry) = node.member(talks, &key).await?;
+    let blob = visible_blob(&node, talks, &entry, &hash).await?;
+    if blob.complete {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            codes::EXISTS,
+            "the blob is complete; its chunks no longer change",
+        ));
+    }
+    match BlobRecord::chunk_len(blob.size, index) {
+        Some(len) if len == bytes.len() as u64 => {}
+        Some(len) => {
+            return Err(ApiError::malformed(format!(
+                "chunk {index} must be {len} bytes"
+            )));
+        }
+        None => {
+            return Err(ApiError::malformed(
+                "no such chunk index for this blob's size",
+            ));
+        }
+    }
+    node.store
+        .put_blob_chunk(talks, blob.hash, index, &bytes)
+        .await
+        .map_err(store_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn complete_blob<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath((talks, hash)): ApiPath<(String, String)>,
+) -> Result<axum::Json<api::BlobBody>, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, _, entry) = node.member(talks, &key).await?;
+    let mut blob = visible_blob(&node, talks, &entry, &hash).await?;
+    if !blob.complete {
+        // Re-hash the stored chunks in order: the address must be earned.
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        for index in 0..BlobRecord::chunk_count(blob.size) {
+            let chunk = node
+                .store
+                .blob_chunk(talks, blob.hash, index)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| ApiError::malformed(format!("chunk {index} is missing")))?;
+            hasher.update(&chunk);
+        }
+        if Digest(hasher.finalize().into()) != blob.hash {
+            return Err(ApiError::malformed(
+                "the chunks do not hash to the blob's address; upload them again",
+            ));
+        }
+        node.store
+            .complete_blob(talks, blob.hash)
+            .await
+            .map_err(store_error)?;
+        blob.complete = true;
+    }
+    let present = node
+        .store
+        .blob_chunks_present(talks, blob.hash)
+        .await
+        .map_err(store_error)?;
+    Ok(axum::Json(blob_body(&blob, present)))
+}
+
+async fn get_chunk<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath((talks, hash, index)): ApiPath<(String, String, u64)>,
+) -> Result<Response, ApiError> {
+    let talks = parse_talks(&talks)?;
+    let (_, _, entry) = node.member(talks, &key).await?;
+    let blob = visible_blob(&node, talks, &entry, &hash).await?;
+    if !blob.complete {
+        return Err(ApiError::not_found());
+    }
+    let chunk = node
+        .store
+        .blob_chunk(talks, blob.hash, index)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(ApiError::not_found)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        chunk,
+    )
+        .into_response())
+}

@@ -1,0 +1,265 @@
+//! The WebSocket delivery stream: `GET /v1/talks/{talks}/stream?from=<seq>`.
+//!
+//! One stream per device connection, resuming from a seq with no gap and no
+//! duplicate: the stream reads the log by seq from `from`, sends every
+//! envelope of the caller's rooms as an [`api::StreamFrame::Envelope`], and
+//! a [`api::StreamFrame::Caught`] with the next seq whenever it has caught
+//! up. It wakes on the store's append notifications, on this node's access
+//! list changes, and every `poll_interval` (writes by other nodes); on every
+//! wake it re-reads the access list, so a key that left it is closed at
+//! once (code 4003).
+//!
+//! Bounds: at most `streams_per_key` streams per key (429 before the
+//! upgrade); a send queue of at most `send_queue_bytes` — when it is full
+//! the stream waits for it to drain, and a reader that leaves it full for
+//! `slow_reader_timeout` is closed with 4008 and resumes by seq; a ping every `ping_interval`, and
+//! close with 4001 after `idle_timeout` without a frame from the client.
+//!
+//! Close codes: 4001 idle, 4003 access revoked, 4008 too slow, 1011 node
+//! error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use backchannel_codec::{Decode, TalksId};
+use backchannel_crypto::PublicKey;
+use backchannel_statement::AccessList;
+use backchannel_store::{MAX_READ, Store};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::api::{self, ApiError};
+use crate::limits::StreamSlot;
+use crate::server::{ApiPath, ApiQuery, Authed, Node, delivered, may_read, parse_talks};
+
+/// Idle: nothing from the client for `idle_timeout`.
+pub const CLOSE_IDLE: u16 = 4001;
+/// The key left the access list.
+pub const CLOSE_REVOKED: u16 = 4003;
+/// The send queue overflowed: resume by seq.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// The node failed.
+pub const CLOSE_ERROR: u16 = 1011;
+
+/// Query of the stream.
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    /// The first seq to deliver.
+    #[serde(default)]
+    pub from: u64,
+}
+
+pub(crate) async fn stream<S: Store>(
+    State(node): State<Arc<Node<S>>>,
+    Authed(key): Authed,
+    ApiPath(talks): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let talks = parse_talks(&talks)?;
+    node.member(talks, &key).await?;
+    let upgrade =
+        upgrade.map_err(|e| ApiError::malformed(format!("not a WebSocket upgrade: {e}")))?;
+    let slot = node
+        .streams
+        .acquire(key.id(), node.limits.streams_per_key)
+        .ok_or_else(|| {
+            ApiError::rate_limited("this key has too many open streams; close one first")
+        })?;
+    Ok(upgrade
+        .max_message_size(64 << 10)
+        .on_upgrade(move |socket| run(node, talks, key, q.from, socket, slot)))
+}
+
+enum Outgoing {
+    Frame(Message, usize),
+    Close(u16, &'static str),
+}
+
+async fn run<S: Store>(
+    node: Arc<Node<S>>,
+    talks: TalksId,
+    key: PublicKey,
+    from: u64,
+    socket: WebSocket,
+    _slot: StreamSlot,
+) {
+    let (mut sink, mut incoming) = socket.split();
+    let queue = Arc::new(Queue {
+        bytes: AtomicUsize::new(0),
+        drained: Notify::new(),
+    });
+    // The writer: drains the queue into the socket, so that a slow reader
+    // shows up as queued bytes, not as a stalled producer.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let writer_queue = Arc::clone(&queue);
+    let writer = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            match out {
+                Outgoing::Frame(msg, size) => {
+                    let sent = sink.send(msg).await;
+                    writer_queue.bytes.fetch_sub(size, Ordering::AcqRel);
+                    writer_queue.drained.notify_one();
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                Outgoing::Close(code, reason) => {
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: Utf8Bytes::from_static(reason),
+                        })))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+
+    let close = deliver(&node, talks, &key, from, &tx, &queue, &mut incoming).await;
+    if let Some((code, reason)) = close {
+        let _ = tx.send(Outgoing::Close(code, reason));
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Delivers until the stream must close; returns the close code and reason
+/// (`None`: the client went away).
+async fn deliver<S: Store>(
+    node: &Node<S>,
+    talks: TalksId,
+    key: &PublicKey,
+    from: u64,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    queue: &Queue,
+    incoming: &mut futures_util::stream::SplitStream<WebSocket>,
+) -> Option<(u16, &'static str)> {
+    let limits = &node.limits;
+    // Subscribe before the first read, so that no append falls between.
+    let mut appended = node.store.subscribe();
+    let mut access = node.access_changed.subscribe();
+    let mut cursor = from;
+    let mut ping = tokio::time::interval(limits.ping_interval);
+    ping.tick().await;
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
+    let mut poll = tokio::time::interval(limits.poll_interval);
+    poll.tick().await;
+
+    loop {
+        // Re-authorise, then deliver everything from the cursor.
+        let entry = match node.store.access_list(talks).await {
+            Ok(Some(record)) => match AccessList::from_canonical_bytes(&record.bytes) {
+                Ok(list) => match list.get(&key.id()) {
+                    Some(e) => e.clone(),
+                    None => return Some((CLOSE_REVOKED, "access revoked")),
+                },
+                Err(_) => return Some((CLOSE_ERROR, "node error")),
+            },
+            Ok(None) => return Some((CLOSE_REVOKED, "access revoked")),
+            Err(_) => return Some((CLOSE_ERROR, "node error")),
+        };
+        loop {
+            let rows = match node.store.read(talks, cursor, MAX_READ).await {
+                Ok(rows) => rows,
+                Err(_) => return Some((CLOSE_ERROR, "node error")),
+            };
+            let Some(last) = rows.last().map(|r| r.seq) else {
+                break;
+            };
+            for row in rows {
+                if !may_read(&entry, row.room) {
+                    continue;
+                }
+                let frame = api::StreamFrame::Envelope(delivered(row));
+                if !send(tx, queue, limits, &frame).await {
+                    return Some((CLOSE_TOO_SLOW, "send queue full; resume by seq"));
+                }
+            }
+            cursor = last + 1;
+        }
+        if !send(
+            tx,
+            queue,
+            limits,
+            &api::StreamFrame::Caught { next: cursor },
+        )
+        .await
+        {
+            return Some((CLOSE_TOO_SLOW, "send queue full; resume by seq"));
+        }
+
+        // Wait for something to do.
+        loop {
+            tokio::select! {
+                n = appended.recv() => match n {
+                    Ok(a) if a.talks == talks && a.size > cursor => break,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Some((CLOSE_ERROR, "node error")),
+                },
+                c = access.recv() => match c {
+                    Ok(t) if t == talks => break,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Some((CLOSE_ERROR, "node error")),
+                },
+                _ = poll.tick() => break,
+                _ = ping.tick() => {
+                    let _ = tx.send(Outgoing::Frame(Message::Ping(Default::default()), 0));
+                }
+                () = &mut idle => return Some((CLOSE_IDLE, "idle timeout")),
+                m = incoming.next() => match m {
+                    // Anything from the client (pongs included) shows it is alive.
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                    Some(Ok(_)) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The send queue's byte count, and a wake-up each time the writer sends.
+struct Queue {
+    bytes: AtomicUsize,
+    drained: Notify,
+}
+
+/// Queues a frame, waiting while the queue is full; `false` when it stayed
+/// full for `slow_reader_timeout` (or the writer is gone). An empty queue
+/// always takes one frame, so a frame larger than the limit still goes.
+async fn send(
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    queue: &Queue,
+    limits: &crate::limits::Limits,
+    frame: &api::StreamFrame,
+) -> bool {
+    let Ok(text) = serde_json::to_string(frame) else {
+        return false;
+    };
+    let size = text.len();
+    let deadline = tokio::time::Instant::now() + limits.slow_reader_timeout;
+    loop {
+        let now = queue.bytes.load(Ordering::Acquire);
+        if now == 0 || now + size <= limits.send_queue_bytes {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, queue.drained.notified())
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    queue.bytes.fetch_add(size, Ordering::AcqRel);
+    tx.send(Outgoing::Frame(Message::Text(text.into()), size))
+        .is_ok()
+}
