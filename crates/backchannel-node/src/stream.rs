@@ -147,8 +147,7 @@ async fn deliver<S: Store>(
     let mut cursor = from;
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.tick().await;
-    let idle = tokio::time::sleep(limits.idle_timeout);
-    tokio::pin!(idle);
+    let mut idle = Box::pin(tokio::time::sleep(limits.idle_timeout));
     let mut poll = tokio::time::interval(limits.poll_interval);
     poll.tick().await;
 
@@ -219,7 +218,7 @@ async fn deliver<S: Store>(
                     // Anything from the client (pongs included) shows it is alive.
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                     Some(Ok(_)) => {
-                        idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                        idle = Box::pin(tokio::time::sleep(limits.idle_timeout));
                     }
                 },
             }
@@ -246,18 +245,20 @@ async fn send(
         return false;
     };
     let size = text.len();
-    let deadline = tokio::time::Instant::now() + limits.slow_reader_timeout;
-    loop {
-        let now = queue.bytes.load(Ordering::Acquire);
-        if now == 0 || now + size <= limits.send_queue_bytes {
-            break;
+    let room = async {
+        loop {
+            let now = queue.bytes.load(Ordering::Acquire);
+            if now == 0 || now + size <= limits.send_queue_bytes {
+                return;
+            }
+            queue.drained.notified().await;
         }
-        if tokio::time::timeout_at(deadline, queue.drained.notified())
-            .await
-            .is_err()
-        {
-            return false;
-        }
+    };
+    if tokio::time::timeout(limits.slow_reader_timeout, room)
+        .await
+        .is_err()
+    {
+        return false;
     }
     queue.bytes.fetch_add(size, Ordering::AcqRel);
     tx.send(Outgoing::Frame(Message::Text(text.into()), size))
