@@ -295,6 +295,34 @@ async fn bad_envelopes_get_their_status_and_code_and_change_nothing() {
         ),
         ("body hash", bad_body, 400, "body_mismatch"),
         (
+            "a body length that is no size bucket",
+            {
+                let mut e = envelope_with(&dev, t.record, b"x", [3; 16], |h| h.body_len = 1000);
+                e.truncate(223 + 1000);
+                e
+            },
+            400,
+            "malformed",
+        ),
+        (
+            "a body shorter than its header says",
+            {
+                let mut e = envelope(&dev, t.record, b"x", [3; 16]);
+                e.truncate(223 + 512);
+                e
+            },
+            400,
+            "body_mismatch",
+        ),
+        (
+            "a node tick from a client",
+            envelope_with(&dev, t.record, b"x", [3; 16], |h| {
+                h.kind = backchannel_statement::Kind::NodeTick
+            }),
+            403,
+            "forbidden",
+        ),
+        (
             "body too large",
             {
                 let mut e = envelope(&dev, t.record, b"x", [3; 16]);
