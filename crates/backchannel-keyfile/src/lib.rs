@@ -27,7 +27,7 @@
 //! | offset | size | field                                                     |
 //! |-------:|-----:|-----------------------------------------------------------|
 //! |      0 |   24 | magic and version: ASCII `backchannel key file v1\n`      |
-//! |     24 |    1 | key kind: `0x01` authority, `0x02` talks-authority, `0x03` identity, `0x04` device, `0x05` log |
+//! |     24 |    1 | key kind: `0x01` authority, `0x02` talks-authority, `0x03` identity, `0x04` device, `0x05` log, `0x06` node-tls |
 //! |     25 |    1 | talks id presence: `0x00` absent, `0x01` present          |
 //! |     26 |   16 | talks id (only if present)                                |
 //! | 26/42  |   32 | the RFC 8032 Ed25519 seed                                 |
@@ -103,16 +103,21 @@ pub enum KeyKind {
     Device,
     /// A transparency log's signing key.
     Log,
+    /// A node's TLS identity key: the key of its self-signed certificate,
+    /// which clients pin by fingerprint. Kept apart from [`KeyKind::Log`] so
+    /// the key that signs checkpoints never signs TLS handshakes.
+    NodeTls,
 }
 
 impl KeyKind {
     /// Every kind, in tag order.
-    pub const ALL: [KeyKind; 5] = [
+    pub const ALL: [KeyKind; 6] = [
         KeyKind::Authority,
         KeyKind::TalksAuthority,
         KeyKind::Identity,
         KeyKind::Device,
         KeyKind::Log,
+        KeyKind::NodeTls,
     ];
 
     /// The kind's name, as the CLI spells it (`talks-authority`).
@@ -123,12 +128,13 @@ impl KeyKind {
             KeyKind::Identity => "identity",
             KeyKind::Device => "device",
             KeyKind::Log => "log",
+            KeyKind::NodeTls => "node-tls",
         }
     }
 
     /// Whether keys of this kind belong to one talks (and their files name
     /// it): talks authority, identity and device keys do; a party's
-    /// long-term authority key and a node's log key do not.
+    /// long-term authority key and a node's log and TLS keys do not.
     pub fn is_per_talks(self) -> bool {
         matches!(
             self,
@@ -143,6 +149,7 @@ impl KeyKind {
             KeyKind::Identity => 0x03,
             KeyKind::Device => 0x04,
             KeyKind::Log => 0x05,
+            KeyKind::NodeTls => 0x06,
         }
     }
 

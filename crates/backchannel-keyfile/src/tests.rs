@@ -64,6 +64,7 @@ fn round_trips_with_and_without_talks() {
         (KeyKind::Identity, Some(talks)),
         (KeyKind::Device, Some(talks)),
         (KeyKind::Log, None),
+        (KeyKind::NodeTls, None),
     ]
     .into_iter()
     .enumerate()
@@ -102,6 +103,14 @@ fn plaintext_layout_is_as_documented() {
     assert_eq!(*without.to_plaintext(), expected);
     assert_eq!(expected.len(), 58);
 
+    let node_tls = key_file(7, KeyKind::NodeTls, None);
+    let mut expected = b"backchannel key file v1\n".to_vec();
+    expected.extend_from_slice(&[0x06, 0x00]);
+    expected.extend_from_slice(&[7; 32]);
+    assert_eq!(*node_tls.to_plaintext(), expected);
+    assert_eq!(KeyKind::NodeTls.as_str(), "node-tls");
+    assert!(!KeyKind::NodeTls.is_per_talks());
+
     for kind in KeyKind::ALL {
         assert_eq!(KeyKind::from_tag(kind.tag()), Some(kind));
     }
@@ -118,7 +127,7 @@ fn plaintext_decoding_is_strict() {
         KeyFile::from_plaintext(&bad_magic).err(),
         Some(Corruption::Magic)
     );
-    for bad_kind in [0x00, 0x06, 0xff] {
+    for bad_kind in [0x00, 0x07, 0xff] {
         let mut p = good.to_vec();
         p[24] = bad_kind;
         assert!(matches!(
@@ -443,5 +452,6 @@ fn kind_and_talks_must_agree() {
     let key = || SecretKey::from_seed(&[5; 32]).expect("valid seed");
     assert!(KeyFile::new(KeyKind::Device, None, key()).is_err());
     assert!(KeyFile::new(KeyKind::Log, Some(TalksId([1; 16])), key()).is_err());
+    assert!(KeyFile::new(KeyKind::NodeTls, Some(TalksId([1; 16])), key()).is_err());
     assert!(KeyFile::new(KeyKind::Authority, None, key()).is_ok());
 }

@@ -512,8 +512,8 @@ async fn submit_change<S: Store>(
     let delta_hash = sha256(&delta_bytes);
     // The signatures given must each be valid on their own: `apply` checks
     // every one before it looks for missing ones.
-    let (change, outcome) = match list.apply(&change) {
-        Ok(next) => (change, Ok(next)),
+    let outcome = match list.apply(&change) {
+        Ok(next) => Ok(next),
         Err(AccessListError::MissingSignature(_)) => {
             // Merge with the signatures gathered so far for this delta.
             let pending = node
@@ -533,7 +533,7 @@ async fn submit_change<S: Store>(
             let merged = AccessListChange::new(change.delta.clone(), sigs.into_iter().collect())
                 .map_err(change_error)?;
             match list.apply(&merged) {
-                Ok(next) => (merged, Ok(next)),
+                Ok(next) => Ok(next),
                 Err(AccessListError::MissingSignature(missing)) => {
                     let stored = PendingChange {
                         delta_hash,
@@ -548,14 +548,13 @@ async fn submit_change<S: Store>(
                         )
                         .await
                         .map_err(store_error)?;
-                    (merged, Err(missing))
+                    Err(missing)
                 }
                 Err(e) => return Err(change_error(e)),
             }
         }
         Err(e) => return Err(change_error(e)),
     };
-    let _ = change;
     match outcome {
         Ok(next) => {
             let next_record = record_of(&next, record.version + 1);

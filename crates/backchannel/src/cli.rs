@@ -1,0 +1,312 @@
+//! The command line, as parsed: raw values, resolved by each command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backchannel_node::limits::Limits;
+use clap::builder::RangedU64ValueParser;
+use clap::{Args, Parser, Subcommand};
+
+/// The environment variable holding the passphrase of the node's key files.
+pub const NODE_PASSPHRASE_ENV: &str = "BACKCHANNEL_NODE_PASSPHRASE";
+
+/// Confidential, mediated negotiation.
+#[derive(Debug, Parser)]
+#[command(name = "backchannel", version, propagate_version = true)]
+pub struct Cli {
+    /// Which log lines to print on stderr: a level (error, warn, info,
+    /// debug, trace) or a RUST_LOG-style list (info,backchannel_node=debug).
+    #[arg(
+        long,
+        global = true,
+        env = "BACKCHANNEL_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    pub log_level: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up and run a mediator node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// `backchannel node …`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Create a node directory: log key, TLS key and certificate, config,
+    /// and an empty creators file.
+    Init(InitArgs),
+    /// Manage the keys allowed to open talks on this node.
+    #[command(subcommand)]
+    Creators(CreatorsCommand),
+    /// Run the node.
+    Run(RunArgs),
+    /// Print the node's origin, TLS fingerprint and log key.
+    Info(InfoArgs),
+}
+
+/// `backchannel node creators …`.
+#[derive(Debug, Subcommand)]
+pub enum CreatorsCommand {
+    /// Allow a key to open talks (nothing changes if it already may).
+    Add(CreatorsAddArgs),
+}
+
+/// The node directory.
+#[derive(Debug, Args)]
+pub struct DirArg {
+    /// The node directory (made by `backchannel node init`).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// Where the passphrase of the node's key files comes from.
+#[derive(Debug, Args)]
+pub struct PassphraseArgs {
+    /// Read the passphrase of the node's key files from this file (one
+    /// trailing newline is ignored). Without it, the passphrase is read
+    /// from the environment variable BACKCHANNEL_NODE_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// `backchannel node init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The directory.
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// The node's origin, a host-name-like name for its logs
+    /// (`node.example.org`); it prefixes every log origin.
+    #[arg(long)]
+    pub origin: String,
+    /// Replace the keys, certificate and config of an existing node
+    /// directory (its creators file is kept). The node's log key and TLS
+    /// fingerprint change: clients that pinned the old one refuse it.
+    #[arg(long)]
+    pub force: bool,
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel node creators add`.
+#[derive(Debug, Args)]
+pub struct CreatorsAddArgs {
+    /// The directory.
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// The Ed25519 public key, 64 hex digits.
+    #[arg(value_name = "HEX_PUBLIC_KEY")]
+    pub key: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel node info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The directory.
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel node run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The directory.
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// The address to listen on (port 0: any free port; the line printed
+    /// on start names the one chosen).
+    #[arg(long, default_value = "127.0.0.1:7443", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// The database, `sqlite:<path>` [default: sqlite:<DIR>/node.db].
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// DANGER: serve plain HTTP without TLS, on a loopback address only.
+    /// Requests name their key in a header, unproven: anyone on this
+    /// machine can act as any key. For local debugging with curl, never
+    /// for talks that matter.
+    #[arg(long)]
+    pub danger_plain_http: bool,
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+    /// Print the start line as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The limits an operator tunes; the defaults are [`Limits::default`].
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Requests per key per second, sustained.
+    #[arg(
+        long,
+        default_value_t = defaults().requests_per_second,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub requests_per_second: u32,
+    /// Requests a key may burst above the sustained rate.
+    #[arg(long, default_value_t = defaults().request_burst, value_name = "N")]
+    pub request_burst: u32,
+    /// New connections per source address per second, sustained.
+    #[arg(
+        long,
+        default_value_t = defaults().connections_per_second,
+        value_parser = clap::value_parser!(u32).range(1..),
+        value_name = "N"
+    )]
+    pub connections_per_second: u32,
+    /// New connections a source address may burst above the sustained rate.
+    #[arg(long, default_value_t = defaults().connection_burst, value_name = "N")]
+    pub connection_burst: u32,
+    /// Open connections in all; more are dropped unread.
+    #[arg(
+        long,
+        default_value_t = defaults().max_connections,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..),
+        value_name = "N"
+    )]
+    pub max_connections: usize,
+    /// Open event streams (WebSockets) per key.
+    #[arg(
+        long,
+        default_value_t = defaults().streams_per_key,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..),
+        value_name = "N"
+    )]
+    pub streams_per_key: usize,
+    /// The largest blob, in bytes.
+    #[arg(
+        long,
+        default_value_t = defaults().max_blob,
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..),
+        value_name = "BYTES"
+    )]
+    pub max_blob_bytes: u64,
+    /// Blob bytes each party may store per talks.
+    #[arg(
+        long,
+        default_value_t = defaults().party_blob_quota,
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..),
+        value_name = "BYTES"
+    )]
+    pub party_blob_quota_bytes: u64,
+    /// How often sequenced envelopes are integrated into the logs and a
+    /// checkpoint is signed, in milliseconds.
+    #[arg(
+        long,
+        default_value_t = millis(defaults().checkpoint_interval),
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..),
+        value_name = "MS"
+    )]
+    pub checkpoint_interval_ms: u64,
+    /// How long a connection may take for its TLS handshake and for each
+    /// request head, in milliseconds.
+    #[arg(
+        long,
+        default_value_t = millis(defaults().header_timeout),
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..),
+        value_name = "MS"
+    )]
+    pub header_timeout_ms: u64,
+    /// How long an event stream may stay silent (not even a pong) before
+    /// it is closed, in milliseconds.
+    #[arg(
+        long,
+        default_value_t = millis(defaults().idle_timeout),
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..),
+        value_name = "MS"
+    )]
+    pub idle_timeout_ms: u64,
+}
+
+impl LimitArgs {
+    /// The node's limits: these values over the defaults.
+    pub fn resolve(&self) -> Limits {
+        Limits {
+            requests_per_second: self.requests_per_second,
+            request_burst: self.request_burst,
+            connections_per_second: self.connections_per_second,
+            connection_burst: self.connection_burst,
+            max_connections: self.max_connections,
+            streams_per_key: self.streams_per_key,
+            max_blob: self.max_blob_bytes,
+            party_blob_quota: self.party_blob_quota_bytes,
+            checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            ..defaults()
+        }
+    }
+}
+
+fn defaults() -> Limits {
+    Limits::default()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_default_to_the_nodes_defaults() {
+        let cli = Cli::parse_from(["backchannel", "node", "run", "--dir", "d"]);
+        let Command::Node(NodeCommand::Run(run)) = cli.command else {
+            panic!("parsed as another command");
+        };
+        let (got, want) = (run.limits.resolve(), Limits::default());
+        // `Limits` has no `PartialEq`; its `Debug` shows every field.
+        assert_eq!(format!("{got:?}"), format!("{want:?}"));
+    }
+
+    #[test]
+    fn zero_intervals_and_counts_are_refused() {
+        for flag in [
+            "--checkpoint-interval-ms",
+            "--header-timeout-ms",
+            "--max-connections",
+            "--streams-per-key",
+            "--requests-per-second",
+            "--connections-per-second",
+        ] {
+            let parsed =
+                Cli::try_parse_from(["backchannel", "node", "run", "--dir", "d", flag, "0"]);
+            assert!(parsed.is_err(), "{flag} 0 was accepted");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The `backchannel` command: sets up and runs a Backchannel mediator node.
+//!
+//! A thin binary over the libraries, and the edge of the system: the only
+//! crate that knows clap, and (with the storage backends) the only one that
+//! reads the wall clock, draws OS randomness, opens sockets or opens files.
+//! It hands the node real ones ([`system::SystemClock`],
+//! [`system::TcpListener`]); the simulator hands it its own.
+//!
+//! Arguments are parsed into their raw form ([`cli`]), then each command
+//! resolves them into what the libraries take ([`node`]).
+//!
+//! Exit codes: `0` success; `1` the command failed (the reason, and what to
+//! do next, on stderr); `2` the arguments were not understood.
+
+mod cli;
+mod logging;
+mod node;
+mod node_dir;
+mod passphrase;
+mod system;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    // Usage errors, `--help` and `--version` exit here (code 2 or 0).
+    let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the whole chain of causes on one line.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> anyhow::Result<()> {
+    logging::init(&cli.log_level)?;
+    match cli.command {
+        Command::Node(command) => node::main(command),
+    }
+}

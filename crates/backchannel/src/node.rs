@@ -1,0 +1,457 @@
+//! `backchannel node …`: set up, administer and run a mediator node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use backchannel_crypto::{SecretKey, Signer as _};
+use backchannel_keyfile::{KeyFile, KeyKind};
+use backchannel_node::net::{self, Listener as _, ServeError, Transport};
+use backchannel_node::server::{Node, NodeConfig};
+use backchannel_node::tls::{self, Identity};
+use backchannel_store_sqlite::{SqliteOptions, SqliteStore};
+use backchannel_tlog::NodeOrigin;
+use rand_core::OsRng;
+use serde::Serialize;
+
+use crate::cli::{CreatorsAddArgs, CreatorsCommand, InfoArgs, InitArgs, NodeCommand, RunArgs};
+use crate::node_dir::{
+    self, CERT_NAME, CONFIG, CONFIG_VERSION, CREATORS, Config, DATABASE, LOG_KEY, NodeDir,
+    TLS_CERT, TLS_KEY,
+};
+use crate::passphrase;
+use crate::system::{SystemClock, TcpListener};
+
+/// How long, after a shutdown signal, the database may take to finish the
+/// transactions in progress before the process exits anyway (anything not
+/// committed by then was never acknowledged, so nothing acknowledged is
+/// lost).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs one `node` command.
+pub fn main(command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Init(args) => init(args),
+        NodeCommand::Creators(CreatorsCommand::Add(args)) => creators_add(args),
+        NodeCommand::Run(args) => run(args),
+        NodeCommand::Info(args) => info(args),
+    }
+}
+
+/// What `init` and `info` print.
+#[derive(Debug, Serialize)]
+struct Summary {
+    dir: PathBuf,
+    origin: String,
+    /// The TLS certificate's SHA-256, hex: what clients pin.
+    fingerprint: String,
+    /// The log key, hex: what clients verify checkpoints with.
+    log_key: String,
+    creators: usize,
+}
+
+impl Summary {
+    fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+        } else {
+            println!("dir          {}", self.dir.display());
+            println!("origin       {}", self.origin);
+            println!("fingerprint  {}", self.fingerprint);
+            println!("log key      {}", self.log_key);
+            println!("creators     {}", self.creators);
+        }
+        Ok(())
+    }
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let dir = NodeDir::new(&args.dir.dir);
+    let origin = NodeOrigin::new(&args.origin).map_err(|e| {
+        anyhow!(
+            "--origin {:?} is not a node origin: {e} (for example node.example.org)",
+            args.origin
+        )
+    })?;
+    let passphrase = passphrase::resolve(&args.passphrase)?;
+    refuse_to_overwrite(&dir, args.force)?;
+    create_dir(&dir)?;
+
+    let log_key = SecretKey::generate(&mut OsRng);
+    let tls_key = SecretKey::generate(&mut OsRng);
+    let identity = Identity::self_signed(&tls_key, CERT_NAME)
+        .map_err(|e| anyhow!("cannot make the node's TLS certificate: {e}"))?;
+    let log_public = log_key.public_key();
+    // Key kinds without a talks id: `new` cannot refuse them.
+    KeyFile::new(KeyKind::Log, None, log_key)?.write(
+        &dir.path(LOG_KEY),
+        &passphrase,
+        args.force,
+    )?;
+    KeyFile::new(KeyKind::NodeTls, None, tls_key)?.write(
+        &dir.path(TLS_KEY),
+        &passphrase,
+        args.force,
+    )?;
+    node_dir::write_atomic(
+        &dir.path(TLS_CERT),
+        identity.certificate().as_ref(),
+        args.force,
+    )?;
+    dir.create_creators()?;
+    let config = Config {
+        version: CONFIG_VERSION,
+        origin: origin.as_str().to_owned(),
+        log_key: hex::encode(log_public.as_bytes()),
+    };
+    // Last: a directory holds a node exactly when it holds node.json.
+    dir.write_config(&config, args.force)?;
+
+    if !args.json {
+        println!("created a node in {}", dir.root().display());
+    }
+    Summary {
+        dir: dir.root().to_owned(),
+        origin: config.origin,
+        fingerprint: identity.fingerprint().to_hex(),
+        log_key: config.log_key,
+        creators: dir.creators()?.len(),
+    }
+    .print(args.json)?;
+    if !args.json {
+        println!(
+            "next: allow a key to open talks with `backchannel node creators add --dir {} <KEY>`, \
+             then start the node with `backchannel node run --dir {}`",
+            dir.root().display(),
+            dir.root().display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses to replace a node without `force`, and even with it a node whose
+/// database holds logs signed by its current log key.
+fn refuse_to_overwrite(dir: &NodeDir, force: bool) -> anyhow::Result<()> {
+    let database = dir.path(DATABASE);
+    if database.exists() {
+        bail!(
+            "{} holds a database whose logs are signed with this node's log key; a new key would \
+             make every checkpoint in it unverifiable. To start a new node, use another --dir \
+             (or move the database away first)",
+            database.display()
+        );
+    }
+    if force {
+        return Ok(());
+    }
+    for name in [CONFIG, LOG_KEY, TLS_KEY, TLS_CERT] {
+        if dir.path(name).exists() {
+            bail!(
+                "{} already holds a node ({name} exists); pass --force to replace its keys \
+                 (its log key and TLS fingerprint then change, and clients that pinned the old \
+                 fingerprint refuse it), or choose another --dir",
+                dir.root().display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates the node directory, readable by its owner only (it holds the
+/// key files and the database).
+fn create_dir(dir: &NodeDir) -> anyhow::Result<()> {
+    let root = dir.root();
+    if root.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(root).map_err(|e| {
+        anyhow!(
+            "cannot create the node directory {}: {e}; check the path and its parent's \
+             permissions",
+            root.display()
+        )
+    })
+}
+
+fn creators_add(args: CreatorsAddArgs) -> anyhow::Result<()> {
+    let dir = NodeDir::new(&args.dir.dir);
+    let key = node_dir::parse_key(args.key.trim()).map_err(|e| {
+        anyhow!("{e}; give the 64 hex digits of the Ed25519 public key of the talks' creator")
+    })?;
+    // Only to check that the directory holds a node.
+    dir.config()?;
+    let added = dir.add_creator(&key)?;
+    let key = hex::encode(key.as_bytes());
+    if args.json {
+        #[derive(Serialize)]
+        struct Added<'a> {
+            key: &'a str,
+            added: bool,
+        }
+        println!("{}", serde_json::to_string(&Added { key: &key, added })?);
+    } else if added {
+        println!(
+            "added {key} to {}; a running node reads it on its next start",
+            dir.path(CREATORS).display()
+        );
+    } else {
+        println!("{key} is already a creator; nothing changed");
+    }
+    Ok(())
+}
+
+fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let dir = NodeDir::new(&args.dir.dir);
+    let (config, _, _) = dir.config()?;
+    Summary {
+        dir: dir.root().to_owned(),
+        origin: config.origin,
+        fingerprint: dir.fingerprint()?.to_hex(),
+        log_key: config.log_key,
+        creators: dir.creators()?.len(),
+    }
+    .print(args.json)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Cheapest checks first: nothing is opened for a command that cannot run.
+    if args.danger_plain_http && !args.listen.ip().is_loopback() {
+        return Err(ServeError::PlainHttpNotLoopback(args.listen).into());
+    }
+    let limits = args.limits.resolve();
+    let dir = NodeDir::new(&args.dir.dir);
+    let database = database_path(&dir, args.database.as_deref())?;
+    let (_, origin, log_public) = dir.config()?;
+    let creators = dir.creators()?;
+    let passphrase = passphrase::resolve(&args.passphrase)?;
+    let log_key = dir.open_log_key(&passphrase, &log_public)?;
+    let identity = dir.open_identity(&passphrase)?;
+    drop(passphrase);
+
+    let transport = if args.danger_plain_http {
+        warn_plain_http();
+        Transport::DangerPlainHttp
+    } else {
+        let config =
+            tls::server_config(&identity).map_err(|e| anyhow!("cannot configure TLS: {e}"))?;
+        Transport::Tls(Arc::new(config))
+    };
+    let started = Started {
+        listening: args.listen,
+        fingerprint: identity.fingerprint().to_hex(),
+        json: args.json,
+    };
+    let config = NodeConfig {
+        origin,
+        log_key: Arc::new(log_key),
+        creators,
+        limits,
+        clock: Arc::new(SystemClock),
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow!("cannot start the async runtime: {e}"))?;
+    let result = runtime.block_on(serve(database, transport, config, started));
+    // Connections still open are cut here; every acknowledged envelope is
+    // already durable.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
+}
+
+/// The `listening on …` line, printed once the socket is bound.
+struct Started {
+    listening: SocketAddr,
+    fingerprint: String,
+    json: bool,
+}
+
+async fn serve(
+    database: PathBuf,
+    transport: Transport,
+    config: NodeConfig,
+    mut started: Started,
+) -> anyhow::Result<()> {
+    // Before the socket opens, so a signal sent as soon as the line below
+    // is read is caught.
+    let mut signals = Signals::new()?;
+    let store = SqliteStore::open(&database, SqliteOptions::default())
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "{e} ({}); check the path given to --database and its directory's permissions",
+                database.display()
+            )
+        })?;
+    let store = Arc::new(store);
+    let creators = config.creators.len();
+    let node = Node::new(Arc::clone(&store), config);
+    let listener = TcpListener::bind(started.listening).await.map_err(|e| {
+        anyhow!(
+            "cannot listen on {}: {e}; choose another address with --listen, or stop the \
+             process using it",
+            started.listening
+        )
+    })?;
+    started.listening = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    started.print()?;
+    tracing::info!(creators, "the node is serving");
+
+    let outcome = tokio::select! {
+        r = net::serve(listener, transport, node) => Some(r),
+        signal = signals.recv() => {
+            tracing::info!("{signal} received; shutting down");
+            None
+        }
+    };
+    // Let transactions in progress finish; later ones fail and are retried
+    // by their clients against the restarted node.
+    if tokio::time::timeout(SHUTDOWN_GRACE, store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the database did not close in time; exiting anyway");
+    }
+    tracing::info!("the node has stopped");
+    match outcome {
+        Some(Err(e)) => Err(anyhow!("the node stopped: {e}; restart it")),
+        // `serve` returns only on an error; `Some(Ok)` would be a clean stop.
+        Some(Ok(())) | None => Ok(()),
+    }
+}
+
+impl Started {
+    fn print(&self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        if self.json {
+            #[derive(Serialize)]
+            struct Line<'a> {
+                listening: String,
+                fingerprint: &'a str,
+            }
+            let line = Line {
+                listening: self.listening.to_string(),
+                fingerprint: &self.fingerprint,
+            };
+            println!("{}", serde_json::to_string(&line)?);
+        } else {
+            println!(
+                "listening on {} fingerprint {}",
+                self.listening, self.fingerprint
+            );
+        }
+        // stdout is a pipe when a script reads this line: send it now.
+        std::io::stdout().flush().context("writing to stdout")
+    }
+}
+
+/// The database file: `--database sqlite:<path>`, or `<DIR>/node.db`.
+fn database_path(dir: &NodeDir, url: Option<&str>) -> anyhow::Result<PathBuf> {
+    let Some(url) = url else {
+        return Ok(dir.path(DATABASE));
+    };
+    let path = url
+        .strip_prefix("sqlite:")
+        .map(|p| p.strip_prefix("//").unwrap_or(p))
+        .ok_or_else(|| {
+            anyhow!(
+                "--database {url:?} is not supported; this version stores in SQLite: give \
+                 sqlite:<path>"
+            )
+        })?;
+    if path.is_empty() {
+        bail!("--database {url:?} names no file; give sqlite:<path>");
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn warn_plain_http() {
+    eprintln!(
+        "\n\
+         !!! DANGER: --danger-plain-http: serving WITHOUT TLS.                            !!!\n\
+         !!! Requests name their key in a header and nothing proves it: anyone who can   !!!\n\
+         !!! reach this port can act as any key. For local debugging only, never for     !!!\n\
+         !!! talks that matter.                                                          !!!\n"
+    );
+    tracing::warn!("serving plain HTTP without TLS (--danger-plain-http): keys are unproven");
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts catching the signals (from now on they no longer kill the
+    /// process).
+    fn new() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let catch =
+                |kind| signal(kind).map_err(|e| anyhow!("cannot catch shutdown signals: {e}"));
+            Ok(Self {
+                interrupt: catch(SignalKind::interrupt())?,
+                terminate: catch(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The name of the next signal.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "Ctrl-C",
+                // Cannot listen for Ctrl-C: never stop on a signal.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn database_urls() {
+        let dir = NodeDir::new(Path::new("/n"));
+        let check = |url: Option<&str>| database_path(&dir, url).ok();
+        assert_eq!(check(None), Some(PathBuf::from("/n/node.db")));
+        assert_eq!(check(Some("sqlite:x.db")), Some(PathBuf::from("x.db")));
+        assert_eq!(
+            check(Some("sqlite:///a/x.db")),
+            Some(PathBuf::from("/a/x.db"))
+        );
+        assert_eq!(check(Some("sqlite:")), None);
+        assert_eq!(check(Some("postgres://h/db")), None);
+        assert_eq!(check(Some("x.db")), None);
+    }
+}
