@@ -54,6 +54,11 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How often sequenced leaves are integrated and checkpoints signed.
     pub checkpoint_interval: Duration,
+    /// How long a shutting-down node waits for requests in progress to
+    /// finish and streams to close before it cuts what is still open: long
+    /// enough for any request within `header_timeout` and the store's own
+    /// timeouts, short enough for a service manager's stop timeout.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -75,6 +80,7 @@ impl Default for Limits {
             max_invitation_ttl: Duration::from_secs(30 * 24 * 3600),
             header_timeout: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

@@ -1,12 +1,22 @@
 //! Connections: a [`Listener`] (a parameter, so the simulator can bring its
 //! own network), TLS with per-connection client keys, connection limits,
-//! and HTTP/1.1 with WebSocket upgrades.
+//! HTTP/1.1 with WebSocket upgrades, and graceful shutdown.
 //!
 //! Each accepted connection is checked against the per-source connection
 //! rate and the total connection limit before anything is read from it,
 //! then completes its TLS 1.3 handshake ([`crate::tls`]) within
 //! `header_timeout`. The key its client certificate carries becomes the
 //! connection's [`Peer`], inserted into every request on it.
+//!
+//! An accept error about one connection skips it; any other (out of file
+//! descriptors, out of memory) is logged and accepting pauses for
+//! [`ACCEPT_ERROR_BACKOFF`], so the node slows down instead of stopping.
+//! Only the `shutdown` future ends [`serve`]: it then stops accepting (the
+//! listener is closed, so new connections are refused), stops the
+//! integrator between rounds, lets requests in progress finish (each
+//! connection closes after its current response), closes WebSocket streams
+//! with 1001 (going away), and returns once every connection is done, or
+//! after `shutdown_grace`, cutting what is still open.
 //!
 //! `--danger-plain-http` ([`Transport::DangerPlainHttp`]) serves without TLS,
 //! only on a loopback address; a request then names its key in the
@@ -17,6 +27,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use backchannel_crypto::PublicKey;
@@ -25,7 +36,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 use crate::limits::SourceRates;
@@ -35,12 +46,22 @@ use crate::tls;
 /// The header naming the key in plain-HTTP danger mode.
 pub const DANGER_KEY_HEADER: &str = "x-backchannel-danger-key";
 
+/// How long accepting pauses after an error that is not about one
+/// connection (out of file descriptors, out of memory): long enough not to
+/// spin on an error that persists, short enough that the node accepts
+/// again soon after connections close and free what was missing.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Where connections come from.
 pub trait Listener: Send + 'static {
     /// A connection.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    /// The next connection and its peer's address.
+    /// The next connection and its peer's address. An error about one
+    /// connection (reset, aborted) is skipped; any other error pauses
+    /// accepting for [`ACCEPT_ERROR_BACKOFF`]. The future is dropped
+    /// unfinished when the node shuts down, so it must lose no accepted
+    /// connection when dropped before it completes.
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, IpAddr)>> + Send;
 
     /// The address listened on.
@@ -64,36 +85,142 @@ pub enum ServeError {
         "--danger-plain-http is refused on the non-loopback address {0}; listen on 127.0.0.1 or ::1, or use TLS"
     )]
     PlainHttpNotLoopback(SocketAddr),
-    /// The listener failed.
+    /// The listener could not say what it listens on.
     #[error("the listener failed: {0}")]
     Listener(#[from] io::Error),
 }
 
-/// Serves the API of `node` on `listener` until the listener fails. Also
-/// runs the integrator every `checkpoint_interval`.
+/// Where a shutdown is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Accepting and serving.
+    Serving,
+    /// Not accepting; requests in progress finish, streams close.
+    Draining,
+    /// The drain time is over (or `serve` is gone): whatever is still open
+    /// is cut.
+    Stopped,
+}
+
+/// The node's shutdown as its connections see it. Every connection task,
+/// request (as an extension, for streams) and stream holds one; [`serve`]
+/// waits until none is left, or for `shutdown_grace`.
+#[derive(Debug, Clone)]
+pub(crate) struct Shutdown(watch::Receiver<Phase>);
+
+impl Shutdown {
+    /// Resolves once the node is shutting down (at once if it already is,
+    /// or if [`serve`] is gone).
+    pub(crate) async fn draining(&mut self) {
+        // An error means the sender is gone: `serve` ended, so stop too.
+        let _ = self.0.wait_for(|p| *p != Phase::Serving).await;
+    }
+
+    /// Resolves once the drain time is over (or [`serve`] is gone): what is
+    /// still open is to be cut.
+    pub(crate) async fn stopped(&mut self) {
+        let _ = self.0.wait_for(|p| *p == Phase::Stopped).await;
+    }
+}
+
+/// Serves the API of `node` on `listener` until `shutdown` resolves, and
+/// runs the integrator every `checkpoint_interval` meanwhile.
+///
+/// Listener errors do not end it (see [`Listener::accept`]); only
+/// `shutdown` does. Then it closes the listener, stops the integrator
+/// between rounds, lets requests in progress finish (HTTP/1.1 graceful
+/// shutdown of each connection), closes streams with 1001 (going away),
+/// and returns once every connection is done or `shutdown_grace` has
+/// passed, whichever is first; connections still open then are cut.
+///
+/// Errors only before serving anything: plain HTTP off loopback, or a
+/// listener that cannot say its address.
 pub async fn serve<L: Listener, S: Store>(
-    mut listener: L,
+    listener: L,
     transport: Transport,
     node: Arc<Node<S>>,
+    shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
     if matches!(transport, Transport::DangerPlainHttp) && !addr.ip().is_loopback() {
         return Err(ServeError::PlainHttpNotLoopback(addr));
     }
-    let integrator = tokio::spawn(integrate_forever(Arc::clone(&node)));
-    let app = router(Arc::clone(&node));
+    // No receiver is kept here: the sender's `closed` then means that every
+    // connection, stream and the integrator are done.
+    let (phase, _) = watch::channel(Phase::Serving);
+    let integrator = tokio::spawn(integrate_until(
+        Arc::clone(&node),
+        Shutdown(phase.subscribe()),
+    ));
+    accept_until(listener, transport, &node, &phase, shutdown).await;
+
+    // The listener is closed: new connections are refused from here on.
+    phase.send_replace(Phase::Draining);
+    let grace = node.limits().shutdown_grace;
+    tracing::info!("shutting down: no longer accepting; letting requests in progress finish");
+    if tokio::time::timeout(grace, phase.closed()).await.is_err() {
+        tracing::warn!(
+            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            "connections were still open when the shutdown grace ran out; cutting them"
+        );
+    }
+    phase.send_replace(Phase::Stopped);
+    integrator.abort();
+    Ok(())
+}
+
+/// Accepts connections and spawns a task for each until `shutdown`
+/// resolves; drops the listener before returning.
+async fn accept_until<L: Listener, S: Store>(
+    mut listener: L,
+    transport: Transport,
+    node: &Arc<Node<S>>,
+    phase: &watch::Sender<Phase>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let app = router(Arc::clone(node));
     let limits = node.limits().clone();
     let sources = Arc::new(SourceRates::new(
         limits.connections_per_second,
         limits.connection_burst,
     ));
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let result = loop {
-        let (io, source) = match listener.accept().await {
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Set while accepting keeps failing, so that a persistent error is
+    // logged once per episode rather than ten times a second.
+    let mut failing = false;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (io, source) = match accepted {
             Ok(c) => c,
             Err(e) if is_transient(&e) => continue,
-            Err(e) => break Err(ServeError::Listener(e)),
+            Err(e) => {
+                if failing {
+                    tracing::debug!(error = %e, "accepting connections still fails");
+                } else {
+                    // The error names no address: io errors from accept
+                    // say what ran out, not who connected.
+                    tracing::warn!(
+                        error = %e,
+                        "accepting connections failed; pausing 100 ms before each retry"
+                    );
+                    failing = true;
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                }
+            }
         };
+        if failing {
+            tracing::info!("accepting connections again");
+            failing = false;
+        }
         if !sources.allow(source, node.clock.now_ms()) {
             // Dropped before a byte is read: the client sees a reset.
             continue;
@@ -104,30 +231,47 @@ pub async fn serve<L: Listener, S: Store>(
         let app = app.clone();
         let transport = transport.clone();
         let timeout = limits.header_timeout;
+        let mut shutdown = Shutdown(phase.subscribe());
+        // Held by the connection and by any stream it upgrades to, so that
+        // open streams count against `max_connections` too.
+        let permit = ConnectionPermit(Arc::new(permit));
         tokio::spawn(async move {
-            let _permit = permit;
             match transport {
                 Transport::Tls(config) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(io)).await
-                    else {
-                        return;
+                    let handshake = tokio::time::timeout(timeout, acceptor.accept(io));
+                    // A connection still in its handshake has sent no
+                    // request: it is dropped when shutdown starts.
+                    let stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(stream)) => stream,
+                            _ => return,
+                        },
+                        () = shutdown.draining() => return,
                     };
                     let peer = tls::peer_device_key(stream.get_ref().1.peer_certificates());
-                    serve_connection(stream, app, Some(Peer(peer)), timeout).await;
+                    serve_connection(stream, app, Some(Peer(peer)), timeout, shutdown, permit)
+                        .await;
                 }
-                Transport::DangerPlainHttp => serve_connection(io, app, None, timeout).await,
+                Transport::DangerPlainHttp => {
+                    serve_connection(io, app, None, timeout, shutdown, permit).await;
+                }
             }
         });
-    };
-    integrator.abort();
-    result
+    }
 }
 
+/// A connection's slot among `max_connections`; a stream the connection
+/// upgrades to keeps a clone, so the slot is free only when both are gone.
+#[derive(Clone)]
+pub(crate) struct ConnectionPermit(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
+/// An error about the one connection being accepted, not the listener.
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
@@ -136,14 +280,19 @@ fn is_transient(e: &io::Error) -> bool {
 
 /// Serves HTTP/1.1 (with upgrades) on one connection. `peer`: the TLS
 /// client key; `None` in plain-HTTP danger mode (read from a header).
+/// When shutdown starts, the connection finishes the request in progress
+/// (if any) and closes; when the drain time is over, it is cut.
 async fn serve_connection<I>(
     io: I,
     app: Router,
     peer: Option<Peer>,
-    header_timeout: std::time::Duration,
+    header_timeout: Duration,
+    mut shutdown: Shutdown,
+    permit: ConnectionPermit,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let for_requests = shutdown.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let peer = peer.unwrap_or_else(|| {
             Peer(
@@ -155,21 +304,39 @@ async fn serve_connection<I>(
             )
         });
         req.extensions_mut().insert(peer);
+        // Streams close when the node shuts down (`crate::stream`).
+        req.extensions_mut().insert(for_requests.clone());
+        req.extensions_mut().insert(permit.clone());
         app.clone().oneshot(req)
     });
-    let _ = hyper::server::conn::http1::Builder::new()
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = shutdown.draining() => connection.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        _ = connection => {}
+        () = shutdown.stopped() => {}
+    }
 }
 
-async fn integrate_forever<S: Store>(node: Arc<Node<S>>) {
+/// Runs an integration round every `checkpoint_interval` until shutdown
+/// starts; a round in progress then finishes (it is cut only when the
+/// drain time is over).
+async fn integrate_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(node.limits().checkpoint_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            biased;
+            () = shutdown.draining() => return,
+            _ = tick.tick() => {}
+        }
         if let Err(e) =
             crate::integrate::integrate_round(&**node.store(), &node.origin, &*node.log_key).await
         {

@@ -15,12 +15,16 @@
 //! `slow_reader_timeout` is closed with 4008 and resumes by seq; a ping every `ping_interval`, and
 //! close with 4001 after `idle_timeout` without a frame from the client.
 //!
-//! Close codes: 4001 idle, 4003 access revoked, 4008 too slow, 1011 node
-//! error.
+//! When the node shuts down ([`crate::net::serve`]), every stream is closed
+//! with 1001 (going away); the client resumes by seq on the restarted node.
+//!
+//! Close codes: 1001 node shutting down, 4001 idle, 4003 access revoked,
+//! 4008 too slow, 1011 node error.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -34,6 +38,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::api::{self, ApiError};
 use crate::limits::StreamSlot;
+use crate::net::{ConnectionPermit, Shutdown};
 use crate::server::{ApiPath, ApiQuery, Authed, Node, delivered, may_read, parse_talks};
 
 /// Idle: nothing from the client for `idle_timeout`.
@@ -44,6 +49,8 @@ pub const CLOSE_REVOKED: u16 = 4003;
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// The node failed.
 pub const CLOSE_ERROR: u16 = 1011;
+/// The node is shutting down (going away): resume by seq once it is back.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Query of the stream.
 #[derive(Debug, Deserialize)]
@@ -58,6 +65,8 @@ pub(crate) async fn stream<S: Store>(
     Authed(key): Authed,
     ApiPath(talks): ApiPath<String>,
     ApiQuery(q): ApiQuery<StreamQuery>,
+    shutdown: Option<Extension<Shutdown>>,
+    permit: Option<Extension<ConnectionPermit>>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let talks = parse_talks(&talks)?;
@@ -72,7 +81,20 @@ pub(crate) async fn stream<S: Store>(
         })?;
     Ok(upgrade
         .max_message_size(64 << 10)
-        .on_upgrade(move |socket| run(node, talks, key, q.from, socket, slot)))
+        .on_upgrade(move |socket| async move {
+            // The stream keeps its connection's slot until it ends.
+            let _permit = permit;
+            run(
+                node,
+                talks,
+                key,
+                q.from,
+                socket,
+                slot,
+                shutdown.map(|e| e.0),
+            )
+            .await
+        }))
 }
 
 enum Outgoing {
@@ -87,6 +109,7 @@ async fn run<S: Store>(
     from: u64,
     socket: WebSocket,
     _slot: StreamSlot,
+    mut shutdown: Option<Shutdown>,
 ) {
     let (mut sink, mut incoming) = socket.split();
     let queue = Arc::new(Queue {
@@ -97,7 +120,7 @@ async fn run<S: Store>(
     // shows up as queued bytes, not as a stalled producer.
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer_queue = Arc::clone(&queue);
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             match out {
                 Outgoing::Frame(msg, size) => {
@@ -121,12 +144,37 @@ async fn run<S: Store>(
         }
     });
 
-    let close = deliver(&node, talks, &key, from, &tx, &queue, &mut incoming).await;
+    let close = tokio::select! {
+        close = deliver(&node, talks, &key, from, &tx, &queue, &mut incoming) => close,
+        () = draining(&mut shutdown) => Some((CLOSE_GOING_AWAY, "the node is shutting down")),
+    };
     if let Some((code, reason)) = close {
         let _ = tx.send(Outgoing::Close(code, reason));
     }
     drop(tx);
-    let _ = writer.await;
+    // The writer sends what is queued, then the close frame; a reader too
+    // slow to take them before the shutdown grace runs out is cut.
+    tokio::select! {
+        _ = &mut writer => {}
+        () = stopped(&mut shutdown) => writer.abort(),
+    }
+}
+
+/// Resolves when the node starts shutting down (never without a
+/// [`Shutdown`]: a router served by other means than `serve`).
+async fn draining(shutdown: &mut Option<Shutdown>) {
+    match shutdown {
+        Some(s) => s.draining().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the node's shutdown grace is over.
+async fn stopped(shutdown: &mut Option<Shutdown>) {
+    match shutdown {
+        Some(s) => s.stopped().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Delivers until the stream must close; returns the close code and reason

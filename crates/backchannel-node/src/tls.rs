@@ -32,6 +32,15 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    /// A stored certificate is not an X.509 certificate for an Ed25519 key.
+    #[error("the certificate does not parse as one X.509 certificate for an Ed25519 key")]
+    NotAnEd25519Certificate,
+    /// A stored certificate is for another key than the one it is paired
+    /// with.
+    #[error(
+        "the certificate is for another key; the certificate and the key belong to different identities"
+    )]
+    CertificateKeyMismatch,
     /// A fingerprint is not 64 hex digits.
     #[error("a certificate fingerprint is 64 hex digits (SHA-256 of the certificate)")]
     BadFingerprint,
@@ -104,6 +113,25 @@ impl Identity {
             cert: cert.der().clone(),
             key: der,
             public: key.public_key(),
+        })
+    }
+
+    /// The identity of `key` with a certificate made earlier (by
+    /// [`Identity::self_signed`], stored, and pinned by its fingerprint):
+    /// accepted if it is a certificate for `key`'s public key as
+    /// [`device_key_of`] reads it, so the fingerprint stays the stored
+    /// certificate's whatever the version that made it.
+    pub fn from_parts(key: &SecretKey, cert_der: Vec<u8>) -> Result<Self, TlsError> {
+        let cert = CertificateDer::from(cert_der);
+        let certified = device_key_of(&cert).ok_or(TlsError::NotAnEd25519Certificate)?;
+        let public = key.public_key();
+        if certified != public {
+            return Err(TlsError::CertificateKeyMismatch);
+        }
+        Ok(Self {
+            cert,
+            key: PrivatePkcs8KeyDer::from(ed25519_pkcs8(key).to_vec()),
+            public,
         })
     }
 

@@ -106,7 +106,13 @@ async fn plain_http_is_refused_off_loopback_and_names_its_key_on_it() {
     let store = backchannel_store::memory::MemoryStore::new();
     let node = start_with(store, test_limits()).await;
     let public = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let r = serve(Tcp(public), Transport::DangerPlainHttp, node.node.clone()).await;
+    let r = serve(
+        Tcp(public),
+        Transport::DangerPlainHttp,
+        node.node.clone(),
+        std::future::pending(),
+    )
+    .await;
     assert!(
         matches!(r, Err(ServeError::PlainHttpNotLoopback(_))),
         "{r:?}"
@@ -115,7 +121,15 @@ async fn plain_http_is_refused_off_loopback_and_names_its_key_on_it() {
     let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = local.local_addr().unwrap();
     let n = node.node.clone();
-    tokio::spawn(async move { serve(Tcp(local), Transport::DangerPlainHttp, n).await });
+    tokio::spawn(async move {
+        serve(
+            Tcp(local),
+            Transport::DangerPlainHttp,
+            n,
+            std::future::pending(),
+        )
+        .await
+    });
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/v1/node");
     let a = http.get(&url).send().await.unwrap();

@@ -258,3 +258,48 @@ async fn a_slow_reader_is_closed_and_resumes_by_seq() {
     let rest = until_caught(&mut ws, 24).await;
     assert_eq!(rest, (from..24).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn open_streams_count_against_the_connection_limit() {
+    let node = start(Limits {
+        max_connections: 2,
+        ..test_limits()
+    })
+    .await;
+    let talks = node.open_reference_talks().await;
+    let mut a = connect(&node, IRAN_HEAD_DEVICE, talks, 0).await.expect("a");
+    until_caught(&mut a, 0).await;
+    let mut b = connect(&node, US_HEAD_DEVICE, talks, 0).await.expect("b");
+    until_caught(&mut b, 0).await;
+    // Both slots are held by upgraded streams: a third connection is
+    // dropped before its handshake completes.
+    let tcp = tokio::net::TcpStream::connect(node.addr)
+        .await
+        .expect("connect");
+    let third = tokio_rustls::TlsConnector::from(Arc::new(client_tls(
+        US_NEGOTIATOR_DEVICE,
+        node.fingerprint,
+    )))
+    .connect(ServerName::try_from("node.invalid").unwrap(), tcp)
+    .await;
+    assert!(third.is_err(), "a third connection got through");
+    drop(a);
+    let mut ok = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let tcp = tokio::net::TcpStream::connect(node.addr)
+            .await
+            .expect("connect");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client_tls(
+            US_NEGOTIATOR_DEVICE,
+            node.fingerprint,
+        )))
+        .connect(ServerName::try_from("node.invalid").unwrap(), tcp)
+        .await;
+        if tls.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "closing a stream did not free its slot");
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use backchannel_crypto::{SecretKey, Signer};
 use backchannel_node::tls::{self, Fingerprint, Identity};
 use rustls::pki_types::ServerName;
+use rustls::server::danger::ClientCertVerifier as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -122,6 +123,60 @@ async fn a_client_certificate_for_another_key_type_is_refused() {
         rustls::pki_types::PrivateKeyDer::Pkcs8(p256.serialize_der().into()),
     )
     .expect("client config");
-    assert!(handshake(client, &node).await.is_err());
+    // The node asks for Ed25519 only, so rustls does not even send a P-256
+    // certificate: the connection completes with no key (and the API
+    // answers it 401), or fails; it never acts as a key.
+    assert_eq!(handshake(client, &node).await.ok().flatten(), None);
+    // Sent anyway, the certificate is refused, and names no device key.
+    let refused = tls::DeviceCertVerifier.verify_client_cert(
+        cert.der(),
+        &[],
+        rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::ZERO),
+    );
+    assert!(refused.is_err());
     assert!(tls::device_key_of(cert.der()).is_none());
+}
+
+#[tokio::test]
+async fn a_stored_certificate_is_served_with_its_key() {
+    let made = Identity::self_signed(&key(1), "node").expect("node identity");
+    let stored = made.certificate().as_ref().to_vec();
+    let node = Identity::from_parts(&key(1), stored.clone()).expect("the stored certificate");
+    // The same certificate, so the fingerprint clients pinned.
+    assert_eq!(node.fingerprint(), made.fingerprint());
+    assert_eq!(node.certificate().as_ref(), stored.as_slice());
+    assert_eq!(node.public_key(), key(1).public_key());
+    // And it serves: a client pinning that fingerprint completes a handshake.
+    let device = Identity::self_signed(&key(2), "device").expect("device identity");
+    let client = tls::client_config(&device, made.fingerprint()).expect("client config");
+    assert_eq!(
+        handshake(client, &node).await,
+        Ok(Some(key(2).public_key()))
+    );
+}
+
+#[test]
+fn a_stored_certificate_for_another_key_is_refused() {
+    let other = Identity::self_signed(&key(3), "node").expect("other identity");
+    let stored = other.certificate().as_ref().to_vec();
+    assert!(matches!(
+        Identity::from_parts(&key(1), stored),
+        Err(tls::TlsError::CertificateKeyMismatch)
+    ));
+    // Bytes that are no Ed25519 certificate at all.
+    let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("p256 key");
+    let cert = rcgen::CertificateParams::new(vec!["node".into()])
+        .expect("params")
+        .self_signed(&p256)
+        .expect("cert");
+    for bytes in [
+        cert.der().to_vec(),
+        b"not a certificate".to_vec(),
+        Vec::new(),
+    ] {
+        assert!(matches!(
+            Identity::from_parts(&key(1), bytes),
+            Err(tls::TlsError::NotAnEd25519Certificate)
+        ));
+    }
 }

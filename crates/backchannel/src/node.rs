@@ -24,10 +24,11 @@ use crate::node_dir::{
 use crate::passphrase;
 use crate::system::{SystemClock, TcpListener};
 
-/// How long, after a shutdown signal, the database may take to finish the
-/// transactions in progress before the process exits anyway (anything not
-/// committed by then was never acknowledged, so nothing acknowledged is
-/// lost).
+/// How long, once the node has stopped serving (its connections drain for
+/// `Limits::shutdown_grace` after a shutdown signal), the database may take
+/// to finish the transactions in progress before the process exits anyway
+/// (anything not committed by then was never acknowledged, so nothing
+/// acknowledged is lost).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs one `node` command.
@@ -263,7 +264,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .map_err(|e| anyhow!("cannot start the async runtime: {e}"))?;
     let result = runtime.block_on(serve(database, transport, config, started));
-    // Connections still open are cut here; every acknowledged envelope is
+    // Tasks still running (connections cut at the end of the shutdown
+    // grace, the sequencer) end here; every acknowledged envelope is
     // already durable.
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     result
@@ -309,13 +311,42 @@ async fn serve(
     started.print()?;
     tracing::info!(creators, "the node is serving");
 
-    let outcome = tokio::select! {
-        r = net::serve(listener, transport, node) => Some(r),
-        signal = signals.recv() => {
-            tracing::info!("{signal} received; shutting down");
-            None
+    // The first signal starts a graceful shutdown: no new connections,
+    // requests in progress finish, streams close with 1001, for at most the
+    // node's `shutdown_grace`. A second signal stops waiting for them.
+    let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
+    // Boxed, so that it can be dropped (cutting what is still open) before
+    // the database closes.
+    let mut serving = Box::pin(net::serve(listener, transport, node, async {
+        // Sent on the first signal.
+        let _ = stopping.await;
+    }));
+    let first = tokio::select! {
+        r = serving.as_mut() => Err(r),
+        signal = signals.recv() => Ok(signal),
+    };
+    let outcome = match first {
+        Err(r) => Some(r),
+        Ok(signal) => {
+            tracing::info!(
+                "{signal} received; shutting down once requests in progress finish (send it \
+                 again to stop at once)"
+            );
+            let _ = stop.send(());
+            tokio::select! {
+                r = serving.as_mut() => Some(r),
+                signal = signals.recv() => {
+                    tracing::warn!(
+                        "{signal} received again; stopping without waiting for connections"
+                    );
+                    None
+                }
+            }
         }
     };
+    // After a second signal, this cuts whatever is still open; nothing
+    // acknowledged depends on it: every acknowledged envelope is durable.
+    drop(serving);
     // Let transactions in progress finish; later ones fail and are retried
     // by their clients against the restarted node.
     if tokio::time::timeout(SHUTDOWN_GRACE, store.close())
@@ -326,8 +357,7 @@ async fn serve(
     }
     tracing::info!("the node has stopped");
     match outcome {
-        Some(Err(e)) => Err(anyhow!("the node stopped: {e}; restart it")),
-        // `serve` returns only on an error; `Some(Ok)` would be a clean stop.
+        Some(Err(e)) => Err(anyhow!("the node could not serve: {e}")),
         Some(Ok(())) | None => Ok(()),
     }
 }

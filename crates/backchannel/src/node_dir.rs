@@ -161,31 +161,26 @@ impl NodeDir {
         Ok(signer)
     }
 
-    /// Opens `tls.key` and rebuilds the identity, checking that it is the
-    /// certificate stored in `tls.crt` (whose fingerprint clients pinned).
+    /// Opens `tls.key` and pairs it with the certificate stored in
+    /// `tls.crt` (whose fingerprint clients pinned), checking that the
+    /// certificate is for that key.
     pub fn open_identity(&self, passphrase: &SecretString) -> anyhow::Result<Identity> {
         let path = self.path(TLS_KEY);
         let key = KeyFile::open(&path, passphrase)?;
         check_kind(&path, key.kind(), KeyKind::NodeTls)?;
-        let identity = Identity::self_signed(key.secret_key(), CERT_NAME)
-            .map_err(|e| anyhow!("cannot make the node's TLS identity: {e}"))?;
-        let stored = read_small(&self.path(TLS_CERT))?;
-        if identity.certificate().as_ref() != stored.as_slice() {
-            // The node can only serve a certificate it makes itself; it is
-            // deterministic (fixed validity, serial from the key, Ed25519),
-            // so this means another key's certificate, or a change in how
-            // certificates are made.
-            bail!(
-                "{} does not match {} (its fingerprint {} would become {}); restore the \
-                 matching tls.crt, or run `backchannel node init --force` and have clients pin \
-                 the new fingerprint",
-                self.path(TLS_CERT).display(),
-                path.display(),
-                Fingerprint::of(&CertificateDer::from(stored)).to_hex(),
-                identity.fingerprint().to_hex()
-            );
-        }
-        Ok(identity)
+        let cert_path = self.path(TLS_CERT);
+        let stored = read_small(&cert_path)?;
+        let fingerprint = Fingerprint::of(&CertificateDer::from(stored.as_slice()));
+        Identity::from_parts(key.secret_key(), stored).map_err(|e| {
+            anyhow!(
+                "{} (fingerprint {}) does not go with {}: {e}; restore the matching tls.crt \
+                 and tls.key from a backup, or run `backchannel node init --force` and have \
+                 clients pin the new fingerprint",
+                cert_path.display(),
+                fingerprint.to_hex(),
+                path.display()
+            )
+        })
     }
 
     /// Reads the creators file.

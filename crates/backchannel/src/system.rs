@@ -2,17 +2,11 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use backchannel_node::net::Listener;
 use backchannel_node::sequencer::Clock;
 use tokio::net::TcpStream;
-
-/// How long accepting pauses after an error that is not about one
-/// connection (out of file descriptors, out of memory): long enough for
-/// connections to close and free what is missing, short enough that the
-/// node is back promptly. Hyper's old `AddrIncoming` paused the same second.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// Wall time: milliseconds since the Unix epoch, UTC.
 #[derive(Debug, Clone, Copy, Default)]
@@ -51,44 +45,19 @@ impl Listener for TcpListener {
     /// the peer's address in canonical form (an IPv4 client of a dual-stack
     /// socket is rate-limited as the IPv4 address it is).
     ///
-    /// Never fails: an error about one connection skips it, and any other
-    /// error pauses accepting for [`ACCEPT_ERROR_PAUSE`] and tries again,
-    /// so a burst that exhausts file descriptors slows the node down
-    /// instead of stopping it.
+    /// Errors are returned as they are: `serve` skips those about one
+    /// connection and pauses on the others (out of file descriptors), so
+    /// a burst that exhausts them slows the node down instead of stopping
+    /// it. Cancel-safe, as `tokio`'s `accept` is.
     async fn accept(&mut self) -> io::Result<(Self::Io, IpAddr)> {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, peer)) => {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                    }
-                    return Ok((stream, peer.ip().to_canonical()));
-                }
-                Err(e) if is_connection_error(&e) => {}
-                Err(e) => {
-                    tracing::warn!(
-                        error = %e,
-                        "accepting connections failed; pausing a second before trying again"
-                    );
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            }
+        let (stream, peer) = self.inner.accept().await?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
+        Ok((stream, peer.ip().to_canonical()))
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
-}
-
-/// An error about the one connection being accepted, not the listener.
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
 }

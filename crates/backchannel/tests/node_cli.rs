@@ -453,3 +453,36 @@ fn run_refuses_a_wrong_passphrase() {
         .arg(&dir));
     assert_failure(&out, "BACKCHANNEL_NODE_PASSPHRASE");
 }
+
+#[test]
+fn run_serves_the_stored_certificate_whatever_made_it() {
+    let (_tmp, dir) = node_dir();
+    init(&dir);
+    // Another certificate for the same key (as another version might have
+    // made it): the node serves it as stored, and its fingerprint.
+    let passphrase = age::secrecy::SecretString::from(PASSPHRASE.to_owned());
+    let key = backchannel_keyfile::KeyFile::open(&dir.join("tls.key"), &passphrase).unwrap();
+    let renamed = Identity::self_signed(key.secret_key(), "renamed").unwrap();
+    std::fs::write(dir.join("tls.crt"), renamed.certificate().as_ref()).unwrap();
+    let node = Running::start(&dir, &[]);
+    let (addr, fingerprint) = node.parsed();
+    assert_eq!(fingerprint, renamed.fingerprint().to_hex());
+    let response = get_over_tls(addr, &fingerprint, "/v1/node");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn run_refuses_a_certificate_for_another_key() {
+    let (_tmp, dir) = node_dir();
+    init(&dir);
+    let (_other_tmp, other) = node_dir();
+    init(&other);
+    std::fs::copy(other.join("tls.crt"), dir.join("tls.crt")).unwrap();
+    let out = run(with_passphrase(backchannel())
+        .args(["node", "run", "--listen", "127.0.0.1:0", "--dir"])
+        .arg(&dir));
+    assert_failure(&out, "tls.crt");
+    assert!(stderr(&out).contains("another key"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}

@@ -87,9 +87,14 @@ pub async fn start_with<S: Store>(store: S, limits: Limits) -> TestNode<S> {
     let addr = listener.local_addr().expect("addr");
     let n = node.clone();
     let server = tokio::spawn(async move {
-        serve(Tcp(listener), Transport::Tls(config), n)
-            .await
-            .expect("serve");
+        serve(
+            Tcp(listener),
+            Transport::Tls(config),
+            n,
+            std::future::pending(),
+        )
+        .await
+        .expect("serve");
     });
     TestNode {
         addr,
