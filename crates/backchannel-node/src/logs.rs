@@ -6,9 +6,15 @@
 //! synchronously and the store is async, so each proof is computed twice:
 //! once with a reader that records which indexes it asks for (the set
 //! depends only on the sizes, never on hash values), then, after one
-//! [`Store::tree_hashes`] round trip, with those hashes. Only hash tiles
-//! are served (`tile/8/<L>/<N>`): data tiles would show every leaf's room
-//! to every member.
+//! [`Store::tree_hashes`] round trip, with those hashes.
+//!
+//! Data tiles (`tile/8/data/<N>[.p/<W>]`) hold each leaf's 97-byte
+//! [`LeafData`], rebuilt from the stored envelopes (never trusted from a
+//! stored hash): a client re-hashes them into the tree it keeps, so it
+//! verifies each new checkpoint from the leaves themselves and accounts for
+//! every leaf of its rooms. They show every member of the talks each
+//! leaf's room id and time (not its sender, size or content): the price of
+//! withheld-envelope detection, stated in the threat model.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -19,10 +25,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use backchannel_codec::{Encode, TalksId};
+use backchannel_crypto::sha256;
 use backchannel_statement::access_list::FLAG_DEVICE;
 use backchannel_store::{MAX_TREE_HASHES, Store, StoreError};
 use backchannel_tlog::{
-    CheckpointNote, ConsistencyProof, Cosignature, CosignerKey, InclusionProof, attach,
+    CheckpointNote, ConsistencyProof, Cosignature, CosignerKey, InclusionProof, LEAF_DATA_LEN,
+    LeafData, attach,
 };
 use serde::Deserialize;
 use tlog_tiles::{Hash, HashReader};
@@ -181,8 +189,11 @@ pub(crate) async fn tile<S: Store>(
     node.member(talks, &key).await?;
     let tile =
         tlog_tiles::Tile::from_path(&format!("tile/{path}")).map_err(|_| ApiError::not_found())?;
-    if tile.is_data() || tile.height() != TILE_HEIGHT {
+    if tile.height() != TILE_HEIGHT {
         return Err(ApiError::not_found());
+    }
+    if tile.is_data() {
+        return data_tile(&node, talks, &tile).await;
     }
     let data = with_hashes(&*node.store, talks, |r| {
         tile.read_data(r).map_err(|_| ApiError::not_found())
@@ -191,6 +202,59 @@ pub(crate) async fn tile<S: Store>(
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
         data,
+    )
+        .into_response())
+}
+
+/// A data tile: the leaf data of its entries, from the stored envelopes,
+/// within the integrated tree.
+async fn data_tile<S: Store>(
+    node: &Node<S>,
+    talks: TalksId,
+    tile: &tlog_tiles::Tile,
+) -> Result<Response, ApiError> {
+    if tile.level() != 0 {
+        return Err(ApiError::not_found());
+    }
+    let width = u64::from(tile.width());
+    let start = tile
+        .level_index()
+        .checked_mul(1 << TILE_HEIGHT)
+        .ok_or_else(ApiError::not_found)?;
+    let end = start.checked_add(width).ok_or_else(ApiError::not_found)?;
+    integrated(node, talks, end).await?;
+    let mut out = Vec::with_capacity(width as usize * LEAF_DATA_LEN);
+    let mut next = start;
+    while next < end {
+        let rows = node
+            .store
+            .read(talks, next, (end - next) as usize)
+            .await
+            .map_err(store_error)?;
+        if rows.is_empty() {
+            return Err(ApiError::internal());
+        }
+        for e in rows.into_iter().take((end - next) as usize) {
+            if e.seq != next {
+                tracing::error!("a seq is missing below the integrated size");
+                return Err(ApiError::internal());
+            }
+            out.extend_from_slice(
+                &LeafData {
+                    seq: e.seq,
+                    timestamp_ms: e.node_time,
+                    room: e.room,
+                    header_hash: sha256(&e.header),
+                    body_hash: e.body_hash,
+                }
+                .to_canonical_bytes(),
+            );
+            next += 1;
+        }
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        out,
     )
         .into_response())
 }

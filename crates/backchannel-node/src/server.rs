@@ -141,11 +141,7 @@ impl<S: Store> Node<S> {
     }
 }
 
-/// The witness name a key cosigns checkpoints under: `bc-` and the hex of
-/// its key id.
-pub fn witness_name(key: &KeyId) -> String {
-    format!("bc-{}", hex::encode(key.0.0))
-}
+pub use backchannel_tlog::witness_name;
 
 /// Maps a storage error to the API's answer; corruption and backend
 /// failures are logged (without ids) and answered 500/503.

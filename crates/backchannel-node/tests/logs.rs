@@ -107,7 +107,8 @@ async fn checkpoints_proofs_tiles_and_cosignatures() {
         ("/proof/inclusion?index=1&size=999", 404),
         ("/proof/inclusion?index=x", 400),
         ("/tile/8/0/001", 404),
-        ("/tile/8/data/000.p/8", 404),
+        ("/tile/8/data/000.p/9", 404),
+        ("/tile/8/data/001", 404),
     ] {
         let a = iran.get(&path(talks, q)).await;
         assert_eq!(a.status, status, "{q}: {a:?}");
@@ -118,6 +119,15 @@ async fn checkpoints_proofs_tiles_and_cosignatures() {
     assert_eq!(a.bytes.len(), 8 * 32);
     let first = &page.json["envelopes"][0];
     assert_eq!(&a.bytes[..32], &leaf_of(first).0);
+    // The data tile holds the leaf data, which re-hashes to the hash tile.
+    let d = iran.get(&path(talks, "/tile/8/data/000.p/8")).await;
+    assert_eq!(d.status, 200);
+    assert_eq!(d.bytes.len(), 8 * backchannel_tlog::LEAF_DATA_LEN);
+    for (i, entry) in d.bytes.chunks(backchannel_tlog::LEAF_DATA_LEN).enumerate() {
+        let leaf = LeafData::from_canonical_bytes(entry).unwrap();
+        assert_eq!(leaf.seq, i as u64);
+        assert_eq!(&leaf.hash().0, &a.bytes[i * 32..(i + 1) * 32]);
+    }
 
     // Cosigning: a device cosigns the latest checkpoint under its witness name.
     let latest = iran.get(&path(talks, "/checkpoint")).await;

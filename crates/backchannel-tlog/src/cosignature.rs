@@ -426,6 +426,19 @@ impl signed_note::Verifier for CosignatureVerifier {
     }
 }
 
+/// The name a participant's key cosigns checkpoints under (the node
+/// accepts a cosignature only under the name of the connection's key):
+/// `bc-` and the 64 hex digits of its key id, a valid note key name.
+pub fn witness_name(key: &backchannel_crypto::KeyId) -> String {
+    let mut name = String::with_capacity(3 + 64);
+    name.push_str("bc-");
+    for b in key.0.0 {
+        name.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        name.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    name
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

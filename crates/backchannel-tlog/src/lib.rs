@@ -34,7 +34,7 @@ pub use checkpoint::{
 pub use cosignature::{
     COSIGNATURE_HEADER, COSIGNATURE_PAYLOAD_LEN, CosignError, Cosignature, CosignatureError,
     CosignatureSigner, CosignatureVerifier, CosignerKey, MAX_COSIGNATURE_TIMESTAMP, attach,
-    cosign_note, cosignatures, cosigned_message, verify_cosignatures,
+    cosign_note, cosignatures, cosigned_message, verify_cosignatures, witness_name,
 };
 pub use leaf::{LEAF_DATA_LEN, LEAF_FORMAT_VERSION, LeafData};
 pub use note::{
