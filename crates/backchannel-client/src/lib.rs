@@ -1,0 +1,30 @@
+//! The Backchannel client library.
+//!
+//! Every front end (the `backchannel` CLI, a future graphical client) is a
+//! thin layer over this crate, so none re-implements crypto, verification
+//! or replay. Its parts:
+//! - [`follow`]: the sans-IO log follower — verifies each new checkpoint
+//!   from the leaf data it is served, re-hashed into the compact tree it
+//!   keeps; accounts for every leaf of the client's rooms; decides what it
+//!   may cosign.
+//! - [`store`]: the client's storage trait (everything is persisted through
+//!   it; backends encrypt at rest).
+//! - [`net`]: the node's API over pinned TLS with the client's key, typed
+//!   after `docs/api.md`, and the delivery stream.
+//! - [`safety`]: the talks safety code and each party's verification state.
+//! - [`seal`]: the one seam bodies pass through (padding only until rooms
+//!   are MLS groups: bodies are not yet encrypted).
+//! - [`session`]: one device's session in one talks — send, receive into a
+//!   verified archive, verify the log, cosign.
+//!
+//! IO only at one edge: [`net`] opens sockets (through reqwest and
+//! hyper-util; [`net::NodeClient::stream_over`] takes any byte stream, for
+//! a simulator). Storage is a trait ([`store::ClientStore`]); time and
+//! randomness are parameters.
+
+pub mod follow;
+pub mod net;
+pub mod safety;
+pub mod seal;
+pub mod session;
+pub mod store;
