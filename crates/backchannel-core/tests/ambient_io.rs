@@ -12,6 +12,9 @@ const EXEMPT: &[&str] = &[
     "backchannel",
     // A storage backend: files are its job.
     "backchannel-store-sqlite",
+    // The client's storage backend: files, and OS randomness for salts
+    // and nonces.
+    "backchannel-client-store-sqlite",
     // Key files on disk: used by the CLI only.
     "backchannel-keyfile",
 ];
