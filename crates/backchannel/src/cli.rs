@@ -37,6 +37,17 @@ pub enum Command {
     /// Set up and run a mediator node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Replay the reference scenario (Oman mediating between the United
+    /// States and Iran) on a fresh local node, and print what happened.
+    Demo(DemoArgs),
+}
+
+/// `backchannel demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the node's temporary directory (its database) afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// `backchannel node …`.

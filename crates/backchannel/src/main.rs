@@ -13,6 +13,7 @@
 //! do next, on stderr); `2` the arguments were not understood.
 
 mod cli;
+mod demo;
 mod logging;
 mod node;
 mod node_dir;
@@ -39,8 +40,15 @@ fn main() -> ExitCode {
 }
 
 fn try_main(cli: Cli) -> anyhow::Result<()> {
-    logging::init(&cli.log_level)?;
+    // The demo prints its own account of what happens; the node's info
+    // lines would interleave with it, so it logs warnings unless asked.
+    let level = match (&cli.command, cli.log_level.as_str()) {
+        (Command::Demo(_), "info") => "warn",
+        (_, level) => level,
+    };
+    logging::init(level)?;
     match cli.command {
         Command::Node(command) => node::main(command),
+        Command::Demo(args) => demo::main(args.keep),
     }
 }

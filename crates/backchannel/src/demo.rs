@@ -1,0 +1,733 @@
+//! `backchannel demo`: the reference scenario on a real node.
+//!
+//! Starts a node on a fresh temporary directory (SQLite, TLS on loopback,
+//! clients pinning its fingerprint), creates Oman's mediation team and the
+//! US and Iranian delegations with fresh keys, and runs the talks through
+//! the client library: the mediator opens the talks and invites each party;
+//! each party enrols its talks authority with its one-time token; the
+//! mediator builds the roster from what the parties certified and proposes
+//! the access-list change that seats their devices, which each party's
+//! designated signer checks and co-signs; the mediator posts roster and
+//! ground rules to the record room; every party verifies them against the
+//! node's access list and accepts; the delegations talk with the mediator
+//! in their caucuses; every device verifies the log from the data tiles and
+//! cosigns the same checkpoint, which is then final. It prints each party's
+//! safety code (they match) and a transcript, and exits 0.
+//!
+//! Bodies are not yet encrypted (the rooms issue makes rooms MLS groups);
+//! the demo says so.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use backchannel_client::net::NodeClient;
+use backchannel_client::safety::{SafetyCode, SafetyInputs};
+use backchannel_client::seal::{Content, PlaintextSeal};
+use backchannel_client::session::Session;
+use backchannel_client::store::MemoryClientStore;
+use backchannel_codec::{Decode, Encode, PartyId, PrincipalId, Reader, RoomId, TalksId, Writer};
+use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer, sha256};
+use backchannel_node::limits::Limits;
+use backchannel_node::net::{Transport, serve};
+use backchannel_node::server::{Node, NodeConfig};
+use backchannel_node::tls::{Identity, server_config};
+use backchannel_statement::access_list::{
+    AccessEntry, FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
+};
+use backchannel_statement::roster::{
+    Calendar, ChangeRule, ExportRecipient, ExportRule, ExportScope, KeyVerification, MemberEntry,
+    MemberFields, PartyEntry, RoomDecl, RoomPurpose, VerifiedRoster,
+};
+use backchannel_statement::{
+    Acceptance, AccessList, AccessListChange, AccessListDelta, Act, Attribution, Audience,
+    CheckpointRef, Conveyance, GroundRules, InvitationFields, InvitationToken, Markings, PartyKind,
+    Payload, Role, Roster, Salt, SignedStatement, Statement,
+};
+use backchannel_store_sqlite::{SqliteOptions, SqliteStore};
+use backchannel_tlog::NodeOrigin;
+use rand_core::{OsRng, RngCore};
+
+use crate::system::{SystemClock, TcpListener};
+
+/// One member of a delegation.
+struct Member {
+    name: &'static str,
+    role: Role,
+    principal: PrincipalId,
+    identity: SecretKey,
+    device: SecretKey,
+}
+
+/// A delegation (or the mediation team).
+struct Party {
+    name: &'static str,
+    short: &'static str,
+    kind: PartyKind,
+    id: PartyId,
+    authority: SecretKey,
+    talks_authority: SecretKey,
+    members: Vec<Member>,
+}
+
+fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    b
+}
+
+fn salt() -> Salt {
+    Salt::generate(&mut OsRng)
+}
+
+fn party(
+    name: &'static str,
+    short: &'static str,
+    kind: PartyKind,
+    members: &[(&'static str, Role)],
+) -> Party {
+    Party {
+        name,
+        short,
+        kind,
+        id: PartyId(random16()),
+        authority: SecretKey::generate(&mut OsRng),
+        talks_authority: SecretKey::generate(&mut OsRng),
+        members: members
+            .iter()
+            .map(|&(name, role)| Member {
+                name,
+                role,
+                principal: PrincipalId(random16()),
+                identity: SecretKey::generate(&mut OsRng),
+                device: SecretKey::generate(&mut OsRng),
+            })
+            .collect(),
+    }
+}
+
+impl Party {
+    /// What the party certifies for the roster: its party entry (by its
+    /// long-term authority) and its member entries (by its talks
+    /// authority).
+    fn certified(&self, talks: TalksId) -> anyhow::Result<(PartyEntry, Vec<MemberEntry>)> {
+        let entry = PartyEntry::certify(
+            talks,
+            self.id,
+            self.kind,
+            self.name,
+            &self.authority,
+            self.talks_authority.public_key(),
+        )?;
+        let members = self
+            .members
+            .iter()
+            .map(|m| {
+                let acts = [
+                    Act::AcceptTalks,
+                    Act::ReleaseMessage,
+                    Act::SignAgreement,
+                    Act::Convey,
+                ]
+                .into_iter()
+                .filter(|a| m.role.permits(*a))
+                .collect();
+                MemberFields {
+                    principal: m.principal,
+                    party: self.id,
+                    role: m.role,
+                    name: m.name.into(),
+                    identity_key: m.identity.public_key(),
+                    devices: vec![m.device.public_key()],
+                    acts,
+                }
+                .certify(talks, &self.talks_authority)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok((entry, members))
+    }
+}
+
+/// The enrolment payload: the party's certified roster entries (opaque to
+/// the node; not yet encrypted to the mediator — see the module docs).
+fn encode_enrolment(entry: &PartyEntry, members: &[MemberEntry]) -> Vec<u8> {
+    let mut w = Writer::new();
+    entry.encode(&mut w);
+    w.list(members);
+    w.into_bytes()
+}
+
+fn decode_enrolment(bytes: &[u8]) -> anyhow::Result<(PartyEntry, Vec<MemberEntry>)> {
+    let mut r = Reader::new(bytes);
+    let entry = PartyEntry::decode(&mut r)?;
+    let members = r.list("members", 64)?;
+    r.finish()?;
+    Ok((entry, members))
+}
+
+fn statement(
+    signer: &SecretKey,
+    talks: TalksId,
+    party: PartyId,
+    record: RoomId,
+    payload: Payload,
+) -> anyhow::Result<SignedStatement> {
+    Ok(Statement::new(
+        &mut OsRng,
+        talks,
+        signer.public_key().id(),
+        party,
+        vec![Audience::Room(record)],
+        CheckpointRef::NONE,
+        Markings::mediator_only(),
+        payload,
+    )?
+    .sign(signer)?)
+}
+
+fn now_ms() -> u64 {
+    use backchannel_node::sequencer::Clock as _;
+    SystemClock.now_ms()
+}
+
+type DemoSession = Session<MemoryClientStore, PlaintextSeal>;
+
+/// Runs the demo; `keep`: leave the node's directory in place.
+pub fn main(keep: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let dir = std::env::temp_dir().join(format!("backchannel-demo-{}", hex::encode(random16())));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = runtime.block_on(run(&dir));
+    if keep {
+        println!("\nThe node's directory is kept at {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
+    println!("Backchannel demo: Oman mediates between the United States and Iran.\n");
+    println!(
+        "Note: formal statements are transferable proof, and talk is attributable:\n\
+         Backchannel offers no deniability. In this version bodies are not yet\n\
+         end-to-end encrypted (rooms become MLS groups in a later version).\n"
+    );
+
+    // Delegations.
+    let oman = party(
+        "Sultanate of Oman",
+        "OM",
+        PartyKind::Mediator,
+        &[("Omani lead mediator", Role::Lead)],
+    );
+    let us = party(
+        "United States",
+        "US",
+        PartyKind::Party,
+        &[
+            ("US envoy", Role::Head),
+            ("US negotiator", Role::Negotiator),
+        ],
+    );
+    let iran = party(
+        "Islamic Republic of Iran",
+        "IR",
+        PartyKind::Party,
+        &[
+            ("Iranian deputy foreign minister", Role::Head),
+            ("Iranian expert", Role::Expert),
+        ],
+    );
+    let talks = TalksId(random16());
+    let record = RoomId(random16());
+    let us_caucus = RoomId(random16());
+    let iran_caucus = RoomId(random16());
+    let room_names: BTreeMap<RoomId, &str> = [
+        (record, "record"),
+        (us_caucus, "caucus OM-US"),
+        (iran_caucus, "caucus OM-IR"),
+    ]
+    .into();
+
+    // The node.
+    let log_key = SecretKey::generate(&mut OsRng);
+    let tls_key = SecretKey::generate(&mut OsRng);
+    let identity = Identity::self_signed(&tls_key, "backchannel-demo-node")?;
+    let fingerprint = identity.fingerprint();
+    let origin = NodeOrigin::new("demo.backchannel.example")?;
+    let store = SqliteStore::open(&dir.join("node.db"), SqliteOptions::default()).await?;
+    let node = Node::new(
+        Arc::new(store),
+        NodeConfig {
+            origin: origin.clone(),
+            log_key: Arc::new(SecretKey::from_seed(&log_key.seed())?),
+            creators: vec![oman.members[0].device.public_key()],
+            limits: Limits {
+                checkpoint_interval: Duration::from_millis(100),
+                ..Limits::default()
+            },
+            clock: Arc::new(SystemClock),
+        },
+    );
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = backchannel_node::net::Listener::local_addr(&listener)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        Transport::Tls(Arc::new(server_config(&identity)?)),
+        node,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    println!(
+        "Node on {addr} (TLS 1.3), fingerprint {}",
+        fingerprint.to_hex()
+    );
+    let client = |key: &SecretKey| NodeClient::new(addr, fingerprint, key);
+    let lead = &oman.members[0];
+    let mediator = client(&lead.device)?;
+
+    // 1. The mediator opens the talks with its own team on the list.
+    let oman_rooms = vec![record, us_caucus, iran_caucus];
+    let initial = AccessList::new(
+        talks,
+        0,
+        vec![
+            AccessEntry::new(
+                oman.talks_authority.public_key(),
+                PrincipalId(oman.id.0),
+                oman.id,
+                vec![],
+                FLAG_DESIGNATED_SIGNER | FLAG_MEDIATOR,
+            )?,
+            AccessEntry::new(
+                lead.device.public_key(),
+                lead.principal,
+                oman.id,
+                oman_rooms,
+                FLAG_DEVICE | FLAG_MAY_PROPOSE | FLAG_MEDIATOR,
+            )?,
+        ],
+    )?;
+    mediator.create_talks(&initial).await?;
+    println!("[OM] opened the talks");
+
+    // 2. Invitations, one per party; the token travels out of band.
+    let mut tokens = Vec::new();
+    for p in [&us, &iran] {
+        let mut t = [0u8; 32];
+        OsRng.fill_bytes(&mut t);
+        let token = InvitationToken(t);
+        let invitation = InvitationFields {
+            talks,
+            party: p.id,
+            token_hash: token.hash(),
+            expires_at: now_ms() + 3_600_000,
+        }
+        .sign(&oman.talks_authority)?;
+        mediator.create_invitation(talks, &invitation).await?;
+        println!("[OM] invited {} (token handed over out of band)", p.name);
+        tokens.push(token);
+    }
+
+    // 3. Each party enrols its talks authority with its token, leaving its
+    //    certified roster entries for the mediator.
+    for (p, token) in [&us, &iran].into_iter().zip(&tokens) {
+        let (entry, members) = p.certified(talks)?;
+        client(&p.talks_authority)?
+            .enrol(talks, token, &encode_enrolment(&entry, &members))
+            .await?;
+        println!("[{}] enrolled its talks authority", p.short);
+    }
+
+    // 4. The mediator builds the roster from what the parties certified.
+    let mut parties = vec![oman.certified(talks)?.0];
+    let mut members = oman.certified(talks)?.1;
+    for inv in mediator.invitations(talks).await? {
+        let payload = inv
+            .payload
+            .as_deref()
+            .context("an invitation was not redeemed")?;
+        let (entry, ms) = decode_enrolment(payload)?;
+        ensure!(
+            entry.party == inv.invitation.fields.party,
+            "an enrolment for another party"
+        );
+        parties.push(entry);
+        members.extend(ms);
+    }
+    parties.sort_by_key(|p| p.party);
+    members.sort_by_key(|m| m.principal);
+    let principals = |ps: &[&Party]| {
+        let mut v: Vec<PrincipalId> = ps
+            .iter()
+            .flat_map(|p| p.members.iter().map(|m| m.principal))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut rooms = vec![
+        RoomDecl {
+            room: record,
+            purpose: RoomPurpose::Record,
+            name: "Record".into(),
+            members: principals(&[&oman, &us, &iran]),
+        },
+        RoomDecl {
+            room: us_caucus,
+            purpose: RoomPurpose::Caucus,
+            name: "Caucus: Oman with the United States".into(),
+            members: principals(&[&oman, &us]),
+        },
+        RoomDecl {
+            room: iran_caucus,
+            purpose: RoomPurpose::Caucus,
+            name: "Caucus: Oman with Iran".into(),
+            members: principals(&[&oman, &iran]),
+        },
+    ];
+    rooms.sort_by_key(|r| r.room);
+    let mut roster = Roster {
+        parties,
+        members,
+        rooms,
+        rules: vec![],
+        access_list_hash: Digest([0; 32]),
+    };
+    let implied = roster.implied_access_list(talks)?;
+    roster.access_list_hash = implied.hash();
+    roster.verify_for(talks)?;
+
+    // 5. The access-list change that seats every party's devices: the
+    //    mediator signs first, then each party's designated signer checks
+    //    that its own entries are its devices and co-signs.
+    let current = mediator.access_list(talks).await?;
+    let upsert: Vec<AccessEntry> = implied
+        .entries()
+        .iter()
+        .filter(|e| current.list.get(&e.key_id()) != Some(e))
+        .cloned()
+        .collect();
+    let delta = AccessListDelta::new(talks, current.list.hash(), vec![], upsert)?;
+    let change = AccessListChange::new(delta.clone(), vec![delta.sign(&oman.talks_authority)?])?;
+    let outcome = mediator.submit_change(talks, &change).await?;
+    ensure!(!outcome.applied, "the change applied without the parties");
+    for p in [&us, &iran] {
+        let authority = client(&p.talks_authority)?;
+        let pending = authority.pending_changes(talks).await?;
+        let proposed = pending.first().context("no pending change")?;
+        let ours: BTreeSet<PublicKey> = p.members.iter().map(|m| m.device.public_key()).collect();
+        let touching: BTreeSet<PublicKey> = proposed
+            .change
+            .delta
+            .upsert()
+            .iter()
+            .filter(|e| e.party == p.id)
+            .map(|e| *e.key())
+            .collect();
+        ensure!(
+            touching == ours,
+            "{}: the change seats other keys for us",
+            p.short
+        );
+        let signed = AccessListChange::new(
+            proposed.change.delta.clone(),
+            vec![proposed.change.delta.sign(&p.talks_authority)?],
+        )?;
+        let o = authority.submit_change(talks, &signed).await?;
+        println!(
+            "[{}] checked and co-signed the access-list change{}",
+            p.short,
+            if o.applied { " (applied)" } else { "" }
+        );
+    }
+    let seated = mediator.access_list(talks).await?;
+    ensure!(
+        seated.list.entries() == implied.entries(),
+        "the node's access list is not the roster's"
+    );
+
+    // Sessions: one per device.
+    let mut sessions: Vec<(String, PartyId, DemoSession, BTreeSet<RoomId>)> = Vec::new();
+    for p in [&oman, &us, &iran] {
+        for m in &p.members {
+            let s = Session::open(
+                Arc::new(MemoryClientStore::default()),
+                PlaintextSeal,
+                client(&m.device)?,
+                SecretKey::from_seed(&m.device.seed())?,
+                talks,
+                &origin,
+                log_key.public_key(),
+            )
+            .await?;
+            let rooms = implied
+                .get(&m.device.public_key().id())
+                .map(|e| e.rooms().iter().copied().collect())
+                .unwrap_or_default();
+            sessions.push((format!("[{}] {}", p.short, m.name), p.id, s, rooms));
+        }
+    }
+
+    // 6. The mediator posts roster and ground rules to the record room.
+    let roster_st = statement(
+        &oman.talks_authority,
+        talks,
+        oman.id,
+        record,
+        Payload::Roster(roster),
+    )?;
+    let mut exports = vec![
+        ExportRule {
+            party: us.id,
+            scope: ExportScope::OwnStatements,
+            to: ExportRecipient::OwnArchive,
+        },
+        ExportRule {
+            party: iran.id,
+            scope: ExportScope::OwnStatements,
+            to: ExportRecipient::OwnArchive,
+        },
+    ];
+    exports.sort();
+    let rules_st = statement(
+        &oman.talks_authority,
+        talks,
+        oman.id,
+        record,
+        Payload::GroundRules(GroundRules {
+            confidentiality_default: Conveyance::MediatorOnly,
+            attribution_default: Attribution::Formal,
+            exports,
+            sealed_letters: vec![],
+            retention_days: Some(3650),
+            calendar: Calendar {
+                time_zone: "Asia/Muscat".into(),
+                working_days: 0b001_1111,
+            },
+            key_verification: KeyVerification::Required,
+            change_rule: ChangeRule::AllParties,
+        }),
+    )?;
+    {
+        let s = &mut sessions[0].2;
+        s.send(
+            record,
+            Content::Statement(roster_st.as_bytes().to_vec()),
+            salt(),
+        )
+        .await?;
+        s.send(
+            record,
+            Content::Statement(rules_st.as_bytes().to_vec()),
+            salt(),
+        )
+        .await?;
+        println!("[OM] posted the roster and the ground rules to the record room");
+    }
+
+    // 7. Each party's head receives them, verifies the roster (every party's
+    //    own certification), compares it with the node's access list, and
+    //    its talks authority accepts.
+    let list = seated.list.clone();
+    for p in [&us, &iran] {
+        let i = sessions
+            .iter()
+            .position(|(_, party, _, _)| *party == p.id)
+            .context("a head's session")?;
+        let got = sessions[i].2.receive(&list).await?;
+        let statements: Vec<SignedStatement> = got
+            .iter()
+            .filter_map(|a| match a.message.as_ref().map(|m| &m.content) {
+                Some(Content::Statement(b)) => SignedStatement::decode(b).ok(),
+                _ => None,
+            })
+            .collect();
+        let r = statements.first().context("no roster received")?;
+        let g = statements.get(1).context("no ground rules received")?;
+        let verified = VerifiedRoster::verify(talks, r)?;
+        let served = sessions[i].2.node().access_list(talks).await?;
+        ensure!(
+            served.list.entries() == verified.access_list.entries(),
+            "{}: the node's access list is not the roster's",
+            p.short
+        );
+        let acceptance = statement(
+            &p.talks_authority,
+            talks,
+            p.id,
+            record,
+            Payload::Acceptance(Acceptance {
+                roster: r.unverified().id,
+                roster_hash: sha256(r.as_bytes()),
+                ground_rules: g.unverified().id,
+                ground_rules_hash: sha256(g.as_bytes()),
+            }),
+        )?;
+        sessions[i]
+            .2
+            .send(
+                record,
+                Content::Statement(acceptance.as_bytes().to_vec()),
+                salt(),
+            )
+            .await?;
+        println!(
+            "[{}] verified the roster against the node's access list and accepted",
+            p.short
+        );
+    }
+
+    // 8. Talk in the caucuses.
+    let say = [
+        (
+            1,
+            us_caucus,
+            "We can move on the prisoner exchange if the funds stay humanitarian-only.",
+        ),
+        (
+            0,
+            us_caucus,
+            "Noted. I will convey the substance, not the wording.",
+        ),
+        (
+            0,
+            iran_caucus,
+            "The US side signals flexibility on the exchange, tied to humanitarian use of the funds.",
+        ),
+        (
+            3,
+            iran_caucus,
+            "Acceptable in principle. We need the bank named before the first step.",
+        ),
+        (
+            0,
+            us_caucus,
+            "Tehran accepts in principle and asks for the bank to be named first.",
+        ),
+    ];
+    for (who, room, text) in say {
+        sessions[who]
+            .2
+            .send(room, Content::Talk(text.into()), salt())
+            .await?;
+    }
+
+    // 9. Everyone receives, verifies the log from the data tiles and
+    //    cosigns the same checkpoint.
+    let total = {
+        let (_, note) = mediator.checkpoint(talks).await?;
+        let _ = note;
+        let mut size = 0;
+        for _ in 0..100 {
+            let s = mediator.fetch(talks, 0, 1).await?.log_size;
+            let (cp, _) = mediator.checkpoint(talks).await?;
+            if cp == s && s > 0 {
+                size = s;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(size > 0, "the node did not integrate the log");
+        size
+    };
+    for (name, _, s, rooms) in sessions.iter_mut() {
+        s.receive(&list).await?;
+        let (report, checkpoint) = s.verify_log(rooms, now_ms()).await?;
+        ensure!(
+            report.size == total,
+            "{name}: verified {} of {total}",
+            report.size
+        );
+        ensure!(
+            report.withheld.is_empty(),
+            "{name}: withheld {:?}",
+            report.withheld
+        );
+        ensure!(
+            report.not_merged.is_empty(),
+            "{name}: not merged {:?}",
+            report.not_merged
+        );
+        s.cosign(&checkpoint, now_ms() / 1000).await?;
+    }
+    let (size, note) = mediator.checkpoint(talks).await?;
+    let cosigned = backchannel_tlog::cosignatures(&note)?.len();
+    let parties_cosigning: BTreeSet<PartyId> = sessions.iter().map(|(_, p, _, _)| *p).collect();
+    ensure!(
+        cosigned == sessions.len(),
+        "{cosigned} cosignatures, not {}",
+        sessions.len()
+    );
+    println!(
+        "\nEvery device verified the log ({size} leaves) and cosigned it: \
+         {cosigned} cosignatures from {} parties — the checkpoint is final.",
+        parties_cosigning.len()
+    );
+
+    // 10. Safety codes: each party computes its own.
+    println!("\nTalks safety codes (compare once over a channel the mediator does not control):");
+    let mut codes = BTreeSet::new();
+    for (p, i) in [(&oman, 0usize), (&us, 1), (&iran, 3)] {
+        let archive = sessions[i].2.archive().await?;
+        let statements: Vec<SignedStatement> = archive
+            .iter()
+            .filter_map(|a| match a.message.as_ref().map(|m| &m.content) {
+                Some(Content::Statement(b)) => SignedStatement::decode(b).ok(),
+                _ => None,
+            })
+            .collect();
+        let code = SafetyCode::compute(&SafetyInputs {
+            talks,
+            roster: sha256(statements.first().context("no roster")?.as_bytes()),
+            ground_rules: sha256(statements.get(1).context("no ground rules")?.as_bytes()),
+            node_fingerprint: fingerprint.0,
+            log_key: log_key.public_key(),
+        });
+        println!("  {:2}  {}", p.short, code.phrase());
+        codes.insert(code.0);
+    }
+    if codes.len() != 1 {
+        bail!("the parties' safety codes differ");
+    }
+    println!("  (all three match)");
+
+    // 11. The transcript, as the mediator's archive holds it.
+    println!("\nTranscript (the mediator's verified archive):");
+    let names: BTreeMap<backchannel_crypto::KeyId, String> = sessions
+        .iter()
+        .map(|(n, _, s, _)| (s.device().public_key().id(), n.clone()))
+        .collect();
+    sessions[0].2.receive(&list).await?;
+    for a in sessions[0].2.archive().await? {
+        let h = a.header.header();
+        let what = match a.message.as_ref().map(|m| &m.content) {
+            Some(Content::Talk(t)) => format!("“{t}”"),
+            Some(Content::Statement(b)) => match SignedStatement::decode(b) {
+                Ok(s) => format!(
+                    "signed statement: {:?}",
+                    s.unverified().payload.statement_type()
+                ),
+                Err(_) => "a statement that does not decode".into(),
+            },
+            None => "(purged)".into(),
+        };
+        println!(
+            "  #{:<3} {:14} {:36} {}",
+            a.seq,
+            room_names.get(&h.room).copied().unwrap_or("?"),
+            names.get(&h.sender).map_or("?", String::as_str),
+            what
+        );
+    }
+
+    let _ = stop.send(());
+    let _ = server.await;
+    println!("\nDemo complete.");
+    Ok(())
+}
