@@ -133,6 +133,18 @@ pub struct LogReport {
     pub not_merged: Vec<u64>,
 }
 
+/// What replaying the archive found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Seqs of statements replay accepted.
+    pub accepted: Vec<u64>,
+    /// Seqs of statements replay rejected, with why.
+    pub rejected: Vec<(u64, String)>,
+    /// Statements whose checkpoint reference disagrees with this session's
+    /// verified tree: (seq, size, our root, their root) — fork evidence.
+    pub forks: Vec<(u64, u64, Digest, Digest)>,
+}
+
 /// A device's session in one talks.
 pub struct Session<S: ClientStore, L: Seal> {
     store: std::sync::Arc<S>,
@@ -392,6 +404,57 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             }
         }
         Ok(out)
+    }
+
+    /// The checkpoint reference every statement this session's participant
+    /// signs should carry: the size and root of the latest checkpoint it
+    /// verified, so every recipient can compare it with its own tree.
+    pub fn checkpoint_ref(&self) -> backchannel_statement::CheckpointRef {
+        backchannel_statement::CheckpointRef {
+            size: self.follower.size(),
+            root: self.follower.root(),
+        }
+    }
+
+    /// Replays every statement in the archive, in log order, with
+    /// `backchannel_core::replay::Replay` (key validity by log position:
+    /// a revoked or expired key's later statements are rejected), and
+    /// compares each statement's checkpoint reference with this session's
+    /// verified tree. Runs over the archive only (MLS cannot decrypt twice).
+    pub async fn replay(&self) -> Result<ReplayReport, SessionError> {
+        let mut replay = backchannel_core::replay::Replay::new(self.talks);
+        let mut report = ReplayReport::default();
+        for a in self.archive().await? {
+            let Some(AppMessage {
+                content: Content::Statement(bytes),
+                ..
+            }) = &a.message
+            else {
+                continue;
+            };
+            let Ok(statement) = backchannel_statement::SignedStatement::decode(bytes) else {
+                report.rejected.push((a.seq, "does not decode".into()));
+                continue;
+            };
+            let logged = backchannel_core::replay::LoggedStatement {
+                seq: a.seq,
+                node_time: a.node_time,
+                room: a.header.header().room,
+                statement: &statement,
+            };
+            match replay.apply(logged) {
+                Ok(_) => report.accepted.push(a.seq),
+                Err(e) => report.rejected.push((a.seq, e.to_string())),
+            }
+            let r = statement.unverified().checkpoint;
+            match self.follower.compare_reference(r.size, &r.root) {
+                follow::Reference::Differs { size, ours, theirs } => {
+                    report.forks.push((a.seq, size, ours, theirs));
+                }
+                follow::Reference::Matches | follow::Reference::Unknown => {}
+            }
+        }
+        Ok(report)
     }
 
     /// Verifies the node's latest checkpoint from the data tiles of the new
