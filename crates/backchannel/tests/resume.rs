@@ -1,0 +1,220 @@
+//! Clients resume across a node crash: a real `backchannel node run` is
+//! SIGKILLed while two devices send through their client sessions, then
+//! restarted on the same directory (on a new port). The sessions reopen
+//! from their stores, receive with no gap and no duplicate, find every
+//! envelope the node acknowledged to them, and verify the whole log from
+//! the data tiles.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backchannel_client::net::NodeClient;
+use backchannel_client::seal::{Content, PlaintextSeal};
+use backchannel_client::session::Session;
+use backchannel_client::store::MemoryClientStore;
+use backchannel_crypto::{SecretKey, Signer};
+use backchannel_node::tls::Fingerprint;
+use backchannel_statement::Salt;
+use backchannel_statement::fixtures::{self, key, labels::*};
+use backchannel_tlog::NodeOrigin;
+
+const PASSPHRASE: &str = "correct horse battery staple";
+
+fn backchannel() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backchannel"));
+    cmd.env("BACKCHANNEL_DANGER_TEST_SCRYPT_LOG_N", "4")
+        .env("BACKCHANNEL_NODE_PASSPHRASE", PASSPHRASE)
+        .env_remove("BACKCHANNEL_LOG");
+    cmd
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn start(dir: &Path) -> (Child, std::net::SocketAddr, Fingerprint) {
+    let mut child = backchannel()
+        .args([
+            "node",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--checkpoint-interval-ms",
+            "50",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the listening line");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["listening", "on", addr, "fingerprint", fp] => (
+            child,
+            addr.parse().unwrap(),
+            Fingerprint::from_hex(fp).unwrap(),
+        ),
+        _ => panic!("unexpected line {line:?}"),
+    }
+}
+
+type S = Session<MemoryClientStore, PlaintextSeal>;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn session(
+    store: &Arc<MemoryClientStore>,
+    label: u8,
+    addr: std::net::SocketAddr,
+    fp: Fingerprint,
+    log_key: backchannel_crypto::PublicKey,
+) -> S {
+    let t = fixtures::talks();
+    Session::open(
+        Arc::clone(store),
+        PlaintextSeal,
+        NodeClient::new(addr, fp, &key(label)).unwrap(),
+        SecretKey::from_seed(&[label; 32]).unwrap(),
+        t.talks,
+        &NodeOrigin::new("node.example").unwrap(),
+        log_key,
+    )
+    .await
+    .unwrap()
+}
+
+#[test]
+fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = dir.path().join("node");
+    let init = ok(backchannel()
+        .args([
+            "node",
+            "init",
+            "--origin",
+            "node.example",
+            "--json",
+            "--dir",
+        ])
+        .arg(&node_dir));
+    let info: serde_json::Value = serde_json::from_str(&init).unwrap();
+    let log_key_hex = info["log_key"]
+        .as_str()
+        .expect("the log key in init's JSON");
+    let log_key =
+        backchannel_crypto::PublicKey::from_bytes(&hex::decode(log_key_hex).unwrap()).unwrap();
+    ok(backchannel()
+        .args(["node", "creators", "add", "--dir"])
+        .arg(&node_dir)
+        .arg(hex::encode(key(OMAN_LEAD_DEVICE).public_key().as_bytes())));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = fixtures::talks();
+    let list = t.roster.implied_access_list(t.talks).unwrap();
+    let (mut child, addr, fp) = start(&node_dir);
+    rt.block_on(async {
+        NodeClient::new(addr, fp, &key(OMAN_LEAD_DEVICE))
+            .unwrap()
+            .create_talks(&list)
+            .await
+            .unwrap();
+    });
+
+    // Two devices send until the node is killed under them; each records
+    // the seqs the node acknowledged.
+    let devices = [US_HEAD_DEVICE, IRAN_HEAD_DEVICE];
+    let stores: Vec<Arc<MemoryClientStore>> = devices.iter().map(|_| Arc::default()).collect();
+    let tasks: Vec<_> = devices
+        .iter()
+        .zip(&stores)
+        .map(|(&label, store)| {
+            let store = Arc::clone(store);
+            rt.spawn(async move {
+                let mut s = session(&store, label, addr, fp, log_key).await;
+                let mut acked = Vec::new();
+                for i in 0..10_000u32 {
+                    let text = format!("device {label} message {i}");
+                    match s
+                        .send(t.record, Content::Talk(text), Salt([label; 32]))
+                        .await
+                    {
+                        Ok(seq) => acked.push(seq),
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let acked: Vec<Vec<u64>> = tasks.into_iter().map(|t| rt.block_on(t).unwrap()).collect();
+    assert!(
+        acked.iter().all(|a| a.len() >= 5),
+        "too few acknowledgements: {acked:?}"
+    );
+
+    // Restart on a new port; the sessions reopen from their stores.
+    let (mut child, addr, fp) = start(&node_dir);
+    rt.block_on(async {
+        let rooms: BTreeSet<_> = [t.record].into();
+        for ((&label, store), acked) in devices.iter().zip(&stores).zip(&acked) {
+            let mut s = session(store, label, addr, fp, log_key).await;
+            // Receive everything (the record room holds both devices' talk).
+            s.receive(&list).await.unwrap();
+            let archive = s.archive().await.unwrap();
+            let seqs: Vec<u64> = archive.iter().map(|a| a.seq).collect();
+            let mut sorted = seqs.clone();
+            sorted.dedup();
+            assert_eq!(seqs, sorted, "a duplicate or out-of-order seq");
+            assert_eq!(
+                seqs,
+                (0..seqs.len() as u64).collect::<Vec<_>>(),
+                "a gap in the archive"
+            );
+            for seq in acked {
+                assert!(seqs.contains(seq), "acknowledged seq {seq} missing");
+            }
+            // The whole log verifies from the data tiles.
+            let mut verified = 0;
+            for _ in 0..100 {
+                let (report, _) = s.verify_log(&rooms, now_ms()).await.unwrap();
+                assert!(report.withheld.is_empty(), "{:?}", report.withheld);
+                verified = report.size;
+                if verified == seqs.len() as u64 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                verified,
+                seqs.len() as u64,
+                "the log did not verify to its end"
+            );
+        }
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
