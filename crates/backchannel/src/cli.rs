@@ -6,10 +6,18 @@ use std::time::Duration;
 
 use backchannel_node::limits::Limits;
 use clap::builder::RangedU64ValueParser;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The environment variable holding the passphrase of the node's key files.
 pub const NODE_PASSPHRASE_ENV: &str = "BACKCHANNEL_NODE_PASSPHRASE";
+
+/// The environment variable holding the passphrase of the participant's
+/// home.
+pub const HOME_PASSPHRASE_ENV: &str = "BACKCHANNEL_PASSPHRASE";
+
+/// The exit codes, at the end of the participant commands' `--help`.
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the reason, and what to \
+                          do next, on stderr); 2 the arguments were not understood.";
 
 /// Confidential, mediated negotiation.
 #[derive(Debug, Parser)]
@@ -26,6 +34,11 @@ pub struct Cli {
     )]
     pub log_level: String,
 
+    /// The participant's home directory (made by `backchannel home init`):
+    /// the encrypted store of their keys and talks.
+    #[arg(long, global = true, env = "BACKCHANNEL_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -40,6 +53,131 @@ pub enum Command {
     /// Replay the reference scenario (Oman mediating between the United
     /// States and Iran) on a fresh local node, and print what happened.
     Demo(DemoArgs),
+    /// Set up the participant's home: one encrypted store for their keys
+    /// and talks.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Home(HomeCommand),
+    /// Generate and list the participant's keys, kept in their home.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Keys(KeysCommand),
+}
+
+/// `backchannel home …`.
+#[derive(Debug, Subcommand)]
+pub enum HomeCommand {
+    /// Create the home (--home or BACKCHANNEL_HOME): the directory, mode
+    /// 0700, and its encrypted store `home.db`. Refuses an existing home.
+    #[command(after_help = EXIT_CODES)]
+    Init(HomeInitArgs),
+}
+
+/// Where the passphrase of the participant's home comes from.
+#[derive(Debug, Args)]
+pub struct HomePassphraseArgs {
+    /// Read the passphrase of the home from this file (one trailing newline
+    /// is ignored). Without it, the passphrase is read from the environment
+    /// variable BACKCHANNEL_PASSPHRASE.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// `backchannel home init`.
+#[derive(Debug, Args)]
+pub struct HomeInitArgs {
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: HomePassphraseArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate an Ed25519 key, keep its secret in the home, and print its
+    /// public key and key id.
+    #[command(after_help = EXIT_CODES)]
+    Generate(KeysGenerateArgs),
+    /// List the keys in the home (never their secrets).
+    #[command(after_help = EXIT_CODES)]
+    List(KeysListArgs),
+    /// Print one key's public key, hex: for a node operator's creators file
+    /// or a mediator.
+    #[command(after_help = EXIT_CODES)]
+    ExportPublic(KeysExportPublicArgs),
+}
+
+/// What a participant's key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum KeyKindArg {
+    /// A party's long-term authority key (no talks).
+    Authority,
+    /// A party's authority key for one talks (needs --talks).
+    TalksAuthority,
+    /// A member's identity key in one talks (needs --talks).
+    Identity,
+    /// One device's key in one talks (needs --talks).
+    Device,
+}
+
+/// `backchannel keys generate`.
+#[derive(Debug, Args)]
+pub struct KeysGenerateArgs {
+    /// What the key is for.
+    #[arg(long, value_enum)]
+    pub kind: KeyKindArg,
+    /// The talks the key belongs to, 32 hex digits: required for
+    /// talks-authority, identity and device keys, refused for authority
+    /// keys.
+    #[arg(long, value_name = "HEX")]
+    pub talks: Option<String>,
+    /// The key's name, unique per kind and talks.
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub label: String,
+    /// Replace the key already under this kind, talks and label. Its secret
+    /// is gone afterwards: whatever it signed or was certified for must be
+    /// redone with the new key.
+    #[arg(long)]
+    pub force: bool,
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: HomePassphraseArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel keys list`.
+#[derive(Debug, Args)]
+pub struct KeysListArgs {
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: HomePassphraseArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel keys export-public`.
+#[derive(Debug, Args)]
+pub struct KeysExportPublicArgs {
+    /// The key's label.
+    #[arg(long, value_name = "NAME")]
+    pub label: String,
+    /// Only a key of this kind (when several share the label).
+    #[arg(long, value_enum)]
+    pub kind: Option<KeyKindArg>,
+    /// Only a key of this talks, 32 hex digits (when several share the
+    /// label).
+    #[arg(long, value_name = "HEX")]
+    pub talks: Option<String>,
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: HomePassphraseArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `backchannel demo`.

@@ -7,13 +7,16 @@
 //! [`system::TcpListener`]); the simulator hands it its own.
 //!
 //! Arguments are parsed into their raw form ([`cli`]), then each command
-//! resolves them into what the libraries take ([`node`]).
+//! resolves them into what the libraries take ([`node`]; the participant's
+//! [`home`] and [`keys`]).
 //!
 //! Exit codes: `0` success; `1` the command failed (the reason, and what to
 //! do next, on stderr); `2` the arguments were not understood.
 
 mod cli;
 mod demo;
+mod home;
+mod keys;
 mod logging;
 mod node;
 mod node_dir;
@@ -50,5 +53,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(command) => node::main(command),
         Command::Demo(args) => demo::main(args.keep),
+        Command::Home(command) => home::main(cli.home, command),
+        Command::Keys(command) => keys::main(cli.home, command),
     }
 }

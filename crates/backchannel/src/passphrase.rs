@@ -1,5 +1,6 @@
-//! The passphrase of the node's key files: from `--passphrase-file`, or
-//! else from `BACKCHANNEL_NODE_PASSPHRASE`. Never from the command line,
+//! The passphrase of the node's key files (or of the participant's home):
+//! from `--passphrase-file`, or else from `BACKCHANNEL_NODE_PASSPHRASE`
+//! (`BACKCHANNEL_PASSPHRASE`). Never from the command line,
 //! where every user of the machine could read it in the process list.
 
 use std::fs::File;
@@ -10,32 +11,52 @@ use age::secrecy::SecretString;
 use anyhow::{anyhow, bail};
 use zeroize::Zeroizing;
 
-use crate::cli::{NODE_PASSPHRASE_ENV, PassphraseArgs};
+use crate::cli::{HOME_PASSPHRASE_ENV, HomePassphraseArgs, NODE_PASSPHRASE_ENV, PassphraseArgs};
 
 /// The longest passphrase file read: a passphrase is a line, and the limit
 /// only stops a wrong path (a disk image) from being read into memory.
 const MAX_PASSPHRASE_FILE_LEN: u64 = 4096;
 
-/// The passphrase, from the file if one is named, else the environment.
+/// The passphrase of the node's key files, from the file if one is named,
+/// else the environment.
 pub fn resolve(args: &PassphraseArgs) -> anyhow::Result<SecretString> {
-    let passphrase = match &args.passphrase_file {
+    resolve_from(
+        args.passphrase_file.as_deref(),
+        NODE_PASSPHRASE_ENV,
+        "the node's key files",
+    )
+}
+
+/// The passphrase of the participant's home, from the file if one is
+/// named, else `BACKCHANNEL_PASSPHRASE`.
+pub fn resolve_home(args: &HomePassphraseArgs) -> anyhow::Result<SecretString> {
+    resolve_from(
+        args.passphrase_file.as_deref(),
+        HOME_PASSPHRASE_ENV,
+        "the home",
+    )
+}
+
+/// The passphrase of `what`: from `file` if given, else from the
+/// environment variable `env`. Refuses an empty one.
+fn resolve_from(file: Option<&Path>, env: &str, what: &str) -> anyhow::Result<SecretString> {
+    let passphrase = match file {
         Some(path) => read_file(path)?,
-        None => match std::env::var(NODE_PASSPHRASE_ENV) {
+        None => match std::env::var(env) {
             Ok(value) => Zeroizing::new(value),
             Err(std::env::VarError::NotPresent) => bail!(
-                "no passphrase for the node's key files: set {NODE_PASSPHRASE_ENV}, or pass \
-                 --passphrase-file <FILE> naming a file that holds it"
+                "no passphrase for {what}: set {env}, or pass --passphrase-file <FILE> naming a \
+                 file that holds it"
             ),
-            Err(std::env::VarError::NotUnicode(_)) => bail!(
-                "{NODE_PASSPHRASE_ENV} is not valid UTF-8; set it to the passphrase of the \
-                 node's key files"
-            ),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                bail!("{env} is not valid UTF-8; set it to the passphrase of {what}")
+            }
         },
     };
     if passphrase.is_empty() {
         bail!(
-            "the passphrase of the node's key files is empty; set {NODE_PASSPHRASE_ENV} or \
-             the --passphrase-file to a non-empty passphrase"
+            "the passphrase of {what} is empty; set {env} or the --passphrase-file to a \
+             non-empty passphrase"
         );
     }
     Ok(SecretString::from(passphrase.as_str().to_owned()))
