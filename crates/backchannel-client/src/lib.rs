@@ -16,6 +16,7 @@
 //!   are MLS groups: bodies are not yet encrypted).
 //! - [`session`]: one device's session in one talks — send, receive into a
 //!   verified archive, verify the log, cosign.
+//! - [`fork`]: forks — finality by cosignature, comparison, offline evidence.
 //!
 //! IO only at one edge: [`net`] opens sockets (through reqwest and
 //! hyper-util; [`net::NodeClient::stream_over`] takes any byte stream, for
@@ -23,6 +24,7 @@
 //! randomness are parameters.
 
 pub mod follow;
+pub mod fork;
 pub mod net;
 pub mod safety;
 pub mod seal;

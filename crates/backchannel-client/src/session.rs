@@ -3,8 +3,8 @@
 //!
 //! Everything the session learns is kept in its [`ClientStore`]: the
 //! archive (one record per accepted envelope, by seq), the log follower,
-//! the witness and the receipts awaiting inclusion. A restarted session
-//! resumes from what it stored.
+//! the witness, the receipts awaiting inclusion and the verified leaves not
+//! yet accounted for. A restarted session resumes from what it stored.
 //!
 //! Verification, as the client issue asks, without per-envelope proofs:
 //! - every delivered envelope's body is re-hashed against its header (by
@@ -13,25 +13,81 @@
 //!   its body is opened and checked against the header's commitment;
 //! - each new checkpoint is verified from the data tiles of the new range,
 //!   re-hashed into the follower's compact tree ([`crate::follow`]), then
-//!   every new leaf of the session's rooms must be in the archive with the
-//!   same header hash, and every receipt awaiting inclusion must be settled
-//!   within [`crate::follow::MAX_MERGE_DELAY_MS`];
+//!   every verified leaf of the session's rooms must be in the archive with
+//!   the same leaf once the session has fetched past it (leaves verified
+//!   ahead of the fetch cursor are kept until then), and every receipt
+//!   awaiting inclusion must be settled within
+//!   [`crate::follow::MAX_MERGE_DELAY_MS`];
 //! - only a checkpoint verified that way is cosigned, and the witness state
 //!   is stored before the cosignature is sent.
+//!
+//! What the node stored can later change under the client (an operator or
+//! an attacker with its database). The session names the seq each time:
+//! - a page the node refuses (`500 internal`: it found its own log
+//!   corrupt) is bisected down to the single seqs it cannot serve, which
+//!   [`Session::receive`] steps over; the accounting in
+//!   [`Session::verify_log`] then reports those of its rooms as withheld;
+//! - a data tile the node refuses is bisected the same way and the first
+//!   seq it will not serve is named ([`SessionError::Unserved`]);
+//! - leaf data that does not hash into the node's signed checkpoint is
+//!   blamed on the seqs whose leaves differ from the node's own stored leaf
+//!   hashes, each shown by the node's inclusion proof of the committed leaf
+//!   ([`Discrepancy::NotCommitted`]);
+//! - leaves served again for seqs verified before are compared with the
+//!   archive ([`Session::verify_log`] for the first tile it reads,
+//!   [`Session::check_archive`] for the whole verified log and every
+//!   archived envelope);
+//! - [`Session::prove_included`] checks the node's inclusion proof against
+//!   the leaf re-computed from the archive, never a leaf hash the node
+//!   supplies.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use backchannel_codec::{Decode, Encode, Reader, RoomId, TalksId, Writer};
 use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer};
 use backchannel_statement::header::BODY_BUCKETS;
 use backchannel_statement::{AccessList, Header, Kind, Salt, SignedHeader};
-use backchannel_tlog::{LogOrigin, NodeOrigin, Receipt, SignedCheckpoint};
+use backchannel_tlog::{
+    InclusionProof, LeafData, LogOrigin, NodeOrigin, Receipt, SignedCheckpoint,
+};
 use thiserror::Error;
 
-use crate::follow::{self, Follower, Pending, Withheld, Witness};
-use crate::net::{Delivered, NetError, NodeClient};
+use crate::follow::{
+    self, FollowError, Follower, Pending, TILE_HEIGHT, TILE_WIDTH, Withheld, Witness,
+};
+use crate::net::{Delivered, NetError, NodeClient, Page};
 use crate::seal::{AppMessage, Content, Seal, SealError};
 use crate::store::{ClientStore, ClientStoreError, Namespace, Put};
+
+/// How many envelopes a page asks for: the most the node serves in one.
+pub const PAGE_LIMIT: usize = 1000;
+
+/// The most seqs one [`Session::receive`] steps over because the node
+/// refuses to serve them (`500 internal`). Each costs about ten requests to
+/// find (the page is halved down to the one seq); past this many the node
+/// is refusing a whole range, and the receive stops with evidence instead
+/// of probing seq by seq. The cursor has moved past the ones stepped over,
+/// so the next receive goes on from there.
+pub const MAX_REFUSED_PER_RECEIVE: usize = 256;
+
+/// The most verified leaves a session keeps to account for once it has
+/// fetched past them: a client that verifies the log ahead of its fetch
+/// cursor (the checkpoint moved on while it was receiving) holds the
+/// verified leaves beyond the cursor until the next
+/// [`Session::verify_log`]. 65 536 leaves of 97 bytes is about 6 MiB
+/// persisted; a client that far behind must receive before it verifies
+/// more.
+pub const MAX_UNACCOUNTED: usize = 1 << 16;
+
+/// The most leaves one blame proves with the node's inclusion proofs
+/// (one request each) when leaf data does not hash into a checkpoint: a
+/// rewrite touches a few envelopes; more than this are named only by the
+/// root that does not match.
+pub const MAX_BLAME_PROOFS: usize = 64;
+
+/// The format version of the persisted unaccounted leaves.
+const UNACCOUNTED_VERSION: u8 = 1;
 
 /// One accepted envelope, as archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +105,21 @@ pub struct Archived {
 }
 
 impl Archived {
+    /// The leaf the log holds for this envelope, re-computed from what was
+    /// archived (seq, node time, room, header hash, and the body hash the
+    /// signed header carries). Its receipt, verified on receipt, signs this
+    /// leaf.
+    pub fn leaf(&self) -> LeafData {
+        let h = self.header.header();
+        LeafData {
+            seq: self.seq,
+            timestamp_ms: self.node_time,
+            room: h.room,
+            header_hash: self.header.hash(),
+            body_hash: h.body_hash,
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u8(1);
@@ -117,6 +188,142 @@ pub enum SessionError {
     /// Evidence against the node: what was served does not verify.
     #[error("evidence against the node: {0}")]
     Evidence(String),
+    /// Evidence against the node: it refuses to serve the leaf data of
+    /// `seq` (`500 internal`), which lies below the signed checkpoint of
+    /// `size`. The log cannot be verified past it, so nothing after it can
+    /// be accounted for either.
+    #[error(
+        "evidence against the node: it refuses to serve the leaf data of seq {seq}, below \
+         its signed checkpoint of size {size}: it withholds the envelope at seq {seq}; keep \
+         the signed checkpoint, report the node to its operator and to the other parties, \
+         and do not rely on the log past seq {seq} until the node serves it"
+    )]
+    Unserved {
+        /// The first seq whose leaf data the node refuses.
+        seq: u64,
+        /// The size of the signed checkpoint it lies below.
+        size: u64,
+    },
+    /// The call cannot be made in the session's state.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Something the node now serves differently from what this session
+/// verified and archived ([`Session::check_archive`]), or a leaf the node's
+/// tree does not commit to as served ([`Session::verify_log`]). Each names
+/// its seq; all are evidence against the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discrepancy {
+    /// The leaf data the node serves for `seq` is not the leaf of the
+    /// envelope archived there, whose leaf the node signed in its receipt
+    /// (and, once the session verified the log past it, its checkpoint
+    /// committed to).
+    Rewritten {
+        /// The seq.
+        seq: u64,
+        /// The leaf hash re-computed from the archive.
+        archived: Digest,
+        /// The leaf hash of the leaf data served now.
+        served: Digest,
+    },
+    /// The leaf data the node serves for `seq` is not the leaf its tree
+    /// commits to: the node's own stored leaf hash, which its inclusion
+    /// proof leads into the signed (or verified) root, is `committed`.
+    NotCommitted {
+        /// The seq.
+        seq: u64,
+        /// The leaf hash the tree commits to.
+        committed: Digest,
+        /// The leaf hash of the leaf data served.
+        served: Digest,
+    },
+    /// The node refuses to serve `seq` (its leaf data, or a page of
+    /// envelopes holding it: `500 internal`), though its tree holds it.
+    Unserved {
+        /// The seq.
+        seq: u64,
+    },
+    /// The envelope the node serves again for `seq` is not the one
+    /// archived, does not verify, or is no longer served.
+    Envelope {
+        /// The seq.
+        seq: u64,
+        /// What differs.
+        what: String,
+    },
+    /// The leaf data served for `[0, size)` re-hashes to another root than
+    /// the one verified at `size`, and no leaf could be singled out (the
+    /// node's stored leaf hashes were rewritten to match).
+    Root {
+        /// The verified size.
+        size: u64,
+        /// The root verified at that size.
+        verified: Digest,
+        /// The root of the leaf data served now.
+        computed: Digest,
+    },
+}
+
+impl Discrepancy {
+    /// The seq it names, if it names one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Discrepancy::Rewritten { seq, .. }
+            | Discrepancy::NotCommitted { seq, .. }
+            | Discrepancy::Unserved { seq }
+            | Discrepancy::Envelope { seq, .. } => Some(*seq),
+            Discrepancy::Root { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Discrepancy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Discrepancy::Rewritten {
+                seq,
+                archived,
+                served,
+            } => write!(
+                f,
+                "seq {seq}: the node now serves leaf data hashing to {} for seq {seq}, but the \
+                 envelope archived there, whose leaf the node signed in its receipt, has leaf \
+                 {}: the stored envelope was rewritten",
+                served.to_hex(),
+                archived.to_hex()
+            ),
+            Discrepancy::NotCommitted {
+                seq,
+                committed,
+                served,
+            } => write!(
+                f,
+                "seq {seq}: the node's tree commits to leaf {} at seq {seq} (its own inclusion \
+                 proof shows it), but the leaf data it serves for seq {seq} hashes to {}: the \
+                 stored envelope was rewritten",
+                committed.to_hex(),
+                served.to_hex()
+            ),
+            Discrepancy::Unserved { seq } => write!(
+                f,
+                "seq {seq}: the node refuses to serve seq {seq}, which its log holds: it \
+                 withholds that envelope"
+            ),
+            Discrepancy::Envelope { seq, what } => write!(f, "seq {seq}: {what}"),
+            Discrepancy::Root {
+                size,
+                verified,
+                computed,
+            } => write!(
+                f,
+                "the leaf data the node serves for the first {size} leaves hashes to root {}, \
+                 not the root {} verified at that size: the node rewrote its log",
+                computed.to_hex(),
+                verified.to_hex()
+            ),
+        }
+    }
 }
 
 /// What one log verification found.
@@ -160,6 +367,9 @@ pub struct Session<S: ClientStore, L: Seal> {
     witness: Witness,
     pending: Pending,
     idempotency: u64,
+    /// Verified leaves at or past the fetch cursor, not yet accounted for
+    /// (the log was verified ahead of receiving), in seq order.
+    unaccounted: Vec<LeafData>,
 }
 
 fn key(talks: TalksId, name: &str) -> Vec<u8> {
@@ -172,6 +382,131 @@ fn seq_key(talks: TalksId, seq: u64) -> Vec<u8> {
     let mut k = talks.0.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The persisted unaccounted leaves: `u8 version ‖ u32 n ‖ n × LeafData`,
+/// seqs strictly increasing.
+fn encode_leaves(leaves: &[LeafData]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u8(UNACCOUNTED_VERSION);
+    w.list(leaves);
+    w.into_bytes()
+}
+
+fn decode_leaves(bytes: &[u8]) -> Result<Vec<LeafData>, SessionError> {
+    let bad = |e: backchannel_codec::DecodeError| SessionError::Stored(e.to_string());
+    let mut r = Reader::new(bytes);
+    r.version("unaccounted leaves version", UNACCOUNTED_VERSION)
+        .map_err(bad)?;
+    let leaves: Vec<LeafData> = r.list("unaccounted leaves", MAX_UNACCOUNTED).map_err(bad)?;
+    r.finish().map_err(bad)?;
+    backchannel_codec::check_strictly_sorted(&leaves, "unaccounted leaves", |l| l.seq)
+        .map_err(bad)?;
+    Ok(leaves)
+}
+
+/// Whether the node answered `500 internal`: it found its own stored data
+/// corrupt (docs/api.md), so asking again for the same thing will not help
+/// but asking for less may.
+fn refused(e: &NetError) -> bool {
+    e.status() == Some(500)
+}
+
+/// The RFC 6962 root of `leaves`, which must be the leaves `[0, n)` in
+/// order: appended into a compact range (one subtree per set bit of the
+/// count, as in [`Follower`]) and folded from the right.
+fn root_of(leaves: &[LeafData]) -> Digest {
+    let node = |l: &Digest, r: &Digest| {
+        Digest(tlog_tiles::node_hash(tlog_tiles::Hash(l.0), tlog_tiles::Hash(r.0)).0)
+    };
+    let mut range: Vec<Digest> = Vec::new();
+    for (leaf, size) in leaves.iter().zip(0u64..) {
+        let mut hash = leaf.hash();
+        let mut n = size;
+        while n & 1 == 1 {
+            let Some(left) = range.pop() else { break };
+            hash = node(&left, &hash);
+            n >>= 1;
+        }
+        range.push(hash);
+    }
+    let mut hashes = range.iter().rev();
+    let Some(mut root) = hashes.next().copied() else {
+        return follow::EMPTY_ROOT;
+    };
+    for left in hashes {
+        root = node(left, &root);
+    }
+    root
+}
+
+/// Pages through the node's envelopes from a cursor. When the node refuses
+/// a page (`500 internal`, or for an audit also a page that does not
+/// check out), the page is halved until it holds one seq, which is then
+/// stepped over and reported: a hole in the node's storage costs about
+/// ten requests, and the envelopes around it are still read.
+struct Pager {
+    next: u64,
+    limit: usize,
+}
+
+/// One step of a [`Pager`].
+enum Paged {
+    /// A page; the cursor is now its `next`.
+    Page(Page),
+    /// The node refuses to serve `seq`; the cursor is now past it.
+    Refused {
+        /// The seq.
+        seq: u64,
+        /// What the node answered.
+        error: NetError,
+    },
+}
+
+impl Pager {
+    fn new(from: u64) -> Self {
+        Self {
+            next: from,
+            limit: PAGE_LIMIT,
+        }
+    }
+
+    /// The next page of at most `max` envelopes from the cursor; errors
+    /// for which `skip` holds are bisected around, others returned.
+    async fn step(
+        &mut self,
+        node: &NodeClient,
+        talks: TalksId,
+        max: usize,
+        skip: impl Fn(&NetError) -> bool,
+    ) -> Result<Paged, NetError> {
+        loop {
+            let limit = self.limit.min(max).max(1);
+            match node.fetch(talks, self.next, limit).await {
+                Ok(page) => {
+                    if page.next == self.next && page.next < page.log_size {
+                        return Err(NetError::Served(format!(
+                            "a page from seq {} that ends where it starts, below the log size {}",
+                            self.next, page.log_size
+                        )));
+                    }
+                    self.next = page.next;
+                    return Ok(Paged::Page(page));
+                }
+                Err(e) if skip(&e) => {
+                    if limit > 1 {
+                        self.limit = limit / 2;
+                        continue;
+                    }
+                    let seq = self.next;
+                    self.next = seq.saturating_add(1);
+                    self.limit = PAGE_LIMIT;
+                    return Ok(Paged::Refused { seq, error: e });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 impl<S: ClientStore, L: Seal> Session<S, L> {
@@ -223,6 +558,10 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             ),
             None => 0,
         };
+        let unaccounted = match get("unaccounted").await? {
+            Some(b) => decode_leaves(&b)?,
+            None => Vec::new(),
+        };
         Ok(Self {
             store,
             seal,
@@ -236,6 +575,7 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             witness,
             pending,
             idempotency,
+            unaccounted,
         })
     }
 
@@ -326,21 +666,50 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
     /// Fetches everything new of this session's rooms, verifies it and
     /// archives it. `list` is the access list the client accepted (senders'
     /// keys come from it). Returns the newly archived envelopes.
+    ///
+    /// A page the node refuses with `500 internal` (it found its own log
+    /// corrupt, for example a deleted row) is bisected down to the seqs it
+    /// cannot serve, which are stepped over: the envelopes around them are
+    /// still archived, and [`Session::verify_log`] reports those of this
+    /// session's rooms as withheld once it has verified their leaves. An
+    /// envelope that does not check out is evidence and stops the receive
+    /// with an error naming its seq.
     pub async fn receive(&mut self, list: &AccessList) -> Result<Vec<Archived>, SessionError> {
         let mut out = Vec::new();
+        let mut pager = Pager::new(self.next);
+        let mut skipped = Vec::new();
         loop {
-            let page = self.node.fetch(self.talks, self.next, 1000).await?;
             let mut writes = Vec::new();
-            for d in page.envelopes {
-                let archived = self.accept(list, d)?;
-                writes.push(Put {
-                    ns: Namespace::Archive,
-                    key: seq_key(self.talks, archived.seq),
-                    value: Some(archived.encode()),
-                });
-                out.push(archived);
-            }
-            self.next = page.next;
+            let done = match pager
+                .step(&self.node, self.talks, PAGE_LIMIT, refused)
+                .await?
+            {
+                Paged::Page(page) => {
+                    for d in page.envelopes {
+                        let archived = self.accept(list, d)?;
+                        writes.push(Put {
+                            ns: Namespace::Archive,
+                            key: seq_key(self.talks, archived.seq),
+                            value: Some(archived.encode()),
+                        });
+                        out.push(archived);
+                    }
+                    page.next >= page.log_size
+                }
+                Paged::Refused { seq, error } => {
+                    let first = skipped.first().copied().unwrap_or(seq);
+                    skipped.push(seq);
+                    if skipped.len() > MAX_REFUSED_PER_RECEIVE {
+                        return Err(SessionError::Evidence(format!(
+                            "the node refuses to serve {} seqs, from seq {first} to seq {seq} \
+                             ({error}); receive again to go on past them",
+                            skipped.len()
+                        )));
+                    }
+                    false
+                }
+            };
+            self.next = pager.next;
             writes.push(Put {
                 ns: Namespace::Checkpoints,
                 key: key(self.talks, "next"),
@@ -348,7 +717,7 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             });
             // The archive and the cursor move together.
             self.store.put_many(writes).await?;
-            if page.next >= page.log_size {
+            if done {
                 return Ok(out);
             }
         }
@@ -461,6 +830,18 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
     /// range, accounts for every new leaf of `my_rooms`, settles receipts,
     /// and stores the new verified state. `now_ms`: the client's clock, for
     /// the merge deadline.
+    ///
+    /// Every verified leaf of `my_rooms` below the fetch cursor must be
+    /// archived with the same leaf (else it is reported withheld, or a
+    /// rewrite is evidence naming its seq); verified leaves at or past the
+    /// cursor are kept and accounted for by a later call, once
+    /// [`Session::receive`] has fetched past them. The first data tile may
+    /// begin below the verified size: what the node serves there now must
+    /// still be the leaves of the envelopes archived there. A data tile the
+    /// node refuses is [`SessionError::Unserved`], naming the first seq it
+    /// will not serve; leaf data that does not hash into the checkpoint is
+    /// evidence naming the seqs whose leaves the node's own tree disagrees
+    /// with, where it can prove them.
     pub async fn verify_log(
         &mut self,
         my_rooms: &BTreeSet<RoomId>,
@@ -475,39 +856,74 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
         let to = checkpoint.checkpoint().size;
         let mut leaves = Vec::new();
         for tile in follow::data_tiles(from, to) {
-            let t = tlog_tiles::Tile::from_path(tile.path())
-                .map_err(|e| SessionError::Stored(format!("a tile path: {e}")))?;
-            let bytes = self.node.data_tile(self.talks, &t).await?;
-            leaves.extend(
-                tile.parse(&bytes)
-                    .map_err(|e| SessionError::Evidence(format!("a data tile: {e}")))?,
-            );
-        }
-        let follower = self
-            .follower
-            .advance(&checkpoint, &leaves)
-            .map_err(|e| SessionError::Evidence(e.to_string()))?;
-        // Accounting: the archive must hold every leaf of my rooms that the
-        // session has fetched past.
-        let mut archived = std::collections::BTreeMap::new();
-        for leaf in &leaves {
-            if leaf.seq < self.next {
-                if let Some(a) = self.archived(leaf.seq).await? {
-                    archived.insert(leaf.seq, a.header.hash());
+            let n = tile.first_seq() / TILE_WIDTH;
+            let all = match self.tile_leaves(n, tile.width()).await {
+                Err(SessionError::Net(e)) if refused(&e) => {
+                    let (seq, _) = self.first_unserved(n, tile.width()).await?;
+                    return Err(SessionError::Unserved { seq, size: to });
+                }
+                other => other?,
+            };
+            let (before, wanted): (Vec<LeafData>, Vec<LeafData>) =
+                all.into_iter().partition(|l| l.seq < from);
+            for leaf in &before {
+                if let Some(d) = self.recheck(leaf).await? {
+                    return Err(SessionError::Evidence(d.to_string()));
                 }
             }
+            leaves.extend(wanted);
         }
-        let fetched: Vec<_> = leaves
-            .iter()
-            .filter(|l| l.seq < self.next)
-            .cloned()
-            .collect();
+        let follower = match self.follower.advance(&checkpoint, &leaves) {
+            Ok(f) => f,
+            Err(e @ FollowError::RootMismatch { .. }) => {
+                let blamed = self.blame(to, &checkpoint.checkpoint().root, &leaves).await;
+                let named: Vec<String> = blamed.iter().map(ToString::to_string).collect();
+                return Err(SessionError::Evidence(if named.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{} ({e})", named.join("; "))
+                }));
+            }
+            Err(e) => return Err(SessionError::Evidence(e.to_string())),
+        };
+        // Accounting: the archive must hold every verified leaf of my rooms
+        // that the session has fetched past, with the same leaf; leaves the
+        // session has not fetched yet wait for a later call.
+        let mut due = self.unaccounted.clone();
+        due.extend(leaves.iter().cloned());
+        let (fetched, later): (Vec<LeafData>, Vec<LeafData>) =
+            due.into_iter().partition(|l| l.seq < self.next);
+        if later.len() > MAX_UNACCOUNTED {
+            return Err(SessionError::Usage(format!(
+                "the log is verified {} leaves past what this session has fetched; receive \
+                 before verifying more of the log",
+                later.len()
+            )));
+        }
+        let mut archived = BTreeMap::new();
+        for leaf in &fetched {
+            if let Some(a) = self.archived(leaf.seq).await? {
+                let held = a.leaf();
+                if a.header.hash() == leaf.header_hash && held != *leaf {
+                    return Err(SessionError::Evidence(
+                        Discrepancy::Rewritten {
+                            seq: leaf.seq,
+                            archived: held.hash(),
+                            served: leaf.hash(),
+                        }
+                        .to_string(),
+                    ));
+                }
+                archived.insert(leaf.seq, a.header.hash());
+            }
+        }
         let withheld = follow::withheld(&fetched, my_rooms, |seq| archived.get(&seq).copied());
         self.pending
             .settle(&follower, &leaves)
             .map_err(|e| SessionError::Evidence(e.to_string()))?;
         let not_merged = self.pending.overdue(now_ms).iter().map(|n| n.seq).collect();
         self.follower = follower;
+        self.unaccounted = later;
         self.store
             .put_many(vec![
                 Put {
@@ -520,6 +936,11 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
                     key: key(self.talks, "pending"),
                     value: Some(self.pending.to_canonical_bytes()),
                 },
+                Put {
+                    ns: Namespace::Checkpoints,
+                    key: key(self.talks, "unaccounted"),
+                    value: Some(encode_leaves(&self.unaccounted)),
+                },
             ])
             .await?;
         Ok((
@@ -531,6 +952,293 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             },
             checkpoint,
         ))
+    }
+
+    /// Audits everything this session verified and archived against what
+    /// the node serves now, and names every seq that differs. Costly (it
+    /// reads the whole verified log's leaf data and every envelope of this
+    /// session's rooms below the fetch cursor again); for an audit, not
+    /// for every sync. An empty answer: the node still serves exactly what
+    /// was verified.
+    ///
+    /// - The data tiles of `[0, verified size)` are re-hashed: each leaf of
+    ///   an archived envelope must be the archived one
+    ///   ([`Discrepancy::Rewritten`]); the whole must hash to the verified
+    ///   root, and where it does not, the leaves the node's own stored leaf
+    ///   hashes disagree with are proved with its inclusion proofs
+    ///   ([`Discrepancy::NotCommitted`], else [`Discrepancy::Root`]); leaf
+    ///   data the node refuses is [`Discrepancy::Unserved`].
+    /// - The envelopes below the fetch cursor are fetched again (pages the
+    ///   node refuses or that do not check out are bisected down to their
+    ///   seq): each must be the archived one, and every archived one must
+    ///   still be served ([`Discrepancy::Envelope`]).
+    pub async fn check_archive(&self) -> Result<Vec<Discrepancy>, SessionError> {
+        let size = self.follower.size();
+        let root = self.follower.root();
+        let mut found = Vec::new();
+        let mut leaves = Vec::new();
+        let mut whole = true;
+        for tile in follow::data_tiles(0, size) {
+            let n = tile.first_seq() / TILE_WIDTH;
+            let got = match self.tile_leaves(n, tile.width()).await {
+                Err(SessionError::Net(e)) if refused(&e) => {
+                    let (seq, prefix) = self.first_unserved(n, tile.width()).await?;
+                    found.push(Discrepancy::Unserved { seq });
+                    whole = false;
+                    prefix
+                }
+                other => other?,
+            };
+            for leaf in &got {
+                found.extend(self.recheck(leaf).await?);
+            }
+            leaves.extend(got);
+        }
+        if whole && root_of(&leaves) != root {
+            let named: BTreeSet<u64> = found.iter().filter_map(Discrepancy::seq).collect();
+            let blamed: Vec<Discrepancy> = self
+                .blame(size, &root, &leaves)
+                .await
+                .into_iter()
+                .filter(|d| d.seq().is_some_and(|s| !named.contains(&s)))
+                .collect();
+            if blamed.is_empty() && named.is_empty() {
+                found.push(Discrepancy::Root {
+                    size,
+                    verified: root,
+                    computed: root_of(&leaves),
+                });
+            }
+            found.extend(blamed);
+        }
+        found.extend(self.recheck_envelopes().await?);
+        found.sort_by_key(|d| d.seq().unwrap_or(u64::MAX));
+        found.dedup();
+        Ok(found)
+    }
+
+    /// Fetches the envelopes below the fetch cursor again and compares
+    /// them with the archive.
+    async fn recheck_envelopes(&self) -> Result<Vec<Discrepancy>, SessionError> {
+        let mut found = Vec::new();
+        let mut unseen: BTreeMap<u64, Archived> = self
+            .archive()
+            .await?
+            .into_iter()
+            .map(|a| (a.seq, a))
+            .collect();
+        let mut pager = Pager::new(0);
+        // Pages the node refuses, and pages holding an envelope that does
+        // not check out, are both bisected down to their seq.
+        let skip = |e: &NetError| refused(e) || matches!(e, NetError::Served(_));
+        while pager.next < self.next {
+            let max = usize::try_from(self.next - pager.next).unwrap_or(PAGE_LIMIT);
+            match pager.step(&self.node, self.talks, max, skip).await? {
+                Paged::Page(page) => {
+                    for d in page.envelopes.into_iter().filter(|d| d.seq < self.next) {
+                        let seq = d.seq;
+                        let what = match unseen.remove(&seq) {
+                            None => Some(
+                                "the node now serves an envelope this session never archived"
+                                    .to_owned(),
+                            ),
+                            Some(a) if a.header != d.header => Some(format!(
+                                "the node now serves another header (hash {}) than the one \
+                                 archived (hash {})",
+                                d.header.hash().to_hex(),
+                                a.header.hash().to_hex()
+                            )),
+                            Some(a) if a.node_time != d.node_time || a.receipt != d.receipt => {
+                                Some(
+                                    "the node now serves another time or receipt than the \
+                                     archived ones"
+                                        .to_owned(),
+                                )
+                            }
+                            Some(_) => None,
+                        };
+                        found.extend(what.map(|what| Discrepancy::Envelope { seq, what }));
+                    }
+                    if page.next >= page.log_size {
+                        break;
+                    }
+                }
+                Paged::Refused { seq, error } => {
+                    unseen.remove(&seq);
+                    found.push(if refused(&error) {
+                        Discrepancy::Unserved { seq }
+                    } else {
+                        Discrepancy::Envelope {
+                            seq,
+                            what: format!("the envelope served again does not check out: {error}"),
+                        }
+                    });
+                }
+            }
+        }
+        found.extend(unseen.into_keys().map(|seq| Discrepancy::Envelope {
+            seq,
+            what: "the node no longer serves the envelope archived there".to_owned(),
+        }));
+        Ok(found)
+    }
+
+    /// Checks `proof` as the node's proof that the envelope archived at
+    /// `seq` is leaf `seq` of this session's verified tree. The leaf hash
+    /// is re-computed from the archive ([`Archived::leaf`]), never taken
+    /// from the node, so a valid proof of another leaf — offered for this
+    /// seq, or relabelled with this seq's index — does not verify.
+    pub async fn check_inclusion(
+        &self,
+        seq: u64,
+        proof: &InclusionProof,
+    ) -> Result<(), SessionError> {
+        let size = self.follower.size();
+        if seq >= size {
+            return Err(SessionError::Usage(format!(
+                "seq {seq} is not below the verified size {size}: verify the log first"
+            )));
+        }
+        let archived = self.archived(seq).await?.ok_or_else(|| {
+            SessionError::Usage(format!("this session archived no envelope at seq {seq}"))
+        })?;
+        let leaf = archived.leaf().hash();
+        proof
+            .verify(seq, size, &self.follower.root(), &leaf)
+            .map_err(|_| {
+                SessionError::Evidence(format!(
+                    "seq {seq}: the inclusion proof does not lead from the archived envelope's \
+                     leaf {} at seq {seq} to the verified root {} of size {size}",
+                    leaf.to_hex(),
+                    self.follower.root().to_hex()
+                ))
+            })
+    }
+
+    /// Asks the node for the inclusion proof of the envelope archived at
+    /// `seq` in this session's verified tree and checks it
+    /// ([`Session::check_inclusion`]).
+    pub async fn prove_included(&self, seq: u64) -> Result<(), SessionError> {
+        let size = self.follower.size();
+        if seq >= size {
+            return Err(SessionError::Usage(format!(
+                "seq {seq} is not below the verified size {size}: verify the log first"
+            )));
+        }
+        let proof = self.node.inclusion_proof(self.talks, seq, size).await?;
+        self.check_inclusion(seq, &proof).await
+    }
+
+    /// The leaf data of data tile `n` of `width` entries, parsed strictly.
+    async fn tile_leaves(&self, n: u64, width: u64) -> Result<Vec<LeafData>, SessionError> {
+        let width = u32::try_from(width)
+            .ok()
+            .filter(|w| (1..=TILE_WIDTH as u32).contains(w))
+            .ok_or_else(|| SessionError::Usage(format!("no data tile of width {width}")))?;
+        // Height 8, level 0 and a width of 1 to 256: within the ranges
+        // `tlog_tiles::Tile::new` asserts (as in `follow::data_tiles`).
+        let tile = tlog_tiles::Tile::new(TILE_HEIGHT, 0, n, width, true);
+        let bytes = self.node.data_tile(self.talks, &tile).await?;
+        follow::parse_data_tile(&bytes, n * TILE_WIDTH, u64::from(width))
+            .map_err(|e| SessionError::Evidence(format!("a data tile: {e}")))
+    }
+
+    /// The first seq of data tile `n` (of `width` entries, which the node
+    /// refused) whose leaf data the node refuses, found by halving the
+    /// width asked for; and the leaves before it.
+    async fn first_unserved(
+        &self,
+        n: u64,
+        width: u64,
+    ) -> Result<(u64, Vec<LeafData>), SessionError> {
+        let (mut good, mut bad) = (0u64, width);
+        let mut prefix = Vec::new();
+        while bad - good > 1 {
+            let mid = good + (bad - good) / 2;
+            match self.tile_leaves(n, mid).await {
+                Ok(leaves) => {
+                    good = mid;
+                    prefix = leaves;
+                }
+                Err(SessionError::Net(e)) if refused(&e) => bad = mid,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((n * TILE_WIDTH + bad - 1, prefix))
+    }
+
+    /// Compares leaf data served for a seq verified before with the
+    /// envelope archived there, if any.
+    async fn recheck(&self, leaf: &LeafData) -> Result<Option<Discrepancy>, SessionError> {
+        if leaf.seq >= self.next {
+            return Ok(None);
+        }
+        Ok(self.archived(leaf.seq).await?.and_then(|a| {
+            let archived = a.leaf().hash();
+            let served = leaf.hash();
+            (archived != served).then_some(Discrepancy::Rewritten {
+                seq: leaf.seq,
+                archived,
+                served,
+            })
+        }))
+    }
+
+    /// Best effort: the seqs among `leaves` (served for the tree of `size`
+    /// with `root`) whose leaf data is not the leaf the tree commits to.
+    /// Candidates are the leaves whose hash differs from the node's own
+    /// stored leaf hash (its level-0 hash tiles); each is named only once
+    /// the node's inclusion proof leads that stored hash into `root`, which
+    /// no other leaf could do. Requests that fail name nothing.
+    async fn blame(&self, size: u64, root: &Digest, leaves: &[LeafData]) -> Vec<Discrepancy> {
+        let mut candidates = Vec::new();
+        let mut tiles: BTreeMap<u64, Vec<&LeafData>> = BTreeMap::new();
+        for leaf in leaves {
+            tiles.entry(leaf.seq / TILE_WIDTH).or_default().push(leaf);
+        }
+        for (n, group) in tiles {
+            let first = n * TILE_WIDTH;
+            let Some(width) = size
+                .checked_sub(first)
+                .map(|w| w.min(TILE_WIDTH))
+                .filter(|w| *w > 0)
+            else {
+                continue;
+            };
+            // Height 8, level 0, width 1 to 256: within Tile::new's ranges.
+            let tile = tlog_tiles::Tile::new(TILE_HEIGHT, 0, n, width as u32, false);
+            let Ok(hashes) = self.node.hash_tile(self.talks, &tile).await else {
+                continue;
+            };
+            for leaf in group {
+                let at = usize::try_from(leaf.seq - first).unwrap_or(usize::MAX);
+                let Some(stored) = hashes
+                    .chunks_exact(32)
+                    .nth(at)
+                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                    .map(Digest)
+                else {
+                    continue;
+                };
+                if stored != leaf.hash() {
+                    candidates.push((leaf.seq, stored, leaf.hash()));
+                }
+            }
+        }
+        let mut blamed = Vec::new();
+        for (seq, committed, served) in candidates.into_iter().take(MAX_BLAME_PROOFS) {
+            let Ok(proof) = self.node.inclusion_proof(self.talks, seq, size).await else {
+                continue;
+            };
+            if proof.verify(seq, size, root, &committed).is_ok() {
+                blamed.push(Discrepancy::NotCommitted {
+                    seq,
+                    committed,
+                    served,
+                });
+            }
+        }
+        blamed
     }
 
     /// Cosigns `checkpoint` (which [`Session::verify_log`] verified) and

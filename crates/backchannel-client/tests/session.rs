@@ -1,0 +1,655 @@
+//! `Session` against a real node started in-process (TLS on loopback): the
+//! node's SQLite database tampered with across a restart (a rewritten
+//! envelope, a deleted one, a room no longer delivered) is caught by every
+//! client, naming the seq; an inclusion proof of another leaf is refused by
+//! re-hashing; a revoked identity key's later statement is rejected by
+//! every client's replay.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backchannel_client::follow::Withheld;
+use backchannel_client::net::NodeClient;
+use backchannel_client::seal::{AppMessage, Content, PlaintextSeal, Seal};
+use backchannel_client::session::{Discrepancy, LogReport, Session, SessionError};
+use backchannel_client::store::MemoryClientStore;
+use backchannel_codec::{Encode, RoomId, TalksId};
+use backchannel_crypto::{Signer, sha256};
+use backchannel_node::limits::Limits;
+use backchannel_node::net::{Listener, Transport, serve};
+use backchannel_node::sequencer::Clock;
+use backchannel_node::server::{Node, NodeConfig};
+use backchannel_node::tls::{self, Fingerprint, Identity};
+use backchannel_statement::fixtures::{self, key, labels::*};
+use backchannel_statement::{
+    AccessEntry, AccessList, DeviceCert, Payload, Revoke, RevokeReason, Salt,
+};
+use backchannel_store::Store;
+use backchannel_store::memory::MemoryStore;
+use backchannel_store_sqlite::{SqliteOptions, SqliteStore};
+use backchannel_tlog::{InclusionProof, NodeOrigin};
+use sqlx::Connection as _;
+
+/// The creator key (in the creators file).
+const CREATOR: u8 = OMAN_LEAD_DEVICE;
+/// The node's TLS key.
+const NODE_TLS: u8 = 0x52;
+/// The node's clock, which never moves: every receipt is stamped T0, and
+/// the sessions verify at T0, so no receipt is ever overdue.
+const T0: u64 = 1_800_000_000_000;
+/// Devices the US negotiator certifies (before and after its revocation).
+const NEW_DEVICE: u8 = 0x45;
+const LATER_DEVICE: u8 = 0x46;
+
+// --- A node on loopback ------------------------------------------------------
+
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct Tcp(tokio::net::TcpListener);
+
+impl Listener for Tcp {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, IpAddr)> {
+        let (s, a) = self.0.accept().await?;
+        Ok((s, a.ip()))
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+struct TestNode {
+    addr: SocketAddr,
+    fingerprint: Fingerprint,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a node over `store` on a free loopback port.
+async fn start<S: Store>(store: S) -> TestNode {
+    let node = Node::new(
+        Arc::new(store),
+        NodeConfig {
+            origin: origin(),
+            log_key: Arc::new(key(NODE_LOG)),
+            creators: vec![key(CREATOR).public_key()],
+            limits: Limits {
+                requests_per_second: 100_000,
+                request_burst: 100_000,
+                connections_per_second: 100_000,
+                connection_burst: 100_000,
+                checkpoint_interval: Duration::from_millis(20),
+                ..Limits::default()
+            },
+            clock: Arc::new(ManualClock(AtomicU64::new(T0))),
+        },
+    );
+    let identity = Identity::self_signed(&key(NODE_TLS), "node").unwrap();
+    let config = Arc::new(tls::server_config(&identity).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        serve(Tcp(listener), Transport::Tls(config), node, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestNode {
+        addr,
+        fingerprint: identity.fingerprint(),
+        stop: Some(stop),
+        server,
+    }
+}
+
+/// Starts a node on the SQLite database at `db` (created if absent).
+async fn start_sqlite(db: &Path) -> TestNode {
+    start(
+        SqliteStore::open(db, SqliteOptions::default())
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+impl TestNode {
+    fn client(&self, label: u8) -> NodeClient {
+        NodeClient::new(self.addr, self.fingerprint, &key(label)).unwrap()
+    }
+
+    /// Stops serving (requests in progress finish) and waits until the
+    /// node, its integrator and its store are gone.
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.server).await.unwrap();
+    }
+}
+
+fn origin() -> NodeOrigin {
+    NodeOrigin::new("node.example").unwrap()
+}
+
+fn talks() -> TalksId {
+    fixtures::talks().talks
+}
+
+/// The reference talks' access list (the roster's), as every client accepted it.
+fn list() -> AccessList {
+    let t = fixtures::talks();
+    t.roster.implied_access_list(t.talks).unwrap()
+}
+
+/// The rooms `device` receives, by the accepted list.
+fn rooms(device: u8) -> BTreeSet<RoomId> {
+    list()
+        .get(&key(device).public_key().id())
+        .unwrap()
+        .rooms()
+        .iter()
+        .copied()
+        .collect()
+}
+
+// --- Sessions ------------------------------------------------------------------
+
+type Sess = Session<MemoryClientStore, PlaintextSeal>;
+
+/// Opens (or, with the same store, resumes) `device`'s session on `node`.
+async fn session(node: &TestNode, device: u8, store: &Arc<MemoryClientStore>) -> Sess {
+    Session::open(
+        Arc::clone(store),
+        PlaintextSeal,
+        node.client(device),
+        key(device),
+        talks(),
+        &origin(),
+        key(NODE_LOG).public_key(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until the node has integrated every envelope sequenced so far;
+/// returns the log size.
+async fn integrated(node: &TestNode) -> u64 {
+    let c = node.client(OMAN_LEAD_DEVICE);
+    for _ in 0..500 {
+        let size = c.fetch(talks(), 0, 1).await.unwrap().log_size;
+        let (cp, _) = c.checkpoint(talks()).await.unwrap();
+        if cp == size {
+            return size;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the node did not integrate its log");
+}
+
+/// Receives everything and verifies the log as `device`.
+async fn sync(s: &mut Sess, device: u8) -> LogReport {
+    s.receive(&list()).await.unwrap();
+    let (report, _) = s.verify_log(&rooms(device), T0).await.unwrap();
+    report
+}
+
+fn talk(text: &str) -> Content {
+    Content::Talk(text.into())
+}
+
+/// The reference talks on `node`: the US head and the Iran head each post
+/// to the record room in turn, `n` envelopes in all (seqs 0..n, the US
+/// head's even, Iran's odd); both receive and verify the whole log.
+/// Returns their sessions and stores.
+async fn record_talk(node: &TestNode, n: u64) -> [(Sess, Arc<MemoryClientStore>, u8); 2] {
+    node.client(CREATOR).create_talks(&list()).await.unwrap();
+    let record = fixtures::talks().record;
+    let mut sessions = Vec::new();
+    for device in [US_HEAD_DEVICE, IRAN_HEAD_DEVICE] {
+        let store = Arc::new(MemoryClientStore::default());
+        sessions.push((session(node, device, &store).await, store, device));
+    }
+    for seq in 0..n {
+        let (s, _, _) = &mut sessions[(seq % 2) as usize];
+        let text = format!("record entry {seq}");
+        let sent = s
+            .send(record, talk(&text), Salt([seq as u8; 32]))
+            .await
+            .unwrap();
+        assert_eq!(sent, seq);
+    }
+    assert_eq!(integrated(node).await, n);
+    for (s, _, device) in &mut sessions {
+        let report = sync(s, *device).await;
+        assert_eq!(report.size, n);
+        assert_eq!(report.withheld, vec![]);
+        assert_eq!(report.not_merged, Vec::<u64>::new());
+        assert_eq!(s.archive().await.unwrap().len() as u64, n);
+    }
+    let [a, b]: [_; 2] = sessions.try_into().ok().unwrap();
+    [a, b]
+}
+
+/// Runs `query` (with the given blob binds) on the node's database while
+/// the node is stopped, as an attacker holding the database would.
+async fn tamper(db: &Path, query: &'static str, binds: Vec<Vec<u8>>) {
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let mut q = sqlx::query(query);
+    for b in binds {
+        q = q.bind(b);
+    }
+    let done = q.execute(&mut c).await.unwrap();
+    assert_eq!(done.rows_affected(), 1, "{query}");
+    c.close().await.unwrap();
+}
+
+// --- Tests ---------------------------------------------------------------------
+
+/// Whether `message` names `seq` (and not a longer number starting with it).
+fn names(message: &str, seq: u64) -> bool {
+    let needle = format!("seq {seq}");
+    message.match_indices(&needle).any(|(i, _)| {
+        !message[i + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+#[tokio::test]
+async fn a_rewritten_stored_envelope_fails_every_client_naming_its_seq() {
+    const N: u64 = 5;
+    const REWRITTEN: u64 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("node.db");
+    let node = start_sqlite(&db).await;
+    let [(_, us_store, _), (_, iran_store, _)] = record_talk(&node, N).await;
+    node.stop().await;
+
+    // Rewrite seq 2's body, and its body hash consistently (the header,
+    // signed by its sender, is left: the row still decodes), as an
+    // attacker with the database would. The forged body is a valid one.
+    let record = fixtures::talks().record;
+    let forged = PlaintextSeal
+        .seal(
+            record,
+            &AppMessage {
+                content: talk("a forged record entry"),
+                salt: Salt([0xee; 32]),
+            },
+        )
+        .unwrap();
+    tamper(
+        &db,
+        "UPDATE envelopes SET body = ?, body_hash = ? WHERE seq = 2",
+        vec![forged.clone(), sha256(&forged).0.to_vec()],
+    )
+    .await;
+    let node = start_sqlite(&db).await;
+
+    // A fresh device, which never archived the original bytes: the page
+    // holding seq 2 does not check out (its body is not its header's), and
+    // the data tiles do not hash into the node's signed checkpoint; the
+    // node's own stored leaf hash, proved into that checkpoint, blames
+    // seq 2.
+    let mut negotiator = session(
+        &node,
+        US_NEGOTIATOR_DEVICE,
+        &Arc::new(MemoryClientStore::default()),
+    )
+    .await;
+    let e = negotiator.receive(&list()).await.unwrap_err().to_string();
+    assert!(names(&e, REWRITTEN), "{e}");
+    let e = negotiator
+        .verify_log(&rooms(US_NEGOTIATOR_DEVICE), T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, SessionError::Evidence(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(names(&e, REWRITTEN) && e.contains("rewritten"), "{e}");
+    for seq in (0..N).filter(|s| *s != REWRITTEN) {
+        assert!(!names(&e, seq), "seq {seq} blamed too: {e}");
+    }
+
+    // The devices that archived the original bytes (resumed from their
+    // stores): the audit finds that the leaf served for seq 2 is not the
+    // archived one, and that the envelope served again does not check out;
+    // nothing else differs. Their archive still holds what the node's tree
+    // commits to.
+    let mut us = session(&node, US_HEAD_DEVICE, &us_store).await;
+    let mut iran = session(&node, IRAN_HEAD_DEVICE, &iran_store).await;
+    for s in [&us, &iran] {
+        let found = s.check_archive().await.unwrap();
+        assert!(
+            found.iter().all(|d| d.seq() == Some(REWRITTEN)),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|d| matches!(d, Discrepancy::Rewritten { seq: REWRITTEN, .. })),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|d| matches!(d, Discrepancy::Envelope { seq: REWRITTEN, .. })),
+            "{found:?}"
+        );
+        assert!(found.iter().all(|d| names(&d.to_string(), REWRITTEN)));
+        s.prove_included(REWRITTEN).await.unwrap();
+    }
+
+    // And in the normal course: the log grows, and verifying the new leaf
+    // re-reads the first tile, where seq 2 no longer matches the archive.
+    let sent = us
+        .send(record, talk("after the restart"), Salt([0x55; 32]))
+        .await
+        .unwrap();
+    assert_eq!(sent, N);
+    assert_eq!(integrated(&node).await, N + 1);
+    let got = iran.receive(&list()).await.unwrap();
+    assert_eq!(got.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![N]);
+    let e = iran
+        .verify_log(&rooms(IRAN_HEAD_DEVICE), T0)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(names(&e, REWRITTEN) && e.contains("rewritten"), "{e}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_stored_envelope_is_named_as_withheld() {
+    const N: u64 = 5;
+    const DELETED: u64 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("node.db");
+    let node = start_sqlite(&db).await;
+    let [(_, us_store, _), _] = record_talk(&node, N).await;
+    node.stop().await;
+    tamper(&db, "DELETE FROM envelopes WHERE seq = 2", vec![]).await;
+    let node = start_sqlite(&db).await;
+
+    // A fresh device: the node refuses every page across the hole (500),
+    // so receiving bisects down to seq 2, steps over it and archives the
+    // rest; the node refuses the data tile too, and verifying names the
+    // seq it withholds below its signed checkpoint.
+    let mut negotiator = session(
+        &node,
+        US_NEGOTIATOR_DEVICE,
+        &Arc::new(MemoryClientStore::default()),
+    )
+    .await;
+    let got = negotiator.receive(&list()).await.unwrap();
+    assert_eq!(
+        got.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        vec![0, 1, 3, 4]
+    );
+    assert_eq!(negotiator.next_seq(), N);
+    let e = negotiator
+        .verify_log(&rooms(US_NEGOTIATOR_DEVICE), T0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            SessionError::Unserved {
+                seq: DELETED,
+                size: N
+            }
+        ),
+        "{e:?}"
+    );
+    let e = e.to_string();
+    assert!(names(&e, DELETED) && e.contains("withholds"), "{e}");
+
+    // A device that had archived it: the audit names seq 2, and only it.
+    let us = session(&node, US_HEAD_DEVICE, &us_store).await;
+    assert_eq!(
+        us.check_archive().await.unwrap(),
+        vec![Discrepancy::Unserved { seq: DELETED }]
+    );
+    node.stop().await;
+}
+
+/// Not the deletion of a row (the node then refuses the leaf data too, see
+/// above) but a node that no longer delivers a room's envelopes while its
+/// log and tiles still hold them: the accounting reports them withheld.
+#[tokio::test]
+async fn an_envelope_the_node_stops_delivering_is_reported_withheld() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("node.db");
+    let node = start_sqlite(&db).await;
+    node.client(CREATOR).create_talks(&list()).await.unwrap();
+    let t = fixtures::talks();
+    let store = Arc::new(MemoryClientStore::default());
+    let mut us = session(&node, US_HEAD_DEVICE, &store).await;
+    us.send(t.record, talk("in the record"), Salt([1; 32]))
+        .await
+        .unwrap();
+    let caucus = us
+        .send(t.us_caucus, talk("in the US caucus"), Salt([2; 32]))
+        .await
+        .unwrap();
+    us.send(t.record, talk("in the record again"), Salt([3; 32]))
+        .await
+        .unwrap();
+    integrated(&node).await;
+    node.stop().await;
+
+    // The node's stored access list no longer gives the US negotiator the
+    // US caucus, so the node stops delivering it; the log still holds its
+    // envelope, and the negotiator accepted the roster's list.
+    let negotiator = key(US_NEGOTIATOR_DEVICE).public_key();
+    let entries = list()
+        .entries()
+        .iter()
+        .map(|e| {
+            if e.key() == &negotiator {
+                AccessEntry::new(*e.key(), e.principal, e.party, vec![t.record], e.flags).unwrap()
+            } else {
+                e.clone()
+            }
+        })
+        .collect();
+    let narrowed = AccessList::new(t.talks, 0, entries).unwrap();
+    tamper(
+        &db,
+        "UPDATE access_lists SET bytes = ?, hash = ?",
+        vec![narrowed.to_canonical_bytes(), narrowed.hash().0.to_vec()],
+    )
+    .await;
+    let node = start_sqlite(&db).await;
+    let mut s = session(
+        &node,
+        US_NEGOTIATOR_DEVICE,
+        &Arc::new(MemoryClientStore::default()),
+    )
+    .await;
+    let got = s.receive(&list()).await.unwrap();
+    assert_eq!(got.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![0, 2]);
+    let (report, _) = s
+        .verify_log(&rooms(US_NEGOTIATOR_DEVICE), T0)
+        .await
+        .unwrap();
+    assert_eq!(report.size, 3);
+    let missing = vec![Withheld::Missing {
+        seq: caucus,
+        room: t.us_caucus,
+    }];
+    assert_eq!(report.withheld, missing);
+
+    // The same when the log is verified before anything is received: the
+    // verified leaves wait until the session has fetched past them.
+    let mut s = session(
+        &node,
+        US_NEGOTIATOR_DEVICE,
+        &Arc::new(MemoryClientStore::default()),
+    )
+    .await;
+    let (report, _) = s
+        .verify_log(&rooms(US_NEGOTIATOR_DEVICE), T0)
+        .await
+        .unwrap();
+    assert_eq!((report.size, report.withheld), (3, vec![]));
+    s.receive(&list()).await.unwrap();
+    let (report, _) = s
+        .verify_log(&rooms(US_NEGOTIATOR_DEVICE), T0)
+        .await
+        .unwrap();
+    assert_eq!((report.size, report.withheld), (3, missing));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn an_inclusion_proof_of_another_leaf_is_refused_by_rehashing() {
+    const N: u64 = 5;
+    let (i, j) = (1u64, 3u64);
+    let node = start(MemoryStore::new()).await;
+    let [(s, _, _), _] = record_talk(&node, N).await;
+    let c = node.client(US_HEAD_DEVICE);
+    let size = s.follower().size();
+    let root = s.follower().root();
+    assert_eq!(size, N);
+    let leaf_i = s.archived(i).await.unwrap().unwrap().leaf().hash();
+    let leaf_j = s.archived(j).await.unwrap().unwrap().leaf().hash();
+    let proof_i = c.inclusion_proof(talks(), i, size).await.unwrap();
+    let proof_j = c.inclusion_proof(talks(), j, size).await.unwrap();
+
+    // Each proof leads its own leaf, re-computed from the archive, into
+    // the verified root.
+    proof_i.verify(i, size, &root, &leaf_i).unwrap();
+    proof_j.verify(j, size, &root, &leaf_j).unwrap();
+    s.check_inclusion(i, &proof_i).await.unwrap();
+    s.prove_included(i).await.unwrap();
+    s.prove_included(j).await.unwrap();
+
+    // j's valid proof offered for i: refused. Relabelled with i's index
+    // (same path length here), it still does not re-hash leaf i into the
+    // root; at j's own index, leaf i does not re-hash into it either.
+    let e = s
+        .check_inclusion(i, &proof_j)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(names(&e, i), "{e}");
+    assert!(proof_j.verify(i, size, &root, &leaf_i).is_err());
+    let relabelled = InclusionProof::new(i, size, proof_j.hashes().to_vec()).unwrap();
+    assert!(relabelled.verify(i, size, &root, &leaf_i).is_err());
+    let e = s
+        .check_inclusion(i, &relabelled)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(names(&e, i), "{e}");
+    assert!(proof_j.verify(j, size, &root, &leaf_i).is_err());
+
+    // Nothing to prove past the verified size.
+    assert!(matches!(
+        s.prove_included(N).await,
+        Err(SessionError::Usage(_))
+    ));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_identity_keys_later_statement_is_rejected_by_every_replay() {
+    let node = start(MemoryStore::new()).await;
+    node.client(CREATOR).create_talks(&list()).await.unwrap();
+    let t = fixtures::talks();
+    let devices = [
+        OMAN_LEAD_DEVICE,
+        US_HEAD_DEVICE,
+        IRAN_HEAD_DEVICE,
+        US_NEGOTIATOR_DEVICE,
+    ];
+    let mut sessions = Vec::new();
+    for device in devices {
+        let store = Arc::new(MemoryClientStore::default());
+        sessions.push((device, session(&node, device, &store).await));
+    }
+    let device_cert = |seed: u64, device: u8| {
+        t.statement(
+            seed,
+            &key(US_NEGOTIATOR),
+            t.us,
+            Payload::DeviceCert(DeviceCert {
+                principal: fixtures::PRINCIPALS[3],
+                device_key: key(device).public_key(),
+                not_after: u64::MAX,
+            }),
+        )
+    };
+    // Replay's rule 4: a member's identity key is revoked by itself, or by
+    // its party's talks authority (the US head's identity key may not).
+    let revoke = t.statement(
+        3,
+        &key(US_TALKS),
+        t.us,
+        Payload::Revoke(Revoke {
+            key: key(US_NEGOTIATOR).public_key().id(),
+            reason: RevokeReason::Compromised,
+            lost_at: None,
+        }),
+    );
+    let log = [
+        // The mediator posts the roster, signed by Oman's talks authority.
+        (
+            OMAN_LEAD_DEVICE,
+            t.statement(
+                1,
+                &key(OMAN_TALKS),
+                t.oman,
+                Payload::Roster(t.roster.clone()),
+            ),
+        ),
+        // The negotiator's identity key certifies a device of its own.
+        (US_NEGOTIATOR_DEVICE, device_cert(2, NEW_DEVICE)),
+        // The US talks authority revokes that identity key.
+        (US_HEAD_DEVICE, revoke),
+        // The negotiator's device still posts (the node knows nothing of
+        // statements), a statement by the revoked identity key.
+        (US_NEGOTIATOR_DEVICE, device_cert(4, LATER_DEVICE)),
+    ];
+    for (seq, (device, statement)) in (0u64..).zip(log) {
+        let (_, s) = sessions.iter_mut().find(|(d, _)| *d == device).unwrap();
+        let sent = s
+            .send(
+                t.record,
+                Content::Statement(statement.as_bytes().to_vec()),
+                Salt([seq as u8 + 1; 32]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(sent, seq);
+    }
+    assert_eq!(integrated(&node).await, 4);
+    for (device, s) in &mut sessions {
+        let report = sync(s, *device).await;
+        assert_eq!((report.size, report.withheld.len()), (4, 0));
+        let replay = s.replay().await.unwrap();
+        assert_eq!(replay.accepted, vec![0, 1, 2], "device {device:#x}");
+        assert_eq!(replay.rejected.len(), 1, "{:?}", replay.rejected);
+        let (seq, why) = &replay.rejected[0];
+        assert_eq!(*seq, 3);
+        assert!(why.contains("revoked at seq 2"), "{why}");
+        assert_eq!(replay.forks, vec![]);
+    }
+    node.stop().await;
+}
