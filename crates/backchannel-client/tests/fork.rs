@@ -102,6 +102,7 @@ async fn start() -> (TestNode, TalksId) {
         request_burst: 100_000,
         connections_per_second: 100_000,
         connection_burst: 100_000,
+        connections_per_source: 100_000,
         checkpoint_interval: INTERVAL,
         ..Limits::default()
     };

@@ -91,6 +91,7 @@ async fn start<S: Store>(store: S) -> TestNode {
                 request_burst: 100_000,
                 connections_per_second: 100_000,
                 connection_burst: 100_000,
+                connections_per_source: 100_000,
                 checkpoint_interval: Duration::from_millis(20),
                 ..Limits::default()
             },

@@ -48,6 +48,8 @@ pub mod codes {
     pub const STALE: &str = "stale";
     /// 409: the object exists already.
     pub const EXISTS: &str = "exists";
+    /// 408: the request body did not arrive in time.
+    pub const TIMEOUT: &str = "timeout";
     /// 410: the invitation has expired.
     pub const EXPIRED: &str = "expired";
     /// 413: over a size limit.

@@ -26,6 +26,9 @@ pub struct Limits {
     pub connection_burst: u32,
     /// Open connections in all.
     pub max_connections: usize,
+    /// Open connections per source address (streams included), so that
+    /// one address cannot hold every slot.
+    pub connections_per_source: usize,
     /// Open WebSocket streams per key.
     pub streams_per_key: usize,
     /// Bytes queued for one stream. When the queue is full the stream waits
@@ -49,8 +52,8 @@ pub struct Limits {
     pub party_blob_quota: u64,
     /// The longest an invitation may stay redeemable.
     pub max_invitation_ttl: Duration,
-    /// How long a connection may take for its TLS handshake, and to send
-    /// each request head.
+    /// How long a connection may take for its TLS handshake, to send each
+    /// request head, and to send each request body (408 `timeout` after).
     pub header_timeout: Duration,
     /// How often sequenced leaves are integrated and checkpoints signed.
     pub checkpoint_interval: Duration,
@@ -69,6 +72,7 @@ impl Default for Limits {
             connections_per_second: 20,
             connection_burst: 40,
             max_connections: 1024,
+            connections_per_source: 64,
             streams_per_key: 4,
             send_queue_bytes: 8 << 20,
             slow_reader_timeout: Duration::from_secs(10),

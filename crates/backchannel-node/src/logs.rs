@@ -189,7 +189,9 @@ pub(crate) async fn tile<S: Store>(
     node.member(talks, &key).await?;
     let tile =
         tlog_tiles::Tile::from_path(&format!("tile/{path}")).map_err(|_| ApiError::not_found())?;
-    if tile.height() != TILE_HEIGHT {
+    // Levels 0..8 of height-8 tiles cover every tree of up to 2^64 leaves;
+    // a higher level would overflow the tile maths.
+    if tile.height() != TILE_HEIGHT || tile.level() >= 8 {
         return Err(ApiError::not_found());
     }
     if tile.is_data() {

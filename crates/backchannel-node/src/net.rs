@@ -185,6 +185,7 @@ async fn accept_until<L: Listener, S: Store>(
         limits.connection_burst,
     ));
     let open = Arc::new(Semaphore::new(limits.max_connections));
+    let open_per_source = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let mut shutdown = std::pin::pin!(shutdown);
     // Set while accepting keeps failing, so that a persistent error is
     // logged once per episode rather than ten times a second.
@@ -225,6 +226,12 @@ async fn accept_until<L: Listener, S: Store>(
             // Dropped before a byte is read: the client sees a reset.
             continue;
         }
+        let Some(per_source) =
+            PerSource::acquire(&open_per_source, source, limits.connections_per_source)
+        else {
+            // This address already holds its share of connections.
+            continue;
+        };
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             continue;
         };
@@ -234,7 +241,7 @@ async fn accept_until<L: Listener, S: Store>(
         let mut shutdown = Shutdown(phase.subscribe());
         // Held by the connection and by any stream it upgrades to, so that
         // open streams count against `max_connections` too.
-        let permit = ConnectionPermit(Arc::new(permit));
+        let permit = ConnectionPermit(Arc::new((permit, per_source)));
         tokio::spawn(async move {
             match transport {
                 Transport::Tls(config) => {
@@ -264,7 +271,51 @@ async fn accept_until<L: Listener, S: Store>(
 /// A connection's slot among `max_connections`; a stream the connection
 /// upgrades to keeps a clone, so the slot is free only when both are gone.
 #[derive(Clone)]
-pub(crate) struct ConnectionPermit(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+pub(crate) struct ConnectionPermit(
+    #[allow(dead_code)] Arc<(tokio::sync::OwnedSemaphorePermit, PerSource)>,
+);
+
+/// One open connection of a source address; dropping it frees the slot.
+pub(crate) struct PerSource {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl PerSource {
+    fn acquire(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+        source: IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(source).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            source,
+        })
+    }
+}
+
+impl Drop for PerSource {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// How long a request may take to send its body (the handshake and
+/// request-head timeout), for the body extractors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyTimeout(pub(crate) Duration);
 
 /// An error about the one connection being accepted, not the listener.
 fn is_transient(e: &io::Error) -> bool {
@@ -307,6 +358,7 @@ async fn serve_connection<I>(
         // Streams close when the node shuts down (`crate::stream`).
         req.extensions_mut().insert(for_requests.clone());
         req.extensions_mut().insert(permit.clone());
+        req.extensions_mut().insert(BodyTimeout(header_timeout));
         app.clone().oneshot(req)
     });
     let connection = hyper::server::conn::http1::Builder::new()

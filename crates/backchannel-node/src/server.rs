@@ -221,16 +221,27 @@ impl<St: Send + Sync> FromRequest<St> for ApiBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
+        // A body that trickles in must not hold a connection slot forever.
+        let limit = req
+            .extensions()
+            .get::<crate::net::BodyTimeout>()
+            .map_or(std::time::Duration::from_secs(10), |t| t.0);
+        let read = tokio::time::timeout(limit, Bytes::from_request(req, state))
             .await
-            .map(ApiBytes)
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::too_large("the request body is larger than this endpoint accepts")
-                } else {
-                    ApiError::malformed(format!("the request body could not be read: {e}"))
-                }
-            })
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    codes::TIMEOUT,
+                    "the request body took too long to arrive; send it again",
+                )
+            })?;
+        read.map(ApiBytes).map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large("the request body is larger than this endpoint accepts")
+            } else {
+                ApiError::malformed(format!("the request body could not be read: {e}"))
+            }
+        })
     }
 }
 
@@ -510,6 +521,21 @@ async fn submit_change<S: Store>(
     // every one before it looks for missing ones.
     let outcome = match list.apply(&change) {
         Ok(next) => Ok(next),
+        Err(AccessListError::MissingSignature(_))
+            if !change
+                .signatures()
+                .iter()
+                .any(|(k, _)| list.get(k).is_some_and(|e| e.party == entry.party)) =>
+        {
+            // A change that waits for signatures is stored only with a
+            // signature of the submitter's own party (every signature was
+            // verified by `apply` before it looked for missing ones):
+            // otherwise anyone with the right to propose could fill the
+            // pending slots with unsigned deltas.
+            return Err(ApiError::forbidden(
+                "a change that is not yet complete must carry a signature of your own party; sign it and submit again",
+            ));
+        }
         Err(AccessListError::MissingSignature(_)) => {
             // Merge with the signatures gathered so far for this delta.
             let pending = node
@@ -701,8 +727,15 @@ async fn enrol<S: Store>(
         .map_err(store_error)?
         .ok_or_else(ApiError::not_found)?;
     if let Some(r) = &record.redeemed {
-        // A retry by the same key (its reply was lost) gets the list again.
+        // A retry by the same key (its reply was lost) gets the list again
+        // — while that key is still on it: a key removed since is an
+        // outsider like any other.
         if r.key == key.id() {
+            let list = AccessList::from_canonical_bytes(&list_record.bytes)
+                .map_err(|_| ApiError::internal())?;
+            if list.get(&key.id()).is_none() {
+                return Err(ApiError::not_found());
+            }
             return Ok(axum::Json(access_list_body(talks, &list_record)));
         }
         return Err(ApiError::new(
@@ -902,6 +935,14 @@ async fn create_blob<S: Store>(
             node.limits.max_blob
         )));
     }
+    // An existing blob is linked to another room only by its own party or
+    // by a key that already sees it: knowing a hash must not open another
+    // party's blob (or let one overwrite its unfinished chunks).
+    if let Some(existing) = node.store.blob(talks, hash).await.map_err(store_error)? {
+        if existing.party != entry.party && !existing.rooms.iter().any(|r| may_read(&entry, *r)) {
+            return Err(ApiError::not_found());
+        }
+    }
     let blob = node
         .store
         .create_blob(
@@ -971,6 +1012,23 @@ async fn put_chunk<S: Store>(
                 "no such chunk index for this blob's size",
             ));
         }
+    }
+    // Chunks never change once stored: a chunk hashed for completion can
+    // not be replaced behind the check.
+    if let Some(stored) = node
+        .store
+        .blob_chunk(talks, blob.hash, index)
+        .await
+        .map_err(store_error)?
+    {
+        if stored == bytes {
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            codes::EXISTS,
+            format!("chunk {index} is already stored with other bytes; chunks never change"),
+        ));
     }
     node.store
         .put_blob_chunk(talks, blob.hash, index, &bytes)

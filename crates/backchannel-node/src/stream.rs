@@ -32,7 +32,7 @@ use backchannel_codec::{Decode, TalksId};
 use backchannel_crypto::PublicKey;
 use backchannel_statement::AccessList;
 use backchannel_store::{MAX_READ, Store};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{Notify, broadcast, mpsc};
 
@@ -200,19 +200,21 @@ async fn deliver<S: Store>(
     poll.tick().await;
 
     loop {
-        // Re-authorise, then deliver everything from the cursor.
-        let entry = match node.store.access_list(talks).await {
-            Ok(Some(record)) => match AccessList::from_canonical_bytes(&record.bytes) {
-                Ok(list) => match list.get(&key.id()) {
-                    Some(e) => e.clone(),
-                    None => return Some((CLOSE_REVOKED, "access revoked")),
-                },
-                Err(_) => return Some((CLOSE_ERROR, "node error")),
-            },
-            Ok(None) => return Some((CLOSE_REVOKED, "access revoked")),
-            Err(_) => return Some((CLOSE_ERROR, "node error")),
-        };
+        // Deliver everything from the cursor, re-authorising for every page
+        // (a long catch-up must not outlive a removal from the list) and
+        // hearing the client between pages (pongs keep it from looking
+        // idle; a close ends the stream).
         loop {
+            let entry = match authorised(node, talks, key).await {
+                Ok(e) => e,
+                Err(close) => return Some(close),
+            };
+            while let Some(m) = incoming.next().now_or_never() {
+                match m {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                    Some(Ok(_)) => idle = Box::pin(tokio::time::sleep(limits.idle_timeout)),
+                }
+            }
             let rows = match node.store.read(talks, cursor, MAX_READ).await {
                 Ok(rows) => rows,
                 Err(_) => return Some((CLOSE_ERROR, "node error")),
@@ -271,6 +273,25 @@ async fn deliver<S: Store>(
                 },
             }
         }
+    }
+}
+
+/// The caller's current access-list entry, or the close it gets.
+async fn authorised<S: Store>(
+    node: &Node<S>,
+    talks: TalksId,
+    key: &PublicKey,
+) -> Result<backchannel_statement::AccessEntry, (u16, &'static str)> {
+    match node.store.access_list(talks).await {
+        Ok(Some(record)) => match AccessList::from_canonical_bytes(&record.bytes) {
+            Ok(list) => list
+                .get(&key.id())
+                .cloned()
+                .ok_or((CLOSE_REVOKED, "access revoked")),
+            Err(_) => Err((CLOSE_ERROR, "node error")),
+        },
+        Ok(None) => Err((CLOSE_REVOKED, "access revoked")),
+        Err(_) => Err((CLOSE_ERROR, "node error")),
     }
 }
 

@@ -425,3 +425,72 @@ async fn node_info_names_the_log_key() {
     );
     let _ = (RoomId([0; 16]), Digest([0; 32]));
 }
+
+/// A raw TLS connection to the node as `label`.
+async fn raw_tls(
+    node: &TestNode<backchannel_store::memory::MemoryStore>,
+    label: u8,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(node.addr).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_tls(label, node.fingerprint)))
+        .connect(
+            rustls::pki_types::ServerName::try_from("node.invalid").expect("name"),
+            tcp,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = start(backchannel_node::limits::Limits {
+        header_timeout: std::time::Duration::from_millis(300),
+        ..test_limits()
+    })
+    .await;
+    let talks = node.open_reference_talks().await;
+    let mut s = raw_tls(&node, US_HEAD_DEVICE).await.expect("tls");
+    let head = format!(
+        "POST {} HTTP/1.1\r\nhost: node.invalid\r\ncontent-type: application/octet-stream\r\ncontent-length: 1247\r\n\r\n",
+        path(talks, "/envelopes")
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    s.write_all(&[0u8; 10]).await.expect("some body");
+    // Then nothing: the node answers 408 once the body timeout passes.
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        s.read_to_end(&mut answer),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"timeout\""), "{text}");
+    assert_eq!(node.node.store().log_size(talks).await.expect("size"), 0);
+}
+
+#[tokio::test]
+async fn connections_per_source_address_are_capped() {
+    let node = start(backchannel_node::limits::Limits {
+        connections_per_source: 2,
+        ..test_limits()
+    })
+    .await;
+    let a = raw_tls(&node, US_HEAD_DEVICE).await.expect("first");
+    let b = raw_tls(&node, US_HEAD_DEVICE).await.expect("second");
+    assert!(
+        raw_tls(&node, US_HEAD_DEVICE).await.is_err(),
+        "a third connection from one address"
+    );
+    drop(a);
+    let mut ok = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if raw_tls(&node, US_HEAD_DEVICE).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "closing a connection did not free its slot");
+    drop(b);
+}

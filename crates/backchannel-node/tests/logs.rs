@@ -107,6 +107,8 @@ async fn checkpoints_proofs_tiles_and_cosignatures() {
         ("/proof/inclusion?index=1&size=999", 404),
         ("/proof/inclusion?index=x", 400),
         ("/tile/8/0/001", 404),
+        ("/tile/8/8/000", 404),
+        ("/tile/8/32/000", 404),
         ("/tile/8/data/000.p/9", 404),
         ("/tile/8/data/001", 404),
     ] {

@@ -134,6 +134,29 @@ async fn an_invitee_enrols_once_with_its_token() {
         .await;
     assert_eq!((other.status, other.code().as_str()), (409, "exists"));
     assert_eq!(current_list(&node, talks).await, after);
+    // Once the enrolled key leaves the list, its token no longer shows it
+    // the list: it is an outsider like any other.
+    {
+        let k = key(NEW_AUTHORITY).public_key();
+        let delta = AccessListDelta::new(talks, after.hash(), vec![k.id()], vec![]).unwrap();
+        let change = AccessListChange::new(
+            delta.clone(),
+            vec![delta.sign(&key(NEW_AUTHORITY)).unwrap()],
+        )
+        .unwrap();
+        let a = invitee
+            .post(
+                &path(talks, "/access-list/changes"),
+                json!({"change": b64(&change.to_canonical_bytes())}),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        let retry = invitee
+            .post(&path(talks, "/enrol"), json!({"token": b64(&token.0)}))
+            .await;
+        assert_eq!(retry.status, 404);
+        assert_eq!(retry.bytes, unknown.bytes);
+    }
     // The mediator reads the redemption and its payload.
     let l = mediator.get(&path(talks, "/invitations")).await;
     let i = &l.json["invitations"][0];
@@ -212,6 +235,10 @@ async fn a_change_waits_for_every_required_signature() {
     // A signature by a key not on the list: 400, nothing pending.
     let a = submit(OMAN_LEAD_DEVICE, 0x70).await;
     assert_eq!((a.status, a.code().as_str()), (400, "malformed"));
+    // An incomplete change with no signature of the submitter's own party
+    // (here only the US's) is not kept pending: 403, nothing pending.
+    let a = submit(OMAN_LEAD_DEVICE, US_TALKS).await;
+    assert_eq!((a.status, a.code().as_str()), (403, "forbidden"));
     assert!(
         node.node
             .store()
@@ -328,6 +355,23 @@ async fn blobs_upload_in_chunks_and_are_served_to_their_rooms_only() {
         .get(&path(talks, &format!("/blobs/{hash}")))
         .await;
     assert_eq!((a.status, a.code().as_str()), (404, "not_found"));
+    // Knowing the hash does not let another party link it into its room.
+    let a = node
+        .client(IRAN_HEAD_DEVICE)
+        .post(
+            &path(talks, "/blobs"),
+            json!({"hash": hash, "size": content.len(), "room": t.iran_caucus.to_hex()}),
+        )
+        .await;
+    assert_eq!((a.status, a.code().as_str()), (404, "not_found"));
+    let stored = node
+        .node
+        .store()
+        .blob(talks, sha256(&content))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.rooms, vec![t.us_caucus]);
 }
 
 #[tokio::test]
@@ -352,6 +396,15 @@ async fn a_blob_whose_chunks_do_not_hash_to_its_address_is_not_completed() {
         )
         .await;
     assert_eq!(a.status, 204);
+    // A stored chunk never changes: the same bytes again are fine, others 409.
+    let put = |bytes: &'static [u8]| {
+        let us = us.clone();
+        let p = path(talks, &format!("/blobs/{hash}/chunks/0"));
+        async move { us.send("PUT", &p, Some(Body::Raw(bytes.to_vec()))).await }
+    };
+    assert_eq!(put(b"not the content!").await.status, 204);
+    let other = put(b"the real content").await;
+    assert_eq!((other.status, other.code().as_str()), (409, "exists"));
     let a = us
         .post(&path(talks, &format!("/blobs/{hash}/complete")), json!({}))
         .await;

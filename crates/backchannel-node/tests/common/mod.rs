@@ -117,6 +117,7 @@ pub fn test_limits() -> Limits {
         request_burst: 100_000,
         connections_per_second: 100_000,
         connection_burst: 100_000,
+        connections_per_source: 100_000,
         checkpoint_interval: std::time::Duration::from_millis(20),
         ..Limits::default()
     }
