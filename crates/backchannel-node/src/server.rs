@@ -883,6 +883,20 @@ pub(crate) fn may_read(entry: &AccessEntry, room: RoomId) -> bool {
 
 // --- Blobs -----------------------------------------------------------------
 
+/// A blob as answered, with the chunks stored so far.
+async fn blob_answer<S: Store>(
+    node: &Node<S>,
+    talks: TalksId,
+    blob: &BlobRecord,
+) -> Result<axum::Json<api::BlobBody>, ApiError> {
+    let present = node
+        .store
+        .blob_chunks_present(talks, blob.hash)
+        .await
+        .map_err(store_error)?;
+    Ok(axum::Json(blob_body(blob, present)))
+}
+
 fn blob_body(b: &BlobRecord, present: Vec<u64>) -> api::BlobBody {
     api::BlobBody {
         hash: hex::encode(b.hash.0),
@@ -960,12 +974,7 @@ async fn create_blob<S: Store>(
         )
         .await
         .map_err(store_error)?;
-    let present = node
-        .store
-        .blob_chunks_present(talks, hash)
-        .await
-        .map_err(store_error)?;
-    Ok((StatusCode::CREATED, axum::Json(blob_body(&blob, present))).into_response())
+    Ok((StatusCode::CREATED, blob_answer(&node, talks, &blob).await?).into_response())
 }
 
 async fn get_blob<S: Store>(
@@ -976,12 +985,7 @@ async fn get_blob<S: Store>(
     let talks = parse_talks(&talks)?;
     let (_, _, entry) = node.member(talks, &key).await?;
     let blob = visible_blob(&node, talks, &entry, &hash).await?;
-    let present = node
-        .store
-        .blob_chunks_present(talks, blob.hash)
-        .await
-        .map_err(store_error)?;
-    Ok(axum::Json(blob_body(&blob, present)))
+    blob_answer(&node, talks, &blob).await
 }
 
 async fn put_chunk<S: Store>(
@@ -1069,12 +1073,7 @@ async fn complete_blob<S: Store>(
             .map_err(store_error)?;
         blob.complete = true;
     }
-    let present = node
-        .store
-        .blob_chunks_present(talks, blob.hash)
-        .await
-        .map_err(store_error)?;
-    Ok(axum::Json(blob_body(&blob, present)))
+    blob_answer(&node, talks, &blob).await
 }
 
 async fn get_chunk<S: Store>(
