@@ -50,6 +50,12 @@ pub enum Command {
     /// Set up and run a mediator node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Work with talks logs offline.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Check evidence offline.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
     /// Replay the reference scenario (Oman mediating between the United
     /// States and Iran) on a fresh local node, and print what happened.
     Demo(DemoArgs),
@@ -419,6 +425,68 @@ fn defaults() -> Limits {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `backchannel log …`.
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Prove a fork from two participants' checkpoints of one log: writes
+    /// a self-contained evidence file that verifies offline.
+    Compare(CompareArgs),
+}
+
+/// `backchannel evidence …`.
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Verify a fork-evidence file offline.
+    Verify(VerifyEvidenceArgs),
+}
+
+/// Which log: the node's log key and origin, and the talks.
+#[derive(Debug, Args)]
+pub struct LogIdentity {
+    /// The node's log key (hex), as `backchannel node info` prints it.
+    #[arg(long)]
+    pub log_key: String,
+    /// The node's origin.
+    #[arg(long)]
+    pub origin: String,
+    /// The talks id (hex).
+    #[arg(long)]
+    pub talks: String,
+}
+
+/// `backchannel log compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Which log.
+    #[command(flatten)]
+    pub log: LogIdentity,
+    /// One participant's checkpoint note (a file).
+    #[arg(long)]
+    pub checkpoint_a: PathBuf,
+    /// The other participant's checkpoint note (a file).
+    #[arg(long)]
+    pub checkpoint_b: PathBuf,
+    /// Where to write the evidence (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel evidence verify`.
+#[derive(Debug, Args)]
+pub struct VerifyEvidenceArgs {
+    /// Which log.
+    #[command(flatten)]
+    pub log: LogIdentity,
+    /// The evidence file.
+    pub file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

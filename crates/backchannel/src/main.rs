@@ -15,6 +15,7 @@
 
 mod cli;
 mod demo;
+mod evidence;
 mod home;
 mod keys;
 mod logging;
@@ -53,6 +54,8 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(command) => node::main(command),
         Command::Demo(args) => demo::main(args.keep),
+        Command::Log(cli::LogCommand::Compare(args)) => evidence::compare(args),
+        Command::Evidence(cli::EvidenceCommand::Verify(args)) => evidence::verify(args),
         Command::Home(command) => home::main(cli.home, command),
         Command::Keys(command) => keys::main(cli.home, command),
     }
