@@ -22,12 +22,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use age::secrecy::SecretString;
 use anyhow::{Context as _, bail, ensure};
 use backchannel_client::net::NodeClient;
 use backchannel_client::safety::{SafetyCode, SafetyInputs};
 use backchannel_client::seal::{Content, PlaintextSeal};
 use backchannel_client::session::Session;
-use backchannel_client::store::MemoryClientStore;
+use backchannel_client_store_sqlite::{ClientStoreOptions, SqliteClientStore};
 use backchannel_codec::{Decode, Encode, PartyId, PrincipalId, Reader, RoomId, TalksId, Writer};
 use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer, sha256};
 use backchannel_node::limits::Limits;
@@ -194,7 +195,7 @@ fn now_ms() -> u64 {
     SystemClock.now_ms()
 }
 
-type DemoSession = Session<MemoryClientStore, PlaintextSeal>;
+type DemoSession = Session<SqliteClientStore, PlaintextSeal>;
 
 /// Waits until the node has integrated everything sequenced so far.
 async fn wait_for_integration(s: &DemoSession) -> anyhow::Result<()> {
@@ -467,12 +468,23 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         "the node's access list is not the roster's"
     );
 
-    // Sessions: one per device.
+    // Sessions: one per device, each archiving into its own home — an
+    // encrypted client store (a fresh random passphrase per participant).
     let mut sessions: Vec<(String, PartyId, DemoSession, BTreeSet<RoomId>)> = Vec::new();
-    for p in [&oman, &us, &iran] {
-        for m in &p.members {
+    for (n, p) in [&oman, &us, &iran].into_iter().enumerate() {
+        for (k, m) in p.members.iter().enumerate() {
+            let home = dir.join(format!("home-{n}-{k}"));
+            std::fs::create_dir_all(&home)?;
+            let passphrase = SecretString::from(hex::encode(random16()));
+            let store = SqliteClientStore::create(
+                home.join("home.db"),
+                &passphrase,
+                ClientStoreOptions::default(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("creating a participant's home: {e}"))?;
             let s = Session::open(
-                Arc::new(MemoryClientStore::default()),
+                Arc::new(store),
                 PlaintextSeal,
                 client(&m.device)?,
                 SecretKey::from_seed(&m.device.seed())?,
@@ -488,6 +500,11 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             sessions.push((format!("[{}] {}", p.short, m.name), p.id, s, rooms));
         }
     }
+
+    println!(
+        "Each of the {} devices keeps its archive in its own home, encrypted at rest",
+        sessions.len()
+    );
 
     // 6. The mediator posts roster and ground rules to the record room.
     let roster_st = statement(

@@ -25,6 +25,7 @@ fn the_demo_runs_the_reference_scenario() {
         "[IR] checked and co-signed the access-list change (applied)",
         "[US] verified the roster against the node's access list and accepted",
         "the checkpoint is final",
+        "keeps its archive in its own home, encrypted at rest",
         "statements accepted, none rejected",
         "(all three match)",
         "signed statement: Roster",
