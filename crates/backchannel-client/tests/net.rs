@@ -3,17 +3,16 @@
 //! codes, the stream, pinning, and the submit retry.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use backchannel_client::net::{NetError, NodeClient, NodeStream, StreamEvent};
 use backchannel_codec::{Decode, PartyId, RoomId, TalksId};
 use backchannel_crypto::{SecretKey, Signer, sha256};
 use backchannel_node::limits::Limits;
-use backchannel_node::net::{Listener, Transport, serve};
-use backchannel_node::sequencer::Clock;
+use backchannel_node::net::{Transport, serve};
 use backchannel_node::server::{Node, NodeConfig, witness_name};
 use backchannel_node::tls::{self, Fingerprint, Identity};
 use backchannel_statement::access_list::FLAG_DEVICE;
@@ -42,28 +41,7 @@ const T0: u64 = 1_800_000_000_000;
 
 // --- A node on loopback ------------------------------------------------------
 
-struct ManualClock(AtomicU64);
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-struct Tcp(tokio::net::TcpListener);
-
-impl Listener for Tcp {
-    type Io = tokio::net::TcpStream;
-
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, IpAddr)> {
-        let (s, a) = self.0.accept().await?;
-        Ok((s, a.ip()))
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
+use backchannel_test_support::{ManualClock, Tcp};
 
 struct TestNode {
     addr: SocketAddr,

@@ -7,10 +7,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use backchannel_client::follow::Withheld;
@@ -21,8 +21,7 @@ use backchannel_client::store::MemoryClientStore;
 use backchannel_codec::{Encode, RoomId, TalksId};
 use backchannel_crypto::{Signer, sha256};
 use backchannel_node::limits::Limits;
-use backchannel_node::net::{Listener, Transport, serve};
-use backchannel_node::sequencer::Clock;
+use backchannel_node::net::{Transport, serve};
 use backchannel_node::server::{Node, NodeConfig};
 use backchannel_node::tls::{self, Fingerprint, Identity};
 use backchannel_statement::fixtures::{self, key, labels::*};
@@ -48,28 +47,7 @@ const LATER_DEVICE: u8 = 0x46;
 
 // --- A node on loopback ------------------------------------------------------
 
-struct ManualClock(AtomicU64);
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-struct Tcp(tokio::net::TcpListener);
-
-impl Listener for Tcp {
-    type Io = tokio::net::TcpStream;
-
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, IpAddr)> {
-        let (s, a) = self.0.accept().await?;
-        Ok((s, a.ip()))
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
+use backchannel_test_support::{ManualClock, Tcp};
 
 struct TestNode {
     addr: SocketAddr,

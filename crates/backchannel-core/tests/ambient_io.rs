@@ -17,6 +17,8 @@ const EXEMPT: &[&str] = &[
     "backchannel-client-store-sqlite",
     // Key files on disk: used by the CLI only.
     "backchannel-keyfile",
+    // Test support (a dev-dependency): loopback sockets for tests.
+    "backchannel-test-support",
 ];
 
 const FORBIDDEN: &[&str] = &[

@@ -2,16 +2,15 @@
 //! clients that authenticate with fixture keys.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use backchannel_codec::{Encode, RoomId, TalksId};
 use backchannel_crypto::{SecretKey, Signer, sha256};
 use backchannel_node::api::ErrorBody;
 use backchannel_node::limits::Limits;
-use backchannel_node::net::{Listener, Transport, serve};
-use backchannel_node::sequencer::Clock;
+use backchannel_node::net::{Transport, serve};
 use backchannel_node::server::{Node, NodeConfig};
 use backchannel_node::tls::{self, Fingerprint, Identity};
 use backchannel_statement::fixtures::{self, key, labels::*};
@@ -29,33 +28,10 @@ pub const OUTSIDER: u8 = 0x66;
 /// The node's TLS key.
 pub const NODE_TLS: u8 = 0x52;
 
-/// A clock the test moves.
-pub struct ManualClock(pub AtomicU64);
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use backchannel_test_support::{ManualClock, Tcp};
 
 /// Start of test time.
 pub const T0: u64 = 1_800_000_000_000;
-
-/// Tokio's TCP listener as the node's listener (tests may use sockets).
-pub struct Tcp(pub tokio::net::TcpListener);
-
-impl Listener for Tcp {
-    type Io = tokio::net::TcpStream;
-
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, IpAddr)> {
-        let (s, a) = self.0.accept().await?;
-        Ok((s, a.ip()))
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
-}
 
 /// A running node.
 pub struct TestNode<S: Store> {
