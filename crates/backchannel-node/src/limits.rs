@@ -165,47 +165,58 @@ pub type KeyRates = RateLimiter<KeyId>;
 /// Connection attempts per source address.
 pub type SourceRates = RateLimiter<IpAddr>;
 
-/// Open streams per key.
-#[derive(Debug, Default)]
-pub struct StreamCounts {
-    counts: Mutex<HashMap<KeyId, usize>>,
-}
-
-/// One open stream; dropping it frees its slot.
+/// Counted slots per key `K` (open streams per key, open connections per
+/// source address): a slot is taken while a count is below its maximum
+/// and freed when its guard drops.
 #[derive(Debug)]
-pub struct StreamSlot {
-    counts: Arc<StreamCounts>,
-    key: KeyId,
+pub struct Slots<K> {
+    counts: Mutex<HashMap<K, usize>>,
 }
 
-impl StreamCounts {
-    fn lock(&self) -> MutexGuard<'_, HashMap<KeyId, usize>> {
+impl<K> Default for Slots<K> {
+    fn default() -> Self {
+        Self {
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// One held slot; dropping it frees it.
+#[derive(Debug)]
+pub struct Slot<K: Eq + Hash + Copy> {
+    slots: Arc<Slots<K>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Copy> Slots<K> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, usize>> {
+        // Each update is one assignment, so a poisoned lock is still usable.
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes a slot for `key`, unless it already holds `max`.
-    pub fn acquire(self: &Arc<Self>, key: KeyId, max: usize) -> Option<StreamSlot> {
+    pub fn acquire(self: &Arc<Self>, key: K, max: usize) -> Option<Slot<K>> {
         let mut counts = self.lock();
         let n = counts.entry(key).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(StreamSlot {
-            counts: Arc::clone(self),
+        Some(Slot {
+            slots: Arc::clone(self),
             key,
         })
     }
 
-    /// How many streams `key` holds.
-    pub fn count(&self, key: &KeyId) -> usize {
+    /// How many slots `key` holds.
+    pub fn count(&self, key: &K) -> usize {
         self.lock().get(key).copied().unwrap_or(0)
     }
 }
 
-impl Drop for StreamSlot {
+impl<K: Eq + Hash + Copy> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock();
+        let mut counts = self.slots.lock();
         if let Some(n) = counts.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -214,6 +225,13 @@ impl Drop for StreamSlot {
         }
     }
 }
+
+/// Open streams per key.
+pub type StreamCounts = Slots<KeyId>;
+/// One open stream.
+pub type StreamSlot = Slot<KeyId>;
+/// Open connections per source address.
+pub type SourceSlots = Slots<IpAddr>;
 
 #[cfg(test)]
 mod tests {

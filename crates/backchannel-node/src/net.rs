@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
-use crate::limits::SourceRates;
+use crate::limits::{Slot, SourceRates, SourceSlots};
 use crate::server::{Node, Peer, router};
 use crate::tls;
 
@@ -185,7 +185,7 @@ async fn accept_until<L: Listener, S: Store>(
         limits.connection_burst,
     ));
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let open_per_source = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let open_per_source = Arc::new(SourceSlots::default());
     let mut shutdown = std::pin::pin!(shutdown);
     // Set while accepting keeps failing, so that a persistent error is
     // logged once per episode rather than ten times a second.
@@ -226,8 +226,7 @@ async fn accept_until<L: Listener, S: Store>(
             // Dropped before a byte is read: the client sees a reset.
             continue;
         }
-        let Some(per_source) =
-            PerSource::acquire(&open_per_source, source, limits.connections_per_source)
+        let Some(per_source) = open_per_source.acquire(source, limits.connections_per_source)
         else {
             // This address already holds its share of connections.
             continue;
@@ -272,45 +271,8 @@ async fn accept_until<L: Listener, S: Store>(
 /// upgrades to keeps a clone, so the slot is free only when both are gone.
 #[derive(Clone)]
 pub(crate) struct ConnectionPermit(
-    #[allow(dead_code)] Arc<(tokio::sync::OwnedSemaphorePermit, PerSource)>,
+    #[allow(dead_code)] Arc<(tokio::sync::OwnedSemaphorePermit, Slot<IpAddr>)>,
 );
-
-/// One open connection of a source address; dropping it frees the slot.
-pub(crate) struct PerSource {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
-    source: IpAddr,
-}
-
-impl PerSource {
-    fn acquire(
-        counts: &Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
-        source: IpAddr,
-        max: usize,
-    ) -> Option<Self> {
-        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = c.entry(source).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
-            counts: Arc::clone(counts),
-            source,
-        })
-    }
-}
-
-impl Drop for PerSource {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = c.get_mut(&self.source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.remove(&self.source);
-            }
-        }
-    }
-}
 
 /// How long a request may take to send its body (the handshake and
 /// request-head timeout), for the body extractors.
