@@ -87,7 +87,7 @@ impl<S: Store> Node<S> {
             Arc::clone(&config.clock),
             Arc::clone(&config.log_key),
         );
-        let (access_changed, _) = broadcast::channel(1024);
+        let (access_changed, _) = broadcast::channel(ACCESS_CHANGE_BUFFER);
         let rates = KeyRates::new(
             config.limits.requests_per_second,
             config.limits.request_burst,
@@ -313,21 +313,34 @@ fn record_of(list: &AccessList, version: u64) -> AccessListRecord {
 // ---------------------------------------------------------------------------
 // Routes.
 
+/// The largest JSON body of the small endpoints (invitations, blobs,
+/// cosignatures): 256 KiB, far above any honest request.
+pub const MAX_SMALL_BODY: usize = 256 << 10;
+
+/// The largest body carrying a whole access list or change (talks creation,
+/// access-list changes): 4 MiB holds `MAX_ENTRIES` (10 000) entries with a
+/// few rooms each, base64-encoded.
+pub const MAX_LIST_BODY: usize = 4 << 20;
+
+/// How many access-list change wake-ups a stream may lag before it simply
+/// re-reads the list (`Lagged`).
+pub const ACCESS_CHANGE_BUFFER: usize = 1024;
+
 /// The API's routes over `node`.
 pub fn router<S: Store>(node: Arc<Node<S>>) -> Router {
-    let small = DefaultBodyLimit::max(256 << 10);
+    let small = DefaultBodyLimit::max(MAX_SMALL_BODY);
     Router::new()
         .route("/v1/node", get(node_info::<S>))
         .route(
             "/v1/talks",
-            post(create_talks::<S>).layer(DefaultBodyLimit::max(4 << 20)),
+            post(create_talks::<S>).layer(DefaultBodyLimit::max(MAX_LIST_BODY)),
         )
         .route("/v1/talks/{talks}/access-list", get(get_access_list::<S>))
         .route(
             "/v1/talks/{talks}/access-list/changes",
             get(pending_changes::<S>)
                 .post(submit_change::<S>)
-                .layer(DefaultBodyLimit::max(4 << 20)),
+                .layer(DefaultBodyLimit::max(MAX_LIST_BODY)),
         )
         .route(
             "/v1/talks/{talks}/invitations",

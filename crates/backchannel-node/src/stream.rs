@@ -52,6 +52,10 @@ pub const CLOSE_ERROR: u16 = 1011;
 /// The node is shutting down (going away): resume by seq once it is back.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
+/// The largest WebSocket message a client may send (it sends only pongs
+/// and closes; anything is read as a sign of life).
+pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
+
 /// Query of the stream.
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
@@ -80,7 +84,7 @@ pub(crate) async fn stream<S: Store>(
             ApiError::rate_limited("this key has too many open streams; close one first")
         })?;
     Ok(upgrade
-        .max_message_size(64 << 10)
+        .max_message_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
             // The stream keeps its connection's slot until it ends.
             let _permit = permit;
