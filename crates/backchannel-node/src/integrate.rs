@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use backchannel_codec::TalksId;
 use backchannel_crypto::{Digest, Signer, sha256};
 use backchannel_store::{CheckpointRecord, MAX_READ, Store, StoreError};
-use backchannel_tlog::{Checkpoint, LeafData, LogOrigin, NodeOrigin, SignCheckpointError};
+use backchannel_tlog::{Checkpoint, LogOrigin, NodeOrigin, SignCheckpointError};
 use thiserror::Error;
 use tlog_tiles::{Hash, HashReader};
 
@@ -210,13 +210,7 @@ async fn read_leaves<S: Store>(
                     IntegrateError::BadLeaf { seq: e.seq }
                 });
             }
-            let leaf = LeafData {
-                seq: e.seq,
-                timestamp_ms: e.node_time,
-                room: e.room,
-                header_hash: sha256(&e.header),
-                body_hash: e.body_hash,
-            };
+            let leaf = e.leaf();
             if e.talks != talks || leaf.hash() != e.leaf_hash {
                 return Err(IntegrateError::BadLeaf { seq: e.seq });
             }

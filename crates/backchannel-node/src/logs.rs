@@ -25,12 +25,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use backchannel_codec::{Encode, TalksId};
-use backchannel_crypto::sha256;
 use backchannel_statement::access_list::FLAG_DEVICE;
 use backchannel_store::{MAX_TREE_HASHES, Store, StoreError};
 use backchannel_tlog::{
     CheckpointNote, ConsistencyProof, Cosignature, CosignerKey, InclusionProof, LEAF_DATA_LEN,
-    LeafData, attach,
+    attach,
 };
 use serde::Deserialize;
 use tlog_tiles::{Hash, HashReader};
@@ -39,6 +38,10 @@ use crate::api::{self, ApiError};
 use crate::server::{
     ApiJson, ApiPath, ApiQuery, Authed, Node, parse_talks, store_error, witness_name,
 };
+
+/// How often a cosignature is re-attached when another cosigner changed
+/// the note between read and compare-and-swap, before answering 503.
+pub const COSIGN_ATTEMPTS: usize = 8;
 
 /// The tile height served (C2SP tlog-tiles uses 8).
 pub const TILE_HEIGHT: u8 = 8;
@@ -149,7 +152,7 @@ pub(crate) async fn cosign<S: Store>(
     let cosigner =
         CosignerKey::new(&witness_name(&key.id()), key).map_err(|_| ApiError::internal())?;
     // A few rounds: another cosigner may attach its line meanwhile.
-    for _ in 0..8 {
+    for _ in 0..COSIGN_ATTEMPTS {
         let record = node
             .store
             .checkpoint(talks)
@@ -241,16 +244,7 @@ async fn data_tile<S: Store>(
                 tracing::error!("a seq is missing below the integrated size");
                 return Err(ApiError::internal());
             }
-            out.extend_from_slice(
-                &LeafData {
-                    seq: e.seq,
-                    timestamp_ms: e.node_time,
-                    room: e.room,
-                    header_hash: sha256(&e.header),
-                    body_hash: e.body_hash,
-                }
-                .to_canonical_bytes(),
-            );
+            out.extend_from_slice(&e.leaf().to_canonical_bytes());
             next += 1;
         }
     }

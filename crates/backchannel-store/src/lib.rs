@@ -229,6 +229,21 @@ pub struct StoredEnvelope {
     pub receipt: Vec<u8>,
 }
 
+impl StoredEnvelope {
+    /// The log leaf of this envelope, rebuilt from the stored row with the
+    /// header re-hashed (never the stored leaf hash): what integration
+    /// hashes into the tree and what data tiles serve.
+    pub fn leaf(&self) -> backchannel_tlog::LeafData {
+        backchannel_tlog::LeafData {
+            seq: self.seq,
+            timestamp_ms: self.node_time,
+            room: self.room,
+            header_hash: backchannel_crypto::sha256(&self.header),
+            body_hash: self.body_hash,
+        }
+    }
+}
+
 /// A signed checkpoint as stored, with the cosignatures gathered for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRecord {
