@@ -660,22 +660,8 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
 
     // 9. Everyone receives, verifies the log from the data tiles and
     //    cosigns the same checkpoint.
-    let total = {
-        let (_, note) = mediator.checkpoint(talks).await?;
-        let _ = note;
-        let mut size = 0;
-        for _ in 0..100 {
-            let s = mediator.fetch(talks, 0, 1).await?.log_size;
-            let (cp, _) = mediator.checkpoint(talks).await?;
-            if cp == s && s > 0 {
-                size = s;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        ensure!(size > 0, "the node did not integrate the log");
-        size
-    };
+    wait_for_integration(&sessions[0].2).await?;
+    let total = mediator.fetch(talks, 0, 1).await?.log_size;
     for (name, _, s, rooms) in sessions.iter_mut() {
         s.receive(&list).await?;
         let (report, checkpoint) = s.verify_log(rooms, now_ms()).await?;
