@@ -7,10 +7,9 @@
 //! half there.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,56 +21,8 @@ use backchannel_statement::header::pad_body;
 use backchannel_statement::{Commitment, Header, Kind, SignedHeader};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use common::{backchannel, ok, start_node};
 use serde_json::{Value, json};
-
-const PASSPHRASE: &str = "correct horse battery staple";
-
-fn backchannel() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backchannel"));
-    cmd.env("BACKCHANNEL_DANGER_TEST_SCRYPT_LOG_N", "4")
-        .env("BACKCHANNEL_NODE_PASSPHRASE", PASSPHRASE)
-        .env_remove("BACKCHANNEL_LOG");
-    cmd
-}
-
-fn ok(cmd: &mut Command) {
-    let out = cmd.output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `node run` on `dir`; returns the child and its address and fingerprint.
-fn start(dir: &Path) -> (Child, std::net::SocketAddr, String) {
-    let mut child = backchannel()
-        .args([
-            "node",
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--checkpoint-interval-ms",
-            "50",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("the listening line");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        ["listening", "on", addr, "fingerprint", fp] => {
-            (child, addr.parse().unwrap(), (*fp).to_owned())
-        }
-        _ => panic!("unexpected line {line:?}"),
-    }
-}
 
 fn client(label: u8, addr: std::net::SocketAddr, fingerprint: &str) -> (reqwest::Client, String) {
     let identity = Identity::self_signed(&key(label), "device").unwrap();
@@ -123,7 +74,7 @@ fn every_acknowledged_envelope_survives_a_sigkill() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = fixtures::talks();
     let talks_path = format!("/v1/talks/{}", t.talks.to_hex());
-    let (mut child, addr, fp) = start(&node_dir);
+    let (mut child, addr, fp) = start_node(&node_dir);
 
     // Open the reference talks.
     let list = t.roster.implied_access_list(t.talks).unwrap();
@@ -195,7 +146,7 @@ fn every_acknowledged_envelope_survives_a_sigkill() {
     );
 
     // Restart on the same directory and read everything back.
-    let (mut child, addr, fp) = start(&node_dir);
+    let (mut child, addr, fp) = start_node(&node_dir);
     let (http, base) = client(US_NEGOTIATOR_DEVICE, addr, &fp);
     let stored: BTreeMap<u64, Vec<u8>> = rt.block_on(async {
         let mut out = BTreeMap::new();

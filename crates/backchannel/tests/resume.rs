@@ -6,10 +6,9 @@
 //! the data tiles.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,57 +21,7 @@ use backchannel_node::tls::Fingerprint;
 use backchannel_statement::Salt;
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_tlog::NodeOrigin;
-
-const PASSPHRASE: &str = "correct horse battery staple";
-
-fn backchannel() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backchannel"));
-    cmd.env("BACKCHANNEL_DANGER_TEST_SCRYPT_LOG_N", "4")
-        .env("BACKCHANNEL_NODE_PASSPHRASE", PASSPHRASE)
-        .env_remove("BACKCHANNEL_LOG");
-    cmd
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn start(dir: &Path) -> (Child, std::net::SocketAddr, Fingerprint) {
-    let mut child = backchannel()
-        .args([
-            "node",
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--checkpoint-interval-ms",
-            "50",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("the listening line");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        ["listening", "on", addr, "fingerprint", fp] => (
-            child,
-            addr.parse().unwrap(),
-            Fingerprint::from_hex(fp).unwrap(),
-        ),
-        _ => panic!("unexpected line {line:?}"),
-    }
-}
+use common::{backchannel, ok, start_node};
 
 type S = Session<MemoryClientStore, PlaintextSeal>;
 
@@ -132,7 +81,8 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = fixtures::talks();
     let list = t.roster.implied_access_list(t.talks).unwrap();
-    let (mut child, addr, fp) = start(&node_dir);
+    let (mut child, addr, fp) = start_node(&node_dir);
+    let fp = Fingerprint::from_hex(&fp).unwrap();
     rt.block_on(async {
         NodeClient::new(addr, fp, &key(OMAN_LEAD_DEVICE))
             .unwrap()
@@ -177,7 +127,8 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
     );
 
     // Restart on a new port; the sessions reopen from their stores.
-    let (mut child, addr, fp) = start(&node_dir);
+    let (mut child, addr, fp) = start_node(&node_dir);
+    let fp = Fingerprint::from_hex(&fp).unwrap();
     rt.block_on(async {
         let rooms: BTreeSet<_> = [t.record].into();
         for ((&label, store), acked) in devices.iter().zip(&stores).zip(&acked) {

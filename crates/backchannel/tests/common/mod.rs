@@ -1,0 +1,62 @@
+//! Running the `backchannel` binary in tests: fast key files, a fixed
+//! node passphrase, and a `node run` whose address and fingerprint are
+//! read from its listening line.
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// The node passphrase the tests use.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// The binary, with fast (test-only) key files and the node passphrase.
+pub fn backchannel() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backchannel"));
+    cmd.env("BACKCHANNEL_DANGER_TEST_SCRYPT_LOG_N", "4")
+        .env("BACKCHANNEL_NODE_PASSPHRASE", PASSPHRASE)
+        .env_remove("BACKCHANNEL_LOG");
+    cmd
+}
+
+/// Runs `cmd`, which must succeed; its stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `node run` on `dir` (loopback, any port, 50 ms checkpoints); the child,
+/// its address and its fingerprint (hex) from the listening line.
+pub fn start_node(dir: &Path) -> (Child, std::net::SocketAddr, String) {
+    let mut child = backchannel()
+        .args([
+            "node",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--checkpoint-interval-ms",
+            "50",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the listening line");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["listening", "on", addr, "fingerprint", fp] => {
+            (child, addr.parse().unwrap(), (*fp).to_owned())
+        }
+        _ => panic!("unexpected line {line:?}"),
+    }
+}
