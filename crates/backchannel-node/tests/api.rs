@@ -6,8 +6,8 @@
 
 mod common;
 
-use backchannel_codec::{Decode, Encode, RoomId, TalksId};
-use backchannel_crypto::{Digest, Signer};
+use backchannel_codec::{Decode, Encode, TalksId};
+use backchannel_crypto::Signer;
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::MAX_BODY;
 use backchannel_store::Store;
@@ -423,7 +423,6 @@ async fn node_info_names_the_log_key() {
         a.json["log_key"],
         hex::encode(key(NODE_LOG).public_key().as_bytes())
     );
-    let _ = (RoomId([0; 16]), Digest([0; 32]));
 }
 
 /// A raw TLS connection to the node as `label`.

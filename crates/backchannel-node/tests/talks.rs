@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use backchannel_codec::{Decode, Encode, PartyId, PrincipalId, TalksId};
+use backchannel_codec::{Decode, Encode, PartyId, TalksId};
 use backchannel_crypto::{Signer, sha256};
 use backchannel_node::limits::Limits;
 use backchannel_statement::access_list::{FLAG_DESIGNATED_SIGNER, FLAG_DEVICE};
@@ -274,7 +274,6 @@ async fn a_change_waits_for_every_required_signature() {
     // The same change again is stale.
     let a = submit(US_TALKS, US_TALKS).await;
     assert_eq!((a.status, a.code().as_str()), (409, "stale"));
-    let _ = PrincipalId([0; 16]);
 }
 
 #[tokio::test]
@@ -413,5 +412,4 @@ async fn a_blob_whose_chunks_do_not_hash_to_its_address_is_not_completed() {
         .get(&path(talks, &format!("/blobs/{hash}/chunks/0")))
         .await;
     assert_eq!(a.status, 404, "an incomplete blob is not served");
-    let _ = key(US_HEAD).public_key();
 }
