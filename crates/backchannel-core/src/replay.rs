@@ -1,6 +1,7 @@
-//! Replay of key validity: who could sign what, at which log position.
+//! Replay of key validity: who could sign what, at which log position; and
+//! of the talks' acceptance and lifecycle.
 //!
-//! Rules (`docs/formats.md` § 10, Replay rules for key validity):
+//! Rules (`docs/formats.md` § 10, Replay rules):
 //! 1. The first statement is the roster, signed by the mediator team's talks
 //!    authority key, whose certification by the team's long-term authority
 //!    the roster carries. It establishes every party's talks authority key,
@@ -21,16 +22,45 @@
 //! 6. Every statement must be signed by a talks authority or identity key
 //!    (device keys sign envelopes, never statements) valid at its own seq,
 //!    act for that key's party, and be posted to a room in its audience.
+//! 7. The first ground rules accepted are the talks' ground rules; a second
+//!    is refused ([`Rejected::SecondGroundRules`]). An acceptance must name
+//!    the roster statement's id and the SHA-256 of its signed bytes, and
+//!    the ground rules' id and hash ([`Rejected::Acceptance`] otherwise,
+//!    also before any ground rules); the accepting party (`acting_for`) is
+//!    then in [`Replay::accepted_by`]. [`Replay::awaiting_acceptance`] lists
+//!    the roster's parties of kind party that have not accepted.
+//! 8. The talks start [`Phase::Open`]. A [`LifecycleChange`] is signed by a
+//!    talks authority (as an acceptance is), acting for its party:
+//!    - *suspended*: by a party of kind party, only while open →
+//!      [`Phase::Suspended`] by that party;
+//!    - *resumed*: by the suspending party or a mediator team, only while
+//!      suspended → open;
+//!    - *concluded*: by a mediator team, while open or suspended →
+//!      [`Phase::Concluded`];
+//!    - *closed*: by a mediator team, only while concluded →
+//!      [`Phase::Closed`].
+//!
+//!    A change in any other phase is [`Rejected::WrongPhase`]; by another
+//!    signer, [`Rejected::NotEntitled`].
+//! 9. While suspended, formal acts (ground rules, acceptances) are
+//!    [`Rejected::NotInPhase`]; key management (member and device
+//!    certificates, revocations, access-list changes) goes on, so a lost
+//!    device can be revoked during a suspension. While concluded, only
+//!    revocations (and *closed*) are accepted; while closed, nothing.
 //!
 //! A rejected statement changes no state; replay goes on (the rejection is
 //! itself evidence a client shows).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 
-use backchannel_codec::{PartyId, PrincipalId, RoomId, TalksId};
-use backchannel_crypto::{KeyId, PublicKey};
-use backchannel_statement::roster::{Roster, VerifiedRoster};
-use backchannel_statement::{PartyKind, Payload, Role, SignedStatement, VerifyError};
+use backchannel_codec::{PartyId, PrincipalId, RoomId, StatementId, TalksId};
+use backchannel_crypto::{Digest, KeyId, PublicKey};
+use backchannel_statement::roster::{GroundRules, Roster, VerifiedRoster};
+use backchannel_statement::{
+    Acceptance, LifecycleChange, LifecyclePhase, PartyKind, Payload, Role, SignedStatement,
+    StatementType, VerifyError,
+};
 use thiserror::Error;
 
 /// Whom a key speaks for.
@@ -99,6 +129,63 @@ pub struct LoggedStatement<'a> {
     pub statement: &'a SignedStatement,
 }
 
+/// The phase of the talks (rules 8 and 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Negotiating: every statement may be made (the initial phase).
+    Open,
+    /// Suspended by a party; only key management and resuming or
+    /// concluding are accepted.
+    Suspended {
+        /// The party that suspended the talks.
+        by: PartyId,
+        /// The seq of the suspension.
+        at: u64,
+    },
+    /// Concluded by the mediator team; only revocations and closing are accepted.
+    Concluded {
+        /// The seq of the conclusion.
+        at: u64,
+    },
+    /// Closed by the mediator team; nothing more is accepted.
+    Closed {
+        /// The seq of the closing.
+        at: u64,
+    },
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Phase::Open => f.write_str("open"),
+            Phase::Suspended { by, at } => write!(f, "suspended by party {by} at seq {at}"),
+            Phase::Concluded { at } => write!(f, "concluded at seq {at}"),
+            Phase::Closed { at } => write!(f, "closed at seq {at}"),
+        }
+    }
+}
+
+/// A statement replay accepted, as acceptances cite it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementRef {
+    /// Its seq.
+    pub seq: u64,
+    /// Its statement id.
+    pub id: StatementId,
+    /// SHA-256 of its signed bytes ([`SignedStatement::hash`]).
+    pub hash: Digest,
+}
+
+impl StatementRef {
+    fn of(seq: u64, statement: &SignedStatement) -> Self {
+        Self {
+            seq,
+            id: statement.unverified().id,
+            hash: statement.hash(),
+        }
+    }
+}
+
 /// Why replay did not count a statement.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Rejected {
@@ -116,6 +203,28 @@ pub enum Rejected {
     /// A second roster (changes go through access-list changes and later issues).
     #[error("the talks already have a roster")]
     SecondRoster,
+    /// Second ground rules (changes come with a later issue).
+    #[error("the talks already have ground rules")]
+    SecondGroundRules,
+    /// An acceptance that does not name the talks' roster and ground rules.
+    #[error("the acceptance does not match the talks: {0}")]
+    Acceptance(&'static str),
+    /// The talks' phase does not allow this statement (rule 9).
+    #[error("no {} statement is accepted while the talks are {phase}", .statement.name())]
+    NotInPhase {
+        /// The statement's type.
+        statement: StatementType,
+        /// The phase.
+        phase: Phase,
+    },
+    /// A lifecycle change the current phase does not allow (rule 8).
+    #[error("the talks cannot be {} while {phase}", .change.name())]
+    WrongPhase {
+        /// The change asked for.
+        change: LifecyclePhase,
+        /// The phase the talks are in.
+        phase: Phase,
+    },
     /// The roster is invalid.
     #[error("invalid roster: {0}")]
     Roster(String),
@@ -151,6 +260,12 @@ pub enum Accepted {
     Certified(KeyId),
     /// Revoked a key.
     Revoked(KeyId),
+    /// Established the ground rules.
+    GroundRules,
+    /// Recorded this party's acceptance of roster and ground rules.
+    Acceptance(PartyId),
+    /// Moved the talks into this phase.
+    Phase(Phase),
     /// Counted, with no effect on keys.
     Recorded,
 }
@@ -159,7 +274,10 @@ pub enum Accepted {
 #[derive(Debug, Clone)]
 pub struct Replay {
     talks: TalksId,
-    roster: Option<Roster>,
+    roster: Option<(StatementRef, Roster)>,
+    ground_rules: Option<(StatementRef, GroundRules)>,
+    accepted: BTreeSet<PartyId>,
+    phase: Phase,
     keys: HashMap<KeyId, KeyState>,
     last_seq: Option<u64>,
 }
@@ -170,6 +288,9 @@ impl Replay {
         Self {
             talks,
             roster: None,
+            ground_rules: None,
+            accepted: BTreeSet::new(),
+            phase: Phase::Open,
             keys: HashMap::new(),
             last_seq: None,
         }
@@ -177,7 +298,47 @@ impl Replay {
 
     /// The accepted roster.
     pub fn roster(&self) -> Option<&Roster> {
-        self.roster.as_ref()
+        self.roster.as_ref().map(|(_, r)| r)
+    }
+
+    /// The roster statement: its seq, id and hash, as acceptances cite it.
+    pub fn roster_statement(&self) -> Option<&StatementRef> {
+        self.roster.as_ref().map(|(s, _)| s)
+    }
+
+    /// The talks' ground rules: the first ground rules accepted.
+    pub fn ground_rules(&self) -> Option<&GroundRules> {
+        self.ground_rules.as_ref().map(|(_, g)| g)
+    }
+
+    /// The ground-rules statement: its seq, id and hash, as acceptances cite it.
+    pub fn ground_rules_statement(&self) -> Option<&StatementRef> {
+        self.ground_rules.as_ref().map(|(s, _)| s)
+    }
+
+    /// Every party (of any kind) whose acceptance of the roster and ground
+    /// rules was accepted, sorted by id.
+    pub fn accepted_by(&self) -> Vec<PartyId> {
+        self.accepted.iter().copied().collect()
+    }
+
+    /// The roster's parties of kind [`PartyKind::Party`] that have not
+    /// accepted yet, in roster order (empty before the roster).
+    pub fn awaiting_acceptance(&self) -> Vec<PartyId> {
+        self.roster()
+            .map(|r| {
+                r.parties
+                    .iter()
+                    .filter(|p| p.kind == PartyKind::Party && !self.accepted.contains(&p.party))
+                    .map(|p| p.party)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The talks' phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
     }
 
     /// A key's state.
@@ -202,7 +363,7 @@ impl Replay {
 
     fn apply_inner(&mut self, entry: LoggedStatement<'_>) -> Result<Accepted, Rejected> {
         let unverified = entry.statement.unverified();
-        let Some(roster) = &self.roster else {
+        let Some((_, roster)) = &self.roster else {
             return self.apply_roster(entry);
         };
         if let Payload::Roster(_) = unverified.payload {
@@ -252,6 +413,7 @@ impl Replay {
             .ok_or(Rejected::UnknownRoom)?;
         verified.check_room(entry.room, &room_parties)?;
         let author_role = author.role.clone();
+        self.check_phase(&statement.payload)?;
 
         match &statement.payload {
             Payload::Roster(_) => Err(Rejected::SecondRoster),
@@ -341,7 +503,7 @@ impl Replay {
                 }
                 Ok(Accepted::Revoked(revoke.key))
             }
-            Payload::GroundRules(_) => {
+            Payload::GroundRules(rules) => {
                 if author_role
                     != (KeyRole::TalksAuthority {
                         party: statement.acting_for,
@@ -352,18 +514,160 @@ impl Replay {
                         "ground rules are signed by the mediator team's talks authority",
                     ));
                 }
-                Ok(Accepted::Recorded)
+                if self.ground_rules.is_some() {
+                    return Err(Rejected::SecondGroundRules);
+                }
+                self.ground_rules =
+                    Some((StatementRef::of(entry.seq, entry.statement), rules.clone()));
+                Ok(Accepted::GroundRules)
             }
-            Payload::Acceptance(_) => {
+            Payload::Acceptance(acceptance) => {
                 if !matches!(author_role, KeyRole::TalksAuthority { .. }) {
                     return Err(Rejected::NotEntitled(
                         "a party accepts roster and ground rules through its talks authority",
                     ));
                 }
-                Ok(Accepted::Recorded)
+                self.check_acceptance(acceptance)?;
+                // A repeated acceptance by the same party changes nothing.
+                self.accepted.insert(statement.acting_for);
+                Ok(Accepted::Acceptance(statement.acting_for))
+            }
+            Payload::Lifecycle(change) => {
+                let party = statement.acting_for;
+                let kind = roster.party_kind(party);
+                self.apply_lifecycle(change, &author_role, party, kind, entry.seq)
             }
             Payload::AccessListChange(_) => Ok(Accepted::Recorded),
         }
+    }
+
+    /// Rule 9: what the phase lets through, before the payload's own rule.
+    /// Lifecycle changes are judged by rule 8 (`apply_lifecycle`).
+    fn check_phase(&self, payload: &Payload) -> Result<(), Rejected> {
+        let allowed = match (self.phase, payload) {
+            (_, Payload::Lifecycle(_)) | (Phase::Open, _) => true,
+            (Phase::Suspended { .. }, p) => matches!(
+                p,
+                Payload::MemberCert(_)
+                    | Payload::DeviceCert(_)
+                    | Payload::Revoke(_)
+                    | Payload::AccessListChange(_)
+            ),
+            (Phase::Concluded { .. }, p) => matches!(p, Payload::Revoke(_)),
+            (Phase::Closed { .. }, _) => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Rejected::NotInPhase {
+                statement: payload.statement_type(),
+                phase: self.phase,
+            })
+        }
+    }
+
+    /// Rule 7: an acceptance names the roster and the ground rules, by id
+    /// and by the hash of their signed bytes.
+    fn check_acceptance(&self, a: &Acceptance) -> Result<(), Rejected> {
+        let Some((roster, _)) = &self.roster else {
+            return Err(Rejected::BeforeRoster);
+        };
+        let Some((rules, _)) = &self.ground_rules else {
+            return Err(Rejected::Acceptance("no ground rules have been set yet"));
+        };
+        if a.roster != roster.id {
+            return Err(Rejected::Acceptance("it names another roster statement"));
+        }
+        if a.roster_hash != roster.hash {
+            return Err(Rejected::Acceptance(
+                "its roster hash is not that of the roster statement",
+            ));
+        }
+        if a.ground_rules != rules.id {
+            return Err(Rejected::Acceptance(
+                "it names another ground-rules statement",
+            ));
+        }
+        if a.ground_rules_hash != rules.hash {
+            return Err(Rejected::Acceptance(
+                "its ground-rules hash is not that of the ground-rules statement",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rule 8: a lifecycle change by a talks authority acting for `party`.
+    fn apply_lifecycle(
+        &mut self,
+        change: &LifecycleChange,
+        author_role: &KeyRole,
+        party: PartyId,
+        kind: Option<PartyKind>,
+        seq: u64,
+    ) -> Result<Accepted, Rejected> {
+        if !matches!(author_role, KeyRole::TalksAuthority { .. }) {
+            return Err(Rejected::NotEntitled(
+                "lifecycle changes are signed by a talks authority",
+            ));
+        }
+        let mediator = kind == Some(PartyKind::Mediator);
+        let wrong_phase = || Rejected::WrongPhase {
+            change: change.phase,
+            phase: self.phase,
+        };
+        let next = match change.phase {
+            LifecyclePhase::Suspended => {
+                if kind != Some(PartyKind::Party) {
+                    return Err(Rejected::NotEntitled(
+                        "only a party of kind party suspends the talks",
+                    ));
+                }
+                if self.phase != Phase::Open {
+                    return Err(wrong_phase());
+                }
+                Phase::Suspended { by: party, at: seq }
+            }
+            LifecyclePhase::Resumed => {
+                if !mediator && kind != Some(PartyKind::Party) {
+                    return Err(Rejected::NotEntitled(
+                        "only the suspending party or the mediator team resumes the talks",
+                    ));
+                }
+                let Phase::Suspended { by, .. } = self.phase else {
+                    return Err(wrong_phase());
+                };
+                if party != by && !mediator {
+                    return Err(Rejected::NotEntitled(
+                        "only the suspending party or the mediator team resumes the talks",
+                    ));
+                }
+                Phase::Open
+            }
+            LifecyclePhase::Concluded => {
+                if !mediator {
+                    return Err(Rejected::NotEntitled(
+                        "only the mediator team concludes the talks",
+                    ));
+                }
+                if !matches!(self.phase, Phase::Open | Phase::Suspended { .. }) {
+                    return Err(wrong_phase());
+                }
+                Phase::Concluded { at: seq }
+            }
+            LifecyclePhase::Closed => {
+                if !mediator {
+                    return Err(Rejected::NotEntitled(
+                        "only the mediator team closes the talks",
+                    ));
+                }
+                if !matches!(self.phase, Phase::Concluded { .. }) {
+                    return Err(wrong_phase());
+                }
+                Phase::Closed { at: seq }
+            }
+        };
+        self.phase = next;
+        Ok(Accepted::Phase(next))
     }
 
     fn certify(&mut self, key: PublicKey, role: KeyRole, seq: u64) -> Result<Accepted, Rejected> {
@@ -430,7 +734,7 @@ impl Replay {
                 self.certify(*d, device, seq)?;
             }
         }
-        self.roster = Some(roster);
+        self.roster = Some((StatementRef::of(seq, entry.statement), roster));
         Ok(Accepted::Roster)
     }
 }

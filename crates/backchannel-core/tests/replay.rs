@@ -1,11 +1,14 @@
-//! Replay decides key validity by log position.
+//! Replay decides key validity by log position, acceptance of roster and
+//! ground rules, and the talks' phase.
 
-use backchannel_codec::RoomId;
-use backchannel_core::replay::{LoggedStatement, Replay};
-use backchannel_crypto::Signer;
+use backchannel_codec::{PartyId, RoomId, StatementId};
+use backchannel_core::replay::{LoggedStatement, Phase, Replay};
+use backchannel_crypto::{Digest, Signer};
+use backchannel_statement::LifecyclePhase::{Closed, Concluded, Resumed, Suspended};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::{
-    Act, DeviceCert, MemberCert, Payload, Revoke, RevokeReason, Role, SignedStatement,
+    Acceptance, Act, DeviceCert, LifecycleChange, LifecyclePhase, MemberCert, Payload, Revoke,
+    RevokeReason, Role, SignedStatement,
 };
 
 /// A new US negotiator's identity key, and its devices.
@@ -75,6 +78,46 @@ impl Log {
             Payload::DeviceCert(cert),
         )
     }
+    /// The party a fixture key speaks for.
+    fn party(&self, signer: u8) -> PartyId {
+        match signer {
+            OMAN_TALKS | OMAN_LEAD => self.t.oman,
+            US_TALKS | US_HEAD | US_NEGOTIATOR | NEW_IDENTITY => self.t.us,
+            _ => self.t.iran,
+        }
+    }
+    /// An acceptance of `self.roster(OMAN_TALKS)` and `self.rules()`, by `signer`.
+    fn accept(&self, seed: u64, signer: u8) -> SignedStatement {
+        let (r, g) = (self.roster(OMAN_TALKS), self.rules());
+        self.acceptance(
+            seed,
+            signer,
+            Acceptance {
+                roster: r.unverified().id,
+                roster_hash: r.hash(),
+                ground_rules: g.unverified().id,
+                ground_rules_hash: g.hash(),
+            },
+        )
+    }
+    fn acceptance(&self, seed: u64, signer: u8, a: Acceptance) -> SignedStatement {
+        self.t.statement(
+            seed,
+            &key(signer),
+            self.party(signer),
+            Payload::Acceptance(a),
+        )
+    }
+    fn lifecycle(&self, seed: u64, signer: u8, phase: LifecyclePhase) -> SignedStatement {
+        let change = LifecycleChange::new(phase, format!("{} for the record", phase.name()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.t.statement(
+            seed,
+            &key(signer),
+            self.party(signer),
+            Payload::Lifecycle(change),
+        )
+    }
     fn revoke(&self, signer: u8, party_is_us: bool, target: u8) -> SignedStatement {
         let party = if party_is_us { self.t.us } else { self.t.iran };
         let r = Revoke {
@@ -88,8 +131,9 @@ impl Log {
 
 /// Replays `log` (seq = position, node time = 1000 × seq, record room unless
 /// given) and compares each verdict: `Ok(())` for accepted, `Err(fragment)`
-/// for a rejection whose message contains the fragment.
-fn check(log: &[(SignedStatement, Option<RoomId>)], expect: &[Result<(), &str>]) {
+/// for a rejection whose message contains the fragment. Returns the replay,
+/// for its state.
+fn check(log: &[(SignedStatement, Option<RoomId>)], expect: &[Result<(), &str>]) -> Replay {
     let t = fixtures::talks();
     let mut replay = Replay::new(t.talks);
     assert_eq!(log.len(), expect.len());
@@ -111,6 +155,7 @@ fn check(log: &[(SignedStatement, Option<RoomId>)], expect: &[Result<(), &str>])
             (got, want) => panic!("seq {seq}: got {got:?}, want {want:?}"),
         }
     }
+    replay
 }
 
 fn at(s: SignedStatement) -> (SignedStatement, Option<RoomId>) {
@@ -261,25 +306,12 @@ fn devices_expire_by_node_time_and_statements_stay_in_their_audience() {
 fn acceptances_and_ground_rules_need_an_authority_and_identities_expire() {
     let l = Log::new();
     let t = fixtures::talks();
-    let acceptance = |label: u8, party| {
-        t.statement(
-            20,
-            &key(label),
-            party,
-            Payload::Acceptance(backchannel_statement::Acceptance {
-                roster: backchannel_codec::StatementId([1; 16]),
-                roster_hash: backchannel_crypto::Digest([2; 32]),
-                ground_rules: backchannel_codec::StatementId([3; 16]),
-                ground_rules_hash: backchannel_crypto::Digest([4; 32]),
-            }),
-        )
-    };
     check(
         &[
             at(l.roster(OMAN_TALKS)),
             at(l.rules()),
-            at(acceptance(US_TALKS, t.us)),
-            at(acceptance(US_HEAD, t.us)),
+            at(l.accept(20, US_TALKS)),
+            at(l.accept(20, US_HEAD)),
         ],
         &[Ok(()), Ok(()), Ok(()), Err("through its talks authority")],
     );
@@ -360,4 +392,402 @@ fn a_principal_belongs_to_one_party() {
         &[at(l.roster(OMAN_TALKS)), at(cert)],
         &[Ok(()), Err("belongs to another party")],
     );
+}
+
+#[test]
+fn every_lifecycle_transition_is_allowed_or_refused_by_phase_and_signer() {
+    let l = Log::new();
+    let t = fixtures::talks();
+    let us = t.us;
+    // After the roster (seq 0): lifecycle changes (signer, change), their
+    // verdicts, and the phase at the end. A refused change changes nothing.
+    #[allow(clippy::type_complexity)]
+    let cases: &[(&[(u8, LifecyclePhase)], &[Result<(), &str>], Phase)] = &[
+        // Open.
+        (
+            &[(US_TALKS, Suspended)],
+            &[Ok(())],
+            Phase::Suspended { by: us, at: 1 },
+        ),
+        (
+            &[(IRAN_TALKS, Suspended)],
+            &[Ok(())],
+            Phase::Suspended { by: t.iran, at: 1 },
+        ),
+        (
+            &[(OMAN_TALKS, Suspended)],
+            &[Err("only a party of kind party suspends")],
+            Phase::Open,
+        ),
+        (
+            &[(US_HEAD, Suspended)],
+            &[Err("signed by a talks authority")],
+            Phase::Open,
+        ),
+        (
+            &[(US_TALKS, Resumed)],
+            &[Err("cannot be resumed while open")],
+            Phase::Open,
+        ),
+        (
+            &[(OMAN_TALKS, Resumed)],
+            &[Err("cannot be resumed while open")],
+            Phase::Open,
+        ),
+        (
+            &[(OMAN_TALKS, Concluded)],
+            &[Ok(())],
+            Phase::Concluded { at: 1 },
+        ),
+        (
+            &[(US_TALKS, Concluded)],
+            &[Err("only the mediator team concludes")],
+            Phase::Open,
+        ),
+        (
+            &[(OMAN_TALKS, Closed)],
+            &[Err("cannot be closed while open")],
+            Phase::Open,
+        ),
+        (
+            &[(US_TALKS, Closed)],
+            &[Err("only the mediator team closes")],
+            Phase::Open,
+        ),
+        // Suspended.
+        (
+            &[(US_TALKS, Suspended), (US_TALKS, Resumed)],
+            &[Ok(()), Ok(())],
+            Phase::Open,
+        ),
+        (
+            &[(US_TALKS, Suspended), (OMAN_TALKS, Resumed)],
+            &[Ok(()), Ok(())],
+            Phase::Open,
+        ),
+        (
+            &[(US_TALKS, Suspended), (IRAN_TALKS, Resumed)],
+            &[
+                Ok(()),
+                Err("only the suspending party or the mediator team"),
+            ],
+            Phase::Suspended { by: us, at: 1 },
+        ),
+        (
+            &[(US_TALKS, Suspended), (US_HEAD, Resumed)],
+            &[Ok(()), Err("signed by a talks authority")],
+            Phase::Suspended { by: us, at: 1 },
+        ),
+        (
+            &[(US_TALKS, Suspended), (IRAN_TALKS, Suspended)],
+            &[Ok(()), Err("cannot be suspended while suspended by party")],
+            Phase::Suspended { by: us, at: 1 },
+        ),
+        (
+            &[(US_TALKS, Suspended), (US_TALKS, Suspended)],
+            &[Ok(()), Err("cannot be suspended while suspended")],
+            Phase::Suspended { by: us, at: 1 },
+        ),
+        (
+            &[(US_TALKS, Suspended), (OMAN_TALKS, Concluded)],
+            &[Ok(()), Ok(())],
+            Phase::Concluded { at: 2 },
+        ),
+        (
+            &[(US_TALKS, Suspended), (US_TALKS, Concluded)],
+            &[Ok(()), Err("only the mediator team concludes")],
+            Phase::Suspended { by: us, at: 1 },
+        ),
+        (
+            &[(US_TALKS, Suspended), (OMAN_TALKS, Closed)],
+            &[Ok(()), Err("cannot be closed while suspended")],
+            Phase::Suspended { by: us, at: 1 },
+        ),
+        (
+            &[
+                (US_TALKS, Suspended),
+                (US_TALKS, Resumed),
+                (IRAN_TALKS, Suspended),
+            ],
+            &[Ok(()), Ok(()), Ok(())],
+            Phase::Suspended { by: t.iran, at: 3 },
+        ),
+        // Concluded.
+        (
+            &[(OMAN_TALKS, Concluded), (OMAN_TALKS, Closed)],
+            &[Ok(()), Ok(())],
+            Phase::Closed { at: 2 },
+        ),
+        (
+            &[(OMAN_TALKS, Concluded), (US_TALKS, Suspended)],
+            &[Ok(()), Err("cannot be suspended while concluded at seq 1")],
+            Phase::Concluded { at: 1 },
+        ),
+        (
+            &[(OMAN_TALKS, Concluded), (OMAN_TALKS, Resumed)],
+            &[Ok(()), Err("cannot be resumed while concluded")],
+            Phase::Concluded { at: 1 },
+        ),
+        (
+            &[(OMAN_TALKS, Concluded), (OMAN_TALKS, Concluded)],
+            &[Ok(()), Err("cannot be concluded while concluded")],
+            Phase::Concluded { at: 1 },
+        ),
+        (
+            &[(OMAN_TALKS, Concluded), (IRAN_TALKS, Closed)],
+            &[Ok(()), Err("only the mediator team closes")],
+            Phase::Concluded { at: 1 },
+        ),
+        // Closed: nothing.
+        (
+            &[
+                (OMAN_TALKS, Concluded),
+                (OMAN_TALKS, Closed),
+                (OMAN_TALKS, Closed),
+            ],
+            &[
+                Ok(()),
+                Ok(()),
+                Err("cannot be closed while closed at seq 2"),
+            ],
+            Phase::Closed { at: 2 },
+        ),
+        (
+            &[
+                (OMAN_TALKS, Concluded),
+                (OMAN_TALKS, Closed),
+                (OMAN_TALKS, Concluded),
+            ],
+            &[Ok(()), Ok(()), Err("cannot be concluded while closed")],
+            Phase::Closed { at: 2 },
+        ),
+        (
+            &[
+                (OMAN_TALKS, Concluded),
+                (OMAN_TALKS, Closed),
+                (OMAN_TALKS, Resumed),
+            ],
+            &[Ok(()), Ok(()), Err("cannot be resumed while closed")],
+            Phase::Closed { at: 2 },
+        ),
+        (
+            &[
+                (OMAN_TALKS, Concluded),
+                (OMAN_TALKS, Closed),
+                (US_TALKS, Suspended),
+            ],
+            &[Ok(()), Ok(()), Err("cannot be suspended while closed")],
+            Phase::Closed { at: 2 },
+        ),
+    ];
+    for (i, (changes, verdicts, phase)) in cases.iter().enumerate() {
+        let mut log = vec![at(l.roster(OMAN_TALKS))];
+        let mut expect = vec![Ok(())];
+        for (j, (signer, change)) in changes.iter().enumerate() {
+            log.push(at(l.lifecycle(100 + j as u64, *signer, *change)));
+        }
+        expect.extend_from_slice(verdicts);
+        let replay = check(&log, &expect);
+        assert_eq!(replay.phase(), phase, "case {i}: {changes:?}");
+    }
+}
+
+#[test]
+fn acceptances_wait_while_suspended_and_count_after_resume() {
+    let l = Log::new();
+    let t = fixtures::talks();
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.rules()),
+            at(l.lifecycle(1, IRAN_TALKS, Suspended)),
+            at(l.accept(20, US_TALKS)),
+            at(l.accept(21, IRAN_TALKS)),
+            // Key management goes on: a new member, its device, and the
+            // revocation of a lost device.
+            at(l.member_cert(US_TALKS)),
+            at(l.device_cert(4, NEW_DEVICE, u64::MAX)),
+            at(l.revoke(US_TALKS, true, US_HEAD_DEVICE)),
+            at(l.lifecycle(2, IRAN_TALKS, Resumed)),
+            at(l.accept(22, US_TALKS)),
+            at(l.accept(23, IRAN_TALKS)),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err("no acceptance statement is accepted while the talks are suspended by party 0c0c"),
+            Err("is accepted while the talks are suspended by party"),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+        ],
+    );
+    assert_eq!(replay.phase(), &Phase::Open);
+    assert_eq!(replay.accepted_by(), vec![t.us, t.iran]);
+    assert!(replay.awaiting_acceptance().is_empty());
+    // Ground rules are a formal act too; suspended before any, none are set.
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.lifecycle(1, US_TALKS, Suspended)),
+            at(l.rules()),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Err("no ground-rules statement is accepted while the talks are suspended"),
+        ],
+    );
+    assert_eq!(replay.ground_rules(), None);
+}
+
+#[test]
+fn after_conclusion_only_revocations_and_closing_and_after_closing_nothing() {
+    let l = Log::new();
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.rules()),
+            at(l.member_cert(US_TALKS)),
+            at(l.lifecycle(1, OMAN_TALKS, Concluded)),
+            at(l.accept(20, US_TALKS)),
+            at(l.device_cert(4, NEW_DEVICE, u64::MAX)),
+            at(l.revoke(US_TALKS, true, US_HEAD_DEVICE)),
+            at(l.lifecycle(2, OMAN_TALKS, Closed)),
+            at(l.revoke(US_TALKS, true, NEW_IDENTITY)),
+            at(l.accept(21, IRAN_TALKS)),
+            at(l.roster(OMAN_TALKS)),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err("no acceptance statement is accepted while the talks are concluded at seq 3"),
+            Err("no device-cert statement is accepted while the talks are concluded"),
+            Ok(()),
+            Ok(()),
+            Err("no revoke statement is accepted while the talks are closed at seq 7"),
+            Err("is accepted while the talks are closed"),
+            Err("already have a roster"),
+        ],
+    );
+    assert_eq!(replay.phase(), &Phase::Closed { at: 7 });
+    assert!(replay.accepted_by().is_empty());
+    // The revocation after closing changed nothing.
+    let identity = key(NEW_IDENTITY).public_key().id();
+    assert_eq!(replay.key(&identity).and_then(|k| k.revoked_at), None);
+}
+
+#[test]
+fn awaiting_acceptance_shrinks_as_parties_accept() {
+    let l = Log::new();
+    let t = fixtures::talks();
+    let log = [
+        at(l.roster(OMAN_TALKS)),
+        at(l.rules()),
+        at(l.accept(20, US_TALKS)),
+        // The mediator team accepts too, but is not awaited.
+        at(l.accept(21, OMAN_TALKS)),
+        // A repeated acceptance changes nothing.
+        at(l.accept(22, US_TALKS)),
+        at(l.accept(23, IRAN_TALKS)),
+    ];
+    let expect = [Ok(()); 6];
+    // (statements replayed, accepted by, awaiting)
+    let steps: &[(usize, &[PartyId], &[PartyId])] = &[
+        (0, &[], &[]),
+        (1, &[], &[t.us, t.iran]),
+        (2, &[], &[t.us, t.iran]),
+        (3, &[t.us], &[t.iran]),
+        (4, &[t.oman, t.us], &[t.iran]),
+        (5, &[t.oman, t.us], &[t.iran]),
+        (6, &[t.oman, t.us, t.iran], &[]),
+    ];
+    for (n, accepted, awaiting) in steps {
+        let replay = check(&log[..*n], &expect[..*n]);
+        assert_eq!(replay.accepted_by(), accepted.to_vec(), "after {n}");
+        assert_eq!(replay.awaiting_acceptance(), awaiting.to_vec(), "after {n}");
+    }
+}
+
+#[test]
+fn an_acceptance_must_name_the_roster_and_ground_rules_by_id_and_hash() {
+    let l = Log::new();
+    let t = fixtures::talks();
+    let (r, g) = (l.roster(OMAN_TALKS), l.rules());
+    let good = Acceptance {
+        roster: r.unverified().id,
+        roster_hash: r.hash(),
+        ground_rules: g.unverified().id,
+        ground_rules_hash: g.hash(),
+    };
+    let with = |f: fn(&mut Acceptance)| {
+        let mut a = good.clone();
+        f(&mut a);
+        at(l.acceptance(30, US_TALKS, a))
+    };
+    type Edit = fn(&mut Acceptance);
+    let cases: &[(Edit, Result<(), &str>)] = &[
+        (|_| {}, Ok(())),
+        (
+            |a| a.roster_hash = Digest([2; 32]),
+            Err("its roster hash is not that of the roster statement"),
+        ),
+        (
+            |a| a.roster = StatementId([1; 16]),
+            Err("names another roster statement"),
+        ),
+        (
+            |a| a.ground_rules_hash = Digest([4; 32]),
+            Err("its ground-rules hash is not that of the ground-rules statement"),
+        ),
+        (
+            |a| a.ground_rules = StatementId([3; 16]),
+            Err("names another ground-rules statement"),
+        ),
+        // Roster and ground rules swapped.
+        (
+            |a| {
+                std::mem::swap(&mut a.roster, &mut a.ground_rules);
+                std::mem::swap(&mut a.roster_hash, &mut a.ground_rules_hash);
+            },
+            Err("names another roster statement"),
+        ),
+    ];
+    for (f, want) in cases {
+        let replay = check(
+            &[at(r.clone()), at(g.clone()), with(*f)],
+            &[Ok(()), Ok(()), *want],
+        );
+        let accepted = if want.is_ok() { vec![t.us] } else { vec![] };
+        assert_eq!(replay.accepted_by(), accepted);
+    }
+    // Before any ground rules.
+    check(
+        &[at(r.clone()), with(|_| {})],
+        &[Ok(()), Err("no ground rules have been set yet")],
+    );
+    // The first ground rules are the talks' ground rules; a second is refused.
+    let other_rules = t.statement(
+        3,
+        &key(OMAN_TALKS),
+        t.oman,
+        Payload::GroundRules(t.ground_rules.clone()),
+    );
+    let replay = check(
+        &[at(r.clone()), at(g.clone()), at(other_rules), with(|_| {})],
+        &[Ok(()), Ok(()), Err("already have ground rules"), Ok(())],
+    );
+    assert_eq!(replay.ground_rules(), Some(&t.ground_rules));
+    let cited = replay
+        .ground_rules_statement()
+        .map(|s| (s.seq, s.id, s.hash));
+    assert_eq!(cited, Some((1, g.unverified().id, g.hash())));
+    let cited = replay.roster_statement().map(|s| (s.seq, s.id, s.hash));
+    assert_eq!(cited, Some((0, r.unverified().id, r.hash())));
 }

@@ -9,6 +9,7 @@ use backchannel_crypto::Signer;
 use crate::access_list::{AccessList, AccessListChange};
 use crate::fixtures;
 use crate::header::{SignedHeader, unpad_body};
+use crate::lifecycle::LifecycleChange;
 use crate::markings::Markings;
 use crate::statement::SignedStatement;
 use crate::text::{StructuredText, confusables};
@@ -51,7 +52,7 @@ pub fn access_list(data: &[u8]) {
     }
 }
 
-/// Structured text and markings.
+/// Structured text, markings, and a lifecycle change (its reason is text).
 pub fn text(data: &[u8]) {
     if let Ok(t) = StructuredText::from_canonical_bytes(data) {
         assert_eq!(t.to_canonical_bytes(), data);
@@ -61,6 +62,9 @@ pub fn text(data: &[u8]) {
     }
     if let Ok(m) = Markings::from_canonical_bytes(data) {
         assert_eq!(m.to_canonical_bytes(), data);
+    }
+    if let Ok(l) = LifecycleChange::from_canonical_bytes(data) {
+        assert_eq!(l.to_canonical_bytes(), data);
     }
 }
 

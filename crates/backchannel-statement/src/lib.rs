@@ -7,7 +7,8 @@
 //!   author, party, audience, the author's latest verified checkpoint,
 //!   [`Markings`] and the payload;
 //! - payloads of this version: [`Roster`], [`GroundRules`], [`Acceptance`],
-//!   [`AccessListChange`], [`DeviceCert`], [`MemberCert`], [`Revoke`];
+//!   [`AccessListChange`], [`DeviceCert`], [`MemberCert`], [`Revoke`],
+//!   [`LifecycleChange`];
 //! - [`StructuredText`] for prose, with NFC and bidi-control checks and a
 //!   [`confusables`] detector;
 //! - the [`AccessList`] (the only roster-derived thing the node parses) and
@@ -31,6 +32,7 @@ pub mod fixtures;
 pub mod fuzz;
 pub mod header;
 pub mod invitation;
+pub mod lifecycle;
 pub mod markings;
 pub mod payload;
 pub mod roles;
@@ -44,6 +46,7 @@ pub use access_list::{
 pub use certs::{DeviceCert, MemberCert, Revoke, RevokeReason};
 pub use header::{Commitment, Header, Kind, Salt, Severity, SignedHeader};
 pub use invitation::{Invitation, InvitationError, InvitationFields, InvitationToken};
+pub use lifecycle::{LifecycleChange, LifecycleError, LifecyclePhase};
 pub use markings::{Attribution, Conveyance, HandlingLabel, Markings};
 pub use payload::{Acceptance, Payload, StatementType};
 pub use roles::{Act, PartyKind, Role};

@@ -6,6 +6,7 @@ use backchannel_crypto::{Context, Digest};
 
 use crate::access_list::AccessListChange;
 use crate::certs::{DeviceCert, MemberCert, Revoke};
+use crate::lifecycle::LifecycleChange;
 use crate::roster::{GroundRules, Roster};
 
 /// A statement's type: its code in the frame and its signature context.
@@ -25,11 +26,13 @@ pub enum StatementType {
     MemberCert,
     /// A key revocation.
     Revoke,
+    /// A change of the talks' phase (suspend, resume, conclude, close).
+    Lifecycle,
 }
 
 impl StatementType {
     /// Every type of this version.
-    pub const ALL: [StatementType; 7] = [
+    pub const ALL: [StatementType; 8] = [
         StatementType::Roster,
         StatementType::GroundRules,
         StatementType::Acceptance,
@@ -37,6 +40,7 @@ impl StatementType {
         StatementType::DeviceCert,
         StatementType::MemberCert,
         StatementType::Revoke,
+        StatementType::Lifecycle,
     ];
 
     /// The type's code in the frame.
@@ -49,6 +53,7 @@ impl StatementType {
             StatementType::DeviceCert => 5,
             StatementType::MemberCert => 6,
             StatementType::Revoke => 7,
+            StatementType::Lifecycle => 8,
         }
     }
 
@@ -67,6 +72,7 @@ impl StatementType {
             StatementType::DeviceCert => "device-cert",
             StatementType::MemberCert => "member-cert",
             StatementType::Revoke => "revoke",
+            StatementType::Lifecycle => "lifecycle",
         }
     }
 
@@ -82,6 +88,7 @@ impl StatementType {
             StatementType::DeviceCert => Context::new("backchannel/v1/statement/device-cert"),
             StatementType::MemberCert => Context::new("backchannel/v1/statement/member-cert"),
             StatementType::Revoke => Context::new("backchannel/v1/statement/revoke"),
+            StatementType::Lifecycle => Context::new("backchannel/v1/statement/lifecycle"),
         }
     }
 }
@@ -138,6 +145,8 @@ pub enum Payload {
     MemberCert(MemberCert),
     /// See [`Revoke`].
     Revoke(Revoke),
+    /// See [`LifecycleChange`].
+    Lifecycle(LifecycleChange),
 }
 
 impl Payload {
@@ -151,6 +160,7 @@ impl Payload {
             Payload::DeviceCert(_) => StatementType::DeviceCert,
             Payload::MemberCert(_) => StatementType::MemberCert,
             Payload::Revoke(_) => StatementType::Revoke,
+            Payload::Lifecycle(_) => StatementType::Lifecycle,
         }
     }
 
@@ -174,6 +184,9 @@ impl Payload {
                 Payload::MemberCert(MemberCert::from_canonical_bytes(bytes)?)
             }
             StatementType::Revoke => Payload::Revoke(Revoke::from_canonical_bytes(bytes)?),
+            StatementType::Lifecycle => {
+                Payload::Lifecycle(LifecycleChange::from_canonical_bytes(bytes)?)
+            }
         })
     }
 }
@@ -188,6 +201,7 @@ impl Encode for Payload {
             Payload::DeviceCert(p) => p.encode(w),
             Payload::MemberCert(p) => p.encode(w),
             Payload::Revoke(p) => p.encode(w),
+            Payload::Lifecycle(p) => p.encode(w),
         }
     }
 }

@@ -75,6 +75,14 @@ fn payloads(t: &fixtures::Talks) -> Vec<(u8, PartyId, Payload)> {
                 lost_at: Some(1_705_000_000_000),
             }),
         ),
+        (
+            IRAN_TALKS,
+            t.iran,
+            Payload::Lifecycle(
+                LifecycleChange::new(LifecyclePhase::Suspended, "Consultations in Tehran.")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+        ),
     ]
 }
 
@@ -592,6 +600,119 @@ fn non_canonical_values_are_refused() {
     assert!(matches!(
         statement.sign(&key(IRAN_HEAD)),
         Err(statement::BuildError::WrongSigner)
+    ));
+}
+
+#[test]
+fn lifecycle_changes_round_trip_and_decode_strictly() {
+    use backchannel_codec::DecodeError;
+    use backchannel_statement::lifecycle::MAX_REASON_BYTES;
+
+    // Every phase, with reasons up to the limit, round-trips.
+    for phase in LifecyclePhase::ALL {
+        for reason in [
+            "",
+            "Talks adjourn.\nNext round in Muscat.",
+            &"é".repeat(512),
+        ] {
+            let change = LifecycleChange::new(phase, reason).unwrap_or_else(|e| panic!("{e}"));
+            let bytes = change.to_canonical_bytes();
+            assert_eq!(bytes[0], phase as u8);
+            assert_eq!(&bytes[1..5], &(reason.len() as u32).to_be_bytes());
+            assert_eq!(&bytes[5..], reason.as_bytes());
+            assert_eq!(LifecycleChange::from_canonical_bytes(&bytes), Ok(change));
+        }
+    }
+    let encode = |phase: u8, reason: &[u8]| {
+        let mut b = vec![phase];
+        b.extend_from_slice(&(reason.len() as u32).to_be_bytes());
+        b.extend_from_slice(reason);
+        b
+    };
+    let decode = |b: &[u8]| LifecycleChange::from_canonical_bytes(b);
+    assert!(decode(&encode(1, b"ok")).is_ok());
+    // Unknown phases.
+    for phase in [0u8, 5, 0xff] {
+        assert!(
+            matches!(
+                decode(&encode(phase, b"")),
+                Err(DecodeError::UnknownValue {
+                    field: "lifecycle phase",
+                    ..
+                })
+            ),
+            "phase {phase}"
+        );
+    }
+    // Over the limit, even by one byte.
+    assert!(matches!(
+        decode(&encode(1, &[b'x'; MAX_REASON_BYTES + 1])),
+        Err(DecodeError::TooLong { .. })
+    ));
+    assert!(decode(&encode(1, &[b'x'; MAX_REASON_BYTES])).is_ok());
+    // Not UTF-8, not NFC, control characters (tab and CR too), bidi overrides.
+    assert!(matches!(
+        decode(&encode(1, b"\xff")),
+        Err(DecodeError::BadUtf8 { .. })
+    ));
+    for bad in ["e\u{301}", "a\tb", "a\r\nb", "nul\0", "\u{202E}x"] {
+        assert!(
+            matches!(
+                decode(&encode(1, bad.as_bytes())),
+                Err(DecodeError::Invalid {
+                    field: "lifecycle reason",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+        assert!(LifecycleChange::new(LifecyclePhase::Resumed, bad).is_err());
+    }
+    assert_eq!(
+        LifecycleChange::new(LifecyclePhase::Closed, "x".repeat(MAX_REASON_BYTES + 1)),
+        Err(LifecycleError::ReasonTooLong)
+    );
+    // Trailing bytes, and a length past the end.
+    let mut long = encode(2, b"ok");
+    long.push(0);
+    assert!(matches!(
+        decode(&long),
+        Err(DecodeError::TrailingBytes { .. })
+    ));
+    assert!(decode(&encode(2, b"ok")[..6]).is_err());
+    // Inside a statement: type code 8, and the payload decodes strictly there too.
+    let t = fixtures::talks();
+    let signed = t.statement(
+        7,
+        &key(US_TALKS),
+        t.us,
+        Payload::Lifecycle(
+            LifecycleChange::new(LifecyclePhase::Suspended, "Consultations.")
+                .unwrap_or_else(|e| panic!("{e}")),
+        ),
+    );
+    assert_eq!(StatementType::Lifecycle.code(), 8);
+    assert_eq!(signed.frame()[1..3], [0, 8]);
+    assert_eq!(
+        StatementType::Lifecycle.context().as_str(),
+        "backchannel/v1/statement/lifecycle"
+    );
+    assert_eq!(StatementType::from_code(8), Some(StatementType::Lifecycle));
+    assert_eq!(StatementType::from_code(9), None);
+    let decoded = SignedStatement::decode(signed.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(decoded, signed);
+    // The payload is the frame's last field: its last byte, before the
+    // 64-byte signature, is the reason's last byte. A tab there is refused.
+    let mut bytes = signed.as_bytes().to_vec();
+    let last = bytes.len() - 65;
+    assert_eq!(bytes[last], b'.');
+    bytes[last] = b'\t';
+    assert!(matches!(
+        SignedStatement::decode(&bytes),
+        Err(DecodeError::Invalid {
+            field: "lifecycle reason",
+            ..
+        })
     ));
 }
 

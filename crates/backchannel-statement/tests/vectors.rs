@@ -198,6 +198,11 @@ fn statements() {
     .unwrap_or_else(|e| panic!("{e}"));
     let sig = delta.sign(&key(US_TALKS)).unwrap_or_else(|e| panic!("{e}"));
     let change = AccessListChange::new(delta, vec![sig]).unwrap_or_else(|e| panic!("{e}"));
+    let lifecycle = LifecycleChange::new(
+        LifecyclePhase::Suspended,
+        "Consultations in capitals.\nWe expect to resume within ten days.",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let cases: Vec<(&str, u8, _, Payload, Markings)> = vec![
         (
             "roster",
@@ -261,6 +266,13 @@ fn statements() {
             }),
             Markings::mediator_only(),
         ),
+        (
+            "lifecycle",
+            US_TALKS,
+            t.us,
+            Payload::Lifecycle(lifecycle.clone()),
+            Markings::mediator_only(),
+        ),
     ];
     for (i, (name, label, party, payload, markings)) in cases.into_iter().enumerate() {
         let signer = key(label);
@@ -309,6 +321,20 @@ fn statements() {
         "roster",
         "seed-ground-rules",
         &t.ground_rules.to_canonical_bytes(),
+    );
+    seed("text", "seed-lifecycle", &lifecycle.to_canonical_bytes());
+    check(
+        "lifecycle",
+        json!({
+            "description": "a lifecycle change payload: phase:u8 (0x01 suspended) || reason:text",
+            "phase": lifecycle.phase as u8,
+            "reason": lifecycle.reason(),
+            "encoding": hex::encode(lifecycle.to_canonical_bytes()),
+        }),
+    );
+    assert_eq!(
+        LifecycleChange::from_canonical_bytes(&stored_hex("lifecycle", "encoding")),
+        Ok(lifecycle)
     );
     check(
         "access-list",
