@@ -4,13 +4,30 @@
 //! Everything the session learns is kept in its [`ClientStore`]: the
 //! archive (one record per accepted envelope, by seq), the log follower,
 //! the witness, the receipts awaiting inclusion and the verified leaves not
-//! yet accounted for. A restarted session resumes from what it stored.
+//! yet accounted for. A restarted session resumes from what it stored. The
+//! replay of key validity over the archived statements
+//! ([`backchannel_core::replay::Replay`]) is not stored: it is rebuilt from
+//! the archive when the session opens (opening reads the archive once) and
+//! kept up to date as envelopes are archived.
 //!
 //! Verification, as the client issue asks, without per-envelope proofs:
 //! - every delivered envelope's body is re-hashed against its header (by
 //!   [`crate::net`]), its receipt is verified against the node's log key,
-//!   its header signature against the sender's key on the access list, and
-//!   its body is opened and checked against the header's commitment;
+//!   its header signature against the sender's key (see below), and its
+//!   body is opened and checked against the header's commitment;
+//! - the sender's key is judged by log position, not by today's access
+//!   list alone: it is the key on the access list the client passes to
+//!   [`Session::receive`] (the current one: the mediator's device before
+//!   any roster, and devices seated since), or else a device key that the
+//!   replay of the statements archived before the envelope's seq knows as
+//!   certified at or before that seq, not revoked at or before it, and not
+//!   expired by the envelope's node time. So an envelope a device sent
+//!   while it was on the list is still accepted by a client that receives
+//!   it after the device was removed (revoked, lost, its member removed);
+//!   a key neither on the list nor valid there is evidence naming the seq.
+//!   (The node checks its current list on every submission, so a removed
+//!   key can no longer submit; a hostile node that forges an envelope of a
+//!   revoked device at a later seq is still refused by the position rule.)
 //! - each new checkpoint is verified from the data tiles of the new range,
 //!   re-hashed into the follower's compact tree ([`crate::follow`]), then
 //!   every verified leaf of the session's rooms must be in the archive with
@@ -45,9 +62,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use backchannel_codec::{Decode, Encode, Reader, RoomId, TalksId, Writer};
-use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer};
+use backchannel_core::replay::{KeyRole, LoggedStatement, Replay};
+use backchannel_crypto::{Digest, KeyId, PublicKey, SecretKey, Signer};
 use backchannel_statement::header::BODY_BUCKETS;
-use backchannel_statement::{AccessList, Header, Kind, Salt, SignedHeader};
+use backchannel_statement::{AccessList, Header, Kind, Salt, SignedHeader, SignedStatement};
 use backchannel_tlog::{
     InclusionProof, LeafData, LogOrigin, NodeOrigin, Receipt, SignedCheckpoint,
 };
@@ -370,6 +388,10 @@ pub struct Session<S: ClientStore, L: Seal> {
     /// Verified leaves at or past the fetch cursor, not yet accounted for
     /// (the log was verified ahead of receiving), in seq order.
     unaccounted: Vec<LeafData>,
+    /// Key validity replayed over every statement archived so far (below
+    /// the fetch cursor), in seq order: which device keys were valid at
+    /// which seq ([`sender_key`]). Rebuilt from the archive on open.
+    keys: Replay,
 }
 
 fn key(talks: TalksId, name: &str) -> Vec<u8> {
@@ -410,6 +432,89 @@ fn decode_leaves(bytes: &[u8]) -> Result<Vec<LeafData>, SessionError> {
 /// but asking for less may.
 fn refused(e: &NetError) -> bool {
     e.status() == Some(500)
+}
+
+/// The statement `archived` carries, if its body was opened and holds one
+/// (`Err` when the statement bytes do not decode).
+fn statement_of(
+    archived: &Archived,
+) -> Option<Result<SignedStatement, backchannel_codec::DecodeError>> {
+    match &archived.message {
+        Some(AppMessage {
+            content: Content::Statement(bytes),
+            ..
+        }) => Some(SignedStatement::decode(bytes)),
+        _ => None,
+    }
+}
+
+/// Applies the statement `archived` carries, if any, to `replay`. A
+/// statement that does not decode or that replay rejects changes nothing
+/// ([`Session::replay`] reports it).
+fn replay_archived(replay: &mut Replay, archived: &Archived) {
+    if let Some(Ok(statement)) = statement_of(archived) {
+        let _ = replay.apply(LoggedStatement {
+            seq: archived.seq,
+            node_time: archived.node_time,
+            room: archived.header.header().room,
+            statement: &statement,
+        });
+    }
+}
+
+/// The key the header signature of the envelope at `seq` (stamped
+/// `node_time` by the node) from `sender` is checked with; the error says
+/// why there is none.
+///
+/// - the sender's entry on `list`, the access list the client accepted
+///   (the current one): it covers the mediator's device before any roster
+///   is archived, and devices seated since;
+/// - else a device key `replay` (the statements archived before `seq`)
+///   knows as valid at `seq`: certified at or before it (`valid_from <=
+///   seq`), not revoked at or before it (`revoked_at` after it, or none),
+///   and not expired (`not_after` at or after `node_time`, or none).
+///
+/// Talks authority and identity keys sign statements, not envelopes, so
+/// replay lends only device keys.
+fn sender_key(
+    list: &AccessList,
+    replay: &Replay,
+    seq: u64,
+    node_time: u64,
+    sender: &KeyId,
+) -> Result<PublicKey, String> {
+    if let Some(entry) = list.get(sender) {
+        return Ok(*entry.key());
+    }
+    let not_listed = "its sender is not on the access list";
+    let Some(state) = replay.key(sender) else {
+        return Err(not_listed.to_owned());
+    };
+    let KeyRole::Device { not_after, .. } = state.role else {
+        return Err(format!(
+            "{not_listed}, and the record knows its key only as one that signs statements, \
+             not envelopes"
+        ));
+    };
+    if state.valid_from > seq {
+        return Err(format!(
+            "{not_listed}, and its device key is certified only from seq {}",
+            state.valid_from
+        ));
+    }
+    if let Some(revoked_at) = state.revoked_at.filter(|r| *r <= seq) {
+        return Err(format!(
+            "{not_listed}, and its device key was revoked at seq {revoked_at}, before this \
+             envelope"
+        ));
+    }
+    if let Some(t) = not_after.filter(|t| *t < node_time) {
+        return Err(format!(
+            "{not_listed}, and its device key expired (not after {t}) before the node time \
+             {node_time} of this envelope"
+        ));
+    }
+    Ok(state.key)
 }
 
 /// The RFC 6962 root of `leaves`, which must be the leaves `[0, n)` in
@@ -513,6 +618,10 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
     /// Opens (or resumes) the session of `device` in `talks` on the node
     /// `node` (already pinned), whose log origin and key are `node_origin`
     /// and `log_key`.
+    ///
+    /// Resuming reads the whole archive once, to rebuild the replay of key
+    /// validity that [`Session::receive`] judges senders by (nothing of it
+    /// is stored apart from the archive).
     pub async fn open(
         store: std::sync::Arc<S>,
         seal: L,
@@ -562,7 +671,7 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             Some(b) => decode_leaves(&b)?,
             None => Vec::new(),
         };
-        Ok(Self {
+        let mut session = Self {
             store,
             seal,
             node,
@@ -576,7 +685,12 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             pending,
             idempotency,
             unaccounted,
-        })
+            keys: Replay::new(talks),
+        };
+        for archived in session.archive().await? {
+            replay_archived(&mut session.keys, &archived);
+        }
+        Ok(session)
     }
 
     /// The node client.
@@ -664,8 +778,18 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
     }
 
     /// Fetches everything new of this session's rooms, verifies it and
-    /// archives it. `list` is the access list the client accepted (senders'
-    /// keys come from it). Returns the newly archived envelopes.
+    /// archives it. Returns the newly archived envelopes.
+    ///
+    /// `list` is the access list the client accepted (the current one).
+    /// Each envelope's header signature is checked with its sender's key
+    /// on `list`, or else, for a sender no longer on it, with the device
+    /// key the record (the statements archived before the envelope's seq,
+    /// replayed) shows valid at that seq: certified at or before it, not
+    /// revoked at or before it, not expired by the envelope's node time. So
+    /// envelopes a device sent before it was removed from the list (revoked,
+    /// lost, its member removed) are archived by a client that receives
+    /// them only afterwards. Statements are applied to that replay in seq
+    /// order as they are archived.
     ///
     /// A page the node refuses with `500 internal` (it found its own log
     /// corrupt, for example a deleted row) is bisected down to the seqs it
@@ -680,13 +804,18 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
         let mut skipped = Vec::new();
         loop {
             let mut writes = Vec::new();
+            // The replay moves on with the archive: a page's statements
+            // are applied to a copy, kept once the page is stored.
+            let mut keys = None;
             let done = match pager
                 .step(&self.node, self.talks, PAGE_LIMIT, refused)
                 .await?
             {
                 Paged::Page(page) => {
+                    let replay = keys.insert(self.keys.clone());
                     for d in page.envelopes {
-                        let archived = self.accept(list, d)?;
+                        let archived = self.accept(list, replay, d)?;
+                        replay_archived(replay, &archived);
                         writes.push(Put {
                             ns: Namespace::Archive,
                             key: seq_key(self.talks, archived.seq),
@@ -717,23 +846,31 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             });
             // The archive and the cursor move together.
             self.store.put_many(writes).await?;
+            if let Some(keys) = keys {
+                self.keys = keys;
+            }
             if done {
                 return Ok(out);
             }
         }
     }
 
-    fn accept(&self, list: &AccessList, d: Delivered) -> Result<Archived, SessionError> {
+    /// Verifies one delivered envelope; `replay` holds the statements
+    /// archived before it ([`sender_key`]).
+    fn accept(
+        &self,
+        list: &AccessList,
+        replay: &Replay,
+        d: Delivered,
+    ) -> Result<Archived, SessionError> {
         let seq = d.seq;
         let evidence = |what: String| SessionError::Evidence(format!("seq {seq}: {what}"));
         d.verify_receipt(&self.log_key)
             .map_err(|e| evidence(format!("its receipt does not verify ({e})")))?;
         let h = *d.header.header();
-        let sender = list
-            .get(&h.sender)
-            .ok_or_else(|| evidence("its sender is not on the access list".into()))?;
+        let sender = sender_key(list, replay, seq, d.node_time, &h.sender).map_err(evidence)?;
         d.header
-            .verify(sender.key())
+            .verify(&sender)
             .map_err(|_| evidence("its header signature does not verify".into()))?;
         let message = match &d.body {
             Some(body) => Some(
@@ -791,21 +928,17 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
     /// compares each statement's checkpoint reference with this session's
     /// verified tree. Runs over the archive only (MLS cannot decrypt twice).
     pub async fn replay(&self) -> Result<ReplayReport, SessionError> {
-        let mut replay = backchannel_core::replay::Replay::new(self.talks);
+        let mut replay = Replay::new(self.talks);
         let mut report = ReplayReport::default();
         for a in self.archive().await? {
-            let Some(AppMessage {
-                content: Content::Statement(bytes),
-                ..
-            }) = &a.message
-            else {
+            let Some(decoded) = statement_of(&a) else {
                 continue;
             };
-            let Ok(statement) = backchannel_statement::SignedStatement::decode(bytes) else {
+            let Ok(statement) = decoded else {
                 report.rejected.push((a.seq, "does not decode".into()));
                 continue;
             };
-            let logged = backchannel_core::replay::LoggedStatement {
+            let logged = LoggedStatement {
                 seq: a.seq,
                 node_time: a.node_time,
                 room: a.header.header().room,
@@ -1265,5 +1398,154 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             .cosign(self.talks, checkpoint.checkpoint().size, &cosignature)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backchannel_statement::fixtures::{self, key, labels::*};
+    use backchannel_statement::{DeviceCert, Payload, Revoke, RevokeReason};
+
+    /// A device the US negotiator certifies at seq 1, until `NOT_AFTER`.
+    const NEW_DEVICE: u8 = 0x45;
+    /// A key no list or statement ever names.
+    const STRANGER: u8 = 0x66;
+    const NOT_AFTER: u64 = 1_900_000_000_000;
+    const T0: u64 = 1_800_000_000_000;
+
+    fn id(label: u8) -> KeyId {
+        key(label).public_key().id()
+    }
+
+    /// The record: the roster at seq 0, the US negotiator's new device
+    /// certified at seq 1, the negotiator's roster device revoked by the US
+    /// talks authority at seq 3 (seq 2 is talk). Returns the roster's list
+    /// without that device (as the node serves it once it was removed) and
+    /// the replay of the record through seq 3.
+    fn record() -> (AccessList, Replay) {
+        let t = fixtures::talks();
+        let log = [
+            (
+                0,
+                t.statement(
+                    1,
+                    &key(OMAN_TALKS),
+                    t.oman,
+                    Payload::Roster(t.roster.clone()),
+                ),
+            ),
+            (
+                1,
+                t.statement(
+                    2,
+                    &key(US_NEGOTIATOR),
+                    t.us,
+                    Payload::DeviceCert(DeviceCert {
+                        principal: fixtures::PRINCIPALS[3],
+                        device_key: key(NEW_DEVICE).public_key(),
+                        not_after: NOT_AFTER,
+                    }),
+                ),
+            ),
+            (
+                3,
+                t.statement(
+                    3,
+                    &key(US_TALKS),
+                    t.us,
+                    Payload::Revoke(Revoke {
+                        key: id(US_NEGOTIATOR_DEVICE),
+                        reason: RevokeReason::Lost,
+                        lost_at: None,
+                    }),
+                ),
+            ),
+        ];
+        let mut replay = Replay::new(t.talks);
+        for (seq, statement) in &log {
+            let applied = replay.apply(LoggedStatement {
+                seq: *seq,
+                node_time: T0,
+                room: t.record,
+                statement,
+            });
+            assert!(applied.is_ok(), "seq {seq}: {applied:?}");
+        }
+        let full = t
+            .roster
+            .implied_access_list(t.talks)
+            .expect("the roster's list");
+        let entries = full
+            .entries()
+            .iter()
+            .filter(|e| e.key_id() != id(US_NEGOTIATOR_DEVICE))
+            .cloned()
+            .collect();
+        let list = AccessList::new(t.talks, 1, entries).expect("a list");
+        (list, replay)
+    }
+
+    #[test]
+    fn a_sender_on_the_list_is_accepted_whatever_the_record_says() {
+        let (list, replay) = record();
+        let empty = Replay::new(fixtures::talks().talks);
+        // The mediator's device before any roster: the list alone.
+        assert_eq!(
+            sender_key(&list, &empty, 0, T0, &id(OMAN_LEAD_DEVICE)),
+            Ok(key(OMAN_LEAD_DEVICE).public_key())
+        );
+        assert_eq!(
+            sender_key(&list, &replay, 9, T0, &id(US_HEAD_DEVICE)),
+            Ok(key(US_HEAD_DEVICE).public_key())
+        );
+    }
+
+    #[test]
+    fn a_removed_device_is_judged_by_log_position() {
+        let (list, replay) = record();
+        let device = id(US_NEGOTIATOR_DEVICE);
+        // Before its revocation at seq 3 (certified by the roster at seq 0).
+        for seq in [1, 2] {
+            assert_eq!(
+                sender_key(&list, &replay, seq, T0, &device),
+                Ok(key(US_NEGOTIATOR_DEVICE).public_key()),
+                "seq {seq}"
+            );
+        }
+        // At and after it: refused, naming the revocation.
+        for seq in [3, 4, 100] {
+            let e = sender_key(&list, &replay, seq, T0, &device).unwrap_err();
+            assert!(e.contains("revoked at seq 3"), "seq {seq}: {e}");
+        }
+        // Not yet known to a replay that has not seen the roster.
+        let empty = Replay::new(fixtures::talks().talks);
+        let e = sender_key(&list, &empty, 1, T0, &device).unwrap_err();
+        assert_eq!(e, "its sender is not on the access list");
+    }
+
+    #[test]
+    fn a_device_certified_by_statement_is_valid_from_its_seq_until_it_expires() {
+        let (list, replay) = record();
+        let device = id(NEW_DEVICE);
+        assert_eq!(
+            sender_key(&list, &replay, 2, NOT_AFTER, &device),
+            Ok(key(NEW_DEVICE).public_key())
+        );
+        let e = sender_key(&list, &replay, 2, NOT_AFTER + 1, &device).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        // Its certificate is at seq 1: nothing before it.
+        let e = sender_key(&list, &replay, 0, T0, &device).unwrap_err();
+        assert!(e.contains("from seq 1"), "{e}");
+    }
+
+    #[test]
+    fn keys_that_sign_statements_or_that_nothing_names_sign_no_envelopes() {
+        let (list, replay) = record();
+        let e = sender_key(&list, &replay, 5, T0, &id(STRANGER)).unwrap_err();
+        assert_eq!(e, "its sender is not on the access list");
+        // An identity key is known to the record but signs statements only.
+        let e = sender_key(&list, &replay, 5, T0, &id(US_NEGOTIATOR)).unwrap_err();
+        assert!(e.contains("signs statements"), "{e}");
     }
 }

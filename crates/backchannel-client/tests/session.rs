@@ -3,7 +3,10 @@
 //! envelope, a deleted one, a room no longer delivered) is caught by every
 //! client, naming the seq; an inclusion proof of another leaf is refused by
 //! re-hashing; a revoked identity key's later statement is rejected by
-//! every client's replay.
+//! every client's replay; a device removed from the access list (and
+//! revoked) is judged by log position, so its earlier envelopes are still
+//! archived by a client that receives them only afterwards, also after a
+//! resume, while a key no list or record names is refused naming the seq.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -26,7 +29,8 @@ use backchannel_node::server::{Node, NodeConfig};
 use backchannel_node::tls::{self, Fingerprint, Identity};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::{
-    AccessEntry, AccessList, DeviceCert, Payload, Revoke, RevokeReason, Salt,
+    AccessEntry, AccessList, AccessListChange, AccessListDelta, DeviceCert, Payload, Revoke,
+    RevokeReason, Salt, SignedStatement,
 };
 use backchannel_store::Store;
 use backchannel_store::memory::MemoryStore;
@@ -44,6 +48,8 @@ const T0: u64 = 1_800_000_000_000;
 /// Devices the US negotiator certifies (before and after its revocation).
 const NEW_DEVICE: u8 = 0x45;
 const LATER_DEVICE: u8 = 0x46;
+/// A key no access list the clients accepted and no statement names.
+const STRANGER: u8 = 0x66;
 
 // --- A node on loopback ------------------------------------------------------
 
@@ -629,6 +635,291 @@ async fn a_revoked_identity_keys_later_statement_is_rejected_by_every_replay() {
         assert_eq!(*seq, 3);
         assert!(why.contains("revoked at seq 2"), "{why}");
         assert_eq!(replay.forks, vec![]);
+    }
+    node.stop().await;
+}
+
+// --- Senders judged by log position --------------------------------------------
+
+/// Posts `statement` to the record room through `s`; returns its seq.
+async fn post(s: &mut Sess, statement: &SignedStatement, salt: u8) -> u64 {
+    s.send(
+        fixtures::talks().record,
+        Content::Statement(statement.as_bytes().to_vec()),
+        Salt([salt; 32]),
+    )
+    .await
+    .unwrap()
+}
+
+/// The roster, signed by Oman's talks authority (the record's first
+/// statement).
+fn roster_statement() -> SignedStatement {
+    let t = fixtures::talks();
+    t.statement(
+        1,
+        &key(OMAN_TALKS),
+        t.oman,
+        Payload::Roster(t.roster.clone()),
+    )
+}
+
+/// A revocation of `label`'s key by the US talks authority.
+fn revoke_by_us_talks(seed: u64, label: u8, reason: RevokeReason) -> SignedStatement {
+    let t = fixtures::talks();
+    t.statement(
+        seed,
+        &key(US_TALKS),
+        t.us,
+        Payload::Revoke(Revoke {
+            key: key(label).public_key().id(),
+            reason,
+            lost_at: None,
+        }),
+    )
+}
+
+/// A device certificate by the US negotiator's identity key.
+fn negotiator_device_cert(seed: u64, device: u8) -> SignedStatement {
+    let t = fixtures::talks();
+    t.statement(
+        seed,
+        &key(US_NEGOTIATOR),
+        t.us,
+        Payload::DeviceCert(DeviceCert {
+            principal: fixtures::PRINCIPALS[3],
+            device_key: key(device).public_key(),
+            not_after: u64::MAX,
+        }),
+    )
+}
+
+/// Removes `device` from the node's access list, signed by the US talks
+/// authority (its party's designated signer) and submitted by the US
+/// head's device; returns the list the node serves now.
+async fn remove_from_list(node: &TestNode, device: u8) -> AccessList {
+    let c = node.client(US_HEAD_DEVICE);
+    let current = c.access_list(talks()).await.unwrap();
+    let delta = AccessListDelta::new(
+        talks(),
+        current.hash,
+        vec![key(device).public_key().id()],
+        vec![],
+    )
+    .unwrap();
+    let change =
+        AccessListChange::new(delta.clone(), vec![delta.sign(&key(US_TALKS)).unwrap()]).unwrap();
+    let outcome = c.submit_change(talks(), &change).await.unwrap();
+    assert!(outcome.applied, "{outcome:?}");
+    let served = c.access_list(talks()).await.unwrap().list;
+    assert_eq!(served, outcome.access_list.list);
+    assert!(served.get(&key(device).public_key().id()).is_none());
+    served
+}
+
+/// Whose envelope the archived envelope at `seq` is.
+async fn sender_of(s: &Sess, seq: u64) -> backchannel_crypto::KeyId {
+    s.archived(seq)
+        .await
+        .unwrap()
+        .unwrap()
+        .header
+        .header()
+        .sender
+}
+
+#[tokio::test]
+async fn a_removed_and_revoked_devices_earlier_envelopes_are_archived_by_a_later_client() {
+    let node = start(MemoryStore::new()).await;
+    node.client(CREATOR).create_talks(&list()).await.unwrap();
+    let t = fixtures::talks();
+    let mut open = Vec::new();
+    for device in [OMAN_LEAD_DEVICE, US_HEAD_DEVICE, US_NEGOTIATOR_DEVICE] {
+        let store = Arc::new(MemoryClientStore::default());
+        open.push(session(&node, device, &store).await);
+    }
+    let [mut oman, mut us, mut negotiator]: [Sess; 3] = open.try_into().ok().unwrap();
+
+    // The roster; then the negotiator's device, on the list, talks and
+    // posts a statement by the negotiator's identity key.
+    assert_eq!(post(&mut oman, &roster_statement(), 1).await, 0);
+    let sent = negotiator
+        .send(
+            t.record,
+            talk("from the negotiator's device"),
+            Salt([1; 32]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent, 1);
+    let cert = negotiator_device_cert(2, NEW_DEVICE);
+    assert_eq!(post(&mut negotiator, &cert, 2).await, 2);
+    let sent = negotiator
+        .send(t.record, talk("and again"), Salt([3; 32]))
+        .await
+        .unwrap();
+    assert_eq!(sent, 3);
+
+    // The device is lost: the US removes it from the node's list, and its
+    // talks authority revokes the device key and the identity key it held.
+    let current = remove_from_list(&node, US_NEGOTIATOR_DEVICE).await;
+    let device_revoked = revoke_by_us_talks(3, US_NEGOTIATOR_DEVICE, RevokeReason::Lost);
+    assert_eq!(post(&mut us, &device_revoked, 4).await, 4);
+    let identity_revoked = revoke_by_us_talks(4, US_NEGOTIATOR, RevokeReason::Compromised);
+    assert_eq!(post(&mut us, &identity_revoked, 5).await, 5);
+    // The node no longer takes the removed device's envelopes.
+    let refused = negotiator
+        .send(t.record, talk("from the lost device"), Salt([6; 32]))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, SessionError::Net(_)), "{refused:?}");
+    // Whoever holds the identity key still gets a statement posted (the
+    // node knows nothing of statements): replay rejects it by position.
+    let late = negotiator_device_cert(5, LATER_DEVICE);
+    assert_eq!(post(&mut us, &late, 7).await, 6);
+    assert_eq!(integrated(&node).await, 7);
+
+    // A device that receives only now, from seq 0, with the list the node
+    // serves now (without the negotiator's device): the device's earlier
+    // envelopes are archived, judged by the roster that certified it.
+    for device in [IRAN_HEAD_DEVICE, OMAN_LEAD_DEVICE] {
+        let mut s = session(&node, device, &Arc::new(MemoryClientStore::default())).await;
+        let got = s.receive(&current).await.unwrap();
+        assert_eq!(
+            got.iter().map(|a| a.seq).collect::<Vec<_>>(),
+            (0..7).collect::<Vec<_>>(),
+            "device {device:#x}"
+        );
+        for seq in [1, 2, 3] {
+            assert_eq!(
+                sender_of(&s, seq).await,
+                key(US_NEGOTIATOR_DEVICE).public_key().id()
+            );
+        }
+        let (report, _) = s.verify_log(&rooms(device), T0).await.unwrap();
+        assert_eq!((report.size, report.withheld), (7, vec![]));
+        let replay = s.replay().await.unwrap();
+        assert_eq!(replay.accepted, vec![0, 2, 4, 5], "device {device:#x}");
+        assert_eq!(replay.rejected.len(), 1, "{:?}", replay.rejected);
+        let (seq, why) = &replay.rejected[0];
+        assert_eq!(*seq, 6);
+        assert!(why.contains("revoked at seq 5"), "{why}");
+        assert_eq!(replay.forks, vec![]);
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_resumed_session_judges_a_removed_device_by_the_archived_record() {
+    let node = start(MemoryStore::new()).await;
+    node.client(CREATOR).create_talks(&list()).await.unwrap();
+    let t = fixtures::talks();
+    let iran_store = Arc::new(MemoryClientStore::default());
+    let mut oman = session(&node, OMAN_LEAD_DEVICE, &Arc::default()).await;
+    let mut us = session(&node, US_HEAD_DEVICE, &Arc::default()).await;
+    let mut negotiator = session(&node, US_NEGOTIATOR_DEVICE, &Arc::default()).await;
+
+    // Iran's device archives the roster, and stops.
+    assert_eq!(post(&mut oman, &roster_statement(), 1).await, 0);
+    assert_eq!(integrated(&node).await, 1);
+    {
+        let mut iran = session(&node, IRAN_HEAD_DEVICE, &iran_store).await;
+        let got = iran.receive(&list()).await.unwrap();
+        assert_eq!(got.len(), 1);
+    }
+
+    // Meanwhile the negotiator's device talks, is removed from the list and
+    // revoked.
+    let sent = negotiator
+        .send(t.record, talk("before the removal"), Salt([2; 32]))
+        .await
+        .unwrap();
+    assert_eq!(sent, 1);
+    let current = remove_from_list(&node, US_NEGOTIATOR_DEVICE).await;
+    let revoked = revoke_by_us_talks(3, US_NEGOTIATOR_DEVICE, RevokeReason::Left);
+    assert_eq!(post(&mut us, &revoked, 3).await, 2);
+    assert_eq!(integrated(&node).await, 3);
+
+    // Resumed from its store, with the current list: the device's envelope
+    // is judged by the roster archived before the restart (seq 0), so the
+    // session rebuilt its record when it opened.
+    let mut iran = session(&node, IRAN_HEAD_DEVICE, &iran_store).await;
+    assert_eq!(iran.next_seq(), 1);
+    let got = iran.receive(&current).await.unwrap();
+    assert_eq!(got.iter().map(|a| a.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        sender_of(&iran, 1).await,
+        key(US_NEGOTIATOR_DEVICE).public_key().id()
+    );
+    let replay = iran.replay().await.unwrap();
+    assert_eq!(replay.accepted, vec![0, 2]);
+    assert_eq!(replay.rejected, vec![]);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn an_envelope_from_a_key_no_list_or_record_names_is_refused_naming_its_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("node.db");
+    let node = start_sqlite(&db).await;
+    node.client(CREATOR).create_talks(&list()).await.unwrap();
+    let t = fixtures::talks();
+    let mut oman = session(&node, OMAN_LEAD_DEVICE, &Arc::default()).await;
+    assert_eq!(post(&mut oman, &roster_statement(), 1).await, 0);
+    let sent = oman
+        .send(t.record, talk("the mediator opens"), Salt([2; 32]))
+        .await
+        .unwrap();
+    assert_eq!(sent, 1);
+    integrated(&node).await;
+    node.stop().await;
+
+    // An attacker with the node's database seats a key of its own in the
+    // record room, which no list the clients accepted and no statement
+    // names; the node then sequences its envelope.
+    let us_device = list()
+        .get(&key(US_HEAD_DEVICE).public_key().id())
+        .unwrap()
+        .clone();
+    let mut entries = list().entries().to_vec();
+    entries.push(
+        AccessEntry::new(
+            key(STRANGER).public_key(),
+            us_device.principal,
+            us_device.party,
+            vec![t.record],
+            us_device.flags,
+        )
+        .unwrap(),
+    );
+    let seated = AccessList::new(t.talks, 0, entries).unwrap();
+    tamper(
+        &db,
+        "UPDATE access_lists SET bytes = ?, hash = ?",
+        vec![seated.to_canonical_bytes(), seated.hash().0.to_vec()],
+    )
+    .await;
+    let node = start_sqlite(&db).await;
+    let mut stranger = session(&node, STRANGER, &Arc::default()).await;
+    let forged = stranger
+        .send(t.record, talk("from nobody"), Salt([3; 32]))
+        .await
+        .unwrap();
+    assert_eq!(forged, 2);
+    integrated(&node).await;
+
+    // A client with the list it accepted refuses it as evidence naming its
+    // seq, and only its seq.
+    let mut iran = session(&node, IRAN_HEAD_DEVICE, &Arc::default()).await;
+    let e = iran.receive(&list()).await.unwrap_err();
+    assert!(matches!(e, SessionError::Evidence(_)), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        names(&e, forged) && e.contains("not on the access list"),
+        "{e}"
+    );
+    for seq in 0..forged {
+        assert!(!names(&e, seq), "seq {seq} blamed too: {e}");
     }
     node.stop().await;
 }
