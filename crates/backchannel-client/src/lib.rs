@@ -17,6 +17,9 @@
 //! - [`session`]: one device's session in one talks — send, receive into a
 //!   verified archive, verify the log, cosign.
 //! - [`fork`]: forks — finality by cosignature, comparison, offline evidence.
+//! - [`participant`]: what a home remembers of each talks (pinned node,
+//!   who the participant is, every other party's verification state), the
+//!   invitation document and the enrolment payload.
 //!
 //! IO only at one edge: [`net`] opens sockets (through reqwest and
 //! hyper-util; [`net::NodeClient::stream_over`] takes any byte stream, for
@@ -26,6 +29,7 @@
 pub mod follow;
 pub mod fork;
 pub mod net;
+pub mod participant;
 pub mod safety;
 pub mod seal;
 pub mod session;

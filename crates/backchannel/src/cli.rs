@@ -17,7 +17,8 @@ pub const HOME_PASSPHRASE_ENV: &str = "BACKCHANNEL_PASSPHRASE";
 
 /// The exit codes, at the end of the participant commands' `--help`.
 const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the reason, and what to \
-                          do next, on stderr); 2 the arguments were not understood.";
+                          do next, on stderr); 2 the arguments were not understood; 3 evidence \
+                          against the node was found (named, with its seq, on stderr).";
 
 /// Confidential, mediated negotiation.
 #[derive(Debug, Parser)]
@@ -66,6 +67,20 @@ pub enum Command {
     /// Generate and list the participant's keys, kept in their home.
     #[command(subcommand, after_help = EXIT_CODES)]
     Keys(KeysCommand),
+    /// Open, join, accept and verify talks.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Talks(TalksCommand),
+    /// Send talk to one room of the talks.
+    #[command(after_help = EXIT_CODES)]
+    Send(SendArgs),
+    /// Fetch what is new, verify and archive it, and print it (with
+    /// --all, the whole archive).
+    #[command(after_help = EXIT_CODES)]
+    Read(ReadArgs),
+    /// Print envelopes as they arrive on the node's event stream, verifying
+    /// and archiving each; verify and cosign every new checkpoint.
+    #[command(after_help = EXIT_CODES)]
+    Follow(FollowArgs),
 }
 
 /// `backchannel home …`.
@@ -427,9 +442,262 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Which talks, in the participant's home, and the home's passphrase.
+#[derive(Debug, Args)]
+pub struct TalksArgs {
+    /// The talks id, 32 hex digits (`backchannel talks show` lists them);
+    /// may be left out when the home takes part in one talks only.
+    #[arg(long, value_name = "HEX")]
+    pub talks: Option<String>,
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: HomePassphraseArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The node to pin, as its operator's `backchannel node info` prints it.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The node's address, host:port.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub node: String,
+    /// The SHA-256 fingerprint of its TLS certificate, 64 hex digits.
+    #[arg(long, value_name = "HEX")]
+    pub fingerprint: String,
+    /// Its origin.
+    #[arg(long)]
+    pub origin: String,
+    /// Its log key, 64 hex digits.
+    #[arg(long, value_name = "HEX")]
+    pub log_key: String,
+}
+
+/// A member's role, as the CLI spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Head of a delegation.
+    Head,
+    /// Negotiator.
+    Negotiator,
+    /// Technical expert.
+    Expert,
+    /// Legal adviser.
+    Legal,
+    /// Note-taker.
+    NoteTaker,
+    /// Interpreter.
+    Interpreter,
+    /// A principal in the capital.
+    Principal,
+    /// Lead mediator.
+    Lead,
+    /// Co-mediator.
+    CoMediator,
+    /// Mediator staff.
+    Staff,
+}
+
+/// `backchannel talks …`.
+#[derive(Debug, Subcommand)]
+pub enum TalksCommand {
+    /// Mediator: open new talks on a node (your home's authority key must
+    /// be in the node's creators file). Prints the talks id.
+    #[command(after_help = EXIT_CODES)]
+    Open(TalksOpenArgs),
+    /// Mediator: invite a party; writes the invitation to hand over out of
+    /// band (it holds a one-time token: keep it secret until used).
+    #[command(after_help = EXIT_CODES)]
+    Invite(TalksInviteArgs),
+    /// Party: join talks with the invitation the mediator handed over,
+    /// enrolling your party's talks authority and yourself.
+    #[command(after_help = EXIT_CODES)]
+    Join(TalksJoinArgs),
+    /// Mediator: once every invited party has joined, build the roster,
+    /// propose the access-list change that seats every party's devices,
+    /// and post the roster and the ground rules to the record room.
+    #[command(after_help = EXIT_CODES)]
+    Seat(TalksSeatArgs),
+    /// Party: check and co-sign the change that seats your devices, wait
+    /// until it applies, verify the roster and ground rules against the
+    /// node's access list, and accept both.
+    #[command(after_help = EXIT_CODES)]
+    Accept(TalksAcceptArgs),
+    /// Record that you compared the talks safety code with another party
+    /// over a channel the mediator does not control, and how.
+    #[command(after_help = EXIT_CODES)]
+    Verify(TalksVerifyArgs),
+    /// Show the talks: parties (with how their keys stand), rooms,
+    /// acceptances, phase, safety code, log state.
+    #[command(after_help = EXIT_CODES)]
+    Show(TalksArgs),
+}
+
+/// `backchannel talks open`.
+#[derive(Debug, Args)]
+pub struct TalksOpenArgs {
+    /// The node.
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Your team's name ("Sultanate of Oman").
+    #[arg(long)]
+    pub name: String,
+    /// Your own name, as the roster shows it.
+    #[arg(long)]
+    pub member: String,
+    /// Your role.
+    #[arg(long, value_enum, default_value = "lead")]
+    pub role: RoleArg,
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: HomePassphraseArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel talks invite`.
+#[derive(Debug, Args)]
+pub struct TalksInviteArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// Where to write the invitation (must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// How long the token stays valid, in hours.
+    #[arg(
+        long,
+        default_value_t = 72,
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..=24 * 365),
+        value_name = "HOURS"
+    )]
+    pub valid_hours: u64,
+}
+
+/// `backchannel talks join`.
+#[derive(Debug, Args)]
+pub struct TalksJoinArgs {
+    /// The invitation file the mediator handed over.
+    #[arg(long, value_name = "FILE")]
+    pub invitation: PathBuf,
+    /// Your party's name ("United States").
+    #[arg(long)]
+    pub name: String,
+    /// Your own name, as the roster shows it.
+    #[arg(long)]
+    pub member: String,
+    /// Your role.
+    #[arg(long, value_enum, default_value = "head")]
+    pub role: RoleArg,
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: HomePassphraseArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel talks seat`.
+#[derive(Debug, Args)]
+pub struct TalksSeatArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The IANA time zone of the talks' calendar.
+    #[arg(long, default_value = "UTC", value_name = "ZONE")]
+    pub time_zone: String,
+}
+
+/// `backchannel talks accept`.
+#[derive(Debug, Args)]
+pub struct TalksAcceptArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// How long to wait for the other parties' co-signatures and for the
+    /// mediator's roster, in seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub wait: u64,
+}
+
+/// `backchannel talks verify`.
+#[derive(Debug, Args)]
+pub struct TalksVerifyArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The party you compared codes with: its name, its initials, or its
+    /// id (32 hex digits).
+    #[arg(long, value_name = "PARTY")]
+    pub with: String,
+    /// How you compared them ("in person, Muscat").
+    #[arg(long, value_name = "HOW")]
+    pub via: String,
+    /// The code the other party read out (its twelve words): checked
+    /// against yours before anything is recorded.
+    #[arg(long, value_name = "WORDS")]
+    pub code: Option<String>,
+}
+
+/// `backchannel send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The room: its name as the roster declares it, its first word
+    /// ("record", "caucus"), or its id (32 hex digits).
+    #[arg(long)]
+    pub room: String,
+    /// What to say.
+    pub text: String,
+}
+
+/// `backchannel read`.
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// Print the whole archive, not only what is new.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `backchannel follow`.
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// Stop after this many new envelopes (default: run until interrupted).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+/// `backchannel log verify`.
+#[derive(Debug, Args)]
+pub struct LogVerifyArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// Verify only: do not cosign the verified checkpoint.
+    #[arg(long)]
+    pub no_cosign: bool,
+}
+
 /// `backchannel log …`.
 #[derive(Debug, Subcommand)]
 pub enum LogCommand {
+    /// Fetch and archive what is new, verify the log from the data tiles,
+    /// account for every envelope of your rooms, re-check the archive
+    /// against what the node serves now, replay every statement, and
+    /// cosign the verified checkpoint. Exit 1 with the seq named on any
+    /// evidence against the node.
+    #[command(after_help = EXIT_CODES)]
+    Verify(LogVerifyArgs),
     /// Prove a fork from two participants' checkpoints of one log: writes
     /// a self-contained evidence file that verifies offline.
     Compare(CompareArgs),

@@ -346,6 +346,66 @@ async fn store_new_key(
     Ok((entry, found.is_ok()))
 }
 
+/// The secret key named `kind`, `talks`, `label`, if the home has it.
+pub async fn load(
+    store: &SqliteClientStore,
+    kind: KeyKindArg,
+    talks: Option<TalksId>,
+    label: &str,
+) -> anyhow::Result<Option<SecretKey>> {
+    let name = KeyName {
+        kind,
+        talks,
+        label: label.to_owned(),
+    };
+    let Some(bytes) = store.get(Namespace::Keys, &name.store_key()).await? else {
+        return Ok(None);
+    };
+    let bytes = Zeroizing::new(bytes);
+    let corrupt = |what: &str| {
+        anyhow!(ClientStoreError::Corrupt(format!(
+            "the {} key labelled {label:?} {what}",
+            kind.as_str()
+        )))
+    };
+    let mut r = Reader::new(&bytes);
+    r.version("key record version", VERSION)
+        .map_err(|_| corrupt("has an unknown record version"))?;
+    let stored = KeyName::decode(&mut r).map_err(|_| corrupt("has a damaged name"))?;
+    if stored != name {
+        return Err(corrupt("is stored under another name"));
+    }
+    let seed = Zeroizing::new(
+        r.array::<32>("seed")
+            .map_err(|_| corrupt("has a damaged seed"))?,
+    );
+    r.finish().map_err(|_| corrupt("has trailing bytes"))?;
+    let key = SecretKey::from_seed(&seed).map_err(|_| corrupt("has an invalid seed"))?;
+    Ok(Some(key))
+}
+
+/// The secret key named `kind`, `talks`, `label`: the stored one, or a new
+/// one generated and stored now.
+pub async fn load_or_generate(
+    store: &SqliteClientStore,
+    kind: KeyKindArg,
+    talks: Option<TalksId>,
+    label: &str,
+) -> anyhow::Result<SecretKey> {
+    if let Some(key) = load(store, kind, talks, label).await? {
+        return Ok(key);
+    }
+    let name = KeyName {
+        kind,
+        talks,
+        label: label.to_owned(),
+    };
+    store_new_key(store, name, false).await?;
+    load(store, kind, talks, label)
+        .await?
+        .ok_or_else(|| anyhow!("the key just stored cannot be read back"))
+}
+
 fn list(dir: &Path, args: KeysListArgs) -> anyhow::Result<()> {
     let index = home::block_on(async {
         let store = home::open(dir, &args.passphrase).await?;

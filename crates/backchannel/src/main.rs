@@ -11,7 +11,9 @@
 //! [`home`] and [`keys`]).
 //!
 //! Exit codes: `0` success; `1` the command failed (the reason, and what to
-//! do next, on stderr); `2` the arguments were not understood.
+//! do next, on stderr); `2` the arguments were not understood; `3` the
+//! command ran, and found evidence against the node (`log verify`, `read`,
+//! `follow`: a seq named on stderr).
 
 mod cli;
 mod demo;
@@ -19,10 +21,13 @@ mod evidence;
 mod home;
 mod keys;
 mod logging;
+mod messages;
 mod node;
 mod node_dir;
+mod participant;
 mod passphrase;
 mod system;
+mod talks;
 
 use std::process::ExitCode;
 
@@ -38,7 +43,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // `{:#}`: the whole chain of causes on one line.
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<messages::Evidence>().is_some() {
+                ExitCode::from(messages::EXIT_EVIDENCE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -55,8 +64,13 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Node(command) => node::main(command),
         Command::Demo(args) => demo::main(args.keep),
         Command::Log(cli::LogCommand::Compare(args)) => evidence::compare(args),
+        Command::Log(cli::LogCommand::Verify(args)) => messages::verify(cli.home, args),
         Command::Evidence(cli::EvidenceCommand::Verify(args)) => evidence::verify(args),
         Command::Home(command) => home::main(cli.home, command),
         Command::Keys(command) => keys::main(cli.home, command),
+        Command::Talks(command) => talks::main(cli.home, command),
+        Command::Send(args) => messages::send(cli.home, args),
+        Command::Read(args) => messages::read(cli.home, args),
+        Command::Follow(args) => messages::follow(cli.home, args),
     }
 }

@@ -1,0 +1,608 @@
+//! What a participant's home keeps about each talks it takes part in, and
+//! the documents that travel between participants out of band.
+//!
+//! - [`PinnedNode`]: the node a talks lives on, as pinned (address, TLS
+//!   fingerprint, origin, log key). Whatever a participant later learns
+//!   from the node is checked against it; the safety code covers the
+//!   fingerprint and the log key, so a pin substituted on the way shows up
+//!   when parties compare codes.
+//! - [`InvitationDoc`]: what a mediator hands a party out of band — the
+//!   pinned node, the talks, the party's id and its one-time token. It is
+//!   a secret until redeemed (whoever holds it can enrol as the party).
+//! - [`Enrolment`]: what a party leaves for the mediator when it redeems
+//!   its token: its certified party entry and member entries, from which
+//!   the mediator builds the roster. **The node can read it** (it is not
+//!   yet encrypted to the mediator: that needs the mediator's key package,
+//!   which the rooms issue brings); it holds names and public keys only.
+//! - [`TalksRecord`]: what the home remembers of one talks: the pin, who
+//!   this participant is in it, the parties the mediator invited, and the
+//!   verification state of every other party ([`PartyVerification`]).
+//!
+//! Everything here is encoded canonically (`backchannel-codec`) and stored
+//! through [`ClientStore`] under [`Namespace::Talks`]; `docs/formats.md`
+//! § "Client-local state" describes the records.
+
+use std::collections::BTreeMap;
+
+use backchannel_codec::{
+    Decode, DecodeError, Encode, PartyId, PrincipalId, Reader, RoomId, TalksId, Writer,
+};
+use backchannel_crypto::{PublicKey, SecretKey};
+use backchannel_node::tls::Fingerprint;
+use backchannel_statement::roster::{MemberEntry, PartyEntry};
+use backchannel_statement::{InvitationToken, PartyKind, Role};
+use backchannel_tlog::NodeOrigin;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::net::{NetError, NodeClient};
+use crate::safety::PartyVerification;
+use crate::store::{ClientStore, ClientStoreError, Namespace, Put};
+
+/// The version of [`TalksRecord`]s and the talks index.
+pub const RECORD_VERSION: u8 = 1;
+/// The version of invitation documents.
+pub const INVITATION_DOC_VERSION: u8 = 1;
+/// The version of enrolment payloads.
+pub const ENROLMENT_VERSION: u8 = 1;
+/// The most member entries one enrolment carries.
+pub const MAX_ENROLLED_MEMBERS: usize = 64;
+/// The longest name (a party's, a member's, a room's, an address), bytes.
+pub const MAX_NAME: usize = 256;
+/// The most parties one mediator invites to one talks.
+pub const MAX_INVITED: usize = 64;
+/// The most talks one home takes part in.
+pub const MAX_TALKS: usize = 10_000;
+
+/// The store key of the index of talks.
+const INDEX_KEY: &[u8] = b"backchannel/v1/home/talks/index";
+/// The prefix of a talks record's store key.
+const RECORD_PREFIX: &[u8] = b"backchannel/v1/home/talks/record/";
+
+/// The node a talks lives on, as pinned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedNode {
+    /// `host:port`.
+    pub address: String,
+    /// SHA-256 of its TLS certificate.
+    pub fingerprint: Fingerprint,
+    /// Its origin.
+    pub origin: NodeOrigin,
+    /// Its log key.
+    pub log_key: PublicKey,
+}
+
+impl PinnedNode {
+    /// A client of this node acting as `key`.
+    pub fn client(&self, key: &SecretKey) -> Result<NodeClient, NetError> {
+        NodeClient::new(&self.address, self.fingerprint, key)
+    }
+}
+
+impl Encode for PinnedNode {
+    fn encode(&self, w: &mut Writer) {
+        w.text(&self.address);
+        w.raw(&self.fingerprint.0);
+        w.text(self.origin.as_str());
+        self.log_key.encode(w);
+    }
+}
+
+impl Decode for PinnedNode {
+    const MIN_LEN: usize = 4 + 32 + 4 + 32;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let address = r.text("node address", MAX_NAME)?.to_owned();
+        let fingerprint = Fingerprint(r.array("node fingerprint")?);
+        let origin = NodeOrigin::new(r.text("node origin", MAX_NAME)?).map_err(|_| {
+            DecodeError::Invalid {
+                field: "node origin",
+                reason: "not a node origin",
+            }
+        })?;
+        let log_key = PublicKey::decode(r)?;
+        Ok(Self {
+            address,
+            fingerprint,
+            origin,
+            log_key,
+        })
+    }
+}
+
+/// An invitation as a party receives it, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvitationDoc {
+    /// The node.
+    pub node: PinnedNode,
+    /// The talks.
+    pub talks: TalksId,
+    /// The party's id.
+    pub party: PartyId,
+    /// The one-time token.
+    pub token: InvitationToken,
+    /// When the node stops honouring it (Unix ms).
+    pub expires_at: u64,
+}
+
+/// The JSON form of an [`InvitationDoc`], as written to a file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvitationJson {
+    version: u8,
+    node_address: String,
+    node_fingerprint: String,
+    node_origin: String,
+    log_key: String,
+    talks: String,
+    party: String,
+    token: String,
+    expires_at: u64,
+}
+
+/// Why an invitation document was refused.
+#[derive(Debug, Error)]
+pub enum InvitationDocError {
+    /// Not the JSON an invitation is.
+    #[error("not an invitation document: {0}")]
+    Json(String),
+    /// Another version.
+    #[error("invitation document version {0}; this client reads version 1")]
+    Version(u8),
+    /// A field does not parse.
+    #[error("the invitation's {field} is not valid: {reason}")]
+    Field {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn hex32(field: &'static str, s: &str) -> Result<[u8; 32], InvitationDocError> {
+    let bytes = hex::decode(s).map_err(|e| InvitationDocError::Field {
+        field,
+        reason: e.to_string(),
+    })?;
+    bytes.try_into().map_err(|_| InvitationDocError::Field {
+        field,
+        reason: "not 32 bytes".into(),
+    })
+}
+
+impl InvitationDoc {
+    /// The document's text (JSON, one object).
+    pub fn to_json(&self) -> String {
+        let json = InvitationJson {
+            version: INVITATION_DOC_VERSION,
+            node_address: self.node.address.clone(),
+            node_fingerprint: hex::encode(self.node.fingerprint.0),
+            node_origin: self.node.origin.as_str().to_owned(),
+            log_key: hex::encode(self.node.log_key.as_bytes()),
+            talks: self.talks.to_hex(),
+            party: self.party.to_hex(),
+            token: hex::encode(self.token.0),
+            expires_at: self.expires_at,
+        };
+        // Serialising a struct of strings and integers cannot fail.
+        serde_json::to_string_pretty(&json).unwrap_or_default()
+    }
+
+    /// Parses a document, strictly.
+    pub fn parse(text: &str) -> Result<Self, InvitationDocError> {
+        let json: InvitationJson =
+            serde_json::from_str(text).map_err(|e| InvitationDocError::Json(e.to_string()))?;
+        if json.version != INVITATION_DOC_VERSION {
+            return Err(InvitationDocError::Version(json.version));
+        }
+        let field = |field: &'static str| {
+            move |e: DecodeError| InvitationDocError::Field {
+                field,
+                reason: e.to_string(),
+            }
+        };
+        if json.node_address.is_empty() || json.node_address.len() > MAX_NAME {
+            return Err(InvitationDocError::Field {
+                field: "node address",
+                reason: format!("empty or longer than {MAX_NAME} bytes"),
+            });
+        }
+        Ok(Self {
+            node: PinnedNode {
+                address: json.node_address,
+                fingerprint: Fingerprint(hex32("node fingerprint", &json.node_fingerprint)?),
+                origin: NodeOrigin::new(&json.node_origin).map_err(|e| {
+                    InvitationDocError::Field {
+                        field: "node origin",
+                        reason: e.to_string(),
+                    }
+                })?,
+                log_key: PublicKey::from_bytes(&hex32("log key", &json.log_key)?).map_err(|e| {
+                    InvitationDocError::Field {
+                        field: "log key",
+                        reason: e.to_string(),
+                    }
+                })?,
+            },
+            talks: TalksId::from_hex(&json.talks).map_err(field("talks"))?,
+            party: PartyId::from_hex(&json.party).map_err(field("party"))?,
+            token: InvitationToken(hex32("token", &json.token)?),
+            expires_at: json.expires_at,
+        })
+    }
+}
+
+/// What a party leaves for the mediator when it enrols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolment {
+    /// Its party entry, certified by its long-term authority.
+    pub entry: PartyEntry,
+    /// Its members, certified by its talks authority.
+    pub members: Vec<MemberEntry>,
+}
+
+impl Encode for Enrolment {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(ENROLMENT_VERSION);
+        self.entry.encode(w);
+        w.list(&self.members);
+    }
+}
+
+impl Decode for Enrolment {
+    const MIN_LEN: usize = 1 + PartyEntry::MIN_LEN + 4;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("enrolment version", ENROLMENT_VERSION)?;
+        let entry = PartyEntry::decode(r)?;
+        let members = r.list("enrolled members", MAX_ENROLLED_MEMBERS)?;
+        Ok(Self { entry, members })
+    }
+}
+
+/// A party the mediator invited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invited {
+    /// Its id.
+    pub party: PartyId,
+    /// Its caucus room with the mediator.
+    pub caucus: RoomId,
+}
+
+impl Encode for Invited {
+    fn encode(&self, w: &mut Writer) {
+        self.party.encode(w);
+        self.caucus.encode(w);
+    }
+}
+
+impl Decode for Invited {
+    const MIN_LEN: usize = 32;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            party: PartyId::decode(r)?,
+            caucus: RoomId::decode(r)?,
+        })
+    }
+}
+
+/// What a home remembers of one talks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TalksRecord {
+    /// The talks.
+    pub talks: TalksId,
+    /// Where they live.
+    pub node: PinnedNode,
+    /// This participant's party.
+    pub party: PartyId,
+    /// Its kind.
+    pub party_kind: PartyKind,
+    /// Its name.
+    pub party_name: String,
+    /// This participant.
+    pub principal: PrincipalId,
+    /// Their name.
+    pub member_name: String,
+    /// Their role.
+    pub role: Role,
+    /// The record room (known from the start: the mediator chose it and
+    /// the roster declares it).
+    pub record_room: Option<RoomId>,
+    /// The parties the mediator invited (the mediator's home only).
+    pub invited: Vec<Invited>,
+    /// How every other party's keys stand for this participant; a party
+    /// absent here is vouched for by the mediator only.
+    pub verifications: BTreeMap<PartyId, PartyVerification>,
+}
+
+impl TalksRecord {
+    /// The state of `party`'s keys as this participant has verified them.
+    pub fn verification(&self, party: PartyId) -> PartyVerification {
+        self.verifications
+            .get(&party)
+            .cloned()
+            .unwrap_or(PartyVerification::VouchedByMediator)
+    }
+}
+
+impl Encode for TalksRecord {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(RECORD_VERSION);
+        self.talks.encode(w);
+        self.node.encode(w);
+        self.party.encode(w);
+        self.party_kind.encode(w);
+        w.text(&self.party_name);
+        self.principal.encode(w);
+        w.text(&self.member_name);
+        self.role.encode(w);
+        w.option(self.record_room.as_ref());
+        w.list(&self.invited);
+        w.len(self.verifications.len());
+        for (party, v) in &self.verifications {
+            party.encode(w);
+            v.encode(w);
+        }
+    }
+}
+
+impl Decode for TalksRecord {
+    const MIN_LEN: usize = 1 + 16 + PinnedNode::MIN_LEN + 16 + 1 + 4 + 16 + 4 + 1 + 1 + 4 + 4;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version("talks record version", RECORD_VERSION)?;
+        let talks = TalksId::decode(r)?;
+        let node = PinnedNode::decode(r)?;
+        let party = PartyId::decode(r)?;
+        let party_kind = PartyKind::decode(r)?;
+        let party_name = r.text("party name", MAX_NAME)?.to_owned();
+        let principal = PrincipalId::decode(r)?;
+        let member_name = r.text("member name", MAX_NAME)?.to_owned();
+        let role = Role::decode(r)?;
+        let record_room = r.option("record room")?;
+        let invited = r.list("invited parties", MAX_INVITED)?;
+        let n = r.len("verifications", MAX_INVITED + 1, 17)?;
+        let mut verifications = BTreeMap::new();
+        for _ in 0..n {
+            let p = PartyId::decode(r)?;
+            let v = PartyVerification::decode(r)?;
+            if verifications.insert(p, v).is_some() {
+                return Err(DecodeError::Invalid {
+                    field: "verifications",
+                    reason: "a party twice",
+                });
+            }
+        }
+        Ok(Self {
+            talks,
+            node,
+            party,
+            party_kind,
+            party_name,
+            principal,
+            member_name,
+            role,
+            record_room,
+            invited,
+            verifications,
+        })
+    }
+}
+
+fn record_key(talks: TalksId) -> Vec<u8> {
+    let mut k = RECORD_PREFIX.to_vec();
+    k.extend_from_slice(talks.as_bytes());
+    k
+}
+
+/// Why reading or writing the home's talks failed.
+#[derive(Debug, Error)]
+pub enum TalksStoreError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] ClientStoreError),
+    /// A stored record does not decode.
+    #[error("the home's record of talks is damaged: {0}")]
+    Damaged(String),
+    /// The home already takes part in these talks.
+    #[error("this home already takes part in talks {0}")]
+    Exists(TalksId),
+    /// Too many talks.
+    #[error("this home already takes part in {MAX_TALKS} talks")]
+    Full,
+}
+
+fn damaged(e: DecodeError) -> TalksStoreError {
+    TalksStoreError::Damaged(e.to_string())
+}
+
+/// The talks this home takes part in, in the order it joined them.
+pub async fn talks_index<S: ClientStore>(store: &S) -> Result<Vec<TalksId>, TalksStoreError> {
+    match store.get(Namespace::Talks, INDEX_KEY).await? {
+        None => Ok(Vec::new()),
+        Some(b) => {
+            let mut r = Reader::new(&b);
+            r.version("talks index version", RECORD_VERSION)
+                .map_err(damaged)?;
+            let v = r.list("talks index", MAX_TALKS).map_err(damaged)?;
+            r.finish().map_err(damaged)?;
+            Ok(v)
+        }
+    }
+}
+
+/// The record of `talks`, if this home takes part.
+pub async fn load<S: ClientStore>(
+    store: &S,
+    talks: TalksId,
+) -> Result<Option<TalksRecord>, TalksStoreError> {
+    match store.get(Namespace::Talks, &record_key(talks)).await? {
+        None => Ok(None),
+        Some(b) => {
+            let record = TalksRecord::from_canonical_bytes(&b).map_err(damaged)?;
+            if record.talks != talks {
+                return Err(TalksStoreError::Damaged(format!(
+                    "the record stored for talks {talks} is of talks {}",
+                    record.talks
+                )));
+            }
+            Ok(Some(record))
+        }
+    }
+}
+
+/// Adds a new talks' record (refused if the home already has one).
+pub async fn create<S: ClientStore>(
+    store: &S,
+    record: &TalksRecord,
+) -> Result<(), TalksStoreError> {
+    let mut index = talks_index(store).await?;
+    if index.contains(&record.talks) {
+        return Err(TalksStoreError::Exists(record.talks));
+    }
+    if index.len() >= MAX_TALKS {
+        return Err(TalksStoreError::Full);
+    }
+    index.push(record.talks);
+    let mut w = Writer::new();
+    w.u8(RECORD_VERSION);
+    w.list(&index);
+    store
+        .put_many(vec![
+            Put {
+                ns: Namespace::Talks,
+                key: record_key(record.talks),
+                value: Some(record.to_canonical_bytes()),
+            },
+            Put {
+                ns: Namespace::Talks,
+                key: INDEX_KEY.to_vec(),
+                value: Some(w.into_bytes()),
+            },
+        ])
+        .await?;
+    Ok(())
+}
+
+/// Replaces an existing talks' record.
+pub async fn save<S: ClientStore>(store: &S, record: &TalksRecord) -> Result<(), TalksStoreError> {
+    store
+        .put(
+            Namespace::Talks,
+            &record_key(record.talks),
+            &record.to_canonical_bytes(),
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::safety::SafetyCode;
+    use crate::store::MemoryClientStore;
+    use backchannel_crypto::{Digest, Signer as _};
+
+    fn node() -> PinnedNode {
+        PinnedNode {
+            address: "127.0.0.1:7443".into(),
+            fingerprint: Fingerprint([7; 32]),
+            origin: NodeOrigin::new("node.example.org").expect("origin"),
+            log_key: SecretKey::from_seed(&[1; 32]).expect("key").public_key(),
+        }
+    }
+
+    fn record() -> TalksRecord {
+        TalksRecord {
+            talks: TalksId([1; 16]),
+            node: node(),
+            party: PartyId([2; 16]),
+            party_kind: PartyKind::Mediator,
+            party_name: "Sultanate of Oman".into(),
+            principal: PrincipalId([3; 16]),
+            member_name: "Omani lead mediator".into(),
+            role: Role::Lead,
+            record_room: Some(RoomId([4; 16])),
+            invited: vec![Invited {
+                party: PartyId([5; 16]),
+                caucus: RoomId([6; 16]),
+            }],
+            verifications: [
+                (
+                    PartyId([5; 16]),
+                    PartyVerification::Verified {
+                        how: "in person, Muscat".into(),
+                        at_ms: 9,
+                        code: SafetyCode(Digest([8; 32])),
+                    },
+                ),
+                (
+                    PartyId([9; 16]),
+                    PartyVerification::Changed {
+                        was: SafetyCode(Digest([10; 32])),
+                    },
+                ),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_decode_strictly() {
+        let r = record();
+        let bytes = r.to_canonical_bytes();
+        assert_eq!(
+            TalksRecord::from_canonical_bytes(&bytes).expect("decode"),
+            r
+        );
+        for cut in 0..bytes.len() {
+            assert!(TalksRecord::from_canonical_bytes(&bytes[..cut]).is_err());
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(TalksRecord::from_canonical_bytes(&longer).is_err());
+    }
+
+    #[test]
+    fn invitation_documents_round_trip_and_refuse_bad_fields() {
+        let doc = InvitationDoc {
+            node: node(),
+            talks: TalksId([1; 16]),
+            party: PartyId([2; 16]),
+            token: InvitationToken([3; 32]),
+            expires_at: 42,
+        };
+        let text = doc.to_json();
+        assert_eq!(InvitationDoc::parse(&text).expect("parse"), doc);
+        let check = |from: &str, to: &str, want: &str| {
+            let bad = text.replacen(from, to, 1);
+            assert_ne!(bad, text, "{from} not found");
+            let e = InvitationDoc::parse(&bad).expect_err(&bad).to_string();
+            assert!(e.contains(want), "{e} lacks {want}");
+        };
+        check("\"version\": 1", "\"version\": 2", "version 2");
+        check(&doc.talks.to_hex(), "zz", "talks");
+        check(&hex::encode([3u8; 32]), "0303", "token");
+        check("node.example.org", "", "node origin");
+        check(
+            "\"expires_at\"",
+            "\"extra\": 1, \"expires_at\"",
+            "unknown field",
+        );
+        assert!(InvitationDoc::parse("not json").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_index_lists_talks_once() {
+        let store = MemoryClientStore::default();
+        let r = record();
+        create(&store, &r).await.expect("create");
+        assert!(matches!(
+            create(&store, &r).await,
+            Err(TalksStoreError::Exists(_))
+        ));
+        assert_eq!(talks_index(&store).await.expect("index"), vec![r.talks]);
+        let mut changed = r.clone();
+        changed.verifications.clear();
+        save(&store, &changed).await.expect("save");
+        assert_eq!(load(&store, r.talks).await.expect("load"), Some(changed));
+        assert_eq!(load(&store, TalksId([0; 16])).await.expect("load"), None);
+    }
+}

@@ -1,0 +1,434 @@
+//! `backchannel send|read|follow` and `backchannel log verify`: talk in
+//! the rooms, read the verified archive, follow the event stream, verify
+//! the log and witness it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail, ensure};
+use backchannel_client::fork::{Finality, is_final, party_cosigners};
+use backchannel_client::net::StreamEvent;
+use backchannel_client::seal::Content;
+use backchannel_client::session::{Archived, Discrepancy};
+use backchannel_core::replay::Phase;
+use backchannel_statement::{Payload, SignedStatement};
+use backchannel_tlog::SignedCheckpoint;
+use rand_core::OsRng;
+use serde::Serialize;
+
+use crate::cli::{FollowArgs, LogVerifyArgs, ReadArgs, SendArgs};
+use crate::home;
+use crate::participant::{self, CliSession, Ctx, View, access_list, my_rooms, now_ms};
+use crate::talks::refresh;
+
+/// The exit code of `log verify` when it found evidence (documented in
+/// `--help` and the README).
+pub const EXIT_EVIDENCE: u8 = 3;
+
+/// A failure that carries its own exit code.
+#[derive(Debug)]
+pub struct Evidence(pub String);
+
+impl std::fmt::Display for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Evidence {}
+
+/// One archived envelope, as printed.
+#[derive(Debug, Serialize)]
+pub struct Line {
+    seq: u64,
+    node_time: u64,
+    room: String,
+    sender: String,
+    kind: &'static str,
+    text: String,
+    /// For statements: what replay made of it.
+    verdict: Option<String>,
+}
+
+fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
+    let h = a.header.header();
+    let (kind, text, verdict) = match a.message.as_ref().map(|m| &m.content) {
+        Some(Content::Talk(t)) => ("talk", t.clone(), None),
+        Some(Content::Statement(b)) => match SignedStatement::decode(b) {
+            Ok(s) => {
+                let st = s.unverified();
+                let logged = view.statements.iter().find(|l| l.seq == a.seq);
+                let verdict = match logged.map(|l| &l.verdict) {
+                    Some(Ok(())) => "accepted".to_owned(),
+                    Some(Err(e)) => format!("REJECTED by replay: {e}"),
+                    None => "not replayed".into(),
+                };
+                let what = match &st.payload {
+                    Payload::Acceptance(_) => {
+                        format!(
+                            "acceptance of roster and ground rules by {}",
+                            view.party_name(st.acting_for)
+                        )
+                    }
+                    Payload::Lifecycle(c) => {
+                        format!("talks {} ({})", c.phase.name(), c.reason())
+                    }
+                    p => format!("{:?}", p.statement_type()).to_lowercase(),
+                };
+                (
+                    "statement",
+                    format!("{what}, signed by {}", view.signer(&ctx.record, &st.author)),
+                    Some(verdict),
+                )
+            }
+            Err(e) => ("statement", format!("does not decode: {e}"), None),
+        },
+        None => ("purged", String::new(), None),
+    };
+    Line {
+        seq: a.seq,
+        node_time: a.node_time,
+        room: view.room_name(h.room),
+        sender: view.signer(&ctx.record, &h.sender),
+        kind,
+        text,
+        verdict,
+    }
+}
+
+fn print_line(l: &Line, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(l)?);
+    } else {
+        let body = match l.kind {
+            "talk" => format!("“{}”", l.text),
+            _ => format!(
+                "[{}] {}{}",
+                l.kind,
+                l.text,
+                l.verdict
+                    .as_deref()
+                    .map(|v| format!(" — {v}"))
+                    .unwrap_or_default()
+            ),
+        };
+        println!("#{:<5} {:<28} {}: {}", l.seq, l.room, l.sender, body);
+    }
+    Ok(())
+}
+
+/// Runs `send`.
+pub fn send(home_dir: Option<PathBuf>, a: SendArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    home::block_on(send_inner(dir, a))
+}
+
+#[derive(Serialize)]
+struct Sent {
+    seq: u64,
+    room: String,
+}
+
+async fn send_inner(dir: PathBuf, a: SendArgs) -> anyhow::Result<()> {
+    ensure!(!a.text.is_empty(), "nothing to send: give the text to say");
+    let ctx = participant::open(&dir, &a.talks).await?;
+    let mut s = ctx.session().await?;
+    let view = refresh(&ctx, &mut s).await?;
+    let list = access_list(&s).await?;
+    let mine = my_rooms(&list, s.device());
+    ensure!(
+        !mine.is_empty(),
+        "your device is not seated in any room yet: {}",
+        if view.roster().is_none() {
+            "wait for the mediator's roster and run `backchannel talks accept`"
+        } else {
+            "run `backchannel talks accept`"
+        }
+    );
+    let room = view.find_room(&ctx.record, &mine, &a.room)?;
+    ensure!(
+        mine.contains(&room),
+        "you are not in room {}; your rooms are the ones `backchannel talks show` marks yours",
+        view.room_name(room)
+    );
+    // Ground rules first: no talk before every party accepted them.
+    if view.roster().is_some() {
+        let awaiting = view.awaiting();
+        if !awaiting.is_empty() {
+            bail!(
+                "the ground rules come first: {} {} not accepted the roster and ground rules \
+                 yet; talk waits until every party has",
+                awaiting
+                    .iter()
+                    .map(|p| view.party_name(*p))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if awaiting.len() == 1 { "has" } else { "have" }
+            );
+        }
+    } else if ctx.record.party_kind != backchannel_statement::PartyKind::Mediator {
+        bail!("the roster has not reached you yet; run `backchannel talks accept` first");
+    }
+    match view.replay.phase() {
+        Phase::Open => {}
+        phase => bail!(
+            "the talks are {phase}: nothing can be sent until they are resumed (`backchannel \
+             talks show`)"
+        ),
+    }
+    let seq = s
+        .send(
+            room,
+            Content::Talk(a.text.clone()),
+            backchannel_statement::Salt::generate(&mut OsRng),
+        )
+        .await
+        .context("sending")?;
+    let out = Sent {
+        seq,
+        room: view.room_name(room),
+    };
+    ctx.close().await;
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "sent to {} (seq {seq}; the node's receipt verified)",
+            out.room
+        );
+    }
+    Ok(())
+}
+
+/// Runs `read`.
+pub fn read(home_dir: Option<PathBuf>, a: ReadArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    home::block_on(async move {
+        let ctx = participant::open(&dir, &a.talks).await?;
+        let mut s = ctx.session().await?;
+        let from = if a.all { 0 } else { s.next_seq() };
+        let view = refresh(&ctx, &mut s).await?;
+        for arch in s.archive().await?.iter().filter(|x| x.seq >= from) {
+            print_line(&line(&ctx, &view, arch), a.talks.json)?;
+        }
+        ctx.close().await;
+        Ok(())
+    })
+}
+
+/// Runs `follow`.
+pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    home::block_on(async move {
+        let ctx = participant::open(&dir, &a.talks).await?;
+        let mut s = ctx.session().await?;
+        let mut seen = 0u64;
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            // Catch up through pages (verifying and archiving), then wait
+            // on the stream for the next envelope.
+            let from = s.next_seq();
+            let view = refresh(&ctx, &mut s).await?;
+            for arch in s.archive().await?.iter().filter(|x| x.seq >= from) {
+                print_line(&line(&ctx, &view, arch), a.talks.json)?;
+                seen += 1;
+            }
+            if a.count.is_some_and(|n| seen >= n) {
+                break;
+            }
+            let mut stream = match s.node().stream(s.talks(), s.next_seq()).await {
+                Ok(st) => st,
+                Err(e) => {
+                    eprintln!("the event stream failed ({e}); retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+                    continue;
+                }
+            };
+            backoff = std::time::Duration::from_millis(200);
+            loop {
+                match stream.next().await {
+                    Ok(StreamEvent::Envelope(_)) => break,
+                    Ok(StreamEvent::Caught(_)) => continue,
+                    Ok(StreamEvent::Closed(code)) => {
+                        if code == 4003 {
+                            bail!("the node closed the stream: this device left the access list");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        eprintln!("the event stream failed ({e}); resuming");
+                        break;
+                    }
+                }
+            }
+            stream.close().await;
+        }
+        ctx.close().await;
+        Ok(())
+    })
+}
+
+#[derive(Serialize)]
+struct Verified {
+    talks: String,
+    size: u64,
+    root: String,
+    archived: usize,
+    statements_accepted: usize,
+    statements_rejected: Vec<(u64, String)>,
+    withheld: Vec<String>,
+    not_merged: Vec<u64>,
+    discrepancies: Vec<String>,
+    forks: Vec<String>,
+    cosigned: bool,
+    parties_cosigning: usize,
+    parties: usize,
+    final_: bool,
+}
+
+/// Runs `log verify`.
+pub fn verify(home_dir: Option<PathBuf>, a: LogVerifyArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    home::block_on(verify_inner(dir, a))
+}
+
+async fn verify_inner(dir: PathBuf, a: LogVerifyArgs) -> anyhow::Result<()> {
+    let ctx = participant::open(&dir, &a.talks).await?;
+    let mut s = ctx.session().await?;
+    let out = verify_session(&ctx, &mut s, !a.no_cosign).await;
+    ctx.close().await;
+    let out = out?;
+    let evidence = !out.withheld.is_empty()
+        || !out.not_merged.is_empty()
+        || !out.discrepancies.is_empty()
+        || !out.forks.is_empty();
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "verified the log to size {} (root {}); {} envelopes archived",
+            out.size, out.root, out.archived
+        );
+        println!(
+            "replay: {} statements accepted, {} rejected",
+            out.statements_accepted,
+            out.statements_rejected.len()
+        );
+        for (seq, why) in &out.statements_rejected {
+            println!("  rejected seq {seq}: {why}");
+        }
+        for w in &out.withheld {
+            println!("  EVIDENCE withheld: {w}");
+        }
+        for seq in &out.not_merged {
+            println!("  EVIDENCE seq {seq}: receipted but not merged in time");
+        }
+        for d in &out.discrepancies {
+            println!("  EVIDENCE {d}");
+        }
+        for f in &out.forks {
+            println!("  EVIDENCE fork: {f}");
+        }
+        println!(
+            "{}; {} of {} parties cosign the latest checkpoint{}",
+            if out.cosigned {
+                "cosigned the verified checkpoint"
+            } else {
+                "did not cosign"
+            },
+            out.parties_cosigning,
+            out.parties,
+            if out.final_ { ": it is final" } else { "" }
+        );
+    }
+    if evidence {
+        return Err(Evidence(format!(
+            "the log holds evidence against the node: {}",
+            out.withheld
+                .iter()
+                .chain(&out.discrepancies)
+                .chain(&out.forks)
+                .cloned()
+                .chain(out.not_merged.iter().map(|s| format!("seq {s} not merged")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+async fn verify_session(ctx: &Ctx, s: &mut CliSession, cosign: bool) -> anyhow::Result<Verified> {
+    let list = access_list(s).await?;
+    let rooms = my_rooms(&list, s.device());
+    s.receive(&list).await.map_err(evidence_or)?;
+    let (report, checkpoint) = s.verify_log(&rooms, now_ms()).await.map_err(evidence_or)?;
+    let discrepancies: Vec<Discrepancy> = s.check_archive().await.map_err(evidence_or)?;
+    let replayed = s.replay().await?;
+    let archive = s.archive().await?;
+    let clean = report.withheld.is_empty()
+        && report.not_merged.is_empty()
+        && discrepancies.is_empty()
+        && replayed.forks.is_empty();
+    let cosigned = if cosign && clean {
+        s.cosign(&checkpoint, now_ms() / 1000).await?;
+        true
+    } else {
+        false
+    };
+    let (cosigning, parties) = finality(ctx, s, &list).await?;
+    Ok(Verified {
+        talks: ctx.talks().to_hex(),
+        size: report.size,
+        root: report.root.to_hex(),
+        archived: archive.len(),
+        statements_accepted: replayed.accepted.len(),
+        statements_rejected: replayed.rejected,
+        withheld: report.withheld.iter().map(|w| format!("{w:?}")).collect(),
+        not_merged: report.not_merged,
+        discrepancies: discrepancies.iter().map(ToString::to_string).collect(),
+        forks: replayed
+            .forks
+            .iter()
+            .map(|(seq, size, ours, theirs)| {
+                format!(
+                    "seq {seq} refers to root {} at size {size}, ours is {}",
+                    theirs.to_hex(),
+                    ours.to_hex()
+                )
+            })
+            .collect(),
+        cosigned,
+        parties_cosigning: cosigning,
+        parties,
+        final_: parties > 0 && cosigning == parties,
+    })
+}
+
+/// How many of the list's parties cosign the node's latest checkpoint,
+/// of how many (`fork::is_final` over the served note, once it verifies
+/// under the pinned log key).
+async fn finality(
+    ctx: &Ctx,
+    s: &CliSession,
+    list: &backchannel_statement::AccessList,
+) -> anyhow::Result<(usize, usize)> {
+    let (_, note) = s.node().checkpoint(s.talks()).await?;
+    let origin = backchannel_tlog::LogOrigin::new(&ctx.record.node.origin, s.talks());
+    SignedCheckpoint::verify(&note, &ctx.record.node.log_key, &origin)
+        .map_err(|e| Evidence(format!("a checkpoint that does not verify: {e}")))?;
+    let parties = party_cosigners(list);
+    let n = parties.len();
+    Ok(match is_final(&note, &parties)? {
+        Finality::Final => (n, n),
+        Finality::Pending { missing } => (n - missing.len(), n),
+    })
+}
+
+fn evidence_or(e: backchannel_client::session::SessionError) -> anyhow::Error {
+    use backchannel_client::session::SessionError;
+    match e {
+        SessionError::Evidence(_) | SessionError::Unserved { .. } => Evidence(e.to_string()).into(),
+        other => anyhow::Error::from(other),
+    }
+}

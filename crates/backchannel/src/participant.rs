@@ -1,0 +1,475 @@
+//! What every participant command shares: the home opened on one talks,
+//! its keys, a session of its device, and the view of the talks that
+//! replaying its archive gives (roster, ground rules, acceptances, phase,
+//! who each key speaks for, and how each party's keys stand).
+//!
+//! Keys: each talks has the participant's talks-authority (parties and the
+//! mediator's designated signer), identity and device keys, all labelled
+//! [`LABEL`] under that talks; the party's long-term authority key is the
+//! home's `authority` key labelled [`LABEL`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow, bail};
+use backchannel_client::participant::{self as talks_store, TalksRecord};
+use backchannel_client::safety::{PartyVerification, SafetyCode, SafetyInputs};
+use backchannel_client::seal::{Content, PlaintextSeal};
+use backchannel_client::session::{Archived, Session};
+use backchannel_client_store_sqlite::SqliteClientStore;
+use backchannel_codec::{PartyId, RoomId, TalksId};
+use backchannel_core::replay::{KeyRole, LoggedStatement, Replay};
+use backchannel_crypto::{KeyId, SecretKey, Signer as _};
+use backchannel_statement::roster::{RoomPurpose, Roster};
+use backchannel_statement::{AccessList, SignedStatement};
+use rand_core::{OsRng, RngCore};
+
+use crate::cli::{HomePassphraseArgs, KeyKindArg, TalksArgs};
+use crate::{home, keys};
+
+/// The label of every key the participant commands make.
+pub const LABEL: &str = "default";
+
+/// The client session the CLI runs.
+pub type CliSession = Session<SqliteClientStore, PlaintextSeal>;
+
+/// A home opened on one talks.
+pub struct Ctx {
+    /// The home's store.
+    pub store: Arc<SqliteClientStore>,
+    /// What the home remembers of the talks.
+    pub record: TalksRecord,
+}
+
+/// Sixteen random bytes (ids).
+pub fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    b
+}
+
+/// The wall clock, Unix ms.
+pub fn now_ms() -> u64 {
+    use backchannel_node::sequencer::Clock as _;
+    crate::system::SystemClock.now_ms()
+}
+
+/// Parses a talks id given on the command line.
+pub fn parse_talks(s: &str) -> anyhow::Result<TalksId> {
+    TalksId::from_hex(s).map_err(|_| {
+        anyhow!(
+            "--talks {s:?} is not a talks id; give its 32 hex digits (`backchannel talks show`)"
+        )
+    })
+}
+
+/// Opens the home and the talks `args` names (or its only talks).
+pub async fn open(home_dir: &Path, args: &TalksArgs) -> anyhow::Result<Ctx> {
+    open_with(home_dir, &args.passphrase, args.talks.as_deref()).await
+}
+
+/// Opens the home and the talks `talks` names (or its only talks).
+pub async fn open_with(
+    home_dir: &Path,
+    passphrase: &HomePassphraseArgs,
+    talks: Option<&str>,
+) -> anyhow::Result<Ctx> {
+    let store = Arc::new(home::open(home_dir, passphrase).await?);
+    let talks = match talks {
+        Some(s) => parse_talks(s)?,
+        None => {
+            let index = talks_store::talks_index(&*store).await?;
+            match index.as_slice() {
+                [one] => *one,
+                [] => bail!(
+                    "this home takes part in no talks yet; open some (`backchannel talks open`) \
+                     or join with an invitation (`backchannel talks join`)"
+                ),
+                several => bail!(
+                    "this home takes part in {} talks; choose one with --talks ({})",
+                    several.len(),
+                    several
+                        .iter()
+                        .map(TalksId::to_hex)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        }
+    };
+    let record = talks_store::load(&*store, talks).await?.ok_or_else(|| {
+        anyhow!(
+            "this home does not take part in talks {talks}; `backchannel talks show` lists the \
+             ones it does"
+        )
+    })?;
+    Ok(Ctx { store, record })
+}
+
+impl Ctx {
+    /// The talks.
+    pub fn talks(&self) -> TalksId {
+        self.record.talks
+    }
+
+    /// One of this participant's keys for the talks.
+    pub async fn key(&self, kind: KeyKindArg) -> anyhow::Result<SecretKey> {
+        keys::load(&self.store, kind, Some(self.talks()), LABEL)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "this home has no {} key for talks {}: it was deleted or replaced; this \
+                     home cannot act in these talks any more",
+                    kind_name(kind),
+                    self.talks()
+                )
+            })
+    }
+
+    /// This participant's device session (resumed from the home).
+    pub async fn session(&self) -> anyhow::Result<CliSession> {
+        let device = self.key(KeyKindArg::Device).await?;
+        let node = self.record.node.client(&device)?;
+        Session::open(
+            self.store.clone(),
+            PlaintextSeal,
+            node,
+            device,
+            self.talks(),
+            &self.record.node.origin,
+            self.record.node.log_key,
+        )
+        .await
+        .context("resuming the session from the home")
+    }
+
+    /// Saves the talks record.
+    pub async fn save(&self) -> anyhow::Result<()> {
+        talks_store::save(&*self.store, &self.record).await?;
+        Ok(())
+    }
+
+    /// Closes the store.
+    pub async fn close(self) {
+        self.store.close().await;
+    }
+}
+
+fn kind_name(kind: KeyKindArg) -> &'static str {
+    match kind {
+        KeyKindArg::Authority => "authority",
+        KeyKindArg::TalksAuthority => "talks-authority",
+        KeyKindArg::Identity => "identity",
+        KeyKindArg::Device => "device",
+    }
+}
+
+/// The node's current access list, as served (the one `receive` checks
+/// senders against, with the archive's replay for keys since removed).
+pub async fn access_list(s: &CliSession) -> anyhow::Result<AccessList> {
+    Ok(s.node()
+        .access_list(s.talks())
+        .await
+        .context("fetching the talks' access list from the node")?
+        .list)
+}
+
+/// A statement in the archive, with replay's verdict.
+pub struct Logged {
+    /// Its seq.
+    pub seq: u64,
+    /// The statement.
+    pub statement: SignedStatement,
+    /// What replay made of it: `Ok` accepted, `Err` why rejected.
+    pub verdict: Result<(), String>,
+}
+
+/// What replaying the archive shows of the talks.
+pub struct View {
+    /// The replay, after the whole archive.
+    pub replay: Replay,
+    /// Every statement, with replay's verdict.
+    pub statements: Vec<Logged>,
+    /// Who each key speaks for: (party, display name).
+    pub names: BTreeMap<KeyId, (PartyId, String)>,
+}
+
+impl View {
+    /// Replays `archive` (`backchannel_core::replay`: keys by log
+    /// position, ground rules first, acceptances, the talks' phase).
+    pub fn of(talks: TalksId, archive: &[Archived]) -> Self {
+        let mut replay = Replay::new(talks);
+        let mut statements = Vec::new();
+        for a in archive {
+            let Some(Content::Statement(bytes)) = a.message.as_ref().map(|m| &m.content) else {
+                continue;
+            };
+            let Ok(statement) = SignedStatement::decode(bytes) else {
+                continue;
+            };
+            let verdict = replay
+                .apply(LoggedStatement {
+                    seq: a.seq,
+                    node_time: a.node_time,
+                    room: a.header.header().room,
+                    statement: &statement,
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            statements.push(Logged {
+                seq: a.seq,
+                statement,
+                verdict,
+            });
+        }
+        let mut names = BTreeMap::new();
+        if let Some(r) = replay.roster() {
+            for p in &r.parties {
+                names.insert(
+                    p.talks_authority_key.id(),
+                    (p.party, format!("{} (talks authority)", p.name)),
+                );
+            }
+            for m in &r.members {
+                let party = r
+                    .parties
+                    .iter()
+                    .find(|p| p.party == m.member.party)
+                    .map_or("?", |p| p.name.as_str());
+                let who = format!("{}, {} ({})", m.member.name, party, m.member.role.name());
+                names.insert(m.member.identity_key.id(), (m.member.party, who.clone()));
+                for d in &m.member.devices {
+                    names.insert(d.id(), (m.member.party, who.clone()));
+                }
+            }
+        }
+        Self {
+            replay,
+            statements,
+            names,
+        }
+    }
+
+    fn statement_at(&self, seq: u64) -> Option<&SignedStatement> {
+        self.statements
+            .iter()
+            .find(|l| l.seq == seq)
+            .map(|l| &l.statement)
+    }
+
+    /// The roster statement replay accepted.
+    pub fn roster_statement(&self) -> Option<&SignedStatement> {
+        self.statement_at(self.replay.roster_statement()?.seq)
+    }
+
+    /// The ground rules statement replay accepted.
+    pub fn ground_rules_statement(&self) -> Option<&SignedStatement> {
+        self.statement_at(self.replay.ground_rules_statement()?.seq)
+    }
+
+    /// The roster, as replay accepted it.
+    pub fn roster(&self) -> Option<&Roster> {
+        self.replay.roster()
+    }
+
+    /// Whether `party` accepted roster and ground rules.
+    pub fn has_accepted(&self, party: PartyId) -> bool {
+        self.replay.accepted_by().contains(&party)
+    }
+
+    /// The parties (not the mediator) that have not accepted yet.
+    pub fn awaiting(&self) -> Vec<PartyId> {
+        self.replay.awaiting_acceptance()
+    }
+
+    /// The talks safety code as this participant sees them, once roster
+    /// and ground rules are known.
+    pub fn safety_code(&self, record: &TalksRecord) -> Option<SafetyCode> {
+        Some(SafetyCode::compute(&SafetyInputs {
+            talks: record.talks,
+            roster: self.replay.roster_statement()?.hash,
+            ground_rules: self.replay.ground_rules_statement()?.hash,
+            node_fingerprint: record.node.fingerprint.0,
+            log_key: record.node.log_key,
+        }))
+    }
+
+    /// How `party`'s keys stand for this participant now: its recorded
+    /// verification, against the current code.
+    pub fn standing(&self, record: &TalksRecord, party: PartyId) -> PartyVerification {
+        if party == record.party {
+            return PartyVerification::Verified {
+                how: "your own party".into(),
+                at_ms: 0,
+                code: SafetyCode(backchannel_crypto::Digest([0; 32])),
+            };
+        }
+        let v = record.verification(party);
+        match self.safety_code(record) {
+            Some(code) => v.against(code),
+            None => v,
+        }
+    }
+
+    /// The party's name.
+    pub fn party_name(&self, party: PartyId) -> String {
+        self.roster()
+            .and_then(|r| r.parties.iter().find(|p| p.party == party))
+            .map_or_else(|| party.to_hex(), |p| p.name.clone())
+    }
+
+    /// Who `key` speaks for, with how that party's keys stand: what every
+    /// view of a signature shows.
+    pub fn signer(&self, record: &TalksRecord, key: &KeyId) -> String {
+        match self.names.get(key) {
+            Some((party, who)) => {
+                let standing = self.standing(record, *party);
+                if *party == record.party {
+                    who.clone()
+                } else {
+                    format!("{who} [{}]", standing.label())
+                }
+            }
+            None => match self.replay.key(key).map(|k| &k.role) {
+                Some(KeyRole::Device { party, .. } | KeyRole::Identity { party, .. }) => {
+                    format!("a member of {} (certified later)", self.party_name(*party))
+                }
+                _ => format!("key {}", key.to_hex()),
+            },
+        }
+    }
+
+    /// The room's name, as the roster declares it.
+    pub fn room_name(&self, room: RoomId) -> String {
+        self.roster()
+            .and_then(|r| r.rooms.iter().find(|d| d.room == room))
+            .map_or_else(|| room.to_hex(), |d| d.name.clone())
+    }
+
+    /// Finds one of the participant's rooms by its id, its name, or words
+    /// each beginning a word of its name ("record", "caucus", "caucus
+    /// united"), when only one room matches.
+    pub fn find_room(
+        &self,
+        record: &TalksRecord,
+        mine: &BTreeSet<RoomId>,
+        query: &str,
+    ) -> anyhow::Result<RoomId> {
+        if let Ok(id) = RoomId::from_hex(query) {
+            return Ok(id);
+        }
+        let q = query.to_lowercase();
+        let Some(r) = self.roster() else {
+            // Before the roster only the record room exists.
+            return match record.record_room {
+                Some(room) if q == "record" => Ok(room),
+                _ => bail!(
+                    "the roster has not been received yet: only the record room exists (--room \
+                     record); run `backchannel read` to fetch the roster"
+                ),
+            };
+        };
+        let mine: Vec<_> = r.rooms.iter().filter(|d| mine.contains(&d.room)).collect();
+        let matching: Vec<_> = mine
+            .iter()
+            .filter(|d| {
+                let name = d.name.to_lowercase();
+                let words: Vec<&str> = name.split([' ', ':']).filter(|w| !w.is_empty()).collect();
+                name == q
+                    || (q == "record" && d.purpose == RoomPurpose::Record)
+                    || q.split_whitespace()
+                        .all(|qw| words.iter().any(|w| w.starts_with(qw)))
+            })
+            .collect();
+        match matching.as_slice() {
+            [one] => Ok(one.room),
+            [] => bail!(
+                "you are in no room called {query:?}; your rooms: {}",
+                mine.iter()
+                    .map(|d| format!("{:?}", d.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            several => bail!(
+                "{} of your rooms match {query:?}: {}; give the whole name or the id",
+                several.len(),
+                several
+                    .iter()
+                    .map(|d| format!("{:?} ({})", d.name, d.room.to_hex()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// Finds a party of the roster by its id, name (any case), a prefix of
+    /// one of its words, or a prefix of its initials ("US" for "United
+    /// States", "IR" for "Islamic Republic of Iran").
+    pub fn find_party(&self, query: &str) -> anyhow::Result<PartyId> {
+        let Some(r) = self.roster() else {
+            bail!(
+                "the roster has not been received yet; run `backchannel read` (or `backchannel \
+                 talks accept`) first"
+            );
+        };
+        if let Ok(id) = PartyId::from_hex(query) {
+            if r.parties.iter().any(|p| p.party == id) {
+                return Ok(id);
+            }
+        }
+        let q = query.to_lowercase();
+        let exact: Vec<_> = r
+            .parties
+            .iter()
+            .filter(|p| p.name.to_lowercase() == q)
+            .collect();
+        let matching = if exact.is_empty() && q.len() >= 2 {
+            r.parties
+                .iter()
+                .filter(|p| {
+                    let initials: String = p
+                        .name
+                        .split_whitespace()
+                        .filter_map(|w| w.chars().next())
+                        .filter(|c| c.is_uppercase())
+                        .collect::<String>()
+                        .to_lowercase();
+                    initials.starts_with(&q)
+                        || p.name
+                            .split_whitespace()
+                            .any(|w| w.to_lowercase().starts_with(&q))
+                })
+                .collect()
+        } else {
+            exact
+        };
+        match matching.as_slice() {
+            [one] => Ok(one.party),
+            [] => bail!(
+                "no party of the roster matches {query:?}; the parties: {}",
+                r.parties
+                    .iter()
+                    .map(|p| format!("{:?}", p.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            several => bail!(
+                "{} parties match {query:?}: {}; give more of the name",
+                several.len(),
+                several
+                    .iter()
+                    .map(|p| format!("{:?}", p.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+/// The rooms the device is in, by the access list (or none).
+pub fn my_rooms(list: &AccessList, device: &SecretKey) -> BTreeSet<RoomId> {
+    list.get(&device.public_key().id())
+        .map(|e| e.rooms().iter().copied().collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,1149 @@
+//! `backchannel talks …`: open, invite, join, seat, accept, verify, show.
+//!
+//! The mediator's flow: `talks open` (the talks, with the mediator's team
+//! on the access list) → `talks invite` once per party (an invitation file
+//! to hand over out of band) → `talks seat` once every party has joined
+//! (builds the roster from what the parties certified, proposes the
+//! access-list change that seats every party's devices, posts roster and
+//! ground rules to the record room). A party's flow: `talks join` with the
+//! invitation (enrols its talks authority and its member) → `talks accept`
+//! (co-signs the change that seats its devices after checking it seats
+//! exactly them, waits for the roster, verifies it and the ground rules
+//! against the node's access list and its own certification, and accepts
+//! both) → `talks verify --with <party> --via <how>` once per other party,
+//! after comparing safety codes out of band.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use backchannel_client::participant::{
+    self as talks_store, Enrolment, InvitationDoc, Invited, PinnedNode, TalksRecord,
+};
+use backchannel_client::safety::PartyVerification;
+use backchannel_client::seal::Content;
+use backchannel_codec::{Decode as _, Encode as _, PartyId, PrincipalId, RoomId, TalksId};
+use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer as _, sha256};
+use backchannel_node::tls::Fingerprint;
+use backchannel_statement::access_list::{
+    AccessEntry, FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
+};
+use backchannel_statement::roster::{
+    Calendar, ChangeRule, ExportRecipient, ExportRule, ExportScope, KeyVerification, MemberFields,
+    PartyEntry, RoomDecl, RoomPurpose, VerifiedRoster,
+};
+use backchannel_statement::{
+    Acceptance, AccessList, AccessListChange, AccessListDelta, Act, Attribution, Audience,
+    CheckpointRef, Conveyance, GroundRules, InvitationFields, InvitationToken, Markings, PartyKind,
+    Payload, Role, Roster, Salt, SignedStatement, Statement,
+};
+use backchannel_tlog::NodeOrigin;
+use rand_core::{OsRng, RngCore};
+use serde::Serialize;
+
+use crate::cli::{
+    KeyKindArg, PinArgs, RoleArg, TalksAcceptArgs, TalksArgs, TalksCommand, TalksInviteArgs,
+    TalksJoinArgs, TalksOpenArgs, TalksSeatArgs, TalksVerifyArgs,
+};
+use crate::participant::{
+    self, CliSession, Ctx, LABEL, View, access_list, my_rooms, now_ms, random16,
+};
+use crate::{home, keys, passphrase};
+
+/// The warning every participant reads when talks are opened or joined.
+pub const NO_DENIABILITY: &str = "formal statements (roster, acceptances, agreements) are \
+     transferable proof: anyone shown one can check who signed it. Talk is attributable too: \
+     every envelope is signed by its sender's device. Backchannel offers no deniability. Bodies \
+     are not yet end-to-end encrypted (rooms become MLS groups in a later version).";
+
+/// How often `talks accept` polls the node while it waits.
+const POLL: Duration = Duration::from_millis(300);
+
+/// Runs one `talks` command.
+pub fn main(home_dir: Option<PathBuf>, command: TalksCommand) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    home::block_on(async move {
+        match command {
+            TalksCommand::Open(a) => open(&dir, a).await,
+            TalksCommand::Invite(a) => invite(&dir, a).await,
+            TalksCommand::Join(a) => join(&dir, a).await,
+            TalksCommand::Seat(a) => seat(&dir, a).await,
+            TalksCommand::Accept(a) => accept(&dir, a).await,
+            TalksCommand::Verify(a) => verify(&dir, a).await,
+            TalksCommand::Show(a) => show(&dir, a).await,
+        }
+    })
+}
+
+impl RoleArg {
+    fn role(self) -> Role {
+        match self {
+            RoleArg::Head => Role::Head,
+            RoleArg::Negotiator => Role::Negotiator,
+            RoleArg::Expert => Role::Expert,
+            RoleArg::Legal => Role::Legal,
+            RoleArg::NoteTaker => Role::NoteTaker,
+            RoleArg::Interpreter => Role::Interpreter,
+            RoleArg::Principal => Role::Principal,
+            RoleArg::Lead => Role::Lead,
+            RoleArg::CoMediator => Role::CoMediator,
+            RoleArg::Staff => Role::Staff,
+        }
+    }
+}
+
+fn hex32(flag: &str, s: &str) -> anyhow::Result<[u8; 32]> {
+    hex::decode(s)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| {
+            anyhow!("{flag} must be 64 hex digits, as `backchannel node info` prints it")
+        })
+}
+
+fn pin(a: &PinArgs) -> anyhow::Result<PinnedNode> {
+    Ok(PinnedNode {
+        address: a.node.clone(),
+        fingerprint: Fingerprint(hex32("--fingerprint", &a.fingerprint)?),
+        origin: NodeOrigin::new(&a.origin)
+            .map_err(|e| anyhow!("--origin {:?} is not a node origin: {e}", a.origin))?,
+        log_key: PublicKey::from_bytes(&hex32("--log-key", &a.log_key)?)
+            .map_err(|e| anyhow!("--log-key is not an Ed25519 public key: {e}"))?,
+    })
+}
+
+fn check_name(flag: &str, name: &str) -> anyhow::Result<()> {
+    if name.trim().is_empty() || name.len() > talks_store::MAX_NAME {
+        bail!("{flag} must be 1 to {} bytes long", talks_store::MAX_NAME);
+    }
+    if name.chars().any(char::is_control) {
+        bail!("{flag} {name:?} holds control characters; use a printable name");
+    }
+    Ok(())
+}
+
+/// The acts a member's role permits, as certified.
+fn acts_of(role: Role) -> Vec<Act> {
+    [
+        Act::AcceptTalks,
+        Act::ReleaseMessage,
+        Act::SignAgreement,
+        Act::Convey,
+    ]
+    .into_iter()
+    .filter(|a| role.permits(*a))
+    .collect()
+}
+
+/// The participant's own certified roster entries.
+async fn certify_self(
+    ctx_store: &backchannel_client_store_sqlite::SqliteClientStore,
+    record: &TalksRecord,
+) -> anyhow::Result<Enrolment> {
+    let talks = Some(record.talks);
+    let authority = keys::load(ctx_store, KeyKindArg::Authority, None, LABEL)
+        .await?
+        .context("this home has no authority key")?;
+    let get = |kind| async move {
+        keys::load(ctx_store, kind, talks, LABEL)
+            .await?
+            .ok_or_else(|| anyhow!("this home lost its keys for these talks"))
+    };
+    let talks_authority = get(KeyKindArg::TalksAuthority).await?;
+    let identity = get(KeyKindArg::Identity).await?;
+    let device = get(KeyKindArg::Device).await?;
+    let entry = PartyEntry::certify(
+        record.talks,
+        record.party,
+        record.party_kind,
+        record.party_name.clone(),
+        &authority,
+        talks_authority.public_key(),
+    )?;
+    let member = MemberFields {
+        principal: record.principal,
+        party: record.party,
+        role: record.role,
+        name: record.member_name.clone(),
+        identity_key: identity.public_key(),
+        devices: vec![device.public_key()],
+        acts: acts_of(record.role),
+    }
+    .certify(record.talks, &talks_authority)
+    .map_err(|e| anyhow!("certifying your member entry: {e}"))?;
+    Ok(Enrolment {
+        entry,
+        members: vec![member],
+    })
+}
+
+#[derive(Serialize)]
+struct Opened {
+    talks: String,
+    party: String,
+    record_room: String,
+}
+
+async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
+    let node = pin(&a.pin)?;
+    check_name("--name", &a.name)?;
+    check_name("--member", &a.member)?;
+    let role = a.role.role();
+    ensure!(
+        matches!(role, Role::Lead | Role::CoMediator | Role::Staff),
+        "--role {} is a delegation's role; a mediator opens talks as lead, co-mediator or staff",
+        role.name()
+    );
+    let store = home::open(dir, &a.passphrase).await?;
+    let talks = TalksId(random16());
+    let record = TalksRecord {
+        talks,
+        node,
+        party: PartyId(random16()),
+        party_kind: PartyKind::Mediator,
+        party_name: a.name,
+        principal: PrincipalId(random16()),
+        member_name: a.member,
+        role,
+        record_room: Some(RoomId(random16())),
+        invited: vec![],
+        verifications: Default::default(),
+    };
+    let authority = keys::load_or_generate(&store, KeyKindArg::Authority, None, LABEL).await?;
+    let ta = keys::load_or_generate(&store, KeyKindArg::TalksAuthority, Some(talks), LABEL).await?;
+    keys::load_or_generate(&store, KeyKindArg::Identity, Some(talks), LABEL).await?;
+    let device = keys::load_or_generate(&store, KeyKindArg::Device, Some(talks), LABEL).await?;
+    let initial = AccessList::new(
+        talks,
+        0,
+        vec![
+            AccessEntry::new(
+                ta.public_key(),
+                PrincipalId(record.party.0),
+                record.party,
+                vec![],
+                FLAG_DESIGNATED_SIGNER | FLAG_MEDIATOR,
+            )?,
+            AccessEntry::new(
+                device.public_key(),
+                record.principal,
+                record.party,
+                record.record_room.into_iter().collect(),
+                FLAG_DEVICE | FLAG_MAY_PROPOSE | FLAG_MEDIATOR,
+            )?,
+        ],
+    )?;
+    record
+        .node
+        .client(&authority)?
+        .create_talks(&initial)
+        .await
+        .map_err(|e| {
+            let hint = if e.code() == Some("forbidden") {
+                format!(
+                    "; ask the node's operator to run `backchannel node creators add {}`",
+                    hex::encode(authority.public_key().as_bytes())
+                )
+            } else {
+                String::new()
+            };
+            anyhow!("the node did not open the talks: {e}{hint}")
+        })?;
+    talks_store::create(&store, &record).await?;
+    store.close().await;
+    let out = Opened {
+        talks: talks.to_hex(),
+        party: record.party.to_hex(),
+        record_room: record.record_room.map(|r| r.to_hex()).unwrap_or_default(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!("opened talks {}", out.talks);
+        eprintln!("note: {NO_DENIABILITY}");
+        println!(
+            "next: invite each party with `backchannel talks invite --talks {} --out <file>`",
+            out.talks
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct InvitedOut {
+    talks: String,
+    party: String,
+    invitation: PathBuf,
+    expires_at: u64,
+}
+
+async fn invite(dir: &Path, a: TalksInviteArgs) -> anyhow::Result<()> {
+    let mut ctx = participant::open(dir, &a.talks).await?;
+    ensure!(
+        ctx.record.party_kind == PartyKind::Mediator,
+        "only the mediator invites parties; you are a party in these talks"
+    );
+    ensure!(
+        ctx.record.invited.len() < talks_store::MAX_INVITED,
+        "these talks already have {} invited parties",
+        ctx.record.invited.len()
+    );
+    let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
+    let device = ctx.key(KeyKindArg::Device).await?;
+    let party = PartyId(random16());
+    let mut t = [0u8; 32];
+    OsRng.fill_bytes(&mut t);
+    let token = InvitationToken(t);
+    let expires_at = now_ms() + a.valid_hours * 3_600_000;
+    let invitation = InvitationFields {
+        talks: ctx.talks(),
+        party,
+        token_hash: token.hash(),
+        expires_at,
+    }
+    .sign(&ta)?;
+    let doc = InvitationDoc {
+        node: ctx.record.node.clone(),
+        talks: ctx.talks(),
+        party,
+        token,
+        expires_at,
+    };
+    // The file first (refusing an existing one), so a failure leaves no
+    // invitation on the node that nobody can redeem.
+    write_secret(&a.out, doc.to_json().as_bytes())?;
+    if let Err(e) = ctx
+        .record
+        .node
+        .client(&device)?
+        .create_invitation(ctx.talks(), &invitation)
+        .await
+    {
+        let _ = std::fs::remove_file(&a.out);
+        return Err(anyhow!("the node did not take the invitation: {e}"));
+    }
+    ctx.record.invited.push(Invited {
+        party,
+        caucus: RoomId(random16()),
+    });
+    ctx.save().await?;
+    ctx.close().await;
+    let out = InvitedOut {
+        talks: a.talks.talks.clone().unwrap_or_default(),
+        party: party.to_hex(),
+        invitation: a.out.clone(),
+        expires_at,
+    };
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "wrote the invitation to {}: hand it to the party over a channel the node does not \
+             see; it holds a one-time token, valid {} hours",
+            a.out.display(),
+            a.valid_hours
+        );
+        println!("next, once every party has joined: `backchannel talks seat`");
+    }
+    Ok(())
+}
+
+/// Writes a new file only the owner can read, refusing an existing one.
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow!("{} exists; choose another --out", path.display())
+        } else {
+            anyhow!("cannot create {}: {e}", path.display())
+        }
+    })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[derive(Serialize)]
+struct Joined {
+    talks: String,
+    party: String,
+    talks_authority: String,
+    device: String,
+}
+
+async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
+    check_name("--name", &a.name)?;
+    check_name("--member", &a.member)?;
+    let role = a.role.role();
+    ensure!(
+        !matches!(role, Role::Lead | Role::CoMediator | Role::Staff),
+        "--role {} is a mediator's role; a party's member is head, negotiator, expert, legal, \
+         note-taker, interpreter or principal",
+        role.name()
+    );
+    let text = std::fs::read_to_string(&a.invitation)
+        .with_context(|| format!("reading the invitation {}", a.invitation.display()))?;
+    let doc = InvitationDoc::parse(&text).map_err(|e| {
+        anyhow!(
+            "{} is not a usable invitation ({e}); ask the mediator for a new one",
+            a.invitation.display()
+        )
+    })?;
+    if doc.expires_at <= now_ms() {
+        bail!("the invitation has expired; ask the mediator for a new one");
+    }
+    // Resolve the passphrase before anything else can fail half-way.
+    passphrase::resolve_home(&a.passphrase)?;
+    let store = home::open(dir, &a.passphrase).await?;
+    if talks_store::load(&store, doc.talks).await?.is_some() {
+        bail!(
+            "this home already takes part in talks {}; `backchannel talks show --talks {}`",
+            doc.talks,
+            doc.talks
+        );
+    }
+    let record = TalksRecord {
+        talks: doc.talks,
+        node: doc.node.clone(),
+        party: doc.party,
+        party_kind: PartyKind::Party,
+        party_name: a.name,
+        principal: PrincipalId(random16()),
+        member_name: a.member,
+        role,
+        record_room: None,
+        invited: vec![],
+        verifications: Default::default(),
+    };
+    keys::load_or_generate(&store, KeyKindArg::Authority, None, LABEL).await?;
+    let t = Some(doc.talks);
+    let ta = keys::load_or_generate(&store, KeyKindArg::TalksAuthority, t, LABEL).await?;
+    keys::load_or_generate(&store, KeyKindArg::Identity, t, LABEL).await?;
+    let device = keys::load_or_generate(&store, KeyKindArg::Device, t, LABEL).await?;
+    let enrolment = certify_self(&store, &record).await?;
+    doc.node
+        .client(&ta)?
+        .enrol(doc.talks, &doc.token, &enrolment.to_canonical_bytes())
+        .await
+        .map_err(|e| {
+            anyhow!("the node did not enrol you: {e}; if the token was used or expired, ask the mediator for a new invitation")
+        })?;
+    talks_store::create(&store, &record).await?;
+    store.close().await;
+    let out = Joined {
+        talks: doc.talks.to_hex(),
+        party: doc.party.to_hex(),
+        talks_authority: hex::encode(ta.public_key().as_bytes()),
+        device: hex::encode(device.public_key().as_bytes()),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!("joined talks {} as {}", out.talks, record.party_name);
+        eprintln!("note: {NO_DENIABILITY}");
+        println!(
+            "next: once the mediator has seated the parties, `backchannel talks accept --talks {}`",
+            out.talks
+        );
+    }
+    Ok(())
+}
+
+fn statement(
+    signer: &SecretKey,
+    record: &TalksRecord,
+    room: RoomId,
+    checkpoint: CheckpointRef,
+    payload: Payload,
+) -> anyhow::Result<SignedStatement> {
+    Ok(Statement::new(
+        &mut OsRng,
+        record.talks,
+        signer.public_key().id(),
+        record.party,
+        vec![Audience::Room(room)],
+        checkpoint,
+        Markings::mediator_only(),
+        payload,
+    )?
+    .sign(signer)?)
+}
+
+/// Receives everything new; the archive's view after it.
+pub async fn refresh(ctx: &Ctx, s: &mut CliSession) -> anyhow::Result<View> {
+    let list = access_list(s).await?;
+    s.receive(&list).await.context("receiving from the node")?;
+    Ok(View::of(ctx.talks(), &s.archive().await?))
+}
+
+#[derive(Serialize)]
+struct Seated {
+    talks: String,
+    parties: usize,
+    change_applied: bool,
+    roster_posted: bool,
+}
+
+async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
+    let ctx = participant::open(dir, &a.talks).await?;
+    ensure!(
+        ctx.record.party_kind == PartyKind::Mediator,
+        "only the mediator seats the parties"
+    );
+    let record_room = ctx
+        .record
+        .record_room
+        .context("the talks have no record room")?;
+    ensure!(
+        !ctx.record.invited.is_empty(),
+        "no party is invited yet; `backchannel talks invite` first"
+    );
+    let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
+    let mut s = ctx.session().await?;
+    let view = refresh(&ctx, &mut s).await?;
+    if view.roster().is_some() {
+        bail!(
+            "the roster is already posted (seq of the first statement); `backchannel talks show`"
+        );
+    }
+
+    // What each party certified, from its enrolment.
+    let mut parties = Vec::new();
+    let mut members = Vec::new();
+    let own = certify_self(&ctx.store, &ctx.record).await?;
+    parties.push(own.entry);
+    members.extend(own.members);
+    let served = s.node().invitations(ctx.talks()).await?;
+    let mut waiting = Vec::new();
+    for inv in &ctx.record.invited {
+        let Some(si) = served
+            .iter()
+            .find(|si| si.invitation.fields.party == inv.party)
+        else {
+            bail!(
+                "the node does not list the invitation of party {}",
+                inv.party
+            );
+        };
+        let Some(payload) = si.payload.as_deref() else {
+            waiting.push(inv.party.to_hex());
+            continue;
+        };
+        let e = Enrolment::from_canonical_bytes(payload).map_err(|e| {
+            anyhow!(
+                "party {}'s enrolment does not decode ({e}); invite it again",
+                inv.party
+            )
+        })?;
+        ensure!(
+            e.entry.party == inv.party && e.entry.kind == PartyKind::Party,
+            "party {}'s enrolment is for another party",
+            inv.party
+        );
+        ensure!(
+            Some(e.entry.talks_authority_key.id()) == si.redeemed.map(|(k, _)| k),
+            "party {}'s enrolment names a talks authority other than the key that redeemed \
+             the invitation",
+            inv.party
+        );
+        ensure!(
+            e.members.iter().all(|m| m.member.party == inv.party),
+            "party {}'s enrolment lists members of another party",
+            inv.party
+        );
+        parties.push(e.entry);
+        members.extend(e.members);
+    }
+    if !waiting.is_empty() {
+        bail!(
+            "not every invited party has joined yet (waiting for {}); run `talks seat` again \
+             once they have",
+            waiting.join(", ")
+        );
+    }
+    parties.sort_by_key(|p| p.party);
+    members.sort_by_key(|m| m.principal);
+    let principals_of = |ps: &[PartyId]| {
+        let mut v: Vec<PrincipalId> = members
+            .iter()
+            .filter(|m| ps.contains(&m.member.party))
+            .map(|m| m.principal)
+            .collect();
+        v.sort();
+        v
+    };
+    let all: Vec<PartyId> = parties.iter().map(|p| p.party).collect();
+    let name_of = |p: PartyId| {
+        parties
+            .iter()
+            .find(|e| e.party == p)
+            .map(|e| e.name.clone())
+            .unwrap_or_default()
+    };
+    let mut rooms = vec![RoomDecl {
+        room: record_room,
+        purpose: RoomPurpose::Record,
+        name: "Record".into(),
+        members: principals_of(&all),
+    }];
+    for inv in &ctx.record.invited {
+        rooms.push(RoomDecl {
+            room: inv.caucus,
+            purpose: RoomPurpose::Caucus,
+            name: format!(
+                "Caucus: {} with {}",
+                ctx.record.party_name,
+                name_of(inv.party)
+            ),
+            members: principals_of(&[ctx.record.party, inv.party]),
+        });
+    }
+    rooms.sort_by_key(|r| r.room);
+    let mut roster = Roster {
+        parties,
+        members,
+        rooms,
+        rules: vec![],
+        access_list_hash: Digest([0; 32]),
+    };
+    let implied = roster.implied_access_list(ctx.talks())?;
+    roster.access_list_hash = implied.hash();
+    roster.verify_for(ctx.talks())?;
+
+    // The change that seats everyone, signed by the mediator; each party
+    // co-signs it in `talks accept`.
+    let current = s.node().access_list(ctx.talks()).await?;
+    let upsert: Vec<AccessEntry> = implied
+        .entries()
+        .iter()
+        .filter(|e| current.list.get(&e.key_id()) != Some(e))
+        .cloned()
+        .collect();
+    let remove: Vec<_> = current
+        .list
+        .entries()
+        .iter()
+        .filter(|e| implied.get(&e.key_id()).is_none())
+        .map(|e| e.key_id())
+        .collect();
+    let mut applied = upsert.is_empty() && remove.is_empty();
+    if !applied {
+        let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), remove, upsert)?;
+        let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
+        applied = s.node().submit_change(ctx.talks(), &change).await?.applied;
+    }
+
+    // Roster and ground rules, to the record room.
+    let mut exports: Vec<ExportRule> = ctx
+        .record
+        .invited
+        .iter()
+        .map(|i| ExportRule {
+            party: i.party,
+            scope: ExportScope::OwnStatements,
+            to: ExportRecipient::OwnArchive,
+        })
+        .collect();
+    exports.sort();
+    let rules = GroundRules {
+        confidentiality_default: Conveyance::MediatorOnly,
+        attribution_default: Attribution::Formal,
+        exports,
+        sealed_letters: vec![],
+        retention_days: Some(3650),
+        calendar: Calendar {
+            time_zone: a.time_zone.clone(),
+            working_days: 0b001_1111,
+        },
+        key_verification: KeyVerification::Required,
+        change_rule: ChangeRule::AllParties,
+    };
+    let roster_st = statement(
+        &ta,
+        &ctx.record,
+        record_room,
+        s.checkpoint_ref(),
+        Payload::Roster(roster.clone()),
+    )?;
+    let rules_st = statement(
+        &ta,
+        &ctx.record,
+        record_room,
+        s.checkpoint_ref(),
+        Payload::GroundRules(rules),
+    )?;
+    for st in [&roster_st, &rules_st] {
+        s.send(
+            record_room,
+            Content::Statement(st.as_bytes().to_vec()),
+            Salt::generate(&mut OsRng),
+        )
+        .await?;
+    }
+    let n = roster.parties.len();
+    ctx.close().await;
+    let out = Seated {
+        talks: ctx_talks_hex(&a.talks),
+        parties: n,
+        change_applied: applied,
+        roster_posted: true,
+    };
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "posted the roster ({n} parties) and the ground rules to the record room; the \
+             access-list change that seats every party's devices {}",
+            if applied {
+                "applied"
+            } else {
+                "waits for each party's co-signature (`backchannel talks accept`)"
+            }
+        );
+    }
+    Ok(())
+}
+
+fn ctx_talks_hex(a: &TalksArgs) -> String {
+    a.talks.clone().unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    talks: String,
+    seq: Option<u64>,
+    already: bool,
+    safety_code: String,
+}
+
+async fn accept(dir: &Path, a: TalksAcceptArgs) -> anyhow::Result<()> {
+    let mut ctx = participant::open(dir, &a.talks).await?;
+    ensure!(
+        ctx.record.party_kind == PartyKind::Party,
+        "the mediator does not accept its own roster; parties do"
+    );
+    let deadline = Instant::now() + Duration::from_secs(a.wait);
+    let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
+    let device = ctx.key(KeyKindArg::Device).await?;
+    let authority = ctx.record.node.client(&ta)?;
+    let own = certify_self(&ctx.store, &ctx.record).await?;
+    let ours: BTreeSet<PublicKey> = own
+        .members
+        .iter()
+        .flat_map(|m| m.member.devices.iter().copied())
+        .collect();
+
+    // 1. Co-sign the change that seats our devices, once it is proposed;
+    //    wait until it applies.
+    let mut signed = false;
+    loop {
+        let list = authority.access_list(ctx.talks()).await?.list;
+        let seated: BTreeSet<PublicKey> = list
+            .entries()
+            .iter()
+            .filter(|e| e.party == ctx.record.party && e.has(FLAG_DEVICE))
+            .map(|e| *e.key())
+            .collect();
+        if seated == ours {
+            break;
+        }
+        if !signed {
+            for p in authority.pending_changes(ctx.talks()).await? {
+                let delta = &p.change.delta;
+                let touching: BTreeSet<PublicKey> = delta
+                    .upsert()
+                    .iter()
+                    .filter(|e| e.party == ctx.record.party)
+                    .map(|e| *e.key())
+                    .collect();
+                if touching.is_empty() {
+                    continue;
+                }
+                let removes_ours = delta
+                    .remove()
+                    .iter()
+                    .any(|k| list.get(k).is_some_and(|e| e.party == ctx.record.party));
+                if touching != ours || removes_ours {
+                    bail!(
+                        "the proposed access-list change seats other keys for your party than \
+                         your devices (or removes yours): do not accept; report it to the \
+                         other parties, and ask the mediator"
+                    );
+                }
+                if p.change
+                    .signatures()
+                    .iter()
+                    .any(|(k, _)| *k == ta.public_key().id())
+                {
+                    signed = true;
+                    continue;
+                }
+                let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
+                match authority.submit_change(ctx.talks(), &change).await {
+                    Ok(_) => {}
+                    // Another party co-signed at the same moment: read the
+                    // pending change again and sign it anew.
+                    Err(e) if e.code() == Some("stale") => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                signed = true;
+                if !a.talks.json {
+                    eprintln!("co-signed the access-list change that seats your devices");
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "your devices are not seated yet ({}); run `talks accept` again later",
+                if signed {
+                    "the change waits for the other parties' co-signatures"
+                } else {
+                    "the mediator has not proposed the change: has it run `talks seat`?"
+                }
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+
+    // 2. The roster and ground rules from the record room.
+    let mut s = ctx.session().await?;
+    let view = loop {
+        let v = refresh(&ctx, &mut s).await?;
+        if v.roster_statement().is_some() && v.ground_rules_statement().is_some() {
+            break v;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the roster and ground rules have not reached you yet; run `talks accept` again later"
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let r = view.roster_statement().cloned().context("roster")?;
+    let g = view
+        .ground_rules_statement()
+        .cloned()
+        .context("ground rules")?;
+    let verified = VerifiedRoster::verify(ctx.talks(), &r)?;
+    let list = access_list(&s).await?;
+    ensure!(
+        list.entries() == verified.access_list.entries(),
+        "the node's access list is not the one the roster implies: do not accept; report it"
+    );
+    let me = verified
+        .roster
+        .parties
+        .iter()
+        .find(|p| p.party == ctx.record.party)
+        .context("the roster does not list your party: do not accept; report it")?;
+    ensure!(
+        *me == own.entry,
+        "the roster lists your party with other keys or another name than you certified: do not \
+         accept; report it"
+    );
+    for m in &own.members {
+        ensure!(
+            verified.roster.members.contains(m),
+            "the roster lists your member {:?} otherwise than you certified: do not accept",
+            m.member.name
+        );
+    }
+    let room = verified
+        .roster
+        .rooms
+        .iter()
+        .find(|d| d.purpose == RoomPurpose::Record)
+        .map(|d| d.room)
+        .context("the roster declares no record room")?;
+    ctx.record.record_room = Some(room);
+    ctx.save().await?;
+    let code = view
+        .safety_code(&ctx.record)
+        .context("no safety code without roster and ground rules")?;
+
+    let (seq, already) = if view.has_accepted(ctx.record.party) {
+        (None, true)
+    } else {
+        // The acceptance carries the latest checkpoint verified.
+        let rooms = my_rooms(&list, &device);
+        s.verify_log(&rooms, now_ms()).await?;
+        let acceptance = statement(
+            &ta,
+            &ctx.record,
+            room,
+            s.checkpoint_ref(),
+            Payload::Acceptance(Acceptance {
+                roster: r.unverified().id,
+                roster_hash: sha256(r.as_bytes()),
+                ground_rules: g.unverified().id,
+                ground_rules_hash: sha256(g.as_bytes()),
+            }),
+        )?;
+        let seq = s
+            .send(
+                room,
+                Content::Statement(acceptance.as_bytes().to_vec()),
+                Salt::generate(&mut OsRng),
+            )
+            .await?;
+        (Some(seq), false)
+    };
+    let talks = ctx.talks();
+    ctx.close().await;
+    let out = Accepted {
+        talks: talks.to_hex(),
+        seq,
+        already,
+        safety_code: code.phrase(),
+    };
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        match seq {
+            Some(seq) => println!("accepted the roster and the ground rules (seq {seq})"),
+            None => println!("you had already accepted the roster and the ground rules"),
+        }
+        println!("safety code: {}", out.safety_code);
+        println!(
+            "next: compare it with each other party over a channel the mediator does not \
+             control, then `backchannel talks verify --with <party> --via <how>`"
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct VerifiedOut {
+    party: String,
+    name: String,
+    via: String,
+    safety_code: String,
+}
+
+async fn verify(dir: &Path, a: TalksVerifyArgs) -> anyhow::Result<()> {
+    check_name("--via", &a.via)?;
+    let mut ctx = participant::open(dir, &a.talks).await?;
+    let mut s = ctx.session().await?;
+    let view = refresh(&ctx, &mut s).await?;
+    let party = view.find_party(&a.with)?;
+    ensure!(
+        party != ctx.record.party,
+        "that is your own party; compare codes with another party"
+    );
+    let code = view
+        .safety_code(&ctx.record)
+        .context("no safety code yet: the roster and the ground rules have not reached you")?;
+    if let Some(theirs) = &a.code {
+        let theirs: Vec<String> = theirs.split_whitespace().map(str::to_lowercase).collect();
+        let ours: Vec<String> = code.words().iter().map(|w| w.to_string()).collect();
+        if theirs != ours {
+            bail!(
+                "the codes differ: yours is \"{}\". Do not rely on {}'s signatures: the keys you \
+                 were shown for it (or the node's) are not the ones it holds. Nothing was recorded.",
+                code.phrase(),
+                view.party_name(party)
+            );
+        }
+    }
+    ctx.record.verifications.insert(
+        party,
+        PartyVerification::Verified {
+            how: a.via.clone(),
+            at_ms: now_ms(),
+            code,
+        },
+    );
+    ctx.save().await?;
+    ctx.close().await;
+    let out = VerifiedOut {
+        party: party.to_hex(),
+        name: view.party_name(party),
+        via: a.via,
+        safety_code: code.phrase(),
+    };
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "recorded: {}'s keys verified ({}) on safety code \"{}\"",
+            out.name, out.via, out.safety_code
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PartyOut {
+    party: String,
+    name: String,
+    kind: &'static str,
+    accepted: bool,
+    keys: String,
+    verified: bool,
+}
+
+#[derive(Serialize)]
+struct RoomOut {
+    room: String,
+    name: String,
+    mine: bool,
+}
+
+#[derive(Serialize)]
+struct ShowOut {
+    talks: String,
+    node: String,
+    you: String,
+    party: String,
+    roster: bool,
+    ground_rules: bool,
+    awaiting_acceptance: Vec<String>,
+    parties: Vec<PartyOut>,
+    rooms: Vec<RoomOut>,
+    safety_code: Option<String>,
+    verified_size: u64,
+    archived_to: u64,
+    other_talks: Vec<String>,
+}
+
+async fn show(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
+    let ctx = participant::open(dir, &a).await?;
+    let mut s = ctx.session().await?;
+    let view = match refresh(&ctx, &mut s).await {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("warning: the node could not be reached ({e:#}); showing the archive");
+            View::of(ctx.talks(), &s.archive().await?)
+        }
+    };
+    let list = access_list(&s).await.ok();
+    let mine = list
+        .as_ref()
+        .map(|l| my_rooms(l, s.device()))
+        .unwrap_or_default();
+    let others = talks_store::talks_index(&*ctx.store)
+        .await?
+        .into_iter()
+        .filter(|t| *t != ctx.talks())
+        .map(|t| t.to_hex())
+        .collect();
+    let code = view.safety_code(&ctx.record);
+    let parties = view
+        .roster()
+        .map(|r| {
+            r.parties
+                .iter()
+                .map(|p| {
+                    let standing = view.standing(&ctx.record, p.party);
+                    PartyOut {
+                        party: p.party.to_hex(),
+                        name: p.name.clone(),
+                        kind: match p.kind {
+                            PartyKind::Mediator => "mediator",
+                            PartyKind::Party => "party",
+                            PartyKind::Monitor => "monitor",
+                            PartyKind::EscrowAgent => "escrow agent",
+                        },
+                        accepted: view.has_accepted(p.party),
+                        keys: if p.party == ctx.record.party {
+                            "your own party".into()
+                        } else {
+                            standing.label()
+                        },
+                        verified: standing.is_verified(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let rooms = view
+        .roster()
+        .map(|r| {
+            r.rooms
+                .iter()
+                .map(|d| RoomOut {
+                    room: d.room.to_hex(),
+                    name: d.name.clone(),
+                    mine: mine.contains(&d.room),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let out = ShowOut {
+        talks: ctx.talks().to_hex(),
+        node: ctx.record.node.address.clone(),
+        you: format!(
+            "{} ({}), {}",
+            ctx.record.member_name,
+            ctx.record.role.name(),
+            ctx.record.party_name
+        ),
+        party: ctx.record.party.to_hex(),
+        roster: view.roster().is_some(),
+        ground_rules: view.replay.ground_rules().is_some(),
+        awaiting_acceptance: view
+            .awaiting()
+            .iter()
+            .map(|p| view.party_name(*p))
+            .collect(),
+        parties,
+        rooms,
+        safety_code: code.map(|c| c.phrase()),
+        verified_size: s.follower().size(),
+        archived_to: s.next_seq(),
+        other_talks: others,
+    };
+    ctx.close().await;
+    if a.json {
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!("talks        {}", out.talks);
+    println!("node         {}", out.node);
+    println!("you          {}", out.you);
+    if !out.roster {
+        println!("roster       not received yet");
+    }
+    for p in &out.parties {
+        println!(
+            "party        {} ({}){} — keys: {}",
+            p.name,
+            p.kind,
+            if p.accepted { ", accepted" } else { "" },
+            p.keys
+        );
+    }
+    if !out.awaiting_acceptance.is_empty() {
+        println!(
+            "awaiting     acceptance by {}",
+            out.awaiting_acceptance.join(", ")
+        );
+    }
+    for r in &out.rooms {
+        println!(
+            "room         {}{}",
+            r.name,
+            if r.mine { " (yours)" } else { "" }
+        );
+    }
+    println!(
+        "log          verified to size {}, archived to seq {}",
+        out.verified_size, out.archived_to
+    );
+    if let Some(c) = code {
+        println!("safety code  {}", c.phrase());
+        println!("{}", c.qr_text());
+    }
+    if !out.other_talks.is_empty() {
+        println!("other talks  {}", out.other_talks.join(", "));
+    }
+    Ok(())
+}
