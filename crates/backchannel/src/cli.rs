@@ -532,6 +532,29 @@ pub enum TalksCommand {
     /// acceptances, phase, safety code, log state.
     #[command(after_help = EXIT_CODES)]
     Show(TalksArgs),
+    /// Party: suspend the talks (no formal acts and no talk until resumed).
+    #[command(after_help = EXIT_CODES)]
+    Suspend(TalksPhaseArgs),
+    /// The suspending party, or the mediator: resume suspended talks.
+    #[command(after_help = EXIT_CODES)]
+    Resume(TalksPhaseArgs),
+    /// Mediator: conclude the talks (only revocations and closing after).
+    #[command(after_help = EXIT_CODES)]
+    Conclude(TalksPhaseArgs),
+    /// Mediator: close concluded talks (nothing is accepted after).
+    #[command(after_help = EXIT_CODES)]
+    Close(TalksPhaseArgs),
+}
+
+/// `backchannel talks suspend|resume|conclude|close`.
+#[derive(Debug, Args)]
+pub struct TalksPhaseArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// Why, for the record (signed and logged; every party reads it).
+    #[arg(long, default_value = "")]
+    pub reason: String,
 }
 
 /// `backchannel talks open`.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail, ensure};
 use backchannel_client::fork::{Finality, is_final, party_cosigners};
 use backchannel_client::net::StreamEvent;
+use backchannel_client::safety::PartyVerification;
 use backchannel_client::seal::Content;
 use backchannel_client::session::{Archived, Discrepancy};
 use backchannel_core::replay::Phase;
@@ -57,7 +58,17 @@ fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
             Ok(s) => {
                 let st = s.unverified();
                 let logged = view.statements.iter().find(|l| l.seq == a.seq);
+                let standing = view.standing(&ctx.record, st.acting_for);
                 let verdict = match logged.map(|l| &l.verdict) {
+                    // A changed talks authority key blocks the party's
+                    // formal acts until re-verified.
+                    Some(Ok(())) if matches!(standing, PartyVerification::Changed { .. }) => {
+                        format!(
+                            "BLOCKED: {}'s keys changed since you verified them; compare \
+                             safety codes again and `backchannel talks verify`",
+                            view.party_name(st.acting_for)
+                        )
+                    }
                     Some(Ok(())) => "accepted".to_owned(),
                     Some(Err(e)) => format!("REJECTED by replay: {e}"),
                     None => "not replayed".into(),
@@ -170,9 +181,10 @@ async fn send_inner(dir: PathBuf, a: SendArgs) -> anyhow::Result<()> {
     }
     match view.replay.phase() {
         Phase::Open => {}
-        phase => bail!(
-            "the talks are {phase}: nothing can be sent until they are resumed (`backchannel \
-             talks show`)"
+        _ => bail!(
+            "the talks are {}: nothing can be sent until they are resumed (`backchannel talks \
+             show`)",
+            view.phase_text()
         ),
     }
     let seq = s

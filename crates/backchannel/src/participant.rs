@@ -19,7 +19,7 @@ use backchannel_client::seal::{Content, PlaintextSeal};
 use backchannel_client::session::{Archived, Session};
 use backchannel_client_store_sqlite::SqliteClientStore;
 use backchannel_codec::{PartyId, RoomId, TalksId};
-use backchannel_core::replay::{KeyRole, LoggedStatement, Replay};
+use backchannel_core::replay::{KeyRole, LoggedStatement, Phase, Replay};
 use backchannel_crypto::{KeyId, SecretKey, Signer as _};
 use backchannel_statement::roster::{RoomPurpose, Roster};
 use backchannel_statement::{AccessList, SignedStatement};
@@ -309,6 +309,16 @@ impl View {
         match self.safety_code(record) {
             Some(code) => v.against(code),
             None => v,
+        }
+    }
+
+    /// The talks' phase, parties named.
+    pub fn phase_text(&self) -> String {
+        match self.replay.phase() {
+            Phase::Suspended { by, at } => {
+                format!("suspended by {} at seq {at}", self.party_name(*by))
+            }
+            other => other.to_string(),
         }
     }
 

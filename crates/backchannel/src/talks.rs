@@ -35,8 +35,8 @@ use backchannel_statement::roster::{
 };
 use backchannel_statement::{
     Acceptance, AccessList, AccessListChange, AccessListDelta, Act, Attribution, Audience,
-    CheckpointRef, Conveyance, GroundRules, InvitationFields, InvitationToken, Markings, PartyKind,
-    Payload, Role, Roster, Salt, SignedStatement, Statement,
+    CheckpointRef, Conveyance, GroundRules, InvitationFields, InvitationToken, LifecycleChange,
+    LifecyclePhase, Markings, PartyKind, Payload, Role, Roster, Salt, SignedStatement, Statement,
 };
 use backchannel_tlog::NodeOrigin;
 use rand_core::{OsRng, RngCore};
@@ -44,7 +44,7 @@ use serde::Serialize;
 
 use crate::cli::{
     KeyKindArg, PinArgs, RoleArg, TalksAcceptArgs, TalksArgs, TalksCommand, TalksInviteArgs,
-    TalksJoinArgs, TalksOpenArgs, TalksSeatArgs, TalksVerifyArgs,
+    TalksJoinArgs, TalksOpenArgs, TalksPhaseArgs, TalksSeatArgs, TalksVerifyArgs,
 };
 use crate::participant::{
     self, CliSession, Ctx, LABEL, View, access_list, my_rooms, now_ms, random16,
@@ -72,6 +72,10 @@ pub fn main(home_dir: Option<PathBuf>, command: TalksCommand) -> anyhow::Result<
             TalksCommand::Accept(a) => accept(&dir, a).await,
             TalksCommand::Verify(a) => verify(&dir, a).await,
             TalksCommand::Show(a) => show(&dir, a).await,
+            TalksCommand::Suspend(a) => change_phase(&dir, a, LifecyclePhase::Suspended).await,
+            TalksCommand::Resume(a) => change_phase(&dir, a, LifecyclePhase::Resumed).await,
+            TalksCommand::Conclude(a) => change_phase(&dir, a, LifecyclePhase::Concluded).await,
+            TalksCommand::Close(a) => change_phase(&dir, a, LifecyclePhase::Closed).await,
         }
     })
 }
@@ -1005,6 +1009,7 @@ struct ShowOut {
     party: String,
     roster: bool,
     ground_rules: bool,
+    phase: String,
     awaiting_acceptance: Vec<String>,
     parties: Vec<PartyOut>,
     rooms: Vec<RoomOut>,
@@ -1089,6 +1094,7 @@ async fn show(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
         party: ctx.record.party.to_hex(),
         roster: view.roster().is_some(),
         ground_rules: view.replay.ground_rules().is_some(),
+        phase: view.phase_text(),
         awaiting_acceptance: view
             .awaiting()
             .iter()
@@ -1112,6 +1118,7 @@ async fn show(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
     if !out.roster {
         println!("roster       not received yet");
     }
+    println!("phase        {}", out.phase);
     for p in &out.parties {
         println!(
             "party        {} ({}){} — keys: {}",
@@ -1144,6 +1151,70 @@ async fn show(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
     }
     if !out.other_talks.is_empty() {
         println!("other talks  {}", out.other_talks.join(", "));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PhaseOut {
+    talks: String,
+    change: &'static str,
+    seq: u64,
+    phase: String,
+}
+
+/// Signs a lifecycle change with the talks authority and posts it to the
+/// record room, once replay of the archive says it would be accepted (so
+/// a change the phase or the signer does not allow is refused here, with
+/// replay's reason, before anything is sent).
+async fn change_phase(dir: &Path, a: TalksPhaseArgs, phase: LifecyclePhase) -> anyhow::Result<()> {
+    let change =
+        LifecycleChange::new(phase, a.reason.clone()).map_err(|e| anyhow!("--reason: {e}"))?;
+    let ctx = participant::open(dir, &a.talks).await?;
+    let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
+    let mut s = ctx.session().await?;
+    let view = refresh(&ctx, &mut s).await?;
+    let room = ctx
+        .record
+        .record_room
+        .context("the roster has not reached you: run `backchannel talks accept` first")?;
+    let st = statement(
+        &ta,
+        &ctx.record,
+        room,
+        s.checkpoint_ref(),
+        Payload::Lifecycle(change),
+    )?;
+    let mut dry = view.replay.clone();
+    dry.apply(backchannel_core::replay::LoggedStatement {
+        seq: s.next_seq().max(1),
+        node_time: now_ms(),
+        room,
+        statement: &st,
+    })
+    .map_err(|e| anyhow!("the talks cannot be {} now: {e}", phase.name()))?;
+    let seq = s
+        .send(
+            room,
+            Content::Statement(st.as_bytes().to_vec()),
+            Salt::generate(&mut OsRng),
+        )
+        .await?;
+    let after = View {
+        replay: dry,
+        ..view
+    };
+    let out = PhaseOut {
+        talks: ctx.talks().to_hex(),
+        change: phase.name(),
+        seq,
+        phase: after.phase_text(),
+    };
+    ctx.close().await;
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!("the talks are {} (seq {seq})", out.phase);
     }
     Ok(())
 }
