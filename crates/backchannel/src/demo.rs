@@ -25,11 +25,12 @@ use std::time::Duration;
 use age::secrecy::SecretString;
 use anyhow::{Context as _, bail, ensure};
 use backchannel_client::net::NodeClient;
+use backchannel_client::participant::Enrolment;
 use backchannel_client::safety::{SafetyCode, SafetyInputs};
 use backchannel_client::seal::{Content, PlaintextSeal};
 use backchannel_client::session::Session;
 use backchannel_client_store_sqlite::{ClientStoreOptions, SqliteClientStore};
-use backchannel_codec::{Decode, Encode, PartyId, PrincipalId, Reader, RoomId, TalksId, Writer};
+use backchannel_codec::{Decode, Encode, PartyId, PrincipalId, RoomId, TalksId};
 use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer, sha256};
 use backchannel_node::limits::Limits;
 use backchannel_node::net::{Transport, serve};
@@ -150,23 +151,6 @@ impl Party {
             .collect::<anyhow::Result<_>>()?;
         Ok((entry, members))
     }
-}
-
-/// The enrolment payload: the party's certified roster entries (opaque to
-/// the node; not yet encrypted to the mediator — see the module docs).
-fn encode_enrolment(entry: &PartyEntry, members: &[MemberEntry]) -> Vec<u8> {
-    let mut w = Writer::new();
-    entry.encode(&mut w);
-    w.list(members);
-    w.into_bytes()
-}
-
-fn decode_enrolment(bytes: &[u8]) -> anyhow::Result<(PartyEntry, Vec<MemberEntry>)> {
-    let mut r = Reader::new(bytes);
-    let entry = PartyEntry::decode(&mut r)?;
-    let members = r.list("members", 64)?;
-    r.finish()?;
-    Ok((entry, members))
 }
 
 fn statement(
@@ -356,7 +340,11 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     for (p, token) in [&us, &iran].into_iter().zip(&tokens) {
         let (entry, members) = p.certified(talks)?;
         client(&p.talks_authority)?
-            .enrol(talks, token, &encode_enrolment(&entry, &members))
+            .enrol(
+                talks,
+                token,
+                &Enrolment { entry, members }.to_canonical_bytes(),
+            )
             .await?;
         println!("[{}] enrolled its talks authority", p.short);
     }
@@ -369,7 +357,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             .payload
             .as_deref()
             .context("an invitation was not redeemed")?;
-        let (entry, ms) = decode_enrolment(payload)?;
+        let Enrolment { entry, members: ms } = Enrolment::from_canonical_bytes(payload)?;
         ensure!(
             entry.party == inv.invitation.fields.party,
             "an enrolment for another party"
