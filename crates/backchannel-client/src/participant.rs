@@ -231,6 +231,193 @@ impl InvitationDoc {
     }
 }
 
+/// What a party's talks-authority holder hands a new member of the party
+/// out of band (`backchannel members add`): where the talks live and who
+/// the member will be in them. Not secret (it admits nobody by itself: the
+/// member's reply must come back and be admitted), but it carries the pin,
+/// so it travels over a channel the node does not control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInvitationDoc {
+    /// The node.
+    pub node: PinnedNode,
+    /// The talks.
+    pub talks: TalksId,
+    /// The party.
+    pub party: PartyId,
+    /// The party's name.
+    pub party_name: String,
+    /// The new member's principal id.
+    pub principal: PrincipalId,
+    /// The new member's name.
+    pub name: String,
+    /// The new member's role.
+    pub role: Role,
+    /// The record room.
+    pub record_room: RoomId,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberInvitationJson {
+    version: u8,
+    node_address: String,
+    node_fingerprint: String,
+    node_origin: String,
+    log_key: String,
+    talks: String,
+    party: String,
+    party_name: String,
+    principal: String,
+    name: String,
+    role: u8,
+    record_room: String,
+}
+
+/// What the new member hands back (`backchannel members join`): their
+/// identity and device keys, and the device certificate their identity
+/// key signed (a statement the talks-authority holder posts for them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberReplyDoc {
+    /// The talks.
+    pub talks: TalksId,
+    /// The member's principal id.
+    pub principal: PrincipalId,
+    /// The identity key.
+    pub identity_key: PublicKey,
+    /// The device key.
+    pub device_key: PublicKey,
+    /// The device certificate statement, signed by the identity key.
+    pub device_cert: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberReplyJson {
+    version: u8,
+    talks: String,
+    principal: String,
+    identity_key: String,
+    device_key: String,
+    device_cert: String,
+}
+
+fn field_err(field: &'static str) -> impl Fn(DecodeError) -> InvitationDocError {
+    move |e| InvitationDocError::Field {
+        field,
+        reason: e.to_string(),
+    }
+}
+
+fn key_of(field: &'static str, s: &str) -> Result<PublicKey, InvitationDocError> {
+    PublicKey::from_bytes(&hex32(field, s)?).map_err(|e| InvitationDocError::Field {
+        field,
+        reason: e.to_string(),
+    })
+}
+
+fn text_of(field: &'static str, s: String) -> Result<String, InvitationDocError> {
+    if s.trim().is_empty() || s.len() > MAX_NAME || s.chars().any(char::is_control) {
+        return Err(InvitationDocError::Field {
+            field,
+            reason: format!("empty, longer than {MAX_NAME} bytes, or with control characters"),
+        });
+    }
+    Ok(s)
+}
+
+fn json_of<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, InvitationDocError> {
+    serde_json::from_str(text).map_err(|e| InvitationDocError::Json(e.to_string()))
+}
+
+impl MemberInvitationDoc {
+    /// The document's text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&MemberInvitationJson {
+            version: INVITATION_DOC_VERSION,
+            node_address: self.node.address.clone(),
+            node_fingerprint: hex::encode(self.node.fingerprint.0),
+            node_origin: self.node.origin.as_str().to_owned(),
+            log_key: hex::encode(self.node.log_key.as_bytes()),
+            talks: self.talks.to_hex(),
+            party: self.party.to_hex(),
+            party_name: self.party_name.clone(),
+            principal: self.principal.to_hex(),
+            name: self.name.clone(),
+            role: self.role as u8,
+            record_room: self.record_room.to_hex(),
+        })
+        .unwrap_or_default()
+    }
+
+    /// Parses a document, strictly.
+    pub fn parse(text: &str) -> Result<Self, InvitationDocError> {
+        let j: MemberInvitationJson = json_of(text)?;
+        if j.version != INVITATION_DOC_VERSION {
+            return Err(InvitationDocError::Version(j.version));
+        }
+        let role = Role::from_canonical_bytes(&[j.role]).map_err(field_err("role"))?;
+        Ok(Self {
+            node: PinnedNode {
+                address: text_of("node address", j.node_address)?,
+                fingerprint: Fingerprint(hex32("node fingerprint", &j.node_fingerprint)?),
+                origin: NodeOrigin::new(&j.node_origin).map_err(|e| InvitationDocError::Field {
+                    field: "node origin",
+                    reason: e.to_string(),
+                })?,
+                log_key: key_of("log key", &j.log_key)?,
+            },
+            talks: TalksId::from_hex(&j.talks).map_err(field_err("talks"))?,
+            party: PartyId::from_hex(&j.party).map_err(field_err("party"))?,
+            party_name: text_of("party name", j.party_name)?,
+            principal: PrincipalId::from_hex(&j.principal).map_err(field_err("principal"))?,
+            name: text_of("name", j.name)?,
+            role,
+            record_room: RoomId::from_hex(&j.record_room).map_err(field_err("record room"))?,
+        })
+    }
+}
+
+impl MemberReplyDoc {
+    /// The document's text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&MemberReplyJson {
+            version: INVITATION_DOC_VERSION,
+            talks: self.talks.to_hex(),
+            principal: self.principal.to_hex(),
+            identity_key: hex::encode(self.identity_key.as_bytes()),
+            device_key: hex::encode(self.device_key.as_bytes()),
+            device_cert: hex::encode(&self.device_cert),
+        })
+        .unwrap_or_default()
+    }
+
+    /// Parses a document, strictly (the certificate is checked by whoever
+    /// admits the member).
+    pub fn parse(text: &str) -> Result<Self, InvitationDocError> {
+        let j: MemberReplyJson = json_of(text)?;
+        if j.version != INVITATION_DOC_VERSION {
+            return Err(InvitationDocError::Version(j.version));
+        }
+        let device_cert = hex::decode(&j.device_cert).map_err(|e| InvitationDocError::Field {
+            field: "device certificate",
+            reason: e.to_string(),
+        })?;
+        if device_cert.len() > 64 * 1024 {
+            return Err(InvitationDocError::Field {
+                field: "device certificate",
+                reason: "longer than 64 KiB".into(),
+            });
+        }
+        Ok(Self {
+            talks: TalksId::from_hex(&j.talks).map_err(field_err("talks"))?,
+            principal: PrincipalId::from_hex(&j.principal).map_err(field_err("principal"))?,
+            identity_key: key_of("identity key", &j.identity_key)?,
+            device_key: key_of("device key", &j.device_key)?,
+            device_cert,
+        })
+    }
+}
+
 /// What a party leaves for the mediator when it enrols.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enrolment {
@@ -284,6 +471,38 @@ impl Decode for Invited {
     }
 }
 
+/// A member this participant invited into its party (`backchannel members
+/// add`, then `members admit`); kept once admitted, for the name the
+/// record does not carry (member certificates name no one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingMember {
+    /// Their principal id.
+    pub principal: PrincipalId,
+    /// Their role, as invited (the reply cannot change it).
+    pub role: Role,
+    /// Their name.
+    pub name: String,
+}
+
+impl Encode for PendingMember {
+    fn encode(&self, w: &mut Writer) {
+        self.principal.encode(w);
+        self.role.encode(w);
+        w.text(&self.name);
+    }
+}
+
+impl Decode for PendingMember {
+    const MIN_LEN: usize = 16 + 1 + 4;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            principal: PrincipalId::decode(r)?,
+            role: Role::decode(r)?,
+            name: r.text("member name", MAX_NAME)?.to_owned(),
+        })
+    }
+}
+
 /// What a home remembers of one talks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TalksRecord {
@@ -308,6 +527,8 @@ pub struct TalksRecord {
     pub record_room: Option<RoomId>,
     /// The parties the mediator invited (the mediator's home only).
     pub invited: Vec<Invited>,
+    /// Members this participant invited into its party.
+    pub pending_members: Vec<PendingMember>,
     /// How every other party's keys stand for this participant; a party
     /// absent here is vouched for by the mediator only.
     pub verifications: BTreeMap<PartyId, PartyVerification>,
@@ -336,6 +557,7 @@ impl Encode for TalksRecord {
         self.role.encode(w);
         w.option(self.record_room.as_ref());
         w.list(&self.invited);
+        w.list(&self.pending_members);
         w.len(self.verifications.len());
         for (party, v) in &self.verifications {
             party.encode(w);
@@ -345,7 +567,7 @@ impl Encode for TalksRecord {
 }
 
 impl Decode for TalksRecord {
-    const MIN_LEN: usize = 1 + 16 + PinnedNode::MIN_LEN + 16 + 1 + 4 + 16 + 4 + 1 + 1 + 4 + 4;
+    const MIN_LEN: usize = 1 + 16 + PinnedNode::MIN_LEN + 16 + 1 + 4 + 16 + 4 + 1 + 1 + 4 + 4 + 4;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         r.version("talks record version", RECORD_VERSION)?;
         let talks = TalksId::decode(r)?;
@@ -358,6 +580,7 @@ impl Decode for TalksRecord {
         let role = Role::decode(r)?;
         let record_room = r.option("record room")?;
         let invited = r.list("invited parties", MAX_INVITED)?;
+        let pending_members = r.list("pending members", MAX_ENROLLED_MEMBERS)?;
         let n = r.len("verifications", MAX_INVITED + 1, 17)?;
         let mut verifications = BTreeMap::new();
         for _ in 0..n {
@@ -381,6 +604,7 @@ impl Decode for TalksRecord {
             role,
             record_room,
             invited,
+            pending_members,
             verifications,
         })
     }
@@ -524,6 +748,11 @@ mod tests {
                 party: PartyId([5; 16]),
                 caucus: RoomId([6; 16]),
             }],
+            pending_members: vec![PendingMember {
+                principal: PrincipalId([11; 16]),
+                role: Role::Staff,
+                name: "note-taker".into(),
+            }],
             verifications: [
                 (
                     PartyId([5; 16]),
@@ -587,6 +816,42 @@ mod tests {
             "unknown field",
         );
         assert!(InvitationDoc::parse("not json").is_err());
+    }
+
+    #[test]
+    fn member_documents_round_trip_and_refuse_bad_fields() {
+        let inv = MemberInvitationDoc {
+            node: node(),
+            talks: TalksId([1; 16]),
+            party: PartyId([2; 16]),
+            party_name: "United States".into(),
+            principal: PrincipalId([3; 16]),
+            name: "US negotiator".into(),
+            role: Role::Negotiator,
+            record_room: RoomId([4; 16]),
+        };
+        let text = inv.to_json();
+        assert_eq!(MemberInvitationDoc::parse(&text).expect("parse"), inv);
+        for (from, to) in [
+            ("\"role\": 2", "\"role\": 99"),
+            ("US negotiator", ""),
+            ("\"version\": 1", "\"version\": 7"),
+        ] {
+            let bad = text.replacen(from, to, 1);
+            assert_ne!(bad, text, "{from}");
+            assert!(MemberInvitationDoc::parse(&bad).is_err(), "{bad}");
+        }
+        let reply = MemberReplyDoc {
+            talks: TalksId([1; 16]),
+            principal: PrincipalId([3; 16]),
+            identity_key: SecretKey::from_seed(&[5; 32]).expect("key").public_key(),
+            device_key: SecretKey::from_seed(&[6; 32]).expect("key").public_key(),
+            device_cert: vec![1, 2, 3],
+        };
+        let text = reply.to_json();
+        assert_eq!(MemberReplyDoc::parse(&text).expect("parse"), reply);
+        let bad = text.replacen("010203", "0102zz", 1);
+        assert!(MemberReplyDoc::parse(&bad).is_err());
     }
 
     #[tokio::test]

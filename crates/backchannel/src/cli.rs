@@ -70,6 +70,10 @@ pub enum Command {
     /// Open, join, accept and verify talks.
     #[command(subcommand, after_help = EXIT_CODES)]
     Talks(TalksCommand),
+    /// Manage your party's members (needs your party's talks authority:
+    /// the home that joined the talks).
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Members(MembersCommand),
     /// Send talk to one room of the talks.
     #[command(after_help = EXIT_CODES)]
     Send(SendArgs),
@@ -532,6 +536,11 @@ pub enum TalksCommand {
     /// acceptances, phase, safety code, log state.
     #[command(after_help = EXIT_CODES)]
     Show(TalksArgs),
+    /// Review the access-list changes waiting for your signature and
+    /// co-sign those that only seat devices the record certifies for
+    /// their party's members, or remove keys.
+    #[command(after_help = EXIT_CODES)]
+    Cosign(TalksArgs),
     /// Party: suspend the talks (no formal acts and no talk until resumed).
     #[command(after_help = EXIT_CODES)]
     Suspend(TalksPhaseArgs),
@@ -662,6 +671,101 @@ pub struct TalksVerifyArgs {
     /// against yours before anything is recorded.
     #[arg(long, value_name = "WORDS")]
     pub code: Option<String>,
+}
+
+/// `backchannel members …`.
+#[derive(Debug, Subcommand)]
+pub enum MembersCommand {
+    /// Remove a member of your party: revoke their identity and device
+    /// keys in the record (signed by your talks authority) and take their
+    /// devices off the access list. What they signed before stays valid;
+    /// nothing they sign after is.
+    #[command(after_help = EXIT_CODES)]
+    Remove(MembersRemoveArgs),
+    /// Invite a new member of your party: writes the member invitation to
+    /// hand them (they answer with `members join`).
+    #[command(after_help = EXIT_CODES)]
+    Add(MembersAddArgs),
+    /// New member: take the member invitation, make your identity and
+    /// device keys in your home, and write the reply to hand back.
+    #[command(after_help = EXIT_CODES)]
+    Join(MembersJoinArgs),
+    /// Admit a new member from their reply: certify them in the record and
+    /// propose the change that seats their device (the mediator and the
+    /// other parties co-sign it with `talks cosign`).
+    #[command(after_help = EXIT_CODES)]
+    Admit(MembersAdmitArgs),
+}
+
+/// `backchannel members add`.
+#[derive(Debug, Args)]
+pub struct MembersAddArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The new member's name.
+    #[arg(long)]
+    pub name: String,
+    /// Their role.
+    #[arg(long, value_enum)]
+    pub role: RoleArg,
+    /// Where to write the member invitation (must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `backchannel members join`.
+#[derive(Debug, Args)]
+pub struct MembersJoinArgs {
+    /// The member invitation.
+    #[arg(long, value_name = "FILE")]
+    pub invitation: PathBuf,
+    /// Where to write the reply (must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The passphrase.
+    #[command(flatten)]
+    pub passphrase: HomePassphraseArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `backchannel members admit`.
+#[derive(Debug, Args)]
+pub struct MembersAdmitArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The new member's reply.
+    #[arg(long, value_name = "FILE")]
+    pub reply: PathBuf,
+}
+
+/// Why a member's keys are revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RevokeReasonArg {
+    /// The member left the talks.
+    Left,
+    /// The member's device was lost.
+    Lost,
+    /// The member's keys are known or suspected to be compromised.
+    Compromised,
+}
+
+/// `backchannel members remove`.
+#[derive(Debug, Args)]
+pub struct MembersRemoveArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The member: their name as the roster lists it, or their principal
+    /// id (32 hex digits).
+    #[arg(long)]
+    pub member: String,
+    /// Why.
+    #[arg(long, value_enum, default_value = "left")]
+    pub reason: RevokeReasonArg,
 }
 
 /// `backchannel send`.

@@ -21,6 +21,7 @@ mod evidence;
 mod home;
 mod keys;
 mod logging;
+mod members;
 mod messages;
 mod node;
 mod node_dir;
@@ -69,6 +70,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Home(command) => home::main(cli.home, command),
         Command::Keys(command) => keys::main(cli.home, command),
         Command::Talks(command) => talks::main(cli.home, command),
+        Command::Members(command) => members::main(cli.home, command),
         Command::Send(args) => messages::send(cli.home, args),
         Command::Read(args) => messages::read(cli.home, args),
         Command::Follow(args) => messages::follow(cli.home, args),

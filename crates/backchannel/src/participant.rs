@@ -168,11 +168,16 @@ fn kind_name(kind: KeyKindArg) -> &'static str {
 /// The node's current access list, as served (the one `receive` checks
 /// senders against, with the archive's replay for keys since removed).
 pub async fn access_list(s: &CliSession) -> anyhow::Result<AccessList> {
-    Ok(s.node()
-        .access_list(s.talks())
-        .await
-        .context("fetching the talks' access list from the node")?
-        .list)
+    match s.node().access_list(s.talks()).await {
+        Ok(served) => Ok(served.list),
+        Err(e) if e.status() == Some(404) => bail!(
+            "the node does not know this device in talks {}: it was taken off the access list \
+             (removed or revoked by its party), or it was never seated (`backchannel talks \
+             accept`)",
+            s.talks()
+        ),
+        Err(e) => Err(anyhow!(e).context("fetching the talks' access list from the node")),
+    }
 }
 
 /// A statement in the archive, with replay's verdict.
@@ -342,8 +347,30 @@ impl View {
                 }
             }
             None => match self.replay.key(key).map(|k| &k.role) {
-                Some(KeyRole::Device { party, .. } | KeyRole::Identity { party, .. }) => {
-                    format!("a member of {} (certified later)", self.party_name(*party))
+                Some(
+                    KeyRole::Device {
+                        party, principal, ..
+                    }
+                    | KeyRole::Identity {
+                        party, principal, ..
+                    },
+                ) => {
+                    // Member certificates name no one; this home knows the
+                    // names of the members it invited.
+                    let name = record
+                        .pending_members
+                        .iter()
+                        .find(|m| m.principal == *principal)
+                        .map_or_else(|| "a member".to_owned(), |m| m.name.clone());
+                    format!(
+                        "{name}, {} (certified after the roster){}",
+                        self.party_name(*party),
+                        if *party == record.party {
+                            String::new()
+                        } else {
+                            format!(" [{}]", self.standing(record, *party).label())
+                        }
+                    )
                 }
                 _ => format!("key {}", key.to_hex()),
             },

@@ -72,6 +72,7 @@ pub fn main(home_dir: Option<PathBuf>, command: TalksCommand) -> anyhow::Result<
             TalksCommand::Accept(a) => accept(&dir, a).await,
             TalksCommand::Verify(a) => verify(&dir, a).await,
             TalksCommand::Show(a) => show(&dir, a).await,
+            TalksCommand::Cosign(a) => cosign(&dir, a).await,
             TalksCommand::Suspend(a) => change_phase(&dir, a, LifecyclePhase::Suspended).await,
             TalksCommand::Resume(a) => change_phase(&dir, a, LifecyclePhase::Resumed).await,
             TalksCommand::Conclude(a) => change_phase(&dir, a, LifecyclePhase::Concluded).await,
@@ -81,7 +82,7 @@ pub fn main(home_dir: Option<PathBuf>, command: TalksCommand) -> anyhow::Result<
 }
 
 impl RoleArg {
-    fn role(self) -> Role {
+    pub fn role(self) -> Role {
         match self {
             RoleArg::Head => Role::Head,
             RoleArg::Negotiator => Role::Negotiator,
@@ -117,7 +118,7 @@ fn pin(a: &PinArgs) -> anyhow::Result<PinnedNode> {
     })
 }
 
-fn check_name(flag: &str, name: &str) -> anyhow::Result<()> {
+pub fn check_name(flag: &str, name: &str) -> anyhow::Result<()> {
     if name.trim().is_empty() || name.len() > talks_store::MAX_NAME {
         bail!("{flag} must be 1 to {} bytes long", talks_store::MAX_NAME);
     }
@@ -128,7 +129,7 @@ fn check_name(flag: &str, name: &str) -> anyhow::Result<()> {
 }
 
 /// The acts a member's role permits, as certified.
-fn acts_of(role: Role) -> Vec<Act> {
+pub fn acts_of(role: Role) -> Vec<Act> {
     [
         Act::AcceptTalks,
         Act::ReleaseMessage,
@@ -212,6 +213,7 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
         role,
         record_room: Some(RoomId(random16())),
         invited: vec![],
+        pending_members: vec![],
         verifications: Default::default(),
     };
     let authority = keys::load_or_generate(&store, KeyKindArg::Authority, None, LABEL).await?;
@@ -354,7 +356,7 @@ async fn invite(dir: &Path, a: TalksInviteArgs) -> anyhow::Result<()> {
 }
 
 /// Writes a new file only the owner can read, refusing an existing one.
-fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -425,6 +427,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
         role,
         record_room: None,
         invited: vec![],
+        pending_members: vec![],
         verifications: Default::default(),
     };
     keys::load_or_generate(&store, KeyKindArg::Authority, None, LABEL).await?;
@@ -461,7 +464,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn statement(
+pub fn statement(
     signer: &SecretKey,
     record: &TalksRecord,
     room: RoomId,
@@ -1215,6 +1218,102 @@ async fn change_phase(dir: &Path, a: TalksPhaseArgs, phase: LifecyclePhase) -> a
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!("the talks are {} (seq {seq})", out.phase);
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CosignedOut {
+    cosigned: Vec<String>,
+    applied: usize,
+    refused: Vec<String>,
+}
+
+/// Co-signs the pending changes the record justifies: every upserted key
+/// is a device that replay of this participant's archive knows as a
+/// certified, unrevoked device of the entry's party and principal, with no
+/// mediator flag for a delegation; removals are always co-signed (a key
+/// leaving the list takes no right from anyone). Anything else is refused
+/// and shown.
+async fn cosign(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
+    let ctx = participant::open(dir, &a).await?;
+    let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
+    let mut s = ctx.session().await?;
+    let view = refresh(&ctx, &mut s).await?;
+    let node = ctx.record.node.client(&ta)?;
+    let mut out = CosignedOut {
+        cosigned: vec![],
+        applied: 0,
+        refused: vec![],
+    };
+    for p in node.pending_changes(ctx.talks()).await? {
+        let delta = &p.change.delta;
+        if p.change
+            .signatures()
+            .iter()
+            .any(|(k, _)| *k == ta.public_key().id())
+        {
+            continue;
+        }
+        let unjustified: Vec<String> = delta
+            .upsert()
+            .iter()
+            .filter(|e| {
+                let certified = view.replay.key(&e.key_id()).is_some_and(|k| {
+                    k.revoked_at.is_none()
+                        && matches!(
+                            &k.role,
+                            backchannel_core::replay::KeyRole::Device { principal, party, .. }
+                                if *principal == e.principal && *party == e.party
+                        )
+                });
+                !certified || e.has(FLAG_MEDIATOR) || e.has(FLAG_DESIGNATED_SIGNER)
+            })
+            .map(|e| e.key_id().to_hex())
+            .collect();
+        if !unjustified.is_empty() {
+            out.refused.push(format!(
+                "change {}: keys {} are not devices the record certifies for their member",
+                p.delta_hash.to_hex(),
+                unjustified.join(", ")
+            ));
+            continue;
+        }
+        let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
+        match node.submit_change(ctx.talks(), &change).await {
+            Ok(o) => {
+                out.cosigned.push(p.delta_hash.to_hex());
+                if o.applied {
+                    out.applied += 1;
+                }
+            }
+            Err(e) if e.code() == Some("stale") => {
+                out.refused.push(format!(
+                    "change {}: the list changed meanwhile; run `talks cosign` again",
+                    p.delta_hash.to_hex()
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ctx.close().await;
+    if a.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "co-signed {} pending change(s), {} of them now applied",
+            out.cosigned.len(),
+            out.applied
+        );
+        for r in &out.refused {
+            println!("did not co-sign {r}");
+        }
+    }
+    if !out.refused.is_empty() {
+        bail!(
+            "{} change(s) were not co-signed: see above; ask whoever proposed them",
+            out.refused.len()
+        );
     }
     Ok(())
 }

@@ -1,0 +1,537 @@
+//! `backchannel members add|join|admit|remove`: a party's members.
+//!
+//! Adding takes one hand-over each way, so that a member's secret keys
+//! never leave their own home: the talks-authority holder writes a member
+//! invitation (`members add`: pin, talks, party, the new principal id);
+//! the new member's home makes its identity and device keys, signs a
+//! device certificate with the identity key and writes a reply (`members
+//! join`); the talks-authority holder checks the reply against what it
+//! invited, posts a member certificate (its talks authority) and the
+//! member's device certificate to the record room, and proposes the
+//! access-list change seating the device in the rooms its own device is
+//! in (`members admit`). That change alters rooms' membership, so under
+//! the change rule the mediator and every party in those rooms co-sign it
+//! (`talks cosign`, which co-signs only devices the record certifies).
+//!
+//! Removing (`members remove`):
+//! The party's talks authority signs a revocation of the member's identity
+//! key and of each of their device keys, posted to the record room (so
+//! every participant's replay rejects whatever those keys sign later, by
+//! log position), and then the access-list change that takes the devices
+//! off the list (a removal by the party's designated signer needs no other
+//! signature under the change rule), so the node refuses them from then on.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use backchannel_client::participant::{
+    self as talks_store, MemberInvitationDoc, MemberReplyDoc, PendingMember, TalksRecord,
+};
+use backchannel_client::seal::Content;
+use backchannel_codec::PrincipalId;
+use backchannel_crypto::{KeyId, Signer as _};
+use backchannel_statement::access_list::{AccessEntry, FLAG_DEVICE, FLAG_MEDIATOR};
+use backchannel_statement::{
+    AccessListChange, AccessListDelta, Audience, CheckpointRef, DeviceCert, Markings, MemberCert,
+    Payload, Revoke, RevokeReason, Salt, SignedStatement, Statement,
+};
+use rand_core::OsRng;
+use serde::Serialize;
+
+use crate::cli::{
+    KeyKindArg, MembersAddArgs, MembersAdmitArgs, MembersCommand, MembersJoinArgs,
+    MembersRemoveArgs, RevokeReasonArg,
+};
+use crate::participant::{self, now_ms};
+use crate::talks::refresh;
+use crate::{home, keys};
+
+#[derive(Serialize)]
+struct Removed {
+    member: String,
+    principal: String,
+    revoked: Vec<String>,
+    revocation_seqs: Vec<u64>,
+    devices_removed: usize,
+}
+
+/// Runs one `members` command.
+pub fn main(home_dir: Option<PathBuf>, command: MembersCommand) -> anyhow::Result<()> {
+    match command {
+        MembersCommand::Remove(a) => remove(home_dir, a),
+        MembersCommand::Add(a) => add(home_dir, a),
+        MembersCommand::Join(a) => join(home_dir, a),
+        MembersCommand::Admit(a) => admit(home_dir, a),
+    }
+}
+
+/// How long a new member's device certificate is valid.
+const DEVICE_VALIDITY_MS: u64 = 365 * 24 * 3_600_000;
+
+#[derive(Serialize)]
+struct AddedOut {
+    principal: String,
+    invitation: PathBuf,
+}
+
+fn add(home_dir: Option<PathBuf>, a: MembersAddArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    crate::talks::check_name("--name", &a.name)?;
+    home::block_on(async move {
+        let mut ctx = participant::open(&dir, &a.talks).await?;
+        ctx.key(KeyKindArg::TalksAuthority).await.map_err(|_| {
+            anyhow!("only the home holding your party's talks authority adds members")
+        })?;
+        let role = a.role.role();
+        let mediator_role = matches!(
+            role,
+            backchannel_statement::Role::Lead
+                | backchannel_statement::Role::CoMediator
+                | backchannel_statement::Role::Staff
+        );
+        ensure!(
+            mediator_role == (ctx.record.party_kind == backchannel_statement::PartyKind::Mediator),
+            "--role {} is not a role of your kind of party",
+            role.name()
+        );
+        let record_room = ctx
+            .record
+            .record_room
+            .context("the roster has not reached you: run `backchannel talks accept` first")?;
+        ensure!(
+            ctx.record.pending_members.len()
+                < backchannel_client::participant::MAX_ENROLLED_MEMBERS,
+            "too many members invited and not admitted; admit or forget some first"
+        );
+        let principal = PrincipalId(participant::random16());
+        let doc = MemberInvitationDoc {
+            node: ctx.record.node.clone(),
+            talks: ctx.talks(),
+            party: ctx.record.party,
+            party_name: ctx.record.party_name.clone(),
+            principal,
+            name: a.name.clone(),
+            role,
+            record_room,
+        };
+        crate::talks::write_secret(&a.out, doc.to_json().as_bytes())?;
+        ctx.record.pending_members.push(PendingMember {
+            principal,
+            role,
+            name: a.name.clone(),
+        });
+        ctx.save().await?;
+        ctx.close().await;
+        let out = AddedOut {
+            principal: principal.to_hex(),
+            invitation: a.out.clone(),
+        };
+        if a.talks.json {
+            println!("{}", serde_json::to_string(&out)?);
+        } else {
+            println!(
+                "wrote the member invitation to {}: hand it to {} over a channel the node does \
+                 not control; admit their reply with `backchannel members admit --reply <file>`",
+                a.out.display(),
+                a.name
+            );
+        }
+        Ok(())
+    })
+}
+
+#[derive(Serialize)]
+struct MemberJoined {
+    talks: String,
+    principal: String,
+    reply: PathBuf,
+}
+
+fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    let text = std::fs::read_to_string(&a.invitation)
+        .with_context(|| format!("reading {}", a.invitation.display()))?;
+    let doc = MemberInvitationDoc::parse(&text).map_err(|e| {
+        anyhow!(
+            "{} is not a member invitation ({e}); ask your party for a new one",
+            a.invitation.display()
+        )
+    })?;
+    home::block_on(async move {
+        let store = home::open(&dir, &a.passphrase).await?;
+        if talks_store::load(&store, doc.talks).await?.is_some() {
+            bail!("this home already takes part in talks {}", doc.talks);
+        }
+        let t = Some(doc.talks);
+        let identity =
+            keys::load_or_generate(&store, KeyKindArg::Identity, t, participant::LABEL).await?;
+        let device =
+            keys::load_or_generate(&store, KeyKindArg::Device, t, participant::LABEL).await?;
+        let cert = Statement::new(
+            &mut OsRng,
+            doc.talks,
+            identity.public_key().id(),
+            doc.party,
+            vec![Audience::Room(doc.record_room)],
+            CheckpointRef::NONE,
+            Markings::mediator_only(),
+            Payload::DeviceCert(DeviceCert {
+                principal: doc.principal,
+                device_key: device.public_key(),
+                not_after: now_ms() + DEVICE_VALIDITY_MS,
+            }),
+        )?
+        .sign(&identity)?;
+        let reply = MemberReplyDoc {
+            talks: doc.talks,
+            principal: doc.principal,
+            identity_key: identity.public_key(),
+            device_key: device.public_key(),
+            device_cert: cert.as_bytes().to_vec(),
+        };
+        crate::talks::write_secret(&a.out, reply.to_json().as_bytes())?;
+        talks_store::create(
+            &store,
+            &TalksRecord {
+                talks: doc.talks,
+                node: doc.node.clone(),
+                party: doc.party,
+                party_kind: backchannel_statement::PartyKind::Party,
+                party_name: doc.party_name.clone(),
+                principal: doc.principal,
+                member_name: doc.name.clone(),
+                role: doc.role,
+                record_room: Some(doc.record_room),
+                invited: vec![],
+                pending_members: vec![],
+                verifications: Default::default(),
+            },
+        )
+        .await?;
+        store.close().await;
+        let out = MemberJoined {
+            talks: doc.talks.to_hex(),
+            principal: doc.principal.to_hex(),
+            reply: a.out.clone(),
+        };
+        if a.json {
+            println!("{}", serde_json::to_string(&out)?);
+        } else {
+            println!(
+                "wrote your reply to {}: hand it back; once you are admitted and seated, \
+                 `backchannel read` works from this home",
+                a.out.display()
+            );
+            eprintln!("note: {}", crate::talks::NO_DENIABILITY);
+        }
+        Ok(())
+    })
+}
+
+#[derive(Serialize)]
+struct Admitted {
+    principal: String,
+    member_cert_seq: u64,
+    device_cert_seq: u64,
+    applied: bool,
+}
+
+fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    let text = std::fs::read_to_string(&a.reply)
+        .with_context(|| format!("reading {}", a.reply.display()))?;
+    let reply = MemberReplyDoc::parse(&text)
+        .map_err(|e| anyhow!("{} is not a member's reply ({e})", a.reply.display()))?;
+    home::block_on(async move {
+        let ctx = participant::open(&dir, &a.talks).await?;
+        ensure!(
+            reply.talks == ctx.talks(),
+            "the reply is for talks {}, not these",
+            reply.talks
+        );
+        let ta = ctx.key(KeyKindArg::TalksAuthority).await.map_err(|_| {
+            anyhow!("only the home holding your party's talks authority admits members")
+        })?;
+        let Some(pending) = ctx
+            .record
+            .pending_members
+            .iter()
+            .find(|p| p.principal == reply.principal)
+            .cloned()
+        else {
+            bail!(
+                "you did not invite member {}; `members add` first",
+                reply.principal
+            );
+        };
+        // The device certificate: the member's identity key, for the
+        // device key the reply names, in this talks and party.
+        let cert = SignedStatement::decode(&reply.device_cert)
+            .map_err(|e| anyhow!("the reply's device certificate does not decode: {e}"))?;
+        let verified = cert.verify(ctx.talks(), &reply.identity_key).map_err(|e| {
+            anyhow!("the reply's device certificate is not signed by its identity key: {e}")
+        })?;
+        let st = verified.statement();
+        let ok = st.talks == ctx.talks()
+            && st.acting_for == ctx.record.party
+            && matches!(&st.payload, Payload::DeviceCert(c)
+                if c.principal == reply.principal && c.device_key == reply.device_key);
+        ensure!(
+            ok,
+            "the reply's device certificate is not for this member's device in your party"
+        );
+        let mut s = ctx.session().await?;
+        let view = refresh(&ctx, &mut s).await?;
+        ensure!(
+            view.replay.key(&reply.identity_key.id()).is_none()
+                && view.replay.key(&reply.device_key.id()).is_none()
+                && !view.statements.iter().any(|l| matches!(
+                    &l.statement.unverified().payload,
+                    Payload::MemberCert(c) if c.principal == reply.principal
+                )),
+            "this member is already admitted (their certificate is in the record)"
+        );
+        let room = ctx.record.record_room.context("no record room yet")?;
+        let member_cert = Statement::new(
+            &mut OsRng,
+            ctx.talks(),
+            ta.public_key().id(),
+            ctx.record.party,
+            vec![Audience::Room(room)],
+            s.checkpoint_ref(),
+            Markings::mediator_only(),
+            Payload::MemberCert(MemberCert::new(
+                reply.principal,
+                ctx.record.party,
+                pending.role,
+                reply.identity_key,
+                crate::talks::acts_of(pending.role),
+                None,
+            )?),
+        )?
+        .sign(&ta)?;
+        let mut seqs = Vec::new();
+        for bytes in [member_cert.as_bytes().to_vec(), reply.device_cert.clone()] {
+            seqs.push(
+                s.send(room, Content::Statement(bytes), Salt::generate(&mut OsRng))
+                    .await?,
+            );
+        }
+        // Seat the device where this participant's own device sits.
+        let current = s.node().access_list(ctx.talks()).await?;
+        let mine = current
+            .list
+            .get(&s.device().public_key().id())
+            .context("your own device is not on the access list")?;
+        let mut flags = FLAG_DEVICE;
+        if ctx.record.party_kind == backchannel_statement::PartyKind::Mediator {
+            flags |= FLAG_MEDIATOR;
+        }
+        let entry = AccessEntry::new(
+            reply.device_key,
+            reply.principal,
+            ctx.record.party,
+            mine.rooms().to_vec(),
+            flags,
+        )?;
+        let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), vec![], vec![entry])?;
+        let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
+        let outcome = s.node().submit_change(ctx.talks(), &change).await?;
+        ctx.close().await;
+        let out = Admitted {
+            principal: reply.principal.to_hex(),
+            member_cert_seq: seqs[0],
+            device_cert_seq: seqs[1],
+            applied: outcome.applied,
+        };
+        if a.talks.json {
+            println!("{}", serde_json::to_string(&out)?);
+        } else {
+            println!(
+                "certified {} in the record (seqs {} and {}); the change seating their device {}",
+                pending.name,
+                out.member_cert_seq,
+                out.device_cert_seq,
+                if out.applied {
+                    "applied".to_owned()
+                } else {
+                    format!(
+                        "waits for co-signatures ({}): the mediator and the other parties run \
+                         `backchannel talks cosign`",
+                        outcome.missing.unwrap_or_default()
+                    )
+                }
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Runs `members remove`.
+fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    home::block_on(async move {
+        let ctx = participant::open(&dir, &a.talks).await?;
+        let ta = ctx.key(KeyKindArg::TalksAuthority).await.map_err(|_| {
+            anyhow!("only the home holding your party's talks authority removes members")
+        })?;
+        let mut s = ctx.session().await?;
+        let view = refresh(&ctx, &mut s).await?;
+        let roster = view
+            .roster()
+            .context("the roster has not reached you: run `backchannel talks accept` first")?;
+        let q = a.member.to_lowercase();
+        let by_id = PrincipalId::from_hex(&a.member).ok();
+        // The party's members: the roster's, and those certified since
+        // (named as this home invited them).
+        let mut members: Vec<(PrincipalId, String)> = roster
+            .members
+            .iter()
+            .filter(|m| m.member.party == ctx.record.party)
+            .map(|m| (m.member.principal, m.member.name.clone()))
+            .collect();
+        for l in &view.statements {
+            if let (Ok(()), Payload::MemberCert(c)) =
+                (&l.verdict, &l.statement.unverified().payload)
+            {
+                if c.party == ctx.record.party && !members.iter().any(|(p, _)| *p == c.principal) {
+                    let name = ctx
+                        .record
+                        .pending_members
+                        .iter()
+                        .find(|p| p.principal == c.principal)
+                        .map_or_else(|| c.principal.to_hex(), |p| p.name.clone());
+                    members.push((c.principal, name));
+                }
+            }
+        }
+        let matching: Vec<_> = members
+            .iter()
+            .filter(|(p, name)| Some(*p) == by_id || name.to_lowercase() == q)
+            .collect();
+        let (principal, name) = match matching.as_slice() {
+            [one] => (one.0, one.1.clone()),
+            [] => bail!(
+                "your party has no member {:?}; its members: {}",
+                a.member,
+                members
+                    .iter()
+                    .map(|(p, n)| format!("{n:?} ({})", p.to_hex()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => bail!(
+                "several members are called {:?}; give the principal id",
+                a.member
+            ),
+        };
+        ensure!(
+            principal != ctx.record.principal,
+            "you cannot remove yourself; another member holding your party's talks authority can"
+        );
+        // Every key of that member the record certified: the roster's, and
+        // member and device certificates since.
+        let mut keys: BTreeSet<KeyId> = BTreeSet::new();
+        for m in roster
+            .members
+            .iter()
+            .filter(|m| m.member.principal == principal)
+        {
+            keys.insert(m.member.identity_key.id());
+            keys.extend(m.member.devices.iter().map(|d| d.id()));
+        }
+        for l in view.statements.iter().filter(|l| l.verdict.is_ok()) {
+            match &l.statement.unverified().payload {
+                Payload::DeviceCert(c) if c.principal == principal => {
+                    keys.insert(c.device_key.id());
+                }
+                Payload::MemberCert(c) if c.principal == principal => {
+                    keys.insert(c.identity_key.id());
+                }
+                _ => {}
+            }
+        }
+        let live: Vec<KeyId> = keys
+            .into_iter()
+            .filter(|k| view.replay.key(k).is_some_and(|st| st.revoked_at.is_none()))
+            .collect();
+        let room = ctx
+            .record
+            .record_room
+            .context("the talks have no record room yet")?;
+        let reason = match a.reason {
+            RevokeReasonArg::Left => RevokeReason::Left,
+            RevokeReasonArg::Lost => RevokeReason::Lost,
+            RevokeReasonArg::Compromised => RevokeReason::Compromised,
+        };
+        let lost_at = matches!(reason, RevokeReason::Lost | RevokeReason::Compromised).then(now_ms);
+        let mut seqs = Vec::new();
+        for key in &live {
+            let st = Statement::new(
+                &mut OsRng,
+                ctx.talks(),
+                ta.public_key().id(),
+                ctx.record.party,
+                vec![Audience::Room(room)],
+                s.checkpoint_ref(),
+                Markings::mediator_only(),
+                Payload::Revoke(Revoke {
+                    key: *key,
+                    reason,
+                    lost_at,
+                }),
+            )?
+            .sign(&ta)?;
+            seqs.push(
+                s.send(
+                    room,
+                    Content::Statement(st.as_bytes().to_vec()),
+                    Salt::generate(&mut OsRng),
+                )
+                .await?,
+            );
+        }
+        // Off the access list.
+        let current = s.node().access_list(ctx.talks()).await?;
+        let remove: Vec<KeyId> = current
+            .list
+            .entries()
+            .iter()
+            .filter(|e| e.principal == principal && e.party == ctx.record.party)
+            .map(|e| e.key_id())
+            .collect();
+        if !remove.is_empty() {
+            let delta =
+                AccessListDelta::new(ctx.talks(), current.list.hash(), remove.clone(), vec![])?;
+            let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
+            let outcome = s.node().submit_change(ctx.talks(), &change).await?;
+            ensure!(
+                outcome.applied,
+                "the node did not apply the removal ({}); the revocations are logged",
+                outcome.missing.unwrap_or_default()
+            );
+        }
+        ctx.close().await;
+        let out = Removed {
+            member: name,
+            principal: principal.to_hex(),
+            revoked: live.iter().map(KeyId::to_hex).collect(),
+            revocation_seqs: seqs,
+            devices_removed: remove.len(),
+        };
+        if a.talks.json {
+            println!("{}", serde_json::to_string(&out)?);
+        } else {
+            println!(
+                "removed {}: revoked {} keys in the record (seqs {:?}) and took {} devices off \
+                 the access list",
+                out.member,
+                out.revoked.len(),
+                out.revocation_seqs,
+                out.devices_removed
+            );
+        }
+        Ok(())
+    })
+}
