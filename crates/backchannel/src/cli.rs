@@ -813,6 +813,11 @@ pub struct LogVerifyArgs {
     /// Verify only: do not cosign the verified checkpoint.
     #[arg(long)]
     pub no_cosign: bool,
+    /// Also write the checkpoint note verified (as the node signed it) to
+    /// this file: what `backchannel log compare` takes, to prove a fork
+    /// from two participants' checkpoints.
+    #[arg(long, value_name = "FILE")]
+    pub save_checkpoint: Option<PathBuf>,
 }
 
 /// `backchannel log …`.

@@ -309,7 +309,10 @@ async fn verify_inner(dir: PathBuf, a: LogVerifyArgs) -> anyhow::Result<()> {
     let mut s = ctx.session().await?;
     let out = verify_session(&ctx, &mut s, !a.no_cosign).await;
     ctx.close().await;
-    let out = out?;
+    let (out, note) = out?;
+    if let Some(path) = &a.save_checkpoint {
+        crate::talks::write_secret(path, &note)?;
+    }
     let evidence = !out.withheld.is_empty()
         || !out.not_merged.is_empty()
         || !out.discrepancies.is_empty()
@@ -370,7 +373,11 @@ async fn verify_inner(dir: PathBuf, a: LogVerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn verify_session(ctx: &Ctx, s: &mut CliSession, cosign: bool) -> anyhow::Result<Verified> {
+async fn verify_session(
+    ctx: &Ctx,
+    s: &mut CliSession,
+    cosign: bool,
+) -> anyhow::Result<(Verified, Vec<u8>)> {
     let list = access_list(s).await?;
     let rooms = my_rooms(&list, s.device());
     s.receive(&list).await.map_err(evidence_or)?;
@@ -389,32 +396,36 @@ async fn verify_session(ctx: &Ctx, s: &mut CliSession, cosign: bool) -> anyhow::
         false
     };
     let (cosigning, parties) = finality(ctx, s, &list).await?;
-    Ok(Verified {
-        talks: ctx.talks().to_hex(),
-        size: report.size,
-        root: report.root.to_hex(),
-        archived: archive.len(),
-        statements_accepted: replayed.accepted.len(),
-        statements_rejected: replayed.rejected,
-        withheld: report.withheld.iter().map(|w| format!("{w:?}")).collect(),
-        not_merged: report.not_merged,
-        discrepancies: discrepancies.iter().map(ToString::to_string).collect(),
-        forks: replayed
-            .forks
-            .iter()
-            .map(|(seq, size, ours, theirs)| {
-                format!(
-                    "seq {seq} refers to root {} at size {size}, ours is {}",
-                    theirs.to_hex(),
-                    ours.to_hex()
-                )
-            })
-            .collect(),
-        cosigned,
-        parties_cosigning: cosigning,
-        parties,
-        final_: parties > 0 && cosigning == parties,
-    })
+    let note = checkpoint.note().to_vec();
+    Ok((
+        Verified {
+            talks: ctx.talks().to_hex(),
+            size: report.size,
+            root: report.root.to_hex(),
+            archived: archive.len(),
+            statements_accepted: replayed.accepted.len(),
+            statements_rejected: replayed.rejected,
+            withheld: report.withheld.iter().map(|w| format!("{w:?}")).collect(),
+            not_merged: report.not_merged,
+            discrepancies: discrepancies.iter().map(ToString::to_string).collect(),
+            forks: replayed
+                .forks
+                .iter()
+                .map(|(seq, size, ours, theirs)| {
+                    format!(
+                        "seq {seq} refers to root {} at size {size}, ours is {}",
+                        theirs.to_hex(),
+                        ours.to_hex()
+                    )
+                })
+                .collect(),
+            cosigned,
+            parties_cosigning: cosigning,
+            parties,
+            final_: parties > 0 && cosigning == parties,
+        },
+        note,
+    ))
 }
 
 /// How many of the list's parties cosign the node's latest checkpoint,
