@@ -227,6 +227,10 @@ pub fn read(home_dir: Option<PathBuf>, a: ReadArgs) -> anyhow::Result<()> {
     })
 }
 
+/// How long `follow` waits on a quiet stream before it verifies (and
+/// cosigns) the node's latest checkpoint again.
+const WITNESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs `follow`.
 pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
     let dir = home::resolve(home_dir)?;
@@ -234,16 +238,19 @@ pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
         let ctx = participant::open(&dir, &a.talks).await?;
         let mut s = ctx.session().await?;
         let mut seen = 0u64;
+        let mut cosigned = 0u64;
         let mut backoff = std::time::Duration::from_millis(200);
         loop {
             // Catch up through pages (verifying and archiving), then wait
-            // on the stream for the next envelope.
+            // on the stream for the next envelope, witnessing the log
+            // whenever the stream is quiet.
             let from = s.next_seq();
             let view = refresh(&ctx, &mut s).await?;
             for arch in s.archive().await?.iter().filter(|x| x.seq >= from) {
                 print_line(&line(&ctx, &view, arch), a.talks.json)?;
                 seen += 1;
             }
+            witness(&mut s, &mut cosigned, a.talks.json).await?;
             if a.count.is_some_and(|n| seen >= n) {
                 break;
             }
@@ -258,16 +265,17 @@ pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
             };
             backoff = std::time::Duration::from_millis(200);
             loop {
-                match stream.next().await {
-                    Ok(StreamEvent::Envelope(_)) => break,
-                    Ok(StreamEvent::Caught(_)) => continue,
-                    Ok(StreamEvent::Closed(code)) => {
+                match tokio::time::timeout(WITNESS_EVERY, stream.next()).await {
+                    Err(_) => witness(&mut s, &mut cosigned, a.talks.json).await?,
+                    Ok(Ok(StreamEvent::Envelope(_))) => break,
+                    Ok(Ok(StreamEvent::Caught(_))) => continue,
+                    Ok(Ok(StreamEvent::Closed(code))) => {
                         if code == 4003 {
                             bail!("the node closed the stream: this device left the access list");
                         }
                         break;
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         eprintln!("the event stream failed ({e}); resuming");
                         break;
                     }
@@ -278,6 +286,31 @@ pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
         ctx.close().await;
         Ok(())
     })
+}
+
+/// Verifies the node's latest checkpoint and cosigns it once it is past
+/// the last one this run cosigned: what a party's client does as a
+/// witness. Evidence stops the run (exit 3).
+async fn witness(s: &mut CliSession, cosigned: &mut u64, json: bool) -> anyhow::Result<()> {
+    let list = access_list(s).await?;
+    let rooms = my_rooms(&list, s.device());
+    let (report, checkpoint) = s.verify_log(&rooms, now_ms()).await.map_err(evidence_or)?;
+    if !report.withheld.is_empty() || !report.not_merged.is_empty() {
+        return Err(Evidence(format!(
+            "the log holds evidence against the node: withheld {:?}, not merged {:?}; run \
+             `backchannel log verify` for the whole account",
+            report.withheld, report.not_merged
+        ))
+        .into());
+    }
+    if report.size > *cosigned {
+        s.cosign(&checkpoint, now_ms() / 1000).await?;
+        *cosigned = report.size;
+        if !json {
+            eprintln!("verified and cosigned the log at size {}", report.size);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -295,6 +328,11 @@ struct Verified {
     cosigned: bool,
     parties_cosigning: usize,
     parties: usize,
+    /// The parties with no cosignature on the latest checkpoint: past a
+    /// checkpoint interval or two, compare checkpoints with them (`log
+    /// verify --save-checkpoint`, then `log compare`): they may have been
+    /// shown another history.
+    missing_cosigners: Vec<String>,
     final_: bool,
 }
 
@@ -355,6 +393,13 @@ async fn verify_inner(dir: PathBuf, a: LogVerifyArgs) -> anyhow::Result<()> {
             out.parties,
             if out.final_ { ": it is final" } else { "" }
         );
+        if !out.missing_cosigners.is_empty() {
+            println!(
+                "not yet cosigned by {}: if that lasts past a checkpoint interval or two, \
+                 compare checkpoints with them (`log verify --save-checkpoint`, `log compare`)",
+                out.missing_cosigners.join(", ")
+            );
+        }
     }
     if evidence {
         return Err(Evidence(format!(
@@ -395,7 +440,9 @@ async fn verify_session(
     } else {
         false
     };
-    let (cosigning, parties) = finality(ctx, s, &list).await?;
+    let (cosigning, parties, missing) = finality(ctx, s, &list).await?;
+    let view = View::of(ctx.talks(), &archive);
+    let missing_cosigners = missing.iter().map(|p| view.party_name(*p)).collect();
     let note = checkpoint.note().to_vec();
     Ok((
         Verified {
@@ -422,20 +469,21 @@ async fn verify_session(
             cosigned,
             parties_cosigning: cosigning,
             parties,
+            missing_cosigners,
             final_: parties > 0 && cosigning == parties,
         },
         note,
     ))
 }
 
-/// How many of the list's parties cosign the node's latest checkpoint,
-/// of how many (`fork::is_final` over the served note, once it verifies
-/// under the pinned log key).
+/// How many of the list's parties cosign the node's latest checkpoint, of
+/// how many, and which do not (`fork::is_final` over the served note, once
+/// it verifies under the pinned log key).
 async fn finality(
     ctx: &Ctx,
     s: &CliSession,
     list: &backchannel_statement::AccessList,
-) -> anyhow::Result<(usize, usize)> {
+) -> anyhow::Result<(usize, usize, Vec<backchannel_codec::PartyId>)> {
     let (_, note) = s.node().checkpoint(s.talks()).await?;
     let origin = backchannel_tlog::LogOrigin::new(&ctx.record.node.origin, s.talks());
     SignedCheckpoint::verify(&note, &ctx.record.node.log_key, &origin)
@@ -443,8 +491,8 @@ async fn finality(
     let parties = party_cosigners(list);
     let n = parties.len();
     Ok(match is_final(&note, &parties)? {
-        Finality::Final => (n, n),
-        Finality::Pending { missing } => (n - missing.len(), n),
+        Finality::Final => (n, n, vec![]),
+        Finality::Pending { missing } => (n - missing.len(), n, missing),
     })
 }
 
