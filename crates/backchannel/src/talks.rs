@@ -49,7 +49,7 @@ use crate::cli::{
 use crate::participant::{
     self, CliSession, Ctx, LABEL, View, access_list, my_rooms, now_ms, random16,
 };
-use crate::{home, keys, passphrase};
+use crate::{home, keys};
 
 /// The warning every participant reads when talks are opened or joined.
 pub const NO_DENIABILITY: &str = "formal statements (roster, acceptances, agreements) are \
@@ -406,8 +406,6 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
     if doc.expires_at <= now_ms() {
         bail!("the invitation has expired; ask the mediator for a new one");
     }
-    // Resolve the passphrase before anything else can fail half-way.
-    passphrase::resolve_home(&a.passphrase)?;
     let store = home::open(dir, &a.passphrase).await?;
     if talks_store::load(&store, doc.talks).await?.is_some() {
         bail!(
@@ -759,7 +757,8 @@ async fn accept(dir: &Path, a: TalksAcceptArgs) -> anyhow::Result<()> {
             .filter(|e| e.party == ctx.record.party && e.has(FLAG_DEVICE))
             .map(|e| *e.key())
             .collect();
-        if seated == ours {
+        // Later members' devices may sit next to ours: ours must be there.
+        if ours.is_subset(&seated) {
             break;
         }
         if !signed {
