@@ -11,6 +11,7 @@ use backchannel_client::safety::PartyVerification;
 use backchannel_client::seal::Content;
 use backchannel_client::session::{Archived, Discrepancy};
 use backchannel_core::replay::Phase;
+use backchannel_statement::roster::KeyVerification;
 use backchannel_statement::{Payload, SignedStatement};
 use backchannel_tlog::SignedCheckpoint;
 use rand_core::OsRng;
@@ -69,6 +70,23 @@ fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
                             view.party_name(st.acting_for)
                         )
                     }
+                    // Formal acts of a party whose keys this participant
+                    // has not verified: blocked where the ground rules
+                    // require verification, flagged where they recommend it.
+                    Some(Ok(()))
+                        if formal(&st.payload)
+                            && st.acting_for != ctx.record.party
+                            && !standing.is_verified() =>
+                    {
+                        match view.replay.ground_rules().map(|g| g.key_verification) {
+                            Some(KeyVerification::Required) => format!(
+                                "BLOCKED until you verify {}'s keys (compare safety codes, \
+                                 then `backchannel talks verify`)",
+                                view.party_name(st.acting_for)
+                            ),
+                            _ => "accepted (keys not verified by you)".to_owned(),
+                        }
+                    }
                     Some(Ok(())) => "accepted".to_owned(),
                     Some(Err(e)) => format!("REJECTED by replay: {e}"),
                     None => "not replayed".into(),
@@ -104,6 +122,12 @@ fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
         text,
         verdict,
     }
+}
+
+/// Formal acts: what a party commits to (roster, ground rules and
+/// certificates are the basis the safety code covers, not acts).
+fn formal(p: &Payload) -> bool {
+    matches!(p, Payload::Acceptance(_) | Payload::Lifecycle(_))
 }
 
 fn print_line(l: &Line, json: bool) -> anyhow::Result<()> {
