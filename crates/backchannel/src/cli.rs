@@ -826,7 +826,7 @@ pub enum LogCommand {
     /// Fetch and archive what is new, verify the log from the data tiles,
     /// account for every envelope of your rooms, re-check the archive
     /// against what the node serves now, replay every statement, and
-    /// cosign the verified checkpoint. Exit 1 with the seq named on any
+    /// cosign the verified checkpoint. Exit 3 with the seq named on any
     /// evidence against the node.
     #[command(after_help = EXIT_CODES)]
     Verify(LogVerifyArgs),

@@ -384,6 +384,33 @@ pub async fn load(
     Ok(Some(key))
 }
 
+/// Deletes every key of `talks` (of the per-talks kinds) from the home,
+/// with the index, in one atomic write: for keys made for talks the node
+/// then refused, which must not linger as if they were in use.
+pub async fn forget_talks(store: &SqliteClientStore, talks: TalksId) -> anyhow::Result<()> {
+    let index = read_index(store).await?;
+    let (gone, kept): (Vec<IndexEntry>, Vec<IndexEntry>) =
+        index.into_iter().partition(|e| e.name.talks == Some(talks));
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let mut writes: Vec<Put> = gone
+        .iter()
+        .map(|e| Put {
+            ns: Namespace::Keys,
+            key: e.name.store_key(),
+            value: None,
+        })
+        .collect();
+    writes.push(Put {
+        ns: Namespace::Keys,
+        key: INDEX_KEY.to_vec(),
+        value: Some(encode_index(&kept)),
+    });
+    store.put_many(writes).await?;
+    Ok(())
+}
+
 /// The secret key named `kind`, `talks`, `label`: the stored one, or a new
 /// one generated and stored now.
 pub async fn load_or_generate(

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail, ensure};
+use backchannel_client::follow::Withheld;
 use backchannel_client::fork::{Finality, is_final, party_cosigners};
 use backchannel_client::net::StreamEvent;
 use backchannel_client::safety::PartyVerification;
@@ -121,6 +122,27 @@ fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
         kind,
         text,
         verdict,
+    }
+}
+
+/// A withheld envelope, as printed: its seq first.
+fn withheld_text(w: &Withheld) -> String {
+    match w {
+        Withheld::Missing { seq, room } => format!(
+            "seq {seq}: the log holds an envelope of your room {} that the node never \
+             delivered: it withholds seq {seq}",
+            room.to_hex()
+        ),
+        Withheld::Mismatch {
+            seq,
+            logged,
+            archived,
+            ..
+        } => format!(
+            "seq {seq}: the log holds header {} at seq {seq}, but the node delivered header {}",
+            logged.to_hex(),
+            archived.to_hex()
+        ),
     }
 }
 
@@ -321,17 +343,34 @@ async fn witness(s: &mut CliSession, cosigned: &mut u64, json: bool) -> anyhow::
     let (report, checkpoint) = s.verify_log(&rooms, now_ms()).await.map_err(evidence_or)?;
     if !report.withheld.is_empty() || !report.not_merged.is_empty() {
         return Err(Evidence(format!(
-            "the log holds evidence against the node: withheld {:?}, not merged {:?}; run \
-             `backchannel log verify` for the whole account",
-            report.withheld, report.not_merged
+            "the log holds evidence against the node: {}{}; run `backchannel log verify` for \
+             the whole account",
+            report
+                .withheld
+                .iter()
+                .map(withheld_text)
+                .collect::<Vec<_>>()
+                .join("; "),
+            report
+                .not_merged
+                .iter()
+                .map(|s| format!("; seq {s} receipted but not merged in time"))
+                .collect::<String>()
         ))
         .into());
     }
     if report.size > *cosigned {
-        s.cosign(&checkpoint, now_ms() / 1000).await?;
-        *cosigned = report.size;
-        if !json {
-            eprintln!("verified and cosigned the log at size {}", report.size);
+        match s.cosign(&checkpoint, now_ms() / 1000).await {
+            Ok(()) => {
+                *cosigned = report.size;
+                if !json {
+                    eprintln!("verified and cosigned the log at size {}", report.size);
+                }
+            }
+            // The node signed a newer checkpoint meanwhile: the next round
+            // verifies and cosigns that one.
+            Err(e) if stale(&e) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -450,7 +489,7 @@ async fn verify_session(
     let list = access_list(s).await?;
     let rooms = my_rooms(&list, s.device());
     s.receive(&list).await.map_err(evidence_or)?;
-    let (report, checkpoint) = s.verify_log(&rooms, now_ms()).await.map_err(evidence_or)?;
+    let (mut report, mut checkpoint) = s.verify_log(&rooms, now_ms()).await.map_err(evidence_or)?;
     let discrepancies: Vec<Discrepancy> = s.check_archive().await.map_err(evidence_or)?;
     let replayed = s.replay().await?;
     let archive = s.archive().await?;
@@ -458,12 +497,29 @@ async fn verify_session(
         && report.not_merged.is_empty()
         && discrepancies.is_empty()
         && replayed.forks.is_empty();
-    let cosigned = if cosign && clean {
-        s.cosign(&checkpoint, now_ms() / 1000).await?;
-        true
-    } else {
-        false
-    };
+    let mut cosigned = false;
+    if cosign && clean {
+        // The node may sign a newer checkpoint between verifying and
+        // cosigning (409 stale): verify that one and cosign it instead.
+        for attempt in 1..=COSIGN_ATTEMPTS {
+            match s.cosign(&checkpoint, now_ms() / 1000).await {
+                Ok(()) => {
+                    cosigned = true;
+                    break;
+                }
+                Err(e) if stale(&e) && attempt < COSIGN_ATTEMPTS => {
+                    let (r, c) = s.verify_log(&rooms, now_ms()).await.map_err(evidence_or)?;
+                    if !r.withheld.is_empty() || !r.not_merged.is_empty() {
+                        report = r;
+                        break;
+                    }
+                    (report, checkpoint) = (r, c);
+                }
+                Err(e) if stale(&e) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     let (cosigning, parties, missing) = finality(ctx, s, &list).await?;
     let view = View::of(ctx.talks(), &archive);
     let missing_cosigners = missing.iter().map(|p| view.party_name(*p)).collect();
@@ -476,7 +532,7 @@ async fn verify_session(
             archived: archive.len(),
             statements_accepted: replayed.accepted.len(),
             statements_rejected: replayed.rejected,
-            withheld: report.withheld.iter().map(|w| format!("{w:?}")).collect(),
+            withheld: report.withheld.iter().map(withheld_text).collect(),
             not_merged: report.not_merged,
             discrepancies: discrepancies.iter().map(ToString::to_string).collect(),
             forks: replayed
@@ -520,7 +576,18 @@ async fn finality(
     })
 }
 
-fn evidence_or(e: backchannel_client::session::SessionError) -> anyhow::Error {
+/// How many times `log verify` tries to cosign while the log keeps
+/// growing under it (then it reports `cosigned: false`).
+const COSIGN_ATTEMPTS: u32 = 3;
+
+/// Whether the node refused a cosignature because it signed a newer
+/// checkpoint meanwhile.
+fn stale(e: &backchannel_client::session::SessionError) -> bool {
+    matches!(e, backchannel_client::session::SessionError::Net(n) if n.code() == Some("stale"))
+}
+
+/// Evidence against the node (exit 3), or another failure.
+pub fn evidence_or(e: backchannel_client::session::SessionError) -> anyhow::Error {
     use backchannel_client::session::SessionError;
     match e {
         SessionError::Evidence(_) | SessionError::Unserved { .. } => Evidence(e.to_string()).into(),

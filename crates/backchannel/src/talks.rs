@@ -240,22 +240,22 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
             )?,
         ],
     )?;
-    record
-        .node
-        .client(&authority)?
-        .create_talks(&initial)
-        .await
-        .map_err(|e| {
-            let hint = if e.code() == Some("forbidden") {
-                format!(
-                    "; ask the node's operator to run `backchannel node creators add {}`",
-                    hex::encode(authority.public_key().as_bytes())
-                )
-            } else {
-                String::new()
-            };
-            anyhow!("the node did not open the talks: {e}{hint}")
-        })?;
+    let created = record.node.client(&authority)?.create_talks(&initial).await;
+    if created.is_err() {
+        // Keys of talks that do not exist must not linger in the home.
+        keys::forget_talks(&store, talks).await?;
+    }
+    created.map_err(|e| {
+        let hint = if e.code() == Some("forbidden") {
+            format!(
+                "; ask the node's operator to run `backchannel node creators add {}`",
+                hex::encode(authority.public_key().as_bytes())
+            )
+        } else {
+            String::new()
+        };
+        anyhow!("the node did not open the talks: {e}{hint}")
+    })?;
     talks_store::create(&store, &record).await?;
     store.close().await;
     let out = Opened {
@@ -334,9 +334,10 @@ async fn invite(dir: &Path, a: TalksInviteArgs) -> anyhow::Result<()> {
         caucus: RoomId(random16()),
     });
     ctx.save().await?;
+    let ctx_talks = ctx.talks();
     ctx.close().await;
     let out = InvitedOut {
-        talks: a.talks.talks.clone().unwrap_or_default(),
+        talks: ctx_talks.to_hex(),
         party: party.to_hex(),
         invitation: a.out.clone(),
         expires_at,
@@ -434,11 +435,16 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
     keys::load_or_generate(&store, KeyKindArg::Identity, t, LABEL).await?;
     let device = keys::load_or_generate(&store, KeyKindArg::Device, t, LABEL).await?;
     let enrolment = certify_self(&store, &record).await?;
-    doc.node
+    let enrolled = doc
+        .node
         .client(&ta)?
         .enrol(doc.talks, &doc.token, &enrolment.to_canonical_bytes())
-        .await
-        .map_err(|e| {
+        .await;
+    if enrolled.is_err() {
+        // Keys of talks this home did not join must not linger in it.
+        keys::forget_talks(&store, doc.talks).await?;
+    }
+    enrolled.map_err(|e| {
             anyhow!("the node did not enrol you: {e}; if the token was used or expired, ask the mediator for a new invitation")
         })?;
     talks_store::create(&store, &record).await?;
@@ -485,7 +491,10 @@ pub fn statement(
 /// Receives everything new; the archive's view after it.
 pub async fn refresh(ctx: &Ctx, s: &mut CliSession) -> anyhow::Result<View> {
     let list = access_list(s).await?;
-    s.receive(&list).await.context("receiving from the node")?;
+    s.receive(&list)
+        .await
+        .map_err(crate::messages::evidence_or)
+        .context("receiving from the node")?;
     Ok(View::of(ctx.talks(), &s.archive().await?))
 }
 
@@ -694,9 +703,10 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
         .await?;
     }
     let n = roster.parties.len();
+    let seated_talks = ctx.talks().to_hex();
     ctx.close().await;
     let out = Seated {
-        talks: ctx_talks_hex(&a.talks),
+        talks: seated_talks,
         parties: n,
         change_applied: applied,
         roster_posted: true,
@@ -715,10 +725,6 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn ctx_talks_hex(a: &TalksArgs) -> String {
-    a.talks.clone().unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -948,7 +954,12 @@ async fn verify(dir: &Path, a: TalksVerifyArgs) -> anyhow::Result<()> {
         .safety_code(&ctx.record)
         .context("no safety code yet: the roster and the ground rules have not reached you")?;
     if let Some(theirs) = &a.code {
-        let theirs: Vec<String> = theirs.split_whitespace().map(str::to_lowercase).collect();
+        // As printed: twelve words in groups of four, "/" between them.
+        let theirs: Vec<String> = theirs
+            .split(|c: char| c.is_whitespace() || c == '/')
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
         let ours: Vec<String> = code.words().iter().map(|w| w.to_string()).collect();
         if theirs != ours {
             bail!(
