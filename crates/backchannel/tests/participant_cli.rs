@@ -1,0 +1,1121 @@
+//! The participant commands end to end, as a mediator and two parties run
+//! them: a real `backchannel node run`, three homes, and the whole flow
+//! (open, invite, join, seat, accept, send, read, follow, log verify, talks
+//! verify, talks show) through the binary. Then what must survive or be
+//! caught: a node SIGKILLed mid-run and restarted on its address (the homes
+//! resume with no gap and no duplicate, every acknowledged send there), a
+//! stored envelope rewritten or deleted behind the node's back (`log
+//! verify` exits 3 naming the seq), and bad inputs (a clear error, a
+//! nonzero exit, nothing changed).
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backchannel_client::seal::{AppMessage, Content, PlaintextSeal, Seal};
+use backchannel_codec::RoomId;
+use backchannel_crypto::sha256;
+use backchannel_statement::Salt;
+use common::{backchannel, ok};
+use serde_json::Value;
+use sqlx::Connection as _;
+
+/// The node's origin.
+const ORIGIN: &str = "smoke.example.org";
+/// The passphrase of every home.
+const HOME_PASSPHRASE: &str = "home passphrase";
+/// The three homes.
+const OM: &str = "om";
+const US: &str = "us";
+const IR: &str = "ir";
+/// Exit codes.
+const FAILED: i32 = 1;
+const USAGE: i32 = 2;
+const EVIDENCE: i32 = 3;
+/// A talks id no home takes part in.
+const UNKNOWN_TALKS: &str = "0123456789abcdef0123456789abcdef";
+
+// --- Running the binary ------------------------------------------------------
+
+/// What one command did.
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// `--json` output of one object per line.
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    }
+
+    /// Asserts the command failed with `code`, saying `what` on stderr.
+    fn refused(&self, code: i32, what: &str) {
+        assert_eq!(self.code, Some(code), "{self:?}");
+        assert!(
+            self.stderr.contains(what),
+            "stderr does not say {what:?}: {self:?}"
+        );
+    }
+}
+
+fn run(cmd: &mut Command) -> Out {
+    let out = cmd.output().expect("runs");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `cmd`, which must succeed; its stdout as JSON.
+fn ok_json(cmd: &mut Command) -> Value {
+    let out = ok(cmd);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Whether `message` names `seq` (and not a longer number starting with it).
+fn names(message: &str, seq: u64) -> bool {
+    let needle = format!("seq {seq}");
+    message.match_indices(&needle).any(|(i, _)| {
+        !message[i + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+fn words(code: &str) -> String {
+    code.split_whitespace()
+        .filter(|w| *w != "/")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+// --- The node ----------------------------------------------------------------
+
+/// A running `backchannel node run`, SIGKILLed when dropped.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: String,
+}
+
+impl Node {
+    /// `node run` on `dir` listening on `listen`; `None` if it exited
+    /// before listening (the address is taken).
+    fn spawn(dir: &Path, listen: &str) -> Option<Node> {
+        let mut child = backchannel()
+            .args(["node", "run", "--listen", listen])
+            .args(["--checkpoint-interval-ms", "50"])
+            // Every command is a new connection from 127.0.0.1.
+            .args(["--connections-per-second", "1000"])
+            .args(["--connection-burst", "1000"])
+            .args(["--requests-per-second", "1000"])
+            .args(["--request-burst", "1000"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("the listening line");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["listening", "on", addr, "fingerprint", fp] => Some(Node {
+                addr: addr.parse().unwrap(),
+                fingerprint: (*fp).to_owned(),
+                child,
+            }),
+            [] => {
+                let _ = child.wait();
+                None
+            }
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+
+    /// `node run` on `dir` at `listen`, retrying while the port is taken.
+    fn start(dir: &Path, listen: &str) -> Node {
+        for _ in 0..50 {
+            if let Some(node) = Node::spawn(dir, listen) {
+                return node;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the node could not listen on {listen}");
+    }
+
+    /// SIGKILL.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// --- The talks ---------------------------------------------------------------
+
+/// The binary, on home `h` under `root`.
+fn home_cli(root: &Path, h: &str) -> Command {
+    let mut cmd = backchannel();
+    cmd.env("BACKCHANNEL_PASSPHRASE", HOME_PASSPHRASE)
+        .env_remove("BACKCHANNEL_HOME")
+        .arg("--home")
+        .arg(root.join(h));
+    cmd
+}
+
+/// A node and three homes in one talks: Oman mediating between the United
+/// States and Iran.
+struct Talks {
+    dir: tempfile::TempDir,
+    node: Node,
+    talks: String,
+    /// `talks accept --json` of the United States and of Iran.
+    accepted: Vec<Value>,
+}
+
+impl Talks {
+    /// The node, the three homes, the talks opened, both parties invited
+    /// and joined, and seated by the mediator; not accepted yet.
+    fn seated() -> Talks {
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = dir.path().join("node");
+        let init = ok_json(
+            backchannel()
+                .args(["node", "init", "--origin", ORIGIN, "--json", "--dir"])
+                .arg(&node_dir),
+        );
+        let log_key = init["log_key"].as_str().unwrap().to_owned();
+        for h in [OM, US, IR] {
+            ok(home_cli(dir.path(), h).args(["home", "init"]));
+        }
+        ok(home_cli(dir.path(), OM).args(["keys", "generate", "--kind", "authority"]));
+        let key = ok(home_cli(dir.path(), OM).args([
+            "keys",
+            "export-public",
+            "--label",
+            "default",
+            "--kind",
+            "authority",
+        ]));
+        ok(backchannel()
+            .args(["node", "creators", "add", "--dir"])
+            .arg(&node_dir)
+            .arg(key.trim()));
+        let mut t = Talks {
+            node: Node::start(&node_dir, "127.0.0.1:0"),
+            dir,
+            talks: String::new(),
+            accepted: vec![],
+        };
+
+        let addr = t.node.addr.to_string();
+        let opened = ok_json(t.cli(OM).args([
+            "talks",
+            "open",
+            "--node",
+            &addr,
+            "--fingerprint",
+            &t.node.fingerprint,
+            "--origin",
+            ORIGIN,
+            "--log-key",
+            &log_key,
+            "--name",
+            "Sultanate of Oman",
+            "--member",
+            "Omani lead mediator",
+            "--json",
+        ]));
+        t.talks = opened["talks"].as_str().unwrap().to_owned();
+        assert_eq!(t.talks.len(), 32, "{opened}");
+        for (h, name, member) in [
+            (US, "United States", "US envoy"),
+            (
+                IR,
+                "Islamic Republic of Iran",
+                "Iranian deputy foreign minister",
+            ),
+        ] {
+            let inv = t.path(&format!("{h}.inv"));
+            ok(t.cli(OM).args(["talks", "invite", "--out"]).arg(&inv));
+            let joined = ok_json(
+                t.cli(h)
+                    .args(["talks", "join", "--invitation"])
+                    .arg(&inv)
+                    .args(["--name", name, "--member", member, "--json"]),
+            );
+            assert_eq!(joined["talks"], t.talks.as_str());
+        }
+        let seated = ok_json(t.cli(OM).args(["talks", "seat", "--json"]));
+        assert_eq!(seated["parties"], 3, "{seated}");
+        assert_eq!(seated["roster_posted"], true, "{seated}");
+        t
+    }
+
+    /// Both parties accept, concurrently: each co-signs the change seating
+    /// its devices, waits for the other's, and accepts.
+    fn accept_all(&mut self) {
+        let children: Vec<Child> = [US, IR]
+            .iter()
+            .map(|h| {
+                self.cli(h)
+                    .args(["talks", "accept", "--wait", "30", "--json"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "talks accept: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.accepted
+                .push(serde_json::from_slice(&out.stdout).unwrap());
+        }
+    }
+
+    /// [`Talks::seated`], and both parties accepted.
+    fn open() -> Talks {
+        let mut t = Talks::seated();
+        t.accept_all();
+        t
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn node_dir(&self) -> PathBuf {
+        self.path("node")
+    }
+
+    /// The binary, on home `h`.
+    fn cli(&self, h: &str) -> Command {
+        home_cli(self.dir.path(), h)
+    }
+
+    /// `send --json` from `h`, which must succeed; the seq.
+    fn send(&self, h: &str, room: &str, text: &str) -> u64 {
+        let sent = ok_json(
+            self.cli(h)
+                .args(["send", "--json", "--room", room])
+                .arg(text),
+        );
+        sent["seq"].as_u64().unwrap()
+    }
+
+    /// `read --all --json` of `h`, which must succeed.
+    fn read_all(&self, h: &str) -> Vec<Value> {
+        let out = run(self.cli(h).args(["read", "--all", "--json"]));
+        assert_eq!(out.code, Some(0), "{out:?}");
+        out.json_lines()
+    }
+
+    fn log_verify(&self, h: &str) -> Out {
+        run(self.cli(h).args(["log", "verify", "--json"]))
+    }
+
+    /// `h`'s `log verify --json`, repeated until the node has integrated
+    /// (and `h` verified) a log of `size`; it must find no evidence.
+    fn verified_to(&self, h: &str, size: u64) -> Value {
+        for _ in 0..200 {
+            let out = self.log_verify(h);
+            assert_eq!(out.code, Some(0), "{out:?}");
+            let v = out.json();
+            assert_no_evidence(&v);
+            if v["size"].as_u64().unwrap() >= size {
+                assert_eq!(v["size"], size, "{v}");
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the node did not integrate a log of size {size}");
+    }
+
+    /// `talks show --json` of `h`.
+    fn show(&self, h: &str) -> Value {
+        ok_json(self.cli(h).args(["talks", "show", "--json"]))
+    }
+
+    /// Starts the (SIGKILLed) node again on the same directory and
+    /// address (the homes pinned it).
+    fn start_again(&mut self) {
+        let (addr, fp) = (self.node.addr, self.node.fingerprint.clone());
+        self.node = Node::start(&self.node_dir(), &addr.to_string());
+        assert_eq!(self.node.addr, addr);
+        assert_eq!(self.node.fingerprint, fp);
+    }
+}
+
+fn assert_no_evidence(v: &Value) {
+    for field in [
+        "withheld",
+        "not_merged",
+        "discrepancies",
+        "forks",
+        "statements_rejected",
+    ] {
+        assert_eq!(v[field], Value::Array(vec![]), "{field}: {v}");
+    }
+}
+
+/// The party named `name` in a `talks show --json`.
+fn party<'a>(show: &'a Value, name: &str) -> &'a Value {
+    show["parties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no party {name:?}: {show}"))
+}
+
+/// The id of the room named `name` in a `talks show --json`.
+fn room_id(show: &Value, name: &str) -> String {
+    show["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no room {name:?}: {show}"))["room"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The names of `h`'s rooms in a `talks show --json`.
+fn my_rooms(show: &Value) -> BTreeSet<String> {
+    show["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["mine"] == true)
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn seqs(lines: &[Value]) -> Vec<u64> {
+    lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect()
+}
+
+const US_CAUCUS: &str = "Caucus: Sultanate of Oman with United States";
+const IR_CAUCUS: &str = "Caucus: Sultanate of Oman with Islamic Republic of Iran";
+
+// --- The node's database, behind its back --------------------------------------
+
+/// Runs `f` on a connection to the (stopped) node's database.
+fn with_db<T>(db: &Path, f: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> T) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            let out = f(&mut c).await;
+            c.close().await.unwrap();
+            out
+        })
+}
+
+// --- Tests -------------------------------------------------------------------
+
+#[test]
+fn the_reference_flow_runs_through_the_cli() {
+    let mut t = Talks::open();
+
+    // Both acceptances, at distinct seqs, on one safety code.
+    assert_eq!(t.accepted.len(), 2);
+    let code = t.accepted[0]["safety_code"].as_str().unwrap().to_owned();
+    for a in &t.accepted {
+        assert_eq!(a["talks"], t.talks.as_str(), "{a}");
+        assert_eq!(a["already"], false, "{a}");
+        assert_eq!(a["safety_code"], code.as_str(), "{a}");
+    }
+    assert_ne!(t.accepted[0]["seq"], t.accepted[1]["seq"]);
+    assert_eq!(words(&code).split(' ').count(), 12, "{code}");
+
+    // Talk in three rooms.
+    let welcome = ok_json(t.cli(OM).args([
+        "send",
+        "--room",
+        "caucus united",
+        "Welcome to Muscat.",
+        "--json",
+    ]));
+    assert_eq!(welcome["room"], US_CAUCUS);
+    let exchange = ok_json(t.cli(US).args([
+        "send",
+        "--room",
+        "caucus",
+        "We can move on the exchange.",
+        "--json",
+    ]));
+    assert_eq!(exchange["room"], US_CAUCUS);
+    let present =
+        ok_json(
+            t.cli(IR)
+                .args(["send", "--room", "record", "Iran is present.", "--json"]),
+        );
+    assert_eq!(present["room"], "Record");
+    let talk = [
+        (&welcome, "Welcome to Muscat.", "Omani lead mediator"),
+        (&exchange, "We can move on the exchange.", "US envoy"),
+        (
+            &present,
+            "Iran is present.",
+            "Iranian deputy foreign minister",
+        ),
+    ];
+    let size = present["seq"].as_u64().unwrap() + 1;
+
+    // The mediator reads what is new, then nothing more; its archive holds
+    // the whole log: roster, ground rules, two acceptances, the talk.
+    let new = run(t.cli(OM).args(["read", "--json"])).json_lines();
+    for (sent, text, _) in &talk[1..] {
+        assert!(
+            new.iter()
+                .any(|l| l["seq"] == sent["seq"] && l["text"] == *text),
+            "{new:?}"
+        );
+    }
+    assert_eq!(run(t.cli(OM).args(["read", "--json"])).stdout, "");
+    let all = t.read_all(OM);
+    assert_eq!(seqs(&all), (0..size).collect::<Vec<_>>());
+    for (sent, text, sender) in &talk {
+        let l = &all[sent["seq"].as_u64().unwrap() as usize];
+        assert_eq!(l["kind"], "talk", "{l}");
+        assert_eq!(l["text"], *text, "{l}");
+        assert_eq!(l["room"], sent["room"], "{l}");
+        assert!(l["sender"].as_str().unwrap().starts_with(sender), "{l}");
+    }
+    // Roster and ground rules accepted by replay; the acceptances too, but
+    // blocked for the mediator until it verifies the parties' keys (the
+    // ground rules require it).
+    let statements: Vec<&Value> = all.iter().filter(|l| l["kind"] == "statement").collect();
+    assert_eq!(statements.len(), 4, "{all:?}");
+    for l in &statements[..2] {
+        assert_eq!(l["verdict"], "accepted", "{l}");
+    }
+    for l in &statements[2..] {
+        let (text, verdict) = (l["text"].as_str().unwrap(), l["verdict"].as_str().unwrap());
+        assert!(
+            text.starts_with("acceptance of roster and ground rules"),
+            "{l}"
+        );
+        assert!(!verdict.contains("REJECTED"), "{l}");
+        if text.contains("by United States") {
+            assert!(
+                verdict.contains("BLOCKED until you verify United States"),
+                "{l}"
+            );
+        }
+    }
+
+    // Each party reads its own rooms only.
+    for (h, rooms) in [(US, ["Record", US_CAUCUS]), (IR, ["Record", IR_CAUCUS])] {
+        let lines = t.read_all(h);
+        assert!(
+            lines
+                .iter()
+                .all(|l| rooms.contains(&l["room"].as_str().unwrap()))
+        );
+        let want: Vec<u64> = all
+            .iter()
+            .filter(|l| rooms.contains(&l["room"].as_str().unwrap()))
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs(&lines), want, "{h}");
+    }
+
+    // Every home verifies the same log, finds no evidence, and cosigns;
+    // once all three have, the checkpoint is final.
+    let first = t.verified_to(OM, size);
+    assert_eq!(first["cosigned"], true, "{first}");
+    assert_eq!(first["final_"], false, "{first}");
+    let us = t.verified_to(US, size);
+    let ir = t.verified_to(IR, size);
+    for v in [&us, &ir] {
+        assert_eq!(v["root"], first["root"], "{v}");
+        assert_eq!(v["cosigned"], true, "{v}");
+        assert_eq!(v["talks"], t.talks.as_str(), "{v}");
+    }
+    assert_eq!(ir["parties"], 3, "{ir}");
+    assert_eq!(ir["parties_cosigning"], 3, "{ir}");
+    assert_eq!(ir["final_"], true, "{ir}");
+
+    // The US compares codes with Iran in person, and records it.
+    let verified = ok_json(t.cli(US).args([
+        "talks",
+        "verify",
+        "--with",
+        "IR",
+        "--via",
+        "in person, Muscat",
+        "--code",
+        &words(&code),
+        "--json",
+    ]));
+    assert_eq!(verified["name"], "Islamic Republic of Iran", "{verified}");
+    let show = t.show(US);
+    assert_eq!(show["talks"], t.talks.as_str());
+    assert_eq!(show["roster"], true);
+    assert_eq!(show["ground_rules"], true);
+    assert_eq!(show["awaiting_acceptance"], Value::Array(vec![]));
+    assert_eq!(show["other_talks"], Value::Array(vec![]));
+    assert_eq!(show["verified_size"], size);
+    assert_eq!(show["archived_to"], size);
+    let iran = party(&show, "Islamic Republic of Iran");
+    assert_eq!(iran["kind"], "party", "{iran}");
+    assert_eq!(iran["accepted"], true, "{iran}");
+    assert_eq!(iran["verified"], true, "{iran}");
+    assert_eq!(iran["keys"], "verified (in person, Muscat)", "{iran}");
+    let own = party(&show, "United States");
+    assert_eq!(own["accepted"], true, "{own}");
+    assert_eq!(own["keys"], "your own party", "{own}");
+    let oman = party(&show, "Sultanate of Oman");
+    assert_eq!(oman["kind"], "mediator", "{oman}");
+    assert_eq!(oman["verified"], false, "{oman}");
+    assert_eq!(oman["keys"], "vouched for by the mediator only", "{oman}");
+    assert_eq!(
+        my_rooms(&show),
+        BTreeSet::from(["Record".to_owned(), US_CAUCUS.to_owned()])
+    );
+    // Iran's acceptance, blocked for the US until now, counts.
+    let iran_accepts =
+        t.read_all(US)
+            .into_iter()
+            .find(|l| {
+                l["text"].as_str().unwrap().starts_with(
+                    "acceptance of roster and ground rules by Islamic Republic of Iran",
+                )
+            })
+            .unwrap();
+    assert_eq!(iran_accepts["verdict"], "accepted", "{iran_accepts}");
+    // Iran has verified nobody yet.
+    let ir_show = t.show(IR);
+    assert_eq!(
+        party(&ir_show, "United States")["keys"],
+        "vouched for by the mediator only"
+    );
+    // One safety code for all three.
+    for h in [OM, US, IR] {
+        assert_eq!(t.show(h)["safety_code"], code.as_str(), "{h}");
+    }
+
+    // `follow` prints what arrives: the US follows while Oman speaks.
+    let follow = t
+        .cli(US)
+        .args(["follow", "--count", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let later = t.send(OM, "caucus united", "Shall we meet at ten?");
+    let out = wait_bounded(follow);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["seq"], later);
+    assert_eq!(lines[0]["text"], "Shall we meet at ten?");
+    assert_eq!(lines[0]["room"], US_CAUCUS);
+    t.node.kill();
+}
+
+/// Waits for `child`, killing it (and failing) if it runs far too long.
+fn wait_bounded(mut child: Child) -> std::process::Output {
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!("still running after 30 s: {out:?}");
+}
+
+#[test]
+fn clients_resume_after_the_node_is_killed() {
+    let mut t = Talks::open();
+    t.send(OM, "record", "before the crash: Oman");
+    t.send(US, "caucus", "before the crash: US");
+    t.send(IR, "caucus", "before the crash: Iran");
+
+    // Each home sends in a loop until the node is SIGKILLed under it; every
+    // acknowledged send (exit 0 with a seq) is recorded.
+    let acked: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+    let loops: Vec<_> = [(OM, "record"), (US, "caucus"), (IR, "record")]
+        .into_iter()
+        .map(|(h, room)| {
+            let (root, acked) = (t.dir.path().to_owned(), Arc::clone(&acked));
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let text = format!("{h} message {i}");
+                    let out =
+                        run(home_cli(&root, h).args(["send", "--json", "--room", room, &text]));
+                    if out.code != Some(0) {
+                        return out;
+                    }
+                    let seq = out.json()["seq"].as_u64().unwrap();
+                    acked.lock().unwrap().push((h.to_owned(), seq, text));
+                }
+                panic!("{h} sent 200 messages and the node is still up");
+            })
+        })
+        .collect();
+    for _ in 0..600 {
+        if acked.lock().unwrap().len() >= 9 || loops.iter().any(|l| l.is_finished()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // No send failed while the node was up.
+    if let Some(i) = loops.iter().position(|l| l.is_finished()) {
+        let failed = loops.into_iter().nth(i).unwrap().join().unwrap();
+        panic!("a send failed before the node was killed: {failed:?}");
+    }
+    t.node.kill(); // SIGKILL, mid-run
+    for l in loops {
+        let failed = l.join().unwrap();
+        assert_eq!(failed.code, Some(FAILED), "{failed:?}");
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 9, "too few acknowledgements: {acked:?}");
+
+    // Restarted on the same directory and address: more talk.
+    t.start_again();
+    let mut last = 0;
+    for (h, room) in [(OM, "caucus islamic"), (US, "record"), (IR, "caucus")] {
+        last = t.send(h, room, &format!("after the crash: {h}"));
+    }
+    let size = last + 1;
+    let first = t.verified_to(OM, size);
+
+    // The mediator, in every room, archived the whole log once, in order;
+    // each party archived exactly the envelopes of its rooms.
+    let all = t.read_all(OM);
+    assert_eq!(seqs(&all), (0..size).collect::<Vec<_>>());
+    let mut archives = BTreeMap::from([(OM, all.clone())]);
+    for h in [US, IR] {
+        let rooms = my_rooms(&t.show(h));
+        let lines = t.read_all(h);
+        let want: Vec<u64> = all
+            .iter()
+            .filter(|l| rooms.contains(l["room"].as_str().unwrap()))
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs(&lines), want, "{h}: a gap or a duplicate");
+        archives.insert(h, lines);
+    }
+    // Every acknowledged send is there, at its seq, with its text, in the
+    // mediator's archive and in its sender's.
+    for (h, seq, text) in &acked {
+        assert_eq!(all[*seq as usize]["text"], text.as_str(), "{h} seq {seq}");
+        assert!(
+            archives[h.as_str()]
+                .iter()
+                .any(|l| l["seq"] == *seq && l["text"] == text.as_str()),
+            "{h}'s seq {seq} is not in its own archive"
+        );
+    }
+    // And every home verifies the same log without evidence.
+    for h in [US, IR] {
+        let v = t.verified_to(h, size);
+        assert_eq!(v["root"], first["root"], "{h}: {v}");
+    }
+}
+
+#[test]
+fn a_rewritten_stored_envelope_fails_log_verify_naming_its_seq() {
+    let mut t = Talks::open();
+    t.send(OM, "caucus united", "Welcome to Muscat.");
+    let rewritten = t.send(US, "caucus", "We can move on the exchange.");
+    let last = t.send(IR, "record", "Iran is present.");
+    let clean = t.verified_to(US, last + 1);
+    assert_eq!(clean["cosigned"], true, "{clean}");
+
+    // Stop the node; rewrite the US envelope's body, and its body hash to
+    // match, as an attacker holding the database would (the header, signed
+    // by the US device, is left: the row still decodes).
+    t.node.kill();
+    with_db(&t.node_dir().join("node.db"), async |c| {
+        let room: Vec<u8> = sqlx::query_scalar("SELECT room FROM envelopes WHERE seq = ?")
+            .bind(rewritten as i64)
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+        let room = RoomId(room.try_into().unwrap());
+        let forged = PlaintextSeal
+            .seal(
+                room,
+                &AppMessage {
+                    content: Content::Talk("We will never move on the exchange.".into()),
+                    salt: Salt([0xee; 32]),
+                },
+            )
+            .unwrap();
+        let done = sqlx::query("UPDATE envelopes SET body = ?, body_hash = ? WHERE seq = ?")
+            .bind(forged.clone())
+            .bind(sha256(&forged).0.to_vec())
+            .bind(rewritten as i64)
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    });
+    t.start_again();
+
+    // The US home, which verified and archived the original: evidence,
+    // exit 3, naming that seq and no other.
+    let out = t.log_verify(US);
+    assert_eq!(out.code, Some(EVIDENCE), "{out:?}");
+    assert!(names(&out.stderr, rewritten), "{out:?}");
+    let v = out.json();
+    let found = v["discrepancies"].as_array().unwrap();
+    assert!(!found.is_empty(), "{v}");
+    for d in found {
+        assert!(names(d.as_str().unwrap(), rewritten), "{d}");
+    }
+    assert_eq!(v["cosigned"], false, "{v}");
+    for seq in (0..=last).filter(|s| *s != rewritten) {
+        assert!(!names(&out.stderr, seq), "seq {seq} blamed too: {out:?}");
+        assert!(!names(&out.stdout, seq), "seq {seq} blamed too: {out:?}");
+    }
+    // Not once: again on the next run.
+    let again = t.log_verify(US);
+    assert_eq!(again.code, Some(EVIDENCE), "{again:?}");
+    assert!(names(&again.stderr, rewritten), "{again:?}");
+}
+
+#[test]
+fn a_deleted_stored_envelope_is_reported_withheld() {
+    let mut t = Talks::open();
+    t.send(US, "caucus", "We can move on the exchange.");
+    // The US verified the log before these; it has not read them.
+    let before = t.send(IR, "record", "Iran is present.");
+    t.verified_to(US, before + 1);
+    let deleted = t.send(OM, "caucus united", "A proposal for the US only.");
+    let last = t.send(OM, "record", "The session resumes at ten.");
+    // The node has integrated both (the mediator verified them).
+    t.verified_to(OM, last + 1);
+
+    t.node.kill();
+    with_db(&t.node_dir().join("node.db"), async |c| {
+        let done = sqlx::query("DELETE FROM envelopes WHERE seq = ?")
+            .bind(deleted as i64)
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    });
+    t.start_again();
+
+    // The US home, in that room, never received it: the node withholds
+    // it below its signed checkpoint. Exit 3, seq named.
+    let out = t.log_verify(US);
+    assert_eq!(out.code, Some(EVIDENCE), "{out:?}");
+    assert!(names(&out.stderr, deleted), "{out:?}");
+    assert!(out.stderr.contains("withholds"), "{out:?}");
+    for seq in (0..=last).filter(|s| *s != deleted) {
+        assert!(!names(&out.stderr, seq), "seq {seq} blamed too: {out:?}");
+    }
+    // The mediator, which archived it, finds it no longer served.
+    let out = t.log_verify(OM);
+    assert_eq!(out.code, Some(EVIDENCE), "{out:?}");
+    assert!(names(&out.stderr, deleted), "{out:?}");
+    let v = out.json();
+    let found = v["discrepancies"].as_array().unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|d| names(d.as_str().unwrap(), deleted)
+                && d.as_str().unwrap().contains("withholds")),
+        "{v}"
+    );
+}
+
+#[test]
+fn bad_inputs_are_refused_clearly_and_change_nothing() {
+    let mut t = Talks::seated();
+    let addr = t.node.addr.to_string();
+    let log_key = ok_json(
+        backchannel()
+            .args(["node", "info", "--json", "--dir"])
+            .arg(t.node_dir()),
+    )["log_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A garbage invitation, into a fresh home: refused before anything.
+    ok(t.cli("x").args(["home", "init"]));
+    let garbage = t.path("garbage.inv");
+    std::fs::write(&garbage, "this is not an invitation\n").unwrap();
+    let out = run(t
+        .cli("x")
+        .args([
+            "talks",
+            "join",
+            "--name",
+            "X",
+            "--member",
+            "Y",
+            "--invitation",
+        ])
+        .arg(&garbage));
+    out.refused(FAILED, "is not a usable invitation");
+    let no_talks = |t: &Talks| {
+        run(t.cli("x").args(["talks", "show", "--json"])).refused(FAILED, "takes part in no talks");
+    };
+    no_talks(&t);
+    assert_eq!(
+        ok_json(t.cli("x").args(["keys", "list", "--json"]))["keys"],
+        Value::Array(vec![])
+    );
+    // The US invitation, already used, in a second home: the node refuses.
+    let out = run(t
+        .cli("x")
+        .args([
+            "talks",
+            "join",
+            "--name",
+            "X",
+            "--member",
+            "Y",
+            "--invitation",
+        ])
+        .arg(t.path("us.inv")));
+    out.refused(FAILED, "already used");
+    no_talks(&t);
+
+    // `talks open` with a bad fingerprint: malformed, then the wrong one.
+    let open = |fp: &str| {
+        run(t.cli(OM).args([
+            "talks",
+            "open",
+            "--node",
+            &addr,
+            "--fingerprint",
+            fp,
+            "--origin",
+            ORIGIN,
+            "--log-key",
+            &log_key,
+            "--name",
+            "Oman",
+            "--member",
+            "M",
+        ]))
+    };
+    open("abcd").refused(FAILED, "--fingerprint must be 64 hex digits");
+    open(&"00".repeat(32)).refused(FAILED, "did not present the node certificate");
+    // The mediator's home still takes part in these talks only.
+    let om = t.show(OM);
+    assert_eq!(om["talks"], t.talks.as_str());
+    assert_eq!(om["other_talks"], Value::Array(vec![]));
+
+    // Joined, seated by the mediator, not accepted: no talk yet.
+    let out = run(t.cli(US).args(["send", "--room", "record", "Too early."]));
+    out.refused(FAILED, "talks accept");
+    assert!(!out.stderr.contains("Too early."), "{out:?}");
+
+    // Both accept; the log as it stands.
+    t.accept_all();
+    let log = t.read_all(OM);
+    let unchanged = |t: &Talks| assert_eq!(t.read_all(OM), log, "the log changed");
+
+    // A room the sender is not in: by words, by id.
+    run(t
+        .cli(US)
+        .args(["send", "--room", "caucus islamic", "Psst."]))
+    .refused(FAILED, "you are in no room called \"caucus islamic\"");
+    let ir_caucus = room_id(&t.show(US), IR_CAUCUS);
+    run(t.cli(US).args(["send", "--room", &ir_caucus, "Psst."]))
+        .refused(FAILED, &format!("you are not in room {IR_CAUCUS}"));
+    unchanged(&t);
+
+    // A wrong code: refused, nothing recorded.
+    let out = run(t.cli(IR).args([
+        "talks",
+        "verify",
+        "--with",
+        "US",
+        "--via",
+        "phone",
+        "--code",
+        "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon \
+         abandon zoo",
+    ]));
+    out.refused(FAILED, "the codes differ");
+    assert!(out.stderr.contains("Nothing was recorded"), "{out:?}");
+    let us = party(&t.show(IR), "United States").clone();
+    assert_eq!(us["verified"], false, "{us}");
+    assert_eq!(us["keys"], "vouched for by the mediator only", "{us}");
+    // A party not in the roster; no --via (usage: exit 2).
+    run(t
+        .cli(IR)
+        .args(["talks", "verify", "--with", "Nobody", "--via", "phone"]))
+    .refused(FAILED, "no party of the roster matches \"Nobody\"");
+    run(t.cli(IR).args(["talks", "verify", "--with", "US"])).refused(USAGE, "--via");
+    let us = party(&t.show(IR), "United States").clone();
+    assert_eq!(us["verified"], false, "{us}");
+
+    // Only the mediator invites.
+    let out_file = t.path("party.inv");
+    run(t.cli(US).args(["talks", "invite", "--out"]).arg(&out_file))
+        .refused(FAILED, "only the mediator invites parties");
+    assert!(!out_file.exists());
+
+    // Talks the home does not take part in, and a malformed id.
+    let commands: [&[&str]; 8] = [
+        &["send", "--room", "record", "Hello?"],
+        &["read"],
+        &["follow", "--count", "1"],
+        &["log", "verify"],
+        &["talks", "show"],
+        &["talks", "accept", "--wait", "1"],
+        &["talks", "verify", "--with", "IR", "--via", "phone"],
+        &["talks", "seat"],
+    ];
+    for args in commands {
+        run(t.cli(US).args(args).args(["--talks", UNKNOWN_TALKS])).refused(
+            FAILED,
+            &format!("does not take part in talks {UNKNOWN_TALKS}"),
+        );
+        run(t.cli(US).args(args).args(["--talks", "zz"])).refused(FAILED, "is not a talks id");
+    }
+    run(t
+        .cli(OM)
+        .args(["talks", "invite", "--talks", UNKNOWN_TALKS, "--out"])
+        .arg(&out_file))
+    .refused(FAILED, "does not take part in talks");
+    assert!(!out_file.exists());
+
+    // Nothing reached the log, and the US log still verifies.
+    unchanged(&t);
+    t.verified_to(US, log.len() as u64);
+}
+
+// --- Found by these tests, fixed -------------------------------------------
+
+/// Every command prints the safety code in groups of four words separated
+/// by " / "; `talks verify --code` should take it as printed.
+#[test]
+fn talks_verify_takes_the_code_as_printed() {
+    let t = Talks::open();
+    let code = t.show(US)["safety_code"].as_str().unwrap().to_owned();
+    assert!(code.contains(" / "), "{code}");
+    let out = run(t.cli(IR).args([
+        "talks", "verify", "--with", "US", "--via", "phone", "--code", &code,
+    ]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(party(&t.show(IR), "United States")["verified"], true);
+}
+
+/// A `talks open` or `talks join` the node refuses leaves the home as it
+/// was: no keys for talks it does not take part in.
+#[test]
+fn a_refused_open_or_join_leaves_no_keys_behind() {
+    let t = Talks::seated();
+    ok(t.cli("x").args(["home", "init"]));
+    let out = run(t
+        .cli("x")
+        .args([
+            "talks",
+            "join",
+            "--name",
+            "X",
+            "--member",
+            "Y",
+            "--invitation",
+        ])
+        .arg(t.path("us.inv")));
+    out.refused(FAILED, "already used");
+    // (The party's long-term authority key may stay: it is no talks'.)
+    let keys = ok_json(t.cli("x").args(["keys", "list", "--json"]));
+    let talks_keys: Vec<&Value> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| !k["talks"].is_null())
+        .collect();
+    assert_eq!(talks_keys, Vec::<&Value>::new());
+    let keys = ok_json(t.cli(OM).args(["keys", "list", "--json"]));
+    let log_key = ok_json(
+        backchannel()
+            .args(["node", "info", "--json", "--dir"])
+            .arg(t.node_dir()),
+    )["log_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run(t.cli(OM).args([
+        "talks",
+        "open",
+        "--node",
+        &t.node.addr.to_string(),
+        "--fingerprint",
+        &"00".repeat(32),
+        "--origin",
+        ORIGIN,
+        "--log-key",
+        &log_key,
+        "--name",
+        "Oman",
+        "--member",
+        "M",
+    ]))
+    .refused(FAILED, "fingerprint");
+    assert_eq!(ok_json(t.cli(OM).args(["keys", "list", "--json"])), keys);
+}
+
+/// `--json` outputs name the talks also when `--talks` is left out (the
+/// home's only talks).
+#[test]
+fn json_outputs_name_the_talks_when_talks_is_left_out() {
+    let t = Talks::seated();
+    let inv = ok_json(
+        t.cli(OM)
+            .args(["talks", "invite", "--json", "--out"])
+            .arg(t.path("third.inv")),
+    );
+    assert_eq!(inv["talks"], t.talks.as_str(), "{inv}");
+}
