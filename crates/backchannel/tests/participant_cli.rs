@@ -6,7 +6,8 @@
 //! resume with no gap and no duplicate, every acknowledged send there), a
 //! stored envelope rewritten or deleted behind the node's back (`log
 //! verify` exits 3 naming the seq), and bad inputs (a clear error, a
-//! nonzero exit, nothing changed).
+//! nonzero exit, nothing changed). Then a member added after the roster
+//! and removed, and the talks' lifecycle.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -1118,4 +1119,176 @@ fn json_outputs_name_the_talks_when_talks_is_left_out() {
             .arg(t.path("third.inv")),
     );
     assert_eq!(inv["talks"], t.talks.as_str(), "{inv}");
+}
+
+// --- Members and the talks' lifecycle -----------------------------------------
+
+/// A member joins a party after the roster — one hand-over each way, their
+/// keys made in their own home — is seated once the mediator and the other
+/// party co-sign, talks; then the party removes them: their keys are
+/// revoked in the record, their device is off the list, and every log
+/// still verifies.
+#[test]
+fn a_member_is_added_after_the_roster_and_removed() {
+    let t = Talks::open();
+    ok(t.cli("neg").args(["home", "init"]));
+    let invitation = t.path("neg.member");
+    let reply = t.path("neg.reply");
+    // Only the home holding the party's talks authority adds members.
+    run(t
+        .cli(US)
+        .args([
+            "members",
+            "add",
+            "--name",
+            "US negotiator",
+            "--role",
+            "lead",
+            "--out",
+        ])
+        .arg(t.path("bad.member")))
+    .refused(FAILED, "not a role of your kind of party");
+    ok(t.cli(US)
+        .args([
+            "members",
+            "add",
+            "--name",
+            "US negotiator",
+            "--role",
+            "negotiator",
+            "--out",
+        ])
+        .arg(&invitation));
+    ok(t.cli("neg")
+        .args(["members", "join", "--invitation"])
+        .arg(&invitation)
+        .arg("--out")
+        .arg(&reply));
+    // A reply to an invitation another party made is refused.
+    run(t.cli(IR).args(["members", "admit", "--reply"]).arg(&reply))
+        .refused(FAILED, "you did not invite member");
+    let admitted = ok_json(
+        t.cli(US)
+            .args(["members", "admit", "--json", "--reply"])
+            .arg(&reply),
+    );
+    assert_eq!(admitted["applied"], false, "{admitted}");
+    // Not seated until the mediator and Iran co-sign.
+    run(t.cli("neg").args(["send", "--room", "caucus", "too early"]))
+        .refused(FAILED, "access list");
+    // Admitting twice is refused.
+    run(t.cli(US).args(["members", "admit", "--reply"]).arg(&reply))
+        .refused(FAILED, "already admitted");
+    let om = ok_json(t.cli(OM).args(["talks", "cosign", "--json"]));
+    assert_eq!(om["cosigned"].as_array().unwrap().len(), 1, "{om}");
+    let ir = ok_json(t.cli(IR).args(["talks", "cosign", "--json"]));
+    assert_eq!(ir["applied"], 1, "{ir}");
+    let seq = t.send("neg", "caucus", "The negotiator is here.");
+    let seen = t.read_all(OM);
+    let line = seen
+        .iter()
+        .find(|l| l["seq"] == seq)
+        .expect("the mediator reads it");
+    assert_eq!(line["text"], "The negotiator is here.");
+    assert!(
+        line["sender"]
+            .as_str()
+            .unwrap()
+            .contains("certified after the roster"),
+        "{line}"
+    );
+    // The US names its own member as it invited them.
+    let us_view = t.read_all(US);
+    let line = us_view.iter().find(|l| l["seq"] == seq).unwrap();
+    assert!(
+        line["sender"]
+            .as_str()
+            .unwrap()
+            .starts_with("US negotiator"),
+        "{line}"
+    );
+
+    // Removal: revoked in the record, off the list.
+    run(t
+        .cli(IR)
+        .args(["members", "remove", "--member", "US negotiator"]))
+    .refused(FAILED, "no member");
+    run(t
+        .cli(US)
+        .args(["members", "remove", "--member", "US envoy"]))
+    .refused(FAILED, "cannot remove yourself");
+    let removed = ok_json(t.cli(US).args([
+        "members",
+        "remove",
+        "--json",
+        "--member",
+        "US negotiator",
+        "--reason",
+        "lost",
+    ]));
+    assert_eq!(removed["revoked"].as_array().unwrap().len(), 2, "{removed}");
+    assert_eq!(removed["devices_removed"], 1, "{removed}");
+    run(t
+        .cli("neg")
+        .args(["send", "--room", "caucus", "still here?"]))
+    .refused(FAILED, "taken off the access list");
+    // Every replay accepts the revocations and rejects nothing; every log
+    // verifies.
+    let size = t.read_all(OM).len() as u64;
+    for h in [OM, US, IR] {
+        let v = t.verified_to(h, size);
+        assert_eq!(v["statements_rejected"], serde_json::json!([]), "{h}: {v}");
+    }
+}
+
+/// A party suspends; nothing is said until the talks resume; only the
+/// suspending party or the mediator resumes; the mediator concludes and
+/// closes, in that order; every view shows the phase.
+#[test]
+fn the_talks_are_suspended_resumed_concluded_and_closed() {
+    let t = Talks::open();
+    let suspended = ok_json(t.cli(US).args([
+        "talks",
+        "suspend",
+        "--json",
+        "--reason",
+        "consulting the capital",
+    ]));
+    assert!(
+        suspended["phase"]
+            .as_str()
+            .unwrap()
+            .starts_with("suspended by United States"),
+        "{suspended}"
+    );
+    for h in [OM, IR] {
+        assert!(
+            t.show(h)["phase"]
+                .as_str()
+                .unwrap()
+                .starts_with("suspended by United States"),
+            "{h}"
+        );
+    }
+    run(t.cli(IR).args(["send", "--room", "record", "hello?"])).refused(FAILED, "suspended");
+    run(t.cli(IR).args(["talks", "resume"])).refused(FAILED, "cannot be resumed now");
+    run(t.cli(OM).args(["talks", "close"])).refused(FAILED, "cannot be closed now");
+    ok(t.cli(OM)
+        .args(["talks", "resume", "--reason", "the capital answered"]));
+    assert_eq!(t.show(IR)["phase"], "open");
+    t.send(IR, "record", "We are back.");
+    run(t.cli(US).args(["talks", "conclude"])).refused(FAILED, "cannot be concluded now");
+    ok(t.cli(OM)
+        .args(["talks", "conclude", "--reason", "agreement reached"]));
+    run(t
+        .cli(US)
+        .args(["send", "--room", "record", "one more thing"]))
+    .refused(FAILED, "concluded");
+    ok(t.cli(OM).args(["talks", "close"]));
+    assert!(t.show(US)["phase"].as_str().unwrap().starts_with("closed"));
+    let size = t.read_all(OM).len() as u64;
+    for h in [OM, US, IR] {
+        let v = t.verified_to(h, size);
+        assert_eq!(v["statements_rejected"], serde_json::json!([]), "{h}: {v}");
+    }
 }
