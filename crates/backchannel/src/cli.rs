@@ -16,7 +16,7 @@ pub const NODE_PASSPHRASE_ENV: &str = "BACKCHANNEL_NODE_PASSPHRASE";
 pub const HOME_PASSPHRASE_ENV: &str = "BACKCHANNEL_PASSPHRASE";
 
 /// The exit codes, at the end of the participant commands' `--help`.
-const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the reason, and what to \
+pub const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the reason, and what to \
                           do next, on stderr); 2 the arguments were not understood; 3 evidence \
                           against the node was found (named, with its seq, on stderr).";
 
@@ -74,6 +74,9 @@ pub enum Command {
     /// the home that joined the talks).
     #[command(subcommand, after_help = EXIT_CODES)]
     Members(MembersCommand),
+    /// Share files with your rooms through the node's blob store.
+    #[command(subcommand)]
+    Blob(crate::blob::BlobCommand),
     /// Send talk to one room of the talks.
     #[command(after_help = EXIT_CODES)]
     Send(SendArgs),
@@ -840,6 +843,11 @@ pub enum LogCommand {
 pub enum EvidenceCommand {
     /// Verify a fork-evidence file offline.
     Verify(VerifyEvidenceArgs),
+    /// Export one statement of your archive as an evidence bundle, as the
+    /// ground rules allow, over a final checkpoint.
+    Export(crate::export::ExportArgs),
+    /// Verify a statement's evidence bundle offline.
+    VerifyStatement(crate::export::VerifyBundleArgs),
 }
 
 /// Which log: the node's log key and origin, and the talks.

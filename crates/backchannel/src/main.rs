@@ -15,9 +15,11 @@
 //! command ran, and found evidence against the node (`log verify`, `read`,
 //! `follow`: a seq named on stderr).
 
+mod blob;
 mod cli;
 mod demo;
 mod evidence;
+mod export;
 mod home;
 mod keys;
 mod logging;
@@ -67,6 +69,11 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Log(cli::LogCommand::Compare(args)) => evidence::compare(args),
         Command::Log(cli::LogCommand::Verify(args)) => messages::verify(cli.home, args),
         Command::Evidence(cli::EvidenceCommand::Verify(args)) => evidence::verify(args),
+        Command::Evidence(cli::EvidenceCommand::Export(args)) => export::main(cli.home, args),
+        Command::Evidence(cli::EvidenceCommand::VerifyStatement(args)) => {
+            export::verify_bundle(args)
+        }
+        Command::Blob(command) => blob::main(cli.home, command),
         Command::Home(command) => home::main(cli.home, command),
         Command::Keys(command) => keys::main(cli.home, command),
         Command::Talks(command) => talks::main(cli.home, command),
