@@ -583,15 +583,19 @@ impl Decode for TalksRecord {
         let pending_members = r.list("pending members", MAX_ENROLLED_MEMBERS)?;
         let n = r.len("verifications", MAX_INVITED + 1, 17)?;
         let mut verifications = BTreeMap::new();
+        let mut last: Option<PartyId> = None;
         for _ in 0..n {
             let p = PartyId::decode(r)?;
             let v = PartyVerification::decode(r)?;
-            if verifications.insert(p, v).is_some() {
+            // One encoding per value: parties strictly increasing.
+            if last.is_some_and(|l| p <= l) {
                 return Err(DecodeError::Invalid {
                     field: "verifications",
-                    reason: "a party twice",
+                    reason: "parties must be sorted and unique",
                 });
             }
+            last = Some(p);
+            verifications.insert(p, v);
         }
         Ok(Self {
             talks,
