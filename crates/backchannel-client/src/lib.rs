@@ -28,6 +28,9 @@
 
 pub mod follow;
 pub mod fork;
+/// Fuzz entry points (`fuzz/fuzz_targets/`, and `tests/fuzz_corpus.rs`).
+#[doc(hidden)]
+pub mod fuzz;
 pub mod net;
 pub mod participant;
 pub mod safety;
