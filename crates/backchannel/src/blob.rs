@@ -20,10 +20,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::net::NetError;
 use backchannel_client::seal::Content;
-use backchannel_core::replay::Phase;
 use backchannel_crypto::{Digest, sha256};
 use backchannel_node::api::codes;
-use backchannel_statement::{PartyKind, Salt};
+use backchannel_statement::Salt;
 use clap::{Args, Subcommand};
 use rand_core::OsRng;
 use serde::Serialize;
@@ -31,7 +30,7 @@ use serde::Serialize;
 use crate::cli::{EXIT_CODES, TalksArgs};
 use crate::home;
 use crate::messages::Evidence;
-use crate::participant::{self, CliSession, Ctx, access_list, my_rooms};
+use crate::participant::{self, CliSession, Ctx};
 use crate::talks::refresh;
 
 /// `backchannel blob …`.
@@ -177,43 +176,9 @@ async fn put_in(ctx: &Ctx, a: &BlobPutArgs, len: u64) -> anyhow::Result<Put> {
         info.max_blob
     );
     let view = refresh(ctx, &mut s).await?;
-    let list = access_list(&s).await?;
-    let mine = my_rooms(&list, s.device());
-    ensure!(
-        !mine.is_empty(),
-        "your device is not seated in any room yet: run `backchannel talks accept`"
-    );
-    let room = view.find_room(&ctx.record, &mine, &a.room)?;
-    ensure!(
-        mine.contains(&room),
-        "you are not in room {}; your rooms are the ones `backchannel talks show` marks yours",
-        view.room_name(room)
-    );
     // The announcement is talk: the same rules as `send`, checked before
     // anything is uploaded.
-    if view.roster().is_some() {
-        let awaiting = view.awaiting();
-        ensure!(
-            awaiting.is_empty(),
-            "the ground rules come first: {} {} not accepted the roster and ground rules yet; \
-             nothing is shared until every party has",
-            awaiting
-                .iter()
-                .map(|p| view.party_name(*p))
-                .collect::<Vec<_>>()
-                .join(", "),
-            if awaiting.len() == 1 { "has" } else { "have" }
-        );
-    } else if ctx.record.party_kind != PartyKind::Mediator {
-        bail!("the roster has not reached you yet; run `backchannel talks accept` first");
-    }
-    match view.replay.phase() {
-        Phase::Open => {}
-        phase => bail!(
-            "the talks are {phase}: nothing can be shared until they are resumed (`backchannel \
-             talks show`)"
-        ),
-    }
+    let room = crate::messages::talk_room(ctx, &s, &view, &a.room).await?;
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     ensure!(
         bytes.len() as u64 <= info.max_blob,

@@ -190,49 +190,7 @@ async fn send_inner(dir: PathBuf, a: SendArgs) -> anyhow::Result<()> {
     let ctx = participant::open(&dir, &a.talks).await?;
     let mut s = ctx.session().await?;
     let view = refresh(&ctx, &mut s).await?;
-    let list = access_list(&s).await?;
-    let mine = my_rooms(&list, s.device());
-    ensure!(
-        !mine.is_empty(),
-        "your device is not seated in any room yet: {}",
-        if view.roster().is_none() {
-            "wait for the mediator's roster and run `backchannel talks accept`"
-        } else {
-            "run `backchannel talks accept`"
-        }
-    );
-    let room = view.find_room(&ctx.record, &mine, &a.room)?;
-    ensure!(
-        mine.contains(&room),
-        "you are not in room {}; your rooms are the ones `backchannel talks show` marks yours",
-        view.room_name(room)
-    );
-    // Ground rules first: no talk before every party accepted them.
-    if view.roster().is_some() {
-        let awaiting = view.awaiting();
-        if !awaiting.is_empty() {
-            bail!(
-                "the ground rules come first: {} {} not accepted the roster and ground rules \
-                 yet; talk waits until every party has",
-                awaiting
-                    .iter()
-                    .map(|p| view.party_name(*p))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if awaiting.len() == 1 { "has" } else { "have" }
-            );
-        }
-    } else if ctx.record.party_kind != backchannel_statement::PartyKind::Mediator {
-        bail!("the roster has not reached you yet; run `backchannel talks accept` first");
-    }
-    match view.replay.phase() {
-        Phase::Open => {}
-        _ => bail!(
-            "the talks are {}: nothing can be sent until they are resumed (`backchannel talks \
-             show`)",
-            view.phase_text()
-        ),
-    }
+    let room = talk_room(&ctx, &s, &view, &a.room).await?;
     let seq = s
         .send(
             room,
@@ -255,6 +213,60 @@ async fn send_inner(dir: PathBuf, a: SendArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The room `query` names, once the participant may talk in it now:
+/// seated there, every party has accepted the roster and ground rules
+/// (ground rules first), and the talks are open. `send` and `blob put`
+/// (whose announcement is talk) both ask.
+pub async fn talk_room(
+    ctx: &Ctx,
+    s: &CliSession,
+    view: &View,
+    query: &str,
+) -> anyhow::Result<backchannel_codec::RoomId> {
+    let list = access_list(s).await?;
+    let mine = my_rooms(&list, s.device());
+    ensure!(
+        !mine.is_empty(),
+        "your device is not seated in any room yet: {}",
+        if view.roster().is_none() {
+            "wait for the mediator's roster and run `backchannel talks accept`"
+        } else {
+            "run `backchannel talks accept`"
+        }
+    );
+    let room = view.find_room(&ctx.record, &mine, query)?;
+    ensure!(
+        mine.contains(&room),
+        "you are not in room {}; your rooms are the ones `backchannel talks show` marks yours",
+        view.room_name(room)
+    );
+    if view.roster().is_some() {
+        let awaiting = view.awaiting();
+        if !awaiting.is_empty() {
+            bail!(
+                "the ground rules come first: {} {} not accepted the roster and ground rules \
+                 yet; talk waits until every party has",
+                awaiting
+                    .iter()
+                    .map(|p| view.party_name(*p))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if awaiting.len() == 1 { "has" } else { "have" }
+            );
+        }
+    } else if ctx.record.party_kind != backchannel_statement::PartyKind::Mediator {
+        bail!("the roster has not reached you yet; run `backchannel talks accept` first");
+    }
+    match view.replay.phase() {
+        Phase::Open => Ok(room),
+        _ => bail!(
+            "the talks are {}: nothing can be sent until they are resumed (`backchannel talks \
+             show`)",
+            view.phase_text()
+        ),
+    }
 }
 
 /// Runs `read`.
