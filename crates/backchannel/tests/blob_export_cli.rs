@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -45,17 +44,7 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("the listening line");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let (addr, fingerprint) = match words.as_slice() {
-            ["listening", "on", addr, "fingerprint", fp] => {
-                (addr.parse().unwrap(), (*fp).to_owned())
-            }
-            _ => panic!("unexpected line {line:?}"),
-        };
+        let (addr, fingerprint) = common::listening(&mut child).expect("the node listens");
         Self {
             child,
             addr,

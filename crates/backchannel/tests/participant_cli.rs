@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -138,22 +137,16 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("the listening line");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["listening", "on", addr, "fingerprint", fp] => Some(Node {
-                addr: addr.parse().unwrap(),
-                fingerprint: (*fp).to_owned(),
+        match common::listening(&mut child) {
+            Some((addr, fingerprint)) => Some(Node {
+                addr,
+                fingerprint,
                 child,
             }),
-            [] => {
+            None => {
                 let _ = child.wait();
                 None
             }
-            _ => panic!("unexpected line {line:?}"),
         }
     }
 

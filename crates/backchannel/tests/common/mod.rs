@@ -48,6 +48,14 @@ pub fn start_node(dir: &Path) -> (Child, std::net::SocketAddr, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
+    let (addr, fp) = listening(&mut child).expect("the node listens");
+    (child, addr, fp)
+}
+
+/// The address and fingerprint of a spawned `node run` (stdout piped),
+/// from its listening line; `None` if it exited without one (the address
+/// is taken).
+pub fn listening(child: &mut Child) -> Option<(std::net::SocketAddr, String)> {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -55,8 +63,9 @@ pub fn start_node(dir: &Path) -> (Child, std::net::SocketAddr, String) {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["listening", "on", addr, "fingerprint", fp] => {
-            (child, addr.parse().unwrap(), (*fp).to_owned())
+            Some((addr.parse().unwrap(), (*fp).to_owned()))
         }
+        [] => None,
         _ => panic!("unexpected line {line:?}"),
     }
 }
