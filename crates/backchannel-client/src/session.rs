@@ -20,14 +20,15 @@
 //!   [`Session::receive`] (the current one: the mediator's device before
 //!   any roster, and devices seated since), or else a device key that the
 //!   replay of the statements archived before the envelope's seq knows as
-//!   certified at or before that seq, not revoked at or before it, and not
-//!   expired by the envelope's node time. So an envelope a device sent
-//!   while it was on the list is still accepted by a client that receives
-//!   it after the device was removed (revoked, lost, its member removed);
-//!   a key neither on the list nor valid there is evidence naming the seq.
-//!   (The node checks its current list on every submission, so a removed
-//!   key can no longer submit; a hostile node that forges an envelope of a
-//!   revoked device at a later seq is still refused by the position rule.)
+//!   certified at or before that seq. So an envelope a device sent while
+//!   it was on the list is still accepted by a client that receives it
+//!   after the device was removed (revoked, lost, its member removed); a
+//!   key neither on the list nor certified there is evidence naming the
+//!   seq. Revocation and expiry do not refuse an envelope: the node
+//!   sequences a listed device's envelopes even once the record revoked
+//!   it, and every client must hold the same archive, so views mark what a
+//!   device sent after its revocation or expiry ([`revoked_or_expired`])
+//!   and replay rejects whatever such a key signs, by log position.
 //! - each new checkpoint is verified from the data tiles of the new range,
 //!   re-hashed into the follower's compact tree ([`crate::follow`]), then
 //!   every verified leaf of the session's rooms must be in the archive with
@@ -462,17 +463,17 @@ fn replay_archived(replay: &mut Replay, archived: &Archived) {
     }
 }
 
-/// The key the header signature of the envelope at `seq` (stamped
-/// `node_time` by the node) from `sender` is checked with; the error says
-/// why there is none.
+/// The key the header signature of the envelope at `seq` from `sender` is
+/// checked with; the error says why there is none.
 ///
 /// - the sender's entry on `list`, the access list the client accepted
 ///   (the current one): it covers the mediator's device before any roster
 ///   is archived, and devices seated since;
 /// - else a device key `replay` (the statements archived before `seq`)
-///   knows as valid at `seq`: certified at or before it (`valid_from <=
-///   seq`), not revoked at or before it (`revoked_at` after it, or none),
-///   and not expired (`not_after` at or after `node_time`, or none).
+///   certified at or before it (`valid_from <= seq`), revoked or expired
+///   since or not: the node sequenced it while the device was on its list,
+///   and every client must archive the same envelopes; views mark what a
+///   device sent after its revocation or expiry ([`revoked_or_expired`]).
 ///
 /// Talks authority and identity keys sign statements, not envelopes, so
 /// replay lends only device keys.
@@ -480,7 +481,6 @@ fn sender_key(
     list: &AccessList,
     replay: &Replay,
     seq: u64,
-    node_time: u64,
     sender: &KeyId,
 ) -> Result<PublicKey, String> {
     if let Some(entry) = list.get(sender) {
@@ -490,7 +490,7 @@ fn sender_key(
     let Some(state) = replay.key(sender) else {
         return Err(not_listed.to_owned());
     };
-    let KeyRole::Device { not_after, .. } = state.role else {
+    let KeyRole::Device { .. } = state.role else {
         return Err(format!(
             "{not_listed}, and the record knows its key only as one that signs statements, \
              not envelopes"
@@ -502,19 +502,39 @@ fn sender_key(
             state.valid_from
         ));
     }
-    if let Some(revoked_at) = state.revoked_at.filter(|r| *r <= seq) {
-        return Err(format!(
-            "{not_listed}, and its device key was revoked at seq {revoked_at}, before this \
-             envelope"
-        ));
-    }
-    if let Some(t) = not_after.filter(|t| *t < node_time) {
-        return Err(format!(
-            "{not_listed}, and its device key expired (not after {t}) before the node time \
-             {node_time} of this envelope"
-        ));
-    }
+    // Revocation and expiry do not stop the archive: the node sequences a
+    // revoked or expired device's envelopes for as long as the device is
+    // on its list (it judges by the list, not the record), so a client
+    // that refused them here would hold another archive than a client
+    // that received them while the device was listed, and would refuse
+    // the same seq for ever. Every client archives them alike; views show
+    // them as sent after the revocation or expiry (`revoked_or_expired`),
+    // and replay rejects whatever such a key signs, by log position.
     Ok(state.key)
+}
+
+/// Whether the device key that signed the envelope at `seq` (node time
+/// `node_time`) was revoked before it, or had expired, by the record:
+/// `Some(why)` to show next to it.
+pub fn revoked_or_expired(
+    replay: &Replay,
+    sender: &KeyId,
+    seq: u64,
+    node_time: u64,
+) -> Option<String> {
+    let state = replay.key(sender)?;
+    if let Some(r) = state.revoked_at.filter(|r| *r < seq) {
+        return Some(format!("sent after its key was revoked at seq {r}"));
+    }
+    if let KeyRole::Device {
+        not_after: Some(t), ..
+    } = state.role
+    {
+        if t < node_time {
+            return Some(format!("sent after its device key expired (not after {t})"));
+        }
+    }
+    None
 }
 
 /// The RFC 6962 root of `leaves`, which must be the leaves `[0, n)` in
@@ -784,8 +804,8 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
     /// Each envelope's header signature is checked with its sender's key
     /// on `list`, or else, for a sender no longer on it, with the device
     /// key the record (the statements archived before the envelope's seq,
-    /// replayed) shows valid at that seq: certified at or before it, not
-    /// revoked at or before it, not expired by the envelope's node time. So
+    /// replayed) shows certified at or before that seq (revoked or expired
+    /// since or not: views mark those, see [`revoked_or_expired`]). So
     /// envelopes a device sent before it was removed from the list (revoked,
     /// lost, its member removed) are archived by a client that receives
     /// them only afterwards. Statements are applied to that replay in seq
@@ -868,7 +888,7 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
         d.verify_receipt(&self.log_key)
             .map_err(|e| evidence(format!("its receipt does not verify ({e})")))?;
         let h = *d.header.header();
-        let sender = sender_key(list, replay, seq, d.node_time, &h.sender).map_err(evidence)?;
+        let sender = sender_key(list, replay, seq, &h.sender).map_err(evidence)?;
         d.header
             .verify(&sender)
             .map_err(|_| evidence("its header signature does not verify".into()))?;
@@ -1492,60 +1512,75 @@ mod tests {
         let empty = Replay::new(fixtures::talks().talks);
         // The mediator's device before any roster: the list alone.
         assert_eq!(
-            sender_key(&list, &empty, 0, T0, &id(OMAN_LEAD_DEVICE)),
+            sender_key(&list, &empty, 0, &id(OMAN_LEAD_DEVICE)),
             Ok(key(OMAN_LEAD_DEVICE).public_key())
         );
         assert_eq!(
-            sender_key(&list, &replay, 9, T0, &id(US_HEAD_DEVICE)),
+            sender_key(&list, &replay, 9, &id(US_HEAD_DEVICE)),
             Ok(key(US_HEAD_DEVICE).public_key())
         );
     }
 
     #[test]
-    fn a_removed_device_is_judged_by_log_position() {
+    fn a_removed_device_is_archived_and_marked_after_its_revocation() {
         let (list, replay) = record();
         let device = id(US_NEGOTIATOR_DEVICE);
         // Before its revocation at seq 3 (certified by the roster at seq 0).
         for seq in [1, 2] {
             assert_eq!(
-                sender_key(&list, &replay, seq, T0, &device),
+                sender_key(&list, &replay, seq, &device),
                 Ok(key(US_NEGOTIATOR_DEVICE).public_key()),
                 "seq {seq}"
             );
         }
-        // At and after it: refused, naming the revocation.
+        // At and after it: still archived (the node sequenced it while the
+        // device was listed; every client must hold the same archive), and
+        // marked as sent after the revocation.
         for seq in [3, 4, 100] {
-            let e = sender_key(&list, &replay, seq, T0, &device).unwrap_err();
-            assert!(e.contains("revoked at seq 3"), "seq {seq}: {e}");
+            assert_eq!(
+                sender_key(&list, &replay, seq, &device),
+                Ok(key(US_NEGOTIATOR_DEVICE).public_key()),
+                "seq {seq}"
+            );
+        }
+        assert_eq!(revoked_or_expired(&replay, &device, 3, T0), None);
+        for seq in [4, 100] {
+            let why = revoked_or_expired(&replay, &device, seq, T0).expect("marked");
+            assert!(why.contains("revoked at seq 3"), "seq {seq}: {why}");
         }
         // Not yet known to a replay that has not seen the roster.
         let empty = Replay::new(fixtures::talks().talks);
-        let e = sender_key(&list, &empty, 1, T0, &device).unwrap_err();
+        let e = sender_key(&list, &empty, 1, &device).unwrap_err();
         assert_eq!(e, "its sender is not on the access list");
     }
 
     #[test]
-    fn a_device_certified_by_statement_is_valid_from_its_seq_until_it_expires() {
+    fn a_device_certified_by_statement_is_known_from_its_seq_and_marked_once_expired() {
         let (list, replay) = record();
         let device = id(NEW_DEVICE);
         assert_eq!(
-            sender_key(&list, &replay, 2, NOT_AFTER, &device),
+            sender_key(&list, &replay, 2, &device),
             Ok(key(NEW_DEVICE).public_key())
         );
-        let e = sender_key(&list, &replay, 2, NOT_AFTER + 1, &device).unwrap_err();
-        assert!(e.contains("expired"), "{e}");
+        assert_eq!(revoked_or_expired(&replay, &device, 2, NOT_AFTER), None);
+        assert_eq!(
+            sender_key(&list, &replay, 2, &device),
+            Ok(key(NEW_DEVICE).public_key())
+        );
+        let why = revoked_or_expired(&replay, &device, 2, NOT_AFTER + 1).expect("marked");
+        assert!(why.contains("expired"), "{why}");
         // Its certificate is at seq 1: nothing before it.
-        let e = sender_key(&list, &replay, 0, T0, &device).unwrap_err();
+        let e = sender_key(&list, &replay, 0, &device).unwrap_err();
         assert!(e.contains("from seq 1"), "{e}");
     }
 
     #[test]
     fn keys_that_sign_statements_or_that_nothing_names_sign_no_envelopes() {
         let (list, replay) = record();
-        let e = sender_key(&list, &replay, 5, T0, &id(STRANGER)).unwrap_err();
+        let e = sender_key(&list, &replay, 5, &id(STRANGER)).unwrap_err();
         assert_eq!(e, "its sender is not on the access list");
         // An identity key is known to the record but signs statements only.
-        let e = sender_key(&list, &replay, 5, T0, &id(US_NEGOTIATOR)).unwrap_err();
+        let e = sender_key(&list, &replay, 5, &id(US_NEGOTIATOR)).unwrap_err();
         assert!(e.contains("signs statements"), "{e}");
     }
 }

@@ -10,7 +10,7 @@ use backchannel_client::fork::{Finality, is_final, party_cosigners};
 use backchannel_client::net::StreamEvent;
 use backchannel_client::safety::PartyVerification;
 use backchannel_client::seal::Content;
-use backchannel_client::session::{Archived, Discrepancy};
+use backchannel_client::session::{Archived, Discrepancy, revoked_or_expired};
 use backchannel_core::replay::Phase;
 use backchannel_statement::roster::KeyVerification;
 use backchannel_statement::{Payload, SignedStatement};
@@ -114,11 +114,15 @@ fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
         },
         None => ("purged", String::new(), None),
     };
+    let mut sender = view.signer(&ctx.record, &h.sender);
+    if let Some(why) = revoked_or_expired(&view.replay, &h.sender, a.seq, a.node_time) {
+        sender = format!("{sender} — {why}");
+    }
     Line {
         seq: a.seq,
         node_time: a.node_time,
         room: view.room_name(h.room),
-        sender: view.signer(&ctx.record, &h.sender),
+        sender,
         kind,
         text,
         verdict,
