@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use backchannel_client::fork::{Finality, is_final, party_cosigners};
+use backchannel_client::fork::{Finality, is_final};
 use backchannel_client::seal::Content;
 use backchannel_codec::{Decode as _, Encode as _, PartyId};
 use backchannel_core::evidence::{EvidenceBundle, MAX_CHAIN, VerifiedEvidence};
@@ -420,7 +420,7 @@ async fn export(ctx: &Ctx, a: &ExportArgs) -> anyhow::Result<Exported> {
     }
 
     // Finality: a device of every party cosigned this very note.
-    let parties = party_cosigners(&list);
+    let parties = view.party_cosigners();
     match is_final(&note, &parties)
         .map_err(|e| Evidence(format!("the checkpoint of size {size}: {e}")))?
     {
@@ -484,7 +484,7 @@ async fn export(ctx: &Ctx, a: &ExportArgs) -> anyhow::Result<Exported> {
     );
     crate::talks::write_secret(&a.out, &bytes)?;
 
-    let by_witness = witness_parties(&list);
+    let by_witness = witness_parties(&view);
     let mut cosigned_by: Vec<String> = verified
         .cosigned_by
         .iter()
@@ -512,9 +512,10 @@ async fn export(ctx: &Ctx, a: &ExportArgs) -> anyhow::Result<Exported> {
     })
 }
 
-/// The witness name each device on the list cosigns under, with its party.
-fn witness_parties(list: &backchannel_statement::AccessList) -> BTreeMap<String, PartyId> {
-    party_cosigners(list)
+/// The witness name each device the record certifies cosigns under, with
+/// its party.
+fn witness_parties(view: &View) -> BTreeMap<String, PartyId> {
+    view.party_cosigners()
         .into_iter()
         .flat_map(|(party, keys)| keys.into_iter().map(move |k| (k.name().to_owned(), party)))
         .collect()

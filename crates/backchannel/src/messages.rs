@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail, ensure};
 use backchannel_client::follow::Withheld;
-use backchannel_client::fork::{Finality, is_final, party_cosigners};
+use backchannel_client::fork::{Finality, is_final};
 use backchannel_client::net::StreamEvent;
 use backchannel_client::safety::PartyVerification;
 use backchannel_client::seal::Content;
@@ -536,8 +536,8 @@ async fn verify_session(
             }
         }
     }
-    let (cosigning, parties, missing) = finality(ctx, s, &list).await?;
     let view = View::of(ctx.talks(), &archive);
+    let (cosigning, parties, missing) = finality(ctx, s, &view).await?;
     let missing_cosigners = missing.iter().map(|p| view.party_name(*p)).collect();
     let note = checkpoint.note().to_vec();
     Ok((
@@ -572,20 +572,24 @@ async fn verify_session(
     ))
 }
 
-/// How many of the list's parties cosign the node's latest checkpoint, of
-/// how many, and which do not (`fork::is_final` over the served note, once
+/// How many of the roster's parties cosign the node's latest checkpoint
+/// (by the devices the record certifies), of how many, and which do not (`fork::is_final` over the served note, once
 /// it verifies under the pinned log key).
 async fn finality(
     ctx: &Ctx,
     s: &CliSession,
-    list: &backchannel_statement::AccessList,
+    view: &View,
 ) -> anyhow::Result<(usize, usize, Vec<backchannel_codec::PartyId>)> {
     let (_, note) = s.node().checkpoint(s.talks()).await?;
     let origin = backchannel_tlog::LogOrigin::new(&ctx.record.node.origin, s.talks());
     SignedCheckpoint::verify(&note, &ctx.record.node.log_key, &origin)
         .map_err(|e| Evidence(format!("a checkpoint that does not verify: {e}")))?;
-    let parties = party_cosigners(list);
+    let parties = view.party_cosigners();
     let n = parties.len();
+    if n == 0 {
+        // No roster yet: nobody can make a checkpoint final.
+        return Ok((0, 0, vec![]));
+    }
     Ok(match is_final(&note, &parties)? {
         Finality::Final => (n, n, vec![]),
         Finality::Pending { missing } => (n - missing.len(), n, missing),

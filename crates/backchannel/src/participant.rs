@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
+use backchannel_client::fork::cosigner_key;
 use backchannel_client::participant::{self as talks_store, TalksRecord};
 use backchannel_client::safety::{PartyVerification, SafetyCode, SafetyInputs};
 use backchannel_client::seal::{Content, PlaintextSeal};
@@ -23,6 +24,7 @@ use backchannel_core::replay::{KeyRole, LoggedStatement, Phase, Replay};
 use backchannel_crypto::{KeyId, SecretKey, Signer as _};
 use backchannel_statement::roster::{RoomPurpose, Roster};
 use backchannel_statement::{AccessList, SignedStatement};
+use backchannel_tlog::CosignerKey;
 use rand_core::{OsRng, RngCore};
 
 use crate::cli::{HomePassphraseArgs, KeyKindArg, TalksArgs};
@@ -315,6 +317,52 @@ impl View {
             Some(code) => v.against(code),
             None => v,
         }
+    }
+
+    /// Who must cosign for a checkpoint to be final, from the record (never
+    /// the node's list, which the node could change to suit a fork): every
+    /// party of the roster, with the cosigner keys of the devices the
+    /// replayed record certifies for its members (the roster's, and device
+    /// certificates since), unrevoked.
+    pub fn party_cosigners(&self) -> Vec<(PartyId, Vec<CosignerKey>)> {
+        let Some(roster) = self.roster() else {
+            return Vec::new();
+        };
+        let mut devices: BTreeMap<PartyId, BTreeSet<backchannel_crypto::PublicKey>> =
+            BTreeMap::new();
+        for m in &roster.members {
+            devices
+                .entry(m.member.party)
+                .or_default()
+                .extend(m.member.devices.iter().copied());
+        }
+        for l in self.statements.iter().filter(|l| l.verdict.is_ok()) {
+            if let backchannel_statement::Payload::DeviceCert(c) = &l.statement.unverified().payload
+            {
+                devices
+                    .entry(l.statement.unverified().acting_for)
+                    .or_default()
+                    .insert(c.device_key);
+            }
+        }
+        roster
+            .parties
+            .iter()
+            .map(|p| {
+                let keys = devices
+                    .get(&p.party)
+                    .into_iter()
+                    .flatten()
+                    .filter(|k| {
+                        self.replay
+                            .key(&k.id())
+                            .is_some_and(|st| st.revoked_at.is_none())
+                    })
+                    .filter_map(|k| cosigner_key(k).ok())
+                    .collect();
+                (p.party, keys)
+            })
+            .collect()
     }
 
     /// The talks' phase, parties named.
