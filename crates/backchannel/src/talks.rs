@@ -488,47 +488,9 @@ pub fn statement(
     .sign(signer)?)
 }
 
-/// Receives everything new; the archive's view after it.
-pub async fn refresh(ctx: &Ctx, s: &mut CliSession) -> anyhow::Result<View> {
-    let list = access_list(s).await?;
-    s.receive(&list)
-        .await
-        .map_err(crate::messages::evidence_or)
-        .context("receiving from the node")?;
-    Ok(View::of(ctx.talks(), &s.archive().await?))
-}
-
-#[derive(Serialize)]
-struct Seated {
-    talks: String,
-    parties: usize,
-    change_applied: bool,
-    roster_posted: bool,
-}
-
-async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
-    let ctx = participant::open(dir, &a.talks).await?;
-    ensure!(
-        ctx.record.party_kind == PartyKind::Mediator,
-        "only the mediator seats the parties"
-    );
-    let record_room = ctx
-        .record
-        .record_room
-        .context("the talks have no record room")?;
-    ensure!(
-        !ctx.record.invited.is_empty(),
-        "no party is invited yet; `backchannel talks invite` first"
-    );
-    let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
-    let mut s = ctx.session().await?;
-    let view = refresh(&ctx, &mut s).await?;
-    if view.roster().is_some() {
-        bail!(
-            "the roster is already posted (seq of the first statement); `backchannel talks show`"
-        );
-    }
-
+/// The roster from what each party certified in its enrolment, with the
+/// record room and one caucus per invited party.
+async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow::Result<Roster> {
     // What each party certified, from its enrolment.
     let mut parties = Vec::new();
     let mut members = Vec::new();
@@ -631,31 +593,61 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
     let implied = roster.implied_access_list(ctx.talks())?;
     roster.access_list_hash = implied.hash();
     roster.verify_for(ctx.talks())?;
+    Ok(roster)
+}
 
-    // The change that seats everyone, signed by the mediator; each party
-    // co-signs it in `talks accept`.
-    let current = s.node().access_list(ctx.talks()).await?;
-    let upsert: Vec<AccessEntry> = implied
-        .entries()
-        .iter()
-        .filter(|e| current.list.get(&e.key_id()) != Some(e))
-        .cloned()
-        .collect();
-    let remove: Vec<_> = current
-        .list
-        .entries()
-        .iter()
-        .filter(|e| implied.get(&e.key_id()).is_none())
-        .map(|e| e.key_id())
-        .collect();
-    let mut applied = upsert.is_empty() && remove.is_empty();
-    if !applied {
-        let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), remove, upsert)?;
-        let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
-        applied = s.node().submit_change(ctx.talks(), &change).await?.applied;
+/// Receives everything new; the archive's view after it.
+pub async fn refresh(ctx: &Ctx, s: &mut CliSession) -> anyhow::Result<View> {
+    let list = access_list(s).await?;
+    s.receive(&list)
+        .await
+        .map_err(crate::messages::evidence_or)
+        .context("receiving from the node")?;
+    Ok(View::of(ctx.talks(), &s.archive().await?))
+}
+
+#[derive(Serialize)]
+struct Seated {
+    talks: String,
+    parties: usize,
+    change_applied: bool,
+    roster_posted: bool,
+}
+
+async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
+    let ctx = participant::open(dir, &a.talks).await?;
+    ensure!(
+        ctx.record.party_kind == PartyKind::Mediator,
+        "only the mediator seats the parties"
+    );
+    let record_room = ctx
+        .record
+        .record_room
+        .context("the talks have no record room")?;
+    ensure!(
+        !ctx.record.invited.is_empty(),
+        "no party is invited yet; `backchannel talks invite` first"
+    );
+    let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
+    let mut s = ctx.session().await?;
+    let view = refresh(&ctx, &mut s).await?;
+    if view.roster().is_some() && view.replay.ground_rules().is_some() {
+        bail!(
+            "the parties are seated: roster and ground rules are posted; `backchannel talks show`"
+        );
     }
 
-    // Roster and ground rules, to the record room.
+    // The roster: the one posted by an interrupted run, or built now from
+    // what each party certified.
+    let roster = match view.roster() {
+        Some(r) => r.clone(),
+        None => build_roster(&ctx, &s, record_room).await?,
+    };
+    let implied = roster.implied_access_list(ctx.talks())?;
+
+    // The ground rules, and the statements to post, built and checked
+    // before anything reaches the node (a statement that does not decode
+    // would stall the talks for good).
     let mut exports: Vec<ExportRule> = ctx
         .record
         .invited
@@ -694,7 +686,42 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
         s.checkpoint_ref(),
         Payload::GroundRules(rules),
     )?;
-    for st in [&roster_st, &rules_st] {
+    for (what, st) in [("roster", &roster_st), ("ground rules", &rules_st)] {
+        SignedStatement::decode(st.as_bytes()).map_err(|e| {
+            anyhow!("the {what} would not decode ({e}); check --time-zone (an IANA zone such as Asia/Muscat)")
+        })?;
+    }
+    // Everything is built and checked: now the node. An interrupted run
+    // resumes here: the change again (the node merges the same delta), the
+    // roster only if it is not posted yet, then the ground rules.
+    // The change that seats everyone, signed by the mediator; each party
+    // co-signs it in `talks accept`.
+    let current = s.node().access_list(ctx.talks()).await?;
+    let upsert: Vec<AccessEntry> = implied
+        .entries()
+        .iter()
+        .filter(|e| current.list.get(&e.key_id()) != Some(e))
+        .cloned()
+        .collect();
+    let remove: Vec<_> = current
+        .list
+        .entries()
+        .iter()
+        .filter(|e| implied.get(&e.key_id()).is_none())
+        .map(|e| e.key_id())
+        .collect();
+    let mut applied = upsert.is_empty() && remove.is_empty();
+    if !applied {
+        let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), remove, upsert)?;
+        let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
+        applied = s.node().submit_change(ctx.talks(), &change).await?.applied;
+    }
+
+    let roster_posted = view.roster().is_some();
+    for st in [(!roster_posted).then_some(&roster_st), Some(&rules_st)]
+        .into_iter()
+        .flatten()
+    {
         s.send(
             record_room,
             Content::Statement(st.as_bytes().to_vec()),
@@ -846,28 +873,6 @@ async fn accept(dir: &Path, a: TalksAcceptArgs) -> anyhow::Result<()> {
         .context("ground rules")?;
     let verified = VerifiedRoster::verify(ctx.talks(), &r)?;
     let list = access_list(&s).await?;
-    ensure!(
-        list.entries() == verified.access_list.entries(),
-        "the node's access list is not the one the roster implies: do not accept; report it"
-    );
-    let me = verified
-        .roster
-        .parties
-        .iter()
-        .find(|p| p.party == ctx.record.party)
-        .context("the roster does not list your party: do not accept; report it")?;
-    ensure!(
-        *me == own.entry,
-        "the roster lists your party with other keys or another name than you certified: do not \
-         accept; report it"
-    );
-    for m in &own.members {
-        ensure!(
-            verified.roster.members.contains(m),
-            "the roster lists your member {:?} otherwise than you certified: do not accept",
-            m.member.name
-        );
-    }
     let room = verified
         .roster
         .rooms
@@ -875,8 +880,6 @@ async fn accept(dir: &Path, a: TalksAcceptArgs) -> anyhow::Result<()> {
         .find(|d| d.purpose == RoomPurpose::Record)
         .map(|d| d.room)
         .context("the roster declares no record room")?;
-    ctx.record.record_room = Some(room);
-    ctx.save().await?;
     let code = view
         .safety_code(&ctx.record)
         .context("no safety code without roster and ground rules")?;
@@ -884,9 +887,25 @@ async fn accept(dir: &Path, a: TalksAcceptArgs) -> anyhow::Result<()> {
     let (seq, already) = if view.has_accepted(ctx.record.party) {
         (None, true)
     } else {
-        // The acceptance carries the latest checkpoint verified.
+        check_roster(&view, &verified, &list, &own, ctx.record.party)?;
+        // The acceptance carries the latest checkpoint verified, which must
+        // hold no evidence against the node.
         let rooms = my_rooms(&list, &device);
-        s.verify_log(&rooms, now_ms()).await?;
+        let (report, _) = s
+            .verify_log(&rooms, now_ms())
+            .await
+            .map_err(crate::messages::evidence_or)?;
+        if !report.withheld.is_empty() || !report.not_merged.is_empty() {
+            return Err(crate::messages::Evidence(
+                "the log holds evidence against the node (`backchannel log verify` names it): \
+                 do not accept; report it"
+                    .into(),
+            )
+            .into());
+        }
+        if !a.talks.json {
+            print_rules(&view);
+        }
         let acceptance = statement(
             &ta,
             &ctx.record,
@@ -908,6 +927,8 @@ async fn accept(dir: &Path, a: TalksAcceptArgs) -> anyhow::Result<()> {
             .await?;
         (Some(seq), false)
     };
+    ctx.record.record_room = Some(room);
+    ctx.save().await?;
     let talks = ctx.talks();
     ctx.close().await;
     let out = Accepted {
@@ -1239,12 +1260,8 @@ struct CosignedOut {
     refused: Vec<String>,
 }
 
-/// Co-signs the pending changes the record justifies: every upserted key
-/// is a device that replay of this participant's archive knows as a
-/// certified, unrevoked device of the entry's party and principal, with no
-/// mediator flag for a delegation; removals are always co-signed (a key
-/// leaving the list takes no right from anyone). Anything else is refused
-/// and shown.
+/// Co-signs the pending changes the record justifies ([`unjustified`]);
+/// anything else is refused and shown.
 async fn cosign(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
     let ctx = participant::open(dir, &a).await?;
     let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
@@ -1256,6 +1273,7 @@ async fn cosign(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
         applied: 0,
         refused: vec![],
     };
+    let current = node.access_list(ctx.talks()).await?.list;
     for p in node.pending_changes(ctx.talks()).await? {
         let delta = &p.change.delta;
         if p.change
@@ -1265,27 +1283,12 @@ async fn cosign(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
         {
             continue;
         }
-        let unjustified: Vec<String> = delta
-            .upsert()
-            .iter()
-            .filter(|e| {
-                let certified = view.replay.key(&e.key_id()).is_some_and(|k| {
-                    k.revoked_at.is_none()
-                        && matches!(
-                            &k.role,
-                            backchannel_core::replay::KeyRole::Device { principal, party, .. }
-                                if *principal == e.principal && *party == e.party
-                        )
-                });
-                !certified || e.has(FLAG_MEDIATOR) || e.has(FLAG_DESIGNATED_SIGNER)
-            })
-            .map(|e| e.key_id().to_hex())
-            .collect();
-        if !unjustified.is_empty() {
+        let why = unjustified(&view, &ctx.record, &current, delta);
+        if !why.is_empty() {
             out.refused.push(format!(
-                "change {}: keys {} are not devices the record certifies for their member",
+                "change {}: {}",
                 p.delta_hash.to_hex(),
-                unjustified.join(", ")
+                why.join("; ")
             ));
             continue;
         }
@@ -1326,4 +1329,185 @@ async fn cosign(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What in `delta` the record does not justify, for this participant to
+/// co-sign it (empty: co-sign). Every upserted entry must be a device that
+/// the replayed record certifies, unrevoked, for the entry's party and
+/// principal; sit only in rooms the roster gives its party (a room where
+/// the roster seats none of that party's members is another party's room);
+/// carry the mediator flag exactly when its party is a mediator team, and
+/// never the designated-signer flag. No removal may touch this
+/// participant's own party (its own members leave through `members
+/// remove`, signed by its own talks authority).
+fn unjustified(
+    view: &View,
+    record: &TalksRecord,
+    current: &AccessList,
+    delta: &AccessListDelta,
+) -> Vec<String> {
+    let mut why = Vec::new();
+    let Some(roster) = view.roster() else {
+        why.push("the roster has not reached you: nothing can be checked".into());
+        return why;
+    };
+    for e in delta.upsert() {
+        let key = e.key_id().to_hex();
+        let certified = view.replay.key(&e.key_id()).is_some_and(|k| {
+            k.revoked_at.is_none()
+                && matches!(
+                    &k.role,
+                    backchannel_core::replay::KeyRole::Device { principal, party, .. }
+                        if *principal == e.principal && *party == e.party
+                )
+        });
+        if !certified {
+            why.push(format!(
+                "key {key} is not a device the record certifies for its member"
+            ));
+            continue;
+        }
+        let party_rooms: BTreeSet<RoomId> = roster
+            .rooms
+            .iter()
+            .filter(|d| {
+                roster
+                    .members
+                    .iter()
+                    .any(|m| m.member.party == e.party && d.members.contains(&m.principal))
+            })
+            .map(|d| d.room)
+            .collect();
+        if let Some(room) = e.rooms().iter().find(|r| !party_rooms.contains(r)) {
+            why.push(format!(
+                "key {key} would sit in room {}, which the roster does not give {}",
+                view.room_name(*room),
+                view.party_name(e.party)
+            ));
+        }
+        let mediator = roster
+            .parties
+            .iter()
+            .any(|p| p.party == e.party && p.kind == PartyKind::Mediator);
+        if e.has(FLAG_MEDIATOR) != mediator || e.has(FLAG_DESIGNATED_SIGNER) {
+            why.push(format!(
+                "key {key} would carry flags its role does not have"
+            ));
+        }
+    }
+    for k in delta.remove() {
+        if current.get(k).is_some_and(|e| e.party == record.party) {
+            why.push(format!(
+                "it removes key {} of your own party (your members leave through `members \
+                 remove`)",
+                k.to_hex()
+            ));
+        }
+    }
+    why
+}
+
+/// What a party checks before it accepts a roster: it lists the party
+/// exactly as the party certified it; the node's access list holds every
+/// entry the roster implies, and nothing else but devices the record
+/// certified since (members admitted later); and no caucus the party sits
+/// in seats another delegation.
+fn check_roster(
+    view: &View,
+    verified: &VerifiedRoster,
+    list: &AccessList,
+    own: &Enrolment,
+    party: PartyId,
+) -> anyhow::Result<()> {
+    let roster = &verified.roster;
+    let me = roster
+        .parties
+        .iter()
+        .find(|p| p.party == party)
+        .context("the roster does not list your party: do not accept; report it")?;
+    ensure!(
+        *me == own.entry,
+        "the roster lists your party with other keys or another name than you certified: do not \
+         accept; report it"
+    );
+    for m in &own.members {
+        ensure!(
+            roster.members.contains(m),
+            "the roster lists your member {:?} otherwise than you certified: do not accept",
+            m.member.name
+        );
+    }
+    for e in verified.access_list.entries() {
+        ensure!(
+            list.get(&e.key_id()) == Some(e),
+            "the node's access list does not hold key {} as the roster implies: do not accept; \
+             report it",
+            e.key_id().to_hex()
+        );
+    }
+    for e in list.entries() {
+        let implied = verified.access_list.get(&e.key_id()).is_some();
+        let certified = view.replay.key(&e.key_id()).is_some_and(|k| {
+            matches!(k.role, backchannel_core::replay::KeyRole::Device { party, .. } if party == e.party)
+        });
+        ensure!(
+            implied || (certified && e.has(FLAG_DEVICE) && !e.has(FLAG_DESIGNATED_SIGNER)),
+            "the node's access list holds key {} that neither the roster nor the record vouches \
+             for: do not accept; report it",
+            e.key_id().to_hex()
+        );
+    }
+    let kind = |p: PartyId| roster.parties.iter().find(|e| e.party == p).map(|e| e.kind);
+    let party_of = |principal: &PrincipalId| {
+        roster
+            .members
+            .iter()
+            .find(|m| m.principal == *principal)
+            .map(|m| m.member.party)
+    };
+    for d in &roster.rooms {
+        let parties: BTreeSet<PartyId> = d.members.iter().filter_map(party_of).collect();
+        if d.purpose == RoomPurpose::Caucus && parties.contains(&party) {
+            let others: Vec<String> = parties
+                .iter()
+                .filter(|p| **p != party && kind(**p) == Some(PartyKind::Party))
+                .map(|p| view.party_name(*p))
+                .collect();
+            ensure!(
+                others.is_empty(),
+                "the caucus {:?} you sit in also seats {}: do not accept; report it",
+                d.name,
+                others.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Prints the ground rules a party is about to accept.
+fn print_rules(view: &View) {
+    let Some(g) = view.replay.ground_rules() else {
+        return;
+    };
+    println!("ground rules you accept:");
+    println!(
+        "  default confidentiality {:?}, attribution {:?}",
+        g.confidentiality_default, g.attribution_default
+    );
+    for e in &g.exports {
+        println!(
+            "  export: {} may export {:?} to {:?}",
+            view.party_name(e.party),
+            e.scope,
+            e.to
+        );
+    }
+    match g.retention_days {
+        Some(d) => println!("  bodies purged after {d} days (the record keeps verifying)"),
+        None => println!("  bodies kept for the life of the talks"),
+    }
+    println!(
+        "  key verification {:?}; changes by {:?}; calendar {}",
+        g.key_verification, g.change_rule, g.calendar.time_zone
+    );
 }
