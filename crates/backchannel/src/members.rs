@@ -197,7 +197,16 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
                 talks: doc.talks,
                 node: doc.node.clone(),
                 party: doc.party,
-                party_kind: backchannel_statement::PartyKind::Party,
+                party_kind: if matches!(
+                    doc.role,
+                    backchannel_statement::Role::Lead
+                        | backchannel_statement::Role::CoMediator
+                        | backchannel_statement::Role::Staff
+                ) {
+                    backchannel_statement::PartyKind::Mediator
+                } else {
+                    backchannel_statement::PartyKind::Party
+                },
                 party_name: doc.party_name.clone(),
                 principal: doc.principal,
                 member_name: doc.name.clone(),
@@ -283,43 +292,78 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
         );
         let mut s = ctx.session().await?;
         let view = refresh(&ctx, &mut s).await?;
+        // Each step is skipped when an earlier, interrupted run did it: a
+        // member certificate for this principal, the device certificate,
+        // the device on the list.
+        let logged = |f: &dyn Fn(&Payload) -> bool| {
+            view.statements
+                .iter()
+                .filter(|l| l.verdict.is_ok())
+                .find(|l| f(&l.statement.unverified().payload))
+                .map(|l| l.seq)
+        };
+        let member_logged = logged(&|p| {
+            matches!(p, Payload::MemberCert(c)
+                if c.principal == reply.principal && c.identity_key == reply.identity_key)
+        });
         ensure!(
-            view.replay.key(&reply.identity_key.id()).is_none()
-                && view.replay.key(&reply.device_key.id()).is_none()
-                && !view.statements.iter().any(|l| matches!(
-                    &l.statement.unverified().payload,
-                    Payload::MemberCert(c) if c.principal == reply.principal
-                )),
-            "this member is already admitted (their certificate is in the record)"
+            member_logged.is_some() || view.replay.key(&reply.identity_key.id()).is_none(),
+            "the reply's identity key is already in the record for someone else"
+        );
+        let device_logged = logged(&|p| {
+            matches!(p, Payload::DeviceCert(c)
+                if c.principal == reply.principal && c.device_key == reply.device_key)
+        });
+        let current = s.node().access_list(ctx.talks()).await?;
+        ensure!(
+            !(member_logged.is_some()
+                && device_logged.is_some()
+                && current.list.get(&reply.device_key.id()).is_some()),
+            "this member is already admitted and seated"
         );
         let room = ctx.record.record_room.context("no record room yet")?;
-        let member_cert = Statement::new(
-            &mut OsRng,
-            ctx.talks(),
-            ta.public_key().id(),
-            ctx.record.party,
-            vec![Audience::Room(room)],
-            s.checkpoint_ref(),
-            Markings::mediator_only(),
-            Payload::MemberCert(MemberCert::new(
-                reply.principal,
-                ctx.record.party,
-                pending.role,
-                reply.identity_key,
-                crate::talks::acts_of(pending.role),
-                None,
-            )?),
-        )?
-        .sign(&ta)?;
-        let mut seqs = Vec::new();
-        for bytes in [member_cert.as_bytes().to_vec(), reply.device_cert.clone()] {
-            seqs.push(
-                s.send(room, Content::Statement(bytes), Salt::generate(&mut OsRng))
-                    .await?,
-            );
-        }
-        // Seat the device where this participant's own device sits.
-        let current = s.node().access_list(ctx.talks()).await?;
+        let member_cert_seq = match member_logged {
+            Some(seq) => seq,
+            None => {
+                let member_cert = Statement::new(
+                    &mut OsRng,
+                    ctx.talks(),
+                    ta.public_key().id(),
+                    ctx.record.party,
+                    vec![Audience::Room(room)],
+                    s.checkpoint_ref(),
+                    Markings::mediator_only(),
+                    Payload::MemberCert(MemberCert::new(
+                        reply.principal,
+                        ctx.record.party,
+                        pending.role,
+                        reply.identity_key,
+                        crate::talks::acts_of(pending.role),
+                        None,
+                    )?),
+                )?
+                .sign(&ta)?;
+                s.send(
+                    room,
+                    Content::Statement(member_cert.as_bytes().to_vec()),
+                    Salt::generate(&mut OsRng),
+                )
+                .await?
+            }
+        };
+        let device_cert_seq = match device_logged {
+            Some(seq) => seq,
+            None => {
+                s.send(
+                    room,
+                    Content::Statement(reply.device_cert.clone()),
+                    Salt::generate(&mut OsRng),
+                )
+                .await?
+            }
+        };
+        // Seat the device where this participant's own device sits (the
+        // node merges the same delta proposed again).
         let mine = current
             .list
             .get(&s.device().public_key().id())
@@ -337,13 +381,18 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
         )?;
         let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), vec![], vec![entry])?;
         let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
-        let outcome = s.node().submit_change(ctx.talks(), &change).await?;
+        let (applied, missing) = if current.list.get(&reply.device_key.id()).is_some() {
+            (true, None)
+        } else {
+            let outcome = s.node().submit_change(ctx.talks(), &change).await?;
+            (outcome.applied, outcome.missing)
+        };
         ctx.close().await;
         let out = Admitted {
             principal: reply.principal.to_hex(),
-            member_cert_seq: seqs[0],
-            device_cert_seq: seqs[1],
-            applied: outcome.applied,
+            member_cert_seq,
+            device_cert_seq,
+            applied,
         };
         if a.talks.json {
             println!("{}", serde_json::to_string(&out)?);
@@ -359,7 +408,7 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
                     format!(
                         "waits for co-signatures ({}): the mediator and the other parties run \
                          `backchannel talks cosign`",
-                        outcome.missing.unwrap_or_default()
+                        missing.unwrap_or_default()
                     )
                 }
             );

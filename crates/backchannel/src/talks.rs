@@ -98,6 +98,19 @@ impl RoleArg {
     }
 }
 
+/// Whether the node definitely did not act on a request: it refused it (a
+/// 4xx answer), the server was not the pinned node (nothing was sent), or
+/// the request was never sent; as opposed to a failure after which it may
+/// have acted (a lost answer, a 5xx).
+fn refused(e: &backchannel_client::net::NetError) -> bool {
+    use backchannel_client::net::NetError;
+    match e {
+        NetError::Api { status, .. } => (400..500).contains(status),
+        NetError::WrongCertificate { .. } | NetError::Usage(_) => true,
+        NetError::Transport(_) | NetError::Served(_) => false,
+    }
+}
+
 fn hex32(flag: &str, s: &str) -> anyhow::Result<[u8; 32]> {
     hex::decode(s)
         .ok()
@@ -241,8 +254,9 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
         ],
     )?;
     let created = record.node.client(&authority)?.create_talks(&initial).await;
-    if created.is_err() {
-        // Keys of talks that do not exist must not linger in the home.
+    if created.as_ref().is_err_and(refused) {
+        // Keys of talks that do not exist must not linger in the home. (On
+        // any other failure the node may have opened them: the keys stay.)
         keys::forget_talks(&store, talks).await?;
     }
     created.map_err(|e| {
@@ -440,8 +454,11 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
         .client(&ta)?
         .enrol(doc.talks, &doc.token, &enrolment.to_canonical_bytes())
         .await;
-    if enrolled.is_err() {
-        // Keys of talks this home did not join must not linger in it.
+    if enrolled.as_ref().is_err_and(refused) {
+        // Keys of talks this home did not join must not linger in it. (On
+        // any other failure, a lost answer, the node may have enrolled the
+        // key: the keys stay, and joining again with the same invitation
+        // answers again for the same key.)
         keys::forget_talks(&store, doc.talks).await?;
     }
     enrolled.map_err(|e| {

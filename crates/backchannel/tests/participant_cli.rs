@@ -1169,13 +1169,27 @@ fn a_member_is_added_after_the_roster_and_removed() {
     // Not seated until the mediator and Iran co-sign.
     run(t.cli("neg").args(["send", "--room", "caucus", "too early"]))
         .refused(FAILED, "access list");
-    // Admitting twice is refused.
-    run(t.cli(US).args(["members", "admit", "--reply"]).arg(&reply))
-        .refused(FAILED, "already admitted");
+    // Admitting again before the device is seated resumes: nothing is
+    // posted twice.
+    let again = ok_json(
+        t.cli(US)
+            .args(["members", "admit", "--json", "--reply"])
+            .arg(&reply),
+    );
+    assert_eq!(
+        again["member_cert_seq"], admitted["member_cert_seq"],
+        "{again}"
+    );
+    assert_eq!(
+        again["device_cert_seq"], admitted["device_cert_seq"],
+        "{again}"
+    );
     let om = ok_json(t.cli(OM).args(["talks", "cosign", "--json"]));
     assert_eq!(om["cosigned"].as_array().unwrap().len(), 1, "{om}");
     let ir = ok_json(t.cli(IR).args(["talks", "cosign", "--json"]));
     assert_eq!(ir["applied"], 1, "{ir}");
+    run(t.cli(US).args(["members", "admit", "--reply"]).arg(&reply))
+        .refused(FAILED, "already admitted and seated");
     let seq = t.send("neg", "caucus", "The negotiator is here.");
     let seen = t.read_all(OM);
     let line = seen
