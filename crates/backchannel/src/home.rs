@@ -47,8 +47,70 @@ pub fn block_on<T>(task: impl Future<Output = anyhow::Result<T>>) -> anyhow::Res
         .block_on(task)
 }
 
-/// Opens the home's store: refuses a missing home before asking for the
-/// passphrase, then a passphrase that does not open it.
+/// The lock file in the home: one command at a time works on a home.
+pub const LOCK: &str = "home.lock";
+
+/// The home lock this process holds (an exclusive `flock` on [`LOCK`]),
+/// from [`open`] until [`release`] or exit.
+static HELD: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+/// Takes the home's lock for this process, waiting (and saying so) while
+/// another command holds it: a session reads its state when it opens and
+/// writes it as it goes, so two commands on one home at once would each
+/// overwrite what the other stored.
+fn lock(dir: &Path) -> anyhow::Result<()> {
+    let mut held = HELD
+        .lock()
+        .map_err(|_| anyhow!("the home lock is poisoned"))?;
+    if held.is_some() {
+        return Ok(());
+    }
+    let path = dir.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the home's lock {}", path.display()))?;
+    lock_file(&file, dir)
+        .with_context(|| format!("cannot lock the home's lock {}", path.display()))?;
+    *held = Some(file);
+    Ok(())
+}
+
+#[cfg(unix)]
+fn lock_file(file: &std::fs::File, dir: &Path) -> std::io::Result<()> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            eprintln!(
+                "waiting for another backchannel command using the home {} to finish",
+                dir.display()
+            );
+            Ok(flock(file, FlockOperation::LockExclusive)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Elsewhere: no lock (the home is meant for one command at a time).
+#[cfg(not(unix))]
+fn lock_file(_: &std::fs::File, _: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Releases the home's lock (a long-running command between rounds, once
+/// it has closed the store).
+pub fn release() {
+    if let Ok(mut held) = HELD.lock() {
+        held.take();
+    }
+}
+
+/// Opens the home's store, holding the home's lock: refuses a missing home
+/// before asking for the passphrase, then a passphrase that does not open
+/// it.
 pub async fn open(
     dir: &Path,
     passphrase: &HomePassphraseArgs,
@@ -60,6 +122,7 @@ pub async fn open(
             dir.display()
         );
     }
+    lock(dir)?;
     let passphrase = passphrase::resolve_home(passphrase)?;
     SqliteClientStore::open(&store, &passphrase, ClientStoreOptions::default())
         .await

@@ -289,23 +289,24 @@ pub fn read(home_dir: Option<PathBuf>, a: ReadArgs) -> anyhow::Result<()> {
     })
 }
 
-/// How long `follow` waits on a quiet stream before it verifies (and
-/// cosigns) the node's latest checkpoint again.
+/// How long `follow` waits on a quiet stream before a new round verifies
+/// (and cosigns) the node's latest checkpoint.
 const WITNESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs `follow`.
 pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
     let dir = home::resolve(home_dir)?;
     home::block_on(async move {
-        let ctx = participant::open(&dir, &a.talks).await?;
-        let mut s = ctx.session().await?;
         let mut seen = 0u64;
         let mut cosigned = 0u64;
         let mut backoff = std::time::Duration::from_millis(200);
         loop {
-            // Catch up through pages (verifying and archiving), then wait
-            // on the stream for the next envelope, witnessing the log
-            // whenever the stream is quiet.
+            // Each round holds the home (its lock) while it catches up
+            // through pages (verifying and archiving) and witnesses the
+            // log, then lets it go while it waits on the stream for the
+            // next envelope, so other commands can use the home meanwhile.
+            let ctx = participant::open(&dir, &a.talks).await?;
+            let mut s = ctx.session().await?;
             let from = s.next_seq();
             let view = refresh(&ctx, &mut s).await?;
             for arch in s.archive().await?.iter().filter(|x| x.seq >= from) {
@@ -313,10 +314,15 @@ pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
                 seen += 1;
             }
             witness(&mut s, &mut cosigned, a.talks.json).await?;
+            let node = s.node().clone();
+            let (talks, next) = (s.talks(), s.next_seq());
+            drop(s);
+            ctx.close().await;
+            home::release();
             if a.count.is_some_and(|n| seen >= n) {
                 break;
             }
-            let mut stream = match s.node().stream(s.talks(), s.next_seq()).await {
+            let mut stream = match node.stream(talks, next).await {
                 Ok(st) => st,
                 Err(e) => {
                     eprintln!("the event stream failed ({e}); retrying");
@@ -328,7 +334,9 @@ pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
             backoff = std::time::Duration::from_millis(200);
             loop {
                 match tokio::time::timeout(WITNESS_EVERY, stream.next()).await {
-                    Err(_) => witness(&mut s, &mut cosigned, a.talks.json).await?,
+                    // Quiet: a new round verifies and cosigns the latest
+                    // checkpoint.
+                    Err(_) => break,
                     Ok(Ok(StreamEvent::Envelope(_))) => break,
                     Ok(Ok(StreamEvent::Caught(_))) => continue,
                     Ok(Ok(StreamEvent::Closed(code))) => {
@@ -345,7 +353,6 @@ pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
             }
             stream.close().await;
         }
-        ctx.close().await;
         Ok(())
     })
 }

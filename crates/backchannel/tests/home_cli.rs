@@ -387,3 +387,36 @@ fn help_documents_the_exit_codes() {
         assert!(stdout(&out).contains("Exit codes: 0 success"), "{args:?}");
     }
 }
+
+/// One command at a time works on a home: a second one waits, saying so,
+/// until the first lets the home go (a session reads its state when it
+/// opens and writes it as it goes; two at once would overwrite each other).
+#[test]
+fn a_second_command_on_a_home_waits_for_the_first() {
+    use rustix::fs::{FlockOperation, flock};
+    let (_dir, home) = home();
+    init(&home);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.join("home.lock"))
+        .unwrap();
+    flock(&lock, FlockOperation::LockExclusive).unwrap();
+    let mut waiting = backchannel(&home)
+        .args(["keys", "list", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It cannot finish while the home is held, however long it is given.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(waiting.try_wait().unwrap().is_none(), "it did not wait");
+    drop(lock);
+    let out = waiting.wait_with_output().unwrap();
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("waiting for another backchannel command"),
+        "{out:?}"
+    );
+}
