@@ -14,7 +14,6 @@
 //! them may fetch it, no one else (the node answers 404 to everyone else,
 //! as for an unknown hash).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
@@ -179,14 +178,7 @@ async fn put_in(ctx: &Ctx, a: &BlobPutArgs, len: u64) -> anyhow::Result<Put> {
     // The announcement is talk: the same rules as `send`, checked before
     // anything is uploaded.
     let room = crate::messages::talk_room(ctx, &s, &view, &a.room).await?;
-    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
-    ensure!(
-        bytes.len() as u64 <= info.max_blob,
-        "{} grew to {} bytes while being read; this node takes blobs of at most {} bytes",
-        a.file.display(),
-        bytes.len(),
-        info.max_blob
-    );
+    let bytes = crate::talks::read_bounded(&a.file, info.max_blob, "blob")?;
     let hash = sha256(&bytes);
     let blob = s
         .node()
@@ -289,27 +281,31 @@ async fn fetch(ctx: &Ctx, hash: &Digest) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Writes `bytes` to `out`: a new file, or (with `force`) over an
-/// existing one.
+/// Writes `bytes` to `out`, readable by the owner only: a new file, or
+/// (with `force`) replacing an existing one whole — written beside it and
+/// renamed over it, so a failure leaves the old file as it was.
 fn write_out(out: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
+    if !force {
+        return crate::talks::write_secret(out, bytes).map_err(|e| {
+            if out.exists() {
+                anyhow!(
+                    "{} exists; choose another --out, or pass --force to replace it",
+                    out.display()
+                )
+            } else {
+                e
+            }
+        });
     }
-    let mut f = options.open(out).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow!(
-                "{} exists; choose another --out, or pass --force to replace it",
-                out.display()
-            )
-        } else {
-            anyhow!("cannot create {}: {e}", out.display())
-        }
-    })?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", out.display()))
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = out.with_file_name(format!(".{name}.backchannel-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    crate::talks::write_secret(&temp, bytes)?;
+    std::fs::rename(&temp, out).map_err(|e| {
+        let _ = std::fs::remove_file(&temp);
+        anyhow!("cannot replace {}: {e}", out.display())
+    })
 }

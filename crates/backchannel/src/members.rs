@@ -150,8 +150,7 @@ struct MemberJoined {
 
 fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
     let dir = home::resolve(home_dir)?;
-    let text = std::fs::read_to_string(&a.invitation)
-        .with_context(|| format!("reading {}", a.invitation.display()))?;
+    let text = crate::talks::read_document(&a.invitation, "member invitation")?;
     let doc = MemberInvitationDoc::parse(&text).map_err(|e| {
         anyhow!(
             "{} is not a member invitation ({e}); ask your party for a new one",
@@ -248,8 +247,7 @@ struct Admitted {
 
 fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
     let dir = home::resolve(home_dir)?;
-    let text = std::fs::read_to_string(&a.reply)
-        .with_context(|| format!("reading {}", a.reply.display()))?;
+    let text = crate::talks::read_document(&a.reply, "member's reply")?;
     let reply = MemberReplyDoc::parse(&text)
         .map_err(|e| anyhow!("{} is not a member's reply ({e})", a.reply.display()))?;
     home::block_on(async move {

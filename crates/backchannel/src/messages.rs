@@ -156,10 +156,34 @@ fn formal(p: &Payload) -> bool {
     matches!(p, Payload::Acceptance(_) | Payload::Lifecycle(_))
 }
 
+/// `s` safe to print on a terminal: control characters (escape sequences,
+/// carriage returns, line feeds that would forge a line of their own) and
+/// bidirectional-text overrides are shown escaped. Another party's talk is
+/// printed through this, never raw.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn print_line(l: &Line, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(l)?);
     } else {
+        let l = &Line {
+            room: printable(&l.room),
+            sender: printable(&l.sender),
+            text: printable(&l.text),
+            verdict: l.verdict.as_deref().map(printable),
+            ..*l
+        };
         let body = match l.kind {
             "talk" => format!("“{}”", l.text),
             _ => format!(
@@ -619,5 +643,23 @@ pub fn evidence_or(e: backchannel_client::session::SessionError) -> anyhow::Erro
     match e {
         SessionError::Evidence(_) | SessionError::Unserved { .. } => Evidence(e.to_string()).into(),
         other => anyhow::Error::from(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printed_text_cannot_forge_lines_or_reorder_them() {
+        for (input, want) in [
+            ("plain “talk”, d’accord", "plain “talk”, d’accord"),
+            ("a\n#7 forged — accepted", "a\\u{a}#7 forged — accepted"),
+            ("\u{1b}[2Jcleared", "\\u{1b}[2Jcleared"),
+            ("back\rover", "back\\u{d}over"),
+            ("\u{202e}desrever", "\\u{202e}desrever"),
+        ] {
+            assert_eq!(printable(input), want, "{input:?}");
+        }
     }
 }

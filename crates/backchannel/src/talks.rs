@@ -370,6 +370,34 @@ async fn invite(dir: &Path, a: TalksInviteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The largest document a participant reads from a file handed over out
+/// of band (an invitation, a member's reply): far above any real one.
+pub const MAX_DOCUMENT: u64 = 256 * 1024;
+
+/// Reads a file of at most `max` bytes, refusing a larger one before
+/// reading it.
+pub fn read_bounded(path: &Path, max: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    ensure!(
+        bytes.len() as u64 <= max,
+        "{} is larger than any {what} ({max} bytes at most); check the file",
+        path.display()
+    );
+    Ok(bytes)
+}
+
+/// Reads a text document of at most [`MAX_DOCUMENT`] bytes.
+pub fn read_document(path: &Path, what: &str) -> anyhow::Result<String> {
+    String::from_utf8(read_bounded(path, MAX_DOCUMENT, what)?)
+        .map_err(|_| anyhow!("{} is not a {what}: it is not UTF-8 text", path.display()))
+}
+
 /// Writes a new file only the owner can read, refusing an existing one.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
@@ -410,8 +438,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
          note-taker, interpreter or principal",
         role.name()
     );
-    let text = std::fs::read_to_string(&a.invitation)
-        .with_context(|| format!("reading the invitation {}", a.invitation.display()))?;
+    let text = read_document(&a.invitation, "invitation")?;
     let doc = InvitationDoc::parse(&text).map_err(|e| {
         anyhow!(
             "{} is not a usable invitation ({e}); ask the mediator for a new one",
@@ -1075,6 +1102,8 @@ async fn show(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
     let mut s = ctx.session().await?;
     let view = match refresh(&ctx, &mut s).await {
         Ok(v) => v,
+        // Evidence against the node is never hidden behind the archive.
+        Err(e) if e.downcast_ref::<crate::messages::Evidence>().is_some() => return Err(e),
         Err(e) => {
             eprintln!("warning: the node could not be reached ({e:#}); showing the archive");
             View::of(ctx.talks(), &s.archive().await?)
