@@ -1557,3 +1557,177 @@ fn print_rules(view: &View) {
         g.key_verification, g.change_rule, g.calendar.time_zone
     );
 }
+
+#[cfg(test)]
+mod tests {
+    // Test code: a panic is the failure report.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use backchannel_client::participant::PinnedNode;
+    use backchannel_core::replay::LoggedStatement;
+    use backchannel_statement::fixtures::{self, key, labels::*};
+
+    /// The reference talks' record (the roster at seq 0) as a view, the
+    /// list it implies, and the US head's record.
+    fn reference() -> (View, AccessList, TalksRecord) {
+        let t = fixtures::talks();
+        let roster = t.statement(
+            1,
+            &key(OMAN_TALKS),
+            t.oman,
+            Payload::Roster(t.roster.clone()),
+        );
+        let mut replay = backchannel_core::replay::Replay::new(t.talks);
+        replay
+            .apply(LoggedStatement {
+                seq: 0,
+                node_time: 1,
+                room: t.record,
+                statement: &roster,
+            })
+            .expect("the roster");
+        let view = View {
+            replay,
+            statements: vec![],
+            names: Default::default(),
+        };
+        let list = t.roster.implied_access_list(t.talks).expect("a list");
+        let record = TalksRecord {
+            talks: t.talks,
+            node: PinnedNode {
+                address: "127.0.0.1:1".into(),
+                fingerprint: Fingerprint([0; 32]),
+                origin: NodeOrigin::new("node.example").expect("origin"),
+                log_key: key(NODE_LOG).public_key(),
+            },
+            party: t.us,
+            party_kind: PartyKind::Party,
+            party_name: "United States".into(),
+            principal: fixtures::PRINCIPALS[1],
+            member_name: "US head".into(),
+            role: Role::Head,
+            record_room: Some(t.record),
+            invited: vec![],
+            pending_members: vec![],
+            verifications: Default::default(),
+        };
+        (view, list, record)
+    }
+
+    fn check(
+        delta: impl Fn(
+            &AccessList,
+            &fixtures::Talks,
+        ) -> (Vec<backchannel_crypto::KeyId>, Vec<AccessEntry>),
+        want: &[&str],
+    ) {
+        let (view, list, record) = reference();
+        let t = fixtures::talks();
+        let (remove, upsert) = delta(&list, &t);
+        let d = AccessListDelta::new(t.talks, list.hash(), remove, upsert).expect("a delta");
+        let why = unjustified(&view, &record, &list, &d);
+        assert_eq!(why.len(), want.len(), "{why:?}");
+        for (w, needle) in why.iter().zip(want) {
+            assert!(w.contains(needle), "{w:?} lacks {needle:?}");
+        }
+    }
+
+    /// The entry of `label`'s device on the list, with other rooms or flags.
+    fn moved(list: &AccessList, label: u8, rooms: Vec<RoomId>, flags: u8) -> AccessEntry {
+        let e = list
+            .get(&key(label).public_key().id())
+            .expect("on the list");
+        AccessEntry::new(*e.key(), e.principal, e.party, rooms, flags).expect("an entry")
+    }
+
+    #[test]
+    fn cosign_only_what_the_record_justifies() {
+        // A roster device in its own rooms: co-signed.
+        check(
+            |l, t| {
+                (
+                    vec![],
+                    vec![moved(
+                        l,
+                        US_NEGOTIATOR_DEVICE,
+                        vec![t.record, t.us_caucus],
+                        FLAG_DEVICE,
+                    )],
+                )
+            },
+            &[],
+        );
+        // A US device in Iran's caucus: refused, naming the room.
+        check(
+            |l, t| {
+                (
+                    vec![],
+                    vec![moved(
+                        l,
+                        US_NEGOTIATOR_DEVICE,
+                        vec![t.record, t.iran_caucus],
+                        FLAG_DEVICE,
+                    )],
+                )
+            },
+            &["which the roster does not give"],
+        );
+        // A delegation's device with the mediator's flag, or any device
+        // made a designated signer: refused.
+        check(
+            |l, t| {
+                (
+                    vec![],
+                    vec![moved(
+                        l,
+                        US_HEAD_DEVICE,
+                        vec![t.record],
+                        FLAG_DEVICE | FLAG_MEDIATOR,
+                    )],
+                )
+            },
+            &["flags"],
+        );
+        check(
+            |l, t| {
+                (
+                    vec![],
+                    vec![moved(
+                        l,
+                        US_HEAD_DEVICE,
+                        vec![t.record],
+                        FLAG_DEVICE | FLAG_DESIGNATED_SIGNER,
+                    )],
+                )
+            },
+            &["flags"],
+        );
+        // A key the record does not certify: refused.
+        check(
+            |_, t| {
+                let stranger = key(0x77).public_key();
+                let e = AccessEntry::new(
+                    stranger,
+                    fixtures::PRINCIPALS[1],
+                    t.us,
+                    vec![t.record],
+                    FLAG_DEVICE,
+                )
+                .expect("an entry");
+                (vec![], vec![e])
+            },
+            &["not a device the record certifies"],
+        );
+        // Removing a key of one's own party: refused; another party's: not
+        // this participant's to refuse (that party must sign it anyway).
+        check(
+            |_, _| (vec![key(US_NEGOTIATOR_DEVICE).public_key().id()], vec![]),
+            &["of your own party"],
+        );
+        check(
+            |_, _| (vec![key(IRAN_HEAD_DEVICE).public_key().id()], vec![]),
+            &[],
+        );
+    }
+}
