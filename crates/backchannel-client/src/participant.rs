@@ -47,6 +47,9 @@ pub const INVITATION_DOC_VERSION: u8 = 1;
 pub const ENROLMENT_VERSION: u8 = 1;
 /// The most member entries one enrolment carries.
 pub const MAX_ENROLLED_MEMBERS: usize = 64;
+/// The most members one home invites into its party in one talks (kept
+/// once admitted, for their names).
+pub const MAX_INVITED_MEMBERS: usize = 1024;
 /// The longest name (a party's, a member's, a room's, an address), bytes.
 pub const MAX_NAME: usize = 256;
 /// The most parties one mediator invites to one talks.
@@ -580,7 +583,7 @@ impl Decode for TalksRecord {
         let role = Role::decode(r)?;
         let record_room = r.option("record room")?;
         let invited = r.list("invited parties", MAX_INVITED)?;
-        let pending_members = r.list("pending members", MAX_ENROLLED_MEMBERS)?;
+        let pending_members = r.list("invited members", MAX_INVITED_MEMBERS)?;
         let n = r.len("verifications", MAX_INVITED + 1, 17)?;
         let mut verifications = BTreeMap::new();
         let mut last: Option<PartyId> = None;

@@ -100,9 +100,9 @@ fn add(home_dir: Option<PathBuf>, a: MembersAddArgs) -> anyhow::Result<()> {
             .record_room
             .context("the roster has not reached you: run `backchannel talks accept` first")?;
         ensure!(
-            ctx.record.pending_members.len()
-                < backchannel_client::participant::MAX_ENROLLED_MEMBERS,
-            "too many members invited and not admitted; admit or forget some first"
+            ctx.record.pending_members.len() < backchannel_client::participant::MAX_INVITED_MEMBERS,
+            "this home has invited {} members into these talks, the most it keeps",
+            backchannel_client::participant::MAX_INVITED_MEMBERS
         );
         let principal = PrincipalId(participant::random16());
         let doc = MemberInvitationDoc {
