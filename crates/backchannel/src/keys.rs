@@ -78,7 +78,8 @@ impl KeyKindArg {
         .find(|k| k.tag() == tag)
     }
 
-    fn as_str(self) -> &'static str {
+    /// The kind as the CLI spells it.
+    pub fn as_str(self) -> &'static str {
         match self {
             KeyKindArg::Authority => "authority",
             KeyKindArg::TalksAuthority => "talks-authority",

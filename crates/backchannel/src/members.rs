@@ -84,14 +84,8 @@ fn add(home_dir: Option<PathBuf>, a: MembersAddArgs) -> anyhow::Result<()> {
             anyhow!("only the home holding your party's talks authority adds members")
         })?;
         let role = a.role.role();
-        let mediator_role = matches!(
-            role,
-            backchannel_statement::Role::Lead
-                | backchannel_statement::Role::CoMediator
-                | backchannel_statement::Role::Staff
-        );
         ensure!(
-            mediator_role == (ctx.record.party_kind == backchannel_statement::PartyKind::Mediator),
+            role.party_kind() == ctx.record.party_kind,
             "--role {} is not a role of your kind of party",
             role.name()
         );
@@ -196,16 +190,7 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
                 talks: doc.talks,
                 node: doc.node.clone(),
                 party: doc.party,
-                party_kind: if matches!(
-                    doc.role,
-                    backchannel_statement::Role::Lead
-                        | backchannel_statement::Role::CoMediator
-                        | backchannel_statement::Role::Staff
-                ) {
-                    backchannel_statement::PartyKind::Mediator
-                } else {
-                    backchannel_statement::PartyKind::Party
-                },
+                party_kind: doc.role.party_kind(),
                 party_name: doc.party_name.clone(),
                 principal: doc.principal,
                 member_name: doc.name.clone(),

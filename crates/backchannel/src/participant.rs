@@ -123,7 +123,7 @@ impl Ctx {
                 anyhow!(
                     "this home has no {} key for talks {}: it was deleted or replaced; this \
                      home cannot act in these talks any more",
-                    kind_name(kind),
+                    kind.as_str(),
                     self.talks()
                 )
             })
@@ -155,15 +155,6 @@ impl Ctx {
     /// Closes the store.
     pub async fn close(self) {
         self.store.close().await;
-    }
-}
-
-fn kind_name(kind: KeyKindArg) -> &'static str {
-    match kind {
-        KeyKindArg::Authority => "authority",
-        KeyKindArg::TalksAuthority => "talks-authority",
-        KeyKindArg::Identity => "identity",
-        KeyKindArg::Device => "device",
     }
 }
 

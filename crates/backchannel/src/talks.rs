@@ -209,7 +209,7 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
     check_name("--member", &a.member)?;
     let role = a.role.role();
     ensure!(
-        matches!(role, Role::Lead | Role::CoMediator | Role::Staff),
+        role.party_kind() == PartyKind::Mediator,
         "--role {} is a delegation's role; a mediator opens talks as lead, co-mediator or staff",
         role.name()
     );
@@ -433,7 +433,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
     check_name("--member", &a.member)?;
     let role = a.role.role();
     ensure!(
-        !matches!(role, Role::Lead | Role::CoMediator | Role::Staff),
+        role.party_kind() == PartyKind::Party,
         "--role {} is a mediator's role; a party's member is head, negotiator, expert, legal, \
          note-taker, interpreter or principal",
         role.name()
