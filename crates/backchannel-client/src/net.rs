@@ -148,6 +148,18 @@ impl NetError {
         }
     }
 
+    /// Whether the node surely did not act on the request: it refused it
+    /// (a 4xx answer), the server was not the pinned node (nothing was
+    /// sent), or the request was never sent. Otherwise (a lost answer, a
+    /// 5xx) it may have acted, and the caller must keep what a retry needs.
+    pub fn surely_not_acted(&self) -> bool {
+        match self {
+            Self::Api { status, .. } => (400..500).contains(status),
+            Self::WrongCertificate { .. } | Self::Usage(_) => true,
+            Self::Transport(_) | Self::Served(_) => false,
+        }
+    }
+
     /// Whether resending the same envelope may succeed: the connection
     /// failed, or the node's storage was unavailable.
     fn retryable(&self) -> bool {

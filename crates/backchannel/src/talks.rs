@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use backchannel_client::net::NetError;
 use backchannel_client::participant::{
     self as talks_store, Enrolment, InvitationDoc, Invited, PinnedNode, TalksRecord,
 };
@@ -95,19 +96,6 @@ impl RoleArg {
             RoleArg::CoMediator => Role::CoMediator,
             RoleArg::Staff => Role::Staff,
         }
-    }
-}
-
-/// Whether the node definitely did not act on a request: it refused it (a
-/// 4xx answer), the server was not the pinned node (nothing was sent), or
-/// the request was never sent; as opposed to a failure after which it may
-/// have acted (a lost answer, a 5xx).
-fn refused(e: &backchannel_client::net::NetError) -> bool {
-    use backchannel_client::net::NetError;
-    match e {
-        NetError::Api { status, .. } => (400..500).contains(status),
-        NetError::WrongCertificate { .. } | NetError::Usage(_) => true,
-        NetError::Transport(_) | NetError::Served(_) => false,
     }
 }
 
@@ -254,7 +242,7 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
         ],
     )?;
     let created = record.node.client(&authority)?.create_talks(&initial).await;
-    if created.as_ref().is_err_and(refused) {
+    if created.as_ref().is_err_and(NetError::surely_not_acted) {
         // Keys of talks that do not exist must not linger in the home. (On
         // any other failure the node may have opened them: the keys stay.)
         keys::forget_talks(&store, talks).await?;
@@ -481,7 +469,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
         .client(&ta)?
         .enrol(doc.talks, &doc.token, &enrolment.to_canonical_bytes())
         .await;
-    if enrolled.as_ref().is_err_and(refused) {
+    if enrolled.as_ref().is_err_and(NetError::surely_not_acted) {
         // Keys of talks this home did not join must not linger in it. (On
         // any other failure, a lost answer, the node may have enrolled the
         // key: the keys stay, and joining again with the same invitation
