@@ -161,15 +161,84 @@ pub enum InvitationDocError {
     },
 }
 
-fn hex32(field: &'static str, s: &str) -> Result<[u8; 32], InvitationDocError> {
-    let bytes = hex::decode(s).map_err(|e| InvitationDocError::Field {
+/// One field (of a document, or given on a command line) that does not
+/// parse.
+#[derive(Debug, Error)]
+#[error("the {field} is not valid: {reason}")]
+pub struct FieldError {
+    /// The field.
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl From<FieldError> for InvitationDocError {
+    fn from(e: FieldError) -> Self {
+        InvitationDocError::Field {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+fn hex32(field: &'static str, s: &str) -> Result<[u8; 32], FieldError> {
+    let bytes = hex::decode(s).map_err(|e| FieldError {
+        field,
+        reason: format!("{e}; give 64 hex digits"),
+    })?;
+    bytes.try_into().map_err(|_| FieldError {
+        field,
+        reason: "not 32 bytes; give 64 hex digits".into(),
+    })
+}
+
+fn key_of(field: &'static str, s: &str) -> Result<PublicKey, FieldError> {
+    PublicKey::from_bytes(&hex32(field, s)?).map_err(|e| FieldError {
         field,
         reason: e.to_string(),
-    })?;
-    bytes.try_into().map_err(|_| InvitationDocError::Field {
-        field,
-        reason: "not 32 bytes".into(),
     })
+}
+
+/// Checks a name (a party's, a member's, an address, a "how" of a
+/// verification): 1 to [`MAX_NAME`] bytes, not blank, no control
+/// characters.
+pub fn check_name(field: &'static str, s: &str) -> Result<(), FieldError> {
+    if s.trim().is_empty() || s.len() > MAX_NAME || s.chars().any(char::is_control) {
+        return Err(FieldError {
+            field,
+            reason: format!(
+                "it must be 1 to {MAX_NAME} bytes, not blank, with no control characters"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn text_of(field: &'static str, s: String) -> Result<String, FieldError> {
+    check_name(field, &s)?;
+    Ok(s)
+}
+
+impl PinnedNode {
+    /// A pin from its parts as `backchannel node info` prints them: the
+    /// address (`host:port`), the TLS fingerprint and the log key (64 hex
+    /// digits each), and the origin.
+    pub fn parse(
+        address: String,
+        fingerprint: &str,
+        origin: &str,
+        log_key: &str,
+    ) -> Result<Self, FieldError> {
+        Ok(Self {
+            address: text_of("node address", address)?,
+            fingerprint: Fingerprint(hex32("node fingerprint", fingerprint)?),
+            origin: NodeOrigin::new(origin).map_err(|e| FieldError {
+                field: "node origin",
+                reason: e.to_string(),
+            })?,
+            log_key: key_of("log key", log_key)?,
+        })
+    }
 }
 
 impl InvitationDoc {
@@ -192,42 +261,19 @@ impl InvitationDoc {
 
     /// Parses a document, strictly.
     pub fn parse(text: &str) -> Result<Self, InvitationDocError> {
-        let json: InvitationJson =
-            serde_json::from_str(text).map_err(|e| InvitationDocError::Json(e.to_string()))?;
+        let json: InvitationJson = json_of(text)?;
         if json.version != INVITATION_DOC_VERSION {
             return Err(InvitationDocError::Version(json.version));
         }
-        let field = |field: &'static str| {
-            move |e: DecodeError| InvitationDocError::Field {
-                field,
-                reason: e.to_string(),
-            }
-        };
-        if json.node_address.is_empty() || json.node_address.len() > MAX_NAME {
-            return Err(InvitationDocError::Field {
-                field: "node address",
-                reason: format!("empty or longer than {MAX_NAME} bytes"),
-            });
-        }
         Ok(Self {
-            node: PinnedNode {
-                address: json.node_address,
-                fingerprint: Fingerprint(hex32("node fingerprint", &json.node_fingerprint)?),
-                origin: NodeOrigin::new(&json.node_origin).map_err(|e| {
-                    InvitationDocError::Field {
-                        field: "node origin",
-                        reason: e.to_string(),
-                    }
-                })?,
-                log_key: PublicKey::from_bytes(&hex32("log key", &json.log_key)?).map_err(|e| {
-                    InvitationDocError::Field {
-                        field: "log key",
-                        reason: e.to_string(),
-                    }
-                })?,
-            },
-            talks: TalksId::from_hex(&json.talks).map_err(field("talks"))?,
-            party: PartyId::from_hex(&json.party).map_err(field("party"))?,
+            node: PinnedNode::parse(
+                json.node_address,
+                &json.node_fingerprint,
+                &json.node_origin,
+                &json.log_key,
+            )?,
+            talks: TalksId::from_hex(&json.talks).map_err(field_err("talks"))?,
+            party: PartyId::from_hex(&json.party).map_err(field_err("party"))?,
             token: InvitationToken(hex32("token", &json.token)?),
             expires_at: json.expires_at,
         })
@@ -311,23 +357,6 @@ fn field_err(field: &'static str) -> impl Fn(DecodeError) -> InvitationDocError 
     }
 }
 
-fn key_of(field: &'static str, s: &str) -> Result<PublicKey, InvitationDocError> {
-    PublicKey::from_bytes(&hex32(field, s)?).map_err(|e| InvitationDocError::Field {
-        field,
-        reason: e.to_string(),
-    })
-}
-
-fn text_of(field: &'static str, s: String) -> Result<String, InvitationDocError> {
-    if s.trim().is_empty() || s.len() > MAX_NAME || s.chars().any(char::is_control) {
-        return Err(InvitationDocError::Field {
-            field,
-            reason: format!("empty, longer than {MAX_NAME} bytes, or with control characters"),
-        });
-    }
-    Ok(s)
-}
-
 fn json_of<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, InvitationDocError> {
     serde_json::from_str(text).map_err(|e| InvitationDocError::Json(e.to_string()))
 }
@@ -360,15 +389,12 @@ impl MemberInvitationDoc {
         }
         let role = Role::from_canonical_bytes(&[j.role]).map_err(field_err("role"))?;
         Ok(Self {
-            node: PinnedNode {
-                address: text_of("node address", j.node_address)?,
-                fingerprint: Fingerprint(hex32("node fingerprint", &j.node_fingerprint)?),
-                origin: NodeOrigin::new(&j.node_origin).map_err(|e| InvitationDocError::Field {
-                    field: "node origin",
-                    reason: e.to_string(),
-                })?,
-                log_key: key_of("log key", &j.log_key)?,
-            },
+            node: PinnedNode::parse(
+                j.node_address,
+                &j.node_fingerprint,
+                &j.node_origin,
+                &j.log_key,
+            )?,
             talks: TalksId::from_hex(&j.talks).map_err(field_err("talks"))?,
             party: PartyId::from_hex(&j.party).map_err(field_err("party"))?,
             party_name: text_of("party name", j.party_name)?,

@@ -26,7 +26,6 @@ use backchannel_client::safety::PartyVerification;
 use backchannel_client::seal::Content;
 use backchannel_codec::{Decode as _, Encode as _, PartyId, PrincipalId, RoomId, TalksId};
 use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer as _, sha256};
-use backchannel_node::tls::Fingerprint;
 use backchannel_statement::access_list::{
     AccessEntry, FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
 };
@@ -39,7 +38,6 @@ use backchannel_statement::{
     CheckpointRef, Conveyance, GroundRules, InvitationFields, InvitationToken, LifecycleChange,
     LifecyclePhase, Markings, PartyKind, Payload, Role, Roster, Salt, SignedStatement, Statement,
 };
-use backchannel_tlog::NodeOrigin;
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
@@ -99,34 +97,30 @@ impl RoleArg {
     }
 }
 
-fn hex32(flag: &str, s: &str) -> anyhow::Result<[u8; 32]> {
-    hex::decode(s)
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or_else(|| {
-            anyhow!("{flag} must be 64 hex digits, as `backchannel node info` prints it")
-        })
-}
-
 fn pin(a: &PinArgs) -> anyhow::Result<PinnedNode> {
-    Ok(PinnedNode {
-        address: a.node.clone(),
-        fingerprint: Fingerprint(hex32("--fingerprint", &a.fingerprint)?),
-        origin: NodeOrigin::new(&a.origin)
-            .map_err(|e| anyhow!("--origin {:?} is not a node origin: {e}", a.origin))?,
-        log_key: PublicKey::from_bytes(&hex32("--log-key", &a.log_key)?)
-            .map_err(|e| anyhow!("--log-key is not an Ed25519 public key: {e}"))?,
+    PinnedNode::parse(a.node.clone(), &a.fingerprint, &a.origin, &a.log_key).map_err(|e| {
+        let flag = match e.field {
+            "node address" => "--node",
+            "node fingerprint" => "--fingerprint",
+            "node origin" => "--origin",
+            _ => "--log-key",
+        };
+        match flag {
+            "--fingerprint" | "--log-key" => anyhow!(
+                "{flag} must be 64 hex digits, as `backchannel node info` prints it ({})",
+                e.reason
+            ),
+            _ => anyhow!(
+                "{flag} is not valid ({}); give it as `backchannel node info` prints it",
+                e.reason
+            ),
+        }
     })
 }
 
-pub fn check_name(flag: &str, name: &str) -> anyhow::Result<()> {
-    if name.trim().is_empty() || name.len() > talks_store::MAX_NAME {
-        bail!("{flag} must be 1 to {} bytes long", talks_store::MAX_NAME);
-    }
-    if name.chars().any(char::is_control) {
-        bail!("{flag} {name:?} holds control characters; use a printable name");
-    }
-    Ok(())
+/// Checks a name given as `flag` (the library's rule for names).
+pub fn check_name(flag: &'static str, name: &str) -> anyhow::Result<()> {
+    talks_store::check_name(flag, name).map_err(|e| anyhow!("{e}"))
 }
 
 /// The acts a member's role permits, as certified.
@@ -1554,7 +1548,9 @@ mod tests {
     use super::*;
     use backchannel_client::participant::PinnedNode;
     use backchannel_core::replay::LoggedStatement;
+    use backchannel_node::tls::Fingerprint;
     use backchannel_statement::fixtures::{self, key, labels::*};
+    use backchannel_tlog::NodeOrigin;
 
     /// The reference talks' record (the roster at seq 0) as a view, the
     /// list it implies, and the US head's record.
