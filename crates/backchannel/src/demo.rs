@@ -40,13 +40,12 @@ use backchannel_statement::access_list::{
     AccessEntry, FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
 };
 use backchannel_statement::roster::{
-    Calendar, ChangeRule, ExportRecipient, ExportRule, ExportScope, KeyVerification, MemberEntry,
-    MemberFields, PartyEntry, RoomDecl, RoomPurpose, VerifiedRoster,
+    MemberEntry, MemberFields, PartyEntry, RoomDecl, RoomPurpose, VerifiedRoster,
 };
 use backchannel_statement::{
-    Acceptance, AccessList, AccessListChange, AccessListDelta, Act, Attribution, Audience,
-    CheckpointRef, Conveyance, GroundRules, InvitationFields, InvitationToken, Markings, PartyKind,
-    Payload, Role, Roster, Salt, SignedStatement, Statement,
+    Acceptance, AccessList, AccessListChange, AccessListDelta, Audience, CheckpointRef,
+    InvitationFields, InvitationToken, Markings, PartyKind, Payload, Role, Roster, Salt,
+    SignedStatement, Statement,
 };
 use backchannel_store_sqlite::{SqliteOptions, SqliteStore};
 use backchannel_tlog::NodeOrigin;
@@ -127,15 +126,7 @@ impl Party {
             .members
             .iter()
             .map(|m| {
-                let acts = [
-                    Act::AcceptTalks,
-                    Act::ReleaseMessage,
-                    Act::SignAgreement,
-                    Act::Convey,
-                ]
-                .into_iter()
-                .filter(|a| m.role.permits(*a))
-                .collect();
+                let acts = crate::talks::acts_of(m.role);
                 MemberFields {
                     principal: m.principal,
                     party: self.id,
@@ -503,38 +494,16 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         CheckpointRef::NONE,
         Payload::Roster(roster),
     )?;
-    let mut exports = vec![
-        ExportRule {
-            party: us.id,
-            scope: ExportScope::OwnStatements,
-            to: ExportRecipient::OwnArchive,
-        },
-        ExportRule {
-            party: iran.id,
-            scope: ExportScope::OwnStatements,
-            to: ExportRecipient::OwnArchive,
-        },
-    ];
-    exports.sort();
     let rules_st = statement(
         &oman.talks_authority,
         talks,
         oman.id,
         record,
         CheckpointRef::NONE,
-        Payload::GroundRules(GroundRules {
-            confidentiality_default: Conveyance::MediatorOnly,
-            attribution_default: Attribution::Formal,
-            exports,
-            sealed_letters: vec![],
-            retention_days: Some(3650),
-            calendar: Calendar {
-                time_zone: "Asia/Muscat".into(),
-                working_days: 0b001_1111,
-            },
-            key_verification: KeyVerification::Required,
-            change_rule: ChangeRule::AllParties,
-        }),
+        Payload::GroundRules(crate::talks::default_ground_rules(
+            [us.id, iran.id],
+            "Asia/Muscat".into(),
+        )),
     )?;
     {
         let s = &mut sessions[0].2;

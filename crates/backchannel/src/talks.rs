@@ -123,6 +123,47 @@ pub fn check_name(flag: &'static str, name: &str) -> anyhow::Result<()> {
     talks_store::check_name(flag, name).map_err(|e| anyhow!("{e}"))
 }
 
+/// How long bodies are kept before they are purged, by default (the
+/// record keeps verifying): ten years.
+pub const DEFAULT_RETENTION_DAYS: u32 = 3650;
+
+/// The working days of the default calendar, a bit per weekday from Monday:
+/// Monday to Friday.
+pub const MONDAY_TO_FRIDAY: u8 = 0b001_1111;
+
+/// The ground rules `talks seat` (and the demo) posts: mediator-only
+/// conveyance, formal attribution, each party exporting its own
+/// statements to its own archive, [`DEFAULT_RETENTION_DAYS`], a Monday to
+/// Friday calendar in `time_zone`, key verification required, changes by
+/// all parties.
+pub fn default_ground_rules(
+    parties: impl IntoIterator<Item = PartyId>,
+    time_zone: String,
+) -> GroundRules {
+    let mut exports: Vec<ExportRule> = parties
+        .into_iter()
+        .map(|party| ExportRule {
+            party,
+            scope: ExportScope::OwnStatements,
+            to: ExportRecipient::OwnArchive,
+        })
+        .collect();
+    exports.sort();
+    GroundRules {
+        confidentiality_default: Conveyance::MediatorOnly,
+        attribution_default: Attribution::Formal,
+        exports,
+        sealed_letters: vec![],
+        retention_days: Some(DEFAULT_RETENTION_DAYS),
+        calendar: Calendar {
+            time_zone,
+            working_days: MONDAY_TO_FRIDAY,
+        },
+        key_verification: KeyVerification::Required,
+        change_rule: ChangeRule::AllParties,
+    }
+}
+
 /// The acts a member's role permits, as certified.
 pub fn acts_of(role: Role) -> Vec<Act> {
     [
@@ -674,30 +715,10 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
     // The ground rules, and the statements to post, built and checked
     // before anything reaches the node (a statement that does not decode
     // would stall the talks for good).
-    let mut exports: Vec<ExportRule> = ctx
-        .record
-        .invited
-        .iter()
-        .map(|i| ExportRule {
-            party: i.party,
-            scope: ExportScope::OwnStatements,
-            to: ExportRecipient::OwnArchive,
-        })
-        .collect();
-    exports.sort();
-    let rules = GroundRules {
-        confidentiality_default: Conveyance::MediatorOnly,
-        attribution_default: Attribution::Formal,
-        exports,
-        sealed_letters: vec![],
-        retention_days: Some(3650),
-        calendar: Calendar {
-            time_zone: a.time_zone.clone(),
-            working_days: 0b001_1111,
-        },
-        key_verification: KeyVerification::Required,
-        change_rule: ChangeRule::AllParties,
-    };
+    let rules = default_ground_rules(
+        ctx.record.invited.iter().map(|i| i.party),
+        a.time_zone.clone(),
+    );
     let roster_st = statement(
         &ta,
         &ctx.record,
