@@ -316,7 +316,7 @@ async fn export(ctx: &Ctx, a: &ExportArgs) -> anyhow::Result<Exported> {
     let list = access_list(&s).await?;
     let (note, checkpoint) = sync(ctx, &mut s, &list).await?;
     let size = checkpoint.checkpoint().size;
-    let view = View::of(ctx.talks(), &s.archive().await?);
+    let view = View::of(ctx.talks(), s.archive().await?);
     let (roster, roster_st) = match (view.roster(), view.roster_statement()) {
         (Some(r), Some(st)) => (r, st),
         _ => bail!(

@@ -59,7 +59,7 @@ fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
         Some(Content::Statement(b)) => match SignedStatement::decode(b) {
             Ok(s) => {
                 let st = s.unverified();
-                let logged = view.statements.iter().find(|l| l.seq == a.seq);
+                let logged = view.logged(a.seq);
                 let standing = view.standing(&ctx.record, st.acting_for);
                 let verdict = match logged.map(|l| &l.verdict) {
                     // A changed talks authority key blocks the party's
@@ -305,7 +305,7 @@ pub fn read(home_dir: Option<PathBuf>, a: ReadArgs) -> anyhow::Result<()> {
         let mut s = ctx.session().await?;
         let from = if a.all { 0 } else { s.next_seq() };
         let view = refresh(&ctx, &mut s).await?;
-        for arch in s.archive().await?.iter().filter(|x| x.seq >= from) {
+        for arch in view.archived_from(from) {
             print_line(&line(&ctx, &view, arch), a.talks.json)?;
         }
         ctx.close().await;
@@ -333,7 +333,7 @@ pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
             let mut s = ctx.session().await?;
             let from = s.next_seq();
             let view = refresh(&ctx, &mut s).await?;
-            for arch in s.archive().await?.iter().filter(|x| x.seq >= from) {
+            for arch in view.archived_from(from) {
                 print_line(&line(&ctx, &view, arch), a.talks.json)?;
                 seen += 1;
             }
@@ -539,7 +539,6 @@ async fn verify_session(
     let (mut report, mut checkpoint) = s.verify_log(&rooms, now_ms()).await.map_err(evidence_or)?;
     let discrepancies: Vec<Discrepancy> = s.check_archive().await.map_err(evidence_or)?;
     let replayed = s.replay().await?;
-    let archive = s.archive().await?;
     let clean = report.withheld.is_empty()
         && report.not_merged.is_empty()
         && discrepancies.is_empty()
@@ -567,7 +566,7 @@ async fn verify_session(
             }
         }
     }
-    let view = View::of(ctx.talks(), &archive);
+    let view = View::of(ctx.talks(), s.archive().await?);
     let (cosigning, parties, missing) = finality(ctx, s, &view).await?;
     let missing_cosigners = missing.iter().map(|p| view.party_name(*p)).collect();
     let note = checkpoint.note().to_vec();
@@ -576,7 +575,7 @@ async fn verify_session(
             talks: ctx.talks().to_hex(),
             size: report.size,
             root: report.root.to_hex(),
-            archived: archive.len(),
+            archived: view.archive.len(),
             statements_accepted: replayed.accepted.len(),
             statements_rejected: replayed.rejected,
             withheld: report.withheld.iter().map(withheld_text).collect(),

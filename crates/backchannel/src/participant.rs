@@ -185,9 +185,11 @@ pub struct Logged {
 
 /// What replaying the archive shows of the talks.
 pub struct View {
+    /// The archive replayed, in seq order.
+    pub archive: Vec<Archived>,
     /// The replay, after the whole archive.
     pub replay: Replay,
-    /// Every statement, with replay's verdict.
+    /// Every statement, with replay's verdict, in seq order.
     pub statements: Vec<Logged>,
     /// Who each key speaks for: (party, display name).
     pub names: BTreeMap<KeyId, (PartyId, String)>,
@@ -196,10 +198,10 @@ pub struct View {
 impl View {
     /// Replays `archive` (`backchannel_core::replay`: keys by log
     /// position, ground rules first, acceptances, the talks' phase).
-    pub fn of(talks: TalksId, archive: &[Archived]) -> Self {
+    pub fn of(talks: TalksId, archive: Vec<Archived>) -> Self {
         let mut replay = Replay::new(talks);
         let mut statements = Vec::new();
-        for a in archive {
+        for a in &archive {
             let Some(Content::Statement(bytes)) = a.message.as_ref().map(|m| &m.content) else {
                 continue;
             };
@@ -243,17 +245,27 @@ impl View {
             }
         }
         Self {
+            archive,
             replay,
             statements,
             names,
         }
     }
 
+    /// The statement archived at `seq`, with replay's verdict.
+    pub fn logged(&self, seq: u64) -> Option<&Logged> {
+        let i = self.statements.binary_search_by_key(&seq, |l| l.seq).ok()?;
+        self.statements.get(i)
+    }
+
     fn statement_at(&self, seq: u64) -> Option<&SignedStatement> {
-        self.statements
-            .iter()
-            .find(|l| l.seq == seq)
-            .map(|l| &l.statement)
+        self.logged(seq).map(|l| &l.statement)
+    }
+
+    /// The archived envelopes from `seq` on.
+    pub fn archived_from(&self, seq: u64) -> &[Archived] {
+        let i = self.archive.partition_point(|a| a.seq < seq);
+        &self.archive[i..]
     }
 
     /// The roster statement replay accepted.

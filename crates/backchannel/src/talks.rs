@@ -670,7 +670,7 @@ pub async fn refresh(ctx: &Ctx, s: &mut CliSession) -> anyhow::Result<View> {
         .await
         .map_err(crate::messages::evidence_or)
         .context("receiving from the node")?;
-    Ok(View::of(ctx.talks(), &s.archive().await?))
+    Ok(View::of(ctx.talks(), s.archive().await?))
 }
 
 #[derive(Serialize)]
@@ -1109,7 +1109,7 @@ async fn show(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
         Err(e) if e.downcast_ref::<crate::messages::Evidence>().is_some() => return Err(e),
         Err(e) => {
             eprintln!("warning: the node could not be reached ({e:#}); showing the archive");
-            View::of(ctx.talks(), &s.archive().await?)
+            View::of(ctx.talks(), s.archive().await?)
         }
     };
     let list = access_list(&s).await.ok();
@@ -1593,6 +1593,7 @@ mod tests {
             })
             .expect("the roster");
         let view = View {
+            archive: vec![],
             replay,
             statements: vec![],
             names: Default::default(),
