@@ -48,6 +48,12 @@ pub const MAX_STATEMENT_LEN: usize = backchannel_statement::statement::MAX_PAYLO
 /// certificate, and room for a rotation or two).
 pub const MAX_CHAIN: usize = 8;
 
+/// The longest encoded bundle: its statement and a full chain, the checkpoint
+/// note, and 16 KiB for the salt, header, seq, time and inclusion proof (a
+/// proof of 64 hashes is 2 KiB). What a reader of a bundle file may refuse
+/// before decoding.
+pub const MAX_BUNDLE_LEN: usize = MAX_STATEMENT_LEN * (MAX_CHAIN + 1) + MAX_NOTE_LEN + 16 * 1024;
+
 /// One statement opened for an arbiter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvidenceBundle {

@@ -15,6 +15,9 @@ pub const NODE_PASSPHRASE_ENV: &str = "BACKCHANNEL_NODE_PASSPHRASE";
 /// home.
 pub const HOME_PASSPHRASE_ENV: &str = "BACKCHANNEL_PASSPHRASE";
 
+/// The longest an invitation's token stays valid, in hours: a year.
+pub const MAX_INVITATION_HOURS: u64 = 24 * 365;
+
 /// The exit codes, at the end of the participant commands' `--help`.
 pub const EXIT_CODES: &str = "Exit codes: 0 success; 1 the command failed (the reason, and what to \
                           do next, on stderr); 2 the arguments were not understood; 3 evidence \
@@ -605,7 +608,7 @@ pub struct TalksInviteArgs {
     #[arg(
         long,
         default_value_t = 72,
-        value_parser = RangedU64ValueParser::<u64>::new().range(1..=24 * 365),
+        value_parser = RangedU64ValueParser::<u64>::new().range(1..=MAX_INVITATION_HOURS),
         value_name = "HOURS"
     )]
     pub valid_hours: u64,

@@ -30,7 +30,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::fork::{Finality, is_final};
 use backchannel_client::seal::Content;
 use backchannel_codec::{Decode as _, Encode as _, PartyId};
-use backchannel_core::evidence::{EvidenceBundle, MAX_CHAIN, MAX_STATEMENT_LEN, VerifiedEvidence};
+use backchannel_core::evidence::{EvidenceBundle, MAX_BUNDLE_LEN, MAX_CHAIN, VerifiedEvidence};
 use backchannel_crypto::{KeyId, PublicKey};
 use backchannel_statement::markings::{Attribution, Conveyance, HandlingLabel};
 use backchannel_statement::roster::{ExportRecipient, ExportRule, ExportScope, Roster};
@@ -626,9 +626,7 @@ pub fn verify_bundle(args: VerifyBundleArgs) -> anyhow::Result<()> {
         .context("--log-key must be the node's log key: 64 hex digits (`backchannel node info`)")?;
     let origin = NodeOrigin::new(&args.origin)
         .map_err(|e| anyhow!("--origin: {e}; use the node's origin (`backchannel node info`)"))?;
-    // A bundle holds one statement and a bounded chain of them.
-    let max = (MAX_STATEMENT_LEN * (MAX_CHAIN + 1) + 64 * 1024) as u64;
-    let bytes = crate::talks::read_bounded(&args.file, max, "evidence bundle")?;
+    let bytes = crate::talks::read_bounded(&args.file, MAX_BUNDLE_LEN as u64, "evidence bundle")?;
     let bundle = EvidenceBundle::from_canonical_bytes(&bytes)
         .map_err(|e| anyhow!("{} is not an evidence bundle: {e}", args.file.display()))?;
     let (roster, witnesses) = chain_witnesses(&bundle);
