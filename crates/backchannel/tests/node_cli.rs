@@ -3,11 +3,15 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{assert_failure, assert_success, run, stderr, stdout};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -39,45 +43,6 @@ fn backchannel() -> Command {
 fn with_passphrase(mut cmd: Command) -> Command {
     cmd.env("BACKCHANNEL_NODE_PASSPHRASE", PASSPHRASE);
     cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("the binary runs")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
-}
-
-#[track_caller]
-fn assert_failure(out: &Output, stderr_holds: &str) {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {}\nstderr: {}",
-        stdout(out),
-        stderr(out)
-    );
-    assert!(
-        stderr(out).contains(stderr_holds),
-        "stderr does not mention {stderr_holds:?}: {}",
-        stderr(out)
-    );
 }
 
 /// `node init --json` in `dir`; the printed JSON.
@@ -149,7 +114,7 @@ fn info_prints_what_init_printed() {
     let out = run(backchannel()
         .args(["node", "info", "--dir"])
         .arg(dir.join("nothing")));
-    assert_failure(&out, "node init");
+    assert_failure(&out, 1, "node init");
 }
 
 #[test]
@@ -159,7 +124,7 @@ fn init_refuses_to_overwrite_without_force() {
     let out = run(with_passphrase(backchannel())
         .args(["node", "init", "--origin", "node.example.org", "--dir"])
         .arg(&dir));
-    assert_failure(&out, "--force");
+    assert_failure(&out, 1, "--force");
     // Nothing changed.
     let out = run(backchannel()
         .args(["node", "info", "--json", "--dir"])
@@ -199,13 +164,13 @@ fn init_refuses_without_a_passphrase_or_a_bad_origin() {
     let out = run(backchannel()
         .args(["node", "init", "--origin", "node.example.org", "--dir"])
         .arg(&dir));
-    assert_failure(&out, "BACKCHANNEL_NODE_PASSPHRASE");
+    assert_failure(&out, 1, "BACKCHANNEL_NODE_PASSPHRASE");
     assert!(!dir.exists(), "a refused init left a directory behind");
 
     let out = run(with_passphrase(backchannel())
         .args(["node", "init", "--origin", "Bad Origin!", "--dir"])
         .arg(&dir));
-    assert_failure(&out, "--origin");
+    assert_failure(&out, 1, "--origin");
     assert!(!dir.exists());
 
     // A passphrase file works without the environment variable.
@@ -242,7 +207,7 @@ fn creators_add_checks_the_key_and_is_idempotent() {
         &"ff".repeat(32),
         &format!("01{}", "00".repeat(31)),
     ] {
-        assert_failure(&add(bad), "public key");
+        assert_failure(&add(bad), 1, "public key");
     }
     let out = add(CREATOR);
     assert_success(&out);
@@ -275,11 +240,11 @@ fn a_bad_creators_line_is_named() {
     writeln!(file, "{CREATOR}\nnot a key").unwrap();
     drop(file);
     let out = run(backchannel().args(["node", "info", "--dir"]).arg(&dir));
-    assert_failure(&out, "line 4");
+    assert_failure(&out, 1, "line 4");
     let out = run(with_passphrase(backchannel())
         .args(["node", "run", "--listen", "127.0.0.1:0", "--dir"])
         .arg(&dir));
-    assert_failure(&out, "line 4");
+    assert_failure(&out, 1, "line 4");
 }
 
 /// A started `node run`, killed when dropped.
@@ -435,7 +400,7 @@ fn plain_http_is_refused_off_loopback() {
             "--dir",
         ])
         .arg(&dir));
-    assert_failure(&out, "loopback");
+    assert_failure(&out, 1, "loopback");
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
 }
 
@@ -447,11 +412,11 @@ fn run_refuses_a_wrong_passphrase() {
         .env("BACKCHANNEL_NODE_PASSPHRASE", "wrong")
         .args(["node", "run", "--listen", "127.0.0.1:0", "--dir"])
         .arg(&dir));
-    assert_failure(&out, "wrong passphrase");
+    assert_failure(&out, 1, "wrong passphrase");
     let out = run(backchannel()
         .args(["node", "run", "--listen", "127.0.0.1:0", "--dir"])
         .arg(&dir));
-    assert_failure(&out, "BACKCHANNEL_NODE_PASSPHRASE");
+    assert_failure(&out, 1, "BACKCHANNEL_NODE_PASSPHRASE");
 }
 
 #[test]
@@ -482,7 +447,7 @@ fn run_refuses_a_certificate_for_another_key() {
     let out = run(with_passphrase(backchannel())
         .args(["node", "run", "--listen", "127.0.0.1:0", "--dir"])
         .arg(&dir));
-    assert_failure(&out, "tls.crt");
+    assert_failure(&out, 1, "tls.crt");
     assert!(stderr(&out).contains("another key"), "{}", stderr(&out));
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
 }

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The node passphrase the tests use.
 pub const PASSPHRASE: &str = "correct horse battery staple";
@@ -68,4 +68,48 @@ pub fn listening(child: &mut Child) -> Option<(std::net::SocketAddr, String)> {
         [] => None,
         _ => panic!("unexpected line {line:?}"),
     }
+}
+
+/// Runs `cmd` to its end.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the binary runs")
+}
+
+/// Its stdout, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Its stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// It exited 0.
+#[track_caller]
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// It exited `code`, saying `stderr_holds` on stderr.
+#[track_caller]
+pub fn assert_failure(out: &Output, code: i32, stderr_holds: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+    assert!(
+        stderr(out).contains(stderr_holds),
+        "stderr does not mention {stderr_holds:?}: {}",
+        stderr(out)
+    );
 }
