@@ -13,7 +13,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -30,9 +29,7 @@ use backchannel_client::store::MemoryClientStore;
 use backchannel_codec::{Decode, Encode, PartyId, RoomId, TalksId};
 use backchannel_crypto::{Digest, PublicKey, Signer};
 use backchannel_node::limits::Limits;
-use backchannel_node::net::{Transport, serve};
 use backchannel_node::server::{Node, NodeConfig};
-use backchannel_node::tls::{self, Fingerprint, Identity};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::{AccessList, Salt};
 use backchannel_store::memory::MemoryStore;
@@ -52,12 +49,11 @@ const GRACE: Duration = Duration::from_millis(5 * 20);
 
 // --- Nodes on loopback ---------------------------------------------------------
 
-use backchannel_test_support::{ManualClock, Tcp};
+use backchannel_test_support::{ManualClock, Served, serve_tls};
 
+/// A node, served until dropped.
 struct TestNode {
-    addr: SocketAddr,
-    fingerprint: Fingerprint,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    served: Served,
 }
 
 fn node_origin() -> NodeOrigin {
@@ -94,22 +90,10 @@ async fn start() -> (TestNode, TalksId) {
             clock: Arc::new(ManualClock(AtomicU64::new(T0))),
         },
     );
-    let identity = Identity::self_signed(&key(NODE_TLS), "node").unwrap();
-    let config = Arc::new(tls::server_config(&identity).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        serve(Tcp(listener), Transport::Tls(config), node, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
     let node = TestNode {
-        addr,
-        fingerprint: identity.fingerprint(),
-        _stop: stop,
+        served: serve_tls(node, &key(NODE_TLS), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap(),
     };
     let created = node
         .client(CREATOR)
@@ -121,7 +105,7 @@ async fn start() -> (TestNode, TalksId) {
 
 impl TestNode {
     fn client(&self, label: u8) -> NodeClient {
-        NodeClient::new(self.addr, self.fingerprint, &key(label)).unwrap()
+        NodeClient::new(self.served.addr, self.served.fingerprint, &key(label)).unwrap()
     }
 }
 
@@ -270,7 +254,7 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
         (info_a.origin, info_a.log_key),
         (info_b.origin, info_b.log_key)
     );
-    assert_eq!(node_a.fingerprint, node_b.fingerprint);
+    assert_eq!(node_a.served.fingerprint, node_b.served.fingerprint);
 
     // The US (and the mediator) are shown history A, Iran history B.
     let mut us = device(&node_a, talks, US_HEAD_DEVICE).await;

@@ -3,6 +3,7 @@
 //! codes, the stream, pinning, and the submit retry.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use backchannel_test_support::test_limits;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -12,9 +13,8 @@ use backchannel_client::net::{NetError, NodeClient, NodeStream, StreamEvent};
 use backchannel_codec::{Decode, PartyId, RoomId, TalksId};
 use backchannel_crypto::{SecretKey, Signer, sha256};
 use backchannel_node::limits::Limits;
-use backchannel_node::net::{Transport, serve};
 use backchannel_node::server::{Node, NodeConfig, witness_name};
-use backchannel_node::tls::{self, Fingerprint, Identity};
+use backchannel_node::tls::Fingerprint;
 use backchannel_statement::access_list::FLAG_DEVICE;
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::{pad_body, unpad_body};
@@ -41,26 +41,11 @@ const T0: u64 = 1_800_000_000_000;
 
 // --- A node on loopback ------------------------------------------------------
 
-use backchannel_test_support::{ManualClock, Tcp};
+use backchannel_test_support::{ManualClock, Served, serve_tls};
 
 struct TestNode {
-    addr: SocketAddr,
-    fingerprint: Fingerprint,
+    served: Served,
     store: Arc<MemoryStore>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-fn test_limits() -> Limits {
-    Limits {
-        requests_per_second: 100_000,
-        request_burst: 100_000,
-        connections_per_second: 100_000,
-        connection_burst: 100_000,
-        connections_per_source: 100_000,
-        checkpoint_interval: Duration::from_millis(20),
-        ..Limits::default()
-    }
 }
 
 /// Starts a node over `store` on `addr` (port 0: any).
@@ -75,25 +60,8 @@ async fn start_on(store: Arc<MemoryStore>, addr: SocketAddr, limits: Limits) -> 
             clock: Arc::new(ManualClock(AtomicU64::new(T0))),
         },
     );
-    let identity = Identity::self_signed(&key(NODE_TLS), "node").unwrap();
-    let config = Arc::new(tls::server_config(&identity).unwrap());
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        serve(Tcp(listener), Transport::Tls(config), node, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    TestNode {
-        addr,
-        fingerprint: identity.fingerprint(),
-        store,
-        stop: Some(stop),
-        server,
-    }
+    let served = serve_tls(node, &key(NODE_TLS), addr).await.unwrap();
+    TestNode { served, store }
 }
 
 async fn start(limits: Limits) -> TestNode {
@@ -107,7 +75,7 @@ async fn start(limits: Limits) -> TestNode {
 
 impl TestNode {
     fn client(&self, label: u8) -> NodeClient {
-        NodeClient::new(self.addr, self.fingerprint, &key(label)).unwrap()
+        NodeClient::new(self.served.addr, self.served.fingerprint, &key(label)).unwrap()
     }
 
     /// Opens the reference talks as the creator.
@@ -120,9 +88,8 @@ impl TestNode {
     }
 
     /// Stops serving (in-flight requests finish) and waits until it has.
-    async fn stop(&mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        (&mut self.server).await.unwrap();
+    async fn stop(self) {
+        self.served.stop().await;
     }
 }
 
@@ -418,15 +385,20 @@ async fn api_errors_surface_with_their_code() {
 async fn a_bad_address_or_a_wrong_fingerprint_fails_clearly() {
     let node = start(test_limits()).await;
     for bad in ["nonsense", "host:", ":443", "a b:1", "::1:443", "[::1]"] {
-        let e = NodeClient::new(bad, node.fingerprint, &key(IRAN_HEAD_DEVICE)).unwrap_err();
+        let e = NodeClient::new(bad, node.served.fingerprint, &key(IRAN_HEAD_DEVICE)).unwrap_err();
         assert!(matches!(e, NetError::Usage(_)), "{bad}: {e:?}");
     }
-    let wrong = NodeClient::new(node.addr, Fingerprint([7; 32]), &key(IRAN_HEAD_DEVICE)).unwrap();
+    let wrong = NodeClient::new(
+        node.served.addr,
+        Fingerprint([7; 32]),
+        &key(IRAN_HEAD_DEVICE),
+    )
+    .unwrap();
     let e = wrong.node_info().await.unwrap_err();
     assert!(matches!(e, NetError::WrongCertificate { .. }), "{e:?}");
     let text = e.to_string();
     assert!(
-        text.contains(&node.addr.to_string()) && text.contains(&"07".repeat(32)),
+        text.contains(&node.served.addr.to_string()) && text.contains(&"07".repeat(32)),
         "{text}"
     );
     let e = wrong.stream(fixtures::talks().talks, 0).await.unwrap_err();
@@ -436,7 +408,7 @@ async fn a_bad_address_or_a_wrong_fingerprint_fails_clearly() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let e = NodeClient::new(closed, node.fingerprint, &key(IRAN_HEAD_DEVICE))
+    let e = NodeClient::new(closed, node.served.fingerprint, &key(IRAN_HEAD_DEVICE))
         .unwrap()
         .node_info()
         .await
@@ -548,15 +520,15 @@ async fn submit_retries_while_storage_is_unavailable() {
 
 #[tokio::test]
 async fn submit_retries_across_a_node_restart() {
-    let mut node = start(test_limits()).await;
+    let node = start(test_limits()).await;
     let t = fixtures::talks();
     let talks = node.open().await;
     let us = node.client(US_HEAD_DEVICE);
     let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, b"first", 1);
     us.submit(talks, &h, &b).await.unwrap();
-    node.stop().await;
     // The node comes back on the same address and store a little later.
-    let (store, addr) = (Arc::clone(&node.store), node.addr);
+    let (store, addr) = (Arc::clone(&node.store), node.served.addr);
+    node.stop().await;
     let restarted = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(400)).await;
         start_on(store, addr, test_limits()).await

@@ -10,7 +10,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,10 +22,7 @@ use backchannel_client::session::{Discrepancy, LogReport, Session, SessionError}
 use backchannel_client::store::MemoryClientStore;
 use backchannel_codec::{Encode, RoomId, TalksId};
 use backchannel_crypto::{Signer, sha256};
-use backchannel_node::limits::Limits;
-use backchannel_node::net::{Transport, serve};
 use backchannel_node::server::{Node, NodeConfig};
-use backchannel_node::tls::{self, Fingerprint, Identity};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::{
     AccessEntry, AccessList, AccessListChange, AccessListDelta, DeviceCert, Payload, Revoke,
@@ -53,13 +49,10 @@ const STRANGER: u8 = 0x66;
 
 // --- A node on loopback ------------------------------------------------------
 
-use backchannel_test_support::{ManualClock, Tcp};
+use backchannel_test_support::{ManualClock, Served, serve_tls, test_limits};
 
 struct TestNode {
-    addr: SocketAddr,
-    fingerprint: Fingerprint,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<()>,
+    served: Served,
 }
 
 /// Starts a node over `store` on a free loopback port.
@@ -70,36 +63,14 @@ async fn start<S: Store>(store: S) -> TestNode {
             origin: origin(),
             log_key: Arc::new(key(NODE_LOG)),
             creators: vec![key(CREATOR).public_key()],
-            limits: Limits {
-                requests_per_second: 100_000,
-                request_burst: 100_000,
-                connections_per_second: 100_000,
-                connection_burst: 100_000,
-                connections_per_source: 100_000,
-                checkpoint_interval: Duration::from_millis(20),
-                ..Limits::default()
-            },
+            limits: test_limits(),
             clock: Arc::new(ManualClock(AtomicU64::new(T0))),
         },
     );
-    let identity = Identity::self_signed(&key(NODE_TLS), "node").unwrap();
-    let config = Arc::new(tls::server_config(&identity).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        serve(Tcp(listener), Transport::Tls(config), node, async {
-            let _ = stopped.await;
-        })
+    let served = serve_tls(node, &key(NODE_TLS), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    });
-    TestNode {
-        addr,
-        fingerprint: identity.fingerprint(),
-        stop: Some(stop),
-        server,
-    }
+    TestNode { served }
 }
 
 /// Starts a node on the SQLite database at `db` (created if absent).
@@ -114,14 +85,13 @@ async fn start_sqlite(db: &Path) -> TestNode {
 
 impl TestNode {
     fn client(&self, label: u8) -> NodeClient {
-        NodeClient::new(self.addr, self.fingerprint, &key(label)).unwrap()
+        NodeClient::new(self.served.addr, self.served.fingerprint, &key(label)).unwrap()
     }
 
     /// Stops serving (requests in progress finish) and waits until the
     /// node, its integrator and its store are gone.
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        (&mut self.server).await.unwrap();
+    async fn stop(self) {
+        self.served.stop().await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Test support shared by the node's and the client's tests (a
 //! dev-dependency only; nothing here ships): the node's [`Listener`] over
-//! a loopback TCP socket, and a [`Clock`] the test moves.
+//! a loopback TCP socket, a node served over TLS there ([`serve_tls`]),
+//! and a [`Clock`] the test moves.
 //!
 //! It is one of the crates allowed ambient IO (sockets), like the CLI.
 
@@ -68,5 +69,60 @@ pub fn test_limits() -> Limits {
         connections_per_source: 100_000,
         checkpoint_interval: std::time::Duration::from_millis(20),
         ..Limits::default()
+    }
+}
+
+/// A node serving TLS on loopback for a test, until [`Served::stop`] (or
+/// until dropped: the server then stops when the runtime ends).
+#[derive(Debug)]
+pub struct Served {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its certificate's fingerprint, for clients to pin.
+    pub fingerprint: backchannel_node::tls::Fingerprint,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Why a test node could not be served.
+pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves `node` over TLS 1.3 on `addr` (port 0: any free loopback port),
+/// with a self-signed certificate for `tls_key`.
+pub async fn serve_tls<S: backchannel_store::Store>(
+    node: std::sync::Arc<backchannel_node::server::Node<S>>,
+    tls_key: &backchannel_crypto::SecretKey,
+    addr: SocketAddr,
+) -> Result<Served, ServeError> {
+    use backchannel_node::net::{Transport, serve};
+    use backchannel_node::tls::{Identity, server_config};
+    let identity = Identity::self_signed(tls_key, "node")?;
+    let config = std::sync::Arc::new(server_config(&identity)?);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let served = serve(Tcp(listener), Transport::Tls(config), node, async {
+            let _ = stopped.await;
+        })
+        .await;
+        assert!(served.is_ok(), "the test node failed: {served:?}");
+    });
+    Ok(Served {
+        addr,
+        fingerprint: identity.fingerprint(),
+        stop: Some(stop),
+        server,
+    })
+}
+
+impl Served {
+    /// Stops serving (requests in progress finish) and waits until the
+    /// node, its integrator and its store are gone.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.server).await;
     }
 }
