@@ -126,3 +126,55 @@ impl Served {
         let _ = (&mut self.server).await;
     }
 }
+
+/// Seeded random byte changes [`survives_corpus`] makes per corpus file.
+pub const RANDOM_MUTATIONS: u64 = 300;
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Runs the fuzz target `name` briefly, as every `cargo test` does: over
+/// its checked-in corpus (`corpus/<name>/`, which must not be empty), and
+/// over deterministic mutations of each file — every single-bit flip of
+/// its first 512 bits, truncation to every length below min(its length,
+/// 2048), and [`RANDOM_MUTATIONS`] seeded random changes of one to four
+/// bytes. The target asserts what it checks; this only feeds it.
+pub fn survives_corpus(corpus: &std::path::Path, name: &str, target: fn(&[u8])) {
+    let dir = corpus.join(name);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap_or_else(|e| panic!("{e}")).path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no corpus for fuzz target {name}");
+    target(&[]);
+    for file in files {
+        let input = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+        target(&input);
+        for bit in 0..(input.len() * 8).min(512) {
+            let mut m = input.clone();
+            m[bit / 8] ^= 1 << (bit % 8);
+            target(&m);
+        }
+        for len in 0..input.len().min(2048) {
+            target(&input[..len]);
+        }
+        let mut state = input.len() as u64;
+        for _ in 0..RANDOM_MUTATIONS {
+            if input.is_empty() {
+                break;
+            }
+            let mut m = input.clone();
+            for _ in 0..1 + splitmix(&mut state) % 4 {
+                let i = (splitmix(&mut state) as usize) % m.len();
+                m[i] = splitmix(&mut state) as u8;
+            }
+            target(&m);
+        }
+    }
+}
