@@ -33,7 +33,10 @@ use rand_core::OsRng;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::cli::{KeyKindArg, KeysCommand, KeysExportPublicArgs, KeysGenerateArgs, KeysListArgs};
+use crate::cli::{
+    HomePassphraseArgs, KeyKindArg, KeysCommand, KeysExportPublicArgs, KeysGenerateArgs,
+    KeysListArgs,
+};
 use crate::home;
 
 /// The store key of the index.
@@ -434,13 +437,18 @@ pub async fn load_or_generate(
         .ok_or_else(|| anyhow!("the key just stored cannot be read back"))
 }
 
-fn list(dir: &Path, args: KeysListArgs) -> anyhow::Result<()> {
-    let index = home::block_on(async {
-        let store = home::open(dir, &args.passphrase).await?;
+/// The index of the home at `dir`, opened and closed for it.
+fn read_home_index(dir: &Path, passphrase: &HomePassphraseArgs) -> anyhow::Result<Vec<IndexEntry>> {
+    home::block_on(async {
+        let store = home::open(dir, passphrase).await?;
         let index = read_index(&store).await;
         store.close().await;
         index
-    })?;
+    })
+}
+
+fn list(dir: &Path, args: KeysListArgs) -> anyhow::Result<()> {
+    let index = read_home_index(dir, &args.passphrase)?;
     let keys: Vec<KeyView> = index.iter().map(KeyView::from).collect();
     if args.json {
         #[derive(Serialize)]
@@ -475,12 +483,7 @@ fn list(dir: &Path, args: KeysListArgs) -> anyhow::Result<()> {
 
 fn export_public(dir: &Path, args: KeysExportPublicArgs) -> anyhow::Result<()> {
     let talks = parse_talks(args.talks.as_deref())?;
-    let index = home::block_on(async {
-        let store = home::open(dir, &args.passphrase).await?;
-        let index = read_index(&store).await;
-        store.close().await;
-        index
-    })?;
+    let index = read_home_index(dir, &args.passphrase)?;
     let matching: Vec<&IndexEntry> = index
         .iter()
         .filter(|e| e.name.label == args.label)
