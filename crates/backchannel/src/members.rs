@@ -81,12 +81,12 @@ fn add(home_dir: Option<PathBuf>, a: MembersAddArgs) -> anyhow::Result<()> {
     home::block_on(async move {
         let mut ctx = participant::open(&dir, &a.talks).await?;
         ctx.key(KeyKindArg::TalksAuthority).await.map_err(|_| {
-            anyhow!("only the home holding your party's talks authority adds members")
+            anyhow!("only the home holding your party's talks authority adds members: run this from the home that joined the talks for your party")
         })?;
         let role = a.role.role();
         ensure!(
             role.party_kind() == ctx.record.party_kind,
-            "--role {} is not a role of your kind of party",
+            "--role {} is not a role of your kind of party; a delegation's members are head, negotiator, expert, legal, note-taker, interpreter or principal, a mediator team's lead, co-mediator or staff",
             role.name()
         );
         let record_room = ctx
@@ -95,7 +95,7 @@ fn add(home_dir: Option<PathBuf>, a: MembersAddArgs) -> anyhow::Result<()> {
             .context("the roster has not reached you: run `backchannel talks accept` first")?;
         ensure!(
             ctx.record.pending_members.len() < backchannel_client::participant::MAX_INVITED_MEMBERS,
-            "this home has invited {} members into these talks, the most it keeps",
+            "this home has invited {} members into these talks, the most it keeps; another member holding your party's talks authority can invite more",
             backchannel_client::participant::MAX_INVITED_MEMBERS
         );
         let principal = PrincipalId(participant::random16());
@@ -154,7 +154,10 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
     home::block_on(async move {
         let store = home::open(&dir, &a.passphrase).await?;
         if talks_store::load(&store, doc.talks).await?.is_some() {
-            bail!("this home already takes part in talks {}", doc.talks);
+            bail!(
+                "this home already takes part in talks {}; join with a new home (`backchannel home init --home <DIR>`)",
+                doc.talks
+            );
         }
         let t = Some(doc.talks);
         let identity =
@@ -233,17 +236,22 @@ struct Admitted {
 fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
     let dir = home::resolve(home_dir)?;
     let text = crate::talks::read_document(&a.reply, "member's reply")?;
-    let reply = MemberReplyDoc::parse(&text)
-        .map_err(|e| anyhow!("{} is not a member's reply ({e})", a.reply.display()))?;
+    let reply = MemberReplyDoc::parse(&text).map_err(|e| {
+        anyhow!(
+            "{} is not a member's reply ({e}); ask the member to send it again",
+            a.reply.display()
+        )
+    })?;
     home::block_on(async move {
         let ctx = participant::open(&dir, &a.talks).await?;
         ensure!(
             reply.talks == ctx.talks(),
-            "the reply is for talks {}, not these",
+            "the reply is for talks {}, not these; pass --talks {}",
+            reply.talks,
             reply.talks
         );
         let ta = ctx.key(KeyKindArg::TalksAuthority).await.map_err(|_| {
-            anyhow!("only the home holding your party's talks authority admits members")
+            anyhow!("only the home holding your party's talks authority admits members: run this from the home that invited them")
         })?;
         let Some(pending) = ctx
             .record
@@ -260,9 +268,9 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
         // The device certificate: the member's identity key, for the
         // device key the reply names, in this talks and party.
         let cert = SignedStatement::decode(&reply.device_cert)
-            .map_err(|e| anyhow!("the reply's device certificate does not decode: {e}"))?;
+            .map_err(|e| anyhow!("the reply's device certificate does not decode ({e}); ask the member to run `members join` again"))?;
         let verified = cert.verify(ctx.talks(), &reply.identity_key).map_err(|e| {
-            anyhow!("the reply's device certificate is not signed by its identity key: {e}")
+            anyhow!("the reply's device certificate is not signed by its identity key ({e}); do not admit it: ask the member, over another channel, to send it again")
         })?;
         let st = verified.statement();
         let ok = st.talks == ctx.talks()
@@ -271,7 +279,7 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
                 if c.principal == reply.principal && c.device_key == reply.device_key);
         ensure!(
             ok,
-            "the reply's device certificate is not for this member's device in your party"
+            "the reply's device certificate is not for this member's device in your party; do not admit it: ask the member to send it again"
         );
         let mut s = ctx.session().await?;
         let view = refresh(&ctx, &mut s).await?;
@@ -291,7 +299,7 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
         });
         ensure!(
             member_logged.is_some() || view.replay.key(&reply.identity_key.id()).is_none(),
-            "the reply's identity key is already in the record for someone else"
+            "the reply's identity key is already in the record for someone else; ask the member to join again from a new home"
         );
         let device_logged = logged(&|p| {
             matches!(p, Payload::DeviceCert(c)
@@ -406,7 +414,7 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
     home::block_on(async move {
         let ctx = participant::open(&dir, &a.talks).await?;
         let ta = ctx.key(KeyKindArg::TalksAuthority).await.map_err(|_| {
-            anyhow!("only the home holding your party's talks authority removes members")
+            anyhow!("only the home holding your party's talks authority removes members: run this from the home that joined the talks for your party")
         })?;
         let mut s = ctx.session().await?;
         let view = refresh(&ctx, &mut s).await?;
@@ -540,7 +548,7 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
             let outcome = s.node().submit_change(ctx.talks(), &change).await?;
             ensure!(
                 outcome.applied,
-                "the node did not apply the removal ({}); the revocations are logged",
+                "the node did not apply the removal ({}); the revocations are logged: run `members remove` again",
                 outcome.missing.unwrap_or_default()
             );
         }
