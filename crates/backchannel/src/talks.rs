@@ -189,7 +189,7 @@ async fn certify_self(
     let get = |kind| async move {
         keys::load(ctx_store, kind, talks, LABEL)
             .await?
-            .ok_or_else(|| anyhow!("this home lost its keys for these talks"))
+            .ok_or_else(|| anyhow!("this home lost its keys for these talks; restore the home from its backup (home.db): without them it cannot act in these talks"))
     };
     let talks_authority = get(KeyKindArg::TalksAuthority).await?;
     let identity = get(KeyKindArg::Identity).await?;
@@ -329,7 +329,7 @@ async fn invite(dir: &Path, a: TalksInviteArgs) -> anyhow::Result<()> {
     );
     ensure!(
         ctx.record.invited.len() < talks_store::MAX_INVITED,
-        "these talks already have {} invited parties",
+        "these talks already have {} invited parties, the most one talks takes",
         ctx.record.invited.len()
     );
     let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
@@ -572,7 +572,7 @@ async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow:
             .find(|si| si.invitation.fields.party == inv.party)
         else {
             bail!(
-                "the node does not list the invitation of party {}",
+                "the node does not list the invitation of party {}: it lost an invitation it took; report it to the node's operator, and invite that party again",
                 inv.party
             );
         };
@@ -588,18 +588,18 @@ async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow:
         })?;
         ensure!(
             e.entry.party == inv.party && e.entry.kind == PartyKind::Party,
-            "party {}'s enrolment is for another party",
+            "party {}'s enrolment is for another party; invite that party again",
             inv.party
         );
         ensure!(
             Some(e.entry.talks_authority_key.id()) == si.redeemed.map(|(k, _)| k),
             "party {}'s enrolment names a talks authority other than the key that redeemed \
-             the invitation",
+             the invitation; invite that party again",
             inv.party
         );
         ensure!(
             e.members.iter().all(|m| m.member.party == inv.party),
-            "party {}'s enrolment lists members of another party",
+            "party {}'s enrolment lists members of another party; invite that party again",
             inv.party
         );
         parties.push(e.entry);
@@ -685,7 +685,7 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
     let ctx = participant::open(dir, &a.talks).await?;
     ensure!(
         ctx.record.party_kind == PartyKind::Mediator,
-        "only the mediator seats the parties"
+        "only the mediator seats the parties; a party runs `backchannel talks accept`"
     );
     let record_room = ctx
         .record
