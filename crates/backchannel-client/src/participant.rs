@@ -15,8 +15,13 @@
 //!   yet encrypted to the mediator: that needs the mediator's key package,
 //!   which the rooms issue brings); it holds names and public keys only.
 //! - [`TalksRecord`]: what the home remembers of one talks: the pin, who
-//!   this participant is in it, the parties the mediator invited, and the
-//!   verification state of every other party ([`PartyVerification`]).
+//!   this participant is in it, the parties the mediator invited, the
+//!   members this participant invited into its party (for their names),
+//!   and the verification state of every other party
+//!   ([`PartyVerification`]).
+//! - [`MemberInvitationDoc`] and [`MemberReplyDoc`]: the two hand-overs
+//!   that add a member to a party after the roster, so that the member's
+//!   secret keys never leave the member's home.
 //!
 //! Everything here is encoded canonically (`backchannel-codec`) and stored
 //! through [`ClientStore`] under [`Namespace::Talks`]; `docs/formats.md`
