@@ -29,8 +29,7 @@ use serde::Serialize;
 use crate::cli::{EXIT_CODES, TalksArgs};
 use crate::home;
 use crate::messages::Evidence;
-use crate::participant::{self, CliSession, Ctx};
-use crate::talks::refresh;
+use crate::participant::{self, CliSession, Ctx, refresh};
 
 /// `backchannel blob …`.
 #[derive(Debug, Subcommand)]
@@ -178,7 +177,7 @@ async fn put_in(ctx: &Ctx, a: &BlobPutArgs, len: u64) -> anyhow::Result<Put> {
     // The announcement is talk: the same rules as `send`, checked before
     // anything is uploaded.
     let room = crate::messages::talk_room(ctx, &s, &view, &a.room).await?;
-    let bytes = crate::talks::read_bounded(&a.file, info.max_blob, "blob")?;
+    let bytes = participant::read_bounded(&a.file, info.max_blob, "blob")?;
     let hash = sha256(&bytes);
     let blob = s
         .node()
@@ -286,7 +285,7 @@ async fn fetch(ctx: &Ctx, hash: &Digest) -> anyhow::Result<Vec<u8>> {
 /// renamed over it, so a failure leaves the old file as it was.
 fn write_out(out: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
     if !force {
-        return crate::talks::write_secret(out, bytes).map_err(|e| {
+        return participant::write_secret(out, bytes).map_err(|e| {
             if out.exists() {
                 anyhow!(
                     "{} exists; choose another --out, or pass --force to replace it",
@@ -303,7 +302,7 @@ fn write_out(out: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
         .unwrap_or_default();
     let temp = out.with_file_name(format!(".{name}.backchannel-{}", std::process::id()));
     let _ = std::fs::remove_file(&temp);
-    crate::talks::write_secret(&temp, bytes)?;
+    participant::write_secret(&temp, bytes)?;
     std::fs::rename(&temp, out).map_err(|e| {
         let _ = std::fs::remove_file(&temp);
         anyhow!("cannot replace {}: {e}", out.display())

@@ -482,7 +482,7 @@ async fn export(ctx: &Ctx, a: &ExportArgs) -> anyhow::Result<Exported> {
         EvidenceBundle::from_canonical_bytes(&bytes).as_ref() == Ok(&bundle),
         "the bundle does not survive its own encoding"
     );
-    crate::talks::write_secret(&a.out, &bytes)?;
+    participant::write_secret(&a.out, &bytes)?;
 
     let by_witness = witness_parties(&view);
     let mut cosigned_by: Vec<String> = verified
@@ -626,7 +626,7 @@ pub fn verify_bundle(args: VerifyBundleArgs) -> anyhow::Result<()> {
         .context("--log-key must be the node's log key: 64 hex digits (`backchannel node info`)")?;
     let origin = NodeOrigin::new(&args.origin)
         .map_err(|e| anyhow!("--origin: {e}; use the node's origin (`backchannel node info`)"))?;
-    let bytes = crate::talks::read_bounded(&args.file, MAX_BUNDLE_LEN as u64, "evidence bundle")?;
+    let bytes = participant::read_bounded(&args.file, MAX_BUNDLE_LEN as u64, "evidence bundle")?;
     let bundle = EvidenceBundle::from_canonical_bytes(&bytes)
         .map_err(|e| anyhow!("{} is not an evidence bundle: {e}", args.file.display()))?;
     let (roster, witnesses) = chain_witnesses(&bundle);

@@ -43,8 +43,7 @@ use crate::cli::{
     KeyKindArg, MembersAddArgs, MembersAdmitArgs, MembersCommand, MembersJoinArgs,
     MembersRemoveArgs, RevokeReasonArg,
 };
-use crate::participant::{self, now_ms};
-use crate::talks::refresh;
+use crate::participant::{self, now_ms, refresh};
 use crate::{home, keys};
 
 #[derive(Serialize)]
@@ -109,7 +108,7 @@ fn add(home_dir: Option<PathBuf>, a: MembersAddArgs) -> anyhow::Result<()> {
             role,
             record_room,
         };
-        crate::talks::write_secret(&a.out, doc.to_json().as_bytes())?;
+        participant::write_secret(&a.out, doc.to_json().as_bytes())?;
         ctx.record.pending_members.push(PendingMember {
             principal,
             role,
@@ -144,7 +143,7 @@ struct MemberJoined {
 
 fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
     let dir = home::resolve(home_dir)?;
-    let text = crate::talks::read_document(&a.invitation, "member invitation")?;
+    let text = participant::read_document(&a.invitation, "member invitation")?;
     let doc = MemberInvitationDoc::parse(&text).map_err(|e| {
         anyhow!(
             "{} is not a member invitation ({e}); ask your party for a new one",
@@ -186,7 +185,7 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
             device_key: device.public_key(),
             device_cert: cert.as_bytes().to_vec(),
         };
-        crate::talks::write_secret(&a.out, reply.to_json().as_bytes())?;
+        participant::write_secret(&a.out, reply.to_json().as_bytes())?;
         talks_store::create(
             &store,
             &TalksRecord {
@@ -235,7 +234,7 @@ struct Admitted {
 
 fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
     let dir = home::resolve(home_dir)?;
-    let text = crate::talks::read_document(&a.reply, "member's reply")?;
+    let text = participant::read_document(&a.reply, "member's reply")?;
     let reply = MemberReplyDoc::parse(&text).map_err(|e| {
         anyhow!(
             "{} is not a member's reply ({e}); ask the member to send it again",

@@ -20,8 +20,7 @@ use serde::Serialize;
 
 use crate::cli::{FollowArgs, LogVerifyArgs, ReadArgs, SendArgs};
 use crate::home;
-use crate::participant::{self, CliSession, Ctx, View, access_list, my_rooms, now_ms};
-use crate::talks::refresh;
+use crate::participant::{self, CliSession, Ctx, View, access_list, my_rooms, now_ms, refresh};
 
 /// The exit code of `log verify` when it found evidence (documented in
 /// `--help` and the README).
@@ -459,7 +458,7 @@ async fn verify_inner(dir: PathBuf, a: LogVerifyArgs) -> anyhow::Result<()> {
     ctx.close().await;
     let (out, note) = out?;
     if let Some(path) = &a.save_checkpoint {
-        crate::talks::write_secret(path, &note)?;
+        participant::write_secret(path, &note)?;
     }
     let evidence = !out.withheld.is_empty()
         || !out.not_merged.is_empty()

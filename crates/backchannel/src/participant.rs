@@ -1,7 +1,9 @@
 //! What every participant command shares: the home opened on one talks,
-//! its keys, a session of its device, and the view of the talks that
-//! replaying its archive gives (roster, ground rules, acceptances, phase,
-//! who each key speaks for, and how each party's keys stand).
+//! its keys, a session of its device, receiving into it ([`refresh`]), the
+//! view of the talks that replaying its archive gives (roster, ground
+//! rules, acceptances, phase, who each key speaks for, and how each
+//! party's keys stand), and the files handed over out of band (read with
+//! a bound, written owner-only).
 //!
 //! Keys: each talks has the participant's talks-authority (parties and the
 //! mediator's designated signer), identity and device keys, all labelled
@@ -12,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::fork::cosigner_key;
 use backchannel_client::participant::{self as talks_store, TalksRecord};
 use backchannel_client::safety::{PartyVerification, SafetyCode, SafetyInputs};
@@ -560,4 +562,66 @@ pub fn my_rooms(list: &AccessList, device: &SecretKey) -> BTreeSet<RoomId> {
     list.get(&device.public_key().id())
         .map(|e| e.rooms().iter().copied().collect())
         .unwrap_or_default()
+}
+
+/// Receives everything new; the archive's view after it.
+pub async fn refresh(ctx: &Ctx, s: &mut CliSession) -> anyhow::Result<View> {
+    let list = access_list(s).await?;
+    s.receive(&list)
+        .await
+        .map_err(crate::messages::evidence_or)
+        .context("receiving from the node")?;
+    Ok(View::of(ctx.talks(), s.archive().await?))
+}
+
+// --- Files handed over out of band -------------------------------------------
+
+/// The largest document a participant reads from a file handed over out
+/// of band (an invitation, a member's reply): far above any real one.
+pub const MAX_DOCUMENT: u64 = 256 * 1024;
+
+/// Reads a file of at most `max` bytes, refusing a larger one before
+/// reading it.
+pub fn read_bounded(path: &Path, max: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    ensure!(
+        bytes.len() as u64 <= max,
+        "{} is larger than any {what} ({max} bytes at most); check the file",
+        path.display()
+    );
+    Ok(bytes)
+}
+
+/// Reads a text document of at most [`MAX_DOCUMENT`] bytes.
+pub fn read_document(path: &Path, what: &str) -> anyhow::Result<String> {
+    String::from_utf8(read_bounded(path, MAX_DOCUMENT, what)?)
+        .map_err(|_| anyhow!("{} is not a {what}: it is not UTF-8 text", path.display()))
+}
+
+/// Writes a new file only the owner can read, refusing an existing one.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow!("{} exists; choose another --out", path.display())
+        } else {
+            anyhow!("cannot create {}: {e}", path.display())
+        }
+    })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }

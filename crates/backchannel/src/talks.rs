@@ -46,7 +46,7 @@ use crate::cli::{
     TalksJoinArgs, TalksOpenArgs, TalksPhaseArgs, TalksSeatArgs, TalksVerifyArgs,
 };
 use crate::participant::{
-    self, CliSession, Ctx, LABEL, View, access_list, my_rooms, now_ms, random16,
+    self, CliSession, Ctx, LABEL, View, access_list, my_rooms, now_ms, random16, refresh,
 };
 use crate::{home, keys};
 
@@ -355,7 +355,7 @@ async fn invite(dir: &Path, a: TalksInviteArgs) -> anyhow::Result<()> {
     };
     // The file first (refusing an existing one), so a failure leaves no
     // invitation on the node that nobody can redeem.
-    write_secret(&a.out, doc.to_json().as_bytes())?;
+    participant::write_secret(&a.out, doc.to_json().as_bytes())?;
     if let Err(e) = ctx
         .record
         .node
@@ -393,56 +393,6 @@ async fn invite(dir: &Path, a: TalksInviteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The largest document a participant reads from a file handed over out
-/// of band (an invitation, a member's reply): far above any real one.
-pub const MAX_DOCUMENT: u64 = 256 * 1024;
-
-/// Reads a file of at most `max` bytes, refusing a larger one before
-/// reading it.
-pub fn read_bounded(path: &Path, max: u64, what: &str) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let f = std::fs::File::open(path)
-        .with_context(|| format!("reading the {what} {}", path.display()))?;
-    let mut bytes = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading the {what} {}", path.display()))?;
-    ensure!(
-        bytes.len() as u64 <= max,
-        "{} is larger than any {what} ({max} bytes at most); check the file",
-        path.display()
-    );
-    Ok(bytes)
-}
-
-/// Reads a text document of at most [`MAX_DOCUMENT`] bytes.
-pub fn read_document(path: &Path, what: &str) -> anyhow::Result<String> {
-    String::from_utf8(read_bounded(path, MAX_DOCUMENT, what)?)
-        .map_err(|_| anyhow!("{} is not a {what}: it is not UTF-8 text", path.display()))
-}
-
-/// Writes a new file only the owner can read, refusing an existing one.
-pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            anyhow!("{} exists; choose another --out", path.display())
-        } else {
-            anyhow!("cannot create {}: {e}", path.display())
-        }
-    })?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 #[derive(Serialize)]
 struct Joined {
     talks: String,
@@ -461,7 +411,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
          note-taker, interpreter or principal",
         role.name()
     );
-    let text = read_document(&a.invitation, "invitation")?;
+    let text = participant::read_document(&a.invitation, "invitation")?;
     let doc = InvitationDoc::parse(&text).map_err(|e| {
         anyhow!(
             "{} is not a usable invitation ({e}); ask the mediator for a new one",
@@ -661,16 +611,6 @@ async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow:
     roster.access_list_hash = implied.hash();
     roster.verify_for(ctx.talks())?;
     Ok(roster)
-}
-
-/// Receives everything new; the archive's view after it.
-pub async fn refresh(ctx: &Ctx, s: &mut CliSession) -> anyhow::Result<View> {
-    let list = access_list(s).await?;
-    s.receive(&list)
-        .await
-        .map_err(crate::messages::evidence_or)
-        .context("receiving from the node")?;
-    Ok(View::of(ctx.talks(), s.archive().await?))
 }
 
 #[derive(Serialize)]
