@@ -315,14 +315,11 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
         let member_cert_seq = match member_logged {
             Some(seq) => seq,
             None => {
-                let member_cert = Statement::new(
-                    &mut OsRng,
-                    ctx.talks(),
-                    ta.public_key().id(),
-                    ctx.record.party,
-                    vec![Audience::Room(room)],
+                let member_cert = crate::talks::statement(
+                    &ta,
+                    &ctx.record,
+                    room,
                     s.checkpoint_ref(),
-                    Markings::mediator_only(),
                     Payload::MemberCert(MemberCert::new(
                         reply.principal,
                         ctx.record.party,
@@ -331,8 +328,7 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
                         crate::talks::acts_of(pending.role),
                         None,
                     )?),
-                )?
-                .sign(&ta)?;
+                )?;
                 s.send(
                     room,
                     Content::Statement(member_cert.as_bytes().to_vec()),
@@ -507,21 +503,17 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
         let lost_at = matches!(reason, RevokeReason::Lost | RevokeReason::Compromised).then(now_ms);
         let mut seqs = Vec::new();
         for key in &live {
-            let st = Statement::new(
-                &mut OsRng,
-                ctx.talks(),
-                ta.public_key().id(),
-                ctx.record.party,
-                vec![Audience::Room(room)],
+            let st = crate::talks::statement(
+                &ta,
+                &ctx.record,
+                room,
                 s.checkpoint_ref(),
-                Markings::mediator_only(),
                 Payload::Revoke(Revoke {
                     key: *key,
                     reason,
                     lost_at,
                 }),
-            )?
-            .sign(&ta)?;
+            )?;
             seqs.push(
                 s.send(
                     room,
