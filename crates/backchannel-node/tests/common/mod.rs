@@ -28,7 +28,7 @@ pub const OUTSIDER: u8 = 0x66;
 /// The node's TLS key.
 pub const NODE_TLS: u8 = 0x52;
 
-pub use backchannel_test_support::{ManualClock, Tcp};
+pub use backchannel_test_support::{ManualClock, Tcp, test_limits};
 
 /// Start of test time.
 pub const T0: u64 = 1_800_000_000_000;
@@ -84,19 +84,6 @@ pub async fn start_with<S: Store>(store: S, limits: Limits) -> TestNode<S> {
 /// Starts a node on the in-memory store.
 pub async fn start(limits: Limits) -> TestNode<MemoryStore> {
     start_with(MemoryStore::new(), limits).await
-}
-
-/// Limits for tests: generous rates, fast checkpoints.
-pub fn test_limits() -> Limits {
-    Limits {
-        requests_per_second: 100_000,
-        request_burst: 100_000,
-        connections_per_second: 100_000,
-        connection_burst: 100_000,
-        connections_per_source: 100_000,
-        checkpoint_interval: std::time::Duration::from_millis(20),
-        ..Limits::default()
-    }
 }
 
 /// A client's TLS configuration for `label`'s key.
