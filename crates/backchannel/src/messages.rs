@@ -632,7 +632,7 @@ const COSIGN_ATTEMPTS: u32 = 3;
 /// Whether the node refused a cosignature because it signed a newer
 /// checkpoint meanwhile.
 fn stale(e: &backchannel_client::session::SessionError) -> bool {
-    matches!(e, backchannel_client::session::SessionError::Net(n) if n.code() == Some("stale"))
+    matches!(e, backchannel_client::session::SessionError::Net(n) if n.code() == Some(backchannel_node::api::codes::STALE))
 }
 
 /// Evidence against the node (exit 3), or another failure.

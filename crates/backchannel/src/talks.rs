@@ -26,6 +26,7 @@ use backchannel_client::safety::PartyVerification;
 use backchannel_client::seal::Content;
 use backchannel_codec::{Decode as _, Encode as _, PartyId, PrincipalId, RoomId, TalksId};
 use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer as _, sha256};
+use backchannel_node::api::codes;
 use backchannel_statement::access_list::{
     AccessEntry, FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
 };
@@ -283,7 +284,7 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
         keys::forget_talks(&store, talks).await?;
     }
     created.map_err(|e| {
-        let hint = if e.code() == Some("forbidden") {
+        let hint = if e.code() == Some(codes::FORBIDDEN) {
             format!(
                 "; ask the node's operator to run `backchannel node creators add {}`",
                 hex::encode(authority.public_key().as_bytes())
@@ -817,7 +818,7 @@ async fn accept(dir: &Path, a: TalksAcceptArgs) -> anyhow::Result<()> {
                     Ok(_) => {}
                     // Another party co-signed at the same moment: read the
                     // pending change again and sign it anew.
-                    Err(e) if e.code() == Some("stale") => continue,
+                    Err(e) if e.code() == Some(codes::STALE) => continue,
                     Err(e) => return Err(e.into()),
                 }
                 signed = true;
@@ -1289,7 +1290,7 @@ async fn cosign(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
                     out.applied += 1;
                 }
             }
-            Err(e) if e.code() == Some("stale") => {
+            Err(e) if e.code() == Some(codes::STALE) => {
                 out.refused.push(format!(
                     "change {}: the list changed meanwhile; run `talks cosign` again",
                     p.delta_hash.to_hex()
