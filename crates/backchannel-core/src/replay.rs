@@ -348,13 +348,13 @@ impl Replay {
 
     /// Replays the next statement of the log.
     pub fn apply(&mut self, entry: LoggedStatement<'_>) -> Result<Accepted, Rejected> {
-        if let Some(last) = self.last_seq {
-            if entry.seq <= last {
-                return Err(Rejected::OutOfOrder {
-                    seq: entry.seq,
-                    last,
-                });
-            }
+        if let Some(last) = self.last_seq
+            && entry.seq <= last
+        {
+            return Err(Rejected::OutOfOrder {
+                seq: entry.seq,
+                last,
+            });
         }
         let result = self.apply_inner(entry);
         self.last_seq = Some(entry.seq);
@@ -389,10 +389,9 @@ impl Replay {
         | KeyRole::Identity {
             not_after: Some(t), ..
         } = author.role
+            && entry.node_time > t
         {
-            if entry.node_time > t {
-                return Err(Rejected::Expired);
-            }
+            return Err(Rejected::Expired);
         }
         if matches!(author.role, KeyRole::Device { .. }) {
             // Device keys authenticate connections and sign envelopes (and

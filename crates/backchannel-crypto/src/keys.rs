@@ -319,6 +319,41 @@ impl SecretKey {
     pub fn seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
         zeroize::Zeroizing::new(self.inner.to_bytes())
     }
+
+    /// Signs an MLS (RFC 9420) `SignContent` bare, with no Backchannel
+    /// context: the device key is the MLS signature key of its leaves, and
+    /// MLS verifiers check `Ed25519(key, SignContent)`.
+    ///
+    /// `SignContent` is `opaque label<V> = "MLS 1.0 " ‖ Label; opaque
+    /// content<V>`, so it begins with the label's length as a TLS variable
+    /// length integer, then `MLS 1.0 `. Only such payloads are signed; any
+    /// other is refused with [`SignError::Refused`]. Precisely: the first
+    /// byte must be below `0x40` (a one-byte length: every RFC 9420 label is
+    /// shorter than 64 bytes), that length must be at least 8 and fit in
+    /// the payload, and the next 8 bytes must be `MLS 1.0 `.
+    ///
+    /// Why signing bare is safe: every other message a Backchannel key
+    /// signs begins with a context, `backchannel/v1/…`, whose first byte
+    /// `b` (`0x62`) is not below `0x40`; C2SP notes begin with a log origin,
+    /// whose alphabet (`a-z 0-9 . - _ : /`) has no upper case or space, so
+    /// never `MLS 1.0 ` at offset 1, or with `cosignature/v1` (`c`, `0x63`);
+    /// TLS 1.3 `CertificateVerify` content begins with 64 spaces and a
+    /// certificate's TBS with a DER length byte after `0x30`, never `M`.
+    /// So no signature made here verifies as any other Backchannel, note or
+    /// TLS signature, and no other signature verifies as an MLS one (RFC
+    /// 9420 `SignWithLabel` already separates MLS labels from each other).
+    pub fn sign_mls(&self, sign_content: &[u8]) -> Result<[u8; 64], SignError> {
+        const PREFIX: &[u8] = b"MLS 1.0 ";
+        let refuse = || SignError::Refused("not an MLS 1.0 SignContent".into());
+        let (&len, rest) = sign_content.split_first().ok_or_else(refuse)?;
+        if len >= 0x40 || (len as usize) < PREFIX.len() || rest.len() < len as usize {
+            return Err(refuse());
+        }
+        if !rest.starts_with(PREFIX) {
+            return Err(refuse());
+        }
+        Ok(self.inner.sign(sign_content).to_bytes())
+    }
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -384,6 +419,40 @@ mod tests {
             Err(BadKey::WrongLength(31))
         );
         assert!(PublicKey::from_bytes(key(3).public_key().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn sign_mls_signs_only_mls_sign_content() {
+        let k = key(4);
+        // SignContent { label: "MLS 1.0 LeafNodeTBS", content: [1, 2, 3] }.
+        let mut ok = vec![19u8];
+        ok.extend_from_slice(b"MLS 1.0 LeafNodeTBS");
+        ok.extend_from_slice(&[3, 1, 2, 3]);
+        let sig = k.sign_mls(&ok).expect("an MLS SignContent is signed");
+        // Bare: it verifies over exactly the bytes, with the empty context.
+        assert!(
+            k.public_key()
+                .verify(Context::C2SP_SIGNED_NOTE, &ok, &Signature(sig))
+                .is_ok()
+        );
+        let refused = [
+            &b""[..],
+            &[8u8][..],                          // "MLS 1.0 " missing
+            &b"\x08MLS 1.0"[..],                 // too short
+            &b"backchannel/v1/envelope"[..],     // a Backchannel context
+            &b"cosignature/v1\nfoo"[..],         // a C2SP cosignature
+            &b"node.example/talks/00\n1\n"[..],  // a checkpoint
+            &b"\x07MLS 1.0 "[..],                // length below the prefix
+            &b"\x20MLS 1.0 x"[..],               // length past the end
+            &b"\x40\x13MLS 1.0 LeafNodeTBS"[..], // two-byte length
+            &b"\x13MLS 1.1 LeafNodeTBS"[..],     // other version
+        ];
+        for bytes in refused {
+            assert!(
+                matches!(k.sign_mls(bytes), Err(SignError::Refused(_))),
+                "signed {bytes:?}"
+            );
+        }
     }
 
     #[test]

@@ -83,14 +83,13 @@ impl Markings {
             return Err(MarkingsError::TooManyLabels);
         }
         for l in &labels {
-            if let HandlingLabel::Free(s) = l {
-                if s.is_empty()
+            if let HandlingLabel::Free(s) = l
+                && (s.is_empty()
                     || s.len() > MAX_LABEL_BYTES
                     || check_string(s).is_err()
-                    || s.contains('\n')
-                {
-                    return Err(MarkingsError::BadFreeLabel);
-                }
+                    || s.contains('\n'))
+            {
+                return Err(MarkingsError::BadFreeLabel);
             }
         }
         Ok(Self {
