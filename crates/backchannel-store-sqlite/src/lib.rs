@@ -33,8 +33,8 @@
 mod error;
 mod migrate;
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -42,10 +42,11 @@ use std::time::{Duration, Instant};
 use backchannel_codec::{Encode, PartyId, RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
 use backchannel_store::{
-    AccessListRecord, Appended, BlobRecord, CheckpointRecord, InvitationRecord, MAX_INVITATIONS,
+    AccessListRecord, Appended, BlobRecord, CheckpointRecord, Gate, InvitationRecord,
+    KeyPackageRecord, MAX_INVITATIONS, MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE,
     MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome,
-    PendingChange, Placement, Redemption, SUBSCRIPTION_BUFFER, Store, StoreError, StoredEnvelope,
-    Submission, Subscription, TalksRecord,
+    PendingChange, Placement, Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, Store,
+    StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
 use sqlx::pool::PoolConnectionMetadata;
@@ -399,6 +400,51 @@ fn envelope(talks: TalksId, row: &SqliteRow) -> Result<StoredEnvelope, StoreErro
         body_hash: digest(row, "body_hash")?,
         leaf_hash: digest(row, "leaf_hash")?,
         receipt: blob(row, "receipt")?.to_vec(),
+        welcome_to: opt_blob(row, "welcome_to")?
+            .map(|keys| key_ids(keys, "welcome_to"))
+            .transpose()?,
+    })
+}
+
+/// Key ids stored concatenated (32 bytes each).
+fn key_ids(bytes: &[u8], what: &'static str) -> Result<Vec<KeyId>, StoreError> {
+    let (keys, rest) = bytes.as_chunks::<32>();
+    if !rest.is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "stored {what} is not a list of 32-byte keys"
+        )));
+    }
+    Ok(keys.iter().map(|k| KeyId(Digest(*k))).collect())
+}
+
+/// Key ids concatenated, as [`key_ids`] reads them back.
+fn key_ids_bytes(keys: &[KeyId]) -> Vec<u8> {
+    keys.iter()
+        .flat_map(|k| k.as_bytes().iter().copied())
+        .collect()
+}
+
+fn room_state_row(row: &SqliteRow) -> Result<RoomState, StoreError> {
+    Ok(RoomState {
+        epoch: uint(row, "epoch")?,
+        public_group: blob(row, "public_group")?.to_vec(),
+        group_info: blob(row, "group_info")?.to_vec(),
+        created_seq: uint(row, "created_seq")?,
+    })
+}
+
+fn key_package(row: &SqliteRow) -> Result<KeyPackageRecord, StoreError> {
+    let reference = blob(row, "reference")?;
+    if reference.is_empty() || reference.len() > MAX_KEY_PACKAGE_REFERENCE {
+        return Err(StoreError::Corrupt(
+            "stored key package reference has a bad length".into(),
+        ));
+    }
+    Ok(KeyPackageRecord {
+        reference: reference.to_vec(),
+        bytes: blob(row, "bytes")?.to_vec(),
+        not_after: uint(row, "not_after")?,
+        last_resort: flag(row, "last_resort")?,
     })
 }
 
@@ -490,6 +536,55 @@ async fn by_idempotency_key(
                 leaf_hash: digest(&row, "leaf_hash")?,
                 receipt: blob(&row, "receipt")?.to_vec(),
             },
+            header_hash: digest(&row, "header_hash")?,
+        })
+    })
+    .transpose()
+}
+
+/// A room's MLS state, read in the caller's transaction.
+async fn room_state(
+    conn: &mut SqliteConnection,
+    talks: TalksId,
+    room: RoomId,
+    op: &'static str,
+) -> Result<Option<RoomState>, StoreError> {
+    let row = sqlx::query(
+        "SELECT epoch, public_group, group_info, created_seq FROM room_state
+         WHERE talks = ? AND room = ?",
+    )
+    .bind(talks.as_bytes().as_slice())
+    .bind(room.as_bytes().as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    row.as_ref().map(room_state_row).transpose()
+}
+
+/// The recorded commit that left `epoch` of a room.
+async fn room_commit(
+    conn: &mut SqliteConnection,
+    talks: TalksId,
+    room: RoomId,
+    epoch: u64,
+    op: &'static str,
+) -> Result<Option<RoomCommit>, StoreError> {
+    // An epoch past i64::MAX was never recorded (every epoch took a seq).
+    let Ok(epoch) = i64::try_from(epoch) else {
+        return Ok(None);
+    };
+    let row = sqlx::query(
+        "SELECT seq, header_hash FROM room_commits WHERE talks = ? AND room = ? AND epoch = ?",
+    )
+    .bind(talks.as_bytes().as_slice())
+    .bind(room.as_bytes().as_slice())
+    .bind(epoch)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    row.map(|row| {
+        Ok(RoomCommit {
+            seq: uint(&row, "seq")?,
             header_hash: digest(&row, "header_hash")?,
         })
     })
@@ -645,6 +740,57 @@ async fn count(
     from_sql(n, "count")
 }
 
+/// Stores a room's new MLS state and the commits a batch recorded for it,
+/// inside the `sequence` transaction.
+async fn write_room(
+    conn: &mut SqliteConnection,
+    (talks, room): (TalksId, RoomId),
+    state: &RoomState,
+    commits: &[(u64, RoomCommit)],
+) -> Result<(), StoreError> {
+    const OP: &str = "sequence";
+    let id = talks.as_bytes().as_slice();
+    let room_id = room.as_bytes().as_slice();
+    sqlx::query(
+        "INSERT INTO room_state (talks, room, epoch, public_group, group_info, created_seq)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (talks, room) DO UPDATE SET
+             epoch = excluded.epoch,
+             public_group = excluded.public_group,
+             group_info = excluded.group_info",
+    )
+    .bind(id)
+    .bind(room_id)
+    .bind(to_sql(state.epoch, "the epoch is out of range")?)
+    .bind(state.public_group.as_slice())
+    .bind(state.group_info.as_slice())
+    .bind(to_sql(state.created_seq, "the log is full")?)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| backend(OP, e))?;
+    for (epoch, c) in commits {
+        sqlx::query(
+            "INSERT INTO room_commits (talks, room, epoch, seq, header_hash)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(room_id)
+        .bind(to_sql(*epoch, "the epoch is out of range")?)
+        .bind(to_sql(c.seq, "the log is full")?)
+        .bind(c.header_hash.0.as_slice())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match e {
+            // The epoch's commit was looked up above in this transaction.
+            sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+                StoreError::Corrupt("a room's commits disagree with its state".into())
+            }
+            e => backend(OP, e),
+        })?;
+    }
+    Ok(())
+}
+
 async fn commit(tx: Transaction<'static, Sqlite>, op: &'static str) -> Result<(), StoreError> {
     tx.commit().await.map_err(|e| backend(op, e))
 }
@@ -656,6 +802,16 @@ enum Slot {
     /// The new envelope at this index of the batch (itself, or the first
     /// submission of the batch with the same idempotency key).
     New(usize),
+}
+
+/// A room gated in the batch being sequenced, as its earlier submissions
+/// leave it.
+struct RoomPlan {
+    state: Option<RoomState>,
+    /// Commits of this batch, by the epoch they leave.
+    commits: Vec<(u64, RoomCommit)>,
+    /// Whether this batch changes the room's state.
+    changed: bool,
 }
 
 /// A new envelope of the batch being sequenced.
@@ -791,6 +947,9 @@ impl Store for SqliteStore {
         let mut pending: HashMap<(TalksId, KeyId, [u8; 16]), usize> = HashMap::new();
         let mut fresh: Vec<Fresh> = Vec::new();
         let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
+        // Rooms gated in this batch, in order of first appearance.
+        let mut rooms: HashMap<(TalksId, RoomId), RoomPlan> = HashMap::new();
+        let mut room_order: Vec<(TalksId, RoomId)> = Vec::new();
 
         for (i, sub) in batch.iter().enumerate() {
             if let Entry::Vacant(v) = heads.entry(sub.talks) {
@@ -826,6 +985,41 @@ impl Store for SqliteStore {
                 continue;
             }
 
+            // The gate, after the idempotency lookups: a retry that landed
+            // got its placement above, whatever the room's epoch is now.
+            let room_key = (sub.talks, sub.room);
+            if let Some(gate) = &sub.gate {
+                if let Entry::Vacant(v) = rooms.entry(room_key) {
+                    let state = room_state(&mut tx, sub.talks, sub.room, OP).await?;
+                    room_order.push(room_key);
+                    v.insert(RoomPlan {
+                        state,
+                        commits: Vec::new(),
+                        changed: false,
+                    });
+                }
+                let planned_commit = |e: u64| {
+                    rooms.get(&room_key).and_then(|p| {
+                        p.commits
+                            .iter()
+                            .find(|(epoch, _)| *epoch == e)
+                            .map(|(_, c)| *c)
+                    })
+                };
+                let commit = match gate.commit_epoch() {
+                    None => None,
+                    Some(e) => match planned_commit(e) {
+                        Some(c) => Some(c),
+                        None => room_commit(&mut tx, sub.talks, sub.room, e, OP).await?,
+                    },
+                };
+                let state = rooms.get(&room_key).and_then(|p| p.state.as_ref());
+                if let Err(refused) = backchannel_store::check_gate(gate, state, commit) {
+                    slots.push(Slot::Done(refused));
+                    continue;
+                }
+            }
+
             let Some(h) = heads.get_mut(&sub.talks) else {
                 // Inserted above for this very talks.
                 return Err(StoreError::Backend("sequence: lost a log head".into()));
@@ -844,6 +1038,18 @@ impl Store for SqliteStore {
                 body_hash: sub.body_hash,
             }
             .hash();
+            if let (Some(gate), Some(planned)) = (&sub.gate, rooms.get_mut(&room_key))
+                && let Some((state, commit)) = backchannel_store::gate_effect(
+                    gate,
+                    planned.state.as_ref(),
+                    seq,
+                    sub.header_hash,
+                )
+            {
+                planned.state = Some(state);
+                planned.commits.extend(commit);
+                planned.changed = true;
+            }
             pending.insert(key, fresh.len());
             slots.push(Slot::New(fresh.len()));
             fresh.push(Fresh {
@@ -877,10 +1083,14 @@ impl Store for SqliteStore {
             for (f, receipt) in fresh.iter().zip(receipts) {
                 let sub = &batch[f.submission];
                 let r = &f.record;
+                let welcome_to = match &sub.gate {
+                    Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
+                    _ => None,
+                };
                 sqlx::query(
                     "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
-                         header, header_hash, body, body_hash, leaf_hash, receipt)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(r.talks.as_bytes().as_slice())
                 .bind(to_sql(r.seq, "the log is full")?)
@@ -897,6 +1107,7 @@ impl Store for SqliteStore {
                 .bind(sub.body_hash.0.as_slice())
                 .bind(r.leaf_hash.0.as_slice())
                 .bind(receipt.as_slice())
+                .bind(welcome_to)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| match e {
@@ -915,6 +1126,17 @@ impl Store for SqliteStore {
                     leaf_hash: r.leaf_hash,
                     receipt,
                 });
+            }
+            // The rooms' new states and commits, after the envelopes they
+            // name (foreign keys), in the same transaction.
+            for room_key in &room_order {
+                let Some(planned) = rooms.get(room_key).filter(|p| p.changed) else {
+                    continue;
+                };
+                let Some(state) = &planned.state else {
+                    continue;
+                };
+                write_room(&mut tx, *room_key, state, &planned.commits).await?;
             }
             for (talks, stored_next) in &order {
                 let Some(h) = heads.get(talks) else { continue };
@@ -1025,7 +1247,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(
-            "SELECT seq, node_time, room, sender, header, body, body_hash, leaf_hash, receipt
+            "SELECT seq, node_time, room, sender, header, body, body_hash, leaf_hash, receipt,
+                    welcome_to
              FROM envelopes WHERE talks = ? AND seq >= ? ORDER BY seq LIMIT ?",
         )
         .bind(talks.as_bytes().as_slice())
@@ -1643,5 +1866,193 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| backend(OP, e))?;
         commit(tx, OP).await
+    }
+
+    async fn room_state(
+        &self,
+        talks: TalksId,
+        room: RoomId,
+    ) -> Result<Option<RoomState>, StoreError> {
+        const OP: &str = "read room state";
+        let mut conn = self.reader.acquire().await.map_err(|e| backend(OP, e))?;
+        room_state(&mut conn, talks, room, OP).await
+    }
+
+    async fn put_key_packages(
+        &self,
+        talks: TalksId,
+        device: KeyId,
+        packages: Vec<KeyPackageRecord>,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "put key packages";
+        backchannel_store::check_key_packages(&packages)?;
+        let id = talks.as_bytes().as_slice();
+        let dev = device.as_bytes().as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        if !talks_exists(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        let rows = sqlx::query(
+            "SELECT reference, last_resort FROM key_packages WHERE talks = ? AND device = ?",
+        )
+        .bind(id)
+        .bind(dev)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let mut stored: HashSet<Vec<u8>> = HashSet::with_capacity(rows.len());
+        let mut has_last_resort = false;
+        for row in &rows {
+            stored.insert(blob(row, "reference")?.to_vec());
+            has_last_resort |= flag(row, "last_resort")?;
+        }
+        let new = backchannel_store::new_key_packages(&packages, |r| stored.contains(r));
+        // A new last-resort package takes the place of the stored one.
+        let replaced = has_last_resort && new.iter().any(|p| p.last_resort);
+        if stored.len() + new.len() - usize::from(replaced) > MAX_KEY_PACKAGES_PER_DEVICE {
+            return Err(StoreError::Limit(
+                "a device holds at most MAX_KEY_PACKAGES_PER_DEVICE key packages",
+            ));
+        }
+        if new.is_empty() {
+            // Nothing to write: `tx` rolls back a transaction that wrote
+            // nothing.
+            return Ok(());
+        }
+        if replaced {
+            sqlx::query(
+                "DELETE FROM key_packages WHERE talks = ? AND device = ? AND last_resort = 1",
+            )
+            .bind(id)
+            .bind(dev)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        }
+        for p in new {
+            sqlx::query(
+                "INSERT INTO key_packages (talks, device, reference, bytes, not_after, last_resort)
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(dev)
+            .bind(p.reference.as_slice())
+            .bind(p.bytes.as_slice())
+            .bind(to_sql(p.not_after, "times are below 2^63")?)
+            .bind(i64::from(p.last_resort))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        }
+        commit(tx, OP).await
+    }
+
+    async fn claim_key_package(
+        &self,
+        talks: TalksId,
+        claimer: KeyId,
+        device: KeyId,
+        now: u64,
+        max_claims: u32,
+        window_s: u64,
+    ) -> Result<Option<KeyPackageRecord>, StoreError> {
+        const OP: &str = "claim key package";
+        let now_sql = to_sql(now, "times are below 2^63")?;
+        let id = talks.as_bytes().as_slice();
+        let dev = device.as_bytes().as_slice();
+        let by = claimer.as_bytes().as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        if !talks_exists(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        let row = sqlx::query(
+            "SELECT window_start, claims FROM key_package_claims
+             WHERE talks = ? AND claimer = ? AND device = ?",
+        )
+        .bind(id)
+        .bind(by)
+        .bind(dev)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let stored = row
+            .map(|row| {
+                let claims = u32::try_from(uint(&row, "claims")?)
+                    .map_err(|_| StoreError::Corrupt("stored claims is out of range".into()))?;
+                Ok::<_, StoreError>((uint(&row, "window_start")?, claims))
+            })
+            .transpose()?;
+        // Refused here, nothing is written (`tx` rolls back).
+        let (start, claims) = backchannel_store::count_claim(stored, now, max_claims, window_s)?;
+        sqlx::query(
+            "INSERT INTO key_package_claims (talks, claimer, device, window_start, claims)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (talks, claimer, device) DO UPDATE SET
+                 window_start = excluded.window_start, claims = excluded.claims",
+        )
+        .bind(id)
+        .bind(by)
+        .bind(dev)
+        .bind(to_sql(start, "times are below 2^63")?)
+        .bind(i64::from(claims))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        sqlx::query("DELETE FROM key_packages WHERE talks = ? AND device = ? AND not_after < ?")
+            .bind(id)
+            .bind(dev)
+            .bind(now_sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        // Every package left is valid: an ordinary one first, the lowest
+        // reference first; the last-resort one only when none is left.
+        let row = sqlx::query(
+            "SELECT reference, bytes, not_after, last_resort FROM key_packages
+             WHERE talks = ? AND device = ? ORDER BY last_resort, reference LIMIT 1",
+        )
+        .bind(id)
+        .bind(dev)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let claimed = row.as_ref().map(key_package).transpose()?;
+        if let Some(p) = claimed.as_ref().filter(|p| !p.last_resort) {
+            sqlx::query(
+                "DELETE FROM key_packages WHERE talks = ? AND device = ? AND reference = ?",
+            )
+            .bind(id)
+            .bind(dev)
+            .bind(p.reference.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        }
+        commit(tx, OP).await?;
+        Ok(claimed)
+    }
+
+    async fn key_package_count(
+        &self,
+        talks: TalksId,
+        device: KeyId,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        const OP: &str = "count key packages";
+        // Nothing stored is valid past 2^63 (`not_after` is below it).
+        let Ok(now) = i64::try_from(now) else {
+            return Ok(0);
+        };
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM key_packages
+             WHERE talks = ? AND device = ? AND last_resort = 0 AND not_after >= ?",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(device.as_bytes().as_slice())
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        uint(&row, "n")
     }
 }

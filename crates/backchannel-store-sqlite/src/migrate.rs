@@ -32,10 +32,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "enrolment_blobs",
         sql: include_str!("../migrations/0002_enrolment_blobs.sql"),
     },
+    Migration {
+        version: 3,
+        name: "mls",
+        sql: include_str!("../migrations/0003_mls.sql"),
+    },
 ];
 
 /// The schema version this code migrates to (the last migration's).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const _: () = assert!(MIGRATIONS.len() as u32 == SCHEMA_VERSION);
 

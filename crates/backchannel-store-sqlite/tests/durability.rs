@@ -15,7 +15,7 @@ use common::{create, fresh, log_key, open, raw, submission, talks_id};
 fn placed(o: &Outcome) -> &Placement {
     match o {
         Outcome::Sequenced(p) => p,
-        Outcome::Conflict { seq } => panic!("conflict at {seq}"),
+        other => panic!("not sequenced: {other:?}"),
     }
 }
 
@@ -142,20 +142,20 @@ async fn everything_survives_a_reopen_and_seqs_continue() {
 #[tokio::test]
 async fn schema_version_is_recorded_and_a_newer_one_refused() {
     let (_dir, path, store) = fresh().await;
-    assert_eq!(SCHEMA_VERSION, 2);
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(SCHEMA_VERSION, 3);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     store.close().await;
     drop(store);
 
-    // Reopening at the same version migrates nothing and keeps version 2.
+    // Reopening at the same version migrates nothing and keeps version 3.
     let store = open(&path).await;
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     store.close().await;
     drop(store);
 
     // A newer build migrated this file: this build must not touch it.
     let pool = raw(&path).await;
-    sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (3, 'from the future')")
+    sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (4, 'from the future')")
         .execute(&pool)
         .await
         .unwrap();
@@ -164,12 +164,12 @@ async fn schema_version_is_recorded_and_a_newer_one_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, OpenError::NewerSchema { found: 3, known: 2 }),
+        matches!(err, OpenError::NewerSchema { found: 4, known: 3 }),
         "{err:?}"
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("schema version 3") && msg.contains("newer"),
+        msg.contains("schema version 4") && msg.contains("newer"),
         "{msg}"
     );
 }

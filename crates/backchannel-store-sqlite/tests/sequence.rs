@@ -17,6 +17,7 @@ fn seqs(outcomes: &[Outcome]) -> Vec<Result<u64, u64>> {
         .map(|o| match o {
             Outcome::Sequenced(p) => Ok(p.seq),
             Outcome::Conflict { seq } => Err(*seq),
+            other => panic!("no gate was submitted: {other:?}"),
         })
         .collect()
 }

@@ -31,10 +31,12 @@ use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::memory::{MemoryStore, stored_hash_count};
 use crate::{
-    AccessListRecord, Appended, BLOB_CHUNK, BlobRecord, CheckpointRecord, InvitationRecord,
-    MAX_ENROLMENT_PAYLOAD, MAX_INVITATIONS, MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ,
-    MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange, Placement,
-    Redemption, Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+    AccessListRecord, Appended, BLOB_CHUNK, BlobRecord, CheckpointRecord, Gate, InvitationRecord,
+    KeyPackageRecord, MAX_ENROLMENT_PAYLOAD, MAX_INVITATIONS, MAX_KEY_PACKAGE_BYTES,
+    MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE, MAX_NUMBER, MAX_PENDING_CHANGES,
+    MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange,
+    Placement, Redemption, RoomState, RoomStateUpdate, Store, StoreError, StoredEnvelope,
+    Submission, Subscription, TalksRecord,
 };
 
 /// Runs every property, each on a store from `fresh` (which must open a
@@ -80,6 +82,15 @@ where
         concurrent_blob_quota,
         blob_chunks,
         empty_blob,
+        mls_create_once,
+        mls_commit_race,
+        mls_stale_epoch,
+        mls_idempotency_first,
+        mls_welcome_audience,
+        mls_refusals_write_nothing,
+        key_packages_put_and_claim,
+        key_packages_limits,
+        key_package_claim_limit,
     );
 }
 
@@ -145,6 +156,7 @@ pub fn submission(talks: TalksId, sender: KeyId, key: u32, variant: u8) -> Submi
         header,
         body_hash: sha256(&body),
         body,
+        gate: None,
     }
 }
 
@@ -187,6 +199,10 @@ pub fn expected_envelope(sub: &Submission, p: &Placement) -> StoredEnvelope {
         body_hash: sub.body_hash,
         leaf_hash: p.leaf_hash,
         receipt: p.receipt.clone(),
+        welcome_to: match &sub.gate {
+            Some(Gate::Welcome { to, .. }) => Some(to.clone()),
+            _ => None,
+        },
     }
 }
 
@@ -2601,6 +2617,902 @@ pub async fn empty_blob<S: Store>(store: &S) {
 }
 
 // ---------------------------------------------------------------------------
+// MLS rooms: gated sequencing, Welcomes, key packages.
+
+/// The `n`-th MLS room id of the suite (`n < 16`).
+pub fn mls_room(n: u8) -> RoomId {
+    RoomId(fixtures::id(0xE0 | (n & 0x0f)))
+}
+
+/// The room state a commit (or create) by `tag` leaves at `epoch`: opaque
+/// bytes, distinct per (`tag`, `epoch`).
+pub fn room_update(tag: u8, epoch: u64) -> RoomStateUpdate {
+    RoomStateUpdate {
+        public_group: format!("public group by {tag} at epoch {epoch}").into_bytes(),
+        group_info: format!("group info by {tag} at epoch {epoch}").into_bytes(),
+    }
+}
+
+/// [`submission`] into MLS room `room`, gated by `gate`.
+pub fn gated(talks: TalksId, sender: KeyId, key: u32, room: RoomId, gate: Gate) -> Submission {
+    Submission {
+        room,
+        gate: Some(gate),
+        ..submission(talks, sender, key, 0)
+    }
+}
+
+/// A Create gate with the state of [`room_update`]`(tag, 0)`.
+pub fn create_gate(tag: u8) -> Gate {
+    Gate::Create {
+        state: room_update(tag, 0),
+    }
+}
+
+/// A Commit gate from `epoch` with the state of
+/// [`room_update`]`(tag, epoch + 1)`.
+pub fn commit_gate(tag: u8, epoch: u64) -> Gate {
+    Gate::Commit {
+        epoch,
+        state: room_update(tag, epoch + 1),
+    }
+}
+
+/// The room state a store must show after `update` at `epoch`.
+pub fn room_state_of(update: &RoomStateUpdate, epoch: u64, created_seq: u64) -> RoomState {
+    RoomState {
+        epoch,
+        public_group: update.public_group.clone(),
+        group_info: update.group_info.clone(),
+        created_seq,
+    }
+}
+
+/// Key package number `n` (its reference is `n` repeated, so references
+/// sort by `n`), valid until `not_after`.
+pub fn key_package(n: u8, not_after: u64, last_resort: bool) -> KeyPackageRecord {
+    KeyPackageRecord {
+        reference: vec![n; 32],
+        bytes: format!("key package {n} until {not_after}").into_bytes(),
+        not_after,
+        last_resort,
+    }
+}
+
+/// The suite's "now" for key packages (Unix seconds).
+pub const KP_NOW: u64 = 1_700_000_000;
+
+async fn room_state_at<S: Store>(store: &S, t: TalksId, room: RoomId) -> Option<RoomState> {
+    ok(store.room_state(t, room).await, "room_state")
+}
+
+/// A room's group is created once: a second Create, in the same batch or a
+/// later one, is `EpochTaken` naming the creating envelope; every other
+/// gate on a room without a group is `NoGroup`; rooms and talks are
+/// independent; the state reads back.
+pub async fn mls_create_once<S: Store>(store: &S) {
+    let (t1, t2) = (open(store, 1).await, open(store, 2).await);
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let (r1, r2) = (mls_room(1), mls_room(2));
+    assert_eq!(room_state_at(store, t1, r1).await, None);
+    assert_eq!(
+        room_state_at(store, talks_id(9), r1).await,
+        None,
+        "unknown talks"
+    );
+
+    let out = sequence(
+        store,
+        vec![
+            submission(t1, a, 1, 0),
+            gated(t1, a, 2, r1, Gate::Epoch { epoch: 0 }),
+            gated(t1, a, 3, r1, commit_gate(1, 0)),
+            gated(
+                t1,
+                a,
+                4,
+                r1,
+                Gate::Welcome {
+                    commit_epoch: 0,
+                    commit: sha256(b"no commit"),
+                    to: vec![b],
+                },
+            ),
+            gated(t1, a, 5, r1, create_gate(1)),
+            gated(t1, b, 5, r1, create_gate(2)),
+            gated(t1, b, 6, r2, create_gate(3)),
+            gated(t2, b, 7, r1, create_gate(4)),
+        ],
+        1000,
+    )
+    .await;
+    assert_eq!(placed(&out[0], "ungated").seq, 0);
+    for (i, what) in [(1, "app"), (2, "commit"), (3, "welcome")] {
+        assert_eq!(
+            out[i],
+            Outcome::NoGroup,
+            "{what} gated on a room with no group"
+        );
+    }
+    assert_eq!(placed(&out[4], "create").seq, 1);
+    assert_eq!(
+        out[5],
+        Outcome::EpochTaken { seq: 1 },
+        "a second create in the same batch"
+    );
+    assert_eq!(placed(&out[6], "create in another room").seq, 2);
+    assert_eq!(placed(&out[7], "create in another talks").seq, 0);
+    assert_eq!(
+        room_state_at(store, t1, r1).await,
+        Some(room_state_of(&room_update(1, 0), 0, 1))
+    );
+    assert_eq!(
+        room_state_at(store, t1, r2).await,
+        Some(room_state_of(&room_update(3, 0), 0, 2))
+    );
+    assert_eq!(
+        room_state_at(store, t2, r1).await,
+        Some(room_state_of(&room_update(4, 0), 0, 0))
+    );
+
+    let out = sequence(store, vec![gated(t1, b, 8, r1, create_gate(5))], 1001).await;
+    assert_eq!(
+        out,
+        [Outcome::EpochTaken { seq: 1 }],
+        "a create in a later batch"
+    );
+    assert_eq!(ok(store.log_size(t1).await, "log_size"), 3);
+    assert_eq!(
+        room_state_at(store, t1, r1).await,
+        Some(room_state_of(&room_update(1, 0), 0, 1)),
+        "a refused create changes nothing"
+    );
+    // The gate is a property of the submission only: the stored rows are
+    // the envelopes, as ever.
+    let rows = read_all(store, t1).await;
+    assert!(rows.iter().all(|e| e.welcome_to.is_none()));
+}
+
+/// Commits race for an epoch: in one batch and across batches exactly one
+/// is sequenced and every other is `EpochTaken` naming the winner's seq;
+/// the room moves to the next epoch with the winner's state. So under
+/// concurrent calls.
+pub async fn mls_commit_race<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let r = mls_room(1);
+    sequence(store, vec![gated(t, a, 1, r, create_gate(1))], 1000).await;
+
+    let out = sequence(
+        store,
+        vec![
+            gated(t, a, 2, r, commit_gate(1, 0)),
+            gated(t, b, 2, r, commit_gate(2, 0)),
+        ],
+        1000,
+    )
+    .await;
+    assert_eq!(placed(&out[0], "winner").seq, 1);
+    assert_eq!(out[1], Outcome::EpochTaken { seq: 1 }, "in-batch loser");
+    assert_eq!(
+        room_state_at(store, t, r).await,
+        Some(room_state_of(&room_update(1, 1), 1, 0))
+    );
+
+    let out = sequence(
+        store,
+        vec![
+            gated(t, b, 3, r, commit_gate(2, 0)),
+            gated(t, b, 4, r, commit_gate(2, 1)),
+            gated(t, a, 4, r, commit_gate(1, 1)),
+        ],
+        1000,
+    )
+    .await;
+    assert_eq!(
+        out[0],
+        Outcome::EpochTaken { seq: 1 },
+        "a loser in a later batch"
+    );
+    assert_eq!(placed(&out[1], "epoch 1 winner").seq, 2);
+    assert_eq!(out[2], Outcome::EpochTaken { seq: 2 });
+    assert_eq!(
+        room_state_at(store, t, r).await,
+        Some(room_state_of(&room_update(2, 2), 2, 0))
+    );
+
+    // Concurrent calls, each with its own commit for epoch 2.
+    const CALLS: u32 = 16;
+    let key = log_key();
+    let subs: Vec<Submission> = (0..CALLS)
+        .map(|i| gated(t, b, 100 + i, r, commit_gate(10 + i as u8, 2)))
+        .collect();
+    let calls = subs.iter().map(|s| {
+        let key = &key;
+        async move { store.sequence(vec![s.clone()], 2000, key).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let mut winners = Vec::new();
+    let mut losers = Vec::new();
+    for (i, res) in results.into_iter().enumerate() {
+        match ok(res, "concurrent commits").as_slice() {
+            [Outcome::Sequenced(p)] => winners.push((i, p.clone())),
+            [Outcome::EpochTaken { seq }] => losers.push(*seq),
+            other => panic!("concurrent commit {i}: {other:?}"),
+        }
+    }
+    let [(w, p)] = winners.as_slice() else {
+        panic!("exactly one concurrent commit must win: {winners:?}");
+    };
+    assert_eq!(p.seq, 3);
+    assert!(
+        losers.iter().all(|&s| s == p.seq),
+        "every loser names the winner"
+    );
+    assert_eq!(
+        room_state_at(store, t, r).await,
+        Some(room_state_of(&room_update(10 + *w as u8, 3), 3, 0))
+    );
+    assert_eq!(ok(store.log_size(t).await, "log_size"), 4);
+    let rows = read_all(store, t).await;
+    assert_eq!(rows[3].header, subs[*w].header, "only the winner is stored");
+}
+
+/// Application messages and proposals are sequenced only in the room's
+/// current epoch (`StaleEpoch` naming it otherwise, behind or ahead, and
+/// so is a commit from an epoch ahead); an application message after a
+/// commit in the same batch is stale.
+pub async fn mls_stale_epoch<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let r = mls_room(1);
+    sequence(store, vec![gated(t, a, 1, r, create_gate(1))], 1000).await;
+    let out = sequence(
+        store,
+        vec![
+            gated(t, b, 2, r, Gate::Epoch { epoch: 0 }),
+            gated(t, b, 3, r, Gate::Epoch { epoch: 1 }),
+            gated(t, b, 4, r, commit_gate(2, 3)),
+            gated(t, b, 5, r, Gate::Epoch { epoch: u64::MAX }),
+            gated(t, b, 6, r, commit_gate(2, u64::MAX - 1)),
+        ],
+        1000,
+    )
+    .await;
+    assert_eq!(placed(&out[0], "current epoch").seq, 1);
+    assert_eq!(out[1], Outcome::StaleEpoch { epoch: 0 }, "ahead");
+    assert_eq!(out[2], Outcome::StaleEpoch { epoch: 0 }, "a commit ahead");
+    assert_eq!(out[3], Outcome::StaleEpoch { epoch: 0 }, "far ahead");
+    assert_eq!(
+        out[4],
+        Outcome::StaleEpoch { epoch: 0 },
+        "a commit far ahead"
+    );
+
+    let out = sequence(
+        store,
+        vec![
+            gated(t, b, 7, r, Gate::Epoch { epoch: 0 }),
+            gated(t, a, 8, r, commit_gate(1, 0)),
+            gated(t, b, 9, r, Gate::Epoch { epoch: 0 }),
+            gated(t, b, 10, r, Gate::Epoch { epoch: 1 }),
+        ],
+        1000,
+    )
+    .await;
+    assert_eq!(placed(&out[0], "before the commit").seq, 2);
+    assert_eq!(placed(&out[1], "commit").seq, 3);
+    assert_eq!(
+        out[2],
+        Outcome::StaleEpoch { epoch: 1 },
+        "after a commit of the same batch"
+    );
+    assert_eq!(placed(&out[3], "in the new epoch").seq, 4);
+    let out = sequence(
+        store,
+        vec![gated(t, b, 11, r, Gate::Epoch { epoch: 0 })],
+        1000,
+    )
+    .await;
+    assert_eq!(out, [Outcome::StaleEpoch { epoch: 1 }], "behind");
+    assert_eq!(ok(store.log_size(t).await, "log_size"), 5);
+    assert_eq!(room_state_at(store, t, r).await.map(|s| s.epoch), Some(1));
+}
+
+/// The idempotency lookup comes before the gate: a retry of a landed
+/// commit, application message or create gets its original placement
+/// whatever the room's epoch is now (never `EpochTaken` or `StaleEpoch`),
+/// in a later batch or the same one; another header under a landed key is
+/// a `Conflict`, as ever.
+pub async fn mls_idempotency_first<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let r = mls_room(1);
+    let create = gated(t, a, 1, r, create_gate(1));
+    let commit0 = gated(t, a, 2, r, commit_gate(1, 0));
+    let app1 = gated(t, b, 3, r, Gate::Epoch { epoch: 1 });
+    let commit1 = gated(t, b, 4, r, commit_gate(2, 1));
+    let first = sequence(
+        store,
+        vec![
+            create.clone(),
+            commit0.clone(),
+            app1.clone(),
+            commit1.clone(),
+        ],
+        1000,
+    )
+    .await;
+    let placements: Vec<Placement> = first.iter().map(|o| placed(o, "first")).collect();
+    assert_eq!(
+        placements.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    let before = room_state_at(store, t, r).await;
+    assert_eq!(before.as_ref().map(|s| s.epoch), Some(2));
+
+    let commit2 = gated(t, a, 5, r, commit_gate(1, 2));
+    let out = sequence(
+        store,
+        vec![
+            commit0.clone(),
+            app1.clone(),
+            create.clone(),
+            commit2.clone(),
+            commit2.clone(),
+            Submission {
+                gate: Some(commit_gate(9, 2)),
+                ..submission(t, a, 2, 1)
+            },
+        ],
+        2000,
+    )
+    .await;
+    assert_eq!(out[0], first[1], "a retried commit after the epoch moved");
+    assert_eq!(out[1], first[2], "a retried message after the epoch moved");
+    assert_eq!(out[2], first[0], "a retried create");
+    let p = placed(&out[3], "new commit");
+    assert_eq!(p.seq, 4);
+    assert_eq!(out[4], out[3], "an in-batch retry of a commit");
+    assert_eq!(
+        out[5],
+        Outcome::Conflict { seq: 1 },
+        "another header under a landed key"
+    );
+    assert_eq!(ok(store.log_size(t).await, "log_size"), 5);
+    assert_eq!(
+        room_state_at(store, t, r).await,
+        Some(room_state_of(&room_update(1, 3), 3, 0))
+    );
+}
+
+/// A Welcome is sequenced after its commit only if that commit won its
+/// epoch (in the same batch or a later one), and is stored with its
+/// audience; a Welcome whose commit lost, is absent or has another hash is
+/// `WelcomeOrphaned` and stores nothing.
+pub async fn mls_welcome_audience<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let c = sender(labels::US_NEGOTIATOR_DEVICE);
+    let r = mls_room(1);
+    sequence(store, vec![gated(t, a, 1, r, create_gate(1))], 1000).await;
+    let win = gated(t, a, 2, r, commit_gate(1, 0));
+    let lose = gated(t, b, 2, r, commit_gate(2, 0));
+    let welcome = |sender, key, commit: &Submission, to| {
+        gated(
+            t,
+            sender,
+            key,
+            r,
+            Gate::Welcome {
+                commit_epoch: 0,
+                commit: commit.header_hash,
+                to,
+            },
+        )
+    };
+    let w_win = welcome(a, 3, &win, vec![b, c]);
+    let w_lose = welcome(b, 3, &lose, vec![a]);
+    let batch = vec![win.clone(), w_win.clone(), lose.clone(), w_lose.clone()];
+    let out = sequence(store, batch.clone(), 1000).await;
+    assert_eq!(placed(&out[0], "commit").seq, 1);
+    assert_eq!(placed(&out[1], "welcome").seq, 2);
+    assert_eq!(out[2], Outcome::EpochTaken { seq: 1 });
+    assert_eq!(out[3], Outcome::WelcomeOrphaned, "its commit lost");
+
+    // Later batches: a Welcome of the winner still goes (with an empty
+    // audience too); one for an epoch without a commit does not.
+    let w_late = welcome(c, 4, &win, Vec::new());
+    let w_absent = gated(
+        t,
+        c,
+        5,
+        r,
+        Gate::Welcome {
+            commit_epoch: 1,
+            commit: win.header_hash,
+            to: vec![a],
+        },
+    );
+    let w_far = gated(
+        t,
+        c,
+        6,
+        r,
+        Gate::Welcome {
+            commit_epoch: u64::MAX,
+            commit: win.header_hash,
+            to: vec![a],
+        },
+    );
+    let out2 = sequence(
+        store,
+        vec![w_late.clone(), w_absent, w_far, w_lose.clone()],
+        1000,
+    )
+    .await;
+    assert_eq!(placed(&out2[0], "a later welcome").seq, 3);
+    assert_eq!(out2[1], Outcome::WelcomeOrphaned, "no commit for epoch 1");
+    assert_eq!(out2[2], Outcome::WelcomeOrphaned, "far epoch");
+    assert_eq!(out2[3], Outcome::WelcomeOrphaned, "still orphaned");
+
+    let rows = read_all(store, t).await;
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[1], expected_envelope(&win, &placed(&out[0], "commit")));
+    assert_eq!(rows[1].welcome_to, None);
+    assert_eq!(rows[2], expected_envelope(&w_win, &placed(&out[1], "w")));
+    assert_eq!(rows[2].welcome_to, Some(vec![b, c]));
+    assert_eq!(rows[3].welcome_to, Some(Vec::new()));
+    assert_eq!(
+        room_state_at(store, t, r).await,
+        Some(room_state_of(&room_update(1, 1), 1, 0))
+    );
+}
+
+/// A refused gate writes nothing and takes no seq: seqs stay dense around
+/// refusals, the room's state is unchanged, and a batch of refusals only
+/// writes nothing and notifies nobody.
+pub async fn mls_refusals_write_nothing<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let (r, empty) = (mls_room(1), mls_room(2));
+    let setup = sequence(
+        store,
+        vec![
+            gated(t, a, 1, r, create_gate(1)),
+            gated(t, a, 2, r, commit_gate(1, 0)),
+        ],
+        1000,
+    )
+    .await;
+    let state = room_state_at(store, t, r).await;
+    let rows = read_all(store, t).await;
+    let mut rx = store.subscribe();
+    let refusals = vec![
+        gated(t, b, 10, r, create_gate(2)),
+        gated(t, b, 11, r, commit_gate(2, 0)),
+        gated(t, b, 12, r, commit_gate(2, 5)),
+        gated(t, b, 13, r, Gate::Epoch { epoch: 0 }),
+        gated(t, b, 14, empty, Gate::Epoch { epoch: 0 }),
+        gated(
+            t,
+            b,
+            15,
+            r,
+            Gate::Welcome {
+                commit_epoch: 0,
+                commit: sha256(b"another commit"),
+                to: vec![a],
+            },
+        ),
+    ];
+    let out = sequence(store, refusals.clone(), 5000).await;
+    assert_eq!(
+        out,
+        [
+            Outcome::EpochTaken { seq: 0 },
+            Outcome::EpochTaken { seq: 1 },
+            Outcome::StaleEpoch { epoch: 1 },
+            Outcome::StaleEpoch { epoch: 1 },
+            Outcome::NoGroup,
+            Outcome::WelcomeOrphaned,
+        ]
+    );
+    assert_eq!(read_all(store, t).await, rows, "refusals store nothing");
+    assert_eq!(room_state_at(store, t, r).await, state);
+    assert_eq!(room_state_at(store, t, empty).await, None);
+    assert_eq!(
+        rx.try_recv(),
+        Err(TryRecvError::Empty),
+        "a batch of refusals notifies nobody"
+    );
+
+    // Mixed: the accepted ones take consecutive seqs, in batch order.
+    let mut batch = Vec::new();
+    for (i, s) in refusals.iter().enumerate() {
+        batch.push(s.clone());
+        batch.push(submission(t, a, 100 + i as u32, 0));
+    }
+    batch.push(gated(t, a, 200, r, Gate::Epoch { epoch: 1 }));
+    let out = sequence(store, batch.clone(), 6000).await;
+    let seqs: Vec<Option<u64>> = out
+        .iter()
+        .map(|o| match o {
+            Outcome::Sequenced(p) => Some(p.seq),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<Option<u64>> = (0..refusals.len() as u64)
+        .flat_map(|i| [None, Some(2 + i)])
+        .chain([Some(2 + refusals.len() as u64)])
+        .collect();
+    assert_eq!(seqs, want, "refusals take no seq");
+    let stored = read_all(store, t).await;
+    assert_eq!(stored.len(), 2 + refusals.len() + 1);
+    for (i, e) in stored.iter().enumerate() {
+        assert_eq!(e.seq, i as u64, "dense seqs");
+    }
+    let node_key = log_key().public_key();
+    for (s, o) in batch.iter().zip(&out) {
+        if let Outcome::Sequenced(p) = o {
+            check_placement("mixed batch", &node_key, s, p);
+        }
+    }
+    // The receipts of the mixed batch count only its new envelopes.
+    let p = placed(&out[1], "mixed");
+    let receipt = ok(Receipt::from_canonical_bytes(&p.receipt), "receipt");
+    assert_eq!(receipt.batch_size(), refusals.len() as u64 + 1);
+    assert_eq!(placed(&setup[0], "setup").seq, 0);
+    assert_eq!(room_state_at(store, t, r).await, state);
+}
+
+/// Key packages: stored per device, claimed lowest reference first and
+/// deleted as they are handed out; the last-resort one is handed out when
+/// no other is left and kept, and a new one replaces it; expired ones are
+/// skipped and deleted; a duplicate reference is ignored; devices and
+/// talks are independent; an unknown talks is `UnknownTalks`.
+pub async fn key_packages_put_and_claim<S: Store>(store: &S) {
+    let (t, t2) = (open(store, 1).await, open(store, 2).await);
+    let d = sender(labels::IRAN_HEAD_DEVICE);
+    let other = sender(labels::US_NEGOTIATOR_DEVICE);
+    let c = sender(labels::US_HEAD_DEVICE);
+    let now = KP_NOW;
+    let claim = async |t: TalksId, device: KeyId, now: u64| {
+        ok(
+            store
+                .claim_key_package(t, c, device, now, u32::MAX, 3600)
+                .await,
+            "claim_key_package",
+        )
+    };
+    let count = async |t: TalksId, device: KeyId, now: u64| {
+        ok(
+            store.key_package_count(t, device, now).await,
+            "key_package_count",
+        )
+    };
+    assert_eq!(count(t, d, now).await, 0);
+    assert_eq!(claim(t, d, now).await, None, "nothing to claim");
+
+    let (p1, p2, p3) = (
+        key_package(1, now + 100, false),
+        key_package(2, now - 1, false),
+        key_package(3, now, false),
+    );
+    let lr1 = key_package(9, now + 100, true);
+    ok(
+        store
+            .put_key_packages(t, d, vec![p3.clone(), p1.clone(), p2.clone(), lr1.clone()])
+            .await,
+        "put_key_packages",
+    );
+    ok(
+        store
+            .put_key_packages(t, other, vec![key_package(1, now + 100, false)])
+            .await,
+        "put_key_packages (other device)",
+    );
+    assert_eq!(count(t, d, now).await, 2, "valid ordinary packages");
+    assert_eq!(count(t, d, now - 10).await, 3, "the expired one was valid");
+    assert_eq!(count(t2, d, now).await, 0, "per talks");
+
+    assert_eq!(claim(t, d, now).await, Some(p1.clone()), "lowest reference");
+    assert_eq!(count(t, d, now).await, 1);
+    assert_eq!(
+        count(t, d, now - 10).await,
+        1,
+        "the expired package was deleted on the way"
+    );
+    assert_eq!(
+        claim(t, d, now).await,
+        Some(p3.clone()),
+        "valid at not_after"
+    );
+    assert_eq!(count(t, d, now).await, 0);
+    assert_eq!(claim(t, d, now).await, Some(lr1.clone()), "the last resort");
+    assert_eq!(claim(t, d, now).await, Some(lr1.clone()), "kept");
+    assert_eq!(count(t, other, now).await, 1, "per device");
+
+    // A new last-resort package replaces the old one; duplicates are
+    // ignored, within a call and across calls.
+    let lr2 = key_package(8, now + 100, true);
+    let p4 = key_package(4, now + 100, false);
+    let p4_other = KeyPackageRecord {
+        bytes: b"other bytes".to_vec(),
+        ..p4.clone()
+    };
+    ok(
+        store
+            .put_key_packages(t, d, vec![lr2.clone(), p4.clone(), p4_other.clone()])
+            .await,
+        "put_key_packages",
+    );
+    ok(
+        store
+            .put_key_packages(t, d, vec![p4_other.clone(), lr2.clone()])
+            .await,
+        "put_key_packages again",
+    );
+    assert_eq!(count(t, d, now).await, 1);
+    assert_eq!(claim(t, d, now).await, Some(p4), "the first upload's bytes");
+    assert_eq!(claim(t, d, now).await, Some(lr2.clone()), "replaced");
+    // A duplicate of the stored last-resort one is ignored too.
+    ok(
+        store.put_key_packages(t, d, vec![lr2.clone()]).await,
+        "put_key_packages (same last resort)",
+    );
+    assert_eq!(claim(t, d, now).await, Some(lr2.clone()));
+    // An expired last resort is deleted and never handed out.
+    assert_eq!(claim(t, d, now + 101).await, None, "everything expired");
+    assert_eq!(claim(t, d, now).await, None, "and was deleted");
+    // A claimed (deleted) reference may be uploaded again.
+    ok(
+        store.put_key_packages(t, d, vec![p1.clone()]).await,
+        "put_key_packages (again)",
+    );
+    assert_eq!(claim(t, d, now).await, Some(p1));
+    ok(
+        store.put_key_packages(t, d, Vec::new()).await,
+        "an empty upload",
+    );
+
+    let unknown = talks_id(9);
+    refused(
+        store
+            .put_key_packages(unknown, d, vec![key_package(1, now, false)])
+            .await,
+        "UnknownTalks",
+        "put_key_packages on an unknown talks",
+    );
+    refused(
+        store
+            .claim_key_package(unknown, c, d, now, u32::MAX, 3600)
+            .await,
+        "UnknownTalks",
+        "claim_key_package on an unknown talks",
+    );
+    assert_eq!(count(unknown, d, now).await, 0);
+}
+
+/// Key package limits: at most [`MAX_KEY_PACKAGES_PER_DEVICE`] per device
+/// (its last-resort one included) — over it `Limit` and nothing written,
+/// while re-uploading stored references is fine; references of 1 to
+/// [`MAX_KEY_PACKAGE_REFERENCE`] bytes, packages of at most
+/// [`MAX_KEY_PACKAGE_BYTES`], one last-resort package per upload, times
+/// below 2^63.
+pub async fn key_packages_limits<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let d = sender(labels::IRAN_HEAD_DEVICE);
+    let d2 = sender(labels::US_NEGOTIATOR_DEVICE);
+    let c = sender(labels::US_HEAD_DEVICE);
+    let now = KP_NOW;
+    let max = MAX_KEY_PACKAGES_PER_DEVICE;
+    let many = |from: usize, n: usize| -> Vec<KeyPackageRecord> {
+        (from..from + n)
+            .map(|i| KeyPackageRecord {
+                reference: (i as u32).to_be_bytes().to_vec(),
+                ..key_package(0, now + 100, false)
+            })
+            .collect()
+    };
+    let count = async |device: KeyId| {
+        ok(
+            store.key_package_count(t, device, now).await,
+            "key_package_count",
+        )
+    };
+    refused(
+        store.put_key_packages(t, d, many(0, max + 1)).await,
+        "Limit",
+        "one upload over the cap",
+    );
+    assert_eq!(count(d).await, 0, "nothing written");
+    ok(
+        store.put_key_packages(t, d, many(0, max - 1)).await,
+        "put up to the cap",
+    );
+    refused(
+        store.put_key_packages(t, d, many(max - 1, 2)).await,
+        "Limit",
+        "past the cap",
+    );
+    assert_eq!(count(d).await, max as u64 - 1, "nothing written");
+    let lr = key_package(0xF0, now + 100, true);
+    ok(
+        store
+            .put_key_packages(t, d, vec![many(0, 1)[0].clone(), lr.clone()])
+            .await,
+        "a duplicate and the last resort reach the cap",
+    );
+    ok(
+        store
+            .put_key_packages(t, d, vec![key_package(0xF1, now + 100, true)])
+            .await,
+        "a replacing last resort at the cap",
+    );
+    ok(
+        store.put_key_packages(t, d, many(0, max - 1)).await,
+        "re-uploading stored references at the cap",
+    );
+    refused(
+        store.put_key_packages(t, d, many(max, 1)).await,
+        "Limit",
+        "one more at the cap",
+    );
+    assert_eq!(count(d).await, max as u64 - 1);
+    // Claiming makes room.
+    ok(
+        store.claim_key_package(t, c, d, now, u32::MAX, 3600).await,
+        "claim",
+    );
+    ok(
+        store.put_key_packages(t, d, many(max, 1)).await,
+        "after a claim",
+    );
+
+    let bad: Vec<(&str, Vec<KeyPackageRecord>)> = vec![
+        (
+            "an empty reference",
+            vec![KeyPackageRecord {
+                reference: Vec::new(),
+                ..key_package(1, now, false)
+            }],
+        ),
+        (
+            "a long reference",
+            vec![KeyPackageRecord {
+                reference: vec![1; MAX_KEY_PACKAGE_REFERENCE + 1],
+                ..key_package(1, now, false)
+            }],
+        ),
+        (
+            "a large package",
+            vec![KeyPackageRecord {
+                bytes: vec![1; MAX_KEY_PACKAGE_BYTES + 1],
+                ..key_package(1, now, false)
+            }],
+        ),
+        (
+            "a time of 2^63",
+            vec![key_package(1, MAX_NUMBER + 1, false)],
+        ),
+        (
+            "two last-resort packages",
+            vec![key_package(1, now, true), key_package(2, now, true)],
+        ),
+    ];
+    for (what, packages) in bad {
+        let mut with_good = vec![key_package(3, now + 100, false)];
+        with_good.extend(packages);
+        refused(
+            store.put_key_packages(t, d2, with_good).await,
+            "Limit",
+            what,
+        );
+        assert_eq!(count(d2).await, 0, "{what}: nothing written");
+    }
+    let largest = KeyPackageRecord {
+        reference: vec![7; MAX_KEY_PACKAGE_REFERENCE],
+        bytes: vec![7; MAX_KEY_PACKAGE_BYTES],
+        not_after: MAX_NUMBER,
+        last_resort: false,
+    };
+    ok(
+        store.put_key_packages(t, d2, vec![largest.clone()]).await,
+        "the largest package",
+    );
+    refused(
+        store
+            .claim_key_package(t, c, d2, MAX_NUMBER + 1, u32::MAX, 3600)
+            .await,
+        "Limit",
+        "a claim at 2^63",
+    );
+    assert_eq!(
+        ok(
+            store
+                .claim_key_package(t, c, d2, MAX_NUMBER, u32::MAX, 3600)
+                .await,
+            "claim the largest",
+        ),
+        Some(largest)
+    );
+}
+
+/// Claims are counted per (claimer, device) in a window: past
+/// `max_claims` in `[now - window, now]` a claim is `Limit` and writes
+/// nothing (no package is taken); other claimers and other devices are not
+/// affected; a claim that finds nothing counts; the window starts afresh
+/// once it is over.
+pub async fn key_package_claim_limit<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let d = sender(labels::IRAN_HEAD_DEVICE);
+    let d2 = sender(labels::US_NEGOTIATOR_DEVICE);
+    let (c1, c2) = (
+        sender(labels::US_HEAD_DEVICE),
+        sender(labels::OMAN_LEAD_DEVICE),
+    );
+    let now = KP_NOW;
+    let packages: Vec<KeyPackageRecord> = (1..=10)
+        .map(|n| key_package(n, now + 1000, false))
+        .collect();
+    ok(
+        store.put_key_packages(t, d, packages.clone()).await,
+        "put_key_packages",
+    );
+    let claim = async |claimer: KeyId, device: KeyId, at: u64, max: u32| {
+        store
+            .claim_key_package(t, claimer, device, at, max, 60)
+            .await
+    };
+    for (i, at) in [now, now + 1, now + 2].into_iter().enumerate() {
+        assert_eq!(
+            ok(claim(c1, d, at, 3).await, "claim within the limit"),
+            Some(packages[i].clone())
+        );
+    }
+    refused(claim(c1, d, now + 3, 3).await, "Limit", "a fourth claim");
+    refused(
+        claim(c1, d, now + 60, 3).await,
+        "Limit",
+        "still in the window",
+    );
+    assert_eq!(
+        ok(store.key_package_count(t, d, now).await, "count"),
+        7,
+        "a refused claim takes nothing"
+    );
+    assert_eq!(
+        ok(claim(c2, d, now + 3, 3).await, "another claimer"),
+        Some(packages[3].clone())
+    );
+    assert_eq!(
+        ok(claim(c1, d2, now + 3, 3).await, "another device"),
+        None,
+        "nothing for that device"
+    );
+    assert_eq!(
+        ok(claim(c1, d, now + 61, 3).await, "a new window"),
+        Some(packages[4].clone())
+    );
+    // Claims that find nothing count too.
+    ok(claim(c1, d2, now + 4, 2).await, "second claim of d2");
+    refused(
+        claim(c1, d2, now + 5, 2).await,
+        "Limit",
+        "third claim of d2",
+    );
+    refused(claim(c2, d2, now, 0).await, "Limit", "max_claims 0");
+    assert_eq!(ok(store.key_package_count(t, d, now).await, "count"), 5);
+}
+
+// ---------------------------------------------------------------------------
 // The crash suite (MemoryStore only).
 
 /// One operation of the crash scenario.
@@ -2618,6 +3530,9 @@ enum Op {
     CreateBlob(TalksId, BlobRecord, u64),
     PutChunk(TalksId, Digest, u64, Vec<u8>),
     CompleteBlob(TalksId, Digest),
+    PutKeyPackages(TalksId, KeyId, Vec<KeyPackageRecord>),
+    /// (talks, claimer, device, now, max claims, window)
+    Claim(TalksId, KeyId, KeyId, u64, u32, u64),
 }
 
 /// What an operation returned.
@@ -2627,6 +3542,7 @@ enum Done {
     Outcomes(Vec<Outcome>),
     Purged(bool),
     Blob(BlobRecord),
+    KeyPackage(Option<KeyPackageRecord>),
 }
 
 impl Op {
@@ -2644,6 +3560,8 @@ impl Op {
             Op::CreateBlob(..) => "create_blob",
             Op::PutChunk(..) => "put_blob_chunk",
             Op::CompleteBlob(..) => "complete_blob",
+            Op::PutKeyPackages(..) => "put_key_packages",
+            Op::Claim(..) => "claim_key_package",
         }
     }
 
@@ -2689,19 +3607,35 @@ impl Op {
             Op::CompleteBlob(t, hash) => {
                 store.complete_blob(*t, *hash).await.map(|()| Done::Unit)?
             }
+            Op::PutKeyPackages(t, device, packages) => store
+                .put_key_packages(*t, *device, packages.clone())
+                .await
+                .map(|()| Done::Unit)?,
+            Op::Claim(t, claimer, device, now, max, window) => Done::KeyPackage(
+                store
+                    .claim_key_package(*t, *claimer, *device, *now, *max, *window)
+                    .await?,
+            ),
         })
     }
 
     /// Checks what a repeat of this operation, after it took effect,
-    /// returns: a sequence batch, a blob's creation (or reference), a chunk
-    /// and a completion are idempotent (same result); the rest are
-    /// compare-and-swaps or creations that now refuse or do nothing.
+    /// returns: a sequence batch (gated or not), a blob's creation (or
+    /// reference), a chunk, a completion and a key package upload are
+    /// idempotent (same result); the rest are compare-and-swaps or
+    /// creations that now refuse or do nothing, and the scenario's claims
+    /// each make the last claim their limit allows, so a repeat is `Limit`.
     fn check_repeat(&self, first: &Done, repeat: Result<Done, StoreError>) {
         let fine = match (self, &repeat) {
             (
-                Op::Sequence(..) | Op::CreateBlob(..) | Op::PutChunk(..) | Op::CompleteBlob(..),
+                Op::Sequence(..)
+                | Op::CreateBlob(..)
+                | Op::PutChunk(..)
+                | Op::CompleteBlob(..)
+                | Op::PutKeyPackages(..),
                 Ok(d),
             ) => d == first,
+            (Op::Claim(..), Err(StoreError::Limit(_))) => true,
             (Op::CreateInvitation(..), Err(StoreError::Exists)) => true,
             (Op::Redeem(..) | Op::PutPending(..), Err(StoreError::Stale)) => true,
             (Op::Create(..), Err(StoreError::TalksExists)) => true,
@@ -2738,9 +3672,24 @@ struct TalksView {
     enrolment: Enrolment,
     /// The watched blobs ([`Scenario::blobs`]) as this talks has them.
     blobs: Vec<BlobView>,
+    /// The MLS state of the watched rooms ([`Scenario::rooms`]).
+    rooms: Vec<Option<RoomState>>,
+    /// The watched devices' valid ordinary key packages
+    /// ([`Scenario::devices`]), counted at two times (one before the
+    /// scenario's expired packages expire).
+    key_packages: Vec<(u64, u64)>,
 }
 
-async fn view<S: Store>(store: &S, talks: &[TalksId], blobs: &[Digest]) -> View {
+/// What the crash suite watches besides the talks.
+#[derive(Debug, Clone, Default)]
+struct Watched {
+    blobs: Vec<Digest>,
+    rooms: Vec<RoomId>,
+    devices: Vec<KeyId>,
+}
+
+async fn view<S: Store>(store: &S, talks: &[TalksId], watched: &Watched) -> View {
+    let blobs = &watched.blobs;
     let mut out = Vec::new();
     for &t in talks {
         let integrated = ok(store.integrated_size(t).await, "integrated_size");
@@ -2755,10 +3704,20 @@ async fn view<S: Store>(store: &S, talks: &[TalksId], blobs: &[Digest]) -> View 
             checkpoint: ok(store.checkpoint(t).await, "checkpoint"),
             enrolment: enrolment(store, t).await,
             blobs: Vec::with_capacity(blobs.len()),
+            rooms: Vec::with_capacity(watched.rooms.len()),
+            key_packages: Vec::with_capacity(watched.devices.len()),
         };
         let mut v = v;
         for &h in blobs {
             v.blobs.push(blob_view(store, t, h).await);
+        }
+        for &r in &watched.rooms {
+            v.rooms.push(room_state_at(store, t, r).await);
+        }
+        for &d in &watched.devices {
+            let count = async |now| ok(store.key_package_count(t, d, now).await, "count");
+            v.key_packages
+                .push((count(KP_NOW).await, count(KP_NOW - 10).await));
         }
         // Dense: row i has seq i, and the size says how many rows.
         assert_eq!(v.size, v.log.len() as u64, "log size of {t}");
@@ -2787,8 +3746,9 @@ async fn view<S: Store>(store: &S, talks: &[TalksId], blobs: &[Digest]) -> View 
 /// results, and what the store shows after each.
 struct Scenario {
     talks: Vec<TalksId>,
-    /// The blobs the scenario creates (their hashes), watched in every talks.
-    blobs: Vec<Digest>,
+    /// The blobs the scenario creates (their hashes), the MLS rooms and
+    /// the key packages' devices it uses, watched in every talks.
+    watched: Watched,
     ops: Vec<Op>,
     results: Vec<Done>,
     /// `views[i]`: after the first `i` operations.
@@ -2804,7 +3764,8 @@ impl Scenario {
         self.steps += store.steps() - before;
         self.ops.push(op);
         self.results.push(done.clone());
-        self.views.push(view(store, &self.talks, &self.blobs).await);
+        self.views
+            .push(view(store, &self.talks, &self.watched).await);
         done
     }
 
@@ -2814,17 +3775,29 @@ impl Scenario {
     /// and dropped by an access-list change, two integrations, a purge and
     /// a cosignature; then an invitation redeemed over a pending change,
     /// and a blob created, referenced from a second room, uploaded in two
-    /// chunks and completed.
+    /// chunks and completed; then two MLS-gated group commits (a group
+    /// created, a message, a commit race, a Welcome of the winner and one
+    /// of the loser, stale and group-less submissions; then a retry of the
+    /// winning commit, the next epoch's commit race and refusals), two key
+    /// package uploads (the second with a duplicate and a replacing
+    /// last-resort package) and two claims (one deleting an expired
+    /// package on the way).
     async fn build() -> Self {
         let store = MemoryStore::new();
         let talks = vec![talks_id(1), talks_id(2), talks_id(3)];
         let (t1, t2, t3) = (talks[0], talks[1], talks[2]);
         let blob = new_blob(1, BLOB_CHUNK + 3, party(1), blob_room(2));
-        let blobs = vec![blob.hash];
+        let r = mls_room(1);
+        let device = sender(labels::US_NEGOTIATOR_DEVICE);
+        let watched = Watched {
+            blobs: vec![blob.hash],
+            rooms: vec![r],
+            devices: vec![device],
+        };
         let mut s = Scenario {
-            views: vec![view(&store, &talks, &blobs).await],
+            views: vec![view(&store, &talks, &watched).await],
             talks,
-            blobs,
+            watched,
             ops: Vec::new(),
             results: Vec::new(),
             steps: 0,
@@ -2957,6 +3930,101 @@ impl Scenario {
             .await;
         }
         s.push(&store, Op::CompleteBlob(t3, blob.hash)).await;
+
+        let win = gated(t1, a, 22, r, commit_gate(1, 0));
+        let lose = gated(t1, b, 23, r, commit_gate(2, 0));
+        let welcome = |sender, key, commit: &Submission, to| {
+            gated(
+                t1,
+                sender,
+                key,
+                r,
+                Gate::Welcome {
+                    commit_epoch: 0,
+                    commit: commit.header_hash,
+                    to,
+                },
+            )
+        };
+        let batch4 = vec![
+            gated(t1, a, 20, r, create_gate(1)),
+            gated(t1, b, 21, r, Gate::Epoch { epoch: 0 }),
+            win.clone(),
+            lose.clone(),
+            welcome(a, 24, &win, vec![b]),
+            welcome(b, 25, &lose, vec![a]),
+            gated(t1, b, 26, r, Gate::Epoch { epoch: 0 }),
+            gated(t2, a, 27, r, Gate::Epoch { epoch: 0 }),
+            submission(t2, a, 28, 0),
+        ];
+        let Done::Outcomes(out4) = s.push(&store, Op::Sequence(batch4, 3000)).await else {
+            panic!("sequence returns outcomes");
+        };
+        let win_seq = placed(&out4[2], "scenario: the winning commit").seq;
+        let created = placed(&out4[0], "scenario: the create").seq;
+        assert_eq!(out4[3], Outcome::EpochTaken { seq: win_seq });
+        placed(&out4[4], "scenario: the winner's welcome");
+        assert_eq!(out4[5], Outcome::WelcomeOrphaned);
+        assert_eq!(out4[6], Outcome::StaleEpoch { epoch: 1 });
+        assert_eq!(out4[7], Outcome::NoGroup);
+
+        let batch5 = vec![
+            win.clone(), // retry of batch 4
+            gated(t1, b, 30, r, commit_gate(2, 1)),
+            gated(t1, a, 31, r, commit_gate(1, 1)),
+            gated(t1, a, 32, r, create_gate(3)),
+            gated(t1, a, 33, r, commit_gate(1, 5)),
+        ];
+        let Done::Outcomes(out5) = s.push(&store, Op::Sequence(batch5, 3100)).await else {
+            panic!("sequence returns outcomes");
+        };
+        assert_eq!(
+            out5[0], out4[2],
+            "scenario: a retried commit keeps its placement"
+        );
+        let next_seq = placed(&out5[1], "scenario: epoch 1's commit").seq;
+        assert_eq!(out5[2], Outcome::EpochTaken { seq: next_seq });
+        assert_eq!(out5[3], Outcome::EpochTaken { seq: created });
+        assert_eq!(out5[4], Outcome::StaleEpoch { epoch: 2 });
+
+        let now = KP_NOW;
+        s.push(
+            &store,
+            Op::PutKeyPackages(
+                t2,
+                device,
+                vec![
+                    key_package(3, now + 100, false),
+                    key_package(1, now + 100, false),
+                    key_package(2, now - 1, false),
+                    key_package(9, now + 100, true),
+                ],
+            ),
+        )
+        .await;
+        s.push(
+            &store,
+            Op::PutKeyPackages(
+                t2,
+                device,
+                vec![
+                    key_package(1, now + 100, false),
+                    key_package(4, now + 100, false),
+                    key_package(8, now + 100, true),
+                ],
+            ),
+        )
+        .await;
+        for (claimer, want) in [(a, 1), (b, 3)] {
+            let done = s
+                .push(&store, Op::Claim(t2, claimer, device, now, 1, 3600))
+                .await;
+            assert_eq!(
+                done,
+                Done::KeyPackage(Some(key_package(want, now + 100, false))),
+                "scenario: a claim"
+            );
+        }
         s
     }
 }
@@ -2972,7 +4040,9 @@ struct Seen {
 /// writing operation (three group commits over several talks with retries
 /// and conflicts, access-list change, two integrations, purge, checkpoint
 /// note, pending changes, an invitation and its redemption, a blob's
-/// creation, second room, chunks and completion), crash at `k`, restart,
+/// creation, second room, chunks and completion, two MLS-gated group
+/// commits with creates, commits, Welcomes and refused gates, key package
+/// uploads and claims), crash at `k`, restart,
 /// and check that
 /// (a) every envelope acknowledged before the crash is there once, with its
 /// placement; (b) the crashed operation is entirely visible or entirely
@@ -3048,7 +4118,7 @@ pub async fn crash_suite() {
         // Recover: repeat the crashed operation, itself crashed once early.
         let mut again = Some(k % 4);
         loop {
-            let took_effect = view(&store, &s.talks, &s.blobs).await == s.views[c + 1];
+            let took_effect = view(&store, &s.talks, &s.watched).await == s.views[c + 1];
             if let Some(j) = again.take() {
                 store.crash_at(j);
             }
@@ -3068,7 +4138,7 @@ pub async fn crash_suite() {
             break;
         }
         assert!(
-            view(&store, &s.talks, &s.blobs).await == s.views[c + 1],
+            view(&store, &s.talks, &s.watched).await == s.views[c + 1],
             "{what}: state after the retry"
         );
         for (i, op) in s.ops.iter().enumerate().skip(c + 1) {
@@ -3076,7 +4146,7 @@ pub async fn crash_suite() {
             assert_eq!(done, s.results[i], "{what}: op {i} after recovery");
         }
         assert!(
-            view(&store, &s.talks, &s.blobs).await == s.views[s.ops.len()],
+            view(&store, &s.talks, &s.watched).await == s.views[s.ops.len()],
             "{what}: final state"
         );
         check_notifications(&store, &mut rx, &mut announced, &what).await;
@@ -3116,6 +4186,22 @@ pub async fn crash_suite() {
         (
             "create_blob",
             &["read", "write blob", "sync", "acknowledge"][..],
+        ),
+        ("sequence", &["write room state"][..]),
+        (
+            "put_key_packages",
+            &["read", "write key package", "sync", "acknowledge"][..],
+        ),
+        (
+            "claim_key_package",
+            &[
+                "read",
+                "write claim counter",
+                "delete expired key packages",
+                "delete key package",
+                "sync",
+                "acknowledge",
+            ][..],
         ),
     ] {
         for &step in steps {
@@ -3170,7 +4256,7 @@ async fn check_after_crash(
     acked: &[(Submission, Placement)],
     what: &str,
 ) -> bool {
-    let v = view(store, &s.talks, &s.blobs).await;
+    let v = view(store, &s.talks, &s.watched).await;
     for (sub, p) in acked {
         let Some(tv) = s
             .talks

@@ -8,7 +8,7 @@
 //! [`conformance`] (the SQLite backend in `backchannel-store-sqlite`, the
 //! in-memory backend with a crash model in [`memory`], PostgreSQL later).
 //!
-//! # Contract (storage version 1)
+//! # Contract (storage version 3)
 //!
 //! - **Durability.** A method that returns `Ok` has made its writes
 //!   durable (fsync or the backend's equivalent). [`Store::sequence`]
@@ -46,6 +46,35 @@
 //! - **Receipt batch time.** A batch's receipt is signed at `clock_ms` as
 //!   given, which may be earlier than its records' node timestamps when the
 //!   clock went backwards; clients must not treat that as an error.
+//! - **Atomic MLS gates.** A submission may carry a [`Gate`]: the RFC 9420
+//!   sequencing rules of its room, checked inside the `sequence`
+//!   transaction (never in node memory), so they hold with several nodes on
+//!   one database. Per submission, in batch order: the idempotency lookup
+//!   first (a retry that landed gets its placement back whatever the room's
+//!   epoch is now), then the gate, then a seq. A room's group is created
+//!   once (epoch 0); a commit is sequenced only from the room's current
+//!   epoch and only if that epoch has no commit yet, and it moves the room
+//!   to the next epoch with the new public state and GroupInfo in the same
+//!   transaction; application messages and proposals only in the current
+//!   epoch; a Welcome only if its commit won its epoch. Gates see the
+//!   effects of earlier submissions of the same batch. A refused gate is an
+//!   [`Outcome`] (`EpochTaken`, `StaleEpoch`, `NoGroup`,
+//!   `WelcomeOrphaned`), writes nothing for that submission and takes no
+//!   seq (seqs stay dense). Which seq and header hash committed each epoch
+//!   is recorded, so the loser of a commit race learns the winner's seq.
+//!   The store sees only bytes: it parses no MLS.
+//! - **Welcome audience.** A Welcome is stored with the device keys whose
+//!   key packages it names ([`StoredEnvelope::welcome_to`]); the node serves
+//!   its body to those only (the store just keeps the list).
+//! - **Key packages.** Per talks and device, at most
+//!   [`MAX_KEY_PACKAGES_PER_DEVICE`] packages, uploaded idempotently (a
+//!   reference already stored is ignored), at most one of them the
+//!   device's last-resort package (a new one replaces it). A claim takes
+//!   one valid package in one transaction: an ordinary one is deleted as it
+//!   is handed out (so it is never handed out twice), the last-resort one
+//!   is handed out and kept; expired packages are deleted on the way.
+//!   Claims are counted per (claimer, device) in a window, in the same
+//!   transaction, so the limit holds across nodes.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -60,7 +89,7 @@ use tokio::sync::broadcast;
 
 /// The version of this contract. Backends record the schema version they
 /// migrated to; a node refuses a database whose version it does not know.
-pub const STORAGE_VERSION: u32 = 2;
+pub const STORAGE_VERSION: u32 = 3;
 
 /// How many envelopes one call to [`Store::sequence`] may hold: the receipt
 /// batch limit of the log format.
@@ -176,6 +205,165 @@ pub struct Submission {
     pub body: Vec<u8>,
     /// SHA-256 of `body` (equal to the header's body hash).
     pub body_hash: Digest,
+    /// How its room's MLS epoch gates it (`None`: not gated — acks,
+    /// alerts, ticks and everything outside MLS rooms).
+    pub gate: Option<Gate>,
+}
+
+/// How an MLS submission is gated by its room's epoch (RFC 9420 §14),
+/// checked by [`Store::sequence`] in its transaction. The node parses the
+/// MLS message and hands the store the epochs and opaque bytes; the store
+/// parses nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Creates the room's group (epoch 0): only if the room has no group
+    /// yet (`EpochTaken` naming the creating envelope otherwise).
+    Create {
+        /// The group's public state and GroupInfo at epoch 0.
+        state: RoomStateUpdate,
+    },
+    /// A commit from `epoch`: only if the room's epoch is `epoch` and no
+    /// commit for `epoch` exists; moves the room to `epoch + 1` with
+    /// `state`.
+    Commit {
+        /// The epoch the commit was made in (the one it leaves).
+        epoch: u64,
+        /// The group's public state and GroupInfo at `epoch + 1`.
+        state: RoomStateUpdate,
+    },
+    /// An application message or a proposal: only if the room's epoch is
+    /// `epoch`.
+    Epoch {
+        /// The epoch it was sent in.
+        epoch: u64,
+    },
+    /// A Welcome: only if the commit that left `commit_epoch` (the one the
+    /// room's epoch `commit_epoch + 1` came from) has header hash `commit`.
+    Welcome {
+        /// The epoch the Welcome's commit left.
+        commit_epoch: u64,
+        /// The header hash of the Welcome's commit.
+        commit: Digest,
+        /// The device keys whose key packages the Welcome names: only they
+        /// get its body, everyone else of the room the header alone.
+        to: Vec<KeyId>,
+    },
+}
+
+impl Gate {
+    /// The epoch whose recorded commit deciding this gate needs: a
+    /// commit's own epoch (has it been taken?), a Welcome's
+    /// `commit_epoch` (did its commit win?).
+    pub fn commit_epoch(&self) -> Option<u64> {
+        match self {
+            Gate::Commit { epoch, .. } => Some(*epoch),
+            Gate::Welcome { commit_epoch, .. } => Some(*commit_epoch),
+            Gate::Create { .. } | Gate::Epoch { .. } => None,
+        }
+    }
+}
+
+/// A room's new MLS state, carried by a [`Gate::Create`] or
+/// [`Gate::Commit`] and stored in the same transaction as the envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomStateUpdate {
+    /// The group's public state (opaque to the store).
+    pub public_group: Vec<u8>,
+    /// The group's GroupInfo (opaque to the store).
+    pub group_info: Vec<u8>,
+}
+
+/// A room's MLS state as stored ([`Store::room_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomState {
+    /// The room's current epoch (0 after the create, + 1 per commit).
+    pub epoch: u64,
+    /// The public state of the group at `epoch`.
+    pub public_group: Vec<u8>,
+    /// The GroupInfo of the group at `epoch`.
+    pub group_info: Vec<u8>,
+    /// The seq of the envelope that created the group.
+    pub created_seq: u64,
+}
+
+/// The commit that left an epoch of a room, as recorded by
+/// [`Store::sequence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomCommit {
+    /// Its seq.
+    pub seq: u64,
+    /// Its header hash.
+    pub header_hash: Digest,
+}
+
+/// The gate rule every backend applies in [`Store::sequence`], after the
+/// idempotency lookup missed: given the room's state (`None`: no group)
+/// and the recorded commit of [`Gate::commit_epoch`] (`None`: none, or the
+/// gate needs none), `Ok(())` to sequence, or the refusal.
+pub fn check_gate(
+    gate: &Gate,
+    room: Option<&RoomState>,
+    commit: Option<RoomCommit>,
+) -> Result<(), Outcome> {
+    let Some(room) = room else {
+        return match gate {
+            Gate::Create { .. } => Ok(()),
+            _ => Err(Outcome::NoGroup),
+        };
+    };
+    match gate {
+        Gate::Create { .. } => Err(Outcome::EpochTaken {
+            seq: room.created_seq,
+        }),
+        Gate::Commit { epoch, .. } => match commit {
+            Some(c) => Err(Outcome::EpochTaken { seq: c.seq }),
+            None if *epoch != room.epoch => Err(Outcome::StaleEpoch { epoch: room.epoch }),
+            None => Ok(()),
+        },
+        Gate::Epoch { epoch } if *epoch != room.epoch => {
+            Err(Outcome::StaleEpoch { epoch: room.epoch })
+        }
+        Gate::Epoch { .. } => Ok(()),
+        Gate::Welcome { commit: hash, .. } => match commit {
+            Some(c) if c.header_hash == *hash => Ok(()),
+            _ => Err(Outcome::WelcomeOrphaned),
+        },
+    }
+}
+
+/// A room's new state after a gated submission that passed [`check_gate`]
+/// (against `room`) was given `seq`, with the commit to record for the
+/// epoch it leaves: what a [`Gate::Create`] or [`Gate::Commit`] writes.
+/// `None` for the gates that change no room state.
+pub fn gate_effect(
+    gate: &Gate,
+    room: Option<&RoomState>,
+    seq: u64,
+    header_hash: Digest,
+) -> Option<(RoomState, Option<(u64, RoomCommit)>)> {
+    match gate {
+        Gate::Create { state } => Some((
+            RoomState {
+                epoch: 0,
+                public_group: state.public_group.clone(),
+                group_info: state.group_info.clone(),
+                created_seq: seq,
+            },
+            None,
+        )),
+        // `check_gate` passed, so the room exists and is at `epoch`, which
+        // is below 2^63 (every epoch took a seq).
+        Gate::Commit { epoch, state } => Some((
+            RoomState {
+                epoch: epoch.saturating_add(1),
+                public_group: state.public_group.clone(),
+                group_info: state.group_info.clone(),
+                created_seq: room.map_or(seq, |r| r.created_seq),
+            },
+            Some((*epoch, RoomCommit { seq, header_hash })),
+        )),
+        Gate::Epoch { .. } | Gate::Welcome { .. } => None,
+    }
 }
 
 /// What became of one submission.
@@ -189,6 +377,27 @@ pub enum Outcome {
         /// The seq of the envelope that holds the key.
         seq: u64,
     },
+    /// Refused by its gate: a [`Gate::Create`] for a room whose group
+    /// exists, or a [`Gate::Commit`] for an epoch that already has a
+    /// commit. Nothing was written for it.
+    EpochTaken {
+        /// The seq of the envelope that took it: the group's creation, or
+        /// the epoch's winning commit.
+        seq: u64,
+    },
+    /// Refused by its gate: a [`Gate::Epoch`] or [`Gate::Commit`] for an
+    /// epoch that is not the room's current one (behind it, or ahead).
+    /// Nothing was written for it.
+    StaleEpoch {
+        /// The room's current epoch.
+        epoch: u64,
+    },
+    /// Refused by its gate: the room has no group yet (any gate but
+    /// [`Gate::Create`]). Nothing was written for it.
+    NoGroup,
+    /// Refused by its gate: a [`Gate::Welcome`] whose commit did not win
+    /// its epoch (or is not there). Nothing was written for it.
+    WelcomeOrphaned,
 }
 
 /// Where an envelope sits in its log, and its receipt.
@@ -227,6 +436,10 @@ pub struct StoredEnvelope {
     pub leaf_hash: Digest,
     /// The receipt, canonically encoded.
     pub receipt: Vec<u8>,
+    /// For a Welcome ([`Gate::Welcome`]), the device keys whose key
+    /// packages it names, as submitted: only they get its body. `None` for
+    /// every other envelope.
+    pub welcome_to: Option<Vec<KeyId>>,
 }
 
 impl StoredEnvelope {
@@ -338,6 +551,107 @@ impl BlobRecord {
         let start = index.checked_mul(BLOB_CHUNK)?;
         (start < size).then(|| (size - start).min(BLOB_CHUNK))
     }
+}
+
+/// How many key packages one device may have stored in one talks, its
+/// last-resort package included.
+pub const MAX_KEY_PACKAGES_PER_DEVICE: usize = 64;
+
+/// The largest key package (16 KiB).
+pub const MAX_KEY_PACKAGE_BYTES: usize = 16 << 10;
+
+/// The longest key package reference (64 bytes: a hash reference of any
+/// MLS cipher suite).
+pub const MAX_KEY_PACKAGE_REFERENCE: usize = 64;
+
+/// An MLS key package of one device, as stored (opaque to the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPackageRecord {
+    /// Its reference (RFC 9420 `KeyPackageRef`): 1 to
+    /// [`MAX_KEY_PACKAGE_REFERENCE`] bytes, unique per device.
+    pub reference: Vec<u8>,
+    /// The key package, at most [`MAX_KEY_PACKAGE_BYTES`].
+    pub bytes: Vec<u8>,
+    /// The end of its validity (Unix seconds): valid at `now` while
+    /// `not_after >= now`.
+    pub not_after: u64,
+    /// Whether it is the device's last-resort package (handed out when no
+    /// other is left, and kept).
+    pub last_resort: bool,
+}
+
+/// The argument checks every backend makes in [`Store::put_key_packages`]
+/// before reading anything: each reference is 1 to
+/// [`MAX_KEY_PACKAGE_REFERENCE`] bytes, each package at most
+/// [`MAX_KEY_PACKAGE_BYTES`], `not_after` below 2^63, at most
+/// [`MAX_KEY_PACKAGES_PER_DEVICE`] packages and at most one last-resort
+/// package per call (`Limit` otherwise).
+pub fn check_key_packages(packages: &[KeyPackageRecord]) -> Result<(), StoreError> {
+    if packages.len() > MAX_KEY_PACKAGES_PER_DEVICE {
+        return Err(StoreError::Limit(
+            "a device holds at most MAX_KEY_PACKAGES_PER_DEVICE key packages",
+        ));
+    }
+    if packages.iter().filter(|p| p.last_resort).count() > 1 {
+        return Err(StoreError::Limit(
+            "one upload carries at most one last-resort key package",
+        ));
+    }
+    for p in packages {
+        if p.reference.is_empty() || p.reference.len() > MAX_KEY_PACKAGE_REFERENCE {
+            return Err(StoreError::Limit(
+                "a key package reference has 1 to MAX_KEY_PACKAGE_REFERENCE bytes",
+            ));
+        }
+        if p.bytes.len() > MAX_KEY_PACKAGE_BYTES {
+            return Err(StoreError::Limit(
+                "a key package holds at most MAX_KEY_PACKAGE_BYTES bytes",
+            ));
+        }
+        if p.not_after > MAX_NUMBER {
+            return Err(StoreError::Limit("times are below 2^63"));
+        }
+    }
+    Ok(())
+}
+
+/// The packages of an upload that [`Store::put_key_packages`] stores,
+/// given the references the device already has: each in upload order,
+/// skipping a reference already stored or already earlier in the upload
+/// (an idempotent upload).
+pub fn new_key_packages(
+    packages: &[KeyPackageRecord],
+    stored: impl Fn(&[u8]) -> bool,
+) -> Vec<&KeyPackageRecord> {
+    let mut out: Vec<&KeyPackageRecord> = Vec::with_capacity(packages.len());
+    for p in packages {
+        if !stored(&p.reference) && !out.iter().any(|q| q.reference == p.reference) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The claim counter of one (claimer, device) pair at `now`, given the
+/// stored one (`(window start, claims)`): the counter after this claim, or
+/// `Limit` if `max_claims` were already made in the window
+/// `[now - window_s, now]` (an older window starts afresh at `now`).
+pub fn count_claim(
+    stored: Option<(u64, u32)>,
+    now: u64,
+    max_claims: u32,
+    window_s: u64,
+) -> Result<(u64, u32), StoreError> {
+    let (start, claims) = match stored {
+        Some((start, claims)) if now.saturating_sub(start) <= window_s => (start, claims),
+        _ => (now, 0),
+    };
+    if claims >= max_claims {
+        return Err(StoreError::Limit(
+            "too many key package claims for this device in the window",
+        ));
+    }
+    Ok((start, claims + 1))
 }
 
 /// A talks has grown: every seq below `size` is readable.
@@ -494,12 +808,18 @@ pub trait Store: Send + Sync + 'static {
     /// in order, finds an earlier envelope with the same (talks, sender,
     /// idempotency key) — a retry with the same header hash gets the
     /// original's placement back, a different header hash a `Conflict` —
-    /// and otherwise assigns the talks' next seq and a node timestamp of
-    /// `max(previous timestamp of that talks, clock_ms)`. The new envelopes
-    /// of the batch get one receipt batch signed by `log_key` over their
-    /// records (`backchannel_tlog::SignedBatch`), stored with each. Returns
-    /// one outcome per submission, in order. All submissions' talks must
-    /// exist (`UnknownTalks` otherwise, and nothing is written).
+    /// and otherwise checks its [`Gate`], if any, against its room's state
+    /// as the earlier submissions of the batch left it ([`check_gate`]): a
+    /// refused gate is its outcome, and nothing is written for it nor a seq
+    /// taken. Otherwise it gets the talks' next seq and a node timestamp of
+    /// `max(previous timestamp of that talks, clock_ms)`; a Create or
+    /// Commit stores the room's new state and (a commit) which seq and
+    /// header hash left the epoch ([`gate_effect`]), and a Welcome is
+    /// stored with its audience. The new envelopes of the batch get one
+    /// receipt batch signed by `log_key` over their records
+    /// (`backchannel_tlog::SignedBatch`), stored with each. Returns one
+    /// outcome per submission, in order. All submissions' talks must exist
+    /// (`UnknownTalks` otherwise, and nothing is written).
     fn sequence(
         &self,
         batch: Vec<Submission>,
@@ -711,4 +1031,59 @@ pub trait Store: Send + Sync + 'static {
         talks: TalksId,
         hash: Digest,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The MLS state of a room: its epoch, public state and GroupInfo as
+    /// the last [`Gate::Create`] or [`Gate::Commit`] left them (`None`
+    /// while the room has no group, or for an unknown talks).
+    fn room_state(
+        &self,
+        talks: TalksId,
+        room: RoomId,
+    ) -> impl Future<Output = Result<Option<RoomState>, StoreError>> + Send;
+
+    /// Stores key packages of `device` in one transaction. A package whose
+    /// reference the device already has (or that an earlier package of the
+    /// same call has) is ignored, so an upload may be retried. A
+    /// last-resort package replaces the device's previous last-resort one.
+    /// If the device would then hold more than
+    /// [`MAX_KEY_PACKAGES_PER_DEVICE`] packages (expired ones count until a
+    /// claim deletes them), `Limit` and nothing is written; so are the
+    /// argument errors of [`check_key_packages`]. `UnknownTalks` for an
+    /// unknown talks.
+    fn put_key_packages(
+        &self,
+        talks: TalksId,
+        device: KeyId,
+        packages: Vec<KeyPackageRecord>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Claims one package of `device` valid at `now` (Unix seconds;
+    /// `not_after >= now`), in one transaction: the ordinary package with
+    /// the lowest reference (bytewise), which is deleted; if none is left,
+    /// the last-resort one, which is kept. Every expired package of the
+    /// device is deleted on the way. `Ok(None)` when nothing valid is left.
+    ///
+    /// Claims are counted per (`claimer`, `device`): once `max_claims`
+    /// were made in the window `[now - window_s, now]`, the claim is
+    /// refused with `Limit` and nothing is written. Every claim that is not
+    /// refused counts, whether it found a package or not. `UnknownTalks`
+    /// for an unknown talks; `now` must be below 2^63 (`Limit`).
+    fn claim_key_package(
+        &self,
+        talks: TalksId,
+        claimer: KeyId,
+        device: KeyId,
+        now: u64,
+        max_claims: u32,
+        window_s: u64,
+    ) -> impl Future<Output = Result<Option<KeyPackageRecord>, StoreError>> + Send;
+
+    /// How many ordinary (not last-resort) packages of `device` are valid
+    /// at `now` (0 for an unknown talks).
+    fn key_package_count(
+        &self,
+        talks: TalksId,
+        device: KeyId,
+        now: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

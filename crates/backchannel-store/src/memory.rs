@@ -7,9 +7,10 @@
 //!
 //! ```text
 //! sequence                 read → reserve → sign → write envelope (one per new
-//!                          envelope) → sync → notify → acknowledge
-//!                          (a batch of retries and conflicts only: read → reserve
-//!                          → acknowledge)
+//!                          envelope) → write room state (one per new envelope
+//!                          gated Create or Commit) → sync → notify → acknowledge
+//!                          (a batch of retries, conflicts and refused gates
+//!                          only: read → reserve → acknowledge)
 //! integrate                read → write tree hash (one per hash) → write checkpoint
 //!                          → write integrated size → sync → acknowledge
 //! create_talks             read → write talks → sync → acknowledge
@@ -26,6 +27,11 @@
 //! put_blob_chunk           read → write blob chunk → sync → acknowledge
 //! complete_blob            read → write complete → sync → acknowledge
 //!                          (a blob already complete: read only)
+//! put_key_packages         read → write key package (one per new package)
+//!                          → sync → acknowledge (nothing new: read only)
+//! claim_key_package        read → write claim counter → delete expired key
+//!                          packages (if any) → delete key package (an
+//!                          ordinary one claimed) → sync → acknowledge
 //! every read-only method   read
 //! ```
 //!
@@ -47,16 +53,17 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use backchannel_codec::{Encode, TalksId};
+use backchannel_codec::{Encode, RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
 use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
 use tokio::sync::broadcast;
 
 use crate::{
-    AccessListRecord, Appended, BlobRecord, CheckpointRecord, InvitationRecord, MAX_INVITATIONS,
-    MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES,
-    Outcome, PendingChange, Placement, Redemption, SUBSCRIPTION_BUFFER, Store, StoreError,
-    StoredEnvelope, Submission, Subscription, TalksRecord,
+    AccessListRecord, Appended, BlobRecord, CheckpointRecord, Gate, InvitationRecord,
+    KeyPackageRecord, MAX_INVITATIONS, MAX_KEY_PACKAGES_PER_DEVICE, MAX_NUMBER,
+    MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome,
+    PendingChange, Placement, Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, Store,
+    StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 
 /// The message of the error every call returns while the store is down.
@@ -186,6 +193,28 @@ struct Log {
     pending: BTreeMap<Digest, Vec<u8>>,
     /// Blobs by content hash.
     blobs: BTreeMap<Digest, Blob>,
+    /// MLS rooms with a group.
+    rooms: BTreeMap<RoomId, Room>,
+    /// Key packages by device, then by reference (so the lowest reference
+    /// comes first).
+    key_packages: BTreeMap<KeyId, BTreeMap<Vec<u8>, KeyPackageRecord>>,
+    /// Claim counters by (claimer, device): (window start, claims).
+    claims: BTreeMap<(KeyId, KeyId), (u64, u32)>,
+}
+
+/// One MLS room with a group.
+#[derive(Debug, Clone)]
+struct Room {
+    state: RoomState,
+    /// The commit that left each epoch, by that epoch.
+    commits: BTreeMap<u64, RoomCommit>,
+}
+
+/// A room as the submissions of a batch planned so far leave it.
+struct RoomPlan {
+    state: Option<RoomState>,
+    /// Commits planned in this batch, by the epoch they leave.
+    commits: BTreeMap<u64, RoomCommit>,
 }
 
 /// One stored blob: its record and the chunks stored so far.
@@ -234,6 +263,15 @@ enum Write {
     Blob(TalksId, Box<BlobRecord>),
     BlobChunk(TalksId, Digest, u64, Vec<u8>),
     CompleteBlob(TalksId, Digest),
+    /// A room's new MLS state, and the commit that left an epoch.
+    Room(TalksId, RoomId, Box<RoomState>, Option<(u64, RoomCommit)>),
+    /// Stores a key package (a last-resort one replaces the device's
+    /// previous last-resort one).
+    KeyPackage(TalksId, KeyId, Box<KeyPackageRecord>),
+    /// Deletes key packages of a device by reference.
+    DeleteKeyPackages(TalksId, KeyId, Vec<Vec<u8>>),
+    /// A claim counter: (talks, claimer, device, window start, claims).
+    ClaimCounter(TalksId, KeyId, KeyId, u64, u32),
 }
 
 /// One operation in progress: the lock, and its pending writes (dropped
@@ -302,6 +340,9 @@ fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
                 invitations: BTreeMap::new(),
                 pending: BTreeMap::new(),
                 blobs: BTreeMap::new(),
+                rooms: BTreeMap::new(),
+                key_packages: BTreeMap::new(),
+                claims: BTreeMap::new(),
             });
         }
         Write::AccessList(talks, access) => {
@@ -310,12 +351,12 @@ fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
             }
         }
         Write::Envelope(row) => {
-            if let Some(log) = durable.get_mut(&row.envelope.talks) {
-                if row.envelope.seq == log.rows.len() as u64 {
-                    log.keys
-                        .insert((row.envelope.sender, row.idempotency_key), row.envelope.seq);
-                    log.rows.push(*row);
-                }
+            if let Some(log) = durable.get_mut(&row.envelope.talks)
+                && row.envelope.seq == log.rows.len() as u64
+            {
+                log.keys
+                    .insert((row.envelope.sender, row.idempotency_key), row.envelope.seq);
+                log.rows.push(*row);
             }
         }
         Write::PurgeBody(talks, seq) => {
@@ -380,6 +421,45 @@ fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
         Write::CompleteBlob(talks, hash) => {
             if let Some(blob) = durable.get_mut(&talks).and_then(|l| l.blobs.get_mut(&hash)) {
                 blob.record.complete = true;
+            }
+        }
+        Write::Room(talks, room, state, commit) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                let state = *state;
+                let r = log.rooms.entry(room).or_insert_with(|| Room {
+                    state: state.clone(),
+                    commits: BTreeMap::new(),
+                });
+                r.state = state;
+                if let Some((epoch, c)) = commit {
+                    r.commits.insert(epoch, c);
+                }
+            }
+        }
+        Write::KeyPackage(talks, device, package) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                let packages = log.key_packages.entry(device).or_default();
+                if package.last_resort {
+                    packages.retain(|_, p| !p.last_resort);
+                }
+                packages.insert(package.reference.clone(), *package);
+            }
+        }
+        Write::DeleteKeyPackages(talks, device, references) => {
+            if let Some(log) = durable.get_mut(&talks)
+                && let Some(packages) = log.key_packages.get_mut(&device)
+            {
+                for r in &references {
+                    packages.remove(r);
+                }
+                if packages.is_empty() {
+                    log.key_packages.remove(&device);
+                }
+            }
+        }
+        Write::ClaimCounter(talks, claimer, device, start, claims) => {
+            if let Some(log) = durable.get_mut(&talks) {
+                log.claims.insert((claimer, device), (start, claims));
             }
         }
     }
@@ -521,6 +601,9 @@ impl Store for MemoryStore {
         let mut batch_keys: BTreeMap<(TalksId, KeyId, [u8; 16]), usize> = BTreeMap::new();
         let mut new: Vec<(Submission, BatchRecord)> = Vec::new();
         let mut plan = Vec::with_capacity(batch.len());
+        // Rooms gated in this batch, as its earlier submissions leave them.
+        let mut rooms: BTreeMap<(TalksId, RoomId), RoomPlan> = BTreeMap::new();
+        let mut room_writes: Vec<Write> = Vec::new();
         for s in batch {
             let Some(log) = txn.log(s.talks) else {
                 return Err(StoreError::UnknownTalks);
@@ -549,6 +632,30 @@ impl Store for MemoryStore {
                 });
                 continue;
             }
+            // The gate, after the idempotency lookup: a retry that landed
+            // got its placement above, whatever the room's epoch is now.
+            let room = match &s.gate {
+                None => None,
+                Some(gate) => {
+                    let durable = log.rooms.get(&s.room);
+                    let planned = rooms.entry((s.talks, s.room)).or_insert_with(|| RoomPlan {
+                        state: durable.map(|r| r.state.clone()),
+                        commits: BTreeMap::new(),
+                    });
+                    let commit = gate.commit_epoch().and_then(|e| {
+                        planned
+                            .commits
+                            .get(&e)
+                            .or_else(|| durable.and_then(|r| r.commits.get(&e)))
+                            .copied()
+                    });
+                    if let Err(refused) = crate::check_gate(gate, planned.state.as_ref(), commit) {
+                        plan.push(Planned::Done(refused));
+                        continue;
+                    }
+                    Some((gate, planned))
+                }
+            };
             let (next, time) = heads.entry(s.talks).or_insert_with(|| {
                 // Node time never decreases along a log: max(previous, clock).
                 let previous = log.rows.last().map_or(0, |r| r.envelope.node_time);
@@ -567,6 +674,16 @@ impl Store for MemoryStore {
                 timestamp_ms: *time,
                 leaf_hash: leaf.hash(),
             };
+            if let Some((gate, planned)) = room
+                && let Some((state, commit)) =
+                    crate::gate_effect(gate, planned.state.as_ref(), *next, s.header_hash)
+            {
+                if let Some((epoch, c)) = commit {
+                    planned.commits.insert(epoch, c);
+                }
+                planned.state = Some(state.clone());
+                room_writes.push(Write::Room(s.talks, s.room, Box::new(state), commit));
+            }
             *next += 1;
             batch_keys.insert(key, new.len());
             plan.push(Planned::New(new.len()));
@@ -584,8 +701,13 @@ impl Store for MemoryStore {
                     .receipt(i)
                     .ok_or_else(|| StoreError::Sign("no receipt for a batch record".to_owned()))?
                     .to_canonical_bytes();
+                let welcome_to = match s.gate {
+                    Some(Gate::Welcome { to, .. }) => Some(to),
+                    _ => None,
+                };
                 let row = Row {
                     envelope: StoredEnvelope {
+                        welcome_to,
                         talks: s.talks,
                         seq: r.seq,
                         node_time: r.timestamp_ms,
@@ -602,6 +724,9 @@ impl Store for MemoryStore {
                 };
                 placements.push((row.placement(), row.envelope.seq));
                 txn.write("write envelope", Write::Envelope(Box::new(row)))?;
+            }
+            for w in room_writes {
+                txn.write("write room state", w)?;
             }
             txn.sync()?;
             txn.step("notify")?;
@@ -1033,6 +1158,135 @@ impl Store for MemoryStore {
         txn.write("write complete", Write::CompleteBlob(talks, hash))?;
         txn.sync()?;
         txn.step("acknowledge")
+    }
+
+    async fn room_state(
+        &self,
+        talks: TalksId,
+        room: RoomId,
+    ) -> Result<Option<RoomState>, StoreError> {
+        let mut txn = self.begin("room_state")?;
+        txn.step("read")?;
+        Ok(txn
+            .log(talks)
+            .and_then(|l| l.rooms.get(&room))
+            .map(|r| r.state.clone()))
+    }
+
+    async fn put_key_packages(
+        &self,
+        talks: TalksId,
+        device: KeyId,
+        packages: Vec<KeyPackageRecord>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("put_key_packages")?;
+        txn.step("read")?;
+        crate::check_key_packages(&packages)?;
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        let stored = log.key_packages.get(&device);
+        let new: Vec<KeyPackageRecord> =
+            crate::new_key_packages(&packages, |r| stored.is_some_and(|m| m.contains_key(r)))
+                .into_iter()
+                .cloned()
+                .collect();
+        let held = stored.map_or(0, BTreeMap::len);
+        // A new last-resort package takes the place of the stored one.
+        let replaced = new.iter().any(|p| p.last_resort)
+            && stored.is_some_and(|m| m.values().any(|p| p.last_resort));
+        if held + new.len() - usize::from(replaced) > MAX_KEY_PACKAGES_PER_DEVICE {
+            return Err(StoreError::Limit(
+                "a device holds at most MAX_KEY_PACKAGES_PER_DEVICE key packages",
+            ));
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        for p in new {
+            txn.write(
+                "write key package",
+                Write::KeyPackage(talks, device, Box::new(p)),
+            )?;
+        }
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn claim_key_package(
+        &self,
+        talks: TalksId,
+        claimer: KeyId,
+        device: KeyId,
+        now: u64,
+        max_claims: u32,
+        window_s: u64,
+    ) -> Result<Option<KeyPackageRecord>, StoreError> {
+        let mut txn = self.begin("claim_key_package")?;
+        txn.step("read")?;
+        if now > MAX_NUMBER {
+            return Err(StoreError::Limit("times are below 2^63"));
+        }
+        let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
+        let (start, claims) = crate::count_claim(
+            log.claims.get(&(claimer, device)).copied(),
+            now,
+            max_claims,
+            window_s,
+        )?;
+        let packages = log.key_packages.get(&device);
+        let valid = || {
+            packages
+                .into_iter()
+                .flat_map(|m| m.values())
+                .filter(|p| p.not_after >= now)
+        };
+        let expired: Vec<Vec<u8>> = packages
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter(|p| p.not_after < now)
+            .map(|p| p.reference.clone())
+            .collect();
+        // The lowest reference first (the map's order).
+        let ordinary = valid().find(|p| !p.last_resort).cloned();
+        let claimed = ordinary
+            .clone()
+            .or_else(|| valid().find(|p| p.last_resort).cloned());
+        txn.write(
+            "write claim counter",
+            Write::ClaimCounter(talks, claimer, device, start, claims),
+        )?;
+        if !expired.is_empty() {
+            txn.write(
+                "delete expired key packages",
+                Write::DeleteKeyPackages(talks, device, expired),
+            )?;
+        }
+        if let Some(p) = ordinary {
+            txn.write(
+                "delete key package",
+                Write::DeleteKeyPackages(talks, device, vec![p.reference]),
+            )?;
+        }
+        txn.sync()?;
+        txn.step("acknowledge")?;
+        Ok(claimed)
+    }
+
+    async fn key_package_count(
+        &self,
+        talks: TalksId,
+        device: KeyId,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let mut txn = self.begin("key_package_count")?;
+        txn.step("read")?;
+        Ok(txn
+            .log(talks)
+            .and_then(|l| l.key_packages.get(&device))
+            .map_or(0, |m| {
+                m.values()
+                    .filter(|p| !p.last_resort && p.not_after >= now)
+                    .count() as u64
+            }))
     }
 }
 

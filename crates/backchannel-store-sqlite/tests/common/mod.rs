@@ -80,6 +80,7 @@ pub fn submission(talks: u8, sender: u8, key: u8, content: u8) -> Submission {
         header,
         body_hash: sha256(&body),
         body,
+        gate: None,
     }
 }
 
