@@ -107,7 +107,7 @@ async fn run<S: Store>(store: Arc<S>, sequencer: &Sequencer, batch: Vec<(Vec<u8>
                 let s = validate(t.talks, &conn_key, &list, &header, body).expect("valid");
                 match sequencer.submit(s).await.expect("sequenced") {
                     Outcome::Sequenced(_) => {}
-                    Outcome::Conflict { .. } => panic!("conflict"),
+                    other => panic!("not sequenced: {other:?}"),
                 }
             }
         }));

@@ -48,6 +48,18 @@ pub mod codes {
     pub const STALE: &str = "stale";
     /// 409: the object exists already.
     pub const EXISTS: &str = "exists";
+    /// 409: another commit took the room's epoch first (the message names
+    /// its seq); receive it, then commit again if still needed.
+    pub const EPOCH_TAKEN: &str = "epoch_taken";
+    /// 409: the MLS message is not for the room's current epoch; receive,
+    /// process what is new, encrypt again.
+    pub const STALE_EPOCH: &str = "stale_epoch";
+    /// 409: the room has no MLS group yet.
+    pub const NO_GROUP: &str = "no_group";
+    /// 400: an MLS message that does not parse or that the room's public
+    /// group refuses (a stale or garbage commit, a leaf not on the room's
+    /// access list, a Welcome for non-members).
+    pub const BAD_MLS: &str = "bad_mls";
     /// 408: the request body did not arrive in time.
     pub const TIMEOUT: &str = "timeout";
     /// 410: the invitation has expired.
@@ -200,6 +212,24 @@ pub mod b64 {
             }
         }
     }
+
+    /// A list of byte strings, each base64.
+    pub mod list {
+        use super::*;
+
+        /// Serialises.
+        pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|b| STANDARD.encode(b)))
+        }
+
+        /// Deserialises.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|s| STANDARD.decode(s).map_err(serde::de::Error::custom))
+                .collect()
+        }
+    }
 }
 
 /// `GET /v1/node`.
@@ -336,6 +366,65 @@ pub struct Sequenced {
     /// Its batch's receipt (canonical `Receipt`), with its path.
     #[serde(with = "b64")]
     pub receipt: Vec<u8>,
+}
+
+/// `POST /v1/talks/{talks}/commits`: where the commit and its Welcome
+/// were sequenced.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct CommitSequenced {
+    /// The commit envelope.
+    pub commit: Sequenced,
+    /// The Welcome envelope, when the commit added members.
+    pub welcome: Option<Sequenced>,
+}
+
+/// `POST /v1/talks/{talks}/key-packages`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct KeyPackageUpload {
+    /// Serialized MLS messages, each a KeyPackage of the caller's device.
+    #[serde(with = "b64::list")]
+    pub key_packages: Vec<Vec<u8>>,
+}
+
+/// How many ordinary key packages the caller's device has left.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct KeyPackageCount {
+    /// Valid, unclaimed, not last-resort.
+    pub count: u64,
+}
+
+/// `POST /v1/talks/{talks}/key-packages/claim`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct KeyPackageClaim {
+    /// Device key ids (hex) to claim one key package of each.
+    pub devices: Vec<String>,
+}
+
+/// One claimed key package.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct ClaimedKeyPackage {
+    /// The device key id (hex).
+    pub device: String,
+    /// The key package, or none when the device has none valid.
+    #[serde(with = "b64::option", default)]
+    pub key_package: Option<Vec<u8>>,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct KeyPackagesClaimed {
+    /// One per device asked for, in order.
+    pub key_packages: Vec<ClaimedKeyPackage>,
+}
+
+/// `GET /v1/talks/{talks}/rooms/{room}/group-info`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct GroupInfoBody {
+    /// The room's current epoch.
+    pub epoch: u64,
+    /// The GroupInfo (an MLS message) of that epoch.
+    #[serde(with = "b64")]
+    pub group_info: Vec<u8>,
 }
 
 /// One delivered envelope (fetch page or stream frame).

@@ -30,6 +30,7 @@ pub mod integrate;
 pub mod limits;
 pub mod logs;
 pub mod net;
+pub mod rooms;
 pub mod sequencer;
 pub mod server;
 pub mod stream;

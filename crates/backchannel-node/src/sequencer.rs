@@ -44,9 +44,12 @@ pub enum SequenceError {
     Stopped,
 }
 
+/// Submissions sequenced together: one envelope, or a commit with its
+/// Welcome. A unit is never split between two batches, so the Welcome's
+/// gate sees its commit's outcome in the same transaction.
 struct Job {
-    submission: Submission,
-    reply: oneshot::Sender<Result<Outcome, SequenceError>>,
+    unit: Vec<Submission>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, SequenceError>>,
 }
 
 /// A handle to the sequencing task; cheap to clone.
@@ -75,9 +78,16 @@ impl Sequencer {
     /// Sequences one validated submission; returns once it is durably
     /// committed (or refused).
     pub async fn submit(&self, submission: Submission) -> Result<Outcome, SequenceError> {
+        let mut outcomes = self.submit_unit(vec![submission]).await?;
+        outcomes.pop().ok_or(SequenceError::Unavailable)
+    }
+
+    /// Sequences submissions together, in order, in one batch (a commit
+    /// and its Welcome); one outcome each.
+    pub async fn submit_unit(&self, unit: Vec<Submission>) -> Result<Vec<Outcome>, SequenceError> {
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Job { submission, reply })
+            .send(Job { unit, reply })
             .await
             .map_err(|_| SequenceError::Stopped)?;
         answer.await.map_err(|_| SequenceError::Stopped)?
@@ -106,30 +116,35 @@ async fn run<S: Store>(
         let mut bytes = 0usize;
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            let size = job.submission.header.len() + job.submission.body.len();
-            if !batch.is_empty() && bytes + size > MAX_BATCH_BYTES {
+            let size: usize = job.unit.iter().map(|s| s.header.len() + s.body.len()).sum();
+            if !batch.is_empty()
+                && (bytes + size > MAX_BATCH_BYTES
+                    || batch.len() + job.unit.len() > MAX_SEQUENCE_BATCH)
+            {
                 carried = Some(job);
                 break;
             }
             bytes += size;
-            batch.push(job.submission);
-            replies.push(job.reply);
-            if replies.len() < MAX_SEQUENCE_BATCH {
+            replies.push((job.unit.len(), job.reply));
+            batch.extend(job.unit);
+            if batch.len() < MAX_SEQUENCE_BATCH {
                 next = rx.try_recv().ok();
             }
         }
+        let expected = batch.len();
         match store.sequence(batch, clock.now_ms(), &*log_key).await {
-            Ok(outcomes) if outcomes.len() == replies.len() => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    // A submitter that went away still had its envelope
-                    // committed; a retry with its key finds it.
-                    let _ = reply.send(Ok(outcome));
+            Ok(outcomes) if outcomes.len() == expected => {
+                let mut outcomes = outcomes.into_iter();
+                for (n, reply) in replies {
+                    // A submitter that went away still had its envelopes
+                    // committed; a retry with its keys finds them.
+                    let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
                 }
             }
             // Every submission was validated against an existing talks, so
             // any failure is the store's: nothing was written, all retry.
             _ => {
-                for reply in replies {
+                for (_, reply) in replies {
                     let _ = reply.send(Err(SequenceError::Unavailable));
                 }
             }

@@ -33,7 +33,7 @@ use backchannel_statement::{
 };
 use backchannel_store::{
     AccessListRecord, BLOB_CHUNK, BlobRecord, InvitationRecord, MAX_ENROLMENT_PAYLOAD, MAX_READ,
-    Outcome, PendingChange, Redemption, Store, StoreError, TalksRecord,
+    PendingChange, Redemption, Store, StoreError, TalksRecord,
 };
 use backchannel_tlog::NodeOrigin;
 use serde::Deserialize;
@@ -42,8 +42,8 @@ use tokio::sync::broadcast;
 
 use crate::api::{self, ApiError, codes};
 use crate::limits::{KeyRates, Limits, StreamCounts};
-use crate::sequencer::{Clock, SequenceError, Sequencer};
-use crate::submit::{self, SubmitError};
+use crate::sequencer::{Clock, Sequencer};
+use crate::submit::SubmitError;
 
 /// The key a connection authenticated with, inserted into every request
 /// on it. `None`: the connection presented no client certificate.
@@ -284,7 +284,7 @@ fn parse_digest(s: &str, what: &str) -> Result<Digest, ApiError> {
     Ok(Digest(out))
 }
 
-fn parse_room(s: &str) -> Result<RoomId, ApiError> {
+pub(crate) fn parse_room(s: &str) -> Result<RoomId, ApiError> {
     RoomId::from_hex(s).map_err(|_| ApiError::malformed("a room id must be 32 hex digits"))
 }
 
@@ -322,6 +322,10 @@ pub const MAX_SMALL_BODY: usize = 256 << 10;
 /// few rooms each, base64-encoded.
 pub const MAX_LIST_BODY: usize = 4 << 20;
 
+/// The largest key-package upload: [`crate::rooms::MAX_KEY_PACKAGES_PER_UPLOAD`]
+/// packages of at most 16 KiB each, in base64 JSON.
+pub const MAX_KEY_PACKAGE_UPLOAD: usize = 1 << 20;
+
 /// How many access-list change wake-ups a stream may lag before it simply
 /// re-reads the list (`Lagged`).
 pub const ACCESS_CHANGE_BUFFER: usize = 1024;
@@ -357,6 +361,26 @@ pub fn router<S: Store>(node: Arc<Node<S>>) -> Router {
             get(fetch::<S>)
                 .post(submit_envelope::<S>)
                 .layer(DefaultBodyLimit::max(SIGNED_HEADER_LEN + MAX_BODY as usize)),
+        )
+        .route(
+            "/v1/talks/{talks}/commits",
+            post(crate::rooms::submit_commit::<S>).layer(DefaultBodyLimit::max(
+                2 * (SIGNED_HEADER_LEN + MAX_BODY as usize),
+            )),
+        )
+        .route(
+            "/v1/talks/{talks}/key-packages",
+            get(crate::rooms::key_package_count::<S>)
+                .post(crate::rooms::upload_key_packages::<S>)
+                .layer(DefaultBodyLimit::max(MAX_KEY_PACKAGE_UPLOAD)),
+        )
+        .route(
+            "/v1/talks/{talks}/key-packages/claim",
+            post(crate::rooms::claim_key_packages::<S>).layer(small),
+        )
+        .route(
+            "/v1/talks/{talks}/rooms/{room}/group-info",
+            get(crate::rooms::group_info::<S>),
         )
         .route("/v1/talks/{talks}/stream", get(crate::stream::stream::<S>))
         .route(
@@ -558,11 +582,11 @@ async fn submit_change<S: Store>(
                 .map_err(store_error)?;
             let earlier = pending.iter().find(|p| p.delta_hash == delta_hash);
             let mut sigs: BTreeMap<KeyId, _> = change.signatures().iter().copied().collect();
-            if let Some(p) = earlier {
-                if let Ok(c) = AccessListChange::from_canonical_bytes(&p.change) {
-                    for (k, s) in c.signatures() {
-                        sigs.entry(*k).or_insert(*s);
-                    }
+            if let Some(p) = earlier
+                && let Ok(c) = AccessListChange::from_canonical_bytes(&p.change)
+            {
+                for (k, s) in c.signatures() {
+                    sigs.entry(*k).or_insert(*s);
                 }
             }
             let merged = AccessListChange::new(change.delta.clone(), sigs.into_iter().collect())
@@ -797,7 +821,7 @@ async fn enrol<S: Store>(
 
 // --- Envelopes -------------------------------------------------------------
 
-fn submit_error(e: SubmitError) -> ApiError {
+pub(crate) fn submit_error(e: SubmitError) -> ApiError {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
     if e == SubmitError::NotOnAccessList {
         return ApiError::not_found();
@@ -819,26 +843,8 @@ async fn submit_envelope<S: Store>(
         ));
     }
     let (header, body) = bytes.split_at(SIGNED_HEADER_LEN);
-    let submission =
-        submit::validate(talks, &key, &list, header, body.to_vec()).map_err(submit_error)?;
-    match node.sequencer.submit(submission).await {
-        Ok(Outcome::Sequenced(p)) => Ok(axum::Json(api::Sequenced {
-            seq: p.seq,
-            node_time: p.node_time,
-            leaf_hash: hex::encode(p.leaf_hash.0),
-            receipt: p.receipt,
-        })),
-        Ok(Outcome::Conflict { seq }) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            codes::IDEMPOTENCY_CONFLICT,
-            format!(
-                "this idempotency key was used at seq {seq} for another header; use a fresh key for a new envelope"
-            ),
-        )),
-        Err(SequenceError::Unavailable) | Err(SequenceError::Stopped) => {
-            Err(ApiError::unavailable())
-        }
-    }
+    let sequenced = crate::rooms::sequence_one(&node, talks, &key, &list, header, body).await?;
+    Ok(axum::Json(sequenced))
 }
 
 /// Query of `GET …/envelopes`.
@@ -851,12 +857,19 @@ pub struct FetchQuery {
     pub limit: Option<usize>,
 }
 
-pub(crate) fn delivered(e: backchannel_store::StoredEnvelope) -> api::Delivered {
+/// One stored envelope as delivered to `reader`: a Welcome's body only
+/// to the devices it adds (everyone else of the room gets its header).
+pub(crate) fn delivered(e: backchannel_store::StoredEnvelope, reader: &KeyId) -> api::Delivered {
+    let body = if crate::rooms::body_for(e.welcome_to.as_deref(), reader) {
+        e.body
+    } else {
+        None
+    };
     api::Delivered {
         seq: e.seq,
         node_time: e.node_time,
         header: e.header,
-        body: e.body,
+        body,
         receipt: e.receipt,
     }
 }
@@ -869,6 +882,7 @@ async fn fetch<S: Store>(
 ) -> Result<axum::Json<api::Page>, ApiError> {
     let talks = parse_talks(&talks)?;
     let (_, _, entry) = node.member(talks, &key).await?;
+    let reader = key.id();
     let limit = q.limit.unwrap_or(MAX_READ).clamp(1, MAX_READ);
     let log_size = node.store.log_size(talks).await.map_err(store_error)?;
     let rows = node
@@ -880,7 +894,7 @@ async fn fetch<S: Store>(
     let envelopes = rows
         .into_iter()
         .filter(|r| may_read(&entry, r.room))
-        .map(delivered)
+        .map(|r| delivered(r, &reader))
         .collect();
     Ok(axum::Json(api::Page {
         envelopes,
@@ -965,10 +979,11 @@ async fn create_blob<S: Store>(
     // An existing blob is linked to another room only by its own party or
     // by a key that already sees it: knowing a hash must not open another
     // party's blob (or let one overwrite its unfinished chunks).
-    if let Some(existing) = node.store.blob(talks, hash).await.map_err(store_error)? {
-        if existing.party != entry.party && !existing.rooms.iter().any(|r| may_read(&entry, *r)) {
-            return Err(ApiError::not_found());
-        }
+    if let Some(existing) = node.store.blob(talks, hash).await.map_err(store_error)?
+        && existing.party != entry.party
+        && !existing.rooms.iter().any(|r| may_read(&entry, *r))
+    {
+        return Err(ApiError::not_found());
     }
     let blob = node
         .store

@@ -230,7 +230,7 @@ async fn deliver<S: Store>(
                 if !may_read(&entry, row.room) {
                     continue;
                 }
-                let frame = api::StreamFrame::Envelope(delivered(row));
+                let frame = api::StreamFrame::Envelope(delivered(row, &entry.key_id()));
                 if !send(tx, queue, limits, &frame).await {
                     return Some((CLOSE_TOO_SLOW, "send queue full; resume by seq"));
                 }

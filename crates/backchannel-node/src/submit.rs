@@ -152,5 +152,6 @@ pub fn validate(
         header_hash: signed.hash(),
         body,
         body_hash,
+        gate: None,
     })
 }

@@ -6,7 +6,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use backchannel_codec::TalksId;
+use backchannel_codec::{RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
 use backchannel_node::integrate::{IntegrateError, MAX_INTEGRATION_BATCH, integrate_once};
 use backchannel_statement::fixtures::labels;
@@ -441,6 +441,42 @@ impl Store for Faulty {
     }
     async fn complete_blob(&self, t: TalksId, hash: Digest) -> Result<(), StoreError> {
         self.inner.complete_blob(t, hash).await
+    }
+    async fn room_state(
+        &self,
+        t: TalksId,
+        room: RoomId,
+    ) -> Result<Option<backchannel_store::RoomState>, StoreError> {
+        self.inner.room_state(t, room).await
+    }
+    async fn put_key_packages(
+        &self,
+        t: TalksId,
+        device: KeyId,
+        packages: Vec<backchannel_store::KeyPackageRecord>,
+    ) -> Result<(), StoreError> {
+        self.inner.put_key_packages(t, device, packages).await
+    }
+    async fn claim_key_package(
+        &self,
+        t: TalksId,
+        claimer: KeyId,
+        device: KeyId,
+        now: u64,
+        max_claims: u32,
+        window_s: u64,
+    ) -> Result<Option<backchannel_store::KeyPackageRecord>, StoreError> {
+        self.inner
+            .claim_key_package(t, claimer, device, now, max_claims, window_s)
+            .await
+    }
+    async fn key_package_count(
+        &self,
+        t: TalksId,
+        device: KeyId,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        self.inner.key_package_count(t, device, now).await
     }
 }
 
