@@ -26,6 +26,7 @@
 //! a simulator). Storage is a trait ([`store::ClientStore`]); time and
 //! randomness are parameters.
 
+pub mod attachment;
 pub mod follow;
 pub mod fork;
 /// Fuzz entry points (`fuzz/fuzz_targets/`, and `tests/fuzz_corpus.rs`).
@@ -33,6 +34,7 @@ pub mod fork;
 pub mod fuzz;
 pub mod net;
 pub mod participant;
+pub mod rooms;
 pub mod safety;
 pub mod seal;
 pub mod session;

@@ -462,10 +462,10 @@ impl NodeClient {
                 "an answer of {len} bytes or more, over the {max} bytes a valid one can have"
             ))
         };
-        if let Some(len) = resp.content_length() {
-            if len > max as u64 {
-                return Err(too_long(len));
-            }
+        if let Some(len) = resp.content_length()
+            && len > max as u64
+        {
+            return Err(too_long(len));
         }
         let mut out = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(&e))? {
@@ -708,25 +708,143 @@ impl NodeClient {
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes);
         let body: api::Sequenced = json(&self.call(req, MAX_ANSWER).await?)?;
-        let leaf_hash = hex_digest(&body.leaf_hash, "leaf hash")?;
-        if leaf_hash != leaf(body.seq, body.node_time) {
-            return Err(served(format!(
-                "for the envelope sent a leaf hash at seq {} that is not the envelope's",
-                body.seq
-            )));
+        sequenced_of(&body, leaf(body.seq, body.node_time))
+    }
+
+    /// `POST …/commits`: a commit envelope and, when it adds members, its
+    /// Welcome envelope, sequenced together. Retried like
+    /// [`NodeClient::submit`] (the idempotency keys make a resend answer
+    /// the first sequencing); each served leaf hash is checked.
+    pub async fn submit_commit(
+        &self,
+        talks: TalksId,
+        commit: (&SignedHeader, &[u8]),
+        welcome: Option<(&SignedHeader, &[u8])>,
+    ) -> Result<(Sequenced, Option<Sequenced>), NetError> {
+        let mut bytes = Vec::new();
+        for (h, b) in std::iter::once(commit).chain(welcome) {
+            bytes.extend_from_slice(&h.to_bytes());
+            bytes.extend_from_slice(b);
         }
-        let receipt = Receipt::from_canonical_bytes(&body.receipt).map_err(|e| {
-            served(format!(
-                "a receipt for seq {} that does not decode ({e})",
-                body.seq
-            ))
-        })?;
-        Ok(Sequenced {
-            seq: body.seq,
-            node_time: body.node_time,
-            leaf_hash,
-            receipt,
-        })
+        let check = |(h, b): (&SignedHeader, &[u8]), s: &api::Sequenced| {
+            let leaf = LeafData {
+                seq: s.seq,
+                timestamp_ms: s.node_time,
+                room: h.header().room,
+                header_hash: h.hash(),
+                body_hash: sha256(b),
+            }
+            .hash();
+            sequenced_of(s, leaf)
+        };
+        let mut delay = SUBMIT_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let req = self
+                .http
+                .post(self.talks_url(talks, "/commits"))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes.clone());
+            let answer = match self.call(req, MAX_ANSWER).await {
+                Ok(a) => a,
+                Err(e) if e.retryable() && attempt < SUBMIT_ATTEMPTS => {
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2);
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let body: api::CommitSequenced = json(&answer)?;
+            let c = check(commit, &body.commit)?;
+            let w = match (welcome, &body.welcome) {
+                (Some(w), Some(s)) => Some(check(w, s)?),
+                (None, None) => None,
+                _ => {
+                    return Err(served(
+                        "an answer to a commit whose Welcome placement does not match the request"
+                            .to_owned(),
+                    ));
+                }
+            };
+            return Ok((c, w));
+        }
+    }
+
+    /// `POST …/key-packages`: uploads this device's key packages; the
+    /// count of its ordinary packages now on the node.
+    pub async fn upload_key_packages(
+        &self,
+        talks: TalksId,
+        key_packages: Vec<Vec<u8>>,
+    ) -> Result<u64, NetError> {
+        let body: api::KeyPackageCount = self
+            .post_json(
+                self.talks_url(talks, "/key-packages"),
+                &api::KeyPackageUpload { key_packages },
+            )
+            .await?;
+        Ok(body.count)
+    }
+
+    /// `GET …/key-packages`: how many ordinary key packages of this device
+    /// the node holds.
+    pub async fn key_package_count(&self, talks: TalksId) -> Result<u64, NetError> {
+        let body: api::KeyPackageCount = self
+            .get_json(self.talks_url(talks, "/key-packages"), MAX_ANSWER)
+            .await?;
+        Ok(body.count)
+    }
+
+    /// `POST …/key-packages/claim`: one key package of each device (in
+    /// order; `None` where the device has none).
+    pub async fn claim_key_packages(
+        &self,
+        talks: TalksId,
+        devices: &[KeyId],
+    ) -> Result<Vec<Option<Vec<u8>>>, NetError> {
+        let body: api::KeyPackagesClaimed = self
+            .post_json(
+                self.talks_url(talks, "/key-packages/claim"),
+                &api::KeyPackageClaim {
+                    devices: devices.iter().map(KeyId::to_hex).collect(),
+                },
+            )
+            .await?;
+        if body.key_packages.len() != devices.len()
+            || body
+                .key_packages
+                .iter()
+                .zip(devices)
+                .any(|(c, d)| c.device != d.to_hex())
+        {
+            return Err(served(
+                "key packages for other devices than those asked for".to_owned(),
+            ));
+        }
+        Ok(body
+            .key_packages
+            .into_iter()
+            .map(|c| c.key_package)
+            .collect())
+    }
+
+    /// `GET …/rooms/{room}/group-info`: the room's epoch and latest
+    /// GroupInfo; `None` when the room has no group yet.
+    pub async fn group_info(
+        &self,
+        talks: TalksId,
+        room: RoomId,
+    ) -> Result<Option<(u64, Vec<u8>)>, NetError> {
+        let url = self.talks_url(talks, &format!("/rooms/{}/group-info", room.to_hex()));
+        match self
+            .get_json::<api::GroupInfoBody>(url, MAX_PAGE_ANSWER)
+            .await
+        {
+            Ok(b) => Ok(Some((b.epoch, b.group_info))),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET …/envelopes?from=&limit=`: a page of the caller's rooms'
@@ -1272,6 +1390,30 @@ fn api_error(status: u16, body: &[u8]) -> NetError {
     }
 }
 
+/// A placement as answered, checked against the leaf hash the envelope
+/// sent has at that seq and time.
+fn sequenced_of(body: &api::Sequenced, leaf: Digest) -> Result<Sequenced, NetError> {
+    let leaf_hash = hex_digest(&body.leaf_hash, "leaf hash")?;
+    if leaf_hash != leaf {
+        return Err(served(format!(
+            "for the envelope sent a leaf hash at seq {} that is not the envelope's",
+            body.seq
+        )));
+    }
+    let receipt = Receipt::from_canonical_bytes(&body.receipt).map_err(|e| {
+        served(format!(
+            "a receipt for seq {} that does not decode ({e})",
+            body.seq
+        ))
+    })?;
+    Ok(Sequenced {
+        seq: body.seq,
+        node_time: body.node_time,
+        leaf_hash,
+        receipt,
+    })
+}
+
 fn hex_digest(s: &str, what: &str) -> Result<Digest, NetError> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(s, &mut out)
@@ -1403,10 +1545,9 @@ fn pin_failed(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(inner) = err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
+            && pin_failed(inner)
         {
-            if pin_failed(inner) {
-                return true;
-            }
+            return true;
         }
         next = err.source();
     }

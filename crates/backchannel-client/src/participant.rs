@@ -47,7 +47,10 @@ use crate::store::{ClientStore, ClientStoreError, Namespace, Put};
 /// The version of [`TalksRecord`]s and the talks index.
 pub const RECORD_VERSION: u8 = 1;
 /// The version of invitation documents.
-pub const INVITATION_DOC_VERSION: u8 = 1;
+pub const INVITATION_DOC_VERSION: u8 = 2;
+
+/// The version of the member invitation and reply documents.
+pub const MEMBER_DOC_VERSION: u8 = 1;
 /// The version of enrolment payloads.
 pub const ENROLMENT_VERSION: u8 = 1;
 /// The most member entries one enrolment carries.
@@ -130,6 +133,10 @@ pub struct InvitationDoc {
     pub token: InvitationToken,
     /// When the node stops honouring it (Unix ms).
     pub expires_at: u64,
+    /// The mediator's HPKE (X25519) public key the party seals its
+    /// enrolment to ([`Enrolment::seal`]), so the node never reads the
+    /// names it carries.
+    pub enrolment_key: [u8; 32],
 }
 
 /// The JSON form of an [`InvitationDoc`], as written to a file.
@@ -145,6 +152,7 @@ struct InvitationJson {
     party: String,
     token: String,
     expires_at: u64,
+    enrolment_key: String,
 }
 
 /// Why an invitation document was refused.
@@ -154,7 +162,10 @@ pub enum InvitationDocError {
     #[error("not an invitation document: {0}")]
     Json(String),
     /// Another version.
-    #[error("invitation document version {0}; this client reads version 1")]
+    #[error(
+        "document version {0}, which this client does not read: ask for one made by this \
+         version of Backchannel"
+    )]
     Version(u8),
     /// A field does not parse.
     #[error("the invitation's {field} is not valid: {reason}")]
@@ -259,6 +270,7 @@ impl InvitationDoc {
             party: self.party.to_hex(),
             token: hex::encode(self.token.0),
             expires_at: self.expires_at,
+            enrolment_key: hex::encode(self.enrolment_key),
         };
         // Serialising a struct of strings and integers cannot fail.
         serde_json::to_string_pretty(&json).unwrap_or_default()
@@ -281,6 +293,7 @@ impl InvitationDoc {
             party: PartyId::from_hex(&json.party).map_err(field_err("party"))?,
             token: InvitationToken(hex32("token", &json.token)?),
             expires_at: json.expires_at,
+            enrolment_key: hex32("enrolment key", &json.enrolment_key)?,
         })
     }
 }
@@ -370,7 +383,7 @@ impl MemberInvitationDoc {
     /// The document's text.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&MemberInvitationJson {
-            version: INVITATION_DOC_VERSION,
+            version: MEMBER_DOC_VERSION,
             node_address: self.node.address.clone(),
             node_fingerprint: hex::encode(self.node.fingerprint.0),
             node_origin: self.node.origin.as_str().to_owned(),
@@ -389,7 +402,7 @@ impl MemberInvitationDoc {
     /// Parses a document, strictly.
     pub fn parse(text: &str) -> Result<Self, InvitationDocError> {
         let j: MemberInvitationJson = json_of(text)?;
-        if j.version != INVITATION_DOC_VERSION {
+        if j.version != MEMBER_DOC_VERSION {
             return Err(InvitationDocError::Version(j.version));
         }
         let role = Role::from_canonical_bytes(&[j.role]).map_err(field_err("role"))?;
@@ -415,7 +428,7 @@ impl MemberReplyDoc {
     /// The document's text.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&MemberReplyJson {
-            version: INVITATION_DOC_VERSION,
+            version: MEMBER_DOC_VERSION,
             talks: self.talks.to_hex(),
             principal: self.principal.to_hex(),
             identity_key: hex::encode(self.identity_key.as_bytes()),
@@ -429,7 +442,7 @@ impl MemberReplyDoc {
     /// admits the member).
     pub fn parse(text: &str) -> Result<Self, InvitationDocError> {
         let j: MemberReplyJson = json_of(text)?;
-        if j.version != INVITATION_DOC_VERSION {
+        if j.version != MEMBER_DOC_VERSION {
             return Err(InvitationDocError::Version(j.version));
         }
         let device_cert = hex::decode(&j.device_cert).map_err(|e| InvitationDocError::Field {
@@ -476,6 +489,64 @@ impl Decode for Enrolment {
         let entry = PartyEntry::decode(r)?;
         let members = r.list("enrolled members", MAX_ENROLLED_MEMBERS)?;
         Ok(Self { entry, members })
+    }
+}
+
+/// The HPKE `info` an enrolment is sealed under: it binds the talks and
+/// the party, so a sealed enrolment cannot be replayed into other talks or
+/// for another party.
+fn enrolment_info(talks: TalksId, party: PartyId) -> Vec<u8> {
+    let mut info = b"backchannel/v1/enrolment-seal".to_vec();
+    info.extend_from_slice(talks.as_bytes());
+    info.extend_from_slice(party.as_bytes());
+    info
+}
+
+/// Why a sealed enrolment could not be opened.
+#[derive(Debug, Error)]
+pub enum EnrolmentError {
+    /// It does not open with the mediator's key for these talks and party.
+    #[error("the enrolment does not open with your enrolment key for that party: {0}")]
+    Open(#[from] backchannel_mls::HpkeError),
+    /// It opened but does not decode.
+    #[error("the enrolment does not decode: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl Enrolment {
+    /// The payload a party posts with its invitation token: the canonical
+    /// enrolment sealed (HPKE) to the mediator's enrolment key from the
+    /// invitation document.
+    pub fn seal(&self, doc: &InvitationDoc) -> Result<Vec<u8>, backchannel_mls::HpkeError> {
+        self.seal_to(&doc.enrolment_key, doc.talks, doc.party)
+    }
+
+    /// [`Enrolment::seal`] to the enrolment key `key` of `talks`, for
+    /// `party`.
+    pub fn seal_to(
+        &self,
+        key: &[u8; 32],
+        talks: TalksId,
+        party: PartyId,
+    ) -> Result<Vec<u8>, backchannel_mls::HpkeError> {
+        backchannel_mls::hpke_seal(
+            key,
+            &enrolment_info(talks, party),
+            &[],
+            &self.to_canonical_bytes(),
+        )
+    }
+
+    /// Opens a payload [`Enrolment::seal`] made, with the mediator's
+    /// enrolment secret `ikm` for `talks`, as posted for `party`.
+    pub fn open(
+        ikm: &[u8; 32],
+        talks: TalksId,
+        party: PartyId,
+        payload: &[u8],
+    ) -> Result<Self, EnrolmentError> {
+        let bytes = backchannel_mls::hpke_open(ikm, &enrolment_info(talks, party), &[], payload)?;
+        Ok(Self::from_canonical_bytes(&bytes)?)
     }
 }
 
@@ -835,6 +906,7 @@ mod tests {
             party: PartyId([2; 16]),
             token: InvitationToken([3; 32]),
             expires_at: 42,
+            enrolment_key: [4; 32],
         };
         let text = doc.to_json();
         assert_eq!(InvitationDoc::parse(&text).expect("parse"), doc);
@@ -844,9 +916,10 @@ mod tests {
             let e = InvitationDoc::parse(&bad).expect_err(&bad).to_string();
             assert!(e.contains(want), "{e} lacks {want}");
         };
-        check("\"version\": 1", "\"version\": 2", "version 2");
+        check("\"version\": 2", "\"version\": 3", "version 3");
         check(&doc.talks.to_hex(), "zz", "talks");
         check(&hex::encode([3u8; 32]), "0303", "token");
+        check(&hex::encode([4u8; 32]), "04", "enrolment key");
         check("node.example.org", "", "node origin");
         check(
             "\"expires_at\"",

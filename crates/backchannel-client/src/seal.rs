@@ -1,13 +1,13 @@
-//! The one seam every body goes through: [`Seal::seal`] on send,
-//! [`Seal::open`] on receive. Until rooms are MLS groups (the rooms issue
-//! replaces what this seam does, nothing else), [`PlaintextSeal`] only pads:
-//! **bodies are not yet encrypted**, and the node can read them.
-//!
-//! What is sealed is an application message:
+//! The application message: what a room's MLS group encrypts
+//! (`backchannel_mls::Member::encrypt`, with the header's commitment as the
+//! MLS authenticated data) and what every recipient checks against that
+//! commitment after decrypting.
 //!
 //! ```text
 //! app     = version:u8 (=1) kind:u8 salt:[32] content:bytes
 //! kind    = 1 statement (a canonical SignedStatement) | 2 talk (UTF-8 text)
+//!         | 3 copy (statements posted before newcomers joined, see crate::rooms)
+//!         | 4 attachment (an encrypted blob's address, size, key, name: crate::attachment)
 //! header.commitment = Commitment::to_plaintext(salt, content)
 //! ```
 //!
@@ -15,10 +15,8 @@
 //! (evidence bundles), and a receiver checks that what it opened is what
 //! the signed header committed to.
 
-use backchannel_codec::{DecodeError, Reader, RoomId, Writer};
-use backchannel_statement::header::{BodyError, pad_body, unpad_body};
+use backchannel_codec::{DecodeError, Reader, Writer};
 use backchannel_statement::{Commitment, Salt};
-use thiserror::Error;
 
 /// The application message format version.
 pub const APP_VERSION: u8 = 1;
@@ -34,6 +32,12 @@ pub enum Content {
     Statement(Vec<u8>),
     /// Talk: UTF-8 text.
     Talk(String),
+    /// A copy of earlier statements of the room for devices that joined
+    /// after them (`crate::rooms`).
+    Copy(Vec<u8>),
+    /// A file shared in the room: its encrypted blob's address, size, key
+    /// and name ([`crate::attachment::Attachment`], canonical bytes).
+    Attachment(Vec<u8>),
 }
 
 impl Content {
@@ -41,13 +45,15 @@ impl Content {
         match self {
             Content::Statement(_) => 1,
             Content::Talk(_) => 2,
+            Content::Copy(_) => 3,
+            Content::Attachment(_) => 4,
         }
     }
 
     /// The bytes the commitment covers.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Content::Statement(b) => b,
+            Content::Statement(b) | Content::Copy(b) | Content::Attachment(b) => b,
             Content::Talk(t) => t.as_bytes(),
         }
     }
@@ -95,6 +101,11 @@ impl AppMessage {
                     })?
                     .to_owned(),
             ),
+            3 => Content::Copy(rest.to_vec()),
+            4 => {
+                crate::attachment::Attachment::from_bytes(rest)?;
+                Content::Attachment(rest.to_vec())
+            }
             k => {
                 return Err(DecodeError::UnknownValue {
                     field: "application message kind",
@@ -106,98 +117,35 @@ impl AppMessage {
     }
 }
 
-/// Why a body could not be sealed or opened.
-#[derive(Debug, Error)]
-pub enum SealError {
-    /// The content is larger than one envelope carries.
-    #[error("the content is larger than {MAX_CONTENT} bytes; send it as a blob")]
-    TooLarge,
-    /// Padding failed.
-    #[error("padding: {0}")]
-    Body(#[from] BodyError),
-    /// The opened bytes are not an application message.
-    #[error("the body is not an application message: {0}")]
-    Malformed(#[from] DecodeError),
-    /// What was opened is not what the header committed to.
-    #[error("the body does not open the header's commitment")]
-    Commitment,
-}
-
-/// Seals bodies for a room and opens them.
-pub trait Seal: Send + Sync {
-    /// The padded body for `message` in `room`.
-    fn seal(&self, room: RoomId, message: &AppMessage) -> Result<Vec<u8>, SealError>;
-
-    /// The message in `body`, checked against the header's commitment.
-    fn open(
-        &self,
-        room: RoomId,
-        body: &[u8],
-        commitment: &Commitment,
-    ) -> Result<AppMessage, SealError>;
-}
-
-/// Until the rooms issue: padding only, no encryption.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PlaintextSeal;
-
-impl Seal for PlaintextSeal {
-    fn seal(&self, _room: RoomId, message: &AppMessage) -> Result<Vec<u8>, SealError> {
-        if message.content.bytes().len() > MAX_CONTENT {
-            return Err(SealError::TooLarge);
-        }
-        Ok(pad_body(&message.to_bytes())?)
-    }
-
-    fn open(
-        &self,
-        _room: RoomId,
-        body: &[u8],
-        commitment: &Commitment,
-    ) -> Result<AppMessage, SealError> {
-        let m = AppMessage::from_bytes(unpad_body(body)?)?;
-        if m.commitment() != *commitment {
-            return Err(SealError::Commitment);
-        }
-        Ok(m)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn seal_then_open() {
-        let room = RoomId([1; 16]);
+    fn application_messages_round_trip_and_bad_bytes_are_refused() {
         for content in [
             Content::Talk("Muscat, Tuesday".into()),
             Content::Statement(vec![1, 2, 3]),
+            Content::Copy(vec![0, 0, 0, 0]),
         ] {
             let m = AppMessage {
                 content,
                 salt: Salt([9; 32]),
             };
-            let body = PlaintextSeal.seal(room, &m).expect("seals");
-            assert!(backchannel_statement::header::BODY_BUCKETS.contains(&(body.len() as u32)));
-            assert_eq!(
-                PlaintextSeal
-                    .open(room, &body, &m.commitment())
-                    .expect("opens"),
-                m
-            );
-            // Another commitment: refused.
-            let other = Commitment([0; 32]);
-            assert!(matches!(
-                PlaintextSeal.open(room, &body, &other),
-                Err(SealError::Commitment)
-            ));
+            assert_eq!(AppMessage::from_bytes(&m.to_bytes()).expect("parses"), m);
         }
-        let bad = pad_body(&[1, 7]).expect("pads");
-        assert!(
-            PlaintextSeal
-                .open(room, &bad, &Commitment([0; 32]))
-                .is_err()
-        );
+        for bad in [
+            &b""[..],
+            &[2, 1][..],
+            &[1, 9, 0][..],
+            &{
+                let mut b = vec![1, 2];
+                b.extend([0; 32]);
+                b.extend([0xff, 0xfe]);
+                b
+            }[..],
+        ] {
+            assert!(AppMessage::from_bytes(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -65,8 +65,7 @@ use std::fmt;
 use backchannel_codec::{Decode, Encode, Reader, RoomId, TalksId, Writer};
 use backchannel_core::replay::{KeyRole, LoggedStatement, Replay};
 use backchannel_crypto::{Digest, KeyId, PublicKey, SecretKey, Signer};
-use backchannel_statement::header::BODY_BUCKETS;
-use backchannel_statement::{AccessList, Header, Kind, Salt, SignedHeader, SignedStatement};
+use backchannel_statement::{AccessList, Kind, SignedHeader, SignedStatement};
 use backchannel_tlog::{
     InclusionProof, LeafData, LogOrigin, NodeOrigin, Receipt, SignedCheckpoint,
 };
@@ -76,8 +75,9 @@ use crate::follow::{
     self, FollowError, Follower, Pending, TILE_HEIGHT, TILE_WIDTH, Withheld, Witness,
 };
 use crate::net::{Delivered, NetError, NodeClient, Page};
-use crate::seal::{AppMessage, Content, Seal, SealError};
+use crate::seal::{AppMessage, Content};
 use crate::store::{ClientStore, ClientStoreError, Namespace, Put};
+use backchannel_mls::Member;
 
 /// How many envelopes a page asks for: the most the node serves in one.
 pub const PAGE_LIMIT: usize = 1000;
@@ -108,6 +108,10 @@ pub const MAX_BLAME_PROOFS: usize = 64;
 /// The format version of the persisted unaccounted leaves.
 const UNACCOUNTED_VERSION: u8 = 1;
 
+/// The format version of an archived envelope record (2: with why its
+/// body could not be read here).
+const ARCHIVE_VERSION: u8 = 2;
+
 /// One accepted envelope, as archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archived {
@@ -119,8 +123,14 @@ pub struct Archived {
     pub header: SignedHeader,
     /// Its receipt.
     pub receipt: Receipt,
-    /// What it carried, if the body could be opened (absent once purged).
+    /// What it carried, if the body could be opened (absent once purged,
+    /// and for handshakes and Welcomes).
     pub message: Option<AppMessage>,
+    /// Why the body could not be read on this device, in words a person
+    /// can act on (sent before it joined the room, a Welcome for another
+    /// device, evidence against the sender); `None` when it was read, or
+    /// carries nothing to read.
+    pub unreadable: Option<String>,
 }
 
 impl Archived {
@@ -139,9 +149,9 @@ impl Archived {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.u8(1);
+        w.u8(ARCHIVE_VERSION);
         w.u64(self.seq);
         w.u64(self.node_time);
         w.raw(&self.header.to_bytes());
@@ -153,13 +163,21 @@ impl Archived {
             }
             None => w.u8(0),
         }
+        match &self.unreadable {
+            Some(why) => {
+                w.u8(1);
+                w.bytes(why.as_bytes());
+            }
+            None => w.u8(0),
+        }
         w.into_bytes()
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, SessionError> {
         let bad = |e: backchannel_codec::DecodeError| SessionError::Stored(e.to_string());
         let mut r = Reader::new(bytes);
-        r.version("archive record version", 1).map_err(bad)?;
+        r.version("archive record version", ARCHIVE_VERSION)
+            .map_err(bad)?;
         let seq = r.u64("seq").map_err(bad)?;
         let node_time = r.u64("node time").map_err(bad)?;
         let header = SignedHeader::decode(
@@ -175,6 +193,13 @@ impl Archived {
                 AppMessage::from_bytes(r.bytes("message", 1 << 21).map_err(bad)?).map_err(bad)?,
             ),
         };
+        let unreadable = match r.u8("unreadable present").map_err(bad)? {
+            0 => None,
+            _ => Some(
+                String::from_utf8(r.bytes("unreadable", 4096).map_err(bad)?.to_vec())
+                    .map_err(|_| SessionError::Stored("unreadable: not UTF-8".into()))?,
+            ),
+        };
         r.finish().map_err(bad)?;
         Ok(Self {
             seq,
@@ -182,6 +207,7 @@ impl Archived {
             header,
             receipt,
             message,
+            unreadable,
         })
     }
 }
@@ -198,9 +224,6 @@ pub enum SessionError {
     /// Stored state does not decode.
     #[error("stored session state is damaged: {0}")]
     Stored(String),
-    /// The content could not be sealed.
-    #[error(transparent)]
-    Seal(#[from] SealError),
     /// Signing failed.
     #[error("signing failed: {0}")]
     Sign(String),
@@ -372,20 +395,22 @@ pub struct ReplayReport {
 }
 
 /// A device's session in one talks.
-pub struct Session<S: ClientStore, L: Seal> {
-    store: std::sync::Arc<S>,
-    seal: L,
-    node: NodeClient,
-    device: SecretKey,
-    talks: TalksId,
-    log_key: PublicKey,
+pub struct Session<S: ClientStore> {
+    pub(crate) store: std::sync::Arc<S>,
+    pub(crate) node: NodeClient,
+    pub(crate) device: SecretKey,
+    pub(crate) talks: TalksId,
+    pub(crate) log_key: PublicKey,
     origin: LogOrigin,
+    /// This device's MLS state in the talks: one group per room it is in.
+    /// Persisted with the archive and the cursor in one write.
+    pub(crate) mls: Member,
     /// The next seq to fetch.
     next: u64,
     follower: Follower,
     witness: Witness,
-    pending: Pending,
-    idempotency: u64,
+    pub(crate) pending: Pending,
+    pub(crate) idempotency: u64,
     /// Verified leaves at or past the fetch cursor, not yet accounted for
     /// (the log was verified ahead of receiving), in seq order.
     unaccounted: Vec<LeafData>,
@@ -395,13 +420,13 @@ pub struct Session<S: ClientStore, L: Seal> {
     keys: Replay,
 }
 
-fn key(talks: TalksId, name: &str) -> Vec<u8> {
+pub(crate) fn key(talks: TalksId, name: &str) -> Vec<u8> {
     let mut k = talks.0.to_vec();
     k.extend_from_slice(name.as_bytes());
     k
 }
 
-fn seq_key(talks: TalksId, seq: u64) -> Vec<u8> {
+pub(crate) fn seq_key(talks: TalksId, seq: u64) -> Vec<u8> {
     let mut k = talks.0.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
     k
@@ -529,10 +554,9 @@ pub fn revoked_or_expired(
     if let KeyRole::Device {
         not_after: Some(t), ..
     } = state.role
+        && t < node_time
     {
-        if t < node_time {
-            return Some(format!("sent after its device key expired (not after {t})"));
-        }
+        return Some(format!("sent after its device key expired (not after {t})"));
     }
     None
 }
@@ -634,7 +658,7 @@ impl Pager {
     }
 }
 
-impl<S: ClientStore, L: Seal> Session<S, L> {
+impl<S: ClientStore> Session<S> {
     /// Opens (or resumes) the session of `device` in `talks` on the node
     /// `node` (already pinned), whose log origin and key are `node_origin`
     /// and `log_key`.
@@ -644,7 +668,6 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
     /// is stored apart from the archive).
     pub async fn open(
         store: std::sync::Arc<S>,
-        seal: L,
         node: NodeClient,
         device: SecretKey,
         talks: TalksId,
@@ -691,9 +714,16 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             Some(b) => decode_leaves(&b)?,
             None => Vec::new(),
         };
+        let device_copy = SecretKey::from_seed(&device.seed())
+            .map_err(|e| SessionError::Stored(format!("the device key: {e}")))?;
+        let mls = match store.get(Namespace::Mls, &key(talks, "mls")).await? {
+            Some(b) => Member::from_bytes(talks, device_copy, &b)
+                .map_err(|e| SessionError::Stored(format!("MLS state: {e}")))?,
+            None => Member::new(talks, device_copy),
+        };
         let mut session = Self {
             store,
-            seal,
+            mls,
             node,
             device,
             talks,
@@ -739,64 +769,6 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
         self.next
     }
 
-    /// Seals `content` for `room`, signs the header with the device key and
-    /// submits it; the receipt is verified and kept until the envelope is
-    /// included in a verified checkpoint. Returns the seq.
-    pub async fn send(
-        &mut self,
-        room: RoomId,
-        content: Content,
-        salt: Salt,
-    ) -> Result<u64, SessionError> {
-        let message = AppMessage { content, salt };
-        let body = self.seal.seal(room, &message)?;
-        debug_assert!(BODY_BUCKETS.contains(&(body.len() as u32)));
-        // The idempotency key is stored before the submission, so a retry
-        // after a crash reuses it rather than sending twice.
-        self.idempotency += 1;
-        self.store
-            .put(
-                Namespace::Checkpoints,
-                &key(self.talks, "idempotency"),
-                &self.idempotency.to_be_bytes(),
-            )
-            .await?;
-        let mut idem = [0u8; 16];
-        idem[..8].copy_from_slice(&self.idempotency.to_be_bytes());
-        idem[8..].copy_from_slice(&self.device.public_key().as_bytes()[..8]);
-        let header = Header {
-            talks: self.talks,
-            room,
-            sender: self.device.public_key().id(),
-            kind: Kind::MlsApp,
-            idempotency_key: idem,
-            body_len: body.len() as u32,
-            body_hash: backchannel_crypto::sha256(&body),
-            commitment: message.commitment(),
-        }
-        .sign(&self.device)
-        .map_err(|e| SessionError::Sign(e.to_string()))?;
-        let sequenced = self.node.submit(self.talks, &header, &body).await?;
-        sequenced
-            .verify_receipt(&self.log_key, self.talks)
-            .map_err(|e| SessionError::Evidence(format!("a receipt that does not verify: {e}")))?;
-        self.pending
-            .add(
-                sequenced.seq,
-                sequenced.leaf_hash,
-                sequenced.receipt.batch_timestamp_ms(),
-            )
-            .map_err(|e| SessionError::Evidence(e.to_string()))?;
-        self.store
-            .put(
-                Namespace::Checkpoints,
-                &key(self.talks, "pending"),
-                &self.pending.to_canonical_bytes(),
-            )
-            .await?;
-        Ok(sequenced.seq)
-    }
-
     /// Fetches everything new of this session's rooms, verifies it and
     /// archives it. Returns the newly archived envelopes.
     ///
@@ -819,9 +791,38 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
     /// envelope that does not check out is evidence and stops the receive
     /// with an error naming its seq.
     pub async fn receive(&mut self, list: &AccessList) -> Result<Vec<Archived>, SessionError> {
+        self.flush_unsent().await?;
+        let saved = self.mls.to_bytes();
+        match self.receive_pages(list).await {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                // What this call processed but did not store is undone, so
+                // that memory and the store agree again.
+                if let Ok(m) = Member::from_bytes(
+                    self.talks,
+                    SecretKey::from_seed(&self.device.seed())
+                        .map_err(|e| SessionError::Stored(e.to_string()))?,
+                    &self.stored_mls().await?.unwrap_or(saved),
+                ) {
+                    self.mls = m;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn stored_mls(&self) -> Result<Option<Vec<u8>>, SessionError> {
+        Ok(self
+            .store
+            .get(Namespace::Mls, &key(self.talks, "mls"))
+            .await?)
+    }
+
+    async fn receive_pages(&mut self, list: &AccessList) -> Result<Vec<Archived>, SessionError> {
         let mut out = Vec::new();
         let mut pager = Pager::new(self.next);
         let mut skipped = Vec::new();
+        let mut copies = Vec::new();
         loop {
             let mut writes = Vec::new();
             // The replay moves on with the archive: a page's statements
@@ -832,10 +833,21 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
                 .await?
             {
                 Paged::Page(page) => {
-                    let replay = keys.insert(self.keys.clone());
+                    let mut replay = self.keys.clone();
                     for d in page.envelopes {
-                        let archived = self.accept(list, replay, d)?;
-                        replay_archived(replay, &archived);
+                        let archived = self.accept(list, &replay, d).await?;
+                        replay_archived(&mut replay, &archived);
+                        if let Some(AppMessage {
+                            content: Content::Copy(bytes),
+                            ..
+                        }) = &archived.message
+                        {
+                            copies.push((
+                                archived.header.header().room,
+                                archived.seq,
+                                bytes.clone(),
+                            ));
+                        }
                         writes.push(Put {
                             ns: Namespace::Archive,
                             key: seq_key(self.talks, archived.seq),
@@ -843,6 +855,7 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
                         });
                         out.push(archived);
                     }
+                    keys = Some(replay);
                     page.next >= page.log_size
                 }
                 Paged::Refused { seq, error } => {
@@ -864,21 +877,50 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
                 key: key(self.talks, "next"),
                 value: Some(self.next.to_be_bytes().to_vec()),
             });
-            // The archive and the cursor move together.
+            // The archive, the cursor and the MLS state move together.
+            writes.push(Put {
+                ns: Namespace::Mls,
+                key: key(self.talks, "mls"),
+                value: Some(self.mls.to_bytes()),
+            });
             self.store.put_many(writes).await?;
             if let Some(keys) = keys {
                 self.keys = keys;
             }
             if done {
-                return Ok(out);
+                break;
             }
         }
+        // Copies open statements posted before this device joined; the
+        // replay of key validity is rebuilt with them in their places.
+        let mut opened = 0;
+        for (room, at, bytes) in copies {
+            let Ok(items) = crate::rooms::decode_copy(&bytes) else {
+                continue;
+            };
+            let (n, _bad) = self.apply_copy(room, at, items).await?;
+            opened += n;
+        }
+        if opened > 0 {
+            let mut replay = Replay::new(self.talks);
+            for archived in self.archive().await? {
+                replay_archived(&mut replay, &archived);
+            }
+            self.keys = replay;
+            for a in &mut out {
+                if let Some(stored) = self.archived(a.seq).await? {
+                    *a = stored;
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// Verifies one delivered envelope; `replay` holds the statements
-    /// archived before it ([`sender_key`]).
-    fn accept(
-        &self,
+    /// Verifies one delivered envelope and opens it with the room's MLS
+    /// group; `replay` holds the statements archived before it
+    /// ([`sender_key`]).
+    async fn accept(
+        &mut self,
         list: &AccessList,
         replay: &Replay,
         d: Delivered,
@@ -888,17 +930,42 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
         d.verify_receipt(&self.log_key)
             .map_err(|e| evidence(format!("its receipt does not verify ({e})")))?;
         let h = *d.header.header();
-        let sender = sender_key(list, replay, seq, &h.sender).map_err(evidence)?;
+        let sender = match sender_key(list, replay, seq, &h.sender) {
+            Ok(k) => k,
+            // A device this one cannot place, in a room whose group this
+            // device was not in yet: what it sent before this device joined
+            // cannot be read here either (copies open statements later).
+            Err(_) if self.mls.epoch(h.room).is_none() => {
+                return Ok(Archived {
+                    seq,
+                    node_time: d.node_time,
+                    header: d.header,
+                    receipt: d.receipt,
+                    message: None,
+                    unreadable: Some(
+                        "sent before this device joined the room, by a device it cannot place"
+                            .into(),
+                    ),
+                });
+            }
+            Err(why) => return Err(evidence(why)),
+        };
         d.header
             .verify(&sender)
             .map_err(|_| evidence("its header signature does not verify".into()))?;
-        let message = match &d.body {
-            Some(body) => Some(
-                self.seal
-                    .open(h.room, body, &h.commitment)
-                    .map_err(|e| evidence(format!("its body does not open: {e}")))?,
-            ),
-            None => None,
+        let (message, unreadable) = match &d.body {
+            Some(body) => {
+                let own = if h.sender == self.device.public_key().id() && h.kind == Kind::MlsApp {
+                    self.store
+                        .get(Namespace::Mls, &self.sent_key(&d.header))
+                        .await?
+                } else {
+                    None
+                };
+                self.open_envelope(list, replay, seq, &d.header, body, own)
+            }
+            None if h.kind == Kind::Welcome => (None, None),
+            None => (None, None),
         };
         Ok(Archived {
             seq,
@@ -906,6 +973,7 @@ impl<S: ClientStore, L: Seal> Session<S, L> {
             header: d.header,
             receipt: d.receipt,
             message,
+            unreadable,
         })
     }
 

@@ -32,6 +32,10 @@ pub enum Namespace {
     Cosigned,
     /// Archived envelopes, by talks and seq.
     Archive,
+    /// MLS state per talks (one group per room), the request written
+    /// before its first send, and the plaintexts of this device's own
+    /// messages (MLS cannot decrypt one's own).
+    Mls,
 }
 
 impl Namespace {
@@ -44,6 +48,7 @@ impl Namespace {
             Namespace::Checkpoints => 4,
             Namespace::Cosigned => 5,
             Namespace::Archive => 6,
+            Namespace::Mls => 7,
         }
     }
 }

@@ -18,18 +18,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::net::NetError;
+use backchannel_client::attachment::{Attachment, BLOB_OVERHEAD, MAX_ATTACHMENT_NAME};
 use backchannel_client::seal::Content;
+use rand_core::{OsRng, RngCore};
 use backchannel_crypto::{Digest, sha256};
 use backchannel_node::api::codes;
-use backchannel_statement::Salt;
 use clap::{Args, Subcommand};
-use rand_core::OsRng;
 use serde::Serialize;
 
 use crate::cli::{EXIT_CODES, TalksArgs};
 use crate::home;
 use crate::messages::Evidence;
-use crate::participant::{self, CliSession, Ctx, refresh};
+use crate::participant::{self, Ctx, refresh};
 
 /// `backchannel blob …`.
 #[derive(Debug, Subcommand)]
@@ -168,17 +168,31 @@ async fn put_in(ctx: &Ctx, a: &BlobPutArgs, len: u64) -> anyhow::Result<Put> {
         .await
         .context("asking the node for its limits")?;
     ensure!(
-        len <= info.max_blob,
-        "{} is {len} bytes; this node takes blobs of at most {} bytes",
+        len.saturating_add(BLOB_OVERHEAD as u64) <= info.max_blob,
+        "{} is {len} bytes; this node takes files of at most {} bytes (blobs of {}, with \
+         {BLOB_OVERHEAD} bytes of encryption overhead)",
         a.file.display(),
+        info.max_blob.saturating_sub(BLOB_OVERHEAD as u64),
         info.max_blob
     );
     let view = refresh(ctx, &mut s).await?;
     // The announcement is talk: the same rules as `send`, checked before
     // anything is uploaded.
     let room = crate::messages::talk_room(ctx, &s, &view, &a.room).await?;
-    let bytes = participant::read_bounded(&a.file, info.max_blob, "blob")?;
-    let hash = sha256(&bytes);
+    let file = participant::read_bounded(
+        &a.file,
+        info.max_blob.saturating_sub(BLOB_OVERHEAD as u64),
+        "blob",
+    )?;
+    // Encrypted here under a fresh key; the node stores ciphertext, and the
+    // key travels only in the room's MLS group, in the announcement.
+    let (mut key, mut nonce) = ([0u8; 32], [0u8; 24]);
+    OsRng.fill_bytes(&mut key);
+    OsRng.fill_bytes(&mut nonce);
+    let (bytes, attachment) =
+        Attachment::seal(ctx.talks(), key, nonce, file_name(&a.file), &file)
+            .map_err(|e| anyhow!("{e}"))?;
+    let hash = attachment.blob;
     let blob = s
         .node()
         .upload_blob(ctx.talks(), room, &bytes)
@@ -188,36 +202,34 @@ async fn put_in(ctx: &Ctx, a: &BlobPutArgs, len: u64) -> anyhow::Result<Put> {
         blob.hash == hash && blob.size == bytes.len() as u64,
         "the node answered for another blob than the one uploaded"
     );
-    let seq = announce(&mut s, room, &hash, blob.size, &a.file).await?;
+    let seq = participant::post(&mut s, room, Content::Attachment(attachment.to_bytes()))
+        .await
+        .context(
+            "the blob is stored, but announcing it in the room failed; run `backchannel blob \
+             put` again to announce it",
+        )?;
     Ok(Put {
         hash: hash.to_hex(),
-        size: blob.size,
+        size: file.len() as u64,
         room: view.room_name(room),
         seq,
     })
 }
 
-/// Sends the talk line that announces the blob in `room`.
-async fn announce(
-    s: &mut CliSession,
-    room: backchannel_codec::RoomId,
-    hash: &Digest,
-    size: u64,
-    file: &Path,
-) -> anyhow::Result<u64> {
-    // The file's name only, on one line: control characters would let a
-    // name forge lines of its own.
-    let name: String = file
+/// The file's name only, on one line, at most 255 bytes: control
+/// characters would let a name forge lines of its own.
+fn file_name(file: &Path) -> String {
+    let mut name: String = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
-    let text = format!("blob {} {size} bytes: {name}", hash.to_hex());
-    s.send(room, Content::Talk(text), Salt::generate(&mut OsRng))
-        .await
-        .context("the blob is stored, but announcing it in the room failed; run `backchannel blob put` again to announce it")
+    while name.len() > MAX_ATTACHMENT_NAME {
+        name.pop();
+    }
+    name
 }
 
 #[derive(Serialize)]
@@ -256,11 +268,28 @@ async fn get(dir: PathBuf, a: BlobGetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Downloads the blob and re-hashes it here, whatever the client library
-/// checked already: bytes that do not hash to the address asked for are
-/// evidence against the node.
+/// Finds the blob's announcement in the rooms this device reads, downloads
+/// the blob and re-hashes it here, whatever the client library checked
+/// already (bytes that do not hash to the address asked for are evidence
+/// against the node), then decrypts it with the announced key.
 async fn fetch(ctx: &Ctx, hash: &Digest) -> anyhow::Result<Vec<u8>> {
-    let s = ctx.session().await?;
+    let mut s = ctx.session().await?;
+    let view = refresh(ctx, &mut s).await?;
+    let attachment = view
+        .archive
+        .iter()
+        .filter_map(|a| match a.message.as_ref().map(|m| &m.content) {
+            Some(Content::Attachment(b)) => Attachment::from_bytes(b).ok(),
+            _ => None,
+        })
+        .find(|a| a.blob == *hash)
+        .ok_or_else(|| {
+            anyhow!(
+                "no announcement of blob {} in the rooms you read: its key travels only in the \
+                 room's announcement; check the hash (`backchannel read`)",
+                hash.to_hex()
+            )
+        })?;
     let bytes = s
         .node()
         .download_blob(ctx.talks(), hash)
@@ -277,7 +306,14 @@ async fn fetch(ctx: &Ctx, hash: &Digest) -> anyhow::Result<Vec<u8>> {
         ))
         .into());
     }
-    Ok(bytes)
+    attachment.open(ctx.talks(), &bytes).map_err(|e| {
+        Evidence(format!(
+            "blob {}: {e}: its announcer's key does not open what it stored (report it to the \
+             other parties)",
+            hash.to_hex()
+        ))
+        .into()
+    })
 }
 
 /// Writes `bytes` to `out`, readable by the owner only: a new file, or

@@ -646,6 +646,11 @@ pub struct TalksSeatArgs {
     /// The IANA time zone of the talks' calendar.
     #[arg(long, default_value = "UTC", value_name = "ZONE")]
     pub time_zone: String,
+    /// How long to wait for the parties' co-signatures and for every
+    /// device of the record room to be in its MLS group before posting the
+    /// roster, in seconds (0: do what can be done now; run again later).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub wait: u64,
 }
 
 /// `backchannel talks accept`.

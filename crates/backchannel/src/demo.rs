@@ -7,15 +7,16 @@
 //! each party enrols its talks authority with its one-time token; the
 //! mediator builds the roster from what the parties certified and proposes
 //! the access-list change that seats their devices, which each party's
-//! designated signer checks and co-signs; the mediator posts roster and
+//! designated signer checks and co-signs; every device puts MLS key
+//! packages on the node and the mediator's device creates each room's MLS
+//! group and adds the seated devices; the mediator posts roster and
 //! ground rules to the record room; every party verifies them against the
 //! node's access list and accepts; the delegations talk with the mediator
 //! in their caucuses; every device verifies the log from the data tiles and
 //! cosigns the same checkpoint, which is then final. It prints each party's
 //! safety code (they match) and a transcript, and exits 0.
 //!
-//! Bodies are not yet encrypted (the rooms issue makes rooms MLS groups);
-//! the demo says so.
+//! Every body is an MLS message: the node holds only ciphertext.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -27,10 +28,10 @@ use anyhow::{Context as _, bail, ensure};
 use backchannel_client::net::NodeClient;
 use backchannel_client::participant::Enrolment;
 use backchannel_client::safety::{SafetyCode, SafetyInputs};
-use backchannel_client::seal::{Content, PlaintextSeal};
+use backchannel_client::seal::Content;
 use backchannel_client::session::Session;
 use backchannel_client_store_sqlite::{ClientStoreOptions, SqliteClientStore};
-use backchannel_codec::{Decode, Encode, PartyId, PrincipalId, RoomId, TalksId};
+use backchannel_codec::{PartyId, PrincipalId, RoomId, TalksId};
 use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer, sha256};
 use backchannel_node::limits::Limits;
 use backchannel_node::net::{Transport, serve};
@@ -170,7 +171,7 @@ fn now_ms() -> u64 {
     SystemClock.now_ms()
 }
 
-type DemoSession = Session<SqliteClientStore, PlaintextSeal>;
+type DemoSession = Session<SqliteClientStore>;
 
 /// Waits until the node has integrated everything sequenced so far.
 async fn wait_for_integration(s: &DemoSession) -> anyhow::Result<()> {
@@ -204,8 +205,8 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     println!("Backchannel demo: Oman mediates between the United States and Iran.\n");
     println!(
         "Note: formal statements are transferable proof, and talk is attributable:\n\
-         Backchannel offers no deniability. In this version bodies are not yet\n\
-         end-to-end encrypted (rooms become MLS groups in a later version).\n"
+         Backchannel offers no deniability. Every room is an MLS group: the node\n\
+         relays and logs ciphertext it cannot read.\n"
     );
 
     // Delegations.
@@ -328,13 +329,18 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
 
     // 3. Each party enrols its talks authority with its token, leaving its
     //    certified roster entries for the mediator.
+    //    The enrolment is sealed (HPKE) to the mediator's enrolment key,
+    //    which the invitation carries: the node never reads the names.
+    let mut enrolment_secret = [0u8; 32];
+    OsRng.fill_bytes(&mut enrolment_secret);
+    let enrolment_key = backchannel_mls::hpke_public_key(&enrolment_secret)?;
     for (p, token) in [&us, &iran].into_iter().zip(&tokens) {
         let (entry, members) = p.certified(talks)?;
         client(&p.talks_authority)?
             .enrol(
                 talks,
                 token,
-                &Enrolment { entry, members }.to_canonical_bytes(),
+                &Enrolment { entry, members }.seal_to(&enrolment_key, talks, p.id)?,
             )
             .await?;
         println!("[{}] enrolled its talks authority", p.short);
@@ -348,7 +354,12 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             .payload
             .as_deref()
             .context("an invitation was not redeemed")?;
-        let Enrolment { entry, members: ms } = Enrolment::from_canonical_bytes(payload)?;
+        let Enrolment { entry, members: ms } = Enrolment::open(
+            &enrolment_secret,
+            talks,
+            inv.invitation.fields.party,
+            payload,
+        )?;
         ensure!(
             entry.party == inv.invitation.fields.party,
             "an enrolment for another party"
@@ -464,7 +475,6 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("creating a participant's home: {e}"))?;
             let s = Session::open(
                 Arc::new(store),
-                PlaintextSeal,
                 client(&m.device)?,
                 SecretKey::from_seed(&m.device.seed())?,
                 talks,
@@ -485,7 +495,31 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         sessions.len()
     );
 
-    // 6. The mediator posts roster and ground rules to the record room.
+    // 6. Rooms become MLS groups: every device puts key packages on the
+    //    node; the mediator's device creates each room's group and adds
+    //    the devices the access list seats there (one commit and Welcome
+    //    per room); everyone joins from its Welcome.
+    let list = seated.list.clone();
+    {
+        // The mediator's device first: it creates each room's group.
+        let mut all: Vec<&mut DemoSession> = sessions.iter_mut().map(|(_, _, s, _)| s).collect();
+        backchannel_client::rooms::sync_all(&mut all, &list, now_ms() / 1000).await?;
+    }
+    for (name, _, s, rooms) in sessions.iter_mut() {
+        for room in rooms.iter() {
+            ensure!(
+                s.room_epoch(*room).is_some(),
+                "{name} is not in the group of a room it is seated in"
+            );
+        }
+    }
+    println!(
+        "[OM] created the MLS group of each of the {} rooms and added every seated device; \
+         from here on the node holds only ciphertext",
+        room_names.len()
+    );
+
+    // 7. The mediator posts roster and ground rules to the record room.
     let roster_st = statement(
         &oman.talks_authority,
         talks,
@@ -508,12 +542,14 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     {
         let s = &mut sessions[0].2;
         s.send(
+            &list,
             record,
             Content::Statement(roster_st.as_bytes().to_vec()),
             salt(),
         )
         .await?;
         s.send(
+            &list,
             record,
             Content::Statement(rules_st.as_bytes().to_vec()),
             salt(),
@@ -522,10 +558,9 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         println!("[OM] posted the roster and the ground rules to the record room");
     }
 
-    // 7. Each party's head receives them, verifies the roster (every party's
+    // 8. Each party's head receives them, verifies the roster (every party's
     //    own certification), compares it with the node's access list, and
     //    its talks authority accepts.
-    let list = seated.list.clone();
     for p in [&us, &iran] {
         let i = sessions
             .iter()
@@ -569,6 +604,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         sessions[i]
             .2
             .send(
+                &list,
                 record,
                 Content::Statement(acceptance.as_bytes().to_vec()),
                 salt(),
@@ -580,7 +616,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
 
-    // 8. Talk in the caucuses.
+    // 9. Talk in the caucuses.
     let say = [
         (
             1,
@@ -611,11 +647,11 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     for (who, room, text) in say {
         sessions[who]
             .2
-            .send(room, Content::Talk(text.into()), salt())
+            .send(&list, room, Content::Talk(text.into()), salt())
             .await?;
     }
 
-    // 9. Everyone receives, verifies the log from the data tiles and
+    // 10. Everyone receives, verifies the log from the data tiles and
     //    cosigns the same checkpoint.
     wait_for_integration(&sessions[0].2).await?;
     let total = mediator.fetch(talks, 0, 1).await?.log_size;
@@ -667,7 +703,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         parties_cosigning.len()
     );
 
-    // 10. Safety codes: each party computes its own.
+    // 11. Safety codes: each party computes its own.
     println!("\nTalks safety codes (compare once over a channel the mediator does not control):");
     let mut codes = BTreeSet::new();
     for (p, i) in [(&oman, 0usize), (&us, 1), (&iran, 3)] {
@@ -694,7 +730,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("  (all three match)");
 
-    // 11. The transcript, as the mediator's archive holds it.
+    // 12. The transcript, as the mediator's archive holds it.
     println!("\nTranscript (the mediator's verified archive):");
     let names: BTreeMap<backchannel_crypto::KeyId, String> = sessions
         .iter()
@@ -712,7 +748,13 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
                 ),
                 Err(_) => "a statement that does not decode".into(),
             },
-            None => "(purged)".into(),
+            Some(Content::Copy(_)) => "a copy of earlier statements for newcomers".into(),
+            Some(Content::Attachment(_)) => "an attachment".into(),
+            None => match h.kind {
+                backchannel_statement::Kind::MlsHandshake => "MLS handshake (group change)".into(),
+                backchannel_statement::Kind::Welcome => "MLS Welcome".into(),
+                _ => a.unreadable.clone().unwrap_or_else(|| "(purged)".into()),
+            },
         };
         println!(
             "  #{:<3} {:14} {:36} {}",

@@ -34,7 +34,7 @@ use backchannel_crypto::{KeyId, Signer as _};
 use backchannel_statement::access_list::{AccessEntry, FLAG_DEVICE, FLAG_MEDIATOR};
 use backchannel_statement::{
     AccessListChange, AccessListDelta, Audience, CheckpointRef, DeviceCert, Markings, MemberCert,
-    Payload, Revoke, RevokeReason, Salt, SignedStatement, Statement,
+    Payload, Revoke, RevokeReason, SignedStatement, Statement,
 };
 use rand_core::OsRng;
 use serde::Serialize;
@@ -329,10 +329,10 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
                         None,
                     )?),
                 )?;
-                s.send(
+                participant::post(
+                    &mut s,
                     room,
                     Content::Statement(member_cert.as_bytes().to_vec()),
-                    Salt::generate(&mut OsRng),
                 )
                 .await?
             }
@@ -340,12 +340,8 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
         let device_cert_seq = match device_logged {
             Some(seq) => seq,
             None => {
-                s.send(
-                    room,
-                    Content::Statement(reply.device_cert.clone()),
-                    Salt::generate(&mut OsRng),
-                )
-                .await?
+                participant::post(&mut s, room, Content::Statement(reply.device_cert.clone()))
+                    .await?
             }
         };
         // Seat the device where this participant's own device sits (the
@@ -429,16 +425,16 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
         for l in &view.statements {
             if let (Ok(()), Payload::MemberCert(c)) =
                 (&l.verdict, &l.statement.unverified().payload)
+                && c.party == ctx.record.party
+                && !members.iter().any(|(p, _)| *p == c.principal)
             {
-                if c.party == ctx.record.party && !members.iter().any(|(p, _)| *p == c.principal) {
-                    let name = ctx
-                        .record
-                        .pending_members
-                        .iter()
-                        .find(|p| p.principal == c.principal)
-                        .map_or_else(|| c.principal.to_hex(), |p| p.name.clone());
-                    members.push((c.principal, name));
-                }
+                let name = ctx
+                    .record
+                    .pending_members
+                    .iter()
+                    .find(|p| p.principal == c.principal)
+                    .map_or_else(|| c.principal.to_hex(), |p| p.name.clone());
+                members.push((c.principal, name));
             }
         }
         let matching: Vec<_> = members
@@ -515,12 +511,7 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
                 }),
             )?;
             seqs.push(
-                s.send(
-                    room,
-                    Content::Statement(st.as_bytes().to_vec()),
-                    Salt::generate(&mut OsRng),
-                )
-                .await?,
+                participant::post(&mut s, room, Content::Statement(st.as_bytes().to_vec())).await?,
             );
         }
         // Off the access list.

@@ -13,9 +13,8 @@ use backchannel_client::seal::Content;
 use backchannel_client::session::{Archived, Discrepancy, revoked_or_expired};
 use backchannel_core::replay::Phase;
 use backchannel_statement::roster::KeyVerification;
-use backchannel_statement::{Payload, SignedStatement};
+use backchannel_statement::{Kind, Payload, SignedStatement};
 use backchannel_tlog::SignedCheckpoint;
-use rand_core::OsRng;
 use serde::Serialize;
 
 use crate::cli::{FollowArgs, LogVerifyArgs, ReadArgs, SendArgs};
@@ -111,7 +110,30 @@ fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
             }
             Err(e) => ("statement", format!("does not decode: {e}"), None),
         },
-        None => ("purged", String::new(), None),
+        Some(Content::Attachment(b)) => (
+            "attachment",
+            match backchannel_client::attachment::Attachment::from_bytes(b) {
+                Ok(a) => format!(
+                    "attachment {} ({} bytes): `backchannel blob get {} --out FILE`",
+                    a.name,
+                    a.size,
+                    a.blob.to_hex()
+                ),
+                Err(e) => format!("an attachment that does not decode: {e}"),
+            },
+            None,
+        ),
+        Some(Content::Copy(_)) => (
+            "copy",
+            "a copy of the room's earlier statements, for devices that joined after them".into(),
+            None,
+        ),
+        None => match (h.kind, &a.unreadable) {
+            (Kind::MlsHandshake, None) => ("mls", "the room's MLS group changed".into(), None),
+            (Kind::Welcome, None) => ("mls", "an MLS Welcome to new devices".into(), None),
+            (_, Some(why)) => ("unreadable", why.clone(), None),
+            _ => ("purged", String::new(), None),
+        },
     };
     let mut sender = view.signer(&ctx.record, &h.sender);
     if let Some(why) = revoked_or_expired(&view.replay, &h.sender, a.seq, a.node_time) {
@@ -218,12 +240,7 @@ async fn send_inner(dir: PathBuf, a: SendArgs) -> anyhow::Result<()> {
     let mut s = ctx.session().await?;
     let view = refresh(&ctx, &mut s).await?;
     let room = talk_room(&ctx, &s, &view, &a.room).await?;
-    let seq = s
-        .send(
-            room,
-            Content::Talk(a.text.clone()),
-            backchannel_statement::Salt::generate(&mut OsRng),
-        )
+    let seq = participant::post(&mut s, room, Content::Talk(a.text.clone()))
         .await
         .context("sending")?;
     let out = Sent {

@@ -18,7 +18,7 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::fork::cosigner_key;
 use backchannel_client::participant::{self as talks_store, TalksRecord};
 use backchannel_client::safety::{PartyVerification, SafetyCode, SafetyInputs};
-use backchannel_client::seal::{Content, PlaintextSeal};
+use backchannel_client::seal::Content;
 use backchannel_client::session::{Archived, Session};
 use backchannel_client_store_sqlite::SqliteClientStore;
 use backchannel_codec::{PartyId, RoomId, TalksId};
@@ -36,7 +36,7 @@ use crate::{home, keys};
 pub const LABEL: &str = "default";
 
 /// The client session the CLI runs.
-pub type CliSession = Session<SqliteClientStore, PlaintextSeal>;
+pub type CliSession = Session<SqliteClientStore>;
 
 /// A home opened on one talks.
 pub struct Ctx {
@@ -137,7 +137,6 @@ impl Ctx {
         let node = self.record.node.client(&device)?;
         Session::open(
             self.store.clone(),
-            PlaintextSeal,
             node,
             device,
             self.talks(),
@@ -503,10 +502,10 @@ impl View {
                  talks accept`) first"
             );
         };
-        if let Ok(id) = PartyId::from_hex(query) {
-            if r.parties.iter().any(|p| p.party == id) {
-                return Ok(id);
-            }
+        if let Ok(id) = PartyId::from_hex(query)
+            && r.parties.iter().any(|p| p.party == id)
+        {
+            return Ok(id);
         }
         let q = query.to_lowercase();
         let exact: Vec<_> = r
@@ -564,14 +563,41 @@ pub fn my_rooms(list: &AccessList, device: &SecretKey) -> BTreeSet<RoomId> {
         .unwrap_or_default()
 }
 
-/// Receives everything new; the archive's view after it.
+/// Receives everything new and keeps this device's rooms in step with the
+/// access list (key packages, groups, adds and removes, copies for
+/// newcomers: `backchannel_client::rooms`); the archive's view after it.
 pub async fn refresh(ctx: &Ctx, s: &mut CliSession) -> anyhow::Result<View> {
     let list = access_list(s).await?;
     s.receive(&list)
         .await
         .map_err(crate::messages::evidence_or)
         .context("receiving from the node")?;
+    let synced = s
+        .sync_rooms(&list, now_ms() / 1000)
+        .await
+        .map_err(crate::messages::evidence_or)
+        .context("keeping this device's rooms in step with the access list")?;
+    if synced.changed() {
+        s.receive(&list)
+            .await
+            .map_err(crate::messages::evidence_or)
+            .context("receiving from the node")?;
+    }
     Ok(View::of(ctx.talks(), s.archive().await?))
+}
+
+/// Encrypts `content` for `room` and sends it (a stale epoch is caught up
+/// with and encrypted again); the seq.
+pub async fn post(s: &mut CliSession, room: RoomId, content: Content) -> anyhow::Result<u64> {
+    let list = access_list(s).await?;
+    s.send(
+        &list,
+        room,
+        content,
+        backchannel_statement::Salt::generate(&mut OsRng),
+    )
+    .await
+    .map_err(crate::messages::evidence_or)
 }
 
 // --- Files handed over out of band -------------------------------------------

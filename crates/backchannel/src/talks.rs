@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::net::NetError;
+use backchannel_client::store::{ClientStore as _, Namespace};
 use backchannel_client::participant::{
     self as talks_store, Enrolment, InvitationDoc, Invited, PinnedNode, TalksRecord,
 };
 use backchannel_client::safety::PartyVerification;
 use backchannel_client::seal::Content;
-use backchannel_codec::{Decode as _, Encode as _, PartyId, PrincipalId, RoomId, TalksId};
+use backchannel_codec::{PartyId, PrincipalId, RoomId, TalksId};
 use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer as _, sha256};
 use backchannel_node::api::codes;
 use backchannel_statement::access_list::{
@@ -37,7 +38,7 @@ use backchannel_statement::roster::{
 use backchannel_statement::{
     Acceptance, AccessList, AccessListChange, AccessListDelta, Act, Attribution, Audience,
     CheckpointRef, Conveyance, GroundRules, InvitationFields, InvitationToken, LifecycleChange,
-    LifecyclePhase, Markings, PartyKind, Payload, Role, Roster, Salt, SignedStatement, Statement,
+    LifecyclePhase, Markings, PartyKind, Payload, Role, Roster, SignedStatement, Statement,
 };
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
@@ -347,12 +348,15 @@ async fn invite(dir: &Path, a: TalksInviteArgs) -> anyhow::Result<()> {
         expires_at,
     }
     .sign(&ta)?;
+    let ikm = enrolment_secret(&ctx).await?;
     let doc = InvitationDoc {
         node: ctx.record.node.clone(),
         talks: ctx.talks(),
         party,
         token,
         expires_at,
+        enrolment_key: backchannel_mls::hpke_public_key(&ikm)
+            .map_err(|e| anyhow!("deriving the enrolment key: {e}"))?,
     };
     // The file first (refusing an existing one), so a failure leaves no
     // invitation on the node that nobody can redeem.
@@ -453,7 +457,13 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
     let enrolled = doc
         .node
         .client(&ta)?
-        .enrol(doc.talks, &doc.token, &enrolment.to_canonical_bytes())
+        .enrol(
+            doc.talks,
+            &doc.token,
+            &enrolment
+                .seal(&doc)
+                .map_err(|e| anyhow!("sealing the enrolment to the mediator: {e}"))?,
+        )
         .await;
     if enrolled.as_ref().is_err_and(NetError::surely_not_acted) {
         // Keys of talks this home did not join must not linger in it. (On
@@ -508,6 +518,24 @@ pub fn statement(
 
 /// The roster from what each party certified in its enrolment, with the
 /// record room and one caucus per invited party.
+/// The mediator's enrolment secret for the talks (HPKE key material; the
+/// invitation carries its public key, and each party seals its enrolment
+/// to it): made at the first invitation, kept in the home.
+async fn enrolment_secret(ctx: &Ctx) -> anyhow::Result<[u8; 32]> {
+    let mut name = b"enrolment-secret/".to_vec();
+    name.extend_from_slice(ctx.talks().as_bytes());
+    if let Some(b) = ctx.store.get(Namespace::Keys, &name).await? {
+        return b
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow!("the home's enrolment secret for these talks is damaged"));
+    }
+    let mut ikm = [0u8; 32];
+    OsRng.fill_bytes(&mut ikm);
+    ctx.store.put(Namespace::Keys, &name, &ikm).await?;
+    Ok(ikm)
+}
+
 async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow::Result<Roster> {
     // What each party certified, from its enrolment.
     let mut parties = Vec::new();
@@ -516,6 +544,7 @@ async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow:
     parties.push(own.entry);
     members.extend(own.members);
     let served = s.node().invitations(ctx.talks()).await?;
+    let ikm = enrolment_secret(ctx).await?;
     let mut waiting = Vec::new();
     for inv in &ctx.record.invited {
         let Some(si) = served
@@ -531,11 +560,8 @@ async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow:
             waiting.push(inv.party.to_hex());
             continue;
         };
-        let e = Enrolment::from_canonical_bytes(payload).map_err(|e| {
-            anyhow!(
-                "party {}'s enrolment does not decode ({e}); invite it again",
-                inv.party
-            )
+        let e = Enrolment::open(&ikm, ctx.talks(), inv.party, payload).map_err(|e| {
+            anyhow!("party {}'s enrolment: {e}; invite it again", inv.party)
         })?;
         ensure!(
             e.entry.party == inv.party && e.entry.kind == PartyKind::Party,
@@ -698,45 +724,97 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
         .filter(|e| implied.get(&e.key_id()).is_none())
         .map(|e| e.key_id())
         .collect();
-    let mut applied = upsert.is_empty() && remove.is_empty();
-    if !applied {
+    if !(upsert.is_empty() && remove.is_empty()) {
         let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), remove, upsert)?;
         let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
-        applied = s.node().submit_change(ctx.talks(), &change).await?.applied;
+        s.node().submit_change(ctx.talks(), &change).await?;
     }
 
+    // The roster goes to the record room only once every device the list
+    // seats there is in the room's MLS group: a device added later could
+    // not read it. Each party's devices upload key packages in `talks
+    // accept`, once the change has applied; each refresh here creates the
+    // rooms' groups and adds whoever has.
+    let deadline = Instant::now() + Duration::from_secs(a.wait);
+    let mut applied;
+    let waiting = loop {
+        let list = access_list(&s).await?;
+        applied = implied
+            .entries()
+            .iter()
+            .all(|e| list.get(&e.key_id()) == Some(e));
+        let waiting = if applied {
+            refresh(&ctx, &mut s).await?;
+            let missing = backchannel_client::rooms::seated(&list, record_room)
+                .difference(&s.room_members(record_room))
+                .count();
+            (missing > 0).then(|| {
+                format!(
+                    "{missing} device(s) of the record room are not in its group yet: each \
+                     party's `talks accept` uploads its devices' key packages"
+                )
+            })
+        } else {
+            Some(
+                "the access-list change that seats the parties waits for their co-signatures \
+                  (`backchannel talks accept`)"
+                    .to_owned(),
+            )
+        };
+        match waiting {
+            Some(why) if Instant::now() < deadline => {
+                let _ = why;
+                tokio::time::sleep(POLL).await;
+            }
+            other => break other,
+        }
+    };
+    let n = roster.parties.len();
+    let seated_talks = ctx.talks().to_hex();
+    if let Some(why) = waiting {
+        ctx.close().await;
+        let out = Seated {
+            talks: seated_talks,
+            parties: n,
+            change_applied: applied,
+            roster_posted: false,
+        };
+        if a.talks.json {
+            println!("{}", serde_json::to_string(&out)?);
+        } else {
+            println!(
+                "proposed the seating of {n} parties; not posting the roster yet: {why}; run \
+                 `backchannel talks seat` again then"
+            );
+        }
+        return Ok(());
+    }
+    let view = refresh(&ctx, &mut s).await?;
     let roster_posted = view.roster().is_some();
     for st in [(!roster_posted).then_some(&roster_st), Some(&rules_st)]
         .into_iter()
         .flatten()
     {
-        s.send(
+        participant::post(
+            &mut s,
             record_room,
             Content::Statement(st.as_bytes().to_vec()),
-            Salt::generate(&mut OsRng),
         )
         .await?;
     }
-    let n = roster.parties.len();
-    let seated_talks = ctx.talks().to_hex();
     ctx.close().await;
     let out = Seated {
         talks: seated_talks,
         parties: n,
-        change_applied: applied,
+        change_applied: true,
         roster_posted: true,
     };
     if a.talks.json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!(
-            "posted the roster ({n} parties) and the ground rules to the record room; the \
-             access-list change that seats every party's devices {}",
-            if applied {
-                "applied"
-            } else {
-                "waits for each party's co-signature (`backchannel talks accept`)"
-            }
+            "posted the roster ({n} parties) and the ground rules to the record room, whose \
+             MLS group holds every seated device"
         );
     }
     Ok(())
@@ -906,13 +984,12 @@ async fn accept(dir: &Path, a: TalksAcceptArgs) -> anyhow::Result<()> {
                 ground_rules_hash: sha256(g.as_bytes()),
             }),
         )?;
-        let seq = s
-            .send(
-                room,
-                Content::Statement(acceptance.as_bytes().to_vec()),
-                Salt::generate(&mut OsRng),
-            )
-            .await?;
+        let seq = participant::post(
+            &mut s,
+            room,
+            Content::Statement(acceptance.as_bytes().to_vec()),
+        )
+        .await?;
         (Some(seq), false)
     };
     ctx.record.record_room = Some(room);
@@ -1217,13 +1294,7 @@ async fn change_phase(dir: &Path, a: TalksPhaseArgs, phase: LifecyclePhase) -> a
         statement: &st,
     })
     .map_err(|e| anyhow!("the talks cannot be {} now: {e}", phase.name()))?;
-    let seq = s
-        .send(
-            room,
-            Content::Statement(st.as_bytes().to_vec()),
-            Salt::generate(&mut OsRng),
-        )
-        .await?;
+    let seq = participant::post(&mut s, room, Content::Statement(st.as_bytes().to_vec())).await?;
     let after = View {
         replay: dry,
         ..view

@@ -193,6 +193,9 @@ impl Talks {
                 .unwrap()
         };
         let (us, ir) = (accept("us"), accept("ir"));
+        // The mediator seats again: it adds every device to the rooms' MLS
+        // groups once they have key packages, then posts the roster.
+        ok(home_cmd(t, "om").args(["talks", "seat", "--wait", "60"]));
         let seq_of = |child: Child| {
             let out = child.wait_with_output().unwrap();
             assert!(out.status.success(), "accept: {}", stderr(&out));
@@ -250,7 +253,9 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
         "--json",
     ])));
     let hash = put["hash"].as_str().unwrap().to_owned();
-    assert_eq!(hash, backchannel_crypto::sha256(&content).to_hex());
+    // The blob is the file encrypted under a key only the room's MLS group
+    // carries: its address is not the file's hash.
+    assert_ne!(hash, backchannel_crypto::sha256(&content).to_hex());
     assert_eq!(put["size"].as_u64(), Some(content.len() as u64));
     let announced = put["seq"].as_u64().unwrap();
 
@@ -272,10 +277,13 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
         .map(json)
         .find(|l| l["seq"].as_u64() == Some(announced))
         .expect("the announcement is archived");
-    assert_eq!(line["kind"], "talk");
+    assert_eq!(line["kind"], "attachment");
     assert_eq!(
         line["text"],
-        format!("blob {hash} {} bytes: brief.pdf", content.len())
+        format!(
+            "attachment brief.pdf ({} bytes): `backchannel blob get {hash} --out FILE`",
+            content.len()
+        )
     );
 
     // An existing --out is kept unless --force.
@@ -296,7 +304,7 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
         t.home("ir")
             .args(["blob", "get", &unknown, "--out", "x.bin"]),
         1,
-        &format!("no blob {unknown}"),
+        &format!("no announcement of blob {unknown}"),
     );
     assert!(!t.path("x.bin").exists());
     fails(
@@ -317,7 +325,7 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
         t.home("us")
             .args(["blob", "put", "--room", "record", "big.bin"]),
         1,
-        &format!("at most {MAX_BLOB} bytes"),
+        &format!("blobs of {MAX_BLOB}"),
     );
 
     // Over the party's quota (50 000 bytes held, 60 000 more asked for).
@@ -331,6 +339,22 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
     // Iran's quota is its own.
     ok(t.home("ir")
         .args(["blob", "put", "--room", "record", "annex.bin"]));
+}
+
+/// The stored bytes of the (one) blob chunk in the node's database.
+fn blob_chunk(db: &Path) -> Vec<u8> {
+    use sqlx::Connection as _;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let bytes: Vec<u8> = sqlx::query_scalar("SELECT bytes FROM blob_chunks")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        bytes
+    })
 }
 
 /// Flips one byte of every copy of `marker` in `file`; how many.
@@ -378,7 +402,10 @@ fn a_served_blob_that_does_not_hash_to_its_address_is_refused() {
         std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
         "the node left a write-ahead log behind"
     );
-    assert!(flip_all(&db, b"paragraph 7") > 0, "the chunk is in node.db");
+    // The file's text is nowhere in the database: only its ciphertext.
+    assert_eq!(flip_all(&db, b"paragraph 7"), 0, "the plaintext is in node.db");
+    let chunk = blob_chunk(&db);
+    assert!(flip_all(&db, &chunk[100..132]) > 0, "the chunk is in node.db");
     // Restarted on the same address: the homes' pins still hold.
     t.node = Some(Node::start(&t.path("node"), &addr.to_string()));
 

@@ -19,10 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backchannel_client::seal::{AppMessage, Content, PlaintextSeal, Seal};
 use backchannel_codec::RoomId;
 use backchannel_crypto::sha256;
-use backchannel_statement::Salt;
 use common::{backchannel, ok};
 use serde_json::Value;
 use sqlx::Connection as _;
@@ -270,26 +268,35 @@ impl Talks {
             );
             assert_eq!(joined["talks"], t.talks.as_str());
         }
+        // The change that seats the parties is proposed; the roster waits
+        // until their devices are in the record room's MLS group.
         let seated = ok_json(t.cli(OM).args(["talks", "seat", "--json"]));
         assert_eq!(seated["parties"], 3, "{seated}");
-        assert_eq!(seated["roster_posted"], true, "{seated}");
+        assert_eq!(seated["roster_posted"], false, "{seated}");
         t
     }
 
     /// Both parties accept, concurrently: each co-signs the change seating
-    /// its devices, waits for the other's, and accepts.
+    /// its devices, waits for the other's, puts its key packages on the
+    /// node, and accepts once the mediator, seating again meanwhile, has
+    /// added every device to the rooms' MLS groups and posted the roster.
     fn accept_all(&mut self) {
         let children: Vec<Child> = [US, IR]
             .iter()
             .map(|h| {
                 self.cli(h)
-                    .args(["talks", "accept", "--wait", "30", "--json"])
+                    .args(["talks", "accept", "--wait", "60", "--json"])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
                     .unwrap()
             })
             .collect();
+        let seated = ok_json(
+            self.cli(OM)
+                .args(["talks", "seat", "--wait", "60", "--json"]),
+        );
+        assert_eq!(seated["roster_posted"], true, "{seated}");
         for child in children {
             let out = child.wait_with_output().unwrap();
             assert!(
@@ -447,6 +454,116 @@ fn with_db<T>(db: &Path, f: impl AsyncFnOnce(&mut sqlx::SqliteConnection) -> T) 
 }
 
 // --- Tests -------------------------------------------------------------------
+
+/// The ways a string could sit in a file: raw (and so JSON-escaped, for
+/// these ASCII strings), lowercase and uppercase hex, UTF-16LE, and
+/// standard and URL-safe base64 at each of the three byte alignments.
+fn encodings(s: &str) -> Vec<(String, Vec<u8>)> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let b = s.as_bytes();
+    let mut out = vec![
+        ("raw".to_owned(), b.to_vec()),
+        ("hex".to_owned(), hex::encode(b).into_bytes()),
+        ("HEX".to_owned(), hex::encode_upper(b).into_bytes()),
+        (
+            "utf-16".to_owned(),
+            s.encode_utf16().flat_map(u16::to_le_bytes).collect(),
+        ),
+    ];
+    for k in 0..3 {
+        for (name, e) in [
+            ("base64", STANDARD.encode(&b[k..])),
+            ("base64url", URL_SAFE_NO_PAD.encode(&b[k..])),
+        ] {
+            // The part that does not depend on what follows the string.
+            let stable = &e[..e.len() - 4];
+            out.push((format!("{name}@{k}"), stable.as_bytes().to_vec()));
+        }
+    }
+    out
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Names, statements and talk travel inside MLS messages and sealed
+/// enrolments: none of them is anywhere in what the node stores (database,
+/// write-ahead log, every file of its directory) or prints, in any common
+/// encoding.
+#[test]
+fn no_name_or_text_reaches_the_node_in_the_clear() {
+    let mut t = Talks::open();
+    let canary = format!(
+        "canary-{:032x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            ^ u128::from(std::process::id()) << 64
+    );
+    t.send(US, "caucus", &format!("talk {canary} talk"));
+    t.send(OM, "caucus united", &format!("reply {canary}"));
+    let file = t.path(&format!("{canary}.txt"));
+    std::fs::write(&file, format!("a file about {canary}")).unwrap();
+    ok(t.cli(IR).args(["blob", "put", "--room", "caucus"]).arg(&file));
+    // Everyone has read everything: the MLS state works on.
+    for h in [OM, US, IR] {
+        t.read_all(h);
+    }
+    t.node.kill();
+    let mut printed = Vec::new();
+    if let Some(mut out) = t.node.child.stdout.take() {
+        use std::io::Read as _;
+        out.read_to_end(&mut printed).unwrap();
+    }
+    let mut files = Vec::new();
+    files_under(&t.node_dir(), &mut files);
+    assert!(files.iter().any(|f| f.ends_with("node.db")), "{files:?}");
+    // The search finds what is there (controls): SQLite's own header, and
+    // the talks id's 16 bytes, which the node stores raw in every row (in
+    // the database or its write-ahead log: the node was killed).
+    let db: Vec<u8> = files.iter().flat_map(|f| std::fs::read(f).unwrap()).collect();
+    let talks_id = hex::decode(&t.talks).unwrap();
+    for there in [b"SQLite format 3".as_slice(), talks_id.as_slice()] {
+        assert!(
+            db.windows(there.len()).any(|w| w == there),
+            "the control {there:?} is not found"
+        );
+    }
+    let planted = [
+        canary.as_str(),
+        "Sultanate of Oman",
+        "United States",
+        "Islamic Republic of Iran",
+        "Omani lead mediator",
+        "US envoy",
+        "Iranian deputy foreign minister",
+    ];
+    for f in files.iter().map(|f| (f.display().to_string(), std::fs::read(f).unwrap()))
+        .chain(std::iter::once(("the node's output".to_owned(), printed)))
+    {
+        let (name, bytes) = f;
+        for word in planted {
+            for (how, needle) in encodings(word) {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                    "{word:?} ({how}) is in {name}"
+                );
+            }
+        }
+    }
+}
+
 
 #[test]
 fn the_reference_flow_runs_through_the_cli() {
@@ -777,15 +894,10 @@ fn a_rewritten_stored_envelope_fails_log_verify_naming_its_seq() {
             .await
             .unwrap();
         let room = RoomId(room.try_into().unwrap());
-        let forged = PlaintextSeal
-            .seal(
-                room,
-                &AppMessage {
-                    content: Content::Talk("We will never move on the exchange.".into()),
-                    salt: Salt([0xee; 32]),
-                },
-            )
-            .unwrap();
+        let _ = room;
+        // Another body of the same bucket (the node cannot tell MLS
+        // ciphertexts apart from bytes).
+        let forged = backchannel_statement::header::pad_body(&[0xee; 200]).unwrap();
         let done = sqlx::query("UPDATE envelopes SET body = ?, body_hash = ? WHERE seq = ?")
             .bind(forged.clone())
             .bind(sha256(&forged).0.to_vec())
@@ -1198,7 +1310,21 @@ fn a_member_is_added_after_the_roster_and_removed() {
     assert_eq!(ir["applied"], 1, "{ir}");
     run(t.cli(US).args(["members", "admit", "--reply"]).arg(&reply))
         .refused(FAILED, "already admitted and seated");
+    // Seated, but not yet in the rooms' MLS groups: its first command puts
+    // its key packages on the node; the next command of a member of its
+    // rooms adds it and copies the rooms' earlier statements for it.
+    run(t.cli("neg").args(["send", "--room", "caucus", "too early"]))
+        .refused(FAILED, "the roster has not been received yet");
+    ok(t.cli(US).args(["read"]));
     let seq = t.send("neg", "caucus", "The negotiator is here.");
+    // It reads the record as it stood before it joined, opened by the copy
+    // and checked against the commitments logged at those seqs.
+    let neg_view = t.read_all("neg");
+    let roster = neg_view
+        .iter()
+        .find(|l| l["text"].as_str().is_some_and(|t| t.starts_with("roster")))
+        .expect("the negotiator reads the roster from the copy");
+    assert_eq!(roster["verdict"], "accepted", "{roster}");
     let seen = t.read_all(OM);
     let line = seen
         .iter()

@@ -1,0 +1,907 @@
+//! A session's rooms as MLS groups: what it sends and how it keeps each
+//! group in step with the access list.
+//!
+//! - **Sending.** [`Session::send`] encrypts with the room's group (the
+//!   header's commitment as MLS authenticated data), writes the new group
+//!   state, the exact envelope (with its idempotency key) and the
+//!   plaintext this device keeps of its own message in one transaction,
+//!   and only then submits. A crash after that resends the same bytes
+//!   ([`Session::flush_unsent`], run before every receive and send). A
+//!   `409 stale_epoch` answer means a commit moved the room on: the
+//!   session receives, processes it and encrypts again — nobody is ever
+//!   sent a message it cannot decrypt.
+//! - **Membership.** [`Session::sync_rooms`] keeps this device's key
+//!   packages on the node, creates the group of a room that has none, and
+//!   commits adds and removes so that each group it is in holds exactly
+//!   the devices the access list seats in that room. A commit is written
+//!   (exact bytes) before its first send; the session merges it only when
+//!   it meets it in the log, and discards it when the log shows another
+//!   commit for that epoch (`409 epoch_taken`).
+//! - **Copies for newcomers.** MLS gives a device nothing sent before it
+//!   joined. After a commit that adds devices, the committer posts a
+//!   *copy* of every statement of the room archived before the commit: the
+//!   original seq, salt and statement bytes, which each newcomer checks
+//!   against the commitment in the header logged at that seq. An act
+//!   counts once, at its original seq; the copy only opens it.
+
+use std::collections::BTreeSet;
+
+use backchannel_codec::Encode as _;
+use backchannel_codec::{DecodeError, Reader, RoomId, Writer};
+use backchannel_crypto::{KeyId, PublicKey, Signer as _};
+use backchannel_mls::{DecryptError, Handled, Handshake};
+use backchannel_statement::access_list::FLAG_DEVICE;
+use backchannel_statement::header::{pad_body, unpad_body};
+use backchannel_statement::{AccessList, Commitment, Header, Kind, Salt, SignedHeader};
+
+use backchannel_core::replay::{KeyRole, Replay};
+
+use crate::net::NetError;
+use crate::seal::{AppMessage, Content};
+use crate::session::{Archived, Session, SessionError, key};
+use crate::store::{ClientStore, Namespace, Put};
+
+/// Below this many key packages on the node, a sync uploads more.
+pub const KEY_PACKAGES_LOW: u64 = 4;
+
+/// How many key packages a sync uploads (plus one last-resort package).
+pub const KEY_PACKAGES_BATCH: usize = 8;
+
+/// The lifetime of an uploaded key package (30 days).
+pub const KEY_PACKAGE_LIFETIME_S: u64 = 30 * 24 * 3600;
+
+/// How far before the client's clock a key package's lifetime starts, so
+/// that a node (and other clients) whose clock is behind still accept it.
+pub const KEY_PACKAGE_SKEW_S: u64 = 3600;
+
+/// How often a send encrypts again after `409 stale_epoch`, and a sync
+/// commits again after `409 epoch_taken`, before giving up.
+pub const EPOCH_ATTEMPTS: usize = 4;
+
+/// What a copy message carries at most, so that it fits an envelope with
+/// room to spare (larger histories go in several copies).
+pub const MAX_COPY_BYTES: usize = 512 * 1024;
+
+/// The persisted unsent request's format version.
+const UNSENT_VERSION: u8 = 1;
+
+/// What one [`Session::sync_rooms`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Key packages uploaded.
+    pub key_packages_uploaded: usize,
+    /// Rooms whose group this device created.
+    pub created: Vec<RoomId>,
+    /// Devices added, per room.
+    pub added: Vec<(RoomId, usize)>,
+    /// Devices removed, per room.
+    pub removed: Vec<(RoomId, usize)>,
+    /// Statements copied for newcomers, per room.
+    pub copied: Vec<(RoomId, usize)>,
+    /// Why a room is not (yet) as the access list wants it.
+    pub waiting: Vec<(RoomId, String)>,
+}
+
+impl SyncReport {
+    /// Whether the sync changed anything on the node.
+    pub fn changed(&self) -> bool {
+        !self.created.is_empty() || !self.added.is_empty() || !self.removed.is_empty()
+    }
+}
+
+/// A request written before its first send: exact bytes, resent as they
+/// are after a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unsent {
+    /// `POST …/envelopes`.
+    Envelope(SignedHeader, Vec<u8>),
+    /// `POST …/commits`: the commit, and its Welcome.
+    Commit(SignedHeader, Vec<u8>, Option<Box<(SignedHeader, Vec<u8>)>>),
+}
+
+impl Unsent {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(UNSENT_VERSION);
+        let put = |w: &mut Writer, h: &SignedHeader, b: &[u8]| {
+            w.raw(&h.to_bytes());
+            w.bytes(b);
+        };
+        match self {
+            Unsent::Envelope(h, b) => {
+                w.u8(1);
+                put(&mut w, h, b);
+            }
+            Unsent::Commit(h, b, welcome) => {
+                w.u8(2);
+                put(&mut w, h, b);
+                match welcome.as_deref() {
+                    Some((wh, wb)) => {
+                        w.u8(1);
+                        put(&mut w, wh, wb);
+                    }
+                    None => w.u8(0),
+                }
+            }
+        }
+        w.into_bytes()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("unsent request version", UNSENT_VERSION)?;
+        let get = |r: &mut Reader<'_>| -> Result<(SignedHeader, Vec<u8>), DecodeError> {
+            let h = SignedHeader::decode(
+                r.take(backchannel_statement::header::SIGNED_HEADER_LEN, "header")?,
+            )?;
+            let b = r.bytes("body", 1 << 21)?.to_vec();
+            Ok((h, b))
+        };
+        let out = match r.u8("unsent route")? {
+            1 => {
+                let (h, b) = get(&mut r)?;
+                Unsent::Envelope(h, b)
+            }
+            2 => {
+                let (h, b) = get(&mut r)?;
+                let welcome = match r.u8("welcome present")? {
+                    0 => None,
+                    _ => Some(Box::new(get(&mut r)?)),
+                };
+                Unsent::Commit(h, b, welcome)
+            }
+            v => {
+                return Err(DecodeError::UnknownValue {
+                    field: "unsent route",
+                    value: u64::from(v),
+                });
+            }
+        };
+        r.finish()?;
+        Ok(out)
+    }
+}
+
+/// A copy of statements for newcomers: `u32 n ‖ n × (seq u64 ‖ salt[32] ‖
+/// statement bytes)`, seqs strictly increasing.
+pub(crate) fn encode_copy(items: &[(u64, Salt, Vec<u8>)]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u32(items.len() as u32);
+    for (seq, salt, bytes) in items {
+        w.u64(*seq);
+        w.raw(&salt.0);
+        w.bytes(bytes);
+    }
+    w.into_bytes()
+}
+
+/// Parses a copy.
+pub(crate) fn decode_copy(bytes: &[u8]) -> Result<Vec<(u64, Salt, Vec<u8>)>, DecodeError> {
+    let mut r = Reader::new(bytes);
+    let n = r.u32("copied statements")? as usize;
+    let mut out: Vec<(u64, Salt, Vec<u8>)> = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let seq = r.u64("seq")?;
+        if out.last().is_some_and(|(s, _, _)| *s >= seq) {
+            return Err(DecodeError::Invalid {
+                field: "copied statements",
+                reason: "seqs must increase",
+            });
+        }
+        let salt = Salt(r.array("salt")?);
+        let bytes = r.bytes("statement", 1 << 20)?.to_vec();
+        out.push((seq, salt, bytes));
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+/// The device keys `list` seats in `room`.
+pub fn seated(list: &AccessList, room: RoomId) -> BTreeSet<PublicKey> {
+    list.entries()
+        .iter()
+        .filter(|e| e.has(FLAG_DEVICE) && e.rooms().binary_search(&room).is_ok())
+        .map(|e| *e.key())
+        .collect()
+}
+
+/// Why a stored envelope's body could not be read here, in words a person
+/// can act on.
+pub(crate) fn unreadable_text(e: &DecryptError) -> String {
+    match e {
+        DecryptError::NotMember(_) | DecryptError::BeforeJoin { .. } => {
+            "sent before this device joined the room; ask your head of delegation for a handover"
+                .to_owned()
+        }
+        DecryptError::AadMismatch => {
+            "evidence against its sender: its MLS authenticated data is not the commitment its \
+             signed header carries"
+                .to_owned()
+        }
+        other => format!("could not be decrypted: {other}"),
+    }
+}
+
+fn seated_or_stale(e: &NetError) -> bool {
+    matches!(e.code(), Some("stale_epoch" | "epoch_taken"))
+}
+
+impl<S: ClientStore> Session<S> {
+    fn random32(&self) -> Result<[u8; 32], SessionError> {
+        self.mls
+            .random32()
+            .map_err(|e| SessionError::Usage(e.to_string()))
+    }
+
+    /// The commitment of an envelope that carries no plaintext (handshakes,
+    /// Welcomes): 32 random bytes, so the node cannot tell them apart.
+    fn random_commitment(&self) -> Result<Commitment, SessionError> {
+        Ok(Commitment(self.random32()?))
+    }
+
+    fn unsent_key(&self) -> Vec<u8> {
+        key(self.talks, "unsent")
+    }
+
+    fn mls_put(&self) -> Put {
+        Put {
+            ns: Namespace::Mls,
+            key: key(self.talks, "mls"),
+            value: Some(self.mls.to_bytes()),
+        }
+    }
+
+    pub(crate) fn sent_key(&self, header: &SignedHeader) -> Vec<u8> {
+        let mut k = key(self.talks, "sent");
+        k.extend_from_slice(&header.hash().0);
+        k
+    }
+
+    /// The next idempotency key (the counter is persisted by the caller in
+    /// the same write as the request).
+    fn next_idempotency(&mut self) -> [u8; 16] {
+        self.idempotency += 1;
+        let mut idem = [0u8; 16];
+        idem[..8].copy_from_slice(&self.idempotency.to_be_bytes());
+        idem[8..].copy_from_slice(&self.device.public_key().as_bytes()[..8]);
+        idem
+    }
+
+    fn idempotency_put(&self) -> Put {
+        Put {
+            ns: Namespace::Checkpoints,
+            key: key(self.talks, "idempotency"),
+            value: Some(self.idempotency.to_be_bytes().to_vec()),
+        }
+    }
+
+    /// A signed header for `message` (unpadded) of `kind` in `room`, and
+    /// the padded body.
+    fn envelope(
+        &mut self,
+        room: RoomId,
+        kind: Kind,
+        message: &[u8],
+        commitment: Commitment,
+    ) -> Result<(SignedHeader, Vec<u8>), SessionError> {
+        let body = pad_body(message).map_err(|e| SessionError::Usage(e.to_string()))?;
+        let header = Header {
+            talks: self.talks,
+            room,
+            sender: self.device.public_key().id(),
+            kind,
+            idempotency_key: self.next_idempotency(),
+            body_len: body.len() as u32,
+            body_hash: backchannel_crypto::sha256(&body),
+            commitment,
+        }
+        .sign(&self.device)
+        .map_err(|e| SessionError::Sign(e.to_string()))?;
+        Ok((header, body))
+    }
+
+    async fn clear_unsent(&self) -> Result<(), SessionError> {
+        self.store
+            .put_many(vec![Put {
+                ns: Namespace::Mls,
+                key: self.unsent_key(),
+                value: None,
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// Sends the request written before a crash, if any, as it was written.
+    /// A refusal (4xx) clears it: the node did not act, and what the
+    /// request was for is decided again from the log.
+    pub async fn flush_unsent(&mut self) -> Result<(), SessionError> {
+        let Some(bytes) = self.store.get(Namespace::Mls, &self.unsent_key()).await? else {
+            return Ok(());
+        };
+        let unsent = Unsent::decode(&bytes).map_err(|e| SessionError::Stored(e.to_string()))?;
+        let result = match &unsent {
+            Unsent::Envelope(h, b) => self.node.submit(self.talks, h, b).await.map(|s| vec![s]),
+            Unsent::Commit(h, b, w) => self
+                .node
+                .submit_commit(
+                    self.talks,
+                    (h, b),
+                    w.as_deref().map(|(h, b)| (h, b.as_slice())),
+                )
+                .await
+                .map(|(c, w)| std::iter::once(c).chain(w).collect()),
+        };
+        match result {
+            Ok(placed) => {
+                for s in placed {
+                    self.note_sequenced(&s)?;
+                }
+                self.save_pending_and_clear().await
+            }
+            Err(e) if e.surely_not_acted() => self.clear_unsent().await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Verifies a placement's receipt and keeps it until the envelope is
+    /// included in a verified checkpoint.
+    fn note_sequenced(&mut self, s: &crate::net::Sequenced) -> Result<(), SessionError> {
+        s.verify_receipt(&self.log_key, self.talks)
+            .map_err(|e| SessionError::Evidence(format!("a receipt that does not verify: {e}")))?;
+        self.pending
+            .add(s.seq, s.leaf_hash, s.receipt.batch_timestamp_ms())
+            .map_err(|e| SessionError::Evidence(e.to_string()))
+    }
+
+    async fn save_pending_and_clear(&self) -> Result<(), SessionError> {
+        self.store
+            .put_many(vec![
+                Put {
+                    ns: Namespace::Checkpoints,
+                    key: key(self.talks, "pending"),
+                    value: Some(self.pending.to_canonical_bytes()),
+                },
+                Put {
+                    ns: Namespace::Mls,
+                    key: self.unsent_key(),
+                    value: None,
+                },
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// Encrypts `content` for `room` with the room's MLS group, signs the
+    /// header with the device key and submits it; the receipt is verified
+    /// and kept until the envelope is included in a verified checkpoint.
+    /// Returns the seq. `list` is the access list the client accepted (a
+    /// stale epoch makes the session receive before it encrypts again).
+    pub async fn send(
+        &mut self,
+        list: &AccessList,
+        room: RoomId,
+        content: Content,
+        salt: Salt,
+    ) -> Result<u64, SessionError> {
+        let message = AppMessage { content, salt };
+        let plaintext = message.to_bytes();
+        let commitment = message.commitment();
+        for _ in 0..EPOCH_ATTEMPTS {
+            self.flush_unsent().await?;
+            if self.mls.epoch(room).is_none() {
+                return Err(SessionError::Usage(
+                    "this device is not in the room's MLS group yet: another member adds it \
+                     once the access list seats it there and its key packages are on the node \
+                     (any command of that member does it); try again then"
+                        .into(),
+                ));
+            }
+            let ciphertext = self
+                .mls
+                .encrypt(room, &plaintext, &commitment.0)
+                .map_err(|e| SessionError::Usage(format!("encrypting for the room: {e}")))?;
+            let (header, body) = self.envelope(room, Kind::MlsApp, &ciphertext, commitment)?;
+            // The ratchet moved: the group state, the request and our own
+            // plaintext are durable before anything leaves.
+            self.store
+                .put_many(vec![
+                    self.mls_put(),
+                    self.idempotency_put(),
+                    Put {
+                        ns: Namespace::Mls,
+                        key: self.sent_key(&header),
+                        value: Some(plaintext.clone()),
+                    },
+                    Put {
+                        ns: Namespace::Mls,
+                        key: self.unsent_key(),
+                        value: Some(Unsent::Envelope(header, body.clone()).encode()),
+                    },
+                ])
+                .await?;
+            match self.node.submit(self.talks, &header, &body).await {
+                Ok(s) => {
+                    self.note_sequenced(&s)?;
+                    self.save_pending_and_clear().await?;
+                    return Ok(s.seq);
+                }
+                Err(e) if e.code() == Some("stale_epoch") => {
+                    self.clear_unsent().await?;
+                    self.receive(list).await?;
+                }
+                Err(e) if e.surely_not_acted() => {
+                    self.clear_unsent().await?;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(SessionError::Usage(format!(
+            "the room's epoch kept moving for {EPOCH_ATTEMPTS} attempts; send again"
+        )))
+    }
+
+    /// Keeps this device's key packages on the node and each of its rooms'
+    /// groups in step with `list`: creates the group of a room that has
+    /// none, adds the devices `list` seats in a room and removes those it
+    /// no longer does, then copies the room's statements for the newcomers.
+    /// `now_s`: the client's clock (key package lifetimes).
+    pub async fn sync_rooms(
+        &mut self,
+        list: &AccessList,
+        now_s: u64,
+    ) -> Result<SyncReport, SessionError> {
+        let mut report = SyncReport::default();
+        self.flush_unsent().await?;
+        let me = self.device.public_key();
+        let Some(entry) = list.get(&me.id()).filter(|e| e.has(FLAG_DEVICE)) else {
+            return Ok(report);
+        };
+        let rooms: Vec<RoomId> = entry.rooms().to_vec();
+
+        if self.node.key_package_count(self.talks).await? < KEY_PACKAGES_LOW {
+            let kps = self
+                .mls
+                .key_packages(
+                    KEY_PACKAGES_BATCH,
+                    true,
+                    now_s.saturating_sub(KEY_PACKAGE_SKEW_S),
+                    KEY_PACKAGE_LIFETIME_S,
+                )
+                .map_err(|e| SessionError::Usage(format!("making key packages: {e}")))?;
+            report.key_packages_uploaded = kps.len();
+            // The private keys are durable before the packages are public.
+            self.store.put_many(vec![self.mls_put()]).await?;
+            self.node.upload_key_packages(self.talks, kps).await?;
+        }
+
+        for room in rooms {
+            self.sync_room(list, room, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    async fn sync_room(
+        &mut self,
+        list: &AccessList,
+        room: RoomId,
+        report: &mut SyncReport,
+    ) -> Result<(), SessionError> {
+        for _ in 0..EPOCH_ATTEMPTS {
+            if self.mls.epoch(room).is_none() {
+                if self.node.group_info(self.talks, room).await?.is_some() {
+                    report.waiting.push((
+                        room,
+                        "a member of the room adds this device (it has key packages on the node)"
+                            .into(),
+                    ));
+                    return Ok(());
+                }
+                let group_info = self
+                    .mls
+                    .create_room(room)
+                    .map_err(|e| SessionError::Usage(format!("creating the room's group: {e}")))?;
+                let body = Handshake::Create {
+                    group_info: &group_info,
+                }
+                .encode();
+                let (header, body) =
+                    self.envelope(room, Kind::MlsHandshake, &body, self.random_commitment()?)?;
+                self.store
+                    .put_many(vec![
+                        self.mls_put(),
+                        self.idempotency_put(),
+                        Put {
+                            ns: Namespace::Mls,
+                            key: self.unsent_key(),
+                            value: Some(Unsent::Envelope(header, body.clone()).encode()),
+                        },
+                    ])
+                    .await?;
+                match self.node.submit(self.talks, &header, &body).await {
+                    Ok(s) => {
+                        self.note_sequenced(&s)?;
+                        self.save_pending_and_clear().await?;
+                        report.created.push(room);
+                    }
+                    Err(e) if e.code() == Some("epoch_taken") => {
+                        // Another device created it first: ours goes.
+                        self.mls.forget_room(room);
+                        self.store.put_many(vec![self.mls_put()]).await?;
+                        self.clear_unsent().await?;
+                        continue;
+                    }
+                    Err(e) => {
+                        if e.surely_not_acted() {
+                            self.mls.forget_room(room);
+                            self.store.put_many(vec![self.mls_put()]).await?;
+                            self.clear_unsent().await?;
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            let want = seated(list, room);
+            let have: BTreeSet<PublicKey> = self.mls.members(room).into_iter().collect();
+            let add: Vec<KeyId> = want.difference(&have).map(PublicKey::id).collect();
+            let remove: Vec<PublicKey> = have.difference(&want).copied().collect();
+            if add.is_empty() && remove.is_empty() {
+                return Ok(());
+            }
+            let mut key_packages = Vec::new();
+            if !add.is_empty() {
+                let claimed = self.node.claim_key_packages(self.talks, &add).await?;
+                let missing = claimed.iter().filter(|k| k.is_none()).count();
+                if missing > 0 {
+                    report.waiting.push((
+                        room,
+                        format!(
+                            "{missing} device(s) seated in the room have no key packages on the \
+                             node yet (they upload them when they next run a command)"
+                        ),
+                    ));
+                }
+                key_packages = claimed.into_iter().flatten().collect();
+            }
+            if key_packages.is_empty() && remove.is_empty() {
+                return Ok(());
+            }
+            let admits = |k: &PublicKey| want.contains(k);
+            let out = self
+                .mls
+                .commit(room, &key_packages, &remove, &admits)
+                .map_err(|e| SessionError::Usage(format!("committing to the room: {e}")))?;
+            let hs = Handshake::Commit {
+                commit: &out.commit,
+                group_info: &out.group_info,
+            }
+            .encode();
+            let (ch, cb) =
+                self.envelope(room, Kind::MlsHandshake, &hs, self.random_commitment()?)?;
+            let welcome = match &out.welcome {
+                Some(w) => {
+                    Some(self.envelope(room, Kind::Welcome, w, self.random_commitment()?)?)
+                }
+                None => None,
+            };
+            let unsent = Unsent::Commit(ch, cb.clone(), welcome.clone().map(Box::new));
+            self.store
+                .put_many(vec![
+                    self.mls_put(),
+                    self.idempotency_put(),
+                    Put {
+                        ns: Namespace::Mls,
+                        key: self.unsent_key(),
+                        value: Some(unsent.encode()),
+                    },
+                ])
+                .await?;
+            let sent = self
+                .node
+                .submit_commit(
+                    self.talks,
+                    (&ch, &cb),
+                    welcome.as_ref().map(|(h, b)| (h, b.as_slice())),
+                )
+                .await;
+            match sent {
+                Ok((c, w)) => {
+                    self.note_sequenced(&c)?;
+                    if let Some(w) = &w {
+                        self.note_sequenced(w)?;
+                    }
+                    self.save_pending_and_clear().await?;
+                    // The commit merges when the session meets it in the log.
+                    self.receive(list).await?;
+                    if !key_packages.is_empty() {
+                        report.added.push((room, key_packages.len()));
+                        let copied = self.copy_for_newcomers(list, room, c.seq).await?;
+                        if copied > 0 {
+                            report.copied.push((room, copied));
+                        }
+                    }
+                    if !remove.is_empty() {
+                        report.removed.push((room, remove.len()));
+                    }
+                    return Ok(());
+                }
+                Err(e) if seated_or_stale(&e) || e.surely_not_acted() => {
+                    self.mls.discard_pending(room);
+                    self.store.put_many(vec![self.mls_put()]).await?;
+                    self.clear_unsent().await?;
+                    if !seated_or_stale(&e) {
+                        return Err(e.into());
+                    }
+                    self.receive(list).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        report.waiting.push((
+            room,
+            format!("other commits kept taking the room's epoch ({EPOCH_ATTEMPTS} attempts)"),
+        ));
+        Ok(())
+    }
+
+    /// Posts copies of every statement archived in `room` below `below`
+    /// (the commit that added newcomers) for them to open. Returns how many
+    /// statements were copied.
+    async fn copy_for_newcomers(
+        &mut self,
+        list: &AccessList,
+        room: RoomId,
+        below: u64,
+    ) -> Result<usize, SessionError> {
+        let mut items: Vec<(u64, Salt, Vec<u8>)> = Vec::new();
+        for a in self.archive().await? {
+            if a.seq >= below || a.header.header().room != room {
+                continue;
+            }
+            if let Some(AppMessage {
+                content: Content::Statement(bytes),
+                salt,
+            }) = &a.message
+            {
+                items.push((a.seq, *salt, bytes.clone()));
+            }
+        }
+        let n = items.len();
+        let mut chunk: Vec<(u64, Salt, Vec<u8>)> = Vec::new();
+        let mut size = 0;
+        for item in items {
+            if !chunk.is_empty() && size + item.2.len() + 48 > MAX_COPY_BYTES {
+                let copy = encode_copy(&std::mem::take(&mut chunk));
+                self.send(list, room, Content::Copy(copy), Salt(self.random32()?))
+                    .await?;
+                size = 0;
+            }
+            size += item.2.len() + 48;
+            chunk.push(item);
+        }
+        if !chunk.is_empty() {
+            self.send(
+                list,
+                room,
+                Content::Copy(encode_copy(&chunk)),
+                Salt(self.random32()?),
+            )
+            .await?;
+        }
+        Ok(n)
+    }
+
+    /// Applies a copy received at `at` in `room`: each copied statement
+    /// whose archived envelope (same room, below `at`) could not be read
+    /// here and whose header commits to exactly the copied salt and bytes
+    /// is archived as that envelope's content. Returns how many it opened;
+    /// an item that does not match its header is named in the error string
+    /// list (evidence against the copier).
+    pub(crate) async fn apply_copy(
+        &mut self,
+        room: RoomId,
+        at: u64,
+        items: Vec<(u64, Salt, Vec<u8>)>,
+    ) -> Result<(usize, Vec<String>), SessionError> {
+        let mut opened = 0;
+        let mut bad = Vec::new();
+        let mut writes = Vec::new();
+        for (seq, salt, bytes) in items {
+            if seq >= at {
+                bad.push(format!(
+                    "the copy at seq {at} names seq {seq}, not before it"
+                ));
+                continue;
+            }
+            let Some(mut a) = self.archived(seq).await? else {
+                continue;
+            };
+            let h = *a.header.header();
+            if h.room != room {
+                bad.push(format!(
+                    "the copy at seq {at} names seq {seq} of another room"
+                ));
+                continue;
+            }
+            if Commitment::to_plaintext(&salt, &bytes) != h.commitment {
+                bad.push(format!(
+                    "the copy at seq {at} does not open the commitment of seq {seq}"
+                ));
+                continue;
+            }
+            if a.message.is_some() {
+                continue;
+            }
+            a.message = Some(AppMessage {
+                content: Content::Statement(bytes),
+                salt,
+            });
+            a.unreadable = None;
+            writes.push(a.put(self.talks));
+            opened += 1;
+        }
+        if !writes.is_empty() {
+            self.store.put_many(writes).await?;
+        }
+        Ok((opened, bad))
+    }
+
+    /// Processes one sequenced MLS envelope of this session's rooms, in log
+    /// order: handshakes advance the room's group, Welcomes join it,
+    /// application messages are decrypted. Returns the message and, when
+    /// the body could not be read here, why.
+    ///
+    /// A leaf is admitted when `list` seats the device in the room, or when
+    /// `replay` (the record before `seq`) certified it as a device by then:
+    /// a commit by (or adding) a device removed since is judged by its log
+    /// position, as the node judged it when it sequenced it.
+    pub(crate) fn open_envelope(
+        &mut self,
+        list: &AccessList,
+        replay: &Replay,
+        seq: u64,
+        header: &SignedHeader,
+        body: &[u8],
+        own_plaintext: Option<Vec<u8>>,
+    ) -> (Option<AppMessage>, Option<String>) {
+        let h = *header.header();
+        let Ok(message) = unpad_body(body) else {
+            return (None, Some("the body's padding is malformed".into()));
+        };
+        let want = seated(list, h.room);
+        let admits = |k: &PublicKey| {
+            want.contains(k)
+                || replay.key(&k.id()).is_some_and(|state| {
+                    matches!(state.role, KeyRole::Device { .. }) && state.valid_from <= seq
+                })
+        };
+        match h.kind {
+            Kind::MlsApp => {
+                let plaintext = if h.sender == self.device.public_key().id() {
+                    match own_plaintext {
+                        Some(p) => p,
+                        None => {
+                            return (
+                                None,
+                                Some(
+                                    "sent from this device, but its plaintext was not kept here"
+                                        .into(),
+                                ),
+                            );
+                        }
+                    }
+                } else {
+                    match self.mls.decrypt(h.room, message, &h.commitment.0) {
+                        Ok(p) => p,
+                        Err(e) => return (None, Some(unreadable_text(&e))),
+                    }
+                };
+                match AppMessage::from_bytes(&plaintext) {
+                    Ok(m) if m.commitment() == h.commitment => (Some(m), None),
+                    Ok(_) => (
+                        None,
+                        Some(
+                            "evidence against its sender: the decrypted message does not open \
+                             the commitment its signed header carries"
+                                .into(),
+                        ),
+                    ),
+                    Err(e) => (
+                        None,
+                        Some(format!(
+                            "evidence against its sender: the decrypted message is malformed ({e})"
+                        )),
+                    ),
+                }
+            }
+            Kind::MlsHandshake => {
+                if let Ok(Handshake::Commit { commit, .. }) = Handshake::parse(message)
+                    && self.mls.epoch(h.room).is_some()
+                {
+                    match self.mls.process_handshake(h.room, commit, &admits) {
+                        Ok(Handled::Own { .. } | Handled::Applied { .. } | Handled::Removed) => {}
+                        Err(backchannel_mls::MemberError::WrongEpoch { message, current })
+                            if message < current => {}
+                        Err(e) => {
+                            return (
+                                None,
+                                Some(format!(
+                                    "this device could not process this commit ({e}); it \
+                                         rejoins the room by external commit"
+                                )),
+                            );
+                        }
+                    }
+                }
+                (None, None)
+            }
+            Kind::Welcome => {
+                if self.mls.epoch(h.room).is_none()
+                    && let Err(e) = self.mls.join(message, &admits)
+                {
+                    return (
+                        None,
+                        Some(format!("this device could not join from it ({e})")),
+                    );
+                }
+                (None, None)
+            }
+            _ => (None, None),
+        }
+    }
+}
+
+/// The archived record's write.
+impl Archived {
+    pub(crate) fn put(&self, talks: backchannel_codec::TalksId) -> Put {
+        Put {
+            ns: Namespace::Archive,
+            key: crate::session::seq_key(talks, self.seq),
+            value: Some(self.encode()),
+        }
+    }
+}
+
+impl<S: ClientStore> Session<S> {
+    /// The device keys in this device's MLS group of `room` (empty when it
+    /// is not in the room's group).
+    pub fn room_members(&self, room: RoomId) -> BTreeSet<PublicKey> {
+        self.mls.members(room).into_iter().collect()
+    }
+
+    /// The room's MLS epoch on this device, if it is in the room's group.
+    pub fn room_epoch(&self, room: RoomId) -> Option<u64> {
+        self.mls.epoch(room)
+    }
+}
+
+/// Brings several devices' sessions into step with `list` at once (for
+/// tests, demos and tools that drive every device of a talks): each puts
+/// key packages on the node; then each syncs in turn — the first to reach a
+/// room creates its group and adds every device that has key packages —
+/// and receives, until every session is in the group of every room `list`
+/// seats it in. `Usage` if that does not happen within a few rounds.
+pub async fn sync_all<S: ClientStore>(
+    sessions: &mut [&mut Session<S>],
+    list: &AccessList,
+    now_s: u64,
+) -> Result<(), SessionError> {
+    for _ in 0..3 {
+        for s in sessions.iter_mut() {
+            s.sync_rooms(list, now_s).await?;
+        }
+        for s in sessions.iter_mut() {
+            s.receive(list).await?;
+        }
+        let done = sessions.iter().all(|s| {
+            list.get(&s.device.public_key().id())
+                .is_none_or(|e| e.rooms().iter().all(|r| s.mls.epoch(*r).is_some()))
+        });
+        if done {
+            return Ok(());
+        }
+    }
+    Err(SessionError::Usage(
+        "some devices are still not in the groups of their rooms".into(),
+    ))
+}
