@@ -112,6 +112,15 @@ const UNACCOUNTED_VERSION: u8 = 1;
 /// body could not be read here).
 const ARCHIVE_VERSION: u8 = 2;
 
+/// Why an envelope is archived without its sender checked: it came before
+/// this device joined its room, from a key neither the access list nor
+/// the record this device could read by then names. A copy of the room's
+/// statements (`crate::rooms`) may certify it later: each receive that
+/// opens a copy checks such envelopes again, and a sender then placed has
+/// its header signature verified (evidence if it fails).
+pub const UNPLACED: &str =
+    "sent before this device joined the room, by a key it cannot place (not checked)";
+
 /// One accepted envelope, as archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Archived {
@@ -903,8 +912,34 @@ impl<S: ClientStore> Session<S> {
         }
         if opened > 0 {
             let mut replay = Replay::new(self.talks);
-            for archived in self.archive().await? {
-                replay_archived(&mut replay, &archived);
+            let archive = self.archive().await?;
+            for archived in &archive {
+                replay_archived(&mut replay, archived);
+            }
+            // Senders the copies now place: their signatures are checked.
+            let mut placed = Vec::new();
+            for mut a in archive {
+                if a.unreadable.as_deref() != Some(UNPLACED) {
+                    continue;
+                }
+                let h = *a.header.header();
+                if let Ok(key) = sender_key(list, &replay, a.seq, &h.sender) {
+                    a.header.verify(&key).map_err(|_| {
+                        SessionError::Evidence(format!(
+                            "seq {}: its header signature does not verify",
+                            a.seq
+                        ))
+                    })?;
+                    a.unreadable = Some(
+                        "sent before this device joined the room; ask your head of delegation \
+                         for a handover"
+                            .into(),
+                    );
+                    placed.push(a.put(self.talks));
+                }
+            }
+            if !placed.is_empty() {
+                self.store.put_many(placed).await?;
             }
             self.keys = replay;
             for a in &mut out {
@@ -942,10 +977,7 @@ impl<S: ClientStore> Session<S> {
                     header: d.header,
                     receipt: d.receipt,
                     message: None,
-                    unreadable: Some(
-                        "sent before this device joined the room, by a device it cannot place"
-                            .into(),
-                    ),
+                    unreadable: Some(UNPLACED.into()),
                 });
             }
             Err(why) => return Err(evidence(why)),

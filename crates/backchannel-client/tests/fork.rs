@@ -10,6 +10,12 @@
 //! log key and origin, a tampered file does not, and notes of one honest
 //! history are not a fork. An honest node is the control: every party
 //! cosigns within a checkpoint interval.
+//!
+//! Rooms are MLS groups: the devices that talk first join their rooms'
+//! groups ([`sync_all`]), which logs the groups' handshakes; what they say
+//! follows them (`base`, the log size after that setup). The nodes run at
+//! the real current time, read once per test (OpenMLS checks key-package
+//! lifetimes against the system clock, the node against its own).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -23,7 +29,8 @@ use backchannel_client::fork::{
     compare, cosigner_key, is_final, missing_cosigners, party_cosigners,
 };
 use backchannel_client::net::NodeClient;
-use backchannel_client::seal::{Content, PlaintextSeal};
+use backchannel_client::rooms::sync_all;
+use backchannel_client::seal::Content;
 use backchannel_client::session::{Session, SessionError};
 use backchannel_client::store::MemoryClientStore;
 use backchannel_codec::{Decode, Encode, PartyId, RoomId, TalksId};
@@ -39,8 +46,14 @@ use backchannel_tlog::{CosignatureError, LogOrigin, NodeOrigin, SignedCheckpoint
 const CREATOR: u8 = OMAN_LEAD_DEVICE;
 /// The node's TLS key (both instances: one node, as far as clients see).
 const NODE_TLS: u8 = 0x52;
-/// Start of test time.
-const T0: u64 = 1_800_000_000_000;
+/// The current time (Unix ms): read once per test, the nodes' clocks are
+/// set to it and never move, and the devices verify and cosign at it.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
 /// The nodes' checkpoint interval.
 const INTERVAL: Duration = Duration::from_millis(20);
 /// How long a party waits past its cosignature before it expects every
@@ -54,6 +67,8 @@ use backchannel_test_support::{ManualClock, Served, serve_tls};
 /// A node, served until dropped.
 struct TestNode {
     served: Served,
+    /// The node's clock (Unix ms), which never moves.
+    t0: u64,
 }
 
 fn node_origin() -> NodeOrigin {
@@ -69,8 +84,9 @@ fn origin(talks: TalksId) -> LogOrigin {
 }
 
 /// Starts a node with its own in-memory store, the fixtures' log key and
-/// the origin `node.example`, and opens the reference talks on it.
-async fn start() -> (TestNode, TalksId) {
+/// the origin `node.example`, its clock at `t0`, and opens the reference
+/// talks on it.
+async fn start(t0: u64) -> (TestNode, TalksId) {
     let limits = Limits {
         requests_per_second: 100_000,
         request_burst: 100_000,
@@ -87,13 +103,14 @@ async fn start() -> (TestNode, TalksId) {
             log_key: Arc::new(key(NODE_LOG)),
             creators: vec![key(CREATOR).public_key()],
             limits,
-            clock: Arc::new(ManualClock(AtomicU64::new(T0))),
+            clock: Arc::new(ManualClock(AtomicU64::new(t0))),
         },
     );
     let node = TestNode {
         served: serve_tls(node, &key(NODE_TLS), "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap(),
+        t0,
     };
     let created = node
         .client(CREATOR)
@@ -107,6 +124,21 @@ impl TestNode {
     fn client(&self, label: u8) -> NodeClient {
         NodeClient::new(self.served.addr, self.served.fingerprint, &key(label)).unwrap()
     }
+
+    /// Waits until the node has integrated every envelope sequenced so
+    /// far; returns the log size.
+    async fn integrated(&self, talks: TalksId) -> u64 {
+        let c = self.client(OMAN_LEAD_DEVICE);
+        for _ in 0..500 {
+            let size = c.fetch(talks, 0, 1).await.unwrap().log_size;
+            let (cp, _) = c.checkpoint(talks).await.unwrap();
+            if cp == size {
+                return size;
+            }
+            tokio::time::sleep(INTERVAL).await;
+        }
+        panic!("the node did not integrate its log");
+    }
 }
 
 fn reference_list() -> AccessList {
@@ -116,12 +148,14 @@ fn reference_list() -> AccessList {
 
 // --- Devices -------------------------------------------------------------------
 
-type Sess = Session<MemoryClientStore, PlaintextSeal>;
+type Sess = Session<MemoryClientStore>;
 
 /// One device's session on one node, with the rooms it receives.
 struct Device {
     session: Sess,
     rooms: BTreeSet<RoomId>,
+    /// The node's clock: the device verifies and cosigns at it.
+    t0: u64,
 }
 
 async fn device(node: &TestNode, talks: TalksId, label: u8) -> Device {
@@ -136,7 +170,6 @@ async fn device_with(
 ) -> Device {
     let session = Session::open(
         store,
-        PlaintextSeal,
         node.client(label),
         key(label),
         talks,
@@ -152,33 +185,63 @@ async fn device_with(
         .iter()
         .copied()
         .collect();
-    Device { session, rooms }
+    Device {
+        session,
+        rooms,
+        t0: node.t0,
+    }
+}
+
+/// Brings `devices` (all on `node`) into the MLS groups of their rooms;
+/// returns the log size after that setup, once integrated.
+async fn join_rooms(node: &TestNode, talks: TalksId, devices: &mut [&mut Device]) -> u64 {
+    let mut sessions: Vec<&mut Sess> = devices.iter_mut().map(|d| &mut d.session).collect();
+    sync_all(&mut sessions, &reference_list(), node.t0 / 1000)
+        .await
+        .unwrap();
+    node.integrated(talks).await
 }
 
 impl Device {
     async fn say(&mut self, text: &str, salt: u8) -> u64 {
         let record = fixtures::talks().record;
         self.session
-            .send(record, Content::Talk(text.into()), Salt([salt; 32]))
+            .send(
+                &reference_list(),
+                record,
+                Content::Talk(text.into()),
+                Salt([salt; 32]),
+            )
             .await
             .unwrap()
     }
 
-    /// Receives, verifies the log until the node's checkpoint reaches
+    /// Receives, verifies the log once the node's checkpoint reaches
     /// `size` (nothing withheld, every receipt merged) and cosigns it.
+    /// Only that checkpoint is verified (none below it on the way), so
+    /// followers compare at the sizes the tests expect.
     async fn verify_and_cosign(&mut self, size: u64) -> SignedCheckpoint {
-        self.session.receive(&reference_list()).await.unwrap();
+        let talks = self.session.talks();
         for _ in 0..500 {
-            let (report, checkpoint) = self.session.verify_log(&self.rooms, T0).await.unwrap();
-            if report.size == size {
-                assert!(report.withheld.is_empty(), "{report:?}");
-                assert!(report.not_merged.is_empty(), "{report:?}");
-                self.session.cosign(&checkpoint, T0 / 1000).await.unwrap();
-                return checkpoint;
+            let (served, _) = self.session.node().checkpoint(talks).await.unwrap();
+            if served >= size {
+                break;
             }
             tokio::time::sleep(INTERVAL).await;
         }
-        panic!("the node's checkpoint never reached size {size}");
+        self.session.receive(&reference_list()).await.unwrap();
+        let (report, checkpoint) = self.session.verify_log(&self.rooms, self.t0).await.unwrap();
+        assert_eq!(
+            report.size, size,
+            "the node's checkpoint never reached size {size}"
+        );
+        assert!(report.withheld.is_empty(), "{report:?}");
+        assert!(report.not_merged.is_empty(), "{report:?}");
+        self.session
+            .cosign(&checkpoint, self.t0 / 1000)
+            .await
+            .unwrap();
+        checkpoint
     }
 
     fn follower(&self) -> &Follower {
@@ -203,7 +266,7 @@ fn sorted(mut parties: Vec<PartyId>) -> Vec<PartyId> {
 
 #[tokio::test]
 async fn an_honest_node_gets_every_party_s_cosignature_within_an_interval() {
-    let (node, talks) = start().await;
+    let (node, talks) = start(now_ms()).await;
     let parties = party_cosigners(&reference_list());
     let t = fixtures::talks();
     assert_eq!(
@@ -213,13 +276,14 @@ async fn an_honest_node_gets_every_party_s_cosignature_within_an_interval() {
     let mut us = device(&node, talks, US_HEAD_DEVICE).await;
     let mut iran = device(&node, talks, IRAN_HEAD_DEVICE).await;
     let mut oman = device(&node, talks, OMAN_LEAD_DEVICE).await;
-    us.say("the US proposal", 1).await;
-    iran.say("the Iranian proposal", 2).await;
+    let base = join_rooms(&node, talks, &mut [&mut us, &mut iran, &mut oman]).await;
+    assert_eq!(us.say("the US proposal", 1).await, base);
+    assert_eq!(iran.say("the Iranian proposal", 2).await, base + 1);
     for d in [&mut us, &mut iran, &mut oman] {
-        d.verify_and_cosign(2).await;
+        d.verify_and_cosign(base + 2).await;
     }
     let (note, checkpoint) = us.served().await;
-    assert_eq!(checkpoint.checkpoint().size, 2);
+    assert_eq!(checkpoint.checkpoint().size, base + 2);
     assert_eq!(is_final(&note, &parties).unwrap(), Finality::Final);
     // The negotiator's device did not cosign: its party is covered by the head's.
     let all: Vec<_> = parties.iter().flat_map(|(_, k)| k.clone()).collect();
@@ -229,7 +293,7 @@ async fn an_honest_node_gets_every_party_s_cosignature_within_an_interval() {
     );
     assert!(matches!(
         compare(us.follower(), iran.follower()),
-        Comparison::Consistent { largest: 2, .. }
+        Comparison::Consistent { largest, .. } if largest == base + 2
     ));
     assert!(matches!(
         is_final(&note, &[]),
@@ -242,8 +306,9 @@ async fn an_honest_node_gets_every_party_s_cosignature_within_an_interval() {
 #[tokio::test]
 async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
     let t = fixtures::talks();
-    let (node_a, talks) = start().await;
-    let (node_b, talks_b) = start().await;
+    let t0 = now_ms();
+    let (node_a, talks) = start(t0).await;
+    let (node_b, talks_b) = start(t0).await;
     assert_eq!(talks, talks_b);
     let origin = origin(talks);
     let parties = party_cosigners(&reference_list());
@@ -256,16 +321,25 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
     );
     assert_eq!(node_a.served.fingerprint, node_b.served.fingerprint);
 
-    // The US (and the mediator) are shown history A, Iran history B.
+    // The US (and the mediator) are shown history A, Iran history B. The
+    // US head's device creates its rooms' groups on node A, Iran's head's
+    // device its rooms' groups on node B: two rooms each, so both logs
+    // hold as many envelopes after that. The mediator's device only
+    // follows, verifies and cosigns here: it need not be in the groups (it
+    // archives what it cannot read).
     let mut us = device(&node_a, talks, US_HEAD_DEVICE).await;
     let oman_store = Arc::new(MemoryClientStore::default());
     let mut oman = device_with(&node_a, talks, OMAN_LEAD_DEVICE, Arc::clone(&oman_store)).await;
     let mut iran = device(&node_b, talks, IRAN_HEAD_DEVICE).await;
-    assert_eq!(us.say("the US proposal", 1).await, 0);
-    assert_eq!(iran.say("the Iranian proposal", 2).await, 0);
-    let cp_us = us.verify_and_cosign(1).await;
-    let cp_oman = oman.verify_and_cosign(1).await;
-    let cp_iran = iran.verify_and_cosign(1).await;
+    let base = join_rooms(&node_a, talks, &mut [&mut us]).await;
+    assert_eq!(join_rooms(&node_b, talks, &mut [&mut iran]).await, base);
+    // The first size at which the two histories differ in what was said.
+    let size = base + 1;
+    assert_eq!(us.say("the US proposal", 1).await, base);
+    assert_eq!(iran.say("the Iranian proposal", 2).await, base);
+    let cp_us = us.verify_and_cosign(size).await;
+    let cp_oman = oman.verify_and_cosign(size).await;
+    let cp_iran = iran.verify_and_cosign(size).await;
     assert_eq!(cp_us.checkpoint(), cp_oman.checkpoint());
     let (root_a, root_b) = (cp_us.checkpoint().root, cp_iran.checkpoint().root);
     assert_ne!(root_a, root_b, "each history verifies on its own");
@@ -277,7 +351,10 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
         tokio::time::sleep(INTERVAL).await;
         let (note_a, cp_a) = us.served().await;
         let (note_b, cp_b) = iran.served().await;
-        assert_eq!((cp_a.checkpoint().size, cp_b.checkpoint().size), (1, 1));
+        assert_eq!(
+            (cp_a.checkpoint().size, cp_b.checkpoint().size),
+            (size, size)
+        );
         assert_eq!(
             is_final(&note_a, &parties).unwrap(),
             Finality::Pending {
@@ -327,7 +404,7 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
     assert_eq!(
         compare(us.follower(), iran.follower()),
         Comparison::Forked {
-            size: 1,
+            size,
             root_a,
             root_b
         }
@@ -336,7 +413,7 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
         compare(us.follower(), oman.follower()),
         Comparison::Consistent {
             compared: 1,
-            largest: 1
+            largest: size
         }
     );
 
@@ -346,7 +423,7 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
     let file = evidence.to_canonical_bytes();
     let read = ForkEvidence::from_canonical_bytes(&file).unwrap();
     let fork = read.verify(&log_key(), &origin).unwrap();
-    assert_eq!(fork.size, 1);
+    assert_eq!(fork.size, size);
     assert_eq!(
         BTreeSet::from([fork.root_a, fork.root_b]),
         BTreeSet::from([root_a, root_b])
@@ -420,22 +497,24 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
     let (note_a_again, _) = oman.served().await;
     assert_eq!(
         ForkEvidence::from_checkpoints(&note_a, &note_a_again, &log_key(), &origin),
-        Err(NotAFork::SameRoot { size: 1 })
+        Err(NotAFork::SameRoot { size })
     );
 
-    // The history moves on: the US says more on node A (size 2). Iran's
-    // note of size 1 against A's note of size 2 is a fork of the prefix
-    // form: A's tree has another root at size 1, by node A's own proof.
-    us.say("the US answer", 3).await;
-    let cp_us2 = us.verify_and_cosign(2).await;
+    // The history moves on: the US says more on node A (one more
+    // envelope). Iran's note against A's larger note is a fork of the
+    // prefix form: A's tree has another root at Iran's size, by node A's
+    // own proof.
+    let size2 = size + 1;
+    assert_eq!(us.say("the US answer", 3).await, size);
+    let cp_us2 = us.verify_and_cosign(size2).await;
     let (note_a2, _) = us.served().await;
     let proof = us
         .session
         .node()
-        .consistency_proof(talks, 1, 2)
+        .consistency_proof(talks, size, size2)
         .await
         .unwrap();
-    let prefix_root = us.follower().root_at(1).unwrap();
+    let prefix_root = us.follower().root_at(size).unwrap();
     assert_eq!(prefix_root, root_a);
     let evidence =
         ForkEvidence::from_prefix(&note_a2, &note_b, &prefix_root, &proof, &log_key(), &origin)
@@ -447,7 +526,12 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
         .unwrap();
     assert_eq!(
         (fork.size, fork.root_a, fork.root_b, fork.later),
-        (1, root_b, root_a, Some((2, cp_us2.checkpoint().root)))
+        (
+            size,
+            root_b,
+            root_a,
+            Some((size2, cp_us2.checkpoint().root))
+        )
     );
     println!(
         "prefix fork evidence: {} bytes; {}",
@@ -458,13 +542,16 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
     assert_eq!(
         ForkEvidence::from_checkpoints(&note_a, &note_a2, &log_key(), &origin),
         Err(NotAFork::DifferentSizes {
-            size_a: 1,
-            size_b: 2
+            size_a: size,
+            size_b: size2
         })
     );
     assert_eq!(
         ForkEvidence::from_prefix(&note_a, &note_a2, &prefix_root, &proof, &log_key(), &origin),
-        Err(NotAFork::Consistent { old: 1, new: 2 })
+        Err(NotAFork::Consistent {
+            old: size,
+            new: size2
+        })
     );
     // A prefix root the proof does not bind: no evidence.
     assert_eq!(
@@ -476,7 +563,10 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
             &log_key(),
             &origin
         ),
-        Err(NotAFork::BadProof { old: 1, new: 2 })
+        Err(NotAFork::BadProof {
+            old: size,
+            new: size2
+        })
     );
 
     // The mediator's device, pointed at node B with its stored state,
@@ -484,11 +574,11 @@ async fn a_node_serving_two_histories_is_caught_with_offline_evidence() {
     drop(oman);
     let mut oman_on_b = device_with(&node_b, talks, OMAN_LEAD_DEVICE, oman_store).await;
     oman_on_b.session.receive(&reference_list()).await.unwrap();
-    match oman_on_b.session.verify_log(&oman_on_b.rooms, T0).await {
+    match oman_on_b.session.verify_log(&oman_on_b.rooms, t0).await {
         Err(SessionError::Evidence(e)) => {
-            assert!(e.contains("fork at size 1"), "{e}");
+            assert!(e.contains(&format!("fork at size {size}")), "{e}");
         }
         other => panic!("expected a fork, got {other:?}"),
     }
-    assert_eq!(oman_on_b.follower().root_at(1), Some(root_a));
+    assert_eq!(oman_on_b.follower().root_at(size), Some(root_a));
 }

@@ -15,6 +15,7 @@ use backchannel_test_support::survives_corpus;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use backchannel_client::attachment::Attachment;
 use backchannel_client::follow::{Follower, Pending, Witness};
 use backchannel_client::fork::ForkEvidence;
 use backchannel_client::participant::{
@@ -25,8 +26,11 @@ use backchannel_client::safety::{PartyVerification, SafetyCode};
 use backchannel_client::seal::{AppMessage, Content};
 use backchannel_codec::{Encode, PrincipalId, RoomId, TalksId};
 use backchannel_crypto::{Digest, Signer, sha256};
+use backchannel_mls::Handshake;
 use backchannel_node::tls::Fingerprint;
 use backchannel_statement::fixtures::{self, key, labels};
+use backchannel_statement::header::pad_body;
+use backchannel_statement::{Commitment, Header, Kind};
 use backchannel_statement::{InvitationToken, PartyKind, Payload, Role, Salt};
 use backchannel_tlog::{
     Checkpoint, LeafData, LogOrigin, MemoryHashStore, NodeOrigin, SignedCheckpoint,
@@ -38,6 +42,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("participant", backchannel_client::fuzz::participant),
     ("client_state", backchannel_client::fuzz::client_state),
     ("data_tile", backchannel_client::fuzz::data_tile),
+    ("mls", backchannel_client::fuzz::mls),
 ];
 
 fn corpus() -> PathBuf {
@@ -126,6 +131,7 @@ fn participant_seeds() -> Vec<(&'static str, Vec<u8>)> {
         party: f.us,
         token: InvitationToken([3; 32]),
         expires_at: 1_800_000_000_000,
+        enrolment_key: [4; 32],
     };
     let [_, _, _, us_negotiator] = fixtures::PRINCIPALS;
     let member_invitation = MemberInvitationDoc {
@@ -311,6 +317,60 @@ fn data_tile_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// What the `mls` target parses that has a fixed encoding: handshake
+/// bodies (around opaque MLS bytes), a copy of statements, an attachment,
+/// and a request written before its first send. (MLS messages themselves
+/// carry fresh randomness, so none is a fixed seed.)
+fn mls_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let f = fixtures::talks();
+    let create = Handshake::Create {
+        group_info: b"group info bytes",
+    };
+    let commit = Handshake::Commit {
+        commit: b"commit bytes",
+        group_info: b"group info bytes",
+    };
+    // Copy: u32 n, then (seq, salt, u32 len, statement).
+    let statement = ground_rules_statement();
+    let mut copy = 2u32.to_be_bytes().to_vec();
+    for (seq, salt) in [(3u64, [5u8; 32]), (4, [6; 32])] {
+        copy.extend_from_slice(&seq.to_be_bytes());
+        copy.extend_from_slice(&salt);
+        copy.extend_from_slice(&(statement.len() as u32).to_be_bytes());
+        copy.extend_from_slice(&statement);
+    }
+    let attachment = Attachment {
+        blob: sha256(b"blob"),
+        size: 50_000,
+        key: [8; 32],
+        name: "brief.pdf".into(),
+    };
+    // Unsent: version 1, route 1 (an envelope), the signed header, the body.
+    let body = ok(pad_body(b"an MLS message"));
+    let header = ok(Header {
+        talks: f.talks,
+        room: f.record,
+        sender: key(labels::US_HEAD_DEVICE).public_key().id(),
+        kind: Kind::MlsApp,
+        idempotency_key: [1; 16],
+        body_len: body.len() as u32,
+        body_hash: sha256(&body),
+        commitment: Commitment([2; 32]),
+    }
+    .sign(&key(labels::US_HEAD_DEVICE)));
+    let mut unsent = vec![1u8, 1];
+    unsent.extend_from_slice(&header.to_bytes());
+    unsent.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    unsent.extend_from_slice(&body);
+    vec![
+        ("seed-handshake-create", create.encode()),
+        ("seed-handshake-commit", commit.encode()),
+        ("seed-copy", copy),
+        ("seed-attachment", attachment.to_bytes()),
+        ("seed-unsent-envelope", unsent),
+    ]
+}
+
 #[test]
 fn the_seeds_are_what_the_code_encodes() {
     let regenerate = std::env::var_os("BACKCHANNEL_REGENERATE_VECTORS").is_some();
@@ -318,6 +378,7 @@ fn the_seeds_are_what_the_code_encodes() {
         ("participant", participant_seeds()),
         ("client_state", client_state_seeds()),
         ("data_tile", data_tile_seeds()),
+        ("mls", mls_seeds()),
     ] {
         let dir = corpus().join(target);
         for (name, bytes) in seeds {

@@ -4,6 +4,10 @@
 //! from their stores, receive with no gap and no duplicate, find every
 //! envelope the node acknowledged to them, and verify the whole log from
 //! the data tiles.
+//!
+//! Rooms are MLS groups: before they send, the two devices join their
+//! rooms' groups (`sync_all`), which logs the groups' handshakes and
+//! Welcomes ahead of the talk.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -13,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backchannel_client::net::NodeClient;
-use backchannel_client::seal::{Content, PlaintextSeal};
+use backchannel_client::rooms::sync_all;
+use backchannel_client::seal::Content;
 use backchannel_client::session::Session;
 use backchannel_client::store::MemoryClientStore;
 use backchannel_crypto::{SecretKey, Signer};
@@ -23,7 +28,7 @@ use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_tlog::NodeOrigin;
 use common::{backchannel, ok, start_node};
 
-type S = Session<MemoryClientStore, PlaintextSeal>;
+type S = Session<MemoryClientStore>;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -42,7 +47,6 @@ async fn session(
     let t = fixtures::talks();
     Session::open(
         Arc::clone(store),
-        PlaintextSeal,
         NodeClient::new(addr, fp, &key(label)).unwrap(),
         SecretKey::from_seed(&[label; 32]).unwrap(),
         t.talks,
@@ -91,22 +95,42 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
             .unwrap();
     });
 
-    // Two devices send until the node is killed under them; each records
-    // the seqs the node acknowledged.
+    // The two devices join their rooms' groups (the node runs at the real
+    // time, which key-package lifetimes are checked against). What each
+    // archived then is the head of its archive; the talk follows it, from
+    // `base` on.
     let devices = [US_HEAD_DEVICE, IRAN_HEAD_DEVICE];
     let stores: Vec<Arc<MemoryClientStore>> = devices.iter().map(|_| Arc::default()).collect();
+    let (base, heads): (u64, Vec<Vec<u64>>) = rt.block_on(async {
+        let mut us = session(&stores[0], devices[0], addr, fp, log_key).await;
+        let mut iran = session(&stores[1], devices[1], addr, fp, log_key).await;
+        sync_all(&mut [&mut us, &mut iran], &list, now_ms() / 1000)
+            .await
+            .unwrap();
+        let base = us.next_seq();
+        assert_eq!(iran.next_seq(), base);
+        let mut heads = Vec::new();
+        for s in [&us, &iran] {
+            heads.push(s.archive().await.unwrap().iter().map(|a| a.seq).collect());
+        }
+        (base, heads)
+    });
+
+    // Two devices send until the node is killed under them; each records
+    // the seqs the node acknowledged.
     let tasks: Vec<_> = devices
         .iter()
         .zip(&stores)
         .map(|(&label, store)| {
             let store = Arc::clone(store);
+            let list = list.clone();
             rt.spawn(async move {
                 let mut s = session(&store, label, addr, fp, log_key).await;
                 let mut acked = Vec::new();
                 for i in 0..10_000u32 {
                     let text = format!("device {label} message {i}");
                     match s
-                        .send(t.record, Content::Talk(text), Salt([label; 32]))
+                        .send(&list, t.record, Content::Talk(text), Salt([label; 32]))
                         .await
                     {
                         Ok(seq) => acked.push(seq),
@@ -130,11 +154,20 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
     let (mut child, addr, fp) = start_node(&node_dir);
     let fp = Fingerprint::from_hex(&fp).unwrap();
     rt.block_on(async {
-        let rooms: BTreeSet<_> = [t.record].into();
-        for ((&label, store), acked) in devices.iter().zip(&stores).zip(&acked) {
+        for (((&label, store), acked), head) in devices.iter().zip(&stores).zip(&acked).zip(&heads)
+        {
             let mut s = session(store, label, addr, fp, log_key).await;
-            // Receive everything (the record room holds both devices' talk).
+            let rooms: BTreeSet<_> = list
+                .get(&key(label).public_key().id())
+                .unwrap()
+                .rooms()
+                .iter()
+                .copied()
+                .collect();
+            // Receive everything (after the setup, the record room holds
+            // both devices' talk, and nothing else is sent).
             s.receive(&list).await.unwrap();
+            let size = s.next_seq();
             let archive = s.archive().await.unwrap();
             let seqs: Vec<u64> = archive.iter().map(|a| a.seq).collect();
             let mut sorted = seqs.clone();
@@ -142,10 +175,20 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
             assert_eq!(seqs, sorted, "a duplicate or out-of-order seq");
             assert_eq!(
                 seqs,
-                (0..seqs.len() as u64).collect::<Vec<_>>(),
+                head.iter().copied().chain(base..size).collect::<Vec<_>>(),
                 "a gap in the archive"
             );
+            for a in archive.iter().filter(|a| a.seq >= base) {
+                assert_eq!(a.header.header().room, t.record, "seq {}", a.seq);
+                assert!(
+                    matches!(&a.message, Some(m) if matches!(&m.content, Content::Talk(_))),
+                    "seq {}: {:?}",
+                    a.seq,
+                    a.unreadable
+                );
+            }
             for seq in acked {
+                assert!(*seq >= base, "acknowledged seq {seq} in the setup");
                 assert!(seqs.contains(seq), "acknowledged seq {seq} missing");
             }
             // The whole log verifies from the data tiles.
@@ -154,16 +197,12 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
                 let (report, _) = s.verify_log(&rooms, now_ms()).await.unwrap();
                 assert!(report.withheld.is_empty(), "{:?}", report.withheld);
                 verified = report.size;
-                if verified == seqs.len() as u64 {
+                if verified == size {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert_eq!(
-                verified,
-                seqs.len() as u64,
-                "the log did not verify to its end"
-            );
+            assert_eq!(verified, size, "the log did not verify to its end");
         }
     });
     child.kill().unwrap();
