@@ -165,7 +165,8 @@ mod tests {
     fn a_sealed_file_opens_only_with_its_key_talks_and_bytes() {
         let talks = TalksId([1; 16]);
         let file = b"draft text of the exchange".to_vec();
-        let (blob, a) = Attachment::seal(talks, [7; 32], [9; 24], "draft.txt".into(), &file).unwrap();
+        let (blob, a) =
+            Attachment::seal(talks, [7; 32], [9; 24], "draft.txt".into(), &file).unwrap();
         assert_eq!(blob.len(), file.len() + BLOB_OVERHEAD);
         assert!(!blob.windows(5).any(|w| w == b"draft"));
         assert_eq!(a.blob, sha256(&blob));
@@ -175,10 +176,19 @@ mod tests {
         let mut altered = blob.clone();
         altered[30] ^= 1;
         assert_eq!(a.open(talks, &altered), Err(AttachmentError::Open));
-        let wrong_key = Attachment { key: [8; 32], ..a.clone() };
+        let wrong_key = Attachment {
+            key: [8; 32],
+            ..a.clone()
+        };
         assert_eq!(wrong_key.open(talks, &blob), Err(AttachmentError::Open));
-        let wrong_size = Attachment { size: 3, ..a.clone() };
-        assert!(matches!(wrong_size.open(talks, &blob), Err(AttachmentError::Size { .. })));
+        let wrong_size = Attachment {
+            size: 3,
+            ..a.clone()
+        };
+        assert!(matches!(
+            wrong_size.open(talks, &blob),
+            Err(AttachmentError::Size { .. })
+        ));
         let mut bad = a.to_bytes();
         bad.push(b'\n');
         assert!(Attachment::from_bytes(&bad).is_err());

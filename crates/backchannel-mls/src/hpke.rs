@@ -65,7 +65,9 @@ pub fn hpke_seal(
         .map_err(|_| HpkeError::PublicKey)?;
     let mut out = ct.kem_output.as_slice().to_vec();
     if out.len() != HPKE_KEY_LEN {
-        return Err(HpkeError::Crypto("a KEM output that is not 32 bytes".into()));
+        return Err(HpkeError::Crypto(
+            "a KEM output that is not 32 bytes".into(),
+        ));
     }
     out.extend_from_slice(ct.ciphertext.as_slice());
     Ok(out)
@@ -106,14 +108,32 @@ mod tests {
         let public = hpke_public_key(&ikm).unwrap();
         let sealed = hpke_seal(&public, b"info", b"aad", b"the names").unwrap();
         assert_eq!(sealed.len(), 32 + 9 + 16);
-        assert_eq!(hpke_open(&ikm, b"info", b"aad", &sealed).unwrap(), b"the names");
-        assert_eq!(hpke_open(&[8u8; 32], b"info", b"aad", &sealed), Err(HpkeError::Open));
-        assert_eq!(hpke_open(&ikm, b"other", b"aad", &sealed), Err(HpkeError::Open));
-        assert_eq!(hpke_open(&ikm, b"info", b"other", &sealed), Err(HpkeError::Open));
+        assert_eq!(
+            hpke_open(&ikm, b"info", b"aad", &sealed).unwrap(),
+            b"the names"
+        );
+        assert_eq!(
+            hpke_open(&[8u8; 32], b"info", b"aad", &sealed),
+            Err(HpkeError::Open)
+        );
+        assert_eq!(
+            hpke_open(&ikm, b"other", b"aad", &sealed),
+            Err(HpkeError::Open)
+        );
+        assert_eq!(
+            hpke_open(&ikm, b"info", b"other", &sealed),
+            Err(HpkeError::Open)
+        );
         let mut altered = sealed.clone();
         altered[40] ^= 1;
-        assert_eq!(hpke_open(&ikm, b"info", b"aad", &altered), Err(HpkeError::Open));
-        assert_eq!(hpke_open(&ikm, b"info", b"aad", &sealed[..40]), Err(HpkeError::Short));
+        assert_eq!(
+            hpke_open(&ikm, b"info", b"aad", &altered),
+            Err(HpkeError::Open)
+        );
+        assert_eq!(
+            hpke_open(&ikm, b"info", b"aad", &sealed[..40]),
+            Err(HpkeError::Short)
+        );
         assert!(!sealed.windows(9).any(|w| w == b"the names"));
     }
 }

@@ -439,7 +439,10 @@ async fn bad_mls_input_is_refused_and_changes_nothing() {
     // created (made locally, never submitted).
     ds[0].mls.create_room(t.iran_caucus).unwrap();
     let orphan = ds[0].message(t.iran_caucus, b"nobody can read this room yet");
-    let a = ds[0].client.post_raw(&path(talks, "/envelopes"), orphan).await;
+    let a = ds[0]
+        .client
+        .post_raw(&path(talks, "/envelopes"), orphan)
+        .await;
     assert_eq!((a.status, a.code().as_str()), (409, "no_group"), "{a:?}");
     ds[0].mls.forget_room(t.iran_caucus);
 

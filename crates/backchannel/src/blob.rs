@@ -17,13 +17,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use backchannel_client::net::NetError;
 use backchannel_client::attachment::{Attachment, BLOB_OVERHEAD, MAX_ATTACHMENT_NAME};
+use backchannel_client::net::NetError;
 use backchannel_client::seal::Content;
-use rand_core::{OsRng, RngCore};
 use backchannel_crypto::{Digest, sha256};
 use backchannel_node::api::codes;
 use clap::{Args, Subcommand};
+use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
 use crate::cli::{EXIT_CODES, TalksArgs};
@@ -189,9 +189,8 @@ async fn put_in(ctx: &Ctx, a: &BlobPutArgs, len: u64) -> anyhow::Result<Put> {
     let (mut key, mut nonce) = ([0u8; 32], [0u8; 24]);
     OsRng.fill_bytes(&mut key);
     OsRng.fill_bytes(&mut nonce);
-    let (bytes, attachment) =
-        Attachment::seal(ctx.talks(), key, nonce, file_name(&a.file), &file)
-            .map_err(|e| anyhow!("{e}"))?;
+    let (bytes, attachment) = Attachment::seal(ctx.talks(), key, nonce, file_name(&a.file), &file)
+        .map_err(|e| anyhow!("{e}"))?;
     let hash = attachment.blob;
     let blob = s
         .node()

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::net::NetError;
-use backchannel_client::store::{ClientStore as _, Namespace};
 use backchannel_client::participant::{
     self as talks_store, Enrolment, InvitationDoc, Invited, PinnedNode, TalksRecord,
 };
 use backchannel_client::safety::PartyVerification;
 use backchannel_client::seal::Content;
+use backchannel_client::store::{ClientStore as _, Namespace};
 use backchannel_codec::{PartyId, PrincipalId, RoomId, TalksId};
 use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer as _, sha256};
 use backchannel_node::api::codes;
@@ -560,9 +560,8 @@ async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow:
             waiting.push(inv.party.to_hex());
             continue;
         };
-        let e = Enrolment::open(&ikm, ctx.talks(), inv.party, payload).map_err(|e| {
-            anyhow!("party {}'s enrolment: {e}; invite it again", inv.party)
-        })?;
+        let e = Enrolment::open(&ikm, ctx.talks(), inv.party, payload)
+            .map_err(|e| anyhow!("party {}'s enrolment: {e}; invite it again", inv.party))?;
         ensure!(
             e.entry.party == inv.party && e.entry.kind == PartyKind::Party,
             "party {}'s enrolment is for another party; invite that party again",

@@ -403,9 +403,16 @@ fn a_served_blob_that_does_not_hash_to_its_address_is_refused() {
         "the node left a write-ahead log behind"
     );
     // The file's text is nowhere in the database: only its ciphertext.
-    assert_eq!(flip_all(&db, b"paragraph 7"), 0, "the plaintext is in node.db");
+    assert_eq!(
+        flip_all(&db, b"paragraph 7"),
+        0,
+        "the plaintext is in node.db"
+    );
     let chunk = blob_chunk(&db);
-    assert!(flip_all(&db, &chunk[100..132]) > 0, "the chunk is in node.db");
+    assert!(
+        flip_all(&db, &chunk[100..132]) > 0,
+        "the chunk is in node.db"
+    );
     // Restarted on the same address: the homes' pins still hold.
     t.node = Some(Node::start(&t.path("node"), &addr.to_string()));
 

@@ -515,7 +515,9 @@ fn no_name_or_text_reaches_the_node_in_the_clear() {
     t.send(OM, "caucus united", &format!("reply {canary}"));
     let file = t.path(&format!("{canary}.txt"));
     std::fs::write(&file, format!("a file about {canary}")).unwrap();
-    ok(t.cli(IR).args(["blob", "put", "--room", "caucus"]).arg(&file));
+    ok(t.cli(IR)
+        .args(["blob", "put", "--room", "caucus"])
+        .arg(&file));
     // Everyone has read everything: the MLS state works on.
     for h in [OM, US, IR] {
         t.read_all(h);
@@ -532,7 +534,10 @@ fn no_name_or_text_reaches_the_node_in_the_clear() {
     // The search finds what is there (controls): SQLite's own header, and
     // the talks id's 16 bytes, which the node stores raw in every row (in
     // the database or its write-ahead log: the node was killed).
-    let db: Vec<u8> = files.iter().flat_map(|f| std::fs::read(f).unwrap()).collect();
+    let db: Vec<u8> = files
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap())
+        .collect();
     let talks_id = hex::decode(&t.talks).unwrap();
     for there in [b"SQLite format 3".as_slice(), talks_id.as_slice()] {
         assert!(
@@ -549,7 +554,9 @@ fn no_name_or_text_reaches_the_node_in_the_clear() {
         "US envoy",
         "Iranian deputy foreign minister",
     ];
-    for f in files.iter().map(|f| (f.display().to_string(), std::fs::read(f).unwrap()))
+    for f in files
+        .iter()
+        .map(|f| (f.display().to_string(), std::fs::read(f).unwrap()))
         .chain(std::iter::once(("the node's output".to_owned(), printed)))
     {
         let (name, bytes) = f;
@@ -563,7 +570,6 @@ fn no_name_or_text_reaches_the_node_in_the_clear() {
         }
     }
 }
-
 
 #[test]
 fn the_reference_flow_runs_through_the_cli() {
