@@ -58,6 +58,13 @@ pub const KEY_PACKAGE_SKEW_S: u64 = 3600;
 /// commits again after `409 epoch_taken`, before giving up.
 pub const EPOCH_ATTEMPTS: usize = 4;
 
+/// After this many application messages of its own in a room since its
+/// last commit there, a device commits an update of its own leaf (at its
+/// next sync), so that a key stolen from it stops opening the room's
+/// traffic (post-compromise security). It also does after any removal from
+/// the room.
+pub const PCS_UPDATE_MESSAGES: u32 = 100;
+
 /// What a copy message carries at most, so that it fits an envelope with
 /// room to spare (larger histories go in several copies).
 pub const MAX_COPY_BYTES: usize = 512 * 1024;
@@ -78,6 +85,11 @@ pub struct SyncReport {
     pub removed: Vec<(RoomId, usize)>,
     /// Statements copied for newcomers, per room.
     pub copied: Vec<(RoomId, usize)>,
+    /// Rooms whose group this device rejoined by external commit (it could
+    /// not process a commit the log holds).
+    pub rejoined: Vec<RoomId>,
+    /// Rooms where this device committed an update of its own leaf.
+    pub updated: Vec<RoomId>,
     /// Why a room is not (yet) as the access list wants it.
     pub waiting: Vec<(RoomId, String)>,
 }
@@ -85,7 +97,11 @@ pub struct SyncReport {
 impl SyncReport {
     /// Whether the sync changed anything on the node.
     pub fn changed(&self) -> bool {
-        !self.created.is_empty() || !self.added.is_empty() || !self.removed.is_empty()
+        !self.created.is_empty()
+            || !self.added.is_empty()
+            || !self.removed.is_empty()
+            || !self.rejoined.is_empty()
+            || !self.updated.is_empty()
     }
 }
 
@@ -403,22 +419,23 @@ impl<S: ClientStore> Session<S> {
             let (header, body) = self.envelope(room, Kind::MlsApp, &ciphertext, commitment)?;
             // The ratchet moved: the group state, the request and our own
             // plaintext are durable before anything leaves.
-            self.store
-                .put_many(vec![
-                    self.mls_put(),
-                    self.idempotency_put(),
-                    Put {
-                        ns: Namespace::Mls,
-                        key: self.sent_key(&header),
-                        value: Some(plaintext.clone()),
-                    },
-                    Put {
-                        ns: Namespace::Mls,
-                        key: self.unsent_key(),
-                        value: Some(Unsent::Envelope(header, body.clone()).encode()),
-                    },
-                ])
-                .await?;
+            self.pcs_note(room, 1, false);
+            let mut writes = self.pcs_puts();
+            writes.extend([
+                self.mls_put(),
+                self.idempotency_put(),
+                Put {
+                    ns: Namespace::Mls,
+                    key: self.sent_key(&header),
+                    value: Some(plaintext.clone()),
+                },
+                Put {
+                    ns: Namespace::Mls,
+                    key: self.unsent_key(),
+                    value: Some(Unsent::Envelope(header, body.clone()).encode()),
+                },
+            ]);
+            self.store.put_many(writes).await?;
             match self.node.submit(self.talks, &header, &body).await {
                 Ok(s) => {
                     self.note_sequenced(&s)?;
@@ -488,6 +505,26 @@ impl<S: ClientStore> Session<S> {
         report: &mut SyncReport,
     ) -> Result<(), SessionError> {
         for _ in 0..EPOCH_ATTEMPTS {
+            // RFC 9420: a member that could not process a commit the log
+            // holds rejoins by an external commit from the room's latest
+            // GroupInfo (never from a restored state).
+            if let Some(epoch) = self.mls.epoch(room)
+                && let Some((current, group_info)) = self.node.group_info(self.talks, room).await?
+                && current > epoch
+            {
+                self.receive(list).await?;
+                if self.mls.epoch(room).is_some_and(|e| e < current) {
+                    let want = seated(list, room);
+                    let out = self
+                        .mls
+                        .rejoin(room, &group_info, &|k: &PublicKey| want.contains(k))
+                        .map_err(|e| SessionError::Usage(format!("rejoining the room: {e}")))?;
+                    if self.submit_outgoing(list, room, out).await?.is_some() {
+                        report.rejoined.push(room);
+                    }
+                    continue;
+                }
+            }
             if self.mls.epoch(room).is_none() {
                 if self.node.group_info(self.talks, room).await?.is_some() {
                     report.waiting.push((
@@ -563,7 +600,8 @@ impl<S: ClientStore> Session<S> {
                 }
                 key_packages = claimed.into_iter().flatten().collect();
             }
-            if key_packages.is_empty() && remove.is_empty() {
+            let update = self.pcs_due(room);
+            if key_packages.is_empty() && remove.is_empty() && !update {
                 return Ok(());
             }
             let admits = |k: &PublicKey| want.contains(k);
@@ -571,76 +609,155 @@ impl<S: ClientStore> Session<S> {
                 .mls
                 .commit(room, &key_packages, &remove, &admits)
                 .map_err(|e| SessionError::Usage(format!("committing to the room: {e}")))?;
-            let hs = Handshake::Commit {
-                commit: &out.commit,
-                group_info: &out.group_info,
-            }
-            .encode();
-            let (ch, cb) =
-                self.envelope(room, Kind::MlsHandshake, &hs, self.random_commitment()?)?;
-            let welcome = match &out.welcome {
-                Some(w) => {
-                    Some(self.envelope(room, Kind::Welcome, w, self.random_commitment()?)?)
-                }
-                None => None,
+            let Some(c) = self.submit_outgoing(list, room, out).await? else {
+                continue;
             };
-            let unsent = Unsent::Commit(ch, cb.clone(), welcome.clone().map(Box::new));
-            self.store
-                .put_many(vec![
-                    self.mls_put(),
-                    self.idempotency_put(),
-                    Put {
-                        ns: Namespace::Mls,
-                        key: self.unsent_key(),
-                        value: Some(unsent.encode()),
-                    },
-                ])
-                .await?;
-            let sent = self
-                .node
-                .submit_commit(
-                    self.talks,
-                    (&ch, &cb),
-                    welcome.as_ref().map(|(h, b)| (h, b.as_slice())),
-                )
-                .await;
-            match sent {
-                Ok((c, w)) => {
-                    self.note_sequenced(&c)?;
-                    if let Some(w) = &w {
-                        self.note_sequenced(w)?;
-                    }
-                    self.save_pending_and_clear().await?;
-                    // The commit merges when the session meets it in the log.
-                    self.receive(list).await?;
-                    if !key_packages.is_empty() {
-                        report.added.push((room, key_packages.len()));
-                        let copied = self.copy_for_newcomers(list, room, c.seq).await?;
-                        if copied > 0 {
-                            report.copied.push((room, copied));
-                        }
-                    }
-                    if !remove.is_empty() {
-                        report.removed.push((room, remove.len()));
-                    }
-                    return Ok(());
+            if !key_packages.is_empty() {
+                report.added.push((room, key_packages.len()));
+                let copied = self.copy_for_newcomers(list, room, c).await?;
+                if copied > 0 {
+                    report.copied.push((room, copied));
                 }
-                Err(e) if seated_or_stale(&e) || e.surely_not_acted() => {
-                    self.mls.discard_pending(room);
-                    self.store.put_many(vec![self.mls_put()]).await?;
-                    self.clear_unsent().await?;
-                    if !seated_or_stale(&e) {
-                        return Err(e.into());
-                    }
-                    self.receive(list).await?;
-                }
-                Err(e) => return Err(e.into()),
             }
+            if !remove.is_empty() {
+                report.removed.push((room, remove.len()));
+            }
+            if key_packages.is_empty() && remove.is_empty() {
+                report.updated.push(room);
+            }
+            return Ok(());
         }
         report.waiting.push((
             room,
             format!("other commits kept taking the room's epoch ({EPOCH_ATTEMPTS} attempts)"),
         ));
+        Ok(())
+    }
+
+    /// Submits a commit this device built (`out`, pending in its state):
+    /// written with its Welcome before the first send, then `POST
+    /// …/commits`; once sequenced, the session receives (and so merges it
+    /// when it meets it in the log) and the commit's seq is returned. When
+    /// another commit took the epoch, ours is discarded and the session
+    /// receives: `None`, to decide again.
+    async fn submit_outgoing(
+        &mut self,
+        list: &AccessList,
+        room: RoomId,
+        out: backchannel_mls::Outgoing,
+    ) -> Result<Option<u64>, SessionError> {
+        let hs = Handshake::Commit {
+            commit: &out.commit,
+            group_info: &out.group_info,
+        }
+        .encode();
+        let (ch, cb) = self.envelope(room, Kind::MlsHandshake, &hs, self.random_commitment()?)?;
+        let welcome = match &out.welcome {
+            Some(w) => Some(self.envelope(room, Kind::Welcome, w, self.random_commitment()?)?),
+            None => None,
+        };
+        let unsent = Unsent::Commit(ch, cb.clone(), welcome.clone().map(Box::new));
+        self.store
+            .put_many(vec![
+                self.mls_put(),
+                self.idempotency_put(),
+                Put {
+                    ns: Namespace::Mls,
+                    key: self.unsent_key(),
+                    value: Some(unsent.encode()),
+                },
+            ])
+            .await?;
+        let sent = self
+            .node
+            .submit_commit(
+                self.talks,
+                (&ch, &cb),
+                welcome.as_ref().map(|(h, b)| (h, b.as_slice())),
+            )
+            .await;
+        match sent {
+            Ok((c, w)) => {
+                self.note_sequenced(&c)?;
+                if let Some(w) = &w {
+                    self.note_sequenced(w)?;
+                }
+                self.save_pending_and_clear().await?;
+                // The commit merges when the session meets it in the log.
+                self.receive(list).await?;
+                self.pcs_done(room).await?;
+                Ok(Some(c.seq))
+            }
+            Err(e) if seated_or_stale(&e) || e.surely_not_acted() => {
+                self.mls.discard_pending(room);
+                self.store.put_many(vec![self.mls_put()]).await?;
+                self.clear_unsent().await?;
+                if !seated_or_stale(&e) {
+                    return Err(e.into());
+                }
+                self.receive(list).await?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn pcs_key(&self, room: RoomId) -> Vec<u8> {
+        let mut k = key(self.talks, "pcs");
+        k.extend_from_slice(room.as_bytes());
+        k
+    }
+
+    /// Whether this device owes the room an update of its own leaf: it
+    /// sent [`PCS_UPDATE_MESSAGES`] messages there since its last commit,
+    /// or a member was removed since (post-compromise security).
+    fn pcs_due(&self, room: RoomId) -> bool {
+        self.pcs
+            .get(&room)
+            .is_some_and(|(sent, removal)| *sent >= PCS_UPDATE_MESSAGES || *removal)
+    }
+
+    /// Counts what makes an update due (in memory; written with the next
+    /// state write of the session).
+    pub(crate) fn pcs_note(&mut self, room: RoomId, sent: u32, removal: bool) {
+        let e = self.pcs.entry(room).or_insert((0, false));
+        e.0 = e.0.saturating_add(sent);
+        e.1 |= removal;
+    }
+
+    /// The writes of the update counters.
+    pub(crate) fn pcs_puts(&self) -> Vec<Put> {
+        self.pcs
+            .iter()
+            .map(|(room, (sent, removal))| {
+                let mut v = sent.to_be_bytes().to_vec();
+                v.push(u8::from(*removal));
+                Put {
+                    ns: Namespace::Mls,
+                    key: self.pcs_key(*room),
+                    value: Some(v),
+                }
+            })
+            .collect()
+    }
+
+    /// Reads the update counters of `rooms` from the store.
+    pub(crate) async fn pcs_load(&mut self, rooms: &[RoomId]) -> Result<(), SessionError> {
+        for room in rooms {
+            if let Some(v) = self.store.get(Namespace::Mls, &self.pcs_key(*room)).await?
+                && v.len() == 5
+            {
+                let sent = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+                self.pcs.insert(*room, (sent, v[4] == 1));
+            }
+        }
+        Ok(())
+    }
+
+    /// Our own commit in the room merged: it updated our leaf.
+    async fn pcs_done(&mut self, room: RoomId) -> Result<(), SessionError> {
+        self.pcs.insert(room, (0, false));
+        self.store.put_many(self.pcs_puts()).await?;
         Ok(())
     }
 
@@ -818,8 +935,16 @@ impl<S: ClientStore> Session<S> {
                 if let Ok(Handshake::Commit { commit, .. }) = Handshake::parse(message)
                     && self.mls.epoch(h.room).is_some()
                 {
+                    let before = self.mls.members(h.room);
                     match self.mls.process_handshake(h.room, commit, &admits) {
-                        Ok(Handled::Own { .. } | Handled::Applied { .. } | Handled::Removed) => {}
+                        Ok(Handled::Applied { .. }) => {
+                            // A removal: this device owes the room an update.
+                            let after = self.mls.members(h.room);
+                            if before.iter().any(|k| !after.contains(k)) {
+                                self.pcs_note(h.room, 0, true);
+                            }
+                        }
+                        Ok(Handled::Own { .. } | Handled::Removed) => {}
                         Err(backchannel_mls::MemberError::WrongEpoch { message, current })
                             if message < current => {}
                         Err(e) => {

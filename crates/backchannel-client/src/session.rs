@@ -414,6 +414,10 @@ pub struct Session<S: ClientStore> {
     /// This device's MLS state in the talks: one group per room it is in.
     /// Persisted with the archive and the cursor in one write.
     pub(crate) mls: Member,
+    /// Per room: own messages since this device's last commit there, and
+    /// whether a member was removed since (an update of its leaf is due:
+    /// `crate::rooms::PCS_UPDATE_MESSAGES`).
+    pub(crate) pcs: BTreeMap<RoomId, (u32, bool)>,
     /// The next seq to fetch.
     next: u64,
     follower: Follower,
@@ -733,6 +737,7 @@ impl<S: ClientStore> Session<S> {
         let mut session = Self {
             store,
             mls,
+            pcs: BTreeMap::new(),
             node,
             device,
             talks,
@@ -749,6 +754,8 @@ impl<S: ClientStore> Session<S> {
         for archived in session.archive().await? {
             replay_archived(&mut session.keys, &archived);
         }
+        let rooms = session.mls.rooms();
+        session.pcs_load(&rooms).await?;
         Ok(session)
     }
 
@@ -892,6 +899,7 @@ impl<S: ClientStore> Session<S> {
                 key: key(self.talks, "mls"),
                 value: Some(self.mls.to_bytes()),
             });
+            writes.extend(self.pcs_puts());
             self.store.put_many(writes).await?;
             if let Some(keys) = keys {
                 self.keys = keys;

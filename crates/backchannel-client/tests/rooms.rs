@@ -1,0 +1,256 @@
+//! A session's rooms against a real node: an update of its own leaf after
+//! `PCS_UPDATE_MESSAGES` messages, a rejoin by external commit when its
+//! MLS state fell behind the log, and a message to a room this device is
+//! not in yet refused before anything is sent.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use backchannel_client::net::NodeClient;
+use backchannel_client::rooms::{PCS_UPDATE_MESSAGES, sync_all};
+use backchannel_client::seal::Content;
+use backchannel_client::session::{Session, SessionError};
+use backchannel_client::store::{ClientStore, MemoryClientStore, Namespace, Put};
+use backchannel_codec::TalksId;
+use backchannel_crypto::Signer;
+use backchannel_node::server::{Node, NodeConfig};
+use backchannel_statement::fixtures::{self, key, labels::*};
+use backchannel_statement::{AccessList, Salt};
+use backchannel_store::memory::MemoryStore;
+use backchannel_test_support::{ManualClock, Served, serve_tls, test_limits};
+use backchannel_tlog::NodeOrigin;
+
+type Sess = Session<MemoryClientStore>;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn talks() -> TalksId {
+    fixtures::talks().talks
+}
+
+fn list() -> AccessList {
+    let t = fixtures::talks();
+    t.roster.implied_access_list(t.talks).unwrap()
+}
+
+async fn start() -> Served {
+    let node = Node::new(
+        Arc::new(MemoryStore::new()),
+        NodeConfig {
+            origin: NodeOrigin::new("node.example").unwrap(),
+            log_key: Arc::new(key(NODE_LOG)),
+            creators: vec![key(OMAN_LEAD_DEVICE).public_key()],
+            limits: test_limits(),
+            clock: Arc::new(ManualClock(AtomicU64::new(now_ms()))),
+        },
+    );
+    let served = serve_tls(node, &key(0x52), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    NodeClient::new(served.addr, served.fingerprint, &key(OMAN_LEAD_DEVICE))
+        .unwrap()
+        .create_talks(&list())
+        .await
+        .unwrap();
+    served
+}
+
+async fn session(served: &Served, device: u8, store: &Arc<MemoryClientStore>) -> Sess {
+    Session::open(
+        Arc::clone(store),
+        NodeClient::new(served.addr, served.fingerprint, &key(device)).unwrap(),
+        key(device),
+        talks(),
+        &NodeOrigin::new("node.example").unwrap(),
+        key(NODE_LOG).public_key(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The talk this device archived, in seq order.
+async fn talk(s: &Sess) -> Vec<String> {
+    s.archive()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|a| match a.message.map(|m| m.content) {
+            Some(Content::Talk(t)) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_device_updates_its_leaf_after_enough_messages_and_the_room_goes_on() {
+    let served = start().await;
+    let record = fixtures::talks().record;
+    let (sa, sb) = (Arc::default(), Arc::default());
+    let mut us = session(&served, US_HEAD_DEVICE, &sa).await;
+    let mut iran = session(&served, IRAN_HEAD_DEVICE, &sb).await;
+    sync_all(&mut [&mut us, &mut iran], &list(), now_ms() / 1000)
+        .await
+        .unwrap();
+    let epoch = us.room_epoch(record).unwrap();
+    for i in 0..PCS_UPDATE_MESSAGES - 1 {
+        us.send(
+            &list(),
+            record,
+            Content::Talk(format!("m{i}")),
+            Salt([1; 32]),
+        )
+        .await
+        .unwrap();
+    }
+    // Not due yet.
+    let report = us.sync_rooms(&list(), now_ms() / 1000).await.unwrap();
+    assert!(report.updated.is_empty(), "{report:?}");
+    us.send(&list(), record, Content::Talk("last".into()), Salt([1; 32]))
+        .await
+        .unwrap();
+    // Due now, and kept across a restart of the session.
+    let mut us = session(&served, US_HEAD_DEVICE, &sa).await;
+    let report = us.sync_rooms(&list(), now_ms() / 1000).await.unwrap();
+    assert_eq!(report.updated, vec![record], "{report:?}");
+    assert_eq!(us.room_epoch(record), Some(epoch + 1));
+    let report = us.sync_rooms(&list(), now_ms() / 1000).await.unwrap();
+    assert!(
+        report.updated.is_empty(),
+        "counted again from the update: {report:?}"
+    );
+    // The other member follows the update and reads what comes after.
+    us.send(
+        &list(),
+        record,
+        Content::Talk("after".into()),
+        Salt([2; 32]),
+    )
+    .await
+    .unwrap();
+    iran.receive(&list()).await.unwrap();
+    assert_eq!(iran.room_epoch(record), Some(epoch + 1));
+    let got = talk(&iran).await;
+    assert_eq!(got.len() as u32, PCS_UPDATE_MESSAGES + 1);
+    assert_eq!(got.last().map(String::as_str), Some("after"));
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_whose_state_fell_behind_rejoins_by_external_commit() {
+    let served = start().await;
+    let record = fixtures::talks().record;
+    let (sa, sb) = (Arc::default(), Arc::default());
+    let mut us = session(&served, US_HEAD_DEVICE, &sa).await;
+    let mut iran = session(&served, IRAN_HEAD_DEVICE, &sb).await;
+    sync_all(&mut [&mut us, &mut iran], &list(), now_ms() / 1000)
+        .await
+        .unwrap();
+    // Iran's MLS state as it stood, kept aside.
+    let stale = sb
+        .get(Namespace::Mls, &mls_key())
+        .await
+        .unwrap()
+        .expect("stored MLS state");
+    // The US device sends enough to owe an update, and commits it.
+    for i in 0..PCS_UPDATE_MESSAGES {
+        us.send(
+            &list(),
+            record,
+            Content::Talk(format!("m{i}")),
+            Salt([1; 32]),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        us.sync_rooms(&list(), now_ms() / 1000)
+            .await
+            .unwrap()
+            .updated,
+        vec![record]
+    );
+    // Iran receives past the commit, then loses its MLS state to the old
+    // one (as if it could not process the commit): behind the log.
+    iran.receive(&list()).await.unwrap();
+    sb.put_many(vec![Put {
+        ns: Namespace::Mls,
+        key: mls_key(),
+        value: Some(stale),
+    }])
+    .await
+    .unwrap();
+    let mut iran = session(&served, IRAN_HEAD_DEVICE, &sb).await;
+    let behind = iran.room_epoch(record).unwrap();
+    let report = iran.sync_rooms(&list(), now_ms() / 1000).await.unwrap();
+    assert!(report.rejoined.contains(&record), "{report:?}");
+    assert!(iran.room_epoch(record).unwrap() > behind + 1);
+    // Both read each other again.
+    us.receive(&list()).await.unwrap();
+    assert_eq!(us.room_epoch(record), iran.room_epoch(record));
+    us.send(
+        &list(),
+        record,
+        Content::Talk("welcome back".into()),
+        Salt([3; 32]),
+    )
+    .await
+    .unwrap();
+    iran.send(
+        &list(),
+        record,
+        Content::Talk("thank you".into()),
+        Salt([4; 32]),
+    )
+    .await
+    .unwrap();
+    iran.receive(&list()).await.unwrap();
+    us.receive(&list()).await.unwrap();
+    assert_eq!(
+        talk(&iran).await.last().map(String::as_str),
+        Some("thank you")
+    );
+    assert!(talk(&iran).await.contains(&"welcome back".to_owned()));
+    assert_eq!(
+        talk(&us).await.last().map(String::as_str),
+        Some("thank you")
+    );
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_not_yet_in_a_room_sends_nothing() {
+    let served = start().await;
+    let record = fixtures::talks().record;
+    let store = Arc::default();
+    let mut us = session(&served, US_HEAD_DEVICE, &store).await;
+    let e = us
+        .send(
+            &list(),
+            record,
+            Content::Talk("too early".into()),
+            Salt([1; 32]),
+        )
+        .await
+        .expect_err("not in the room's group");
+    assert!(
+        matches!(&e, SessionError::Usage(m) if m.contains("not in the room's MLS group yet")),
+        "{e}"
+    );
+    let c = NodeClient::new(served.addr, served.fingerprint, &key(OMAN_LEAD_DEVICE)).unwrap();
+    assert_eq!(c.fetch(talks(), 0, 10).await.unwrap().log_size, 0);
+    served.stop().await;
+}
+
+/// Where a session keeps its MLS state (`talks ‖ "mls"` in the Mls
+/// namespace).
+fn mls_key() -> Vec<u8> {
+    let mut k = talks().0.to_vec();
+    k.extend_from_slice(b"mls");
+    k
+}
