@@ -40,8 +40,12 @@ fn list() -> AccessList {
 }
 
 async fn start() -> Served {
+    start_on(Arc::new(MemoryStore::new())).await
+}
+
+async fn start_on(store: Arc<MemoryStore>) -> Served {
     let node = Node::new(
-        Arc::new(MemoryStore::new()),
+        store,
         NodeConfig {
             origin: NodeOrigin::new("node.example").unwrap(),
             log_key: Arc::new(key(NODE_LOG)),
@@ -244,6 +248,81 @@ async fn a_device_not_yet_in_a_room_sends_nothing() {
     );
     let c = NodeClient::new(served.addr, served.fingerprint, &key(OMAN_LEAD_DEVICE)).unwrap();
     assert_eq!(c.fetch(talks(), 0, 10).await.unwrap().log_size, 0);
+    served.stop().await;
+}
+
+/// The proximity invariant, against what the node stores: each member's
+/// saved MLS state is tried on every stored application envelope of the
+/// other delegation's caucus, straight from the node's store: none opens.
+#[tokio::test]
+async fn no_member_of_one_party_decrypts_the_other_partys_caucus() {
+    let store = Arc::new(MemoryStore::new());
+    let served = start_on(Arc::clone(&store)).await;
+    let t = fixtures::talks();
+    let labels = [
+        OMAN_LEAD_DEVICE,
+        US_HEAD_DEVICE,
+        US_NEGOTIATOR_DEVICE,
+        IRAN_HEAD_DEVICE,
+    ];
+    let stores: Vec<Arc<MemoryClientStore>> = labels.iter().map(|_| Arc::default()).collect();
+    let mut sessions = Vec::new();
+    for (l, st) in labels.iter().zip(&stores) {
+        sessions.push(session(&served, *l, st).await);
+    }
+    {
+        let mut all: Vec<&mut Sess> = sessions.iter_mut().collect();
+        sync_all(&mut all, &list(), now_ms() / 1000).await.unwrap();
+    }
+    for (i, room, text) in [
+        (0, t.us_caucus, "to the US"),
+        (1, t.us_caucus, "US internal position"),
+        (2, t.us_caucus, "US fallback"),
+        (0, t.iran_caucus, "to Iran"),
+        (3, t.iran_caucus, "Iran's red line"),
+    ] {
+        sessions[i]
+            .send(&list(), room, Content::Talk(text.into()), Salt([9; 32]))
+            .await
+            .unwrap();
+    }
+    for s in &mut sessions {
+        s.receive(&list()).await.unwrap();
+    }
+    let rows = backchannel_store::Store::read(&*store, talks(), 0, 1000)
+        .await
+        .unwrap();
+    // (device, its party's own caucus, the other caucus)
+    for (i, other) in [(1, t.iran_caucus), (2, t.iran_caucus), (3, t.us_caucus)] {
+        let saved = stores[i]
+            .get(Namespace::Mls, &mls_key())
+            .await
+            .unwrap()
+            .expect("a saved MLS state");
+        let mut member =
+            backchannel_mls::Member::from_bytes(talks(), key(labels[i]), &saved).unwrap();
+        let mut tried = 0;
+        for row in rows.iter().filter(|r| r.room == other) {
+            let h = *backchannel_statement::SignedHeader::decode(&row.header)
+                .unwrap()
+                .header();
+            if h.kind != backchannel_statement::Kind::MlsApp {
+                continue;
+            }
+            let body = row.body.as_ref().unwrap();
+            let msg = backchannel_statement::header::unpad_body(body).unwrap();
+            tried += 1;
+            assert!(
+                member.decrypt(other, msg, &h.commitment.0).is_err(),
+                "device {:#x} decrypted seq {} of the other party's caucus",
+                labels[i],
+                row.seq
+            );
+        }
+        assert!(tried >= 2, "{tried}");
+        // Its own caucus, from the same store, opens: the check can fail.
+        assert!(!talk(&sessions[i]).await.is_empty());
+    }
     served.stop().await;
 }
 
