@@ -1,6 +1,15 @@
 //! `NodeClient` against a real node started in-process (TLS on loopback, the
 //! in-memory store): every call on its happy path, API errors with their
 //! codes, the stream, pinning, and the submit retry.
+//!
+//! Rooms are MLS groups, and the node sequences an application envelope only
+//! if its body is an MLS application message for the room's current epoch.
+//! So each test that sends first puts its rooms' groups on the node with
+//! real MLS members ([`Device`]: a group created, devices added by a commit
+//! and its Welcome) and sends MLS messages; the seqs of what it sends follow
+//! that setup (`base`, the log size after it). The node runs at the real
+//! current time, read once per test and fixed (OpenMLS checks key-package
+//! lifetimes against the system clock, the node against its own).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use backchannel_test_support::test_limits;
@@ -11,7 +20,8 @@ use std::time::Duration;
 
 use backchannel_client::net::{NetError, NodeClient, NodeStream, StreamEvent};
 use backchannel_codec::{Decode, PartyId, RoomId, TalksId};
-use backchannel_crypto::{SecretKey, Signer, sha256};
+use backchannel_crypto::{PublicKey, SecretKey, Signer, sha256};
+use backchannel_mls::{Handshake, Member};
 use backchannel_node::limits::Limits;
 use backchannel_node::server::{Node, NodeConfig, witness_name};
 use backchannel_node::tls::Fingerprint;
@@ -36,8 +46,19 @@ const OUTSIDER: u8 = 0x66;
 const NEW_AUTHORITY: u8 = 0x67;
 /// The node's TLS key.
 const NODE_TLS: u8 = 0x52;
-/// Start of test time.
-const T0: u64 = 1_800_000_000_000;
+/// The current time (Unix ms), read once per node: the node's clock is set
+/// to it and never moves.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+/// The lifetime of the key packages the devices upload (30 days).
+const KEY_PACKAGE_LIFETIME_S: u64 = 30 * 24 * 3600;
+/// The commitment every test message's header carries (the MLS
+/// authenticated data).
+const COMMITMENT: Commitment = Commitment([2; 32]);
 
 // --- A node on loopback ------------------------------------------------------
 
@@ -46,10 +67,12 @@ use backchannel_test_support::{ManualClock, Served, serve_tls};
 struct TestNode {
     served: Served,
     store: Arc<MemoryStore>,
+    /// The node's clock (Unix ms), which never moves.
+    t0: u64,
 }
 
-/// Starts a node over `store` on `addr` (port 0: any).
-async fn start_on(store: Arc<MemoryStore>, addr: SocketAddr, limits: Limits) -> TestNode {
+/// Starts a node over `store` on `addr` (port 0: any), its clock at `t0`.
+async fn start_on(store: Arc<MemoryStore>, addr: SocketAddr, limits: Limits, t0: u64) -> TestNode {
     let node = Node::new(
         Arc::clone(&store),
         NodeConfig {
@@ -57,18 +80,20 @@ async fn start_on(store: Arc<MemoryStore>, addr: SocketAddr, limits: Limits) -> 
             log_key: Arc::new(key(NODE_LOG)),
             creators: vec![key(CREATOR).public_key()],
             limits,
-            clock: Arc::new(ManualClock(AtomicU64::new(T0))),
+            clock: Arc::new(ManualClock(AtomicU64::new(t0))),
         },
     );
     let served = serve_tls(node, &key(NODE_TLS), addr).await.unwrap();
-    TestNode { served, store }
+    TestNode { served, store, t0 }
 }
 
+/// Starts a node on a fresh store, its clock at the current time.
 async fn start(limits: Limits) -> TestNode {
     start_on(
         Arc::new(MemoryStore::new()),
         "127.0.0.1:0".parse().unwrap(),
         limits,
+        now_ms(),
     )
     .await
 }
@@ -91,6 +116,12 @@ impl TestNode {
     async fn stop(self) {
         self.served.stop().await;
     }
+
+    /// The size of `talks`'s log (every envelope sequenced so far).
+    async fn log_size(&self, talks: TalksId) -> u64 {
+        let c = self.client(CREATOR);
+        c.fetch(talks, 0, 1).await.unwrap().log_size
+    }
 }
 
 fn reference_list() -> AccessList {
@@ -98,22 +129,170 @@ fn reference_list() -> AccessList {
     t.roster.implied_access_list(t.talks).unwrap()
 }
 
-/// A signed header and its padded body, from `sender` to `room`.
-fn envelope(sender: &SecretKey, room: RoomId, message: &[u8], idem: u8) -> (SignedHeader, Vec<u8>) {
+/// A signed header of `kind` and its padded body carrying `message`, from
+/// `sender` to `room`.
+fn envelope_of(
+    sender: &SecretKey,
+    room: RoomId,
+    kind: Kind,
+    message: &[u8],
+    idempotency_key: [u8; 16],
+) -> (SignedHeader, Vec<u8>) {
     let body = pad_body(message).unwrap();
     let header = Header {
         talks: fixtures::talks().talks,
         room,
         sender: sender.public_key().id(),
-        kind: Kind::MlsApp,
-        idempotency_key: [idem; 16],
+        kind,
+        idempotency_key,
         body_len: body.len() as u32,
         body_hash: sha256(&body),
-        commitment: Commitment([2; 32]),
+        commitment: COMMITMENT,
     }
     .sign(sender)
     .unwrap();
     (header, body)
+}
+
+/// An application envelope whose body is `message` padded, not an MLS
+/// message: only for refusals the node makes before it reads the body as
+/// MLS (`submit::validate` runs before the rooms' gate).
+fn raw_envelope(
+    sender: &SecretKey,
+    room: RoomId,
+    message: &[u8],
+    idem: u8,
+) -> (SignedHeader, Vec<u8>) {
+    envelope_of(sender, room, Kind::MlsApp, message, [idem; 16])
+}
+
+// --- MLS members -------------------------------------------------------------
+
+/// Any key may be a leaf: the node checks leaves against the access list.
+fn any_leaf(_: &PublicKey) -> bool {
+    true
+}
+
+/// A device with its own MLS state, driving its rooms' groups through its
+/// `NodeClient` by hand (as a session would), so that a test holds the
+/// exact envelopes it submits.
+struct Device {
+    key: SecretKey,
+    mls: Member,
+    client: NodeClient,
+    /// Setup envelopes sent so far (their idempotency keys).
+    setup: u64,
+    /// The node's clock (Unix ms): key packages start at it.
+    t0: u64,
+}
+
+impl Device {
+    fn new(node: &TestNode, talks: TalksId, label: u8) -> Self {
+        Self {
+            key: key(label),
+            mls: Member::new(talks, key(label)),
+            client: node.client(label),
+            setup: 0,
+            t0: node.t0,
+        }
+    }
+
+    /// A setup envelope (handshake or Welcome): its idempotency keys start
+    /// with `0xff`, apart from the tests' `[i; 16]`.
+    fn setup_envelope(
+        &mut self,
+        room: RoomId,
+        kind: Kind,
+        message: &[u8],
+    ) -> (SignedHeader, Vec<u8>) {
+        self.setup += 1;
+        let mut idem = [0xff; 16];
+        idem[8..].copy_from_slice(&self.setup.to_be_bytes());
+        idem[1..8].copy_from_slice(&self.key.public_key().as_bytes()[..7]);
+        envelope_of(&self.key, room, kind, message, idem)
+    }
+
+    /// An application envelope carrying `text` encrypted for `room` at the
+    /// group's current epoch, its header's commitment as the MLS
+    /// authenticated data, with the idempotency key `[idem; 16]`.
+    fn message(&mut self, room: RoomId, text: &[u8], idem: u8) -> (SignedHeader, Vec<u8>) {
+        let ciphertext = self.mls.encrypt(room, text, &COMMITMENT.0).unwrap();
+        envelope_of(&self.key, room, Kind::MlsApp, &ciphertext, [idem; 16])
+    }
+
+    /// Decrypts the body of an application envelope of `room`.
+    fn read(&mut self, room: RoomId, header: &SignedHeader, body: &[u8]) -> Vec<u8> {
+        assert_eq!(header.header().kind, Kind::MlsApp);
+        self.mls
+            .decrypt(
+                room,
+                unpad_body(body).unwrap(),
+                &header.header().commitment.0,
+            )
+            .unwrap()
+    }
+}
+
+/// Puts `room`'s MLS group on the node: `creator` creates it; if there are
+/// `joiners`, they upload key packages, `creator` claims them and commits
+/// their addition (commit and Welcome sequenced together), and they join
+/// from the Welcome. Returns the seqs of the envelopes this logged.
+async fn group(
+    talks: TalksId,
+    room: RoomId,
+    creator: &mut Device,
+    joiners: &mut [&mut Device],
+) -> Vec<u64> {
+    let group_info = creator.mls.create_room(room).unwrap();
+    let create = Handshake::Create {
+        group_info: &group_info,
+    }
+    .encode();
+    let (h, b) = creator.setup_envelope(room, Kind::MlsHandshake, &create);
+    let mut seqs = vec![creator.client.submit(talks, &h, &b).await.unwrap().seq];
+    if joiners.is_empty() {
+        return seqs;
+    }
+    for j in joiners.iter_mut() {
+        let kps = j
+            .mls
+            .key_packages(1, false, j.t0 / 1000, KEY_PACKAGE_LIFETIME_S)
+            .unwrap();
+        assert_eq!(j.client.upload_key_packages(talks, kps).await.unwrap(), 1);
+    }
+    let ids: Vec<_> = joiners.iter().map(|j| j.key.public_key().id()).collect();
+    let kps: Vec<Vec<u8>> = creator
+        .client
+        .claim_key_packages(talks, &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.expect("a key package"))
+        .collect();
+    let out = creator.mls.commit(room, &kps, &[], &any_leaf).unwrap();
+    let commit = Handshake::Commit {
+        commit: &out.commit,
+        group_info: &out.group_info,
+    }
+    .encode();
+    let (ch, cb) = creator.setup_envelope(room, Kind::MlsHandshake, &commit);
+    let (wh, wb) = creator.setup_envelope(room, Kind::Welcome, &out.welcome.unwrap());
+    let (c, w) = creator
+        .client
+        .submit_commit(talks, (&ch, &cb), Some((&wh, &wb)))
+        .await
+        .unwrap();
+    let w = w.expect("the Welcome is sequenced with its commit");
+    creator.mls.merge_pending(room).unwrap();
+    for j in joiners.iter_mut() {
+        let page = j.client.fetch(talks, w.seq, 1).await.unwrap();
+        let welcome = page.envelopes[0].body.as_deref().expect("its Welcome");
+        let joined = j.mls.join(unpad_body(welcome).unwrap(), &any_leaf).unwrap();
+        assert_eq!(joined, Some(room));
+        assert_eq!(j.mls.epoch(room), creator.mls.epoch(room));
+    }
+    seqs.extend([c.seq, w.seq]);
+    seqs
 }
 
 /// Waits until the node's checkpoint reaches `size`; answers it verified.
@@ -157,57 +336,84 @@ async fn every_call_works_on_its_happy_path() {
     let served = iran.access_list(talks).await.unwrap();
     assert_eq!((served.hash, served.version), (reference_list().hash(), 0));
 
+    // Key packages and the record room's group: the US head's device
+    // creates it and adds the Iran head's device (commit and Welcome).
+    let mut us_mls = Device::new(&node, talks, US_HEAD_DEVICE);
+    let mut iran_mls = Device::new(&node, talks, IRAN_HEAD_DEVICE);
+    assert_eq!(iran.key_package_count(talks).await.unwrap(), 0);
+    assert_eq!(us.group_info(talks, t.record).await.unwrap(), None);
+    let setup = group(talks, t.record, &mut us_mls, &mut [&mut iran_mls]).await;
+    let base = node.log_size(talks).await;
+    assert_eq!(setup, (0..base).collect::<Vec<_>>());
+    assert_eq!(iran.key_package_count(talks).await.unwrap(), 0);
+    let (epoch, _) = iran.group_info(talks, t.record).await.unwrap().unwrap();
+    assert_eq!(Some(epoch), iran_mls.mls.epoch(t.record));
+
     // Envelopes: sequenced with a receipt; a resend answers the same seq.
     let mut sent = Vec::new();
+    let mut envelopes = Vec::new();
     for i in 0..5u8 {
-        let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, &[i], i);
+        let (h, b) = us_mls.message(t.record, &[i], i);
         let s = us.submit(talks, &h, &b).await.unwrap();
-        assert_eq!(s.seq, u64::from(i));
+        assert_eq!(s.seq, base + u64::from(i));
         s.verify_receipt(&info.log_key, talks).unwrap();
         sent.push(s);
+        envelopes.push((h, b));
     }
-    let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, &[0], 0);
-    assert_eq!(us.submit(talks, &h, &b).await.unwrap().seq, 0);
-    let page = iran.fetch(talks, 0, 1000).await.unwrap();
-    assert_eq!((page.next, page.log_size), (5, 5));
+    let (h, b) = &envelopes[0];
+    assert_eq!(us.submit(talks, h, b).await.unwrap().seq, base);
+    let page = iran.fetch(talks, base, 1000).await.unwrap();
+    assert_eq!((page.next, page.log_size), (base + 5, base + 5));
     assert_eq!(page.envelopes.len(), 5);
-    for (d, s) in page.envelopes.iter().zip(&sent) {
+    for (i, (d, s)) in (0u8..).zip(page.envelopes.iter().zip(&sent)) {
         assert_eq!(d.seq, s.seq);
         assert_eq!(d.leaf_hash(), s.leaf_hash);
         d.verify_receipt(&info.log_key).unwrap();
-        assert_eq!(
-            unpad_body(d.body.as_deref().unwrap()).unwrap(),
-            [d.seq as u8]
-        );
+        let body = d.body.as_deref().unwrap();
+        assert_eq!(iran_mls.read(t.record, &d.header, body), [i]);
     }
-    let page = iran.fetch(talks, 2, 2).await.unwrap();
+    let page = iran.fetch(talks, base + 2, 2).await.unwrap();
     let seqs: Vec<u64> = page.envelopes.iter().map(|d| d.seq).collect();
-    assert_eq!((seqs, page.next), (vec![2, 3], 4));
+    assert_eq!((seqs, page.next), (vec![base + 2, base + 3], base + 4));
 
     // Checkpoints, proofs and tiles.
-    let (_, cp5) = checkpoint_of(&iran, talks, 5).await;
+    let (_, cp5) = checkpoint_of(&iran, talks, base + 5).await;
     let root5 = cp5.checkpoint().root;
-    let proof = iran.inclusion_proof(talks, 3, 5).await.unwrap();
-    proof.verify(3, 5, &root5, &sent[3].leaf_hash).unwrap();
+    let proof = iran
+        .inclusion_proof(talks, base + 3, base + 5)
+        .await
+        .unwrap();
+    proof
+        .verify(base + 3, base + 5, &root5, &sent[3].leaf_hash)
+        .unwrap();
     for i in 5..8u8 {
-        let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, &[i], i);
+        let (h, b) = us_mls.message(t.record, &[i], i);
         sent.push(us.submit(talks, &h, &b).await.unwrap());
     }
-    let (note, cp8) = checkpoint_of(&iran, talks, 8).await;
-    let proof = iran.consistency_proof(talks, 5, 8).await.unwrap();
-    proof.verify(5, &root5, 8, &cp8.checkpoint().root).unwrap();
-    let hashes = iran
-        .hash_tile(talks, &Tile::new(8, 0, 0, 8, false))
+    let (note, cp8) = checkpoint_of(&iran, talks, base + 8).await;
+    let proof = iran
+        .consistency_proof(talks, base + 5, base + 8)
         .await
         .unwrap();
-    for (i, s) in sent.iter().enumerate() {
-        assert_eq!(&hashes[i * 32..(i + 1) * 32], &s.leaf_hash.0);
+    proof
+        .verify(base + 5, &root5, base + 8, &cp8.checkpoint().root)
+        .unwrap();
+    let width = u32::try_from(base + 8).unwrap();
+    let hashes = iran
+        .hash_tile(talks, &Tile::new(8, 0, 0, width, false))
+        .await
+        .unwrap();
+    assert_eq!(hashes.len() as u64, (base + 8) * 32);
+    for (s, hash) in sent.iter().zip(hashes.chunks(32).skip(base as usize)) {
+        assert_eq!(hash, &s.leaf_hash.0);
     }
     let data = iran
-        .data_tile(talks, &Tile::new(8, 0, 0, 8, true))
+        .data_tile(talks, &Tile::new(8, 0, 0, width, true))
         .await
         .unwrap();
-    for (entry, s) in data.chunks(LEAF_DATA_LEN).zip(&sent) {
+    let entries: Vec<_> = data.chunks(LEAF_DATA_LEN).skip(base as usize).collect();
+    assert_eq!(entries.len(), sent.len());
+    for (entry, s) in entries.into_iter().zip(&sent) {
         assert_eq!(
             LeafData::from_canonical_bytes(entry).unwrap().hash(),
             s.leaf_hash
@@ -220,11 +426,11 @@ async fn every_call_works_on_its_happy_path() {
         &note,
         &dev,
         &witness_name(&dev.public_key().id()),
-        T0 / 1000,
+        node.t0 / 1000,
     )
     .unwrap();
     let cosignature = cosignatures(&cosigned).unwrap().pop().unwrap();
-    iran.cosign(talks, 8, &cosignature).await.unwrap();
+    iran.cosign(talks, base + 8, &cosignature).await.unwrap();
     let (_, served_note) = iran.checkpoint(talks).await.unwrap();
     let line = cosignature.to_line();
     assert!(served_note.windows(line.len()).any(|w| w == line));
@@ -236,7 +442,7 @@ async fn every_call_works_on_its_happy_path() {
         talks,
         party: PartyId([0xee; 16]),
         token_hash: token.hash(),
-        expires_at: T0 + 60_000,
+        expires_at: node.t0 + 60_000,
     }
     .sign(&key(OMAN_TALKS))
     .unwrap();
@@ -355,16 +561,34 @@ async fn api_errors_surface_with_their_code() {
         api_code(node.client(CREATOR).create_talks(&reference_list()).await),
         (409, "exists".into())
     );
-    // An idempotency key reused for another envelope (not retried).
+    // An application envelope to a room with no MLS group yet (this device
+    // made one, but never put it on the node).
     let us = node.client(US_HEAD_DEVICE);
-    let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, b"one", 7);
+    let mut us_mls = Device::new(&node, talks, US_HEAD_DEVICE);
+    us_mls.mls.create_room(t.record).unwrap();
+    let (h, b) = us_mls.message(t.record, b"early", 6);
+    assert_eq!(
+        api_code(us.submit(talks, &h, &b).await),
+        (409, "no_group".into())
+    );
+    us_mls.mls.forget_room(t.record);
+    group(talks, t.record, &mut us_mls, &mut []).await;
+    // An application envelope whose body is not an MLS message.
+    let (h, b) = raw_envelope(&key(US_HEAD_DEVICE), t.record, b"plain", 5);
+    assert_eq!(
+        api_code(us.submit(talks, &h, &b).await),
+        (400, "bad_mls".into())
+    );
+    // An idempotency key reused for another envelope (not retried).
+    let (h, b) = us_mls.message(t.record, b"one", 7);
     us.submit(talks, &h, &b).await.unwrap();
-    let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, b"two", 7);
+    let (h, b) = us_mls.message(t.record, b"two", 7);
     let e = us.submit(talks, &h, &b).await.unwrap_err();
     assert_eq!(e.code(), Some("idempotency_conflict"));
     assert!(e.to_string().contains("fresh key"), "{e}");
-    // Another key's envelope: the connection's key must be the sender.
-    let (h, b) = envelope(&key(IRAN_HEAD_DEVICE), t.record, b"x", 8);
+    // Another key's envelope: the connection's key must be the sender (the
+    // node refuses it before it reads the body, so a raw one will do).
+    let (h, b) = raw_envelope(&key(IRAN_HEAD_DEVICE), t.record, b"x", 8);
     assert_eq!(
         api_code(us.submit(talks, &h, &b).await),
         (403, "sender_not_connection_key".into())
@@ -447,23 +671,33 @@ async fn the_stream_delivers_answers_pings_and_resumes() {
     let iran = node.client(IRAN_HEAD_DEVICE);
     let mut stream = iran.stream(talks, 0).await.unwrap();
     assert!(until_caught(&mut stream, 0).await.is_empty());
+    // The US head's device creates the record room's group and the US
+    // caucus's: Iran hears of the record room's only.
+    let mut us_mls = Device::new(&node, talks, US_HEAD_DEVICE);
+    let record_setup = group(talks, t.record, &mut us_mls, &mut []).await;
+    group(talks, t.us_caucus, &mut us_mls, &mut []).await;
+    let base = node.log_size(talks).await;
+    assert_eq!(until_caught(&mut stream, base).await, record_setup);
     // Record-room envelopes reach Iran; the US caucus one does not.
     for (i, room) in [t.record, t.us_caucus, t.record].into_iter().enumerate() {
-        let (h, b) = envelope(&key(US_HEAD_DEVICE), room, &[i as u8], i as u8);
+        let (h, b) = us_mls.message(room, &[i as u8], i as u8);
         us.submit(talks, &h, &b).await.unwrap();
     }
-    assert_eq!(until_caught(&mut stream, 3).await, vec![0, 2]);
-    assert_eq!(stream.resume_from(), 3);
+    assert_eq!(
+        until_caught(&mut stream, base + 3).await,
+        vec![base, base + 2]
+    );
+    assert_eq!(stream.resume_from(), base + 3);
     // Answering the node's pings keeps the stream open past its idle timeout.
     // (The node may repeat `caught` when it polls; nothing else comes.)
     let until = tokio::time::Instant::now() + Duration::from_secs(1);
     while let Ok(event) = tokio::time::timeout_at(until, stream.next()).await {
-        assert_eq!(event.unwrap(), StreamEvent::Caught(3));
+        assert_eq!(event.unwrap(), StreamEvent::Caught(base + 3));
     }
     // Resume by seq: exactly what came since, once.
     let from = stream.resume_from();
     stream.close().await;
-    let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, b"later", 9);
+    let (h, b) = us_mls.message(t.record, b"later", 9);
     let later = us.submit(talks, &h, &b).await.unwrap();
     let mut stream = iran.stream(talks, from).await.unwrap();
     assert_eq!(
@@ -501,6 +735,9 @@ async fn submit_retries_while_storage_is_unavailable() {
     let t = fixtures::talks();
     let talks = node.open().await;
     let us = node.client(US_HEAD_DEVICE);
+    let mut us_mls = Device::new(&node, talks, US_HEAD_DEVICE);
+    group(talks, t.record, &mut us_mls, &mut []).await;
+    let base = node.log_size(talks).await;
     node.store.crash_at(0);
     // Other calls do not retry: storage down is 503 at once.
     assert_eq!(
@@ -513,9 +750,9 @@ async fn submit_retries_while_storage_is_unavailable() {
         tokio::time::sleep(Duration::from_millis(400)).await;
         store.restart();
     });
-    let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, b"patient", 1);
+    let (h, b) = us_mls.message(t.record, b"patient", 1);
     let s = us.submit(talks, &h, &b).await.unwrap();
-    assert_eq!(s.seq, 0);
+    assert_eq!(s.seq, base);
 }
 
 #[tokio::test]
@@ -524,18 +761,22 @@ async fn submit_retries_across_a_node_restart() {
     let t = fixtures::talks();
     let talks = node.open().await;
     let us = node.client(US_HEAD_DEVICE);
-    let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, b"first", 1);
-    us.submit(talks, &h, &b).await.unwrap();
-    // The node comes back on the same address and store a little later.
-    let (store, addr) = (Arc::clone(&node.store), node.served.addr);
+    let mut us_mls = Device::new(&node, talks, US_HEAD_DEVICE);
+    group(talks, t.record, &mut us_mls, &mut []).await;
+    let base = node.log_size(talks).await;
+    let (h, b) = us_mls.message(t.record, b"first", 1);
+    assert_eq!(us.submit(talks, &h, &b).await.unwrap().seq, base);
+    // The node comes back on the same address and store (and so with the
+    // room's group) a little later.
+    let (store, addr, t0) = (Arc::clone(&node.store), node.served.addr, node.t0);
     node.stop().await;
     let restarted = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        start_on(store, addr, test_limits()).await
+        start_on(store, addr, test_limits(), t0).await
     });
-    let (h, b) = envelope(&key(US_HEAD_DEVICE), t.record, b"second", 2);
+    let (h, b) = us_mls.message(t.record, b"second", 2);
     let s = us.submit(talks, &h, &b).await.unwrap();
-    assert_eq!(s.seq, 1);
+    assert_eq!(s.seq, base + 1);
     let node = restarted.await.unwrap();
     assert_eq!(
         node.client(IRAN_HEAD_DEVICE)
@@ -543,6 +784,6 @@ async fn submit_retries_across_a_node_restart() {
             .await
             .unwrap()
             .next,
-        2
+        base + 2
     );
 }
