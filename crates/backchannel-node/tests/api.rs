@@ -87,16 +87,13 @@ async fn an_outsider_gets_identical_404s_for_existing_and_unknown_talks() {
     let node = start(test_limits()).await;
     let talks = node.open_reference_talks().await;
     // Some state to find, were the node to leak it.
+    let record = fixtures::talks().record;
+    let mut mls = mls_rooms(&node, talks, &[record]).await;
     let us = node.client(US_HEAD_DEVICE);
     let a = us
         .post_raw(
             &path(talks, "/envelopes"),
-            envelope(
-                &key(US_HEAD_DEVICE),
-                fixtures::talks().record,
-                b"hello",
-                [1; 16],
-            ),
+            mls_envelope(&mut mls, US_HEAD_DEVICE, record, b"hello", [1; 16]),
         )
         .await;
     assert_eq!(a.status, 200, "{a:?}");
@@ -210,55 +207,69 @@ async fn envelopes_are_sequenced_once_and_delivered_to_their_rooms() {
     let node = start(test_limits()).await;
     let talks = node.open_reference_talks().await;
     let t = fixtures::talks();
+    let mut mls = mls_rooms(&node, talks, &[t.record, t.us_caucus]).await;
+    // The rooms' MLS set-up (creations, commits, Welcomes) comes first in
+    // the log; what this test sends starts at `base`.
+    let base = node.node.store().log_size(talks).await.unwrap();
     let us = node.client(US_HEAD_DEVICE);
-    let e0 = envelope(&key(US_HEAD_DEVICE), t.record, b"record", [1; 16]);
+    let e0 = mls_envelope(&mut mls, US_HEAD_DEVICE, t.record, b"record", [1; 16]);
     let a = us.post_raw(&path(talks, "/envelopes"), e0.clone()).await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(a.json["seq"], 0);
+    assert_eq!(a.json["seq"], base);
     // A retry (its reply was lost) gets the same answer.
     let again = us.post_raw(&path(talks, "/envelopes"), e0).await;
     assert_eq!(again, a);
     // The same idempotency key for another header: 409, nothing stored.
-    let other = envelope(&key(US_HEAD_DEVICE), t.record, b"other", [1; 16]);
+    let other = mls_envelope(&mut mls, US_HEAD_DEVICE, t.record, b"other", [1; 16]);
     let c = us.post_raw(&path(talks, "/envelopes"), other).await;
     assert_eq!((c.status, c.code().as_str()), (409, "idempotency_conflict"));
     // A caucus message.
-    let e1 = envelope(&key(US_HEAD_DEVICE), t.us_caucus, b"caucus", [2; 16]);
+    let e1 = mls_envelope(&mut mls, US_HEAD_DEVICE, t.us_caucus, b"caucus", [2; 16]);
     assert_eq!(
         us.post_raw(&path(talks, "/envelopes"), e1).await.json["seq"],
-        1
+        base + 1
     );
-    assert_eq!(node.node.store().log_size(talks).await.unwrap(), 2);
+    assert_eq!(node.node.store().log_size(talks).await.unwrap(), base + 2);
 
     // Iran sees the record room only; the US negotiator sees both.
-    let page = |label| {
+    let page = |label, from: u64| {
         let c = node.client(label);
-        async move { c.get(&path(talks, "/envelopes?from=0")).await }
+        async move {
+            c.get(&path(talks, &format!("/envelopes?from={from}")))
+                .await
+        }
     };
-    let iran = page(IRAN_HEAD_DEVICE).await;
+    let iran = page(IRAN_HEAD_DEVICE, base).await;
     let seqs: Vec<_> = iran.json["envelopes"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, vec![0]);
-    assert_eq!(iran.json["next"], 2);
-    assert_eq!(iran.json["log_size"], 2);
-    let neg = page(US_NEGOTIATOR_DEVICE).await;
+    assert_eq!(seqs, vec![base]);
+    assert_eq!(iran.json["next"], base + 2);
+    assert_eq!(iran.json["log_size"], base + 2);
+    let neg = page(US_NEGOTIATOR_DEVICE, base).await;
     assert_eq!(neg.json["envelopes"].as_array().unwrap().len(), 2);
     // Every delivered envelope carries its receipt, which verifies.
     let first = &neg.json["envelopes"][0];
     let receipt =
         backchannel_tlog::Receipt::from_canonical_bytes(&unb64(&first["receipt"])).unwrap();
-    assert_eq!(receipt.index(), 0);
+    assert_eq!(
+        receipt.index(),
+        0,
+        "its index in its batch (it was alone in it)"
+    );
     // A talks authority (not a device) reads nothing.
-    let auth = page(US_TALKS).await;
+    let auth = page(US_TALKS, 0).await;
     assert_eq!(auth.json["envelopes"].as_array().unwrap().len(), 0);
 }
 
 #[tokio::test]
 async fn bad_envelopes_get_their_status_and_code_and_change_nothing() {
+    // Every check exercised here comes before the node reads the body as
+    // MLS (`submit::validate` and the header's decoding), so these
+    // envelopes carry padded plaintext, in a talks with no MLS group.
     let node = start(test_limits()).await;
     let talks = node.open_reference_talks().await;
     let t = fixtures::talks();

@@ -50,14 +50,16 @@ fn leaf_of(d: &serde_json::Value) -> Digest {
     .hash()
 }
 
-async fn submit_n<S: Store>(node: &TestNode<S>, talks: TalksId, from: u8, n: u8) {
+/// Sends `n` MLS application messages from the US head to the record room.
+async fn submit_n<S: Store>(node: &TestNode<S>, mls: &mut Mls, from: u8, n: u8) {
     let t = fixtures::talks();
+    let talks = mls.talks;
     let us = node.client(US_HEAD_DEVICE);
     for i in from..from + n {
         let a = us
             .post_raw(
                 &path(talks, "/envelopes"),
-                envelope(&key(US_HEAD_DEVICE), t.record, &[i], [i; 16]),
+                mls_envelope(mls, US_HEAD_DEVICE, t.record, &[i], [i; 16]),
             )
             .await;
         assert_eq!(a.status, 200, "{a:?}");
@@ -72,59 +74,76 @@ async fn checkpoints_proofs_tiles_and_cosignatures() {
     // The empty log has its checkpoint from the start.
     let cp0 = checkpoint_at_least(&iran, talks, 0).await;
     assert_eq!(cp0.checkpoint().size, 0);
-    submit_n(&node, talks, 1, 5).await;
-    let cp5 = checkpoint_at_least(&iran, talks, 5).await;
+    // The record room's MLS set-up (creation, commit, Welcome: all of the
+    // record room, which Iran reads whole) comes first in the log.
+    let t = fixtures::talks();
+    let mut mls = mls_rooms(&node, talks, &[t.record]).await;
+    let base = node.node.store().log_size(talks).await.unwrap();
+    let (s5, s8) = (base + 5, base + 8);
+    submit_n(&node, &mut mls, 1, 5).await;
+    let cp5 = checkpoint_at_least(&iran, talks, s5).await;
     let Checkpoint { size, root, .. } = cp5.checkpoint().clone();
-    assert_eq!(size, 5);
+    assert_eq!(size, s5);
     // Every served envelope's re-computed leaf is in the checkpoint.
     let page = iran.get(&path(talks, "/envelopes?from=0")).await;
+    assert_eq!(page.json["envelopes"].as_array().unwrap().len() as u64, s5);
     for d in page.json["envelopes"].as_array().unwrap() {
         let seq = d["seq"].as_u64().unwrap();
         let a = iran
             .get(&path(
                 talks,
-                &format!("/proof/inclusion?index={seq}&size=5"),
+                &format!("/proof/inclusion?index={seq}&size={s5}"),
             ))
             .await;
         let proof = InclusionProof::from_canonical_bytes(&unb64(&a.json["proof"])).unwrap();
-        proof.verify(seq, 5, &root, &leaf_of(d)).expect("included");
+        proof.verify(seq, s5, &root, &leaf_of(d)).expect("included");
     }
     // Consistency between sizes, and bad ranges.
-    submit_n(&node, talks, 6, 3).await;
-    let cp8 = checkpoint_at_least(&iran, talks, 8).await;
+    submit_n(&node, &mut mls, 6, 3).await;
+    let cp8 = checkpoint_at_least(&iran, talks, s8).await;
     let a = iran
-        .get(&path(talks, "/proof/consistency?from=5&to=8"))
+        .get(&path(
+            talks,
+            &format!("/proof/consistency?from={s5}&to={s8}"),
+        ))
         .await;
     let proof = ConsistencyProof::from_canonical_bytes(&unb64(&a.json["proof"])).unwrap();
     proof
-        .verify(5, &root, 8, &cp8.checkpoint().root)
+        .verify(s5, &root, s8, &cp8.checkpoint().root)
         .expect("consistent");
     for (q, status) in [
-        ("/proof/consistency?from=0&to=8", 400),
-        ("/proof/consistency?from=5&to=4", 400),
-        ("/proof/consistency?from=5&to=999", 404),
-        ("/proof/inclusion?index=8&size=8", 400),
-        ("/proof/inclusion?index=1&size=999", 404),
-        ("/proof/inclusion?index=x", 400),
-        ("/tile/8/0/001", 404),
-        ("/tile/8/8/000", 404),
-        ("/tile/8/32/000", 404),
-        ("/tile/8/data/000.p/9", 404),
-        ("/tile/8/data/001", 404),
+        (format!("/proof/consistency?from=0&to={s8}"), 400),
+        (format!("/proof/consistency?from={s5}&to={}", s5 - 1), 400),
+        (format!("/proof/consistency?from={s5}&to=999"), 404),
+        (format!("/proof/inclusion?index={s8}&size={s8}"), 400),
+        ("/proof/inclusion?index=1&size=999".to_owned(), 404),
+        ("/proof/inclusion?index=x".to_owned(), 400),
+        ("/tile/8/0/001".to_owned(), 404),
+        ("/tile/8/8/000".to_owned(), 404),
+        ("/tile/8/32/000".to_owned(), 404),
+        (format!("/tile/8/data/000.p/{}", s8 + 1), 404),
+        ("/tile/8/data/001".to_owned(), 404),
     ] {
-        let a = iran.get(&path(talks, q)).await;
+        let a = iran.get(&path(talks, &q)).await;
         assert_eq!(a.status, status, "{q}: {a:?}");
     }
     // A partial level-0 tile holds the leaf hashes.
-    let a = iran.get(&path(talks, "/tile/8/0/000.p/8")).await;
+    let a = iran
+        .get(&path(talks, &format!("/tile/8/0/000.p/{s8}")))
+        .await;
     assert_eq!(a.status, 200);
-    assert_eq!(a.bytes.len(), 8 * 32);
+    assert_eq!(a.bytes.len() as u64, s8 * 32);
     let first = &page.json["envelopes"][0];
     assert_eq!(&a.bytes[..32], &leaf_of(first).0);
     // The data tile holds the leaf data, which re-hashes to the hash tile.
-    let d = iran.get(&path(talks, "/tile/8/data/000.p/8")).await;
+    let d = iran
+        .get(&path(talks, &format!("/tile/8/data/000.p/{s8}")))
+        .await;
     assert_eq!(d.status, 200);
-    assert_eq!(d.bytes.len(), 8 * backchannel_tlog::LEAF_DATA_LEN);
+    assert_eq!(
+        d.bytes.len() as u64,
+        s8 * backchannel_tlog::LEAF_DATA_LEN as u64
+    );
     for (i, entry) in d.bytes.chunks(backchannel_tlog::LEAF_DATA_LEN).enumerate() {
         let leaf = LeafData::from_canonical_bytes(entry).unwrap();
         assert_eq!(leaf.seq, i as u64);
@@ -180,16 +199,20 @@ async fn a_rewritten_stored_envelope_no_longer_matches_the_client_checkpoint() {
     let db = dir.path().join("node.db");
     let node = sqlite_node(&db).await;
     let talks = node.open_reference_talks().await;
-    submit_n(&node, talks, 1, 4).await;
+    // The record room's MLS set-up comes first in the log; the envelopes
+    // this test sends are `base..base + 4`.
+    let mut mls = mls_rooms(&node, talks, &[fixtures::talks().record]).await;
+    let base = node.node.store().log_size(talks).await.unwrap();
+    submit_n(&node, &mut mls, 1, 4).await;
     let iran = node.client(IRAN_HEAD_DEVICE);
-    let held = checkpoint_at_least(&iran, talks, 4)
+    let held = checkpoint_at_least(&iran, talks, base + 4)
         .await
         .checkpoint()
         .clone();
     node.server.abort();
     drop(node);
 
-    // Rewrite seq 1's body and body hash consistently, as an attacker with
+    // Rewrite seq base + 1's body and body hash consistently, as an attacker with
     // the database would (header left, so the row still decodes).
     {
         use sqlx::Connection as _;
@@ -197,28 +220,31 @@ async fn a_rewritten_stored_envelope_no_longer_matches_the_client_checkpoint() {
             .await
             .unwrap();
         let body = vec![0x41u8; 1024];
-        sqlx::query("UPDATE envelopes SET body = ?, body_hash = ? WHERE seq = 1")
+        sqlx::query("UPDATE envelopes SET body = ?, body_hash = ? WHERE seq = ?")
             .bind(&body)
             .bind(sha256(&body).0.to_vec())
+            .bind(i64::try_from(base + 1).unwrap())
             .execute(&mut c)
             .await
             .unwrap();
     }
     let node = sqlite_node(&db).await;
     let iran = node.client(IRAN_HEAD_DEVICE);
-    let page = iran.get(&path(talks, "/envelopes?from=0")).await;
+    let page = iran
+        .get(&path(talks, &format!("/envelopes?from={base}")))
+        .await;
     let served = &page.json["envelopes"][1];
-    assert_eq!(served["seq"], 1);
+    assert_eq!(served["seq"], base + 1);
     let a = iran
         .get(&path(
             talks,
-            &format!("/proof/inclusion?index=1&size={}", held.size),
+            &format!("/proof/inclusion?index={}&size={}", base + 1, held.size),
         ))
         .await;
     let proof = InclusionProof::from_canonical_bytes(&unb64(&a.json["proof"])).unwrap();
     assert!(
         proof
-            .verify(1, held.size, &held.root, &leaf_of(served))
+            .verify(base + 1, held.size, &held.root, &leaf_of(served))
             .is_err(),
         "a rewritten envelope must not verify against the client's checkpoint"
     );
@@ -226,13 +252,14 @@ async fn a_rewritten_stored_envelope_no_longer_matches_the_client_checkpoint() {
     let a = iran
         .get(&path(
             talks,
-            &format!("/proof/inclusion?index=2&size={}", held.size),
+            &format!("/proof/inclusion?index={}&size={}", base + 2, held.size),
         ))
         .await;
     let proof = InclusionProof::from_canonical_bytes(&unb64(&a.json["proof"])).unwrap();
+    assert_eq!(page.json["envelopes"][2]["seq"], base + 2);
     proof
         .verify(
-            2,
+            base + 2,
             held.size,
             &held.root,
             &leaf_of(&page.json["envelopes"][2]),
@@ -246,9 +273,13 @@ async fn a_deleted_stored_envelope_is_detectable_as_withheld() {
     let db = dir.path().join("node.db");
     let node = sqlite_node(&db).await;
     let talks = node.open_reference_talks().await;
-    submit_n(&node, talks, 1, 4).await;
+    // The record room's MLS set-up comes first in the log; the envelopes
+    // this test sends are `base..base + 4`.
+    let mut mls = mls_rooms(&node, talks, &[fixtures::talks().record]).await;
+    let base = node.node.store().log_size(talks).await.unwrap();
+    submit_n(&node, &mut mls, 1, 4).await;
     let iran = node.client(IRAN_HEAD_DEVICE);
-    let held = checkpoint_at_least(&iran, talks, 4)
+    let held = checkpoint_at_least(&iran, talks, base + 4)
         .await
         .checkpoint()
         .clone();
@@ -259,17 +290,18 @@ async fn a_deleted_stored_envelope_is_detectable_as_withheld() {
         let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
             .await
             .unwrap();
-        sqlx::query("DELETE FROM envelopes WHERE seq = 2")
+        sqlx::query("DELETE FROM envelopes WHERE seq = ?")
+            .bind(i64::try_from(base + 2).unwrap())
             .execute(&mut c)
             .await
             .unwrap();
     }
     let node = sqlite_node(&db).await;
     let iran = node.client(IRAN_HEAD_DEVICE);
-    let seqs = |q: &'static str| {
+    let seqs = |q: String| {
         let iran = iran.clone();
         async move {
-            let a = iran.get(&path(talks, q)).await;
+            let a = iran.get(&path(talks, &q)).await;
             let seqs: Vec<u64> = a.json["envelopes"]
                 .as_array()
                 .map(|v| v.iter().map(|d| d["seq"].as_u64().unwrap()).collect())
@@ -280,13 +312,21 @@ async fn a_deleted_stored_envelope_is_detectable_as_withheld() {
     // Around the hole the log reads as before; across it the node refuses
     // (it finds its own log corrupt and says so in its log, never serving a
     // page with a gap as if it were whole).
-    assert_eq!(seqs("/envelopes?from=0&limit=2").await, (200, vec![0, 1]));
-    assert_eq!(seqs("/envelopes?from=3").await, (200, vec![3]));
-    let across = iran.get(&path(talks, "/envelopes?from=2")).await;
+    assert_eq!(
+        seqs(format!("/envelopes?from={base}&limit=2")).await,
+        (200, vec![base, base + 1])
+    );
+    assert_eq!(
+        seqs(format!("/envelopes?from={}", base + 3)).await,
+        (200, vec![base + 3])
+    );
+    let across = iran
+        .get(&path(talks, &format!("/envelopes?from={}", base + 2)))
+        .await;
     assert_eq!((across.status, across.code().as_str()), (500, "internal"));
     // Every leaf is in the record room, which Iran reads, and the held
-    // checkpoint (and the served tree) commit to four leaves: seq 2 was
-    // withheld, and the client can say so.
+    // checkpoint (and the served tree) commit to every leaf: seq base + 2
+    // was withheld, and the client can say so.
     let tile = iran
         .get(&path(talks, &format!("/tile/8/0/000.p/{}", held.size)))
         .await;

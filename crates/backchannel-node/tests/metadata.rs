@@ -44,12 +44,18 @@ async fn the_node_logs_no_ids_keys_or_addresses() {
     let node = start(test_limits()).await;
     let talks = node.open_reference_talks().await;
     let t = fixtures::talks();
+    // The record room's MLS set-up (key packages, the group's creation, a
+    // commit with its Welcome) is part of the session; it sets the node's
+    // clock to the system time.
+    let mut mls = mls_rooms(&node, talks, &[t.record]).await;
     let us = node.client(US_HEAD_DEVICE);
-    us.post_raw(
-        &path(talks, "/envelopes"),
-        envelope(&key(US_HEAD_DEVICE), t.record, b"x", [1; 16]),
-    )
-    .await;
+    let a = us
+        .post_raw(
+            &path(talks, "/envelopes"),
+            mls_envelope(&mut mls, US_HEAD_DEVICE, t.record, b"x", [1; 16]),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
     us.post_raw(&path(talks, "/envelopes"), vec![0; 400]).await;
     node.client(OUTSIDER)
         .get(&path(talks, "/access-list"))
@@ -59,19 +65,24 @@ async fn the_node_logs_no_ids_keys_or_addresses() {
         talks,
         party: PartyId([0xee; 16]),
         token_hash: token.hash(),
-        expires_at: T0 + 1000,
+        expires_at: node.clock.0.load(std::sync::atomic::Ordering::SeqCst) + 1000,
     }
     .sign(&key(OMAN_TALKS))
     .unwrap();
-    node.client(OMAN_LEAD_DEVICE)
+    // (Its expiry follows the node's clock, which the MLS set-up moved.)
+    let a = node
+        .client(OMAN_LEAD_DEVICE)
         .post(
             &path(talks, "/invitations"),
             json!({"invitation": b64(&inv.to_canonical_bytes())}),
         )
         .await;
-    node.client(0x67)
+    assert_eq!(a.status, 201, "{a:?}");
+    let a = node
+        .client(0x67)
         .post(&path(talks, "/enrol"), json!({"token": b64(&token.0)}))
         .await;
+    assert_eq!(a.status, 200, "{a:?}");
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(

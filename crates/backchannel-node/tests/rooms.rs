@@ -26,6 +26,13 @@ fn now_s() -> u64 {
         .as_secs()
 }
 
+/// When the tests' key packages become valid: a minute before the system
+/// time, so that the node (whose clock was set to the system time when the
+/// test began) finds them valid even after a second has ticked.
+fn not_before() -> u64 {
+    now_s() - 60
+}
+
 struct Device {
     label: u8,
     key: SecretKey,
@@ -72,7 +79,7 @@ impl Device {
     async fn upload(&mut self, talks: TalksId, n: usize) {
         let kps = self
             .mls
-            .key_packages(n, true, now_s(), LIFETIME)
+            .key_packages(n, true, not_before(), LIFETIME)
             .expect("key packages");
         let a = self
             .client
@@ -171,27 +178,23 @@ impl Device {
                 .to_vec();
             match h.kind {
                 Kind::MlsHandshake => {
-                    if let Ok(Handshake::Commit { commit, .. }) = Handshake::parse(&msg) {
-                        if self.mls.epoch(h.room).is_some() {
-                            match self
-                                .mls
-                                .process_handshake(h.room, commit, &|_: &PublicKey| true)
-                            {
-                                Ok(_) => {}
-                                // Processed in an earlier receive.
-                                Err(backchannel_mls::MemberError::WrongEpoch {
-                                    message,
-                                    current,
-                                }) if message < current => {}
-                                Err(e) => panic!("processing a sequenced commit: {e}"),
-                            }
+                    if let Ok(Handshake::Commit { commit, .. }) = Handshake::parse(&msg)
+                        && self.mls.epoch(h.room).is_some()
+                    {
+                        match self
+                            .mls
+                            .process_handshake(h.room, commit, &|_: &PublicKey| true)
+                        {
+                            Ok(_) => {}
+                            // Processed in an earlier receive.
+                            Err(backchannel_mls::MemberError::WrongEpoch { message, current })
+                                if message < current => {}
+                            Err(e) => panic!("processing a sequenced commit: {e}"),
                         }
                     }
                 }
-                Kind::Welcome => {
-                    if self.mls.epoch(h.room).is_none() {
-                        self.mls.join(&msg, &|_: &PublicKey| true).expect("joins");
-                    }
+                Kind::Welcome if self.mls.epoch(h.room).is_none() => {
+                    self.mls.join(&msg, &|_: &PublicKey| true).expect("joins");
                 }
                 Kind::MlsApp if h.sender != self.key.public_key().id() => {
                     if let Ok(p) = self.mls.decrypt(h.room, &msg, &h.commitment.0) {
@@ -494,7 +497,9 @@ async fn key_packages_are_checked_claimed_once_and_kept_as_last_resort() {
     let oman = Device::new(&node, talks, OMAN_LEAD_DEVICE);
     // Someone else's key package is refused.
     let mut other = Member::new(talks, key(IRAN_HEAD_DEVICE));
-    let theirs = other.key_packages(1, false, now_s(), LIFETIME).unwrap();
+    let theirs = other
+        .key_packages(1, false, not_before(), LIFETIME)
+        .unwrap();
     let a = head
         .client
         .post(

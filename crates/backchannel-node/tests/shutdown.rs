@@ -35,12 +35,17 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// A fixed clock that counts its reads: the node reads it when a request
 /// reaches a handler (the per-key rate check), so a test can tell that
-/// its request is in progress.
-struct CountingClock(AtomicU64);
+/// its request is in progress. It stands at the system time of the
+/// node's start: OpenMLS checks key package lifetimes against the system
+/// clock, the node against this one.
+struct CountingClock {
+    reads: AtomicU64,
+    now_ms: u64,
+}
 
 impl CountingClock {
     fn reads(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.reads.load(Ordering::SeqCst)
     }
 
     /// Waits until the clock has been read more than `seen` times.
@@ -57,8 +62,8 @@ impl CountingClock {
 
 impl Clock for CountingClock {
     fn now_ms(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        T0
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.now_ms
     }
 }
 
@@ -73,7 +78,10 @@ struct Running {
 }
 
 async fn start<L: Listener>(listener: L, limits: Limits) -> Running {
-    let clock = Arc::new(CountingClock(AtomicU64::new(0)));
+    let clock = Arc::new(CountingClock {
+        reads: AtomicU64::new(0),
+        now_ms: system_now_ms(),
+    });
     let node = Node::new(
         Arc::new(MemoryStore::new()),
         NodeConfig {
@@ -236,12 +244,15 @@ async fn shutdown_finishes_requests_in_progress_refuses_new_connections_and_clos
     // shutdown closes it at once.
     let creator = node.client(CREATOR);
     let talks = node.open_reference_talks(&creator).await;
+    // The record room's MLS set-up comes first in the log: `base` envelopes.
+    let t = fixtures::talks();
+    let mut mls = mls_rooms_with(|l| node.client(l), talks, &[t.record]).await;
+    let base = node.node.store().log_size(talks).await.unwrap();
     let mut stream = open_stream(&node, IRAN_HEAD_DEVICE, talks).await;
     until_caught(&mut stream).await;
 
     // A submission whose body is half sent when shutdown starts.
-    let t = fixtures::talks();
-    let submission = envelope(&key(US_HEAD_DEVICE), t.record, b"in flight", [9; 16]);
+    let submission = mls_envelope(&mut mls, US_HEAD_DEVICE, t.record, b"in flight", [9; 16]);
     let mut conn = node.connect(US_HEAD_DEVICE).await;
     let seen = node.clock.reads();
     let rest = start_submission(&mut conn, talks, &submission).await;
@@ -262,13 +273,13 @@ async fn shutdown_finishes_requests_in_progress_refuses_new_connections_and_clos
     conn.flush().await.expect("flush");
     let response = read_until_closed(&mut conn).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains("\"seq\":0"), "{response}");
-    assert_eq!(node.node.store().log_size(talks).await.unwrap(), 1);
+    assert!(response.contains(&format!("\"seq\":{base}")), "{response}");
+    assert_eq!(node.node.store().log_size(talks).await.unwrap(), base + 1);
 
     let store = node.node.clone();
     assert!(node.returned(Duration::from_secs(30)).await.is_ok());
     // Acknowledged means durable, shutdown or not.
-    assert_eq!(store.store().log_size(talks).await.unwrap(), 1);
+    assert_eq!(store.store().log_size(talks).await.unwrap(), base + 1);
     drop(creator);
 }
 
@@ -287,7 +298,9 @@ async fn serve_returns_after_the_grace_when_a_request_never_finishes() {
     .await;
     let talks = node.open_reference_talks(&node.client(CREATOR)).await;
     let t = fixtures::talks();
-    let submission = envelope(&key(US_HEAD_DEVICE), t.record, b"never sent", [9; 16]);
+    let mut mls = mls_rooms_with(|l| node.client(l), talks, &[t.record]).await;
+    let base = node.node.store().log_size(talks).await.unwrap();
+    let submission = mls_envelope(&mut mls, US_HEAD_DEVICE, t.record, b"never sent", [9; 16]);
     let mut conn = node.connect(US_HEAD_DEVICE).await;
     let seen = node.clock.reads();
     // The second half of the body never comes.
@@ -298,7 +311,7 @@ async fn serve_returns_after_the_grace_when_a_request_never_finishes() {
     assert!(node.returned(Duration::from_secs(30)).await.is_ok());
     // The stalled connection was cut, with no answer and nothing stored.
     assert_eq!(read_until_closed(&mut conn).await, "");
-    assert_eq!(store.store().log_size(talks).await.unwrap(), 0);
+    assert_eq!(store.store().log_size(talks).await.unwrap(), base);
 }
 
 /// A listener whose accepts fail with EMFILE (too many open files) while

@@ -13,6 +13,7 @@ use backchannel_node::api::StreamFrame;
 use backchannel_node::limits::Limits;
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::{AccessListChange, AccessListDelta};
+use backchannel_store::Store as _;
 use common::*;
 use futures_util::StreamExt;
 use rustls::pki_types::ServerName;
@@ -84,19 +85,22 @@ async fn until_caught(ws: &mut Ws, at: u64) -> Vec<u64> {
     }
 }
 
+/// Sends an MLS application message of `size` plaintext bytes from
+/// `label` to `room`; returns its seq.
 async fn submit<S: backchannel_store::Store>(
     node: &TestNode<S>,
-    talks: TalksId,
+    mls: &mut Mls,
     label: u8,
     room: backchannel_codec::RoomId,
     i: u8,
     size: usize,
 ) -> u64 {
+    let talks = mls.talks;
     let a = node
         .client(label)
         .post_raw(
             &path(talks, "/envelopes"),
-            envelope(&key(label), room, &vec![i; size], [i; 16]),
+            mls_envelope(mls, label, room, &vec![i; size], [i; 16]),
         )
         .await;
     assert_eq!(a.status, 200, "{a:?}");
@@ -108,22 +112,29 @@ async fn a_stream_delivers_live_and_resumes_by_seq_without_gap_or_duplicate() {
     let node = start(test_limits()).await;
     let talks = node.open_reference_talks().await;
     let t = fixtures::talks();
-    let mut ws = connect(&node, IRAN_HEAD_DEVICE, talks, 0)
+    let mut mls = mls_rooms(&node, talks, &[t.record, t.us_caucus]).await;
+    // The rooms' MLS set-up comes first in the log; this test's envelopes
+    // start at `base`.
+    let base = node.node.store().log_size(talks).await.unwrap();
+    let mut ws = connect(&node, IRAN_HEAD_DEVICE, talks, base)
         .await
         .expect("stream");
-    assert!(until_caught(&mut ws, 0).await.is_empty());
+    assert!(until_caught(&mut ws, base).await.is_empty());
     // Record-room envelopes reach Iran; the US caucus one does not.
-    submit(&node, talks, US_HEAD_DEVICE, t.record, 1, 10).await;
-    submit(&node, talks, US_HEAD_DEVICE, t.us_caucus, 2, 10).await;
-    submit(&node, talks, US_HEAD_DEVICE, t.record, 3, 10).await;
-    assert_eq!(until_caught(&mut ws, 3).await, vec![0, 2]);
+    submit(&node, &mut mls, US_HEAD_DEVICE, t.record, 1, 10).await;
+    submit(&node, &mut mls, US_HEAD_DEVICE, t.us_caucus, 2, 10).await;
+    submit(&node, &mut mls, US_HEAD_DEVICE, t.record, 3, 10).await;
+    assert_eq!(until_caught(&mut ws, base + 3).await, vec![base, base + 2]);
     drop(ws);
-    // Resume from 1: exactly what is left, once.
-    submit(&node, talks, US_HEAD_DEVICE, t.record, 4, 10).await;
-    let mut ws = connect(&node, IRAN_HEAD_DEVICE, talks, 1)
+    // Resume from base + 1: exactly what is left, once.
+    submit(&node, &mut mls, US_HEAD_DEVICE, t.record, 4, 10).await;
+    let mut ws = connect(&node, IRAN_HEAD_DEVICE, talks, base + 1)
         .await
         .expect("stream");
-    assert_eq!(until_caught(&mut ws, 4).await, vec![2, 3]);
+    assert_eq!(
+        until_caught(&mut ws, base + 4).await,
+        vec![base + 2, base + 3]
+    );
 }
 
 #[tokio::test]
@@ -229,12 +240,16 @@ async fn a_slow_reader_is_closed_and_resumes_by_seq() {
     .await;
     let talks = node.open_reference_talks().await;
     let t = fixtures::talks();
+    let mut mls = mls_rooms(&node, talks, &[t.record]).await;
+    // The room's MLS set-up comes first in the log; this test's envelopes
+    // start at `base`.
+    let base = node.node.store().log_size(talks).await.unwrap();
     // 24 envelopes of 1 MiB bodies: far more than the socket buffers and
     // the 64 KiB queue hold while the reader reads nothing.
     for i in 1..=24u8 {
-        submit(&node, talks, US_HEAD_DEVICE, t.record, i, 1000 * 1000).await;
+        submit(&node, &mut mls, US_HEAD_DEVICE, t.record, i, 1000 * 1000).await;
     }
-    let mut ws = connect(&node, IRAN_HEAD_DEVICE, talks, 0)
+    let mut ws = connect(&node, IRAN_HEAD_DEVICE, talks, base)
         .await
         .expect("stream");
     // The reader reads nothing for longer than the slow-reader timeout.
@@ -250,13 +265,13 @@ async fn a_slow_reader_is_closed_and_resumes_by_seq() {
     assert_eq!(code, Some(4008));
     assert!(seqs.len() < 24);
     // Resume where it stopped: the rest, no gap, no duplicate.
-    let from = seqs.last().map_or(0, |s| s + 1);
-    assert_eq!(seqs, (0..from).collect::<Vec<_>>());
+    let from = seqs.last().map_or(base, |s| s + 1);
+    assert_eq!(seqs, (base..from).collect::<Vec<_>>());
     let mut ws = connect(&node, IRAN_HEAD_DEVICE, talks, from)
         .await
         .expect("stream");
-    let rest = until_caught(&mut ws, 24).await;
-    assert_eq!(rest, (from..24).collect::<Vec<_>>());
+    let rest = until_caught(&mut ws, base + 24).await;
+    assert_eq!(rest, (from..base + 24).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -4,15 +4,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use backchannel_codec::{Encode, RoomId, TalksId};
-use backchannel_crypto::{SecretKey, Signer, sha256};
+use backchannel_crypto::{PublicKey, SecretKey, Signer, sha256};
+use backchannel_mls::{Handshake, Member};
 use backchannel_node::api::ErrorBody;
 use backchannel_node::limits::Limits;
 use backchannel_node::net::{Transport, serve};
 use backchannel_node::server::{Node, NodeConfig};
 use backchannel_node::tls::{self, Fingerprint, Identity};
+use backchannel_statement::access_list::FLAG_DEVICE;
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::pad_body;
 use backchannel_statement::{AccessList, Commitment, Header, Kind};
@@ -266,4 +268,241 @@ pub fn envelope_with(
 /// The path of talks-scoped endpoint `rest`.
 pub fn path(talks: TalksId, rest: &str) -> String {
     format!("/v1/talks/{}{}", talks.to_hex(), rest)
+}
+
+// --- MLS rooms ---------------------------------------------------------------
+
+/// The devices of the reference talks, in the order rooms are set up: the
+/// first one seated in a room creates its group and adds the others.
+pub const REFERENCE_DEVICES: [u8; 4] = [
+    OMAN_LEAD_DEVICE,
+    US_HEAD_DEVICE,
+    IRAN_HEAD_DEVICE,
+    US_NEGOTIATOR_DEVICE,
+];
+
+/// How long the fixture's key packages live (seconds).
+pub const KEY_PACKAGE_LIFETIME_S: u64 = 30 * 24 * 3600;
+
+/// How long before the system time the fixture's key packages become
+/// valid (seconds): the node, whose clock was set to the system time a
+/// moment before, must find them valid even if a second ticked since.
+pub const KEY_PACKAGE_SKEW_S: u64 = 60;
+
+/// The system time in milliseconds. OpenMLS checks key package lifetimes
+/// against the system clock, and the node against its own: a node whose
+/// rooms run on MLS must run its clock near the system's.
+pub fn system_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis() as u64
+}
+
+/// The reference devices' MLS members in the rooms [`mls_rooms`] set up.
+pub struct Mls {
+    pub talks: TalksId,
+    /// Each reference device's member state, by key label.
+    pub members: std::collections::BTreeMap<u8, Member>,
+    /// The rooms with a group, at epoch 1 with every device the reference
+    /// access list seats there.
+    pub rooms: Vec<RoomId>,
+    setup_idem: u64,
+}
+
+impl Mls {
+    /// `label`'s member state.
+    pub fn member(&mut self, label: u8) -> &mut Member {
+        self.members
+            .get_mut(&label)
+            .unwrap_or_else(|| panic!("no MLS member for key {label:#x}"))
+    }
+
+    /// A fresh idempotency key for a set-up envelope of `label` (never a
+    /// key a test uses: those are not of this shape).
+    fn setup_idem(&mut self, label: u8) -> [u8; 16] {
+        self.setup_idem += 1;
+        let mut k = [0u8; 16];
+        k[0] = 0xfe;
+        k[1] = label;
+        k[8..].copy_from_slice(&self.setup_idem.to_be_bytes());
+        k
+    }
+}
+
+/// The reference devices the reference access list seats in `room`, in
+/// [`REFERENCE_DEVICES`] order.
+pub fn seated(room: RoomId) -> Vec<u8> {
+    let list = reference_list();
+    REFERENCE_DEVICES
+        .into_iter()
+        .filter(|l| {
+            list.get(&key(*l).public_key().id())
+                .is_some_and(|e| e.has(FLAG_DEVICE) && e.rooms().binary_search(&room).is_ok())
+        })
+        .collect()
+}
+
+/// Sets `node`'s clock to the system time, then gives each of `rooms` its
+/// MLS group with every reference device the access list seats there (see
+/// [`mls_rooms_with`]).
+pub async fn mls_rooms<S: Store>(node: &TestNode<S>, talks: TalksId, rooms: &[RoomId]) -> Mls {
+    node.clock.0.store(system_now_ms(), Ordering::SeqCst);
+    mls_rooms_with(|label| node.client(label), talks, rooms).await
+}
+
+/// Gives each of `rooms` its MLS group, as real members do through the
+/// API (`client` makes a client of the node for a key label): every
+/// device to be added uploads key packages; the first seated device
+/// creates the group (a handshake with its GroupInfo), claims the others'
+/// key packages and commits adding them, with its Welcome
+/// (`POST …/commits`); the added devices join from that Welcome. Each room
+/// ends at epoch 1 and its set-up adds three envelopes to the log
+/// (creation, commit, Welcome). The node's clock must be near the system
+/// time (see [`system_now_ms`]).
+pub async fn mls_rooms_with(
+    client: impl Fn(u8) -> Client,
+    talks: TalksId,
+    rooms: &[RoomId],
+) -> Mls {
+    // Valid from a minute ago: the node's clock was set to the system time
+    // a moment before, and a second may have ticked since.
+    let not_before = system_now_ms() / 1000 - KEY_PACKAGE_SKEW_S;
+    let mut mls = Mls {
+        talks,
+        members: REFERENCE_DEVICES
+            .into_iter()
+            .map(|l| (l, Member::new(talks, key(l))))
+            .collect(),
+        rooms: rooms.to_vec(),
+        setup_idem: 0,
+    };
+    let admits = |_: &PublicKey| true;
+    // Key packages: one for each room a device is added to, and a last
+    // resort one.
+    for label in REFERENCE_DEVICES {
+        let added = rooms
+            .iter()
+            .filter(|r| seated(**r).iter().skip(1).any(|l| *l == label))
+            .count();
+        if added == 0 {
+            continue;
+        }
+        let kps = mls
+            .member(label)
+            .key_packages(added, true, not_before, KEY_PACKAGE_LIFETIME_S)
+            .expect("key packages");
+        let a = client(label)
+            .post(
+                &path(talks, "/key-packages"),
+                serde_json::json!({ "key_packages": kps.iter().map(|k| b64(k)).collect::<Vec<_>>() }),
+            )
+            .await;
+        assert_eq!(a.status, 200, "key package upload of {label:#x}: {a:?}");
+    }
+    for &room in rooms {
+        let seats = seated(room);
+        let (&creator, others) = seats.split_first().expect("someone is seated in the room");
+        let c = client(creator);
+        // The group's creation.
+        let gi = mls
+            .member(creator)
+            .create_room(room)
+            .expect("creates the group");
+        let body = Handshake::Create { group_info: &gi }.encode();
+        let idem = mls.setup_idem(creator);
+        let env = envelope_with(&key(creator), room, &body, idem, |h| {
+            h.kind = Kind::MlsHandshake;
+            h.commitment = Commitment([0; 32]);
+        });
+        let a = c.post_raw(&path(talks, "/envelopes"), env).await;
+        assert_eq!(a.status, 200, "the group creation: {a:?}");
+        if others.is_empty() {
+            continue;
+        }
+        // The commit adding everyone else seated there, with its Welcome.
+        let ids: Vec<String> = others
+            .iter()
+            .map(|l| key(*l).public_key().id().to_hex())
+            .collect();
+        let a = c
+            .post(
+                &path(talks, "/key-packages/claim"),
+                serde_json::json!({ "devices": ids }),
+            )
+            .await;
+        assert_eq!(a.status, 200, "the key package claim: {a:?}");
+        let kps: Vec<Vec<u8>> = a.json["key_packages"]
+            .as_array()
+            .expect("claimed key packages")
+            .iter()
+            .map(|k| unb64(&k["key_package"]))
+            .collect();
+        let out = mls
+            .member(creator)
+            .commit(room, &kps, &[], &admits)
+            .expect("commits");
+        let hs = Handshake::Commit {
+            commit: &out.commit,
+            group_info: &out.group_info,
+        }
+        .encode();
+        let welcome = out
+            .welcome
+            .clone()
+            .expect("a Welcome for the added devices");
+        let idem = mls.setup_idem(creator);
+        let mut req = envelope_with(&key(creator), room, &hs, idem, |h| {
+            h.kind = Kind::MlsHandshake;
+            h.commitment = Commitment([0; 32]);
+        });
+        let idem = mls.setup_idem(creator);
+        req.extend(envelope_with(&key(creator), room, &welcome, idem, |h| {
+            h.kind = Kind::Welcome;
+            h.commitment = Commitment([0; 32]);
+        }));
+        let a = c.post_raw(&path(talks, "/commits"), req).await;
+        assert_eq!(a.status, 200, "the commit adding the room's devices: {a:?}");
+        mls.member(creator)
+            .merge_pending(room)
+            .expect("merges its commit");
+        for &label in others {
+            let joined = mls
+                .member(label)
+                .join(&welcome, &admits)
+                .expect("joins from the Welcome");
+            assert_eq!(joined, Some(room));
+        }
+        for &label in &seats {
+            assert_eq!(mls.member(label).epoch(room), Some(1), "{label:#x}");
+        }
+    }
+    mls
+}
+
+/// The commitment an application envelope of `plaintext` carries (and its
+/// MLS authenticated data): distinct for distinct plaintexts.
+pub fn app_commitment(plaintext: &[u8]) -> [u8; 32] {
+    sha256(plaintext).0
+}
+
+/// A signed application envelope (header ‖ body) from `sender_label` to
+/// `room`: `plaintext` encrypted as an MLS application message of the
+/// room's current epoch, its authenticated data the header's commitment.
+pub fn mls_envelope(
+    mls: &mut Mls,
+    sender_label: u8,
+    room: RoomId,
+    plaintext: &[u8],
+    idem: [u8; 16],
+) -> Vec<u8> {
+    let commitment = app_commitment(plaintext);
+    let message = mls
+        .member(sender_label)
+        .encrypt(room, plaintext, &commitment)
+        .expect("encrypts");
+    envelope_with(&key(sender_label), room, &message, idem, |h| {
+        h.kind = Kind::MlsApp;
+        h.commitment = Commitment(commitment);
+    })
 }
