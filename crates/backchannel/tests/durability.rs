@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use backchannel_codec::Encode;
 use backchannel_crypto::{SecretKey, Signer, sha256};
+use backchannel_mls::{Handshake, Member};
 use backchannel_node::tls::{self, Fingerprint, Identity};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::pad_body;
@@ -37,26 +38,154 @@ fn client(label: u8, addr: std::net::SocketAddr, fingerprint: &str) -> (reqwest:
     (http, format!("https://node.invalid:{}", addr.port()))
 }
 
-fn envelope(sender: &SecretKey, n: u32) -> Vec<u8> {
+/// A signed envelope of `kind` to the record room carrying `message`.
+fn signed(
+    sender: &SecretKey,
+    kind: Kind,
+    message: &[u8],
+    commitment: [u8; 32],
+    idem: [u8; 16],
+) -> Vec<u8> {
     let t = fixtures::talks();
-    let body = pad_body(format!("envelope {n}").as_bytes()).unwrap();
-    let mut idem = [0u8; 16];
-    idem[..4].copy_from_slice(&n.to_be_bytes());
+    let body = pad_body(message).unwrap();
     let header = Header {
         talks: t.talks,
         room: t.record,
         sender: sender.public_key().id(),
-        kind: Kind::MlsApp,
+        kind,
         idempotency_key: idem,
         body_len: body.len() as u32,
         body_hash: sha256(&body),
-        commitment: Commitment([2; 32]),
+        commitment: Commitment(commitment),
     }
     .sign(sender)
     .unwrap();
     let mut bytes = header.to_bytes().to_vec();
     bytes.extend_from_slice(&body);
     bytes
+}
+
+/// Envelope `n` of `member`: an MLS application message for the record
+/// room, the header's commitment as its authenticated data.
+fn envelope(member: &mut Member, sender: &SecretKey, n: u32) -> Vec<u8> {
+    let commitment = sha256(&n.to_be_bytes()).0;
+    let message = member
+        .encrypt(
+            fixtures::talks().record,
+            format!("envelope {n}").as_bytes(),
+            &commitment,
+        )
+        .unwrap();
+    let mut idem = [0u8; 16];
+    idem[..4].copy_from_slice(&n.to_be_bytes());
+    signed(sender, Kind::MlsApp, &message, commitment, idem)
+}
+
+fn setup_idem(n: u8) -> [u8; 16] {
+    let mut idem = [0xff; 16];
+    idem[15] = n;
+    idem
+}
+
+/// The record room's MLS group with the four devices in it: Oman's device
+/// creates it, the others put key packages on the node, Oman's adds them
+/// (commit and Welcome in one request), they join from the Welcome.
+async fn record_group(addr: std::net::SocketAddr, fp: &str, labels: &[u8]) -> Vec<Member> {
+    let t = fixtures::talks();
+    let path = format!("/v1/talks/{}", t.talks.to_hex());
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut members: Vec<Member> = labels
+        .iter()
+        .map(|l| Member::new(t.talks, key(*l)))
+        .collect();
+    let (http, base) = client(labels[0], addr, fp);
+    let gi = members[0].create_room(t.record).unwrap();
+    let create = signed(
+        &key(labels[0]),
+        Kind::MlsHandshake,
+        &Handshake::Create { group_info: &gi }.encode(),
+        [0; 32],
+        setup_idem(0),
+    );
+    let r = http
+        .post(format!("{base}{path}/envelopes"))
+        .body(create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (m, l) in members.iter_mut().zip(labels).skip(1) {
+        let kps = m
+            .key_packages(1, false, now_s - 60, 30 * 24 * 3600)
+            .unwrap();
+        let (h, b) = client(*l, addr, fp);
+        let r = h
+            .post(format!("{b}{path}/key-packages"))
+            .json(&json!({ "key_packages": [STANDARD.encode(&kps[0])] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let ids: Vec<String> = labels[1..]
+        .iter()
+        .map(|l| key(*l).public_key().id().to_hex())
+        .collect();
+    let claimed: Value = http
+        .post(format!("{base}{path}/key-packages/claim"))
+        .json(&json!({ "devices": ids }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kps: Vec<Vec<u8>> = claimed["key_packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| STANDARD.decode(k["key_package"].as_str().unwrap()).unwrap())
+        .collect();
+    let out = members[0]
+        .commit(t.record, &kps, &[], &|_: &backchannel_crypto::PublicKey| {
+            true
+        })
+        .unwrap();
+    let mut req = signed(
+        &key(labels[0]),
+        Kind::MlsHandshake,
+        &Handshake::Commit {
+            commit: &out.commit,
+            group_info: &out.group_info,
+        }
+        .encode(),
+        [0; 32],
+        setup_idem(1),
+    );
+    let welcome = out.welcome.clone().unwrap();
+    req.extend(signed(
+        &key(labels[0]),
+        Kind::Welcome,
+        &welcome,
+        [0; 32],
+        setup_idem(2),
+    ));
+    let r = http
+        .post(format!("{base}{path}/commits"))
+        .body(req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    members[0].merge_pending(t.record).unwrap();
+    for m in members.iter_mut().skip(1) {
+        m.join(&welcome, &|_: &backchannel_crypto::PublicKey| true)
+            .unwrap();
+    }
+    members
 }
 
 #[test]
@@ -89,25 +218,28 @@ fn every_acknowledged_envelope_survives_a_sigkill() {
         assert_eq!(r.status(), 201);
     });
 
-    // Four submitters, each with its own device, submit until the node is
-    // killed under them; every acknowledgement is recorded.
+    // Four submitters, each with its own device in the record room's MLS
+    // group, submit until the node is killed under them; every
+    // acknowledgement is recorded.
     let acked: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
     let senders = [
+        OMAN_LEAD_DEVICE,
         US_HEAD_DEVICE,
         US_NEGOTIATOR_DEVICE,
         IRAN_HEAD_DEVICE,
-        OMAN_LEAD_DEVICE,
     ];
+    let members = rt.block_on(record_group(addr, &fp, &senders));
     let tasks: Vec<_> = senders
         .iter()
+        .zip(members)
         .enumerate()
-        .map(|(i, &label)| {
+        .map(|(i, (&label, mut member))| {
             let acked = Arc::clone(&acked);
             let (http, base) = client(label, addr, &fp);
             let url = format!("{base}{talks_path}/envelopes");
             rt.spawn(async move {
                 for n in 0..100_000u32 {
-                    let bytes = envelope(&key(label), n * 4 + i as u32);
+                    let bytes = envelope(&mut member, &key(label), n * 4 + i as u32);
                     let Ok(r) = http.post(&url).body(bytes.clone()).send().await else {
                         return;
                     };
