@@ -316,6 +316,24 @@ impl<S: ClientStore> Session<S> {
         Ok((header, body))
     }
 
+    /// Writes, in one transaction, everything a request needs before its
+    /// first send: the MLS state (the ratchet or the pending commit it
+    /// advanced), the idempotency counter, the exact request, and `also`.
+    async fn write_before_send(&self, unsent: &Unsent, also: Vec<Put>) -> Result<(), SessionError> {
+        let mut writes = vec![
+            self.mls_put(),
+            self.idempotency_put(),
+            Put {
+                ns: Namespace::Mls,
+                key: self.unsent_key(),
+                value: Some(unsent.encode()),
+            },
+        ];
+        writes.extend(also);
+        self.store.put_many(writes).await?;
+        Ok(())
+    }
+
     async fn clear_unsent(&self) -> Result<(), SessionError> {
         self.store
             .put_many(vec![Put {
@@ -420,22 +438,14 @@ impl<S: ClientStore> Session<S> {
             // The ratchet moved: the group state, the request and our own
             // plaintext are durable before anything leaves.
             self.pcs_note(room, 1, false);
-            let mut writes = self.pcs_puts();
-            writes.extend([
-                self.mls_put(),
-                self.idempotency_put(),
-                Put {
-                    ns: Namespace::Mls,
-                    key: self.sent_key(&header),
-                    value: Some(plaintext.clone()),
-                },
-                Put {
-                    ns: Namespace::Mls,
-                    key: self.unsent_key(),
-                    value: Some(Unsent::Envelope(header, body.clone()).encode()),
-                },
-            ]);
-            self.store.put_many(writes).await?;
+            let mut also = self.pcs_puts();
+            also.push(Put {
+                ns: Namespace::Mls,
+                key: self.sent_key(&header),
+                value: Some(plaintext.clone()),
+            });
+            self.write_before_send(&Unsent::Envelope(header, body.clone()), also)
+                .await?;
             match self.node.submit(self.talks, &header, &body).await {
                 Ok(s) => {
                     self.note_sequenced(&s)?;
@@ -544,16 +554,7 @@ impl<S: ClientStore> Session<S> {
                 .encode();
                 let (header, body) =
                     self.envelope(room, Kind::MlsHandshake, &body, self.random_commitment()?)?;
-                self.store
-                    .put_many(vec![
-                        self.mls_put(),
-                        self.idempotency_put(),
-                        Put {
-                            ns: Namespace::Mls,
-                            key: self.unsent_key(),
-                            value: Some(Unsent::Envelope(header, body.clone()).encode()),
-                        },
-                    ])
+                self.write_before_send(&Unsent::Envelope(header, body.clone()), Vec::new())
                     .await?;
                 match self.node.submit(self.talks, &header, &body).await {
                     Ok(s) => {
@@ -657,17 +658,7 @@ impl<S: ClientStore> Session<S> {
             None => None,
         };
         let unsent = Unsent::Commit(ch, cb.clone(), welcome.clone().map(Box::new));
-        self.store
-            .put_many(vec![
-                self.mls_put(),
-                self.idempotency_put(),
-                Put {
-                    ns: Namespace::Mls,
-                    key: self.unsent_key(),
-                    value: Some(unsent.encode()),
-                },
-            ])
-            .await?;
+        self.write_before_send(&unsent, Vec::new()).await?;
         let sent = self
             .node
             .submit_commit(
