@@ -34,8 +34,6 @@ use backchannel_statement::access_list::FLAG_DEVICE;
 use backchannel_statement::header::{pad_body, unpad_body};
 use backchannel_statement::{AccessList, Commitment, Header, Kind, Salt, SignedHeader};
 
-use backchannel_core::replay::{KeyRole, Replay};
-
 use crate::net::NetError;
 use crate::seal::{AppMessage, Content};
 use crate::session::{Archived, Session, SessionError, key};
@@ -68,6 +66,12 @@ pub const PCS_UPDATE_MESSAGES: u32 = 100;
 /// What a copy message carries at most, so that it fits an envelope with
 /// room to spare (larger histories go in several copies).
 pub const MAX_COPY_BYTES: usize = 512 * 1024;
+
+/// Why an application envelope could not be read here: it was sent before
+/// this device joined the room (its sender checked). Only such an envelope
+/// may be opened by a copy.
+pub const BEFORE_JOIN: &str =
+    "sent before this device joined the room; ask your head of delegation for a handover";
 
 /// The persisted unsent request's format version.
 const UNSENT_VERSION: u8 = 1;
@@ -225,10 +229,7 @@ pub fn seated(list: &AccessList, room: RoomId) -> BTreeSet<PublicKey> {
 /// can act on.
 pub(crate) fn unreadable_text(e: &DecryptError) -> String {
     match e {
-        DecryptError::NotMember(_) | DecryptError::BeforeJoin { .. } => {
-            "sent before this device joined the room; ask your head of delegation for a handover"
-                .to_owned()
-        }
+        DecryptError::NotMember(_) | DecryptError::BeforeJoin { .. } => BEFORE_JOIN.to_owned(),
         DecryptError::AadMismatch => {
             "evidence against its sender: its MLS authenticated data is not the commitment its \
              signed header carries"
@@ -372,7 +373,24 @@ impl<S: ClientStore> Session<S> {
                 }
                 self.save_pending_and_clear().await
             }
-            Err(e) if e.surely_not_acted() => self.clear_unsent().await,
+            Err(e) if e.surely_not_acted() => {
+                // Refused: what the request was for is undone here too, as
+                // when the refusal came at once.
+                match &unsent {
+                    Unsent::Commit(h, _, _) => self.mls.discard_pending(h.header().room),
+                    Unsent::Envelope(h, b) if h.header().kind == Kind::MlsHandshake => {
+                        if let Ok(Handshake::Create { .. }) = unpad_body(b)
+                            .map_err(|_| ())
+                            .and_then(|m| Handshake::parse(m).map_err(|_| ()))
+                        {
+                            self.mls.forget_room(h.header().room);
+                        }
+                    }
+                    Unsent::Envelope(..) => {}
+                }
+                self.store.put_many(vec![self.mls_put()]).await?;
+                self.clear_unsent().await
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -525,10 +543,22 @@ impl<S: ClientStore> Session<S> {
                 self.receive(list).await?;
                 if self.mls.epoch(room).is_some_and(|e| e < current) {
                     let want = seated(list, room);
-                    let out = self
+                    let out = match self
                         .mls
                         .rejoin(room, &group_info, &|k: &PublicKey| want.contains(k))
-                        .map_err(|e| SessionError::Usage(format!("rejoining the room: {e}")))?;
+                    {
+                        Ok(out) => out,
+                        Err(e) => {
+                            report.waiting.push((
+                                room,
+                                format!(
+                                    "this device is behind the room's group and cannot rejoin \
+                                     yet ({e}); it tries again at its next command"
+                                ),
+                            ));
+                            return Ok(());
+                        }
+                    };
                     if self.submit_outgoing(list, room, out).await?.is_some() {
                         report.rejoined.push(room);
                     }
@@ -831,13 +861,17 @@ impl<S: ClientStore> Session<S> {
                 ));
                 continue;
             }
+            // Only an application envelope this device could not read
+            // because it was not in the room's group then, from a sender
+            // it placed: never a handshake, never one it read or found to
+            // be evidence.
+            if h.kind != Kind::MlsApp || a.unreadable.as_deref() != Some(BEFORE_JOIN) {
+                continue;
+            }
             if Commitment::to_plaintext(&salt, &bytes) != h.commitment {
                 bad.push(format!(
                     "the copy at seq {at} does not open the commitment of seq {seq}"
                 ));
-                continue;
-            }
-            if a.message.is_some() {
                 continue;
             }
             a.message = Some(AppMessage {
@@ -859,15 +893,10 @@ impl<S: ClientStore> Session<S> {
     /// application messages are decrypted. Returns the message and, when
     /// the body could not be read here, why.
     ///
-    /// A leaf is admitted when `list` seats the device in the room, or when
-    /// `replay` (the record before `seq`) certified it as a device by then:
-    /// a commit by (or adding) a device removed since is judged by its log
-    /// position, as the node judged it when it sequenced it.
+    /// A leaf is admitted only when `list` seats the device in the room.
     pub(crate) fn open_envelope(
         &mut self,
         list: &AccessList,
-        replay: &Replay,
-        seq: u64,
         header: &SignedHeader,
         body: &[u8],
         own_plaintext: Option<Vec<u8>>,
@@ -876,13 +905,13 @@ impl<S: ClientStore> Session<S> {
         let Ok(message) = unpad_body(body) else {
             return (None, Some("the body's padding is malformed".into()));
         };
+        // Only devices the access list seats in this room enter its group,
+        // whoever commits them (a device the record certifies for another
+        // room or party never does). A commit that brought in a device
+        // removed since cannot be checked: this device falls behind and
+        // rejoins from the room's latest GroupInfo (`sync_rooms`).
         let want = seated(list, h.room);
-        let admits = |k: &PublicKey| {
-            want.contains(k)
-                || replay.key(&k.id()).is_some_and(|state| {
-                    matches!(state.role, KeyRole::Device { .. }) && state.valid_from <= seq
-                })
-        };
+        let admits = |k: &PublicKey| want.contains(k);
         match h.kind {
             Kind::MlsApp => {
                 let plaintext = if h.sender == self.device.public_key().id() {
@@ -899,8 +928,18 @@ impl<S: ClientStore> Session<S> {
                         }
                     }
                 } else {
-                    match self.mls.decrypt(h.room, message, &h.commitment.0) {
-                        Ok(p) => p,
+                    match self.mls.decrypt_from(h.room, message, &h.commitment.0) {
+                        Ok((sender, p)) if sender.id() == h.sender => p,
+                        Ok(_) => {
+                            return (
+                                None,
+                                Some(
+                                    "evidence: the MLS sender of this message is not the device \
+                                     that signed its envelope"
+                                        .into(),
+                                ),
+                            );
+                        }
                         Err(e) => return (None, Some(unreadable_text(&e))),
                     }
                 };

@@ -8,7 +8,8 @@
 //! kind    = 1 statement (a canonical SignedStatement) | 2 talk (UTF-8 text)
 //!         | 3 copy (statements posted before newcomers joined, see crate::rooms)
 //!         | 4 attachment (an encrypted blob's address, size, key, name: crate::attachment)
-//! header.commitment = Commitment::to_plaintext(salt, content)
+//! header.commitment = Commitment::to_plaintext(salt, content)             statements
+//!                   = Commitment::to_plaintext(salt, 0xff ‖ kind ‖ content)  every other kind
 //! ```
 //!
 //! so a statement can later be opened to an arbiter by its salt alone
@@ -70,8 +71,22 @@ pub struct AppMessage {
 
 impl AppMessage {
     /// The commitment its header must carry.
+    ///
+    /// A statement's commitment opens to its canonical bytes alone (what
+    /// evidence bundles open). Every other kind commits to `0xff ‖ kind ‖
+    /// content`: a statement's bytes begin with its version (1), never
+    /// 0xff, so no talk, copy or attachment can share a statement's
+    /// commitment, and none shares another kind's.
     pub fn commitment(&self) -> Commitment {
-        Commitment::to_plaintext(&self.salt, self.content.bytes())
+        match &self.content {
+            Content::Statement(bytes) => Commitment::to_plaintext(&self.salt, bytes),
+            other => {
+                let mut b = Vec::with_capacity(2 + other.bytes().len());
+                b.extend_from_slice(&[0xff, other.kind()]);
+                b.extend_from_slice(other.bytes());
+                Commitment::to_plaintext(&self.salt, &b)
+            }
+        }
     }
 
     /// The canonical bytes.

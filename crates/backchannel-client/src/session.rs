@@ -519,9 +519,13 @@ fn sender_key(
     list: &AccessList,
     replay: &Replay,
     seq: u64,
+    room: RoomId,
     sender: &KeyId,
 ) -> Result<PublicKey, String> {
     if let Some(entry) = list.get(sender) {
+        if entry.rooms().binary_search(&room).is_err() {
+            return Err("its sender is not seated in the envelope's room".to_owned());
+        }
         return Ok(*entry.key());
     }
     let not_listed = "its sender is not on the access list";
@@ -931,18 +935,14 @@ impl<S: ClientStore> Session<S> {
                     continue;
                 }
                 let h = *a.header.header();
-                if let Ok(key) = sender_key(list, &replay, a.seq, &h.sender) {
+                if let Ok(key) = sender_key(list, &replay, a.seq, h.room, &h.sender) {
                     a.header.verify(&key).map_err(|_| {
                         SessionError::Evidence(format!(
                             "seq {}: its header signature does not verify",
                             a.seq
                         ))
                     })?;
-                    a.unreadable = Some(
-                        "sent before this device joined the room; ask your head of delegation \
-                         for a handover"
-                            .into(),
-                    );
+                    a.unreadable = Some(crate::rooms::BEFORE_JOIN.into());
                     placed.push(a.put(self.talks));
                 }
             }
@@ -973,7 +973,7 @@ impl<S: ClientStore> Session<S> {
         d.verify_receipt(&self.log_key)
             .map_err(|e| evidence(format!("its receipt does not verify ({e})")))?;
         let h = *d.header.header();
-        let sender = match sender_key(list, replay, seq, &h.sender) {
+        let sender = match sender_key(list, replay, seq, h.room, &h.sender) {
             Ok(k) => k,
             // A device this one cannot place, in a room whose group this
             // device was not in yet: what it sent before this device joined
@@ -1002,7 +1002,7 @@ impl<S: ClientStore> Session<S> {
                 } else {
                     None
                 };
-                self.open_envelope(list, replay, seq, &d.header, body, own)
+                self.open_envelope(list, &d.header, body, own)
             }
             None if h.kind == Kind::Welcome => (None, None),
             None => (None, None),
@@ -1542,6 +1542,11 @@ mod tests {
     const NOT_AFTER: u64 = 1_900_000_000_000;
     const T0: u64 = 1_800_000_000_000;
 
+    /// The reference talks' record room (every device is seated in it).
+    fn rec() -> RoomId {
+        fixtures::talks().record
+    }
+
     fn id(label: u8) -> KeyId {
         key(label).public_key().id()
     }
@@ -1620,11 +1625,11 @@ mod tests {
         let empty = Replay::new(fixtures::talks().talks);
         // The mediator's device before any roster: the list alone.
         assert_eq!(
-            sender_key(&list, &empty, 0, &id(OMAN_LEAD_DEVICE)),
+            sender_key(&list, &empty, 0, rec(), &id(OMAN_LEAD_DEVICE)),
             Ok(key(OMAN_LEAD_DEVICE).public_key())
         );
         assert_eq!(
-            sender_key(&list, &replay, 9, &id(US_HEAD_DEVICE)),
+            sender_key(&list, &replay, 9, rec(), &id(US_HEAD_DEVICE)),
             Ok(key(US_HEAD_DEVICE).public_key())
         );
     }
@@ -1636,7 +1641,7 @@ mod tests {
         // Before its revocation at seq 3 (certified by the roster at seq 0).
         for seq in [1, 2] {
             assert_eq!(
-                sender_key(&list, &replay, seq, &device),
+                sender_key(&list, &replay, seq, rec(), &device),
                 Ok(key(US_NEGOTIATOR_DEVICE).public_key()),
                 "seq {seq}"
             );
@@ -1646,7 +1651,7 @@ mod tests {
         // marked as sent after the revocation.
         for seq in [3, 4, 100] {
             assert_eq!(
-                sender_key(&list, &replay, seq, &device),
+                sender_key(&list, &replay, seq, rec(), &device),
                 Ok(key(US_NEGOTIATOR_DEVICE).public_key()),
                 "seq {seq}"
             );
@@ -1658,7 +1663,7 @@ mod tests {
         }
         // Not yet known to a replay that has not seen the roster.
         let empty = Replay::new(fixtures::talks().talks);
-        let e = sender_key(&list, &empty, 1, &device).unwrap_err();
+        let e = sender_key(&list, &empty, 1, rec(), &device).unwrap_err();
         assert_eq!(e, "its sender is not on the access list");
     }
 
@@ -1667,28 +1672,28 @@ mod tests {
         let (list, replay) = record();
         let device = id(NEW_DEVICE);
         assert_eq!(
-            sender_key(&list, &replay, 2, &device),
+            sender_key(&list, &replay, 2, rec(), &device),
             Ok(key(NEW_DEVICE).public_key())
         );
         assert_eq!(revoked_or_expired(&replay, &device, 2, NOT_AFTER), None);
         assert_eq!(
-            sender_key(&list, &replay, 2, &device),
+            sender_key(&list, &replay, 2, rec(), &device),
             Ok(key(NEW_DEVICE).public_key())
         );
         let why = revoked_or_expired(&replay, &device, 2, NOT_AFTER + 1).expect("marked");
         assert!(why.contains("expired"), "{why}");
         // Its certificate is at seq 1: nothing before it.
-        let e = sender_key(&list, &replay, 0, &device).unwrap_err();
+        let e = sender_key(&list, &replay, 0, rec(), &device).unwrap_err();
         assert!(e.contains("from seq 1"), "{e}");
     }
 
     #[test]
     fn keys_that_sign_statements_or_that_nothing_names_sign_no_envelopes() {
         let (list, replay) = record();
-        let e = sender_key(&list, &replay, 5, &id(STRANGER)).unwrap_err();
+        let e = sender_key(&list, &replay, 5, rec(), &id(STRANGER)).unwrap_err();
         assert_eq!(e, "its sender is not on the access list");
         // An identity key is known to the record but signs statements only.
-        let e = sender_key(&list, &replay, 5, &id(US_NEGOTIATOR)).unwrap_err();
+        let e = sender_key(&list, &replay, 5, rec(), &id(US_NEGOTIATOR)).unwrap_err();
         assert!(e.contains("signs statements"), "{e}");
     }
 }

@@ -795,6 +795,24 @@ impl Member {
                 let leaf = update.update_proposal().leaf_node();
                 leaf::check(leaf.credential(), leaf.signature_key().as_slice(), admits)?;
             }
+            // As the node checks it: no removal of a device still admitted
+            // to the room, except an external joiner's own old leaf.
+            let path_key = staged
+                .update_path_leaf_node()
+                .and_then(|l| leaf::device_key(l.credential(), l.signature_key().as_slice()).ok());
+            for remove in staged.remove_proposals() {
+                let index = remove.remove_proposal().removed();
+                if let Some(leaf) = group.public_group().leaf(index)
+                    && let Ok(key) =
+                        leaf::device_key(leaf.credential(), leaf.signature_key().as_slice())
+                    && admits(&key)
+                    && !(matches!(sender, mls::Sender::NewMemberCommit) && path_key == Some(key))
+                {
+                    return Err(MemberError::Mls(
+                        "the commit removes a device the room still admits".into(),
+                    ));
+                }
+            }
             if let Some(leaf) = staged.update_path_leaf_node() {
                 leaf::check(leaf.credential(), leaf.signature_key().as_slice(), admits)?;
             }

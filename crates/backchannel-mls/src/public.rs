@@ -287,8 +287,30 @@ impl PublicRoom {
             let leaf = update.update_proposal().leaf_node();
             leaf::check(leaf.credential(), leaf.signature_key().as_slice(), admits)?;
         }
-        if let Some(leaf) = staged.update_path_leaf_node() {
-            leaf::check(leaf.credential(), leaf.signature_key().as_slice(), admits)?;
+        let path_key = match staged.update_path_leaf_node() {
+            Some(leaf) => Some(leaf::check(
+                leaf.credential(),
+                leaf.signature_key().as_slice(),
+                admits,
+            )?),
+            None => None,
+        };
+        // No member removes a device the access list still seats in the
+        // room (only the list decides who leaves), except an external
+        // commit removing the joiner's own old leaf.
+        for remove in staged.remove_proposals() {
+            let index = remove.remove_proposal().removed();
+            let leaf = group
+                .leaf(index)
+                .ok_or_else(|| PublicError::Commit("a removal of no leaf".into()))?;
+            if let Ok(key) = leaf::device_key(leaf.credential(), leaf.signature_key().as_slice())
+                && admits(&key)
+                && !(matches!(sender, mls::Sender::NewMemberCommit) && path_key == Some(key))
+            {
+                return Err(PublicError::Commit(
+                    "the commit removes a device the access list still seats in the room".into(),
+                ));
+            }
         }
         let committer = match sender {
             mls::Sender::Member(index) => {

@@ -99,16 +99,24 @@ fn a_removed_member_decrypts_nothing_sent_after() {
     let saved = ms[2].to_bytes();
     let (a, rest) = ms.split_at_mut(1);
     let (b, c) = rest.split_at_mut(1);
-    let out = a[0].commit(r, &[], &[public(3)], &all).expect("commit");
+    // The access list no longer seats device 3: only then may a member
+    // remove it (a removal of a device still admitted is refused).
+    let but_3 = |k: &backchannel_crypto::PublicKey| *k != public(3);
+    let out = a[0].commit(r, &[], &[public(3)], &but_3).expect("commit");
+    assert!(
+        node.stage_commit(&out.commit, &out.group_info, &all)
+            .is_err(),
+        "a removal of a device still admitted"
+    );
     node = node
-        .stage_commit(&out.commit, &out.group_info, &all)
+        .stage_commit(&out.commit, &out.group_info, &but_3)
         .expect("node accepts the removal");
     assert_eq!(node.members(), vec![public(1), public(2)]);
     a[0].merge_pending(r).expect("merge");
-    b[0].process_handshake(r, &out.commit, &all)
+    b[0].process_handshake(r, &out.commit, &but_3)
         .expect("process");
     assert_eq!(
-        c[0].process_handshake(r, &out.commit, &all),
+        c[0].process_handshake(r, &out.commit, &but_3),
         Ok(Handled::Removed)
     );
     assert!(c[0].rooms().is_empty());
@@ -131,7 +139,7 @@ fn a_removed_member_decrypts_nothing_sent_after() {
     );
     // Even fed the removal, the saved state only learns it is out.
     assert_eq!(
-        restored.process_handshake(r, &out.commit, &all),
+        restored.process_handshake(r, &out.commit, &but_3),
         Ok(Handled::Removed)
     );
     assert_eq!(

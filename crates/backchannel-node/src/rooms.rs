@@ -360,7 +360,18 @@ pub(crate) async fn submit_commit<S: Store>(
     match parts.get(1) {
         Some(&(welcome_header, welcome_body)) if gated.past => {
             // Only a retry of a commit and Welcome that landed: the store
-            // answers their seqs, or refuses both.
+            // answers their seqs, or refuses both. It must still be a
+            // Welcome of the same room.
+            let signed = SignedHeader::decode(welcome_header).map_err(|e| {
+                ApiError::malformed(format!("the Welcome header does not decode: {e}"))
+            })?;
+            if signed.header().kind != Kind::Welcome
+                || signed.header().room != commit_signed.header().room
+            {
+                return Err(bad_mls(
+                    "the second envelope must be the commit's Welcome, to the same room",
+                ));
+            }
             let mut welcome =
                 submit::validate(talks, &key, &list, welcome_header, welcome_body.to_vec())
                     .map_err(submit_error)?;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use backchannel_codec::{RoomId, TalksId};
+use backchannel_codec::{Decode as _, RoomId, TalksId};
 use backchannel_crypto::{PublicKey, SecretKey, Signer};
 use backchannel_mls::{Handshake, Member};
 use backchannel_statement::fixtures::{self, key, labels::*};
@@ -39,6 +39,8 @@ struct Device {
     mls: Member,
     client: Client,
     idem: u64,
+    /// Devices the access list no longer seats (the others are admitted).
+    removed: Vec<PublicKey>,
 }
 
 impl Device {
@@ -49,6 +51,7 @@ impl Device {
             mls: Member::new(talks, key(label)),
             client: node.client(label),
             idem: 0,
+            removed: Vec::new(),
         }
     }
 
@@ -181,10 +184,13 @@ impl Device {
                     if let Ok(Handshake::Commit { commit, .. }) = Handshake::parse(&msg)
                         && self.mls.epoch(h.room).is_some()
                     {
-                        match self
-                            .mls
-                            .process_handshake(h.room, commit, &|_: &PublicKey| true)
-                        {
+                        match {
+                            let removed = self.removed.clone();
+                            self.mls
+                                .process_handshake(h.room, commit, &move |k: &PublicKey| {
+                                    !removed.contains(k)
+                                })
+                        } {
                             Ok(_) => {}
                             // Processed in an earlier receive.
                             Err(backchannel_mls::MemberError::WrongEpoch { message, current })
@@ -551,6 +557,45 @@ async fn a_removed_member_reads_nothing_sent_after_its_removal() {
     let mut ds = record_room(&node, talks, &t).await;
     // The negotiator's state as saved before its removal.
     let saved = ds[3].mls.to_bytes();
+    // While the access list seats it, no member removes it from the group.
+    let req = ds[0]
+        .commit(talks, t.record, &[], &[US_NEGOTIATOR_DEVICE])
+        .await;
+    let a = ds[0].client.post_raw(&path(talks, "/commits"), req).await;
+    assert_eq!((a.status, a.code().as_str()), (400, "bad_mls"), "{a:?}");
+    ds[0].mls.discard_pending(t.record);
+    // Off the list (written to the store as an applied change would be),
+    // then out of the group.
+    let store = node.node.store().clone();
+    let current = store.access_list(talks).await.unwrap().unwrap();
+    let list = backchannel_statement::AccessList::from_canonical_bytes(&current.bytes).unwrap();
+    let negotiator = key(US_NEGOTIATOR_DEVICE).public_key().id();
+    let next = backchannel_statement::AccessList::new(
+        talks,
+        list.generation() + 1,
+        list.entries()
+            .iter()
+            .filter(|e| e.key_id() != negotiator)
+            .cloned()
+            .collect(),
+    )
+    .unwrap();
+    let bytes = backchannel_codec::Encode::to_canonical_bytes(&next);
+    store
+        .replace_access_list(
+            talks,
+            current.hash,
+            &backchannel_store::AccessListRecord {
+                hash: backchannel_crypto::sha256(&bytes),
+                bytes,
+                version: current.version + 1,
+            },
+        )
+        .await
+        .unwrap();
+    for d in ds.iter_mut() {
+        d.removed.push(key(US_NEGOTIATOR_DEVICE).public_key());
+    }
     let req = ds[0]
         .commit(talks, t.record, &[], &[US_NEGOTIATOR_DEVICE])
         .await;
