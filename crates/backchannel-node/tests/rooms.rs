@@ -184,13 +184,13 @@ impl Device {
                     if let Ok(Handshake::Commit { commit, .. }) = Handshake::parse(&msg)
                         && self.mls.epoch(h.room).is_some()
                     {
-                        match {
-                            let removed = self.removed.clone();
+                        let removed = self.removed.clone();
+                        let processed =
                             self.mls
                                 .process_handshake(h.room, commit, &move |k: &PublicKey| {
                                     !removed.contains(k)
-                                })
-                        } {
+                                });
+                        match processed {
                             Ok(_) => {}
                             // Processed in an earlier receive.
                             Err(backchannel_mls::MemberError::WrongEpoch { message, current })
