@@ -59,10 +59,7 @@ pub const CLAIM_WINDOW_S: u64 = 3600;
 /// Whether `key` may be a leaf of `room`'s group: a device key on the
 /// access list, seated in that room.
 fn admits(list: &AccessList, room: RoomId) -> impl Fn(&PublicKey) -> bool + '_ {
-    move |key: &PublicKey| {
-        list.get(&key.id())
-            .is_some_and(|e| e.has(FLAG_DEVICE) && e.rooms().binary_search(&room).is_ok())
-    }
+    move |key: &PublicKey| list.seats_device(&key.id(), room)
 }
 
 fn bad_mls(message: impl Into<String>) -> ApiError {

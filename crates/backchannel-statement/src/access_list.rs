@@ -263,6 +263,14 @@ impl AccessList {
             .map(|i| &self.entries[i])
     }
 
+    /// Whether `key` is a device this list seats in `room`: the one rule for
+    /// who may be a leaf of that room's MLS group (the node's check of every
+    /// commit, and every client's).
+    pub fn seats_device(&self, key: &KeyId, room: RoomId) -> bool {
+        self.get(key)
+            .is_some_and(|e| e.has(FLAG_DEVICE) && e.rooms().binary_search(&room).is_ok())
+    }
+
     /// SHA-256 of the canonical encoding: what the roster carries and the
     /// node serves.
     pub fn hash(&self) -> Digest {
