@@ -220,7 +220,7 @@ pub(crate) fn decode_copy(bytes: &[u8]) -> Result<Vec<(u64, Salt, Vec<u8>)>, Dec
 pub fn seated(list: &AccessList, room: RoomId) -> BTreeSet<PublicKey> {
     list.entries()
         .iter()
-        .filter(|e| e.has(FLAG_DEVICE) && e.rooms().binary_search(&room).is_ok())
+        .filter(|e| list.seats_device(&e.key_id(), room))
         .map(|e| *e.key())
         .collect()
 }
@@ -542,11 +542,9 @@ impl<S: ClientStore> Session<S> {
             {
                 self.receive(list).await?;
                 if self.mls.epoch(room).is_some_and(|e| e < current) {
-                    let want = seated(list, room);
-                    let out = match self
-                        .mls
-                        .rejoin(room, &group_info, &|k: &PublicKey| want.contains(k))
-                    {
+                    let out = match self.mls.rejoin(room, &group_info, &|k: &PublicKey| {
+                        list.seats_device(&k.id(), room)
+                    }) {
                         Ok(out) => out,
                         Err(e) => {
                             report.waiting.push((
@@ -613,7 +611,8 @@ impl<S: ClientStore> Session<S> {
             let have: BTreeSet<PublicKey> = self.mls.members(room).into_iter().collect();
             let add: Vec<KeyId> = want.difference(&have).map(PublicKey::id).collect();
             let remove: Vec<PublicKey> = have.difference(&want).copied().collect();
-            if add.is_empty() && remove.is_empty() {
+            let update = self.pcs_due(room);
+            if add.is_empty() && remove.is_empty() && !update {
                 return Ok(());
             }
             let mut key_packages = Vec::new();
@@ -631,11 +630,10 @@ impl<S: ClientStore> Session<S> {
                 }
                 key_packages = claimed.into_iter().flatten().collect();
             }
-            let update = self.pcs_due(room);
             if key_packages.is_empty() && remove.is_empty() && !update {
                 return Ok(());
             }
-            let admits = |k: &PublicKey| want.contains(k);
+            let admits = |k: &PublicKey| list.seats_device(&k.id(), room);
             let out = self
                 .mls
                 .commit(room, &key_packages, &remove, &admits)
@@ -910,8 +908,7 @@ impl<S: ClientStore> Session<S> {
         // room or party never does). A commit that brought in a device
         // removed since cannot be checked: this device falls behind and
         // rejoins from the room's latest GroupInfo (`sync_rooms`).
-        let want = seated(list, h.room);
-        let admits = |k: &PublicKey| want.contains(k);
+        let admits = |k: &PublicKey| list.seats_device(&k.id(), h.room);
         match h.kind {
             Kind::MlsApp => {
                 let plaintext = if h.sender == self.device.public_key().id() {
