@@ -12,14 +12,20 @@
 //! - [`net`]: the node's API over pinned TLS with the client's key, typed
 //!   after `docs/api.md`, and the delivery stream.
 //! - [`safety`]: the talks safety code and each party's verification state.
-//! - [`seal`]: the one seam bodies pass through (padding only until rooms
-//!   are MLS groups: bodies are not yet encrypted).
-//! - [`session`]: one device's session in one talks — send, receive into a
-//!   verified archive, verify the log, cosign.
+//! - [`seal`]: the application message a room's MLS group encrypts
+//!   (statement, talk, copy, attachment) and the commitment it opens.
+//! - [`session`]: one device's session in one talks — receive into a
+//!   verified archive (MLS messages processed in log order), verify the
+//!   log, cosign.
+//! - [`rooms`]: sending through the room's MLS group, and keeping each
+//!   group in step with the access list (key packages, creation, adds and
+//!   removes, copies for newcomers, leaf updates, rejoins).
+//! - [`attachment`]: files encrypted under a key that travels only in the
+//!   room's group.
 //! - [`fork`]: forks — finality by cosignature, comparison, offline evidence.
 //! - [`participant`]: what a home remembers of each talks (pinned node,
 //!   who the participant is, every other party's verification state), the
-//!   invitation document and the enrolment payload.
+//!   invitation document and the enrolment payload, sealed to the mediator.
 //!
 //! IO only at one edge: [`net`] opens sockets (through reqwest and
 //! hyper-util; [`net::NodeClient::stream_over`] takes any byte stream, for

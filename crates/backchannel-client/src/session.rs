@@ -1,5 +1,6 @@
-//! One device's session in one talks: send through the seal seam, receive
-//! into a verified archive, follow and verify the log, witness checkpoints.
+//! One device's session in one talks: receive into a verified archive,
+//! follow and verify the log, witness checkpoints. Sending and keeping the
+//! rooms' MLS groups in step are in [`crate::rooms`].
 //!
 //! Everything the session learns is kept in its [`ClientStore`]: the
 //! archive (one record per accepted envelope, by seq), the log follower,
@@ -14,7 +15,12 @@
 //! - every delivered envelope's body is re-hashed against its header (by
 //!   [`crate::net`]), its receipt is verified against the node's log key,
 //!   its header signature against the sender's key (see below), and its
-//!   body is opened and checked against the header's commitment;
+//!   body is processed by the room's MLS group in log order: a handshake
+//!   advances the group, a Welcome joins it, an application message is
+//!   decrypted (its MLS sender must be the header's sender) and must open
+//!   the header's commitment. A body this device cannot read is archived
+//!   with the reason (sent before it joined, a Welcome for another device,
+//!   or evidence against its sender) rather than stopping the receive;
 //! - the sender's key is judged by log position, not by today's access
 //!   list alone: it is the key on the access list the client passes to
 //!   [`Session::receive`] (the current one: the mediator's device before
@@ -466,6 +472,21 @@ fn decode_leaves(bytes: &[u8]) -> Result<Vec<LeafData>, SessionError> {
     Ok(leaves)
 }
 
+/// The device's MLS state in `talks` as stored (a new one if none is).
+async fn load_mls<S: ClientStore>(
+    store: &S,
+    talks: TalksId,
+    device: &SecretKey,
+) -> Result<Member, SessionError> {
+    let device = SecretKey::from_seed(&device.seed())
+        .map_err(|e| SessionError::Stored(format!("the device key: {e}")))?;
+    match store.get(Namespace::Mls, &key(talks, "mls")).await? {
+        Some(b) => Member::from_bytes(talks, device, &b)
+            .map_err(|e| SessionError::Stored(format!("MLS state: {e}"))),
+        None => Ok(Member::new(talks, device)),
+    }
+}
+
 /// Whether the node answered `500 internal`: it found its own stored data
 /// corrupt (docs/api.md), so asking again for the same thing will not help
 /// but asking for less may.
@@ -731,13 +752,7 @@ impl<S: ClientStore> Session<S> {
             Some(b) => decode_leaves(&b)?,
             None => Vec::new(),
         };
-        let device_copy = SecretKey::from_seed(&device.seed())
-            .map_err(|e| SessionError::Stored(format!("the device key: {e}")))?;
-        let mls = match store.get(Namespace::Mls, &key(talks, "mls")).await? {
-            Some(b) => Member::from_bytes(talks, device_copy, &b)
-                .map_err(|e| SessionError::Stored(format!("MLS state: {e}")))?,
-            None => Member::new(talks, device_copy),
-        };
+        let mls = load_mls(&*store, talks, &device).await?;
         let mut session = Self {
             store,
             mls,
@@ -808,34 +823,21 @@ impl<S: ClientStore> Session<S> {
     /// cannot serve, which are stepped over: the envelopes around them are
     /// still archived, and [`Session::verify_log`] reports those of this
     /// session's rooms as withheld once it has verified their leaves. An
-    /// envelope that does not check out is evidence and stops the receive
-    /// with an error naming its seq.
+    /// envelope whose receipt, sender or header signature does not check
+    /// out is evidence and stops the receive with an error naming its seq.
     pub async fn receive(&mut self, list: &AccessList) -> Result<Vec<Archived>, SessionError> {
         self.flush_unsent().await?;
-        let saved = self.mls.to_bytes();
         match self.receive_pages(list).await {
             Ok(out) => Ok(out),
             Err(e) => {
                 // What this call processed but did not store is undone, so
                 // that memory and the store agree again.
-                if let Ok(m) = Member::from_bytes(
-                    self.talks,
-                    SecretKey::from_seed(&self.device.seed())
-                        .map_err(|e| SessionError::Stored(e.to_string()))?,
-                    &self.stored_mls().await?.unwrap_or(saved),
-                ) {
+                if let Ok(m) = load_mls(&*self.store, self.talks, &self.device).await {
                     self.mls = m;
                 }
                 Err(e)
             }
         }
-    }
-
-    async fn stored_mls(&self) -> Result<Option<Vec<u8>>, SessionError> {
-        Ok(self
-            .store
-            .get(Namespace::Mls, &key(self.talks, "mls"))
-            .await?)
     }
 
     async fn receive_pages(&mut self, list: &AccessList) -> Result<Vec<Archived>, SessionError> {
