@@ -30,7 +30,7 @@ use axum::http::StatusCode;
 use backchannel_codec::{RoomId, TalksId};
 use backchannel_crypto::{KeyId, PublicKey};
 use backchannel_mls::{Framing, Handshake, PublicRoom};
-use backchannel_statement::access_list::{AccessList, FLAG_DEVICE};
+use backchannel_statement::access_list::{AccessEntry, AccessList, FLAG_DEVICE};
 use backchannel_statement::header::{SIGNED_HEADER_LEN, unpad_body};
 use backchannel_statement::{Kind, SignedHeader};
 use backchannel_store::{Gate, KeyPackageRecord, Outcome, RoomStateUpdate, Store, Submission};
@@ -47,6 +47,10 @@ pub const MAX_KEY_PACKAGE_LIFETIME_S: u64 = 90 * 24 * 3600;
 
 /// The most key packages one upload carries.
 pub const MAX_KEY_PACKAGES_PER_UPLOAD: usize = 32;
+
+/// The most devices one claim names (a client adding more claims in
+/// several requests).
+pub const MAX_CLAIM_DEVICES: usize = 32;
 
 /// Claims one key (the claimer) may make of one device's key packages per
 /// [`CLAIM_WINDOW_S`]: enough to add a device to every room it shares with
@@ -472,6 +476,24 @@ pub(crate) async fn sequence_one<S: Store>(
 
 // --- Key packages ------------------------------------------------------------
 
+/// 403 unless the caller's entry is a device.
+fn require_device(entry: &AccessEntry, why: &'static str) -> Result<(), ApiError> {
+    if entry.has(FLAG_DEVICE) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(why))
+    }
+}
+
+/// 400 unless a request's list holds 1 to `max` items.
+fn count_within(n: usize, max: usize, holds: &str, items: &str) -> Result<(), ApiError> {
+    if (1..=max).contains(&n) {
+        Ok(())
+    } else {
+        Err(ApiError::malformed(format!("{holds} 1 to {max} {items}")))
+    }
+}
+
 /// `POST /v1/talks/{talks}/key-packages`: a device uploads its own key
 /// packages.
 pub(crate) async fn upload_key_packages<S: Store>(
@@ -482,14 +504,13 @@ pub(crate) async fn upload_key_packages<S: Store>(
 ) -> Result<axum::Json<api::KeyPackageCount>, ApiError> {
     let talks = parse_talks(&talks)?;
     let (_, _, entry) = node.member(talks, &key).await?;
-    if !entry.has(FLAG_DEVICE) {
-        return Err(ApiError::forbidden("only devices hold key packages"));
-    }
-    if req.key_packages.is_empty() || req.key_packages.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
-        return Err(ApiError::malformed(format!(
-            "an upload holds 1 to {MAX_KEY_PACKAGES_PER_UPLOAD} key packages"
-        )));
-    }
+    require_device(&entry, "only devices hold key packages")?;
+    count_within(
+        req.key_packages.len(),
+        MAX_KEY_PACKAGES_PER_UPLOAD,
+        "an upload holds",
+        "key packages",
+    )?;
     let now = node.clock.now_ms() / 1000;
     let mut records = Vec::with_capacity(req.key_packages.len());
     for (i, bytes) in req.key_packages.into_iter().enumerate() {
@@ -545,14 +566,13 @@ pub(crate) async fn claim_key_packages<S: Store>(
 ) -> Result<axum::Json<api::KeyPackagesClaimed>, ApiError> {
     let talks = parse_talks(&talks)?;
     let (_, list, entry) = node.member(talks, &key).await?;
-    if !entry.has(FLAG_DEVICE) {
-        return Err(ApiError::forbidden("only devices add devices to rooms"));
-    }
-    if req.devices.is_empty() || req.devices.len() > MAX_KEY_PACKAGES_PER_UPLOAD {
-        return Err(ApiError::malformed(format!(
-            "a claim names 1 to {MAX_KEY_PACKAGES_PER_UPLOAD} devices"
-        )));
-    }
+    require_device(&entry, "only devices add devices to rooms")?;
+    count_within(
+        req.devices.len(),
+        MAX_CLAIM_DEVICES,
+        "a claim names",
+        "devices",
+    )?;
     let now = node.clock.now_ms() / 1000;
     let mut out = Vec::with_capacity(req.devices.len());
     for hex_id in req.devices {
