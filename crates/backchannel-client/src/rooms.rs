@@ -73,6 +73,10 @@ pub const MAX_COPY_BYTES: usize = 512 * 1024;
 pub const BEFORE_JOIN: &str =
     "sent before this device joined the room; ask your head of delegation for a handover";
 
+/// What a copied statement adds to a copy besides its bytes: its seq (8),
+/// salt (32) and length (4).
+const COPY_ITEM_OVERHEAD: usize = 8 + 32 + 4;
+
 /// The persisted unsent request's format version.
 const UNSENT_VERSION: u8 = 1;
 
@@ -617,7 +621,10 @@ impl<S: ClientStore> Session<S> {
             }
             let mut key_packages = Vec::new();
             if !add.is_empty() {
-                let claimed = self.node.claim_key_packages(self.talks, &add).await?;
+                let mut claimed = Vec::with_capacity(add.len());
+                for devices in add.chunks(backchannel_node::rooms::MAX_CLAIM_DEVICES) {
+                    claimed.extend(self.node.claim_key_packages(self.talks, devices).await?);
+                }
                 let missing = claimed.iter().filter(|k| k.is_none()).count();
                 if missing > 0 {
                     report.waiting.push((
@@ -806,13 +813,13 @@ impl<S: ClientStore> Session<S> {
         let mut chunk: Vec<(u64, Salt, Vec<u8>)> = Vec::new();
         let mut size = 0;
         for item in items {
-            if !chunk.is_empty() && size + item.2.len() + 48 > MAX_COPY_BYTES {
+            if !chunk.is_empty() && size + item.2.len() + COPY_ITEM_OVERHEAD > MAX_COPY_BYTES {
                 let copy = encode_copy(&std::mem::take(&mut chunk));
                 self.send(list, room, Content::Copy(copy), Salt(self.random32()?))
                     .await?;
                 size = 0;
             }
-            size += item.2.len() + 48;
+            size += item.2.len() + COPY_ITEM_OVERHEAD;
             chunk.push(item);
         }
         if !chunk.is_empty() {

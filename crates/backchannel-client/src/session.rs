@@ -118,6 +118,10 @@ const UNACCOUNTED_VERSION: u8 = 1;
 /// body could not be read here).
 const ARCHIVE_VERSION: u8 = 2;
 
+/// The longest reason an archived record gives for a body it could not
+/// read (the reasons are this crate's own sentences, far shorter).
+const MAX_UNREADABLE: usize = 4096;
+
 /// Why an envelope is archived without its sender checked: it came before
 /// this device joined its room, from a key neither the access list nor
 /// the record this device could read by then names. A copy of the room's
@@ -211,7 +215,7 @@ impl Archived {
         let unreadable = match r.u8("unreadable present").map_err(bad)? {
             0 => None,
             _ => Some(
-                String::from_utf8(r.bytes("unreadable", 4096).map_err(bad)?.to_vec())
+                String::from_utf8(r.bytes("unreadable", MAX_UNREADABLE).map_err(bad)?.to_vec())
                     .map_err(|_| SessionError::Stored("unreadable: not UTF-8".into()))?,
             ),
         };
