@@ -761,10 +761,7 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
             )
         };
         match waiting {
-            Some(why) if Instant::now() < deadline => {
-                let _ = why;
-                tokio::time::sleep(POLL).await;
-            }
+            Some(_) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
             other => break other,
         }
     };
