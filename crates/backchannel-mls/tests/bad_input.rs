@@ -3,7 +3,6 @@
 
 mod common;
 
-use backchannel_crypto::SecretKey;
 use backchannel_mls::{
     CIPHERSUITE, DecryptError, Framing, FramingError, MemberError, PublicError, PublicRoom,
     check_key_package, read_framing,
@@ -15,24 +14,6 @@ use openmls::prelude::{
 };
 use openmls::treesync::LeafNodeParameters;
 use openmls_rust_crypto::OpenMlsRustCrypto;
-use openmls_traits::{
-    signatures::{Signer, SignerError},
-    types::SignatureScheme,
-};
-
-struct TestSigner(SecretKey);
-
-impl Signer for TestSigner {
-    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
-        self.0
-            .sign_mls(payload)
-            .map(|s| s.to_vec())
-            .map_err(|_| SignerError::SigningError)
-    }
-    fn signature_scheme(&self) -> SignatureScheme {
-        SignatureScheme::ED25519
-    }
-}
 
 /// A group made with OpenMLS directly (to make what `Member` never makes).
 fn raw_group(id: &[u8], policy: WireFormatPolicy) -> (OpenMlsRustCrypto, TestSigner, MlsGroup) {

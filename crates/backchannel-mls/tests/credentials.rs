@@ -4,7 +4,7 @@
 
 mod common;
 
-use backchannel_crypto::{PublicKey, SecretKey};
+use backchannel_crypto::PublicKey;
 use backchannel_mls::{CIPHERSUITE, LeafError, MemberError, PublicError, check_key_package};
 use common::*;
 use openmls::prelude::{
@@ -12,24 +12,6 @@ use openmls::prelude::{
     tls_codec::Serialize as _,
 };
 use openmls_rust_crypto::OpenMlsRustCrypto;
-use openmls_traits::{
-    signatures::{Signer, SignerError},
-    types::SignatureScheme,
-};
-
-struct TestSigner(SecretKey);
-
-impl Signer for TestSigner {
-    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
-        self.0
-            .sign_mls(payload)
-            .map(|s| s.to_vec())
-            .map_err(|_| SignerError::SigningError)
-    }
-    fn signature_scheme(&self) -> SignatureScheme {
-        SignatureScheme::ED25519
-    }
-}
 
 /// A key package signed by device `n` whose credential names `identity`.
 fn forged_key_package(n: u8, identity: &PublicKey) -> Vec<u8> {

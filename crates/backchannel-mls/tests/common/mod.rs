@@ -6,6 +6,24 @@
 use backchannel_codec::{RoomId, TalksId};
 use backchannel_crypto::{PublicKey, SecretKey, Signer as _};
 use backchannel_mls::{Member, Outgoing, PublicRoom};
+use openmls_traits::signatures::{Signer, SignerError};
+use openmls_traits::types::SignatureScheme;
+
+/// A device key as an OpenMLS signer (through `sign_mls`), for tests that
+/// build MLS messages with raw OpenMLS.
+pub struct TestSigner(pub SecretKey);
+
+impl Signer for TestSigner {
+    fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, SignerError> {
+        self.0
+            .sign_mls(payload)
+            .map(|s| s.to_vec())
+            .map_err(|_| SignerError::SigningError)
+    }
+    fn signature_scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
 
 /// A fixed "now" (2026-01-01). OpenMLS itself compares key package
 /// lifetimes with the system clock, so test key packages live long enough
