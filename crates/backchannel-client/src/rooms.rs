@@ -22,7 +22,11 @@
 //!   *copy* of every statement of the room archived before the commit: the
 //!   original seq, salt and statement bytes, which each newcomer checks
 //!   against the commitment in the header logged at that seq. An act
-//!   counts once, at its original seq; the copy only opens it.
+//!   counts once, at its original seq; the copy only opens it. The copy
+//!   is owed durably from the commit's first write, so a committer killed
+//!   before posting it posts it at its next sync.
+//! - **Failpoints** (test-only): [`COMMIT_FAILPOINTS`], named by
+//!   [`FAILPOINT_VAR`], kill the process at each step of a commit.
 
 use std::collections::BTreeSet;
 
@@ -243,6 +247,52 @@ pub(crate) fn unreadable_text(e: &DecryptError) -> String {
     }
 }
 
+/// The environment variable that names a failpoint of the commit path
+/// (test-only: crash tests set it on one run of the binary).
+pub const FAILPOINT_VAR: &str = "BACKCHANNEL_FAILPOINT";
+
+/// The failpoints of the commit path ([`Session::sync_rooms`] committing
+/// adds, removes or an update, or rejoining), in the order a commit meets
+/// them. At the one [`FAILPOINT_VAR`] names, the process kills itself
+/// (test-only: a crash test's way to SIGKILL a client at an exact point):
+///
+/// - `commit-created`: the commit (and its Welcome) is built and written
+///   with the MLS state holding it pending, as the `Unsent` record, in one
+///   transaction; nothing has been sent.
+/// - `commit-submitted`: `POST …/commits` returned the node's placement:
+///   the node sequenced the commit (and its Welcome), and the client has
+///   looked at nothing of the answer nor stored anything since
+///   `commit-created`. (The client cannot stop between writing the request
+///   and reading the reply; for what it stores, this is the same as a kill
+///   after the send, with the node acting on it.)
+/// - `commit-replied`: the receipts are verified and kept and the `Unsent`
+///   record is cleared (one transaction); the commit is still pending.
+/// - `commit-merged`: the session received the commit from the log, merged
+///   its pending commit and stored the new epoch (with the archive and
+///   cursor); nothing after that (the update counters, the copies for
+///   newcomers) has run.
+pub const COMMIT_FAILPOINTS: [&str; 4] = [
+    "commit-created",
+    "commit-submitted",
+    "commit-replied",
+    "commit-merged",
+];
+
+/// Test-only: kills the process at `point` if [`FAILPOINT_VAR`] names it
+/// (read once). A real SIGKILL through `kill -KILL` (the workspace forbids
+/// `unsafe`, so no `libc::kill`), else `abort`: either way no destructor
+/// runs and nothing is flushed, only what was written to the store stays.
+fn failpoint(point: &str) {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var(FAILPOINT_VAR).ok());
+    if armed.as_deref() == Some(point) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+        std::process::abort();
+    }
+}
+
 fn seated_or_stale(e: &NetError) -> bool {
     matches!(e.code(), Some("stale_epoch" | "epoch_taken"))
 }
@@ -439,6 +489,16 @@ impl<S: ClientStore> Session<S> {
         content: Content,
         salt: Salt,
     ) -> Result<u64, SessionError> {
+        // A device the list does not seat in the room (removed from it, or
+        // never there) says so, before anything is encrypted or sent: its
+        // group state, if it still holds one, is of epochs the room left.
+        if !list.seats_device(&self.device.public_key().id(), room) {
+            return Err(SessionError::Usage(
+                "the access list does not seat this device in that room (it was removed from \
+                 it, or never seated there): nothing was sent"
+                    .into(),
+            ));
+        }
         let message = AppMessage { content, salt };
         let plaintext = message.to_bytes();
         let commitment = message.commitment();
@@ -611,6 +671,9 @@ impl<S: ClientStore> Session<S> {
                     }
                 }
             }
+            // A copy a commit of ours that added newcomers still owes them
+            // (the process stopped between the commit and the copy).
+            self.post_owed_copy(list, room, report).await?;
             let want = seated(list, room);
             let have: BTreeSet<PublicKey> = self.mls.members(room).into_iter().collect();
             let add: Vec<KeyId> = want.difference(&have).map(PublicKey::id).collect();
@@ -645,15 +708,12 @@ impl<S: ClientStore> Session<S> {
                 .mls
                 .commit(room, &key_packages, &remove, &admits)
                 .map_err(|e| SessionError::Usage(format!("committing to the room: {e}")))?;
-            let Some(c) = self.submit_outgoing(list, room, out).await? else {
+            if self.submit_outgoing(list, room, out).await?.is_none() {
                 continue;
-            };
+            }
             if !key_packages.is_empty() {
                 report.added.push((room, key_packages.len()));
-                let copied = self.copy_for_newcomers(list, room, c).await?;
-                if copied > 0 {
-                    report.copied.push((room, copied));
-                }
+                self.post_owed_copy(list, room, report).await?;
             }
             if !remove.is_empty() {
                 report.removed.push((room, remove.len()));
@@ -693,7 +753,23 @@ impl<S: ClientStore> Session<S> {
             None => None,
         };
         let unsent = Unsent::Commit(ch, cb.clone(), welcome.clone().map(Box::new));
-        self.write_before_send(&unsent, Vec::new()).await?;
+        // A commit that adds devices owes them a copy of the room's earlier
+        // statements: that debt is durable with the commit, and paid (or
+        // dropped, if the commit never makes the log) by `post_owed_copy`.
+        let also = match &welcome {
+            Some(_) => {
+                let mut owed = self.next_seq().to_be_bytes().to_vec();
+                owed.extend_from_slice(&ch.hash().0);
+                vec![Put {
+                    ns: Namespace::Mls,
+                    key: self.copy_key(room),
+                    value: Some(owed),
+                }]
+            }
+            None => Vec::new(),
+        };
+        self.write_before_send(&unsent, also).await?;
+        failpoint("commit-created");
         let sent = self
             .node
             .submit_commit(
@@ -702,6 +778,9 @@ impl<S: ClientStore> Session<S> {
                 welcome.as_ref().map(|(h, b)| (h, b.as_slice())),
             )
             .await;
+        if sent.is_ok() {
+            failpoint("commit-submitted");
+        }
         match sent {
             Ok((c, w)) => {
                 self.note_sequenced(&c)?;
@@ -709,8 +788,10 @@ impl<S: ClientStore> Session<S> {
                     self.note_sequenced(w)?;
                 }
                 self.save_pending_and_clear().await?;
+                failpoint("commit-replied");
                 // The commit merges when the session meets it in the log.
                 self.receive(list).await?;
+                failpoint("commit-merged");
                 self.pcs_done(room).await?;
                 Ok(Some(c.seq))
             }
@@ -726,6 +807,60 @@ impl<S: ClientStore> Session<S> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn copy_key(&self, room: RoomId) -> Vec<u8> {
+        let mut k = key(self.talks, "copy");
+        k.extend_from_slice(room.as_bytes());
+        k
+    }
+
+    /// Pays the copy for newcomers that a commit of ours adding devices to
+    /// `room` owes (written with the commit: `fetch cursor u64 ‖ header
+    /// hash`): once the commit is in the archive (it made the log: the
+    /// newcomers joined at it), the room's earlier statements are copied
+    /// for them; a commit that never made the log (refused, or another
+    /// took its epoch) owes nothing, whatever replaces it owes its own.
+    /// Run after the commit's answer and again by every sync, so a process
+    /// killed anywhere between the commit and the copy still posts it. A
+    /// kill after the copy but before the debt is cleared posts it twice:
+    /// harmless, a copy opens only what is still unread.
+    async fn post_owed_copy(
+        &mut self,
+        list: &AccessList,
+        room: RoomId,
+        report: &mut SyncReport,
+    ) -> Result<(), SessionError> {
+        let Some(owed) = self.store.get(Namespace::Mls, &self.copy_key(room)).await? else {
+            return Ok(());
+        };
+        let (from, hash) = match owed.split_first_chunk::<8>() {
+            Some((from, hash)) if hash.len() == 32 => (u64::from_be_bytes(*from), hash),
+            _ => return Err(SessionError::Stored("a malformed copy owed".into())),
+        };
+        let mut at = None;
+        for seq in from..self.next_seq() {
+            if let Some(a) = self.archived(seq).await?
+                && a.header.hash().0 == hash
+            {
+                at = Some(seq);
+                break;
+            }
+        }
+        if let Some(at) = at {
+            let copied = self.copy_for_newcomers(list, room, at).await?;
+            if copied > 0 {
+                report.copied.push((room, copied));
+            }
+        }
+        self.store
+            .put_many(vec![Put {
+                ns: Namespace::Mls,
+                key: self.copy_key(room),
+                value: None,
+            }])
+            .await?;
+        Ok(())
     }
 
     fn pcs_key(&self, room: RoomId) -> Vec<u8> {

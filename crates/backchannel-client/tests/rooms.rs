@@ -1,7 +1,9 @@
 //! A session's rooms against a real node: an update of its own leaf after
 //! `PCS_UPDATE_MESSAGES` messages, a rejoin by external commit when its
 //! MLS state fell behind the log, and a message to a room this device is
-//! not in yet refused before anything is sent.
+//! not in yet refused before anything is sent. What the node stores, tried
+//! with members' saved MLS states: the other party's caucus, and a removed
+//! member's former rooms after its removal (removed online or offline).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -332,6 +334,328 @@ async fn no_member_of_one_party_decrypts_the_other_partys_caucus() {
         // Its own caucus, from the same store, opens: the check can fail.
         assert!(!talk(&sessions[i]).await.is_empty());
     }
+    served.stop().await;
+}
+
+/// Removes `device` from the node's access list, signed by the US talks
+/// authority (its party's designated signer) and submitted by the US
+/// head's device; returns the list the node serves now.
+async fn remove_from_list(served: &Served, device: u8) -> AccessList {
+    use backchannel_statement::{AccessListChange, AccessListDelta};
+    let c = NodeClient::new(served.addr, served.fingerprint, &key(US_HEAD_DEVICE)).unwrap();
+    let current = c.access_list(talks()).await.unwrap();
+    let delta = AccessListDelta::new(
+        talks(),
+        current.hash,
+        vec![key(device).public_key().id()],
+        vec![],
+    )
+    .unwrap();
+    let change =
+        AccessListChange::new(delta.clone(), vec![delta.sign(&key(US_TALKS)).unwrap()]).unwrap();
+    let outcome = c.submit_change(talks(), &change).await.unwrap();
+    assert!(outcome.applied, "{outcome:?}");
+    let list = c.access_list(talks()).await.unwrap().list;
+    assert!(list.get(&key(device).public_key().id()).is_none());
+    list
+}
+
+/// The application envelopes of `room` the node stores from `from` on:
+/// (seq, sender, header commitment, MLS message).
+async fn stored_app_messages(
+    store: &MemoryStore,
+    room: backchannel_codec::RoomId,
+    from: u64,
+) -> Vec<(u64, backchannel_crypto::KeyId, [u8; 32], Vec<u8>)> {
+    backchannel_store::Store::read(store, talks(), from, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.room == room)
+        .filter_map(|r| {
+            let h = *backchannel_statement::SignedHeader::decode(&r.header)
+                .unwrap()
+                .header();
+            (h.kind == backchannel_statement::Kind::MlsApp).then(|| {
+                let body = r.body.as_ref().unwrap();
+                let msg = backchannel_statement::header::unpad_body(body).unwrap();
+                (r.seq, h.sender, h.commitment.0, msg.to_vec())
+            })
+        })
+        .collect()
+}
+
+/// Talk from `s` in `room` (the list seats it there).
+async fn say(s: &mut Sess, list: &AccessList, room: backchannel_codec::RoomId, text: &str) -> u64 {
+    s.send(list, room, Content::Talk(text.into()), Salt([7; 32]))
+        .await
+        .unwrap()
+}
+
+/// What the devices of a removed member's rooms say once it is removed:
+/// the remaining members sync (the US head's commits the removal; each
+/// then owes and commits an update of its own leaf), talk in both rooms,
+/// and receive. Returns the seq of the first envelope after the removal
+/// was put on the list (the removal's commit is at or after it).
+async fn remove_and_talk_on(
+    served: &Served,
+    store: &MemoryStore,
+    remaining: &mut [&mut Sess; 3],
+) -> (u64, AccessList) {
+    let t = fixtures::talks();
+    let cut = backchannel_store::Store::log_size(store, talks())
+        .await
+        .unwrap();
+    let current = remove_from_list(served, US_NEGOTIATOR_DEVICE).await;
+    let [oman, us, iran] = remaining;
+    let report = us.sync_rooms(&current, now_ms() / 1000).await.unwrap();
+    let removed: Vec<_> = report.removed.iter().map(|(r, _)| *r).collect();
+    assert!(
+        removed.contains(&t.record) && removed.contains(&t.us_caucus),
+        "{report:?}"
+    );
+    say(us, &current, t.us_caucus, "said once the negotiator is out").await;
+    say(
+        oman,
+        &current,
+        t.record,
+        "on the record, without the negotiator",
+    )
+    .await;
+    // The others meet the removal and owe an update of their own leaves.
+    for s in [&mut **oman, &mut **iran] {
+        s.receive(&current).await.unwrap();
+        let report = s.sync_rooms(&current, now_ms() / 1000).await.unwrap();
+        assert!(!report.updated.is_empty(), "{report:?}");
+    }
+    say(oman, &current, t.us_caucus, "after the updates").await;
+    say(iran, &current, t.record, "Iran, after the updates").await;
+    say(us, &current, t.record, "the US, after the updates").await;
+    for s in [&mut **oman, &mut **us, &mut **iran] {
+        s.receive(&current).await.unwrap();
+    }
+    (cut, current)
+}
+
+/// Tries the removed negotiator's saved MLS state on every application
+/// envelope of its former rooms from `cut` on, straight from the node's
+/// store: none opens. Each of them opens for the remaining members that
+/// did not send it (the control: the check can fail). Returns how many
+/// were tried.
+async fn assert_locked_out(
+    store: &MemoryStore,
+    saved: &[u8],
+    cut: u64,
+    remaining: &[(u8, &Sess)],
+) -> usize {
+    let t = fixtures::talks();
+    let mut member =
+        backchannel_mls::Member::from_bytes(talks(), key(US_NEGOTIATOR_DEVICE), saved).unwrap();
+    let list = list();
+    let mut tried = 0;
+    for room in [t.record, t.us_caucus] {
+        for (seq, sender, commitment, msg) in stored_app_messages(store, room, cut).await {
+            tried += 1;
+            assert!(
+                member.decrypt(room, &msg, &commitment).is_err(),
+                "the removed device decrypted seq {seq}"
+            );
+            let mut opened = 0;
+            for (label, s) in remaining {
+                if key(*label).public_key().id() == sender
+                    || !list.seats_device(&key(*label).public_key().id(), room)
+                {
+                    continue;
+                }
+                let a = s.archived(seq).await.unwrap().unwrap();
+                assert!(
+                    matches!(a.message.map(|m| m.content), Some(Content::Talk(_))),
+                    "device {label:#x} does not read seq {seq}: {:?}",
+                    a.unreadable
+                );
+                opened += 1;
+            }
+            assert!(opened >= 1, "seq {seq}");
+        }
+    }
+    tried
+}
+
+/// A member removed while its session runs: its MLS state as its store
+/// held it at the removal opens nothing sent in its former rooms after
+/// it, straight from the node's store (it did open what was sent before).
+#[tokio::test]
+async fn a_removed_member_decrypts_nothing_sent_after_its_removal() {
+    let store = Arc::new(MemoryStore::new());
+    let served = start_on(Arc::clone(&store)).await;
+    let t = fixtures::talks();
+    let (so, su, sn, si) = (
+        Arc::default(),
+        Arc::default(),
+        Arc::<MemoryClientStore>::default(),
+        Arc::default(),
+    );
+    let mut oman = session(&served, OMAN_LEAD_DEVICE, &so).await;
+    let mut us = session(&served, US_HEAD_DEVICE, &su).await;
+    let mut negotiator = session(&served, US_NEGOTIATOR_DEVICE, &sn).await;
+    let mut iran = session(&served, IRAN_HEAD_DEVICE, &si).await;
+    sync_all(
+        &mut [&mut oman, &mut us, &mut negotiator, &mut iran],
+        &list(),
+        now_ms() / 1000,
+    )
+    .await
+    .unwrap();
+    say(&mut us, &list(), t.us_caucus, "before the removal").await;
+    negotiator.receive(&list()).await.unwrap();
+    assert_eq!(talk(&negotiator).await, vec!["before the removal"]);
+    // One more before the removal, which its session has not received: the
+    // saved state still opens it (so what follows is not a vacuous check).
+    let last = say(&mut oman, &list(), t.us_caucus, "just before the removal").await;
+    let saved = sn
+        .get(Namespace::Mls, &mls_key())
+        .await
+        .unwrap()
+        .expect("a saved MLS state");
+
+    let (cut, current) =
+        remove_and_talk_on(&served, &store, &mut [&mut oman, &mut us, &mut iran]).await;
+    // Its session, still running, is refused by the node from now on.
+    assert!(negotiator.receive(&list()).await.is_err());
+    assert_eq!(
+        sn.get(Namespace::Mls, &mls_key()).await.unwrap().as_deref(),
+        Some(&saved[..]),
+        "nothing of the removal reached it"
+    );
+
+    let mut member =
+        backchannel_mls::Member::from_bytes(talks(), key(US_NEGOTIATOR_DEVICE), &saved).unwrap();
+    let before = stored_app_messages(&store, t.us_caucus, last).await;
+    let (_, _, commitment, msg) = &before[0];
+    assert!(member.decrypt(t.us_caucus, msg, commitment).is_ok());
+    let tried = assert_locked_out(
+        &store,
+        &saved,
+        cut,
+        &[
+            (OMAN_LEAD_DEVICE, &oman),
+            (US_HEAD_DEVICE, &us),
+            (IRAN_HEAD_DEVICE, &iran),
+        ],
+    )
+    .await;
+    assert!(tried >= 5, "{tried}");
+    let _ = current;
+    served.stop().await;
+}
+
+/// A member removed while its device is offline: when it comes back, its
+/// saved MLS state opens nothing sent in its former rooms after the
+/// removal, straight from the node's store (it does open what it missed
+/// before the removal); and its client says it is no longer there rather
+/// than failing on anything else.
+#[tokio::test]
+async fn a_member_removed_while_offline_decrypts_nothing_when_it_comes_back() {
+    let store = Arc::new(MemoryStore::new());
+    let served = start_on(Arc::clone(&store)).await;
+    let t = fixtures::talks();
+    let (so, su, sn, si) = (
+        Arc::default(),
+        Arc::default(),
+        Arc::<MemoryClientStore>::default(),
+        Arc::default(),
+    );
+    let mut oman = session(&served, OMAN_LEAD_DEVICE, &so).await;
+    let mut us = session(&served, US_HEAD_DEVICE, &su).await;
+    let mut iran = session(&served, IRAN_HEAD_DEVICE, &si).await;
+    {
+        let mut negotiator = session(&served, US_NEGOTIATOR_DEVICE, &sn).await;
+        sync_all(
+            &mut [&mut oman, &mut us, &mut negotiator, &mut iran],
+            &list(),
+            now_ms() / 1000,
+        )
+        .await
+        .unwrap();
+        // Its session ends here: offline from now on.
+    }
+    let saved = sn
+        .get(Namespace::Mls, &mls_key())
+        .await
+        .unwrap()
+        .expect("a saved MLS state");
+    let missed = say(
+        &mut us,
+        &list(),
+        t.us_caucus,
+        "while the negotiator is away",
+    )
+    .await;
+
+    let (cut, current) =
+        remove_and_talk_on(&served, &store, &mut [&mut oman, &mut us, &mut iran]).await;
+
+    // It comes back: the state it saved opens what it missed before the
+    // removal, and nothing after.
+    let mut member =
+        backchannel_mls::Member::from_bytes(talks(), key(US_NEGOTIATOR_DEVICE), &saved).unwrap();
+    let before = stored_app_messages(&store, t.us_caucus, missed).await;
+    assert_eq!(before[0].0, missed);
+    let (_, _, commitment, msg) = &before[0];
+    assert!(member.decrypt(t.us_caucus, msg, commitment).is_ok());
+    let tried = assert_locked_out(
+        &store,
+        &saved,
+        cut,
+        &[
+            (OMAN_LEAD_DEVICE, &oman),
+            (US_HEAD_DEVICE, &us),
+            (IRAN_HEAD_DEVICE, &iran),
+        ],
+    )
+    .await;
+    assert!(tried >= 5, "{tried}");
+
+    // Its client, from its own store: the node no longer serves it, a
+    // sync with the list as it stands has nothing to do, and a message is
+    // refused before anything is encrypted or sent.
+    let mut negotiator = session(&served, US_NEGOTIATOR_DEVICE, &sn).await;
+    let size = backchannel_store::Store::log_size(&*store, talks())
+        .await
+        .unwrap();
+    match negotiator.receive(&list()).await {
+        Err(SessionError::Net(e)) => assert_eq!(e.status(), Some(404), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let report = negotiator
+        .sync_rooms(&current, now_ms() / 1000)
+        .await
+        .unwrap();
+    assert!(!report.changed(), "{report:?}");
+    let e = negotiator
+        .send(
+            &current,
+            t.us_caucus,
+            Content::Talk("am I still here?".into()),
+            Salt([8; 32]),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, SessionError::Usage(m) if m.contains("does not seat this device")),
+        "{e}"
+    );
+    assert_eq!(
+        backchannel_store::Store::log_size(&*store, talks())
+            .await
+            .unwrap(),
+        size
+    );
+    assert_eq!(
+        sn.get(Namespace::Mls, &mls_key()).await.unwrap().as_deref(),
+        Some(&saved[..]),
+        "its ratchet did not move"
+    );
     served.stop().await;
 }
 
