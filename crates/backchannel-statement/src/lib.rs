@@ -8,7 +8,8 @@
 //!   [`Markings`] and the payload;
 //! - payloads of this version: [`Roster`], [`GroundRules`], [`Acceptance`],
 //!   [`AccessListChange`], [`DeviceCert`], [`MemberCert`], [`Revoke`],
-//!   [`LifecycleChange`];
+//!   [`LifecycleChange`], and what people say in rooms: [`Message`],
+//!   [`Conveyed`], [`Receipt`], [`CommitFailure`], [`SessionConsent`];
 //! - [`StructuredText`] for prose, with NFC and bidi-control checks and a
 //!   [`confusables`] detector;
 //! - the [`AccessList`] (the only roster-derived thing the node parses) and
@@ -34,6 +35,7 @@ pub mod header;
 pub mod invitation;
 pub mod lifecycle;
 pub mod markings;
+pub mod message;
 pub mod payload;
 pub mod roles;
 pub mod roster;
@@ -48,6 +50,10 @@ pub use header::{Commitment, Header, Kind, Salt, Severity, SignedHeader};
 pub use invitation::{Invitation, InvitationError, InvitationFields, InvitationToken};
 pub use lifecycle::{LifecycleChange, LifecycleError, LifecyclePhase};
 pub use markings::{Attribution, Conveyance, HandlingLabel, Markings};
+pub use message::{
+    AgendaItem, CommitFailure, Conveyed, Message, MessageError, Receipt, ReceiptKind, Release,
+    SessionConsent, Verbatim,
+};
 pub use payload::{Acceptance, Payload, StatementType};
 pub use roles::{Act, PartyKind, Role};
 pub use roster::{GroundRules, Roster, RosterError};

@@ -7,6 +7,7 @@ use backchannel_crypto::{Context, Digest};
 use crate::access_list::AccessListChange;
 use crate::certs::{DeviceCert, MemberCert, Revoke};
 use crate::lifecycle::LifecycleChange;
+use crate::message::{CommitFailure, Conveyed, Message, Receipt, SessionConsent};
 use crate::roster::{GroundRules, Roster};
 
 /// A statement's type: its code in the frame and its signature context.
@@ -28,11 +29,21 @@ pub enum StatementType {
     Revoke,
     /// A change of the talks' phase (suspend, resume, conclude, close).
     Lifecycle,
+    /// A member's words in a room (a draft, or a released message).
+    Message,
+    /// A mediator's conveyance (verbatim, re-drafted, non-paper, recorded).
+    Conveyance,
+    /// A party's formal receipt of a `receipt-required` statement.
+    Receipt,
+    /// A member could not process a sequenced commit and rejoins.
+    CommitFailure,
+    /// A party's consent to a time-boxed joint session.
+    SessionConsent,
 }
 
 impl StatementType {
     /// Every type of this version.
-    pub const ALL: [StatementType; 8] = [
+    pub const ALL: [StatementType; 13] = [
         StatementType::Roster,
         StatementType::GroundRules,
         StatementType::Acceptance,
@@ -41,6 +52,11 @@ impl StatementType {
         StatementType::MemberCert,
         StatementType::Revoke,
         StatementType::Lifecycle,
+        StatementType::Message,
+        StatementType::Conveyance,
+        StatementType::Receipt,
+        StatementType::CommitFailure,
+        StatementType::SessionConsent,
     ];
 
     /// The type's code in the frame.
@@ -54,6 +70,11 @@ impl StatementType {
             StatementType::MemberCert => 6,
             StatementType::Revoke => 7,
             StatementType::Lifecycle => 8,
+            StatementType::Message => 9,
+            StatementType::Conveyance => 10,
+            StatementType::Receipt => 11,
+            StatementType::CommitFailure => 12,
+            StatementType::SessionConsent => 13,
         }
     }
 
@@ -73,6 +94,11 @@ impl StatementType {
             StatementType::MemberCert => "member-cert",
             StatementType::Revoke => "revoke",
             StatementType::Lifecycle => "lifecycle",
+            StatementType::Message => "message",
+            StatementType::Conveyance => "conveyance",
+            StatementType::Receipt => "receipt",
+            StatementType::CommitFailure => "commit-failure",
+            StatementType::SessionConsent => "session-consent",
         }
     }
 
@@ -89,6 +115,13 @@ impl StatementType {
             StatementType::MemberCert => Context::new("backchannel/v1/statement/member-cert"),
             StatementType::Revoke => Context::new("backchannel/v1/statement/revoke"),
             StatementType::Lifecycle => Context::new("backchannel/v1/statement/lifecycle"),
+            StatementType::Message => Context::new("backchannel/v1/statement/message"),
+            StatementType::Conveyance => Context::new("backchannel/v1/statement/conveyance"),
+            StatementType::Receipt => Context::new("backchannel/v1/statement/receipt"),
+            StatementType::CommitFailure => Context::new("backchannel/v1/statement/commit-failure"),
+            StatementType::SessionConsent => {
+                Context::new("backchannel/v1/statement/session-consent")
+            }
         }
     }
 }
@@ -147,6 +180,16 @@ pub enum Payload {
     Revoke(Revoke),
     /// See [`LifecycleChange`].
     Lifecycle(LifecycleChange),
+    /// See [`Message`].
+    Message(Message),
+    /// See [`Conveyed`].
+    Conveyance(Conveyed),
+    /// See [`Receipt`].
+    Receipt(Receipt),
+    /// See [`CommitFailure`].
+    CommitFailure(CommitFailure),
+    /// See [`SessionConsent`].
+    SessionConsent(SessionConsent),
 }
 
 impl Payload {
@@ -161,6 +204,11 @@ impl Payload {
             Payload::MemberCert(_) => StatementType::MemberCert,
             Payload::Revoke(_) => StatementType::Revoke,
             Payload::Lifecycle(_) => StatementType::Lifecycle,
+            Payload::Message(_) => StatementType::Message,
+            Payload::Conveyance(_) => StatementType::Conveyance,
+            Payload::Receipt(_) => StatementType::Receipt,
+            Payload::CommitFailure(_) => StatementType::CommitFailure,
+            Payload::SessionConsent(_) => StatementType::SessionConsent,
         }
     }
 
@@ -187,6 +235,17 @@ impl Payload {
             StatementType::Lifecycle => {
                 Payload::Lifecycle(LifecycleChange::from_canonical_bytes(bytes)?)
             }
+            StatementType::Message => Payload::Message(Message::from_canonical_bytes(bytes)?),
+            StatementType::Conveyance => {
+                Payload::Conveyance(Conveyed::from_canonical_bytes(bytes)?)
+            }
+            StatementType::Receipt => Payload::Receipt(Receipt::from_canonical_bytes(bytes)?),
+            StatementType::CommitFailure => {
+                Payload::CommitFailure(CommitFailure::from_canonical_bytes(bytes)?)
+            }
+            StatementType::SessionConsent => {
+                Payload::SessionConsent(SessionConsent::from_canonical_bytes(bytes)?)
+            }
         })
     }
 }
@@ -202,6 +261,11 @@ impl Encode for Payload {
             Payload::MemberCert(p) => p.encode(w),
             Payload::Revoke(p) => p.encode(w),
             Payload::Lifecycle(p) => p.encode(w),
+            Payload::Message(p) => p.encode(w),
+            Payload::Conveyance(p) => p.encode(w),
+            Payload::Receipt(p) => p.encode(w),
+            Payload::CommitFailure(p) => p.encode(w),
+            Payload::SessionConsent(p) => p.encode(w),
         }
     }
 }
