@@ -334,6 +334,16 @@ pub enum RosterError {
     /// The talks must have exactly one record room, holding every member.
     #[error("the talks must have exactly one record room, and it must hold every member")]
     RecordRoom,
+    /// A room's members do not fit its purpose (the proximity invariant:
+    /// no member of one party in another party's internal room or caucus,
+    /// or in the mediators' room).
+    #[error("room {room}: {rule}")]
+    RoomPurpose {
+        /// The room.
+        room: RoomId,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
     /// A signing rule is impossible or names a non-member of its party.
     #[error("a signing rule must need between 1 and all of its signers, all members of its party")]
     Rule,
@@ -470,6 +480,9 @@ impl Roster {
         if records.len() != 1 || records[0].members.len() != principals.len() {
             return Err(RosterError::RecordRoom);
         }
+        for r in &self.rooms {
+            self.check_purpose(r)?;
+        }
         for rule in &self.rules {
             let n = rule.signers.len();
             let members_ok = rule.signers.windows(2).all(|w| w[0] < w[1])
@@ -483,6 +496,78 @@ impl Roster {
             }
         }
         Ok(())
+    }
+
+    /// Who may be in a room of each purpose. Only the members the roster
+    /// lists can be placed, and each member entry is certified by its own
+    /// party; these rules make sure that whatever the mediator declares, no
+    /// member of one party enters another's internal room or caucus, or
+    /// the mediators' room:
+    ///
+    /// | purpose        | members                                                      |
+    /// |----------------|--------------------------------------------------------------|
+    /// | record         | everyone (checked above)                                     |
+    /// | party-internal | one delegation, at least one member, no one else             |
+    /// | caucus         | one delegation and at least one mediator, no one else        |
+    /// | mediators      | mediator teams only                                          |
+    /// | plenary        | at least two delegations; mediators, monitors may join       |
+    /// | track          | at least two delegations and at least one mediator           |
+    /// | bilateral      | exactly two delegations; mediators may join                  |
+    /// | letter         | exactly two delegations, no one else                         |
+    /// | private-notes  | exactly one member                                           |
+    /// | escrow, hotline| at least one member (their issues add their rules)           |
+    fn check_purpose(&self, r: &RoomDecl) -> Result<(), RosterError> {
+        let kind_of = |p: PartyId| self.party_kind(p);
+        let mut delegations = BTreeSet::new();
+        let mut mediators = 0usize;
+        let mut others = 0usize;
+        for principal in &r.members {
+            let Some(m) = self.members.iter().find(|m| m.principal == *principal) else {
+                return Err(RosterError::Dangling("a room's member"));
+            };
+            match kind_of(m.party) {
+                Some(PartyKind::Party) => {
+                    delegations.insert(m.party);
+                }
+                Some(PartyKind::Mediator) => mediators += 1,
+                Some(_) => others += 1,
+                None => return Err(RosterError::Dangling("a member's party")),
+            }
+        }
+        let fail = |rule| Err(RosterError::RoomPurpose { room: r.room, rule });
+        let d = delegations.len();
+        match r.purpose {
+            RoomPurpose::Record => Ok(()),
+            RoomPurpose::PartyInternal if d != 1 || mediators + others > 0 => {
+                fail("a party-internal room holds members of one delegation and no one else")
+            }
+            RoomPurpose::Caucus if d != 1 || mediators == 0 || others > 0 => {
+                fail("a caucus holds members of one delegation and the mediators, no one else")
+            }
+            RoomPurpose::Mediators if d + others > 0 || mediators == 0 => {
+                fail("the mediators' room holds mediator team members only")
+            }
+            RoomPurpose::Plenary if d < 2 => fail("a plenary holds at least two delegations"),
+            RoomPurpose::Track if d < 2 || mediators == 0 || others > 0 => {
+                fail("a track holds experts of at least two delegations with mediator staff")
+            }
+            RoomPurpose::Bilateral if d != 2 || others > 0 => {
+                fail("a bilateral room holds exactly two delegations, with or without mediators")
+            }
+            RoomPurpose::Letter if d != 2 || mediators + others > 0 => {
+                fail("a letter room holds members of exactly two delegations and no mediator")
+            }
+            RoomPurpose::PrivateNotes if r.members.len() != 1 => {
+                fail("a private-notes room holds exactly one member")
+            }
+            _ if r.members.is_empty() => fail("a room holds at least one member"),
+            _ => Ok(()),
+        }
+    }
+
+    /// The declared room `room`, if any.
+    pub fn room(&self, room: RoomId) -> Option<&RoomDecl> {
+        self.rooms.iter().find(|r| r.room == room)
     }
 
     /// The kind of a party the roster declares.
@@ -636,6 +721,7 @@ fn roster_err(e: RosterError) -> DecodeError {
             RosterError::Dangling(s) => s,
             RosterError::RoleKind { .. } => "a role does not fit its party's kind",
             RosterError::RecordRoom => "exactly one record room holding every member",
+            RosterError::RoomPurpose { .. } => "a room's members do not fit its purpose",
             RosterError::Rule => "impossible signing rule",
             RosterError::Name => "bad name",
             _ => "invalid",

@@ -233,12 +233,27 @@ fn roster_verifies_and_its_tampering_does_not() {
     );
     // A room changed without updating the hash.
     let mut r = t.roster.clone();
+    let caucus = r.rooms.iter_mut().find(|room| room.room == t.us_caucus);
+    if let Some(caucus) = caucus {
+        caucus.members.retain(|m| *m != fixtures::PRINCIPALS[3]);
+    }
+    assert_eq!(r.verify_for(t.talks), Err(RosterError::AccessListHash));
+    // The proximity invariant: whatever the mediator signs, a US member in
+    // Iran's caucus is refused, hash updated or not.
+    let mut r = t.roster.clone();
     let caucus = r.rooms.iter_mut().find(|room| room.room == t.iran_caucus);
     if let Some(caucus) = caucus {
         caucus.members.push(fixtures::PRINCIPALS[3]);
         caucus.members.sort();
     }
-    assert_eq!(r.verify_for(t.talks), Err(RosterError::AccessListHash));
+    r.access_list_hash = r
+        .implied_access_list(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .hash();
+    assert!(matches!(
+        r.verify_for(t.talks),
+        Err(RosterError::RoomPurpose { room, .. }) if room == t.iran_caucus
+    ));
     // No record room.
     let mut r = t.roster.clone();
     r.rooms.retain(|room| room.room != t.record);
@@ -698,7 +713,7 @@ fn lifecycle_changes_round_trip_and_decode_strictly() {
         "backchannel/v1/statement/lifecycle"
     );
     assert_eq!(StatementType::from_code(8), Some(StatementType::Lifecycle));
-    assert_eq!(StatementType::from_code(9), None);
+    assert_eq!(StatementType::from_code(14), None);
     let decoded = SignedStatement::decode(signed.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(decoded, signed);
     // The payload is the frame's last field: its last byte, before the
@@ -777,4 +792,59 @@ fn a_principal_belongs_to_one_party_and_old_changes_cannot_be_replayed() {
         l2.apply(&removal),
         Err(AccessListError::StaleBase { .. })
     ));
+}
+
+/// Each purpose's membership rule (`Roster::check_structure`), one
+/// declared room at a time: the members given, with the purpose given, is
+/// accepted or refused.
+#[test]
+fn rooms_hold_only_the_members_their_purpose_admits() {
+    use backchannel_statement::roster::{RoomDecl, RoomPurpose as P};
+    let t = fixtures::talks();
+    let [lead, us_head, iran_head, us_neg] = fixtures::PRINCIPALS;
+    let check = |purpose: P, members: &[PrincipalId], ok: bool| {
+        let mut r = t.roster.clone();
+        let mut members = members.to_vec();
+        members.sort();
+        r.rooms.push(RoomDecl {
+            room: RoomId([0xee; 16]),
+            purpose,
+            name: "Room under test".into(),
+            members,
+        });
+        r.rooms.sort_by_key(|d| d.room);
+        let got = r.check_structure();
+        assert_eq!(
+            got.is_ok(),
+            ok,
+            "{purpose:?} with {members:?}: {got:?}",
+            members = r.rooms.iter().find(|d| d.room == RoomId([0xee; 16]))
+        );
+        if !ok {
+            assert!(
+                matches!(got, Err(RosterError::RoomPurpose { .. })),
+                "{got:?}"
+            );
+        }
+    };
+    check(P::PartyInternal, &[us_head, us_neg], true);
+    check(P::PartyInternal, &[us_head, iran_head], false);
+    check(P::PartyInternal, &[us_head, lead], false);
+    check(P::Caucus, &[us_head, us_neg, lead], true);
+    check(P::Caucus, &[us_head, lead, iran_head], false);
+    check(P::Caucus, &[us_head], false);
+    check(P::Mediators, &[lead], true);
+    check(P::Mediators, &[lead, us_head], false);
+    check(P::Plenary, &[lead, us_head, iran_head], true);
+    check(P::Plenary, &[lead, us_head], false);
+    check(P::Track, &[lead, us_neg, iran_head], true);
+    check(P::Track, &[us_neg, iran_head], false);
+    check(P::Bilateral, &[us_head, iran_head], true);
+    check(P::Bilateral, &[us_head, lead], false);
+    check(P::Letter, &[us_head, iran_head], true);
+    check(P::Letter, &[us_head, iran_head, lead], false);
+    check(P::Letter, &[us_head, us_neg], false);
+    check(P::PrivateNotes, &[us_neg], true);
+    check(P::PrivateNotes, &[us_neg, us_head], false);
+    check(P::Hotline, &[], false);
 }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use backchannel_codec::{Decode, Encode};
+use backchannel_codec::{Decode, Encode, StatementId};
 use backchannel_crypto::{Digest, Signer, sha256};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::pad_body;
@@ -271,6 +271,127 @@ fn statements() {
             US_TALKS,
             t.us,
             Payload::Lifecycle(lifecycle.clone()),
+            Markings::mediator_only(),
+        ),
+        (
+            "message",
+            US_HEAD,
+            t.us,
+            Payload::Message({
+                let mut m = Message::new(
+                    Some(AgendaItem::new("proxies").unwrap_or_else(|e| panic!("{e}"))),
+                    "Iran must restrain its proxies.",
+                    Some(Release {
+                        draft: StatementId([0x41; 16]),
+                        draft_hash: Digest([0x42; 32]),
+                        drafter: fixtures::PRINCIPALS[3],
+                    }),
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                m.reply_to = Some(StatementId([0x43; 16]));
+                m
+            }),
+            {
+                let mut m = Markings::new(
+                    Conveyance::VerbatimMayBeConveyed,
+                    vec![],
+                    Attribution::Formal,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                m.receipt_required = true;
+                m.respond_by = Some(1_705_003_600_000);
+                m
+            },
+        ),
+        (
+            "conveyance-verbatim",
+            OMAN_LEAD,
+            t.oman,
+            Payload::Conveyance(Conveyed::Verbatim(
+                Verbatim::new(
+                    t.us_caucus,
+                    17,
+                    1_705_000_000_000,
+                    vec![0x51; 223],
+                    [0x52; 32],
+                    vec![0x53; 40],
+                    Digest([0x54; 32]),
+                    18,
+                    vec![Digest([0x55; 32]), Digest([0x56; 32])],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            )),
+            Markings::mediator_only(),
+        ),
+        (
+            "conveyance-redrafted",
+            OMAN_LEAD,
+            t.oman,
+            Payload::Conveyance(Conveyed::Redrafted {
+                about: t.iran,
+                item: AgendaItem::new("ceasefire").ok(),
+                text: "Iran would consider a ceasefire as a first step.".into(),
+            }),
+            Markings::mediator_only(),
+        ),
+        (
+            "conveyance-non-paper",
+            OMAN_LEAD,
+            t.oman,
+            Payload::Conveyance(Conveyed::NonPaper {
+                item: AgendaItem::new("detainees").ok(),
+                text: "A phased exchange of detainees.".into(),
+            }),
+            Markings::mediator_only(),
+        ),
+        (
+            "conveyance-recorded",
+            OMAN_LEAD,
+            t.oman,
+            Payload::Conveyance(Conveyed::Recorded {
+                by: t.iran,
+                at: 1_705_000_300_000,
+                item: None,
+                text: "Conveyed orally: the talks may continue.".into(),
+            }),
+            Markings::mediator_only(),
+        ),
+        (
+            "receipt",
+            IRAN_HEAD,
+            t.iran,
+            Payload::Receipt(Receipt {
+                kind: ReceiptKind::Received,
+                statement: StatementId([0x61; 16]),
+                hash: Digest([0x62; 32]),
+                room: t.iran_caucus,
+                seq: 21,
+            }),
+            Markings::mediator_only(),
+        ),
+        (
+            "commit-failure",
+            US_HEAD,
+            t.us,
+            Payload::CommitFailure(
+                CommitFailure::new(
+                    t.us_caucus,
+                    30,
+                    4,
+                    "the commit's path secret did not decrypt",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            Markings::mediator_only(),
+        ),
+        (
+            "session-consent",
+            US_TALKS,
+            t.us,
+            Payload::SessionConsent(
+                SessionConsent::new(fixtures::PLENARY, 1_705_000_000_000, 1_705_007_200_000)
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
             Markings::mediator_only(),
         ),
     ];
