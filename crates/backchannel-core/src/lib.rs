@@ -5,6 +5,8 @@
 //!   in log order, and decides for each whether its author's key was
 //!   certified, entitled and not yet revoked **at that log position** —
 //!   whatever time the statement claims;
+//! - [`posts`]: release, conveyance and audience rules for what people
+//!   say in rooms, and the recipient's check of a verbatim conveyance;
 //! - [`evidence::EvidenceBundle`]: one statement opened to an arbiter with
 //!   everything needed to verify it offline.
 //!
@@ -13,6 +15,7 @@
 //! blind ranges and the hotline as further replayed state.
 
 pub mod evidence;
+pub mod posts;
 pub mod replay;
 
 /// Fuzz entry points (`fuzz/fuzz_targets/`, and the corpus test).
