@@ -100,6 +100,10 @@ pub struct SyncReport {
     /// Rooms whose group this device rejoined by external commit (it could
     /// not process a commit the log holds).
     pub rejoined: Vec<RoomId>,
+    /// For each rejoined room, the epoch this device could not leave (the
+    /// commit for it is the one it could not process): what its signed
+    /// `commit_failure` names.
+    pub rejoined_from: Vec<(RoomId, u64)>,
     /// Rooms where this device committed an update of its own leaf.
     pub updated: Vec<RoomId>,
     /// Why a room is not (yet) as the access list wants it.
@@ -623,6 +627,7 @@ impl<S: ClientStore> Session<S> {
                     };
                     if self.submit_outgoing(list, room, out).await?.is_some() {
                         report.rejoined.push(room);
+                        report.rejoined_from.push((room, epoch));
                     }
                     continue;
                 }

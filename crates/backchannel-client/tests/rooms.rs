@@ -204,6 +204,8 @@ async fn a_device_whose_state_fell_behind_rejoins_by_external_commit() {
     let behind = iran.room_epoch(record).unwrap();
     let report = iran.sync_rooms(&list(), now_ms() / 1000).await.unwrap();
     assert!(report.rejoined.contains(&record), "{report:?}");
+    // What its signed commit failure will name: the epoch it could not leave.
+    assert_eq!(report.rejoined_from, vec![(record, behind)], "{report:?}");
     assert!(iran.room_epoch(record).unwrap() > behind + 1);
     // Both read each other again.
     us.receive(&list()).await.unwrap();

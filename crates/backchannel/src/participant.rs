@@ -583,7 +583,75 @@ pub async fn refresh(ctx: &Ctx, s: &mut CliSession) -> anyhow::Result<View> {
             .map_err(crate::messages::evidence_or)
             .context("receiving from the node")?;
     }
+    let view = View::of(ctx.talks(), s.archive().await?);
+    if synced.rejoined_from.is_empty() {
+        return Ok(view);
+    }
+    // RFC 9420 §14 (f): a member that could not process a sequenced commit
+    // says so in the record, signed, and rejoined by external commit.
+    for (room, epoch) in &synced.rejoined_from {
+        if let Err(e) = commit_failure(ctx, s, &view, *room, *epoch).await {
+            eprintln!(
+                "warning: this device rejoined room {} after a commit it could not process,                  but could not post the signed commit failure to the record ({e:#}); it will                  not try again",
+                view.room_name(*room)
+            );
+        }
+    }
     Ok(View::of(ctx.talks(), s.archive().await?))
+}
+
+/// Posts a signed `commit_failure` for the commit of `epoch` in `room`:
+/// the latest handshake of the room this device archived as unprocessable
+/// (or, where its MLS state was lost rather than a commit refused, the
+/// room's latest handshake it archived).
+async fn commit_failure(
+    ctx: &Ctx,
+    s: &mut CliSession,
+    view: &View,
+    room: RoomId,
+    epoch: u64,
+) -> anyhow::Result<()> {
+    let record_room = ctx.record.record_room.context("no record room")?;
+    let seq = view
+        .archive
+        .iter()
+        .rev()
+        .find(|a| {
+            let h = a.header.header();
+            h.room == room
+                && h.kind == backchannel_statement::Kind::MlsHandshake
+                && a.unreadable.is_some()
+        })
+        .or_else(|| {
+            view.archive.iter().rev().find(|a| {
+                let h = a.header.header();
+                h.room == room && h.kind == backchannel_statement::Kind::MlsHandshake
+            })
+        })
+        .map(|a| a.seq)
+        .context("no commit of that room in the archive")?;
+    let reason = view
+        .archive
+        .iter()
+        .find(|a| a.seq == seq)
+        .and_then(|a| a.unreadable.clone())
+        .unwrap_or_default();
+    let key = ctx.key(KeyKindArg::Identity).await?;
+    let failure = backchannel_statement::CommitFailure::new(
+        room,
+        seq,
+        epoch,
+        reason.chars().take(1000).collect::<String>(),
+    )?;
+    let st = crate::talks::statement(
+        &key,
+        &ctx.record,
+        record_room,
+        s.checkpoint_ref(),
+        backchannel_statement::Payload::CommitFailure(failure),
+    )?;
+    post(s, record_room, Content::Statement(st.as_bytes().to_vec())).await?;
+    Ok(())
 }
 
 /// Encrypts `content` for `room` and sends it (a stale epoch is caught up
