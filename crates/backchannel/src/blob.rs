@@ -9,7 +9,10 @@
 //!
 //! `put` uploads the file (resuming an interrupted upload), then announces
 //! it in the room with a talk line, `blob <hash> <size> bytes: <file
-//! name>`, so the room's other members learn of it from the record. Access
+//! name>`, so the room's other members learn of it from the record. Files
+//! are free text: `put` refuses the record room (formal signed statements
+//! only) before anything is uploaded, and `get` ignores an announcement
+//! someone made there anyway. Access
 //! to a blob follows the rooms that reference it: any device in one of
 //! them may fetch it, no one else (the node answers 404 to everyone else,
 //! as for an unknown hash).
@@ -52,8 +55,9 @@ pub struct BlobPutArgs {
     #[command(flatten)]
     pub talks: TalksArgs,
     /// The room that references the blob (its members may fetch it): its
-    /// name as the roster declares it, its first word ("record",
-    /// "caucus"), or its id (32 hex digits).
+    /// name as the roster declares it, its first words ("caucus",
+    /// "caucus united"), or its id (32 hex digits). Not the record room:
+    /// it carries formal signed statements only.
     #[arg(long)]
     pub room: String,
     /// The file to upload.
@@ -161,6 +165,12 @@ async fn put(dir: PathBuf, a: BlobPutArgs) -> anyhow::Result<()> {
 }
 
 async fn put_in(ctx: &Ctx, a: &BlobPutArgs, len: u64) -> anyhow::Result<Put> {
+    // Files are free text: never in the record room (checked again, for
+    // every spelling of the room, with the other rules of talk below).
+    ensure!(
+        !crate::messages::names_record_room(&ctx.record, &a.room),
+        crate::messages::RECORD_IS_FORMAL
+    );
     let mut s = ctx.session().await?;
     let info = s
         .node()
@@ -274,21 +284,35 @@ async fn get(dir: PathBuf, a: BlobGetArgs) -> anyhow::Result<()> {
 async fn fetch(ctx: &Ctx, hash: &Digest) -> anyhow::Result<Vec<u8>> {
     let mut s = ctx.session().await?;
     let view = refresh(ctx, &mut s).await?;
-    let attachment = view
-        .archive
-        .iter()
-        .filter_map(|a| match a.message.as_ref().map(|m| &m.content) {
-            Some(Content::Attachment(b)) => Attachment::from_bytes(b).ok(),
-            _ => None,
-        })
-        .find(|a| a.blob == *hash)
-        .ok_or_else(|| {
-            anyhow!(
-                "no announcement of blob {} in the rooms you read: its key travels only in the \
-                 room's announcement; check the hash (`backchannel read`)",
-                hash.to_hex()
-            )
-        })?;
+    // Announcements in the record room are refused (free text where only
+    // formal statements belong): they count for nothing, here neither.
+    let announced = |in_record: bool| {
+        view.archive
+            .iter()
+            .filter(|a| {
+                crate::messages::is_record_room(&ctx.record, &view, a.header.header().room)
+                    == in_record
+            })
+            .filter_map(|a| match a.message.as_ref().map(|m| &m.content) {
+                Some(Content::Attachment(b)) => Attachment::from_bytes(b).ok(),
+                _ => None,
+            })
+            .find(|a| a.blob == *hash)
+    };
+    let attachment = match announced(false) {
+        Some(a) => a,
+        None if announced(true).is_some() => bail!(
+            "blob {} was announced in the record room, which carries formal signed statements \
+             only: that announcement is refused and not counted; ask its sender to share the \
+             file in a caucus or another room you share (`backchannel blob put --room …`)",
+            hash.to_hex()
+        ),
+        None => bail!(
+            "no announcement of blob {} in the rooms you read: its key travels only in the \
+             room's announcement; check the hash (`backchannel read`)",
+            hash.to_hex()
+        ),
+    };
     let bytes = s
         .node()
         .download_blob(ctx.talks(), hash)

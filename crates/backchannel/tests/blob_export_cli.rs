@@ -243,12 +243,14 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
     let content: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(t.path("brief.pdf"), &content).unwrap();
 
-    // US shares a file in the record room; Iran, also in it, fetches it.
+    // US shares a file in its caucus; Oman, also in it, fetches it (the
+    // record room takes formal statements only, and the parties share no
+    // other room).
     let put = json(&ok(t.home("us").args([
         "blob",
         "put",
         "--room",
-        "record",
+        "caucus",
         "brief.pdf",
         "--json",
     ])));
@@ -258,8 +260,9 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
     assert_ne!(hash, backchannel_crypto::sha256(&content).to_hex());
     assert_eq!(put["size"].as_u64(), Some(content.len() as u64));
     let announced = put["seq"].as_u64().unwrap();
+    assert_eq!(put["room"], "Caucus: Sultanate of Oman with United States");
 
-    let got = json(&ok(t.home("ir").args([
+    let got = json(&ok(t.home("om").args([
         "blob",
         "get",
         &hash,
@@ -269,9 +272,17 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
     ])));
     assert_eq!(got["size"].as_u64(), Some(content.len() as u64));
     assert_eq!(std::fs::read(t.path("fetched.pdf")).unwrap(), content);
+    // Iran, not in that room, has no announcement and so no key.
+    fails(
+        t.home("ir")
+            .args(["blob", "get", &hash, "--out", "not-iran.pdf"]),
+        1,
+        &format!("no announcement of blob {hash}"),
+    );
+    assert!(!t.path("not-iran.pdf").exists());
 
     // The announcement reached the room as talk.
-    let read = ok(t.home("ir").args(["read", "--all", "--json"]));
+    let read = ok(t.home("om").args(["read", "--all", "--json"]));
     let line = read
         .lines()
         .map(json)
@@ -288,13 +299,13 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
 
     // An existing --out is kept unless --force.
     fails(
-        t.home("ir")
+        t.home("om")
             .args(["blob", "get", &hash, "--out", "fetched.pdf"]),
         1,
         "exists",
     );
     std::fs::write(t.path("fetched.pdf"), b"old").unwrap();
-    ok(t.home("ir")
+    ok(t.home("om")
         .args(["blob", "get", &hash, "--out", "fetched.pdf", "--force"]));
     assert_eq!(std::fs::read(t.path("fetched.pdf")).unwrap(), content);
 
@@ -314,7 +325,7 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
     );
     fails(
         t.home("us")
-            .args(["blob", "put", "--room", "record", "missing.pdf"]),
+            .args(["blob", "put", "--room", "caucus", "missing.pdf"]),
         1,
         "missing.pdf",
     );
@@ -323,7 +334,7 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
     std::fs::write(t.path("big.bin"), vec![1u8; MAX_BLOB as usize + 1]).unwrap();
     fails(
         t.home("us")
-            .args(["blob", "put", "--room", "record", "big.bin"]),
+            .args(["blob", "put", "--room", "caucus", "big.bin"]),
         1,
         &format!("blobs of {MAX_BLOB}"),
     );
@@ -332,13 +343,94 @@ fn blobs_go_round_trip_between_homes_and_bad_inputs_are_named() {
     std::fs::write(t.path("annex.bin"), vec![2u8; 60_000]).unwrap();
     fails(
         t.home("us")
-            .args(["blob", "put", "--room", "record", "annex.bin"]),
+            .args(["blob", "put", "--room", "caucus", "annex.bin"]),
         1,
         "quota",
     );
     // Iran's quota is its own.
     ok(t.home("ir")
-        .args(["blob", "put", "--room", "record", "annex.bin"]));
+        .args(["blob", "put", "--room", "caucus", "annex.bin"]));
+}
+
+/// The archive of home `h`, `read --all --json`, one value a line.
+fn read_all(t: &Talks, h: &str) -> Vec<serde_json::Value> {
+    ok(t.home(h).args(["read", "--all", "--json"]))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(json)
+        .collect()
+}
+
+#[test]
+fn a_file_for_the_record_room_is_refused_before_any_upload() {
+    let t = Talks::setup();
+    // More than half the party's quota: had a refused put uploaded it, the
+    // same file would not fit again.
+    let content = vec![3u8; 60_000];
+    std::fs::write(t.path("annex.bin"), &content).unwrap();
+    let shown = json(&ok(t.home("us").args(["talks", "show", "--json"])));
+    let record = shown["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "Record")
+        .unwrap()["room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Every home up to date (its rooms' MLS groups complete), then one
+    // envelope the node takes: the log's last seq before the refusals.
+    for _ in 0..2 {
+        for h in ["om", "us", "ir"] {
+            read_all(&t, h);
+        }
+    }
+    let last = json(&ok(t.home("us").args([
+        "send",
+        "--room",
+        "caucus",
+        "A file follows.",
+        "--json",
+    ])))["seq"]
+        .as_u64()
+        .unwrap();
+    let archives: Vec<_> = ["om", "us", "ir"]
+        .into_iter()
+        .map(|h| (h, read_all(&t, h)))
+        .collect();
+    for room in ["record", "Record", &record] {
+        let err = fails(
+            t.home("us")
+                .args(["blob", "put", "--room", room, "annex.bin"]),
+            1,
+            "the record room carries formal signed statements only",
+        );
+        assert!(err.contains("backchannel talks show"), "{err}");
+    }
+    // Nothing announced: every archive as it was.
+    for (h, before) in &archives {
+        assert_eq!(&read_all(&t, h), before, "{h}'s archive changed");
+    }
+    // Nothing uploaded: the whole quota is still there for it, in a room
+    // that takes files; and nothing logged: its announcement takes the
+    // next seq.
+    let put = json(&ok(t.home("us").args([
+        "blob",
+        "put",
+        "--room",
+        "caucus",
+        "annex.bin",
+        "--json",
+    ])));
+    assert_eq!(put["seq"].as_u64(), Some(last + 1), "{put}");
+    ok(t.home("om").args([
+        "blob",
+        "get",
+        put["hash"].as_str().unwrap(),
+        "--out",
+        "annex.out",
+    ]));
+    assert_eq!(std::fs::read(t.path("annex.out")).unwrap(), content);
 }
 
 /// The stored bytes of the (one) blob chunk in the node's database.
@@ -384,12 +476,13 @@ fn a_served_blob_that_does_not_hash_to_its_address_is_refused() {
         "blob",
         "put",
         "--room",
-        "record",
+        "caucus",
         "heads.txt",
         "--json",
     ])));
     let hash = put["hash"].as_str().unwrap().to_owned();
-    ok(t.home("ir")
+    // Oman shares the US caucus.
+    ok(t.home("om")
         .args(["blob", "get", &hash, "--out", "first.txt"]));
 
     // The node's database is changed behind its back: the chunk's bytes.
@@ -417,7 +510,7 @@ fn a_served_blob_that_does_not_hash_to_its_address_is_refused() {
     t.node = Some(Node::start(&t.path("node"), &addr.to_string()));
 
     let err = fails(
-        t.home("ir")
+        t.home("om")
             .args(["blob", "get", &hash, "--out", "second.txt"]),
         3,
         &hash,

@@ -7,7 +7,9 @@
 //!
 //! Rooms are MLS groups: before they send, the two devices join their
 //! rooms' groups (`sync_all`), which logs the groups' handshakes and
-//! Welcomes ahead of the talk.
+//! Welcomes ahead of the talk. They talk in the room they share that takes
+//! talk, the US caucus (the record room carries formal signed statements
+//! only).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
@@ -98,19 +100,20 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
     // The two devices join their rooms' groups (the node runs at the real
     // time, which key-package lifetimes are checked against). What each
     // archived then is the head of its archive; the talk follows it, from
-    // `base` on.
-    let devices = [US_HEAD_DEVICE, IRAN_HEAD_DEVICE];
+    // `base` on. Both are the United States' (its head and negotiator):
+    // the US caucus holds them both, and their rooms are the same.
+    let devices = [US_HEAD_DEVICE, US_NEGOTIATOR_DEVICE];
     let stores: Vec<Arc<MemoryClientStore>> = devices.iter().map(|_| Arc::default()).collect();
     let (base, heads): (u64, Vec<Vec<u64>>) = rt.block_on(async {
         let mut us = session(&stores[0], devices[0], addr, fp, log_key).await;
-        let mut iran = session(&stores[1], devices[1], addr, fp, log_key).await;
-        sync_all(&mut [&mut us, &mut iran], &list, now_ms() / 1000)
+        let mut negotiator = session(&stores[1], devices[1], addr, fp, log_key).await;
+        sync_all(&mut [&mut us, &mut negotiator], &list, now_ms() / 1000)
             .await
             .unwrap();
         let base = us.next_seq();
-        assert_eq!(iran.next_seq(), base);
+        assert_eq!(negotiator.next_seq(), base);
         let mut heads = Vec::new();
-        for s in [&us, &iran] {
+        for s in [&us, &negotiator] {
             heads.push(s.archive().await.unwrap().iter().map(|a| a.seq).collect());
         }
         (base, heads)
@@ -130,7 +133,7 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
                 for i in 0..10_000u32 {
                     let text = format!("device {label} message {i}");
                     match s
-                        .send(&list, t.record, Content::Talk(text), Salt([label; 32]))
+                        .send(&list, t.us_caucus, Content::Talk(text), Salt([label; 32]))
                         .await
                     {
                         Ok(seq) => acked.push(seq),
@@ -164,7 +167,7 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
                 .iter()
                 .copied()
                 .collect();
-            // Receive everything (after the setup, the record room holds
+            // Receive everything (after the setup, the US caucus holds
             // both devices' talk, and nothing else is sent).
             s.receive(&list).await.unwrap();
             let size = s.next_seq();
@@ -179,7 +182,7 @@ fn sessions_resume_without_gap_or_duplicate_after_a_sigkill() {
                 "a gap in the archive"
             );
             for a in archive.iter().filter(|a| a.seq >= base) {
-                assert_eq!(a.header.header().room, t.record, "seq {}", a.seq);
+                assert_eq!(a.header.header().room, t.us_caucus, "seq {}", a.seq);
                 assert!(
                     matches!(&a.message, Some(m) if matches!(&m.content, Content::Talk(_))),
                     "seq {}: {:?}",
