@@ -83,6 +83,26 @@ pub enum Command {
     /// Send talk to one room of the talks.
     #[command(after_help = EXIT_CODES)]
     Send(SendArgs),
+    /// Post a signed message to one of your rooms (a draft, in your
+    /// party's internal room), with its markings, audience and agenda item.
+    #[command(after_help = EXIT_CODES)]
+    Message(crate::say::MessageArgs),
+    /// Release a draft from your party's internal room to another room,
+    /// naming its drafter (your role must allow releasing).
+    #[command(after_help = EXIT_CODES)]
+    Release(crate::say::ReleaseArgs),
+    /// Mediator: convey a message verbatim (with its evidence), re-drafted,
+    /// as a non-paper, or record an act that happened off the system.
+    #[command(after_help = EXIT_CODES)]
+    Convey(crate::say::ConveyArgs),
+    /// Post your party's formal receipt of a statement marked
+    /// receipt-required.
+    #[command(after_help = EXIT_CODES)]
+    Receipt(crate::say::ReceiptArgs),
+    /// List, per room, what awaits whose receipt, response or release, and
+    /// by when.
+    #[command(after_help = EXIT_CODES)]
+    Pending(crate::say::PendingArgs),
     /// Fetch what is new, verify and archive it, and print it (with
     /// --all, the whole archive).
     #[command(after_help = EXIT_CODES)]
@@ -214,9 +234,15 @@ pub struct KeysExportPublicArgs {
 /// `backchannel demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Keep the node's temporary directory (its database) afterwards.
+    /// Keep the demo's temporary directory (the node's database and the
+    /// participants' homes) afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// For tests: append these 32 hex digits to every name, title, agenda
+    /// item, message and statement text, so the node's files and logs can
+    /// be searched for them.
+    #[arg(long, hide = true, value_name = "HEX32")]
+    pub canary: Option<String>,
 }
 
 /// `backchannel node …`.
@@ -651,6 +677,27 @@ pub struct TalksSeatArgs {
     /// roster, in seconds (0: do what can be done now; run again later).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub wait: u64,
+    /// Room presets, combined when repeated: `proximity` (each party's
+    /// internal room and its caucus with the mediators) and `direct` (each
+    /// party's internal room and a plenary of everyone); both add the
+    /// mediators' room.
+    #[arg(long = "preset", value_enum, default_values_t = [crate::room_plan::Preset::Proximity])]
+    pub presets: Vec<crate::room_plan::Preset>,
+    /// Declare an expert track (repeatable): each party's experts with the
+    /// mediators' staff.
+    #[arg(long = "track", value_name = "NAME")]
+    pub tracks: Vec<String>,
+    /// Declare a letter room for each pair of parties, and let the ground
+    /// rules allow sealed letters between them.
+    #[arg(long)]
+    pub letters: bool,
+    /// Declare a private-notes room for each member.
+    #[arg(long)]
+    pub private_notes: bool,
+    /// Parties' messages leave their delegation only when a head or
+    /// negotiator releases them (`backchannel release`).
+    #[arg(long)]
+    pub require_release: bool,
 }
 
 /// `backchannel talks accept`.
@@ -802,6 +849,10 @@ pub struct ReadArgs {
     /// Print the whole archive, not only what is new.
     #[arg(long)]
     pub all: bool,
+    /// Only what names this agenda item, across every room you may see
+    /// (implies --all).
+    #[arg(long, value_name = "ITEM")]
+    pub item: Option<String>,
 }
 
 /// `backchannel follow`.

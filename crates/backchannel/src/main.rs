@@ -29,6 +29,8 @@ mod node;
 mod node_dir;
 mod participant;
 mod passphrase;
+mod room_plan;
+mod say;
 mod system;
 mod talks;
 
@@ -65,7 +67,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     logging::init(level)?;
     match cli.command {
         Command::Node(command) => node::main(command),
-        Command::Demo(args) => demo::main(args.keep),
+        Command::Demo(args) => demo::main(args.keep, args.canary.as_deref()),
         Command::Log(cli::LogCommand::Compare(args)) => evidence::compare(args),
         Command::Log(cli::LogCommand::Verify(args)) => messages::verify(cli.home, args),
         Command::Evidence(cli::EvidenceCommand::Verify(args)) => evidence::verify(args),
@@ -80,6 +82,11 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Members(command) => members::main(cli.home, command),
         Command::Send(args) => messages::send(cli.home, args),
         Command::Read(args) => messages::read(cli.home, args),
+        Command::Message(args) => say::message(cli.home, args),
+        Command::Release(args) => say::release(cli.home, args),
+        Command::Convey(args) => say::convey(cli.home, args),
+        Command::Receipt(args) => say::receipt(cli.home, args),
+        Command::Pending(args) => say::pending(cli.home, args),
         Command::Follow(args) => messages::follow(cli.home, args),
     }
 }

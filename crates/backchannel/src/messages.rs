@@ -8,11 +8,13 @@ use anyhow::{Context as _, bail, ensure};
 use backchannel_client::follow::Withheld;
 use backchannel_client::fork::{Finality, is_final};
 use backchannel_client::net::StreamEvent;
+use backchannel_client::participant::TalksRecord;
 use backchannel_client::safety::PartyVerification;
 use backchannel_client::seal::Content;
 use backchannel_client::session::{Archived, Discrepancy, revoked_or_expired};
+use backchannel_codec::RoomId;
 use backchannel_core::replay::Phase;
-use backchannel_statement::roster::KeyVerification;
+use backchannel_statement::roster::{KeyVerification, RoomPurpose};
 use backchannel_statement::{Kind, Payload, SignedStatement};
 use backchannel_tlog::SignedCheckpoint;
 use serde::Serialize;
@@ -50,9 +52,41 @@ pub struct Line {
     verdict: Option<String>,
 }
 
-fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
+/// What `read` shows of talk or an attachment someone sent to the record
+/// room anyway (another client could): refused, its text not shown, and
+/// counted for nothing (replay, and so every derived state, reads
+/// statements only; `blob get` ignores announcements there).
+pub const REFUSED_IN_RECORD: &str = "free text in the record room (not counted)";
+
+/// What `send` and `blob put` say to talk or a file addressed to the
+/// record room.
+pub const RECORD_IS_FORMAL: &str = "the record room carries formal signed statements only \
+     (roster, ground rules, certificates, acceptances, …), never talk or files; talk in a \
+     caucus or another room of yours: `backchannel talks show` lists them";
+
+/// Whether `room` is the talks' record room: the one the roster declares
+/// for that purpose, or, before the roster reached this home, the record
+/// room the talks were opened with.
+pub fn is_record_room(record: &TalksRecord, view: &View, room: RoomId) -> bool {
+    match view.roster() {
+        Some(r) => r
+            .rooms
+            .iter()
+            .any(|d| d.room == room && d.purpose == RoomPurpose::Record),
+        None => record.record_room == Some(room),
+    }
+}
+
+fn line(ctx: &Ctx, view: &View, a: &Archived, conveyances: &Conveyances) -> Line {
     let h = a.header.header();
     let (kind, text, verdict) = match a.message.as_ref().map(|m| &m.content) {
+        // Free text where only formal statements belong: refused, not shown
+        // as talk.
+        Some(Content::Talk(_) | Content::Attachment(_))
+            if is_record_room(&ctx.record, view, h.room) =>
+        {
+            ("refused", REFUSED_IN_RECORD.to_owned(), None)
+        }
         Some(Content::Talk(t)) => ("talk", t.clone(), None),
         Some(Content::Statement(b)) => match SignedStatement::decode(b) {
             Ok(s) => {
@@ -90,23 +124,34 @@ fn line(ctx: &Ctx, view: &View, a: &Archived) -> Line {
                     Some(Err(e)) => format!("REJECTED by replay: {e}"),
                     None => "not replayed".into(),
                 };
-                let what = match &st.payload {
-                    Payload::Acceptance(_) => {
-                        format!(
-                            "acceptance of roster and ground rules by {}",
-                            view.party_name(st.acting_for)
-                        )
-                    }
-                    Payload::Lifecycle(c) => {
-                        format!("talks {} ({})", c.phase.name(), c.reason())
-                    }
-                    p => format!("{:?}", p.statement_type()).to_lowercase(),
-                };
-                (
-                    "statement",
-                    format!("{what}, signed by {}", view.signer(&ctx.record, &st.author)),
-                    Some(verdict),
-                )
+                if let Some((kind, text)) = crate::say::describe(
+                    |p| view.standing(&ctx.record, p).label(),
+                    view,
+                    h.room,
+                    &s,
+                    conveyances,
+                    a.seq,
+                ) {
+                    (kind, text, Some(verdict))
+                } else {
+                    let what = match &st.payload {
+                        Payload::Acceptance(_) => {
+                            format!(
+                                "acceptance of roster and ground rules by {}",
+                                view.party_name(st.acting_for)
+                            )
+                        }
+                        Payload::Lifecycle(c) => {
+                            format!("talks {} ({})", c.phase.name(), c.reason())
+                        }
+                        p => format!("{:?}", p.statement_type()).to_lowercase(),
+                    };
+                    (
+                        "statement",
+                        format!("{what}, signed by {}", view.signer(&ctx.record, &st.author)),
+                        Some(verdict),
+                    )
+                }
             }
             Err(e) => ("statement", format!("does not decode: {e}"), None),
         },
@@ -207,6 +252,7 @@ fn print_line(l: &Line, json: bool) -> anyhow::Result<()> {
         };
         let body = match l.kind {
             "talk" => format!("“{}”", l.text),
+            "refused" => format!("refused: {}", l.text),
             _ => format!(
                 "[{}] {}{}",
                 l.kind,
@@ -237,6 +283,7 @@ struct Sent {
 async fn send_inner(dir: PathBuf, a: SendArgs) -> anyhow::Result<()> {
     ensure!(!a.text.is_empty(), "nothing to send: give the text to say");
     let ctx = participant::open(&dir, &a.talks).await?;
+    ensure!(!names_record_room(&ctx.record, &a.room), RECORD_IS_FORMAL);
     let mut s = ctx.session().await?;
     let view = refresh(&ctx, &mut s).await?;
     let room = talk_room(&ctx, &s, &view, &a.room).await?;
@@ -268,7 +315,7 @@ pub async fn talk_room(
     s: &CliSession,
     view: &View,
     query: &str,
-) -> anyhow::Result<backchannel_codec::RoomId> {
+) -> anyhow::Result<RoomId> {
     let list = access_list(s).await?;
     let mine = my_rooms(&list, s.device());
     ensure!(
@@ -280,7 +327,15 @@ pub async fn talk_room(
             "run `backchannel talks accept`"
         }
     );
-    let room = view.find_room(&ctx.record, &mine, query)?;
+    let room = match view.find_room(&ctx.record, &mine, query) {
+        Ok(room) => room,
+        // Before the roster only the record room exists, and it takes no
+        // talk: say what comes first.
+        Err(_) if view.roster().is_none() => bail!("{}", no_roster_yet(ctx)),
+        Err(e) => return Err(e),
+    };
+    // Refused before anything is uploaded, encrypted or sent.
+    ensure!(!is_record_room(&ctx.record, view, room), RECORD_IS_FORMAL);
     ensure!(
         mine.contains(&room),
         "you are not in room {}; your rooms are the ones `backchannel talks show` marks yours",
@@ -300,8 +355,8 @@ pub async fn talk_room(
                 if awaiting.len() == 1 { "has" } else { "have" }
             );
         }
-    } else if ctx.record.party_kind != backchannel_statement::PartyKind::Mediator {
-        bail!("the roster has not reached you yet; run `backchannel talks accept` first");
+    } else {
+        bail!("{}", no_roster_yet(ctx));
     }
     match view.replay.phase() {
         Phase::Open => Ok(room),
@@ -313,16 +368,85 @@ pub async fn talk_room(
     }
 }
 
+/// Why nothing can be said before the roster: only the record room exists
+/// then, and it carries formal statements only.
+fn no_roster_yet(ctx: &Ctx) -> &'static str {
+    if ctx.record.party_kind == backchannel_statement::PartyKind::Mediator {
+        "the roster has not been posted yet: until it is, only the record room exists, and it \
+         carries formal signed statements only; seat the parties (`backchannel talks seat`), \
+         then talk in their caucuses"
+    } else {
+        "the roster has not been received yet: until it is, only the record room is known, and \
+         it carries formal signed statements only; run `backchannel talks accept` if you have \
+         not accepted, else `backchannel read` to fetch the roster"
+    }
+}
+
+/// Whether `query` names the record room in words this home knows
+/// without asking the node: "record" (any case: also the name the CLI's
+/// roster gives it) or its id. `send` and `blob put` refuse it before
+/// receiving anything; [`talk_room`] decides for every other spelling once
+/// the home is up to date.
+pub fn names_record_room(record: &TalksRecord, query: &str) -> bool {
+    let q = query.trim();
+    q.eq_ignore_ascii_case("record")
+        || RoomId::from_hex(q).is_ok_and(|id| record.record_room == Some(id))
+}
+
+/// Verbatim conveyances' verdicts, by seq.
+pub type Conveyances = std::collections::BTreeMap<
+    u64,
+    Result<backchannel_core::posts::VerifiedVerbatim, backchannel_core::posts::ConveyError>,
+>;
+
+/// Checks the verbatim conveyances at or after `from` against this
+/// client's own verified log, verifying the log first when one is there
+/// (its proof must be checked against a checkpoint this client verified).
+async fn conveyances_from(s: &mut CliSession, view: &View, from: u64) -> Conveyances {
+    let any = view.statements.iter().any(|l| {
+        l.seq >= from
+            && matches!(
+                l.statement.unverified().payload,
+                Payload::Conveyance(backchannel_statement::Conveyed::Verbatim(_))
+            )
+    });
+    if !any {
+        return Conveyances::new();
+    }
+    if let Ok(list) = access_list(s).await {
+        let rooms = my_rooms(&list, s.device());
+        // A log that does not verify now is reported by `log verify`; the
+        // conveyance then shows as not checked.
+        let _ = s.verify_log(&rooms, now_ms()).await;
+    }
+    crate::say::check_conveyances(s, view).await
+}
+
 /// Runs `read`.
 pub fn read(home_dir: Option<PathBuf>, a: ReadArgs) -> anyhow::Result<()> {
     let dir = home::resolve(home_dir)?;
     home::block_on(async move {
         let ctx = participant::open(&dir, &a.talks).await?;
         let mut s = ctx.session().await?;
-        let from = if a.all { 0 } else { s.next_seq() };
+        let from = if a.all || a.item.is_some() {
+            0
+        } else {
+            s.next_seq()
+        };
         let view = refresh(&ctx, &mut s).await?;
+        let conveyances = conveyances_from(&mut s, &view, from).await;
+        let item = a.item.as_deref().map(str::to_lowercase);
         for arch in view.archived_from(from) {
-            print_line(&line(&ctx, &view, arch), a.talks.json)?;
+            if let Some(want) = &item {
+                let named = view
+                    .logged(arch.seq)
+                    .and_then(|l| crate::say::item_of(&l.statement))
+                    .map(|i| i.to_lowercase());
+                if named.as_deref() != Some(want.as_str()) {
+                    continue;
+                }
+            }
+            print_line(&line(&ctx, &view, arch, &conveyances), a.talks.json)?;
         }
         ctx.close().await;
         Ok(())
@@ -349,8 +473,9 @@ pub fn follow(home_dir: Option<PathBuf>, a: FollowArgs) -> anyhow::Result<()> {
             let mut s = ctx.session().await?;
             let from = s.next_seq();
             let view = refresh(&ctx, &mut s).await?;
+            let conveyances = conveyances_from(&mut s, &view, from).await;
             for arch in view.archived_from(from) {
-                print_line(&line(&ctx, &view, arch), a.talks.json)?;
+                print_line(&line(&ctx, &view, arch, &conveyances), a.talks.json)?;
                 seen += 1;
             }
             witness(&mut s, &mut cosigned, a.talks.json).await?;

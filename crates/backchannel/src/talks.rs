@@ -33,7 +33,7 @@ use backchannel_statement::access_list::{
 };
 use backchannel_statement::roster::{
     Calendar, ChangeRule, ExportRecipient, ExportRule, ExportScope, KeyVerification, MemberFields,
-    PartyEntry, RoomDecl, RoomPurpose, VerifiedRoster,
+    PartyEntry, RoomPurpose, VerifiedRoster,
 };
 use backchannel_statement::{
     Acceptance, AccessList, AccessListChange, AccessListDelta, Act, Attribution, Audience,
@@ -56,7 +56,8 @@ use crate::{home, keys};
 pub const NO_DENIABILITY: &str = "formal statements (roster, acceptances, agreements) are \
      transferable proof: anyone shown one can check who signed it. Talk is attributable too: \
      every envelope is signed by its sender's device. Backchannel offers no deniability. Bodies \
-     are not yet end-to-end encrypted (rooms become MLS groups in a later version).";
+     are end-to-end encrypted (each room is an MLS group): the node sees who posts to which room \
+     and when, never what.";
 
 /// How often `talks accept` polls the node while it waits.
 const POLL: Duration = Duration::from_millis(300);
@@ -141,6 +142,7 @@ pub const MONDAY_TO_FRIDAY: u8 = 0b001_1111;
 pub fn default_ground_rules(
     parties: impl IntoIterator<Item = PartyId>,
     time_zone: String,
+    sealed_letters: Vec<(PartyId, PartyId)>,
 ) -> GroundRules {
     let mut exports: Vec<ExportRule> = parties
         .into_iter()
@@ -155,7 +157,7 @@ pub fn default_ground_rules(
         confidentiality_default: Conveyance::MediatorOnly,
         attribution_default: Attribution::Formal,
         exports,
-        sealed_letters: vec![],
+        sealed_letters,
         retention_days: Some(DEFAULT_RETENTION_DAYS),
         calendar: Calendar {
             time_zone,
@@ -516,8 +518,6 @@ pub fn statement(
     .sign(signer)?)
 }
 
-/// The roster from what each party certified in its enrolment, with the
-/// record room and one caucus per invited party.
 /// The mediator's enrolment secret for the talks (HPKE key material; the
 /// invitation carries its public key, and each party seals its enrolment
 /// to it): made at the first invitation, kept in the home.
@@ -536,7 +536,14 @@ async fn enrolment_secret(ctx: &Ctx) -> anyhow::Result<[u8; 32]> {
     Ok(ikm)
 }
 
-async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow::Result<Roster> {
+/// The roster from what each party certified in its enrolment, with the
+/// rooms `plan` declares (`crate::room_plan`).
+async fn build_roster(
+    ctx: &Ctx,
+    s: &CliSession,
+    record_room: RoomId,
+    plan: &crate::room_plan::RoomPlan,
+) -> anyhow::Result<Roster> {
     // What each party certified, from its enrolment.
     let mut parties = Vec::new();
     let mut members = Vec::new();
@@ -590,47 +597,20 @@ async fn build_roster(ctx: &Ctx, s: &CliSession, record_room: RoomId) -> anyhow:
     }
     parties.sort_by_key(|p| p.party);
     members.sort_by_key(|m| m.principal);
-    let principals_of = |ps: &[PartyId]| {
-        let mut v: Vec<PrincipalId> = members
-            .iter()
-            .filter(|m| ps.contains(&m.member.party))
-            .map(|m| m.principal)
-            .collect();
-        v.sort();
-        v
-    };
-    let all: Vec<PartyId> = parties.iter().map(|p| p.party).collect();
-    let name_of = |p: PartyId| {
-        parties
-            .iter()
-            .find(|e| e.party == p)
-            .map(|e| e.name.clone())
-            .unwrap_or_default()
-    };
-    let mut rooms = vec![RoomDecl {
-        room: record_room,
-        purpose: RoomPurpose::Record,
-        name: "Record".into(),
-        members: principals_of(&all),
-    }];
-    for inv in &ctx.record.invited {
-        rooms.push(RoomDecl {
-            room: inv.caucus,
-            purpose: RoomPurpose::Caucus,
-            name: format!(
-                "Caucus: {} with {}",
-                ctx.record.party_name,
-                name_of(inv.party)
-            ),
-            members: principals_of(&[ctx.record.party, inv.party]),
-        });
-    }
-    rooms.sort_by_key(|r| r.room);
+    let invited = &ctx.record.invited;
+    let (rooms, rules) = crate::room_plan::declare(
+        ctx.talks(),
+        &parties,
+        &members,
+        record_room,
+        |p| invited.iter().find(|i| i.party == p).map(|i| i.caucus),
+        plan,
+    )?;
     let mut roster = Roster {
         parties,
         members,
         rooms,
-        rules: vec![],
+        rules,
         access_list_hash: Digest([0; 32]),
     };
     let implied = roster.implied_access_list(ctx.talks())?;
@@ -674,7 +654,16 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
     // what each party certified.
     let roster = match view.roster() {
         Some(r) => r.clone(),
-        None => build_roster(&ctx, &s, record_room).await?,
+        None => {
+            let plan = crate::room_plan::RoomPlan {
+                presets: a.presets.clone(),
+                tracks: a.tracks.clone(),
+                letters: a.letters,
+                private_notes: a.private_notes,
+                require_release: a.require_release,
+            };
+            build_roster(&ctx, &s, record_room, &plan).await?
+        }
     };
     let implied = roster.implied_access_list(ctx.talks())?;
 
@@ -684,6 +673,7 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
     let rules = default_ground_rules(
         ctx.record.invited.iter().map(|i| i.party),
         a.time_zone.clone(),
+        crate::room_plan::letter_pairs(&roster.rooms, &roster.members),
     );
     let roster_st = statement(
         &ta,
@@ -709,24 +699,35 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
     // roster only if it is not posted yet, then the ground rules.
     // The change that seats everyone, signed by the mediator; each party
     // co-signs it in `talks accept`.
-    let current = s.node().access_list(ctx.talks()).await?;
-    let upsert: Vec<AccessEntry> = implied
-        .entries()
-        .iter()
-        .filter(|e| current.list.get(&e.key_id()) != Some(e))
-        .cloned()
-        .collect();
-    let remove: Vec<_> = current
-        .list
-        .entries()
-        .iter()
-        .filter(|e| implied.get(&e.key_id()).is_none())
-        .map(|e| e.key_id())
-        .collect();
-    if !(upsert.is_empty() && remove.is_empty()) {
+    // A party co-signing meanwhile changes the list under us (409 stale):
+    // read it again and propose what is still missing.
+    for attempt in 0.. {
+        let current = s.node().access_list(ctx.talks()).await?;
+        let upsert: Vec<AccessEntry> = implied
+            .entries()
+            .iter()
+            .filter(|e| current.list.get(&e.key_id()) != Some(e))
+            .cloned()
+            .collect();
+        let remove: Vec<_> = current
+            .list
+            .entries()
+            .iter()
+            .filter(|e| implied.get(&e.key_id()).is_none())
+            .map(|e| e.key_id())
+            .collect();
+        if upsert.is_empty() && remove.is_empty() {
+            break;
+        }
         let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), remove, upsert)?;
         let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
-        s.node().submit_change(ctx.talks(), &change).await?;
+        match s.node().submit_change(ctx.talks(), &change).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Some(codes::STALE) && attempt < 10 => {
+                tokio::time::sleep(POLL).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 
     // The roster goes to the record room only once every device the list

@@ -193,12 +193,21 @@ struct Talks {
     talks: String,
     /// `talks accept --json` of the United States and of Iran.
     accepted: Vec<Value>,
+    /// What every `talks seat` is given besides `--json` (the roster is
+    /// built by the run that posts it, so every run gets the same).
+    seat_args: Vec<&'static str>,
 }
 
 impl Talks {
     /// The node, the three homes, the talks opened, both parties invited
     /// and joined, and seated by the mediator; not accepted yet.
     fn seated() -> Talks {
+        Talks::seated_with(&[])
+    }
+
+    /// [`Talks::seated`], `talks seat` given `seat_args` (presets, tracks,
+    /// letters, release).
+    fn seated_with(seat_args: &[&'static str]) -> Talks {
         let dir = tempfile::tempdir().unwrap();
         let node_dir = dir.path().join("node");
         let init = ok_json(
@@ -228,6 +237,7 @@ impl Talks {
             dir,
             talks: String::new(),
             accepted: vec![],
+            seat_args: seat_args.to_vec(),
         };
 
         let addr = t.node.addr.to_string();
@@ -270,7 +280,11 @@ impl Talks {
         }
         // The change that seats the parties is proposed; the roster waits
         // until their devices are in the record room's MLS group.
-        let seated = ok_json(t.cli(OM).args(["talks", "seat", "--json"]));
+        let seated = ok_json(
+            t.cli(OM)
+                .args(["talks", "seat", "--json"])
+                .args(&t.seat_args),
+        );
         assert_eq!(seated["parties"], 3, "{seated}");
         assert_eq!(seated["roster_posted"], false, "{seated}");
         t
@@ -294,7 +308,8 @@ impl Talks {
             .collect();
         let seated = ok_json(
             self.cli(OM)
-                .args(["talks", "seat", "--wait", "60", "--json"]),
+                .args(["talks", "seat", "--wait", "60", "--json"])
+                .args(&self.seat_args),
         );
         assert_eq!(seated["roster_posted"], true, "{seated}");
         for child in children {
@@ -344,6 +359,19 @@ impl Talks {
         let out = run(self.cli(h).args(["read", "--all", "--json"]));
         assert_eq!(out.code, Some(0), "{out:?}");
         out.json_lines()
+    }
+
+    /// The whole log, as the three homes archived it: their archives
+    /// merged by seq, the mediator's line first (every room holds one of
+    /// them, but a party's internal room holds only its own delegation).
+    fn whole_log(&self) -> Vec<Value> {
+        let mut by_seq = BTreeMap::new();
+        for h in [OM, US, IR] {
+            for l in self.read_all(h) {
+                by_seq.entry(l["seq"].as_u64().unwrap()).or_insert(l);
+            }
+        }
+        by_seq.into_values().collect()
     }
 
     fn log_verify(&self, h: &str) -> Out {
@@ -430,6 +458,24 @@ fn my_rooms(show: &Value) -> BTreeSet<String> {
 
 fn seqs(lines: &[Value]) -> Vec<u64> {
     lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect()
+}
+
+/// The seqs of `lines` in `rooms`.
+fn seqs_in(lines: &[Value], rooms: &BTreeSet<String>) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|l| rooms.contains(l["room"].as_str().unwrap()))
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// The line of `lines` at `seq`.
+#[track_caller]
+fn at(lines: &[Value], seq: u64) -> &Value {
+    lines
+        .iter()
+        .find(|l| l["seq"] == seq)
+        .unwrap_or_else(|| panic!("no seq {seq}: {lines:?}"))
 }
 
 const US_CAUCUS: &str = "Caucus: Sultanate of Oman with United States";
@@ -586,7 +632,8 @@ fn the_reference_flow_runs_through_the_cli() {
     assert_ne!(t.accepted[0]["seq"], t.accepted[1]["seq"]);
     assert_eq!(words(&code).split(' ').count(), 12, "{code}");
 
-    // Talk in three rooms.
+    // Talk in both caucuses, from all three homes (the record room takes
+    // formal statements only).
     let welcome = ok_json(t.cli(OM).args([
         "send",
         "--room",
@@ -606,9 +653,9 @@ fn the_reference_flow_runs_through_the_cli() {
     let present =
         ok_json(
             t.cli(IR)
-                .args(["send", "--room", "record", "Iran is present.", "--json"]),
+                .args(["send", "--room", "caucus", "Iran is present.", "--json"]),
         );
-    assert_eq!(present["room"], "Record");
+    assert_eq!(present["room"], IR_CAUCUS);
     let talk = [
         (&welcome, "Welcome to Muscat.", "Omani lead mediator"),
         (&exchange, "We can move on the exchange.", "US envoy"),
@@ -631,10 +678,14 @@ fn the_reference_flow_runs_through_the_cli() {
         );
     }
     assert_eq!(run(t.cli(OM).args(["read", "--json"])).stdout, "");
+    // The log is whole and dense; the mediator archived all of it in its
+    // rooms (every room but the parties' internal ones).
     let all = t.read_all(OM);
-    assert_eq!(seqs(&all), (0..size).collect::<Vec<_>>());
+    let whole = t.whole_log();
+    assert_eq!(seqs(&whole), (0..size).collect::<Vec<_>>());
+    assert_eq!(seqs(&all), seqs_in(&whole, &my_rooms(&t.show(OM))));
     for (sent, text, sender) in &talk {
-        let l = &all[sent["seq"].as_u64().unwrap() as usize];
+        let l = at(&all, sent["seq"].as_u64().unwrap());
         assert_eq!(l["kind"], "talk", "{l}");
         assert_eq!(l["text"], *text, "{l}");
         assert_eq!(l["room"], sent["room"], "{l}");
@@ -663,20 +714,21 @@ fn the_reference_flow_runs_through_the_cli() {
         }
     }
 
-    // Each party reads its own rooms only.
-    for (h, rooms) in [(US, ["Record", US_CAUCUS]), (IR, ["Record", IR_CAUCUS])] {
+    // Each party reads its own rooms only: the record room and its
+    // caucus, never the other party's.
+    for (h, ours, theirs) in [(US, US_CAUCUS, IR_CAUCUS), (IR, IR_CAUCUS, US_CAUCUS)] {
+        let rooms = my_rooms(&t.show(h));
+        assert!(
+            rooms.contains("Record") && rooms.contains(ours) && !rooms.contains(theirs),
+            "{h}: {rooms:?}"
+        );
         let lines = t.read_all(h);
         assert!(
             lines
                 .iter()
-                .all(|l| rooms.contains(&l["room"].as_str().unwrap()))
+                .all(|l| rooms.contains(l["room"].as_str().unwrap()))
         );
-        let want: Vec<u64> = all
-            .iter()
-            .filter(|l| rooms.contains(&l["room"].as_str().unwrap()))
-            .map(|l| l["seq"].as_u64().unwrap())
-            .collect();
-        assert_eq!(seqs(&lines), want, "{h}");
+        assert_eq!(seqs(&lines), seqs_in(&whole, &rooms), "{h}");
     }
 
     // Every home verifies the same log, finds no evidence, and cosigns;
@@ -728,9 +780,10 @@ fn the_reference_flow_runs_through_the_cli() {
     assert_eq!(oman["kind"], "mediator", "{oman}");
     assert_eq!(oman["verified"], false, "{oman}");
     assert_eq!(oman["keys"], "vouched for by the mediator only", "{oman}");
-    assert_eq!(
-        my_rooms(&show),
-        BTreeSet::from(["Record".to_owned(), US_CAUCUS.to_owned()])
+    let mine = my_rooms(&show);
+    assert!(
+        mine.contains("Record") && mine.contains(US_CAUCUS) && !mine.contains(IR_CAUCUS),
+        "{mine:?}"
     );
     // Iran's acceptance, blocked for the US until now, counts.
     let iran_accepts =
@@ -792,14 +845,15 @@ fn wait_bounded(mut child: Child) -> std::process::Output {
 #[test]
 fn clients_resume_after_the_node_is_killed() {
     let mut t = Talks::open();
-    t.send(OM, "record", "before the crash: Oman");
+    t.send(OM, "caucus united", "before the crash: Oman");
     t.send(US, "caucus", "before the crash: US");
     t.send(IR, "caucus", "before the crash: Iran");
 
     // Each home sends in a loop until the node is SIGKILLed under it; every
     // acknowledged send (exit 0 with a seq) is recorded.
     let acked: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
-    let loops: Vec<_> = [(OM, "record"), (US, "caucus"), (IR, "record")]
+    // Oman and Iran share Iran's caucus; the US has its own.
+    let loops: Vec<_> = [(OM, "caucus islamic"), (US, "caucus"), (IR, "caucus")]
         .into_iter()
         .map(|(h, room)| {
             let (root, acked) = (t.dir.path().to_owned(), Arc::clone(&acked));
@@ -840,32 +894,31 @@ fn clients_resume_after_the_node_is_killed() {
     // Restarted on the same directory and address: more talk.
     t.start_again();
     let mut last = 0;
-    for (h, room) in [(OM, "caucus islamic"), (US, "record"), (IR, "caucus")] {
+    for (h, room) in [(OM, "caucus islamic"), (US, "caucus"), (IR, "caucus")] {
         last = t.send(h, room, &format!("after the crash: {h}"));
     }
     let size = last + 1;
     let first = t.verified_to(OM, size);
 
-    // The mediator, in every room, archived the whole log once, in order;
-    // each party archived exactly the envelopes of its rooms.
-    let all = t.read_all(OM);
+    // The homes together archived the whole log once, in order; each
+    // archived exactly the envelopes of its rooms.
+    let all = t.whole_log();
     assert_eq!(seqs(&all), (0..size).collect::<Vec<_>>());
-    let mut archives = BTreeMap::from([(OM, all.clone())]);
-    for h in [US, IR] {
+    let mut archives = BTreeMap::new();
+    for h in [OM, US, IR] {
         let rooms = my_rooms(&t.show(h));
         let lines = t.read_all(h);
-        let want: Vec<u64> = all
-            .iter()
-            .filter(|l| rooms.contains(l["room"].as_str().unwrap()))
-            .map(|l| l["seq"].as_u64().unwrap())
-            .collect();
-        assert_eq!(seqs(&lines), want, "{h}: a gap or a duplicate");
+        assert_eq!(
+            seqs(&lines),
+            seqs_in(&all, &rooms),
+            "{h}: a gap or a duplicate"
+        );
         archives.insert(h, lines);
     }
     // Every acknowledged send is there, at its seq, with its text, in the
-    // mediator's archive and in its sender's.
+    // whole log and in its sender's archive.
     for (h, seq, text) in &acked {
-        assert_eq!(all[*seq as usize]["text"], text.as_str(), "{h} seq {seq}");
+        assert_eq!(at(&all, *seq)["text"], text.as_str(), "{h} seq {seq}");
         assert!(
             archives[h.as_str()]
                 .iter()
@@ -885,7 +938,7 @@ fn a_rewritten_stored_envelope_fails_log_verify_naming_its_seq() {
     let mut t = Talks::open();
     t.send(OM, "caucus united", "Welcome to Muscat.");
     let rewritten = t.send(US, "caucus", "We can move on the exchange.");
-    let last = t.send(IR, "record", "Iran is present.");
+    let last = t.send(IR, "caucus", "Iran is present.");
     let clean = t.verified_to(US, last + 1);
     assert_eq!(clean["cosigned"], true, "{clean}");
 
@@ -954,10 +1007,11 @@ fn a_deleted_stored_envelope_is_reported_withheld() {
     let mut t = Talks::open();
     t.send(US, "caucus", "We can move on the exchange.");
     // The US verified the log before these; it has not read them.
-    let before = t.send(IR, "record", "Iran is present.");
+    let before = t.send(IR, "caucus", "Iran is present.");
     t.verified_to(US, before + 1);
     let deleted = t.send(OM, "caucus united", "A proposal for the US only.");
-    let last = t.send(OM, "record", "The session resumes at ten.");
+    // The US receives this one, after the deleted one, in the same room.
+    let last = t.send(OM, "caucus united", "The session resumes at ten.");
     // The node has integrated both (the mediator verified them).
     t.verified_to(OM, last + 1);
 
@@ -1073,14 +1127,14 @@ fn bad_inputs_are_refused_clearly_and_change_nothing() {
     assert_eq!(om["other_talks"], Value::Array(vec![]));
 
     // Joined, seated by the mediator, not accepted: no talk yet.
-    let out = run(t.cli(US).args(["send", "--room", "record", "Too early."]));
+    let out = run(t.cli(US).args(["send", "--room", "caucus", "Too early."]));
     out.refused(FAILED, "talks accept");
     assert!(!out.stderr.contains("Too early."), "{out:?}");
 
     // Both accept; the log as it stands.
     t.accept_all();
-    let log = t.read_all(OM);
-    let unchanged = |t: &Talks| assert_eq!(t.read_all(OM), log, "the log changed");
+    let log = t.whole_log();
+    let unchanged = |t: &Talks| assert_eq!(t.whole_log(), log, "the log changed");
 
     // A room the sender is not in: by words, by id.
     run(t
@@ -1126,7 +1180,7 @@ fn bad_inputs_are_refused_clearly_and_change_nothing() {
 
     // Talks the home does not take part in, and a malformed id.
     let commands: [&[&str]; 8] = [
-        &["send", "--room", "record", "Hello?"],
+        &["send", "--room", "caucus", "Hello?"],
         &["read"],
         &["follow", "--count", "1"],
         &["log", "verify"],
@@ -1152,6 +1206,246 @@ fn bad_inputs_are_refused_clearly_and_change_nothing() {
     // Nothing reached the log, and the US log still verifies.
     unchanged(&t);
     t.verified_to(US, log.len() as u64);
+}
+
+// --- The record room: formal signed statements only ---------------------------
+
+/// What `send` and `blob put` say to talk or a file for the record room.
+const RECORD_IS_FORMAL: &str = "the record room carries formal signed statements only";
+/// What `read` shows of talk or a file someone put there anyway.
+const REFUSED_IN_RECORD: &str = "free text in the record room (not counted)";
+
+/// Talk and files addressed to the record room, however it is named, are
+/// refused before anything is sent: a clear error that says where to talk
+/// instead, nothing in the sender's home or anyone's archive, the node's
+/// log the size it was (the next envelope takes the next seq), no blob
+/// uploaded. Before the roster too (the mediator, whose home knows the
+/// record room from the start).
+#[test]
+fn talk_and_files_for_the_record_room_are_refused_and_nothing_is_sent() {
+    let mut t = Talks::seated();
+    // Before the roster only the record room exists: no talk anywhere.
+    let out = run(t
+        .cli(OM)
+        .args(["send", "--room", "record", "Before the roster."]));
+    out.refused(FAILED, RECORD_IS_FORMAL);
+    assert!(out.stderr.contains("backchannel talks show"), "{out:?}");
+    run(t
+        .cli(OM)
+        .args(["send", "--room", "caucus", "Before the roster."]))
+    .refused(FAILED, "the roster has not been posted yet");
+
+    t.accept_all();
+    let record = room_id(&t.show(OM), "Record");
+    let file = t.path("brief.txt");
+    std::fs::write(&file, "A brief for the record room.").unwrap();
+    // Every home up to date (its rooms' MLS groups complete), then one
+    // envelope the node takes: the log's last seq before the refusals.
+    for _ in 0..2 {
+        for h in [OM, US, IR] {
+            t.read_all(h);
+        }
+    }
+    let last = t.send(US, "caucus", "On the way to the record room.");
+    let homes = [OM, US, IR].map(|h| (h, t.read_all(h)));
+    // Its first word, any case, its roster name, a prefix the home
+    // resolves only once up to date, and its id.
+    for room in ["record", "RECORD", "Record", "rec", record.as_str()] {
+        for h in [OM, US, IR] {
+            let out = run(t.cli(h).args(["send", "--room", room, "On the record."]));
+            out.refused(FAILED, RECORD_IS_FORMAL);
+            assert!(out.stderr.contains("backchannel talks show"), "{out:?}");
+            assert_eq!(out.stdout, "", "{out:?}");
+        }
+        let out = run(t.cli(US).args(["blob", "put", "--room", room]).arg(&file));
+        out.refused(FAILED, RECORD_IS_FORMAL);
+        assert_eq!(out.stdout, "", "{out:?}");
+    }
+    // Nothing reached any home's archive (each reads the log first, so it
+    // would have received whatever the node took).
+    for (h, before) in &homes {
+        assert_eq!(&t.read_all(h), before, "{h}'s archive changed");
+    }
+    // Nothing reached the node's log: the next envelope takes the next
+    // seq, and the log verifies to just after it.
+    let next = t.send(US, "caucus", "Off the record.");
+    assert_eq!(next, last + 1, "the node's log grew on a refused send");
+    t.verified_to(US, next + 1);
+    // No blob was uploaded either: the only blob of these talks is the
+    // one shared next, in a caucus, and Oman fetches it from there.
+    let put = ok_json(
+        t.cli(US)
+            .args(["blob", "put", "--json", "--room", "caucus"])
+            .arg(&file),
+    );
+    assert_eq!(put["room"], US_CAUCUS, "{put}");
+    assert_eq!(put["seq"], next + 1, "{put}");
+    let hash = put["hash"].as_str().unwrap().to_owned();
+    ok(t.cli(OM)
+        .args(["blob", "get", &hash, "--out"])
+        .arg(t.path("fetched.txt")));
+    t.node.kill();
+    let blobs: i64 = with_db(&t.node_dir().join("node.db"), async |c| {
+        sqlx::query_scalar("SELECT COUNT(*) FROM blobs")
+            .fetch_one(&mut *c)
+            .await
+            .unwrap()
+    });
+    assert_eq!(blobs, 1, "a refused blob put uploaded a blob");
+}
+
+/// What [`send_around_the_cli`] sends.
+enum Free {
+    /// Talk.
+    Talk(&'static str),
+    /// A file, uploaded and announced: its name and bytes.
+    File(&'static str, &'static [u8]),
+}
+
+/// Sends `what` to `room` from home `h` as another client could, through
+/// the client library on the home's own store and keys, without the CLI's
+/// refusal: what a record room receives from a client that does not keep
+/// the rule. The seq, and the blob's hash for a file.
+fn send_around_the_cli(t: &Talks, h: &str, room: RoomId, what: Free) -> (u64, String) {
+    use age::secrecy::SecretString;
+    use backchannel_client::attachment::Attachment;
+    use backchannel_client::seal::Content;
+    use backchannel_client::session::Session;
+    use backchannel_client::store::{ClientStore as _, Namespace};
+    use backchannel_client_store_sqlite::{ClientStoreOptions, SqliteClientStore};
+    let run = async {
+        let store = Arc::new(
+            SqliteClientStore::open(
+                t.path(h).join("home.db"),
+                &SecretString::from(HOME_PASSPHRASE.to_owned()),
+                ClientStoreOptions::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        let talks = backchannel_codec::TalksId::from_hex(&t.talks).unwrap();
+        // The device key, as `keys.rs` documents its record: name = kind
+        // (0x04 device) ‖ option(talks) ‖ text(label); value = version ‖
+        // name ‖ seed.
+        let mut name = vec![0x04, 0x01];
+        name.extend(talks.0);
+        name.extend(7u32.to_be_bytes());
+        name.extend(b"default");
+        let mut key = b"backchannel/v1/home/keys/key/".to_vec();
+        key.extend(&name);
+        let stored = store.get(Namespace::Keys, &key).await.unwrap().unwrap();
+        let seed: [u8; 32] = stored[1 + name.len()..].try_into().unwrap();
+        let device = backchannel_crypto::SecretKey::from_seed(&seed).unwrap();
+        let record = backchannel_client::participant::load(&*store, talks)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut s = Session::open(
+            Arc::clone(&store),
+            record.node.client(&device).unwrap(),
+            device,
+            talks,
+            &record.node.origin,
+            record.node.log_key,
+        )
+        .await
+        .unwrap();
+        let list = s.node().access_list(talks).await.unwrap().list;
+        s.receive(&list).await.unwrap();
+        let (content, hash) = match what {
+            Free::Talk(text) => (Content::Talk(text.into()), String::new()),
+            Free::File(name, bytes) => {
+                let (sealed, attachment) =
+                    Attachment::seal(talks, [5; 32], [6; 24], name.into(), bytes).unwrap();
+                let blob = s.node().upload_blob(talks, room, &sealed).await.unwrap();
+                assert_eq!(blob.hash, attachment.blob);
+                (
+                    Content::Attachment(attachment.to_bytes()),
+                    attachment.blob.to_hex(),
+                )
+            }
+        };
+        let seq = s
+            .send(&list, room, content, backchannel_statement::Salt([9; 32]))
+            .await
+            .unwrap();
+        drop(s);
+        store.close().await;
+        (seq, hash)
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run)
+}
+
+/// Talk and a file another client put in the record room anyway: every
+/// `read` shows them refused (their text nowhere), `blob get` does not
+/// open the file, and they count for nothing: replay, acceptances,
+/// verification and the phase are as they were, and talk goes on.
+#[test]
+fn talk_that_reaches_the_record_room_anyway_is_shown_refused_and_counts_for_nothing() {
+    let t = Talks::open();
+    let record = RoomId::from_hex(&room_id(&t.show(OM), "Record")).unwrap();
+    // Every home up to date (its rooms' MLS groups complete).
+    for _ in 0..2 {
+        for h in [OM, US, IR] {
+            t.read_all(h);
+        }
+    }
+    let before: Vec<(&str, Value)> = [OM, US, IR].iter().map(|h| (*h, t.show(h))).collect();
+    let said = "Off the books: we will pay.";
+    let (talk, _) = send_around_the_cli(&t, IR, record, Free::Talk(said));
+    let (shared, hash) = send_around_the_cli(
+        &t,
+        IR,
+        record,
+        Free::File("annex.txt", b"An annex nobody opens from the record room."),
+    );
+    for h in [OM, US, IR] {
+        let lines = t.read_all(h);
+        for seq in [talk, shared] {
+            let l = lines
+                .iter()
+                .find(|l| l["seq"] == seq)
+                .unwrap_or_else(|| panic!("{h}: seq {seq} not archived"));
+            assert_eq!(l["kind"], "refused", "{h}: {l}");
+            assert_eq!(l["text"], REFUSED_IN_RECORD, "{h}: {l}");
+            assert_eq!(l["room"], "Record", "{h}: {l}");
+            assert_eq!(l["verdict"], Value::Null, "{h}: {l}");
+        }
+        let text = ok(t.cli(h).args(["read", "--all"]));
+        assert!(!text.contains(said), "{h}: {text}");
+        assert!(!text.contains("annex.txt"), "{h}: {text}");
+        assert!(
+            text.lines()
+                .filter(|l| l.contains(&format!("refused: {REFUSED_IN_RECORD}")))
+                .count()
+                == 2,
+            "{h}: {text}"
+        );
+        // The file's key travelled in the refused announcement only.
+        let out = t.path(&format!("{h}-annex.txt"));
+        run(t.cli(h).args(["blob", "get", &hash, "--out"]).arg(&out))
+            .refused(FAILED, "announced in the record room");
+        assert!(!out.exists());
+    }
+    // No effect on what replay derives: every view of the talks is as it
+    // was but for the log's size, and nothing is rejected. Talk goes on
+    // where it belongs.
+    let next = t.send(IR, "caucus", "Back to the caucus.");
+    for (h, was) in before {
+        let mut now = t.show(h);
+        let mut was = was;
+        for v in [&mut now, &mut was] {
+            v["verified_size"] = Value::Null;
+            v["archived_to"] = Value::Null;
+        }
+        assert_eq!(now, was, "{h}: the talks' state changed");
+        let v = t.verified_to(h, next + 1);
+        assert_eq!(v["statements_rejected"], serde_json::json!([]), "{h}: {v}");
+    }
 }
 
 // --- Found by these tests, fixed -------------------------------------------
@@ -1381,7 +1675,7 @@ fn a_member_is_added_after_the_roster_and_removed() {
     .refused(FAILED, "taken off the access list");
     // Every replay accepts the revocations and rejects nothing; every log
     // verifies.
-    let size = t.read_all(OM).len() as u64;
+    let size = t.whole_log().len() as u64;
     for h in [OM, US, IR] {
         let v = t.verified_to(h, size);
         assert_eq!(v["statements_rejected"], serde_json::json!([]), "{h}: {v}");
@@ -1417,25 +1711,346 @@ fn the_talks_are_suspended_resumed_concluded_and_closed() {
             "{h}"
         );
     }
-    run(t.cli(IR).args(["send", "--room", "record", "hello?"])).refused(FAILED, "suspended");
+    run(t.cli(IR).args(["send", "--room", "caucus", "hello?"])).refused(FAILED, "suspended");
     run(t.cli(IR).args(["talks", "resume"])).refused(FAILED, "cannot be resumed now");
     run(t.cli(OM).args(["talks", "close"])).refused(FAILED, "cannot be closed now");
     ok(t.cli(OM)
         .args(["talks", "resume", "--reason", "the capital answered"]));
     assert_eq!(t.show(IR)["phase"], "open");
-    t.send(IR, "record", "We are back.");
+    t.send(IR, "caucus", "We are back.");
     run(t.cli(US).args(["talks", "conclude"])).refused(FAILED, "cannot be concluded now");
     ok(t.cli(OM)
         .args(["talks", "conclude", "--reason", "agreement reached"]));
     run(t
         .cli(US)
-        .args(["send", "--room", "record", "one more thing"]))
+        .args(["send", "--room", "caucus", "one more thing"]))
     .refused(FAILED, "concluded");
     ok(t.cli(OM).args(["talks", "close"]));
     assert!(t.show(US)["phase"].as_str().unwrap().starts_with("closed"));
-    let size = t.read_all(OM).len() as u64;
+    let size = t.whole_log().len() as u64;
     for h in [OM, US, IR] {
         let v = t.verified_to(h, size);
         assert_eq!(v["statements_rejected"], serde_json::json!([]), "{h}: {v}");
     }
+}
+
+// --- Messages, release, conveyance -------------------------------------------
+
+/// `h`'s `read --json` lines of `kind` whose text holds `needle`.
+fn lines_with(t: &Talks, h: &str, kind: &str, needle: &str) -> Vec<Value> {
+    t.read_all(h)
+        .into_iter()
+        .filter(|l| l["kind"] == kind && l["text"].as_str().unwrap().contains(needle))
+        .collect()
+}
+
+/// `message`/`release`/`convey`/`receipt` `--json` by `h`, which must
+/// succeed: the seq.
+fn posted(t: &Talks, h: &str, args: &[&str]) -> u64 {
+    let v = ok_json(t.cli(h).arg(args[0]).arg("--json").args(&args[1..]));
+    v["seq"].as_u64().unwrap()
+}
+
+/// The whole path of a position across the proximity line: the US drafts
+/// in its internal room and releases to its caucus (marked verbatim, for
+/// Iran, receipt required); Oman conveys it verbatim to Iran, whose client
+/// verifies the evidence and the author's signature; the US sees the
+/// conveyance receipt; Iran's mediator-only demand cannot be conveyed
+/// verbatim (refused, nothing sent) but can be re-drafted (with a
+/// warning); a non-paper and a recorded act are shown as what they are;
+/// receipts and `pending`; `read --item` threads one item across rooms; a
+/// sealed letter passes between the parties with no mediator in the room;
+/// and the bad inputs are refused with nothing sent.
+#[test]
+fn a_position_is_drafted_released_conveyed_and_receipted() {
+    let t = {
+        let mut t = Talks::seated_with(&["--require-release", "--letters", "--track", "shipping"]);
+        t.accept_all();
+        t
+    };
+    // The proximity invariant, as the roster declares it: Iran is in no
+    // room of the US but the record, the track and their letter room.
+    let us_rooms = my_rooms(&t.show(US));
+    let ir_rooms = my_rooms(&t.show(IR));
+    let om_rooms = my_rooms(&t.show(OM));
+    let shared: BTreeSet<_> = us_rooms.intersection(&ir_rooms).cloned().collect();
+    assert_eq!(shared.len(), 3, "{shared:?}");
+    assert!(us_rooms.contains("Internal: United States"), "{us_rooms:?}");
+    assert!(
+        !om_rooms.contains("Internal: United States"),
+        "{om_rooms:?}"
+    );
+    assert!(
+        !ir_rooms.contains("Internal: United States"),
+        "{ir_rooms:?}"
+    );
+    assert!(
+        om_rooms.contains("Mediators: Sultanate of Oman"),
+        "{om_rooms:?}"
+    );
+
+    // A draft in the US internal room; sent straight out it is refused.
+    let draft = posted(
+        &t,
+        US,
+        &[
+            "message",
+            "--room",
+            "internal",
+            "--item",
+            "proxies",
+            "Iran must restrain its proxies",
+        ],
+    );
+    run(t
+        .cli(US)
+        .args(["message", "--room", "caucus", "unreleased words"]))
+    .refused(FAILED, "leave the delegation by release");
+    // Released to the caucus, for Iran, verbatim allowed, receipt required.
+    let released = posted(
+        &t,
+        US,
+        &[
+            "release",
+            "--draft",
+            &draft.to_string(),
+            "--to",
+            "caucus",
+            "--marking",
+            "verbatim",
+            "--for",
+            "IR",
+            "--receipt-required",
+        ],
+    );
+    let om_sees = lines_with(&t, OM, "message", "Iran must restrain its proxies");
+    assert_eq!(om_sees.len(), 1, "{om_sees:?}");
+    assert!(
+        om_sees[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("drafted by US envoy, released by US envoy"),
+        "{om_sees:?}"
+    );
+    // Oman owes a receipt.
+    let pending = ok_json(t.cli(OM).args(["pending", "--json"]));
+    assert!(
+        pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["seq"] == released && p["what"] == "receipt"),
+        "{pending}"
+    );
+    posted(&t, OM, &["receipt", "--seq", &released.to_string()]);
+    let pending = ok_json(t.cli(OM).args(["pending", "--json"]));
+    assert!(
+        !pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["seq"] == released),
+        "{pending}"
+    );
+
+    // Conveyed verbatim to Iran: Iran's client checks the evidence.
+    let conveyed = posted(
+        &t,
+        OM,
+        &[
+            "convey",
+            "--to",
+            "caucus islamic",
+            "verbatim",
+            "--seq",
+            &released.to_string(),
+        ],
+    );
+    let ir_sees = lines_with(&t, IR, "conveyance", "Iran must restrain its proxies");
+    assert_eq!(ir_sees.len(), 1, "{ir_sees:?}");
+    let text = ir_sees[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("conveyed verbatim by Omani lead mediator"),
+        "{text}"
+    );
+    assert!(text.contains("US envoy of United States"), "{text}");
+    assert!(text.contains("signature verified"), "{text}");
+    assert!(names(text, released), "{text}");
+    // The US sees where its words went.
+    let receipts = lines_with(
+        &t,
+        US,
+        "receipt",
+        "conveyed verbatim to Islamic Republic of Iran",
+    );
+    assert_eq!(receipts.len(), 1, "{receipts:?}");
+    assert!(names(receipts[0]["text"].as_str().unwrap(), conveyed));
+
+    // Iran's demand, for the mediator only: no verbatim conveyance.
+    let ir_draft = posted(
+        &t,
+        IR,
+        &[
+            "message",
+            "--room",
+            "internal",
+            "--item",
+            "ceasefire",
+            "We demand a ceasefire first",
+        ],
+    );
+    let demand = posted(
+        &t,
+        IR,
+        &[
+            "release",
+            "--draft",
+            &ir_draft.to_string(),
+            "--to",
+            "caucus",
+            "--marking",
+            "mediator-only",
+        ],
+    );
+    let before = t.read_all(US).len();
+    run(t.cli(OM).args([
+        "convey",
+        "--to",
+        "caucus united",
+        "verbatim",
+        "--seq",
+        &demand.to_string(),
+    ]))
+    .refused(FAILED, "mediator-only: it may not be conveyed verbatim");
+    assert_eq!(
+        t.read_all(US).len(),
+        before,
+        "a refused conveyance sent something"
+    );
+    // Re-drafted instead, with a warning to the mediator.
+    let out = run(t.cli(OM).args([
+        "convey",
+        "--to",
+        "caucus united",
+        "redraft",
+        "--about",
+        "IR",
+        "--source",
+        &demand.to_string(),
+        "--item",
+        "ceasefire",
+        "Iran would consider a ceasefire as a first step",
+    ]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("marked mediator-only"), "{out:?}");
+    let us_sees = lines_with(&t, US, "conveyance", "Iran would consider a ceasefire");
+    assert!(
+        us_sees[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("rendering of Islamic Republic of Iran's position"),
+        "{us_sees:?}"
+    );
+    // The link to the source stays in the mediators' room.
+    let links = lines_with(&t, OM, "message", &format!("re-drafted seq {demand}"));
+    assert_eq!(links.len(), 1);
+    assert!(links[0]["room"].as_str().unwrap().starts_with("Mediators:"));
+    // A non-paper, and an act recorded off the system.
+    posted(
+        &t,
+        OM,
+        &[
+            "convey",
+            "--to",
+            "caucus united",
+            "non-paper",
+            "--item",
+            "detainees",
+            "A phased exchange of detainees",
+        ],
+    );
+    posted(
+        &t,
+        OM,
+        &[
+            "convey",
+            "--to",
+            "caucus united",
+            "record",
+            "--by",
+            "IR",
+            "--at",
+            "5m",
+            "Iran conveyed orally that talks may continue",
+        ],
+    );
+    assert!(
+        lines_with(&t, US, "conveyance", "A phased exchange")[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("non-paper")
+    );
+    assert!(
+        lines_with(&t, US, "conveyance", "conveyed orally")[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("RECORDED by Omani lead mediator")
+    );
+
+    // One item across every room the reader may see.
+    let proxies = run(t.cli(US).args(["read", "--item", "proxies", "--json"])).json_lines();
+    assert_eq!(seqs(&proxies), vec![draft, released], "{proxies:?}");
+    let proxies = run(t.cli(IR).args(["read", "--item", "PROXIES", "--json"])).json_lines();
+    assert_eq!(seqs(&proxies), vec![conveyed], "{proxies:?}");
+
+    // A sealed letter: the parties' own room, no mediator.
+    let letter_draft = posted(
+        &t,
+        US,
+        &["message", "--room", "internal", "A sealed letter to Tehran"],
+    );
+    let letter = posted(
+        &t,
+        US,
+        &[
+            "release",
+            "--draft",
+            &letter_draft.to_string(),
+            "--to",
+            "letter",
+        ],
+    );
+    assert_eq!(lines_with(&t, IR, "message", "A sealed letter").len(), 1);
+    assert!(
+        !t.read_all(OM).iter().any(|l| l["seq"] == letter),
+        "the mediator holds the letter"
+    );
+
+    // Bad inputs: a clear error, nothing sent.
+    let size = t.whole_log().len();
+    run(t.cli(US).args(["message", "--room", "record", "words"]))
+        .refused(FAILED, "record room carries formal signed statements only");
+    run(t
+        .cli(US)
+        .args(["convey", "--to", "caucus", "non-paper", "words"]))
+    .refused(FAILED, "only a mediator");
+    run(t.cli(US).args([
+        "release",
+        "--draft",
+        &conveyed.to_string(),
+        "--to",
+        "caucus",
+    ]))
+    .refused(FAILED, "no statement at seq");
+    run(t.cli(OM).args(["receipt", "--seq", &demand.to_string()]))
+        .refused(FAILED, "not marked receipt-required");
+    run(t
+        .cli(US)
+        .args(["message", "--room", "caucus", "--item", "", "x"]))
+    .refused(FAILED, "agenda item");
+    assert_eq!(
+        t.whole_log().len(),
+        size,
+        "a refused command sent something"
+    );
 }
