@@ -1,38 +1,56 @@
-//! `backchannel demo`: the reference scenario on a real node.
+//! `backchannel demo`: the opening of the reference scenario on a real node.
 //!
 //! Starts a node on a fresh temporary directory (SQLite, TLS on loopback,
-//! clients pinning its fingerprint), creates Oman's mediation team and the
-//! US and Iranian delegations with fresh keys, and runs the talks through
-//! the client library: the mediator opens the talks and invites each party;
-//! each party enrols its talks authority with its one-time token; the
-//! mediator builds the roster from what the parties certified and proposes
-//! the access-list change that seats their devices, which each party's
-//! designated signer checks and co-signs; every device puts MLS key
-//! packages on the node and the mediator's device creates each room's MLS
-//! group and adds the seated devices; the mediator posts roster and
-//! ground rules to the record room; every party verifies them against the
-//! node's access list and accepts; the delegations talk with the mediator
-//! in their caucuses; every device verifies the log from the data tiles and
-//! cosigns the same checkpoint, which is then final. It prints each party's
-//! safety code (they match) and a transcript, and exits 0.
+//! clients pinning its fingerprint), creates Oman's mediation team (a lead
+//! and a staff member) and the US (envoy, note-taker, negotiator, shipping
+//! expert) and Iranian (deputy foreign minister, expert) delegations with
+//! fresh keys, and runs the talks through the client library: the mediator
+//! opens the talks and invites each party; each party enrols its talks
+//! authority with its one-time token; the mediator builds the roster from
+//! what the parties certified, with the rooms of the proximity preset, an
+//! expert track on shipping and a letter room (`crate::room_plan`), and
+//! release required; each party's designated signer co-signs the
+//! access-list change that seats its devices; every device joins its rooms'
+//! MLS groups; the mediator posts roster and ground rules; every party
+//! verifies them and accepts.
 //!
-//! Every body is an MLS message: the node holds only ciphertext.
+//! Then the opening of the scenario, every message a statement signed by
+//! its author's identity key: Iran's delegation deliberates in its internal
+//! room; a US note-taker drafts, and the US envoy releases, the demand that
+//! Iran restrain its proxies; Oman receipts it and conveys it verbatim to
+//! Iran with its evidence (Iran's client checks the author's signature and
+//! the inclusion proof against its own verified log), conveys Iran's
+//! ceasefire demand re-drafted, refuses to convey Iran's `mediator-only`
+//! note verbatim, puts a non-paper on detainees to both caucuses and
+//! records an oral message; the experts meet on shipping; a sealed letter
+//! passes between the parties with no mediator in the room. Every device
+//! verifies the log from the data tiles and cosigns the same checkpoint,
+//! which is then final; each party's safety code is printed (they match),
+//! and what each participant saw, rendered as `backchannel read` renders it
+//! (`crate::say::describe`).
+//!
+//! Every body is an MLS message: the node holds only ciphertext. With the
+//! hidden `--canary HEX32`, the hex string is appended to every name,
+//! title, agenda item, message and statement text, so a test can search the
+//! node's files and log output for it (`tests/demo.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use age::secrecy::SecretString;
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::net::NodeClient;
 use backchannel_client::participant::Enrolment;
-use backchannel_client::safety::{SafetyCode, SafetyInputs};
+use backchannel_client::safety::{PartyVerification, SafetyCode, SafetyInputs};
 use backchannel_client::seal::Content;
-use backchannel_client::session::Session;
+use backchannel_client::session::{Archived, Session};
 use backchannel_client_store_sqlite::{ClientStoreOptions, SqliteClientStore};
 use backchannel_codec::{PartyId, PrincipalId, RoomId, TalksId};
-use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer, sha256};
+use backchannel_core::posts::{check_outgoing, check_verbatim, may_convey};
+use backchannel_crypto::{Digest, KeyId, PublicKey, SecretKey, Signer, sha256};
 use backchannel_node::limits::Limits;
 use backchannel_node::net::{Transport, serve};
 use backchannel_node::server::{Node, NodeConfig};
@@ -41,22 +59,25 @@ use backchannel_statement::access_list::{
     AccessEntry, FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
 };
 use backchannel_statement::roster::{
-    MemberEntry, MemberFields, PartyEntry, RoomDecl, RoomPurpose, VerifiedRoster,
+    MemberEntry, MemberFields, PartyEntry, RoomPurpose, VerifiedRoster,
 };
 use backchannel_statement::{
-    Acceptance, AccessList, AccessListChange, AccessListDelta, Audience, CheckpointRef,
-    InvitationFields, InvitationToken, Markings, PartyKind, Payload, Role, Roster, Salt,
-    SignedStatement, Statement,
+    Acceptance, AccessList, AccessListChange, AccessListDelta, AgendaItem, Attribution, Audience,
+    CheckpointRef, Conveyance, Conveyed, InvitationFields, InvitationToken, Markings, Message,
+    PartyKind, Payload, Receipt, ReceiptKind, Release, Role, Roster, Salt, SignedStatement,
+    Statement, Verbatim,
 };
 use backchannel_store_sqlite::{SqliteOptions, SqliteStore};
 use backchannel_tlog::NodeOrigin;
 use rand_core::{OsRng, RngCore};
 
+use crate::participant::View;
+use crate::room_plan::{Preset, RoomPlan};
 use crate::system::{SystemClock, TcpListener};
 
 /// One member of a delegation.
 struct Member {
-    name: &'static str,
+    name: String,
     role: Role,
     principal: PrincipalId,
     identity: SecretKey,
@@ -65,13 +86,31 @@ struct Member {
 
 /// A delegation (or the mediation team).
 struct Party {
-    name: &'static str,
+    name: String,
     short: &'static str,
     kind: PartyKind,
     id: PartyId,
     authority: SecretKey,
     talks_authority: SecretKey,
     members: Vec<Member>,
+}
+
+/// The canary planted in every name and text, if any (`--canary`).
+struct Plant(Option<String>);
+
+impl Plant {
+    /// `text`, with the canary appended.
+    fn s(&self, text: &str) -> String {
+        match &self.0 {
+            Some(c) => format!("{text} {c}"),
+            None => text.to_owned(),
+        }
+    }
+
+    /// An agenda item named `name`.
+    fn item(&self, name: &str) -> anyhow::Result<Option<AgendaItem>> {
+        Ok(Some(AgendaItem::new(self.s(name))?))
+    }
 }
 
 fn random16() -> [u8; 16] {
@@ -85,13 +124,14 @@ fn salt() -> Salt {
 }
 
 fn party(
-    name: &'static str,
+    plant: &Plant,
+    name: &str,
     short: &'static str,
     kind: PartyKind,
-    members: &[(&'static str, Role)],
+    members: &[(&str, Role)],
 ) -> Party {
     Party {
-        name,
+        name: plant.s(name),
         short,
         kind,
         id: PartyId(random16()),
@@ -100,7 +140,7 @@ fn party(
         members: members
             .iter()
             .map(|&(name, role)| Member {
-                name,
+                name: plant.s(name),
                 role,
                 principal: PrincipalId(random16()),
                 identity: SecretKey::generate(&mut OsRng),
@@ -119,7 +159,7 @@ impl Party {
             talks,
             self.id,
             self.kind,
-            self.name,
+            self.name.as_str(),
             &self.authority,
             self.talks_authority.public_key(),
         )?;
@@ -132,13 +172,13 @@ impl Party {
                     principal: m.principal,
                     party: self.id,
                     role: m.role,
-                    name: m.name.into(),
+                    name: m.name.clone(),
                     identity_key: m.identity.public_key(),
                     devices: vec![m.device.public_key()],
                     acts,
                 }
                 .certify(talks, &self.talks_authority)
-                .map_err(|e| anyhow::anyhow!("{e}"))
+                .map_err(|e| anyhow!("{e}"))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok((entry, members))
@@ -187,21 +227,206 @@ async fn wait_for_integration(s: &DemoSession) -> anyhow::Result<()> {
     bail!("the node did not integrate its log within 5 s")
 }
 
-/// Runs the demo; `keep`: leave the node's directory in place.
-pub fn main(keep: bool) -> anyhow::Result<()> {
+/// One device at the table: its member, its session and its rooms.
+struct Seat {
+    /// "[US] US envoy".
+    label: String,
+    party: PartyId,
+    principal: PrincipalId,
+    identity: SecretKey,
+    s: DemoSession,
+    rooms: BTreeSet<RoomId>,
+}
+
+// The seats, in the order the delegations list their members.
+const OM_LEAD: usize = 0;
+const OM_STAFF: usize = 1;
+const US_ENVOY: usize = 2;
+const US_NOTE_TAKER: usize = 3;
+const US_NEGOTIATOR: usize = 4;
+const US_EXPERT: usize = 5;
+const IR_HEAD: usize = 6;
+const IR_EXPERT: usize = 7;
+
+/// What every post is checked and signed against.
+struct Table<'a> {
+    talks: TalksId,
+    roster: &'a Roster,
+    list: &'a AccessList,
+    letters: &'a [(PartyId, PartyId)],
+}
+
+impl Table<'_> {
+    /// Signs `payload` with the seat's identity key, for `audience`.
+    fn sign(
+        &self,
+        seat: &Seat,
+        audience: Vec<Audience>,
+        markings: Markings,
+        payload: Payload,
+    ) -> anyhow::Result<SignedStatement> {
+        Ok(Statement::new(
+            &mut OsRng,
+            self.talks,
+            seat.identity.public_key().id(),
+            seat.party,
+            audience,
+            seat.s.checkpoint_ref(),
+            markings,
+            payload,
+        )?
+        .sign(&seat.identity)?)
+    }
+
+    /// Posts a signed statement to `room` through the room's MLS group.
+    async fn post(
+        &self,
+        seat: &mut Seat,
+        room: RoomId,
+        st: &SignedStatement,
+    ) -> anyhow::Result<u64> {
+        Ok(seat
+            .s
+            .send(
+                self.list,
+                room,
+                Content::Statement(st.as_bytes().to_vec()),
+                salt(),
+            )
+            .await?)
+    }
+
+    /// Whether the seat may post `msg` to `room` (`posts::check_outgoing`:
+    /// release rules, letters, membership).
+    fn check(&self, seat: &Seat, room: RoomId, msg: &Message) -> anyhow::Result<()> {
+        check_outgoing(
+            self.roster,
+            seat.principal,
+            seat.party,
+            room,
+            self.list
+                .seats_device(&seat.s.device().public_key().id(), room),
+            msg,
+            |a, b| {
+                let pair = if a < b { (a, b) } else { (b, a) };
+                self.letters.contains(&pair)
+            },
+        )
+        .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// A signed message by the seat in `room`, checked first; also for
+    /// `parties` beyond the room (a verbatim conveyance needs them).
+    async fn say(
+        &self,
+        seat: &mut Seat,
+        room: RoomId,
+        msg: Message,
+        markings: Markings,
+        parties: &[PartyId],
+    ) -> anyhow::Result<(u64, SignedStatement)> {
+        self.check(seat, room, &msg)?;
+        let mut audience = vec![Audience::Room(room)];
+        audience.extend(parties.iter().map(|p| Audience::Party(*p)));
+        let st = self.sign(seat, audience, markings, Payload::Message(msg))?;
+        let seq = self.post(seat, room, &st).await?;
+        Ok((seq, st))
+    }
+
+    /// Releases `draft` (by `drafter`) from the seat's internal room to
+    /// `room`.
+    async fn release(
+        &self,
+        seat: &mut Seat,
+        draft: &SignedStatement,
+        drafter: PrincipalId,
+        room: RoomId,
+        markings: Markings,
+        parties: &[PartyId],
+    ) -> anyhow::Result<(u64, SignedStatement)> {
+        let Payload::Message(d) = &draft.unverified().payload else {
+            bail!("only a drafted message is released");
+        };
+        let release = Release {
+            draft: draft.unverified().id,
+            draft_hash: draft.hash(),
+            drafter,
+        };
+        let msg = Message::new(d.item.clone(), d.text().to_owned(), Some(release))?;
+        self.say(seat, room, msg, markings, parties).await
+    }
+
+    /// A conveyance by the seat (a mediator whose role permits it, by the
+    /// record it replayed), to `room`.
+    async fn convey(
+        &self,
+        seat: &mut Seat,
+        room: RoomId,
+        conveyed: Conveyed,
+    ) -> anyhow::Result<u64> {
+        let view = View::of(self.talks, seat.s.archive().await?);
+        ensure!(
+            may_convey(&view.replay, &seat.identity.public_key().id()),
+            "{} may not convey",
+            seat.label
+        );
+        ensure!(
+            self.roster.room(room).map(|d| d.purpose) != Some(RoomPurpose::Record),
+            "conveyances never go to the record room"
+        );
+        conveyed.check()?;
+        let st = self.sign(
+            seat,
+            vec![Audience::Room(room)],
+            Markings::mediator_only(),
+            Payload::Conveyance(conveyed),
+        )?;
+        self.post(seat, room, &st).await
+    }
+}
+
+fn marked(conveyance: Conveyance, receipt_required: bool) -> anyhow::Result<Markings> {
+    let mut m = Markings::new(conveyance, vec![], Attribution::Formal)?;
+    m.receipt_required = receipt_required;
+    Ok(m)
+}
+
+/// Runs the demo; `keep`: leave its directory (the node's data and the
+/// participants' homes) in place; `canary`: 32 hex digits planted in every
+/// name and text.
+pub fn main(keep: bool, canary: Option<&str>) -> anyhow::Result<()> {
+    let canary = match canary {
+        Some(c) => {
+            ensure!(
+                c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit()),
+                "--canary takes 32 hex digits"
+            );
+            Some(c.to_ascii_lowercase())
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let dir = std::env::temp_dir().join(format!("backchannel-demo-{}", hex::encode(random16())));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = runtime.block_on(run(&dir));
+    let node_dir = dir.join("node");
+    let homes = dir.join("homes");
+    for d in [&node_dir, &homes] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let result = runtime.block_on(run(&node_dir, &homes, &Plant(canary)));
+    drop(runtime);
     if keep {
-        println!("\nThe node's directory is kept at {}", dir.display());
+        println!(
+            "\nThe node's data directory is kept at {}",
+            node_dir.display()
+        );
+        println!("The participants' homes are kept at {}", homes.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
 
-async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
+async fn run(node_dir: &Path, homes: &Path, plant: &Plant) -> anyhow::Result<()> {
     println!("Backchannel demo: Oman mediates between the United States and Iran.\n");
     println!(
         "Note: formal statements are transferable proof, and talk is attributable:\n\
@@ -211,21 +436,29 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
 
     // Delegations.
     let oman = party(
+        plant,
         "Sultanate of Oman",
         "OM",
         PartyKind::Mediator,
-        &[("Omani lead mediator", Role::Lead)],
+        &[
+            ("Omani lead mediator", Role::Lead),
+            ("Omani mediation staff", Role::Staff),
+        ],
     );
     let us = party(
+        plant,
         "United States",
         "US",
         PartyKind::Party,
         &[
             ("US envoy", Role::Head),
+            ("US note-taker", Role::NoteTaker),
             ("US negotiator", Role::Negotiator),
+            ("US shipping expert", Role::Expert),
         ],
     );
     let iran = party(
+        plant,
         "Islamic Republic of Iran",
         "IR",
         PartyKind::Party,
@@ -238,12 +471,6 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let record = RoomId(random16());
     let us_caucus = RoomId(random16());
     let iran_caucus = RoomId(random16());
-    let room_names: BTreeMap<RoomId, &str> = [
-        (record, "record"),
-        (us_caucus, "caucus OM-US"),
-        (iran_caucus, "caucus OM-IR"),
-    ]
-    .into();
 
     // The node.
     let log_key = SecretKey::generate(&mut OsRng);
@@ -251,7 +478,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let identity = Identity::self_signed(&tls_key, "backchannel-demo-node")?;
     let fingerprint = identity.fingerprint();
     let origin = NodeOrigin::new("demo.backchannel.example")?;
-    let store = SqliteStore::open(&dir.join("node.db"), SqliteOptions::default()).await?;
+    let store = SqliteStore::open(&node_dir.join("node.db"), SqliteOptions::default()).await?;
     let node = Node::new(
         Arc::new(store),
         NodeConfig {
@@ -285,7 +512,6 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     let mediator = client(&lead.device)?;
 
     // 1. The mediator opens the talks with its own team on the list.
-    let oman_rooms = vec![record, us_caucus, iran_caucus];
     let initial = AccessList::new(
         talks,
         0,
@@ -301,7 +527,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
                 lead.device.public_key(),
                 lead.principal,
                 oman.id,
-                oman_rooms,
+                vec![record, us_caucus, iran_caucus],
                 FLAG_DEVICE | FLAG_MAY_PROPOSE | FLAG_MEDIATOR,
             )?,
         ],
@@ -346,7 +572,9 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         println!("[{}] enrolled its talks authority", p.short);
     }
 
-    // 4. The mediator builds the roster from what the parties certified.
+    // 4. The mediator builds the roster from what the parties certified,
+    //    with the rooms of the proximity preset, an expert track on
+    //    shipping and a letter room, and release required.
     let mut parties = vec![oman.certified(talks)?.0];
     let mut members = oman.certified(talks)?.1;
     for inv in mediator.invitations(talks).await? {
@@ -369,45 +597,59 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     parties.sort_by_key(|p| p.party);
     members.sort_by_key(|m| m.principal);
-    let principals = |ps: &[&Party]| {
-        let mut v: Vec<PrincipalId> = ps
-            .iter()
-            .flat_map(|p| p.members.iter().map(|m| m.principal))
-            .collect();
-        v.sort();
-        v
+    let caucuses: BTreeMap<PartyId, RoomId> = [(us.id, us_caucus), (iran.id, iran_caucus)].into();
+    let plan = RoomPlan {
+        presets: vec![Preset::Proximity],
+        tracks: vec![plant.s("shipping")],
+        letters: true,
+        private_notes: false,
+        require_release: true,
     };
-    let mut rooms = vec![
-        RoomDecl {
-            room: record,
-            purpose: RoomPurpose::Record,
-            name: "Record".into(),
-            members: principals(&[&oman, &us, &iran]),
-        },
-        RoomDecl {
-            room: us_caucus,
-            purpose: RoomPurpose::Caucus,
-            name: "Caucus: Oman with the United States".into(),
-            members: principals(&[&oman, &us]),
-        },
-        RoomDecl {
-            room: iran_caucus,
-            purpose: RoomPurpose::Caucus,
-            name: "Caucus: Oman with Iran".into(),
-            members: principals(&[&oman, &iran]),
-        },
-    ];
-    rooms.sort_by_key(|r| r.room);
+    let (mut rooms, rules) = crate::room_plan::declare(
+        talks,
+        &parties,
+        &members,
+        record,
+        |p| caucuses.get(&p).copied(),
+        &plan,
+    )?;
+    if let Some(c) = &plant.0 {
+        for r in rooms.iter_mut().filter(|r| !r.name.contains(c.as_str())) {
+            r.name = plant.s(&r.name);
+        }
+    }
+    let letter_pairs = crate::room_plan::letter_pairs(&rooms, &members);
     let mut roster = Roster {
         parties,
         members,
         rooms,
-        rules: vec![],
+        rules,
         access_list_hash: Digest([0; 32]),
     };
     let implied = roster.implied_access_list(talks)?;
     roster.access_list_hash = implied.hash();
     roster.verify_for(talks)?;
+    let room_of = |purpose: RoomPurpose, party: Option<PartyId>| -> anyhow::Result<RoomId> {
+        roster
+            .rooms
+            .iter()
+            .find(|d| {
+                d.purpose == purpose
+                    && party.is_none_or(|p| roster.room_parties(d.room).unwrap_or_default() == [p])
+            })
+            .map(|d| d.room)
+            .with_context(|| format!("the roster declares no {purpose:?} room"))
+    };
+    let mediators_room = room_of(RoomPurpose::Mediators, None)?;
+    let us_internal = room_of(RoomPurpose::PartyInternal, Some(us.id))?;
+    let iran_internal = room_of(RoomPurpose::PartyInternal, Some(iran.id))?;
+    let track = room_of(RoomPurpose::Track, None)?;
+    let letter = room_of(RoomPurpose::Letter, None)?;
+    println!(
+        "[OM] declared {} rooms: the record, the mediators' room, each delegation's internal \
+         room and caucus, the shipping track and the parties' letter room; release required",
+        roster.rooms.len()
+    );
 
     // 5. The access-list change that seats every party's devices: the
     //    mediator signs first, then each party's designated signer checks
@@ -460,10 +702,10 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
 
     // Sessions: one per device, each archiving into its own home — an
     // encrypted client store (a fresh random passphrase per participant).
-    let mut sessions: Vec<(String, PartyId, DemoSession, BTreeSet<RoomId>)> = Vec::new();
+    let mut seats: Vec<Seat> = Vec::new();
     for (n, p) in [&oman, &us, &iran].into_iter().enumerate() {
         for (k, m) in p.members.iter().enumerate() {
-            let home = dir.join(format!("home-{n}-{k}"));
+            let home = homes.join(format!("home-{n}-{k}"));
             std::fs::create_dir_all(&home)?;
             let passphrase = SecretString::from(hex::encode(random16()));
             let store = SqliteClientStore::create(
@@ -472,7 +714,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
                 ClientStoreOptions::default(),
             )
             .await
-            .map_err(|e| anyhow::anyhow!("creating a participant's home: {e}"))?;
+            .map_err(|e| anyhow!("creating a participant's home: {e}"))?;
             let s = Session::open(
                 Arc::new(store),
                 client(&m.device)?,
@@ -486,37 +728,44 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
                 .get(&m.device.public_key().id())
                 .map(|e| e.rooms().iter().copied().collect())
                 .unwrap_or_default();
-            sessions.push((format!("[{}] {}", p.short, m.name), p.id, s, rooms));
+            seats.push(Seat {
+                label: format!("[{}] {}", p.short, m.name),
+                party: p.id,
+                principal: m.principal,
+                identity: SecretKey::from_seed(&m.identity.seed())?,
+                s,
+                rooms,
+            });
         }
     }
-
+    ensure!(seats.len() == IR_EXPERT + 1, "the seats are not as listed");
     println!(
         "Each of the {} devices keeps its archive in its own home, encrypted at rest",
-        sessions.len()
+        seats.len()
     );
 
     // 6. Rooms become MLS groups: every device puts key packages on the
-    //    node; the mediator's device creates each room's group and adds
-    //    the devices the access list seats there (one commit and Welcome
-    //    per room); everyone joins from its Welcome.
+    //    node; the first device to reach each room creates its group and
+    //    adds the devices the access list seats there (one commit and
+    //    Welcome per room); everyone joins from its Welcome.
     let list = seated.list.clone();
     {
-        // The mediator's device first: it creates each room's group.
-        let mut all: Vec<&mut DemoSession> = sessions.iter_mut().map(|(_, _, s, _)| s).collect();
+        let mut all: Vec<&mut DemoSession> = seats.iter_mut().map(|x| &mut x.s).collect();
         backchannel_client::rooms::sync_all(&mut all, &list, now_ms() / 1000).await?;
     }
-    for (name, _, s, rooms) in sessions.iter_mut() {
-        for room in rooms.iter() {
+    for x in &seats {
+        for room in &x.rooms {
             ensure!(
-                s.room_epoch(*room).is_some(),
-                "{name} is not in the group of a room it is seated in"
+                x.s.room_epoch(*room).is_some(),
+                "{} is not in the group of a room it is seated in",
+                x.label
             );
         }
     }
     println!(
-        "[OM] created the MLS group of each of the {} rooms and added every seated device; \
-         from here on the node holds only ciphertext",
-        room_names.len()
+        "Every device joined the MLS group of each of its rooms ({} rooms declared); from here on \
+         the node holds only ciphertext",
+        roster.rooms.len()
     );
 
     // 7. The mediator posts roster and ground rules to the record room.
@@ -526,7 +775,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         oman.id,
         record,
         CheckpointRef::NONE,
-        Payload::Roster(roster),
+        Payload::Roster(roster.clone()),
     )?;
     let rules_st = statement(
         &oman.talks_authority,
@@ -537,36 +786,27 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         Payload::GroundRules(crate::talks::default_ground_rules(
             [us.id, iran.id],
             "Asia/Muscat".into(),
+            letter_pairs.clone(),
         )),
     )?;
-    {
-        let s = &mut sessions[0].2;
-        s.send(
-            &list,
-            record,
-            Content::Statement(roster_st.as_bytes().to_vec()),
-            salt(),
-        )
-        .await?;
-        s.send(
-            &list,
-            record,
-            Content::Statement(rules_st.as_bytes().to_vec()),
-            salt(),
-        )
-        .await?;
-        println!("[OM] posted the roster and the ground rules to the record room");
+    for st in [&roster_st, &rules_st] {
+        seats[OM_LEAD]
+            .s
+            .send(
+                &list,
+                record,
+                Content::Statement(st.as_bytes().to_vec()),
+                salt(),
+            )
+            .await?;
     }
+    println!("[OM] posted the roster and the ground rules to the record room");
 
     // 8. Each party's head receives them, verifies the roster (every party's
     //    own certification), compares it with the node's access list, and
     //    its talks authority accepts.
-    for p in [&us, &iran] {
-        let i = sessions
-            .iter()
-            .position(|(_, party, _, _)| *party == p.id)
-            .context("a head's session")?;
-        let got = sessions[i].2.receive(&list).await?;
+    for (p, i) in [(&us, US_ENVOY), (&iran, IR_HEAD)] {
+        let got = seats[i].s.receive(&list).await?;
         let statements: Vec<SignedStatement> = got
             .iter()
             .filter_map(|a| match a.message.as_ref().map(|m| &m.content) {
@@ -577,7 +817,7 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         let r = statements.first().context("no roster received")?;
         let g = statements.get(1).context("no ground rules received")?;
         let verified = VerifiedRoster::verify(talks, r)?;
-        let served = sessions[i].2.node().access_list(talks).await?;
+        let served = seats[i].s.node().access_list(talks).await?;
         ensure!(
             served.list.entries() == verified.access_list.entries(),
             "{}: the node's access list is not the roster's",
@@ -585,15 +825,15 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         );
         // The acceptance carries the latest checkpoint this party verified,
         // which every recipient compares with its own tree.
-        let my_rooms = sessions[i].3.clone();
-        wait_for_integration(&sessions[i].2).await?;
-        sessions[i].2.verify_log(&my_rooms, now_ms()).await?;
+        let my_rooms = seats[i].rooms.clone();
+        wait_for_integration(&seats[i].s).await?;
+        seats[i].s.verify_log(&my_rooms, now_ms()).await?;
         let acceptance = statement(
             &p.talks_authority,
             talks,
             p.id,
             record,
-            sessions[i].2.checkpoint_ref(),
+            seats[i].s.checkpoint_ref(),
             Payload::Acceptance(Acceptance {
                 roster: r.unverified().id,
                 roster_hash: sha256(r.as_bytes()),
@@ -601,8 +841,8 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
                 ground_rules_hash: sha256(g.as_bytes()),
             }),
         )?;
-        sessions[i]
-            .2
+        seats[i]
+            .s
             .send(
                 &list,
                 record,
@@ -616,86 +856,499 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
 
-    // 9. Talk in the caucuses.
+    // The opening. Every message is a statement signed by its author's
+    // identity key, checked against the roster before it is sent.
+    let table = Table {
+        talks,
+        roster: &roster,
+        list: &list,
+        letters: &letter_pairs,
+    };
+    println!("\nThe opening:");
+
+    // 9. Iran's delegation deliberates in its internal room: its expert
+    //    drafts the ceasefire demand; its head adds a note for Oman alone.
+    let (_, ir_demand_draft) = table
+        .say(
+            &mut seats[IR_EXPERT],
+            iran_internal,
+            Message::new(
+                plant.item("ceasefire")?,
+                plant.s(
+                    "Iran asks that an effort for a ceasefire in Gaza come before any other \
+                     step.",
+                ),
+                None,
+            )?,
+            Markings::mediator_only(),
+            &[],
+        )
+        .await?;
+    say_talk(
+        &mut seats[IR_HEAD],
+        &list,
+        iran_internal,
+        &plant.s(
+            "Agreed. Release it to Oman as substance only; I will tell Oman alone what we \
+             could live with.",
+        ),
+    )
+    .await?;
+    let (_, ir_note_draft) = table
+        .say(
+            &mut seats[IR_HEAD],
+            iran_internal,
+            Message::new(
+                plant.item("ceasefire")?,
+                plant.s(
+                    "For Oman alone: Tehran could accept a phased ceasefire if the first \
+                     phase is monitored.",
+                ),
+                None,
+            )?,
+            Markings::mediator_only(),
+            &[],
+        )
+        .await?;
+    println!("[IR] the delegation deliberated in its internal room (no one else is in it)");
+
+    // 10. A US note-taker drafts the demand; sent straight out it is
+    //     refused; the envoy releases it, verbatim allowed, for Iran,
+    //     receipt required.
+    let proxies_text = plant.s(
+        "The United States demands that Iran restrain the groups it backs from attacking US \
+         forces in Iraq and Syria.",
+    );
+    let (_, us_draft) = table
+        .say(
+            &mut seats[US_NOTE_TAKER],
+            us_internal,
+            Message::new(plant.item("proxies")?, proxies_text.clone(), None)?,
+            Markings::mediator_only(),
+            &[],
+        )
+        .await?;
+    say_talk(
+        &mut seats[US_NEGOTIATOR],
+        &list,
+        us_internal,
+        &plant.s("Good. Mark it verbatim, so Tehran reads our own words, and ask for a receipt."),
+    )
+    .await?;
+    let unreleased = Message::new(plant.item("proxies")?, proxies_text.clone(), None)?;
+    match table.check(&seats[US_NOTE_TAKER], us_caucus, &unreleased) {
+        Err(e) => println!("[US] the note-taker's draft cannot leave the delegation itself: {e}"),
+        Ok(()) => bail!("an unreleased message would have left the US delegation"),
+    }
+    let us_principal = seats[US_NOTE_TAKER].principal;
+    let (us_demand_seq, _) = table
+        .release(
+            &mut seats[US_ENVOY],
+            &us_draft,
+            us_principal,
+            us_caucus,
+            marked(Conveyance::VerbatimMayBeConveyed, true)?,
+            &[iran.id],
+        )
+        .await?;
+    println!(
+        "[US] the US envoy released the note-taker's draft to the US caucus (seq \
+         {us_demand_seq}): verbatim may be conveyed, for Iran, receipt required"
+    );
+
+    // 11. Oman receives it, receipts it formally, and conveys it verbatim
+    //     to Iran with its evidence: the original signed statement, its
+    //     logged header and salt, and an inclusion proof against a
+    //     checkpoint the mediator's client verified. The receipt of the
+    //     conveyance goes back to the US caucus.
+    let lead_seat = &mut seats[OM_LEAD];
+    lead_seat.s.receive(&list).await?;
+    wait_for_integration(&lead_seat.s).await?;
+    lead_seat
+        .s
+        .verify_log(&lead_seat.rooms.clone(), now_ms())
+        .await?;
+    let view = View::of(talks, lead_seat.s.archive().await?);
+    let original = view
+        .logged(us_demand_seq)
+        .context("the US demand is not in the mediator's archive")?;
+    ensure!(
+        original.verdict.is_ok(),
+        "the US demand did not verify: {:?}",
+        original.verdict
+    );
+    let receipt = Receipt {
+        kind: ReceiptKind::Received,
+        statement: original.statement.unverified().id,
+        hash: original.statement.hash(),
+        room: us_caucus,
+        seq: us_demand_seq,
+    };
+    let st = table.sign(
+        lead_seat,
+        vec![Audience::Room(us_caucus)],
+        Markings::mediator_only(),
+        Payload::Receipt(receipt),
+    )?;
+    table.post(lead_seat, us_caucus, &st).await?;
+    check_verbatim(&roster, &original.statement, iran_caucus)
+        .map_err(|e| anyhow!("refused: seq {us_demand_seq} {e}"))?;
+    let archived = view
+        .archive
+        .iter()
+        .find(|a| a.seq == us_demand_seq)
+        .context("the original is not archived")?;
+    let body_salt = archived
+        .message
+        .as_ref()
+        .context("the original's body is not archived")?
+        .salt;
+    let size = lead_seat.s.follower().size();
+    let root = lead_seat
+        .s
+        .follower()
+        .root_at(size)
+        .context("no verified checkpoint yet")?;
+    let proof = lead_seat
+        .s
+        .node()
+        .inclusion_proof(talks, us_demand_seq, size)
+        .await?;
+    proof
+        .verify(us_demand_seq, size, &root, &archived.leaf().hash())
+        .map_err(|_| anyhow!("the node served an inclusion proof that does not verify"))?;
+    let verbatim = Verbatim::new(
+        us_caucus,
+        us_demand_seq,
+        archived.node_time,
+        archived.header.to_bytes().to_vec(),
+        body_salt.0,
+        original.statement.as_bytes().to_vec(),
+        archived.header.header().body_hash,
+        size,
+        proof.hashes().to_vec(),
+    )?;
+    let conveyed_seq = table
+        .convey(lead_seat, iran_caucus, Conveyed::Verbatim(verbatim))
+        .await?;
+    let conveyed_to = Receipt {
+        kind: ReceiptKind::ConveyedTo,
+        statement: original.statement.unverified().id,
+        hash: original.statement.hash(),
+        room: iran_caucus,
+        seq: conveyed_seq,
+    };
+    let st = table.sign(
+        lead_seat,
+        vec![Audience::Room(us_caucus)],
+        Markings::mediator_only(),
+        Payload::Receipt(conveyed_to),
+    )?;
+    table.post(lead_seat, us_caucus, &st).await?;
+    println!(
+        "[OM] received the US demand formally and conveyed it verbatim to Iran's caucus (seq \
+         {conveyed_seq}), with an inclusion proof against a checkpoint of {size} leaves"
+    );
+
+    // 12. Iran's head releases the ceasefire demand (substance may be
+    //     conveyed) and the note for Oman alone (mediator-only).
+    let ir_expert = seats[IR_EXPERT].principal;
+    let ir_head = seats[IR_HEAD].principal;
+    let (ir_demand_seq, _) = table
+        .release(
+            &mut seats[IR_HEAD],
+            &ir_demand_draft,
+            ir_expert,
+            iran_caucus,
+            marked(Conveyance::SubstanceMayBeConveyed, false)?,
+            &[],
+        )
+        .await?;
+    let (ir_note_seq, _) = table
+        .release(
+            &mut seats[IR_HEAD],
+            &ir_note_draft,
+            ir_head,
+            iran_caucus,
+            marked(Conveyance::MediatorOnly, false)?,
+            &[],
+        )
+        .await?;
+    println!(
+        "[IR] the deputy foreign minister released the ceasefire demand (substance may be \
+         conveyed) and a note for Oman alone (mediator-only) to Iran's caucus"
+    );
+
+    // 13. Oman: the note for Oman alone is not conveyed verbatim; the
+    //     demand goes to the US re-drafted, its link to the source kept in
+    //     the mediators' room.
+    let lead_seat = &mut seats[OM_LEAD];
+    lead_seat.s.receive(&list).await?;
+    let view = View::of(talks, lead_seat.s.archive().await?);
+    let note = view
+        .logged(ir_note_seq)
+        .context("Iran's note is not in the mediator's archive")?;
+    match check_verbatim(&roster, &note.statement, us_caucus) {
+        Err(e) => println!(
+            "[OM] refused to convey Iran's note verbatim to the US caucus: seq {ir_note_seq} {e}"
+        ),
+        Ok(()) => bail!("a mediator-only message could have been conveyed verbatim"),
+    }
+    let demand = view
+        .logged(ir_demand_seq)
+        .context("Iran's demand is not in the mediator's archive")?;
+    ensure!(
+        demand.statement.unverified().markings.conveyance == Conveyance::SubstanceMayBeConveyed,
+        "Iran's demand may not be conveyed in substance"
+    );
+    let redrafted_seq = table
+        .convey(
+            lead_seat,
+            us_caucus,
+            Conveyed::Redrafted {
+                about: iran.id,
+                item: plant.item("ceasefire")?,
+                text: plant.s(
+                    "Tehran asks that an effort for a ceasefire in Gaza come first; it sees it \
+                     as the condition for progress on the other items.",
+                ),
+            },
+        )
+        .await?;
+    let link = Message::new(
+        None,
+        plant.s(&format!(
+            "re-drafted seq {ir_demand_seq} (statement {}) as seq {redrafted_seq} in {}",
+            demand.statement.unverified().id,
+            view.room_name(us_caucus)
+        )),
+        None,
+    )?;
+    table
+        .say(
+            lead_seat,
+            mediators_room,
+            link,
+            Markings::mediator_only(),
+            &[],
+        )
+        .await?;
+    println!(
+        "[OM] conveyed Iran's ceasefire demand to the US caucus re-drafted, in Oman's words \
+         (seq {redrafted_seq}); the link to the source stays in the mediators' room"
+    );
+
+    // 14. A non-paper on detainees to both caucuses, and an oral message
+    //     recorded.
+    for room in [us_caucus, iran_caucus] {
+        table
+            .convey(
+                lead_seat,
+                room,
+                Conveyed::NonPaper {
+                    item: plant.item("detainees")?,
+                    text: plant.s(
+                        "Non-paper: five detainees released by each side at the same hour, \
+                         through a neutral intermediary, once the humanitarian channel for \
+                         the funds is in place.",
+                    ),
+                },
+            )
+            .await?;
+    }
+    println!("[OM] put a non-paper on detainees to both caucuses");
+    table
+        .convey(
+            lead_seat,
+            us_caucus,
+            Conveyed::Recorded {
+                by: iran.id,
+                at: now_ms().saturating_sub(25 * 60_000),
+                item: plant.item("detainees")?,
+                text: plant.s(
+                    "Conveyed orally to the Omani lead mediator in Muscat: Tehran will not \
+                     comment on the talks in public while they continue.",
+                ),
+            },
+        )
+        .await?;
+    println!("[OM] recorded an oral message from Iran in the US caucus");
+
+    // 15. The expert track on shipping, beside the main talks: the
+    //     mediators' staff sets the agenda; the experts talk (their signed
+    //     messages would need a release their heads, outside the track,
+    //     cannot give there).
+    table
+        .say(
+            &mut seats[OM_STAFF],
+            track,
+            Message::new(
+                plant.item("shipping")?,
+                plant.s(
+                    "Shipping track: compare incident reports from the Red Sea and sketch a \
+                     line between the naval commands.",
+                ),
+                None,
+            )?,
+            marked(Conveyance::SubstanceMayBeConveyed, false)?,
+            &[],
+        )
+        .await?;
+    say_talk(
+        &mut seats[US_EXPERT],
+        &list,
+        track,
+        &plant.s(
+            "Our log lists fourteen incidents since November; we can share positions and times.",
+        ),
+    )
+    .await?;
+    say_talk(
+        &mut seats[IR_EXPERT],
+        &list,
+        track,
+        &plant.s("We will bring the coast guard's log to the next session."),
+    )
+    .await?;
+    println!("[OM] the shipping track met beside the main talks: the experts and Oman's staff");
+
+    // 16. A sealed letter: drafted and released by the US envoy into the
+    //     parties' letter room, where no mediator is; Iran receipts it.
+    let (_, letter_draft) = table
+        .say(
+            &mut seats[US_ENVOY],
+            us_internal,
+            Message::new(
+                None,
+                plant.s(
+                    "Sealed letter to the Iranian deputy foreign minister: the United States \
+                     is ready to meet in Muscat once the first steps hold.",
+                ),
+                None,
+            )?,
+            Markings::mediator_only(),
+            &[],
+        )
+        .await?;
+    let envoy = seats[US_ENVOY].principal;
+    let (letter_seq, _) = table
+        .release(
+            &mut seats[US_ENVOY],
+            &letter_draft,
+            envoy,
+            letter,
+            marked(Conveyance::MediatorOnly, true)?,
+            &[],
+        )
+        .await?;
+    let head_seat = &mut seats[IR_HEAD];
+    head_seat.s.receive(&list).await?;
+    let view = View::of(talks, head_seat.s.archive().await?);
+    let got = view
+        .logged(letter_seq)
+        .context("the letter did not reach Iran")?;
+    let receipt = Receipt {
+        kind: ReceiptKind::Received,
+        statement: got.statement.unverified().id,
+        hash: got.statement.hash(),
+        room: letter,
+        seq: letter_seq,
+    };
+    let st = table.sign(
+        head_seat,
+        vec![Audience::Room(letter)],
+        Markings::mediator_only(),
+        Payload::Receipt(receipt),
+    )?;
+    table.post(head_seat, letter, &st).await?;
+    println!(
+        "[US] a sealed letter passed to Iran in the parties' letter room, where no mediator \
+         is; [IR] received it formally"
+    );
+
+    // 17. Talk in the caucuses.
     let say = [
         (
-            1,
+            US_NEGOTIATOR,
             us_caucus,
             "We can move on the prisoner exchange if the funds stay humanitarian-only.",
         ),
         (
-            0,
+            OM_LEAD,
             us_caucus,
             "Noted. I will convey the substance, not the wording.",
         ),
         (
-            0,
+            OM_LEAD,
             iran_caucus,
             "The US side signals flexibility on the exchange, tied to humanitarian use of the funds.",
         ),
         (
-            3,
+            IR_HEAD,
             iran_caucus,
             "Acceptable in principle. We need the bank named before the first step.",
         ),
         (
-            0,
+            OM_LEAD,
             us_caucus,
             "Tehran accepts in principle and asks for the bank to be named first.",
         ),
     ];
     for (who, room, text) in say {
-        sessions[who]
-            .2
-            .send(&list, room, Content::Talk(text.into()), salt())
-            .await?;
+        say_talk(&mut seats[who], &list, room, &plant.s(text)).await?;
     }
 
-    // 10. Everyone receives, verifies the log from the data tiles and
+    // 18. Everyone receives, verifies the log from the data tiles and
     //    cosigns the same checkpoint.
-    wait_for_integration(&sessions[0].2).await?;
+    wait_for_integration(&seats[OM_LEAD].s).await?;
     let total = mediator.fetch(talks, 0, 1).await?.log_size;
-    for (name, _, s, rooms) in sessions.iter_mut() {
-        s.receive(&list).await?;
-        let (report, checkpoint) = s.verify_log(rooms, now_ms()).await?;
+    for x in seats.iter_mut() {
+        x.s.receive(&list).await?;
+        let (report, checkpoint) = x.s.verify_log(&x.rooms, now_ms()).await?;
         ensure!(
             report.size == total,
-            "{name}: verified {} of {total}",
+            "{}: verified {} of {total}",
+            x.label,
             report.size
         );
         ensure!(
             report.withheld.is_empty(),
-            "{name}: withheld {:?}",
+            "{}: withheld {:?}",
+            x.label,
             report.withheld
         );
         ensure!(
             report.not_merged.is_empty(),
-            "{name}: not merged {:?}",
+            "{}: not merged {:?}",
+            x.label,
             report.not_merged
         );
-        s.cosign(&checkpoint, now_ms() / 1000).await?;
+        x.s.cosign(&checkpoint, now_ms() / 1000).await?;
     }
-    for (name, _, s, _) in &sessions {
-        let r = s.replay().await?;
+    let mut replayed = 0;
+    for x in &seats {
+        let r = x.s.replay().await?;
         ensure!(
             r.rejected.is_empty() && r.forks.is_empty(),
-            "{name}: replay rejected {:?}, forks {:?}",
+            "{}: replay rejected {:?}, forks {:?}",
+            x.label,
             r.rejected,
             r.forks
         );
+        replayed += r.accepted.len();
     }
-    let replayed = sessions[0].2.replay().await?.accepted.len();
     println!(
-        "\nEvery device replayed the record from its archive: {replayed} statements accepted, \
-         none rejected, every checkpoint reference matching its own tree."
+        "\nEvery device replayed the record from its archive: {replayed} statements accepted \
+         across the {} devices, none rejected, every checkpoint reference matching its own tree.",
+        seats.len()
     );
     let (size, note) = mediator.checkpoint(talks).await?;
     let cosigned = backchannel_tlog::cosignatures(&note)?.len();
-    let parties_cosigning: BTreeSet<PartyId> = sessions.iter().map(|(_, p, _, _)| *p).collect();
+    let parties_cosigning: BTreeSet<PartyId> = seats.iter().map(|x| x.party).collect();
     ensure!(
-        cosigned == sessions.len(),
+        cosigned == seats.len(),
         "{cosigned} cosignatures, not {}",
-        sessions.len()
+        seats.len()
     );
     println!(
         "\nEvery device verified the log ({size} leaves) and cosigned it: \
@@ -703,22 +1356,53 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
         parties_cosigning.len()
     );
 
-    // 11. Safety codes: each party computes its own.
+    // What each party's devices hold: only their rooms.
+    let mut archives: Vec<Vec<Archived>> = Vec::new();
+    for x in &seats {
+        archives.push(x.s.archive().await?);
+    }
+    let rooms_held = |i: usize| -> BTreeSet<RoomId> {
+        archives[i].iter().map(|a| a.header.header().room).collect()
+    };
+    for i in [IR_HEAD, IR_EXPERT] {
+        ensure!(
+            rooms_held(i).is_disjoint(&[us_internal, us_caucus].into()),
+            "{} holds envelopes of the US's rooms",
+            seats[i].label
+        );
+    }
+    for i in [US_ENVOY, US_NOTE_TAKER, US_NEGOTIATOR, US_EXPERT] {
+        ensure!(
+            rooms_held(i).is_disjoint(&[iran_internal, iran_caucus].into()),
+            "{} holds envelopes of Iran's rooms",
+            seats[i].label
+        );
+    }
+    for i in [OM_LEAD, OM_STAFF] {
+        ensure!(
+            rooms_held(i).is_disjoint(&[us_internal, iran_internal, letter].into()),
+            "{} holds envelopes of a party's internal room or the letter room",
+            seats[i].label
+        );
+    }
+    println!(
+        "Each device holds only its rooms: Iran's hold nothing of the US internal room or \
+         caucus, the US's nothing of Iran's, Oman's nothing of either internal room or of the \
+         letter room."
+    );
+
+    // 19. Safety codes: each party computes its own.
     println!("\nTalks safety codes (compare once over a channel the mediator does not control):");
     let mut codes = BTreeSet::new();
-    for (p, i) in [(&oman, 0usize), (&us, 1), (&iran, 3)] {
-        let archive = sessions[i].2.archive().await?;
-        let statements: Vec<SignedStatement> = archive
-            .iter()
-            .filter_map(|a| match a.message.as_ref().map(|m| &m.content) {
-                Some(Content::Statement(b)) => SignedStatement::decode(b).ok(),
-                _ => None,
-            })
-            .collect();
+    for (p, i) in [(&oman, OM_LEAD), (&us, US_ENVOY), (&iran, IR_HEAD)] {
+        let view = View::of(talks, archives[i].clone());
         let code = SafetyCode::compute(&SafetyInputs {
             talks,
-            roster: sha256(statements.first().context("no roster")?.as_bytes()),
-            ground_rules: sha256(statements.get(1).context("no ground rules")?.as_bytes()),
+            roster: view.roster_statement().context("no roster")?.hash(),
+            ground_rules: view
+                .ground_rules_statement()
+                .context("no ground rules")?
+                .hash(),
             node_fingerprint: fingerprint.0,
             log_key: log_key.public_key(),
         });
@@ -730,43 +1414,120 @@ async fn run(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("  (all three match)");
 
-    // 12. The transcript, as the mediator's archive holds it.
-    println!("\nTranscript (the mediator's verified archive):");
-    let names: BTreeMap<backchannel_crypto::KeyId, String> = sessions
-        .iter()
-        .map(|(n, _, s, _)| (s.device().public_key().id(), n.clone()))
-        .collect();
-    sessions[0].2.receive(&list).await?;
-    for a in sessions[0].2.archive().await? {
-        let h = a.header.header();
-        let what = match a.message.as_ref().map(|m| &m.content) {
-            Some(Content::Talk(t)) => format!("“{t}”"),
-            Some(Content::Statement(b)) => match SignedStatement::decode(b) {
-                Ok(s) => format!(
-                    "signed statement: {:?}",
-                    s.unverified().payload.statement_type()
-                ),
-                Err(_) => "a statement that does not decode".into(),
-            },
-            Some(Content::Copy(_)) => "a copy of earlier statements for newcomers".into(),
-            Some(Content::Attachment(_)) => "an attachment".into(),
-            None => match h.kind {
-                backchannel_statement::Kind::MlsHandshake => "MLS handshake (group change)".into(),
-                backchannel_statement::Kind::Welcome => "MLS Welcome".into(),
-                _ => a.unreadable.clone().unwrap_or_else(|| "(purged)".into()),
-            },
-        };
-        println!(
-            "  #{:<3} {:14} {:36} {}",
-            a.seq,
-            room_names.get(&h.room).copied().unwrap_or("?"),
-            names.get(&h.sender).map_or("?", String::as_str),
-            what
+    // 20. What each participant saw, from its own verified archive,
+    //     rendered as `backchannel read` renders it.
+    let mut names: BTreeMap<KeyId, String> = BTreeMap::new();
+    for x in &seats {
+        names.insert(x.s.device().public_key().id(), x.label.clone());
+        names.insert(x.identity.public_key().id(), x.label.clone());
+    }
+    for (p, short) in [(&oman, "OM"), (&us, "US"), (&iran, "IR")] {
+        names.insert(
+            p.talks_authority.public_key().id(),
+            format!("[{short}] {} (talks authority)", p.name),
         );
+    }
+    for (i, x) in seats.iter().enumerate() {
+        let view = View::of(talks, archives[i].clone());
+        let conveyances = crate::say::check_conveyances(&x.s, &view).await;
+        let own = x.party;
+        let standing = |p: PartyId| {
+            if p == own {
+                "your own party".to_owned()
+            } else {
+                PartyVerification::Verified {
+                    how: "safety codes compared".into(),
+                    at_ms: 0,
+                    code: SafetyCode(Digest([0; 32])),
+                }
+                .label()
+            }
+        };
+        let mut lines = Vec::new();
+        let mut group_changes = 0;
+        for a in &view.archive {
+            match render(&view, a, &conveyances, &standing) {
+                Some(text) => lines.push(format!(
+                    "  #{:<4}{} — {}: {text}",
+                    a.seq,
+                    view.room_name(a.header.header().room),
+                    names
+                        .get(&a.header.header().sender)
+                        .map_or("?", String::as_str),
+                )),
+                None => group_changes += 1,
+            }
+        }
+        println!(
+            "\nWhat {} saw ({} envelopes of its rooms; {group_changes} MLS group changes and \
+             copies not shown):",
+            x.label,
+            view.archive.len()
+        );
+        for l in lines {
+            println!("{l}");
+        }
     }
 
     let _ = stop.send(());
     let _ = server.await;
     println!("\nDemo complete.");
     Ok(())
+}
+
+/// Talk (MLS chat) by the seat in `room`.
+async fn say_talk(
+    seat: &mut Seat,
+    list: &AccessList,
+    room: RoomId,
+    text: &str,
+) -> anyhow::Result<u64> {
+    Ok(seat
+        .s
+        .send(list, room, Content::Talk(text.into()), salt())
+        .await?)
+}
+
+/// One archived envelope as its reader sees it, or `None` for MLS group
+/// changes and copies for newcomers.
+fn render(
+    view: &View,
+    a: &Archived,
+    conveyances: &BTreeMap<
+        u64,
+        Result<backchannel_core::posts::VerifiedVerbatim, backchannel_core::posts::ConveyError>,
+    >,
+    standing: &dyn Fn(PartyId) -> String,
+) -> Option<String> {
+    let h = a.header.header();
+    Some(match a.message.as_ref().map(|m| &m.content) {
+        Some(Content::Talk(t)) => format!("talk: “{t}”"),
+        Some(Content::Statement(b)) => match SignedStatement::decode(b) {
+            Ok(st) => {
+                let text =
+                    match crate::say::describe(standing, view, h.room, &st, conveyances, a.seq) {
+                        Some((kind, text)) => format!("{kind}: {text}"),
+                        None => format!(
+                            "signed statement: {:?}",
+                            st.unverified().payload.statement_type()
+                        ),
+                    };
+                match view.logged(a.seq).map(|l| &l.verdict) {
+                    Some(Err(e)) => format!("{text} — REJECTED by replay: {e}"),
+                    _ => text,
+                }
+            }
+            Err(e) => format!("a statement that does not decode: {e}"),
+        },
+        Some(Content::Copy(_)) => return None,
+        Some(Content::Attachment(_)) => "an attachment".into(),
+        None => match (h.kind, &a.unreadable) {
+            (_, Some(why)) => format!("unreadable: {why}"),
+            (
+                backchannel_statement::Kind::MlsHandshake | backchannel_statement::Kind::Welcome,
+                None,
+            ) => return None,
+            _ => "(purged)".into(),
+        },
+    })
 }
