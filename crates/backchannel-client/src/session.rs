@@ -68,7 +68,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use backchannel_codec::{Decode, Encode, Reader, RoomId, TalksId, Writer};
+use backchannel_codec::{Decode, Encode, Reader, RoomId, StatementId, TalksId, Writer};
 use backchannel_core::replay::{KeyRole, LoggedStatement, Replay};
 use backchannel_crypto::{Digest, KeyId, PublicKey, SecretKey, Signer};
 use backchannel_statement::{AccessList, Kind, SignedHeader, SignedStatement};
@@ -411,6 +411,11 @@ pub struct ReplayReport {
     /// Statements whose checkpoint reference disagrees with this session's
     /// verified tree: (seq, size, our root, their root) — fork evidence.
     pub forks: Vec<(u64, u64, Digest, Digest)>,
+    /// Equivocations: one key signed two statements with the same
+    /// statement id and different bytes, both archived here — (first seq,
+    /// later seq, statement id), evidence against the author
+    /// ([`backchannel_core::replay::Equivocation`]).
+    pub equivocations: Vec<(u64, u64, StatementId)>,
 }
 
 /// A device's session in one talks.
@@ -1090,6 +1095,11 @@ impl<S: ClientStore> Session<S> {
                 follow::Reference::Matches | follow::Reference::Unknown => {}
             }
         }
+        report.equivocations = replay
+            .equivocations()
+            .iter()
+            .map(|e| (e.first, e.later, e.statement))
+            .collect();
         Ok(report)
     }
 

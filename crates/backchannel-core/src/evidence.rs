@@ -25,9 +25,15 @@
 //! statements are not proven to be in the log, and revocations later in the
 //! log are not visible in a bundle; a participant's replay of the whole
 //! record (client issue) is what decides those.
+//!
+//! An equivocation (one key, one statement id, two different statements:
+//! replay's `Rejected::Equivocation`) is shown with two ordinary bundles,
+//! checked together by [`verify_equivocation`].
 
-use backchannel_codec::{Decode, DecodeError, Encode, PartyId, PrincipalId, Reader, Writer};
-use backchannel_crypto::PublicKey;
+use backchannel_codec::{
+    Decode, DecodeError, Encode, PartyId, PrincipalId, Reader, StatementId, Writer,
+};
+use backchannel_crypto::{KeyId, PublicKey};
 use backchannel_statement::header::SIGNED_HEADER_LEN;
 use backchannel_statement::roster::{Roster, VerifiedRoster};
 use backchannel_statement::{
@@ -340,6 +346,85 @@ impl EvidenceBundle {
         }
         Ok((roster, keys))
     }
+}
+
+/// What two bundles prove together: one key signed two different
+/// statements under one statement id, both in the log (replay's
+/// equivocation, shown to an arbiter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvenEquivocation {
+    /// The statement id both carry.
+    pub statement: StatementId,
+    /// The key that signed both.
+    pub author: KeyId,
+    /// The party it signs for.
+    pub party: PartyId,
+    /// The seq of the earlier statement.
+    pub first: u64,
+    /// The seq of the later one.
+    pub later: u64,
+}
+
+/// Why two bundles do not prove an equivocation.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EquivocationError {
+    /// The first bundle does not verify.
+    #[error("the first bundle does not verify: {0}")]
+    FirstBundle(EvidenceError),
+    /// The second bundle does not verify.
+    #[error("the second bundle does not verify: {0}")]
+    SecondBundle(EvidenceError),
+    /// The statements belong to different talks.
+    #[error("the two statements belong to different talks")]
+    OtherTalks,
+    /// The statements carry different ids.
+    #[error("the two statements carry different statement ids")]
+    OtherId,
+    /// The statements are signed by different keys.
+    #[error("the two statements are signed by different keys")]
+    OtherAuthor,
+    /// The statements are the same signed bytes.
+    #[error("the two bundles open the same signed bytes: a copy, not an equivocation")]
+    SameBytes,
+}
+
+/// Verifies that two bundles (of one log: same node and log key) prove an
+/// equivocation: each verifies offline, and their statements carry the
+/// same talks, id and author key, with different signed bytes. The bundle
+/// format is unchanged; an equivocation is two ordinary bundles.
+pub fn verify_equivocation(
+    first: &EvidenceBundle,
+    second: &EvidenceBundle,
+    node: &NodeOrigin,
+    log_key: &PublicKey,
+    witnesses: &[CosignerKey],
+) -> Result<ProvenEquivocation, EquivocationError> {
+    let a = first
+        .verify(node, log_key, witnesses)
+        .map_err(EquivocationError::FirstBundle)?;
+    let b = second
+        .verify(node, log_key, witnesses)
+        .map_err(EquivocationError::SecondBundle)?;
+    let (sa, sb) = (a.statement.statement(), b.statement.statement());
+    if sa.talks != sb.talks {
+        return Err(EquivocationError::OtherTalks);
+    }
+    if sa.id != sb.id {
+        return Err(EquivocationError::OtherId);
+    }
+    if sa.author != sb.author {
+        return Err(EquivocationError::OtherAuthor);
+    }
+    if a.statement.signed().as_bytes() == b.statement.signed().as_bytes() {
+        return Err(EquivocationError::SameBytes);
+    }
+    Ok(ProvenEquivocation {
+        statement: sa.id,
+        author: sa.author,
+        party: a.party,
+        first: a.seq.min(b.seq),
+        later: a.seq.max(b.seq),
+    })
 }
 
 /// Whether `principal` is already bound to a party other than `party`

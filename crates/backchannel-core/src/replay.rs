@@ -1,5 +1,6 @@
-//! Replay of key validity: who could sign what, at which log position; and
-//! of the talks' acceptance and lifecycle.
+//! Replay of key validity: who could sign what, at which log position; of
+//! the talks' acceptance and lifecycle; of joint sessions and commit
+//! failures; all from the record room alone, each act counted once.
 //!
 //! Rules (`docs/formats.md` § 10, Replay rules):
 //! 1. The first statement is the roster, signed by the mediator team's talks
@@ -46,20 +47,63 @@
 //!    [`Rejected::NotInPhase`]; key management (member and device
 //!    certificates, revocations, access-list changes) goes on, so a lost
 //!    device can be revoked during a suspension. While concluded, only
-//!    revocations (and *closed*) are accepted; while closed, nothing.
+//!    revocations and commit failures (and *closed*) are accepted; while
+//!    closed, nothing. Messages, conveyances, receipts and session consents
+//!    only while open.
+//! 10. **The record room alone.** Every piece of derived state (roster,
+//!     keys, ground rules, acceptances, phase, joint sessions, commit
+//!     failures) comes from statements posted to the roster's record room
+//!     ([`RoomPurpose::Record`]), so every party derives the same state
+//!     whatever the mediator conveys to, or withholds from, the other rooms.
+//!     The roster itself must be posted to the room it declares as record.
+//!     A formal act (every payload but messages, conveyances and receipts)
+//!     posted to any other room is [`Rejected::NotInRecordRoom`]; a message,
+//!     conveyance or receipt posted to the record room is
+//!     [`Rejected::MessageInRecordRoom`]. In the other rooms these are
+//!     verified like any statement (rule 6, and the author's party must have
+//!     a member in the room), accepted only while the talks are open, and
+//!     [`Accepted::Said`]: they change no state.
+//! 11. **An act counts once**, at the position where its author first
+//!     posted it to the record room. A later statement by the same key
+//!     with the same statement id and the same signed bytes is a copy
+//!     ([`Accepted::Copy`], or [`Rejected::CopyOfRejected`] when the first
+//!     did not count), with no effect; the same key, the same id and other
+//!     bytes is [`Rejected::Equivocation`], kept as evidence
+//!     ([`Replay::equivocations`]). In the other rooms a statement counts
+//!     once per room, and an equivocation is judged against the record room
+//!     and those rooms. Verdicts in the record room depend on the record
+//!     room only; an equivocation between a record-room statement and an
+//!     earlier one elsewhere is kept as evidence without changing the
+//!     record-room verdict.
+//! 12. **Joint sessions.** A [`SessionConsent`] is signed by the party's
+//!     talks authority, or by a member whose role permits
+//!     [`Act::AcceptTalks`], for a [`RoomPurpose::Plenary`] room in which the
+//!     party has a member; accepted only while open. A party's later
+//!     consent replaces its earlier one. [`Replay::joint_session`]: the
+//!     session is open while the talks are open and every party with a
+//!     member in the room has consented to a window covering the time.
+//! 13. **Letter rooms.** Ground rules must allow sealed letters
+//!     ([`GroundRules::sealed_letters`]) between the two delegations of
+//!     every [`RoomPurpose::Letter`] room the roster declares, or they are
+//!     [`Rejected::LettersNotAllowed`].
+//! 14. **Commit failures.** A [`CommitFailure`] is signed by a member's
+//!     identity key, names a room the roster declares and a commit sequenced
+//!     before it, and is kept ([`Replay::commit_failures`]). It is about
+//!     keys, like a revocation: accepted while open, suspended or concluded
+//!     (while closed, nothing is).
 //!
 //! A rejected statement changes no state; replay goes on (the rejection is
 //! itself evidence a client shows).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use backchannel_codec::{PartyId, PrincipalId, RoomId, StatementId, TalksId};
 use backchannel_crypto::{Digest, KeyId, PublicKey};
-use backchannel_statement::roster::{GroundRules, Roster, VerifiedRoster};
+use backchannel_statement::roster::{GroundRules, RoomPurpose, Roster, VerifiedRoster};
 use backchannel_statement::{
-    Acceptance, LifecycleChange, LifecyclePhase, PartyKind, Payload, Role, SignedStatement,
-    StatementType, VerifyError,
+    Acceptance, Act, CommitFailure, LifecycleChange, LifecyclePhase, PartyKind, Payload, Role,
+    SessionConsent, SignedStatement, StatementType, VerifiedStatement, VerifyError,
 };
 use thiserror::Error;
 
@@ -142,7 +186,8 @@ pub enum Phase {
         /// The seq of the suspension.
         at: u64,
     },
-    /// Concluded by the mediator team; only revocations and closing are accepted.
+    /// Concluded by the mediator team; only revocations, commit failures
+    /// and closing are accepted.
     Concluded {
         /// The seq of the conclusion.
         at: u64,
@@ -184,6 +229,47 @@ impl StatementRef {
             hash: statement.hash(),
         }
     }
+}
+
+/// Evidence of equivocation (rule 11): one key signed two statements with
+/// the same statement id and different bytes, both in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Equivocation {
+    /// The seq of the first.
+    pub first: u64,
+    /// The seq of the later one.
+    pub later: u64,
+    /// The statement id both carry.
+    pub statement: StatementId,
+    /// The key that signed both.
+    pub author: KeyId,
+}
+
+/// A member's statement that it could not process a commit, as the record
+/// keeps it (rule 14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitFailureRecord {
+    /// The room of the commit.
+    pub room: RoomId,
+    /// The commit's seq.
+    pub seq: u64,
+    /// The epoch the commit was for.
+    pub epoch: u64,
+    /// The member that could not process it.
+    pub by: PrincipalId,
+    /// The seq of the commit-failure statement.
+    pub at: u64,
+}
+
+/// A party's latest consent to a joint session in one room (rule 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsentWindow {
+    /// From (Unix ms, UTC).
+    pub opens: u64,
+    /// Until (Unix ms, UTC), exclusive.
+    pub closes: u64,
+    /// The seq of the consent.
+    pub at: u64,
 }
 
 /// Why replay did not count a statement.
@@ -249,6 +335,57 @@ pub enum Rejected {
     /// The author may not make this statement.
     #[error("not entitled: {0}")]
     NotEntitled(&'static str),
+    /// A formal act posted outside the record room (rule 10).
+    #[error(
+        "a {} statement is a formal act: it counts only in the talks' record room",
+        .statement.name()
+    )]
+    NotInRecordRoom {
+        /// The statement's type.
+        statement: StatementType,
+    },
+    /// A message, conveyance or receipt posted to the record room (rule 10).
+    #[error(
+        "messages belong in the talks' other rooms; the record room carries formal statements only (this is a {} statement)",
+        .statement.name()
+    )]
+    MessageInRecordRoom {
+        /// The statement's type.
+        statement: StatementType,
+    },
+    /// The same key signed other bytes under this statement id earlier
+    /// (rule 11): evidence against the author, kept in
+    /// [`Replay::equivocations`].
+    #[error(
+        "equivocation: its author signed other content under statement id {statement}, first at seq {first}"
+    )]
+    Equivocation {
+        /// The seq of the first statement under the id.
+        first: u64,
+        /// The statement id.
+        statement: StatementId,
+    },
+    /// A copy of a statement that did not count (rule 11).
+    #[error("a copy of the statement at seq {first}, which did not count")]
+    CopyOfRejected {
+        /// The seq of the first posting.
+        first: u64,
+    },
+    /// Ground rules that do not allow the sealed letters of a letter room
+    /// the roster declares (rule 13).
+    #[error(
+        "the ground rules do not allow sealed letters between the two delegations of letter room {room}"
+    )]
+    LettersNotAllowed {
+        /// The letter room.
+        room: RoomId,
+    },
+    /// A session consent that does not fit the talks (rule 12).
+    #[error("the session consent does not fit the talks: {0}")]
+    SessionConsent(&'static str),
+    /// A commit failure that does not fit the record (rule 14).
+    #[error("the commit failure does not fit the record: {0}")]
+    CommitFailure(&'static str),
 }
 
 /// What an accepted statement did.
@@ -268,18 +405,123 @@ pub enum Accepted {
     Phase(Phase),
     /// Counted, with no effect on keys.
     Recorded,
+    /// A message, conveyance or receipt in one of the talks' other rooms:
+    /// verified, with no effect on the talks' state (rule 10).
+    Said,
+    /// A copy of the statement at seq `first` in the same room, which
+    /// counted there; no effect (rule 11).
+    Copy {
+        /// The seq of the first posting.
+        first: u64,
+    },
+    /// A party's consent to a joint session in `room` (rule 12).
+    SessionConsent {
+        /// The plenary room.
+        room: RoomId,
+        /// The consenting party.
+        party: PartyId,
+    },
+    /// A member's commit failure, kept (rule 14).
+    CommitFailure {
+        /// The room of the commit.
+        room: RoomId,
+        /// The commit's seq.
+        seq: u64,
+    },
 }
+
+/// The first posting of a statement (by its author key and id) to the
+/// record room.
+#[derive(Debug, Clone, Copy)]
+struct Posted {
+    seq: u64,
+    hash: Digest,
+    counted: bool,
+}
+
+/// The postings of a statement (by its author key and id) outside the
+/// record room: the first seq and bytes, and the first posting per room.
+#[derive(Debug, Clone)]
+struct Said {
+    first: u64,
+    hash: Digest,
+    /// (room, seq, counted), one per room.
+    rooms: Vec<(RoomId, u64, bool)>,
+}
+
+/// A statement's key for rule 11: its author key and its id.
+type PostKey = (KeyId, StatementId);
 
 /// Replays one talks' record.
 #[derive(Debug, Clone)]
 pub struct Replay {
     talks: TalksId,
     roster: Option<(StatementRef, Roster)>,
+    /// The roster's record room.
+    record: Option<RoomId>,
     ground_rules: Option<(StatementRef, GroundRules)>,
     accepted: BTreeSet<PartyId>,
     phase: Phase,
     keys: HashMap<KeyId, KeyState>,
     last_seq: Option<u64>,
+    /// Rule 11 in the record room: one entry per statement posted there
+    /// whose signature verified (bounded by the log).
+    posted: HashMap<PostKey, Posted>,
+    /// Rule 11 in the other rooms.
+    said: HashMap<PostKey, Said>,
+    equivocations: Vec<Equivocation>,
+    /// Each party's latest consent, per plenary room.
+    consents: BTreeMap<(RoomId, PartyId), ConsentWindow>,
+    commit_failures: Vec<CommitFailureRecord>,
+}
+
+/// Whether a payload is a formal act, counted only in the record room;
+/// messages, conveyances and receipts are what people say in the others.
+fn is_formal(payload: &Payload) -> bool {
+    !matches!(
+        payload,
+        Payload::Message(_) | Payload::Conveyance(_) | Payload::Receipt(_)
+    )
+}
+
+/// The roster's record room (the structure check makes it exactly one).
+fn record_room(roster: &Roster) -> Option<RoomId> {
+    roster
+        .rooms
+        .iter()
+        .find(|r| r.purpose == RoomPurpose::Record)
+        .map(|r| r.room)
+}
+
+/// The purpose of a room the roster declares.
+fn purpose_of(roster: &Roster, room: RoomId) -> Option<RoomPurpose> {
+    roster
+        .rooms
+        .iter()
+        .find(|r| r.room == room)
+        .map(|r| r.purpose)
+}
+
+/// Rule 13: the ground rules allow sealed letters between the two
+/// delegations of every letter room the roster declares.
+fn check_letters(roster: &Roster, rules: &GroundRules) -> Result<(), Rejected> {
+    for decl in roster
+        .rooms
+        .iter()
+        .filter(|r| r.purpose == RoomPurpose::Letter)
+    {
+        let parties = roster.room_parties(decl.room).unwrap_or_default();
+        let allowed = match parties.as_slice() {
+            [a, b] => {
+                rules.sealed_letters.contains(&(*a, *b)) || rules.sealed_letters.contains(&(*b, *a))
+            }
+            _ => false,
+        };
+        if !allowed {
+            return Err(Rejected::LettersNotAllowed { room: decl.room });
+        }
+    }
+    Ok(())
 }
 
 impl Replay {
@@ -288,11 +530,17 @@ impl Replay {
         Self {
             talks,
             roster: None,
+            record: None,
             ground_rules: None,
             accepted: BTreeSet::new(),
             phase: Phase::Open,
             keys: HashMap::new(),
             last_seq: None,
+            posted: HashMap::new(),
+            said: HashMap::new(),
+            equivocations: Vec::new(),
+            consents: BTreeMap::new(),
+            commit_failures: Vec::new(),
         }
     }
 
@@ -304,6 +552,12 @@ impl Replay {
     /// The roster statement: its seq, id and hash, as acceptances cite it.
     pub fn roster_statement(&self) -> Option<&StatementRef> {
         self.roster.as_ref().map(|(s, _)| s)
+    }
+
+    /// The roster's record room, once the roster is accepted: the one room
+    /// whose statements make the talks' state (rule 10).
+    pub fn record_room(&self) -> Option<RoomId> {
+        self.record
     }
 
     /// The talks' ground rules: the first ground rules accepted.
@@ -346,6 +600,51 @@ impl Replay {
         self.keys.get(id)
     }
 
+    /// Every equivocation replay met (rule 11), in log order of the later
+    /// statement: evidence against the author key.
+    pub fn equivocations(&self) -> &[Equivocation] {
+        &self.equivocations
+    }
+
+    /// Every commit failure the record keeps (rule 14), in log order.
+    pub fn commit_failures(&self) -> &[CommitFailureRecord] {
+        &self.commit_failures
+    }
+
+    /// Each party's latest consent to a joint session in `room`, by party
+    /// id (rule 12).
+    pub fn session_consents(&self, room: RoomId) -> Vec<(PartyId, ConsentWindow)> {
+        self.consents
+            .range((room, PartyId([0; 16]))..=(room, PartyId([0xff; 16])))
+            .map(|((_, party), w)| (*party, *w))
+            .collect()
+    }
+
+    /// The joint session in the plenary `room` open at `now_ms` (Unix ms),
+    /// as `(opens, closes)`: the intersection of the latest consent of
+    /// every party with a member in the room, if it covers `now_ms`
+    /// (`opens <= now_ms < closes`) and the talks are open (rule 12).
+    pub fn joint_session(&self, room: RoomId, now_ms: u64) -> Option<(u64, u64)> {
+        if self.phase != Phase::Open {
+            return None;
+        }
+        let roster = self.roster()?;
+        if purpose_of(roster, room)? != RoomPurpose::Plenary {
+            return None;
+        }
+        let parties = roster.room_parties(room)?;
+        if parties.is_empty() {
+            return None;
+        }
+        let (mut opens, mut closes) = (0, u64::MAX);
+        for party in parties {
+            let w = self.consents.get(&(room, party))?;
+            opens = opens.max(w.opens);
+            closes = closes.min(w.closes);
+        }
+        (opens <= now_ms && now_ms < closes).then_some((opens, closes))
+    }
+
     /// Replays the next statement of the log.
     pub fn apply(&mut self, entry: LoggedStatement<'_>) -> Result<Accepted, Rejected> {
         if let Some(last) = self.last_seq
@@ -362,17 +661,27 @@ impl Replay {
     }
 
     fn apply_inner(&mut self, entry: LoggedStatement<'_>) -> Result<Accepted, Rejected> {
-        let unverified = entry.statement.unverified();
-        let Some((_, roster)) = &self.roster else {
+        let Some(record) = self.record else {
             return self.apply_roster(entry);
         };
-        if let Payload::Roster(_) = unverified.payload {
-            return Err(Rejected::SecondRoster);
+        let (author_key, author_role) = self.author_at(entry)?;
+        let verified = entry.statement.verify(self.talks, &author_key)?;
+        let in_record = entry.room == record;
+        if let Some(copy) = self.check_repeat(entry, in_record)? {
+            return Ok(copy);
         }
-        // The author's key, valid at this seq.
+        let result = self.judge(entry, in_record, &verified, author_role);
+        self.remember(entry, in_record, result.is_ok());
+        result
+    }
+
+    /// The author's key and role, if it may sign a statement at this seq
+    /// (rule 6): certified, not revoked before it, not expired by node
+    /// time, and not a device key.
+    fn author_at(&self, entry: LoggedStatement<'_>) -> Result<(PublicKey, KeyRole), Rejected> {
         let author = self
             .keys
-            .get(&unverified.author)
+            .get(&entry.statement.unverified().author)
             .ok_or(Rejected::UnknownKey(entry.seq))?;
         if let Some(revoked_at) = author.revoked_at {
             // The revocation itself is at `revoked_at`; everything after it is refused.
@@ -400,9 +709,121 @@ impl Replay {
                 "device keys sign envelopes, not statements",
             ));
         }
-        let verified = entry.statement.verify(self.talks, &author.key)?;
+        Ok((author.key, author.role.clone()))
+    }
+
+    /// Rule 11, before the statement is judged: `Some` verdict for a copy,
+    /// an error for an equivocation or a copy of a rejected statement,
+    /// `None` for a first posting. In the record room only the record room
+    /// decides; an equivocation against an earlier posting elsewhere is
+    /// kept as evidence without changing the verdict.
+    fn check_repeat(
+        &mut self,
+        entry: LoggedStatement<'_>,
+        in_record: bool,
+    ) -> Result<Option<Accepted>, Rejected> {
+        let unverified = entry.statement.unverified();
+        let key = (unverified.author, unverified.id);
+        let hash = entry.statement.hash();
+        let copy = |first: u64, counted: bool| {
+            if counted {
+                Ok(Some(Accepted::Copy { first }))
+            } else {
+                Err(Rejected::CopyOfRejected { first })
+            }
+        };
+        let posted = self.posted.get(&key).copied();
+        if in_record {
+            if let Some(p) = posted {
+                if p.hash == hash {
+                    return copy(p.seq, p.counted);
+                }
+                return Err(self.equivocation(p.seq, entry));
+            }
+            if let Some(first) = self
+                .said
+                .get(&key)
+                .filter(|s| s.hash != hash)
+                .map(|s| s.first)
+            {
+                // Evidence only: the record room's verdict must not depend
+                // on rooms not every party sees.
+                let _ = self.equivocation(first, entry);
+            }
+            return Ok(None);
+        }
+        if let Some(p) = posted.filter(|p| p.hash != hash) {
+            return Err(self.equivocation(p.seq, entry));
+        }
+        let Some(said) = self.said.get(&key) else {
+            return Ok(None);
+        };
+        if said.hash != hash {
+            let first = said.first;
+            return Err(self.equivocation(first, entry));
+        }
+        match said.rooms.iter().find(|(room, _, _)| *room == entry.room) {
+            Some(&(_, first, counted)) => copy(first, counted),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps the evidence of an equivocation with the statement at `first`,
+    /// and returns the rejection.
+    fn equivocation(&mut self, first: u64, entry: LoggedStatement<'_>) -> Rejected {
+        let unverified = entry.statement.unverified();
+        self.equivocations.push(Equivocation {
+            first,
+            later: entry.seq,
+            statement: unverified.id,
+            author: unverified.author,
+        });
+        Rejected::Equivocation {
+            first,
+            statement: unverified.id,
+        }
+    }
+
+    /// Rule 11, after the statement was judged: its first posting to this room.
+    fn remember(&mut self, entry: LoggedStatement<'_>, in_record: bool, counted: bool) {
+        let unverified = entry.statement.unverified();
+        let key = (unverified.author, unverified.id);
+        let hash = entry.statement.hash();
+        if in_record {
+            self.posted.entry(key).or_insert(Posted {
+                seq: entry.seq,
+                hash,
+                counted,
+            });
+            return;
+        }
+        let said = self.said.entry(key).or_insert_with(|| Said {
+            first: entry.seq,
+            hash,
+            rooms: Vec::new(),
+        });
+        if !said.rooms.iter().any(|(room, _, _)| *room == entry.room) {
+            said.rooms.push((entry.room, entry.seq, counted));
+        }
+    }
+
+    /// Judges a statement whose author key and signature verified, posted
+    /// for the first time to its room.
+    fn judge(
+        &mut self,
+        entry: LoggedStatement<'_>,
+        in_record: bool,
+        verified: &VerifiedStatement,
+        author_role: KeyRole,
+    ) -> Result<Accepted, Rejected> {
+        let Some((_, roster)) = &self.roster else {
+            return Err(Rejected::BeforeRoster);
+        };
         let statement = verified.statement();
-        if statement.acting_for != author.role.party() {
+        if let Payload::Roster(_) = statement.payload {
+            return Err(Rejected::SecondRoster);
+        }
+        if statement.acting_for != author_role.party() {
             return Err(Rejected::NotEntitled(
                 "the author acts for a party not its own",
             ));
@@ -411,8 +832,30 @@ impl Replay {
             .room_parties(entry.room)
             .ok_or(Rejected::UnknownRoom)?;
         verified.check_room(entry.room, &room_parties)?;
-        let author_role = author.role.clone();
+        let statement_type = statement.payload.statement_type();
+        match (in_record, is_formal(&statement.payload)) {
+            (true, false) => {
+                return Err(Rejected::MessageInRecordRoom {
+                    statement: statement_type,
+                });
+            }
+            (false, true) => {
+                return Err(Rejected::NotInRecordRoom {
+                    statement: statement_type,
+                });
+            }
+            _ => {}
+        }
         self.check_phase(&statement.payload)?;
+        if !in_record {
+            // Rule 10: what people say, verified, with no effect on state.
+            if !room_parties.contains(&statement.acting_for) {
+                return Err(Rejected::NotEntitled(
+                    "the author's party has no member in the room",
+                ));
+            }
+            return Ok(Accepted::Said);
+        }
 
         match &statement.payload {
             Payload::Roster(_) => Err(Rejected::SecondRoster),
@@ -516,6 +959,7 @@ impl Replay {
                 if self.ground_rules.is_some() {
                     return Err(Rejected::SecondGroundRules);
                 }
+                check_letters(roster, rules)?;
                 self.ground_rules =
                     Some((StatementRef::of(entry.seq, entry.statement), rules.clone()));
                 Ok(Accepted::GroundRules)
@@ -537,6 +981,20 @@ impl Replay {
                 self.apply_lifecycle(change, &author_role, party, kind, entry.seq)
             }
             Payload::AccessListChange(_) => Ok(Accepted::Recorded),
+            Payload::SessionConsent(consent) => {
+                let party = statement.acting_for;
+                self.apply_consent(consent, &author_role, party, entry.seq)
+            }
+            Payload::CommitFailure(failure) => {
+                self.apply_commit_failure(failure, &author_role, entry.seq)
+            }
+            // Rule 10 sent these away above; kept exhaustive so a new
+            // payload must be placed.
+            Payload::Message(_) | Payload::Conveyance(_) | Payload::Receipt(_) => {
+                Err(Rejected::MessageInRecordRoom {
+                    statement: statement_type,
+                })
+            }
         }
     }
 
@@ -544,7 +1002,11 @@ impl Replay {
     /// Lifecycle changes are judged by rule 8 (`apply_lifecycle`).
     fn check_phase(&self, payload: &Payload) -> Result<(), Rejected> {
         let allowed = match (self.phase, payload) {
-            (_, Payload::Lifecycle(_)) | (Phase::Open, _) => true,
+            (_, Payload::Lifecycle(_)) => true,
+            (Phase::Closed { .. }, _) => false,
+            // About keys, like revocations (rule 14).
+            (_, Payload::CommitFailure(_)) => true,
+            (Phase::Open, _) => true,
             (Phase::Suspended { .. }, p) => matches!(
                 p,
                 Payload::MemberCert(_)
@@ -553,7 +1015,6 @@ impl Replay {
                     | Payload::AccessListChange(_)
             ),
             (Phase::Concluded { .. }, p) => matches!(p, Payload::Revoke(_)),
-            (Phase::Closed { .. }, _) => false,
         };
         if allowed {
             Ok(())
@@ -593,6 +1054,108 @@ impl Replay {
             ));
         }
         Ok(())
+    }
+
+    /// Rule 12: a party's consent to a joint session in a plenary room it
+    /// has a member in, by its talks authority or a member who may accept
+    /// the talks for it. Replaces the party's earlier consent for the room.
+    fn apply_consent(
+        &mut self,
+        consent: &SessionConsent,
+        author_role: &KeyRole,
+        party: PartyId,
+        seq: u64,
+    ) -> Result<Accepted, Rejected> {
+        let entitled = match author_role {
+            KeyRole::TalksAuthority { .. } => true,
+            KeyRole::Identity { role, .. } => role.permits(Act::AcceptTalks),
+            KeyRole::Device { .. } => false,
+        };
+        if !entitled {
+            return Err(Rejected::NotEntitled(
+                "a party consents to a joint session through its talks authority or a member who may accept the talks",
+            ));
+        }
+        let Some((_, roster)) = &self.roster else {
+            return Err(Rejected::BeforeRoster);
+        };
+        match purpose_of(roster, consent.room) {
+            None => {
+                return Err(Rejected::SessionConsent(
+                    "it names a room the roster does not declare",
+                ));
+            }
+            Some(RoomPurpose::Plenary) => {}
+            Some(_) => {
+                return Err(Rejected::SessionConsent(
+                    "joint sessions are held in plenary rooms only",
+                ));
+            }
+        }
+        let in_room = roster
+            .room_parties(consent.room)
+            .is_some_and(|parties| parties.contains(&party));
+        if !in_room {
+            return Err(Rejected::SessionConsent(
+                "the consenting party has no member in the room",
+            ));
+        }
+        if consent.closes <= consent.opens {
+            return Err(Rejected::SessionConsent(
+                "the window must close after it opens",
+            ));
+        }
+        self.consents.insert(
+            (consent.room, party),
+            ConsentWindow {
+                opens: consent.opens,
+                closes: consent.closes,
+                at: seq,
+            },
+        );
+        Ok(Accepted::SessionConsent {
+            room: consent.room,
+            party,
+        })
+    }
+
+    /// Rule 14: a member's identity key states that it could not process a
+    /// commit sequenced earlier in a room the roster declares.
+    fn apply_commit_failure(
+        &mut self,
+        failure: &CommitFailure,
+        author_role: &KeyRole,
+        seq: u64,
+    ) -> Result<Accepted, Rejected> {
+        let KeyRole::Identity { principal, .. } = *author_role else {
+            return Err(Rejected::NotEntitled(
+                "a commit failure is stated by the member's identity key",
+            ));
+        };
+        let Some((_, roster)) = &self.roster else {
+            return Err(Rejected::BeforeRoster);
+        };
+        if purpose_of(roster, failure.room).is_none() {
+            return Err(Rejected::CommitFailure(
+                "it names a room the roster does not declare",
+            ));
+        }
+        if failure.seq >= seq {
+            return Err(Rejected::CommitFailure(
+                "it names a commit not sequenced before it",
+            ));
+        }
+        self.commit_failures.push(CommitFailureRecord {
+            room: failure.room,
+            seq: failure.seq,
+            epoch: failure.epoch,
+            by: principal,
+            at: seq,
+        });
+        Ok(Accepted::CommitFailure {
+            room: failure.room,
+            seq: failure.seq,
+        })
     }
 
     /// Rule 8: a lifecycle change by a talks authority acting for `party`.
@@ -691,6 +1254,8 @@ impl Replay {
         Ok(Accepted::Certified(id))
     }
 
+    /// Rule 1 (and 10): the roster, the first statement, posted to the room
+    /// it declares as the record room.
     fn apply_roster(&mut self, entry: LoggedStatement<'_>) -> Result<Accepted, Rejected> {
         if !matches!(entry.statement.unverified().payload, Payload::Roster(_)) {
             return Err(Rejected::BeforeRoster);
@@ -705,6 +1270,14 @@ impl Replay {
             .room_parties(entry.room)
             .ok_or(Rejected::UnknownRoom)?;
         verified.check_room(entry.room, &parties)?;
+        let record = record_room(&roster).ok_or(Rejected::Roster(
+            "the roster declares no record room".into(),
+        ))?;
+        if entry.room != record {
+            return Err(Rejected::NotInRecordRoom {
+                statement: StatementType::Roster,
+            });
+        }
         let seq = entry.seq;
         // The map is empty before the roster and `verify_for` checked that
         // every roster key is distinct, so none of these certifications can
@@ -734,6 +1307,8 @@ impl Replay {
             }
         }
         self.roster = Some((StatementRef::of(seq, entry.statement), roster));
+        self.record = Some(record);
+        self.remember(entry, true, true);
         Ok(Accepted::Roster)
     }
 }

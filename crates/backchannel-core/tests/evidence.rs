@@ -1,7 +1,9 @@
 //! Evidence bundles verify offline, and any change to one is caught.
 
 use backchannel_codec::{Decode, Encode};
-use backchannel_core::evidence::{EvidenceBundle, EvidenceError};
+use backchannel_core::evidence::{
+    EquivocationError, EvidenceBundle, EvidenceError, ProvenEquivocation, verify_equivocation,
+};
 use backchannel_crypto::{Digest, Signer, sha256};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::pad_body;
@@ -31,8 +33,40 @@ fn fixture() -> Fixture {
     fixture_with(US_NEGOTIATOR_DEVICE, Kind::MlsApp)
 }
 
+/// The revocation by the newly certified US negotiator that the bundle
+/// opens (statement id from `seed`), with `reason`.
+fn revocation(seed: u64, reason: RevokeReason) -> backchannel_statement::SignedStatement {
+    let t = fixtures::talks();
+    t.statement(
+        seed,
+        &key(NEW_IDENTITY),
+        t.us,
+        Payload::Revoke(Revoke {
+            key: key(US_NEGOTIATOR_DEVICE).public_key().id(),
+            reason,
+            lost_at: Some(1_705_000_000_000),
+        }),
+    )
+}
+
 /// The bundle, with the envelope sent by the device `sender` as `kind`.
 fn fixture_with(sender: u8, kind: Kind) -> Fixture {
+    let (mut bundles, node, witnesses) =
+        fixture_log(sender, kind, &[(10, revocation(3, RevokeReason::Lost))]);
+    Fixture {
+        bundle: bundles.remove(0),
+        node,
+        witnesses,
+    }
+}
+
+/// A log of 16 leaves holding `statements` at their seqs (each at node time
+/// `1_705_000_123_456 + seq - 10`), and a bundle for each.
+fn fixture_log(
+    sender: u8,
+    kind: Kind,
+    statements: &[(u64, backchannel_statement::SignedStatement)],
+) -> (Vec<EvidenceBundle>, NodeOrigin, Vec<CosignerKey>) {
     let t = fixtures::talks();
     let node = NodeOrigin::new("node.example").unwrap_or_else(|e| panic!("{e}"));
     let roster = t.statement(
@@ -51,54 +85,49 @@ fn fixture_with(sender: u8, kind: Kind) -> Fixture {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let cert = t.statement(2, &key(US_TALKS), t.us, Payload::MemberCert(cert));
-    let statement = t.statement(
-        3,
-        &key(NEW_IDENTITY),
-        t.us,
-        Payload::Revoke(Revoke {
-            key: key(US_NEGOTIATOR_DEVICE).public_key().id(),
-            reason: RevokeReason::Lost,
-            lost_at: Some(1_705_000_000_000),
-        }),
-    );
     let salt = Salt([0x33; 32]);
+    let device = key(sender);
     // Until rooms are MLS groups the body is the padded plaintext; only its
     // hash matters to the bundle.
-    let body = pad_body(statement.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    let device = key(sender);
-    let header = Header {
-        talks: t.talks,
-        room: t.record,
-        sender: device.public_key().id(),
-        kind,
-        idempotency_key: [9; 16],
-        body_len: body.len() as u32,
-        body_hash: sha256(&body),
-        commitment: Commitment::to_plaintext(&salt, statement.as_bytes()),
-    }
-    .sign(&device)
-    .unwrap_or_else(|e| panic!("{e}"));
+    let headers: Vec<_> = statements
+        .iter()
+        .map(|(_, statement)| {
+            let body = pad_body(statement.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            Header {
+                talks: t.talks,
+                room: t.record,
+                sender: device.public_key().id(),
+                kind,
+                idempotency_key: [9; 16],
+                body_len: body.len() as u32,
+                body_hash: sha256(&body),
+                commitment: Commitment::to_plaintext(&salt, statement.as_bytes()),
+            }
+            .sign(&device)
+            .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let time = |seq: u64| 1_705_000_123_456u64 + seq - 10;
 
-    // A log of 16 leaves with ours at seq 10.
-    let (seq, node_time) = (10u64, 1_705_000_123_456u64);
+    // A log of 16 leaves with ours at their seqs.
     let mut store = MemoryHashStore::new();
     for i in 0..16u64 {
-        let leaf = if i == seq {
-            LeafData {
-                seq,
-                timestamp_ms: node_time,
-                room: t.record,
-                header_hash: header.hash(),
-                body_hash: header.header().body_hash,
-            }
-        } else {
-            LeafData {
+        let ours = statements.iter().position(|(seq, _)| *seq == i);
+        let leaf = match ours {
+            Some(n) => LeafData {
                 seq: i,
-                timestamp_ms: node_time - 1000 + i,
+                timestamp_ms: time(i),
+                room: t.record,
+                header_hash: headers[n].hash(),
+                body_hash: headers[n].header().body_hash,
+            },
+            None => LeafData {
+                seq: i,
+                timestamp_ms: time(10) - 1000 + i,
                 room: t.us_caucus,
                 header_hash: Digest([i as u8; 32]),
                 body_hash: Digest([0xbb; 32]),
-            }
+            },
         };
         store.append(&leaf.hash()).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -115,26 +144,33 @@ fn fixture_with(sender: u8, kind: Kind) -> Fixture {
         note =
             cosign_note(&note, &key(label), name, 1_705_000_200).unwrap_or_else(|e| panic!("{e}"));
     }
-    let proof: InclusionProof = store
-        .prove_inclusion(seq, 16)
-        .unwrap_or_else(|e| panic!("{e}"));
-    Fixture {
-        bundle: EvidenceBundle {
-            statement,
-            salt,
-            header,
-            seq,
-            node_time,
-            proof,
-            checkpoint_note: note,
-            chain: vec![roster, cert],
-        },
+    let bundles = statements
+        .iter()
+        .zip(headers)
+        .map(|((seq, statement), header)| {
+            let proof: InclusionProof = store
+                .prove_inclusion(*seq, 16)
+                .unwrap_or_else(|e| panic!("{e}"));
+            EvidenceBundle {
+                statement: statement.clone(),
+                salt,
+                header,
+                seq: *seq,
+                node_time: time(*seq),
+                proof,
+                checkpoint_note: note.clone(),
+                chain: vec![roster.clone(), cert.clone()],
+            }
+        })
+        .collect();
+    (
+        bundles,
         node,
-        witnesses: vec![
+        vec![
             witness(US_WITNESS, "witness.us"),
             witness(IRAN_WITNESS, "witness.ir"),
         ],
-    }
+    )
 }
 
 #[test]
@@ -260,4 +296,73 @@ fn every_changed_byte_of_an_encoded_bundle_is_rejected() {
             );
         }
     }
+}
+
+#[test]
+fn two_bundles_prove_an_equivocation_and_nothing_else_does() {
+    // The negotiator's identity key signed two revocations under one
+    // statement id (seed 3): at seqs 10 and 12.
+    let lost = revocation(3, RevokeReason::Lost);
+    let compromised = revocation(3, RevokeReason::Compromised);
+    let other_id = revocation(4, RevokeReason::Compromised);
+    let log_key = key(NODE_LOG).public_key();
+    let (b, node, witnesses) = fixture_log(
+        US_NEGOTIATOR_DEVICE,
+        Kind::MlsApp,
+        &[
+            (10, lost.clone()),
+            (12, compromised),
+            (13, other_id),
+            (14, lost.clone()),
+        ],
+    );
+    let proven = verify_equivocation(&b[1], &b[0], &node, &log_key, &witnesses)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        proven,
+        ProvenEquivocation {
+            statement: lost.unverified().id,
+            author: key(NEW_IDENTITY).public_key().id(),
+            party: fixtures::talks().us,
+            first: 10,
+            later: 12,
+        }
+    );
+    let refused = |x: &EvidenceBundle, y: &EvidenceBundle| {
+        verify_equivocation(x, y, &node, &log_key, &witnesses).unwrap_err()
+    };
+    assert_eq!(refused(&b[0], &b[2]), EquivocationError::OtherId);
+    assert_eq!(refused(&b[0], &b[3]), EquivocationError::SameBytes);
+    let mut broken = b[1].clone();
+    broken.salt.0[0] ^= 1;
+    assert!(matches!(
+        refused(&b[0], &broken),
+        EquivocationError::SecondBundle(EvidenceError::Commitment)
+    ));
+    assert!(matches!(
+        refused(&broken, &b[0]),
+        EquivocationError::FirstBundle(EvidenceError::Commitment)
+    ));
+    // The same id by another key is no equivocation of either.
+    let t = fixtures::talks();
+    let by_us_talks = t.statement(
+        3,
+        &key(US_TALKS),
+        t.us,
+        Payload::Revoke(Revoke {
+            key: key(US_NEGOTIATOR_DEVICE).public_key().id(),
+            reason: RevokeReason::Lost,
+            lost_at: None,
+        }),
+    );
+    assert_eq!(by_us_talks.unverified().id, lost.unverified().id);
+    let (b, node, witnesses) = fixture_log(
+        US_NEGOTIATOR_DEVICE,
+        Kind::MlsApp,
+        &[(10, lost), (12, by_us_talks)],
+    );
+    assert_eq!(
+        verify_equivocation(&b[0], &b[1], &node, &log_key, &witnesses),
+        Err(EquivocationError::OtherAuthor)
+    );
 }

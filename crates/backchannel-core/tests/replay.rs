@@ -1,14 +1,20 @@
 //! Replay decides key validity by log position, acceptance of roster and
-//! ground rules, and the talks' phase.
+//! ground rules, the talks' phase, and what counts where: formal acts in
+//! the record room only, once each; messages in the other rooms; joint
+//! sessions, letter rooms and commit failures.
 
-use backchannel_codec::{PartyId, RoomId, StatementId};
-use backchannel_core::replay::{LoggedStatement, Phase, Replay};
+use backchannel_codec::{PartyId, PrincipalId, RoomId, StatementId};
+use backchannel_core::replay::{
+    Accepted, CommitFailureRecord, Equivocation, LoggedStatement, Phase, Rejected, Replay,
+};
 use backchannel_crypto::{Digest, Signer};
 use backchannel_statement::LifecyclePhase::{Closed, Concluded, Resumed, Suspended};
-use backchannel_statement::fixtures::{self, key, labels::*};
+use backchannel_statement::fixtures::{self, LETTER, PLENARY, key, labels::*};
+use backchannel_statement::roster::GroundRules;
 use backchannel_statement::{
-    Acceptance, Act, DeviceCert, LifecycleChange, LifecyclePhase, MemberCert, Payload, Revoke,
-    RevokeReason, Role, SignedStatement,
+    Acceptance, Act, Audience, CommitFailure, Conveyed, DeviceCert, LifecycleChange,
+    LifecyclePhase, MemberCert, Message, Payload, Receipt, ReceiptKind, Revoke, RevokeReason, Role,
+    SessionConsent, SignedStatement, StatementType,
 };
 
 /// A new US negotiator's identity key, and its devices.
@@ -22,30 +28,49 @@ struct Log {
 
 impl Log {
     fn new() -> Self {
-        Self {
-            t: fixtures::talks(),
-        }
+        Self::with(fixtures::talks())
+    }
+    fn with(t: fixtures::Talks) -> Self {
+        Self { t }
     }
     fn roster(&self, signer: u8) -> SignedStatement {
+        self.roster_seeded(1, signer)
+    }
+    /// The roster under another statement id (seed).
+    fn roster_seeded(&self, seed: u64, signer: u8) -> SignedStatement {
         let party = if signer == OMAN_TALKS {
             self.t.oman
         } else {
             self.t.us
         };
         self.t.statement(
-            1,
+            seed,
             &key(signer),
             party,
             Payload::Roster(self.t.roster.clone()),
         )
     }
     fn rules(&self) -> SignedStatement {
+        self.rules_with(2, self.t.ground_rules.clone())
+    }
+    fn rules_with(&self, seed: u64, rules: GroundRules) -> SignedStatement {
         self.t.statement(
-            2,
+            seed,
             &key(OMAN_TALKS),
             self.t.oman,
-            Payload::GroundRules(self.t.ground_rules.clone()),
+            Payload::GroundRules(rules),
         )
+    }
+    /// A statement by `signer` for its party, addressed to `rooms`.
+    fn to(&self, seed: u64, signer: u8, rooms: &[RoomId], payload: Payload) -> SignedStatement {
+        let audience = rooms.iter().map(|r| Audience::Room(*r)).collect();
+        self.t
+            .statement_to(seed, &key(signer), self.party(signer), audience, payload)
+    }
+    /// A message by `signer`, addressed to `rooms`.
+    fn message(&self, seed: u64, signer: u8, rooms: &[RoomId], text: &str) -> SignedStatement {
+        let m = Message::new(None, text, None).unwrap_or_else(|e| panic!("{e}"));
+        self.to(seed, signer, rooms, Payload::Message(m))
     }
     fn member_cert(&self, signer: u8) -> SignedStatement {
         let party = if signer == US_TALKS {
@@ -81,8 +106,8 @@ impl Log {
     /// The party a fixture key speaks for.
     fn party(&self, signer: u8) -> PartyId {
         match signer {
-            OMAN_TALKS | OMAN_LEAD => self.t.oman,
-            US_TALKS | US_HEAD | US_NEGOTIATOR | NEW_IDENTITY => self.t.us,
+            OMAN_TALKS | OMAN_LEAD | OMAN_LEAD_DEVICE => self.t.oman,
+            US_TALKS | US_HEAD | US_HEAD_DEVICE | US_NEGOTIATOR | NEW_IDENTITY => self.t.us,
             _ => self.t.iran,
         }
     }
@@ -118,6 +143,8 @@ impl Log {
             Payload::Lifecycle(change),
         )
     }
+    /// A revocation of `target` (its statement id depends on the target:
+    /// one key signs one statement per id).
     fn revoke(&self, signer: u8, party_is_us: bool, target: u8) -> SignedStatement {
         let party = if party_is_us { self.t.us } else { self.t.iran };
         let r = Revoke {
@@ -125,25 +152,41 @@ impl Log {
             reason: RevokeReason::Compromised,
             lost_at: None,
         };
-        self.t.statement(5, &key(signer), party, Payload::Revoke(r))
+        self.t.statement(
+            500 + u64::from(target),
+            &key(signer),
+            party,
+            Payload::Revoke(r),
+        )
     }
 }
 
 /// Replays `log` (seq = position, node time = 1000 × seq, record room unless
-/// given) and compares each verdict: `Ok(())` for accepted, `Err(fragment)`
-/// for a rejection whose message contains the fragment. Returns the replay,
-/// for its state.
-fn check(log: &[(SignedStatement, Option<RoomId>)], expect: &[Result<(), &str>]) -> Replay {
+/// given): the replay, for its state, and each verdict.
+fn verdicts(
+    log: &[(SignedStatement, Option<RoomId>)],
+) -> (Replay, Vec<Result<Accepted, Rejected>>) {
     let t = fixtures::talks();
     let mut replay = Replay::new(t.talks);
-    assert_eq!(log.len(), expect.len());
-    for (seq, ((statement, room), want)) in log.iter().zip(expect).enumerate() {
-        let got = replay.apply(LoggedStatement {
+    let mut got = Vec::new();
+    for (seq, (statement, room)) in log.iter().enumerate() {
+        got.push(replay.apply(LoggedStatement {
             seq: seq as u64,
             node_time: 1000 * seq as u64,
             room: room.unwrap_or(t.record),
             statement,
-        });
+        }));
+    }
+    (replay, got)
+}
+
+/// Replays `log` as [`verdicts`] does and compares each verdict: `Ok(())`
+/// for accepted, `Err(fragment)` for a rejection whose message contains the
+/// fragment. Returns the replay, for its state.
+fn check(log: &[(SignedStatement, Option<RoomId>)], expect: &[Result<(), &str>]) -> Replay {
+    assert_eq!(log.len(), expect.len());
+    let (replay, got) = verdicts(log);
+    for (seq, (got, want)) in got.into_iter().zip(expect).enumerate() {
         match (got, want) {
             (Ok(_), Ok(())) => {}
             (Err(e), Err(frag)) => {
@@ -201,7 +244,7 @@ fn certificates_need_the_right_signer() {
         &[Err("mediator team's talks authority")],
     );
     check(
-        &[at(l.roster(OMAN_TALKS)), at(l.roster(OMAN_TALKS))],
+        &[at(l.roster(OMAN_TALKS)), at(l.roster_seeded(9, OMAN_TALKS))],
         &[Ok(()), Err("already have a roster")],
     );
     // Iran's authority cannot certify a US member.
@@ -653,14 +696,14 @@ fn after_conclusion_only_revocations_and_closing_and_after_closing_nothing() {
             at(l.roster(OMAN_TALKS)),
             at(l.rules()),
             at(l.member_cert(US_TALKS)),
-            at(l.lifecycle(1, OMAN_TALKS, Concluded)),
+            at(l.lifecycle(11, OMAN_TALKS, Concluded)),
             at(l.accept(20, US_TALKS)),
             at(l.device_cert(4, NEW_DEVICE, u64::MAX)),
             at(l.revoke(US_TALKS, true, US_HEAD_DEVICE)),
-            at(l.lifecycle(2, OMAN_TALKS, Closed)),
+            at(l.lifecycle(12, OMAN_TALKS, Closed)),
             at(l.revoke(US_TALKS, true, NEW_IDENTITY)),
             at(l.accept(21, IRAN_TALKS)),
-            at(l.roster(OMAN_TALKS)),
+            at(l.roster_seeded(9, OMAN_TALKS)),
         ],
         &[
             Ok(()),
@@ -790,4 +833,676 @@ fn an_acceptance_must_name_the_roster_and_ground_rules_by_id_and_hash() {
     assert_eq!(cited, Some((1, g.unverified().id, g.hash())));
     let cited = replay.roster_statement().map(|s| (s.seq, s.id, s.hash));
     assert_eq!(cited, Some((0, r.unverified().id, r.hash())));
+}
+
+// --- What counts where ----------------------------------------------------------
+
+/// A device of the Oman lead mediator's, certified by statement.
+const LEAD_NEW_DEVICE: u8 = 0x47;
+
+impl Log {
+    /// A device certificate by the lead mediator's identity key.
+    fn lead_device_cert(&self, seed: u64, rooms: &[RoomId]) -> SignedStatement {
+        let cert = DeviceCert {
+            principal: fixtures::PRINCIPALS[0],
+            device_key: key(LEAD_NEW_DEVICE).public_key(),
+            not_after: u64::MAX,
+        };
+        self.to(seed, OMAN_LEAD, rooms, Payload::DeviceCert(cert))
+    }
+    fn consent(&self, seed: u64, signer: u8, room: RoomId, window: (u64, u64)) -> SignedStatement {
+        let c = SessionConsent::new(room, window.0, window.1).unwrap_or_else(|e| panic!("{e}"));
+        self.to(seed, signer, &[self.t.record], Payload::SessionConsent(c))
+    }
+    fn failure(
+        &self,
+        seed: u64,
+        signer: u8,
+        rooms: &[RoomId],
+        at: (RoomId, u64),
+    ) -> SignedStatement {
+        let f = CommitFailure::new(at.0, at.1, 7, "could not process the commit")
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.to(seed, signer, rooms, Payload::CommitFailure(f))
+    }
+}
+
+#[test]
+fn formal_acts_count_only_in_the_record_room_the_roster_declares() {
+    let l = Log::new();
+    let t = &l.t;
+    let (record, caucus) = (t.record, t.us_caucus);
+    let both = [record, caucus];
+    // A roster addressed to the record room and the US caucus: the caucus
+    // is in its audience, but the roster counts only in the room it
+    // declares as record.
+    let roster = l.to(1, OMAN_TALKS, &both, Payload::Roster(t.roster.clone()));
+    let (replay, got) = verdicts(&[(roster.clone(), Some(caucus))]);
+    assert_eq!(
+        got,
+        [Err(Rejected::NotInRecordRoom {
+            statement: StatementType::Roster
+        })]
+    );
+    assert!(replay.roster().is_none() && replay.record_room().is_none());
+    let replay = check(
+        &[(roster.clone(), Some(caucus)), at(roster.clone())],
+        &[Err("formal act"), Ok(())],
+    );
+    assert_eq!(replay.record_room(), Some(record));
+    // Every formal act, addressed to both rooms and posted to the caucus,
+    // is refused and changes nothing; the same bytes then posted to the
+    // record room count there (the first posting to the record room).
+    let cert = MemberCert::new(
+        fixtures::PRINCIPALS[3],
+        t.us,
+        Role::Negotiator,
+        key(NEW_IDENTITY).public_key(),
+        vec![],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let acts = [
+        l.to(3, US_TALKS, &both, Payload::MemberCert(cert)),
+        l.to(
+            2,
+            OMAN_TALKS,
+            &both,
+            Payload::GroundRules(t.ground_rules.clone()),
+        ),
+        l.to(
+            5,
+            US_TALKS,
+            &both,
+            Payload::Revoke(Revoke {
+                key: key(US_HEAD_DEVICE).public_key().id(),
+                reason: RevokeReason::Lost,
+                lost_at: None,
+            }),
+        ),
+        l.failure(6, US_HEAD, &both, (caucus, 0)),
+        l.to(
+            7,
+            US_TALKS,
+            &both,
+            Payload::Lifecycle(
+                LifecycleChange::new(Suspended, "for consultations")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+        ),
+    ];
+    let mut log = vec![at(roster)];
+    let mut expect = vec![Ok(())];
+    for (act, name) in acts.iter().zip([
+        "member-cert",
+        "ground-rules",
+        "revoke",
+        "commit-failure",
+        "lifecycle",
+    ]) {
+        log.push((act.clone(), Some(caucus)));
+        expect.push(Err(name));
+    }
+    let (replay, got) = verdicts(&log);
+    for (g, want) in got.iter().skip(1).zip(&expect[1..]) {
+        let Err(e) = g else {
+            panic!("accepted outside the record room: {g:?}")
+        };
+        let (Rejected::NotInRecordRoom { statement }, Err(name)) = (e, want) else {
+            panic!("{e:?}")
+        };
+        assert_eq!(statement.name(), *name);
+        assert!(
+            e.to_string()
+                .contains("counts only in the talks' record room")
+        );
+    }
+    let new_identity = key(NEW_IDENTITY).public_key().id();
+    let device = key(US_HEAD_DEVICE).public_key().id();
+    assert!(replay.key(&new_identity).is_none());
+    assert_eq!(replay.ground_rules(), None);
+    assert_eq!(replay.key(&device).and_then(|k| k.revoked_at), None);
+    assert!(replay.commit_failures().is_empty());
+    assert_eq!(replay.phase(), &Phase::Open);
+    // Then in the record room: each counts.
+    log.extend(acts.iter().map(|a| at(a.clone())));
+    expect.extend([Ok(()); 5]);
+    let replay = check(&log, &expect);
+    assert!(replay.key(&new_identity).is_some());
+    assert_eq!(replay.ground_rules(), Some(&t.ground_rules));
+    assert_eq!(replay.key(&device).and_then(|k| k.revoked_at), Some(8));
+    assert_eq!(replay.commit_failures().len(), 1);
+    assert_eq!(replay.phase(), &Phase::Suspended { by: t.us, at: 10 });
+}
+
+#[test]
+fn messages_are_said_in_the_other_rooms_only_while_open_and_change_nothing() {
+    let l = Log::new();
+    let t = &l.t;
+    let roster = l.roster(OMAN_TALKS);
+    let non_paper = l.to(
+        61,
+        OMAN_LEAD,
+        &[t.iran_caucus],
+        Payload::Conveyance(Conveyed::NonPaper {
+            item: None,
+            text: "a non-paper on sequencing".into(),
+        }),
+    );
+    let receipt = l.to(
+        62,
+        IRAN_HEAD,
+        &[t.iran_caucus],
+        Payload::Receipt(Receipt {
+            kind: ReceiptKind::Received,
+            statement: non_paper.unverified().id,
+            hash: non_paper.hash(),
+            room: t.iran_caucus,
+            seq: 2,
+        }),
+    );
+    let by_device = l.message(65, US_HEAD_DEVICE, &[t.us_caucus], "from a device");
+    let (replay, got) = verdicts(&[
+        at(roster.clone()),
+        (
+            l.message(60, US_HEAD, &[t.us_caucus], "our opening position"),
+            Some(t.us_caucus),
+        ),
+        (non_paper.clone(), Some(t.iran_caucus)),
+        (receipt.clone(), Some(t.iran_caucus)),
+        // In the record room: refused.
+        at(l.message(63, US_HEAD, &[t.record], "for the record")),
+        at(l.to(
+            64,
+            OMAN_LEAD,
+            &[t.record],
+            Payload::Conveyance(Conveyed::NonPaper {
+                item: None,
+                text: "to everyone".into(),
+            }),
+        )),
+        // Verified like any statement.
+        (by_device, Some(t.us_caucus)),
+        (
+            l.message(66, IRAN_HEAD, &[t.us_caucus], "not my caucus"),
+            Some(t.us_caucus),
+        ),
+        (
+            l.message(67, US_HEAD, &[t.us_caucus], "elsewhere"),
+            Some(t.iran_caucus),
+        ),
+        (
+            l.message(68, US_HEAD, &[t.us_caucus], "nowhere"),
+            Some(RoomId([0xee; 16])),
+        ),
+    ]);
+    assert_eq!(
+        got[..4],
+        [
+            Ok(Accepted::Roster),
+            Ok(Accepted::Said),
+            Ok(Accepted::Said),
+            Ok(Accepted::Said)
+        ]
+    );
+    for (g, name) in got[4..6].iter().zip(["message", "conveyance"]) {
+        let Err(e @ Rejected::MessageInRecordRoom { statement }) = g else {
+            panic!("{g:?}")
+        };
+        assert_eq!(statement.name(), name);
+        assert!(e.to_string().contains(
+            "messages belong in the talks' other rooms; the record room carries formal statements only"
+        ));
+    }
+    let fragments = [
+        "device keys sign envelopes",
+        "the author's party has no member in the room",
+        "outside its audience",
+        "not declared",
+    ];
+    for (g, frag) in got[6..].iter().zip(fragments) {
+        let Err(e) = g else { panic!("{g:?}") };
+        assert!(e.to_string().contains(frag), "{e} lacks {frag:?}");
+    }
+    // Nothing said changed the talks' state.
+    assert_eq!(replay.phase(), &Phase::Open);
+    assert_eq!(replay.ground_rules(), None);
+    assert!(replay.accepted_by().is_empty());
+    assert!(replay.equivocations().is_empty());
+    // Only while open: not while suspended, again once resumed, not once concluded.
+    let said = |seed| {
+        (
+            l.message(seed, US_HEAD, &[t.us_caucus], "a position"),
+            Some(t.us_caucus),
+        )
+    };
+    check(
+        &[
+            at(roster),
+            at(l.lifecycle(70, IRAN_TALKS, Suspended)),
+            said(71),
+            (non_paper.clone(), Some(t.iran_caucus)),
+            (receipt, Some(t.iran_caucus)),
+            at(l.lifecycle(72, IRAN_TALKS, Resumed)),
+            said(73),
+            at(l.lifecycle(74, OMAN_TALKS, Concluded)),
+            said(75),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Err("no message statement is accepted while the talks are suspended"),
+            Err("no conveyance statement is accepted while the talks are suspended"),
+            Err("no receipt statement is accepted while the talks are suspended"),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err("no message statement is accepted while the talks are concluded"),
+        ],
+    );
+}
+
+#[test]
+fn an_act_counts_once_and_other_bytes_under_its_id_are_equivocation() {
+    let l = Log::new();
+    let t = &l.t;
+    let (r, g) = (l.roster(OMAN_TALKS), l.rules());
+    let accept = l.accept(20, US_TALKS);
+    let us_talks = key(US_TALKS).public_key().id();
+    // A copy counts once, where it was first posted; the roster too.
+    let (replay, got) = verdicts(&[
+        at(r.clone()),
+        at(g.clone()),
+        at(accept.clone()),
+        at(accept.clone()),
+        at(r.clone()),
+        // Another key may use the same id (seed): not a copy.
+        at(l.accept(20, IRAN_TALKS)),
+    ]);
+    assert_eq!(
+        got,
+        [
+            Ok(Accepted::Roster),
+            Ok(Accepted::GroundRules),
+            Ok(Accepted::Acceptance(t.us)),
+            Ok(Accepted::Copy { first: 2 }),
+            Ok(Accepted::Copy { first: 0 }),
+            Ok(Accepted::Acceptance(t.iran)),
+        ]
+    );
+    assert!(replay.equivocations().is_empty());
+    // The same key and id with other bytes: the suspension counts, the
+    // resumption signed under its id is equivocation and changes nothing.
+    let suspend = l.lifecycle(80, US_TALKS, Suspended);
+    let resume = l.lifecycle(80, US_TALKS, Resumed);
+    let id = suspend.unverified().id;
+    assert_eq!(id, resume.unverified().id);
+    let (replay, got) = verdicts(&[at(r.clone()), at(suspend.clone()), at(resume.clone())]);
+    assert_eq!(
+        got[2],
+        Err(Rejected::Equivocation {
+            first: 1,
+            statement: id
+        })
+    );
+    assert_eq!(replay.phase(), &Phase::Suspended { by: t.us, at: 1 });
+    let evidence = Equivocation {
+        first: 1,
+        later: 2,
+        statement: id,
+        author: us_talks,
+    };
+    assert_eq!(replay.equivocations(), [evidence]);
+    // Without the suspension first, the same resumption is judged on its own.
+    let (_, got) = verdicts(&[at(r.clone()), at(resume)]);
+    assert!(
+        matches!(got[1], Err(Rejected::WrongPhase { .. })),
+        "{got:?}"
+    );
+    // A copy of a statement that did not count does not count later.
+    let replay = check(
+        &[
+            at(r.clone()),
+            at(accept.clone()),
+            at(g.clone()),
+            at(accept.clone()),
+        ],
+        &[
+            Ok(()),
+            Err("no ground rules have been set yet"),
+            Ok(()),
+            Err("a copy of the statement at seq 1, which did not count"),
+        ],
+    );
+    assert!(replay.accepted_by().is_empty());
+}
+
+#[test]
+fn statements_in_other_rooms_count_once_per_room_and_never_sway_the_record() {
+    let l = Log::new();
+    let t = &l.t;
+    let caucuses = [t.us_caucus, t.iran_caucus];
+    let lead = key(OMAN_LEAD).public_key().id();
+    let said = l.message(90, OMAN_LEAD, &caucuses, "the same words to both");
+    let (replay, got) = verdicts(&[
+        at(l.roster(OMAN_TALKS)),
+        (said.clone(), Some(t.us_caucus)),
+        (said.clone(), Some(t.iran_caucus)),
+        (said.clone(), Some(t.us_caucus)),
+        // Other words under the same id, to one caucus: equivocation.
+        (
+            l.message(90, OMAN_LEAD, &caucuses, "other words"),
+            Some(t.iran_caucus),
+        ),
+    ]);
+    assert_eq!(
+        got[1..4],
+        [
+            Ok(Accepted::Said),
+            Ok(Accepted::Said),
+            Ok(Accepted::Copy { first: 1 })
+        ]
+    );
+    let id = said.unverified().id;
+    assert_eq!(
+        got[4],
+        Err(Rejected::Equivocation {
+            first: 1,
+            statement: id
+        })
+    );
+    assert_eq!(replay.equivocations().len(), 1);
+    // A message first, then a formal act under its id in the record room:
+    // the record room's verdict does not depend on rooms not every party
+    // sees (the act counts), but the equivocation is kept as evidence.
+    let (replay, got) = verdicts(&[
+        at(l.roster(OMAN_TALKS)),
+        (
+            l.message(91, OMAN_LEAD, &[t.us_caucus], "words"),
+            Some(t.us_caucus),
+        ),
+        at(l.lead_device_cert(91, &[t.record])),
+    ]);
+    let device = key(LEAD_NEW_DEVICE).public_key().id();
+    assert_eq!(got[2], Ok(Accepted::Certified(device)));
+    let cert_id = l.lead_device_cert(91, &[t.record]).unverified().id;
+    assert_eq!(
+        replay.equivocations(),
+        [Equivocation {
+            first: 1,
+            later: 2,
+            statement: cert_id,
+            author: lead,
+        }]
+    );
+    // The formal act first: the message under its id is refused.
+    let (replay, got) = verdicts(&[
+        at(l.roster(OMAN_TALKS)),
+        at(l.lead_device_cert(92, &[t.record])),
+        (
+            l.message(92, OMAN_LEAD, &[t.us_caucus], "words"),
+            Some(t.us_caucus),
+        ),
+    ]);
+    assert_eq!(got[1], Ok(Accepted::Certified(device)));
+    assert!(
+        matches!(got[2], Err(Rejected::Equivocation { first: 1, .. })),
+        "{got:?}"
+    );
+    assert_eq!(replay.equivocations().len(), 1);
+}
+
+/// The plenary and letter talks, with the lead mediator taken out of the
+/// plenary (a plenary of the two delegations alone).
+fn plenary_without_mediator() -> fixtures::Talks {
+    let mut t = fixtures::talks_with_plenary_and_letter();
+    let lead: PrincipalId = fixtures::PRINCIPALS[0];
+    for r in &mut t.roster.rooms {
+        if r.room == PLENARY {
+            r.members.retain(|m| *m != lead);
+        }
+    }
+    t.roster.access_list_hash = t
+        .roster
+        .implied_access_list(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .hash();
+    t
+}
+
+#[test]
+fn a_joint_session_is_open_while_every_party_in_the_room_consents() {
+    let l = Log::with(fixtures::talks_with_plenary_and_letter());
+    let log = [
+        at(l.roster(OMAN_TALKS)),
+        at(l.consent(100, US_TALKS, PLENARY, (1000, 5000))),
+        // A head may accept the talks, so may consent for its party.
+        at(l.consent(101, IRAN_HEAD, PLENARY, (2000, 6000))),
+        // The mediator team is in the room too.
+        at(l.consent(102, OMAN_LEAD, PLENARY, (0, 4000))),
+        // A later consent replaces the party's earlier one.
+        at(l.consent(103, US_TALKS, PLENARY, (3500, 7000))),
+    ];
+    let expect = [Ok(()); 5];
+    // (statements replayed, [(now, session)])
+    #[allow(clippy::type_complexity)]
+    let steps: &[(usize, &[(u64, Option<(u64, u64)>)])] = &[
+        (1, &[(3000, None)]),
+        (3, &[(3000, None)]),
+        (
+            4,
+            &[
+                (1999, None),
+                (2000, Some((2000, 4000))),
+                (3999, Some((2000, 4000))),
+                (4000, None),
+            ],
+        ),
+        (5, &[(3000, None), (3500, Some((3500, 4000))), (5000, None)]),
+    ];
+    for (n, sessions) in steps {
+        let replay = check(&log[..*n], &expect[..*n]);
+        for (now, want) in *sessions {
+            assert_eq!(
+                replay.joint_session(PLENARY, *now),
+                *want,
+                "after {n}, at {now}"
+            );
+        }
+    }
+    let replay = check(&log, &expect);
+    let consents: Vec<_> = replay
+        .session_consents(PLENARY)
+        .into_iter()
+        .map(|(p, w)| (p, w.opens, w.closes, w.at))
+        .collect();
+    assert_eq!(
+        consents,
+        [
+            (l.t.oman, 0, 4000, 3),
+            (l.t.us, 3500, 7000, 4),
+            (l.t.iran, 2000, 6000, 2)
+        ]
+    );
+    // No joint session outside a plenary, or while the talks are suspended.
+    assert_eq!(replay.joint_session(LETTER, 3600), None);
+    let mut suspended = log.to_vec();
+    suspended.push(at(l.lifecycle(104, IRAN_TALKS, Suspended)));
+    suspended.push(at(l.consent(105, US_TALKS, PLENARY, (0, 9000))));
+    let replay = check(
+        &suspended,
+        &[
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err("no session-consent statement is accepted while the talks are suspended"),
+        ],
+    );
+    assert_eq!(replay.joint_session(PLENARY, 3600), None);
+}
+
+#[test]
+fn a_consent_needs_a_plenary_its_party_is_in_and_a_signer_who_may_accept() {
+    let l = Log::with(fixtures::talks_with_plenary_and_letter());
+    let t = &l.t;
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.consent(110, US_NEGOTIATOR, PLENARY, (0, 9000))),
+            at(l.consent(111, US_TALKS, t.us_caucus, (0, 9000))),
+            at(l.consent(112, US_TALKS, LETTER, (0, 9000))),
+            at(l.consent(113, US_TALKS, RoomId([0xee; 16]), (0, 9000))),
+            // Addressed to and posted in the plenary: a formal act elsewhere.
+            (
+                l.to(
+                    114,
+                    US_TALKS,
+                    &[PLENARY],
+                    Payload::SessionConsent(
+                        SessionConsent::new(PLENARY, 0, 9000).unwrap_or_else(|e| panic!("{e}")),
+                    ),
+                ),
+                Some(PLENARY),
+            ),
+        ],
+        &[
+            Ok(()),
+            Err("through its talks authority or a member who may accept the talks"),
+            Err("joint sessions are held in plenary rooms only"),
+            Err("joint sessions are held in plenary rooms only"),
+            Err("names a room the roster does not declare"),
+            Err("a session-consent statement is a formal act"),
+        ],
+    );
+    assert!(replay.session_consents(PLENARY).is_empty());
+    // A party with no member in the room may not consent, and is not
+    // waited for.
+    let l = Log::with(plenary_without_mediator());
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.consent(120, OMAN_TALKS, PLENARY, (0, 9000))),
+            at(l.consent(121, US_TALKS, PLENARY, (1000, 5000))),
+            at(l.consent(122, IRAN_TALKS, PLENARY, (2000, 6000))),
+        ],
+        &[
+            Ok(()),
+            Err("the consenting party has no member in the room"),
+            Ok(()),
+            Ok(()),
+        ],
+    );
+    assert_eq!(replay.joint_session(PLENARY, 3000), Some((2000, 5000)));
+}
+
+#[test]
+fn ground_rules_must_allow_the_letters_of_every_letter_room() {
+    let l = Log::with(fixtures::talks_with_plenary_and_letter());
+    let t = &l.t;
+    let without = GroundRules {
+        sealed_letters: Vec::new(),
+        ..t.ground_rules.clone()
+    };
+    let other_pair = GroundRules {
+        sealed_letters: vec![(t.oman.min(t.us), t.oman.max(t.us))],
+        ..t.ground_rules.clone()
+    };
+    let (replay, got) = verdicts(&[
+        at(l.roster(OMAN_TALKS)),
+        at(l.rules_with(130, without.clone())),
+        at(l.rules_with(131, other_pair)),
+        at(l.rules()),
+    ]);
+    assert_eq!(
+        got[1..],
+        [
+            Err(Rejected::LettersNotAllowed { room: LETTER }),
+            Err(Rejected::LettersNotAllowed { room: LETTER }),
+            Ok(Accepted::GroundRules),
+        ]
+    );
+    assert_eq!(replay.ground_rules(), Some(&t.ground_rules));
+    // Talks without a letter room need no letters.
+    let base = Log::new();
+    let replay = check(
+        &[
+            at(base.roster(OMAN_TALKS)),
+            at(base.rules_with(130, without.clone())),
+        ],
+        &[Ok(()), Ok(())],
+    );
+    assert_eq!(replay.ground_rules(), Some(&without));
+}
+
+#[test]
+fn commit_failures_are_kept_from_member_identity_keys_in_the_record_room() {
+    let l = Log::new();
+    let t = &l.t;
+    let record = [t.record];
+    let (replay, got) = verdicts(&[
+        at(l.roster(OMAN_TALKS)),
+        at(l.failure(140, US_HEAD, &record, (t.us_caucus, 0))),
+        at(l.failure(141, US_TALKS, &record, (t.us_caucus, 0))),
+        at(l.failure(142, US_HEAD, &record, (RoomId([0xee; 16]), 0))),
+        at(l.failure(143, US_HEAD, &record, (t.us_caucus, 4))),
+        (
+            l.failure(144, US_HEAD, &[t.us_caucus], (t.us_caucus, 0)),
+            Some(t.us_caucus),
+        ),
+        // About keys, like revocations: while suspended and concluded too.
+        at(l.lifecycle(145, US_TALKS, Suspended)),
+        at(l.failure(146, IRAN_HEAD, &record, (t.iran_caucus, 3))),
+        at(l.lifecycle(147, OMAN_TALKS, Concluded)),
+        at(l.failure(148, US_NEGOTIATOR, &record, (t.us_caucus, 5))),
+        at(l.lifecycle(149, OMAN_TALKS, Closed)),
+        at(l.failure(150, US_HEAD, &record, (t.us_caucus, 9))),
+    ]);
+    assert_eq!(
+        got[1],
+        Ok(Accepted::CommitFailure {
+            room: t.us_caucus,
+            seq: 0
+        })
+    );
+    let fragments = [
+        (2, "stated by the member's identity key"),
+        (3, "names a room the roster does not declare"),
+        (4, "a commit not sequenced before it"),
+        (5, "a commit-failure statement is a formal act"),
+        (
+            11,
+            "no commit-failure statement is accepted while the talks are closed",
+        ),
+    ];
+    for (seq, frag) in fragments {
+        let Err(e) = &got[seq] else {
+            panic!("seq {seq}: {:?}", got[seq])
+        };
+        assert!(
+            e.to_string().contains(frag),
+            "seq {seq}: {e} lacks {frag:?}"
+        );
+    }
+    for seq in [6, 7, 8, 9, 10] {
+        assert!(got[seq].is_ok(), "seq {seq}: {:?}", got[seq]);
+    }
+    let [_, us_head, iran_head, us_neg] = fixtures::PRINCIPALS;
+    let record = |room, seq, by, at| CommitFailureRecord {
+        room,
+        seq,
+        epoch: 7,
+        by,
+        at,
+    };
+    assert_eq!(
+        replay.commit_failures(),
+        [
+            record(t.us_caucus, 0, us_head, 1),
+            record(t.iran_caucus, 3, iran_head, 7),
+            record(t.us_caucus, 5, us_neg, 9),
+        ]
+    );
 }

@@ -327,3 +327,73 @@ impl Talks {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 }
+
+/// The plenary room of [`talks_with_plenary_and_letter`]: the lead mediator
+/// with both heads.
+pub const PLENARY: RoomId = RoomId(id(0x74));
+/// The letter room of [`talks_with_plenary_and_letter`]: the US head and
+/// the Iranian head, no mediator.
+pub const LETTER: RoomId = RoomId(id(0x75));
+
+/// The reference talks with two more rooms, [`PLENARY`] and [`LETTER`], and
+/// ground rules that allow sealed letters between the United States and
+/// Iran; everything else as [`talks`] builds it.
+pub fn talks_with_plenary_and_letter() -> Talks {
+    let mut t = talks();
+    let [lead, us_head, iran_head, _] = PRINCIPALS;
+    let room = |room, purpose, name: &str, mut members: Vec<PrincipalId>| {
+        members.sort();
+        RoomDecl {
+            room,
+            purpose,
+            name: name.into(),
+            members,
+        }
+    };
+    t.roster.rooms.push(room(
+        PLENARY,
+        RoomPurpose::Plenary,
+        "Plenary",
+        vec![lead, us_head, iran_head],
+    ));
+    t.roster.rooms.push(room(
+        LETTER,
+        RoomPurpose::Letter,
+        "Letters: United States and Iran",
+        vec![us_head, iran_head],
+    ));
+    t.roster.rooms.sort_by_key(|r| r.room);
+    t.roster.access_list_hash = t
+        .roster
+        .implied_access_list(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .hash();
+    t.ground_rules.sealed_letters = vec![(t.us.min(t.iran), t.us.max(t.iran))];
+    t
+}
+
+impl Talks {
+    /// A statement signed by `signer` for `party`, addressed to `audience`
+    /// (rooms and parties), for statements posted outside the record room.
+    pub fn statement_to(
+        &self,
+        seed: u64,
+        signer: &dyn Signer,
+        party: PartyId,
+        audience: Vec<Audience>,
+        payload: Payload,
+    ) -> SignedStatement {
+        Statement::new(
+            &mut rng(seed),
+            self.talks,
+            signer.public_key().id(),
+            party,
+            audience,
+            CheckpointRef::NONE,
+            Markings::mediator_only(),
+            payload,
+        )
+        .and_then(|s| s.sign(signer))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
