@@ -155,8 +155,18 @@ pub fn release_state(
     if inside_delegation(roster, party, room) {
         return ReleaseState::Internal;
     }
+    // A drafter the roster lists in another party is a false claim.
+    let drafter_ok = |d: PrincipalId| {
+        roster
+            .members
+            .iter()
+            .find(|m| m.principal == d)
+            .is_none_or(|m| m.party == party)
+    };
     match (release_signers(roster, party), &message.release) {
-        (Some(signers), Some(r)) if signers.binary_search(&author).is_ok() => {
+        (Some(signers), Some(r))
+            if signers.binary_search(&author).is_ok() && drafter_ok(r.drafter) =>
+        {
             ReleaseState::Released { drafter: r.drafter }
         }
         (Some(_), _) if roster.party_kind(party) == Some(PartyKind::Party) => {
@@ -188,6 +198,10 @@ pub enum ConveyError {
     /// The evidence does not hold: header, commitment, inclusion or signature.
     #[error("the evidence does not verify: {0}")]
     Evidence(&'static str),
+    /// The original was not released where its party's messages need
+    /// release: it is not the party's position.
+    #[error("it was not released by its party (the roster requires release)")]
+    Unreleased,
     /// The recipient has not verified the log at the proof's tree size.
     #[error(
         "the conveyance proves inclusion in a tree of {0} leaves, which your client has not verified yet; read again"
@@ -214,10 +228,14 @@ pub fn audience_admits(roster: &Roster, original: &SignedStatement, dest: RoomId
     let Some(parties) = roster.room_parties(dest) else {
         return false;
     };
-    parties
+    let delegations: Vec<&PartyId> = parties
         .iter()
         .filter(|p| roster.party_kind(**p) != Some(PartyKind::Mediator))
-        .all(|p| audience.contains(&Audience::Party(*p)))
+        .collect();
+    !delegations.is_empty()
+        && delegations
+            .iter()
+            .all(|p| audience.contains(&Audience::Party(**p)))
 }
 
 /// The mediator's check before conveying `original` verbatim to `dest`:
@@ -243,6 +261,25 @@ pub fn check_verbatim(
         return Err(ConveyError::Audience);
     }
     Ok(())
+}
+
+/// Whether `original`, by `author` of `party`, was released where it was
+/// posted (or needed no release): only a party's released words travel
+/// verbatim as its position.
+pub fn check_released(
+    roster: &Roster,
+    author: PrincipalId,
+    party: PartyId,
+    origin_room: RoomId,
+    original: &SignedStatement,
+) -> Result<(), ConveyError> {
+    let backchannel_statement::Payload::Message(m) = &original.unverified().payload else {
+        return Err(ConveyError::NotAMessage);
+    };
+    match release_state(roster, author, party, origin_room, m) {
+        ReleaseState::Released { .. } | ReleaseState::NotRequired => Ok(()),
+        ReleaseState::Internal | ReleaseState::Unreleased => Err(ConveyError::Unreleased),
+    }
 }
 
 /// Whether the key of `author` may convey: a mediator member's identity
@@ -287,6 +324,14 @@ pub fn verify_verbatim(
     if h.room != v.origin_room {
         return Err(ConveyError::Evidence("the header is for another room"));
     }
+    if h.talks != talks || h.kind != backchannel_statement::Kind::MlsApp {
+        return Err(ConveyError::Evidence(
+            "the header is not an application message of these talks",
+        ));
+    }
+    if h.body_hash != v.body_hash {
+        return Err(ConveyError::Evidence("the header names another body"));
+    }
     if !Commitment::opens(&h.commitment, &Salt(v.salt), v.statement()) {
         return Err(ConveyError::Evidence(
             "the logged header does not commit to the conveyed bytes",
@@ -308,10 +353,19 @@ pub fn verify_verbatim(
     let original = SignedStatement::decode(v.statement())
         .map_err(|_| ConveyError::Evidence("the original does not decode"))?;
     let st = original.unverified();
+    let valid_at = |k: &crate::replay::KeyState| {
+        let not_after = match k.role {
+            KeyRole::Identity { not_after, .. } | KeyRole::Device { not_after, .. } => not_after,
+            KeyRole::TalksAuthority { .. } => None,
+        };
+        k.valid_from <= v.seq
+            && k.revoked_at.is_none_or(|r| r >= v.seq)
+            && not_after.is_none_or(|t| v.node_time <= t)
+    };
     let key = replay
         .key(&st.author)
         .ok_or(ConveyError::Evidence("the original's author is unknown"))?;
-    if key.valid_from > v.seq || key.revoked_at.is_some_and(|r| r < v.seq) {
+    if !valid_at(key) {
         return Err(ConveyError::Evidence(
             "the original's author key was not valid at its seq",
         ));
@@ -322,6 +376,18 @@ pub fn verify_verbatim(
     else {
         return Err(ConveyError::NotAMessage);
     };
+    // The envelope was sent by one of the author's own devices, valid
+    // then: nobody else re-posted the author's words.
+    let sender = replay
+        .key(&h.sender)
+        .ok_or(ConveyError::Evidence("the original's sender is unknown"))?;
+    if !matches!(sender.role, KeyRole::Device { principal: p, .. } if p == principal)
+        || !valid_at(sender)
+    {
+        return Err(ConveyError::Evidence(
+            "the original was not sent by a device of its author",
+        ));
+    }
     if st.acting_for != party {
         return Err(ConveyError::Evidence(
             "the original acts for another party than its author's",
@@ -330,7 +396,19 @@ pub fn verify_verbatim(
     let verified = original
         .verify(talks, &key.key)
         .map_err(|_| ConveyError::Evidence("the original's signature does not verify"))?;
+    // Posted where its audience admits it, by a party of that room.
+    let origin_parties = roster
+        .room_parties(v.origin_room)
+        .ok_or(ConveyError::Evidence("the origin room is not declared"))?;
+    if !origin_parties.contains(&party)
+        || verified.check_room(v.origin_room, &origin_parties).is_err()
+    {
+        return Err(ConveyError::Evidence(
+            "the original's audience does not admit the room it was posted to",
+        ));
+    }
     check_verbatim(roster, &original, dest)?;
+    check_released(roster, principal, party, v.origin_room, &original)?;
     Ok(VerifiedVerbatim {
         original: verified,
         author: principal,

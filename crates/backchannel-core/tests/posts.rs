@@ -46,25 +46,82 @@ fn message(release: bool) -> Message {
 fn a_client_refuses_what_the_roster_forbids() {
     let t = talks();
     let [lead, us_head, _, us_neg] = fixtures::PRINCIPALS;
-    let check = |who, party, room: RoomId, release: bool, letters: bool, want: Result<(), PostError>| {
-        let got = check_outgoing(&t.roster, who, party, room, true, &message(release), |_, _| {
-            letters
-        });
-        assert_eq!(got, want, "{who:?} in {room:?}, release {release}");
-    };
-    check(us_head, t.us, t.record, false, true, Err(PostError::RecordRoom));
-    check(us_head, t.us, t.us_caucus, false, true, Err(PostError::NeedsRelease));
+    let check =
+        |who, party, room: RoomId, release: bool, letters: bool, want: Result<(), PostError>| {
+            let got = check_outgoing(
+                &t.roster,
+                who,
+                party,
+                room,
+                true,
+                &message(release),
+                |_, _| letters,
+            );
+            assert_eq!(got, want, "{who:?} in {room:?}, release {release}");
+        };
+    check(
+        us_head,
+        t.us,
+        t.record,
+        false,
+        true,
+        Err(PostError::RecordRoom),
+    );
+    check(
+        us_head,
+        t.us,
+        t.us_caucus,
+        false,
+        true,
+        Err(PostError::NeedsRelease),
+    );
     check(us_head, t.us, t.us_caucus, true, true, Ok(()));
-    check(us_neg, t.us, t.us_caucus, true, true, Err(PostError::NotReleaser));
-    check(us_head, t.us, LETTER, true, false, Err(PostError::LetterNotAllowed));
+    check(
+        us_neg,
+        t.us,
+        t.us_caucus,
+        true,
+        true,
+        Err(PostError::NotReleaser),
+    );
+    check(
+        us_head,
+        t.us,
+        LETTER,
+        true,
+        false,
+        Err(PostError::LetterNotAllowed),
+    );
     check(us_head, t.us, LETTER, true, true, Ok(()));
     // Iran has no release rule; the mediator needs none.
-    check(fixtures::PRINCIPALS[2], t.iran, t.iran_caucus, false, true, Ok(()));
-    check(fixtures::PRINCIPALS[2], t.iran, t.iran_caucus, true, true, Err(PostError::NotReleaser));
+    check(
+        fixtures::PRINCIPALS[2],
+        t.iran,
+        t.iran_caucus,
+        false,
+        true,
+        Ok(()),
+    );
+    check(
+        fixtures::PRINCIPALS[2],
+        t.iran,
+        t.iran_caucus,
+        true,
+        true,
+        Err(PostError::NotReleaser),
+    );
     check(lead, t.oman, t.us_caucus, false, true, Ok(()));
     // Not seated there.
     assert_eq!(
-        check_outgoing(&t.roster, us_head, t.us, t.us_caucus, false, &message(true), |_, _| true),
+        check_outgoing(
+            &t.roster,
+            us_head,
+            t.us,
+            t.us_caucus,
+            false,
+            &message(true),
+            |_, _| true
+        ),
         Err(PostError::NotInRoom)
     );
     // How a recipient shows them.
@@ -97,10 +154,15 @@ struct Logged {
     root: Digest,
 }
 
-fn sign(t: &fixtures::Talks, conveyance: Conveyance, audience: Vec<Audience>) -> SignedStatement {
+fn sign(
+    t: &fixtures::Talks,
+    conveyance: Conveyance,
+    audience: Vec<Audience>,
+    released: bool,
+) -> SignedStatement {
     let signer = key(US_HEAD);
-    let markings = Markings::new(conveyance, vec![], Attribution::Formal)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let markings =
+        Markings::new(conveyance, vec![], Attribution::Formal).unwrap_or_else(|e| panic!("{e}"));
     Statement::new(
         &mut fixtures::rng(7),
         t.talks,
@@ -109,16 +171,32 @@ fn sign(t: &fixtures::Talks, conveyance: Conveyance, audience: Vec<Audience>) ->
         audience,
         CheckpointRef::NONE,
         markings,
-        Payload::Message(message(true)),
+        Payload::Message(message(released)),
     )
     .and_then(|s| s.sign(&signer))
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn logged(conveyance: Conveyance, audience: fn(&fixtures::Talks) -> Vec<Audience>) -> Logged {
+    logged_by(conveyance, audience, US_HEAD_DEVICE, true)
+}
+
+/// [`logged`], the envelope sent by device `sender`, the message released
+/// or not.
+fn logged_by(
+    conveyance: Conveyance,
+    audience: fn(&fixtures::Talks) -> Vec<Audience>,
+    sender: u8,
+    released: bool,
+) -> Logged {
     let t = talks();
     let mut replay = Replay::new(t.talks);
-    let roster = t.statement(1, &key(OMAN_TALKS), t.oman, Payload::Roster(t.roster.clone()));
+    let roster = t.statement(
+        1,
+        &key(OMAN_TALKS),
+        t.oman,
+        Payload::Roster(t.roster.clone()),
+    );
     let rules = t.statement(
         2,
         &key(OMAN_TALKS),
@@ -135,20 +213,20 @@ fn logged(conveyance: Conveyance, audience: fn(&fixtures::Talks) -> Vec<Audience
             })
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    let original = sign(&t, conveyance, audience(&t));
+    let original = sign(&t, conveyance, audience(&t), released);
     let salt = Salt([9; 32]);
     let body = vec![0xab; BODY_BUCKETS[0] as usize];
     let header = Header {
         talks: t.talks,
         room: t.us_caucus,
-        sender: key(US_HEAD_DEVICE).public_key().id(),
+        sender: key(sender).public_key().id(),
         kind: Kind::MlsApp,
         idempotency_key: [3; 16],
         body_len: BODY_BUCKETS[0],
         body_hash: sha256(&body),
         commitment: Commitment::to_plaintext(&salt, original.as_bytes()),
     }
-    .sign(&key(US_HEAD_DEVICE))
+    .sign(&key(sender))
     .unwrap_or_else(|e| panic!("{e}"));
     // A log of four leaves, the message at seq 2.
     let mut tree = MemoryHashStore::new();
@@ -174,9 +252,7 @@ fn logged(conveyance: Conveyance, audience: fn(&fixtures::Talks) -> Vec<Audience
         tree.append(&leaf.hash()).unwrap_or_else(|e| panic!("{e}"));
         leaves.push(leaf);
     }
-    let proof = tree
-        .prove_inclusion(2, 4)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let proof = tree.prove_inclusion(2, 4).unwrap_or_else(|e| panic!("{e}"));
     let verbatim = Verbatim::new(
         t.us_caucus,
         2,
@@ -215,7 +291,10 @@ fn a_verbatim_conveyance_verifies_and_any_change_to_its_evidence_fails() {
     assert_eq!(ok.author, fixtures::PRINCIPALS[1]);
     assert_eq!(ok.original.signed(), &l.original);
     // The mediator's own check agrees.
-    assert_eq!(check_verbatim(&l.t.roster, &l.original, l.t.iran_caucus), Ok(()));
+    assert_eq!(
+        check_verbatim(&l.t.roster, &l.original, l.t.iran_caucus),
+        Ok(())
+    );
 
     // Every byte of the conveyed statement, header and salt matters.
     let mut tampered = Vec::new();
@@ -249,8 +328,7 @@ fn a_verbatim_conveyance_verifies_and_any_change_to_its_evidence_fails() {
     }
     // A tree the recipient has not verified: not checked, said so.
     assert_eq!(
-        verify_verbatim(l.t.talks, &l.replay, &l.verbatim, l.t.iran_caucus, |_| None)
-            .map(|_| ()),
+        verify_verbatim(l.t.talks, &l.replay, &l.verbatim, l.t.iran_caucus, |_| None).map(|_| ()),
         Err(ConveyError::Unverified(4))
     );
     // Another root: not in the recipient's log.
@@ -314,7 +392,12 @@ fn markings_and_audience_decide_what_may_travel_verbatim() {
         // Addressed by room to the plenary, which it may then reach.
         (
             Conveyance::VerbatimMayBeConveyed,
-            |t| vec![Audience::Room(t.us_caucus), Audience::Room(fixtures::PLENARY)],
+            |t| {
+                vec![
+                    Audience::Room(t.us_caucus),
+                    Audience::Room(fixtures::PLENARY),
+                ]
+            },
             |_| fixtures::PLENARY,
             Ok(()),
         ),
@@ -337,5 +420,43 @@ fn markings_and_audience_decide_what_may_travel_verbatim() {
         // The recipient refuses what the mediator should have.
         let got = verify_verbatim(l.t.talks, &l.replay, &l.verbatim, dest, |_| Some(l.root));
         assert_eq!(got.is_ok(), want.is_ok(), "case {i}: {:?}", got.map(|_| ()));
+    }
+}
+
+/// Evidence that holds together but tells a lie: the author's words
+/// re-posted by another member's device, or words the author's party never
+/// released.
+#[test]
+fn a_reposted_or_unreleased_original_does_not_travel_verbatim() {
+    for (sender, released, want) in [
+        (US_HEAD_DEVICE, true, None),
+        (
+            US_NEGOTIATOR_DEVICE,
+            true,
+            Some(ConveyError::Evidence(
+                "the original was not sent by a device of its author",
+            )),
+        ),
+        (
+            OMAN_LEAD_DEVICE,
+            true,
+            Some(ConveyError::Evidence(
+                "the original was not sent by a device of its author",
+            )),
+        ),
+        (US_HEAD_DEVICE, false, Some(ConveyError::Unreleased)),
+    ] {
+        let l = logged_by(
+            Conveyance::VerbatimMayBeConveyed,
+            for_iran,
+            sender,
+            released,
+        );
+        let got = verify_verbatim(l.t.talks, &l.replay, &l.verbatim, l.t.iran_caucus, |_| {
+            Some(l.root)
+        })
+        .map(|_| ())
+        .err();
+        assert_eq!(got, want, "sender {sender:#x}, released {released}");
     }
 }

@@ -124,14 +124,21 @@ fn line(ctx: &Ctx, view: &View, a: &Archived, conveyances: &Conveyances) -> Line
                     Some(Err(e)) => format!("REJECTED by replay: {e}"),
                     None => "not replayed".into(),
                 };
-                if let Some((kind, text)) = crate::say::describe(
-                    |p| view.standing(&ctx.record, p).label(),
-                    view,
-                    h.room,
-                    &s,
-                    conveyances,
-                    a.seq,
-                ) {
+                // What replay rejected is not rendered as what it claims.
+                let replayed = matches!(logged.map(|l| &l.verdict), Some(Ok(())));
+                if let Some((kind, text)) = replayed
+                    .then(|| {
+                        crate::say::describe(
+                            |p| view.standing(&ctx.record, p).label(),
+                            view,
+                            h.room,
+                            &s,
+                            conveyances,
+                            a.seq,
+                        )
+                    })
+                    .flatten()
+                {
                     (kind, text, Some(verdict))
                 } else {
                     let what = match &st.payload {

@@ -534,6 +534,9 @@ pub fn convey(home_dir: Option<PathBuf>, a: ConveyArgs) -> anyhow::Result<()> {
                 let logged = view
                     .logged(*seq)
                     .with_context(|| format!("no statement at seq {seq} in your archive"))?;
+                if let Err(e) = &logged.verdict {
+                    bail!("refused: seq {seq} was rejected by replay ({e})");
+                }
                 check_verbatim(&roster, &logged.statement, room)
                     .map_err(|e| anyhow!("refused: seq {seq} {e}"))?;
                 let archived = view
@@ -541,6 +544,20 @@ pub fn convey(home_dir: Option<PathBuf>, a: ConveyArgs) -> anyhow::Result<()> {
                     .iter()
                     .find(|x| x.seq == *seq)
                     .context("the original is not archived")?;
+                let o = logged.statement.unverified();
+                if let Some(KeyRole::Identity {
+                    principal, party, ..
+                }) = view.replay.key(&o.author).map(|k| &k.role)
+                {
+                    posts::check_released(
+                        &roster,
+                        *principal,
+                        *party,
+                        archived.header.header().room,
+                        &logged.statement,
+                    )
+                    .map_err(|e| anyhow!("refused: seq {seq} {e}"))?;
+                }
                 let salt = archived
                     .message
                     .as_ref()
@@ -1021,6 +1038,10 @@ pub fn describe(
                 ),
             )
         }
+        Payload::Conveyance(_) if !may_convey(&view.replay, &u.author) => (
+            "refused",
+            "a conveyance by someone who is not a mediator permitted to convey: not shown".into(),
+        ),
         Payload::Conveyance(c) => {
             let by = author.map_or_else(|| "?".into(), name_of);
             let text = match c {
@@ -1074,11 +1095,21 @@ pub fn describe(
         }
         Payload::Receipt(r) => {
             let who = author.map_or_else(|| "?".into(), name_of);
+            // The target by id and hash (ids are chosen by their authors).
             let target = view
                 .statements
                 .iter()
-                .find(|l| l.statement.unverified().id == r.statement)
+                .find(|l| {
+                    l.statement.unverified().id == r.statement && l.statement.hash() == r.hash
+                })
                 .map_or_else(|| "a statement".to_owned(), |l| format!("seq {}", l.seq));
+            if r.kind == ReceiptKind::ConveyedTo && !may_convey(&view.replay, &u.author) {
+                return Some((
+                    "refused",
+                    "a conveyance receipt by someone who is not a mediator permitted to convey"
+                        .into(),
+                ));
+            }
             let at = view
                 .archive
                 .iter()
