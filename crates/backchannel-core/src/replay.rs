@@ -61,7 +61,9 @@
 //!     conveyance or receipt posted to the record room is
 //!     [`Rejected::MessageInRecordRoom`]. In the other rooms these are
 //!     verified like any statement (rule 6, and the author's party must have
-//!     a member in the room), accepted only while the talks are open, and
+//!     a member in the room; a conveyance, or a receipt saying where
+//!     something was conveyed, must be signed by a mediator whose role
+//!     permits [`Act::Convey`]), accepted only while the talks are open, and
 //!     [`Accepted::Said`]: they change no state.
 //! 11. **An act counts once**, at the position where its author first
 //!     posted it to the record room. A later statement by the same key
@@ -852,6 +854,22 @@ impl Replay {
             if !room_parties.contains(&statement.acting_for) {
                 return Err(Rejected::NotEntitled(
                     "the author's party has no member in the room",
+                ));
+            }
+            // Only a mediator whose role permits it conveys, or says where
+            // it conveyed something.
+            let conveys = matches!(statement.payload, Payload::Conveyance(_))
+                || matches!(
+                    &statement.payload,
+                    Payload::Receipt(r) if r.kind == backchannel_statement::ReceiptKind::ConveyedTo
+                );
+            let may_convey = matches!(
+                &author_role,
+                KeyRole::Identity { role, .. } if role.permits(Act::Convey)
+            ) && roster.party_kind(statement.acting_for) == Some(PartyKind::Mediator);
+            if conveys && !may_convey {
+                return Err(Rejected::NotEntitled(
+                    "only a mediator whose role permits it conveys",
                 ));
             }
             return Ok(Accepted::Said);

@@ -1035,6 +1035,19 @@ fn messages_are_said_in_the_other_rooms_only_while_open_and_change_nothing() {
             l.message(68, US_HEAD, &[t.us_caucus], "nowhere"),
             Some(RoomId([0xee; 16])),
         ),
+        // A party's member passing itself off as the mediators.
+        (
+            l.to(
+                69,
+                US_HEAD,
+                &[t.us_caucus],
+                Payload::Conveyance(Conveyed::NonPaper {
+                    item: None,
+                    text: "an unattributed draft".into(),
+                }),
+            ),
+            Some(t.us_caucus),
+        ),
     ]);
     assert_eq!(
         got[..4],
@@ -1059,7 +1072,9 @@ fn messages_are_said_in_the_other_rooms_only_while_open_and_change_nothing() {
         "the author's party has no member in the room",
         "outside its audience",
         "not declared",
+        "only a mediator whose role permits it conveys",
     ];
+    assert_eq!(got.len(), 6 + fragments.len());
     for (g, frag) in got[6..].iter().zip(fragments) {
         let Err(e) = g else { panic!("{g:?}") };
         assert!(e.to_string().contains(frag), "{e} lacks {frag:?}");
