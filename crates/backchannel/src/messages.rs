@@ -583,6 +583,9 @@ struct Verified {
     not_merged: Vec<u64>,
     discrepancies: Vec<String>,
     forks: Vec<String>,
+    /// One author's two statements under one id with different bytes:
+    /// evidence against that author (not the node), kept by replay.
+    equivocations: Vec<String>,
     cosigned: bool,
     parties_cosigning: usize,
     parties: usize,
@@ -639,6 +642,9 @@ async fn verify_inner(dir: PathBuf, a: LogVerifyArgs) -> anyhow::Result<()> {
         }
         for f in &out.forks {
             println!("  EVIDENCE fork: {f}");
+        }
+        for e in &out.equivocations {
+            println!("  EVIDENCE against a signer, equivocation: {e}");
         }
         println!(
             "{}; {} of {} parties cosign the latest checkpoint{}",
@@ -737,6 +743,15 @@ async fn verify_session(
                         "seq {seq} refers to root {} at size {size}, ours is {}",
                         theirs.to_hex(),
                         ours.to_hex()
+                    )
+                })
+                .collect(),
+            equivocations: replayed
+                .equivocations
+                .iter()
+                .map(|(first, later, id)| {
+                    format!(
+                        "seq {later} reuses the id of seq {first} (statement {id}) with other                          bytes"
                     )
                 })
                 .collect(),
