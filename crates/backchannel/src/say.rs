@@ -369,6 +369,41 @@ async fn post_statement(
     participant::post(s, room, Content::Statement(st.as_bytes().to_vec())).await
 }
 
+/// Checks `msg` against the roster's rules for `room` (record room,
+/// seat, letters, release), signs it with the member's identity key under
+/// the options' markings and audience, and posts it: its seq.
+async fn post_message(
+    ctx: &Ctx,
+    s: &mut CliSession,
+    view: &View,
+    me: &Me,
+    room: RoomId,
+    msg: Message,
+    options: &MessageOptions,
+) -> anyhow::Result<u64> {
+    let roster = view.roster().context("no roster yet")?;
+    let list = access_list(s).await?;
+    check_outgoing(
+        roster,
+        me.principal,
+        me.party,
+        room,
+        my_rooms(&list, s.device()).contains(&room),
+        &msg,
+        letters_allowed(view),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let st = sign(
+        ctx,
+        s,
+        me,
+        audience(view, room, options)?,
+        markings(view, options)?,
+        Payload::Message(msg),
+    )?;
+    post_statement(s, room, &st).await
+}
+
 /// Runs `backchannel message`.
 pub fn message(home_dir: Option<PathBuf>, a: MessageArgs) -> anyhow::Result<()> {
     let dir = home::resolve(home_dir)?;
@@ -390,27 +425,7 @@ pub fn message(home_dir: Option<PathBuf>, a: MessageArgs) -> anyhow::Result<()> 
         };
         let mut msg = Message::new(item(&a.options.item)?, a.text.clone(), None)?;
         msg.reply_to = reply_to;
-        let roster = view.roster().context("no roster yet")?;
-        let list = access_list(&s).await?;
-        check_outgoing(
-            roster,
-            me.principal,
-            me.party,
-            room,
-            my_rooms(&list, s.device()).contains(&room),
-            &msg,
-            letters_allowed(&view),
-        )
-        .map_err(|e| anyhow!("{e}"))?;
-        let st = sign(
-            &ctx,
-            &s,
-            &me,
-            audience(&view, room, &a.options)?,
-            markings(&view, &a.options)?,
-            Payload::Message(msg),
-        )?;
-        let seq = post_statement(&mut s, room, &st).await?;
+        let seq = post_message(&ctx, &mut s, &view, &me, room, msg, &a.options).await?;
         let out = Posted {
             seq,
             room: view.room_name(room),
@@ -475,26 +490,7 @@ pub fn release(home_dir: Option<PathBuf>, a: ReleaseArgs) -> anyhow::Result<()> 
             None => draft.item.clone(),
         };
         let msg = Message::new(item, draft.text().to_owned(), Some(release))?;
-        let list = access_list(&s).await?;
-        check_outgoing(
-            roster,
-            me.principal,
-            me.party,
-            room,
-            my_rooms(&list, s.device()).contains(&room),
-            &msg,
-            letters_allowed(&view),
-        )
-        .map_err(|e| anyhow!("{e}"))?;
-        let st = sign(
-            &ctx,
-            &s,
-            &me,
-            audience(&view, room, &a.options)?,
-            markings(&view, &a.options)?,
-            Payload::Message(msg),
-        )?;
-        let seq = post_statement(&mut s, room, &st).await?;
+        let seq = post_message(&ctx, &mut s, &view, &me, room, msg, &a.options).await?;
         let out = Posted {
             seq,
             room: view.room_name(room),
