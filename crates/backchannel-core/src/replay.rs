@@ -866,7 +866,8 @@ impl Replay {
             let may_convey = matches!(
                 &author_role,
                 KeyRole::Identity { role, .. } if role.permits(Act::Convey)
-            ) && roster.party_kind(statement.acting_for) == Some(PartyKind::Mediator);
+            ) && roster.party_kind(statement.acting_for)
+                == Some(PartyKind::Mediator);
             if conveys && !may_convey {
                 return Err(Rejected::NotEntitled(
                     "only a mediator whose role permits it conveys",
