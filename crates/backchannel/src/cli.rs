@@ -573,6 +573,11 @@ pub enum TalksCommand {
     /// their party's members, or remove keys.
     #[command(after_help = EXIT_CODES)]
     Cosign(TalksArgs),
+    /// Party or mediator (talks authority): consent to a time-boxed joint
+    /// session in a plenary room; it opens while every party in the room
+    /// has consented to a window covering the time.
+    #[command(after_help = EXIT_CODES)]
+    Consent(TalksConsentArgs),
     /// Party: suspend the talks (no formal acts and no talk until resumed).
     #[command(after_help = EXIT_CODES)]
     Suspend(TalksPhaseArgs),
@@ -585,6 +590,23 @@ pub enum TalksCommand {
     /// Mediator: close concluded talks (nothing is accepted after).
     #[command(after_help = EXIT_CODES)]
     Close(TalksPhaseArgs),
+}
+
+/// `backchannel talks consent`.
+#[derive(Debug, Args)]
+pub struct TalksConsentArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The plenary room (its name, words of it, or its id).
+    #[arg(long)]
+    pub room: String,
+    /// How long the session may last ("90m", "2h").
+    #[arg(long = "for", value_name = "DURATION")]
+    pub for_: String,
+    /// Open it this long from now instead of now ("30m").
+    #[arg(long = "in", value_name = "DURATION")]
+    pub in_: Option<String>,
 }
 
 /// `backchannel talks suspend|resume|conclude|close`.

@@ -365,6 +365,18 @@ pub async fn talk_room(
     } else {
         bail!("{}", no_roster_yet(ctx));
     }
+    if view
+        .roster()
+        .and_then(|r| r.room(room))
+        .is_some_and(|d| d.purpose == RoomPurpose::Plenary)
+        && view.replay.joint_session(room, now_ms()).is_none()
+    {
+        bail!(
+            "{} is open only during a joint session every party in it has consented to; each \
+             party's head runs `backchannel talks consent --room plenary --for 2h`",
+            view.room_name(room)
+        );
+    }
     match view.replay.phase() {
         Phase::Open => Ok(room),
         _ => bail!(

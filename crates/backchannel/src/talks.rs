@@ -75,6 +75,7 @@ pub fn main(home_dir: Option<PathBuf>, command: TalksCommand) -> anyhow::Result<
             TalksCommand::Verify(a) => verify(&dir, a).await,
             TalksCommand::Show(a) => show(&dir, a).await,
             TalksCommand::Cosign(a) => cosign(&dir, a).await,
+            TalksCommand::Consent(a) => consent(&dir, a).await,
             TalksCommand::Suspend(a) => change_phase(&dir, a, LifecyclePhase::Suspended).await,
             TalksCommand::Resume(a) => change_phase(&dir, a, LifecyclePhase::Resumed).await,
             TalksCommand::Conclude(a) => change_phase(&dir, a, LifecyclePhase::Concluded).await,
@@ -1307,6 +1308,95 @@ async fn change_phase(dir: &Path, a: TalksPhaseArgs, phase: LifecyclePhase) -> a
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!("the talks are {} (seq {seq})", out.phase);
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ConsentOut {
+    talks: String,
+    room: String,
+    seq: u64,
+    opens: u64,
+    closes: u64,
+    /// Whether every party in the room has now consented to a window
+    /// covering the present.
+    open_now: bool,
+}
+
+/// Posts the party's signed consent to a joint session in a plenary room,
+/// from now (or `--in`) for `--for`, dry-run through replay first.
+async fn consent(dir: &Path, a: crate::cli::TalksConsentArgs) -> anyhow::Result<()> {
+    let length = crate::say::parse_duration(&a.for_)?;
+    let delay = match &a.in_ {
+        Some(d) => crate::say::parse_duration(d)?,
+        None => 0,
+    };
+    let ctx = participant::open(dir, &a.talks).await?;
+    let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
+    let mut s = ctx.session().await?;
+    let view = refresh(&ctx, &mut s).await?;
+    let list = access_list(&s).await?;
+    let room = view.find_room(&ctx.record, &my_rooms(&list, s.device()), &a.room)?;
+    ensure!(
+        view.roster()
+            .and_then(|r| r.room(room))
+            .is_some_and(|d| d.purpose == RoomPurpose::Plenary),
+        "joint sessions are held in a plenary room; {} is not one",
+        view.room_name(room)
+    );
+    let record_room = ctx
+        .record
+        .record_room
+        .context("the roster has not reached you: run `backchannel talks accept` first")?;
+    let opens = now_ms().saturating_add(delay);
+    let consent =
+        backchannel_statement::SessionConsent::new(room, opens, opens.saturating_add(length))
+            .map_err(|e| anyhow!("--for: {e}"))?;
+    let st = statement(
+        &ta,
+        &ctx.record,
+        record_room,
+        s.checkpoint_ref(),
+        Payload::SessionConsent(consent),
+    )?;
+    let mut dry = view.replay.clone();
+    dry.apply(backchannel_core::replay::LoggedStatement {
+        seq: s.next_seq().max(1),
+        node_time: now_ms(),
+        room: record_room,
+        statement: &st,
+    })
+    .map_err(|e| anyhow!("your consent would not count: {e}"))?;
+    let seq = participant::post(
+        &mut s,
+        record_room,
+        Content::Statement(st.as_bytes().to_vec()),
+    )
+    .await?;
+    let out = ConsentOut {
+        talks: ctx.talks().to_hex(),
+        room: view.room_name(room),
+        seq,
+        opens: consent.opens,
+        closes: consent.closes,
+        open_now: dry.joint_session(room, now_ms()).is_some(),
+    };
+    ctx.close().await;
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "consented to a joint session in {} from {} to {} (seq {seq}); {}",
+            crate::messages::printable(&out.room),
+            crate::say::utc(out.opens),
+            crate::say::utc(out.closes),
+            if out.open_now {
+                "every party in the room has consented: the session is open"
+            } else {
+                "it opens once every party in the room has consented"
+            }
+        );
     }
     Ok(())
 }

@@ -2054,3 +2054,43 @@ fn a_position_is_drafted_released_conveyed_and_receipted() {
         "a refused command sent something"
     );
 }
+
+/// A plenary beside the proximity caucuses (`--preset proximity --preset
+/// direct`) opens only for a joint session every party in it consented
+/// to: talk there is refused until the last consent, then reaches both
+/// delegations; a consent for a caucus is refused.
+#[test]
+fn a_joint_session_opens_only_with_every_partys_consent() {
+    let mut t = Talks::seated_with(&["--preset", "proximity", "--preset", "direct"]);
+    t.accept_all();
+    assert!(my_rooms(&t.show(IR)).contains("Plenary"));
+    let size = t.whole_log().len();
+    run(t.cli(US).args(["send", "--room", "plenary", "too early"]))
+        .refused(FAILED, "open only during a joint session");
+    run(t
+        .cli(US)
+        .args(["talks", "consent", "--room", "caucus", "--for", "2h"]))
+    .refused(FAILED, "is not one");
+    assert_eq!(
+        t.whole_log().len(),
+        size,
+        "a refused command sent something"
+    );
+    for (i, h) in [US, IR, OM].into_iter().enumerate() {
+        let v = ok_json(t.cli(h).args([
+            "talks", "consent", "--room", "plenary", "--for", "2h", "--json",
+        ]));
+        assert_eq!(v["open_now"], i == 2, "{v}");
+        if i < 2 {
+            run(t.cli(US).args(["send", "--room", "plenary", "still early"]))
+                .refused(FAILED, "open only during a joint session");
+        }
+    }
+    let seq = t.send(US, "plenary", "Good morning to both delegations.");
+    assert!(
+        t.read_all(IR)
+            .iter()
+            .any(|l| l["seq"] == seq && l["text"] == "Good morning to both delegations."),
+        "Iran does not read the plenary"
+    );
+}
