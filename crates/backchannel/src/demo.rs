@@ -1429,7 +1429,7 @@ async fn run(node_dir: &Path, homes: &Path, plant: &Plant) -> anyhow::Result<()>
     }
     for (i, x) in seats.iter().enumerate() {
         let view = View::of(talks, archives[i].clone());
-        let conveyances = crate::say::check_conveyances(&x.s, &view).await;
+        let conveyances = crate::say::check_conveyances(&x.s, &view, 0).await;
         let own = x.party;
         let standing = |p: PartyId| {
             if p == own {

@@ -438,7 +438,7 @@ async fn conveyances_from(s: &mut CliSession, view: &View, from: u64) -> Conveya
         // conveyance then shows as not checked.
         let _ = s.verify_log(&rooms, now_ms()).await;
     }
-    crate::say::check_conveyances(s, view).await
+    crate::say::check_conveyances(s, view, from).await
 }
 
 /// Runs `read`.

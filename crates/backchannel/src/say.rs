@@ -923,15 +923,19 @@ pub fn pending(home_dir: Option<PathBuf>, a: PendingArgs) -> anyhow::Result<()> 
     })
 }
 
-/// Checks every verbatim conveyance in the archive against this client's
-/// own verified log (fetching, and checking, an inclusion proof against
-/// its own checkpoint where the conveyance's is one it has not verified).
+/// Checks every verbatim conveyance at or after `from` in the archive
+/// against this client's own verified log (fetching, and checking, an
+/// inclusion proof against its own checkpoint where the conveyance's is
+/// one it has not verified).
 pub async fn check_conveyances(
     s: &CliSession,
     view: &View,
+    from: u64,
 ) -> BTreeMap<u64, Result<VerifiedVerbatim, ConveyError>> {
     let mut out = BTreeMap::new();
-    for l in &view.statements {
+    // Only what is about to be shown: each check may ask the node for a
+    // proof.
+    for l in view.statements.iter().filter(|l| l.seq >= from) {
         let Payload::Conveyance(Conveyed::Verbatim(v)) = &l.statement.unverified().payload else {
             continue;
         };
