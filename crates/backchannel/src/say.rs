@@ -203,9 +203,22 @@ struct Posted {
     what: String,
 }
 
-fn print_posted(json: bool, p: &Posted) -> anyhow::Result<()> {
+/// Closes the home and prints what was posted where.
+async fn finish(
+    ctx: Ctx,
+    json: bool,
+    seq: u64,
+    room: String,
+    what: impl Into<String>,
+) -> anyhow::Result<()> {
+    ctx.close().await;
+    let p = Posted {
+        seq,
+        room,
+        what: what.into(),
+    };
     if json {
-        println!("{}", serde_json::to_string(p)?);
+        println!("{}", serde_json::to_string(&p)?);
     } else {
         println!("{} to {} (seq {})", p.what, p.room, p.seq);
     }
@@ -332,26 +345,6 @@ fn sign(
     .sign(&me.key)?)
 }
 
-/// The room `query` names among this device's rooms, refusing the record
-/// room (it carries formal statements only).
-async fn room_for_message(
-    ctx: &Ctx,
-    s: &CliSession,
-    view: &View,
-    query: &str,
-) -> anyhow::Result<RoomId> {
-    let room = crate::messages::talk_room(ctx, s, view, query).await?;
-    let roster = view
-        .roster()
-        .context("the roster has not been received yet")?;
-    ensure!(
-        roster.room(room).map(|d| d.purpose) != Some(RoomPurpose::Record),
-        "the record room carries formal signed statements only; post messages to another of \
-         your rooms (`backchannel talks show` lists them)"
-    );
-    Ok(room)
-}
-
 fn letters_allowed(view: &View) -> impl Fn(PartyId, PartyId) -> bool + '_ {
     move |a, b| {
         let pair = if a < b { (a, b) } else { (b, a) };
@@ -412,7 +405,7 @@ pub fn message(home_dir: Option<PathBuf>, a: MessageArgs) -> anyhow::Result<()> 
         let mut s = ctx.session().await?;
         let view = refresh(&ctx, &mut s).await?;
         let me = me(&ctx, &view).await?;
-        let room = room_for_message(&ctx, &s, &view, &a.room).await?;
+        let room = crate::messages::talk_room(&ctx, &s, &view, &a.room).await?;
         let reply_to = match a.reply_to {
             Some(seq) => Some(
                 view.logged(seq)
@@ -426,13 +419,8 @@ pub fn message(home_dir: Option<PathBuf>, a: MessageArgs) -> anyhow::Result<()> 
         let mut msg = Message::new(item(&a.options.item)?, a.text.clone(), None)?;
         msg.reply_to = reply_to;
         let seq = post_message(&ctx, &mut s, &view, &me, room, msg, &a.options).await?;
-        let out = Posted {
-            seq,
-            room: view.room_name(room),
-            what: "message posted".into(),
-        };
-        ctx.close().await;
-        print_posted(a.talks.json, &out)
+        let what = "message posted";
+        finish(ctx, a.talks.json, seq, view.room_name(room), what).await
     })
 }
 
@@ -479,7 +467,7 @@ pub fn release(home_dir: Option<PathBuf>, a: ReleaseArgs) -> anyhow::Result<()> 
             Some(KeyRole::Identity { principal, .. }) => *principal,
             _ => bail!("the draft's author is not a member of the record"),
         };
-        let room = room_for_message(&ctx, &s, &view, &a.to).await?;
+        let room = crate::messages::talk_room(&ctx, &s, &view, &a.to).await?;
         let release = Release {
             draft: logged.statement.unverified().id,
             draft_hash: logged.statement.hash(),
@@ -491,13 +479,8 @@ pub fn release(home_dir: Option<PathBuf>, a: ReleaseArgs) -> anyhow::Result<()> 
         };
         let msg = Message::new(item, draft.text().to_owned(), Some(release))?;
         let seq = post_message(&ctx, &mut s, &view, &me, room, msg, &a.options).await?;
-        let out = Posted {
-            seq,
-            room: view.room_name(room),
-            what: format!("released the draft of seq {}", a.draft),
-        };
-        ctx.close().await;
-        print_posted(a.talks.json, &out)
+        let what = format!("released the draft of seq {}", a.draft);
+        finish(ctx, a.talks.json, seq, view.room_name(room), what).await
     })
 }
 
@@ -514,7 +497,7 @@ pub fn convey(home_dir: Option<PathBuf>, a: ConveyArgs) -> anyhow::Result<()> {
             "only a mediator whose role permits it (lead or co-mediator) conveys"
         );
         let to = a.to.as_deref().context("say where it goes: --to ROOM")?;
-        let room = room_for_message(&ctx, &s, &view, to).await?;
+        let room = crate::messages::talk_room(&ctx, &s, &view, to).await?;
         let roster = view.roster().context("no roster yet")?.clone();
         let plain = |view: &View| -> anyhow::Result<Markings> {
             Ok(Markings::new(
@@ -710,13 +693,7 @@ pub fn convey(home_dir: Option<PathBuf>, a: ConveyArgs) -> anyhow::Result<()> {
             )?;
             post_statement(&mut s, mediators, &link).await?;
         }
-        let out = Posted {
-            seq,
-            room: view.room_name(room),
-            what: what.to_owned(),
-        };
-        ctx.close().await;
-        print_posted(a.talks.json, &out)
+        finish(ctx, a.talks.json, seq, view.room_name(room), what).await
     })
 }
 
@@ -764,13 +741,8 @@ pub fn receipt(home_dir: Option<PathBuf>, a: ReceiptArgs) -> anyhow::Result<()> 
             Payload::Receipt(receipt),
         )?;
         let seq = post_statement(&mut s, room, &r).await?;
-        let out = Posted {
-            seq,
-            room: view.room_name(room),
-            what: format!("formal receipt of seq {}", a.seq),
-        };
-        ctx.close().await;
-        print_posted(a.talks.json, &out)
+        let what = format!("formal receipt of seq {}", a.seq);
+        finish(ctx, a.talks.json, seq, view.room_name(room), what).await
     })
 }
 
@@ -1151,9 +1123,13 @@ pub fn describe(
 pub fn item_of(st: &SignedStatement) -> Option<String> {
     match &st.unverified().payload {
         Payload::Message(m) => m.item.as_ref().map(|i| i.as_str().to_owned()),
+        // One level: only a message travels verbatim.
         Payload::Conveyance(Conveyed::Verbatim(v)) => SignedStatement::decode(v.statement())
             .ok()
-            .and_then(|o| item_of(&o)),
+            .and_then(|o| match &o.unverified().payload {
+                Payload::Message(m) => m.item.as_ref().map(|i| i.as_str().to_owned()),
+                _ => None,
+            }),
         Payload::Conveyance(c) => c.item().map(|i| i.as_str().to_owned()),
         _ => None,
     }
