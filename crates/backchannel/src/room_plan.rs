@@ -23,6 +23,10 @@ use backchannel_statement::roster::{MemberEntry, PartyEntry, RoomDecl, RoomPurpo
 use backchannel_statement::{Act, PartyKind, Role};
 use clap::ValueEnum;
 
+/// The longest track name (the room's name is "Track: " and the name, within
+/// the roster's limit on names).
+pub const MAX_TRACK_NAME: usize = 64;
+
 /// A room preset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Preset {
@@ -142,8 +146,8 @@ pub fn declare(
     }
     for name in &plan.tracks {
         ensure!(
-            !name.is_empty() && name.len() <= 64 && !name.contains(['\n', '\t']),
-            "a track's name is 1 to 64 characters on one line"
+            !name.is_empty() && name.len() <= MAX_TRACK_NAME && !name.contains(['\n', '\t']),
+            "a track's name is 1 to {MAX_TRACK_NAME} bytes on one line"
         );
         let mut m = Vec::new();
         for d in &delegations {

@@ -59,6 +59,10 @@ pub const NO_DENIABILITY: &str = "formal statements (roster, acceptances, agreem
      are end-to-end encrypted (each room is an MLS group): the node sees who posts to which room \
      and when, never what.";
 
+/// How many times `talks seat` proposes its seating change again when a
+/// party's co-signature changed the list meanwhile (409 stale).
+const SEAT_ATTEMPTS: u32 = 10;
+
 /// How often `talks accept` polls the node while it waits.
 const POLL: Duration = Duration::from_millis(300);
 
@@ -724,7 +728,7 @@ async fn seat(dir: &Path, a: TalksSeatArgs) -> anyhow::Result<()> {
         let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
         match s.node().submit_change(ctx.talks(), &change).await {
             Ok(_) => break,
-            Err(e) if e.code() == Some(codes::STALE) && attempt < 10 => {
+            Err(e) if e.code() == Some(codes::STALE) && attempt < SEAT_ATTEMPTS => {
                 tokio::time::sleep(POLL).await;
             }
             Err(e) => return Err(e.into()),
