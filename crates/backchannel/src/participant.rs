@@ -253,6 +253,12 @@ impl View {
         }
     }
 
+    /// The envelope archived at `seq` (the archive is in seq order).
+    pub fn archived_at(&self, seq: u64) -> Option<&Archived> {
+        let i = self.archive.binary_search_by_key(&seq, |a| a.seq).ok()?;
+        self.archive.get(i)
+    }
+
     /// The statement archived at `seq`, with replay's verdict.
     pub fn logged(&self, seq: u64) -> Option<&Logged> {
         let i = self.statements.binary_search_by_key(&seq, |l| l.seq).ok()?;

@@ -437,9 +437,7 @@ pub fn release(home_dir: Option<PathBuf>, a: ReleaseArgs) -> anyhow::Result<()> 
             .logged(a.draft)
             .with_context(|| format!("no statement at seq {} in your archive", a.draft))?;
         let draft_room = view
-            .archive
-            .iter()
-            .find(|x| x.seq == a.draft)
+            .archived_at(a.draft)
             .map(|x| x.header.header().room)
             .context("the draft is not archived")?;
         let Payload::Message(draft) = &logged.statement.unverified().payload else {
@@ -519,9 +517,7 @@ pub fn convey(home_dir: Option<PathBuf>, a: ConveyArgs) -> anyhow::Result<()> {
                 check_verbatim(&roster, &logged.statement, room)
                     .map_err(|e| anyhow!("refused: seq {seq} {e}"))?;
                 let archived = view
-                    .archive
-                    .iter()
-                    .find(|x| x.seq == *seq)
+                    .archived_at(*seq)
                     .context("the original is not archived")?;
                 let o = logged.statement.unverified();
                 if let Some(KeyRole::Identity {
@@ -720,9 +716,7 @@ pub fn receipt(home_dir: Option<PathBuf>, a: ReceiptArgs) -> anyhow::Result<()> 
             a.seq
         );
         let room = view
-            .archive
-            .iter()
-            .find(|x| x.seq == a.seq)
+            .archived_at(a.seq)
             .map(|x| x.header.header().room)
             .context("not archived")?;
         let receipt = Receipt {
@@ -911,12 +905,7 @@ pub async fn check_conveyances(
         let Payload::Conveyance(Conveyed::Verbatim(v)) = &l.statement.unverified().payload else {
             continue;
         };
-        let Some(room) = view
-            .archive
-            .iter()
-            .find(|a| a.seq == l.seq)
-            .map(|a| a.header.header().room)
-        else {
+        let Some(room) = view.archived_at(l.seq).map(|a| a.header.header().room) else {
             continue;
         };
         let mut r = verify_verbatim(s.talks(), &view.replay, v, room, |n| {
@@ -1082,11 +1071,7 @@ pub fn describe(
                         .into(),
                 ));
             }
-            let at = view
-                .archive
-                .iter()
-                .find(|a| a.seq == r.seq)
-                .map(|a| utc(a.node_time));
+            let at = view.archived_at(r.seq).map(|a| utc(a.node_time));
             match r.kind {
                 ReceiptKind::Received => (
                     "receipt",
