@@ -51,6 +51,44 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+/// Where every answer the node sends is copied, when a test asked for it
+/// ([`tap_answers`]).
+static TAP: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+/// For tests of what the node sends (the demo's canary test): from now on,
+/// every answer body any [`NodeClient`] of this process reads, error
+/// answers and stream frames included, is appended to the file at `path`
+/// (created; it must not exist). Once per process; a second call fails.
+#[doc(hidden)]
+pub fn tap_answers(path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(path)?;
+    TAP.set(std::sync::Mutex::new(file)).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "answers are already tapped",
+        )
+    })
+}
+
+/// Copies `bytes`, one whole answer of the node, to the tap if there is one. A
+/// failed write stops the process: a test relying on the tap must not pass
+/// on a partial copy.
+fn tap(bytes: &[u8]) {
+    use std::io::Write as _;
+    if let Some(file) = TAP.get() {
+        let mut file = file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = file.write_all(bytes) {
+            eprintln!("the answer tap failed: {e}");
+            std::process::abort();
+        }
+    }
+}
+
 /// How long connecting (TCP and TLS, and the WebSocket upgrade) may take:
 /// the node's own handshake timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -469,11 +507,14 @@ impl NodeClient {
         }
         let mut out = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(&e))? {
-            if out.len() + chunk.len() > max {
-                return Err(too_long((out.len() + chunk.len()) as u64));
-            }
             out.extend_from_slice(&chunk);
+            if out.len() > max {
+                tap(&out);
+                return Err(too_long(out.len() as u64));
+            }
         }
+        // Whole answers, so that concurrent answers never interleave.
+        tap(&out);
         Ok(out)
     }
 
@@ -1224,10 +1265,11 @@ impl NodeClient {
                 .max_frame_size(Some(MAX_STREAM_MESSAGE));
             match tokio_tungstenite::client_async_with_config(url, tls, Some(config)).await {
                 Ok((ws, _)) => Ok(ws),
-                Err(tungstenite::Error::Http(resp)) => Err(api_error(
-                    resp.status().as_u16(),
-                    resp.body().as_deref().unwrap_or_default(),
-                )),
+                Err(tungstenite::Error::Http(resp)) => {
+                    let body = resp.body().as_deref().unwrap_or_default();
+                    tap(body);
+                    Err(api_error(resp.status().as_u16(), body))
+                }
                 Err(e) => Err(self.transport(&e)),
             }
         };
@@ -1305,6 +1347,7 @@ impl NodeStream {
             };
             match message {
                 Message::Text(text) => {
+                    tap(text.as_bytes());
                     let frame: api::StreamFrame = serde_json::from_str(&text)
                         .map_err(|e| served(format!("a stream frame that is not a frame ({e})")))?;
                     return self.frame(frame);
@@ -1316,7 +1359,8 @@ impl NodeStream {
                     }
                 }
                 Message::Pong(_) | Message::Frame(_) => {}
-                Message::Binary(_) => {
+                Message::Binary(bytes) => {
+                    tap(&bytes);
                     return Err(served("a binary stream frame (frames are JSON text)"));
                 }
                 Message::Close(frame) => {

@@ -243,6 +243,10 @@ pub struct DemoArgs {
     /// be searched for them.
     #[arg(long, hide = true, value_name = "HEX32")]
     pub canary: Option<String>,
+    /// For tests: copy every answer the node sends (response bodies and
+    /// stream frames, as the demo's clients read them) to this new file.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub answers: Option<std::path::PathBuf>,
 }
 
 /// `backchannel node …`.

@@ -393,8 +393,13 @@ fn marked(conveyance: Conveyance, receipt_required: bool) -> anyhow::Result<Mark
 
 /// Runs the demo; `keep`: leave its directory (the node's data and the
 /// participants' homes) in place; `canary`: 32 hex digits planted in every
-/// name and text.
-pub fn main(keep: bool, canary: Option<&str>) -> anyhow::Result<()> {
+/// name and text; `answers`: a new file to copy every answer of the node
+/// to (`backchannel_client::net::tap_answers`).
+pub fn main(keep: bool, canary: Option<&str>, answers: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(path) = answers {
+        backchannel_client::net::tap_answers(path)
+            .with_context(|| format!("creating {} for the node's answers", path.display()))?;
+    }
     let canary = match canary {
         Some(c) => {
             ensure!(

@@ -1,8 +1,8 @@
 //! The README's first command: `backchannel demo` replays the opening of the
 //! reference scenario on a real local node and exits 0, with matching
 //! safety codes, a final checkpoint, and what each participant saw; and,
-//! with a canary planted in every name and text, the node's files and its
-//! log output hold the canary in no form.
+//! with a canary planted in every name and text, the node's files, its log
+//! output and every answer it sent hold the canary in no form.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -281,6 +281,7 @@ fn the_node_never_holds_or_logs_plaintext() {
     let mut bytes = [0u8; 16];
     OsRng.fill_bytes(&mut bytes);
     let canary = hex::encode(bytes);
+    let answers = std::env::temp_dir().join(format!("backchannel-answers-{canary}"));
     let out = Command::new(env!("CARGO_BIN_EXE_backchannel"))
         .args([
             "--log-level",
@@ -289,7 +290,9 @@ fn the_node_never_holds_or_logs_plaintext() {
             "--keep",
             "--canary",
             &canary,
+            "--answers",
         ])
+        .arg(&answers)
         .env_remove("BACKCHANNEL_LOG")
         .output()
         .expect("runs");
@@ -304,6 +307,7 @@ fn the_node_never_holds_or_logs_plaintext() {
     let homes = kept(&stdout, "The participants' homes are kept at ");
     let cleanup = || {
         let _ = std::fs::remove_dir_all(node_dir.parent().unwrap());
+        let _ = std::fs::remove_file(&answers);
     };
     let forms = forms(&canary, &bytes);
 
@@ -349,13 +353,28 @@ fn the_node_never_holds_or_logs_plaintext() {
         }
     }
     assert!(total > 100_000, "only {total} bytes stored");
+    // Every answer the node sent the demo's clients: response bodies, error
+    // bodies and stream frames.
+    let sent = std::fs::read(&answers).unwrap();
+    for h in hits(&forms, &sent) {
+        found.push(format!("the node's answers: {h}"));
+    }
+    let pages = String::from_utf8_lossy(&sent)
+        .matches("\"envelopes\":")
+        .count();
     cleanup();
     assert!(
+        sent.len() > 100_000 && pages > 0,
+        "only {} bytes of answers, {pages} pages of envelopes",
+        sent.len()
+    );
+    assert!(
         found.is_empty(),
-        "the canary {canary} was found outside ciphertext ({} forms searched in {} files and \
-         the node's log):\n{}",
+        "the canary {canary} was found outside ciphertext ({} forms searched in {} files, \
+         the node's log and its {} bytes of answers):\n{}",
         forms.len(),
         files.len(),
+        sent.len(),
         found.join("\n")
     );
 }
