@@ -67,6 +67,59 @@ pub const EPOCH_ATTEMPTS: usize = 4;
 /// the room.
 pub const PCS_UPDATE_MESSAGES: u32 = 100;
 
+/// At the latest this long after its first own message in a room since its
+/// last commit there (by the node's timestamp of that message), a device
+/// commits an update of its own leaf at its next sync: a quiet member owes
+/// nothing, an active one updates at least this often however few messages
+/// it sends.
+pub const PCS_UPDATE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What makes an update of this device's own leaf due in one room
+/// ([`PCS_UPDATE_MESSAGES`], [`PCS_UPDATE_INTERVAL`], a removal), counted
+/// since its last commit there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PcsDue {
+    /// Own application messages sent.
+    sent: u32,
+    /// Whether a member was removed.
+    removal: bool,
+    /// The node's timestamp (Unix ms) of the first of those messages to be
+    /// sequenced; 0 while none is.
+    since_ms: u64,
+}
+
+impl PcsDue {
+    const LEN: usize = 4 + 1 + 8;
+
+    fn to_bytes(self) -> Vec<u8> {
+        let mut v = self.sent.to_be_bytes().to_vec();
+        v.push(u8::from(self.removal));
+        v.extend_from_slice(&self.since_ms.to_be_bytes());
+        v
+    }
+
+    fn from_bytes(v: &[u8]) -> Option<Self> {
+        if v.len() != Self::LEN || v[4] > 1 {
+            return None;
+        }
+        let mut since = [0u8; 8];
+        since.copy_from_slice(&v[5..]);
+        Some(Self {
+            sent: u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+            removal: v[4] == 1,
+            since_ms: u64::from_be_bytes(since),
+        })
+    }
+
+    /// Whether an update is due at `now_ms` (the client's clock).
+    fn due(self, now_ms: u64) -> bool {
+        let interval = PCS_UPDATE_INTERVAL.as_millis() as u64;
+        self.removal
+            || self.sent >= PCS_UPDATE_MESSAGES
+            || (self.since_ms != 0 && now_ms >= self.since_ms.saturating_add(interval))
+    }
+}
+
 /// What a copy message carries at most, so that it fits an envelope with
 /// room to spare (larger histories go in several copies).
 pub const MAX_COPY_BYTES: usize = 512 * 1024;
@@ -536,6 +589,7 @@ impl<S: ClientStore> Session<S> {
                 Ok(s) => {
                     self.note_sequenced(&s)?;
                     self.save_pending_and_clear().await?;
+                    self.pcs_sequenced(room, s.node_time).await?;
                     return Ok(s.seq);
                 }
                 Err(e) if e.code() == Some("stale_epoch") => {
@@ -589,7 +643,7 @@ impl<S: ClientStore> Session<S> {
         }
 
         for room in rooms {
-            self.sync_room(list, room, &mut report).await?;
+            self.sync_room(list, room, now_s, &mut report).await?;
         }
         Ok(report)
     }
@@ -598,6 +652,7 @@ impl<S: ClientStore> Session<S> {
         &mut self,
         list: &AccessList,
         room: RoomId,
+        now_s: u64,
         report: &mut SyncReport,
     ) -> Result<(), SessionError> {
         for _ in 0..EPOCH_ATTEMPTS {
@@ -683,7 +738,7 @@ impl<S: ClientStore> Session<S> {
             let have: BTreeSet<PublicKey> = self.mls.members(room).into_iter().collect();
             let add: Vec<KeyId> = want.difference(&have).map(PublicKey::id).collect();
             let remove: Vec<PublicKey> = have.difference(&want).copied().collect();
-            let update = self.pcs_due(room);
+            let update = self.pcs_due(room, now_s.saturating_mul(1000));
             if add.is_empty() && remove.is_empty() && !update {
                 return Ok(());
             }
@@ -874,47 +929,51 @@ impl<S: ClientStore> Session<S> {
         k
     }
 
-    /// Whether this device owes the room an update of its own leaf: it
-    /// sent [`PCS_UPDATE_MESSAGES`] messages there since its last commit,
-    /// or a member was removed since (post-compromise security).
-    fn pcs_due(&self, room: RoomId) -> bool {
-        self.pcs
-            .get(&room)
-            .is_some_and(|(sent, removal)| *sent >= PCS_UPDATE_MESSAGES || *removal)
+    /// Whether this device owes the room an update of its own leaf at
+    /// `now_ms` ([`PcsDue`]).
+    fn pcs_due(&self, room: RoomId, now_ms: u64) -> bool {
+        self.pcs.get(&room).is_some_and(|d| d.due(now_ms))
     }
 
     /// Counts what makes an update due (in memory; written with the next
     /// state write of the session).
     pub(crate) fn pcs_note(&mut self, room: RoomId, sent: u32, removal: bool) {
-        let e = self.pcs.entry(room).or_insert((0, false));
-        e.0 = e.0.saturating_add(sent);
-        e.1 |= removal;
+        let e = self.pcs.entry(room).or_default();
+        e.sent = e.sent.saturating_add(sent);
+        e.removal |= removal;
+    }
+
+    /// An own message in `room` was sequenced at `node_time` (Unix ms): the
+    /// first since our last commit there starts [`PCS_UPDATE_INTERVAL`].
+    async fn pcs_sequenced(&mut self, room: RoomId, node_time: u64) -> Result<(), SessionError> {
+        let e = self.pcs.entry(room).or_default();
+        if e.since_ms == 0 {
+            e.since_ms = node_time.max(1);
+            self.store.put_many(self.pcs_puts()).await?;
+        }
+        Ok(())
     }
 
     /// The writes of the update counters.
     pub(crate) fn pcs_puts(&self) -> Vec<Put> {
         self.pcs
             .iter()
-            .map(|(room, (sent, removal))| {
-                let mut v = sent.to_be_bytes().to_vec();
-                v.push(u8::from(*removal));
-                Put {
-                    ns: Namespace::Mls,
-                    key: self.pcs_key(*room),
-                    value: Some(v),
-                }
+            .map(|(room, due)| Put {
+                ns: Namespace::Mls,
+                key: self.pcs_key(*room),
+                value: Some(due.to_bytes()),
             })
             .collect()
     }
 
-    /// Reads the update counters of `rooms` from the store.
+    /// Reads the update counters of `rooms` from the store (a value of
+    /// another length, written by an older version, counts nothing).
     pub(crate) async fn pcs_load(&mut self, rooms: &[RoomId]) -> Result<(), SessionError> {
         for room in rooms {
             if let Some(v) = self.store.get(Namespace::Mls, &self.pcs_key(*room)).await?
-                && v.len() == 5
+                && let Some(due) = PcsDue::from_bytes(&v)
             {
-                let sent = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
-                self.pcs.insert(*room, (sent, v[4] == 1));
+                self.pcs.insert(*room, due);
             }
         }
         Ok(())
@@ -922,7 +981,7 @@ impl<S: ClientStore> Session<S> {
 
     /// Our own commit in the room merged: it updated our leaf.
     async fn pcs_done(&mut self, room: RoomId) -> Result<(), SessionError> {
-        self.pcs.insert(room, (0, false));
+        self.pcs.insert(room, PcsDue::default());
         self.store.put_many(self.pcs_puts()).await?;
         Ok(())
     }

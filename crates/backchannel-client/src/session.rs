@@ -429,10 +429,9 @@ pub struct Session<S: ClientStore> {
     /// This device's MLS state in the talks: one group per room it is in.
     /// Persisted with the archive and the cursor in one write.
     pub(crate) mls: Member,
-    /// Per room: own messages since this device's last commit there, and
-    /// whether a member was removed since (an update of its leaf is due:
-    /// `crate::rooms::PCS_UPDATE_MESSAGES`).
-    pub(crate) pcs: BTreeMap<RoomId, (u32, bool)>,
+    /// Per room: what makes an update of this device's own leaf due,
+    /// counted since its last commit there (`crate::rooms::PcsDue`).
+    pub(crate) pcs: BTreeMap<RoomId, crate::rooms::PcsDue>,
     /// The next seq to fetch.
     next: u64,
     follower: Follower,
