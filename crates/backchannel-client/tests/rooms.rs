@@ -1,8 +1,9 @@
 //! A session's rooms against a real node: an update of its own leaf after
-//! `PCS_UPDATE_MESSAGES` messages, a rejoin by external commit when its
+//! `PCS_UPDATE_MESSAGES` messages or `PCS_UPDATE_INTERVAL`, a rejoin by external commit when its
 //! MLS state fell behind the log, and a message to a room this device is
 //! not in yet refused before anything is sent. What the node stores, tried
-//! with members' saved MLS states: the other party's caucus, and a removed
+//! with members' saved MLS states: the other party's internal and caucus
+//! rooms and the mediators' room, and a removed
 //! member's former rooms after its removal (removed online or offline).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use backchannel_client::net::NodeClient;
-use backchannel_client::rooms::{PCS_UPDATE_MESSAGES, sync_all};
+use backchannel_client::rooms::{PCS_UPDATE_INTERVAL, PCS_UPDATE_MESSAGES, sync_all};
 use backchannel_client::seal::Content;
 use backchannel_client::session::{Session, SessionError};
 use backchannel_client::store::{ClientStore, MemoryClientStore, Namespace, Put};
@@ -46,6 +47,11 @@ async fn start() -> Served {
 }
 
 async fn start_on(store: Arc<MemoryStore>) -> Served {
+    start_with(store, &list()).await
+}
+
+/// A node on `store` with talks opened on `list`.
+async fn start_with(store: Arc<MemoryStore>, list: &AccessList) -> Served {
     let node = Node::new(
         store,
         NodeConfig {
@@ -61,7 +67,7 @@ async fn start_on(store: Arc<MemoryStore>) -> Served {
         .unwrap();
     NodeClient::new(served.addr, served.fingerprint, &key(OMAN_LEAD_DEVICE))
         .unwrap()
-        .create_talks(&list())
+        .create_talks(list)
         .await
         .unwrap();
     served
@@ -153,6 +159,51 @@ async fn a_device_updates_its_leaf_after_enough_messages_and_the_room_goes_on() 
     let got = talk(&iran).await;
     assert_eq!(got.len() as u32, PCS_UPDATE_MESSAGES + 1);
     assert_eq!(got.last().map(String::as_str), Some("after"));
+    served.stop().await;
+}
+
+/// However few messages it sends, an active device updates its leaf once
+/// `PCS_UPDATE_INTERVAL` has passed since its first message after its last
+/// commit; a quiet one owes nothing.
+#[tokio::test]
+async fn a_device_that_talks_updates_its_leaf_at_least_every_interval() {
+    let served = start().await;
+    let record = fixtures::talks().record;
+    let stores: [Arc<MemoryClientStore>; 4] = Default::default();
+    let labels = [
+        US_HEAD_DEVICE,
+        IRAN_HEAD_DEVICE,
+        OMAN_LEAD_DEVICE,
+        US_NEGOTIATOR_DEVICE,
+    ];
+    let mut sessions = Vec::new();
+    for (l, st) in labels.iter().zip(&stores) {
+        sessions.push(session(&served, *l, st).await);
+    }
+    let now = now_ms() / 1000;
+    {
+        let mut all: Vec<&mut Sess> = sessions.iter_mut().collect();
+        sync_all(&mut all, &list(), now).await.unwrap();
+    }
+    let interval = PCS_UPDATE_INTERVAL.as_secs();
+    let us = &mut sessions[0];
+    let epoch = us.room_epoch(record).unwrap();
+    // Quiet: nothing is due however late.
+    let report = us.sync_rooms(&list(), now + 10 * interval).await.unwrap();
+    assert!(report.updated.is_empty(), "{report:?}");
+    say(us, &list(), record, "one message").await;
+    // Not yet due just before the interval ends (the message's node time is
+    // at or after `now`).
+    let report = us.sync_rooms(&list(), now + interval - 5).await.unwrap();
+    assert!(report.updated.is_empty(), "{report:?}");
+    // Due after it, and kept across a restart of the session.
+    let mut us = session(&served, US_HEAD_DEVICE, &stores[0]).await;
+    let report = us.sync_rooms(&list(), now + interval + 5).await.unwrap();
+    assert_eq!(report.updated, vec![record], "{report:?}");
+    assert_eq!(us.room_epoch(record), Some(epoch + 1));
+    // Counted again from the update.
+    let report = us.sync_rooms(&list(), now + 3 * interval).await.unwrap();
+    assert!(report.updated.is_empty(), "{report:?}");
     served.stop().await;
 }
 
@@ -264,14 +315,20 @@ async fn a_device_not_yet_in_a_room_sends_nothing() {
     served.stop().await;
 }
 
-/// The proximity invariant, against what the node stores: each member's
-/// saved MLS state is tried on every stored application envelope of the
-/// other delegation's caucus, straight from the node's store: none opens.
+/// The proximity invariant, against what the node stores: in proximity
+/// talks with every room (record, caucuses, each delegation's internal
+/// room, the mediators' room), each member's saved MLS state is tried on
+/// every stored application envelope of the other delegation's internal and
+/// caucus rooms and of the mediators' room (the mediator's, on both
+/// delegations' internal rooms), straight from the node's store: none
+/// opens.
 #[tokio::test]
-async fn no_member_of_one_party_decrypts_the_other_partys_caucus() {
+async fn no_member_of_one_party_decrypts_the_other_partys_rooms() {
+    use fixtures::{IRAN_INTERNAL, MEDIATORS, US_INTERNAL};
     let store = Arc::new(MemoryStore::new());
-    let served = start_on(Arc::clone(&store)).await;
-    let t = fixtures::talks();
+    let t = fixtures::talks_with_internal_rooms();
+    let list = t.roster.implied_access_list(t.talks).unwrap();
+    let served = start_with(Arc::clone(&store), &list).await;
     let labels = [
         OMAN_LEAD_DEVICE,
         US_HEAD_DEVICE,
@@ -285,7 +342,7 @@ async fn no_member_of_one_party_decrypts_the_other_partys_caucus() {
     }
     {
         let mut all: Vec<&mut Sess> = sessions.iter_mut().collect();
-        sync_all(&mut all, &list(), now_ms() / 1000).await.unwrap();
+        sync_all(&mut all, &list, now_ms() / 1000).await.unwrap();
     }
     for (i, room, text) in [
         (0, t.us_caucus, "to the US"),
@@ -293,20 +350,32 @@ async fn no_member_of_one_party_decrypts_the_other_partys_caucus() {
         (2, t.us_caucus, "US fallback"),
         (0, t.iran_caucus, "to Iran"),
         (3, t.iran_caucus, "Iran's red line"),
+        (1, US_INTERNAL, "US delegation only"),
+        (2, US_INTERNAL, "US delegation, again"),
+        (3, IRAN_INTERNAL, "Iran's delegation only"),
+        (3, IRAN_INTERNAL, "Iran's delegation, again"),
+        (0, MEDIATORS, "the mediators' own assessment"),
+        (0, MEDIATORS, "the mediators' next move"),
     ] {
         sessions[i]
-            .send(&list(), room, Content::Talk(text.into()), Salt([9; 32]))
+            .send(&list, room, Content::Talk(text.into()), Salt([9; 32]))
             .await
             .unwrap();
     }
     for s in &mut sessions {
-        s.receive(&list()).await.unwrap();
+        s.receive(&list).await.unwrap();
     }
     let rows = backchannel_store::Store::read(&*store, talks(), 0, 1000)
         .await
         .unwrap();
-    // (device, its party's own caucus, the other caucus)
-    for (i, other) in [(1, t.iran_caucus), (2, t.iran_caucus), (3, t.us_caucus)] {
+    let us_closed = [IRAN_INTERNAL, t.iran_caucus, MEDIATORS];
+    // (device, the rooms it must not open)
+    for (i, closed) in [
+        (1, &us_closed[..]),
+        (2, &us_closed[..]),
+        (3, &[US_INTERNAL, t.us_caucus, MEDIATORS][..]),
+        (0, &[US_INTERNAL, IRAN_INTERNAL][..]),
+    ] {
         let saved = stores[i]
             .get(Namespace::Mls, &mls_key())
             .await
@@ -314,27 +383,51 @@ async fn no_member_of_one_party_decrypts_the_other_partys_caucus() {
             .expect("a saved MLS state");
         let mut member =
             backchannel_mls::Member::from_bytes(talks(), key(labels[i]), &saved).unwrap();
-        let mut tried = 0;
-        for row in rows.iter().filter(|r| r.room == other) {
-            let h = *backchannel_statement::SignedHeader::decode(&row.header)
-                .unwrap()
-                .header();
-            if h.kind != backchannel_statement::Kind::MlsApp {
-                continue;
+        for &room in closed {
+            let mut tried = 0;
+            for row in rows.iter().filter(|r| r.room == room) {
+                let h = *backchannel_statement::SignedHeader::decode(&row.header)
+                    .unwrap()
+                    .header();
+                if h.kind != backchannel_statement::Kind::MlsApp {
+                    continue;
+                }
+                let body = row.body.as_ref().unwrap();
+                let msg = backchannel_statement::header::unpad_body(body).unwrap();
+                tried += 1;
+                assert!(
+                    member.decrypt(room, msg, &h.commitment.0).is_err(),
+                    "device {:#x} decrypted seq {} of room {room:?}",
+                    labels[i],
+                    row.seq
+                );
             }
-            let body = row.body.as_ref().unwrap();
-            let msg = backchannel_statement::header::unpad_body(body).unwrap();
-            tried += 1;
+            assert!(tried >= 2, "{tried} envelopes of {room:?}");
+        }
+    }
+    // What each member may read, from the same store, opens: the check can
+    // fail.
+    let expect = [
+        (
+            0,
+            vec!["Iran's red line", "US fallback", "US internal position"],
+        ),
+        (1, vec!["US delegation, again", "US fallback", "to the US"]),
+        (
+            2,
+            vec!["US delegation only", "US internal position", "to the US"],
+        ),
+        (3, vec!["to Iran"]),
+    ];
+    for (i, want) in expect {
+        let got = talk(&sessions[i]).await;
+        for w in want {
             assert!(
-                member.decrypt(other, msg, &h.commitment.0).is_err(),
-                "device {:#x} decrypted seq {} of the other party's caucus",
-                labels[i],
-                row.seq
+                got.iter().any(|g| g == w),
+                "device {:#x} did not read {w:?}: {got:?}",
+                labels[i]
             );
         }
-        assert!(tried >= 2, "{tried}");
-        // Its own caucus, from the same store, opens: the check can fail.
-        assert!(!talk(&sessions[i]).await.is_empty());
     }
     served.stop().await;
 }

@@ -372,6 +372,57 @@ pub fn talks_with_plenary_and_letter() -> Talks {
     t
 }
 
+/// The US delegation's internal room of [`talks_with_internal_rooms`]: the
+/// US head and negotiator, no mediator.
+pub const US_INTERNAL: RoomId = RoomId(id(0x76));
+/// Iran's internal room of [`talks_with_internal_rooms`]: the Iranian head.
+pub const IRAN_INTERNAL: RoomId = RoomId(id(0x77));
+/// The mediators' room of [`talks_with_internal_rooms`]: the lead mediator.
+pub const MEDIATORS: RoomId = RoomId(id(0x78));
+
+/// The reference talks with every room of proximity talks: besides the
+/// record and the two caucuses, each delegation's internal room
+/// ([`US_INTERNAL`], [`IRAN_INTERNAL`]) and the mediators' room
+/// ([`MEDIATORS`]); everything else as [`talks`] builds it.
+pub fn talks_with_internal_rooms() -> Talks {
+    let mut t = talks();
+    let [lead, us_head, iran_head, us_neg] = PRINCIPALS;
+    let room = |room, purpose, name: &str, mut members: Vec<PrincipalId>| {
+        members.sort();
+        RoomDecl {
+            room,
+            purpose,
+            name: name.into(),
+            members,
+        }
+    };
+    t.roster.rooms.push(room(
+        US_INTERNAL,
+        RoomPurpose::PartyInternal,
+        "Internal: United States",
+        vec![us_head, us_neg],
+    ));
+    t.roster.rooms.push(room(
+        IRAN_INTERNAL,
+        RoomPurpose::PartyInternal,
+        "Internal: Iran",
+        vec![iran_head],
+    ));
+    t.roster.rooms.push(room(
+        MEDIATORS,
+        RoomPurpose::Mediators,
+        "Mediators",
+        vec![lead],
+    ));
+    t.roster.rooms.sort_by_key(|r| r.room);
+    t.roster.access_list_hash = t
+        .roster
+        .implied_access_list(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .hash();
+    t
+}
+
 impl Talks {
     /// A statement signed by `signer` for `party`, addressed to `audience`
     /// (rooms and parties), for statements posted outside the record room.
