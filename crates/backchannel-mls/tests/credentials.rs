@@ -78,7 +78,7 @@ fn an_add_of_a_refused_key_package_is_refused_by_member_and_node() {
 }
 
 #[test]
-fn a_commit_by_a_refused_committer_is_refused_by_the_node() {
+fn a_commit_by_a_refused_committer_is_refused_by_node_and_member() {
     let r = room(3);
     let (node, mut ms) = room_of(2, r);
     let out = ms[1].commit(r, &[], &[], &all).expect("commit");
@@ -86,6 +86,14 @@ fn a_commit_by_a_refused_committer_is_refused_by_the_node() {
         node.stage_commit(&out.commit, &out.group_info, &not(2)),
         Err(PublicError::Leaf(LeafError::NotAdmitted(public(2))))
     );
+    // The member checks the commit's UpdatePath leaf before merging, and
+    // its state stays as it was.
+    let before = ms[0].to_bytes();
+    assert_eq!(
+        ms[0].process_handshake(r, &out.commit, &not(2)),
+        Err(MemberError::Leaf(LeafError::NotAdmitted(public(2))))
+    );
+    assert_eq!(ms[0].to_bytes(), before);
     assert!(
         node.stage_commit(&out.commit, &out.group_info, &all)
             .is_ok()
