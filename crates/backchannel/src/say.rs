@@ -1071,7 +1071,20 @@ pub fn describe(
                         .into(),
                 ));
             }
-            let at = view.archived_at(r.seq).map(|a| utc(a.node_time));
+            // The conveyance's own time where this reader holds it (a
+            // member of the destination room); otherwise, as for the
+            // author, the time the mediator logged the receipt, right
+            // after the conveyance.
+            let at = match view
+                .archived_at(r.seq)
+                .filter(|a| a.header.header().room == r.room)
+            {
+                Some(a) => format!(" at {}", utc(a.node_time)),
+                None => view
+                    .archived_at(seq)
+                    .map(|a| format!("; receipted at {}", utc(a.node_time)))
+                    .unwrap_or_default(),
+            };
             match r.kind {
                 ReceiptKind::Received => (
                     "receipt",
@@ -1094,7 +1107,7 @@ pub fn describe(
                             .collect::<Vec<_>>()
                             .join(", "),
                         r.seq,
-                        at.map(|t| format!(" at {t}")).unwrap_or_default()
+                        at
                     ),
                 ),
             }

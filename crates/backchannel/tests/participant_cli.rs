@@ -1884,7 +1884,11 @@ fn a_position_is_drafted_released_conveyed_and_receipted() {
         "conveyed verbatim to Islamic Republic of Iran",
     );
     assert_eq!(receipts.len(), 1, "{receipts:?}");
-    assert!(names(receipts[0]["text"].as_str().unwrap(), conveyed));
+    let receipt = receipts[0]["text"].as_str().unwrap();
+    assert!(names(receipt, conveyed), "{receipt}");
+    // When: the US is not in Iran's caucus, so the time the receipt was
+    // logged, right after the conveyance.
+    assert!(receipt.contains("; receipted at 20"), "{receipt}");
 
     // Iran's demand, for the mediator only: no verbatim conveyance.
     let ir_draft = posted(
