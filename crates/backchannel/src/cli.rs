@@ -246,7 +246,7 @@ pub struct DemoArgs {
     /// For tests: copy every answer the node sends (response bodies and
     /// stream frames, as the demo's clients read them) to this new file.
     #[arg(long, hide = true, value_name = "FILE")]
-    pub answers: Option<std::path::PathBuf>,
+    pub answers: Option<PathBuf>,
 }
 
 /// `backchannel node …`.
