@@ -6,7 +6,8 @@
 //! [`Store::subscribe`], so several nodes can later share one PostgreSQL
 //! without a rewrite. Every backend passes the one conformance suite in
 //! [`conformance`] (the SQLite backend in `backchannel-store-sqlite`, the
-//! in-memory backend with a crash model in [`memory`], PostgreSQL later).
+//! PostgreSQL backend in `backchannel-store-postgres`, the in-memory
+//! backend with a crash model in [`memory`]).
 //!
 //! # Contract (storage version 3)
 //!

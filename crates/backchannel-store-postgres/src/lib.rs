@@ -1,0 +1,2248 @@
+//! The node's storage ([`backchannel_store::Store`]) on PostgreSQL.
+//!
+//! Features:
+//! - **Durable acknowledgements.** Every connection runs with
+//!   `synchronous_commit = on`, set explicitly when the pool opens it and
+//!   read back (a connection reporting anything else is refused), so a
+//!   `COMMIT` returns only once its WAL record is flushed to disk (and, if
+//!   the server has synchronous standbys, on them too); a method returns
+//!   `Ok` only after its `COMMIT` did. The server's own `fsync` must be on
+//!   as well: [`PostgresStore::settings`] reports both for health checks,
+//!   but the store does not refuse a server running with `fsync = off`
+//!   (test servers often do, on purpose).
+//! - **Sequencing by row locks.** Each talks has a log head row: the next
+//!   seq, the last node timestamp and the integrated size. `sequence` locks
+//!   the heads of every talks in its batch (`SELECT … FOR UPDATE`, in talks
+//!   id order so two batches cannot deadlock), then reads idempotency keys,
+//!   room state and gates under that lock, and writes the envelopes and the
+//!   heads in the same transaction. So seqs are handed out in one order
+//!   across every connection (and, later, every node) on the database; a
+//!   node timestamp is `max(head's last timestamp, clock)` and never goes
+//!   backwards; and a transaction that rolls back rolls its counter back
+//!   too, so seqs stay dense. `integrate` locks the same row, so
+//!   integration is fenced against sequencing and itself. A node that
+//!   hangs inside a transaction loses it (and its locks) after
+//!   `idle_in_transaction_session_timeout` (60 s), set on every connection.
+//! - **Other writes** run in `READ COMMITTED` transactions with explicit
+//!   locks where the contract needs a check and a write to be atomic: the
+//!   access list row for its compare-and-swap and for pending changes (so a
+//!   change never survives the list it was made against); the talks row
+//!   (`FOR NO KEY UPDATE`) for the per-talks limits of invitations, blobs
+//!   (quota) and key packages (per-device limits, claim counters); a blob's
+//!   row for chunk writes against its completion. Reads that need one
+//!   snapshot run in `REPEATABLE READ, READ ONLY` transactions. Isolation
+//!   levels are named in every `BEGIN`, whatever the server's default.
+//! - **Versioned schema.** Migrations under `migrations/` are embedded and
+//!   applied on open, each in one transaction with its version row, under a
+//!   transaction-scoped advisory lock (`pg_advisory_xact_lock`) so nodes
+//!   starting together migrate once; a schema newer than this build knows
+//!   is refused ([`OpenError::NewerSchema`]) before anything is written.
+//! - **Its own schema.** [`PostgresOptions::schema`] names a PostgreSQL
+//!   schema (created if missing) that every connection puts alone on its
+//!   `search_path`, so one database can hold several stores (tests give
+//!   each store a fresh one).
+//! - **Defensive decoding.** Stored values of the wrong length, type or sign
+//!   are [`StoreError::Corrupt`], never a panic; server errors are mapped by
+//!   SQLSTATE to [`StoreError::Unavailable`] (connection lost, deadlock,
+//!   serialization failure, shutdown, disk full: nothing may be assumed
+//!   about the call), [`StoreError::Corrupt`] (`data_corrupted`) or
+//!   [`StoreError::Backend`], with messages that carry no ids.
+//!
+//! Non-features:
+//! - **No cross-node notifications yet.** [`Store::subscribe`] is
+//!   in-process: a store wakes its own subscribers after its own commits.
+//!   Appends made through another node on the same database are seen only
+//!   by polling (which the contract requires subscribers to do anyway);
+//!   `LISTEN`/`NOTIFY` fan-out between nodes is a later step.
+//! - No transaction-pooling proxies: the per-connection settings above are
+//!   session state, which a proxy in transaction mode (PgBouncer's
+//!   `pool_mode = transaction`) would not keep.
+//! - No content verification. The store returns what the database holds; a
+//!   tampered header or receipt is served as stored and caught by clients,
+//!   which verify headers, leaves, receipts and proofs themselves (the node
+//!   is an untrusted sequencer). Structural breaks the store can see cheaply
+//!   (a missing seq, a bad length) are reported as `Corrupt`.
+
+mod error;
+mod migrate;
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backchannel_codec::{Encode, PartyId, RoomId, TalksId};
+use backchannel_crypto::{Digest, KeyId, Signer};
+use backchannel_store::{
+    AccessListRecord, Appended, BlobRecord, CheckpointRecord, Gate, InvitationRecord,
+    KeyPackageRecord, MAX_INVITATIONS, MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE,
+    MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome,
+    PendingChange, Placement, Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, Store,
+    StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+};
+use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Postgres, Row, Transaction};
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+use crate::error::{backend, fixed, from_sql, is_unique_violation, to_sql};
+pub use crate::migrate::SCHEMA_VERSION;
+
+/// How long a connection of the store may sit idle inside a transaction
+/// before the server aborts it (`idle_in_transaction_session_timeout`).
+///
+/// 60 s: the store never waits on anything but the database (and signing a
+/// receipt) inside a transaction, so an idle one means its node hung or
+/// vanished behind a half-open connection. Its row locks — a talks' log
+/// head above all — would otherwise block every other node sequencing into
+/// that talks until TCP keepalive noticed, which takes hours by default.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+
+/// The longest schema name PostgreSQL keeps whole (`NAMEDATALEN` − 1
+/// bytes); a longer one would be truncated silently, so it is refused.
+pub const MAX_SCHEMA_NAME: usize = 63;
+
+/// How the store opens its database.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// The PostgreSQL schema holding the store's tables, created if
+    /// missing and put alone on every connection's `search_path`: a plain
+    /// identifier matching `[a-z_][a-z0-9_]{0,62}`, not starting with
+    /// `pg_` (reserved by PostgreSQL). `None`: the connection's default
+    /// `search_path` decides (usually `public`).
+    pub schema: Option<String>,
+    /// How many connections the pool keeps at most (at least 1).
+    pub max_connections: u32,
+    /// How long a call waits for a free connection (and `open` for the
+    /// server) before failing with [`StoreError::Unavailable`]
+    /// ([`OpenError::Unreachable`]).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            schema: None,
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The URL is not a PostgreSQL connection URL.
+    #[error("the database URL is not valid ({0}): expected postgres://user@host:port/database")]
+    Url(String),
+    /// The schema name is not a plain identifier we accept.
+    #[error(
+        "the schema name {0:?} is not valid: use 1 to 63 characters of a-z, 0-9 and _, \
+         not starting with a digit or pg_"
+    )]
+    SchemaName(String),
+    /// The server could not be reached (refused, timed out, TLS failed).
+    #[error("cannot reach the database server: {0}")]
+    Unreachable(String),
+    /// The schema was migrated by a newer build.
+    #[error(
+        "the database has schema version {found}, newer than this build knows ({known}): \
+         run a newer node, or restore a backup taken by this version"
+    )]
+    NewerSchema {
+        /// The version recorded in the database.
+        found: u32,
+        /// The newest version this build knows ([`SCHEMA_VERSION`]).
+        known: u32,
+    },
+    /// The bookkeeping of the schema is unreadable.
+    #[error("the database is corrupt: {0}")]
+    Corrupt(String),
+    /// The server refused to log in, configure or migrate (including a
+    /// connection that would not run with `synchronous_commit = on`).
+    #[error("cannot open the database: {0}")]
+    Postgres(String),
+}
+
+/// Session settings of a connection, as the server reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `synchronous_commit` (`"on"` on every connection of the store).
+    pub synchronous_commit: String,
+    /// The server's `fsync` (`"on"` unless the server was configured to
+    /// trade durability for speed).
+    pub fsync: String,
+    /// `current_schema()`: where the store's tables are.
+    pub current_schema: Option<String>,
+}
+
+/// [`Store`] on a PostgreSQL database. Clones share the connections and the
+/// subscribers.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    appended: broadcast::Sender<Appended>,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://…`), creates the
+    /// configured schema if missing and migrates it to [`SCHEMA_VERSION`].
+    /// Must run inside a Tokio runtime.
+    pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, OpenError> {
+        if let Some(schema) = &options.schema {
+            check_schema_name(schema)?;
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(OpenError::Url("not a postgres:// URL".into()));
+        }
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| OpenError::Url(e.to_string()))?
+            .application_name("backchannel-node");
+        let schema: Option<Arc<str>> = options.schema.as_deref().map(Arc::from);
+
+        // One connection first, outside the pool: the pool retries a
+        // refused connection until its timeout and then reports only that
+        // it timed out, where this reports why (refused, unknown host, bad
+        // password, settings refused). It also runs the migrations.
+        let mut first = tokio::time::timeout(
+            options.acquire_timeout,
+            PgConnection::connect_with(&connect),
+        )
+        .await
+        .map_err(|_| OpenError::Unreachable("timed out connecting".into()))?
+        .map_err(open_error)?;
+        configure(&mut first, schema.as_deref())
+            .await
+            .map_err(open_error)?;
+        let migrated = migrate::migrate(&mut first, schema.as_deref()).await;
+        // Closing politely is a courtesy to the server; a failure to do so
+        // changes nothing for us.
+        let _ = first.close().await;
+        migrated?;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move { configure(conn, schema.as_deref()).await })
+            })
+            .connect_lazy_with(connect);
+
+        let (appended, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
+        Ok(Self { pool, appended })
+    }
+
+    /// The session settings of a pooled connection, read back from the
+    /// server (for tests and health checks: a durable store reports
+    /// `synchronous_commit` and `fsync` both `on`).
+    pub async fn settings(&self) -> Result<SessionSettings, StoreError> {
+        const OP: &str = "settings";
+        let row = sqlx::query(
+            "SELECT current_setting('synchronous_commit') AS synchronous_commit,
+                    current_setting('fsync') AS fsync,
+                    current_schema()::TEXT AS current_schema",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let text = |col: &'static str| {
+            row.try_get::<Option<String>, _>(col)
+                .map_err(|e| backend(OP, e))
+        };
+        Ok(SessionSettings {
+            synchronous_commit: text("synchronous_commit")?.unwrap_or_default(),
+            fsync: text("fsync")?.unwrap_or_default(),
+            current_schema: text("current_schema")?,
+        })
+    }
+
+    /// The schema version recorded in the database.
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| backend("schema version", e))?;
+        migrate::current_version(&mut conn)
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
+    /// Closes every connection, waiting for calls in progress. Later calls
+    /// (on this store or its clones) fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin_write(
+        &self,
+        op: &'static str,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE")
+            .await
+            .map_err(|e| backend(op, e))
+    }
+
+    async fn begin_read(
+        &self,
+        op: &'static str,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(|e| backend(op, e))
+    }
+}
+
+/// Accepts a schema name that is a plain lower-case identifier
+/// (`[a-z_][a-z0-9_]{0,62}`) and not one PostgreSQL reserves (`pg_…`), so
+/// it can be quoted into DDL and `search_path` as it is.
+fn check_schema_name(name: &str) -> Result<(), OpenError> {
+    let bytes = name.as_bytes();
+    let valid = match bytes.split_first() {
+        Some((first, rest)) => {
+            (first.is_ascii_lowercase() || *first == b'_')
+                && rest
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+                && bytes.len() <= MAX_SCHEMA_NAME
+                && !name.starts_with("pg_")
+        }
+        None => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(OpenError::SchemaName(name.into()))
+    }
+}
+
+/// What `open` reports for a failure to connect or configure.
+fn open_error(e: sqlx::Error) -> OpenError {
+    match e {
+        sqlx::Error::Io(e) => OpenError::Unreachable(e.to_string()),
+        sqlx::Error::Tls(e) => OpenError::Unreachable(format!("tls: {e}")),
+        sqlx::Error::PoolTimedOut => OpenError::Unreachable("timed out connecting".into()),
+        sqlx::Error::Configuration(e) => OpenError::Postgres(e.to_string()),
+        e => OpenError::Postgres(backend("open", e).to_string()),
+    }
+}
+
+/// Sets up one connection (the first, and every one the pool opens):
+/// `synchronous_commit = on`, checked by reading it back, a bound on idle
+/// transactions ([`IDLE_IN_TRANSACTION_TIMEOUT`]) and the store's schema
+/// alone on the `search_path`.
+async fn configure(conn: &mut PgConnection, schema: Option<&str>) -> Result<(), sqlx::Error> {
+    // On: a COMMIT waits for its WAL to be flushed (and for synchronous
+    // standbys, if any). `local` or `off` would acknowledge envelopes a
+    // crash can lose; a role or database default is overridden here.
+    sqlx::query("SELECT set_config('synchronous_commit', 'on', false)")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, false)")
+        .bind(IDLE_IN_TRANSACTION_TIMEOUT)
+        .execute(&mut *conn)
+        .await?;
+    if let Some(schema) = schema {
+        // Quoted as an identifier (the name was checked to need no
+        // escaping); the schema need not exist yet (`open` creates it).
+        sqlx::query("SELECT set_config('search_path', $1, false)")
+            .bind(format!("\"{schema}\""))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let sync: String = sqlx::query_scalar("SELECT current_setting('synchronous_commit')")
+        .fetch_one(&mut *conn)
+        .await?;
+    if sync != "on" {
+        return Err(sqlx::Error::Configuration(
+            format!("the connection runs synchronous_commit={sync}; on is required").into(),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Row decoding. Every stored value is checked as it is read.
+
+fn blob<'r>(row: &'r PgRow, col: &'static str) -> Result<&'r [u8], StoreError> {
+    row.try_get::<&[u8], _>(col)
+        .map_err(|_| StoreError::Corrupt(format!("stored {col} is not a bytea")))
+}
+
+fn uint(row: &PgRow, col: &'static str) -> Result<u64, StoreError> {
+    let v: i64 = row
+        .try_get(col)
+        .map_err(|_| StoreError::Corrupt(format!("stored {col} is not an integer")))?;
+    from_sql(v, col)
+}
+
+fn digest(row: &PgRow, col: &'static str) -> Result<Digest, StoreError> {
+    Ok(Digest(fixed::<32>(blob(row, col)?, col)?))
+}
+
+fn opt_blob<'r>(row: &'r PgRow, col: &'static str) -> Result<Option<&'r [u8]>, StoreError> {
+    row.try_get::<Option<&[u8]>, _>(col)
+        .map_err(|_| StoreError::Corrupt(format!("stored {col} is not a bytea")))
+}
+
+fn opt_uint(row: &PgRow, col: &'static str) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = row
+        .try_get(col)
+        .map_err(|_| StoreError::Corrupt(format!("stored {col} is not an integer")))?;
+    v.map(|v| from_sql(v, col)).transpose()
+}
+
+/// A stored BOOLEAN.
+fn flag(row: &PgRow, col: &'static str) -> Result<bool, StoreError> {
+    row.try_get(col)
+        .map_err(|_| StoreError::Corrupt(format!("stored {col} is not a boolean")))
+}
+
+fn invitation(row: &PgRow) -> Result<InvitationRecord, StoreError> {
+    let redeemed = match (
+        opt_blob(row, "redeemed_key")?,
+        opt_uint(row, "redeemed_at")?,
+        opt_blob(row, "payload")?,
+    ) {
+        (None, None, None) => None,
+        (Some(key), Some(at), Some(payload)) => Some(Redemption {
+            key: KeyId(Digest(fixed::<32>(key, "redeemed_key")?)),
+            at,
+            payload: payload.to_vec(),
+        }),
+        _ => {
+            return Err(StoreError::Corrupt(
+                "an invitation's redemption is partly stored".into(),
+            ));
+        }
+    };
+    Ok(InvitationRecord {
+        token_hash: digest(row, "token_hash")?,
+        party: PartyId(fixed::<16>(blob(row, "party")?, "party")?),
+        expires_at: uint(row, "expires_at")?,
+        invitation: blob(row, "invitation")?.to_vec(),
+        created_at: uint(row, "created_at")?,
+        redeemed,
+    })
+}
+
+fn envelope(talks: TalksId, row: &PgRow) -> Result<StoredEnvelope, StoreError> {
+    let body = row
+        .try_get::<Option<&[u8]>, _>("body")
+        .map_err(|_| StoreError::Corrupt("stored body is not a bytea".into()))?;
+    Ok(StoredEnvelope {
+        talks,
+        seq: uint(row, "seq")?,
+        node_time: uint(row, "node_time")?,
+        room: RoomId(fixed::<16>(blob(row, "room")?, "room")?),
+        sender: KeyId(digest(row, "sender")?),
+        header: blob(row, "header")?.to_vec(),
+        body: body.map(<[u8]>::to_vec),
+        body_hash: digest(row, "body_hash")?,
+        leaf_hash: digest(row, "leaf_hash")?,
+        receipt: blob(row, "receipt")?.to_vec(),
+        welcome_to: opt_blob(row, "welcome_to")?
+            .map(|keys| key_ids(keys, "welcome_to"))
+            .transpose()?,
+    })
+}
+
+/// Key ids stored concatenated (32 bytes each).
+fn key_ids(bytes: &[u8], what: &'static str) -> Result<Vec<KeyId>, StoreError> {
+    let (keys, rest) = bytes.as_chunks::<32>();
+    if !rest.is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "stored {what} is not a list of 32-byte keys"
+        )));
+    }
+    Ok(keys.iter().map(|k| KeyId(Digest(*k))).collect())
+}
+
+/// Key ids concatenated, as [`key_ids`] reads them back.
+fn key_ids_bytes(keys: &[KeyId]) -> Vec<u8> {
+    keys.iter()
+        .flat_map(|k| k.as_bytes().iter().copied())
+        .collect()
+}
+
+fn room_state_row(row: &PgRow) -> Result<RoomState, StoreError> {
+    Ok(RoomState {
+        epoch: uint(row, "epoch")?,
+        public_group: blob(row, "public_group")?.to_vec(),
+        group_info: blob(row, "group_info")?.to_vec(),
+        created_seq: uint(row, "created_seq")?,
+    })
+}
+
+fn key_package(row: &PgRow) -> Result<KeyPackageRecord, StoreError> {
+    let reference = blob(row, "reference")?;
+    if reference.is_empty() || reference.len() > MAX_KEY_PACKAGE_REFERENCE {
+        return Err(StoreError::Corrupt(
+            "stored key package reference has a bad length".into(),
+        ));
+    }
+    Ok(KeyPackageRecord {
+        reference: reference.to_vec(),
+        bytes: blob(row, "bytes")?.to_vec(),
+        not_after: uint(row, "not_after")?,
+        last_resort: flag(row, "last_resort")?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Queries shared by several methods.
+
+/// A talks' log head as stored.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    next_seq: u64,
+    last_time: u64,
+    integrated_size: u64,
+}
+
+/// How [`head`] reads a talks' log head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadLock {
+    /// A plain read.
+    None,
+    /// `FOR UPDATE`: the sequencing counter, held by `sequence` and
+    /// `integrate` until their transaction ends.
+    Update,
+    /// `FOR SHARE`: keeps `integrate` (and `sequence`) out while a
+    /// checkpoint's note is swapped.
+    Share,
+}
+
+async fn head(
+    conn: &mut PgConnection,
+    talks: TalksId,
+    op: &'static str,
+    lock: HeadLock,
+) -> Result<Option<Head>, StoreError> {
+    let sql = match lock {
+        HeadLock::None => {
+            "SELECT next_seq, last_time, integrated_size FROM log_heads WHERE talks = $1"
+        }
+        HeadLock::Update => {
+            "SELECT next_seq, last_time, integrated_size FROM log_heads WHERE talks = $1
+             FOR UPDATE"
+        }
+        HeadLock::Share => {
+            "SELECT next_seq, last_time, integrated_size FROM log_heads WHERE talks = $1
+             FOR SHARE"
+        }
+    };
+    let row = sqlx::query(sql)
+        .bind(talks.as_bytes().as_slice())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend(op, e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let head = Head {
+        next_seq: uint(&row, "next_seq")?,
+        last_time: uint(&row, "last_time")?,
+        integrated_size: uint(&row, "integrated_size")?,
+    };
+    if head.integrated_size > head.next_seq {
+        return Err(StoreError::Corrupt(
+            "the integrated size exceeds the log size".into(),
+        ));
+    }
+    Ok(Some(head))
+}
+
+/// The latest checkpoint of a talks.
+async fn latest_checkpoint(
+    conn: &mut PgConnection,
+    talks: TalksId,
+    op: &'static str,
+) -> Result<Option<CheckpointRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT size, note FROM checkpoints WHERE talks = $1 ORDER BY size DESC LIMIT 1",
+    )
+    .bind(talks.as_bytes().as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    row.map(|row| {
+        Ok(CheckpointRecord {
+            size: uint(&row, "size")?,
+            note: blob(&row, "note")?.to_vec(),
+        })
+    })
+    .transpose()
+}
+
+/// An envelope found by its idempotency key.
+struct Original {
+    placement: Placement,
+    header_hash: Digest,
+}
+
+async fn by_idempotency_key(
+    conn: &mut PgConnection,
+    sub: &Submission,
+) -> Result<Option<Original>, StoreError> {
+    let row = sqlx::query(
+        "SELECT seq, node_time, header_hash, leaf_hash, receipt FROM envelopes
+         WHERE talks = $1 AND sender = $2 AND idempotency_key = $3",
+    )
+    .bind(sub.talks.as_bytes().as_slice())
+    .bind(sub.sender.as_bytes().as_slice())
+    .bind(sub.idempotency_key.as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend("sequence", e))?;
+    row.map(|row| {
+        Ok(Original {
+            placement: Placement {
+                seq: uint(&row, "seq")?,
+                node_time: uint(&row, "node_time")?,
+                leaf_hash: digest(&row, "leaf_hash")?,
+                receipt: blob(&row, "receipt")?.to_vec(),
+            },
+            header_hash: digest(&row, "header_hash")?,
+        })
+    })
+    .transpose()
+}
+
+/// A room's MLS state, read in the caller's transaction.
+async fn room_state(
+    conn: &mut PgConnection,
+    talks: TalksId,
+    room: RoomId,
+    op: &'static str,
+) -> Result<Option<RoomState>, StoreError> {
+    let row = sqlx::query(
+        "SELECT epoch, public_group, group_info, created_seq FROM room_state
+         WHERE talks = $1 AND room = $2",
+    )
+    .bind(talks.as_bytes().as_slice())
+    .bind(room.as_bytes().as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    row.as_ref().map(room_state_row).transpose()
+}
+
+/// The recorded commit that left `epoch` of a room.
+async fn room_commit(
+    conn: &mut PgConnection,
+    talks: TalksId,
+    room: RoomId,
+    epoch: u64,
+    op: &'static str,
+) -> Result<Option<RoomCommit>, StoreError> {
+    // An epoch past i64::MAX was never recorded (every epoch took a seq).
+    let Ok(epoch) = i64::try_from(epoch) else {
+        return Ok(None);
+    };
+    let row = sqlx::query(
+        "SELECT seq, header_hash FROM room_commits WHERE talks = $1 AND room = $2 AND epoch = $3",
+    )
+    .bind(talks.as_bytes().as_slice())
+    .bind(room.as_bytes().as_slice())
+    .bind(epoch)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    row.map(|row| {
+        Ok(RoomCommit {
+            seq: uint(&row, "seq")?,
+            header_hash: digest(&row, "header_hash")?,
+        })
+    })
+    .transpose()
+}
+
+/// Locks the talks row (`FOR NO KEY UPDATE`: the talks lock, which the
+/// key-share locks of foreign-key checks do not wait for) until the caller's
+/// transaction ends; `false` for an unknown talks. It serialises the writes
+/// of one talks that check a per-talks or per-device limit before writing
+/// (invitations, blobs and their quota, key packages and claims).
+async fn lock_talks(
+    conn: &mut PgConnection,
+    talks: TalksId,
+    op: &'static str,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 FROM talks WHERE talks = $1 FOR NO KEY UPDATE")
+        .bind(talks.as_bytes().as_slice())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend(op, e))?;
+    Ok(row.is_some())
+}
+
+/// Whether the talks exists.
+async fn talks_exists(
+    conn: &mut PgConnection,
+    talks: TalksId,
+    op: &'static str,
+) -> Result<bool, StoreError> {
+    let row = sqlx::query("SELECT 1 FROM talks WHERE talks = $1")
+        .bind(talks.as_bytes().as_slice())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend(op, e))?;
+    Ok(row.is_some())
+}
+
+/// The access-list swap of [`Store::replace_access_list`] and
+/// [`Store::redeem_invitation`], inside the caller's write transaction:
+/// checks that the current list's hash is `expected` and `next` its next
+/// version (`Stale` otherwise, `UnknownTalks` without a list), then
+/// installs `next` and drops every pending change (their base is gone).
+async fn swap_access_list(
+    tx: &mut PgConnection,
+    talks: TalksId,
+    expected: Digest,
+    next: &AccessListRecord,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    let id = talks.as_bytes().as_slice();
+    let next_version = to_sql(next.version, "the access list version is out of range")?;
+    // Locked until the caller's transaction ends: the compare and the swap
+    // are one step, and a pending change cannot slip in between.
+    let row = sqlx::query("SELECT hash, version FROM access_lists WHERE talks = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(op, e))?;
+    let Some(row) = row else {
+        return Err(StoreError::UnknownTalks);
+    };
+    if digest(&row, "hash")? != expected {
+        return Err(StoreError::Stale);
+    }
+    // A version that is not the current + 1 was computed from another
+    // list than the stored one: as stale as a hash mismatch.
+    if uint(&row, "version")?.checked_add(1) != Some(next.version) {
+        return Err(StoreError::Stale);
+    }
+    sqlx::query("UPDATE access_lists SET version = $1, hash = $2, bytes = $3 WHERE talks = $4")
+        .bind(next_version)
+        .bind(next.hash.0.as_slice())
+        .bind(next.bytes.as_slice())
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(op, e))?;
+    sqlx::query("DELETE FROM pending_changes WHERE talks = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(op, e))?;
+    Ok(())
+}
+
+/// A blob's record with its rooms, read in the caller's transaction.
+async fn blob_record(
+    conn: &mut PgConnection,
+    talks: TalksId,
+    hash: Digest,
+    op: &'static str,
+) -> Result<Option<BlobRecord>, StoreError> {
+    let id = talks.as_bytes().as_slice();
+    let row = sqlx::query(
+        "SELECT size, party, uploader, created_at, complete FROM blobs
+         WHERE talks = $1 AND hash = $2",
+    )
+    .bind(id)
+    .bind(hash.0.as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let complete = flag(&row, "complete")?;
+    let rooms =
+        sqlx::query("SELECT room FROM blob_rooms WHERE talks = $1 AND hash = $2 ORDER BY room")
+            .bind(id)
+            .bind(hash.0.as_slice())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| backend(op, e))?
+            .iter()
+            .map(|r| Ok(RoomId(fixed::<16>(blob(r, "room")?, "room")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+    if rooms.is_empty() {
+        return Err(StoreError::Corrupt("a blob has no room".into()));
+    }
+    Ok(Some(BlobRecord {
+        hash,
+        size: uint(&row, "size")?,
+        party: PartyId(fixed::<16>(blob(&row, "party")?, "party")?),
+        uploader: KeyId(digest(&row, "uploader")?),
+        created_at: uint(&row, "created_at")?,
+        complete,
+        rooms,
+    }))
+}
+
+/// A blob's size and whether it is complete, for a write on it: `Limit`
+/// for an unknown blob (`UnknownTalks` for an unknown talks).
+///
+/// `sql` selects `size` and `complete` of the blob `($1, $2)` and locks its
+/// row: [`BLOB_FOR_SHARE`] for a chunk write, [`BLOB_FOR_UPDATE`] for
+/// completion, so no chunk changes while a blob is being completed.
+async fn blob_state(
+    conn: &mut PgConnection,
+    talks: TalksId,
+    hash: Digest,
+    op: &'static str,
+    unknown: &'static str,
+    sql: &'static str,
+) -> Result<(u64, bool), StoreError> {
+    let row = sqlx::query(sql)
+        .bind(talks.as_bytes().as_slice())
+        .bind(hash.0.as_slice())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend(op, e))?;
+    let Some(row) = row else {
+        return Err(if talks_exists(conn, talks, op).await? {
+            StoreError::Limit(unknown)
+        } else {
+            StoreError::UnknownTalks
+        });
+    };
+    let complete = flag(&row, "complete")?;
+    Ok((uint(&row, "size")?, complete))
+}
+
+/// The blob row for a chunk write (see [`blob_state`]).
+const BLOB_FOR_SHARE: &str =
+    "SELECT size, complete FROM blobs WHERE talks = $1 AND hash = $2 FOR SHARE";
+/// The blob row for its completion (see [`blob_state`]).
+const BLOB_FOR_UPDATE: &str =
+    "SELECT size, complete FROM blobs WHERE talks = $1 AND hash = $2 FOR NO KEY UPDATE";
+
+/// A count from `SELECT COUNT(*)`.
+async fn count(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    binds: &[&[u8]],
+    op: &'static str,
+) -> Result<u64, StoreError> {
+    let mut q = sqlx::query(sql);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    let row = q.fetch_one(&mut *conn).await.map_err(|e| backend(op, e))?;
+    let n: i64 = row
+        .try_get(0)
+        .map_err(|_| StoreError::Corrupt("a count is not an integer".into()))?;
+    from_sql(n, "count")
+}
+
+/// Stores a room's new MLS state and the commits a batch recorded for it,
+/// inside the `sequence` transaction.
+async fn write_room(
+    conn: &mut PgConnection,
+    (talks, room): (TalksId, RoomId),
+    state: &RoomState,
+    commits: &[(u64, RoomCommit)],
+) -> Result<(), StoreError> {
+    const OP: &str = "sequence";
+    let id = talks.as_bytes().as_slice();
+    let room_id = room.as_bytes().as_slice();
+    sqlx::query(
+        "INSERT INTO room_state (talks, room, epoch, public_group, group_info, created_seq)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (talks, room) DO UPDATE SET
+             epoch = excluded.epoch,
+             public_group = excluded.public_group,
+             group_info = excluded.group_info",
+    )
+    .bind(id)
+    .bind(room_id)
+    .bind(to_sql(state.epoch, "the epoch is out of range")?)
+    .bind(state.public_group.as_slice())
+    .bind(state.group_info.as_slice())
+    .bind(to_sql(state.created_seq, "the log is full")?)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| backend(OP, e))?;
+    for (epoch, c) in commits {
+        sqlx::query(
+            "INSERT INTO room_commits (talks, room, epoch, seq, header_hash)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(room_id)
+        .bind(to_sql(*epoch, "the epoch is out of range")?)
+        .bind(to_sql(c.seq, "the log is full")?)
+        .bind(c.header_hash.0.as_slice())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
+            // The epoch's commit was looked up above in this transaction,
+            // under the talks' head lock.
+            if is_unique_violation(&e) {
+                StoreError::Corrupt("a room's commits disagree with its state".into())
+            } else {
+                backend(OP, e)
+            }
+        })?;
+    }
+    Ok(())
+}
+
+async fn commit(tx: Transaction<'static, Postgres>, op: &'static str) -> Result<(), StoreError> {
+    tx.commit().await.map_err(|e| backend(op, e))
+}
+
+/// What became of one submission while its batch is being built.
+enum Slot {
+    /// Decided from what was already stored.
+    Done(Outcome),
+    /// The new envelope at this index of the batch (itself, or the first
+    /// submission of the batch with the same idempotency key).
+    New(usize),
+}
+
+/// A room gated in the batch being sequenced, as its earlier submissions
+/// leave it.
+struct RoomPlan {
+    state: Option<RoomState>,
+    /// Commits of this batch, by the epoch they leave.
+    commits: Vec<(u64, RoomCommit)>,
+    /// Whether this batch changes the room's state.
+    changed: bool,
+}
+
+/// A new envelope of the batch being sequenced.
+struct Fresh {
+    /// Its index in the submitted batch.
+    submission: usize,
+    record: BatchRecord,
+}
+
+impl Store for PostgresStore {
+    async fn create_talks(
+        &self,
+        talks: &TalksRecord,
+        access_list: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "create talks";
+        let created_at = to_sql(talks.created_at, "the creation time is out of range")?;
+        if access_list.version != 0 {
+            return Err(StoreError::Limit("the first access list is version 0"));
+        }
+        let version = to_sql(
+            access_list.version,
+            "the access list version is out of range",
+        )?;
+        let id = talks.talks.as_bytes().as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        // A concurrent creator of the same id waits for ours to commit or
+        // roll back, then inserts nothing: either way one wins.
+        let inserted = sqlx::query(
+            "INSERT INTO talks (talks, creator, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (talks) DO NOTHING",
+        )
+        .bind(id)
+        .bind(talks.creator.as_bytes().as_slice())
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        if inserted.rows_affected() != 1 {
+            return Err(StoreError::TalksExists);
+        }
+        sqlx::query(
+            "INSERT INTO access_lists (talks, version, hash, bytes) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(access_list.hash.0.as_slice())
+        .bind(access_list.bytes.as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        sqlx::query(
+            "INSERT INTO log_heads (talks, next_seq, last_time, integrated_size)
+             VALUES ($1, 0, 0, 0)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn talks(&self, talks: TalksId) -> Result<Option<TalksRecord>, StoreError> {
+        const OP: &str = "read talks";
+        let row = sqlx::query("SELECT creator, created_at FROM talks WHERE talks = $1")
+            .bind(talks.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        row.map(|row| {
+            Ok(TalksRecord {
+                talks,
+                creator: KeyId(digest(&row, "creator")?),
+                created_at: uint(&row, "created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn access_list(&self, talks: TalksId) -> Result<Option<AccessListRecord>, StoreError> {
+        const OP: &str = "read access list";
+        let row = sqlx::query("SELECT bytes, hash, version FROM access_lists WHERE talks = $1")
+            .bind(talks.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        row.map(|row| {
+            Ok(AccessListRecord {
+                bytes: blob(&row, "bytes")?.to_vec(),
+                hash: digest(&row, "hash")?,
+                version: uint(&row, "version")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn replace_access_list(
+        &self,
+        talks: TalksId,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "replace access list";
+        to_sql(next.version, "the access list version is out of range")?;
+        let mut tx = self.begin_write(OP).await?;
+        swap_access_list(&mut tx, talks, expected, next, OP).await?;
+        commit(tx, OP).await
+    }
+
+    async fn sequence(
+        &self,
+        batch: Vec<Submission>,
+        clock_ms: u64,
+        log_key: &(dyn Signer + Sync),
+    ) -> Result<Vec<Outcome>, StoreError> {
+        const OP: &str = "sequence";
+        if batch.len() > MAX_SEQUENCE_BATCH {
+            return Err(StoreError::Limit(
+                "a sequence batch holds at most MAX_SEQUENCE_BATCH envelopes",
+            ));
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        to_sql(clock_ms, "the clock is beyond the storage range")?;
+
+        // Every error below returns early and drops `tx`, which rolls back:
+        // nothing of the batch is written unless COMMIT succeeds, and the
+        // counters roll back with the envelopes (seqs stay dense).
+        let mut tx = self.begin_write(OP).await?;
+
+        // The heads of every talks of the batch, locked in talks id order
+        // (so two batches sharing talks cannot deadlock) until COMMIT: from
+        // here on no other connection sequences into these talks, and
+        // everything read below (idempotency keys, room state, commits) is
+        // what the previous holder of the lock committed.
+        let mut heads: HashMap<TalksId, Head> = HashMap::new();
+        let mut ids: Vec<TalksId> = batch.iter().map(|s| s.talks).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for talks in ids {
+            let Some(h) = head(&mut tx, talks, OP, HeadLock::Update).await? else {
+                return Err(StoreError::UnknownTalks);
+            };
+            heads.insert(talks, h);
+        }
+
+        // The talks touched, in order of first appearance (the order of the
+        // notifications), with their stored next seq.
+        let mut order: Vec<(TalksId, u64)> = Vec::new();
+        let mut ordered: HashSet<TalksId> = HashSet::new();
+        let mut pending: HashMap<(TalksId, KeyId, [u8; 16]), usize> = HashMap::new();
+        let mut fresh: Vec<Fresh> = Vec::new();
+        let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
+        // Rooms gated in this batch, in order of first appearance.
+        let mut rooms: HashMap<(TalksId, RoomId), RoomPlan> = HashMap::new();
+        let mut room_order: Vec<(TalksId, RoomId)> = Vec::new();
+
+        for (i, sub) in batch.iter().enumerate() {
+            if ordered.insert(sub.talks) {
+                let Some(h) = heads.get(&sub.talks) else {
+                    // Every talks of the batch was locked above.
+                    return Err(StoreError::Backend("sequence: lost a log head".into()));
+                };
+                order.push((sub.talks, h.next_seq));
+            }
+
+            // A key seen earlier in this batch: a retry of that submission.
+            let key = (sub.talks, sub.sender, sub.idempotency_key);
+            if let Some(&f) = pending.get(&key) {
+                let first = &batch[fresh[f].submission];
+                slots.push(if first.header_hash == sub.header_hash {
+                    Slot::New(f)
+                } else {
+                    Slot::Done(Outcome::Conflict {
+                        seq: fresh[f].record.seq,
+                    })
+                });
+                continue;
+            }
+            // A key stored before: a retry, or a conflict.
+            if let Some(original) = by_idempotency_key(&mut tx, sub).await? {
+                slots.push(Slot::Done(if original.header_hash == sub.header_hash {
+                    Outcome::Sequenced(original.placement)
+                } else {
+                    Outcome::Conflict {
+                        seq: original.placement.seq,
+                    }
+                }));
+                continue;
+            }
+
+            // The gate, after the idempotency lookups: a retry that landed
+            // got its placement above, whatever the room's epoch is now.
+            let room_key = (sub.talks, sub.room);
+            if let Some(gate) = &sub.gate {
+                if let Entry::Vacant(v) = rooms.entry(room_key) {
+                    let state = room_state(&mut tx, sub.talks, sub.room, OP).await?;
+                    room_order.push(room_key);
+                    v.insert(RoomPlan {
+                        state,
+                        commits: Vec::new(),
+                        changed: false,
+                    });
+                }
+                let planned_commit = |e: u64| {
+                    rooms.get(&room_key).and_then(|p| {
+                        p.commits
+                            .iter()
+                            .find(|(epoch, _)| *epoch == e)
+                            .map(|(_, c)| *c)
+                    })
+                };
+                let commit = match gate.commit_epoch() {
+                    None => None,
+                    Some(e) => match planned_commit(e) {
+                        Some(c) => Some(c),
+                        None => room_commit(&mut tx, sub.talks, sub.room, e, OP).await?,
+                    },
+                };
+                let state = rooms.get(&room_key).and_then(|p| p.state.as_ref());
+                if let Err(refused) = backchannel_store::check_gate(gate, state, commit) {
+                    slots.push(Slot::Done(refused));
+                    continue;
+                }
+            }
+
+            let Some(h) = heads.get_mut(&sub.talks) else {
+                // Inserted above for this very talks.
+                return Err(StoreError::Backend("sequence: lost a log head".into()));
+            };
+            let seq = h.next_seq;
+            let timestamp_ms = h.last_time.max(clock_ms);
+            h.next_seq = seq
+                .checked_add(1)
+                .ok_or(StoreError::Limit("the log is full"))?;
+            h.last_time = timestamp_ms;
+            let leaf_hash = LeafData {
+                seq,
+                timestamp_ms,
+                room: sub.room,
+                header_hash: sub.header_hash,
+                body_hash: sub.body_hash,
+            }
+            .hash();
+            if let (Some(gate), Some(planned)) = (&sub.gate, rooms.get_mut(&room_key))
+                && let Some((state, commit)) = backchannel_store::gate_effect(
+                    gate,
+                    planned.state.as_ref(),
+                    seq,
+                    sub.header_hash,
+                )
+            {
+                planned.state = Some(state);
+                planned.commits.extend(commit);
+                planned.changed = true;
+            }
+            pending.insert(key, fresh.len());
+            slots.push(Slot::New(fresh.len()));
+            fresh.push(Fresh {
+                submission: i,
+                record: BatchRecord {
+                    talks: sub.talks,
+                    seq,
+                    timestamp_ms,
+                    leaf_hash,
+                },
+            });
+        }
+
+        let mut placements: Vec<Placement> = Vec::with_capacity(fresh.len());
+        if !fresh.is_empty() {
+            // One signature for the batch. Built and dropped before the next
+            // await, and before anything is written.
+            let receipts: Vec<Vec<u8>> = {
+                let records = fresh.iter().map(|f| f.record).collect();
+                let signed = SignedBatch::sign(log_key, records, clock_ms)
+                    .map_err(|e| StoreError::Sign(e.to_string()))?;
+                (0..fresh.len())
+                    .map(|i| {
+                        signed
+                            .receipt(i)
+                            .map(|r| r.to_canonical_bytes())
+                            .ok_or(StoreError::Sign("a record has no receipt".into()))
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            for (f, receipt) in fresh.iter().zip(receipts) {
+                let sub = &batch[f.submission];
+                let r = &f.record;
+                let welcome_to = match &sub.gate {
+                    Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
+                    _ => None,
+                };
+                sqlx::query(
+                    "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
+                         header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(r.talks.as_bytes().as_slice())
+                .bind(to_sql(r.seq, "the log is full")?)
+                .bind(to_sql(
+                    r.timestamp_ms,
+                    "the clock is beyond the storage range",
+                )?)
+                .bind(sub.room.as_bytes().as_slice())
+                .bind(sub.sender.as_bytes().as_slice())
+                .bind(sub.idempotency_key.as_slice())
+                .bind(sub.header.as_slice())
+                .bind(sub.header_hash.0.as_slice())
+                .bind(sub.body.as_slice())
+                .bind(sub.body_hash.0.as_slice())
+                .bind(r.leaf_hash.0.as_slice())
+                .bind(receipt.as_slice())
+                .bind(welcome_to)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    // The idempotency key was looked up above under the
+                    // head lock, so only the (talks, seq) key can collide:
+                    // a head behind its rows.
+                    if is_unique_violation(&e) {
+                        StoreError::Corrupt("the log head is behind its envelopes".into())
+                    } else {
+                        backend(OP, e)
+                    }
+                })?;
+                placements.push(Placement {
+                    seq: r.seq,
+                    node_time: r.timestamp_ms,
+                    leaf_hash: r.leaf_hash,
+                    receipt,
+                });
+            }
+            // The rooms' new states and commits, after the envelopes they
+            // name (foreign keys), in the same transaction.
+            for room_key in &room_order {
+                let Some(planned) = rooms.get(room_key).filter(|p| p.changed) else {
+                    continue;
+                };
+                let Some(state) = &planned.state else {
+                    continue;
+                };
+                write_room(&mut tx, *room_key, state, &planned.commits).await?;
+            }
+            for (talks, stored_next) in &order {
+                let Some(h) = heads.get(talks) else { continue };
+                if h.next_seq == *stored_next {
+                    continue;
+                }
+                sqlx::query("UPDATE log_heads SET next_seq = $1, last_time = $2 WHERE talks = $3")
+                    .bind(to_sql(h.next_seq, "the log is full")?)
+                    .bind(to_sql(
+                        h.last_time,
+                        "the clock is beyond the storage range",
+                    )?)
+                    .bind(talks.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| backend(OP, e))?;
+            }
+            // Durable here (WAL flushed, synchronous_commit=on): only now may
+            // the node acknowledge, and subscribers be woken.
+            commit(tx, OP).await?;
+            for (talks, stored_next) in &order {
+                if let Some(h) = heads.get(talks).filter(|h| h.next_seq != *stored_next) {
+                    // No receiver is not an error: nobody is listening.
+                    let _ = self.appended.send(Appended {
+                        talks: *talks,
+                        size: h.next_seq,
+                    });
+                }
+            }
+        }
+        // (With nothing new, `tx` is dropped here: a rollback of a
+        // transaction that wrote nothing, which releases the head locks.)
+
+        slots
+            .into_iter()
+            .map(|s| match s {
+                Slot::Done(o) => Ok(o),
+                Slot::New(i) => placements
+                    .get(i)
+                    .cloned()
+                    .map(Outcome::Sequenced)
+                    .ok_or(StoreError::Backend("sequence: lost a placement".into())),
+            })
+            .collect()
+    }
+
+    async fn log_size(&self, talks: TalksId) -> Result<u64, StoreError> {
+        const OP: &str = "log size";
+        let mut conn = self.pool.acquire().await.map_err(|e| backend(OP, e))?;
+        Ok(head(&mut conn, talks, OP, HeadLock::None)
+            .await?
+            .map_or(0, |h| h.next_seq))
+    }
+
+    async fn read(
+        &self,
+        talks: TalksId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEnvelope>, StoreError> {
+        const OP: &str = "read envelopes";
+        let limit = limit.min(MAX_READ);
+        // Seqs never reach i64::MAX (see `to_sql`), so nothing lies beyond.
+        let Ok(from_sql_value) = i64::try_from(from) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One snapshot for the head and the rows, so they can be compared.
+        let mut tx = self.begin_read(OP).await?;
+        let Some(h) = head(&mut tx, talks, OP, HeadLock::None).await? else {
+            return Ok(Vec::new());
+        };
+        let want = h.next_seq.saturating_sub(from).min(limit as u64);
+        // First the sizes only (`octet_length` of an out-of-line value reads
+        // its TOAST pointer, not its content), to find how many rows fit in
+        // `MAX_READ_BYTES` without loading bodies that would not be sent.
+        let sizes = sqlx::query(
+            "SELECT seq,
+                    octet_length(header)::BIGINT + COALESCE(octet_length(body), 0)::BIGINT
+                        AS bytes
+             FROM envelopes WHERE talks = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(from_sql_value)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        if sizes.len() as u64 != want {
+            return Err(StoreError::Corrupt(
+                "the envelopes disagree with the log size".into(),
+            ));
+        }
+        let mut total = 0usize;
+        let mut fit = 0usize;
+        for (expected, row) in (from..).zip(&sizes) {
+            if uint(row, "seq")? != expected {
+                return Err(StoreError::Corrupt("a seq is missing from the log".into()));
+            }
+            let bytes = usize::try_from(uint(row, "bytes")?).unwrap_or(usize::MAX);
+            total = total.saturating_add(bytes);
+            // The first row always goes, so paging makes progress.
+            if fit > 0 && total > MAX_READ_BYTES {
+                break;
+            }
+            fit += 1;
+        }
+        if fit == 0 {
+            commit(tx, OP).await?;
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT seq, node_time, room, sender, header, body, body_hash, leaf_hash, receipt,
+                    welcome_to
+             FROM envelopes WHERE talks = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(from_sql_value)
+        .bind(i64::try_from(fit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await?;
+
+        if rows.len() != fit {
+            return Err(StoreError::Corrupt(
+                "the envelopes disagree with the log size".into(),
+            ));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (expected, row) in (from..).zip(&rows) {
+            let e = envelope(talks, row)?;
+            if e.seq != expected {
+                return Err(StoreError::Corrupt("a seq is missing from the log".into()));
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    async fn purge_body(&self, talks: TalksId, seq: u64) -> Result<bool, StoreError> {
+        const OP: &str = "purge body";
+        let Ok(seq) = i64::try_from(seq) else {
+            return Ok(false);
+        };
+        let mut tx = self.begin_write(OP).await?;
+        let done = sqlx::query(
+            "UPDATE envelopes SET body = NULL WHERE talks = $1 AND seq = $2 AND body IS NOT NULL",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(seq)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn integrated_size(&self, talks: TalksId) -> Result<u64, StoreError> {
+        const OP: &str = "integrated size";
+        let mut conn = self.pool.acquire().await.map_err(|e| backend(OP, e))?;
+        Ok(head(&mut conn, talks, OP, HeadLock::None)
+            .await?
+            .map_or(0, |h| h.integrated_size))
+    }
+
+    async fn tree_hashes(
+        &self,
+        talks: TalksId,
+        indexes: &[u64],
+    ) -> Result<Vec<Digest>, StoreError> {
+        const OP: &str = "read tree hashes";
+        // The caller's errors first, for the whole call: too many indexes,
+        // or (below) a peer-chosen index beyond the integrated tree — both
+        // `Limit`, never `Corrupt`.
+        if indexes.len() > MAX_TREE_HASHES {
+            return Err(StoreError::Limit(
+                "tree_hashes: at most MAX_TREE_HASHES indexes per call",
+            ));
+        }
+        let mut tx = self.begin_read(OP).await?;
+        let integrated = head(&mut tx, talks, OP, HeadLock::None)
+            .await?
+            .map_or(0, |h| h.integrated_size);
+        let stored = tlog_tiles::stored_hash_count(integrated);
+        if indexes.iter().any(|&i| i >= stored) {
+            return Err(StoreError::Limit(
+                "tree_hashes: a hash at or beyond the integrated tree was asked for",
+            ));
+        }
+        // One round trip for the whole call. An index past i64::MAX (a tree
+        // of over 2^62 leaves) can never have been stored (`integrate`
+        // refuses it), so it is left out and found missing below.
+        let wanted: Vec<i64> = indexes
+            .iter()
+            .filter_map(|&i| i64::try_from(i).ok())
+            .collect();
+        let rows =
+            sqlx::query("SELECT idx, hash FROM tree_hashes WHERE talks = $1 AND idx = ANY($2)")
+                .bind(talks.as_bytes().as_slice())
+                .bind(wanted)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await?;
+        let mut found: HashMap<u64, Digest> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            found.insert(uint(row, "idx")?, digest(row, "hash")?);
+        }
+        indexes
+            .iter()
+            .map(|i| {
+                // Below the integrated tree, a missing hash is a hole:
+                // corruption.
+                found.get(i).copied().ok_or(StoreError::Corrupt(
+                    "a tree hash is missing below the integrated size".into(),
+                ))
+            })
+            .collect()
+    }
+
+    async fn integrate(
+        &self,
+        talks: TalksId,
+        from: u64,
+        to: u64,
+        hashes: &[(u64, Digest)],
+        checkpoint: &CheckpointRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "integrate";
+        let id = talks.as_bytes().as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        // The head locked until COMMIT: the fence on `from` holds against a
+        // concurrent integrator, and sequencing waits (briefly).
+        let Some(h) = head(&mut tx, talks, OP, HeadLock::Update).await? else {
+            return Err(StoreError::UnknownTalks);
+        };
+        if h.integrated_size != from {
+            return Err(StoreError::Stale);
+        }
+        if to < from || to > h.next_seq {
+            return Err(StoreError::Limit(
+                "integration must end between its start and the log size",
+            ));
+        }
+        if checkpoint.size != to {
+            return Err(StoreError::Limit(
+                "the checkpoint must be at the integrated size",
+            ));
+        }
+        if from == to {
+            let exists = sqlx::query("SELECT 1 FROM checkpoints WHERE talks = $1 LIMIT 1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+            if exists.is_some() {
+                // Re-signing would drop the cosignatures gathered on the note.
+                return Err(StoreError::Limit(
+                    "integrate: nothing new to integrate; add cosignatures with replace_checkpoint_note",
+                ));
+            }
+        }
+        backchannel_store::check_integration_hashes(from, to, hashes)?;
+        // All the hashes in one statement, as two parallel arrays.
+        let indexes = hashes
+            .iter()
+            .map(|(index, _)| to_sql(*index, "a tree hash index is out of range"))
+            .collect::<Result<Vec<i64>, StoreError>>()?;
+        let values: Vec<&[u8]> = hashes.iter().map(|(_, hash)| hash.0.as_slice()).collect();
+        sqlx::query(
+            "INSERT INTO tree_hashes (talks, idx, hash)
+             SELECT $1, idx, hash FROM UNNEST($2::BIGINT[], $3::BYTEA[]) AS h (idx, hash)",
+        )
+        .bind(id)
+        .bind(indexes)
+        .bind(values)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        // A size integrates once (from == to only for a first, empty
+        // checkpoint), so this never replaces a note and its cosignatures.
+        sqlx::query("INSERT INTO checkpoints (talks, size, note) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(to_sql(to, "the log is full")?)
+            .bind(checkpoint.note.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        sqlx::query("UPDATE log_heads SET integrated_size = $1 WHERE talks = $2")
+            .bind(to_sql(to, "the log is full")?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn checkpoint(&self, talks: TalksId) -> Result<Option<CheckpointRecord>, StoreError> {
+        const OP: &str = "read checkpoint";
+        let mut conn = self.pool.acquire().await.map_err(|e| backend(OP, e))?;
+        latest_checkpoint(&mut conn, talks, OP).await
+    }
+
+    async fn replace_checkpoint_note(
+        &self,
+        talks: TalksId,
+        size: u64,
+        expected: &[u8],
+        note: &[u8],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "replace checkpoint note";
+        let mut tx = self.begin_write(OP).await?;
+        // Shared: no integration can add a newer checkpoint until COMMIT, so
+        // "still the latest" holds; two swappers of one note are decided by
+        // the compare in the UPDATE below.
+        if head(&mut tx, talks, OP, HeadLock::Share).await?.is_none() {
+            return Err(StoreError::UnknownTalks);
+        }
+        let Some(latest) = latest_checkpoint(&mut tx, talks, OP).await? else {
+            return Err(StoreError::Stale);
+        };
+        if latest.size != size || latest.note != expected {
+            return Err(StoreError::Stale);
+        }
+        // The compare again in the UPDATE: a concurrent swap of the same
+        // note that committed first makes this one update nothing (READ
+        // COMMITTED re-checks the WHERE clause on the row it waited for).
+        let swapped = sqlx::query(
+            "UPDATE checkpoints SET note = $1 WHERE talks = $2 AND size = $3 AND note = $4",
+        )
+        .bind(note)
+        .bind(talks.as_bytes().as_slice())
+        .bind(to_sql(size, "the log is full")?)
+        .bind(expected)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        if swapped.rows_affected() != 1 {
+            return Err(StoreError::Stale);
+        }
+        commit(tx, OP).await
+    }
+
+    fn subscribe(&self) -> Subscription {
+        self.appended.subscribe()
+    }
+
+    async fn unintegrated_talks(&self, limit: usize) -> Result<Vec<TalksId>, StoreError> {
+        const OP: &str = "unintegrated talks";
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The WHERE clause is the partial index's, so only talks with work
+        // are visited.
+        let rows = sqlx::query(
+            "SELECT talks FROM log_heads WHERE integrated_size < next_seq
+             ORDER BY talks LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        rows.iter()
+            .map(|row| Ok(TalksId(fixed::<16>(blob(row, "talks")?, "talks")?)))
+            .collect()
+    }
+
+    async fn create_invitation(
+        &self,
+        talks: TalksId,
+        invitation: &InvitationRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "create invitation";
+        backchannel_store::check_new_invitation(invitation)?;
+        let expires_at = to_sql(invitation.expires_at, "the expiry is out of range")?;
+        let created_at = to_sql(invitation.created_at, "the creation time is out of range")?;
+        let id = talks.as_bytes().as_slice();
+        let token = invitation.token_hash.0.as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        // The talks lock: the count below and the insert are one step.
+        if !lock_talks(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        let taken = sqlx::query("SELECT 1 FROM invitations WHERE talks = $1 AND token_hash = $2")
+            .bind(id)
+            .bind(token)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        if taken.is_some() {
+            return Err(StoreError::Exists);
+        }
+        let held = count(
+            &mut tx,
+            "SELECT COUNT(*) FROM invitations WHERE talks = $1",
+            &[id],
+            OP,
+        )
+        .await?;
+        if held >= MAX_INVITATIONS as u64 {
+            return Err(StoreError::Limit(
+                "a talks holds at most MAX_INVITATIONS invitations",
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO invitations (talks, token_hash, party, expires_at, invitation, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(token)
+        .bind(invitation.party.as_bytes().as_slice())
+        .bind(expires_at)
+        .bind(invitation.invitation.as_slice())
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn invitation(
+        &self,
+        talks: TalksId,
+        token_hash: Digest,
+    ) -> Result<Option<InvitationRecord>, StoreError> {
+        const OP: &str = "read invitation";
+        let row = sqlx::query(
+            "SELECT token_hash, party, expires_at, invitation, created_at,
+                    redeemed_key, redeemed_at, payload
+             FROM invitations WHERE talks = $1 AND token_hash = $2",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(token_hash.0.as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        row.as_ref().map(invitation).transpose()
+    }
+
+    async fn invitations(&self, talks: TalksId) -> Result<Vec<InvitationRecord>, StoreError> {
+        const OP: &str = "read invitations";
+        let rows = sqlx::query(
+            "SELECT token_hash, party, expires_at, invitation, created_at,
+                    redeemed_key, redeemed_at, payload
+             FROM invitations WHERE talks = $1 ORDER BY token_hash LIMIT $2",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(MAX_INVITATIONS as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        rows.iter().map(invitation).collect()
+    }
+
+    async fn redeem_invitation(
+        &self,
+        talks: TalksId,
+        token_hash: Digest,
+        redemption: &Redemption,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "redeem invitation";
+        backchannel_store::check_redemption(redemption, next)?;
+        let at = to_sql(redemption.at, "the redemption time is out of range")?;
+        let id = talks.as_bytes().as_slice();
+        let token = token_hash.0.as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        if !talks_exists(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        // Only an unredeemed invitation is redeemed: a second redemption
+        // (or a race with one) updates nothing and is stale.
+        let redeemed = sqlx::query(
+            "UPDATE invitations SET redeemed_key = $1, redeemed_at = $2, payload = $3
+             WHERE talks = $4 AND token_hash = $5 AND redeemed_key IS NULL",
+        )
+        .bind(redemption.key.as_bytes().as_slice())
+        .bind(at)
+        .bind(redemption.payload.as_slice())
+        .bind(id)
+        .bind(token)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        if redeemed.rows_affected() != 1 {
+            return Err(StoreError::Stale);
+        }
+        // Refused here, the update above is rolled back with `tx`.
+        swap_access_list(&mut tx, talks, expected, next, OP).await?;
+        commit(tx, OP).await
+    }
+
+    async fn pending_changes(&self, talks: TalksId) -> Result<Vec<PendingChange>, StoreError> {
+        const OP: &str = "read pending changes";
+        let rows = sqlx::query(
+            "SELECT delta_hash, change FROM pending_changes WHERE talks = $1
+             ORDER BY delta_hash LIMIT $2",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(MAX_PENDING_CHANGES as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(PendingChange {
+                    delta_hash: digest(row, "delta_hash")?,
+                    change: blob(row, "change")?.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    async fn put_pending_change(
+        &self,
+        talks: TalksId,
+        base: Digest,
+        expected: Option<&[u8]>,
+        change: &PendingChange,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "put pending change";
+        let id = talks.as_bytes().as_slice();
+        let delta = change.delta_hash.0.as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        // The access list's row locked until COMMIT, as a swap locks it: a
+        // change is never stored against a list being replaced (which drops
+        // every pending change), and changes of one talks are written one
+        // at a time (the compare, the count and the write are one step).
+        let row = sqlx::query("SELECT hash FROM access_lists WHERE talks = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        let Some(row) = row else {
+            return Err(StoreError::UnknownTalks);
+        };
+        if digest(&row, "hash")? != base {
+            return Err(StoreError::Stale);
+        }
+        let stored =
+            sqlx::query("SELECT change FROM pending_changes WHERE talks = $1 AND delta_hash = $2")
+                .bind(id)
+                .bind(delta)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        let stored = stored.as_ref().map(|r| blob(r, "change")).transpose()?;
+        if stored != expected {
+            return Err(StoreError::Stale);
+        }
+        if stored.is_some() {
+            sqlx::query(
+                "UPDATE pending_changes SET change = $1 WHERE talks = $2 AND delta_hash = $3",
+            )
+            .bind(change.change.as_slice())
+            .bind(id)
+            .bind(delta)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        } else {
+            let held = count(
+                &mut tx,
+                "SELECT COUNT(*) FROM pending_changes WHERE talks = $1",
+                &[id],
+                OP,
+            )
+            .await?;
+            if held >= MAX_PENDING_CHANGES as u64 {
+                return Err(StoreError::Limit(
+                    "a talks holds at most MAX_PENDING_CHANGES pending changes",
+                ));
+            }
+            sqlx::query(
+                "INSERT INTO pending_changes (talks, delta_hash, change) VALUES ($1, $2, $3)",
+            )
+            .bind(id)
+            .bind(delta)
+            .bind(change.change.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        }
+        commit(tx, OP).await
+    }
+
+    async fn create_blob(
+        &self,
+        talks: TalksId,
+        new: &BlobRecord,
+        quota: u64,
+    ) -> Result<BlobRecord, StoreError> {
+        const OP: &str = "create blob";
+        let room = backchannel_store::check_new_blob(new)?;
+        let size = to_sql(new.size, "the blob size is out of range")?;
+        let created_at = to_sql(new.created_at, "the creation time is out of range")?;
+        let id = talks.as_bytes().as_slice();
+        let hash = new.hash.0.as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        // The talks lock: a new blob and its quota check are one step, and
+        // two uploads of one hash do not both insert it.
+        if !lock_talks(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        if let Some(mut existing) = blob_record(&mut tx, talks, new.hash, OP).await? {
+            if existing.size != new.size {
+                return Err(StoreError::Limit(
+                    "a blob with this hash exists with another size",
+                ));
+            }
+            let Err(at) = existing.rooms.binary_search(&room) else {
+                // Already referenced from this room: nothing to write.
+                return Ok(existing);
+            };
+            sqlx::query("INSERT INTO blob_rooms (talks, hash, room) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(hash)
+                .bind(room.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+            commit(tx, OP).await?;
+            existing.rooms.insert(at, room);
+            return Ok(existing);
+        }
+        // The quota is checked under the talks lock in the transaction that
+        // inserts, so concurrent uploads of one party cannot both fit in its
+        // last bytes. (A party's total stays below 2^63, `fits_quota`, so
+        // the NUMERIC sum fits a BIGINT.)
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(size), 0)::BIGINT AS used FROM blobs
+             WHERE talks = $1 AND party = $2",
+        )
+        .bind(id)
+        .bind(new.party.as_bytes().as_slice())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        if !backchannel_store::fits_quota(uint(&row, "used")?, new.size, quota) {
+            return Err(StoreError::Quota);
+        }
+        sqlx::query(
+            "INSERT INTO blobs (talks, hash, size, party, uploader, created_at, complete)
+             VALUES ($1, $2, $3, $4, $5, $6, FALSE)",
+        )
+        .bind(id)
+        .bind(hash)
+        .bind(size)
+        .bind(new.party.as_bytes().as_slice())
+        .bind(new.uploader.as_bytes().as_slice())
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        sqlx::query("INSERT INTO blob_rooms (talks, hash, room) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(hash)
+            .bind(room.as_bytes().as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await?;
+        Ok(new.clone())
+    }
+
+    async fn blob(&self, talks: TalksId, hash: Digest) -> Result<Option<BlobRecord>, StoreError> {
+        const OP: &str = "read blob";
+        // One snapshot for the record and its rooms.
+        let mut tx = self.begin_read(OP).await?;
+        let record = blob_record(&mut tx, talks, hash, OP).await?;
+        commit(tx, OP).await?;
+        Ok(record)
+    }
+
+    async fn put_blob_chunk(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        const OP: &str = "put blob chunk";
+        let mut tx = self.begin_write(OP).await?;
+        let (size, complete) = blob_state(
+            &mut tx,
+            talks,
+            hash,
+            OP,
+            "put_blob_chunk: no such blob",
+            BLOB_FOR_SHARE,
+        )
+        .await?;
+        if complete {
+            return Err(StoreError::Limit("put_blob_chunk: the blob is complete"));
+        }
+        backchannel_store::check_blob_chunk(size, index, bytes.len())?;
+        sqlx::query(
+            "INSERT INTO blob_chunks (talks, hash, idx, bytes) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (talks, hash, idx) DO UPDATE SET bytes = excluded.bytes",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(hash.0.as_slice())
+        .bind(to_sql(index, "a chunk index is out of range")?)
+        .bind(bytes)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn blob_chunk(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+        index: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        const OP: &str = "read blob chunk";
+        // An index past i64::MAX was never stored (`put_blob_chunk` refuses
+        // any index past the last chunk).
+        let Ok(index) = i64::try_from(index) else {
+            return Ok(None);
+        };
+        let row = sqlx::query(
+            "SELECT bytes FROM blob_chunks WHERE talks = $1 AND hash = $2 AND idx = $3",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(hash.0.as_slice())
+        .bind(index)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        row.map(|row| Ok(blob(&row, "bytes")?.to_vec())).transpose()
+    }
+
+    async fn blob_chunks_present(
+        &self,
+        talks: TalksId,
+        hash: Digest,
+    ) -> Result<Vec<u64>, StoreError> {
+        const OP: &str = "read blob chunks present";
+        let rows =
+            sqlx::query("SELECT idx FROM blob_chunks WHERE talks = $1 AND hash = $2 ORDER BY idx")
+                .bind(talks.as_bytes().as_slice())
+                .bind(hash.0.as_slice())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        rows.iter().map(|row| uint(row, "idx")).collect()
+    }
+
+    async fn complete_blob(&self, talks: TalksId, hash: Digest) -> Result<(), StoreError> {
+        const OP: &str = "complete blob";
+        let mut tx = self.begin_write(OP).await?;
+        let (size, complete) = blob_state(
+            &mut tx,
+            talks,
+            hash,
+            OP,
+            "complete_blob: no such blob",
+            BLOB_FOR_UPDATE,
+        )
+        .await?;
+        if complete {
+            return Ok(());
+        }
+        let chunks = BlobRecord::chunk_count(size);
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM blob_chunks WHERE talks = $1 AND hash = $2 AND idx < $3",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(hash.0.as_slice())
+        .bind(to_sql(chunks, "a chunk index is out of range")?)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        if uint(&row, "n")? != chunks {
+            return Err(StoreError::Limit("complete_blob: a chunk is missing"));
+        }
+        sqlx::query("UPDATE blobs SET complete = TRUE WHERE talks = $1 AND hash = $2")
+            .bind(talks.as_bytes().as_slice())
+            .bind(hash.0.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn room_state(
+        &self,
+        talks: TalksId,
+        room: RoomId,
+    ) -> Result<Option<RoomState>, StoreError> {
+        const OP: &str = "read room state";
+        let mut conn = self.pool.acquire().await.map_err(|e| backend(OP, e))?;
+        room_state(&mut conn, talks, room, OP).await
+    }
+
+    async fn put_key_packages(
+        &self,
+        talks: TalksId,
+        device: KeyId,
+        packages: Vec<KeyPackageRecord>,
+    ) -> Result<(), StoreError> {
+        const OP: &str = "put key packages";
+        backchannel_store::check_key_packages(&packages)?;
+        let id = talks.as_bytes().as_slice();
+        let dev = device.as_bytes().as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        // The talks lock: the device's count and the inserts are one step.
+        if !lock_talks(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        let rows = sqlx::query(
+            "SELECT reference, last_resort FROM key_packages WHERE talks = $1 AND device = $2",
+        )
+        .bind(id)
+        .bind(dev)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let mut stored: HashSet<Vec<u8>> = HashSet::with_capacity(rows.len());
+        let mut has_last_resort = false;
+        for row in &rows {
+            stored.insert(blob(row, "reference")?.to_vec());
+            has_last_resort |= flag(row, "last_resort")?;
+        }
+        let new = backchannel_store::new_key_packages(&packages, |r| stored.contains(r));
+        // A new last-resort package takes the place of the stored one.
+        let replaced = has_last_resort && new.iter().any(|p| p.last_resort);
+        if stored.len() + new.len() - usize::from(replaced) > MAX_KEY_PACKAGES_PER_DEVICE {
+            return Err(StoreError::Limit(
+                "a device holds at most MAX_KEY_PACKAGES_PER_DEVICE key packages",
+            ));
+        }
+        if new.is_empty() {
+            // Nothing to write: `tx` rolls back a transaction that wrote
+            // nothing.
+            return Ok(());
+        }
+        if replaced {
+            sqlx::query(
+                "DELETE FROM key_packages WHERE talks = $1 AND device = $2 AND last_resort",
+            )
+            .bind(id)
+            .bind(dev)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        }
+        for p in new {
+            sqlx::query(
+                "INSERT INTO key_packages (talks, device, reference, bytes, not_after, last_resort)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(id)
+            .bind(dev)
+            .bind(p.reference.as_slice())
+            .bind(p.bytes.as_slice())
+            .bind(to_sql(p.not_after, "times are below 2^63")?)
+            .bind(p.last_resort)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        }
+        commit(tx, OP).await
+    }
+
+    async fn claim_key_package(
+        &self,
+        talks: TalksId,
+        claimer: KeyId,
+        device: KeyId,
+        now: u64,
+        max_claims: u32,
+        window_s: u64,
+    ) -> Result<Option<KeyPackageRecord>, StoreError> {
+        const OP: &str = "claim key package";
+        let now_sql = to_sql(now, "times are below 2^63")?;
+        let id = talks.as_bytes().as_slice();
+        let dev = device.as_bytes().as_slice();
+        let by = claimer.as_bytes().as_slice();
+        let mut tx = self.begin_write(OP).await?;
+        // The talks lock: the claim counter, the choice of a package and its
+        // deletion are one step, so no package is handed out twice and the
+        // claim limit holds across connections.
+        if !lock_talks(&mut tx, talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        let row = sqlx::query(
+            "SELECT window_start, claims FROM key_package_claims
+             WHERE talks = $1 AND claimer = $2 AND device = $3",
+        )
+        .bind(id)
+        .bind(by)
+        .bind(dev)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let stored = row
+            .map(|row| {
+                let claims = u32::try_from(uint(&row, "claims")?)
+                    .map_err(|_| StoreError::Corrupt("stored claims is out of range".into()))?;
+                Ok::<_, StoreError>((uint(&row, "window_start")?, claims))
+            })
+            .transpose()?;
+        // Refused here, nothing is written (`tx` rolls back).
+        let (start, claims) = backchannel_store::count_claim(stored, now, max_claims, window_s)?;
+        sqlx::query(
+            "INSERT INTO key_package_claims (talks, claimer, device, window_start, claims)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (talks, claimer, device) DO UPDATE SET
+                 window_start = excluded.window_start, claims = excluded.claims",
+        )
+        .bind(id)
+        .bind(by)
+        .bind(dev)
+        .bind(to_sql(start, "times are below 2^63")?)
+        .bind(i64::from(claims))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        sqlx::query("DELETE FROM key_packages WHERE talks = $1 AND device = $2 AND not_after < $3")
+            .bind(id)
+            .bind(dev)
+            .bind(now_sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        // Every package left is valid: an ordinary one first, the lowest
+        // reference first; the last-resort one only when none is left.
+        let row = sqlx::query(
+            "SELECT reference, bytes, not_after, last_resort FROM key_packages
+             WHERE talks = $1 AND device = $2 ORDER BY last_resort, reference LIMIT 1",
+        )
+        .bind(id)
+        .bind(dev)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let claimed = row.as_ref().map(key_package).transpose()?;
+        if let Some(p) = claimed.as_ref().filter(|p| !p.last_resort) {
+            sqlx::query(
+                "DELETE FROM key_packages WHERE talks = $1 AND device = $2 AND reference = $3",
+            )
+            .bind(id)
+            .bind(dev)
+            .bind(p.reference.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        }
+        commit(tx, OP).await?;
+        Ok(claimed)
+    }
+
+    async fn key_package_count(
+        &self,
+        talks: TalksId,
+        device: KeyId,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        const OP: &str = "count key packages";
+        // Nothing stored is valid past 2^63 (`not_after` is below it).
+        let Ok(now) = i64::try_from(now) else {
+            return Ok(0);
+        };
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM key_packages
+             WHERE talks = $1 AND device = $2 AND NOT last_resort AND not_after >= $3",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(device.as_bytes().as_slice())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        uint(&row, "n")
+    }
+}
