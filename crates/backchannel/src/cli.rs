@@ -247,6 +247,12 @@ pub struct DemoArgs {
     /// stream frames, as the demo's clients read them) to this new file.
     #[arg(long, hide = true, value_name = "FILE")]
     pub answers: Option<PathBuf>,
+    /// Run the demo's node on this PostgreSQL database
+    /// (`postgres://USER@HOST:PORT/DATABASE`) instead of a SQLite file in
+    /// the demo's directory. The demo's talks are added to what the
+    /// database holds.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
 }
 
 /// `backchannel node …`.
@@ -347,7 +353,11 @@ pub struct RunArgs {
     /// on start names the one chosen).
     #[arg(long, default_value = "127.0.0.1:7443", value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// The database, `sqlite:<path>` [default: sqlite:<DIR>/node.db].
+    /// The database: `sqlite:<path>`, or PostgreSQL as
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE` [default:
+    /// sqlite:<DIR>/node.db]. Prefer a password in `PGPASSWORD` or
+    /// `~/.pgpass` to one in the URL, which other users can see in the
+    /// process list.
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
     /// DANGER: serve plain HTTP without TLS, on a loopback address only.

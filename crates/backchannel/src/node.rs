@@ -11,6 +11,8 @@ use backchannel_keyfile::{KeyFile, KeyKind};
 use backchannel_node::net::{self, Listener as _, ServeError, Transport};
 use backchannel_node::server::{Node, NodeConfig};
 use backchannel_node::tls::{self, Identity};
+use backchannel_store::Store;
+use backchannel_store_postgres::{PostgresOptions, PostgresStore};
 use backchannel_store_sqlite::{SqliteOptions, SqliteStore};
 use backchannel_tlog::NodeOrigin;
 use rand_core::OsRng;
@@ -230,7 +232,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let limits = args.limits.resolve();
     let dir = NodeDir::new(&args.dir.dir);
-    let database = database_path(&dir, args.database.as_deref())?;
+    let database = database(&dir, args.database.as_deref())?;
     let (_, origin, log_public) = dir.config()?;
     let creators = dir.creators()?;
     let passphrase = passphrase::resolve(&args.passphrase)?;
@@ -279,23 +281,55 @@ struct Started {
 }
 
 async fn serve(
-    database: PathBuf,
+    database: Database,
     transport: Transport,
     config: NodeConfig,
-    mut started: Started,
+    started: Started,
 ) -> anyhow::Result<()> {
     // Before the socket opens, so a signal sent as soon as the line below
     // is read is caught.
-    let mut signals = Signals::new()?;
-    let store = SqliteStore::open(&database, SqliteOptions::default())
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "{e} ({}); check the path given to --database and its directory's permissions",
-                database.display()
-            )
-        })?;
-    let store = Arc::new(store);
+    let signals = Signals::new()?;
+    match database {
+        Database::Sqlite(path) => {
+            let store = SqliteStore::open(&path, SqliteOptions::default())
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "{e} ({}); check the path given to --database and its directory's \
+                         permissions",
+                        path.display()
+                    )
+                })?;
+            let store = Arc::new(store);
+            let outcome = serve_on(Arc::clone(&store), signals, transport, config, started).await;
+            finish(outcome, store.close()).await
+        }
+        Database::Postgres(url) => {
+            // The URL may hold a password: it is never printed.
+            let store = PostgresStore::open(&url, PostgresOptions::default())
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "{e}; check the URL given to --database \
+                         (postgres://USER@HOST:PORT/DATABASE) and that the server is up"
+                    )
+                })?;
+            let store = Arc::new(store);
+            let outcome = serve_on(Arc::clone(&store), signals, transport, config, started).await;
+            finish(outcome, store.close()).await
+        }
+    }
+}
+
+/// Serves `store` until a shutdown signal (or a failure to serve); `None`
+/// when a second signal cut connections short.
+async fn serve_on<S: Store>(
+    store: Arc<S>,
+    mut signals: Signals,
+    transport: Transport,
+    config: NodeConfig,
+    mut started: Started,
+) -> anyhow::Result<Option<Result<(), ServeError>>> {
     let creators = config.creators.len();
     let node = Node::new(Arc::clone(&store), config);
     let listener = TcpListener::bind(started.listening).await.map_err(|e| {
@@ -347,16 +381,21 @@ async fn serve(
     // After a second signal, this cuts whatever is still open; nothing
     // acknowledged depends on it: every acknowledged envelope is durable.
     drop(serving);
-    // Let transactions in progress finish; later ones fail and are retried
-    // by their clients against the restarted node.
-    if tokio::time::timeout(SHUTDOWN_GRACE, store.close())
-        .await
-        .is_err()
-    {
+    Ok(outcome)
+}
+
+/// Closes the database once serving is over, letting transactions in
+/// progress finish (later ones fail and are retried by their clients
+/// against the restarted node), then reports how serving ended.
+async fn finish(
+    outcome: anyhow::Result<Option<Result<(), ServeError>>>,
+    close: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if tokio::time::timeout(SHUTDOWN_GRACE, close).await.is_err() {
         tracing::warn!("the database did not close in time; exiting anyway");
     }
     tracing::info!("the node has stopped");
-    match outcome {
+    match outcome? {
         Some(Err(e)) => Err(anyhow!("the node could not serve: {e}")),
         Some(Ok(())) | None => Ok(()),
     }
@@ -387,24 +426,38 @@ impl Started {
     }
 }
 
-/// The database file: `--database sqlite:<path>`, or `<DIR>/node.db`.
-fn database_path(dir: &NodeDir, url: Option<&str>) -> anyhow::Result<PathBuf> {
+/// Where the node stores (`--database`).
+#[derive(Debug, PartialEq, Eq)]
+enum Database {
+    /// A SQLite file (the default: `<DIR>/node.db`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its URL as given (it may hold a password,
+    /// so it is never printed).
+    Postgres(String),
+}
+
+/// The database `--database` names: `sqlite:<path>`,
+/// `postgres://…` (or `postgresql://…`), or by default `<DIR>/node.db`.
+fn database(dir: &NodeDir, url: Option<&str>) -> anyhow::Result<Database> {
     let Some(url) = url else {
-        return Ok(dir.path(DATABASE));
+        return Ok(Database::Sqlite(dir.path(DATABASE)));
     };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Database::Postgres(url.to_owned()));
+    }
     let path = url
         .strip_prefix("sqlite:")
         .map(|p| p.strip_prefix("//").unwrap_or(p))
         .ok_or_else(|| {
             anyhow!(
-                "--database {url:?} is not supported; this version stores in SQLite: give \
-                 sqlite:<path>"
+                "--database takes sqlite:<path> or postgres://USER@HOST:PORT/DATABASE; \
+                 what was given is neither"
             )
         })?;
     if path.is_empty() {
         bail!("--database {url:?} names no file; give sqlite:<path>");
     }
-    Ok(PathBuf::from(path))
+    Ok(Database::Sqlite(PathBuf::from(path)))
 }
 
 fn warn_plain_http() {
@@ -473,15 +526,21 @@ mod tests {
     #[test]
     fn database_urls() {
         let dir = NodeDir::new(Path::new("/n"));
-        let check = |url: Option<&str>| database_path(&dir, url).ok();
-        assert_eq!(check(None), Some(PathBuf::from("/n/node.db")));
-        assert_eq!(check(Some("sqlite:x.db")), Some(PathBuf::from("x.db")));
-        assert_eq!(
-            check(Some("sqlite:///a/x.db")),
-            Some(PathBuf::from("/a/x.db"))
-        );
+        let check = |url: Option<&str>| database(&dir, url).ok();
+        let sqlite = |p: &str| Some(Database::Sqlite(PathBuf::from(p)));
+        assert_eq!(check(None), sqlite("/n/node.db"));
+        assert_eq!(check(Some("sqlite:x.db")), sqlite("x.db"));
+        assert_eq!(check(Some("sqlite:///a/x.db")), sqlite("/a/x.db"));
         assert_eq!(check(Some("sqlite:")), None);
-        assert_eq!(check(Some("postgres://h/db")), None);
+        assert_eq!(
+            check(Some("postgres://h/db")),
+            Some(Database::Postgres("postgres://h/db".into()))
+        );
+        assert_eq!(
+            check(Some("postgresql://u:p@h:5432/db")),
+            Some(Database::Postgres("postgresql://u:p@h:5432/db".into()))
+        );
+        assert_eq!(check(Some("mysql://h/db")), None);
         assert_eq!(check(Some("x.db")), None);
     }
 }
