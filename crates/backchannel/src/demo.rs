@@ -67,6 +67,7 @@ use backchannel_statement::{
     PartyKind, Payload, Receipt, ReceiptKind, Release, Role, Roster, Salt, SignedStatement,
     Statement, Verbatim,
 };
+use backchannel_store_postgres::{PostgresOptions, PostgresStore};
 use backchannel_store_sqlite::{SqliteOptions, SqliteStore};
 use backchannel_tlog::NodeOrigin;
 use rand_core::{OsRng, RngCore};
@@ -394,8 +395,21 @@ fn marked(conveyance: Conveyance, receipt_required: bool) -> anyhow::Result<Mark
 /// Runs the demo; `keep`: leave its directory (the node's data and the
 /// participants' homes) in place; `canary`: 32 hex digits planted in every
 /// name and text; `answers`: a new file to copy every answer of the node
-/// to (`backchannel_client::net::tap_answers`).
-pub fn main(keep: bool, canary: Option<&str>, answers: Option<&Path>) -> anyhow::Result<()> {
+/// to (`backchannel_client::net::tap_answers`); `database`: a PostgreSQL
+/// URL for the node instead of a SQLite file in the demo's directory.
+pub fn main(
+    keep: bool,
+    canary: Option<&str>,
+    answers: Option<&Path>,
+    database: Option<&str>,
+) -> anyhow::Result<()> {
+    if let Some(url) = database {
+        ensure!(
+            url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "--database takes a PostgreSQL URL, postgres://USER@HOST:PORT/DATABASE (without it \
+             the demo's node uses a SQLite file in the demo's directory)"
+        );
+    }
     if let Some(path) = answers {
         backchannel_client::net::tap_answers(path)
             .with_context(|| format!("creating {} for the node's answers", path.display()))?;
@@ -417,7 +431,7 @@ pub fn main(keep: bool, canary: Option<&str>, answers: Option<&Path>) -> anyhow:
     for d in [&node_dir, &homes] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let result = runtime.block_on(run(&node_dir, &homes, &Plant(canary)));
+    let result = runtime.block_on(run(&node_dir, &homes, &Plant(canary), database));
     drop(runtime);
     if keep {
         println!(
@@ -431,7 +445,12 @@ pub fn main(keep: bool, canary: Option<&str>, answers: Option<&Path>) -> anyhow:
     result
 }
 
-async fn run(node_dir: &Path, homes: &Path, plant: &Plant) -> anyhow::Result<()> {
+async fn run(
+    node_dir: &Path,
+    homes: &Path,
+    plant: &Plant,
+    database: Option<&str>,
+) -> anyhow::Result<()> {
     println!("Backchannel demo: Oman mediates between the United States and Iran.\n");
     println!(
         "Note: formal statements are transferable proof, and talk is attributable:\n\
@@ -483,33 +502,45 @@ async fn run(node_dir: &Path, homes: &Path, plant: &Plant) -> anyhow::Result<()>
     let identity = Identity::self_signed(&tls_key, "backchannel-demo-node")?;
     let fingerprint = identity.fingerprint();
     let origin = NodeOrigin::new("demo.backchannel.example")?;
-    let store = SqliteStore::open(&node_dir.join("node.db"), SqliteOptions::default()).await?;
-    let node = Node::new(
-        Arc::new(store),
-        NodeConfig {
-            origin: origin.clone(),
-            log_key: Arc::new(SecretKey::from_seed(&log_key.seed())?),
-            creators: vec![oman.members[0].device.public_key()],
-            limits: Limits {
-                checkpoint_interval: Duration::from_millis(100),
-                ..Limits::default()
-            },
-            clock: Arc::new(SystemClock),
+    let config = NodeConfig {
+        origin: origin.clone(),
+        log_key: Arc::new(SecretKey::from_seed(&log_key.seed())?),
+        creators: vec![oman.members[0].device.public_key()],
+        limits: Limits {
+            checkpoint_interval: Duration::from_millis(100),
+            ..Limits::default()
         },
-    );
+        clock: Arc::new(SystemClock),
+    };
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = backchannel_node::net::Listener::local_addr(&listener)?;
+    let transport = Transport::Tls(Arc::new(server_config(&identity)?));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        Transport::Tls(Arc::new(server_config(&identity)?)),
-        node,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    let server = match database {
+        None => {
+            let store =
+                SqliteStore::open(&node_dir.join("node.db"), SqliteOptions::default()).await?;
+            let node = Node::new(Arc::new(store), config);
+            tokio::spawn(serve(listener, transport, node, stopped))
+        }
+        Some(url) => {
+            let store = PostgresStore::open(url, PostgresOptions::default())
+                .await
+                .context("opening the PostgreSQL database given to --database")?;
+            let node = Node::new(Arc::new(store), config);
+            tokio::spawn(serve(listener, transport, node, stopped))
+        }
+    };
     println!(
-        "Node on {addr} (TLS 1.3), fingerprint {}",
+        "Node on {addr} (TLS 1.3, {}), fingerprint {}",
+        if database.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         fingerprint.to_hex()
     );
     let client = |key: &SecretKey| NodeClient::new(addr, fingerprint, key);

@@ -67,9 +67,12 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     logging::init(level)?;
     match cli.command {
         Command::Node(command) => node::main(command),
-        Command::Demo(args) => {
-            demo::main(args.keep, args.canary.as_deref(), args.answers.as_deref())
-        }
+        Command::Demo(args) => demo::main(
+            args.keep,
+            args.canary.as_deref(),
+            args.answers.as_deref(),
+            args.database.as_deref(),
+        ),
         Command::Log(cli::LogCommand::Compare(args)) => evidence::compare(args),
         Command::Log(cli::LogCommand::Verify(args)) => messages::verify(cli.home, args),
         Command::Evidence(cli::EvidenceCommand::Verify(args)) => evidence::verify(args),

@@ -1,9 +1,12 @@
 //! The README's first command: `backchannel demo` replays the opening of the
-//! reference scenario on a real local node and exits 0, with matching
+//! reference scenario on a real local node (on SQLite, and with `--database`
+//! on PostgreSQL) and exits 0, with matching
 //! safety codes, a final checkpoint, and what each participant saw; and,
 //! with a canary planted in every name and text, the node's files, its log
 //! output and every answer it sent hold the canary in no form.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,6 +34,35 @@ fn the_demo_runs_the_reference_scenario() {
         .env_remove("BACKCHANNEL_LOG")
         .output()
         .expect("runs");
+    check_demo(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(TLS 1.3, SQLite)"),
+        "not on SQLite"
+    );
+}
+
+/// The same run with the node on PostgreSQL, in a database of its own on
+/// the server `BACKCHANNEL_TEST_DATABASE_URL` names.
+#[test]
+fn the_demo_runs_on_postgresql() {
+    let Some(db) = common::PgDatabase::create() else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_backchannel"))
+        .args(["demo", "--database", &db.url])
+        .env_remove("BACKCHANNEL_LOG")
+        .output()
+        .expect("runs");
+    drop(db);
+    check_demo(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(TLS 1.3, PostgreSQL)"),
+        "not on PostgreSQL"
+    );
+}
+
+/// What every run of the demo must show.
+fn check_demo(out: &std::process::Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -1,5 +1,5 @@
 //! Acknowledged means durable, end to end: a real `backchannel node run`
-//! on SQLite is SIGKILLed while clients submit over TLS, then restarted on
+//! on SQLite, and on PostgreSQL, is SIGKILLed while clients submit over TLS, then restarted on
 //! the same directory. Every acknowledged envelope is there once, at the
 //! seq it was acknowledged with, with the same bytes, in a dense log; a
 //! retry of an acknowledged envelope after the restart gets its original
@@ -22,7 +22,7 @@ use backchannel_statement::header::pad_body;
 use backchannel_statement::{Commitment, Header, Kind, SignedHeader};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{backchannel, ok, start_node};
+use common::{backchannel, ok, start_node_on};
 use serde_json::{Value, json};
 
 fn client(label: u8, addr: std::net::SocketAddr, fingerprint: &str) -> (reqwest::Client, String) {
@@ -190,6 +190,22 @@ async fn record_group(addr: std::net::SocketAddr, fp: &str, labels: &[u8]) -> Ve
 
 #[test]
 fn every_acknowledged_envelope_survives_a_sigkill() {
+    survives_a_sigkill(None);
+}
+
+/// The same on PostgreSQL, in a database of its own on the server
+/// `BACKCHANNEL_TEST_DATABASE_URL` names.
+#[test]
+fn every_acknowledged_envelope_survives_a_sigkill_on_postgresql() {
+    let Some(db) = common::PgDatabase::create() else {
+        return;
+    };
+    survives_a_sigkill(Some(&db.url));
+}
+
+/// Kills a node on `database` (`None`: its directory's SQLite file) under
+/// load, restarts it, and reads everything back.
+fn survives_a_sigkill(database: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let node_dir = dir.path().join("node");
     ok(backchannel()
@@ -203,7 +219,7 @@ fn every_acknowledged_envelope_survives_a_sigkill() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = fixtures::talks();
     let talks_path = format!("/v1/talks/{}", t.talks.to_hex());
-    let (mut child, addr, fp) = start_node(&node_dir);
+    let (mut child, addr, fp) = start_node_on(&node_dir, database);
 
     // Open the reference talks.
     let list = t.roster.implied_access_list(t.talks).unwrap();
@@ -278,7 +294,7 @@ fn every_acknowledged_envelope_survives_a_sigkill() {
     );
 
     // Restart on the same directory and read everything back.
-    let (mut child, addr, fp) = start_node(&node_dir);
+    let (mut child, addr, fp) = start_node_on(&node_dir, database);
     let (http, base) = client(US_NEGOTIATOR_DEVICE, addr, &fp);
     let stored: BTreeMap<u64, Vec<u8>> = rt.block_on(async {
         let mut out = BTreeMap::new();

@@ -33,6 +33,11 @@ pub fn ok(cmd: &mut Command) -> String {
 /// `node run` on `dir` (loopback, any port, 50 ms checkpoints); the child,
 /// its address and its fingerprint (hex) from the listening line.
 pub fn start_node(dir: &Path) -> (Child, std::net::SocketAddr, String) {
+    start_node_on(dir, None)
+}
+
+/// [`start_node`], on the database `database` names (`--database`) if any.
+pub fn start_node_on(dir: &Path, database: Option<&str>) -> (Child, std::net::SocketAddr, String) {
     let mut child = backchannel()
         .args([
             "node",
@@ -42,6 +47,7 @@ pub fn start_node(dir: &Path) -> (Child, std::net::SocketAddr, String) {
             "--checkpoint-interval-ms",
             "50",
         ])
+        .args(database.map(|d| ["--database", d]).into_iter().flatten())
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::piped())
@@ -111,5 +117,65 @@ pub fn assert_failure(out: &Output, code: i32, stderr_holds: &str) {
         stderr(out).contains(stderr_holds),
         "stderr does not mention {stderr_holds:?}: {}",
         stderr(out)
+    );
+}
+
+/// A PostgreSQL database of its own for one test, on the server
+/// `BACKCHANNEL_TEST_DATABASE_URL` names (created with `psql`, dropped when
+/// this is dropped); `None`, after saying so, when the variable is unset.
+pub struct PgDatabase {
+    /// The server's URL, as given.
+    server: String,
+    /// The database's name.
+    name: String,
+    /// The database's URL.
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> Option<Self> {
+        let Ok(server) = std::env::var("BACKCHANNEL_TEST_DATABASE_URL") else {
+            eprintln!(
+                "skipped: BACKCHANNEL_TEST_DATABASE_URL is not set (.ci/run sets it to the \
+                 machine's PostgreSQL)"
+            );
+            return None;
+        };
+        let name = format!(
+            "bc_test_{:016x}",
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        );
+        psql(&server, &format!("CREATE DATABASE {name}"));
+        // The same server and user, the new database.
+        let base = server
+            .split('?')
+            .next()
+            .and_then(|u| u.rsplit_once('/'))
+            .expect("a URL naming a database")
+            .0;
+        let url = format!("{base}/{name}");
+        Some(Self { server, name, url })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        psql(
+            &self.server,
+            &format!("DROP DATABASE {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// Runs one SQL command with `psql` on `url`, which must succeed.
+fn psql(url: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .expect("psql runs (PostgreSQL's client is needed for this test)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
