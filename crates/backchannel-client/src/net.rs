@@ -53,24 +53,17 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Where every answer the node sends is copied, when a test asked for it
 /// ([`tap_answers`]).
-static TAP: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+type Tap = std::sync::Mutex<Box<dyn std::io::Write + Send>>;
+static TAP: std::sync::OnceLock<Tap> = std::sync::OnceLock::new();
 
 /// For tests of what the node sends (the demo's canary test): from now on,
 /// every answer body any [`NodeClient`] of this process reads, error
-/// answers and stream frames included, is appended to the file at `path`
-/// (created; it must not exist). Once per process; a second call fails.
+/// answers and stream frames included, is written to `sink`, each whole.
+/// Once per process; a second call is refused.
 #[doc(hidden)]
-pub fn tap_answers(path: &std::path::Path) -> std::io::Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(path)?;
-    TAP.set(std::sync::Mutex::new(file)).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "answers are already tapped",
-        )
-    })
+pub fn tap_answers(sink: Box<dyn std::io::Write + Send>) -> Result<(), &'static str> {
+    TAP.set(std::sync::Mutex::new(sink))
+        .map_err(|_| "answers are already tapped")
 }
 
 /// Copies `bytes`, one whole answer of the node, to the tap if there is one. A
@@ -78,11 +71,11 @@ pub fn tap_answers(path: &std::path::Path) -> std::io::Result<()> {
 /// on a partial copy.
 fn tap(bytes: &[u8]) {
     use std::io::Write as _;
-    if let Some(file) = TAP.get() {
-        let mut file = file
+    if let Some(sink) = TAP.get() {
+        let mut sink = sink
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = file.write_all(bytes) {
+        if let Err(e) = sink.write_all(bytes) {
             eprintln!("the answer tap failed: {e}");
             std::process::abort();
         }

@@ -411,8 +411,12 @@ pub fn main(
         );
     }
     if let Some(path) = answers {
-        backchannel_client::net::tap_answers(path)
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(path)
             .with_context(|| format!("creating {} for the node's answers", path.display()))?;
+        backchannel_client::net::tap_answers(Box::new(file)).map_err(|e| anyhow!(e))?;
     }
     let canary = match canary {
         Some(c) => {
