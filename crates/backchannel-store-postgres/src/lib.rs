@@ -41,6 +41,15 @@
 //!   schema (created if missing) that every connection puts alone on its
 //!   `search_path`, so one database can hold several stores (tests give
 //!   each store a fresh one).
+//! - **Notifications across nodes.** A store wakes its own subscribers
+//!   after its own commits, and `sequence` also `NOTIFY`s
+//!   ([`NOTIFY_CHANNEL`]) in the same transaction, so the notification is
+//!   delivered only if it commits. Each store runs a relay that `LISTEN`s
+//!   (on one connection of its pool) and wakes its subscribers for what
+//!   other stores — other nodes — sequence in the same schema. A
+//!   notification is only a wake-up: after its connection is lost, the
+//!   relay listens again and announces every talks' current size, so
+//!   subscribers re-read from the last seq they fanned out.
 //! - **Defensive decoding.** Stored values of the wrong length, type or sign
 //!   are [`StoreError::Corrupt`], never a panic; server errors are mapped by
 //!   SQLSTATE to [`StoreError::Unavailable`] (connection lost, deadlock,
@@ -49,11 +58,6 @@
 //!   [`StoreError::Backend`], with messages that carry no ids.
 //!
 //! Non-features:
-//! - **No cross-node notifications yet.** [`Store::subscribe`] is
-//!   in-process: a store wakes its own subscribers after its own commits.
-//!   Appends made through another node on the same database are seen only
-//!   by polling (which the contract requires subscribers to do anyway);
-//!   `LISTEN`/`NOTIFY` fan-out between nodes is a later step.
 //! - No transaction-pooling proxies: the per-connection settings above are
 //!   session state, which a proxy in transaction mode (PgBouncer's
 //!   `pool_mode = transaction`) would not keep.
@@ -85,7 +89,7 @@ use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, Row, Transaction};
 use thiserror::Error;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::error::{backend, fixed, from_sql, is_unique_violation, to_sql};
 pub use crate::migrate::SCHEMA_VERSION;
@@ -113,7 +117,8 @@ pub struct PostgresOptions {
     /// `pg_` (reserved by PostgreSQL). `None`: the connection's default
     /// `search_path` decides (usually `public`).
     pub schema: Option<String>,
-    /// How many connections the pool keeps at most (at least 1).
+    /// How many connections the pool keeps at most for calls (at least 1;
+    /// the notification relay holds one more).
     pub max_connections: u32,
     /// How long a call waits for a free connection (and `open` for the
     /// server) before failing with [`StoreError::Unavailable`]
@@ -184,6 +189,152 @@ pub struct SessionSettings {
 pub struct PostgresStore {
     pool: PgPool,
     appended: broadcast::Sender<Appended>,
+    /// Names this store's own notifications, which its relay skips (its
+    /// subscribers heard of its writes already).
+    instance: u64,
+    /// Held by every clone; once the last is dropped, the notification
+    /// relay sees its receiver close and stops.
+    _alive: Arc<watch::Sender<()>>,
+}
+
+/// The channel sequencing notifies on, with `schema instance talks size` as
+/// the payload (`pg_notify` in [`Store::sequence`]; the store's instance in
+/// 16 hex digits, the talks in 32, the new log size in decimal).
+pub const NOTIFY_CHANNEL: &str = "backchannel_appended";
+
+/// How long the relay waits before listening again after its connection
+/// failed.
+const RELISTEN_BACKOFF: Duration = Duration::from_millis(250);
+
+/// What the notification relay works with.
+struct Relay {
+    pool: PgPool,
+    /// The store's schema: notifications of stores in other schemas of the
+    /// database are skipped.
+    schema: String,
+    /// The store's own instance: its own notifications are skipped.
+    instance: u64,
+    appended: broadcast::Sender<Appended>,
+}
+
+/// Relays what other nodes sequence on this database to this store's
+/// subscribers: `LISTEN`s on [`NOTIFY_CHANNEL`] (telling `listening` once
+/// it does) and turns each notification of another store in the same
+/// schema into an [`Appended`]. A notification is only a wake-up: whenever
+/// the relay listens again after its connection was lost (notifications
+/// sent meanwhile are gone), it re-reads every talks' log size and
+/// announces each, so subscribers re-read from the last seq they fanned out
+/// and miss nothing. Ends when the pool closes or the last clone of the
+/// store is dropped.
+async fn relay_notifications(
+    relay: Relay,
+    mut dropped: watch::Receiver<()>,
+    listening: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut listening = Some(listening);
+    let mut listener: Option<sqlx::postgres::PgListener> = None;
+    loop {
+        if relay.pool.is_closed() {
+            return;
+        }
+        let l = match listener.as_mut() {
+            Some(l) => l,
+            None => {
+                let started = async {
+                    let mut l = sqlx::postgres::PgListener::connect_with(&relay.pool).await?;
+                    l.listen(NOTIFY_CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                };
+                let started = tokio::select! {
+                    r = started => r,
+                    _ = dropped.changed() => return,
+                };
+                match started {
+                    Ok(l) => {
+                        match listening.take() {
+                            Some(tell) => {
+                                let _ = tell.send(());
+                            }
+                            None => announce_all(&relay).await,
+                        }
+                        listener.insert(l)
+                    }
+                    Err(sqlx::Error::PoolClosed) => return,
+                    Err(_) => {
+                        tokio::time::sleep(RELISTEN_BACKOFF).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let next = tokio::select! {
+            r = l.try_recv() => r,
+            _ = dropped.changed() => return,
+        };
+        match next {
+            Ok(Some(n)) => {
+                if let Some(a) = parse_notification(&relay, n.payload()) {
+                    // No receiver is not an error: nobody is listening.
+                    let _ = relay.appended.send(a);
+                }
+            }
+            // The connection was lost and is back, listening again:
+            // whatever was notified meanwhile is gone.
+            Ok(None) => announce_all(&relay).await,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(_) => {
+                listener = None;
+                tokio::time::sleep(RELISTEN_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Announces every talks' current log size (after the relay lost
+/// notifications). A failure is left for the next time: subscribers poll
+/// anyway.
+async fn announce_all(relay: &Relay) {
+    let Ok(rows) = sqlx::query("SELECT talks, next_seq FROM log_heads")
+        .fetch_all(&relay.pool)
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let talks = row
+            .try_get::<Vec<u8>, _>("talks")
+            .ok()
+            .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok());
+        let size = row
+            .try_get::<i64, _>("next_seq")
+            .ok()
+            .and_then(|n| u64::try_from(n).ok());
+        if let (Some(talks), Some(size)) = (talks, size) {
+            let _ = relay.appended.send(Appended {
+                talks: TalksId(talks),
+                size,
+            });
+        }
+    }
+}
+
+/// The [`Appended`] a notification payload (`schema instance talks size`)
+/// announces, if it is well formed, for the relay's schema and from another
+/// store.
+fn parse_notification(relay: &Relay, payload: &str) -> Option<Appended> {
+    let mut parts = payload.split(' ');
+    let (schema, instance, talks, size) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if schema != relay.schema
+        || parts.next().is_some()
+        || u64::from_str_radix(instance, 16).ok()? == relay.instance
+    {
+        return None;
+    }
+    Some(Appended {
+        talks: TalksId::from_hex(talks).ok()?,
+        size: size.parse().ok()?,
+    })
 }
 
 impl PostgresStore {
@@ -217,13 +368,24 @@ impl PostgresStore {
             .await
             .map_err(open_error)?;
         let migrated = migrate::migrate(&mut first, schema.as_deref()).await;
+        // The schema the tables are in, which names this store's
+        // notifications among those of other stores on the database.
+        let current_schema = match &migrated {
+            Ok(_) => sqlx::query_scalar::<_, Option<String>>("SELECT current_schema()::TEXT")
+                .fetch_one(&mut first)
+                .await
+                .map_err(open_error)?
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         // Closing politely is a courtesy to the server; a failure to do so
         // changes nothing for us.
         let _ = first.close().await;
         migrated?;
 
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
+            // One more for the notification relay, which keeps its own.
+            .max_connections(options.max_connections.max(1).saturating_add(1))
             .min_connections(0)
             .acquire_timeout(options.acquire_timeout)
             .after_connect(move |conn, _| {
@@ -233,7 +395,35 @@ impl PostgresStore {
             .connect_lazy_with(connect);
 
         let (appended, _) = broadcast::channel(SUBSCRIPTION_BUFFER);
-        Ok(Self { pool, appended })
+        let (alive, dropped) = watch::channel(());
+        // Randomly keyed by the standard library (from the OS), so no two
+        // stores share one.
+        let instance = {
+            use std::hash::{BuildHasher as _, Hasher as _};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.finish()
+        };
+        let (listening, started) = tokio::sync::oneshot::channel();
+        tokio::spawn(relay_notifications(
+            Relay {
+                pool: pool.clone(),
+                schema: current_schema,
+                instance,
+                appended: appended.clone(),
+            },
+            dropped,
+            listening,
+        ));
+        // Once the relay listens, nothing another node sequences is missed;
+        // if it cannot yet, it keeps trying (subscribers poll meanwhile).
+        let _ = tokio::time::timeout(options.acquire_timeout, started).await;
+        Ok(Self {
+            pool,
+            appended,
+            instance,
+            _alive: Arc::new(alive),
+        })
     }
 
     /// The session settings of a pooled connection, read back from the
@@ -1276,6 +1466,20 @@ impl Store for PostgresStore {
                         "the clock is beyond the storage range",
                     )?)
                     .bind(talks.as_bytes().as_slice())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| backend(OP, e))?;
+                // Other nodes on this database learn of it at the commit
+                // (a notification is delivered only if the transaction
+                // commits, in commit order): `relay_notifications`.
+                sqlx::query("SELECT pg_notify($1, current_schema() || ' ' || $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(format!(
+                        "{:016x} {} {}",
+                        self.instance,
+                        talks.to_hex(),
+                        h.next_seq
+                    ))
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| backend(OP, e))?;
