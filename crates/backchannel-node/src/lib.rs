@@ -19,12 +19,16 @@
 //! - [`integrate`]: integration of sequenced leaves into the talks' tree and
 //!   a signed checkpoint, off the request path, fenced against a second
 //!   integrator;
-//! - [`limits`]: the named limits and the soft state enforcing rates.
+//! - [`limits`]: the named limits and the soft state enforcing rates;
+//! - [`admin`]: the admin listener — `/healthz`, `/readyz` and Prometheus
+//!   `/metrics`, in plain HTTP on a loopback address, with no id in any
+//!   metric.
 //!
 //! Non-features: no file, clock, randomness or socket of its own — storage,
 //! the [`sequencer::Clock`] and the [`net::Listener`] are parameters (the
 //! CLI passes real ones, the simulator its own).
 
+pub mod admin;
 pub mod api;
 pub mod integrate;
 pub mod limits;

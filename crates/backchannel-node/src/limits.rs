@@ -212,6 +212,11 @@ impl<K: Eq + Hash + Copy> Slots<K> {
     pub fn count(&self, key: &K) -> usize {
         self.lock().get(key).copied().unwrap_or(0)
     }
+
+    /// How many slots are held, over all keys.
+    pub fn total(&self) -> usize {
+        self.lock().values().sum()
+    }
 }
 
 impl<K: Eq + Hash + Copy> Drop for Slot<K> {
@@ -261,8 +266,10 @@ mod tests {
         let a = c.acquire(k, 2).expect("first");
         let _b = c.acquire(k, 2).expect("second");
         assert!(c.acquire(k, 2).is_none());
+        assert_eq!(c.total(), 2);
         drop(a);
         assert_eq!(c.count(&k), 1);
+        assert_eq!(c.total(), 1);
         assert!(c.acquire(k, 2).is_some());
     }
 }

@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
+use crate::admin::Phase as AdminPhase;
 use crate::limits::{Slot, SourceRates, SourceSlots};
 use crate::server::{Node, Peer, router};
 use crate::tls;
@@ -152,9 +153,12 @@ pub async fn serve<L: Listener, S: Store>(
         Arc::clone(&node),
         Shutdown(phase.subscribe()),
     ));
+    node.metrics.set_phase(AdminPhase::Serving);
     accept_until(listener, transport, &node, &phase, shutdown).await;
 
-    // The listener is closed: new connections are refused from here on.
+    // The listener is closed: new connections are refused from here on,
+    // and `/readyz` answers 503.
+    node.metrics.set_phase(AdminPhase::Draining);
     phase.send_replace(Phase::Draining);
     let grace = node.limits().shutdown_grace;
     tracing::info!("shutting down: no longer accepting; letting requests in progress finish");

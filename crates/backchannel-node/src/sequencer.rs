@@ -10,6 +10,7 @@
 //! load by itself: while one commit is in flight, the next batch queues up.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use backchannel_crypto::Signer;
 use backchannel_store::{MAX_SEQUENCE_BATCH, Outcome, Store, Submission};
@@ -56,6 +57,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Sequencer {
     tx: mpsc::Sender<Job>,
+    /// Envelopes placed in a log so far (for metrics).
+    sequenced: Arc<AtomicU64>,
 }
 
 impl Sequencer {
@@ -66,8 +69,16 @@ impl Sequencer {
         log_key: Arc<dyn Signer + Send + Sync>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(SEQUENCER_QUEUE);
-        tokio::spawn(run(store, clock, log_key, rx));
-        Self { tx }
+        let sequenced = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(store, clock, log_key, rx, Arc::clone(&sequenced)));
+        Self { tx, sequenced }
+    }
+
+    /// How many envelopes were placed in a log since the start (for
+    /// metrics): every [`Outcome::Sequenced`], so an idempotent retry of
+    /// an envelope sequenced before counts again.
+    pub fn sequenced(&self) -> u64 {
+        self.sequenced.load(Ordering::Relaxed)
     }
 
     /// How many submissions are waiting for the next batch (for metrics).
@@ -99,6 +110,7 @@ async fn run<S: Store>(
     clock: Arc<dyn Clock>,
     log_key: Arc<dyn Signer + Send + Sync>,
     mut rx: mpsc::Receiver<Job>,
+    sequenced: Arc<AtomicU64>,
 ) {
     // A job that would have made the last batch too large opens the next.
     let mut carried: Option<Job> = None;
@@ -134,6 +146,11 @@ async fn run<S: Store>(
         let expected = batch.len();
         match store.sequence(batch, clock.now_ms(), &*log_key).await {
             Ok(outcomes) if outcomes.len() == expected => {
+                let placed = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Sequenced(_)))
+                    .count();
+                sequenced.fetch_add(placed as u64, Ordering::Relaxed);
                 let mut outcomes = outcomes.into_iter();
                 for (n, reply) in replies {
                     // A submitter that went away still had its envelopes

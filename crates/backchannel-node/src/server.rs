@@ -40,6 +40,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
+use crate::admin::Metrics;
 use crate::api::{self, ApiError, codes};
 use crate::limits::{KeyRates, Limits, StreamCounts};
 use crate::sequencer::{Clock, Sequencer};
@@ -77,6 +78,8 @@ pub struct Node<S: Store> {
     pub(crate) streams: Arc<StreamCounts>,
     /// Wakes streams of a talks whose access list this node changed.
     pub(crate) access_changed: broadcast::Sender<TalksId>,
+    /// Request counts and timings, and the API listener's phase.
+    pub(crate) metrics: Metrics,
 }
 
 impl<S: Store> Node<S> {
@@ -92,6 +95,7 @@ impl<S: Store> Node<S> {
             config.limits.requests_per_second,
             config.limits.request_burst,
         );
+        let metrics = Metrics::new(config.clock.now_ms());
         Arc::new(Self {
             store,
             sequencer,
@@ -103,6 +107,7 @@ impl<S: Store> Node<S> {
             rates,
             streams: Arc::new(StreamCounts::default()),
             access_changed,
+            metrics,
         })
     }
 
@@ -426,6 +431,11 @@ pub fn router<S: Store>(node: Arc<Node<S>>) -> Router {
                 "this method is not allowed on this path",
             )
         })
+        // Counts and times every request, by the route template matched.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&node),
+            crate::admin::observe::<S>,
+        ))
         .with_state(node)
 }
 

@@ -366,10 +366,23 @@ pub struct RunArgs {
     /// for talks that matter.
     #[arg(long)]
     pub danger_plain_http: bool,
+    /// Also serve `/healthz`, `/readyz` and Prometheus `/metrics` in plain
+    /// HTTP (no TLS, no authentication; no talks data) on this address,
+    /// for load balancers and monitoring; off when not given. Loopback
+    /// addresses only, unless --admin-listen-public. Port 0: any free
+    /// port; the `admin listening on` line printed on start names it.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Allow --admin-listen on a non-loopback address. Its answers carry
+    /// no ids, but they tell how busy the node is and when: use it only on
+    /// an address that just your load balancers and monitoring reach (a
+    /// private network, a firewall).
+    #[arg(long, requires = "admin_listen")]
+    pub admin_listen_public: bool,
     /// The passphrase.
     #[command(flatten)]
     pub passphrase: PassphraseArgs,
-    /// Print the start line as JSON.
+    /// Print the start lines as JSON.
     #[arg(long)]
     pub json: bool,
     /// The limits.

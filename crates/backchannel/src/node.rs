@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use backchannel_crypto::{SecretKey, Signer as _};
 use backchannel_keyfile::{KeyFile, KeyKind};
+use backchannel_node::admin::{self, Exposure};
 use backchannel_node::net::{self, Listener as _, ServeError, Transport};
 use backchannel_node::server::{Node, NodeConfig};
 use backchannel_node::tls::{self, Identity};
@@ -230,6 +231,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.danger_plain_http && !args.listen.ip().is_loopback() {
         return Err(ServeError::PlainHttpNotLoopback(args.listen).into());
     }
+    let exposure = if args.admin_listen_public {
+        Exposure::Public
+    } else {
+        Exposure::LoopbackOnly
+    };
+    if let Some(addr) = args.admin_listen {
+        admin::check_exposure(addr, exposure)?;
+    }
     let limits = args.limits.resolve();
     let dir = NodeDir::new(&args.dir.dir);
     let database = database(&dir, args.database.as_deref())?;
@@ -251,6 +260,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Started {
         listening: args.listen,
         fingerprint: identity.fingerprint().to_hex(),
+        admin: args.admin_listen.map(|addr| (addr, exposure)),
         json: args.json,
     };
     let config = NodeConfig {
@@ -273,10 +283,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-/// The `listening on …` line, printed once the socket is bound.
+/// The `listening on …` line, printed once the socket is bound, and the
+/// `admin listening on …` line after it when there is an admin listener.
 struct Started {
     listening: SocketAddr,
     fingerprint: String,
+    /// The admin listener's address (the bound one once bound), and where
+    /// it may be.
+    admin: Option<(SocketAddr, Exposure)>,
     json: bool,
 }
 
@@ -332,6 +346,7 @@ async fn serve_on<S: Store>(
 ) -> anyhow::Result<Option<Result<(), ServeError>>> {
     let creators = config.creators.len();
     let node = Node::new(Arc::clone(&store), config);
+    let api_node = Arc::clone(&node);
     let listener = TcpListener::bind(started.listening).await.map_err(|e| {
         anyhow!(
             "cannot listen on {}: {e}; choose another address with --listen, or stop the \
@@ -342,8 +357,39 @@ async fn serve_on<S: Store>(
     started.listening = listener
         .local_addr()
         .context("reading the listening address")?;
+    let admin_listener = match started.admin {
+        Some((addr, exposure)) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                anyhow!(
+                    "cannot listen on {addr} for the admin listener: {e}; choose another address \
+                     with --admin-listen, or stop the process using it"
+                )
+            })?;
+            let bound = listener
+                .local_addr()
+                .context("reading the admin listening address")?;
+            started.admin = Some((bound, exposure));
+            Some((listener, exposure))
+        }
+        None => None,
+    };
     started.print()?;
     tracing::info!(creators, "the node is serving");
+
+    // The admin listener runs until the API listener has drained (so that
+    // `/readyz` answers 503 meanwhile), then stops.
+    let (stop_admin, admin_stopping) = tokio::sync::oneshot::channel::<()>();
+    let admin = admin_listener.map(|(listener, exposure)| {
+        let node = Arc::clone(&node);
+        tokio::spawn(async move {
+            let stopping = async {
+                let _ = admin_stopping.await;
+            };
+            if let Err(e) = admin::serve(listener, exposure, node, stopping).await {
+                tracing::error!(error = %e, "the admin listener stopped");
+            }
+        })
+    });
 
     // The first signal starts a graceful shutdown: no new connections,
     // requests in progress finish, streams close with 1001, for at most the
@@ -351,7 +397,7 @@ async fn serve_on<S: Store>(
     let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
     // Boxed, so that it can be dropped (cutting what is still open) before
     // the database closes.
-    let mut serving = Box::pin(net::serve(listener, transport, node, async {
+    let mut serving = Box::pin(net::serve(listener, transport, api_node, async {
         // Sent on the first signal.
         let _ = stopping.await;
     }));
@@ -381,6 +427,16 @@ async fn serve_on<S: Store>(
     // After a second signal, this cuts whatever is still open; nothing
     // acknowledged depends on it: every acknowledged envelope is durable.
     drop(serving);
+    if let Some(admin) = admin {
+        if outcome.is_some() {
+            // Its requests in progress finish (it waits at most
+            // `ADMIN_TIMEOUT` for them).
+            let _ = stop_admin.send(());
+            let _ = admin.await;
+        } else {
+            admin.abort();
+        }
+    }
     Ok(outcome)
 }
 
@@ -410,16 +466,29 @@ impl Started {
                 listening: String,
                 fingerprint: &'a str,
             }
+            #[derive(Serialize)]
+            struct AdminLine {
+                admin_listening: String,
+            }
             let line = Line {
                 listening: self.listening.to_string(),
                 fingerprint: &self.fingerprint,
             };
             println!("{}", serde_json::to_string(&line)?);
+            if let Some((admin, _)) = self.admin {
+                let line = AdminLine {
+                    admin_listening: admin.to_string(),
+                };
+                println!("{}", serde_json::to_string(&line)?);
+            }
         } else {
             println!(
                 "listening on {} fingerprint {}",
                 self.listening, self.fingerprint
             );
+            if let Some((admin, _)) = self.admin {
+                println!("admin listening on {admin}");
+            }
         }
         // stdout is a pipe when a script reads this line: send it now.
         std::io::stdout().flush().context("writing to stdout")

@@ -251,6 +251,8 @@ fn a_bad_creators_line_is_named() {
 struct Running {
     child: Child,
     line: String,
+    /// The lines it prints after the first.
+    more: mpsc::Receiver<String>,
 }
 
 impl Running {
@@ -267,9 +269,15 @@ impl Running {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            let mut stdout = BufReader::new(stdout);
+            loop {
+                let mut line = String::new();
+                let read = stdout.read_line(&mut line);
+                let end = !matches!(read, Ok(n) if n > 0);
+                if tx.send(line).is_err() || end {
+                    break;
+                }
+            }
         });
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) if !line.is_empty() => line,
@@ -280,7 +288,18 @@ impl Running {
                 panic!("no listening line ({other:?}); stderr: {err}");
             }
         };
-        Self { child, line }
+        Self {
+            child,
+            line,
+            more: rx,
+        }
+    }
+
+    /// The next line printed after the first.
+    fn next_line(&self) -> String {
+        self.more
+            .recv_timeout(START_TIMEOUT)
+            .expect("another line on stdout")
     }
 
     /// The address and fingerprint of `listening on <addr> fingerprint <hex>`.
@@ -450,4 +469,131 @@ fn run_refuses_a_certificate_for_another_key() {
     assert_failure(&out, 1, "tls.crt");
     assert!(stderr(&out).contains("another key"), "{}", stderr(&out));
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+/// `GET path` in plain HTTP; the raw response.
+fn get_plain(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// `GET /readyz` until it answers 200 (the API starts accepting a moment
+/// after the start lines are printed).
+fn until_ready(addr: std::net::SocketAddr) -> String {
+    for _ in 0..300 {
+        let response = get_plain(addr, "/readyz");
+        if response.starts_with("HTTP/1.1 200") {
+            return response;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("/readyz never answered 200");
+}
+
+#[test]
+fn run_serves_health_readiness_and_metrics_on_the_admin_listener() {
+    let (_tmp, dir) = node_dir();
+    init(&dir);
+    let node = Running::start(&dir, &["--admin-listen", "127.0.0.1:0"]);
+    // The first line is unchanged; the admin address comes second.
+    let (addr, fingerprint) = node.parsed();
+    let line = node.next_line();
+    let admin: std::net::SocketAddr = match line.split_whitespace().collect::<Vec<_>>()[..] {
+        ["admin", "listening", "on", admin] => admin.parse().unwrap(),
+        _ => panic!("unexpected line {line:?}"),
+    };
+    assert!(admin.ip().is_loopback());
+    assert_ne!(admin.port(), 0);
+    assert_ne!(admin, addr);
+
+    let health = get_plain(admin, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+    let ready = until_ready(admin);
+    assert!(ready.contains(r#"{"ready":true}"#), "{ready}");
+
+    let response = get_over_tls(addr, &fingerprint, "/v1/node");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let metrics = get_plain(admin, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("content-type: text/plain; version=0.0.4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "\nbackchannel_http_requests_total{route=\"/v1/node\",method=\"GET\",class=\"2xx\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nprocess_start_time_seconds "),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("127.0.0.1"), "{metrics}");
+
+    // The admin listener outlives the API's drain, then stops with it.
+    assert!(node.terminate().success());
+    assert!(TcpStream::connect(admin).is_err());
+}
+
+#[test]
+fn run_prints_the_admin_line_as_json_and_serves_it_publicly_when_told() {
+    let (_tmp, dir) = node_dir();
+    init(&dir);
+    let node = Running::start(
+        &dir,
+        &[
+            "--json",
+            "--admin-listen",
+            "0.0.0.0:0",
+            "--admin-listen-public",
+        ],
+    );
+    let first: serde_json::Value = serde_json::from_str(&node.line).unwrap();
+    assert!(first["listening"].is_string(), "{first}");
+    let second: serde_json::Value = serde_json::from_str(&node.next_line()).unwrap();
+    let admin: std::net::SocketAddr = second["admin_listening"]
+        .as_str()
+        .expect("admin_listening")
+        .parse()
+        .unwrap();
+    assert!(admin.ip().is_unspecified(), "{admin}");
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], admin.port()));
+    assert!(get_plain(local, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn a_non_loopback_admin_address_is_refused_without_the_opt_in() {
+    let (_tmp, dir) = node_dir();
+    init(&dir);
+    let out = run(with_passphrase(backchannel())
+        .args([
+            "node",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+            "--dir",
+        ])
+        .arg(&dir));
+    assert_failure(&out, 1, "--admin-listen-public");
+    assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    // The opt-in alone means nothing.
+    let out = run(with_passphrase(backchannel())
+        .args(["node", "run", "--admin-listen-public", "--dir"])
+        .arg(&dir));
+    assert_failure(&out, 2, "--admin-listen");
 }
