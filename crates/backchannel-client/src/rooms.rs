@@ -98,16 +98,25 @@ impl PcsDue {
         v
     }
 
+    /// Reads [`PcsDue::to_bytes`], or the 5 bytes (`sent`, `removal`) of
+    /// the counters before [`PCS_UPDATE_INTERVAL`], so an update owed
+    /// after a removal survives the upgrade.
     fn from_bytes(v: &[u8]) -> Option<Self> {
-        if v.len() != Self::LEN || v[4] > 1 {
+        if !(v.len() == Self::LEN || v.len() == 5) || v[4] > 1 {
             return None;
         }
-        let mut since = [0u8; 8];
-        since.copy_from_slice(&v[5..]);
+        let since_ms = match v.get(5..) {
+            Some(rest) if rest.len() == 8 => {
+                let mut since = [0u8; 8];
+                since.copy_from_slice(rest);
+                u64::from_be_bytes(since)
+            }
+            _ => 0,
+        };
         Some(Self {
             sent: u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
             removal: v[4] == 1,
-            since_ms: u64::from_be_bytes(since),
+            since_ms,
         })
     }
 
@@ -1262,4 +1271,26 @@ pub async fn sync_all<S: ClientStore>(
     Err(SessionError::Usage(
         "some devices are still not in the groups of their rooms".into(),
     ))
+}
+
+#[cfg(test)]
+mod pcs_tests {
+    use super::PcsDue;
+
+    #[test]
+    fn update_counters_round_trip_and_read_the_old_form() {
+        let due = PcsDue {
+            sent: 7,
+            removal: true,
+            since_ms: 1_700_000_000_000,
+        };
+        assert_eq!(PcsDue::from_bytes(&due.to_bytes()), Some(due));
+        // Before the interval: sent and removal only; the owed update stays.
+        let old = PcsDue::from_bytes(&[0, 0, 0, 3, 1]).unwrap();
+        assert_eq!((old.sent, old.removal, old.since_ms), (3, true, 0));
+        assert!(old.due(0));
+        for bad in [&[0u8; 4][..], &[0, 0, 0, 0, 2], &[0; 12], &[0; 14]] {
+            assert_eq!(PcsDue::from_bytes(bad), None, "{bad:?}");
+        }
+    }
 }

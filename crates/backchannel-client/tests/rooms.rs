@@ -167,6 +167,9 @@ async fn a_device_updates_its_leaf_after_enough_messages_and_the_room_goes_on() 
 /// commit; a quiet one owes nothing.
 #[tokio::test]
 async fn a_device_that_talks_updates_its_leaf_at_least_every_interval() {
+    // Before the node starts: its clock, which stamps the message, is at or
+    // after this, however long the sessions take to open.
+    let now = now_ms() / 1000;
     let served = start().await;
     let record = fixtures::talks().record;
     let stores: [Arc<MemoryClientStore>; 4] = Default::default();
@@ -180,7 +183,6 @@ async fn a_device_that_talks_updates_its_leaf_at_least_every_interval() {
     for (l, st) in labels.iter().zip(&stores) {
         sessions.push(session(&served, *l, st).await);
     }
-    let now = now_ms() / 1000;
     {
         let mut all: Vec<&mut Sess> = sessions.iter_mut().collect();
         sync_all(&mut all, &list(), now).await.unwrap();
