@@ -12,6 +12,7 @@ const EXEMPT: &[&str] = &[
     "backchannel",
     // A storage backend: files are its job.
     "backchannel-store-sqlite",
+    "backchannel-store-postgres",
     // The client's storage backend: files, and OS randomness for salts
     // and nonces.
     "backchannel-client-store-sqlite",
