@@ -496,13 +496,23 @@ impl Started {
 }
 
 /// Where the node stores (`--database`).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 enum Database {
     /// A SQLite file (the default: `<DIR>/node.db`).
     Sqlite(PathBuf),
     /// A PostgreSQL database, by its URL as given (it may hold a password,
     /// so it is never printed).
     Postgres(String),
+}
+
+/// Never shows a PostgreSQL URL, which may hold a password.
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(_) => f.write_str("Postgres(…)"),
+        }
+    }
 }
 
 /// The database `--database` names: `sqlite:<path>`,
