@@ -130,6 +130,17 @@ pub const PRINCIPALS: [PrincipalId; 4] = [
     PrincipalId(id(0xa4)),
 ];
 
+/// A room declaration, its members sorted.
+fn room(room: RoomId, purpose: RoomPurpose, name: &str, mut members: Vec<PrincipalId>) -> RoomDecl {
+    members.sort();
+    RoomDecl {
+        room,
+        purpose,
+        name: name.into(),
+        members,
+    }
+}
+
 /// Builds the reference talks.
 pub fn talks() -> Talks {
     use labels::*;
@@ -172,15 +183,6 @@ pub fn talks() -> Talks {
         }
         .certify(talks, &key(talks_authority(party)))
         .unwrap_or_else(|e| panic!("{e}"))
-    };
-    let room = |room, purpose, name: &str, mut members: Vec<PrincipalId>| {
-        members.sort();
-        RoomDecl {
-            room,
-            purpose,
-            name: name.into(),
-            members,
-        }
     };
     let mut roster = Roster {
         parties: vec![
@@ -341,15 +343,6 @@ pub const LETTER: RoomId = RoomId(id(0x75));
 pub fn talks_with_plenary_and_letter() -> Talks {
     let mut t = talks();
     let [lead, us_head, iran_head, _] = PRINCIPALS;
-    let room = |room, purpose, name: &str, mut members: Vec<PrincipalId>| {
-        members.sort();
-        RoomDecl {
-            room,
-            purpose,
-            name: name.into(),
-            members,
-        }
-    };
     t.roster.rooms.push(room(
         PLENARY,
         RoomPurpose::Plenary,
@@ -387,15 +380,6 @@ pub const MEDIATORS: RoomId = RoomId(id(0x78));
 pub fn talks_with_internal_rooms() -> Talks {
     let mut t = talks();
     let [lead, us_head, iran_head, us_neg] = PRINCIPALS;
-    let room = |room, purpose, name: &str, mut members: Vec<PrincipalId>| {
-        members.sort();
-        RoomDecl {
-            room,
-            purpose,
-            name: name.into(),
-            members,
-        }
-    };
     t.roster.rooms.push(room(
         US_INTERNAL,
         RoomPurpose::PartyInternal,
