@@ -65,7 +65,7 @@ use backchannel_statement::{
     Acceptance, AccessList, AccessListChange, AccessListDelta, AgendaItem, Attribution, Audience,
     CheckpointRef, Conveyance, Conveyed, InvitationFields, InvitationToken, Markings, Message,
     PartyKind, Payload, Receipt, ReceiptKind, Release, Role, Roster, Salt, SignedStatement,
-    Statement, Verbatim,
+    Statement,
 };
 use backchannel_store_postgres::{PostgresOptions, PostgresStore};
 use backchannel_store_sqlite::{SqliteOptions, SqliteStore};
@@ -1038,36 +1038,9 @@ async fn run(
         .iter()
         .find(|a| a.seq == us_demand_seq)
         .context("the original is not archived")?;
-    let body_salt = archived
-        .message
-        .as_ref()
-        .context("the original's body is not archived")?
-        .salt;
-    let size = lead_seat.s.follower().size();
-    let root = lead_seat
-        .s
-        .follower()
-        .root_at(size)
-        .context("no verified checkpoint yet")?;
-    let proof = lead_seat
-        .s
-        .node()
-        .inclusion_proof(talks, us_demand_seq, size)
-        .await?;
-    proof
-        .verify(us_demand_seq, size, &root, &archived.leaf().hash())
-        .map_err(|_| anyhow!("the node served an inclusion proof that does not verify"))?;
-    let verbatim = Verbatim::new(
-        us_caucus,
-        us_demand_seq,
-        archived.node_time,
-        archived.header.to_bytes().to_vec(),
-        body_salt.0,
-        original.statement.as_bytes().to_vec(),
-        archived.header.header().body_hash,
-        size,
-        proof.hashes().to_vec(),
-    )?;
+    let verbatim =
+        crate::say::verbatim_evidence(&lead_seat.s, archived, &original.statement).await?;
+    let size = verbatim.tree_size;
     let conveyed_seq = table
         .convey(lead_seat, iran_caucus, Conveyed::Verbatim(verbatim))
         .await?;

@@ -533,11 +533,6 @@ pub fn convey(home_dir: Option<PathBuf>, a: ConveyArgs) -> anyhow::Result<()> {
                     )
                     .map_err(|e| anyhow!("refused: seq {seq} {e}"))?;
                 }
-                let salt = archived
-                    .message
-                    .as_ref()
-                    .context("the original's body is not in your archive")?
-                    .salt;
                 // The inclusion proof, against this client's own verified
                 // tree: verify the log first, then check what is served.
                 let list = access_list(&s).await?;
@@ -545,32 +540,7 @@ pub fn convey(home_dir: Option<PathBuf>, a: ConveyArgs) -> anyhow::Result<()> {
                 s.verify_log(&rooms, now_ms())
                     .await
                     .map_err(crate::messages::evidence_or)?;
-                let size = s.follower().size();
-                let root = s
-                    .follower()
-                    .root_at(size)
-                    .context("no verified checkpoint yet")?;
-                let proof = s.node().inclusion_proof(ctx.talks(), *seq, size).await?;
-                proof
-                    .verify(*seq, size, &root, &archived.leaf().hash())
-                    .map_err(|_| {
-                        anyhow!(
-                            "the node served an inclusion proof for seq {seq} that does not \
-                             verify against your checkpoint: keep this as evidence and tell \
-                             the parties"
-                        )
-                    })?;
-                let v = Verbatim::new(
-                    archived.header.header().room,
-                    *seq,
-                    archived.node_time,
-                    archived.header.to_bytes().to_vec(),
-                    salt.0,
-                    logged.statement.as_bytes().to_vec(),
-                    archived.header.header().body_hash,
-                    size,
-                    proof.hashes().to_vec(),
-                )?;
+                let v = verbatim_evidence(&s, archived, &logged.statement).await?;
                 (Conveyed::Verbatim(v), "conveyed verbatim", Some(*seq))
             }
             ConveyHow::Redraft {
@@ -933,6 +903,51 @@ pub async fn check_conveyances(
 /// `None` for other statements. `standing(party)` is how that party's keys
 /// stand for the reader (`PartyVerification::label`), shown beside a
 /// verbatim original's author.
+/// The evidence a verbatim conveyance carries for `statement`, logged in
+/// `archived`: the logged header, the body's salt, and an inclusion proof
+/// from the node, checked against `s`'s own latest verified checkpoint
+/// (verify the log first).
+pub async fn verbatim_evidence(
+    s: &CliSession,
+    archived: &backchannel_client::session::Archived,
+    statement: &SignedStatement,
+) -> anyhow::Result<Verbatim> {
+    let seq = archived.seq;
+    let salt = archived
+        .message
+        .as_ref()
+        .context("the original's body is not in your archive")?
+        .salt;
+    let size = s.follower().size();
+    let root = s
+        .follower()
+        .root_at(size)
+        .context("no verified checkpoint yet")?;
+    let proof = s
+        .node()
+        .inclusion_proof(archived.header.header().talks, seq, size)
+        .await?;
+    proof
+        .verify(seq, size, &root, &archived.leaf().hash())
+        .map_err(|_| {
+            anyhow!(
+                "the node served an inclusion proof for seq {seq} that does not verify \
+                 against your checkpoint: keep this as evidence and tell the parties"
+            )
+        })?;
+    Ok(Verbatim::new(
+        archived.header.header().room,
+        seq,
+        archived.node_time,
+        archived.header.to_bytes().to_vec(),
+        salt.0,
+        statement.as_bytes().to_vec(),
+        archived.header.header().body_hash,
+        size,
+        proof.hashes().to_vec(),
+    )?)
+}
+
 pub fn describe(
     standing: impl Fn(PartyId) -> String,
     view: &View,
