@@ -341,26 +341,21 @@ pub const LETTER: RoomId = RoomId(id(0x75));
 /// ground rules that allow sealed letters between the United States and
 /// Iran; everything else as [`talks`] builds it.
 pub fn talks_with_plenary_and_letter() -> Talks {
-    let mut t = talks();
     let [lead, us_head, iran_head, _] = PRINCIPALS;
-    t.roster.rooms.push(room(
-        PLENARY,
-        RoomPurpose::Plenary,
-        "Plenary",
-        vec![lead, us_head, iran_head],
-    ));
-    t.roster.rooms.push(room(
-        LETTER,
-        RoomPurpose::Letter,
-        "Letters: United States and Iran",
-        vec![us_head, iran_head],
-    ));
-    t.roster.rooms.sort_by_key(|r| r.room);
-    t.roster.access_list_hash = t
-        .roster
-        .implied_access_list(t.talks)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .hash();
+    let mut t = talks_with(vec![
+        room(
+            PLENARY,
+            RoomPurpose::Plenary,
+            "Plenary",
+            vec![lead, us_head, iran_head],
+        ),
+        room(
+            LETTER,
+            RoomPurpose::Letter,
+            "Letters: United States and Iran",
+            vec![us_head, iran_head],
+        ),
+    ]);
     t.ground_rules.sealed_letters = vec![(t.us.min(t.iran), t.us.max(t.iran))];
     t
 }
@@ -378,26 +373,29 @@ pub const MEDIATORS: RoomId = RoomId(id(0x78));
 /// ([`US_INTERNAL`], [`IRAN_INTERNAL`]) and the mediators' room
 /// ([`MEDIATORS`]); everything else as [`talks`] builds it.
 pub fn talks_with_internal_rooms() -> Talks {
-    let mut t = talks();
     let [lead, us_head, iran_head, us_neg] = PRINCIPALS;
-    t.roster.rooms.push(room(
-        US_INTERNAL,
-        RoomPurpose::PartyInternal,
-        "Internal: United States",
-        vec![us_head, us_neg],
-    ));
-    t.roster.rooms.push(room(
-        IRAN_INTERNAL,
-        RoomPurpose::PartyInternal,
-        "Internal: Iran",
-        vec![iran_head],
-    ));
-    t.roster.rooms.push(room(
-        MEDIATORS,
-        RoomPurpose::Mediators,
-        "Mediators",
-        vec![lead],
-    ));
+    talks_with(vec![
+        room(
+            US_INTERNAL,
+            RoomPurpose::PartyInternal,
+            "Internal: United States",
+            vec![us_head, us_neg],
+        ),
+        room(
+            IRAN_INTERNAL,
+            RoomPurpose::PartyInternal,
+            "Internal: Iran",
+            vec![iran_head],
+        ),
+        room(MEDIATORS, RoomPurpose::Mediators, "Mediators", vec![lead]),
+    ])
+}
+
+/// The reference talks with `rooms` declared too: rooms in id order, the
+/// roster's access-list hash recomputed.
+fn talks_with(rooms: Vec<RoomDecl>) -> Talks {
+    let mut t = talks();
+    t.roster.rooms.extend(rooms);
     t.roster.rooms.sort_by_key(|r| r.room);
     t.roster.access_list_hash = t
         .roster
