@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
                     let store = fill();
                     let start = Instant::now();
                     rt.block_on(async {
-                        while integrate_once(&store, t, &node, &key, MAX_INTEGRATION_BATCH)
+                        while integrate_once(&store, t, &node, &key, MAX_INTEGRATION_BATCH, None)
                             .await
                             .expect("integrates")
                             .is_some()

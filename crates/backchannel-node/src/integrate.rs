@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 
 use backchannel_codec::TalksId;
 use backchannel_crypto::{Digest, Signer, sha256};
-use backchannel_store::{CheckpointRecord, MAX_READ, Store, StoreError};
+use backchannel_store::{CheckpointRecord, Fence, MAX_READ, Store, StoreError};
 use backchannel_tlog::{Checkpoint, LogOrigin, NodeOrigin, SignCheckpointError};
 use thiserror::Error;
 use tlog_tiles::{Hash, HashReader};
@@ -56,6 +56,10 @@ pub enum IntegrateError {
     /// written. Run again: the next call starts from the new size.
     #[error("another integrator integrated this log first; run the integrator again")]
     Stale,
+    /// The integrator lease moved to a later epoch than the fence's:
+    /// another node integrates now; nothing was written.
+    #[error("the integrator lease moved to another node; nothing was written")]
+    Fenced,
     /// The store failed (or, for the in-memory backend, crashed).
     #[error(transparent)]
     Store(StoreError),
@@ -98,6 +102,7 @@ impl From<StoreError> for IntegrateError {
             // The only call that fences is `Store::integrate`; losing that
             // race is routine, not a storage failure.
             StoreError::Stale => Self::Stale,
+            StoreError::Fenced => Self::Fenced,
             other => Self::Store(other),
         }
     }
@@ -105,8 +110,10 @@ impl From<StoreError> for IntegrateError {
 
 /// Integrates up to `max_leaves` leaves of `talks` past its integrated
 /// size, signing the checkpoint at the new size with `log_key` under the
-/// origin of `node`. Returns the new integrated size, or `None` when every
-/// sequenced leaf is already integrated.
+/// origin of `node`, in a store transaction fenced on `fence` (the
+/// integrator lease's epoch; `None` for an unfenced write). Returns the new
+/// integrated size, or `None` when every sequenced leaf is already
+/// integrated.
 ///
 /// Each leaf is re-hashed from its stored envelope before it enters the
 /// tree: a leaf in a signed checkpoint is there for good, so a corrupt row
@@ -118,6 +125,7 @@ pub async fn integrate_once<S: Store>(
     node: &NodeOrigin,
     log_key: &(dyn Signer + Sync),
     max_leaves: u64,
+    fence: Option<Fence>,
 ) -> Result<Option<u64>, IntegrateError> {
     if max_leaves == 0 {
         return Err(IntegrateError::EmptyBatch);
@@ -176,6 +184,7 @@ pub async fn integrate_once<S: Store>(
                 size: to,
                 note: checkpoint.note().to_vec(),
             },
+            fence,
         )
         .await?;
     Ok(Some(to))
@@ -248,6 +257,11 @@ impl HashReader for Overlay {
 /// Signs and stores the checkpoint of a new talks' empty log (size 0, the
 /// root of the empty tree), unless the talks already has a checkpoint.
 /// Returns whether it wrote one.
+///
+/// Unfenced: any node that opens a talks writes it at once, lease or not.
+/// It cannot disagree with the integrator's: it is the same bytes whoever
+/// signs it (one log key, deterministic signatures), and the store refuses
+/// it once the talks has a checkpoint.
 pub async fn first_checkpoint<S: Store>(
     store: &S,
     talks: TalksId,
@@ -274,6 +288,7 @@ pub async fn first_checkpoint<S: Store>(
                 size: 0,
                 note: checkpoint.note().to_vec(),
             },
+            None,
         )
         .await?;
     Ok(true)
@@ -284,18 +299,22 @@ pub const TALKS_PER_ROUND: usize = 1024;
 
 /// One integration round: integrates every talks with un-integrated
 /// leaves (as the store lists them), up to [`MAX_INTEGRATION_BATCH`]
-/// leaves each. Errors are per talks and logged without ids; a talks
-/// whose stored data is corrupt keeps failing (and alerting) while the
-/// others go on. Returns how many talks got a new checkpoint.
+/// leaves each, each fenced on `fence`. Errors are per talks and logged
+/// without ids; a talks whose stored data is corrupt keeps failing (and
+/// alerting) while the others go on. A fenced integration ends the round
+/// with [`StoreError::Fenced`]: the lease moved on, so the rest would be
+/// refused too. Returns how many talks got a new checkpoint.
 pub async fn integrate_round<S: Store>(
     store: &S,
     node: &NodeOrigin,
     log_key: &(dyn Signer + Sync),
+    fence: Option<Fence>,
 ) -> Result<usize, StoreError> {
     let mut done = 0;
     for talks in store.unintegrated_talks(TALKS_PER_ROUND).await? {
-        match integrate_once(store, talks, node, log_key, MAX_INTEGRATION_BATCH).await {
+        match integrate_once(store, talks, node, log_key, MAX_INTEGRATION_BATCH, fence).await {
             Ok(Some(_)) => done += 1,
+            Err(IntegrateError::Fenced) => return Err(StoreError::Fenced),
             Ok(None) | Err(IntegrateError::Stale) => {}
             Err(e) => tracing::error!(error = %e, "integration of a talks failed"),
         }

@@ -356,7 +356,8 @@ async fn integrate_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
             _ = tick.tick() => {}
         }
         if let Err(e) =
-            crate::integrate::integrate_round(&**node.store(), &node.origin, &*node.log_key).await
+            crate::integrate::integrate_round(&**node.store(), &node.origin, &*node.log_key, None)
+                .await
         {
             tracing::warn!(error = %e, "an integration round failed; retrying at the next interval");
         }

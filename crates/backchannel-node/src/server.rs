@@ -171,7 +171,10 @@ pub(crate) fn store_error(e: StoreError) -> ApiError {
             codes::EXISTS,
             "these talks exist already",
         ),
-        e @ (StoreError::Corrupt(_) | StoreError::Backend(_) | StoreError::Sign(_)) => {
+        e @ (StoreError::Corrupt(_)
+        | StoreError::Backend(_)
+        | StoreError::Sign(_)
+        | StoreError::Fenced) => {
             tracing::error!(error = %e, "storage failed");
             ApiError::internal()
         }

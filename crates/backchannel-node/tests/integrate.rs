@@ -15,8 +15,9 @@ use backchannel_store::conformance::{
 };
 use backchannel_store::memory::MemoryStore;
 use backchannel_store::{
-    AccessListRecord, BlobRecord, CheckpointRecord, InvitationRecord, Outcome, PendingChange,
-    Redemption, Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+    AccessListRecord, BlobRecord, CheckpointRecord, Fence, Fired, InvitationRecord, Lease,
+    LeaseName, Outcome, PendingChange, Redemption, ScheduledRecord, Store, StoreError,
+    StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 use backchannel_tlog::{
     HashReader, InclusionProof, LogOrigin, MemoryHashStore, NodeOrigin, SignedCheckpoint,
@@ -57,7 +58,7 @@ async fn fill<S: Store>(store: &S, talks: TalksId, n: u64) {
 /// Integrates until there is nothing left; returns the sizes reached.
 async fn run_to_end<S: Store>(store: &S, talks: TalksId, max_leaves: u64) -> Vec<u64> {
     let mut sizes = Vec::new();
-    while let Some(size) = integrate_once(store, talks, &node(), &log_key(), max_leaves)
+    while let Some(size) = integrate_once(store, talks, &node(), &log_key(), max_leaves, None)
         .await
         .expect("integrates")
     {
@@ -182,23 +183,23 @@ async fn nothing_to_do() {
     let (t, empty) = (talks_id(1), talks_id(2));
     let key = log_key();
     // An unknown talks has size 0 and nothing integrated.
-    let r = integrate_once(&store, t, &node(), &key, 16).await;
+    let r = integrate_once(&store, t, &node(), &key, 16, None).await;
     assert!(matches!(r, Ok(None)), "{r:?}");
     store
         .create_talks(&talks_record(empty), &access_list(2, 0))
         .await
         .expect("create talks");
-    let r = integrate_once(&store, empty, &node(), &key, 16).await;
+    let r = integrate_once(&store, empty, &node(), &key, 16, None).await;
     assert!(matches!(r, Ok(None)), "{r:?}");
     fill(&store, t, 9).await;
     assert_eq!(run_to_end(&store, t, MAX_INTEGRATION_BATCH).await, [9]);
     let before = snapshot(&store, t).await;
-    let r = integrate_once(&store, t, &node(), &key, 16).await;
+    let r = integrate_once(&store, t, &node(), &key, 16, None).await;
     assert!(matches!(r, Ok(None)), "{r:?}");
     assert_eq!(snapshot(&store, t).await, before, "a no-op writes nothing");
     // A batch of 0 could never progress.
     fill(&store, talks_id(3), 1).await;
-    let r = integrate_once(&store, talks_id(3), &node(), &key, 0).await;
+    let r = integrate_once(&store, talks_id(3), &node(), &key, 0, None).await;
     assert!(matches!(r, Err(IntegrateError::EmptyBatch)), "{r:?}");
 }
 
@@ -207,7 +208,7 @@ fn the_integration_future_is_send() {
     fn send<T: Send>(_: T) {}
     let store = MemoryStore::new();
     let key = log_key();
-    send(integrate_once(&store, talks_id(1), &node(), &key, 1));
+    send(integrate_once(&store, talks_id(1), &node(), &key, 1, None));
 }
 
 /// A stale `from` handed straight to the store loses, and the integrator
@@ -222,14 +223,14 @@ async fn a_stale_from_loses() {
         tree.append(&e.leaf_hash).expect("reference tree");
     }
     assert_eq!(
-        integrate_once(&store, t, &node(), &log_key(), 4)
+        integrate_once(&store, t, &node(), &log_key(), 4, None)
             .await
             .expect("integrates"),
         Some(4)
     );
     let c = backchannel_store::conformance::checkpoint_at(t, &tree, 10);
     let r = store
-        .integrate(t, 0, 10, &hashes_between(&tree, 0, 10), &c)
+        .integrate(t, 0, 10, &hashes_between(&tree, 0, 10), &c, None)
         .await;
     assert!(matches!(r, Err(StoreError::Stale)), "{r:?}");
     assert_eq!(store.integrated_size(t).await.expect("size"), 4);
@@ -331,6 +332,7 @@ impl Store for Faulty {
         to: u64,
         hashes: &[(u64, Digest)],
         checkpoint: &CheckpointRecord,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         let race = {
             let mut fault = self.fault.lock().unwrap_or_else(PoisonError::into_inner);
@@ -344,10 +346,43 @@ impl Store for Faulty {
         };
         if let Some(max) = race {
             // The other integrator reads the same state and commits first.
-            let won = integrate_once(&self.inner, t, &node(), &log_key(), max).await;
+            let won = integrate_once(&self.inner, t, &node(), &log_key(), max, None).await;
             assert!(matches!(won, Ok(Some(_))), "the racer wins: {won:?}");
         }
-        self.inner.integrate(t, from, to, hashes, checkpoint).await
+        self.inner
+            .integrate(t, from, to, hashes, checkpoint, fence)
+            .await
+    }
+    async fn acquire_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        self.inner.acquire_lease(name, holder, now_ms, ttl_ms).await
+    }
+    async fn release_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.release_lease(name, holder, epoch).await
+    }
+    async fn schedule(&self, item: &ScheduledRecord) -> Result<(), StoreError> {
+        self.inner.schedule(item).await
+    }
+    async fn fire_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        log_key: &(dyn Signer + Sync),
+    ) -> Result<Vec<Fired>, StoreError> {
+        self.inner.fire_due(now_ms, limit, log_key).await
+    }
+    async fn scheduled_count(&self) -> Result<u64, StoreError> {
+        self.inner.scheduled_count().await
     }
     async fn checkpoint(&self, t: TalksId) -> Result<Option<CheckpointRecord>, StoreError> {
         self.inner.checkpoint(t).await
@@ -489,12 +524,12 @@ async fn racing_integrators() {
         let store = Faulty::new(Fault::Race(racer));
         let t = talks_id(1);
         fill(&store, t, 30).await;
-        let r = integrate_once(&store, t, &node(), &log_key(), ours).await;
+        let r = integrate_once(&store, t, &node(), &log_key(), ours, None).await;
         assert!(matches!(r, Err(IntegrateError::Stale)), "{r:?}");
         // What the store holds is exactly the winner's integration.
         let reference = MemoryStore::new();
         fill(&reference, t, 30).await;
-        integrate_once(&reference, t, &node(), &log_key(), racer)
+        integrate_once(&reference, t, &node(), &log_key(), racer, None)
             .await
             .expect("integrates");
         assert_eq!(snapshot(&store, t).await, snapshot(&reference, t).await);
@@ -515,7 +550,7 @@ async fn corrupt_leaves_are_refused() {
         let store = Faulty::new(fault);
         let t = talks_id(1);
         fill(&store, t, 10).await;
-        let r = integrate_once(&store, t, &node(), &log_key(), 16).await;
+        let r = integrate_once(&store, t, &node(), &log_key(), 16, None).await;
         match (fault, r) {
             (Fault::DropLeaf(_), Err(IntegrateError::MissingLeaf { seq: s }))
             | (Fault::AlterLeaf(_), Err(IntegrateError::BadLeaf { seq: s })) => {
@@ -550,7 +585,7 @@ async fn crash_at_every_step() {
         store.crash_at(k);
         let mut crashes = 0;
         loop {
-            match integrate_once(&store, t, &node(), &log_key(), MAX).await {
+            match integrate_once(&store, t, &node(), &log_key(), MAX, None).await {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(IntegrateError::Store(StoreError::Unavailable(_))) => {

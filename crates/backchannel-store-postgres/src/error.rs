@@ -57,9 +57,13 @@ fn classify(code: &str) -> Class {
         // crash_shutdown, cannot_connect_now, idle_session_timeout,
         // database_dropped.
         "57014" | "57P01" | "57P02" | "57P03" | "57P05" => Class::Unavailable,
-        // lock_not_available; read_only_sql_transaction (connected to a
-        // standby after a failover).
-        "55P03" | "25006" => Class::Unavailable,
+        // lock_not_available (a `lock_timeout` expired);
+        // read_only_sql_transaction (connected to a standby after a
+        // failover); idle_in_transaction_session_timeout (the session was
+        // ended while its transaction sat idle: the node was paused or cut
+        // off; the transaction rolled back, but a caller that lost the
+        // connection at COMMIT cannot tell).
+        "55P03" | "25006" | "25P03" => Class::Unavailable,
         // data_corrupted, index_corrupted.
         "XX001" | "XX002" => Class::Corrupt,
         // connection_exception (08…), insufficient_resources (53…: disk
@@ -119,6 +123,9 @@ mod tests {
         check("57P01", Class::Unavailable);
         check("58030", Class::Unavailable);
         check("25006", Class::Unavailable);
+        check("25P03", Class::Unavailable);
+        check("55P03", Class::Unavailable);
+        check("25P02", Class::Backend);
         check("XX001", Class::Corrupt);
         check("XX002", Class::Corrupt);
         check("23505", Class::Backend);

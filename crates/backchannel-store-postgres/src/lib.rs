@@ -22,7 +22,20 @@
 //!   too, so seqs stay dense. `integrate` locks the same row, so
 //!   integration is fenced against sequencing and itself. A node that
 //!   hangs inside a transaction loses it (and its locks) after
-//!   `idle_in_transaction_session_timeout` (60 s), set on every connection.
+//!   `idle_in_transaction_session_timeout` (1 s by default), and a lock
+//!   wait gives up after `lock_timeout` (5 s), both set on every
+//!   connection ([`PostgresOptions`]); either is `Unavailable`.
+//! - **Leases and fencing.** A lease row per role (`acquire_lease`: insert
+//!   if missing, then `FOR UPDATE`) carries an epoch that rises on every
+//!   change of holder. A fenced `integrate` reads it `FOR SHARE` *before*
+//!   it locks any log head (every transaction that takes both takes the
+//!   lease row first, and `sequence` never takes it, so there is no lock
+//!   cycle): a takeover waits for an integration in flight, or the
+//!   integration sees the new epoch and is `Fenced`.
+//! - **Timers.** `fire_due` claims due scheduled rows `FOR UPDATE SKIP
+//!   LOCKED` (a row another node is firing is skipped, not waited for) and
+//!   sequences them through the same code as `sequence`, in the claiming
+//!   transaction, then deletes them: each fires once across every node.
 //! - **Other writes** run in `READ COMMITTED` transactions with explicit
 //!   locks where the contract needs a check and a write to be atomic: the
 //!   access list row for its compare-and-swap and for pending changes (so a
@@ -79,10 +92,11 @@ use std::time::Duration;
 use backchannel_codec::{Encode, PartyId, RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
 use backchannel_store::{
-    AccessListRecord, Appended, BlobRecord, CheckpointRecord, Gate, InvitationRecord,
-    KeyPackageRecord, MAX_INVITATIONS, MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE,
-    MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome,
-    PendingChange, Placement, Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, Store,
+    AccessListRecord, Appended, BlobRecord, CheckpointRecord, Fence, Fired, Gate, GateColumns,
+    InvitationRecord, KeyPackageRecord, Lease, LeaseName, MAX_FIRE_BATCH, MAX_INVITATIONS,
+    MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE, MAX_PENDING_CHANGES, MAX_READ,
+    MAX_READ_BYTES, MAX_SCHEDULED, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange,
+    Placement, Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, ScheduledRecord, Store,
     StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
@@ -94,15 +108,24 @@ use tokio::sync::{broadcast, watch};
 use crate::error::{backend, fixed, from_sql, is_unique_violation, to_sql};
 pub use crate::migrate::SCHEMA_VERSION;
 
-/// How long a connection of the store may sit idle inside a transaction
-/// before the server aborts it (`idle_in_transaction_session_timeout`).
+/// The default of [`PostgresOptions::idle_in_transaction_timeout`].
 ///
-/// 60 s: the store never waits on anything but the database (and signing a
-/// receipt) inside a transaction, so an idle one means its node hung or
-/// vanished behind a half-open connection. Its row locks — a talks' log
-/// head above all — would otherwise block every other node sequencing into
-/// that talks until TCP keepalive noticed, which takes hours by default.
-const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+/// 1 s: the store never waits on anything but the database (and signing a
+/// receipt, which takes microseconds) between the statements of a
+/// transaction, so a transaction idle for a second means its node was
+/// paused (SIGSTOP, a VM frozen) or cut off behind a half-open connection.
+/// Its row locks — talks' log heads above all, and the lease row — would
+/// otherwise stall every other node's sequencing and integration of those
+/// talks until TCP keepalive noticed, which takes hours by default.
+pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The default of [`PostgresOptions::lock_timeout`].
+///
+/// 5 s: every lock the store takes is held for one short transaction, so a
+/// wait this long means the holder is stuck (and will be cut off by the
+/// idle timeout); failing with `Unavailable` lets the caller retry rather
+/// than hang behind it.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest schema name PostgreSQL keeps whole (`NAMEDATALEN` − 1
 /// bytes); a longer one would be truncated silently, so it is refused.
@@ -124,6 +147,21 @@ pub struct PostgresOptions {
     /// server) before failing with [`StoreError::Unavailable`]
     /// ([`OpenError::Unreachable`]).
     pub acquire_timeout: Duration,
+    /// How long a connection may sit idle inside a transaction before the
+    /// server ends its session and releases its locks
+    /// (`idle_in_transaction_session_timeout`, whole milliseconds, at least
+    /// 1). Our transactions never wait on anything but the database
+    /// between statements, so a node paused or cut off inside one (SIGSTOP,
+    /// a network partition) must not hold the log-head rows other nodes'
+    /// sequencing and integration need for long. The call in that
+    /// transaction fails with [`StoreError::Unavailable`] (outcome
+    /// unknown). Default [`DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT`] (1 s).
+    pub idle_in_transaction_timeout: Duration,
+    /// How long one statement waits for a row lock before failing with
+    /// [`StoreError::Unavailable`] (`lock_timeout`, whole milliseconds, at
+    /// least 1), so a call never hangs behind a stuck lock holder. Default
+    /// [`DEFAULT_LOCK_TIMEOUT`] (5 s).
+    pub lock_timeout: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -132,6 +170,8 @@ impl Default for PostgresOptions {
             schema: None,
             max_connections: 10,
             acquire_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
 }
@@ -364,7 +404,8 @@ impl PostgresStore {
         .await
         .map_err(|_| OpenError::Unreachable("timed out connecting".into()))?
         .map_err(open_error)?;
-        configure(&mut first, schema.as_deref())
+        let timeouts = Timeouts::of(&options);
+        configure(&mut first, schema.as_deref(), timeouts)
             .await
             .map_err(open_error)?;
         let migrated = migrate::migrate(&mut first, schema.as_deref()).await;
@@ -390,7 +431,7 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             .after_connect(move |conn, _| {
                 let schema = schema.clone();
-                Box::pin(async move { configure(conn, schema.as_deref()).await })
+                Box::pin(async move { configure(conn, schema.as_deref(), timeouts).await })
             })
             .connect_lazy_with(connect);
 
@@ -478,6 +519,14 @@ impl PostgresStore {
             .map_err(|e| backend(op, e))
     }
 
+    /// Wakes this store's subscribers (after a commit).
+    fn notify(&self, appended: &[Appended]) {
+        for a in appended {
+            // No receiver is not an error: nobody is listening.
+            let _ = self.appended.send(*a);
+        }
+    }
+
     async fn begin_read(
         &self,
         op: &'static str,
@@ -523,11 +572,32 @@ fn open_error(e: sqlx::Error) -> OpenError {
     }
 }
 
+/// The session timeouts of [`PostgresOptions`], as `set_config` values.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    idle_in_transaction_ms: u128,
+    lock_ms: u128,
+}
+
+impl Timeouts {
+    fn of(options: &PostgresOptions) -> Self {
+        // 0 would mean "no timeout" to PostgreSQL: at least 1 ms.
+        Self {
+            idle_in_transaction_ms: options.idle_in_transaction_timeout.as_millis().max(1),
+            lock_ms: options.lock_timeout.as_millis().max(1),
+        }
+    }
+}
+
 /// Sets up one connection (the first, and every one the pool opens):
-/// `synchronous_commit = on`, checked by reading it back, a bound on idle
-/// transactions ([`IDLE_IN_TRANSACTION_TIMEOUT`]) and the store's schema
-/// alone on the `search_path`.
-async fn configure(conn: &mut PgConnection, schema: Option<&str>) -> Result<(), sqlx::Error> {
+/// `synchronous_commit = on`, checked by reading it back, bounds on idle
+/// transactions and lock waits ([`PostgresOptions`]) and the store's
+/// schema alone on the `search_path`.
+async fn configure(
+    conn: &mut PgConnection,
+    schema: Option<&str>,
+    timeouts: Timeouts,
+) -> Result<(), sqlx::Error> {
     // On: a COMMIT waits for its WAL to be flushed (and for synchronous
     // standbys, if any). `local` or `off` would acknowledge envelopes a
     // crash can lose; a role or database default is overridden here.
@@ -535,7 +605,11 @@ async fn configure(conn: &mut PgConnection, schema: Option<&str>) -> Result<(), 
         .execute(&mut *conn)
         .await?;
     sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, false)")
-        .bind(IDLE_IN_TRANSACTION_TIMEOUT)
+        .bind(format!("{}ms", timeouts.idle_in_transaction_ms))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, false)")
+        .bind(format!("{}ms", timeouts.lock_ms))
         .execute(&mut *conn)
         .await?;
     if let Some(schema) = schema {
@@ -660,6 +734,77 @@ fn key_ids_bytes(keys: &[KeyId]) -> Vec<u8> {
         .flat_map(|k| k.as_bytes().iter().copied())
         .collect()
 }
+
+/// A scheduled item as stored.
+fn scheduled_row(row: &PgRow) -> Result<ScheduledRecord, StoreError> {
+    let kind: Option<i16> = row
+        .try_get("gate_kind")
+        .map_err(|_| StoreError::Corrupt("stored gate_kind is not a smallint".into()))?;
+    let gate = GateColumns {
+        kind: kind
+            .map(|k| u8::try_from(k).map_err(|_| StoreError::Corrupt("gate_kind".into())))
+            .transpose()?,
+        epoch: opt_uint(row, "gate_epoch")?,
+        public_group: opt_blob(row, "gate_public_group")?.map(<[u8]>::to_vec),
+        group_info: opt_blob(row, "gate_group_info")?.map(<[u8]>::to_vec),
+        commit: opt_blob(row, "gate_commit")?
+            .map(|b| fixed::<32>(b, "gate_commit").map(Digest))
+            .transpose()?,
+        to: opt_blob(row, "gate_to")?
+            .map(|b| key_ids(b, "gate_to"))
+            .transpose()?,
+    };
+    Ok(ScheduledRecord {
+        id: fixed::<16>(blob(row, "id")?, "scheduled id")?,
+        due_ms: uint(row, "due_ms")?,
+        submission: Submission {
+            talks: TalksId(fixed::<16>(blob(row, "talks")?, "talks")?),
+            room: RoomId(fixed::<16>(blob(row, "room")?, "room")?),
+            sender: KeyId(digest(row, "sender")?),
+            idempotency_key: fixed::<16>(blob(row, "idempotency_key")?, "idempotency key")?,
+            header: blob(row, "header")?.to_vec(),
+            header_hash: digest(row, "header_hash")?,
+            body: blob(row, "body")?.to_vec(),
+            body_hash: digest(row, "body_hash")?,
+            gate: gate.into_gate()?,
+        },
+    })
+}
+
+/// A lease row.
+fn lease_row(row: &PgRow) -> Result<Lease, StoreError> {
+    Ok(Lease {
+        epoch: uint(row, "epoch")?,
+        holder: fixed::<16>(blob(row, "holder")?, "lease holder")?,
+        expires_ms: uint(row, "expires_ms")?,
+    })
+}
+
+/// Writes lease `name` as `lease` (its row exists and is locked).
+async fn write_lease(
+    conn: &mut PgConnection,
+    name: LeaseName,
+    lease: &Lease,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE leases SET epoch = $1, holder = $2, expires_ms = $3 WHERE name = $4")
+        .bind(to_sql(lease.epoch, "the lease epoch is out of range")?)
+        .bind(lease.holder.as_slice())
+        .bind(to_sql(
+            lease.expires_ms,
+            "the lease expiry is out of range",
+        )?)
+        .bind(name.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| backend(op, e))?;
+    Ok(())
+}
+
+/// The first key of the advisory lock `schedule` takes, "bc" "sc" in
+/// ASCII (see `migrate::MIGRATE_LOCK`): it serialises `schedule` calls so
+/// that [`MAX_SCHEDULED`] holds across nodes.
+const SCHEDULE_LOCK: i64 = 0x6263_7363;
 
 fn room_state_row(row: &PgRow) -> Result<RoomState, StoreError> {
     Ok(RoomState {
@@ -1088,6 +1233,290 @@ async fn write_room(
     Ok(())
 }
 
+/// The sequencing of [`Store::sequence`] and [`Store::fire_due`], inside
+/// the caller's write transaction (which the caller commits): locks the
+/// heads of the batch's talks, then the idempotency lookups, gates, seqs,
+/// one signed receipt batch, the envelopes, room states, log heads and
+/// their `NOTIFY` (as store `instance`). Returns the outcomes, in batch
+/// order, and the growth to announce once committed (empty: nothing new
+/// was written).
+async fn sequence_in(
+    tx: &mut PgConnection,
+    batch: &[Submission],
+    clock_ms: u64,
+    log_key: &(dyn Signer + Sync),
+    instance: u64,
+) -> Result<(Vec<Outcome>, Vec<Appended>), StoreError> {
+    const OP: &str = "sequence";
+
+    // The heads of every talks of the batch, locked in talks id order
+    // (so two batches sharing talks cannot deadlock) until COMMIT: from
+    // here on no other connection sequences into these talks, and
+    // everything read below (idempotency keys, room state, commits) is
+    // what the previous holder of the lock committed.
+    let mut heads: HashMap<TalksId, Head> = HashMap::new();
+    let mut ids: Vec<TalksId> = batch.iter().map(|s| s.talks).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for talks in ids {
+        let Some(h) = head(&mut *tx, talks, OP, HeadLock::Update).await? else {
+            return Err(StoreError::UnknownTalks);
+        };
+        heads.insert(talks, h);
+    }
+
+    // The talks touched, in order of first appearance (the order of the
+    // notifications), with their stored next seq.
+    let mut order: Vec<(TalksId, u64)> = Vec::new();
+    let mut ordered: HashSet<TalksId> = HashSet::new();
+    let mut pending: HashMap<(TalksId, KeyId, [u8; 16]), usize> = HashMap::new();
+    let mut fresh: Vec<Fresh> = Vec::new();
+    let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
+    // Rooms gated in this batch, in order of first appearance.
+    let mut rooms: HashMap<(TalksId, RoomId), RoomPlan> = HashMap::new();
+    let mut room_order: Vec<(TalksId, RoomId)> = Vec::new();
+
+    for (i, sub) in batch.iter().enumerate() {
+        if ordered.insert(sub.talks) {
+            let Some(h) = heads.get(&sub.talks) else {
+                // Every talks of the batch was locked above.
+                return Err(StoreError::Backend("sequence: lost a log head".into()));
+            };
+            order.push((sub.talks, h.next_seq));
+        }
+
+        // A key seen earlier in this batch: a retry of that submission.
+        let key = (sub.talks, sub.sender, sub.idempotency_key);
+        if let Some(&f) = pending.get(&key) {
+            let first = &batch[fresh[f].submission];
+            slots.push(if first.header_hash == sub.header_hash {
+                Slot::New(f)
+            } else {
+                Slot::Done(Outcome::Conflict {
+                    seq: fresh[f].record.seq,
+                })
+            });
+            continue;
+        }
+        // A key stored before: a retry, or a conflict.
+        if let Some(original) = by_idempotency_key(&mut *tx, sub).await? {
+            slots.push(Slot::Done(if original.header_hash == sub.header_hash {
+                Outcome::Sequenced(original.placement)
+            } else {
+                Outcome::Conflict {
+                    seq: original.placement.seq,
+                }
+            }));
+            continue;
+        }
+
+        // The gate, after the idempotency lookups: a retry that landed
+        // got its placement above, whatever the room's epoch is now.
+        let room_key = (sub.talks, sub.room);
+        if let Some(gate) = &sub.gate {
+            if let Entry::Vacant(v) = rooms.entry(room_key) {
+                let state = room_state(&mut *tx, sub.talks, sub.room, OP).await?;
+                room_order.push(room_key);
+                v.insert(RoomPlan {
+                    state,
+                    commits: Vec::new(),
+                    changed: false,
+                });
+            }
+            let planned_commit = |e: u64| {
+                rooms.get(&room_key).and_then(|p| {
+                    p.commits
+                        .iter()
+                        .find(|(epoch, _)| *epoch == e)
+                        .map(|(_, c)| *c)
+                })
+            };
+            let commit = match gate.commit_epoch() {
+                None => None,
+                Some(e) => match planned_commit(e) {
+                    Some(c) => Some(c),
+                    None => room_commit(&mut *tx, sub.talks, sub.room, e, OP).await?,
+                },
+            };
+            let state = rooms.get(&room_key).and_then(|p| p.state.as_ref());
+            if let Err(refused) = backchannel_store::check_gate(gate, state, commit) {
+                slots.push(Slot::Done(refused));
+                continue;
+            }
+        }
+
+        let Some(h) = heads.get_mut(&sub.talks) else {
+            // Inserted above for this very talks.
+            return Err(StoreError::Backend("sequence: lost a log head".into()));
+        };
+        let seq = h.next_seq;
+        let timestamp_ms = h.last_time.max(clock_ms);
+        h.next_seq = seq
+            .checked_add(1)
+            .ok_or(StoreError::Limit("the log is full"))?;
+        h.last_time = timestamp_ms;
+        let leaf_hash = LeafData {
+            seq,
+            timestamp_ms,
+            room: sub.room,
+            header_hash: sub.header_hash,
+            body_hash: sub.body_hash,
+        }
+        .hash();
+        if let (Some(gate), Some(planned)) = (&sub.gate, rooms.get_mut(&room_key))
+            && let Some((state, commit)) =
+                backchannel_store::gate_effect(gate, planned.state.as_ref(), seq, sub.header_hash)
+        {
+            planned.state = Some(state);
+            planned.commits.extend(commit);
+            planned.changed = true;
+        }
+        pending.insert(key, fresh.len());
+        slots.push(Slot::New(fresh.len()));
+        fresh.push(Fresh {
+            submission: i,
+            record: BatchRecord {
+                talks: sub.talks,
+                seq,
+                timestamp_ms,
+                leaf_hash,
+            },
+        });
+    }
+
+    let mut placements: Vec<Placement> = Vec::with_capacity(fresh.len());
+    if !fresh.is_empty() {
+        // One signature for the batch. Built and dropped before the next
+        // await, and before anything is written.
+        let receipts: Vec<Vec<u8>> = {
+            let records = fresh.iter().map(|f| f.record).collect();
+            let signed = SignedBatch::sign(log_key, records, clock_ms)
+                .map_err(|e| StoreError::Sign(e.to_string()))?;
+            (0..fresh.len())
+                .map(|i| {
+                    signed
+                        .receipt(i)
+                        .map(|r| r.to_canonical_bytes())
+                        .ok_or(StoreError::Sign("a record has no receipt".into()))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        for (f, receipt) in fresh.iter().zip(receipts) {
+            let sub = &batch[f.submission];
+            let r = &f.record;
+            let welcome_to = match &sub.gate {
+                Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
+                _ => None,
+            };
+            sqlx::query(
+                "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
+                         header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(r.talks.as_bytes().as_slice())
+            .bind(to_sql(r.seq, "the log is full")?)
+            .bind(to_sql(
+                r.timestamp_ms,
+                "the clock is beyond the storage range",
+            )?)
+            .bind(sub.room.as_bytes().as_slice())
+            .bind(sub.sender.as_bytes().as_slice())
+            .bind(sub.idempotency_key.as_slice())
+            .bind(sub.header.as_slice())
+            .bind(sub.header_hash.0.as_slice())
+            .bind(sub.body.as_slice())
+            .bind(sub.body_hash.0.as_slice())
+            .bind(r.leaf_hash.0.as_slice())
+            .bind(receipt.as_slice())
+            .bind(welcome_to)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                // The idempotency key was looked up above under the
+                // head lock, so only the (talks, seq) key can collide:
+                // a head behind its rows.
+                if is_unique_violation(&e) {
+                    StoreError::Corrupt("the log head is behind its envelopes".into())
+                } else {
+                    backend(OP, e)
+                }
+            })?;
+            placements.push(Placement {
+                seq: r.seq,
+                node_time: r.timestamp_ms,
+                leaf_hash: r.leaf_hash,
+                receipt,
+            });
+        }
+        // The rooms' new states and commits, after the envelopes they
+        // name (foreign keys), in the same transaction.
+        for room_key in &room_order {
+            let Some(planned) = rooms.get(room_key).filter(|p| p.changed) else {
+                continue;
+            };
+            let Some(state) = &planned.state else {
+                continue;
+            };
+            write_room(&mut *tx, *room_key, state, &planned.commits).await?;
+        }
+        for (talks, stored_next) in &order {
+            let Some(h) = heads.get(talks) else { continue };
+            if h.next_seq == *stored_next {
+                continue;
+            }
+            sqlx::query("UPDATE log_heads SET next_seq = $1, last_time = $2 WHERE talks = $3")
+                .bind(to_sql(h.next_seq, "the log is full")?)
+                .bind(to_sql(
+                    h.last_time,
+                    "the clock is beyond the storage range",
+                )?)
+                .bind(talks.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+            // Other nodes on this database learn of it at the commit
+            // (a notification is delivered only if the transaction
+            // commits, in commit order): `relay_notifications`.
+            sqlx::query("SELECT pg_notify($1, current_schema() || ' ' || $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(format!(
+                    "{:016x} {} {}",
+                    instance,
+                    talks.to_hex(),
+                    h.next_seq
+                ))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        }
+    }
+    let appended = order
+        .iter()
+        .filter_map(|(talks, stored_next)| {
+            heads
+                .get(talks)
+                .filter(|h| h.next_seq != *stored_next)
+                .map(|h| Appended {
+                    talks: *talks,
+                    size: h.next_seq,
+                })
+        })
+        .collect();
+
+    let outcomes = slots
+        .into_iter()
+        .map(|s| match s {
+            Slot::Done(o) => Ok(o),
+            Slot::New(i) => placements
+                .get(i)
+                .cloned()
+                .map(Outcome::Sequenced)
+                .ok_or(StoreError::Backend("sequence: lost a placement".into())),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((outcomes, appended))
+}
+
 async fn commit(tx: Transaction<'static, Postgres>, op: &'static str) -> Result<(), StoreError> {
     tx.commit().await.map_err(|e| backend(op, e))
 }
@@ -1239,278 +1668,17 @@ impl Store for PostgresStore {
         // nothing of the batch is written unless COMMIT succeeds, and the
         // counters roll back with the envelopes (seqs stay dense).
         let mut tx = self.begin_write(OP).await?;
-
-        // The heads of every talks of the batch, locked in talks id order
-        // (so two batches sharing talks cannot deadlock) until COMMIT: from
-        // here on no other connection sequences into these talks, and
-        // everything read below (idempotency keys, room state, commits) is
-        // what the previous holder of the lock committed.
-        let mut heads: HashMap<TalksId, Head> = HashMap::new();
-        let mut ids: Vec<TalksId> = batch.iter().map(|s| s.talks).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for talks in ids {
-            let Some(h) = head(&mut tx, talks, OP, HeadLock::Update).await? else {
-                return Err(StoreError::UnknownTalks);
-            };
-            heads.insert(talks, h);
-        }
-
-        // The talks touched, in order of first appearance (the order of the
-        // notifications), with their stored next seq.
-        let mut order: Vec<(TalksId, u64)> = Vec::new();
-        let mut ordered: HashSet<TalksId> = HashSet::new();
-        let mut pending: HashMap<(TalksId, KeyId, [u8; 16]), usize> = HashMap::new();
-        let mut fresh: Vec<Fresh> = Vec::new();
-        let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
-        // Rooms gated in this batch, in order of first appearance.
-        let mut rooms: HashMap<(TalksId, RoomId), RoomPlan> = HashMap::new();
-        let mut room_order: Vec<(TalksId, RoomId)> = Vec::new();
-
-        for (i, sub) in batch.iter().enumerate() {
-            if ordered.insert(sub.talks) {
-                let Some(h) = heads.get(&sub.talks) else {
-                    // Every talks of the batch was locked above.
-                    return Err(StoreError::Backend("sequence: lost a log head".into()));
-                };
-                order.push((sub.talks, h.next_seq));
-            }
-
-            // A key seen earlier in this batch: a retry of that submission.
-            let key = (sub.talks, sub.sender, sub.idempotency_key);
-            if let Some(&f) = pending.get(&key) {
-                let first = &batch[fresh[f].submission];
-                slots.push(if first.header_hash == sub.header_hash {
-                    Slot::New(f)
-                } else {
-                    Slot::Done(Outcome::Conflict {
-                        seq: fresh[f].record.seq,
-                    })
-                });
-                continue;
-            }
-            // A key stored before: a retry, or a conflict.
-            if let Some(original) = by_idempotency_key(&mut tx, sub).await? {
-                slots.push(Slot::Done(if original.header_hash == sub.header_hash {
-                    Outcome::Sequenced(original.placement)
-                } else {
-                    Outcome::Conflict {
-                        seq: original.placement.seq,
-                    }
-                }));
-                continue;
-            }
-
-            // The gate, after the idempotency lookups: a retry that landed
-            // got its placement above, whatever the room's epoch is now.
-            let room_key = (sub.talks, sub.room);
-            if let Some(gate) = &sub.gate {
-                if let Entry::Vacant(v) = rooms.entry(room_key) {
-                    let state = room_state(&mut tx, sub.talks, sub.room, OP).await?;
-                    room_order.push(room_key);
-                    v.insert(RoomPlan {
-                        state,
-                        commits: Vec::new(),
-                        changed: false,
-                    });
-                }
-                let planned_commit = |e: u64| {
-                    rooms.get(&room_key).and_then(|p| {
-                        p.commits
-                            .iter()
-                            .find(|(epoch, _)| *epoch == e)
-                            .map(|(_, c)| *c)
-                    })
-                };
-                let commit = match gate.commit_epoch() {
-                    None => None,
-                    Some(e) => match planned_commit(e) {
-                        Some(c) => Some(c),
-                        None => room_commit(&mut tx, sub.talks, sub.room, e, OP).await?,
-                    },
-                };
-                let state = rooms.get(&room_key).and_then(|p| p.state.as_ref());
-                if let Err(refused) = backchannel_store::check_gate(gate, state, commit) {
-                    slots.push(Slot::Done(refused));
-                    continue;
-                }
-            }
-
-            let Some(h) = heads.get_mut(&sub.talks) else {
-                // Inserted above for this very talks.
-                return Err(StoreError::Backend("sequence: lost a log head".into()));
-            };
-            let seq = h.next_seq;
-            let timestamp_ms = h.last_time.max(clock_ms);
-            h.next_seq = seq
-                .checked_add(1)
-                .ok_or(StoreError::Limit("the log is full"))?;
-            h.last_time = timestamp_ms;
-            let leaf_hash = LeafData {
-                seq,
-                timestamp_ms,
-                room: sub.room,
-                header_hash: sub.header_hash,
-                body_hash: sub.body_hash,
-            }
-            .hash();
-            if let (Some(gate), Some(planned)) = (&sub.gate, rooms.get_mut(&room_key))
-                && let Some((state, commit)) = backchannel_store::gate_effect(
-                    gate,
-                    planned.state.as_ref(),
-                    seq,
-                    sub.header_hash,
-                )
-            {
-                planned.state = Some(state);
-                planned.commits.extend(commit);
-                planned.changed = true;
-            }
-            pending.insert(key, fresh.len());
-            slots.push(Slot::New(fresh.len()));
-            fresh.push(Fresh {
-                submission: i,
-                record: BatchRecord {
-                    talks: sub.talks,
-                    seq,
-                    timestamp_ms,
-                    leaf_hash,
-                },
-            });
-        }
-
-        let mut placements: Vec<Placement> = Vec::with_capacity(fresh.len());
-        if !fresh.is_empty() {
-            // One signature for the batch. Built and dropped before the next
-            // await, and before anything is written.
-            let receipts: Vec<Vec<u8>> = {
-                let records = fresh.iter().map(|f| f.record).collect();
-                let signed = SignedBatch::sign(log_key, records, clock_ms)
-                    .map_err(|e| StoreError::Sign(e.to_string()))?;
-                (0..fresh.len())
-                    .map(|i| {
-                        signed
-                            .receipt(i)
-                            .map(|r| r.to_canonical_bytes())
-                            .ok_or(StoreError::Sign("a record has no receipt".into()))
-                    })
-                    .collect::<Result<_, _>>()?
-            };
-            for (f, receipt) in fresh.iter().zip(receipts) {
-                let sub = &batch[f.submission];
-                let r = &f.record;
-                let welcome_to = match &sub.gate {
-                    Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
-                    _ => None,
-                };
-                sqlx::query(
-                    "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
-                         header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                )
-                .bind(r.talks.as_bytes().as_slice())
-                .bind(to_sql(r.seq, "the log is full")?)
-                .bind(to_sql(
-                    r.timestamp_ms,
-                    "the clock is beyond the storage range",
-                )?)
-                .bind(sub.room.as_bytes().as_slice())
-                .bind(sub.sender.as_bytes().as_slice())
-                .bind(sub.idempotency_key.as_slice())
-                .bind(sub.header.as_slice())
-                .bind(sub.header_hash.0.as_slice())
-                .bind(sub.body.as_slice())
-                .bind(sub.body_hash.0.as_slice())
-                .bind(r.leaf_hash.0.as_slice())
-                .bind(receipt.as_slice())
-                .bind(welcome_to)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| {
-                    // The idempotency key was looked up above under the
-                    // head lock, so only the (talks, seq) key can collide:
-                    // a head behind its rows.
-                    if is_unique_violation(&e) {
-                        StoreError::Corrupt("the log head is behind its envelopes".into())
-                    } else {
-                        backend(OP, e)
-                    }
-                })?;
-                placements.push(Placement {
-                    seq: r.seq,
-                    node_time: r.timestamp_ms,
-                    leaf_hash: r.leaf_hash,
-                    receipt,
-                });
-            }
-            // The rooms' new states and commits, after the envelopes they
-            // name (foreign keys), in the same transaction.
-            for room_key in &room_order {
-                let Some(planned) = rooms.get(room_key).filter(|p| p.changed) else {
-                    continue;
-                };
-                let Some(state) = &planned.state else {
-                    continue;
-                };
-                write_room(&mut tx, *room_key, state, &planned.commits).await?;
-            }
-            for (talks, stored_next) in &order {
-                let Some(h) = heads.get(talks) else { continue };
-                if h.next_seq == *stored_next {
-                    continue;
-                }
-                sqlx::query("UPDATE log_heads SET next_seq = $1, last_time = $2 WHERE talks = $3")
-                    .bind(to_sql(h.next_seq, "the log is full")?)
-                    .bind(to_sql(
-                        h.last_time,
-                        "the clock is beyond the storage range",
-                    )?)
-                    .bind(talks.as_bytes().as_slice())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| backend(OP, e))?;
-                // Other nodes on this database learn of it at the commit
-                // (a notification is delivered only if the transaction
-                // commits, in commit order): `relay_notifications`.
-                sqlx::query("SELECT pg_notify($1, current_schema() || ' ' || $2)")
-                    .bind(NOTIFY_CHANNEL)
-                    .bind(format!(
-                        "{:016x} {} {}",
-                        self.instance,
-                        talks.to_hex(),
-                        h.next_seq
-                    ))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| backend(OP, e))?;
-            }
-            // Durable here (WAL flushed, synchronous_commit=on): only now may
-            // the node acknowledge, and subscribers be woken.
+        let (outcomes, appended) =
+            sequence_in(&mut tx, &batch, clock_ms, log_key, self.instance).await?;
+        if !appended.is_empty() {
+            // Durable here (WAL flushed, synchronous_commit=on): only now
+            // may the node acknowledge, and subscribers be woken.
             commit(tx, OP).await?;
-            for (talks, stored_next) in &order {
-                if let Some(h) = heads.get(talks).filter(|h| h.next_seq != *stored_next) {
-                    // No receiver is not an error: nobody is listening.
-                    let _ = self.appended.send(Appended {
-                        talks: *talks,
-                        size: h.next_seq,
-                    });
-                }
-            }
+            self.notify(&appended);
         }
         // (With nothing new, `tx` is dropped here: a rollback of a
         // transaction that wrote nothing, which releases the head locks.)
-
-        slots
-            .into_iter()
-            .map(|s| match s {
-                Slot::Done(o) => Ok(o),
-                Slot::New(i) => placements
-                    .get(i)
-                    .cloned()
-                    .map(Outcome::Sequenced)
-                    .ok_or(StoreError::Backend("sequence: lost a placement".into())),
-            })
-            .collect()
+        Ok(outcomes)
     }
 
     async fn log_size(&self, talks: TalksId) -> Result<u64, StoreError> {
@@ -1697,10 +1865,26 @@ impl Store for PostgresStore {
         to: u64,
         hashes: &[(u64, Digest)],
         checkpoint: &CheckpointRecord,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         const OP: &str = "integrate";
         let id = talks.as_bytes().as_slice();
         let mut tx = self.begin_write(OP).await?;
+        // The lease row first, before any log head: every transaction that
+        // locks both takes this one first (and `sequence` never takes it),
+        // so no lock cycle exists. `FOR SHARE`, not `FOR KEY SHARE`: an
+        // `acquire_lease` moving the epoch (an UPDATE of a non-key column)
+        // waits for this transaction, or it committed and we read its
+        // epoch here.
+        if let Some(fence) = fence {
+            let row = sqlx::query("SELECT epoch FROM leases WHERE name = $1 FOR SHARE")
+                .bind(fence.name.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+            let epoch = row.map(|r| uint(&r, "epoch")).transpose()?;
+            backchannel_store::check_fence(fence, epoch)?;
+        }
         // The head locked until COMMIT: the fence on `from` holds against a
         // concurrent integrator, and sequencing waits (briefly).
         let Some(h) = head(&mut tx, talks, OP, HeadLock::Update).await? else {
@@ -1751,13 +1935,19 @@ impl Store for PostgresStore {
         .map_err(|e| backend(OP, e))?;
         // A size integrates once (from == to only for a first, empty
         // checkpoint), so this never replaces a note and its cosignatures.
-        sqlx::query("INSERT INTO checkpoints (talks, size, note) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(to_sql(to, "the log is full")?)
-            .bind(checkpoint.note.as_slice())
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| backend(OP, e))?;
+        let lease_epoch = fence
+            .map(|f| to_sql(f.epoch, "the lease epoch is out of range"))
+            .transpose()?;
+        sqlx::query(
+            "INSERT INTO checkpoints (talks, size, note, lease_epoch) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(to_sql(to, "the log is full")?)
+        .bind(checkpoint.note.as_slice())
+        .bind(lease_epoch)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
         sqlx::query("UPDATE log_heads SET integrated_size = $1 WHERE talks = $2")
             .bind(to_sql(to, "the log is full")?)
             .bind(id)
@@ -2266,6 +2456,211 @@ impl Store for PostgresStore {
         const OP: &str = "read room state";
         let mut conn = self.pool.acquire().await.map_err(|e| backend(OP, e))?;
         room_state(&mut conn, talks, room, OP).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        const OP: &str = "acquire lease";
+        // Arguments first: a refused call takes no lock.
+        backchannel_store::next_lease(None, holder, now_ms, ttl_ms)?;
+        let mut tx = self.begin_write(OP).await?;
+        // The row exists from here on (a lease never taken: epoch 0, no
+        // holder), so `FOR UPDATE` always has a row to lock and two first
+        // takers serialise on it.
+        sqlx::query(
+            "INSERT INTO leases (name, epoch, holder, expires_ms) VALUES ($1, 0, $2, 0)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.as_str())
+        .bind([0u8; 16].as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let row =
+            sqlx::query("SELECT epoch, holder, expires_ms FROM leases WHERE name = $1 FOR UPDATE")
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        let Some(current) = row.as_ref().map(lease_row).transpose()? else {
+            return Err(StoreError::Backend(
+                "acquire lease: the lease row vanished".into(),
+            ));
+        };
+        let Some(next) = backchannel_store::next_lease(Some(current), holder, now_ms, ttl_ms)?
+        else {
+            // Another holder's unexpired lease stands (`tx` rolls back).
+            return Ok(current);
+        };
+        write_lease(&mut tx, name, &next, OP).await?;
+        commit(tx, OP).await?;
+        Ok(next)
+    }
+
+    async fn release_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "release lease";
+        let mut tx = self.begin_write(OP).await?;
+        let row =
+            sqlx::query("SELECT epoch, holder, expires_ms FROM leases WHERE name = $1 FOR UPDATE")
+                .bind(name.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        let Some(current) = row
+            .as_ref()
+            .map(lease_row)
+            .transpose()?
+            .filter(|l| l.epoch > 0 && l.epoch == epoch && l.holder == holder)
+        else {
+            return Ok(false);
+        };
+        let released = Lease {
+            expires_ms: 0,
+            ..current
+        };
+        write_lease(&mut tx, name, &released, OP).await?;
+        commit(tx, OP).await?;
+        Ok(true)
+    }
+
+    async fn schedule(&self, item: &ScheduledRecord) -> Result<(), StoreError> {
+        const OP: &str = "schedule";
+        backchannel_store::check_scheduled(item)?;
+        let sub = &item.submission;
+        let gate = GateColumns::of(sub.gate.as_ref());
+        let mut tx = self.begin_write(OP).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SCHEDULE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        if !talks_exists(&mut tx, sub.talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        let taken = sqlx::query("SELECT 1 FROM scheduled WHERE id = $1")
+            .bind(item.id.as_slice())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        if taken.is_some() {
+            return Err(StoreError::Exists);
+        }
+        if count(&mut tx, "SELECT COUNT(*) FROM scheduled", &[], OP).await? >= MAX_SCHEDULED as u64
+        {
+            return Err(StoreError::Limit(
+                "a store holds at most MAX_SCHEDULED scheduled items",
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO scheduled (id, due_ms, talks, room, sender, idempotency_key, header,
+                 header_hash, body, body_hash, gate_kind, gate_epoch, gate_public_group,
+                 gate_group_info, gate_commit, gate_to)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(item.id.as_slice())
+        .bind(to_sql(item.due_ms, "the due time is out of range")?)
+        .bind(sub.talks.as_bytes().as_slice())
+        .bind(sub.room.as_bytes().as_slice())
+        .bind(sub.sender.as_bytes().as_slice())
+        .bind(sub.idempotency_key.as_slice())
+        .bind(sub.header.as_slice())
+        .bind(sub.header_hash.0.as_slice())
+        .bind(sub.body.as_slice())
+        .bind(sub.body_hash.0.as_slice())
+        .bind(gate.kind.map(i16::from))
+        .bind(
+            gate.epoch
+                .map(|e| to_sql(e, "the epoch is out of range"))
+                .transpose()?,
+        )
+        .bind(gate.public_group)
+        .bind(gate.group_info)
+        .bind(gate.commit.map(|c| c.0.to_vec()))
+        .bind(gate.to.as_deref().map(key_ids_bytes))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            // Looked up above under the advisory lock: only a concurrent
+            // schedule outside it (none) could collide.
+            if is_unique_violation(&e) {
+                StoreError::Exists
+            } else {
+                backend(OP, e)
+            }
+        })?;
+        commit(tx, OP).await
+    }
+
+    async fn fire_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        log_key: &(dyn Signer + Sync),
+    ) -> Result<Vec<Fired>, StoreError> {
+        const OP: &str = "fire due";
+        let now = to_sql(now_ms, "the clock is beyond the storage range")?;
+        let limit = limit.min(MAX_FIRE_BATCH);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write(OP).await?;
+        // The claim: due rows locked until COMMIT; rows another caller is
+        // firing right now are skipped, not waited for (and are gone once
+        // it commits), so every row fires once across every node. The head
+        // locks `sequence_in` takes next come after these rows' locks,
+        // which no other transaction takes before a head lock.
+        let due = sqlx::query(
+            "SELECT id, due_ms, talks, room, sender, idempotency_key, header, header_hash,
+                 body, body_hash, gate_kind, gate_epoch, gate_public_group, gate_group_info,
+                 gate_commit, gate_to
+             FROM scheduled WHERE due_ms <= $1 ORDER BY due_ms, id LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        // At most MAX_FIRE_BATCH, which fits.
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?
+        .iter()
+        .map(scheduled_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, batch): (Vec<[u8; 16]>, Vec<Submission>) =
+            due.into_iter().map(|d| (d.id, d.submission)).unzip();
+        let (outcomes, appended) =
+            sequence_in(&mut tx, &batch, now_ms, log_key, self.instance).await?;
+        let id_bytes: Vec<&[u8]> = ids.iter().map(|id| id.as_slice()).collect();
+        sqlx::query("DELETE FROM scheduled WHERE id = ANY($1)")
+            .bind(id_bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await?;
+        self.notify(&appended);
+        Ok(ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(id, outcome)| Fired { id, outcome })
+            .collect())
+    }
+
+    async fn scheduled_count(&self) -> Result<u64, StoreError> {
+        const OP: &str = "scheduled count";
+        let mut conn = self.pool.acquire().await.map_err(|e| backend(OP, e))?;
+        count(&mut conn, "SELECT COUNT(*) FROM scheduled", &[], OP).await
     }
 
     async fn put_key_packages(

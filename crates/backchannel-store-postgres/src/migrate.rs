@@ -24,16 +24,24 @@ struct Migration {
 
 /// Every migration, in order. Append only: a released migration never
 /// changes (a database that ran it would differ from one created later).
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "leases_scheduled",
+        sql: include_str!("../migrations/0002_leases_scheduled.sql"),
+    },
+];
 
 /// The schema version this code migrates to (the last migration's). The
-/// PostgreSQL schema is versioned on its own: version 1 already holds the
-/// whole of storage contract version 3.
-pub const SCHEMA_VERSION: u32 = 1;
+/// PostgreSQL schema is versioned on its own: version 1 held the whole of
+/// storage contract version 3, version 2 adds contract version 4 (leases,
+/// scheduled submissions, fenced checkpoints).
+pub const SCHEMA_VERSION: u32 = 2;
 
 const _: () = assert!(MIGRATIONS.len() as u32 == SCHEMA_VERSION);
 

@@ -12,7 +12,12 @@
 //!   `BEGIN IMMEDIATE` transaction, so a method's reads and writes see no
 //!   interleaved writer and a crash leaves all or none of its writes.
 //!   Reads use a small pool of `query_only` connections that WAL lets run
-//!   beside the writer.
+//!   beside the writer. The one writer is also what makes leases, fenced
+//!   integration and timers atomic here: `acquire_lease` decides and writes
+//!   in its write transaction, a fenced `integrate` reads the lease's epoch
+//!   in its own, and `fire_due` claims due items simply by reading them in
+//!   the write transaction that sequences (through the same code as
+//!   `sequence`) and deletes them.
 //! - **Versioned schema.** Migrations under `migrations/` are embedded and
 //!   applied on open, in one `BEGIN IMMEDIATE` transaction that reads the
 //!   version inside it, so several processes may open one fresh file at
@@ -42,10 +47,11 @@ use std::time::{Duration, Instant};
 use backchannel_codec::{Encode, PartyId, RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
 use backchannel_store::{
-    AccessListRecord, Appended, BlobRecord, CheckpointRecord, Gate, InvitationRecord,
-    KeyPackageRecord, MAX_INVITATIONS, MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE,
-    MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome,
-    PendingChange, Placement, Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, Store,
+    AccessListRecord, Appended, BlobRecord, CheckpointRecord, Fence, Fired, Gate, GateColumns,
+    InvitationRecord, KeyPackageRecord, Lease, LeaseName, MAX_FIRE_BATCH, MAX_INVITATIONS,
+    MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE, MAX_PENDING_CHANGES, MAX_READ,
+    MAX_READ_BYTES, MAX_SCHEDULED, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange,
+    Placement, Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, ScheduledRecord, Store,
     StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
@@ -253,6 +259,14 @@ impl SqliteStore {
             .map_err(|e| backend(op, e))
     }
 
+    /// Wakes this store's subscribers (after a commit).
+    fn notify(&self, appended: &[Appended]) {
+        for a in appended {
+            // No receiver is not an error: nobody is listening.
+            let _ = self.appended.send(*a);
+        }
+    }
+
     async fn begin_read(
         &self,
         op: &'static str,
@@ -422,6 +436,87 @@ fn key_ids_bytes(keys: &[KeyId]) -> Vec<u8> {
     keys.iter()
         .flat_map(|k| k.as_bytes().iter().copied())
         .collect()
+}
+
+/// A scheduled item as stored.
+fn scheduled_row(row: &SqliteRow) -> Result<ScheduledRecord, StoreError> {
+    let gate = GateColumns {
+        kind: opt_uint(row, "gate_kind")?
+            .map(|k| u8::try_from(k).map_err(|_| StoreError::Corrupt("gate_kind".into())))
+            .transpose()?,
+        epoch: opt_uint(row, "gate_epoch")?,
+        public_group: opt_blob(row, "gate_public_group")?.map(<[u8]>::to_vec),
+        group_info: opt_blob(row, "gate_group_info")?.map(<[u8]>::to_vec),
+        commit: opt_blob(row, "gate_commit")?
+            .map(|b| fixed::<32>(b, "gate_commit").map(Digest))
+            .transpose()?,
+        to: opt_blob(row, "gate_to")?
+            .map(|b| key_ids(b, "gate_to"))
+            .transpose()?,
+    };
+    Ok(ScheduledRecord {
+        id: fixed::<16>(blob(row, "id")?, "scheduled id")?,
+        due_ms: uint(row, "due_ms")?,
+        submission: Submission {
+            talks: TalksId(fixed::<16>(blob(row, "talks")?, "talks")?),
+            room: RoomId(fixed::<16>(blob(row, "room")?, "room")?),
+            sender: KeyId(digest(row, "sender")?),
+            idempotency_key: fixed::<16>(blob(row, "idempotency_key")?, "idempotency key")?,
+            header: blob(row, "header")?.to_vec(),
+            header_hash: digest(row, "header_hash")?,
+            body: blob(row, "body")?.to_vec(),
+            body_hash: digest(row, "body_hash")?,
+            gate: gate.into_gate()?,
+        },
+    })
+}
+
+/// The stored lease `name` (`None`: never taken).
+async fn stored_lease(
+    conn: &mut SqliteConnection,
+    name: LeaseName,
+    op: &'static str,
+) -> Result<Option<Lease>, StoreError> {
+    let row = sqlx::query("SELECT epoch, holder, expires_ms FROM leases WHERE name = ?")
+        .bind(name.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| backend(op, e))?;
+    row.map(|row| {
+        Ok(Lease {
+            epoch: uint(&row, "epoch")?,
+            holder: fixed::<16>(blob(&row, "holder")?, "lease holder")?,
+            expires_ms: uint(&row, "expires_ms")?,
+        })
+    })
+    .transpose()
+}
+
+/// Writes lease `name` as `lease`.
+async fn write_lease(
+    conn: &mut SqliteConnection,
+    name: LeaseName,
+    lease: &Lease,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO leases (name, epoch, holder, expires_ms) VALUES (?, ?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET
+             epoch = excluded.epoch,
+             holder = excluded.holder,
+             expires_ms = excluded.expires_ms",
+    )
+    .bind(name.as_str())
+    .bind(to_sql(lease.epoch, "the lease epoch is out of range")?)
+    .bind(lease.holder.as_slice())
+    .bind(to_sql(
+        lease.expires_ms,
+        "the lease expiry is out of range",
+    )?)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    Ok(())
 }
 
 fn room_state_row(row: &SqliteRow) -> Result<RoomState, StoreError> {
@@ -791,6 +886,258 @@ async fn write_room(
     Ok(())
 }
 
+/// The sequencing of [`Store::sequence`] and [`Store::fire_due`], inside
+/// the caller's write transaction (which the caller commits): the
+/// idempotency lookups, gates, seqs, one signed receipt batch, the
+/// envelopes, room states and log heads. Returns the outcomes, in batch
+/// order, and the growth to announce once committed (empty: nothing new
+/// was written).
+async fn sequence_in(
+    tx: &mut SqliteConnection,
+    batch: &[Submission],
+    clock_ms: u64,
+    log_key: &(dyn Signer + Sync),
+) -> Result<(Vec<Outcome>, Vec<Appended>), StoreError> {
+    const OP: &str = "sequence";
+
+    // Heads of the talks touched, in order of first appearance (the
+    // order of the notifications), with their stored next seq.
+    let mut heads: HashMap<TalksId, Head> = HashMap::new();
+    let mut order: Vec<(TalksId, u64)> = Vec::new();
+    let mut pending: HashMap<(TalksId, KeyId, [u8; 16]), usize> = HashMap::new();
+    let mut fresh: Vec<Fresh> = Vec::new();
+    let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
+    // Rooms gated in this batch, in order of first appearance.
+    let mut rooms: HashMap<(TalksId, RoomId), RoomPlan> = HashMap::new();
+    let mut room_order: Vec<(TalksId, RoomId)> = Vec::new();
+
+    for (i, sub) in batch.iter().enumerate() {
+        if let Entry::Vacant(v) = heads.entry(sub.talks) {
+            let Some(h) = head(&mut *tx, sub.talks, OP).await? else {
+                return Err(StoreError::UnknownTalks);
+            };
+            order.push((sub.talks, h.next_seq));
+            v.insert(h);
+        }
+
+        // A key seen earlier in this batch: a retry of that submission.
+        let key = (sub.talks, sub.sender, sub.idempotency_key);
+        if let Some(&f) = pending.get(&key) {
+            let first = &batch[fresh[f].submission];
+            slots.push(if first.header_hash == sub.header_hash {
+                Slot::New(f)
+            } else {
+                Slot::Done(Outcome::Conflict {
+                    seq: fresh[f].record.seq,
+                })
+            });
+            continue;
+        }
+        // A key stored before: a retry, or a conflict.
+        if let Some(original) = by_idempotency_key(&mut *tx, sub).await? {
+            slots.push(Slot::Done(if original.header_hash == sub.header_hash {
+                Outcome::Sequenced(original.placement)
+            } else {
+                Outcome::Conflict {
+                    seq: original.placement.seq,
+                }
+            }));
+            continue;
+        }
+
+        // The gate, after the idempotency lookups: a retry that landed
+        // got its placement above, whatever the room's epoch is now.
+        let room_key = (sub.talks, sub.room);
+        if let Some(gate) = &sub.gate {
+            if let Entry::Vacant(v) = rooms.entry(room_key) {
+                let state = room_state(&mut *tx, sub.talks, sub.room, OP).await?;
+                room_order.push(room_key);
+                v.insert(RoomPlan {
+                    state,
+                    commits: Vec::new(),
+                    changed: false,
+                });
+            }
+            let planned_commit = |e: u64| {
+                rooms.get(&room_key).and_then(|p| {
+                    p.commits
+                        .iter()
+                        .find(|(epoch, _)| *epoch == e)
+                        .map(|(_, c)| *c)
+                })
+            };
+            let commit = match gate.commit_epoch() {
+                None => None,
+                Some(e) => match planned_commit(e) {
+                    Some(c) => Some(c),
+                    None => room_commit(&mut *tx, sub.talks, sub.room, e, OP).await?,
+                },
+            };
+            let state = rooms.get(&room_key).and_then(|p| p.state.as_ref());
+            if let Err(refused) = backchannel_store::check_gate(gate, state, commit) {
+                slots.push(Slot::Done(refused));
+                continue;
+            }
+        }
+
+        let Some(h) = heads.get_mut(&sub.talks) else {
+            // Inserted above for this very talks.
+            return Err(StoreError::Backend("sequence: lost a log head".into()));
+        };
+        let seq = h.next_seq;
+        let timestamp_ms = h.last_time.max(clock_ms);
+        h.next_seq = seq
+            .checked_add(1)
+            .ok_or(StoreError::Limit("the log is full"))?;
+        h.last_time = timestamp_ms;
+        let leaf_hash = LeafData {
+            seq,
+            timestamp_ms,
+            room: sub.room,
+            header_hash: sub.header_hash,
+            body_hash: sub.body_hash,
+        }
+        .hash();
+        if let (Some(gate), Some(planned)) = (&sub.gate, rooms.get_mut(&room_key))
+            && let Some((state, commit)) =
+                backchannel_store::gate_effect(gate, planned.state.as_ref(), seq, sub.header_hash)
+        {
+            planned.state = Some(state);
+            planned.commits.extend(commit);
+            planned.changed = true;
+        }
+        pending.insert(key, fresh.len());
+        slots.push(Slot::New(fresh.len()));
+        fresh.push(Fresh {
+            submission: i,
+            record: BatchRecord {
+                talks: sub.talks,
+                seq,
+                timestamp_ms,
+                leaf_hash,
+            },
+        });
+    }
+
+    let mut placements: Vec<Placement> = Vec::with_capacity(fresh.len());
+    if !fresh.is_empty() {
+        // One signature for the batch. Built and dropped before the next
+        // await, and before anything is written.
+        let receipts: Vec<Vec<u8>> = {
+            let records = fresh.iter().map(|f| f.record).collect();
+            let signed = SignedBatch::sign(log_key, records, clock_ms)
+                .map_err(|e| StoreError::Sign(e.to_string()))?;
+            (0..fresh.len())
+                .map(|i| {
+                    signed
+                        .receipt(i)
+                        .map(|r| r.to_canonical_bytes())
+                        .ok_or(StoreError::Sign("a record has no receipt".into()))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        for (f, receipt) in fresh.iter().zip(receipts) {
+            let sub = &batch[f.submission];
+            let r = &f.record;
+            let welcome_to = match &sub.gate {
+                Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
+                _ => None,
+            };
+            sqlx::query(
+                "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
+                         header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.talks.as_bytes().as_slice())
+            .bind(to_sql(r.seq, "the log is full")?)
+            .bind(to_sql(
+                r.timestamp_ms,
+                "the clock is beyond the storage range",
+            )?)
+            .bind(sub.room.as_bytes().as_slice())
+            .bind(sub.sender.as_bytes().as_slice())
+            .bind(sub.idempotency_key.as_slice())
+            .bind(sub.header.as_slice())
+            .bind(sub.header_hash.0.as_slice())
+            .bind(sub.body.as_slice())
+            .bind(sub.body_hash.0.as_slice())
+            .bind(r.leaf_hash.0.as_slice())
+            .bind(receipt.as_slice())
+            .bind(welcome_to)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match e {
+                // The idempotency key was looked up above, so only the
+                // (talks, seq) key can collide: a head behind its rows.
+                sqlx::Error::Database(db)
+                    if db.kind() == sqlx::error::ErrorKind::UniqueViolation =>
+                {
+                    StoreError::Corrupt("the log head is behind its envelopes".into())
+                }
+                e => backend(OP, e),
+            })?;
+            placements.push(Placement {
+                seq: r.seq,
+                node_time: r.timestamp_ms,
+                leaf_hash: r.leaf_hash,
+                receipt,
+            });
+        }
+        // The rooms' new states and commits, after the envelopes they
+        // name (foreign keys), in the same transaction.
+        for room_key in &room_order {
+            let Some(planned) = rooms.get(room_key).filter(|p| p.changed) else {
+                continue;
+            };
+            let Some(state) = &planned.state else {
+                continue;
+            };
+            write_room(&mut *tx, *room_key, state, &planned.commits).await?;
+        }
+        for (talks, stored_next) in &order {
+            let Some(h) = heads.get(talks) else { continue };
+            if h.next_seq == *stored_next {
+                continue;
+            }
+            sqlx::query("UPDATE log_heads SET next_seq = ?, last_time = ? WHERE talks = ?")
+                .bind(to_sql(h.next_seq, "the log is full")?)
+                .bind(to_sql(
+                    h.last_time,
+                    "the clock is beyond the storage range",
+                )?)
+                .bind(talks.as_bytes().as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        }
+    }
+    let appended = order
+        .iter()
+        .filter_map(|(talks, stored_next)| {
+            heads
+                .get(talks)
+                .filter(|h| h.next_seq != *stored_next)
+                .map(|h| Appended {
+                    talks: *talks,
+                    size: h.next_seq,
+                })
+        })
+        .collect();
+
+    let outcomes = slots
+        .into_iter()
+        .map(|s| match s {
+            Slot::Done(o) => Ok(o),
+            Slot::New(i) => placements
+                .get(i)
+                .cloned()
+                .map(Outcome::Sequenced)
+                .ok_or(StoreError::Backend("sequence: lost a placement".into())),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((outcomes, appended))
+}
+
 async fn commit(tx: Transaction<'static, Sqlite>, op: &'static str) -> Result<(), StoreError> {
     tx.commit().await.map_err(|e| backend(op, e))
 }
@@ -939,248 +1286,16 @@ impl Store for SqliteStore {
         // Every error below returns early and drops `tx`, which rolls back:
         // nothing of the batch is written unless COMMIT succeeds.
         let mut tx = self.begin_write(OP).await?;
-
-        // Heads of the talks touched, in order of first appearance (the
-        // order of the notifications), with their stored next seq.
-        let mut heads: HashMap<TalksId, Head> = HashMap::new();
-        let mut order: Vec<(TalksId, u64)> = Vec::new();
-        let mut pending: HashMap<(TalksId, KeyId, [u8; 16]), usize> = HashMap::new();
-        let mut fresh: Vec<Fresh> = Vec::new();
-        let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
-        // Rooms gated in this batch, in order of first appearance.
-        let mut rooms: HashMap<(TalksId, RoomId), RoomPlan> = HashMap::new();
-        let mut room_order: Vec<(TalksId, RoomId)> = Vec::new();
-
-        for (i, sub) in batch.iter().enumerate() {
-            if let Entry::Vacant(v) = heads.entry(sub.talks) {
-                let Some(h) = head(&mut tx, sub.talks, OP).await? else {
-                    return Err(StoreError::UnknownTalks);
-                };
-                order.push((sub.talks, h.next_seq));
-                v.insert(h);
-            }
-
-            // A key seen earlier in this batch: a retry of that submission.
-            let key = (sub.talks, sub.sender, sub.idempotency_key);
-            if let Some(&f) = pending.get(&key) {
-                let first = &batch[fresh[f].submission];
-                slots.push(if first.header_hash == sub.header_hash {
-                    Slot::New(f)
-                } else {
-                    Slot::Done(Outcome::Conflict {
-                        seq: fresh[f].record.seq,
-                    })
-                });
-                continue;
-            }
-            // A key stored before: a retry, or a conflict.
-            if let Some(original) = by_idempotency_key(&mut tx, sub).await? {
-                slots.push(Slot::Done(if original.header_hash == sub.header_hash {
-                    Outcome::Sequenced(original.placement)
-                } else {
-                    Outcome::Conflict {
-                        seq: original.placement.seq,
-                    }
-                }));
-                continue;
-            }
-
-            // The gate, after the idempotency lookups: a retry that landed
-            // got its placement above, whatever the room's epoch is now.
-            let room_key = (sub.talks, sub.room);
-            if let Some(gate) = &sub.gate {
-                if let Entry::Vacant(v) = rooms.entry(room_key) {
-                    let state = room_state(&mut tx, sub.talks, sub.room, OP).await?;
-                    room_order.push(room_key);
-                    v.insert(RoomPlan {
-                        state,
-                        commits: Vec::new(),
-                        changed: false,
-                    });
-                }
-                let planned_commit = |e: u64| {
-                    rooms.get(&room_key).and_then(|p| {
-                        p.commits
-                            .iter()
-                            .find(|(epoch, _)| *epoch == e)
-                            .map(|(_, c)| *c)
-                    })
-                };
-                let commit = match gate.commit_epoch() {
-                    None => None,
-                    Some(e) => match planned_commit(e) {
-                        Some(c) => Some(c),
-                        None => room_commit(&mut tx, sub.talks, sub.room, e, OP).await?,
-                    },
-                };
-                let state = rooms.get(&room_key).and_then(|p| p.state.as_ref());
-                if let Err(refused) = backchannel_store::check_gate(gate, state, commit) {
-                    slots.push(Slot::Done(refused));
-                    continue;
-                }
-            }
-
-            let Some(h) = heads.get_mut(&sub.talks) else {
-                // Inserted above for this very talks.
-                return Err(StoreError::Backend("sequence: lost a log head".into()));
-            };
-            let seq = h.next_seq;
-            let timestamp_ms = h.last_time.max(clock_ms);
-            h.next_seq = seq
-                .checked_add(1)
-                .ok_or(StoreError::Limit("the log is full"))?;
-            h.last_time = timestamp_ms;
-            let leaf_hash = LeafData {
-                seq,
-                timestamp_ms,
-                room: sub.room,
-                header_hash: sub.header_hash,
-                body_hash: sub.body_hash,
-            }
-            .hash();
-            if let (Some(gate), Some(planned)) = (&sub.gate, rooms.get_mut(&room_key))
-                && let Some((state, commit)) = backchannel_store::gate_effect(
-                    gate,
-                    planned.state.as_ref(),
-                    seq,
-                    sub.header_hash,
-                )
-            {
-                planned.state = Some(state);
-                planned.commits.extend(commit);
-                planned.changed = true;
-            }
-            pending.insert(key, fresh.len());
-            slots.push(Slot::New(fresh.len()));
-            fresh.push(Fresh {
-                submission: i,
-                record: BatchRecord {
-                    talks: sub.talks,
-                    seq,
-                    timestamp_ms,
-                    leaf_hash,
-                },
-            });
-        }
-
-        let mut placements: Vec<Placement> = Vec::with_capacity(fresh.len());
-        if !fresh.is_empty() {
-            // One signature for the batch. Built and dropped before the next
-            // await, and before anything is written.
-            let receipts: Vec<Vec<u8>> = {
-                let records = fresh.iter().map(|f| f.record).collect();
-                let signed = SignedBatch::sign(log_key, records, clock_ms)
-                    .map_err(|e| StoreError::Sign(e.to_string()))?;
-                (0..fresh.len())
-                    .map(|i| {
-                        signed
-                            .receipt(i)
-                            .map(|r| r.to_canonical_bytes())
-                            .ok_or(StoreError::Sign("a record has no receipt".into()))
-                    })
-                    .collect::<Result<_, _>>()?
-            };
-            for (f, receipt) in fresh.iter().zip(receipts) {
-                let sub = &batch[f.submission];
-                let r = &f.record;
-                let welcome_to = match &sub.gate {
-                    Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
-                    _ => None,
-                };
-                sqlx::query(
-                    "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
-                         header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(r.talks.as_bytes().as_slice())
-                .bind(to_sql(r.seq, "the log is full")?)
-                .bind(to_sql(
-                    r.timestamp_ms,
-                    "the clock is beyond the storage range",
-                )?)
-                .bind(sub.room.as_bytes().as_slice())
-                .bind(sub.sender.as_bytes().as_slice())
-                .bind(sub.idempotency_key.as_slice())
-                .bind(sub.header.as_slice())
-                .bind(sub.header_hash.0.as_slice())
-                .bind(sub.body.as_slice())
-                .bind(sub.body_hash.0.as_slice())
-                .bind(r.leaf_hash.0.as_slice())
-                .bind(receipt.as_slice())
-                .bind(welcome_to)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| match e {
-                    // The idempotency key was looked up above, so only the
-                    // (talks, seq) key can collide: a head behind its rows.
-                    sqlx::Error::Database(db)
-                        if db.kind() == sqlx::error::ErrorKind::UniqueViolation =>
-                    {
-                        StoreError::Corrupt("the log head is behind its envelopes".into())
-                    }
-                    e => backend(OP, e),
-                })?;
-                placements.push(Placement {
-                    seq: r.seq,
-                    node_time: r.timestamp_ms,
-                    leaf_hash: r.leaf_hash,
-                    receipt,
-                });
-            }
-            // The rooms' new states and commits, after the envelopes they
-            // name (foreign keys), in the same transaction.
-            for room_key in &room_order {
-                let Some(planned) = rooms.get(room_key).filter(|p| p.changed) else {
-                    continue;
-                };
-                let Some(state) = &planned.state else {
-                    continue;
-                };
-                write_room(&mut tx, *room_key, state, &planned.commits).await?;
-            }
-            for (talks, stored_next) in &order {
-                let Some(h) = heads.get(talks) else { continue };
-                if h.next_seq == *stored_next {
-                    continue;
-                }
-                sqlx::query("UPDATE log_heads SET next_seq = ?, last_time = ? WHERE talks = ?")
-                    .bind(to_sql(h.next_seq, "the log is full")?)
-                    .bind(to_sql(
-                        h.last_time,
-                        "the clock is beyond the storage range",
-                    )?)
-                    .bind(talks.as_bytes().as_slice())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| backend(OP, e))?;
-            }
+        let (outcomes, appended) = sequence_in(&mut tx, &batch, clock_ms, log_key).await?;
+        if !appended.is_empty() {
             // Durable here (WAL fsync'd, synchronous=FULL): only now may the
             // node acknowledge, and subscribers be woken.
             commit(tx, OP).await?;
-            for (talks, stored_next) in &order {
-                if let Some(h) = heads.get(talks).filter(|h| h.next_seq != *stored_next) {
-                    // No receiver is not an error: nobody is listening.
-                    let _ = self.appended.send(Appended {
-                        talks: *talks,
-                        size: h.next_seq,
-                    });
-                }
-            }
+            self.notify(&appended);
         }
         // (With nothing new, `tx` is dropped here: a rollback of a
         // transaction that wrote nothing.)
-
-        slots
-            .into_iter()
-            .map(|s| match s {
-                Slot::Done(o) => Ok(o),
-                Slot::New(i) => placements
-                    .get(i)
-                    .cloned()
-                    .map(Outcome::Sequenced)
-                    .ok_or(StoreError::Backend("sequence: lost a placement".into())),
-            })
-            .collect()
+        Ok(outcomes)
     }
 
     async fn log_size(&self, talks: TalksId) -> Result<u64, StoreError> {
@@ -1357,10 +1472,17 @@ impl Store for SqliteStore {
         to: u64,
         hashes: &[(u64, Digest)],
         checkpoint: &CheckpointRecord,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         const OP: &str = "integrate";
         let id = talks.as_bytes().as_slice();
+        // One writer: the write transaction itself keeps `acquire_lease`
+        // out until this one ends, so the epoch read here holds to COMMIT.
         let mut tx = self.begin_write(OP).await?;
+        if let Some(fence) = fence {
+            let stored = stored_lease(&mut tx, fence.name, OP).await?;
+            backchannel_store::check_fence(fence, stored.map(|l| l.epoch))?;
+        }
         let Some(h) = head(&mut tx, talks, OP).await? else {
             return Err(StoreError::UnknownTalks);
         };
@@ -1402,10 +1524,14 @@ impl Store for SqliteStore {
         }
         // A size integrates once (from == to only for a first, empty
         // checkpoint), so this never replaces a note and its cosignatures.
-        sqlx::query("INSERT INTO checkpoints (talks, size, note) VALUES (?, ?, ?)")
+        let lease_epoch = fence
+            .map(|f| to_sql(f.epoch, "the lease epoch is out of range"))
+            .transpose()?;
+        sqlx::query("INSERT INTO checkpoints (talks, size, note, lease_epoch) VALUES (?, ?, ?, ?)")
             .bind(id)
             .bind(to_sql(to, "the log is full")?)
             .bind(checkpoint.note.as_slice())
+            .bind(lease_epoch)
             .execute(&mut *tx)
             .await
             .map_err(|e| backend(OP, e))?;
@@ -1876,6 +2002,165 @@ impl Store for SqliteStore {
         const OP: &str = "read room state";
         let mut conn = self.reader.acquire().await.map_err(|e| backend(OP, e))?;
         room_state(&mut conn, talks, room, OP).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        const OP: &str = "acquire lease";
+        let mut tx = self.begin_write(OP).await?;
+        let current = stored_lease(&mut tx, name, OP).await?;
+        let Some(next) = backchannel_store::next_lease(current, holder, now_ms, ttl_ms)? else {
+            // Another holder's unexpired lease stands (`tx` rolls back).
+            return Ok(current.unwrap_or(Lease {
+                epoch: 0,
+                holder: [0; 16],
+                expires_ms: 0,
+            }));
+        };
+        write_lease(&mut tx, name, &next, OP).await?;
+        commit(tx, OP).await?;
+        Ok(next)
+    }
+
+    async fn release_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "release lease";
+        let mut tx = self.begin_write(OP).await?;
+        let Some(current) = stored_lease(&mut tx, name, OP)
+            .await?
+            .filter(|l| l.epoch > 0 && l.epoch == epoch && l.holder == holder)
+        else {
+            return Ok(false);
+        };
+        let released = Lease {
+            expires_ms: 0,
+            ..current
+        };
+        write_lease(&mut tx, name, &released, OP).await?;
+        commit(tx, OP).await?;
+        Ok(true)
+    }
+
+    async fn schedule(&self, item: &ScheduledRecord) -> Result<(), StoreError> {
+        const OP: &str = "schedule";
+        backchannel_store::check_scheduled(item)?;
+        let sub = &item.submission;
+        let gate = GateColumns::of(sub.gate.as_ref());
+        let mut tx = self.begin_write(OP).await?;
+        if !talks_exists(&mut tx, sub.talks, OP).await? {
+            return Err(StoreError::UnknownTalks);
+        }
+        let taken = sqlx::query("SELECT 1 FROM scheduled WHERE id = ?")
+            .bind(item.id.as_slice())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        if taken.is_some() {
+            return Err(StoreError::Exists);
+        }
+        if count(&mut tx, "SELECT COUNT(*) FROM scheduled", &[], OP).await? >= MAX_SCHEDULED as u64
+        {
+            return Err(StoreError::Limit(
+                "a store holds at most MAX_SCHEDULED scheduled items",
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO scheduled (id, due_ms, talks, room, sender, idempotency_key, header,
+                 header_hash, body, body_hash, gate_kind, gate_epoch, gate_public_group,
+                 gate_group_info, gate_commit, gate_to)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(item.id.as_slice())
+        .bind(to_sql(item.due_ms, "the due time is out of range")?)
+        .bind(sub.talks.as_bytes().as_slice())
+        .bind(sub.room.as_bytes().as_slice())
+        .bind(sub.sender.as_bytes().as_slice())
+        .bind(sub.idempotency_key.as_slice())
+        .bind(sub.header.as_slice())
+        .bind(sub.header_hash.0.as_slice())
+        .bind(sub.body.as_slice())
+        .bind(sub.body_hash.0.as_slice())
+        .bind(gate.kind.map(i64::from))
+        .bind(
+            gate.epoch
+                .map(|e| to_sql(e, "the epoch is out of range"))
+                .transpose()?,
+        )
+        .bind(gate.public_group)
+        .bind(gate.group_info)
+        .bind(gate.commit.map(|c| c.0.to_vec()))
+        .bind(gate.to.as_deref().map(key_ids_bytes))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        commit(tx, OP).await
+    }
+
+    async fn fire_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        log_key: &(dyn Signer + Sync),
+    ) -> Result<Vec<Fired>, StoreError> {
+        const OP: &str = "fire due";
+        let now = to_sql(now_ms, "the clock is beyond the storage range")?;
+        let limit = limit.min(MAX_FIRE_BATCH);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // SQLite has one writer: this write transaction is the claim, so
+        // no other caller can fire the rows read here before it ends.
+        let mut tx = self.begin_write(OP).await?;
+        let due = sqlx::query(
+            "SELECT id, due_ms, talks, room, sender, idempotency_key, header, header_hash,
+                 body, body_hash, gate_kind, gate_epoch, gate_public_group, gate_group_info,
+                 gate_commit, gate_to
+             FROM scheduled WHERE due_ms <= ? ORDER BY due_ms, id LIMIT ?",
+        )
+        .bind(now)
+        // At most MAX_FIRE_BATCH, which fits.
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| backend(OP, e))?
+        .iter()
+        .map(scheduled_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, batch): (Vec<[u8; 16]>, Vec<Submission>) =
+            due.into_iter().map(|d| (d.id, d.submission)).unzip();
+        let (outcomes, appended) = sequence_in(&mut tx, &batch, now_ms, log_key).await?;
+        for id in &ids {
+            sqlx::query("DELETE FROM scheduled WHERE id = ?")
+                .bind(id.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| backend(OP, e))?;
+        }
+        commit(tx, OP).await?;
+        self.notify(&appended);
+        Ok(ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(id, outcome)| Fired { id, outcome })
+            .collect())
+    }
+
+    async fn scheduled_count(&self) -> Result<u64, StoreError> {
+        const OP: &str = "scheduled count";
+        let mut conn = self.reader.acquire().await.map_err(|e| backend(OP, e))?;
+        count(&mut conn, "SELECT COUNT(*) FROM scheduled", &[], OP).await
     }
 
     async fn put_key_packages(

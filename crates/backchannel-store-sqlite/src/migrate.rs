@@ -37,10 +37,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "mls",
         sql: include_str!("../migrations/0003_mls.sql"),
     },
+    Migration {
+        version: 4,
+        name: "leases_scheduled",
+        sql: include_str!("../migrations/0004_leases_scheduled.sql"),
+    },
 ];
 
 /// The schema version this code migrates to (the last migration's).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const _: () = assert!(MIGRATIONS.len() as u32 == SCHEMA_VERSION);
 

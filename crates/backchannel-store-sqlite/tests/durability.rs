@@ -72,7 +72,7 @@ async fn everything_survives_a_reopen_and_seqs_continue() {
         note: b"checkpoint at 3\n".to_vec(),
     };
     store
-        .integrate(talks_id(1), 0, 3, &hashes, &checkpoint)
+        .integrate(talks_id(1), 0, 3, &hashes, &checkpoint, None)
         .await
         .unwrap();
     let before = store.read(talks_id(1), 0, 100).await.unwrap();
@@ -142,20 +142,20 @@ async fn everything_survives_a_reopen_and_seqs_continue() {
 #[tokio::test]
 async fn schema_version_is_recorded_and_a_newer_one_refused() {
     let (_dir, path, store) = fresh().await;
-    assert_eq!(SCHEMA_VERSION, 3);
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     store.close().await;
     drop(store);
 
-    // Reopening at the same version migrates nothing and keeps version 3.
+    // Reopening at the same version migrates nothing and keeps version 4.
     let store = open(&path).await;
-    assert_eq!(store.schema_version().await.unwrap(), 3);
+    assert_eq!(store.schema_version().await.unwrap(), 4);
     store.close().await;
     drop(store);
 
     // A newer build migrated this file: this build must not touch it.
     let pool = raw(&path).await;
-    sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (4, 'from the future')")
+    sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (5, 'from the future')")
         .execute(&pool)
         .await
         .unwrap();
@@ -164,12 +164,12 @@ async fn schema_version_is_recorded_and_a_newer_one_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, OpenError::NewerSchema { found: 4, known: 3 }),
+        matches!(err, OpenError::NewerSchema { found: 5, known: 4 }),
         "{err:?}"
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("schema version 4") && msg.contains("newer"),
+        msg.contains("schema version 5") && msg.contains("newer"),
         "{msg}"
     );
 }
@@ -317,7 +317,7 @@ async fn a_missing_tree_hash_is_corrupt_one_beyond_the_tree_is_limit() {
         note: b"checkpoint at 3\n".to_vec(),
     };
     store
-        .integrate(talks_id(1), 0, 3, &hashes, &checkpoint)
+        .integrate(talks_id(1), 0, 3, &hashes, &checkpoint, None)
         .await
         .unwrap();
     store.close().await;

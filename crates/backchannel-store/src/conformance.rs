@@ -31,12 +31,12 @@ use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::memory::{MemoryStore, stored_hash_count};
 use crate::{
-    AccessListRecord, Appended, BLOB_CHUNK, BlobRecord, CheckpointRecord, Gate, InvitationRecord,
-    KeyPackageRecord, MAX_ENROLMENT_PAYLOAD, MAX_INVITATIONS, MAX_KEY_PACKAGE_BYTES,
-    MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE, MAX_NUMBER, MAX_PENDING_CHANGES,
-    MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange,
-    Placement, Redemption, RoomState, RoomStateUpdate, Store, StoreError, StoredEnvelope,
-    Submission, Subscription, TalksRecord,
+    AccessListRecord, Appended, BLOB_CHUNK, BlobRecord, CheckpointRecord, Fence, Fired, Gate,
+    InvitationRecord, KeyPackageRecord, Lease, LeaseName, MAX_ENROLMENT_PAYLOAD, MAX_FIRE_BATCH,
+    MAX_INVITATIONS, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE,
+    MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES,
+    Outcome, PendingChange, Placement, Redemption, RoomState, RoomStateUpdate, ScheduledRecord,
+    Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 
 /// Runs every property, each on a store from `fresh` (which must open a
@@ -91,6 +91,13 @@ where
         key_packages_put_and_claim,
         key_packages_limits,
         key_package_claim_limit,
+        lease_lifecycle,
+        lease_release,
+        fenced_integrate,
+        schedule_refusals,
+        fire_due_in_due_order,
+        fire_due_limits,
+        fire_due_sequences_like_sequence,
     );
 }
 
@@ -476,7 +483,7 @@ pub async fn unknown_talks<S: Store>(store: &S) {
     };
     assert!(
         matches!(
-            store.integrate(unknown, 0, 0, &[], &c0).await,
+            store.integrate(unknown, 0, 0, &[], &c0, None).await,
             Err(StoreError::UnknownTalks)
         ),
         "integrate on an unknown talks must fail with UnknownTalks"
@@ -1005,7 +1012,10 @@ pub async fn integrate_and_tree_hashes<S: Store>(store: &S) {
     let c3 = checkpoint_at(t, &tree, 3);
     let h3 = hashes_between(&tree, 0, 3);
     assert_eq!(h3.len() as u64, stored_hash_count(3));
-    ok(store.integrate(t, 0, 3, &h3, &c3).await, "integrate [0, 3)");
+    ok(
+        store.integrate(t, 0, 3, &h3, &c3, None).await,
+        "integrate [0, 3)",
+    );
     assert_eq!(ok(store.integrated_size(t).await, "integrated_size"), 3);
     assert_eq!(
         ok(store.checkpoint(t).await, "checkpoint"),
@@ -1030,7 +1040,7 @@ pub async fn integrate_and_tree_hashes<S: Store>(store: &S) {
     let c7 = checkpoint_at(t, &tree, 7);
     for from in [0, 2, 4] {
         let r = store
-            .integrate(t, from, 7, &hashes_between(&tree, from, 7), &c7)
+            .integrate(t, from, 7, &hashes_between(&tree, from, 7), &c7, None)
             .await;
         assert!(
             matches!(r, Err(StoreError::Stale)),
@@ -1043,7 +1053,7 @@ pub async fn integrate_and_tree_hashes<S: Store>(store: &S) {
 
     ok(
         store
-            .integrate(t, 3, 7, &hashes_between(&tree, 3, 7), &c7)
+            .integrate(t, 3, 7, &hashes_between(&tree, 3, 7), &c7, None)
             .await,
         "integrate [3, 7)",
     );
@@ -1091,7 +1101,7 @@ pub async fn tree_hashes_limits<S: Store>(store: &S) {
     let c3 = checkpoint_at(t, &tree, 3);
     ok(
         store
-            .integrate(t, 0, 3, &hashes_between(&tree, 0, 3), &c3)
+            .integrate(t, 0, 3, &hashes_between(&tree, 0, 3), &c3, None)
             .await,
         "integrate [0, 3)",
     );
@@ -1127,7 +1137,7 @@ pub async fn tree_hashes_limits<S: Store>(store: &S) {
     let c7 = checkpoint_at(t, &tree, 7);
     ok(
         store
-            .integrate(t, 3, 7, &hashes_between(&tree, 3, 7), &c7)
+            .integrate(t, 3, 7, &hashes_between(&tree, 3, 7), &c7, None)
             .await,
         "integrate [3, 7)",
     );
@@ -1159,7 +1169,7 @@ pub async fn checkpoint_note_compare_and_swap<S: Store>(store: &S) {
     let c2 = checkpoint_at(t, &tree, 2);
     ok(
         store
-            .integrate(t, 0, 2, &hashes_between(&tree, 0, 2), &c2)
+            .integrate(t, 0, 2, &hashes_between(&tree, 0, 2), &c2, None)
             .await,
         "integrate",
     );
@@ -1179,7 +1189,7 @@ pub async fn checkpoint_note_compare_and_swap<S: Store>(store: &S) {
     );
     assert!(
         matches!(
-            store.integrate(t, 2, 2, &[], &c2).await,
+            store.integrate(t, 2, 2, &[], &c2, None).await,
             Err(StoreError::Limit(_))
         ),
         "integrate with from == to over an existing checkpoint must be Limit"
@@ -1239,7 +1249,7 @@ pub async fn checkpoint_note_compare_and_swap<S: Store>(store: &S) {
     let c3 = checkpoint_at(t, &tree, 3);
     ok(
         store
-            .integrate(t, 2, 3, &hashes_between(&tree, 2, 3), &c3)
+            .integrate(t, 2, 3, &hashes_between(&tree, 2, 3), &c3, None)
             .await,
         "integrate",
     );
@@ -1430,6 +1440,7 @@ fn kind(e: &StoreError) -> &'static str {
         StoreError::Corrupt(_) => "Corrupt",
         StoreError::Exists => "Exists",
         StoreError::Quota => "Quota",
+        StoreError::Fenced => "Fenced",
         StoreError::Backend(_) => "Backend",
     }
 }
@@ -1523,7 +1534,7 @@ pub async fn unintegrated_talks_lists_the_work<S: Store>(store: &S) {
     let empty = MemoryHashStore::new();
     ok(
         store
-            .integrate(t(3), 0, 0, &[], &checkpoint_at(t(3), &empty, 0))
+            .integrate(t(3), 0, 0, &[], &checkpoint_at(t(3), &empty, 0), None)
             .await,
         "integrate an empty log",
     );
@@ -1542,6 +1553,7 @@ pub async fn unintegrated_talks_lists_the_work<S: Store>(store: &S) {
                     to,
                     &hashes_between(&tree, from, to),
                     &checkpoint_at(t(n), &tree, to),
+                    None,
                 )
                 .await,
             "integrate",
@@ -3521,7 +3533,14 @@ enum Op {
     Create(TalksRecord, AccessListRecord),
     Sequence(Vec<Submission>, u64),
     ReplaceAccessList(TalksId, Digest, AccessListRecord),
-    Integrate(TalksId, u64, u64, Vec<(u64, Digest)>, CheckpointRecord),
+    Integrate(
+        TalksId,
+        u64,
+        u64,
+        Vec<(u64, Digest)>,
+        CheckpointRecord,
+        Option<Fence>,
+    ),
     Purge(TalksId, u64),
     ReplaceNote(TalksId, u64, Vec<u8>, Vec<u8>),
     CreateInvitation(TalksId, InvitationRecord),
@@ -3533,6 +3552,13 @@ enum Op {
     PutKeyPackages(TalksId, KeyId, Vec<KeyPackageRecord>),
     /// (talks, claimer, device, now, max claims, window)
     Claim(TalksId, KeyId, KeyId, u64, u32, u64),
+    /// (holder, now, ttl)
+    AcquireLease([u8; 16], u64, u64),
+    /// (holder, epoch)
+    ReleaseLease([u8; 16], u64),
+    Schedule(ScheduledRecord),
+    /// (now, limit)
+    FireDue(u64, usize),
 }
 
 /// What an operation returned.
@@ -3543,6 +3569,9 @@ enum Done {
     Purged(bool),
     Blob(BlobRecord),
     KeyPackage(Option<KeyPackageRecord>),
+    Lease(Lease),
+    Released(bool),
+    Fired(Vec<Fired>),
 }
 
 impl Op {
@@ -3562,6 +3591,10 @@ impl Op {
             Op::CompleteBlob(..) => "complete_blob",
             Op::PutKeyPackages(..) => "put_key_packages",
             Op::Claim(..) => "claim_key_package",
+            Op::AcquireLease(..) => "acquire_lease",
+            Op::ReleaseLease(..) => "release_lease",
+            Op::Schedule(..) => "schedule",
+            Op::FireDue(..) => "fire_due",
         }
     }
 
@@ -3576,8 +3609,8 @@ impl Op {
                 .replace_access_list(*t, *expected, next)
                 .await
                 .map(|()| Done::Unit)?,
-            Op::Integrate(t, from, to, hashes, c) => store
-                .integrate(*t, *from, *to, hashes, c)
+            Op::Integrate(t, from, to, hashes, c, fence) => store
+                .integrate(*t, *from, *to, hashes, c, *fence)
                 .await
                 .map(|()| Done::Unit)?,
             Op::Purge(t, seq) => Done::Purged(store.purge_body(*t, *seq).await?),
@@ -3616,6 +3649,18 @@ impl Op {
                     .claim_key_package(*t, *claimer, *device, *now, *max, *window)
                     .await?,
             ),
+            Op::AcquireLease(h, now, ttl) => Done::Lease(
+                store
+                    .acquire_lease(LeaseName::Integrator, *h, *now, *ttl)
+                    .await?,
+            ),
+            Op::ReleaseLease(h, epoch) => Done::Released(
+                store
+                    .release_lease(LeaseName::Integrator, *h, *epoch)
+                    .await?,
+            ),
+            Op::Schedule(item) => store.schedule(item).await.map(|()| Done::Unit)?,
+            Op::FireDue(now, limit) => Done::Fired(store.fire_due(*now, *limit, &key).await?),
         })
     }
 
@@ -3632,9 +3677,14 @@ impl Op {
                 | Op::CreateBlob(..)
                 | Op::PutChunk(..)
                 | Op::CompleteBlob(..)
-                | Op::PutKeyPackages(..),
+                | Op::PutKeyPackages(..)
+                | Op::AcquireLease(..)
+                | Op::ReleaseLease(..),
                 Ok(d),
             ) => d == first,
+            // Fired items are gone: a repeat finds nothing due.
+            (Op::FireDue(..), Ok(Done::Fired(f))) => f.is_empty(),
+            (Op::Schedule(..), Err(StoreError::Exists)) => true,
             (Op::Claim(..), Err(StoreError::Limit(_))) => true,
             (Op::CreateInvitation(..), Err(StoreError::Exists)) => true,
             (Op::Redeem(..) | Op::PutPending(..), Err(StoreError::Stale)) => true,
@@ -3656,6 +3706,10 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct View {
     talks: Vec<TalksView>,
+    /// The integrator lease, as durably stored.
+    lease: Option<Lease>,
+    /// How many scheduled items wait.
+    scheduled: u64,
     /// The integrator's work list.
     unintegrated: Vec<TalksId>,
 }
@@ -3688,7 +3742,7 @@ struct Watched {
     devices: Vec<KeyId>,
 }
 
-async fn view<S: Store>(store: &S, talks: &[TalksId], watched: &Watched) -> View {
+async fn view(store: &MemoryStore, talks: &[TalksId], watched: &Watched) -> View {
     let blobs = &watched.blobs;
     let mut out = Vec::new();
     for &t in talks {
@@ -3735,6 +3789,8 @@ async fn view<S: Store>(store: &S, talks: &[TalksId], watched: &Watched) -> View
     }
     View {
         talks: out,
+        lease: store.lease(LeaseName::Integrator),
+        scheduled: scheduled_count(store).await,
         unintegrated: ok(
             store.unintegrated_talks(MAX_READ).await,
             "unintegrated_talks",
@@ -3857,7 +3913,7 @@ impl Scenario {
         let note = c.note.clone();
         s.push(
             &store,
-            Op::Integrate(t1, 0, size, hashes_between(&tree, 0, size), c),
+            Op::Integrate(t1, 0, size, hashes_between(&tree, 0, size), c, None),
         )
         .await;
         s.push(&store, Op::Purge(t1, 1)).await;
@@ -3890,6 +3946,7 @@ impl Scenario {
                 to,
                 hashes_between(&tree, size, to),
                 checkpoint_at(t1, &tree, to),
+                None,
             ),
         )
         .await;
@@ -4025,6 +4082,74 @@ impl Scenario {
                 "scenario: a claim"
             );
         }
+
+        // The integrator lease taken; timers scheduled and fired (a new
+        // envelope and a refused gate in one call, then one alone); a
+        // fenced integration; the lease released and taken by another;
+        // a call that fires refusals only.
+        let h1 = holder(1);
+        let done = s.push(&store, Op::AcquireLease(h1, 10_000, 1_000)).await;
+        assert_eq!(done, Done::Lease(lease(1, 1, 11_000)), "scenario: lease");
+        let no_group = mls_room(2);
+        for item in [
+            scheduled(1, 20_000, submission(t1, b, 50, 0)),
+            scheduled(2, 15_000, submission(t2, b, 51, 0)),
+            scheduled(
+                3,
+                15_000,
+                gated(t1, b, 52, no_group, Gate::Epoch { epoch: 0 }),
+            ),
+            scheduled(4, 99_000, submission(t3, b, 54, 0)),
+            scheduled(
+                5,
+                31_000,
+                gated(t1, b, 53, no_group, Gate::Epoch { epoch: 0 }),
+            ),
+        ] {
+            s.push(&store, Op::Schedule(item)).await;
+        }
+        let Done::Fired(fired) = s.push(&store, Op::FireDue(16_000, 16)).await else {
+            panic!("fire_due returns what it fired");
+        };
+        assert_eq!(fired.len(), 2, "scenario: two due");
+        assert_eq!(fired[1].outcome, Outcome::NoGroup, "scenario: a refusal");
+        s.push(&store, Op::FireDue(30_000, 1)).await;
+        // (The MLS part of the scenario appended to t1 as well.)
+        for e in read_all(&store, t1).await.iter().skip(tree.size() as usize) {
+            ok(tree.append(&e.leaf_hash), "reference tree");
+        }
+        let end = tree.size();
+        assert!(end > to, "scenario: t1 has leaves to integrate");
+        s.push(
+            &store,
+            Op::Integrate(
+                t1,
+                to,
+                end,
+                hashes_between(&tree, to, end),
+                checkpoint_at(t1, &tree, end),
+                Some(Fence {
+                    name: LeaseName::Integrator,
+                    epoch: 1,
+                }),
+            ),
+        )
+        .await;
+        let done = s.push(&store, Op::ReleaseLease(h1, 1)).await;
+        assert_eq!(done, Done::Released(true), "scenario: released");
+        let done = s
+            .push(&store, Op::AcquireLease(holder(2), 10_500, 1_000))
+            .await;
+        assert_eq!(done, Done::Lease(lease(2, 2, 11_500)), "scenario: taken");
+        let done = s.push(&store, Op::FireDue(40_000, 16)).await;
+        assert_eq!(
+            done,
+            Done::Fired(vec![Fired {
+                id: scheduled_id(5),
+                outcome: Outcome::NoGroup,
+            }]),
+            "scenario: refusals only"
+        );
         s
     }
 }
@@ -4189,6 +4314,31 @@ pub async fn crash_suite() {
         ),
         ("sequence", &["write room state"][..]),
         (
+            "fire_due",
+            &[
+                "read",
+                "reserve",
+                "sign",
+                "write envelope",
+                "delete scheduled",
+                "sync",
+                "notify",
+                "acknowledge",
+            ][..],
+        ),
+        (
+            "acquire_lease",
+            &["read", "write lease", "sync", "acknowledge"][..],
+        ),
+        (
+            "release_lease",
+            &["read", "write lease", "sync", "acknowledge"][..],
+        ),
+        (
+            "schedule",
+            &["read", "write scheduled", "sync", "acknowledge"][..],
+        ),
+        (
             "put_key_packages",
             &["read", "write key package", "sync", "acknowledge"][..],
         ),
@@ -4299,6 +4449,580 @@ async fn check_after_crash(
             s.ops[c].name()
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Leases, fenced integration and scheduled items.
+
+/// Holder number `n`'s instance id.
+pub fn holder(n: u8) -> [u8; 16] {
+    [0xE0 | (n & 0x0f); 16]
+}
+
+/// The id of scheduled item number `n`.
+pub fn scheduled_id(n: u16) -> [u8; 16] {
+    let mut id = [0x5d; 16];
+    id[14..].copy_from_slice(&n.to_be_bytes());
+    id
+}
+
+/// Scheduled item number `n`, due at `due_ms`, sequencing `submission`.
+pub fn scheduled(n: u16, due_ms: u64, submission: Submission) -> ScheduledRecord {
+    ScheduledRecord {
+        id: scheduled_id(n),
+        due_ms,
+        submission,
+    }
+}
+
+async fn acquire<S: Store>(store: &S, h: u8, now_ms: u64, ttl_ms: u64) -> Lease {
+    ok(
+        store
+            .acquire_lease(LeaseName::Integrator, holder(h), now_ms, ttl_ms)
+            .await,
+        "acquire_lease",
+    )
+}
+
+fn lease(epoch: u64, h: u8, expires_ms: u64) -> Lease {
+    Lease {
+        epoch,
+        holder: holder(h),
+        expires_ms,
+    }
+}
+
+async fn fire<S: Store>(store: &S, now_ms: u64, limit: usize) -> Vec<Fired> {
+    ok(store.fire_due(now_ms, limit, &log_key()).await, "fire_due")
+}
+
+async fn scheduled_count<S: Store>(store: &S) -> u64 {
+    ok(store.scheduled_count().await, "scheduled_count")
+}
+
+/// A lease is taken by its first caller under epoch 1, renewed by its
+/// holder (same epoch, new expiry, even once expired if nobody took it),
+/// refused to another while unexpired (the call returns the holder's
+/// lease), and taken over at its expiry under the next epoch; an expiry
+/// past 2^63 is `Limit` and changes nothing.
+pub async fn lease_lifecycle<S: Store>(store: &S) {
+    assert_eq!(
+        acquire(store, 1, 1000, 100).await,
+        lease(1, 1, 1100),
+        "first taker"
+    );
+    assert_eq!(
+        acquire(store, 1, 1050, 100).await,
+        lease(1, 1, 1150),
+        "renewal"
+    );
+    assert_eq!(
+        acquire(store, 2, 1149, 500).await,
+        lease(1, 1, 1150),
+        "refused to another while unexpired"
+    );
+    assert_eq!(
+        acquire(store, 2, 1150, 100).await,
+        lease(2, 2, 1250),
+        "taken over at its expiry, under the next epoch"
+    );
+    assert_eq!(
+        acquire(store, 1, 1200, 100).await,
+        lease(2, 2, 1250),
+        "the old holder lost it"
+    );
+    assert_eq!(
+        acquire(store, 2, 5000, 100).await,
+        lease(2, 2, 5100),
+        "an expired lease nobody took is renewed under its epoch"
+    );
+    for (now, ttl) in [(MAX_NUMBER, 1), (0, u64::MAX), (MAX_NUMBER + 1, 0)] {
+        refused(
+            store
+                .acquire_lease(LeaseName::Integrator, holder(3), now, ttl)
+                .await,
+            "Limit",
+            "an expiry past 2^63",
+        );
+    }
+    assert_eq!(
+        acquire(store, 3, 5099, 1).await,
+        lease(2, 2, 5100),
+        "a refused call changed nothing"
+    );
+    assert_eq!(
+        acquire(store, 3, 5100, 1).await,
+        lease(3, 3, 5101),
+        "third holder, third epoch"
+    );
+}
+
+/// A released lease is taken at once by another, under the next epoch; a
+/// release by someone else or under another epoch is `false` and changes
+/// nothing.
+pub async fn lease_release<S: Store>(store: &S) {
+    let name = LeaseName::Integrator;
+    assert!(
+        !ok(store.release_lease(name, holder(1), 1).await, "release"),
+        "nothing to release before anyone took it"
+    );
+    assert_eq!(acquire(store, 1, 1000, 10_000).await, lease(1, 1, 11_000));
+    assert!(
+        !ok(store.release_lease(name, holder(2), 1).await, "release"),
+        "a non-holder cannot release"
+    );
+    assert!(
+        !ok(store.release_lease(name, holder(1), 2).await, "release"),
+        "the wrong epoch cannot release"
+    );
+    assert!(
+        !ok(store.release_lease(name, holder(1), 0).await, "release"),
+        "epoch 0 cannot release"
+    );
+    assert_eq!(
+        acquire(store, 2, 2000, 100).await,
+        lease(1, 1, 11_000),
+        "failed releases changed nothing"
+    );
+    assert!(
+        ok(store.release_lease(name, holder(1), 1).await, "release"),
+        "the holder releases"
+    );
+    assert_eq!(
+        acquire(store, 2, 2001, 100).await,
+        lease(2, 2, 2101),
+        "a released lease is taken at once, under the next epoch"
+    );
+    assert!(
+        !ok(store.release_lease(name, holder(1), 1).await, "release"),
+        "the old holder cannot release its successor's lease"
+    );
+    assert_eq!(acquire(store, 1, 2050, 100).await, lease(2, 2, 2101));
+}
+
+/// A fenced `integrate` runs under the lease's current epoch; under a
+/// stale (or future, or 0) epoch it is `Fenced` and writes nothing; an
+/// unfenced one runs whatever the lease.
+pub async fn fenced_integrate<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    sequence(
+        store,
+        (0..6).map(|k| submission(t, a, k, 0)).collect(),
+        1000,
+    )
+    .await;
+    let mut tree = MemoryHashStore::new();
+    for e in read_all(store, t).await {
+        ok(tree.append(&e.leaf().hash()), "reference tree");
+    }
+    let fence = |epoch| {
+        Some(Fence {
+            name: LeaseName::Integrator,
+            epoch,
+        })
+    };
+    let c2 = checkpoint_at(t, &tree, 2);
+    refused(
+        store
+            .integrate(t, 0, 2, &hashes_between(&tree, 0, 2), &c2, fence(1))
+            .await,
+        "Fenced",
+        "a fence on a lease never taken",
+    );
+    assert_eq!(ok(store.integrated_size(t).await, "integrated_size"), 0);
+    assert_eq!(acquire(store, 1, 1000, 100).await.epoch, 1);
+    ok(
+        store
+            .integrate(t, 0, 2, &hashes_between(&tree, 0, 2), &c2, fence(1))
+            .await,
+        "integrate under the current epoch",
+    );
+    assert_eq!(ok(store.integrated_size(t).await, "integrated_size"), 2);
+    assert_eq!(acquire(store, 2, 1100, 100).await.epoch, 2, "takeover");
+
+    let before_hashes = ok(
+        store
+            .tree_hashes(t, &(0..stored_hash_count(2)).collect::<Vec<_>>())
+            .await,
+        "tree_hashes",
+    );
+    let c4 = checkpoint_at(t, &tree, 4);
+    for epoch in [1, 3, 0] {
+        refused(
+            store
+                .integrate(t, 2, 4, &hashes_between(&tree, 2, 4), &c4, fence(epoch))
+                .await,
+            "Fenced",
+            &format!("integrate under epoch {epoch} while the lease has epoch 2"),
+        );
+        assert_eq!(ok(store.integrated_size(t).await, "integrated_size"), 2);
+        assert_eq!(
+            ok(store.checkpoint(t).await, "checkpoint"),
+            Some(c2.clone())
+        );
+        assert_eq!(
+            ok(
+                store
+                    .tree_hashes(t, &(0..stored_hash_count(2)).collect::<Vec<_>>())
+                    .await,
+                "tree_hashes"
+            ),
+            before_hashes
+        );
+        refused(
+            store.tree_hashes(t, &[stored_hash_count(2)]).await,
+            "Limit",
+            "a fenced integrate stored no hash",
+        );
+    }
+    ok(
+        store
+            .integrate(t, 2, 4, &hashes_between(&tree, 2, 4), &c4, fence(2))
+            .await,
+        "integrate under the new epoch",
+    );
+    assert_eq!(ok(store.checkpoint(t).await, "checkpoint"), Some(c4));
+    let c6 = checkpoint_at(t, &tree, 6);
+    ok(
+        store
+            .integrate(t, 4, 6, &hashes_between(&tree, 4, 6), &c6, None)
+            .await,
+        "an unfenced integrate",
+    );
+    assert_eq!(ok(store.integrated_size(t).await, "integrated_size"), 6);
+    assert_eq!(ok(store.checkpoint(t).await, "checkpoint"), Some(c6));
+    let idx: Vec<u64> = (0..stored_hash_count(6)).collect();
+    let want: Vec<Digest> = hashes_between(&tree, 0, 6)
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect();
+    assert_eq!(ok(store.tree_hashes(t, &idx).await, "tree_hashes"), want);
+}
+
+/// `schedule` stores an item once (`Exists` for a waiting id), needs its
+/// talks (`UnknownTalks`) and a due time below 2^63 (`Limit`); refusals
+/// store nothing; `scheduled_count` counts due and future items.
+pub async fn schedule_refusals<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    assert_eq!(scheduled_count(store).await, 0);
+    ok(
+        store
+            .schedule(&scheduled(1, 2000, submission(t, a, 1, 0)))
+            .await,
+        "schedule",
+    );
+    ok(
+        store
+            .schedule(&scheduled(2, 9000, submission(t, a, 2, 0)))
+            .await,
+        "schedule",
+    );
+    refused(
+        store
+            .schedule(&scheduled(1, 3000, submission(t, a, 3, 0)))
+            .await,
+        "Exists",
+        "a taken id",
+    );
+    refused(
+        store
+            .schedule(&scheduled(3, 3000, submission(talks_id(9), a, 3, 0)))
+            .await,
+        "UnknownTalks",
+        "an unknown talks",
+    );
+    refused(
+        store
+            .schedule(&scheduled(4, MAX_NUMBER + 1, submission(t, a, 4, 0)))
+            .await,
+        "Limit",
+        "a due time past 2^63",
+    );
+    assert_eq!(scheduled_count(store).await, 2, "refusals stored nothing");
+    ok(
+        store
+            .schedule(&scheduled(5, MAX_NUMBER, submission(t, a, 5, 0)))
+            .await,
+        "a due time of 2^63 - 1",
+    );
+    assert_eq!(scheduled_count(store).await, 3);
+    // Only item 1 is due: the one with the taken id was not stored over it.
+    let fired = fire(store, 2000, MAX_FIRE_BATCH).await;
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].id, scheduled_id(1));
+    let p = placed(&fired[0].outcome, "fired");
+    check_placement(
+        "fired",
+        &log_key().public_key(),
+        &submission(t, a, 1, 0),
+        &p,
+    );
+    assert_eq!(scheduled_count(store).await, 2);
+    ok(
+        store
+            .schedule(&scheduled(1, 3000, submission(t, a, 3, 0)))
+            .await,
+        "a fired item's id is free again",
+    );
+}
+
+/// `fire_due` fires only due items, earliest first (ties by id), as one
+/// receipt batch of the new envelopes, with node times from `now_ms`, and
+/// deletes them: a second call fires nothing.
+pub async fn fire_due_in_due_order<S: Store>(store: &S) {
+    let (t1, t2) = (open(store, 1).await, open(store, 2).await);
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let node_key = log_key().public_key();
+    // (item number, due, submission)
+    // Ids in another order than due times, so firing by id would show.
+    let items = [
+        (2, 3000, submission(t1, a, 1, 0)),
+        (7, 1000, submission(t2, b, 1, 0)),
+        (5, 2000, submission(t1, b, 2, 0)),
+        (4, 2000, submission(t1, a, 3, 0)),
+        (1, 9000, submission(t2, a, 4, 0)),
+    ];
+    for (n, due, sub) in &items {
+        ok(
+            store.schedule(&scheduled(*n, *due, sub.clone())).await,
+            "schedule",
+        );
+    }
+    assert_eq!(scheduled_count(store).await, 5);
+    assert_eq!(
+        fire(store, 999, MAX_FIRE_BATCH).await,
+        [],
+        "nothing due yet"
+    );
+    assert_eq!(ok(store.log_size(t1).await, "log_size"), 0);
+
+    let mut rx = store.subscribe();
+    let fired = fire(store, 2500, MAX_FIRE_BATCH).await;
+    let ids: Vec<[u8; 16]> = fired.iter().map(|f| f.id).collect();
+    assert_eq!(
+        ids,
+        [scheduled_id(7), scheduled_id(4), scheduled_id(5)],
+        "the due items, earliest first, ties by id"
+    );
+    let subs = [&items[1].2, &items[3].2, &items[2].2];
+    let mut roots = BTreeSet::new();
+    for (f, sub) in fired.iter().zip(subs) {
+        let p = placed(&f.outcome, "fired");
+        check_placement("fired", &node_key, sub, &p);
+        assert_eq!(p.node_time, 2500, "node time from now_ms");
+        let r = ok(Receipt::from_canonical_bytes(&p.receipt), "receipt");
+        assert_eq!(r.batch_size(), 3, "one batch of the new envelopes");
+        roots.insert(*r.batch_root());
+        let row = ok(store.read(sub.talks, p.seq, 1).await, "read");
+        assert_eq!(row, [expected_envelope(sub, &p)]);
+    }
+    assert_eq!(roots.len(), 1, "one signed batch per call");
+    let seqs: Vec<(TalksId, u64)> = fired
+        .iter()
+        .zip(subs)
+        .map(|(f, s)| (s.talks, placed(&f.outcome, "fired").seq))
+        .collect();
+    assert_eq!(seqs, [(t2, 0), (t1, 0), (t1, 1)], "seqs in firing order");
+    let mut heard = BTreeMap::new();
+    while let Ok(n) = rx.try_recv() {
+        heard.insert(n.talks, n.size);
+    }
+    assert_eq!(
+        heard,
+        BTreeMap::from([(t1, 2), (t2, 1)]),
+        "subscribers woken"
+    );
+    assert_eq!(scheduled_count(store).await, 2);
+    assert_eq!(
+        fire(store, 2500, MAX_FIRE_BATCH).await,
+        [],
+        "fired items are gone"
+    );
+
+    let fired = fire(store, 10_000, MAX_FIRE_BATCH).await;
+    let ids: Vec<[u8; 16]> = fired.iter().map(|f| f.id).collect();
+    assert_eq!(ids, [scheduled_id(2), scheduled_id(1)]);
+    assert_eq!(placed(&fired[0].outcome, "fired").seq, 2);
+    assert_eq!(placed(&fired[1].outcome, "fired").seq, 1);
+    assert_eq!(scheduled_count(store).await, 0);
+    assert_eq!(fire(store, MAX_NUMBER, MAX_FIRE_BATCH).await, []);
+    for t in [t1, t2] {
+        for (i, e) in read_all(store, t).await.iter().enumerate() {
+            assert_eq!(e.seq, i as u64, "dense seqs");
+        }
+    }
+    assert_eq!(read_all(store, t1).await.len(), 3);
+    assert_eq!(read_all(store, t2).await.len(), 2);
+    refused(
+        store.fire_due(MAX_NUMBER + 1, 1, &log_key()).await,
+        "Limit",
+        "a clock past 2^63",
+    );
+}
+
+/// `fire_due` claims at most `limit` items, and never more than
+/// [`MAX_FIRE_BATCH`]; a limit of 0 fires nothing.
+pub async fn fire_due_limits<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    let n = MAX_FIRE_BATCH as u16 + 3;
+    for k in 0..n {
+        ok(
+            store
+                .schedule(&scheduled(
+                    k,
+                    1000 + u64::from(k),
+                    submission(t, a, u32::from(k), 0),
+                ))
+                .await,
+            "schedule",
+        );
+    }
+    assert_eq!(fire(store, 5000, 0).await, [], "a limit of 0");
+    assert_eq!(scheduled_count(store).await, u64::from(n));
+    let first = fire(store, 5000, 2).await;
+    assert_eq!(
+        first.iter().map(|f| f.id).collect::<Vec<_>>(),
+        [scheduled_id(0), scheduled_id(1)]
+    );
+    let second = fire(store, 5000, usize::MAX).await;
+    assert_eq!(second.len(), MAX_FIRE_BATCH, "capped at MAX_FIRE_BATCH");
+    assert_eq!(second[0].id, scheduled_id(2));
+    let third = fire(store, 5000, usize::MAX).await;
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].id, scheduled_id(n - 1));
+    assert_eq!(scheduled_count(store).await, 0);
+    let stored = read_all(store, t).await;
+    assert_eq!(stored.len(), usize::from(n));
+    for (k, e) in stored.iter().enumerate() {
+        assert_eq!(e.seq, k as u64);
+        assert_eq!(
+            e.header,
+            submission(t, a, k as u32, 0).header,
+            "fired in due order"
+        );
+    }
+}
+
+/// `fire_due` sequences like `sequence`: a submission whose idempotency key
+/// already holds the same envelope gets the original placement (and one
+/// under another header a `Conflict`), two items of one call under one key
+/// get one placement, a refused gate is the item's outcome and writes
+/// nothing (no seq taken), a passing gate changes the room; each fired
+/// item is deleted whatever its outcome.
+pub async fn fire_due_sequences_like_sequence<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let node_key = log_key().public_key();
+    let (r, empty) = (mls_room(1), mls_room(2));
+    let original = submission(t, a, 1, 0);
+    let out = sequence(store, vec![original.clone()], 1000).await;
+    let p0 = placed(&out[0], "original");
+
+    let items = vec![
+        scheduled(1, 2000, original.clone()),
+        scheduled(2, 2001, submission(t, a, 1, 1)),
+        scheduled(3, 2002, gated(t, b, 3, empty, Gate::Epoch { epoch: 0 })),
+        scheduled(4, 2003, gated(t, b, 4, r, create_gate(1))),
+        scheduled(5, 2004, submission(t, a, 5, 0)),
+        scheduled(6, 2005, submission(t, a, 5, 0)),
+        scheduled(7, 2006, gated(t, b, 7, r, create_gate(2))),
+        scheduled(8, 2007, gated(t, b, 8, r, Gate::Epoch { epoch: 0 })),
+    ];
+    for item in &items {
+        ok(store.schedule(item).await, "schedule");
+    }
+    let fired = fire(store, 3000, MAX_FIRE_BATCH).await;
+    assert_eq!(
+        fired.iter().map(|f| f.id).collect::<Vec<_>>(),
+        items.iter().map(|i| i.id).collect::<Vec<_>>()
+    );
+    let outcomes: Vec<&Outcome> = fired.iter().map(|f| &f.outcome).collect();
+    assert_eq!(outcomes[0], &Outcome::Sequenced(p0.clone()), "a retry");
+    assert_eq!(outcomes[1], &Outcome::Conflict { seq: 0 }, "a conflict");
+    assert_eq!(outcomes[2], &Outcome::NoGroup, "a refused gate");
+    let p_create = placed(outcomes[3], "create");
+    assert_eq!(p_create.seq, 1, "refusals take no seq");
+    let p5 = placed(outcomes[4], "new");
+    assert_eq!(p5.seq, 2);
+    assert_eq!(
+        outcomes[5],
+        &Outcome::Sequenced(p5.clone()),
+        "a retry in the batch"
+    );
+    assert_eq!(
+        outcomes[6],
+        &Outcome::EpochTaken { seq: 1 },
+        "gates see the batch"
+    );
+    let p8 = placed(outcomes[7], "message");
+    assert_eq!(p8.seq, 3);
+    for (item, o) in items.iter().zip(&outcomes) {
+        if let Outcome::Sequenced(p) = o {
+            check_placement("fired", &node_key, &item.submission, p);
+        }
+    }
+    let r5 = ok(Receipt::from_canonical_bytes(&p5.receipt), "receipt");
+    assert_eq!(r5.batch_size(), 3, "the batch holds the new envelopes only");
+    let stored = read_all(store, t).await;
+    assert_eq!(stored.len(), 4, "nothing written for retries and refusals");
+    assert_eq!(stored[0], expected_envelope(&original, &p0));
+    assert_eq!(
+        stored[1],
+        expected_envelope(&items[3].submission, &p_create)
+    );
+    assert_eq!(stored[2], expected_envelope(&items[4].submission, &p5));
+    assert_eq!(stored[3], expected_envelope(&items[7].submission, &p8));
+    assert_eq!(
+        room_state_at(store, t, r).await,
+        Some(room_state_of(&room_update(1, 0), 0, 1)),
+        "the create's room state"
+    );
+    assert_eq!(room_state_at(store, t, empty).await, None);
+    assert_eq!(
+        scheduled_count(store).await,
+        0,
+        "every fired item is deleted"
+    );
+    assert_eq!(fire(store, 3000, MAX_FIRE_BATCH).await, []);
+
+    // A batch of refusals and retries only still deletes its items.
+    let mut rx = store.subscribe();
+    ok(
+        store.schedule(&scheduled(10, 4000, original.clone())).await,
+        "schedule",
+    );
+    ok(
+        store
+            .schedule(&scheduled(
+                11,
+                4000,
+                gated(t, b, 11, empty, Gate::Epoch { epoch: 0 }),
+            ))
+            .await,
+        "schedule",
+    );
+    let fired = fire(store, 5000, MAX_FIRE_BATCH).await;
+    assert_eq!(
+        fired,
+        [
+            Fired {
+                id: scheduled_id(10),
+                outcome: Outcome::Sequenced(p0),
+            },
+            Fired {
+                id: scheduled_id(11),
+                outcome: Outcome::NoGroup,
+            },
+        ]
+    );
+    assert_eq!(scheduled_count(store).await, 0);
+    assert_eq!(read_all(store, t).await, stored, "nothing new stored");
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "nobody woken");
 }
 
 #[cfg(test)]

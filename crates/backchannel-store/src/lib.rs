@@ -9,7 +9,7 @@
 //! PostgreSQL backend in `backchannel-store-postgres`, the in-memory
 //! backend with a crash model in [`memory`]).
 //!
-//! # Contract (storage version 3)
+//! # Contract (storage version 4)
 //!
 //! - **Durability.** A method that returns `Ok` has made its writes
 //!   durable (fsync or the backend's equivalent). [`Store::sequence`]
@@ -90,7 +90,7 @@ use tokio::sync::broadcast;
 
 /// The version of this contract. Backends record the schema version they
 /// migrated to; a node refuses a database whose version it does not know.
-pub const STORAGE_VERSION: u32 = 3;
+pub const STORAGE_VERSION: u32 = 4;
 
 /// How many envelopes one call to [`Store::sequence`] may hold: the receipt
 /// batch limit of the log format.
@@ -160,6 +160,10 @@ pub enum StoreError {
     /// A party's blob quota would be exceeded; nothing was written.
     #[error("the party's blob quota would be exceeded")]
     Quota,
+    /// A fenced write ([`Fence`]) whose lease has moved to a later epoch:
+    /// another node holds the role now; nothing was written.
+    #[error("the lease moved to another holder; nothing was written")]
+    Fenced,
     /// Any other backend error.
     #[error("storage backend error: {0}")]
     Backend(String),
@@ -773,6 +777,239 @@ pub fn check_blob_chunk(size: u64, index: u64, len: usize) -> Result<(), StoreEr
     }
 }
 
+/// A role only one node may play at a time, held as a [`Lease`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeaseName {
+    /// The log integrator: the one node that integrates every talks' log
+    /// and signs its checkpoints.
+    Integrator,
+}
+
+impl LeaseName {
+    /// The name stored in the lease row.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Integrator => "integrator",
+        }
+    }
+}
+
+/// Who holds a [`LeaseName`], under which epoch, until when.
+///
+/// The epoch rises by one each time the lease changes hands (and never
+/// otherwise), so it is a fencing token: a write made under a lease names
+/// its epoch ([`Fence`]) and the store refuses it once the epoch moved on,
+/// however long its writer was paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The fencing token (1 for the first holder; 0 only for a lease never
+    /// taken, whose holder is all zeroes).
+    pub epoch: u64,
+    /// The holder's instance id (random per node process).
+    pub holder: [u8; 16],
+    /// When it expires unless renewed (the holder's clock, Unix ms).
+    pub expires_ms: u64,
+}
+
+/// The lease a fenced write is made under: the write happens only if the
+/// lease `name` still has epoch `epoch` when its transaction runs
+/// ([`StoreError::Fenced`] otherwise, and nothing is written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease.
+    pub name: LeaseName,
+    /// The epoch the writer holds it under.
+    pub epoch: u64,
+}
+
+/// An envelope to be sequenced when it falls due (a timer): a
+/// [`Submission`] the node validated when it was scheduled, and the time at
+/// or after which it is sequenced. Whichever node finds it due first claims
+/// it and sequences it in one transaction ([`Store::fire_due`]), so it is
+/// sequenced once however many nodes are alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledRecord {
+    /// Its id (unique in the store; chosen by the scheduler).
+    pub id: [u8; 16],
+    /// When it falls due (node clock, Unix ms; at most [`MAX_NUMBER`]).
+    pub due_ms: u64,
+    /// What is sequenced. Its talks must exist.
+    pub submission: Submission,
+}
+
+/// A scheduled item that [`Store::fire_due`] claimed, with the outcome of
+/// sequencing its submission (an [`Outcome::Sequenced`] placement, or the
+/// refusal its gate or idempotency key met then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    /// The item's id.
+    pub id: [u8; 16],
+    /// Its outcome.
+    pub outcome: Outcome,
+}
+
+/// How many scheduled items may wait in a store at once
+/// ([`Store::schedule`] refuses more with `Limit`).
+pub const MAX_SCHEDULED: usize = 100_000;
+
+/// How many due items one [`Store::fire_due`] call claims at most (one
+/// sequencing transaction).
+pub const MAX_FIRE_BATCH: usize = 256;
+
+/// The lease rule of [`Store::acquire_lease`] every backend applies to
+/// the lease as stored (`None`: never taken): the lease to write, or
+/// `None` to leave it as it is (another holder's unexpired lease).
+/// `holder` holds the lease iff it is the stored holder of an epoch above
+/// 0. `Limit` if `now_ms + ttl_ms` passes [`MAX_NUMBER`], or the epoch
+/// would.
+pub fn next_lease(
+    current: Option<Lease>,
+    holder: [u8; 16],
+    now_ms: u64,
+    ttl_ms: u64,
+) -> Result<Option<Lease>, StoreError> {
+    let expires_ms = now_ms
+        .checked_add(ttl_ms)
+        .filter(|&e| e <= MAX_NUMBER)
+        .ok_or(StoreError::Limit(
+            "acquire_lease: now_ms + ttl_ms must be below 2^63",
+        ))?;
+    match current {
+        Some(l) if l.epoch > 0 && l.holder == holder => Ok(Some(Lease { expires_ms, ..l })),
+        Some(l) if l.epoch > 0 && l.expires_ms > now_ms => Ok(None),
+        _ => {
+            let epoch = current
+                .map_or(0, |l| l.epoch)
+                .checked_add(1)
+                .filter(|&e| e <= MAX_NUMBER)
+                .ok_or(StoreError::Limit("acquire_lease: the epoch is exhausted"))?;
+            Ok(Some(Lease {
+                epoch,
+                holder,
+                expires_ms,
+            }))
+        }
+    }
+}
+
+/// The fence check of [`Store::integrate`], given the lease's stored epoch
+/// (`None`: never taken): `Fenced` unless it is the fence's. Epoch 0 is
+/// never held, so a fence under it is always refused.
+pub fn check_fence(fence: Fence, stored_epoch: Option<u64>) -> Result<(), StoreError> {
+    match stored_epoch {
+        Some(e) if e > 0 && e == fence.epoch => Ok(()),
+        _ => Err(StoreError::Fenced),
+    }
+}
+
+/// The argument check every backend makes in [`Store::schedule`] before
+/// reading anything: `due_ms` fits 63 bits (`Limit` otherwise).
+pub fn check_scheduled(item: &ScheduledRecord) -> Result<(), StoreError> {
+    if item.due_ms > MAX_NUMBER {
+        return Err(StoreError::Limit("schedule: due_ms must be below 2^63"));
+    }
+    Ok(())
+}
+
+/// A submission's [`Gate`] as flat columns: how the database backends
+/// store the gate of a [`ScheduledRecord`] (all `None` for no gate).
+/// `kind` is 1 for a Create, 2 a Commit, 3 an Epoch gate, 4 a Welcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GateColumns {
+    /// The gate's kind (`None`: no gate).
+    pub kind: Option<u8>,
+    /// A Commit's or Epoch gate's epoch, a Welcome's commit epoch.
+    pub epoch: Option<u64>,
+    /// A Create's or Commit's new public group state.
+    pub public_group: Option<Vec<u8>>,
+    /// A Create's or Commit's new GroupInfo.
+    pub group_info: Option<Vec<u8>>,
+    /// A Welcome's commit header hash.
+    pub commit: Option<Digest>,
+    /// A Welcome's audience.
+    pub to: Option<Vec<KeyId>>,
+}
+
+impl GateColumns {
+    /// The columns of `gate`.
+    pub fn of(gate: Option<&Gate>) -> Self {
+        let update = |kind, epoch, state: &RoomStateUpdate| Self {
+            kind: Some(kind),
+            epoch,
+            public_group: Some(state.public_group.clone()),
+            group_info: Some(state.group_info.clone()),
+            ..Self::default()
+        };
+        match gate {
+            None => Self::default(),
+            Some(Gate::Create { state }) => update(1, None, state),
+            Some(Gate::Commit { epoch, state }) => update(2, Some(*epoch), state),
+            Some(Gate::Epoch { epoch }) => Self {
+                kind: Some(3),
+                epoch: Some(*epoch),
+                ..Self::default()
+            },
+            Some(Gate::Welcome {
+                commit_epoch,
+                commit,
+                to,
+            }) => Self {
+                kind: Some(4),
+                epoch: Some(*commit_epoch),
+                commit: Some(*commit),
+                to: Some(to.clone()),
+                ..Self::default()
+            },
+        }
+    }
+
+    /// The gate these columns hold: `Corrupt` if they hold none
+    /// consistently.
+    pub fn into_gate(self) -> Result<Option<Gate>, StoreError> {
+        let corrupt = || StoreError::Corrupt("a scheduled gate's columns disagree".into());
+        let Self {
+            kind,
+            epoch,
+            public_group,
+            group_info,
+            commit,
+            to,
+        } = self;
+        let state = |public_group: Option<Vec<u8>>, group_info: Option<Vec<u8>>| {
+            Some(RoomStateUpdate {
+                public_group: public_group?,
+                group_info: group_info?,
+            })
+        };
+        let gate = match (kind, epoch, commit, to) {
+            (None, None, None, None) if public_group.is_none() && group_info.is_none() => None,
+            (Some(1), None, None, None) => Some(Gate::Create {
+                state: state(public_group, group_info).ok_or_else(corrupt)?,
+            }),
+            (Some(2), Some(epoch), None, None) => Some(Gate::Commit {
+                epoch,
+                state: state(public_group, group_info).ok_or_else(corrupt)?,
+            }),
+            (Some(3), Some(epoch), None, None)
+                if public_group.is_none() && group_info.is_none() =>
+            {
+                Some(Gate::Epoch { epoch })
+            }
+            (Some(4), Some(commit_epoch), Some(commit), Some(to))
+                if public_group.is_none() && group_info.is_none() =>
+            {
+                Some(Gate::Welcome {
+                    commit_epoch,
+                    commit,
+                    to,
+                })
+            }
+            _ => return Err(corrupt()),
+        };
+        Ok(gate)
+    }
+}
+
 /// The node's storage (contract version [`STORAGE_VERSION`]).
 pub trait Store: Send + Sync + 'static {
     /// Opens a talks with its initial access list (whose version is 0).
@@ -884,6 +1121,14 @@ pub trait Store: Send + Sync + 'static {
     /// `Limit`, so a checkpoint and its gathered cosignatures are never
     /// replaced. Malformed arguments (`to` beyond the log, a checkpoint of
     /// another size, other hashes than those `[from, to)` add) are `Limit`.
+    ///
+    /// With a `fence`, the transaction also checks that the lease still
+    /// has the fence's epoch (reading the lease row so that a concurrent
+    /// [`Store::acquire_lease`] that moves it waits for this transaction,
+    /// or this one sees the new epoch): `Fenced` otherwise, and nothing is
+    /// written. The epoch is stored with the checkpoint. Without one (a
+    /// talks' first checkpoint, the same bytes whoever signs it) nothing
+    /// is checked.
     fn integrate(
         &self,
         talks: TalksId,
@@ -891,6 +1136,7 @@ pub trait Store: Send + Sync + 'static {
         to: u64,
         hashes: &[(u64, Digest)],
         checkpoint: &CheckpointRecord,
+        fence: Option<Fence>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The latest checkpoint, with its gathered cosignatures.
@@ -1041,6 +1287,60 @@ pub trait Store: Send + Sync + 'static {
         talks: TalksId,
         room: RoomId,
     ) -> impl Future<Output = Result<Option<RoomState>, StoreError>> + Send;
+
+    /// Takes or renews the lease `name` for `holder`, in one transaction:
+    /// if `holder` holds it (expired or not: nobody took it since), its
+    /// expiry becomes `now_ms + ttl_ms` and its epoch stays; if nobody
+    /// holds it or its expiry is `<= now_ms`, `holder` takes it under the
+    /// next epoch with that expiry; otherwise nothing changes. Returns the
+    /// lease as it stands after the call — the caller holds it iff its
+    /// `holder` is `holder`. `now_ms + ttl_ms` must not pass
+    /// [`MAX_NUMBER`] (`Limit`).
+    fn acquire_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+
+    /// Gives the lease up (on a clean shutdown) so another node can take
+    /// it at once: if `holder` holds it under `epoch`, its expiry becomes
+    /// 0 (the epoch stays; the next taker gets the next one). Returns
+    /// whether it did.
+    fn release_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        epoch: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Stores an item to be sequenced when due. `Exists` if its id is
+    /// taken (by a waiting item), `UnknownTalks` if its submission's talks
+    /// does not exist, `Limit` past [`MAX_SCHEDULED`] waiting items or a
+    /// `due_ms` past [`MAX_NUMBER`].
+    fn schedule(
+        &self,
+        item: &ScheduledRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Claims up to `limit` (capped at [`MAX_FIRE_BATCH`]) items with
+    /// `due_ms <= now_ms`, earliest first, and sequences their submissions
+    /// in one transaction with the claim, exactly as [`Store::sequence`]
+    /// would (timestamps from `now_ms`, one receipt batch signed by
+    /// `log_key`), and deletes them. An item another caller is claiming at
+    /// the same moment is skipped, not waited for (`FOR UPDATE SKIP
+    /// LOCKED`), so concurrent callers on any number of nodes fire each
+    /// item once. Returns what was fired (empty when nothing is due).
+    fn fire_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        log_key: &(dyn Signer + Sync),
+    ) -> impl Future<Output = Result<Vec<Fired>, StoreError>> + Send;
+
+    /// How many scheduled items wait (due or not).
+    fn scheduled_count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Stores key packages of `device` in one transaction. A package whose
     /// reference the device already has (or that an earlier package of the

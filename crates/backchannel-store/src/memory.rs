@@ -32,6 +32,16 @@
 //! claim_key_package        read → write claim counter → delete expired key
 //!                          packages (if any) → delete key package (an
 //!                          ordinary one claimed) → sync → acknowledge
+//! acquire_lease            read → write lease → sync → acknowledge
+//!                          (another's unexpired lease: read only)
+//! release_lease            read → write lease → sync → acknowledge
+//!                          (not the holder: read only)
+//! schedule                 read → write scheduled → sync → acknowledge
+//! fire_due                 read → reserve → sign → write envelope (one per new
+//!                          envelope) → write room state (as in sequence) →
+//!                          delete scheduled → sync → notify → acknowledge
+//!                          (nothing new: read → reserve → delete scheduled →
+//!                          sync → acknowledge; nothing due: read only)
 //! every read-only method   read
 //! ```
 //!
@@ -59,11 +69,12 @@ use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
 use tokio::sync::broadcast;
 
 use crate::{
-    AccessListRecord, Appended, BlobRecord, CheckpointRecord, Gate, InvitationRecord,
-    KeyPackageRecord, MAX_INVITATIONS, MAX_KEY_PACKAGES_PER_DEVICE, MAX_NUMBER,
-    MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome,
-    PendingChange, Placement, Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, Store,
-    StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+    AccessListRecord, Appended, BlobRecord, CheckpointRecord, Fence, Fired, Gate, InvitationRecord,
+    KeyPackageRecord, Lease, LeaseName, MAX_FIRE_BATCH, MAX_INVITATIONS,
+    MAX_KEY_PACKAGES_PER_DEVICE, MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES,
+    MAX_SCHEDULED, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange, Placement,
+    Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, ScheduledRecord, Store, StoreError,
+    StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 
 /// The message of the error every call returns while the store is down.
@@ -124,6 +135,13 @@ impl MemoryStore {
         self.lock().crash_at = None;
     }
 
+    /// The lease `name` as durably stored (`None`: never taken), read
+    /// behind the contract's back for tests (the contract has no read of a
+    /// lease that cannot take it): runs no step, and works while down.
+    pub fn lease(&self, name: LeaseName) -> Option<Lease> {
+        self.lock().durable.leases.get(name.as_str()).copied()
+    }
+
     /// Where the store crashed, while it is down (`None` while it runs).
     pub fn crashed(&self) -> Option<CrashPoint> {
         self.lock().down
@@ -164,13 +182,23 @@ impl MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     /// What survives a crash.
-    durable: BTreeMap<TalksId, Log>,
+    durable: Durable,
     /// Steps run so far.
     steps: u64,
     /// The global step index at which to crash.
     crash_at: Option<u64>,
     /// Set while the store is down.
     down: Option<CrashPoint>,
+}
+
+/// Everything that survives a crash.
+#[derive(Debug, Default)]
+struct Durable {
+    talks: BTreeMap<TalksId, Log>,
+    /// Leases by [`LeaseName::as_str`] (a lease never taken has no entry).
+    leases: BTreeMap<&'static str, Lease>,
+    /// Scheduled items waiting, by id.
+    scheduled: BTreeMap<[u8; 16], ScheduledRecord>,
 }
 
 /// One talks as stored. `BTreeMap`s rather than `HashMap`s: a `HashMap`
@@ -187,6 +215,9 @@ struct Log {
     /// Stored tree hashes by `tlog_tiles` stored-hash index.
     hashes: BTreeMap<u64, Digest>,
     checkpoint: Option<CheckpointRecord>,
+    /// The lease epoch the latest checkpoint was integrated under (`None`:
+    /// unfenced).
+    lease_epoch: Option<u64>,
     /// Invitations by token hash.
     invitations: BTreeMap<Digest, InvitationRecord>,
     /// Pending access-list changes (canonical bytes) by delta hash.
@@ -253,7 +284,14 @@ enum Write {
     PurgeBody(TalksId, u64),
     TreeHash(TalksId, u64, Digest),
     Checkpoint(TalksId, CheckpointRecord),
-    Integrated(TalksId, u64),
+    /// The integrated size, and the lease epoch of its checkpoint.
+    Integrated(TalksId, u64, Option<u64>),
+    /// A lease as it stands after an acquire or a release.
+    Lease(&'static str, Lease),
+    /// Stores a scheduled item.
+    Scheduled(Box<ScheduledRecord>),
+    /// Deletes scheduled items (fired) by id.
+    Unschedule(Vec<[u8; 16]>),
     /// Stores an invitation, or replaces it (its redemption).
     Invitation(TalksId, Box<InvitationRecord>),
     /// Drops every pending change of the talks.
@@ -318,7 +356,7 @@ impl Txn<'_> {
     }
 
     fn log(&self, talks: TalksId) -> Option<&Log> {
-        self.inner.durable.get(&talks)
+        self.inner.durable.talks.get(&talks)
     }
 }
 
@@ -326,7 +364,8 @@ impl Txn<'_> {
 /// since it read the state the write depends on, so the talks exists and a
 /// new envelope's seq is the log's next; a write that breaks this is a bug
 /// here and is dropped rather than corrupting the log.
-fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
+fn apply(d: &mut Durable, w: Write) {
+    let durable = &mut d.talks;
     match w {
         Write::Talks(record, access) => {
             durable.entry(record.talks).or_insert(Log {
@@ -337,6 +376,7 @@ fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
                 integrated: 0,
                 hashes: BTreeMap::new(),
                 checkpoint: None,
+                lease_epoch: None,
                 invitations: BTreeMap::new(),
                 pending: BTreeMap::new(),
                 blobs: BTreeMap::new(),
@@ -377,9 +417,21 @@ fn apply(durable: &mut BTreeMap<TalksId, Log>, w: Write) {
                 log.checkpoint = Some(checkpoint);
             }
         }
-        Write::Integrated(talks, size) => {
+        Write::Integrated(talks, size, epoch) => {
             if let Some(log) = durable.get_mut(&talks) {
                 log.integrated = size;
+                log.lease_epoch = epoch;
+            }
+        }
+        Write::Lease(name, lease) => {
+            d.leases.insert(name, lease);
+        }
+        Write::Scheduled(item) => {
+            d.scheduled.insert(item.id, *item);
+        }
+        Write::Unschedule(ids) => {
+            for id in &ids {
+                d.scheduled.remove(id);
             }
         }
         Write::Invitation(talks, invitation) => {
@@ -521,79 +573,20 @@ enum Planned {
     ConflictNew(usize),
 }
 
-impl Store for MemoryStore {
-    async fn create_talks(
+impl MemoryStore {
+    /// The sequencing of [`Store::sequence`] and [`Store::fire_due`], from
+    /// the `reserve` step to `acknowledge`, inside the caller's operation
+    /// (which ran `read` and checked the arguments). `claimed` (fired
+    /// items to delete) is written before the sync, in the same
+    /// all-or-nothing step sequence as the envelopes.
+    fn sequence_in(
         &self,
-        talks: &TalksRecord,
-        access_list: &AccessListRecord,
-    ) -> Result<(), StoreError> {
-        let mut txn = self.begin("create_talks")?;
-        txn.step("read")?;
-        if talks.created_at > MAX_NUMBER || access_list.version != 0 {
-            return Err(StoreError::Limit(
-                "created_at must be below 2^63 and the first access list is version 0",
-            ));
-        }
-        if txn.log(talks.talks).is_some() {
-            return Err(StoreError::TalksExists);
-        }
-        txn.write(
-            "write talks",
-            Write::Talks(talks.clone(), access_list.clone()),
-        )?;
-        txn.sync()?;
-        txn.step("acknowledge")
-    }
-
-    async fn talks(&self, talks: TalksId) -> Result<Option<TalksRecord>, StoreError> {
-        let mut txn = self.begin("talks")?;
-        txn.step("read")?;
-        Ok(txn.log(talks).map(|l| l.record.clone()))
-    }
-
-    async fn access_list(&self, talks: TalksId) -> Result<Option<AccessListRecord>, StoreError> {
-        let mut txn = self.begin("access_list")?;
-        txn.step("read")?;
-        Ok(txn.log(talks).map(|l| l.access.clone()))
-    }
-
-    async fn replace_access_list(
-        &self,
-        talks: TalksId,
-        expected: Digest,
-        next: &AccessListRecord,
-    ) -> Result<(), StoreError> {
-        let mut txn = self.begin("replace_access_list")?;
-        txn.step("read")?;
-        let current = &txn.log(talks).ok_or(StoreError::UnknownTalks)?.access;
-        check_access_list_swap(current, expected, next)?;
-        txn.write("write access list", Write::AccessList(talks, next.clone()))?;
-        // Every pending change applied to the list just replaced.
-        txn.write("drop pending changes", Write::DropPending(talks))?;
-        txn.sync()?;
-        txn.step("acknowledge")
-    }
-
-    async fn sequence(
-        &self,
+        txn: &mut Txn<'_>,
         batch: Vec<Submission>,
         clock_ms: u64,
         log_key: &(dyn Signer + Sync),
+        claimed: Option<Write>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let mut txn = self.begin("sequence")?;
-        txn.step("read")?;
-        if batch.len() > MAX_SEQUENCE_BATCH {
-            return Err(StoreError::Limit(
-                "a sequence batch holds at most MAX_SEQUENCE_BATCH envelopes",
-            ));
-        }
-        if clock_ms > MAX_NUMBER {
-            return Err(StoreError::Limit("timestamps are below 2^63"));
-        }
-        if batch.iter().any(|s| txn.log(s.talks).is_none()) {
-            return Err(StoreError::UnknownTalks);
-        }
-
         txn.step("reserve")?;
         // Per talks: (next seq, node time of this batch's new envelopes).
         let mut heads: BTreeMap<TalksId, (u64, u64)> = BTreeMap::new();
@@ -728,12 +721,20 @@ impl Store for MemoryStore {
             for w in room_writes {
                 txn.write("write room state", w)?;
             }
+            if let Some(w) = claimed {
+                txn.write("delete scheduled", w)?;
+            }
             txn.sync()?;
             txn.step("notify")?;
             for (&talks, &(size, _)) in &heads {
                 // No receiver is not an error: nobody is listening.
                 let _ = self.appended.send(Appended { talks, size });
             }
+        } else if let Some(w) = claimed {
+            // Nothing new (retries and refusals only): the claimed items
+            // are deleted all the same, durably.
+            txn.write("delete scheduled", w)?;
+            txn.sync()?;
         }
         txn.step("acknowledge")?;
         Ok(plan
@@ -746,6 +747,83 @@ impl Store for MemoryStore {
                 },
             })
             .collect())
+    }
+}
+
+impl Store for MemoryStore {
+    async fn create_talks(
+        &self,
+        talks: &TalksRecord,
+        access_list: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("create_talks")?;
+        txn.step("read")?;
+        if talks.created_at > MAX_NUMBER || access_list.version != 0 {
+            return Err(StoreError::Limit(
+                "created_at must be below 2^63 and the first access list is version 0",
+            ));
+        }
+        if txn.log(talks.talks).is_some() {
+            return Err(StoreError::TalksExists);
+        }
+        txn.write(
+            "write talks",
+            Write::Talks(talks.clone(), access_list.clone()),
+        )?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn talks(&self, talks: TalksId) -> Result<Option<TalksRecord>, StoreError> {
+        let mut txn = self.begin("talks")?;
+        txn.step("read")?;
+        Ok(txn.log(talks).map(|l| l.record.clone()))
+    }
+
+    async fn access_list(&self, talks: TalksId) -> Result<Option<AccessListRecord>, StoreError> {
+        let mut txn = self.begin("access_list")?;
+        txn.step("read")?;
+        Ok(txn.log(talks).map(|l| l.access.clone()))
+    }
+
+    async fn replace_access_list(
+        &self,
+        talks: TalksId,
+        expected: Digest,
+        next: &AccessListRecord,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.begin("replace_access_list")?;
+        txn.step("read")?;
+        let current = &txn.log(talks).ok_or(StoreError::UnknownTalks)?.access;
+        check_access_list_swap(current, expected, next)?;
+        txn.write("write access list", Write::AccessList(talks, next.clone()))?;
+        // Every pending change applied to the list just replaced.
+        txn.write("drop pending changes", Write::DropPending(talks))?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn sequence(
+        &self,
+        batch: Vec<Submission>,
+        clock_ms: u64,
+        log_key: &(dyn Signer + Sync),
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut txn = self.begin("sequence")?;
+        txn.step("read")?;
+        if batch.len() > MAX_SEQUENCE_BATCH {
+            return Err(StoreError::Limit(
+                "a sequence batch holds at most MAX_SEQUENCE_BATCH envelopes",
+            ));
+        }
+        if clock_ms > MAX_NUMBER {
+            return Err(StoreError::Limit("timestamps are below 2^63"));
+        }
+        if batch.iter().any(|s| txn.log(s.talks).is_none()) {
+            return Err(StoreError::UnknownTalks);
+        }
+
+        self.sequence_in(&mut txn, batch, clock_ms, log_key, None)
     }
 
     async fn log_size(&self, talks: TalksId) -> Result<u64, StoreError> {
@@ -827,9 +905,15 @@ impl Store for MemoryStore {
         to: u64,
         hashes: &[(u64, Digest)],
         checkpoint: &CheckpointRecord,
+        fence: Option<Fence>,
     ) -> Result<(), StoreError> {
         let mut txn = self.begin("integrate")?;
         txn.step("read")?;
+        // The lease first, as the database backends lock it first.
+        if let Some(fence) = fence {
+            let stored = txn.inner.durable.leases.get(fence.name.as_str());
+            crate::check_fence(fence, stored.map(|l| l.epoch))?;
+        }
         let log = txn.log(talks).ok_or(StoreError::UnknownTalks)?;
         if log.integrated != from {
             return Err(StoreError::Stale);
@@ -853,7 +937,10 @@ impl Store for MemoryStore {
             "write checkpoint",
             Write::Checkpoint(talks, checkpoint.clone()),
         )?;
-        txn.write("write integrated size", Write::Integrated(talks, to))?;
+        txn.write(
+            "write integrated size",
+            Write::Integrated(talks, to, fence.map(|f| f.epoch)),
+        )?;
         txn.sync()?;
         txn.step("acknowledge")
     }
@@ -902,6 +989,7 @@ impl Store for MemoryStore {
         Ok(txn
             .inner
             .durable
+            .talks
             .iter()
             .filter(|(_, log)| log.integrated < log.rows.len() as u64)
             .map(|(&talks, _)| talks)
@@ -1171,6 +1259,130 @@ impl Store for MemoryStore {
             .log(talks)
             .and_then(|l| l.rooms.get(&room))
             .map(|r| r.state.clone()))
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        let mut txn = self.begin("acquire_lease")?;
+        txn.step("read")?;
+        let current = txn.inner.durable.leases.get(name.as_str()).copied();
+        let Some(next) = crate::next_lease(current, holder, now_ms, ttl_ms)? else {
+            // Another holder's unexpired lease: it stands.
+            return Ok(current.unwrap_or(Lease {
+                epoch: 0,
+                holder: [0; 16],
+                expires_ms: 0,
+            }));
+        };
+        txn.write("write lease", Write::Lease(name.as_str(), next))?;
+        txn.sync()?;
+        txn.step("acknowledge")?;
+        Ok(next)
+    }
+
+    async fn release_lease(
+        &self,
+        name: LeaseName,
+        holder: [u8; 16],
+        epoch: u64,
+    ) -> Result<bool, StoreError> {
+        let mut txn = self.begin("release_lease")?;
+        txn.step("read")?;
+        let Some(current) = txn
+            .inner
+            .durable
+            .leases
+            .get(name.as_str())
+            .copied()
+            .filter(|l| l.epoch > 0 && l.epoch == epoch && l.holder == holder)
+        else {
+            return Ok(false);
+        };
+        txn.write(
+            "write lease",
+            Write::Lease(
+                name.as_str(),
+                Lease {
+                    expires_ms: 0,
+                    ..current
+                },
+            ),
+        )?;
+        txn.sync()?;
+        txn.step("acknowledge")?;
+        Ok(true)
+    }
+
+    async fn schedule(&self, item: &ScheduledRecord) -> Result<(), StoreError> {
+        let mut txn = self.begin("schedule")?;
+        txn.step("read")?;
+        crate::check_scheduled(item)?;
+        if txn.log(item.submission.talks).is_none() {
+            return Err(StoreError::UnknownTalks);
+        }
+        let scheduled = &txn.inner.durable.scheduled;
+        if scheduled.contains_key(&item.id) {
+            return Err(StoreError::Exists);
+        }
+        if scheduled.len() >= MAX_SCHEDULED {
+            return Err(StoreError::Limit(
+                "a store holds at most MAX_SCHEDULED scheduled items",
+            ));
+        }
+        txn.write("write scheduled", Write::Scheduled(Box::new(item.clone())))?;
+        txn.sync()?;
+        txn.step("acknowledge")
+    }
+
+    async fn fire_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        log_key: &(dyn Signer + Sync),
+    ) -> Result<Vec<Fired>, StoreError> {
+        let mut txn = self.begin("fire_due")?;
+        txn.step("read")?;
+        if now_ms > MAX_NUMBER {
+            return Err(StoreError::Limit("timestamps are below 2^63"));
+        }
+        let mut due: Vec<&ScheduledRecord> = txn
+            .inner
+            .durable
+            .scheduled
+            .values()
+            .filter(|s| s.due_ms <= now_ms)
+            .collect();
+        // Earliest first, ties by id (the order the database backends use).
+        due.sort_by_key(|s| (s.due_ms, s.id));
+        due.truncate(limit.min(MAX_FIRE_BATCH));
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<[u8; 16]> = due.iter().map(|s| s.id).collect();
+        let batch: Vec<Submission> = due.iter().map(|s| s.submission.clone()).collect();
+        let outcomes = self.sequence_in(
+            &mut txn,
+            batch,
+            now_ms,
+            log_key,
+            Some(Write::Unschedule(ids.clone())),
+        )?;
+        Ok(ids
+            .into_iter()
+            .zip(outcomes)
+            .map(|(id, outcome)| Fired { id, outcome })
+            .collect())
+    }
+
+    async fn scheduled_count(&self) -> Result<u64, StoreError> {
+        let mut txn = self.begin("scheduled_count")?;
+        txn.step("read")?;
+        Ok(txn.inner.durable.scheduled.len() as u64)
     }
 
     async fn put_key_packages(
