@@ -78,13 +78,13 @@ pub const TILE_WIDTH: u64 = 1 << TILE_HEIGHT;
 pub const MAX_VERIFIED_ROOTS: usize = 4096;
 
 /// How long after a receipt's batch timestamp the receipted envelope must
-/// be below a verified checkpoint. The node integrates and signs a
-/// checkpoint every second (`checkpoint_interval`, docs/api.md); the rest is
-/// room for clock skew between the node (which stamps the batch) and the
-/// client (which supplies `now_ms`) and for a slow fetch. Past it, an
-/// acknowledged envelope still missing from the log is evidence
-/// ([`NotMerged`]).
-pub const MAX_MERGE_DELAY_MS: u64 = 5_000;
+/// be below a verified checkpoint (the log format's maximum merge delay,
+/// [`backchannel_tlog::MAX_MERGE_DELAY_MS`], whose docs break the budget
+/// down: checkpoints every second, an integrator failover, the rest room
+/// for clock skew between the node, which stamps the batch, and the client,
+/// which supplies `now_ms`, and for a slow fetch). Past it, an acknowledged
+/// envelope still missing from the log is evidence ([`NotMerged`]).
+pub const MAX_MERGE_DELAY_MS: u64 = backchannel_tlog::MAX_MERGE_DELAY_MS;
 
 /// The most receipts a [`Pending`] set holds: a client's own envelopes that
 /// are sequenced but not yet below a verified checkpoint. Merges take about

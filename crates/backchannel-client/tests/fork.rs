@@ -104,6 +104,7 @@ async fn start(t0: u64) -> (TestNode, TalksId) {
             creators: vec![key(CREATOR).public_key()],
             limits,
             clock: Arc::new(ManualClock(AtomicU64::new(t0))),
+            instance: [0xf0; 16],
         },
     );
     let node = TestNode {

@@ -71,6 +71,12 @@ struct TestNode {
     t0: u64,
 }
 
+/// A new node instance id (nodes of one test may share a store).
+fn instance() -> [u8; 16] {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+    [NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed); 16]
+}
+
 /// Starts a node over `store` on `addr` (port 0: any), its clock at `t0`.
 async fn start_on(store: Arc<MemoryStore>, addr: SocketAddr, limits: Limits, t0: u64) -> TestNode {
     let node = Node::new(
@@ -81,6 +87,7 @@ async fn start_on(store: Arc<MemoryStore>, addr: SocketAddr, limits: Limits, t0:
             creators: vec![key(CREATOR).public_key()],
             limits,
             clock: Arc::new(ManualClock(AtomicU64::new(t0))),
+            instance: instance(),
         },
     );
     let served = serve_tls(node, &key(NODE_TLS), addr).await.unwrap();

@@ -60,6 +60,7 @@ async fn start_with(store: Arc<MemoryStore>, list: &AccessList) -> Served {
             creators: vec![key(OMAN_LEAD_DEVICE).public_key()],
             limits: test_limits(),
             clock: Arc::new(ManualClock(AtomicU64::new(now_ms()))),
+            instance: [0xf1; 16],
         },
     );
     let served = serve_tls(node, &key(0x52), "127.0.0.1:0".parse().unwrap())

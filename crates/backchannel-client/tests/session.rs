@@ -82,6 +82,7 @@ async fn start<S: Store>(store: S, t0: u64) -> TestNode {
             creators: vec![key(CREATOR).public_key()],
             limits: test_limits(),
             clock: Arc::new(ManualClock(AtomicU64::new(t0))),
+            instance: [0xf3; 16],
         },
     );
     let served = serve_tls(node, &key(NODE_TLS), "127.0.0.1:0".parse().unwrap())

@@ -299,6 +299,8 @@ impl<S: Store> Node<S> {
             queued: self.sequencer.queued(),
             streams: self.streams.total(),
             lag,
+            lease_epoch: self.lease.epoch(),
+            fenced: self.lease.fenced(),
         };
         self.metrics.render(&gauges)
     }
@@ -339,6 +341,10 @@ struct Gauges {
     streams: usize,
     /// `None`: the database did not answer in time.
     lag: Option<Lag>,
+    /// The integrator lease's epoch this node holds it under, or 0.
+    lease_epoch: u64,
+    /// Integrations the store refused as fenced.
+    fenced: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -372,6 +378,8 @@ pub(crate) enum Phase {
 /// - `backchannel_integration_lag_leaves` and
 ///   `backchannel_integration_lagging_talks` (gauges);
 /// - `backchannel_database_up` (gauge);
+/// - `backchannel_integrator_lease_held`, `backchannel_integrator_lease_epoch`
+///   (gauges) and `backchannel_integration_fenced_total` (counter);
 /// - `backchannel_delivery_streams` (gauge: connected devices);
 /// - `process_start_time_seconds` (gauge).
 #[derive(Debug)]
@@ -578,6 +586,28 @@ impl Metrics {
         }
         sample(
             &mut out,
+            "backchannel_integrator_lease_held",
+            "gauge",
+            "1 while this node holds the integrator lease (it integrates the logs), else 0.",
+            u8::from(g.lease_epoch != 0),
+        );
+        sample(
+            &mut out,
+            "backchannel_integrator_lease_epoch",
+            "gauge",
+            "The integrator lease's epoch this node holds it under, 0 when it does not.",
+            g.lease_epoch,
+        );
+        sample(
+            &mut out,
+            "backchannel_integration_fenced_total",
+            "counter",
+            "Integrations the database refused because the integrator lease had moved to \
+             another node (nothing was written).",
+            g.fenced,
+        );
+        sample(
+            &mut out,
             "backchannel_delivery_streams",
             "gauge",
             "Open WebSocket delivery streams (connected devices; a device may hold several).",
@@ -659,8 +689,13 @@ mod tests {
                 max_leaves: 5,
                 talks: 1,
             }),
+            lease_epoch: 3,
+            fenced: 1,
         });
         for line in [
+            "backchannel_integrator_lease_held 1",
+            "backchannel_integrator_lease_epoch 3",
+            "backchannel_integration_fenced_total 1",
             "backchannel_http_requests_total{route=\"/v1/talks/{talks}/envelopes\",method=\"POST\",class=\"2xx\"} 2",
             "backchannel_http_requests_total{route=\"/v1/talks/{talks}/envelopes\",method=\"POST\",class=\"4xx\"} 1",
             "backchannel_http_requests_total{route=\"unmatched\",method=\"other\",class=\"4xx\"} 1",
@@ -701,6 +736,8 @@ mod tests {
             queued: 0,
             streams: 0,
             lag: None,
+            lease_epoch: 0,
+            fenced: 0,
         });
         assert!(text.contains("\nbackchannel_database_up 0\n"), "{text}");
         assert!(

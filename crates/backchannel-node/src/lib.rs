@@ -19,6 +19,9 @@
 //! - [`integrate`]: integration of sequenced leaves into the talks' tree and
 //!   a signed checkpoint, off the request path, fenced against a second
 //!   integrator;
+//! - [`lease`]: the integrator lease — of several nodes on one database,
+//!   the one holding it integrates, and every integration is fenced on its
+//!   epoch; the merge-delay budget of a failover;
 //! - [`limits`]: the named limits and the soft state enforcing rates;
 //! - [`admin`]: the admin listener — `/healthz`, `/readyz` and Prometheus
 //!   `/metrics`, in plain HTTP on a loopback address, with no id in any
@@ -31,6 +34,7 @@
 pub mod admin;
 pub mod api;
 pub mod integrate;
+pub mod lease;
 pub mod limits;
 pub mod logs;
 pub mod net;

@@ -149,6 +149,8 @@ pub async fn serve<L: Listener, S: Store>(
     // No receiver is kept here: the sender's `closed` then means that every
     // connection, stream and the integrator are done.
     let (phase, _) = watch::channel(Phase::Serving);
+    let keeper = tokio::spawn(keep_lease(Arc::clone(&node), Shutdown(phase.subscribe())));
+    let timers = tokio::spawn(fire_until(Arc::clone(&node), Shutdown(phase.subscribe())));
     let integrator = tokio::spawn(integrate_until(
         Arc::clone(&node),
         Shutdown(phase.subscribe()),
@@ -170,6 +172,10 @@ pub async fn serve<L: Listener, S: Store>(
     }
     phase.send_replace(Phase::Stopped);
     integrator.abort();
+    keeper.abort();
+    timers.abort();
+    // The integrator has stopped: hand the lease over at once.
+    crate::lease::release(&**node.store(), node.instance, &node.lease).await;
     Ok(())
 }
 
@@ -343,11 +349,88 @@ async fn serve_connection<I>(
     }
 }
 
-/// Runs an integration round every `checkpoint_interval` until shutdown
-/// starts; a round in progress then finishes (it is cut only when the
-/// drain time is over).
+/// Takes or renews the integrator lease every
+/// [`crate::lease::LEASE_RENEW_EVERY`] until shutdown starts (see
+/// [`crate::lease`]).
+async fn keep_lease<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(crate::lease::LEASE_RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.draining() => return,
+            _ = tick.tick() => {}
+        }
+        match crate::lease::renew_once(&**node.store(), &*node.clock, node.instance, &node.lease)
+            .await
+        {
+            Ok(_) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "could not take or renew the integrator lease; retrying");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+/// How often a node looks for scheduled items that fell due.
+pub const TIMER_RESOLUTION: Duration = Duration::from_millis(250);
+
+/// Sequences scheduled items as they fall due ([`Store::fire_due`]), every
+/// [`TIMER_RESOLUTION`], until shutdown starts. Every node does: the store
+/// hands each item to one of them (`FOR UPDATE SKIP LOCKED` on
+/// PostgreSQL), so an item fires once whichever nodes are alive.
+async fn fire_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(TIMER_RESOLUTION);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.draining() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            let fired = node
+                .store()
+                .fire_due(
+                    node.clock.now_ms(),
+                    backchannel_store::MAX_FIRE_BATCH,
+                    &*node.log_key,
+                )
+                .await;
+            match fired {
+                Ok(fired) => {
+                    failing = false;
+                    if fired.len() < backchannel_store::MAX_FIRE_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "firing scheduled items failed; retrying");
+                    }
+                    failing = true;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs an integration round every `checkpoint_interval` (at most
+/// [`crate::lease::MAX_CHECKPOINT_INTERVAL`]) while this node holds the
+/// integrator lease, until shutdown starts; a round in progress then
+/// finishes (it is cut only when the drain time is over).
 async fn integrate_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(node.limits().checkpoint_interval);
+    let every = node
+        .limits()
+        .checkpoint_interval
+        .min(crate::lease::MAX_CHECKPOINT_INTERVAL);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -355,11 +438,28 @@ async fn integrate_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
             () = shutdown.draining() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) =
-            crate::integrate::integrate_round(&**node.store(), &node.origin, &*node.log_key, None)
-                .await
+        let Some(fence) = node.lease.fence() else {
+            continue;
+        };
+        match crate::integrate::integrate_round(
+            &**node.store(),
+            &node.origin,
+            &*node.log_key,
+            Some(fence),
+        )
+        .await
         {
-            tracing::warn!(error = %e, "an integration round failed; retrying at the next interval");
+            Ok(_) => {}
+            Err(backchannel_store::StoreError::Fenced) => {
+                tracing::info!(
+                    epoch = fence.epoch,
+                    "the integrator lease moved to another node; this node wrote nothing more"
+                );
+                node.lease.lost(fence.epoch);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "an integration round failed; retrying at the next interval");
+            }
         }
     }
 }

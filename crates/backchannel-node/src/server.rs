@@ -63,6 +63,10 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Wall time.
     pub clock: Arc<dyn Clock>,
+    /// This node process's id among the nodes on one database (random per
+    /// process; the integrator lease's holder). Two processes must never
+    /// share one.
+    pub instance: [u8; 16],
 }
 
 /// The node's shared state.
@@ -80,6 +84,10 @@ pub struct Node<S: Store> {
     pub(crate) access_changed: broadcast::Sender<TalksId>,
     /// Request counts and timings, and the API listener's phase.
     pub(crate) metrics: Metrics,
+    /// This process's id ([`NodeConfig::instance`]).
+    pub(crate) instance: [u8; 16],
+    /// Whether this node holds the integrator lease, and under which epoch.
+    pub(crate) lease: crate::lease::SharedLease,
 }
 
 impl<S: Store> Node<S> {
@@ -108,6 +116,8 @@ impl<S: Store> Node<S> {
             streams: Arc::new(StreamCounts::default()),
             access_changed,
             metrics,
+            instance: config.instance,
+            lease: Arc::default(),
         })
     }
 
@@ -119,6 +129,11 @@ impl<S: Store> Node<S> {
     /// The limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Whether this node holds the integrator lease, and under which epoch.
+    pub fn lease(&self) -> &crate::lease::LeaseState {
+        &self.lease
     }
 
     /// The talks' access list, and the caller's entry on it; `not_found`

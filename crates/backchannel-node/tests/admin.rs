@@ -128,6 +128,7 @@ async fn readyz_is_503_once_the_node_shuts_down() {
             creators: vec![key(CREATOR).public_key()],
             limits: test_limits(),
             clock,
+            instance: [0xf6; 16],
         },
     );
     let admin = start_admin(node.clone()).await;

@@ -90,6 +90,7 @@ async fn start<L: Listener>(listener: L, limits: Limits) -> Running {
             creators: vec![key(CREATOR).public_key()],
             limits,
             clock: clock.clone(),
+            instance: [0xf4; 16],
         },
     );
     let identity = Identity::self_signed(&key(NODE_TLS), "node").expect("identity");

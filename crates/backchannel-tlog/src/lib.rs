@@ -52,6 +52,20 @@ pub use receipt::{
 /// Re-exported so stores can implement it without naming `tlog_tiles`.
 pub use tlog_tiles::HashReader;
 
+/// How long after a receipt's batch timestamp the receipted envelope must
+/// be below a checkpoint the node serves (the log's maximum merge delay,
+/// as in Certificate Transparency). Clients hold the node to it
+/// (`backchannel_client::follow::Pending`); past it, an acknowledged
+/// envelope still missing is evidence against the node.
+///
+/// The node's side of the budget (`backchannel_node::lease`): a checkpoint
+/// at most every second, and when the integrating node dies, another takes
+/// its lease within the lease's expiry plus a renewal period plus the time
+/// the database takes to drop a paused writer's locks — 4.5 s at most.
+/// The rest is room for clock skew between the node that stamped the
+/// batch and the client that checks, and for a slow fetch.
+pub const MAX_MERGE_DELAY_MS: u64 = 10_000;
+
 use backchannel_crypto::Digest;
 
 /// Our digest as a `tlog_tiles` hash (same 32 bytes).

@@ -449,11 +449,14 @@ pub struct LimitArgs {
     )]
     pub party_blob_quota_bytes: u64,
     /// How often sequenced envelopes are integrated into the logs and a
-    /// checkpoint is signed, in milliseconds.
+    /// checkpoint is signed, in milliseconds (at most 1000: clients hold
+    /// the node to merging what it acknowledged within 10 s, failovers
+    /// included).
     #[arg(
         long,
         default_value_t = millis(defaults().checkpoint_interval),
-        value_parser = RangedU64ValueParser::<u64>::new().range(1..),
+        value_parser = RangedU64ValueParser::<u64>::new()
+            .range(1..=millis(backchannel_node::lease::MAX_CHECKPOINT_INTERVAL)),
         value_name = "MS"
     )]
     pub checkpoint_interval_ms: u64,

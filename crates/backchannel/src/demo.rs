@@ -515,6 +515,11 @@ async fn run(
             ..Limits::default()
         },
         clock: Arc::new(SystemClock),
+        instance: {
+            let mut id = [0u8; 16];
+            OsRng.fill_bytes(&mut id);
+            id
+        },
     };
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = backchannel_node::net::Listener::local_addr(&listener)?;

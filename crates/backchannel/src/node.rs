@@ -269,6 +269,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         creators,
         limits,
         clock: Arc::new(SystemClock),
+        instance: {
+            let mut id = [0u8; 16];
+            rand_core::RngCore::fill_bytes(&mut OsRng, &mut id);
+            id
+        },
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

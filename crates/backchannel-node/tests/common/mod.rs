@@ -55,6 +55,7 @@ pub async fn start_with<S: Store>(store: S, limits: Limits) -> TestNode<S> {
             creators: vec![key(CREATOR).public_key()],
             limits,
             clock: clock.clone(),
+            instance: [0xf5; 16],
         },
     );
     let identity = Identity::self_signed(&key(NODE_TLS), "node").expect("identity");
