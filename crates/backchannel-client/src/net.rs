@@ -14,10 +14,32 @@
 //! [`Delivered::leaf_hash`]).
 //!
 //! One [`NodeClient`] per key: the TLS client certificate is the key's, so
-//! every request on its connections acts as that key. Only
-//! [`NodeClient::submit`] retries (transport failures and 503, with the same
-//! bytes: the envelope's idempotency key makes that safe); nothing else
-//! does.
+//! every request on its connections acts as that key.
+//!
+//! # Several nodes
+//!
+//! A node address may list several nodes (`host:port,host:port`, at most
+//! [`MAX_NODE_ADDRESSES`]): nodes serving one database, one log and one
+//! TLS identity, so the pin, the origin and the log key are the same for
+//! each. The client talks to one at a time and fails over to the next:
+//! - a request that was never sent (the connection could not be made) is
+//!   sent to the next node, whatever it is;
+//! - a read (`GET`) whose connection failed later, or that the node
+//!   answered 503 (its storage unavailable), is sent to the next node too
+//!   (reading twice changes nothing);
+//! - a write whose answer was lost is not resent by the call (it may have
+//!   acted), but the next call goes to the next node. [`NodeClient::submit`]
+//!   and [`NodeClient::submit_commit`] do resend (transport failures and
+//!   503, with the same bytes: the envelope's idempotency key makes that
+//!   safe), so an envelope reaches another node by itself;
+//! - a server that does not present the pinned certificate stops the call
+//!   ([`NetError::WrongCertificate`]): an impostor at one address is
+//!   reported, never routed around;
+//! - [`NodeClient::stream`] dials the nodes in turn from the current one;
+//!   a caller resuming a closed stream from [`NodeStream::resume_from`]
+//!   resumes from the last seq it holds on whichever node answers.
+//!
+//! Clones of a client share which node is current.
 //!
 //! Sockets: HTTP goes through reqwest's own connector; the stream dials with
 //! hyper-util's `HttpConnector` (the one reqwest uses), or runs over any
@@ -121,6 +143,9 @@ pub const CLOSE_ABNORMAL: u16 = 1006;
 
 /// The close code reported for a close frame without a code.
 pub const CLOSE_NO_STATUS: u16 = 1005;
+
+/// The most node addresses one address list holds.
+pub const MAX_NODE_ADDRESSES: usize = 8;
 
 /// The code of an error answer that is not the node's JSON error body.
 pub const UNKNOWN_CODE: &str = "unknown";
@@ -369,14 +394,85 @@ impl Blob {
     }
 }
 
-/// A client of one node, acting as one key.
-#[derive(Clone)]
-pub struct NodeClient {
-    http: reqwest::Client,
+/// One node of a client's address list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
     /// `host:port` as given (IPv6 hosts in brackets).
     authority: String,
     /// The host, without brackets.
     host: String,
+}
+
+/// A parsed node address list: one or more `host:port` (or `[v6]:port`)
+/// separated by commas, at most [`MAX_NODE_ADDRESSES`], no repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddresses(Vec<Endpoint>);
+
+impl NodeAddresses {
+    /// Parses `host:port[,host:port…]` (spaces around commas ignored).
+    pub fn parse(list: &str) -> Result<Self, NetError> {
+        let mut out: Vec<Endpoint> = Vec::new();
+        for item in list.split(',').map(str::trim) {
+            let host = host_of(item).ok_or_else(|| {
+                NetError::Usage(format!(
+                    "the node address {item:?} is not host:port (an IPv6 host in brackets); use the address from your invitation (several nodes: host:port,host:port)"
+                ))
+            })?;
+            if out.iter().any(|e| e.authority == item) {
+                return Err(NetError::Usage(format!(
+                    "the node address {item:?} is listed twice; list each node once"
+                )));
+            }
+            out.push(Endpoint {
+                authority: item.to_owned(),
+                host,
+            });
+        }
+        if out.len() > MAX_NODE_ADDRESSES {
+            return Err(NetError::Usage(format!(
+                "{} node addresses are listed, more than the {MAX_NODE_ADDRESSES} a client uses; list fewer",
+                out.len()
+            )));
+        }
+        Ok(Self(out))
+    }
+
+    /// How many nodes are listed (at least one).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: a list holds at least one address.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The addresses, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|e| e.authority.as_str())
+    }
+}
+
+impl fmt::Display for NodeAddresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&e.authority)?;
+        }
+        Ok(())
+    }
+}
+
+/// A client of a node (or of several nodes serving one log, failing over
+/// between them), acting as one key.
+#[derive(Clone)]
+pub struct NodeClient {
+    http: reqwest::Client,
+    nodes: Arc<[Endpoint]>,
+    /// The index in `nodes` of the node calls go to first.
+    current: Arc<std::sync::atomic::AtomicUsize>,
     tls: Arc<rustls::ClientConfig>,
     key: PublicKey,
     pinned: Fingerprint,
@@ -385,7 +481,8 @@ pub struct NodeClient {
 impl fmt::Debug for NodeClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NodeClient")
-            .field("address", &self.authority)
+            .field("addresses", &NodeAddresses(self.nodes.to_vec()).to_string())
+            .field("current", &self.current_index())
             .field("pinned", &self.pinned)
             .field("key", &self.key.id())
             .finish_non_exhaustive()
@@ -414,19 +511,15 @@ fn host_of(authority: &str) -> Option<String> {
 
 impl NodeClient {
     /// A client of the node at `address` (`host:port`, `[v6]:port` or a
-    /// `SocketAddr`), whose certificate must have `fingerprint`, acting as
-    /// `key` (normally a per-talks device key).
+    /// `SocketAddr`; or several, separated by commas: [`NodeAddresses`]),
+    /// whose certificate must have `fingerprint`, acting as `key`
+    /// (normally a per-talks device key).
     pub fn new(
         address: impl fmt::Display,
         fingerprint: Fingerprint,
         key: &SecretKey,
     ) -> Result<Self, NetError> {
-        let authority = address.to_string();
-        let host = host_of(&authority).ok_or_else(|| {
-            NetError::Usage(format!(
-                "the node address {authority:?} is not host:port (an IPv6 host in brackets); use the address from your invitation"
-            ))
-        })?;
+        let nodes = NodeAddresses::parse(&address.to_string())?;
         let identity = Identity::self_signed(key, "client").map_err(|e| {
             NetError::Usage(format!("could not make this key's TLS certificate: {e}"))
         })?;
@@ -440,8 +533,8 @@ impl NodeClient {
             .map_err(|e| NetError::Usage(format!("could not set up the HTTP client: {e}")))?;
         Ok(Self {
             http,
-            authority,
-            host,
+            nodes: nodes.0.into(),
+            current: Arc::default(),
             tls: Arc::new(tls),
             key: key.public_key(),
             pinned: fingerprint,
@@ -455,39 +548,139 @@ impl NodeClient {
 
     // --- Plumbing ----------------------------------------------------------
 
+    /// The node addresses, in order.
+    pub fn addresses(&self) -> NodeAddresses {
+        NodeAddresses(self.nodes.to_vec())
+    }
+
+    /// The address calls go to first (the node that last answered, or the
+    /// next after the one that last failed).
+    pub fn current_address(&self) -> &str {
+        &self.nodes[self.current_index()].authority
+    }
+
+    fn current_index(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.nodes.len()
+    }
+
+    /// After node `i` failed: calls go to the one after it, unless another
+    /// call already moved on.
+    fn fail_over_from(&self, i: usize) {
+        let next = (i + 1) % self.nodes.len();
+        let _ = self.current.compare_exchange(
+            i,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The URL of `path` on the current node; [`NodeClient::call`] rewrites
+    /// the authority for each node it tries.
     fn url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.authority)
+        format!("https://{}{path}", self.current_address())
     }
 
     fn talks_url(&self, talks: TalksId, rest: &str) -> String {
         self.url(&format!("/v1/talks/{}{rest}", talks.to_hex()))
     }
 
-    /// A transport error, or [`NetError::WrongCertificate`] when the pin
-    /// failed somewhere in its chain.
-    fn transport(&self, e: &(dyn std::error::Error + 'static)) -> NetError {
+    /// A transport error at node `i`, or [`NetError::WrongCertificate`]
+    /// when the pin failed somewhere in its chain.
+    fn transport_at(&self, i: usize, e: &(dyn std::error::Error + 'static)) -> NetError {
         if pin_failed(e) {
             return NetError::WrongCertificate {
-                address: self.authority.clone(),
+                address: self.nodes[i].authority.clone(),
                 pinned: self.pinned.to_hex(),
             };
         }
-        NetError::Transport(chain(e))
+        let e = chain(e);
+        if self.nodes.len() > 1 {
+            NetError::Transport(format!("{} (node {})", e, self.nodes[i].authority))
+        } else {
+            NetError::Transport(e)
+        }
     }
 
-    /// Sends `req`; an error status is parsed into [`NetError::Api`]; a
+    /// Sends `req` to the current node, failing over to the others as the
+    /// module docs say; an error status is parsed into [`NetError::Api`]; a
     /// success answer is read up to `max` bytes.
     async fn call(&self, req: reqwest::RequestBuilder, max: usize) -> Result<Vec<u8>, NetError> {
-        let resp = req.send().await.map_err(|e| self.transport(&e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = self.read(resp, MAX_ERROR_ANSWER).await.unwrap_or_default();
-            return Err(api_error(status.as_u16(), &body));
+        let req = req
+            .build()
+            .map_err(|e| NetError::Usage(format!("could not build the request: {}", chain(&e))))?;
+        let read_only = req.method() == reqwest::Method::GET;
+        let first = self.current_index();
+        let n = self.nodes.len();
+        for attempt in 0..n {
+            let i = (first + attempt) % n;
+            let last = attempt + 1 == n;
+            let this = req.try_clone().ok_or_else(|| {
+                NetError::Usage("a request with a streamed body cannot be resent".to_owned())
+            })?;
+            let this = self.at(this, i)?;
+            match self.http.execute(this).await {
+                Err(e) => {
+                    let err = self.transport_at(i, &e);
+                    if matches!(err, NetError::WrongCertificate { .. }) {
+                        return Err(err);
+                    }
+                    self.fail_over_from(i);
+                    // Not sent at all, or only a read: the next node may
+                    // answer. A write that may have acted goes back to the
+                    // caller (the next call goes to the next node).
+                    if last || !(e.is_connect() || read_only) {
+                        return Err(err);
+                    }
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status.is_success() {
+                        return self.read_at(resp, max, i).await;
+                    }
+                    let body = self
+                        .read_at(resp, MAX_ERROR_ANSWER, i)
+                        .await
+                        .unwrap_or_default();
+                    let err = api_error(status.as_u16(), &body);
+                    if status.as_u16() == 503 {
+                        self.fail_over_from(i);
+                        if read_only && !last {
+                            continue;
+                        }
+                    }
+                    return Err(err);
+                }
+            }
         }
-        self.read(resp, max).await
+        // `n >= 1` and the last attempt always returns.
+        Err(NetError::Usage("no node address to call".to_owned()))
     }
 
-    async fn read(&self, mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, NetError> {
+    /// `req` addressed to node `i` (same path and query).
+    fn at(&self, mut req: reqwest::Request, i: usize) -> Result<reqwest::Request, NetError> {
+        let url = req.url();
+        let rewritten = format!(
+            "https://{}{}{}",
+            self.nodes[i].authority,
+            url.path(),
+            url.query().map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        *req.url_mut() = rewritten.parse().map_err(|_| {
+            NetError::Usage(format!(
+                "{:?} is not an address a URL can hold",
+                self.nodes[i].authority
+            ))
+        })?;
+        Ok(req)
+    }
+
+    async fn read_at(
+        &self,
+        mut resp: reqwest::Response,
+        max: usize,
+        i: usize,
+    ) -> Result<Vec<u8>, NetError> {
         let too_long = |len: u64| {
             served(format!(
                 "an answer of {len} bytes or more, over the {max} bytes a valid one can have"
@@ -499,7 +692,7 @@ impl NodeClient {
             return Err(too_long(len));
         }
         let mut out = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(&e))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_at(i, &e))? {
             out.extend_from_slice(&chunk);
             if out.len() > max {
                 tap(&out);
@@ -1212,25 +1405,54 @@ impl NodeClient {
     // --- Stream ------------------------------------------------------------
 
     /// `GET …/stream?from=`: the delivery stream of the caller's rooms from
-    /// seq `from`, over a new connection with the same pin and key.
+    /// seq `from`, over a new connection with the same pin and key, to the
+    /// current node or, if it cannot be reached or its storage is
+    /// unavailable (503), to the next ones in turn.
     pub async fn stream(&self, talks: TalksId, from: u64) -> Result<NodeStream, NetError> {
+        let first = self.current_index();
+        let n = self.nodes.len();
+        let mut failed = None;
+        for attempt in 0..n {
+            let i = (first + attempt) % n;
+            match self.stream_at(i, talks, from).await {
+                Ok(stream) => {
+                    let _ = self.current.compare_exchange(
+                        first,
+                        i,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    return Ok(stream);
+                }
+                Err(e @ (NetError::Transport(_) | NetError::Api { status: 503, .. })) => {
+                    self.fail_over_from(i);
+                    failed = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failed.unwrap_or_else(|| NetError::Usage("no node address to call".to_owned())))
+    }
+
+    async fn stream_at(&self, i: usize, talks: TalksId, from: u64) -> Result<NodeStream, NetError> {
+        let node = &self.nodes[i];
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.enforce_http(false);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let uri: tungstenite::http::Uri = format!("http://{}", self.authority)
+        let uri: tungstenite::http::Uri = format!("http://{}", node.authority)
             .parse()
-            .map_err(|_| NetError::Usage(format!("{:?} is not an address", self.authority)))?;
+            .map_err(|_| NetError::Usage(format!("{:?} is not an address", node.authority)))?;
         let io = tower::ServiceExt::oneshot(connector, uri)
             .await
-            .map_err(|e| self.transport(&e))?
+            .map_err(|e| self.transport_at(i, &e))?
             .into_inner();
-        self.stream_over(io, talks, from).await
+        self.stream_over_at(i, io, talks, from).await
     }
 
     /// The delivery stream over `io`, a byte stream already connected to the
-    /// node (TLS and the WebSocket upgrade happen here): for a network
-    /// other than the operating system's.
+    /// current node (TLS and the WebSocket upgrade happen here): for a
+    /// network other than the operating system's.
     pub async fn stream_over<Io>(
         &self,
         io: Io,
@@ -1240,17 +1462,32 @@ impl NodeClient {
     where
         Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|_| NetError::Usage(format!("{:?} is not a host name", self.host)))?;
+        self.stream_over_at(self.current_index(), io, talks, from)
+            .await
+    }
+
+    async fn stream_over_at<Io>(
+        &self,
+        i: usize,
+        io: Io,
+        talks: TalksId,
+        from: u64,
+    ) -> Result<NodeStream, NetError>
+    where
+        Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let node = &self.nodes[i];
+        let name = ServerName::try_from(node.host.clone())
+            .map_err(|_| NetError::Usage(format!("{:?} is not a host name", node.host)))?;
         let io: BoxIo = Box::new(io);
         let connect = async {
             let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls))
                 .connect(name, io)
                 .await
-                .map_err(|e| self.transport(&e))?;
+                .map_err(|e| self.transport_at(i, &e))?;
             let url = format!(
                 "wss://{}/v1/talks/{}/stream?from={from}",
-                self.authority,
+                node.authority,
                 talks.to_hex()
             );
             let config = WebSocketConfig::default()
@@ -1263,7 +1500,7 @@ impl NodeClient {
                     tap(body);
                     Err(api_error(resp.status().as_u16(), body))
                 }
-                Err(e) => Err(self.transport(&e)),
+                Err(e) => Err(self.transport_at(i, &e)),
             }
         };
         let ws = tokio::time::timeout(CONNECT_TIMEOUT, connect)

@@ -40,7 +40,7 @@ use backchannel_tlog::NodeOrigin;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::net::{NetError, NodeClient};
+use crate::net::{NetError, NodeAddresses, NodeClient};
 use crate::safety::PartyVerification;
 use crate::store::{ClientStore, ClientStoreError, Namespace, Put};
 
@@ -73,7 +73,11 @@ const RECORD_PREFIX: &[u8] = b"backchannel/v1/home/talks/record/";
 /// The node a talks lives on, as pinned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinnedNode {
-    /// `host:port`.
+    /// `host:port`, or several nodes serving the talks' one database and
+    /// log, `host:port,host:port` (at most
+    /// [`crate::net::MAX_NODE_ADDRESSES`]): the client fails over between
+    /// them ([`crate::net`]). Checked when parsed or decoded; the
+    /// fingerprint, origin and log key are the same for all of them.
     pub address: String,
     /// SHA-256 of its TLS certificate.
     pub fingerprint: Fingerprint,
@@ -102,7 +106,19 @@ impl Encode for PinnedNode {
 impl Decode for PinnedNode {
     const MIN_LEN: usize = 4 + 32 + 4 + 32;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let address = r.text("node address", MAX_NAME)?.to_owned();
+        let address = r.text("node address", MAX_NAME)?;
+        if NodeAddresses::parse(address)
+            .ok()
+            .map(|a| a.to_string())
+            .as_deref()
+            != Some(address)
+        {
+            return Err(DecodeError::Invalid {
+                field: "node address",
+                reason: "not a list of host:port addresses in canonical form",
+            });
+        }
+        let address = address.to_owned();
         let fingerprint = Fingerprint(r.array("node fingerprint")?);
         let origin = NodeOrigin::new(r.text("node origin", MAX_NAME)?).map_err(|_| {
             DecodeError::Invalid {
@@ -245,8 +261,15 @@ impl PinnedNode {
         origin: &str,
         log_key: &str,
     ) -> Result<Self, FieldError> {
+        let address = text_of("node address", address)?;
+        let address = NodeAddresses::parse(&address)
+            .map_err(|e| FieldError {
+                field: "node address",
+                reason: e.to_string(),
+            })?
+            .to_string();
         Ok(Self {
-            address: text_of("node address", address)?,
+            address,
             fingerprint: Fingerprint(hex32("node fingerprint", fingerprint)?),
             origin: NodeOrigin::new(origin).map_err(|e| FieldError {
                 field: "node origin",

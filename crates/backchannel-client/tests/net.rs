@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use backchannel_client::net::{NetError, NodeClient, NodeStream, StreamEvent};
+use backchannel_client::net::{
+    MAX_NODE_ADDRESSES, NetError, NodeAddresses, NodeClient, NodeStream, StreamEvent,
+};
 use backchannel_codec::{Decode, PartyId, RoomId, TalksId};
 use backchannel_crypto::{PublicKey, SecretKey, Signer, sha256};
 use backchannel_mls::{Handshake, Member};
@@ -793,4 +795,138 @@ async fn submit_retries_across_a_node_restart() {
             .next,
         base + 2
     );
+}
+
+// --- Several nodes ---------------------------------------------------------
+
+#[test]
+fn node_address_lists_parse_strictly() {
+    fn check(list: &str, want: Result<&str, &str>) {
+        match (NodeAddresses::parse(list), want) {
+            (Ok(got), Ok(canonical)) => assert_eq!(got.to_string(), canonical, "{list}"),
+            (Err(e), Err(says)) => assert!(e.to_string().contains(says), "{list}: {e}"),
+            (got, want) => panic!("{list}: {got:?}, want {want:?}"),
+        }
+    }
+    check("127.0.0.1:7443", Ok("127.0.0.1:7443"));
+    check("a.example:1,b.example:2", Ok("a.example:1,b.example:2"));
+    check(" a.example:1 , [::1]:2 ", Ok("a.example:1,[::1]:2"));
+    check("a.example:1,", Err("is not host:port"));
+    check(",a.example:1", Err("is not host:port"));
+    check("a.example:1,,b.example:2", Err("is not host:port"));
+    check("a.example:1;b.example:2", Err("is not host:port"));
+    check("a.example:1,a.example:1", Err("listed twice"));
+    let nine = (1..=MAX_NODE_ADDRESSES + 1)
+        .map(|i| format!("n{i}.example:1"))
+        .collect::<Vec<_>>()
+        .join(",");
+    check(&nine, Err("more than the 8"));
+}
+
+/// A port nothing listens on.
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn a_client_of_several_nodes_fails_over_by_itself_and_resumes_by_seq() {
+    // Two nodes on one store: one database, one log key, one TLS identity.
+    let store = Arc::new(MemoryStore::new());
+    let t0 = now_ms();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let a = start_on(Arc::clone(&store), any, test_limits(), t0).await;
+    let b = start_on(Arc::clone(&store), any, test_limits(), t0).await;
+    let fingerprint = a.served.fingerprint;
+    assert_eq!(fingerprint, b.served.fingerprint);
+    let both = format!("{},{}", a.served.addr, b.served.addr);
+    let client = |label| NodeClient::new(&both, fingerprint, &key(label)).unwrap();
+
+    let t = fixtures::talks();
+    let talks = a.open().await;
+    let us = client(US_HEAD_DEVICE);
+    let mut us_mls = Device::new(&a, talks, US_HEAD_DEVICE);
+    group(talks, t.record, &mut us_mls, &mut []).await;
+    let base = a.log_size(talks).await;
+    let first = us_mls.message(t.record, b"first", 1);
+    assert_eq!(
+        us.submit(talks, &first.0, &first.1).await.unwrap().seq,
+        base
+    );
+    assert_eq!(us.current_address(), a.served.addr.to_string());
+    let iran = client(IRAN_HEAD_DEVICE);
+    let mut stream = iran.stream(talks, base).await.unwrap();
+    let mut got = until_caught(&mut stream, base + 1).await;
+
+    // Node A goes away (its streams are closed): the next submission is
+    // sent to B, by the client.
+    a.stop().await;
+    let (h, b2) = us_mls.message(t.record, b"second", 2);
+    assert_eq!(us.submit(talks, &h, &b2).await.unwrap().seq, base + 1);
+    assert_eq!(us.current_address(), b.served.addr.to_string());
+    // Resending the first envelope (a retry whose answer was lost) gets
+    // its original seq from B: nothing is sequenced twice.
+    assert_eq!(
+        us.submit(talks, &first.0, &first.1).await.unwrap().seq,
+        base
+    );
+
+    // The stream resumes by seq from whichever node answers.
+    let from = stream.resume_from();
+    assert_eq!(from, base + 1);
+    let mut resumed = iran.stream(talks, from).await.unwrap();
+    assert_eq!(iran.current_address(), b.served.addr.to_string());
+    got.extend(until_caught(&mut resumed, base + 2).await);
+    assert_eq!(got, vec![base, base + 1], "no gap, no duplicate");
+
+    // Reads fail over too: the first address is dead.
+    let reads = NodeClient::new(
+        format!("{},{}", closed_port(), b.served.addr),
+        fingerprint,
+        &key(IRAN_HEAD_DEVICE),
+    )
+    .unwrap();
+    assert_eq!(reads.fetch(talks, 0, 100).await.unwrap().next, base + 2);
+    assert_eq!(reads.current_address(), b.served.addr.to_string());
+
+    // Every node down: the error names the last one tried.
+    b.stop().await;
+    let e = us.node_info().await.unwrap_err();
+    assert!(matches!(e, NetError::Transport(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_certificate_at_one_address_stops_the_client() {
+    let node = start(test_limits()).await;
+    // Another server (another TLS identity) first in the list: the client
+    // reports it, rather than routing around an impostor.
+    let impostor = Node::new(
+        Arc::new(MemoryStore::new()),
+        NodeConfig {
+            origin: backchannel_tlog::NodeOrigin::new("node.example").unwrap(),
+            log_key: Arc::new(key(NODE_LOG)),
+            creators: vec![],
+            limits: test_limits(),
+            clock: Arc::new(ManualClock(AtomicU64::new(node.t0))),
+            instance: instance(),
+        },
+    );
+    let impostor = serve_tls(impostor, &key(0x53), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let c = NodeClient::new(
+        format!("{},{}", impostor.addr, node.served.addr),
+        node.served.fingerprint,
+        &key(IRAN_HEAD_DEVICE),
+    )
+    .unwrap();
+    let e = c.node_info().await.unwrap_err();
+    assert!(
+        matches!(&e, NetError::WrongCertificate { address, .. } if *address == impostor.addr.to_string()),
+        "{e:?}"
+    );
+    let e = c.stream(fixtures::talks().talks, 0).await.unwrap_err();
+    assert!(matches!(e, NetError::WrongCertificate { .. }), "{e:?}");
+    assert_eq!(c.current_address(), impostor.addr.to_string());
+    impostor.stop().await;
 }

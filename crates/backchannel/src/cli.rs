@@ -526,8 +526,10 @@ pub struct TalksArgs {
 /// The node to pin, as its operator's `backchannel node info` prints it.
 #[derive(Debug, Args)]
 pub struct PinArgs {
-    /// The node's address, host:port.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// The node's address, host:port; for several nodes serving one
+    /// database, all of them separated by commas (host:port,host:port):
+    /// clients fail over between them.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]")]
     pub node: String,
     /// The SHA-256 fingerprint of its TLS certificate, 64 hex digits.
     #[arg(long, value_name = "HEX")]
@@ -590,6 +592,11 @@ pub enum TalksCommand {
     /// node's access list, and accept both.
     #[command(after_help = EXIT_CODES)]
     Accept(TalksAcceptArgs),
+    /// Show or replace the node addresses this home uses for the talks
+    /// (several nodes serving one database: host:port,host:port). Each
+    /// new address must present the pinned certificate, origin and log
+    /// key; the pin itself never changes.
+    Nodes(TalksNodesArgs),
     /// Record that you compared the talks safety code with another party
     /// over a channel the mediator does not control, and how.
     #[command(after_help = EXIT_CODES)]
@@ -781,6 +788,18 @@ pub struct TalksVerifyArgs {
     /// against yours before anything is recorded.
     #[arg(long, value_name = "WORDS")]
     pub code: Option<String>,
+}
+
+/// `backchannel talks nodes`.
+#[derive(Debug, Args)]
+pub struct TalksNodesArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The new address list, in the order to try them
+    /// (host:port,host:port); without it, the current list is printed.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]")]
+    pub set: Option<String>,
 }
 
 /// `backchannel members …`.

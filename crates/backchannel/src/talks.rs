@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
-use backchannel_client::net::NetError;
+use backchannel_client::net::{NetError, NodeAddresses, NodeClient};
 use backchannel_client::participant::{
     self as talks_store, Enrolment, InvitationDoc, Invited, PinnedNode, TalksRecord,
 };
@@ -45,7 +45,7 @@ use serde::Serialize;
 
 use crate::cli::{
     KeyKindArg, PinArgs, RoleArg, TalksAcceptArgs, TalksArgs, TalksCommand, TalksInviteArgs,
-    TalksJoinArgs, TalksOpenArgs, TalksPhaseArgs, TalksSeatArgs, TalksVerifyArgs,
+    TalksJoinArgs, TalksNodesArgs, TalksOpenArgs, TalksPhaseArgs, TalksSeatArgs, TalksVerifyArgs,
 };
 use crate::participant::{
     self, CliSession, Ctx, LABEL, View, access_list, my_rooms, now_ms, random16, refresh,
@@ -76,6 +76,7 @@ pub fn main(home_dir: Option<PathBuf>, command: TalksCommand) -> anyhow::Result<
             TalksCommand::Join(a) => join(&dir, a).await,
             TalksCommand::Seat(a) => seat(&dir, a).await,
             TalksCommand::Accept(a) => accept(&dir, a).await,
+            TalksCommand::Nodes(a) => nodes(&dir, a).await,
             TalksCommand::Verify(a) => verify(&dir, a).await,
             TalksCommand::Show(a) => show(&dir, a).await,
             TalksCommand::Cosign(a) => cosign(&dir, a).await,
@@ -1026,6 +1027,62 @@ struct VerifiedOut {
     name: String,
     via: String,
     safety_code: String,
+}
+
+#[derive(Serialize)]
+struct NodesOut {
+    talks: String,
+    nodes: Vec<String>,
+    changed: bool,
+}
+
+/// Shows or replaces the talks' node address list. Every address of a new
+/// list is asked for its node information over the pinned certificate
+/// first, and must name the pinned origin and log key: a list is saved
+/// only if each of its nodes is the same node.
+async fn nodes(dir: &Path, a: TalksNodesArgs) -> anyhow::Result<()> {
+    let mut ctx = participant::open(dir, &a.talks).await?;
+    let changed = if let Some(list) = &a.set {
+        let parsed = NodeAddresses::parse(list).map_err(|e| anyhow!("--set: {e}"))?;
+        let device = ctx.key(KeyKindArg::Device).await?;
+        for address in parsed.iter() {
+            let info = NodeClient::new(address, ctx.record.node.fingerprint, &device)?
+                .node_info()
+                .await
+                .with_context(|| {
+                    format!("asking {address} for its node information; nothing was changed")
+                })?;
+            ensure!(
+                info.origin == ctx.record.node.origin && info.log_key == ctx.record.node.log_key,
+                "{address} presents the pinned certificate but names another origin or log key: \
+                 it is not a node of this talks' log; nothing was changed"
+            );
+        }
+        let canonical = parsed.to_string();
+        let changed = canonical != ctx.record.node.address;
+        ctx.record.node.address = canonical;
+        ctx.save().await?;
+        changed
+    } else {
+        false
+    };
+    let out = NodesOut {
+        talks: ctx.talks().to_hex(),
+        nodes: NodeAddresses::parse(&ctx.record.node.address)?
+            .iter()
+            .map(str::to_owned)
+            .collect(),
+        changed,
+    };
+    ctx.close().await;
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        for n in &out.nodes {
+            println!("{n}");
+        }
+    }
+    Ok(())
 }
 
 async fn verify(dir: &Path, a: TalksVerifyArgs) -> anyhow::Result<()> {
