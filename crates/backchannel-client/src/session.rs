@@ -812,6 +812,13 @@ impl<S: ClientStore> Session<S> {
         self.next
     }
 
+    /// How many of this session's own envelopes the node acknowledged
+    /// (receipts held) but no verified checkpoint covers yet;
+    /// [`Session::verify_log`] settles them and reports the overdue ones.
+    pub fn pending_receipts(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Fetches everything new of this session's rooms, verifies it and
     /// archives it. Returns the newly archived envelopes.
     ///

@@ -118,11 +118,13 @@ struct Node {
 }
 
 impl Node {
-    /// `node run` on `dir` listening on `listen`; `None` if it exited
-    /// before listening (the address is taken).
-    fn spawn(dir: &Path, listen: &str) -> Option<Node> {
+    /// `node run` on `dir` listening on `listen` (on the PostgreSQL
+    /// `database` if any); `None` if it exited before listening (the
+    /// address is taken).
+    fn spawn(dir: &Path, listen: &str, database: Option<&str>) -> Option<Node> {
         let mut child = backchannel()
             .args(["node", "run", "--listen", listen])
+            .args(database.map(|d| ["--database", d]).into_iter().flatten())
             .args(["--checkpoint-interval-ms", "50"])
             // Every command is a new connection from 127.0.0.1.
             .args(["--connections-per-second", "1000"])
@@ -149,9 +151,9 @@ impl Node {
     }
 
     /// `node run` on `dir` at `listen`, retrying while the port is taken.
-    fn start(dir: &Path, listen: &str) -> Node {
+    fn start(dir: &Path, listen: &str, database: Option<&str>) -> Node {
         for _ in 0..50 {
-            if let Some(node) = Node::spawn(dir, listen) {
+            if let Some(node) = Node::spawn(dir, listen, database) {
                 return node;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -196,6 +198,8 @@ struct Talks {
     /// What every `talks seat` is given besides `--json` (the roster is
     /// built by the run that posts it, so every run gets the same).
     seat_args: Vec<&'static str>,
+    /// The node's PostgreSQL database (`None`: SQLite in its directory).
+    database: Option<String>,
 }
 
 impl Talks {
@@ -208,6 +212,12 @@ impl Talks {
     /// [`Talks::seated`], `talks seat` given `seat_args` (presets, tracks,
     /// letters, release).
     fn seated_with(seat_args: &[&'static str]) -> Talks {
+        Talks::seated_on(seat_args, None)
+    }
+
+    /// [`Talks::seated_with`], the node on the PostgreSQL `database` if
+    /// any.
+    fn seated_on(seat_args: &[&'static str], database: Option<&str>) -> Talks {
         let dir = tempfile::tempdir().unwrap();
         let node_dir = dir.path().join("node");
         let init = ok_json(
@@ -233,11 +243,12 @@ impl Talks {
             .arg(&node_dir)
             .arg(key.trim()));
         let mut t = Talks {
-            node: Node::start(&node_dir, "127.0.0.1:0"),
+            node: Node::start(&node_dir, "127.0.0.1:0", database),
             dir,
             talks: String::new(),
             accepted: vec![],
             seat_args: seat_args.to_vec(),
+            database: database.map(str::to_owned),
         };
 
         let addr = t.node.addr.to_string();
@@ -404,7 +415,11 @@ impl Talks {
     /// address (the homes pinned it).
     fn start_again(&mut self) {
         let (addr, fp) = (self.node.addr, self.node.fingerprint.clone());
-        self.node = Node::start(&self.node_dir(), &addr.to_string());
+        self.node = Node::start(
+            &self.node_dir(),
+            &addr.to_string(),
+            self.database.as_deref(),
+        );
         assert_eq!(self.node.addr, addr);
         assert_eq!(self.node.fingerprint, fp);
     }
@@ -2097,4 +2112,112 @@ fn a_joint_session_opens_only_with_every_partys_consent() {
             .any(|l| l["seq"] == seq && l["text"] == "Good morning to both delegations."),
         "Iran does not read the plenary"
     );
+}
+
+// --- Several nodes -------------------------------------------------------------
+
+/// Two nodes on one PostgreSQL database: each home is given both
+/// addresses with `talks nodes --set` (bad lists refused, nothing changed),
+/// sends in a loop while the first node is SIGKILLed, and every send is
+/// acknowledged — the client fails over by itself — with every
+/// acknowledged envelope in the log and every home verifying one log
+/// without evidence. Skipped without `BACKCHANNEL_TEST_DATABASE_URL`.
+#[test]
+fn the_cli_fails_over_between_nodes_on_one_database() {
+    let Some(db) = common::PgDatabase::create() else {
+        return;
+    };
+    let mut t = Talks::seated_on(&[], Some(&db.url));
+    t.accept_all();
+    let b = Node::start(&t.node_dir(), "127.0.0.1:0", Some(&db.url));
+    assert_eq!(b.fingerprint, t.node.fingerprint, "one TLS identity");
+    let (a_addr, b_addr) = (t.node.addr.to_string(), b.addr.to_string());
+
+    // Bad lists change nothing.
+    let nodes = |h| ok_json(t.cli(h).args(["talks", "nodes", "--json"]))["nodes"].clone();
+    assert_eq!(nodes(US), serde_json::json!([a_addr]));
+    run(t
+        .cli(US)
+        .args(["talks", "nodes", "--set", &format!("{a_addr},,{b_addr}")]))
+    .refused(FAILED, "is not host:port");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    run(t
+        .cli(US)
+        .args(["talks", "nodes", "--set", &format!("{a_addr},{closed}")]))
+    .refused(FAILED, "nothing was changed");
+    // Another node (another TLS identity) is refused by its certificate.
+    let other_dir = t.path("other-node");
+    ok(backchannel()
+        .args(["node", "init", "--origin", ORIGIN, "--dir"])
+        .arg(&other_dir));
+    let other = Node::start(&other_dir, "127.0.0.1:0", None);
+    run(t.cli(US).args([
+        "talks",
+        "nodes",
+        "--set",
+        &format!("{a_addr},{}", other.addr),
+    ]))
+    .refused(FAILED, "did not present the node certificate");
+    drop(other);
+    assert_eq!(nodes(US), serde_json::json!([a_addr]));
+
+    for h in [OM, US, IR] {
+        let set = ok_json(t.cli(h).args([
+            "talks",
+            "nodes",
+            "--json",
+            "--set",
+            &format!(" {a_addr} , {b_addr} "),
+        ]));
+        assert_eq!(set["nodes"], serde_json::json!([a_addr, b_addr]), "{set}");
+        assert_eq!(set["changed"], true);
+    }
+
+    // Each home sends in a loop; node A is SIGKILLed under them.
+    let acked: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+    let loops: Vec<_> = [(OM, "caucus islamic"), (US, "caucus"), (IR, "caucus")]
+        .into_iter()
+        .map(|(h, room)| {
+            let (root, acked) = (t.dir.path().to_owned(), Arc::clone(&acked));
+            std::thread::spawn(move || {
+                for i in 0..12 {
+                    let text = format!("{h} message {i}");
+                    let out =
+                        run(home_cli(&root, h).args(["send", "--json", "--room", room, &text]));
+                    assert_eq!(out.code, Some(0), "{h} message {i}: {out:?}");
+                    let seq = out.json()["seq"].as_u64().unwrap();
+                    acked.lock().unwrap().push((h.to_owned(), seq, text));
+                }
+            })
+        })
+        .collect();
+    for _ in 0..600 {
+        if acked.lock().unwrap().len() >= 6 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.node.kill();
+    for l in loops {
+        l.join()
+            .expect("every send was acknowledged, through B after A died");
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 36);
+
+    // One log, every acknowledged send in it, verified by every home.
+    let size = acked.iter().map(|(_, seq, _)| seq + 1).max().unwrap();
+    let first = t.verified_to(OM, size);
+    let all = t.whole_log();
+    for (h, seq, text) in &acked {
+        assert_eq!(at(&all, *seq)["text"], text.as_str(), "{h} seq {seq}");
+    }
+    for h in [US, IR] {
+        let v = t.verified_to(h, size);
+        assert_eq!(v["root"], first["root"], "{h}: {v}");
+    }
+    drop(b);
 }
