@@ -57,7 +57,6 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
-use crate::integrate::TALKS_PER_ROUND;
 use crate::net::{ACCEPT_ERROR_BACKOFF, Listener};
 use crate::server::Node;
 
@@ -317,21 +316,15 @@ async fn metrics<S: Store>(State(node): State<Arc<Node<S>>>) -> Response {
         .into_response()
 }
 
-/// The integration lag: over the talks the integrator would work on next
-/// (at most [`TALKS_PER_ROUND`]), the largest number of sequenced leaves
-/// not yet integrated, and how many talks have any.
+/// The integration lag over every talks: the largest number of sequenced
+/// leaves not yet integrated, and how many talks have any (one store
+/// read).
 async fn integration_lag<S: Store>(store: &S) -> Result<Lag, backchannel_store::StoreError> {
-    let mut lag = Lag::default();
-    for talks in store.unintegrated_talks(TALKS_PER_ROUND).await? {
-        let integrated = store.integrated_size(talks).await?;
-        let size = store.log_size(talks).await?;
-        let behind = size.saturating_sub(integrated);
-        if behind > 0 {
-            lag.talks += 1;
-            lag.max_leaves = lag.max_leaves.max(behind);
-        }
-    }
-    Ok(lag)
+    let lag = store.integration_lag().await?;
+    Ok(Lag {
+        max_leaves: lag.max_leaves,
+        talks: lag.lagging_talks,
+    })
 }
 
 /// What `/metrics` reads at scrape time.
@@ -580,7 +573,7 @@ impl Metrics {
                 &mut out,
                 "backchannel_integration_lagging_talks",
                 "gauge",
-                "Talks with sequenced leaves not yet integrated (counted up to 1024).",
+                "Talks with sequenced leaves not yet integrated.",
                 lag.talks,
             );
         }

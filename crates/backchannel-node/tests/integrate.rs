@@ -384,6 +384,9 @@ impl Store for Faulty {
     async fn scheduled_count(&self) -> Result<u64, StoreError> {
         self.inner.scheduled_count().await
     }
+    async fn integration_lag(&self) -> Result<backchannel_store::IntegrationLag, StoreError> {
+        self.inner.integration_lag().await
+    }
     async fn checkpoint(&self, t: TalksId) -> Result<Option<CheckpointRecord>, StoreError> {
         self.inner.checkpoint(t).await
     }

@@ -1582,6 +1582,29 @@ impl Store for SqliteStore {
         self.appended.subscribe()
     }
 
+    async fn integration_lag(&self) -> Result<backchannel_store::IntegrationLag, StoreError> {
+        const OP: &str = "integration lag";
+        // The WHERE clause is the partial index's: one pass over the talks
+        // with work, however many talks there are.
+        let row = sqlx::query(
+            "SELECT COUNT(*), COALESCE(MAX(next_seq - integrated_size), 0)
+             FROM log_heads WHERE integrated_size < next_seq",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let number = |i: usize, what: &'static str| -> Result<u64, StoreError> {
+            let n: i64 = row
+                .try_get(i)
+                .map_err(|_| StoreError::Corrupt(format!("{OP}: the {what} is not an integer")))?;
+            from_sql(n, what)
+        };
+        Ok(backchannel_store::IntegrationLag {
+            lagging_talks: number(0, "count")?,
+            max_leaves: number(1, "lag")?,
+        })
+    }
+
     async fn unintegrated_talks(&self, limit: usize) -> Result<Vec<TalksId>, StoreError> {
         const OP: &str = "unintegrated talks";
         if limit == 0 {

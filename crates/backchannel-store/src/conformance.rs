@@ -32,11 +32,12 @@ use tokio::sync::broadcast::error::TryRecvError;
 use crate::memory::{MemoryStore, stored_hash_count};
 use crate::{
     AccessListRecord, Appended, BLOB_CHUNK, BlobRecord, CheckpointRecord, Fence, Fired, Gate,
-    InvitationRecord, KeyPackageRecord, Lease, LeaseName, MAX_ENROLMENT_PAYLOAD, MAX_FIRE_BATCH,
-    MAX_INVITATIONS, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE,
-    MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES,
-    Outcome, PendingChange, Placement, Redemption, RoomState, RoomStateUpdate, ScheduledRecord,
-    Store, StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+    IntegrationLag, InvitationRecord, KeyPackageRecord, Lease, LeaseName, MAX_ENROLMENT_PAYLOAD,
+    MAX_FIRE_BATCH, MAX_INVITATIONS, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_REFERENCE,
+    MAX_KEY_PACKAGES_PER_DEVICE, MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES,
+    MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange, Placement, Redemption, RoomState,
+    RoomStateUpdate, ScheduledRecord, Store, StoreError, StoredEnvelope, Submission, Subscription,
+    TalksRecord,
 };
 
 /// Runs every property, each on a store from `fresh` (which must open a
@@ -98,6 +99,7 @@ where
         fire_due_in_due_order,
         fire_due_limits,
         fire_due_sequences_like_sequence,
+        integration_lag_counts_every_talks,
     );
 }
 
@@ -5023,6 +5025,81 @@ pub async fn fire_due_sequences_like_sequence<S: Store>(store: &S) {
     assert_eq!(scheduled_count(store).await, 0);
     assert_eq!(read_all(store, t).await, stored, "nothing new stored");
     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "nobody woken");
+}
+
+/// `integration_lag` counts every talks with leaves not yet integrated and
+/// the most any one has, and follows integration.
+pub async fn integration_lag_counts_every_talks<S: Store>(store: &S) {
+    let lag = |talks, max| IntegrationLag {
+        lagging_talks: talks,
+        max_leaves: max,
+    };
+    assert_eq!(
+        ok(store.integration_lag().await, "lag"),
+        lag(0, 0),
+        "empty store"
+    );
+    let a = sender(labels::US_HEAD_DEVICE);
+    // A third talks, never written to, is never lagging.
+    let (t1, t2, _t3) = (
+        open(store, 1).await,
+        open(store, 2).await,
+        open(store, 3).await,
+    );
+    assert_eq!(
+        ok(store.integration_lag().await, "lag"),
+        lag(0, 0),
+        "empty logs"
+    );
+    sequence(
+        store,
+        (0..5).map(|k| submission(t1, a, k, 0)).collect(),
+        1000,
+    )
+    .await;
+    sequence(
+        store,
+        (0..3).map(|k| submission(t2, a, k, 0)).collect(),
+        1000,
+    )
+    .await;
+    assert_eq!(ok(store.integration_lag().await, "lag"), lag(2, 5));
+    let mut tree = MemoryHashStore::new();
+    for e in read_all(store, t1).await {
+        ok(tree.append(&e.leaf().hash()), "reference tree");
+    }
+    ok(
+        store
+            .integrate(
+                t1,
+                0,
+                4,
+                &hashes_between(&tree, 0, 4),
+                &checkpoint_at(t1, &tree, 4),
+                None,
+            )
+            .await,
+        "integrate",
+    );
+    assert_eq!(
+        ok(store.integration_lag().await, "lag"),
+        lag(2, 3),
+        "t1 one behind, t2 three"
+    );
+    ok(
+        store
+            .integrate(
+                t1,
+                4,
+                5,
+                &hashes_between(&tree, 4, 5),
+                &checkpoint_at(t1, &tree, 5),
+                None,
+            )
+            .await,
+        "integrate",
+    );
+    assert_eq!(ok(store.integration_lag().await, "lag"), lag(1, 3));
 }
 
 #[cfg(test)]

@@ -848,6 +848,15 @@ pub struct Fired {
     pub outcome: Outcome,
 }
 
+/// How far integration is behind, over every talks ([`Store::integration_lag`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IntegrationLag {
+    /// Talks with sequenced leaves not yet integrated.
+    pub lagging_talks: u64,
+    /// The most such leaves any one talks has.
+    pub max_leaves: u64,
+}
+
 /// How many scheduled items may wait in a store at once
 /// ([`Store::schedule`] refuses more with `Limit`).
 pub const MAX_SCHEDULED: usize = 100_000;
@@ -1314,6 +1323,10 @@ pub trait Store: Send + Sync + 'static {
         holder: [u8; 16],
         epoch: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// How far integration is behind, over every talks, in one read (for
+    /// monitoring: the node's `/metrics`).
+    fn integration_lag(&self) -> impl Future<Output = Result<IntegrationLag, StoreError>> + Send;
 
     /// Stores an item to be sequenced when due. `Exists` if its id is
     /// taken (by a waiting item), `UnknownTalks` if its submission's talks

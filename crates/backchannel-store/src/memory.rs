@@ -983,6 +983,20 @@ impl Store for MemoryStore {
         self.appended.subscribe()
     }
 
+    async fn integration_lag(&self) -> Result<crate::IntegrationLag, StoreError> {
+        let mut txn = self.begin("integration_lag")?;
+        txn.step("read")?;
+        let mut lag = crate::IntegrationLag::default();
+        for log in txn.inner.durable.talks.values() {
+            let behind = (log.rows.len() as u64).saturating_sub(log.integrated);
+            if behind > 0 {
+                lag.lagging_talks += 1;
+                lag.max_leaves = lag.max_leaves.max(behind);
+            }
+        }
+        Ok(lag)
+    }
+
     async fn unintegrated_talks(&self, limit: usize) -> Result<Vec<TalksId>, StoreError> {
         let mut txn = self.begin("unintegrated_talks")?;
         txn.step("read")?;
