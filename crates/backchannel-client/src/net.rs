@@ -147,6 +147,10 @@ pub const CLOSE_NO_STATUS: u16 = 1005;
 /// The most node addresses one address list holds.
 pub const MAX_NODE_ADDRESSES: usize = 8;
 
+/// The longest address list, in its canonical form (bytes): what a talks
+/// record and an invitation keep.
+pub const MAX_NODE_ADDRESSES_LEN: usize = 256;
+
 /// The code of an error answer that is not the node's JSON error body.
 pub const UNKNOWN_CODE: &str = "unknown";
 
@@ -404,7 +408,8 @@ struct Endpoint {
 }
 
 /// A parsed node address list: one or more `host:port` (or `[v6]:port`)
-/// separated by commas, at most [`MAX_NODE_ADDRESSES`], no repeats.
+/// separated by commas, at most [`MAX_NODE_ADDRESSES`] and
+/// [`MAX_NODE_ADDRESSES_LEN`] bytes in canonical form, no repeats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeAddresses(Vec<Endpoint>);
 
@@ -434,7 +439,14 @@ impl NodeAddresses {
                 out.len()
             )));
         }
-        Ok(Self(out))
+        let list = Self(out);
+        let len = list.to_string().len();
+        if len > MAX_NODE_ADDRESSES_LEN {
+            return Err(NetError::Usage(format!(
+                "the node addresses take {len} bytes, more than the {MAX_NODE_ADDRESSES_LEN} a talks record keeps; list fewer nodes or shorter names"
+            )));
+        }
+        Ok(list)
     }
 
     /// How many nodes are listed (at least one).
@@ -636,7 +648,18 @@ impl NodeClient {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
-                        return self.read_at(resp, max, i).await;
+                        match self.read_at(resp, max, i).await {
+                            // The answer broke off: a read goes to the
+                            // next node; anything else goes back.
+                            Err(e @ NetError::Transport(_)) => {
+                                self.fail_over_from(i);
+                                if !read_only || last {
+                                    return Err(e);
+                                }
+                                continue;
+                            }
+                            done => return done,
+                        }
                     }
                     let body = self
                         .read_at(resp, MAX_ERROR_ANSWER, i)

@@ -821,6 +821,17 @@ fn node_address_lists_parse_strictly() {
         .collect::<Vec<_>>()
         .join(",");
     check(&nine, Err("more than the 8"));
+    // Eight long names pass the count but not the length a record keeps.
+    let long = (1..=MAX_NODE_ADDRESSES)
+        .map(|i| format!("node-{i}.mediation.example.org:7443"))
+        .collect::<Vec<_>>()
+        .join(",");
+    check(&long, Err("more than the 256"));
+    let fits = (1..=MAX_NODE_ADDRESSES)
+        .map(|i| format!("node-{i}.example.org:7443"))
+        .collect::<Vec<_>>()
+        .join(",");
+    check(&fits, Ok(&fits));
 }
 
 /// A port nothing listens on.
