@@ -164,18 +164,30 @@ pub async fn serve<L: Listener, S: Store>(
     phase.send_replace(Phase::Draining);
     let grace = node.limits().shutdown_grace;
     tracing::info!("shutting down: no longer accepting; letting requests in progress finish");
-    if tokio::time::timeout(grace, phase.closed()).await.is_err() {
-        tracing::warn!(
-            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
-            "connections were still open when the shutdown grace ran out; cutting them"
-        );
-    }
+    let stop_integrating = (integrator.abort_handle(), keeper.abort_handle());
+    // The integrator and the lease keeper stop as draining starts (a round
+    // in progress finishes first); once both have, the lease is handed
+    // over at once, while requests drain, rather than left to expire.
+    let hand_over = async {
+        let _ = integrator.await;
+        let _ = keeper.await;
+        crate::lease::release(&**node.store(), node.instance, &node.lease).await;
+    };
+    let drain = async {
+        if tokio::time::timeout(grace, phase.closed()).await.is_err() {
+            tracing::warn!(
+                grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                "connections were still open when the shutdown grace ran out; cutting them"
+            );
+        }
+    };
+    // Both within the grace: a round or a release stuck on the database
+    // does not hold the shutdown up (the lease then expires by itself).
+    let _ = tokio::time::timeout(grace, async { tokio::join!(hand_over, drain) }).await;
     phase.send_replace(Phase::Stopped);
-    integrator.abort();
-    keeper.abort();
+    stop_integrating.0.abort();
+    stop_integrating.1.abort();
     timers.abort();
-    // The integrator has stopped: hand the lease over at once.
-    crate::lease::release(&**node.store(), node.instance, &node.lease).await;
     Ok(())
 }
 

@@ -21,8 +21,8 @@ use backchannel_node::server::{Node, NodeConfig};
 use backchannel_node::stream::CLOSE_GOING_AWAY;
 use backchannel_node::tls::{self, Fingerprint, Identity};
 use backchannel_statement::fixtures::{self, key, labels::*};
-use backchannel_store::Store as _;
 use backchannel_store::memory::MemoryStore;
+use backchannel_store::{LeaseName, Store as _};
 use backchannel_tlog::NodeOrigin;
 use common::*;
 use futures_util::StreamExt;
@@ -258,6 +258,9 @@ async fn shutdown_finishes_requests_in_progress_refuses_new_connections_and_clos
     let seen = node.clock.reads();
     let rest = start_submission(&mut conn, talks, &submission).await;
     node.clock.read_after(seen).await;
+    // The node holds the integrator lease.
+    let held = node.node.lease().epoch();
+    assert!(held > 0, "the node took the integrator lease");
     node.shut_down();
 
     // The stream is told the node is going away.
@@ -268,6 +271,22 @@ async fn shutdown_finishes_requests_in_progress_refuses_new_connections_and_clos
         refused.is_err(),
         "a new connection was accepted: {refused:?}"
     );
+
+    // The lease is handed over while the request is still in progress,
+    // not left to expire: released (expiry 0) under the epoch it held.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let lease = node.node.store().lease(LeaseName::Integrator);
+            if lease.is_some_and(|l| l.expires_ms == 0) {
+                assert_eq!(lease.map(|l| l.epoch), Some(held));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the lease is released during the drain");
+    assert_eq!(node.node.lease().fence(), None);
 
     // The submission in progress completes, and its connection then closes.
     conn.write_all(&rest).await.expect("the rest of the body");
