@@ -136,3 +136,41 @@ async fn a_lease_granted_too_late_is_not_held() {
     assert_eq!(lease.holder, X);
     assert_eq!(x.fence(), None);
 }
+
+#[tokio::test]
+async fn a_holder_whose_clock_runs_ahead_does_not_delay_the_takeover() {
+    let store = MemoryStore::new();
+    // X's clock runs an hour ahead of Y's: its expiries look an hour away
+    // to Y.
+    let y_clock = TestClock(AtomicU64::new(1_000_000));
+    let x_clock = TestClock(AtomicU64::new(1_000_000 + 3_600_000));
+    let (x, y) = (LeaseState::default(), LeaseState::default());
+    renew_once(&store, &x_clock, X, &x).await.unwrap();
+    assert_eq!(x.epoch(), 1);
+
+    // While X keeps renewing, Y never takes it, however long it watches.
+    for _ in 0..10 {
+        renew_once(&store, &y_clock, Y, &y).await.unwrap();
+        assert_eq!(y.fence(), None);
+        y_clock.advance(500);
+        x_clock.advance(500);
+        renew_once(&store, &x_clock, X, &x).await.unwrap();
+        assert_eq!(x.epoch(), 1);
+    }
+
+    // X dies. Y sees the same lease for a whole TTL of its own clock and
+    // takes it, an hour before X's claimed expiry.
+    renew_once(&store, &y_clock, Y, &y).await.unwrap();
+    y_clock.advance(LEASE_TTL.as_millis() as u64 - 1);
+    renew_once(&store, &y_clock, Y, &y).await.unwrap();
+    assert_eq!(y.fence(), None, "not before a whole TTL");
+    y_clock.advance(1);
+    let lease = renew_once(&store, &y_clock, Y, &y).await.unwrap();
+    assert_eq!((lease.holder, lease.epoch), (Y, 2));
+    assert_eq!(y.epoch(), 2);
+    // Y then renews on its own clock.
+    y_clock.advance(500);
+    let lease = renew_once(&store, &y_clock, Y, &y).await.unwrap();
+    assert_eq!((lease.holder, lease.epoch), (Y, 2));
+    assert_eq!(y.epoch(), 2);
+}

@@ -60,10 +60,10 @@ pub use tlog_tiles::HashReader;
 ///
 /// The node's side of the budget (`backchannel_node::lease`): a checkpoint
 /// at most every second, and when the integrating node dies, another takes
-/// its lease within the lease's expiry plus a renewal period plus the time
-/// the database takes to drop a paused writer's locks — 4.5 s at most.
-/// The rest is room for clock skew between the node that stamped the
-/// batch and the client that checks, and for a slow fetch.
+/// its lease and integrates within 7 s of the envelope's timestamp, round
+/// durations aside. The rest is room for those, for clock skew between
+/// the node that stamped the batch and the client that checks, and for a
+/// slow fetch.
 pub const MAX_MERGE_DELAY_MS: u64 = 10_000;
 
 use backchannel_crypto::Digest;

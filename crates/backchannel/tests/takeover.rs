@@ -327,6 +327,58 @@ async fn integrated(client: &NodeClient, t: &fixtures::Talks) -> u64 {
     .expect("the log is integrated")
 }
 
+/// Samples the size of the checkpoint `client` is served, every 50 ms,
+/// until `stop` is set, and once more then: (Unix ms when it was read,
+/// size).
+fn sample_checkpoints(
+    client: NodeClient,
+    talks: backchannel_codec::TalksId,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u64, u64)>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        loop {
+            // One last sample once told to stop, after the caller saw the
+            // whole log integrated.
+            let last = stop.load(std::sync::atomic::Ordering::SeqCst);
+            if let Ok((size, _)) = client.checkpoint(talks).await {
+                samples.push((now_ms(), size));
+            }
+            if last {
+                return samples;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// For every acknowledged seq, how long after its node timestamp a served
+/// checkpoint first covered it (by the samples); asserts each is within
+/// `MAX_MERGE_DELAY_MS` — what a client online throughout would have held
+/// the node to — and returns the longest.
+fn merge_delays(url: &str, acked: &[u64], samples: &[(u64, u64)]) -> u64 {
+    let times: BTreeMap<u64, u64> = psql(url, "SELECT seq, node_time FROM envelopes")
+        .into_iter()
+        .map(|row| (row[0].parse().unwrap(), row[1].parse().unwrap()))
+        .collect();
+    let mut longest = 0;
+    for seq in acked {
+        let stamped = times[seq];
+        let covered = samples
+            .iter()
+            .find(|(_, size)| *size > *seq)
+            .map(|(at, _)| *at)
+            .unwrap_or_else(|| panic!("seq {seq} was never covered by a sampled checkpoint"));
+        let delay = covered.saturating_sub(stamped);
+        assert!(
+            delay < backchannel_tlog::MAX_MERGE_DELAY_MS,
+            "seq {seq} was merged {delay} ms after its timestamp: merge-delay evidence"
+        );
+        longest = longest.max(delay);
+    }
+    longest
+}
+
 /// Runs the load of every session at once; returns each session's seqs.
 async fn load_all(
     t: &fixtures::Talks,
@@ -375,6 +427,20 @@ fn the_integrator_killed_under_load_is_replaced_and_clients_fail_over() {
             s.verify_log(&rooms, now_ms()).await.unwrap();
         }
 
+        // The served checkpoint, sampled throughout (the sampler fails over
+        // like the clients).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = sample_checkpoints(
+            NodeClient::new(
+                format!("{},{}", a.api, b.api),
+                fingerprint,
+                &key(US_NEGOTIATOR_DEVICE),
+            )
+            .unwrap(),
+            t.talks,
+            Arc::clone(&stop),
+        );
+
         // Load through both nodes; A is killed while it runs.
         let kill = async {
             tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -401,6 +467,8 @@ fn the_integrator_killed_under_load_is_replaced_and_clients_fail_over() {
 
         let client = NodeClient::new(b.api, fingerprint, &key(US_NEGOTIATOR_DEVICE)).unwrap();
         integrated(&client, &t).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let samples = sampler.await.unwrap();
         let log = whole_log(&db.url);
         // Nothing acknowledged is lost: every acknowledged seq is in the
         // log, each once (seqs of one device never repeat).
@@ -418,6 +486,10 @@ fn the_integrator_killed_under_load_is_replaced_and_clients_fail_over() {
                 "acknowledged seq {seq} is not in the log"
             );
         }
+        // Each was covered by a served checkpoint within the merge delay,
+        // across the failover.
+        let longest = merge_delays(&db.url, &acked, &samples);
+        eprintln!("longest merge delay across the kill: {longest} ms");
         verify_after(&t, &list, &mut sessions).await;
     });
 }
@@ -444,14 +516,21 @@ fn a_paused_integrator_writes_nothing_after_the_takeover() {
             s.verify_log(&rooms, now_ms()).await.unwrap();
         }
 
-        // A is paused under load (wherever it is: between rounds, inside a
-        // sequencing or an integration transaction); the clients go on
-        // through B, which takes the lease once A's expires.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = sample_checkpoints(
+            NodeClient::new(b.api, fingerprint, &key(US_NEGOTIATOR_DEVICE)).unwrap(),
+            t.talks,
+            Arc::clone(&stop),
+        );
+
+        // A is paused under load (wherever it is: between rounds, or
+        // inside an integration transaction); the clients go on through
+        // B, which takes the lease once A's expires.
         let pause = async {
             tokio::time::sleep(Duration::from_millis(800)).await;
             a.signal("STOP");
         };
-        tokio::join!(
+        let (mut seqs, ()) = tokio::join!(
             load_all(&t, &list, &mut sessions, 40, Duration::from_millis(50)),
             pause
         );
@@ -475,10 +554,11 @@ fn a_paused_integrator_writes_nothing_after_the_takeover() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             a.signal("CONT");
         };
-        tokio::join!(
+        let (more, ()) = tokio::join!(
             load_all(&t, &list, &mut sessions, 20, Duration::from_millis(50)),
             resume
         );
+        seqs.extend(more);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         integrated(&client, &t).await;
         eprintln!(
@@ -511,7 +591,19 @@ fn a_paused_integrator_writes_nothing_after_the_takeover() {
         }
         assert_eq!(a.metric("backchannel_integrator_lease_held").await, Some(0));
         assert_eq!(b.metric("backchannel_integrator_lease_held").await, Some(1));
-        whole_log(&db.url);
+        let log = whole_log(&db.url);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let samples = sampler.await.unwrap();
+        let acked: Vec<u64> = seqs.iter().flatten().copied().collect();
+        assert_eq!(acked.len(), 4 * 60);
+        for seq in &acked {
+            assert!(
+                log.contains_key(seq),
+                "acknowledged seq {seq} is not in the log"
+            );
+        }
+        let longest = merge_delays(&db.url, &acked, &samples);
+        eprintln!("longest merge delay across the pause: {longest} ms");
         verify_after(&t, &list, &mut sessions).await;
     });
 }
