@@ -42,7 +42,20 @@ CREATE TABLE scheduled (
     gate_public_group BYTEA,
     gate_group_info   BYTEA,
     gate_commit       BYTEA    CHECK (gate_commit IS NULL OR octet_length(gate_commit) = 32),
-    gate_to           BYTEA    CHECK (gate_to IS NULL OR octet_length(gate_to) % 32 = 0)
+    gate_to           BYTEA    CHECK (gate_to IS NULL OR octet_length(gate_to) % 32 = 0),
+    -- The gate's columns agree with its kind (as `GateColumns` reads them).
+    CHECK (
+        (gate_kind IS NULL AND gate_epoch IS NULL AND gate_public_group IS NULL
+            AND gate_group_info IS NULL AND gate_commit IS NULL AND gate_to IS NULL)
+        OR (gate_kind = 1 AND gate_epoch IS NULL AND gate_public_group IS NOT NULL
+            AND gate_group_info IS NOT NULL AND gate_commit IS NULL AND gate_to IS NULL)
+        OR (gate_kind = 2 AND gate_epoch IS NOT NULL AND gate_public_group IS NOT NULL
+            AND gate_group_info IS NOT NULL AND gate_commit IS NULL AND gate_to IS NULL)
+        OR (gate_kind = 3 AND gate_epoch IS NOT NULL AND gate_public_group IS NULL
+            AND gate_group_info IS NULL AND gate_commit IS NULL AND gate_to IS NULL)
+        OR (gate_kind = 4 AND gate_epoch IS NOT NULL AND gate_public_group IS NULL
+            AND gate_group_info IS NULL AND gate_commit IS NOT NULL AND gate_to IS NOT NULL)
+    )
 );
 
 ALTER TABLE scheduled ALTER COLUMN body SET STORAGE EXTERNAL;

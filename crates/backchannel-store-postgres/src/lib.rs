@@ -221,6 +221,11 @@ pub struct SessionSettings {
     pub fsync: String,
     /// `current_schema()`: where the store's tables are.
     pub current_schema: Option<String>,
+    /// `idle_in_transaction_session_timeout` as the server shows it
+    /// (`"1s"` by default).
+    pub idle_in_transaction_session_timeout: String,
+    /// `lock_timeout` as the server shows it (`"5s"` by default).
+    pub lock_timeout: String,
 }
 
 /// [`Store`] on a PostgreSQL database. Clones share the connections and the
@@ -475,7 +480,9 @@ impl PostgresStore {
         let row = sqlx::query(
             "SELECT current_setting('synchronous_commit') AS synchronous_commit,
                     current_setting('fsync') AS fsync,
-                    current_schema()::TEXT AS current_schema",
+                    current_schema()::TEXT AS current_schema,
+                    current_setting('idle_in_transaction_session_timeout') AS idle,
+                    current_setting('lock_timeout') AS lock_timeout",
         )
         .fetch_one(&self.pool)
         .await
@@ -488,6 +495,8 @@ impl PostgresStore {
             synchronous_commit: text("synchronous_commit")?.unwrap_or_default(),
             fsync: text("fsync")?.unwrap_or_default(),
             current_schema: text("current_schema")?,
+            idle_in_transaction_session_timeout: text("idle")?.unwrap_or_default(),
+            lock_timeout: text("lock_timeout")?.unwrap_or_default(),
         })
     }
 
@@ -802,9 +811,11 @@ async fn write_lease(
 }
 
 /// The first key of the advisory lock `schedule` takes, "bc" "sc" in
-/// ASCII (see `migrate::MIGRATE_LOCK`): it serialises `schedule` calls so
-/// that [`MAX_SCHEDULED`] holds across nodes.
-const SCHEDULE_LOCK: i64 = 0x6263_7363;
+/// ASCII (see `migrate::MIGRATE_LOCK`); the second is a hash of the schema
+/// the tables are in. It serialises `schedule` calls on one schema so that
+/// [`MAX_SCHEDULED`] holds across nodes, without holding up stores of
+/// other schemas on the same database.
+const SCHEDULE_LOCK: i32 = 0x6263_7363;
 
 fn room_state_row(row: &PgRow) -> Result<RoomState, StoreError> {
     Ok(RoomState {
@@ -2562,7 +2573,7 @@ impl Store for PostgresStore {
         let sub = &item.submission;
         let gate = GateColumns::of(sub.gate.as_ref());
         let mut tx = self.begin_write(OP).await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()::TEXT))")
             .bind(SCHEDULE_LOCK)
             .execute(&mut *tx)
             .await

@@ -2140,6 +2140,17 @@ impl Store for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Nothing due (nearly always): a read answers it, without taking
+        // the single write connection from the sequencer every tick.
+        let any_due = sqlx::query("SELECT 1 FROM scheduled WHERE due_ms <= ? LIMIT 1")
+            .bind(now)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| backend(OP, e))?
+            .is_some();
+        if !any_due {
+            return Ok(Vec::new());
+        }
         // SQLite has one writer: this write transaction is the claim, so
         // no other caller can fire the rows read here before it ends.
         let mut tx = self.begin_write(OP).await?;

@@ -260,10 +260,25 @@ async fn a_scheduled_row_with_disagreeing_gate_columns_is_corrupt() {
     store.close().await;
     drop(store);
     let pool = raw(&path).await;
-    sqlx::query("UPDATE scheduled SET gate_epoch = NULL")
+    // The schema refuses such a row…
+    let refused = sqlx::query("UPDATE scheduled SET gate_epoch = NULL")
         .execute(&pool)
+        .await;
+    assert!(
+        refused.is_err(),
+        "the gate CHECK refuses disagreeing columns"
+    );
+    // …so only a damaged file (here: the check switched off) holds one.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut *conn)
         .await
         .unwrap();
+    sqlx::query("UPDATE scheduled SET gate_epoch = NULL")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
     pool.close().await;
     let store = open(&path).await;
     let err = store.fire_due(10, 16, &log_key()).await.unwrap_err();

@@ -627,4 +627,18 @@ mod tests {
         assert_eq!(check(Some("mysql://h/db")), None);
         assert_eq!(check(Some("x.db")), None);
     }
+
+    /// The failover budget (`backchannel_node::lease`) counts on the
+    /// PostgreSQL backend dropping a paused writer's locks this soon.
+    #[test]
+    fn the_postgresql_idle_timeout_is_the_budgets() {
+        assert_eq!(
+            backchannel_store_postgres::DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT,
+            backchannel_node::lease::MAX_PAUSED_TRANSACTION
+        );
+        assert_eq!(
+            PostgresOptions::default().idle_in_transaction_timeout,
+            backchannel_node::lease::MAX_PAUSED_TRANSACTION
+        );
+    }
 }
