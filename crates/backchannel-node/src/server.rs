@@ -136,6 +136,12 @@ impl<S: Store> Node<S> {
         &self.lease
     }
 
+    /// [`Node::lease`], shared (to watch it after the node is handed to
+    /// [`crate::net::serve`]).
+    pub fn lease_state(&self) -> crate::lease::SharedLease {
+        Arc::clone(&self.lease)
+    }
+
     /// The talks' access list, and the caller's entry on it; `not_found`
     /// for unknown talks and for a key not on the list alike.
     pub(crate) async fn member(

@@ -253,6 +253,17 @@ pub struct DemoArgs {
     /// database holds.
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
+    /// Run the demo on this many nodes sharing the --database (1 or 2):
+    /// the participants are given every node's address, and with 2 the
+    /// first node is stopped midway; the clients fail over to the second,
+    /// which takes over integrating the log.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=2),
+        requires = "database"
+    )]
+    pub nodes: u8,
 }
 
 /// `backchannel node …`.

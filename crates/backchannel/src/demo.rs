@@ -396,13 +396,20 @@ fn marked(conveyance: Conveyance, receipt_required: bool) -> anyhow::Result<Mark
 /// participants' homes) in place; `canary`: 32 hex digits planted in every
 /// name and text; `answers`: a new file to copy every answer of the node
 /// to (`backchannel_client::net::tap_answers`); `database`: a PostgreSQL
-/// URL for the node instead of a SQLite file in the demo's directory.
+/// URL for the node instead of a SQLite file in the demo's directory;
+/// `nodes`: how many nodes serve that database (2: the first is stopped
+/// midway and the clients fail over).
 pub fn main(
     keep: bool,
     canary: Option<&str>,
     answers: Option<&Path>,
     database: Option<&str>,
+    nodes: u8,
 ) -> anyhow::Result<()> {
+    ensure!(
+        nodes == 1 || (nodes == 2 && database.is_some()),
+        "--nodes 2 needs --database postgres://…: nodes share one PostgreSQL database"
+    );
     if let Some(url) = database {
         ensure!(
             url.starts_with("postgres://") || url.starts_with("postgresql://"),
@@ -435,7 +442,7 @@ pub fn main(
     for d in [&node_dir, &homes] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let result = runtime.block_on(run(&node_dir, &homes, &Plant(canary), database));
+    let result = runtime.block_on(run(&node_dir, &homes, &Plant(canary), database, nodes));
     drop(runtime);
     if keep {
         println!(
@@ -454,6 +461,7 @@ async fn run(
     homes: &Path,
     plant: &Plant,
     database: Option<&str>,
+    nodes: u8,
 ) -> anyhow::Result<()> {
     println!("Backchannel demo: Oman mediates between the United States and Iran.\n");
     println!(
@@ -506,53 +514,76 @@ async fn run(
     let identity = Identity::self_signed(&tls_key, "backchannel-demo-node")?;
     let fingerprint = identity.fingerprint();
     let origin = NodeOrigin::new("demo.backchannel.example")?;
-    let config = NodeConfig {
-        origin: origin.clone(),
-        log_key: Arc::new(SecretKey::from_seed(&log_key.seed())?),
-        creators: vec![oman.members[0].device.public_key()],
-        limits: Limits {
-            checkpoint_interval: Duration::from_millis(100),
-            ..Limits::default()
-        },
-        clock: Arc::new(SystemClock),
-        instance: {
-            let mut id = [0u8; 16];
-            OsRng.fill_bytes(&mut id);
-            id
-        },
-    };
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let addr = backchannel_node::net::Listener::local_addr(&listener)?;
-    let transport = Transport::Tls(Arc::new(server_config(&identity)?));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let stopped = async move {
-        let _ = stopped.await;
-    };
-    let server = match database {
-        None => {
-            let store =
-                SqliteStore::open(&node_dir.join("node.db"), SqliteOptions::default()).await?;
-            let node = Node::new(Arc::new(store), config);
-            tokio::spawn(serve(listener, transport, node, stopped))
-        }
-        Some(url) => {
-            let store = PostgresStore::open(url, PostgresOptions::default())
-                .await
-                .context("opening the PostgreSQL database given to --database")?;
-            let node = Node::new(Arc::new(store), config);
-            tokio::spawn(serve(listener, transport, node, stopped))
-        }
-    };
-    println!(
-        "Node on {addr} (TLS 1.3, {}), fingerprint {}",
-        if database.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        },
-        fingerprint.to_hex()
-    );
-    let client = |key: &SecretKey| NodeClient::new(addr, fingerprint, key);
+    // One node, or several on one database: one log key, one TLS identity.
+    let mut served = Vec::new();
+    for _ in 0..nodes {
+        let config = NodeConfig {
+            origin: origin.clone(),
+            log_key: Arc::new(SecretKey::from_seed(&log_key.seed())?),
+            creators: vec![oman.members[0].device.public_key()],
+            limits: Limits {
+                checkpoint_interval: Duration::from_millis(100),
+                ..Limits::default()
+            },
+            clock: Arc::new(SystemClock),
+            instance: {
+                let mut id = [0u8; 16];
+                OsRng.fill_bytes(&mut id);
+                id
+            },
+        };
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = backchannel_node::net::Listener::local_addr(&listener)?;
+        let transport = Transport::Tls(Arc::new(server_config(&identity)?));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let (server, lease) = match database {
+            None => {
+                let store =
+                    SqliteStore::open(&node_dir.join("node.db"), SqliteOptions::default()).await?;
+                let node = Node::new(Arc::new(store), config);
+                let lease = node.lease_state();
+                (
+                    tokio::spawn(serve(listener, transport, node, stopped)),
+                    lease,
+                )
+            }
+            Some(url) => {
+                let store = PostgresStore::open(url, PostgresOptions::default())
+                    .await
+                    .context("opening the PostgreSQL database given to --database")?;
+                let node = Node::new(Arc::new(store), config);
+                let lease = node.lease_state();
+                (
+                    tokio::spawn(serve(listener, transport, node, stopped)),
+                    lease,
+                )
+            }
+        };
+        println!(
+            "Node on {addr} (TLS 1.3, {}), fingerprint {}",
+            if database.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
+            fingerprint.to_hex()
+        );
+        served.push((addr, stop, server, lease));
+    }
+    let addresses = served
+        .iter()
+        .map(|(addr, ..)| addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    if nodes > 1 {
+        println!(
+            "{nodes} nodes serve one database; every participant is given {addresses} and fails over"
+        );
+    }
+    let client = |key: &SecretKey| NodeClient::new(&addresses, fingerprint, key);
     let lead = &oman.members[0];
     let mediator = client(&lead.device)?;
 
@@ -1192,6 +1223,31 @@ async fn run(
         .await?;
     println!("[OM] recorded an oral message from Iran in the US caucus");
 
+    // With two nodes, the first is stopped here (maintenance, or a
+    // crash): the participants' next calls fail over to the second, which
+    // takes over integrating the log.
+    if served.len() > 1 {
+        let (addr, stop, server, _) = served.remove(0);
+        let _ = stop.send(());
+        let _ = server.await;
+        println!("\n[ops] node {addr} stopped; the participants carry on through the other node");
+        let lease = &served[0].3;
+        let epoch = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match lease.epoch() {
+                    0 => tokio::time::sleep(Duration::from_millis(50)).await,
+                    e => return e,
+                }
+            }
+        })
+        .await
+        .context("the remaining node did not take the integrator lease")?;
+        println!(
+            "[ops] node {} integrates the log now (integrator lease epoch {epoch})\n",
+            served[0].0
+        );
+    }
+
     // 15. The expert track on shipping, beside the main talks: the
     //     mediators' staff sets the agenda; the experts talk (their signed
     //     messages would need a release their heads, outside the track,
@@ -1487,8 +1543,10 @@ async fn run(
         }
     }
 
-    let _ = stop.send(());
-    let _ = server.await;
+    for (_, stop, server, _) in served {
+        let _ = stop.send(());
+        let _ = server.await;
+    }
     println!("\nDemo complete.");
     Ok(())
 }

@@ -72,6 +72,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
             args.canary.as_deref(),
             args.answers.as_deref(),
             args.database.as_deref(),
+            args.nodes,
         ),
         Command::Log(cli::LogCommand::Compare(args)) => evidence::compare(args),
         Command::Log(cli::LogCommand::Verify(args)) => messages::verify(cli.home, args),

@@ -61,6 +61,62 @@ fn the_demo_runs_on_postgresql() {
     );
 }
 
+/// The demo on two nodes sharing one PostgreSQL database: the first is
+/// stopped midway, the participants fail over to the second, which takes
+/// over integrating, and the whole transcript still checks (the final
+/// checkpoint included, cosigned after the handover).
+#[test]
+fn the_demo_fails_over_between_two_nodes_on_postgresql() {
+    let Some(db) = common::PgDatabase::create() else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_backchannel"))
+        .args(["demo", "--database", &db.url, "--nodes", "2"])
+        .env_remove("BACKCHANNEL_LOG")
+        .output()
+        .expect("runs");
+    drop(db);
+    check_demo(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches("(TLS 1.3, PostgreSQL)").count(),
+        2,
+        "{stdout}"
+    );
+    let stopped = stdout.find("[ops] node ").expect("a node is stopped");
+    let integrates = stdout
+        .find("integrates the log now (integrator lease epoch 2)")
+        .expect("the other node takes the lease under a new epoch");
+    let shipping = stdout
+        .find("the shipping track met")
+        .expect("the demo goes on");
+    let final_ = stdout
+        .rfind("the checkpoint is final")
+        .expect("a final checkpoint");
+    assert!(
+        stopped < integrates && integrates < shipping && shipping < final_,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn two_demo_nodes_need_a_database() {
+    let out = Command::new(env!("CARGO_BIN_EXE_backchannel"))
+        .args(["demo", "--nodes", "2"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--database"),
+        "{out:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_backchannel"))
+        .args(["demo", "--nodes", "3", "--database", "postgres://h/db"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
 /// What every run of the demo must show.
 fn check_demo(out: &std::process::Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
