@@ -405,6 +405,93 @@ async fn load_all(
     vec![a, b, c, d]
 }
 
+/// Two nodes on one database, A started first so that it integrates, and
+/// a session of each of [`DEVICES`] (given `a,b` and `b,a` in turn when
+/// `mixed`, else `b,a`), each holding a checkpoint A signed.
+struct Two {
+    a: Node,
+    b: Node,
+    epoch_a: u64,
+    t: fixtures::Talks,
+    list: AccessList,
+    sessions: Vec<Sess>,
+}
+
+async fn two_nodes(
+    url: &str,
+    dir: &Path,
+    fingerprint: Fingerprint,
+    log_key: PublicKey,
+    mixed: bool,
+) -> Two {
+    let a = Node::start(dir, url);
+    let epoch_a = a.holds_lease().await;
+    let b = Node::start(dir, url);
+    let t = fixtures::talks();
+    let list = t.roster.implied_access_list(t.talks).unwrap();
+    let order = if mixed {
+        (a.api, b.api)
+    } else {
+        (b.api, a.api)
+    };
+    let mut sessions = sessions(&t, &list, order, mixed, fingerprint, log_key).await;
+    for s in &mut sessions {
+        let rooms = my_rooms(&t, &list, s);
+        s.verify_log(&rooms, now_ms()).await.unwrap();
+    }
+    Two {
+        a,
+        b,
+        epoch_a,
+        t,
+        list,
+        sessions,
+    }
+}
+
+/// The checkpoint sampler of a test, stopped by [`Sampler::finish`].
+struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(u64, u64)>>,
+}
+
+impl Sampler {
+    fn start(client: NodeClient, talks: backchannel_codec::TalksId) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = sample_checkpoints(client, talks, Arc::clone(&stop));
+        Self { stop, task }
+    }
+
+    /// Call once the whole log is integrated: the samples, the last taken
+    /// after this call.
+    async fn finish(self) -> Vec<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
+
+/// Nothing acknowledged is lost: the `n` acknowledged seqs (`seqs`, per
+/// device) are distinct, each in the log, and each was covered by a
+/// sampled checkpoint within the merge delay. Returns the longest delay.
+fn check_acknowledged(url: &str, seqs: &[Vec<u64>], n: usize, samples: &[(u64, u64)]) -> u64 {
+    let log = whole_log(url);
+    let acked: Vec<u64> = seqs.iter().flatten().copied().collect();
+    assert_eq!(acked.len(), n);
+    let distinct: BTreeSet<u64> = acked.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        acked.len(),
+        "an acknowledgement repeats a seq"
+    );
+    for seq in &acked {
+        assert!(
+            log.contains_key(seq),
+            "acknowledged seq {seq} is not in the log"
+        );
+    }
+    merge_delays(url, &acked, samples)
+}
+
 #[test]
 fn the_integrator_killed_under_load_is_replaced_and_clients_fail_over() {
     let Some(db) = PgDatabase::create() else {
@@ -414,23 +501,17 @@ fn the_integrator_killed_under_load_is_replaced_and_clients_fail_over() {
     let (dir, fingerprint, log_key) = node_dir(root.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        // A first, so that it is the integrator; then B.
-        let a = Node::start(&dir, &db.url);
-        let epoch_a = a.holds_lease().await;
-        let b = Node::start(&dir, &db.url);
-        let t = fixtures::talks();
-        let list = t.roster.implied_access_list(t.talks).unwrap();
-        let mut sessions = sessions(&t, &list, (a.api, b.api), true, fingerprint, log_key).await;
-        // Every client holds a checkpoint A signed before the kill.
-        for s in &mut sessions {
-            let rooms = my_rooms(&t, &list, s);
-            s.verify_log(&rooms, now_ms()).await.unwrap();
-        }
-
+        let Two {
+            a,
+            b,
+            epoch_a,
+            t,
+            list,
+            mut sessions,
+        } = two_nodes(&db.url, &dir, fingerprint, log_key, true).await;
         // The served checkpoint, sampled throughout (the sampler fails over
         // like the clients).
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = sample_checkpoints(
+        let sampler = Sampler::start(
             NodeClient::new(
                 format!("{},{}", a.api, b.api),
                 fingerprint,
@@ -438,7 +519,6 @@ fn the_integrator_killed_under_load_is_replaced_and_clients_fail_over() {
             )
             .unwrap(),
             t.talks,
-            Arc::clone(&stop),
         );
 
         // Load through both nodes; A is killed while it runs.
@@ -467,28 +547,8 @@ fn the_integrator_killed_under_load_is_replaced_and_clients_fail_over() {
 
         let client = NodeClient::new(b.api, fingerprint, &key(US_NEGOTIATOR_DEVICE)).unwrap();
         integrated(&client, &t).await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let samples = sampler.await.unwrap();
-        let log = whole_log(&db.url);
-        // Nothing acknowledged is lost: every acknowledged seq is in the
-        // log, each once (seqs of one device never repeat).
-        let acked: Vec<u64> = seqs.iter().flatten().copied().collect();
-        assert_eq!(acked.len(), 4 * 60);
-        let distinct: BTreeSet<u64> = acked.iter().copied().collect();
-        assert_eq!(
-            distinct.len(),
-            acked.len(),
-            "an acknowledgement repeats a seq"
-        );
-        for seq in &acked {
-            assert!(
-                log.contains_key(seq),
-                "acknowledged seq {seq} is not in the log"
-            );
-        }
-        // Each was covered by a served checkpoint within the merge delay,
-        // across the failover.
-        let longest = merge_delays(&db.url, &acked, &samples);
+        let samples = sampler.finish().await;
+        let longest = check_acknowledged(&db.url, &seqs, 4 * 60, &samples);
         eprintln!("longest merge delay across the kill: {longest} ms");
         verify_after(&t, &list, &mut sessions).await;
     });
@@ -503,24 +563,19 @@ fn a_paused_integrator_writes_nothing_after_the_takeover() {
     let (dir, fingerprint, log_key) = node_dir(root.path());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let a = Node::start(&dir, &db.url);
-        let epoch_a = a.holds_lease().await;
-        let b = Node::start(&dir, &db.url);
-        let t = fixtures::talks();
-        let list = t.roster.implied_access_list(t.talks).unwrap();
         // The clients talk to B (a paused node holds their requests until
         // their read timeout; killing is the failover test's business).
-        let mut sessions = sessions(&t, &list, (b.api, a.api), false, fingerprint, log_key).await;
-        for s in &mut sessions {
-            let rooms = my_rooms(&t, &list, s);
-            s.verify_log(&rooms, now_ms()).await.unwrap();
-        }
-
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sampler = sample_checkpoints(
+        let Two {
+            a,
+            b,
+            epoch_a,
+            t,
+            list,
+            mut sessions,
+        } = two_nodes(&db.url, &dir, fingerprint, log_key, false).await;
+        let sampler = Sampler::start(
             NodeClient::new(b.api, fingerprint, &key(US_NEGOTIATOR_DEVICE)).unwrap(),
             t.talks,
-            Arc::clone(&stop),
         );
 
         // A is paused under load (wherever it is: between rounds, or
@@ -591,18 +646,8 @@ fn a_paused_integrator_writes_nothing_after_the_takeover() {
         }
         assert_eq!(a.metric("backchannel_integrator_lease_held").await, Some(0));
         assert_eq!(b.metric("backchannel_integrator_lease_held").await, Some(1));
-        let log = whole_log(&db.url);
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let samples = sampler.await.unwrap();
-        let acked: Vec<u64> = seqs.iter().flatten().copied().collect();
-        assert_eq!(acked.len(), 4 * 60);
-        for seq in &acked {
-            assert!(
-                log.contains_key(seq),
-                "acknowledged seq {seq} is not in the log"
-            );
-        }
-        let longest = merge_delays(&db.url, &acked, &samples);
+        let samples = sampler.finish().await;
+        let longest = check_acknowledged(&db.url, &seqs, 4 * 60, &samples);
         eprintln!("longest merge delay across the pause: {longest} ms");
         verify_after(&t, &list, &mut sessions).await;
     });
