@@ -585,8 +585,13 @@ fn sender_key(
 }
 
 /// Whether the device key that signed the envelope at `seq` (node time
-/// `node_time`) was revoked before it, or had expired, by the record:
-/// `Some(why)` to show next to it.
+/// `node_time`) was revoked before it, reported lost at or before its node
+/// time, or had expired, by the record: `Some(why)` to show next to it.
+///
+/// Loss is judged by log position: the envelope is flagged if its node
+/// timestamp (the node's, in seq order, never the signer's claim) is at or
+/// after the time the revocation names, even if it was sequenced before
+/// the revocation itself.
 pub fn revoked_or_expired(
     replay: &Replay,
     sender: &KeyId,
@@ -594,6 +599,13 @@ pub fn revoked_or_expired(
     node_time: u64,
 ) -> Option<String> {
     let state = replay.key(sender)?;
+    if state.lost_at.is_some_and(|t| node_time >= t)
+        && let Some(r) = state.revoked_at
+    {
+        return Some(format!(
+            "sent after its key was reported lost (the revocation at seq {r} dates the loss at or before this envelope)"
+        ));
+    }
     if let Some(r) = state.revoked_at.filter(|r| *r < seq) {
         return Some(format!("sent after its key was revoked at seq {r}"));
     }

@@ -16,7 +16,10 @@
 //!    authority, or by its member's identity key (for that identity key or
 //!    the member's devices). The key signs nothing sequenced after the
 //!    revocation. (Device keys sign no statements, so a lost device is
-//!    revoked through the identity key, from another device.)
+//!    revoked through the identity key, from another device.) A revocation
+//!    for loss or compromise names when the key was lost; views flag what
+//!    the key signed from the first seq whose node timestamp is at or after
+//!    that time ([`KeyState::lost_at`]), before the revocation too.
 //! 5. Ground rules are signed by the mediator team's talks authority; an
 //!    acceptance by the accepting party's talks authority. Identity keys
 //!    expire at their certificate's `not_after`, by node time.
@@ -160,6 +163,12 @@ pub struct KeyState {
     pub valid_from: u64,
     /// The seq of its revocation, if revoked.
     pub revoked_at: Option<u64>,
+    /// When a revocation says the key was lost or compromised (node clock,
+    /// Unix ms; the earliest any valid revocation of it names): what it
+    /// signed at a seq whose node timestamp is at or after this is suspect,
+    /// even before the revocation's seq. A log position, never the signer's
+    /// own claim of time, which a thief can backdate.
+    pub lost_at: Option<u64>,
 }
 
 /// A statement as the log holds it.
@@ -961,6 +970,9 @@ impl Replay {
                 }
                 if let Some(state) = self.keys.get_mut(&revoke.key) {
                     state.revoked_at.get_or_insert(entry.seq);
+                    if let Some(t) = revoke.lost_at {
+                        state.lost_at = Some(state.lost_at.map_or(t, |was| was.min(t)));
+                    }
                 }
                 Ok(Accepted::Revoked(revoke.key))
             }
@@ -1268,6 +1280,7 @@ impl Replay {
                 role,
                 valid_from: seq,
                 revoked_at: None,
+                lost_at: None,
             },
         );
         Ok(Accepted::Certified(id))

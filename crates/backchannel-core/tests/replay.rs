@@ -1521,3 +1521,60 @@ fn commit_failures_are_kept_from_member_identity_keys_in_the_record_room() {
         ]
     );
 }
+
+/// A revocation for loss records when the key was lost (the earliest any
+/// valid revocation names); one that names no time records none, and a
+/// refused revocation records nothing.
+#[test]
+fn a_loss_is_dated_by_the_earliest_valid_revocation() {
+    let l = Log::new();
+    let t = fixtures::talks();
+    let device = key(US_HEAD_DEVICE).public_key().id();
+    let lost = |n: u64, signer: u8, at: Option<u64>| {
+        t.statement(
+            600 + n,
+            &key(signer),
+            t.us,
+            Payload::Revoke(Revoke {
+                key: device,
+                reason: RevokeReason::Lost,
+                lost_at: at,
+            }),
+        )
+    };
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.revoke(US_TALKS, true, US_HEAD_DEVICE)),
+        ],
+        &[Ok(()), Ok(())],
+    );
+    assert_eq!(replay.key(&device).unwrap().lost_at, None);
+    // Iran's authority may not revoke a US device: no date from it.
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(t.statement(
+                700,
+                &key(IRAN_TALKS),
+                t.iran,
+                Payload::Revoke(Revoke {
+                    key: device,
+                    reason: RevokeReason::Lost,
+                    lost_at: Some(5),
+                }),
+            )),
+            at(lost(1, US_TALKS, Some(9_000))),
+            at(lost(2, US_HEAD, Some(7_000))),
+            at(lost(3, US_TALKS, Some(8_000))),
+        ],
+        &[Ok(()), Err("may revoke it"), Ok(()), Ok(()), Ok(())],
+    );
+    let state = replay.key(&device).unwrap();
+    assert_eq!(
+        state.revoked_at,
+        Some(2),
+        "the first valid revocation's seq"
+    );
+    assert_eq!(state.lost_at, Some(7_000), "the earliest date named");
+}

@@ -906,6 +906,12 @@ pub struct MembersRemoveArgs {
     /// Why.
     #[arg(long, value_enum, default_value = "left")]
     pub reason: RevokeReasonArg,
+    /// With --reason lost or compromised: when their keys were lost, in
+    /// UTC (2026-11-30T09:00Z; default now). Everything their device sent
+    /// from the first seq the node stamped at or after it is flagged in
+    /// every view, even before this removal is logged.
+    #[arg(long, value_name = "UTC")]
+    pub lost_at: Option<String>,
 }
 
 /// `backchannel send`.

@@ -496,7 +496,22 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
             RevokeReasonArg::Lost => RevokeReason::Lost,
             RevokeReasonArg::Compromised => RevokeReason::Compromised,
         };
-        let lost_at = matches!(reason, RevokeReason::Lost | RevokeReason::Compromised).then(now_ms);
+        let lost_at = match (&a.lost_at, reason) {
+            (None, RevokeReason::Lost | RevokeReason::Compromised) => Some(now_ms()),
+            (None, _) => None,
+            (Some(t), RevokeReason::Lost | RevokeReason::Compromised) => {
+                let t = crate::say::parse_utc(t).map_err(|e| anyhow!("--lost-at: {e}"))?;
+                ensure!(
+                    t <= now_ms(),
+                    "--lost-at lies in the future ({}); give the time the keys were lost",
+                    crate::say::utc(t)
+                );
+                Some(t)
+            }
+            (Some(_), _) => bail!(
+                "--lost-at goes with --reason lost or --reason compromised; nothing was changed"
+            ),
+        };
         let mut seqs = Vec::new();
         for key in &live {
             let st = crate::talks::statement(

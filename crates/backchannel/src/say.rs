@@ -242,6 +242,72 @@ pub fn parse_duration(s: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("{s:?} is too long a duration"))
 }
 
+/// A UTC time as `YYYY-MM-DDTHH:MM[:SS]Z` (RFC 3339, UTC only) or as
+/// [`utc`] prints it (`YYYY-MM-DD HH:MM UTC`), in Unix ms.
+pub fn parse_utc(s: &str) -> anyhow::Result<u64> {
+    let bad = || {
+        anyhow!("{s:?} is not a UTC time: write it as 2026-11-30T09:00Z (or 2026-11-30 09:00 UTC)")
+    };
+    let t = s.trim();
+    let rest = t
+        .strip_suffix('Z')
+        .or_else(|| t.strip_suffix(" UTC"))
+        .ok_or_else(bad)?;
+    let (date, time) = rest.split_once(['T', ' ']).ok_or_else(bad)?;
+    let num = |x: &str, len: usize| -> anyhow::Result<i64> {
+        if x.len() != len || !x.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        x.parse().map_err(|_| bad())
+    };
+    let d: Vec<&str> = date.split('-').collect();
+    let [y, m, d] = d.as_slice() else {
+        return Err(bad());
+    };
+    let (y, m, d) = (num(y, 4)?, num(m, 2)?, num(d, 2)?);
+    let hms: Vec<&str> = time.split(':').collect();
+    let (hh, mm, ss) = match hms.as_slice() {
+        [h, m] => (num(h, 2)?, num(m, 2)?, 0),
+        [h, m, s] => (num(h, 2)?, num(m, 2)?, num(s, 2)?),
+        _ => return Err(bad()),
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || d < 1
+        || d > days_in[(m - 1) as usize]
+        || hh > 23
+        || mm > 59
+        || ss > 59
+    {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil.
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1000).map_err(|_| bad())
+}
+
 /// Unix ms as `YYYY-MM-DD HH:MM UTC`.
 pub fn utc(ms: u64) -> String {
     let secs = ms / 1000;
@@ -1145,5 +1211,45 @@ pub fn item_of(st: &SignedStatement) -> Option<String> {
             }),
         Payload::Conveyance(c) => c.item().map(|i| i.as_str().to_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_utc, utc};
+
+    #[test]
+    fn utc_times_parse_and_print_back() {
+        let check = |s: &str, want: Option<u64>| {
+            assert_eq!(parse_utc(s).ok(), want, "{s}");
+        };
+        check("1970-01-01T00:00Z", Some(0));
+        check("1970-01-01T00:00:01Z", Some(1_000));
+        check("2026-11-30T09:00Z", Some(1_796_029_200_000));
+        check("2026-11-30 09:00 UTC", Some(1_796_029_200_000));
+        check("2024-02-29T23:59:59Z", Some(1_709_251_199_000));
+        check("2000-03-01T00:00Z", Some(951_868_800_000));
+        for bad in [
+            "",
+            "2026-11-30T09:00",
+            "2026-11-30T09:00+01:00",
+            "2026-11-30",
+            "2025-02-29T00:00Z",
+            "2026-13-01T00:00Z",
+            "2026-11-31T00:00Z",
+            "2026-11-30T24:00Z",
+            "2026-11-30T09:60Z",
+            "1969-12-31T23:59Z",
+            "26-11-30T09:00Z",
+            "2026-11-30T9:00Z",
+            "+026-11-30T09:00Z",
+        ] {
+            check(bad, None);
+        }
+        // `utc` prints whole minutes.
+        for ms in [0, 86_340_000, 951_868_800_000, 1_796_029_200_000] {
+            let printed = utc(ms);
+            assert_eq!(parse_utc(&printed).ok(), Some(ms), "{printed}");
+        }
     }
 }

@@ -1664,6 +1664,36 @@ fn a_member_is_added_after_the_roster_and_removed() {
         "{line}"
     );
 
+    // The negotiator's laptop is lost after its first message: it sends
+    // once more, at a node time past the loss.
+    let first_time = line["node_time"].as_u64().unwrap();
+    let lost_at = (first_time / 1000 + 2) * 1000;
+    while now_ms() <= lost_at {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stolen = t.send("neg", "caucus", "Sent by whoever holds the laptop.");
+
+    // Bad --lost-at values change nothing.
+    let before = t.whole_log().len();
+    let remove = |extra: &[&str]| {
+        let mut cmd = t.cli(US);
+        cmd.args(["members", "remove", "--member", "US negotiator"]);
+        cmd.args(extra);
+        run(&mut cmd)
+    };
+    remove(&["--lost-at", &rfc3339(lost_at)]).refused(FAILED, "goes with --reason lost");
+    remove(&["--reason", "lost", "--lost-at", "yesterday"]).refused(FAILED, "not a UTC time");
+    remove(&["--reason", "lost", "--lost-at", "2026-02-30T10:00Z"])
+        .refused(FAILED, "not a UTC time");
+    remove(&[
+        "--reason",
+        "lost",
+        "--lost-at",
+        &rfc3339(now_ms() + 3_600_000),
+    ])
+    .refused(FAILED, "lies in the future");
+    assert_eq!(t.whole_log().len(), before, "nothing was posted");
+
     // Removal: revoked in the record, off the list.
     run(t
         .cli(IR)
@@ -1681,9 +1711,33 @@ fn a_member_is_added_after_the_roster_and_removed() {
         "US negotiator",
         "--reason",
         "lost",
+        "--lost-at",
+        &rfc3339(lost_at),
     ]));
     assert_eq!(removed["revoked"].as_array().unwrap().len(), 2, "{removed}");
     assert_eq!(removed["devices_removed"], 1, "{removed}");
+    // Every view flags what the device sent from the first seq stamped at
+    // or after the loss — sequenced before the revocation — and not what
+    // it sent before.
+    for h in [OM, US] {
+        let view = t.read_all(h);
+        let sender = |seq: u64| {
+            view.iter().find(|l| l["seq"] == seq).unwrap()["sender"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(
+            !sender(seq).contains("reported lost"),
+            "{h}: {}",
+            sender(seq)
+        );
+        assert!(
+            sender(stolen).contains("reported lost"),
+            "{h}: {}",
+            sender(stolen)
+        );
+    }
     run(t
         .cli("neg")
         .args(["send", "--room", "caucus", "still here?"]))
@@ -2220,4 +2274,35 @@ fn the_cli_fails_over_between_nodes_on_one_database() {
         assert_eq!(v["root"], first["root"], "{h}: {v}");
     }
     drop(b);
+}
+
+/// The wall clock, Unix ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Unix ms (whole seconds) as `YYYY-MM-DDTHH:MM:SSZ`.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
