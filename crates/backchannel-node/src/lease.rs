@@ -18,7 +18,8 @@
 //! whose clock runs ahead writes expiries that look far off to the others.
 //! So each node also judges by what it sees: a lease another node has not
 //! renewed (the same holder, epoch and expiry) for a whole [`LEASE_TTL`] of
-//! this node's own clock is taken whatever expiry it claims ([`renew_once`]
+//! this node's own clock, watched without a break, is taken whatever expiry
+//! it claims ([`renew_once`]
 //! then asks the store as of that expiry; a renewal meanwhile moves the
 //! expiry past it and the store refuses). A node whose clock runs ahead
 //! takes the lease early instead, which costs a handover, never
@@ -94,6 +95,21 @@ const _: () = assert!(FAILOVER_BUDGET_MS == 7_000);
 const _: () = assert!(FAILOVER_BUDGET_MS + 3_000 <= MAX_MERGE_DELAY_MS);
 const _: () = assert!(ms(LEASE_RENEW_EVERY) * 3 < ms(LEASE_TTL));
 
+/// Another holder's lease as this node has watched it.
+#[derive(Debug, Clone, Copy)]
+struct Observed {
+    lease: Lease,
+    /// When it was first seen unchanged (this node's clock).
+    since: u64,
+    /// When it was last seen (this node's clock).
+    last: u64,
+}
+
+/// How recent the last sighting must be for an observation to count: the
+/// watch must be unbroken (a round missed, an error, or a clock stepped
+/// back starts it again).
+const UNBROKEN: u64 = 2 * ms(LEASE_RENEW_EVERY);
+
 /// What this node knows of its own hold on the lease: the epoch it holds
 /// it under, or 0. Shared between the lease keeper (which writes it) and the
 /// integrator (which fences with it) and the metrics.
@@ -101,9 +117,9 @@ const _: () = assert!(ms(LEASE_RENEW_EVERY) * 3 < ms(LEASE_TTL));
 pub struct LeaseState {
     epoch: AtomicU64,
     fenced: AtomicU64,
-    /// Another holder's lease as last seen, and when (this node's clock)
-    /// it was first seen so.
-    observed: std::sync::Mutex<Option<(Lease, u64)>>,
+    /// Another holder's lease as last seen: the lease, when (this node's
+    /// clock) it was first seen so, and when last.
+    observed: std::sync::Mutex<Option<Observed>>,
 }
 
 impl LeaseState {
@@ -141,17 +157,28 @@ impl LeaseState {
         self.epoch.store(epoch, Ordering::SeqCst);
     }
 
-    fn observed(&self) -> Option<(Lease, u64)> {
+    fn observed(&self) -> Option<Observed> {
         *self.observed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records another holder's lease as seen at `now` (the time it was
-    /// first seen so is kept while it does not change), or forgets it.
+    /// Records another holder's lease as seen at `now` — the watch goes on
+    /// while it is unchanged and unbroken, and starts again otherwise — or
+    /// forgets it.
     fn observe(&self, lease: Option<Lease>, now: u64) {
         let mut seen = self.observed.lock().unwrap_or_else(|p| p.into_inner());
         *seen = match (lease, *seen) {
-            (Some(l), Some((before, since))) if before == l => Some((l, since)),
-            (Some(l), _) => Some((l, now)),
+            (Some(l), Some(o)) if o.lease == l && o.last <= now && now - o.last <= UNBROKEN => {
+                Some(Observed {
+                    lease: l,
+                    since: o.since,
+                    last: now,
+                })
+            }
+            (Some(l), _) => Some(Observed {
+                lease: l,
+                since: now,
+                last: now,
+            }),
             (None, _) => None,
         };
     }
@@ -160,8 +187,10 @@ impl LeaseState {
 /// One round of the lease keeper: asks the store for the lease and records
 /// whether this node holds it. Returns the lease as the store has it.
 ///
-/// Another node's lease that this node has seen unchanged for a whole
-/// [`LEASE_TTL`] of its own clock is asked for as of its claimed expiry, so
+/// Another node's lease that this node has watched, unchanged and without
+/// a break (every round answered, each sighting within two renewal periods
+/// of the last, its clock not stepped back), for a whole [`LEASE_TTL`] of
+/// its own clock is asked for as of its claimed expiry, so
 /// the store hands it over however far ahead the holder's clock runs (see
 /// the module docs). The hold is recorded only if the answer came back
 /// before the lease it grants would expire by this node's clock; on a
@@ -175,12 +204,19 @@ pub async fn renew_once<S: Store>(
     state: &LeaseState,
 ) -> Result<Lease, StoreError> {
     let now = clock.now_ms();
+    // Only an unbroken watch counts: seen unchanged from `since` to a
+    // sighting at most two renewal periods ago, and the clock not stepped
+    // back meanwhile.
     let stale = state
         .observed()
-        .filter(|(seen, since)| {
-            seen.holder != instance && now.saturating_sub(*since) >= ms(LEASE_TTL)
+        .filter(|o| {
+            o.lease.holder != instance
+                && o.since <= o.last
+                && o.last <= now
+                && now - o.last <= UNBROKEN
+                && now - o.since >= ms(LEASE_TTL)
         })
-        .map(|(seen, _)| seen.expires_ms);
+        .map(|o| o.lease.expires_ms);
     let asked = stale.map_or(now, |expiry| now.max(expiry));
     match store
         .acquire_lease(LeaseName::Integrator, instance, asked, ms(LEASE_TTL))
@@ -209,6 +245,9 @@ pub async fn renew_once<S: Store>(
         }
         Err(e) => {
             state.set(0);
+            // The watch is broken: what was seen may be long stale by the
+            // next answer.
+            state.observe(None, now);
             Err(e)
         }
     }

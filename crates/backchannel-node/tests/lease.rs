@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use backchannel_codec::TalksId;
 use backchannel_node::integrate::{integrate_once, integrate_round};
-use backchannel_node::lease::{LEASE_TTL, LeaseState, release, renew_once};
+use backchannel_node::lease::{LEASE_RENEW_EVERY, LEASE_TTL, LeaseState, release, renew_once};
 use backchannel_node::sequencer::Clock;
 use backchannel_statement::fixtures::labels;
 use backchannel_store::conformance::{
@@ -158,13 +158,17 @@ async fn a_holder_whose_clock_runs_ahead_does_not_delay_the_takeover() {
         assert_eq!(x.epoch(), 1);
     }
 
-    // X dies. Y sees the same lease for a whole TTL of its own clock and
-    // takes it, an hour before X's claimed expiry.
+    // X dies. Y watches the same lease, every renewal period, for a whole
+    // TTL of its own clock and takes it, an hour before X's claimed expiry.
+    let every = LEASE_RENEW_EVERY.as_millis() as u64;
+    let rounds = LEASE_TTL.as_millis() as u64 / every;
     renew_once(&store, &y_clock, Y, &y).await.unwrap();
-    y_clock.advance(LEASE_TTL.as_millis() as u64 - 1);
-    renew_once(&store, &y_clock, Y, &y).await.unwrap();
-    assert_eq!(y.fence(), None, "not before a whole TTL");
-    y_clock.advance(1);
+    for _ in 1..rounds {
+        y_clock.advance(every);
+        renew_once(&store, &y_clock, Y, &y).await.unwrap();
+        assert_eq!(y.fence(), None, "not before a whole TTL");
+    }
+    y_clock.advance(every);
     let lease = renew_once(&store, &y_clock, Y, &y).await.unwrap();
     assert_eq!((lease.holder, lease.epoch), (Y, 2));
     assert_eq!(y.epoch(), 2);
@@ -173,4 +177,40 @@ async fn a_holder_whose_clock_runs_ahead_does_not_delay_the_takeover() {
     let lease = renew_once(&store, &y_clock, Y, &y).await.unwrap();
     assert_eq!((lease.holder, lease.epoch), (Y, 2));
     assert_eq!(y.epoch(), 2);
+}
+
+#[tokio::test]
+async fn a_broken_watch_does_not_take_a_live_lease() {
+    // X's clock ran an hour ahead; Y watched its lease, then missed rounds
+    // (its store calls failed, or it was paused) while NTP stepped X's
+    // clock back and X kept renewing. Y's next round must not count the old
+    // sighting: X's lease is live.
+    let store = MemoryStore::new();
+    let y_clock = TestClock(AtomicU64::new(1_000_000));
+    let x_clock = TestClock(AtomicU64::new(1_000_000 + 3_600_000));
+    let (x, y) = (LeaseState::default(), LeaseState::default());
+    let every = LEASE_RENEW_EVERY.as_millis() as u64;
+    renew_once(&store, &x_clock, X, &x).await.unwrap();
+    renew_once(&store, &y_clock, Y, &y).await.unwrap();
+    // X's clock is stepped back to Y's; X renews every period; Y is away
+    // for longer than a TTL.
+    x_clock.0.store(y_clock.now_ms(), Ordering::SeqCst);
+    for _ in 0..8 {
+        x_clock.advance(every);
+        y_clock.advance(every);
+        renew_once(&store, &x_clock, X, &x).await.unwrap();
+    }
+    // Y is back: it sees a lease (the live one) and starts a new watch.
+    let lease = renew_once(&store, &y_clock, Y, &y).await.unwrap();
+    assert_eq!((lease.holder, lease.epoch), (X, 1));
+    assert_eq!(y.fence(), None);
+    assert_eq!(x.epoch(), 1);
+    // And while X keeps renewing, Y never takes it.
+    for _ in 0..10 {
+        x_clock.advance(every);
+        y_clock.advance(every);
+        renew_once(&store, &x_clock, X, &x).await.unwrap();
+        renew_once(&store, &y_clock, Y, &y).await.unwrap();
+        assert_eq!((x.epoch(), y.epoch()), (1, 0));
+    }
 }
