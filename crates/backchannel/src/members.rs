@@ -401,6 +401,28 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
 
 /// Runs `members remove`.
 fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()> {
+    // Arguments first: nothing is opened, synced or posted for a bad one.
+    let reason = match a.reason {
+        RevokeReasonArg::Left => RevokeReason::Left,
+        RevokeReasonArg::Lost => RevokeReason::Lost,
+        RevokeReasonArg::Compromised => RevokeReason::Compromised,
+    };
+    let lost_at = match (&a.lost_at, reason) {
+        (None, RevokeReason::Lost | RevokeReason::Compromised) => Some(now_ms()),
+        (None, _) => None,
+        (Some(t), RevokeReason::Lost | RevokeReason::Compromised) => {
+            let t = crate::say::parse_utc(t).map_err(|e| anyhow!("--lost-at: {e}"))?;
+            ensure!(
+                t <= now_ms(),
+                "--lost-at lies in the future ({}); give the time the keys were lost",
+                crate::say::utc(t)
+            );
+            Some(t)
+        }
+        (Some(_), _) => {
+            bail!("--lost-at goes with --reason lost or --reason compromised; nothing was changed")
+        }
+    };
     let dir = home::resolve(home_dir)?;
     home::block_on(async move {
         let ctx = participant::open(&dir, &a.talks).await?;
@@ -491,27 +513,6 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
             .record
             .record_room
             .context("the talks have no record room yet")?;
-        let reason = match a.reason {
-            RevokeReasonArg::Left => RevokeReason::Left,
-            RevokeReasonArg::Lost => RevokeReason::Lost,
-            RevokeReasonArg::Compromised => RevokeReason::Compromised,
-        };
-        let lost_at = match (&a.lost_at, reason) {
-            (None, RevokeReason::Lost | RevokeReason::Compromised) => Some(now_ms()),
-            (None, _) => None,
-            (Some(t), RevokeReason::Lost | RevokeReason::Compromised) => {
-                let t = crate::say::parse_utc(t).map_err(|e| anyhow!("--lost-at: {e}"))?;
-                ensure!(
-                    t <= now_ms(),
-                    "--lost-at lies in the future ({}); give the time the keys were lost",
-                    crate::say::utc(t)
-                );
-                Some(t)
-            }
-            (Some(_), _) => bail!(
-                "--lost-at goes with --reason lost or --reason compromised; nothing was changed"
-            ),
-        };
         let mut seqs = Vec::new();
         for key in &live {
             let st = crate::talks::statement(
