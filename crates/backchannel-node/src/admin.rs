@@ -50,7 +50,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use backchannel_codec::TalksId;
-use backchannel_store::Store;
+use backchannel_store::{IntegrationLag, Store};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
@@ -289,7 +289,7 @@ impl<S: Store> Node<S> {
 
     /// The metrics in Prometheus text exposition format 0.0.4.
     pub async fn metrics_text(&self) -> String {
-        let lag = tokio::time::timeout(METRICS_STORE_TIMEOUT, integration_lag(&*self.store))
+        let lag = tokio::time::timeout(METRICS_STORE_TIMEOUT, self.store.integration_lag())
             .await
             .ok()
             .and_then(Result::ok);
@@ -316,34 +316,17 @@ async fn metrics<S: Store>(State(node): State<Arc<Node<S>>>) -> Response {
         .into_response()
 }
 
-/// The integration lag over every talks: the largest number of sequenced
-/// leaves not yet integrated, and how many talks have any (one store
-/// read).
-async fn integration_lag<S: Store>(store: &S) -> Result<Lag, backchannel_store::StoreError> {
-    let lag = store.integration_lag().await?;
-    Ok(Lag {
-        max_leaves: lag.max_leaves,
-        talks: lag.lagging_talks,
-    })
-}
-
 /// What `/metrics` reads at scrape time.
 struct Gauges {
     sequenced: u64,
     queued: usize,
     streams: usize,
     /// `None`: the database did not answer in time.
-    lag: Option<Lag>,
+    lag: Option<IntegrationLag>,
     /// The integrator lease's epoch this node holds it under, or 0.
     lease_epoch: u64,
     /// Integrations the store refused as fenced.
     fenced: u64,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Lag {
-    max_leaves: u64,
-    talks: u64,
 }
 
 // ---------------------------------------------------------------------------
@@ -574,7 +557,7 @@ impl Metrics {
                 "backchannel_integration_lagging_talks",
                 "gauge",
                 "Talks with sequenced leaves not yet integrated.",
-                lag.talks,
+                lag.lagging_talks,
             );
         }
         sample(
@@ -678,9 +661,9 @@ mod tests {
             sequenced: 7,
             queued: 0,
             streams: 2,
-            lag: Some(Lag {
+            lag: Some(IntegrationLag {
                 max_leaves: 5,
-                talks: 1,
+                lagging_talks: 1,
             }),
             lease_epoch: 3,
             fenced: 1,
