@@ -131,15 +131,11 @@ impl<S: Store> Node<S> {
         &self.limits
     }
 
-    /// Whether this node holds the integrator lease, and under which epoch.
-    pub fn lease(&self) -> &crate::lease::LeaseState {
-        &self.lease
-    }
-
-    /// [`Node::lease`], shared (to watch it after the node is handed to
+    /// Whether this node holds the integrator lease, and under which epoch
+    /// (clone it to watch it after the node is handed to
     /// [`crate::net::serve`]).
-    pub fn lease_state(&self) -> crate::lease::SharedLease {
-        Arc::clone(&self.lease)
+    pub fn lease(&self) -> &crate::lease::SharedLease {
+        &self.lease
     }
 
     /// The talks' access list, and the caller's entry on it; `not_found`

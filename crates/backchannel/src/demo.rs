@@ -544,7 +544,7 @@ async fn run(
                 let store =
                     SqliteStore::open(&node_dir.join("node.db"), SqliteOptions::default()).await?;
                 let node = Node::new(Arc::new(store), config);
-                let lease = node.lease_state();
+                let lease = Arc::clone(node.lease());
                 (
                     tokio::spawn(serve(listener, transport, node, stopped)),
                     lease,
@@ -555,7 +555,7 @@ async fn run(
                     .await
                     .context("opening the PostgreSQL database given to --database")?;
                 let node = Node::new(Arc::new(store), config);
-                let lease = node.lease_state();
+                let lease = Arc::clone(node.lease());
                 (
                     tokio::spawn(serve(listener, transport, node, stopped)),
                     lease,
