@@ -40,7 +40,7 @@ use backchannel_tlog::NodeOrigin;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::net::{NetError, NodeAddresses, NodeClient};
+use crate::net::{MAX_NODE_ADDRESSES_LEN, NetError, NodeAddresses, NodeClient};
 use crate::safety::PartyVerification;
 use crate::store::{ClientStore, ClientStoreError, Namespace, Put};
 
@@ -58,7 +58,8 @@ pub const MAX_ENROLLED_MEMBERS: usize = 64;
 /// The most members one home invites into its party in one talks (kept
 /// once admitted, for their names).
 pub const MAX_INVITED_MEMBERS: usize = 1024;
-/// The longest name (a party's, a member's, a room's, an address), bytes.
+/// The longest name (a party's, a member's, a room's), bytes; a node address list
+/// has its own limit, [`crate::net::MAX_NODE_ADDRESSES_LEN`].
 pub const MAX_NAME: usize = 256;
 /// The most parties one mediator invites to one talks.
 pub const MAX_INVITED: usize = 64;
@@ -106,7 +107,7 @@ impl Encode for PinnedNode {
 impl Decode for PinnedNode {
     const MIN_LEN: usize = 4 + 32 + 4 + 32;
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let address = r.text("node address", MAX_NAME)?;
+        let address = r.text("node address", MAX_NODE_ADDRESSES_LEN)?;
         if NodeAddresses::parse(address)
             .ok()
             .map(|a| a.to_string())
@@ -261,7 +262,8 @@ impl PinnedNode {
         origin: &str,
         log_key: &str,
     ) -> Result<Self, FieldError> {
-        let address = text_of("node address", address)?;
+        // The list's own rules (host:port items, count, canonical length)
+        // are the address's only limits.
         let address = NodeAddresses::parse(&address)
             .map_err(|e| FieldError {
                 field: "node address",
