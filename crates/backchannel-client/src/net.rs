@@ -578,10 +578,15 @@ impl NodeClient {
     /// After node `i` failed: calls go to the one after it, unless another
     /// call already moved on.
     fn fail_over_from(&self, i: usize) {
-        let next = (i + 1) % self.nodes.len();
+        self.move_current(i, (i + 1) % self.nodes.len());
+    }
+
+    /// Calls go to node `to` from now on, if they still went to `from`
+    /// (another call may have moved on meanwhile).
+    fn move_current(&self, from: usize, to: usize) {
         let _ = self.current.compare_exchange(
-            i,
-            next,
+            from,
+            to,
             std::sync::atomic::Ordering::Relaxed,
             std::sync::atomic::Ordering::Relaxed,
         );
@@ -1439,12 +1444,7 @@ impl NodeClient {
             let i = (first + attempt) % n;
             match self.stream_at(i, talks, from).await {
                 Ok(stream) => {
-                    let _ = self.current.compare_exchange(
-                        first,
-                        i,
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    self.move_current(first, i);
                     return Ok(stream);
                 }
                 Err(e @ (NetError::Transport(_) | NetError::Api { status: 503, .. })) => {
