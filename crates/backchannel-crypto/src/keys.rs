@@ -99,6 +99,22 @@ impl PublicKey {
         ))
     }
 
+    /// The X25519 public key of the same key pair (RFC 7748's birational
+    /// map from Edwards to Montgomery form): what a sender seals to when it
+    /// must reach one device outside any MLS group (a handover bundle,
+    /// `docs/formats.md` § Handover bundles). The matching secret is
+    /// [`SecretKey::x25519_secret`]. Using one key pair for Ed25519 and an
+    /// X25519 KEM is what age's `ssh-ed25519` recipients and libsodium's
+    /// `crypto_sign_ed25519_pk_to_curve25519` do; Thormarker (2021, "On
+    /// using the same key pair for Ed25519 and an X25519 based KEM") proves
+    /// the combination secure. Every such use names its own HPKE `info`.
+    pub fn to_x25519(&self) -> [u8; 32] {
+        // A parsed key always decompresses (checked in `from_bytes`).
+        CompressedEdwardsY(self.0)
+            .decompress()
+            .map_or([0; 32], |p| p.to_montgomery().to_bytes())
+    }
+
     /// Verifies `signature` over `context ‖ message` (see the module's
     /// verification policy).
     pub fn verify(
@@ -320,6 +336,20 @@ impl SecretKey {
         zeroize::Zeroizing::new(self.inner.to_bytes())
     }
 
+    /// The X25519 secret of the same key pair: the clamped first half of
+    /// `SHA-512(seed)`, the Ed25519 secret scalar (RFC 8032 § 5.1.5), so
+    /// that `X25519(secret, 9)` is [`PublicKey::to_x25519`] of this key.
+    pub fn x25519_secret(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        use sha2::Digest as _;
+        let h = zeroize::Zeroizing::new(sha2::Sha512::digest(self.inner.to_bytes().as_slice()));
+        let mut s = zeroize::Zeroizing::new([0u8; 32]);
+        s.copy_from_slice(&h[..32]);
+        s[0] &= 248;
+        s[31] &= 127;
+        s[31] |= 64;
+        s
+    }
+
     /// Signs an MLS (RFC 9420) `SignContent` bare, with no Backchannel
     /// context: the device key is the MLS signature key of its leaves, and
     /// MLS verifiers check `Ed25519(key, SignContent)`.
@@ -388,6 +418,20 @@ mod tests {
 
     const A: Context = Context::new("backchannel/v1/test/a");
     const B: Context = Context::new("backchannel/v1/test/b");
+
+    #[test]
+    fn the_x25519_halves_of_a_key_pair_match() {
+        use curve25519_dalek::montgomery::MontgomeryPoint;
+        for n in [1u8, 2, 77, 255] {
+            let k = key(n);
+            let public = MontgomeryPoint::mul_base_clamped(*k.x25519_secret()).to_bytes();
+            assert_eq!(public, k.public_key().to_x25519(), "seed {n}");
+        }
+        assert_ne!(
+            key(1).public_key().to_x25519(),
+            key(2).public_key().to_x25519()
+        );
+    }
 
     #[test]
     fn signature_is_bound_to_its_context_and_message() {

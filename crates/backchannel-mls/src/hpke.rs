@@ -12,7 +12,9 @@
 
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::crypto::OpenMlsCrypto as _;
-use openmls_traits::types::{HpkeAeadType, HpkeCiphertext, HpkeConfig, HpkeKdfType, HpkeKemType};
+use openmls_traits::types::{
+    HpkeAeadType, HpkeCiphertext, HpkeConfig, HpkeKdfType, HpkeKemType, HpkePrivateKey,
+};
 use thiserror::Error;
 
 /// The HPKE suite.
@@ -80,20 +82,42 @@ pub fn hpke_open(
     aad: &[u8],
     sealed: &[u8],
 ) -> Result<Vec<u8>, HpkeError> {
+    let pair = RustCrypto::default()
+        .derive_hpke_keypair(CONFIG, ikm)
+        .map_err(|e| HpkeError::Crypto(format!("{e:?}")))?;
+    open_with(&pair.private, info, aad, sealed)
+}
+
+/// Opens what [`hpke_seal`] sealed to the X25519 public key of `secret`,
+/// an X25519 secret key itself (a device's, from
+/// `backchannel_crypto::SecretKey::x25519_secret`), not key material to
+/// derive one from.
+pub fn hpke_open_x25519(
+    secret: &[u8; 32],
+    info: &[u8],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, HpkeError> {
+    open_with(&HpkePrivateKey::from(&secret[..]), info, aad, sealed)
+}
+
+fn open_with(
+    private: &HpkePrivateKey,
+    info: &[u8],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, HpkeError> {
     if sealed.len() < HPKE_KEY_LEN + 16 {
         return Err(HpkeError::Short);
     }
     let crypto = RustCrypto::default();
-    let pair = crypto
-        .derive_hpke_keypair(CONFIG, ikm)
-        .map_err(|e| HpkeError::Crypto(format!("{e:?}")))?;
     let (kem_output, ciphertext) = sealed.split_at(HPKE_KEY_LEN);
     let input = HpkeCiphertext {
         kem_output: kem_output.to_vec().into(),
         ciphertext: ciphertext.to_vec().into(),
     };
     crypto
-        .hpke_open(CONFIG, &input, &pair.private, info, aad)
+        .hpke_open(CONFIG, &input, private, info, aad)
         .map_err(|_| HpkeError::Open)
 }
 
@@ -135,5 +159,31 @@ mod tests {
             Err(HpkeError::Short)
         );
         assert!(!sealed.windows(9).any(|w| w == b"the names"));
+    }
+
+    #[test]
+    fn a_device_key_opens_what_was_sealed_to_its_x25519_half() {
+        use backchannel_crypto::Signer as _;
+        let device = backchannel_crypto::SecretKey::from_seed(&[3; 32]).unwrap();
+        let other = backchannel_crypto::SecretKey::from_seed(&[4; 32]).unwrap();
+        let sealed = hpke_seal(
+            &device.public_key().to_x25519(),
+            b"info",
+            b"aad",
+            b"the file",
+        )
+        .unwrap();
+        assert_eq!(
+            hpke_open_x25519(&device.x25519_secret(), b"info", b"aad", &sealed).unwrap(),
+            b"the file"
+        );
+        assert_eq!(
+            hpke_open_x25519(&other.x25519_secret(), b"info", b"aad", &sealed),
+            Err(HpkeError::Open)
+        );
+        assert_eq!(
+            hpke_open_x25519(&device.x25519_secret(), b"other", b"aad", &sealed),
+            Err(HpkeError::Open)
+        );
     }
 }

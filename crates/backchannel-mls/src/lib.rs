@@ -46,7 +46,7 @@ use openmls::prelude::Ciphersuite;
 
 pub use framing::{Framing, FramingError, read_framing};
 pub use handshake::{Handshake, HandshakeError};
-pub use hpke::{HPKE_KEY_LEN, HpkeError, hpke_open, hpke_public_key, hpke_seal};
+pub use hpke::{HPKE_KEY_LEN, HpkeError, hpke_open, hpke_open_x25519, hpke_public_key, hpke_seal};
 pub use leaf::LeafError;
 pub use member::{DecryptError, Handled, Member, MemberError, Outgoing};
 pub use padding::{max_plaintext, message_len};
