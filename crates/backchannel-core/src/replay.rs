@@ -1,6 +1,7 @@
 //! Replay of key validity: who could sign what, at which log position; of
-//! the talks' acceptance and lifecycle; of joint sessions and commit
-//! failures; all from the record room alone, each act counted once.
+//! the talks' acceptance and lifecycle; of joint sessions, commit failures
+//! and history handed over; all from the record room alone, each act
+//! counted once.
 //!
 //! Rules (`docs/formats.md` § 10, Replay rules):
 //! 1. The first statement is the roster, signed by the mediator team's talks
@@ -50,14 +51,15 @@
 //!    [`Rejected::NotInPhase`]; key management (member and device
 //!    certificates, revocations, access-list changes) goes on, so a lost
 //!    device can be revoked during a suspension. While concluded, only
-//!    revocations and commit failures (and *closed*) are accepted; while
-//!    closed, nothing. Messages, conveyances, receipts and session consents
-//!    only while open.
+//!    revocations, commit failures and history shares (and *closed*) are
+//!    accepted; while closed, nothing. Messages, conveyances, receipts and
+//!    session consents only while open.
 //! 10. **The record room alone.** Every piece of derived state (roster,
 //!     keys, ground rules, acceptances, phase, joint sessions, commit
-//!     failures) comes from statements posted to the roster's record room
-//!     ([`RoomPurpose::Record`]), so every party derives the same state
-//!     whatever the mediator conveys to, or withholds from, the other rooms.
+//!     failures, history shares) comes from statements posted to the
+//!     roster's record room ([`RoomPurpose::Record`]), so every party
+//!     derives the same state whatever the mediator conveys to, or
+//!     withholds from, the other rooms.
 //!     The roster itself must be posted to the room it declares as record.
 //!     A formal act (every payload but messages, conveyances and receipts)
 //!     posted to any other room is [`Rejected::NotInRecordRoom`]; a message,
@@ -96,6 +98,18 @@
 //!     before it, and is kept ([`Replay::commit_failures`]). It is about
 //!     keys, like a revocation: accepted while open, suspended or concluded
 //!     (while closed, nothing is).
+//! 15. **History shared.** A [`HistoryShared`] is signed by a member's
+//!     identity key (never a talks authority) whose role permits
+//!     [`Act::HandOverHistory`]. Its `to` is a principal replay knows as a
+//!     member of the author's party (from the roster, or a valid member
+//!     certificate sequenced before it), the author itself included (its
+//!     own new device); every room is declared by the roster and none is a
+//!     [`RoomPurpose::PrivateNotes`] room (private notes are never handed
+//!     over); `until` is at most the statement's own seq (no one shares the
+//!     future). Otherwise [`Rejected::NotEntitled`],
+//!     [`Rejected::HistoryShared`] or [`Rejected::HistoryRoom`]. It is kept
+//!     ([`Replay::history_shared`]); like a commit failure it is about keys
+//!     and records: accepted while open, suspended or concluded.
 //!
 //! A rejected statement changes no state; replay goes on (the rejection is
 //! itself evidence a client shows).
@@ -107,8 +121,8 @@ use backchannel_codec::{PartyId, PrincipalId, RoomId, StatementId, TalksId};
 use backchannel_crypto::{Digest, KeyId, PublicKey};
 use backchannel_statement::roster::{GroundRules, RoomPurpose, Roster, VerifiedRoster};
 use backchannel_statement::{
-    Acceptance, Act, CommitFailure, LifecycleChange, LifecyclePhase, PartyKind, Payload, Role,
-    SessionConsent, SignedStatement, StatementType, VerifiedStatement, VerifyError,
+    Acceptance, Act, CommitFailure, HistoryShared, LifecycleChange, LifecyclePhase, PartyKind,
+    Payload, Role, SessionConsent, SignedStatement, StatementType, VerifiedStatement, VerifyError,
 };
 use thiserror::Error;
 
@@ -272,6 +286,28 @@ pub struct CommitFailureRecord {
     pub at: u64,
 }
 
+/// History a member handed over to a successor, as the record keeps it
+/// (rule 15): "`by` shared `rooms` up to `until` with `to` at `seq`".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryShare {
+    /// The seq of the history-shared statement.
+    pub seq: u64,
+    /// Its statement id.
+    pub statement: StatementId,
+    /// The member that shared it (the statement's author).
+    pub by: PrincipalId,
+    /// Its party (and the successor's).
+    pub party: PartyId,
+    /// The successor: a member of the same party, or `by` itself.
+    pub to: PrincipalId,
+    /// The rooms, strictly sorted.
+    pub rooms: Vec<RoomId>,
+    /// The bundle covers the rooms' log positions strictly below this.
+    pub until: u64,
+    /// SHA-256 of the bundle's plaintext.
+    pub bundle: Digest,
+}
+
 /// A party's latest consent to a joint session in one room (rule 12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsentWindow {
@@ -397,6 +433,18 @@ pub enum Rejected {
     /// A commit failure that does not fit the record (rule 14).
     #[error("the commit failure does not fit the record: {0}")]
     CommitFailure(&'static str),
+    /// A history share that does not fit the record (rule 15).
+    #[error("the history share does not fit the record: {0}")]
+    HistoryShared(&'static str),
+    /// A history share naming a room whose history may not be handed over
+    /// (rule 15).
+    #[error("the history share names room {room}: {reason}")]
+    HistoryRoom {
+        /// The room.
+        room: RoomId,
+        /// Why its history may not be handed over.
+        reason: &'static str,
+    },
 }
 
 /// What an accepted statement did.
@@ -438,6 +486,15 @@ pub enum Accepted {
         room: RoomId,
         /// The commit's seq.
         seq: u64,
+    },
+    /// History handed over, kept (rule 15).
+    HistoryShared {
+        /// The member that shared it.
+        by: PrincipalId,
+        /// The successor.
+        to: PrincipalId,
+        /// The bundle covers log positions strictly below this.
+        until: u64,
     },
 }
 
@@ -484,6 +541,7 @@ pub struct Replay {
     /// Each party's latest consent, per plenary room.
     consents: BTreeMap<(RoomId, PartyId), ConsentWindow>,
     commit_failures: Vec<CommitFailureRecord>,
+    history_shared: Vec<HistoryShare>,
 }
 
 /// Whether a payload is a formal act, counted only in the record room;
@@ -552,6 +610,7 @@ impl Replay {
             equivocations: Vec::new(),
             consents: BTreeMap::new(),
             commit_failures: Vec::new(),
+            history_shared: Vec::new(),
         }
     }
 
@@ -620,6 +679,11 @@ impl Replay {
     /// Every commit failure the record keeps (rule 14), in log order.
     pub fn commit_failures(&self) -> &[CommitFailureRecord] {
         &self.commit_failures
+    }
+
+    /// Every history share the record keeps (rule 15), in log order.
+    pub fn history_shared(&self) -> &[HistoryShare] {
+        &self.history_shared
     }
 
     /// Each party's latest consent to a joint session in `room`, by party
@@ -1019,6 +1083,9 @@ impl Replay {
             Payload::CommitFailure(failure) => {
                 self.apply_commit_failure(failure, &author_role, entry.seq)
             }
+            Payload::HistoryShared(share) => {
+                self.apply_history_shared(share, &author_role, entry.seq, statement.id)
+            }
             // Rule 10 sent these away above; kept exhaustive so a new
             // payload must be placed.
             Payload::Message(_) | Payload::Conveyance(_) | Payload::Receipt(_) => {
@@ -1035,8 +1102,8 @@ impl Replay {
         let allowed = match (self.phase, payload) {
             (_, Payload::Lifecycle(_)) => true,
             (Phase::Closed { .. }, _) => false,
-            // About keys, like revocations (rule 14).
-            (_, Payload::CommitFailure(_)) => true,
+            // About keys and records, like revocations (rules 14 and 15).
+            (_, Payload::CommitFailure(_) | Payload::HistoryShared(_)) => true,
             (Phase::Open, _) => true,
             (Phase::Suspended { .. }, p) => matches!(
                 p,
@@ -1186,6 +1253,87 @@ impl Replay {
         Ok(Accepted::CommitFailure {
             room: failure.room,
             seq: failure.seq,
+        })
+    }
+
+    /// Rule 15: a member's identity key, whose role permits handing over
+    /// history, shares rooms the roster declares (no private notes) up to
+    /// its own seq with a member of its party.
+    fn apply_history_shared(
+        &mut self,
+        share: &HistoryShared,
+        author_role: &KeyRole,
+        seq: u64,
+        statement: StatementId,
+    ) -> Result<Accepted, Rejected> {
+        let KeyRole::Identity {
+            principal: by,
+            party,
+            role,
+            ..
+        } = *author_role
+        else {
+            return Err(Rejected::NotEntitled(
+                "history is handed over by a member's identity key, not a talks authority",
+            ));
+        };
+        if !role.permits(Act::HandOverHistory) {
+            return Err(Rejected::NotEntitled(
+                "the member's role does not permit handing over history",
+            ));
+        }
+        let Some((_, roster)) = &self.roster else {
+            return Err(Rejected::BeforeRoster);
+        };
+        // Every key replay knows was certified at or before this seq: the
+        // roster's members, and those of valid member certificates since.
+        let member_of_party = self.keys.values().any(|k| {
+            matches!(
+                k.role,
+                KeyRole::Identity { principal, party: p, .. } if principal == share.to && p == party
+            )
+        });
+        if !member_of_party {
+            return Err(Rejected::HistoryShared(
+                "it is shared with a principal that is not a member of the author's party",
+            ));
+        }
+        for &room in share.rooms() {
+            match purpose_of(roster, room) {
+                None => {
+                    return Err(Rejected::HistoryRoom {
+                        room,
+                        reason: "the roster does not declare it",
+                    });
+                }
+                Some(RoomPurpose::PrivateNotes) => {
+                    return Err(Rejected::HistoryRoom {
+                        room,
+                        reason: "private notes are never handed over",
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if share.until() > seq {
+            return Err(Rejected::HistoryShared(
+                "it covers log positions after its own seq",
+            ));
+        }
+        self.history_shared.push(HistoryShare {
+            seq,
+            statement,
+            by,
+            party,
+            to: share.to,
+            rooms: share.rooms().to_vec(),
+            until: share.until(),
+            bundle: share.bundle,
+        });
+        Ok(Accepted::HistoryShared {
+            by,
+            to: share.to,
+            until: share.until(),
         })
     }
 

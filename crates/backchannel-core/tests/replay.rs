@@ -1,18 +1,19 @@
 //! Replay decides key validity by log position, acceptance of roster and
 //! ground rules, the talks' phase, and what counts where: formal acts in
 //! the record room only, once each; messages in the other rooms; joint
-//! sessions, letter rooms and commit failures.
+//! sessions, letter rooms, commit failures and history handed over.
 
 use backchannel_codec::{PartyId, PrincipalId, RoomId, StatementId};
 use backchannel_core::replay::{
-    Accepted, CommitFailureRecord, Equivocation, LoggedStatement, Phase, Rejected, Replay,
+    Accepted, CommitFailureRecord, Equivocation, HistoryShare, LoggedStatement, Phase, Rejected,
+    Replay,
 };
 use backchannel_crypto::{Digest, Signer};
 use backchannel_statement::LifecyclePhase::{Closed, Concluded, Resumed, Suspended};
 use backchannel_statement::fixtures::{self, LETTER, PLENARY, key, labels::*};
-use backchannel_statement::roster::GroundRules;
+use backchannel_statement::roster::{GroundRules, RoomDecl, RoomPurpose};
 use backchannel_statement::{
-    Acceptance, Act, Audience, CommitFailure, Conveyed, DeviceCert, LifecycleChange,
+    Acceptance, Act, Audience, CommitFailure, Conveyed, DeviceCert, HistoryShared, LifecycleChange,
     LifecyclePhase, MemberCert, Message, Payload, Receipt, ReceiptKind, Revoke, RevokeReason, Role,
     SessionConsent, SignedStatement, StatementType,
 };
@@ -1577,4 +1578,285 @@ fn a_loss_is_dated_by_the_earliest_valid_revocation() {
         "the first valid revocation's seq"
     );
     assert_eq!(state.lost_at, Some(7_000), "the earliest date named");
+}
+
+// --- History shared (rule 15) ---------------------------------------------------
+
+/// The US head's private-notes room of [`talks_with_private_notes`].
+const US_HEAD_NOTES: RoomId = RoomId([0x79; 16]);
+/// A US interpreter's identity key, certified by statement.
+const INTERPRETER_IDENTITY: u8 = 0x36;
+/// A US member certified by statement, and the interpreter.
+const NEW_US_MEMBER: PrincipalId = PrincipalId([0xa5; 16]);
+const US_INTERPRETER: PrincipalId = PrincipalId([0xa6; 16]);
+/// Key label of [`NEW_US_MEMBER`]'s identity.
+const NEW_US_MEMBER_IDENTITY: u8 = 0x37;
+
+/// The reference talks with the US head's private-notes room too.
+fn talks_with_private_notes() -> fixtures::Talks {
+    let mut t = fixtures::talks();
+    t.roster.rooms.push(RoomDecl {
+        room: US_HEAD_NOTES,
+        purpose: RoomPurpose::PrivateNotes,
+        name: "Notes: US envoy".into(),
+        members: vec![fixtures::PRINCIPALS[1]],
+    });
+    t.roster.rooms.sort_by_key(|r| r.room);
+    t.roster.access_list_hash = t
+        .roster
+        .implied_access_list(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .hash();
+    t
+}
+
+impl Log {
+    /// A history share by `signer`, addressed to and meant for `posted`.
+    fn share(
+        &self,
+        seed: u64,
+        signer: u8,
+        posted: &[RoomId],
+        to: PrincipalId,
+        rooms: &[RoomId],
+        until: u64,
+    ) -> SignedStatement {
+        let share = HistoryShared::new(to, rooms.to_vec(), until, Digest([0xb0; 32]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.to(seed, signer, posted, Payload::HistoryShared(share))
+    }
+    /// A certificate by the US talks authority for a new US member.
+    fn us_member(
+        &self,
+        seed: u64,
+        principal: PrincipalId,
+        role: Role,
+        ident: u8,
+    ) -> SignedStatement {
+        let cert = MemberCert::new(
+            principal,
+            self.t.us,
+            role,
+            key(ident).public_key(),
+            vec![],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.to(seed, US_TALKS, &[self.t.record], Payload::MemberCert(cert))
+    }
+}
+
+#[test]
+fn history_is_shared_by_an_entitled_member_with_its_own_party_and_kept() {
+    let l = Log::with(talks_with_private_notes());
+    let t = &l.t;
+    let record = [t.record];
+    let [lead, us_head, iran_head, us_neg] = fixtures::PRINCIPALS;
+    let caucuses = [t.record, t.us_caucus];
+    let interpreter = {
+        let cert = MemberCert::new(
+            US_INTERPRETER,
+            t.us,
+            Role::Interpreter,
+            key(INTERPRETER_IDENTITY).public_key(),
+            vec![],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        l.to(201, US_TALKS, &record, Payload::MemberCert(cert))
+    };
+    let by_interpreter = l.t.statement_to(
+        211,
+        &key(INTERPRETER_IDENTITY),
+        t.us,
+        vec![Audience::Room(t.record)],
+        Payload::HistoryShared(
+            HistoryShared::new(us_head, vec![t.us_caucus], 1, Digest([0xb0; 32]))
+                .unwrap_or_else(|e| panic!("{e}")),
+        ),
+    );
+    let accepted = l.share(210, US_HEAD, &record, us_neg, &caucuses, 3);
+    let log = vec![
+        at(l.roster(OMAN_TALKS)),
+        at(interpreter),
+        at(l.us_member(202, NEW_US_MEMBER, Role::Negotiator, NEW_US_MEMBER_IDENTITY)),
+        // 3: the head shares both rooms up to its own seq with the negotiator.
+        at(accepted.clone()),
+        // 4: with itself (its own new device), and with a member certified
+        // by statement; the lead mediator with itself.
+        at(l.share(212, US_HEAD, &record, us_head, &[t.us_caucus], 1)),
+        at(l.share(
+            213,
+            US_NEGOTIATOR,
+            &record,
+            NEW_US_MEMBER,
+            &[t.us_caucus],
+            5,
+        )),
+        at(l.share(214, OMAN_LEAD, &record, lead, &[t.iran_caucus], 6)),
+        // 7: a talks authority, never.
+        at(l.share(215, US_TALKS, &record, us_head, &[t.us_caucus], 1)),
+        // 8: a role without the act.
+        at(by_interpreter),
+        // 9, 10, 11: a member of another party; a principal replay does not
+        // know; the other party's delegation.
+        at(l.share(216, US_HEAD, &record, iran_head, &[t.us_caucus], 1)),
+        at(l.share(
+            217,
+            US_HEAD,
+            &record,
+            PrincipalId([0xee; 16]),
+            &[t.us_caucus],
+            1,
+        )),
+        at(l.share(218, OMAN_LEAD, &record, us_head, &[t.us_caucus], 1)),
+        // 12: private notes, never; 13: a room the roster does not declare.
+        at(l.share(
+            219,
+            US_HEAD,
+            &record,
+            us_neg,
+            &[t.us_caucus, US_HEAD_NOTES],
+            1,
+        )),
+        at(l.share(
+            220,
+            US_HEAD,
+            &record,
+            us_neg,
+            &[RoomId([0x70; 16]), t.us_caucus],
+            1,
+        )),
+        // 14: the future.
+        at(l.share(221, US_HEAD, &record, us_neg, &[t.us_caucus], 15)),
+        // 15: not in the record room.
+        (
+            l.share(222, US_HEAD, &caucuses, us_neg, &[t.us_caucus], 1),
+            Some(t.us_caucus),
+        ),
+        // 16: a copy of seq 3 counts once; 17: other bytes under its id.
+        at(accepted.clone()),
+        at(l.share(210, US_HEAD, &record, us_neg, &caucuses, 2)),
+    ];
+    let (replay, got) = verdicts(&log);
+    assert_eq!(
+        got[3],
+        Ok(Accepted::HistoryShared {
+            by: us_head,
+            to: us_neg,
+            until: 3
+        })
+    );
+    for seq in [1, 2, 4, 5, 6] {
+        assert!(got[seq].is_ok(), "seq {seq}: {:?}", got[seq]);
+    }
+    let fragments = [
+        (
+            7,
+            "history is handed over by a member's identity key, not a talks authority",
+        ),
+        (8, "the member's role does not permit handing over history"),
+        (9, "not a member of the author's party"),
+        (10, "not a member of the author's party"),
+        (11, "not a member of the author's party"),
+        (
+            12,
+            "names room 79797979797979797979797979797979: private notes are never handed over",
+        ),
+        (
+            13,
+            "names room 70707070707070707070707070707070: the roster does not declare it",
+        ),
+        (14, "it covers log positions after its own seq"),
+        (15, "a history-shared statement is a formal act"),
+        (17, "equivocation"),
+    ];
+    for (seq, frag) in fragments {
+        let Err(e) = &got[seq] else {
+            panic!("seq {seq}: {:?}", got[seq])
+        };
+        assert!(
+            e.to_string().contains(frag),
+            "seq {seq}: {e} lacks {frag:?}"
+        );
+    }
+    assert!(matches!(got[7], Err(Rejected::NotEntitled(_))));
+    assert!(matches!(got[8], Err(Rejected::NotEntitled(_))));
+    assert_eq!(
+        got[12],
+        Err(Rejected::HistoryRoom {
+            room: US_HEAD_NOTES,
+            reason: "private notes are never handed over"
+        })
+    );
+    assert_eq!(
+        got[15],
+        Err(Rejected::NotInRecordRoom {
+            statement: StatementType::HistoryShared
+        })
+    );
+    assert_eq!(got[16], Ok(Accepted::Copy { first: 3 }));
+    assert_eq!(
+        replay.equivocations(),
+        [Equivocation {
+            first: 3,
+            later: 17,
+            statement: accepted.unverified().id,
+            author: key(US_HEAD).public_key().id(),
+        }]
+    );
+    let share =
+        |seq: u64, seed: &SignedStatement, by, party, to, rooms: &[RoomId], until| HistoryShare {
+            seq,
+            statement: seed.unverified().id,
+            by,
+            party,
+            to,
+            rooms: rooms.to_vec(),
+            until,
+            bundle: Digest([0xb0; 32]),
+        };
+    assert_eq!(
+        replay.history_shared(),
+        [
+            share(3, &log[3].0, us_head, t.us, us_neg, &caucuses, 3),
+            share(4, &log[4].0, us_head, t.us, us_head, &[t.us_caucus], 1),
+            share(5, &log[5].0, us_neg, t.us, NEW_US_MEMBER, &[t.us_caucus], 5),
+            share(6, &log[6].0, lead, t.oman, lead, &[t.iran_caucus], 6),
+        ]
+    );
+}
+
+#[test]
+fn history_is_shared_while_suspended_or_concluded_but_not_once_closed() {
+    let l = Log::new();
+    let t = &l.t;
+    let record = [t.record];
+    let us_neg = fixtures::PRINCIPALS[3];
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.lifecycle(230, US_TALKS, Suspended)),
+            at(l.share(231, US_HEAD, &record, us_neg, &[t.us_caucus], 2)),
+            at(l.lifecycle(232, OMAN_TALKS, Concluded)),
+            at(l.share(233, US_HEAD, &record, us_neg, &[t.us_caucus], 4)),
+            at(l.lifecycle(234, OMAN_TALKS, Closed)),
+            at(l.share(235, US_HEAD, &record, us_neg, &[t.us_caucus], 6)),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err("no history-shared statement is accepted while the talks are closed"),
+        ],
+    );
+    let kept: Vec<_> = replay
+        .history_shared()
+        .iter()
+        .map(|h| (h.seq, h.until))
+        .collect();
+    assert_eq!(kept, [(2, 2), (4, 4)]);
 }

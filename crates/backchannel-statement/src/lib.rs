@@ -10,6 +10,7 @@
 //!   [`AccessListChange`], [`DeviceCert`], [`MemberCert`], [`Revoke`],
 //!   [`LifecycleChange`], and what people say in rooms: [`Message`],
 //!   [`Conveyed`], [`Receipt`], [`CommitFailure`], [`SessionConsent`];
+//!   and a member's hand-over of room history, [`HistoryShared`];
 //! - [`StructuredText`] for prose, with NFC and bidi-control checks and a
 //!   [`confusables`] detector;
 //! - the [`AccessList`] (the only roster-derived thing the node parses) and
@@ -32,6 +33,7 @@ pub mod fixtures;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod header;
+pub mod history;
 pub mod invitation;
 pub mod lifecycle;
 pub mod markings;
@@ -47,6 +49,7 @@ pub use access_list::{
 };
 pub use certs::{DeviceCert, MemberCert, Revoke, RevokeReason};
 pub use header::{Commitment, Header, Kind, Salt, Severity, SignedHeader};
+pub use history::{HistoryError, HistoryShared};
 pub use invitation::{Invitation, InvitationError, InvitationFields, InvitationToken};
 pub use lifecycle::{LifecycleChange, LifecycleError, LifecyclePhase};
 pub use markings::{Attribution, Conveyance, HandlingLabel, Markings};

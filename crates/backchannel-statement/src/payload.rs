@@ -6,6 +6,7 @@ use backchannel_crypto::{Context, Digest};
 
 use crate::access_list::AccessListChange;
 use crate::certs::{DeviceCert, MemberCert, Revoke};
+use crate::history::HistoryShared;
 use crate::lifecycle::LifecycleChange;
 use crate::message::{CommitFailure, Conveyed, Message, Receipt, SessionConsent};
 use crate::roster::{GroundRules, Roster};
@@ -39,11 +40,13 @@ pub enum StatementType {
     CommitFailure,
     /// A party's consent to a time-boxed joint session.
     SessionConsent,
+    /// A member handed the history of rooms over to a successor.
+    HistoryShared,
 }
 
 impl StatementType {
     /// Every type of this version.
-    pub const ALL: [StatementType; 13] = [
+    pub const ALL: [StatementType; 14] = [
         StatementType::Roster,
         StatementType::GroundRules,
         StatementType::Acceptance,
@@ -57,6 +60,7 @@ impl StatementType {
         StatementType::Receipt,
         StatementType::CommitFailure,
         StatementType::SessionConsent,
+        StatementType::HistoryShared,
     ];
 
     /// The type's code in the frame.
@@ -75,6 +79,7 @@ impl StatementType {
             StatementType::Receipt => 11,
             StatementType::CommitFailure => 12,
             StatementType::SessionConsent => 13,
+            StatementType::HistoryShared => 14,
         }
     }
 
@@ -99,6 +104,7 @@ impl StatementType {
             StatementType::Receipt => "receipt",
             StatementType::CommitFailure => "commit-failure",
             StatementType::SessionConsent => "session-consent",
+            StatementType::HistoryShared => "history-shared",
         }
     }
 
@@ -122,6 +128,7 @@ impl StatementType {
             StatementType::SessionConsent => {
                 Context::new("backchannel/v1/statement/session-consent")
             }
+            StatementType::HistoryShared => Context::new("backchannel/v1/statement/history-shared"),
         }
     }
 }
@@ -190,6 +197,8 @@ pub enum Payload {
     CommitFailure(CommitFailure),
     /// See [`SessionConsent`].
     SessionConsent(SessionConsent),
+    /// See [`HistoryShared`].
+    HistoryShared(HistoryShared),
 }
 
 impl Payload {
@@ -209,6 +218,7 @@ impl Payload {
             Payload::Receipt(_) => StatementType::Receipt,
             Payload::CommitFailure(_) => StatementType::CommitFailure,
             Payload::SessionConsent(_) => StatementType::SessionConsent,
+            Payload::HistoryShared(_) => StatementType::HistoryShared,
         }
     }
 
@@ -246,6 +256,9 @@ impl Payload {
             StatementType::SessionConsent => {
                 Payload::SessionConsent(SessionConsent::from_canonical_bytes(bytes)?)
             }
+            StatementType::HistoryShared => {
+                Payload::HistoryShared(HistoryShared::from_canonical_bytes(bytes)?)
+            }
         })
     }
 }
@@ -266,6 +279,7 @@ impl Encode for Payload {
             Payload::Receipt(p) => p.encode(w),
             Payload::CommitFailure(p) => p.encode(w),
             Payload::SessionConsent(p) => p.encode(w),
+            Payload::HistoryShared(p) => p.encode(w),
         }
     }
 }

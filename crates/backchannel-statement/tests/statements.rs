@@ -83,6 +83,19 @@ fn payloads(t: &fixtures::Talks) -> Vec<(u8, PartyId, Payload)> {
                     .unwrap_or_else(|e| panic!("{e}")),
             ),
         ),
+        (
+            US_HEAD,
+            t.us,
+            Payload::HistoryShared(
+                HistoryShared::new(
+                    fixtures::PRINCIPALS[3],
+                    vec![t.record, t.us_caucus],
+                    12,
+                    Digest([0x71; 32]),
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+        ),
     ]
 }
 
@@ -713,7 +726,7 @@ fn lifecycle_changes_round_trip_and_decode_strictly() {
         "backchannel/v1/statement/lifecycle"
     );
     assert_eq!(StatementType::from_code(8), Some(StatementType::Lifecycle));
-    assert_eq!(StatementType::from_code(14), None);
+    assert_eq!(StatementType::from_code(15), None);
     let decoded = SignedStatement::decode(signed.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(decoded, signed);
     // The payload is the frame's last field: its last byte, before the
@@ -847,4 +860,98 @@ fn rooms_hold_only_the_members_their_purpose_admits() {
     check(P::PrivateNotes, &[us_neg], true);
     check(P::PrivateNotes, &[us_neg, us_head], false);
     check(P::Hotline, &[], false);
+}
+
+#[test]
+fn history_shares_round_trip_and_decode_strictly() {
+    use backchannel_codec::DecodeError;
+    use backchannel_statement::roster::MAX_ROOMS;
+
+    let t = fixtures::talks();
+    let to = fixtures::PRINCIPALS[3];
+    let bundle = Digest([0x71; 32]);
+    let share = HistoryShared::new(to, vec![t.record, t.us_caucus], 12, bundle)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(share.rooms(), [t.record, t.us_caucus]);
+    assert_eq!(share.until(), 12);
+    // to ‖ u32 count ‖ rooms ‖ until ‖ bundle.
+    let bytes = share.to_canonical_bytes();
+    assert_eq!(bytes.len(), 16 + 4 + 2 * 16 + 8 + 32);
+    assert_eq!(&bytes[..16], to.as_bytes());
+    assert_eq!(&bytes[16..20], &2u32.to_be_bytes());
+    assert_eq!(&bytes[52..60], &12u64.to_be_bytes());
+    assert_eq!(&bytes[60..], &bundle.0);
+    assert_eq!(
+        HistoryShared::from_canonical_bytes(&bytes),
+        Ok(share.clone())
+    );
+    // The constructor sorts nothing and refuses what the decoder refuses.
+    let new = |rooms: Vec<RoomId>, until| HistoryShared::new(to, rooms, until, bundle);
+    assert_eq!(new(vec![], 1), Err(HistoryError::NoRooms));
+    assert_eq!(
+        new(vec![t.us_caucus, t.record], 1),
+        Err(HistoryError::RoomsUnsorted)
+    );
+    assert_eq!(
+        new(vec![t.record, t.record], 1),
+        Err(HistoryError::RoomsUnsorted)
+    );
+    assert_eq!(new(vec![t.record], 0), Err(HistoryError::EmptyRange));
+    let rooms = |n: usize| -> Vec<RoomId> {
+        (0..n)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[8..].copy_from_slice(&(i as u64).to_be_bytes());
+                RoomId(id)
+            })
+            .collect()
+    };
+    assert!(new(rooms(MAX_ROOMS), 1).is_ok());
+    assert_eq!(
+        new(rooms(MAX_ROOMS + 1), 1),
+        Err(HistoryError::TooManyRooms)
+    );
+    // Over the limit on the wire: refused before allocation.
+    let mut over = to.as_bytes().to_vec();
+    over.extend_from_slice(&(MAX_ROOMS as u32 + 1).to_be_bytes());
+    for r in rooms(MAX_ROOMS + 1) {
+        over.extend_from_slice(r.as_bytes());
+    }
+    over.extend_from_slice(&1u64.to_be_bytes());
+    over.extend_from_slice(&bundle.0);
+    assert!(matches!(
+        HistoryShared::from_canonical_bytes(&over),
+        Err(DecodeError::TooLong { .. })
+    ));
+    // Trailing bytes.
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        HistoryShared::from_canonical_bytes(&long),
+        Err(DecodeError::TrailingBytes { .. })
+    ));
+    // Inside a statement: type code 14, its own context, strict there too.
+    let signed = t.statement(8, &key(US_HEAD), t.us, Payload::HistoryShared(share));
+    assert_eq!(StatementType::HistoryShared.code(), 14);
+    assert_eq!(StatementType::HistoryShared.name(), "history-shared");
+    assert_eq!(signed.frame()[1..3], [0, 14]);
+    assert_eq!(
+        StatementType::HistoryShared.context().as_str(),
+        "backchannel/v1/statement/history-shared"
+    );
+    assert_eq!(
+        StatementType::from_code(14),
+        Some(StatementType::HistoryShared)
+    );
+    let decoded = SignedStatement::decode(signed.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(decoded, signed);
+    // `until` is the payload's last field but the bundle: set it to 0 in
+    // the frame and the statement no longer decodes.
+    let mut bytes = signed.as_bytes().to_vec();
+    let until_end = bytes.len() - 64 - 32;
+    bytes[until_end - 8..until_end].copy_from_slice(&0u64.to_be_bytes());
+    assert!(matches!(
+        SignedStatement::decode(&bytes),
+        Err(DecodeError::Invalid { field: "until", .. })
+    ));
 }

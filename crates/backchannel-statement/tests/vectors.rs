@@ -394,6 +394,21 @@ fn statements() {
             ),
             Markings::mediator_only(),
         ),
+        (
+            "history-shared",
+            US_HEAD,
+            t.us,
+            Payload::HistoryShared(
+                HistoryShared::new(
+                    fixtures::PRINCIPALS[3],
+                    vec![t.record, t.us_caucus],
+                    42,
+                    Digest([0x71; 32]),
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            Markings::mediator_only(),
+        ),
     ];
     for (i, (name, label, party, payload, markings)) in cases.into_iter().enumerate() {
         let signer = key(label);
