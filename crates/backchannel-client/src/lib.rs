@@ -22,6 +22,8 @@
 //!   removes, copies for newcomers, leaf updates, rejoins).
 //! - [`attachment`]: files encrypted under a key that travels only in the
 //!   room's group.
+//! - [`handover`]: history bundles a member hands a successor, sealed to
+//!   the successor's devices and verified against the log's commitments.
 //! - [`fork`]: forks — finality by cosignature, comparison, offline evidence.
 //! - [`participant`]: what a home remembers of each talks (pinned node,
 //!   who the participant is, every other party's verification state), the
@@ -38,6 +40,7 @@ pub mod fork;
 /// Fuzz entry points (`fuzz/fuzz_targets/`, and `tests/fuzz_corpus.rs`).
 #[doc(hidden)]
 pub mod fuzz;
+pub mod handover;
 pub mod net;
 pub mod participant;
 pub mod rooms;

@@ -8,6 +8,7 @@
 //! kind    = 1 statement (a canonical SignedStatement) | 2 talk (UTF-8 text)
 //!         | 3 copy (statements posted before newcomers joined, see crate::rooms)
 //!         | 4 attachment (an encrypted blob's address, size, key, name: crate::attachment)
+//!         | 5 handover (one part of a history bundle sealed to a successor's devices: crate::handover)
 //! header.commitment = Commitment::to_plaintext(salt, content)             statements
 //!                   = Commitment::to_plaintext(salt, 0xff ‖ kind ‖ content)  every other kind
 //! ```
@@ -39,6 +40,9 @@ pub enum Content {
     /// A file shared in the room: its encrypted blob's address, size, key
     /// and name ([`crate::attachment::Attachment`], canonical bytes).
     Attachment(Vec<u8>),
+    /// One part of a handover bundle, sealed to the successor's devices
+    /// ([`crate::handover::Part`], canonical bytes).
+    Handover(Vec<u8>),
 }
 
 impl Content {
@@ -48,13 +52,17 @@ impl Content {
             Content::Talk(_) => 2,
             Content::Copy(_) => 3,
             Content::Attachment(_) => 4,
+            Content::Handover(_) => 5,
         }
     }
 
     /// The bytes the commitment covers.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Content::Statement(b) | Content::Copy(b) | Content::Attachment(b) => b,
+            Content::Statement(b)
+            | Content::Copy(b)
+            | Content::Attachment(b)
+            | Content::Handover(b) => b,
             Content::Talk(t) => t.as_bytes(),
         }
     }
@@ -120,6 +128,10 @@ impl AppMessage {
             4 => {
                 crate::attachment::Attachment::from_bytes(rest)?;
                 Content::Attachment(rest.to_vec())
+            }
+            5 => {
+                crate::handover::Part::from_bytes(rest)?;
+                Content::Handover(rest.to_vec())
             }
             k => {
                 return Err(DecodeError::UnknownValue {

@@ -433,7 +433,7 @@ pub struct Session<S: ClientStore> {
     /// counted since its last commit there (`crate::rooms::PcsDue`).
     pub(crate) pcs: BTreeMap<RoomId, crate::rooms::PcsDue>,
     /// The next seq to fetch.
-    next: u64,
+    pub(crate) next: u64,
     follower: Follower,
     witness: Witness,
     pub(crate) pending: Pending,
@@ -444,7 +444,7 @@ pub struct Session<S: ClientStore> {
     /// Key validity replayed over every statement archived so far (below
     /// the fetch cursor), in seq order: which device keys were valid at
     /// which seq ([`sender_key`]). Rebuilt from the archive on open.
-    keys: Replay,
+    pub(crate) keys: Replay,
 }
 
 pub(crate) fn key(talks: TalksId, name: &str) -> Vec<u8> {
@@ -872,6 +872,7 @@ impl<S: ClientStore> Session<S> {
         let mut pager = Pager::new(self.next);
         let mut skipped = Vec::new();
         let mut copies = Vec::new();
+        let mut handovers = self.pending_handovers().await?;
         loop {
             let mut writes = Vec::new();
             // The replay moves on with the archive: a page's statements
@@ -896,6 +897,20 @@ impl<S: ClientStore> Session<S> {
                                 archived.seq,
                                 bytes.clone(),
                             ));
+                        }
+                        if let Some(AppMessage {
+                            content: Content::Handover(bytes),
+                            ..
+                        }) = &archived.message
+                            && let Ok(part) = crate::handover::Part::from_bytes(bytes)
+                            && crate::handover::is_for(&part, &self.device.public_key().id())
+                            && !handovers.contains(&part.bundle)
+                        {
+                            // Owed durably with the page that brought the
+                            // part: a process killed before applying it
+                            // applies it at its next receive.
+                            handovers.insert(part.bundle);
+                            writes.push(self.pending_handovers_put(&handovers));
                         }
                         writes.push(Put {
                             ns: Namespace::Archive,
@@ -951,34 +966,12 @@ impl<S: ClientStore> Session<S> {
             let (n, _bad) = self.apply_copy(room, at, items).await?;
             opened += n;
         }
+        // Handovers sealed to this device open what it could not read.
+        for bundle in handovers {
+            opened += self.apply_handover(list, bundle).await?;
+        }
         if opened > 0 {
-            let mut replay = Replay::new(self.talks);
-            let archive = self.archive().await?;
-            for archived in &archive {
-                replay_archived(&mut replay, archived);
-            }
-            // Senders the copies now place: their signatures are checked.
-            let mut placed = Vec::new();
-            for mut a in archive {
-                if a.unreadable.as_deref() != Some(UNPLACED) {
-                    continue;
-                }
-                let h = *a.header.header();
-                if let Ok(key) = sender_key(list, &replay, a.seq, h.room, &h.sender) {
-                    a.header.verify(&key).map_err(|_| {
-                        SessionError::Evidence(format!(
-                            "seq {}: its header signature does not verify",
-                            a.seq
-                        ))
-                    })?;
-                    a.unreadable = Some(crate::rooms::BEFORE_JOIN.into());
-                    placed.push(a.put(self.talks));
-                }
-            }
-            if !placed.is_empty() {
-                self.store.put_many(placed).await?;
-            }
-            self.keys = replay;
+            self.place_senders(list).await?;
             for a in &mut out {
                 if let Some(stored) = self.archived(a.seq).await? {
                     *a = stored;
@@ -986,6 +979,43 @@ impl<S: ClientStore> Session<S> {
             }
         }
         Ok(out)
+    }
+
+    /// Rebuilds the replay of key validity from the archive (after copies
+    /// or a handover opened statements in their places) and checks the
+    /// envelopes archived without a placed sender ([`UNPLACED`]) again: a
+    /// sender now placed has its header signature verified (evidence if it
+    /// fails) and its envelope becomes one sent before this device joined,
+    /// which a copy or handover may open. Returns how many it placed.
+    pub(crate) async fn place_senders(&mut self, list: &AccessList) -> Result<usize, SessionError> {
+        let mut replay = Replay::new(self.talks);
+        let archive = self.archive().await?;
+        for archived in &archive {
+            replay_archived(&mut replay, archived);
+        }
+        let mut placed = Vec::new();
+        for mut a in archive {
+            if a.unreadable.as_deref() != Some(UNPLACED) {
+                continue;
+            }
+            let h = *a.header.header();
+            if let Ok(key) = sender_key(list, &replay, a.seq, h.room, &h.sender) {
+                a.header.verify(&key).map_err(|_| {
+                    SessionError::Evidence(format!(
+                        "seq {}: its header signature does not verify",
+                        a.seq
+                    ))
+                })?;
+                a.unreadable = Some(crate::rooms::BEFORE_JOIN.into());
+                placed.push(a.put(self.talks));
+            }
+        }
+        let n = placed.len();
+        if !placed.is_empty() {
+            self.store.put_many(placed).await?;
+        }
+        self.keys = replay;
+        Ok(n)
     }
 
     /// Verifies one delivered envelope and opens it with the room's MLS
@@ -1044,6 +1074,48 @@ impl<S: ClientStore> Session<S> {
             message,
             unreadable,
         })
+    }
+
+    /// Verifies, opens and archives `envelopes` as [`Session::receive`]
+    /// does each envelope of a fetched page (in the order given, each
+    /// judged by `list` and the record archived before it, its body
+    /// processed by the room's MLS group), storing the archive records and
+    /// the MLS state in one write; but the envelopes come from the caller,
+    /// not the node, and the fetch cursor does not move (copies are not
+    /// opened). For tests that feed a device's saved state what the node's
+    /// store holds beyond what the node serves it (a device taken off the
+    /// access list): not part of the client's API.
+    #[doc(hidden)]
+    pub async fn receive_delivered(
+        &mut self,
+        list: &AccessList,
+        envelopes: Vec<Delivered>,
+    ) -> Result<Vec<Archived>, SessionError> {
+        let mut replay = self.keys.clone();
+        let mut out = Vec::with_capacity(envelopes.len());
+        let mut writes = Vec::with_capacity(envelopes.len() + 1);
+        for d in envelopes {
+            let archived = match self.accept(list, &replay, d).await {
+                Ok(a) => a,
+                Err(e) => {
+                    if let Ok(m) = load_mls(&*self.store, self.talks, &self.device).await {
+                        self.mls = m;
+                    }
+                    return Err(e);
+                }
+            };
+            replay_archived(&mut replay, &archived);
+            writes.push(archived.put(self.talks));
+            out.push(archived);
+        }
+        writes.push(Put {
+            ns: Namespace::Mls,
+            key: key(self.talks, "mls"),
+            value: Some(self.mls.to_bytes()),
+        });
+        self.store.put_many(writes).await?;
+        self.keys = replay;
+        Ok(out)
     }
 
     /// The archived envelope at `seq`, if any.
