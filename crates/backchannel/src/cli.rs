@@ -77,6 +77,11 @@ pub enum Command {
     /// the home that joined the talks).
     #[command(subcommand, after_help = EXIT_CODES)]
     Members(MembersCommand),
+    /// Hand the history of your rooms to a successor (or your other
+    /// devices), sealed to their devices and verified against the log; or
+    /// list the handovers you received (--list).
+    #[command(after_help = EXIT_CODES)]
+    Handover(crate::handover::HandoverArgs),
     /// Share files with your rooms through the node's blob store.
     #[command(subcommand)]
     Blob(crate::blob::BlobCommand),

@@ -1372,6 +1372,244 @@ async fn run(
         say_talk(&mut seats[who], &list, room, &plant.s(text)).await?;
     }
 
+    // 17b. Succession: the US envoy is replaced mid-talks. The US talks
+    //      authority certifies the new envoy and seats their device where
+    //      the envoy sits (every party co-signs the change, as the ground
+    //      rules require); the rooms' groups add the device; the outgoing
+    //      envoy hands over the history of every room they hold, sealed to
+    //      the new device and announced in the record; then the outgoing
+    //      envoy's keys are revoked and their device taken off the list.
+    let (list, former) = {
+        println!("\nSuccession:");
+        let successor = Member {
+            name: plant.s("US envoy (successor)"),
+            role: Role::Head,
+            principal: PrincipalId(random16()),
+            identity: SecretKey::generate(&mut OsRng),
+            device: SecretKey::generate(&mut OsRng),
+        };
+        let old = &seats[US_ENVOY];
+        let old_device = old.s.device().public_key();
+        let old_identity = old.identity.public_key();
+        let old_rooms = old.rooms.clone();
+        let certs = [
+            statement(
+                &us.talks_authority,
+                talks,
+                us.id,
+                record,
+                seats[US_ENVOY].s.checkpoint_ref(),
+                Payload::MemberCert(backchannel_statement::MemberCert::new(
+                    successor.principal,
+                    us.id,
+                    Role::Head,
+                    successor.identity.public_key(),
+                    crate::talks::acts_of(Role::Head),
+                    None,
+                )?),
+            )?,
+            statement(
+                &successor.identity,
+                talks,
+                us.id,
+                record,
+                CheckpointRef::NONE,
+                Payload::DeviceCert(backchannel_statement::DeviceCert {
+                    principal: successor.principal,
+                    device_key: successor.device.public_key(),
+                    not_after: now_ms() + 365 * 24 * 3_600_000,
+                }),
+            )?,
+        ];
+        for st in &certs {
+            table.post(&mut seats[US_ENVOY], record, st).await?;
+        }
+        let entry = AccessEntry::new(
+            successor.device.public_key(),
+            successor.principal,
+            us.id,
+            old_rooms.iter().copied().collect(),
+            FLAG_DEVICE,
+        )?;
+        let current = mediator.access_list(talks).await?;
+        let delta = AccessListDelta::new(talks, current.list.hash(), vec![], vec![entry])?;
+        change_list(&client, talks, &delta, [&us, &oman, &iran]).await?;
+        let list = mediator.access_list(talks).await?.list;
+        println!(
+            "[US] certified {} (head of delegation) in the record; every party co-signed the \
+             change seating their device in the envoy's {} rooms",
+            successor.name,
+            old_rooms.len()
+        );
+        let home = homes.join("home-1-successor");
+        std::fs::create_dir_all(&home)?;
+        let store = SqliteClientStore::create(
+            home.join("home.db"),
+            &SecretString::from(hex::encode(random16())),
+            ClientStoreOptions::default(),
+        )
+        .await
+        .map_err(|e| anyhow!("creating a participant's home: {e}"))?;
+        let mut new_seat = Seat {
+            label: format!("[US] {}", successor.name),
+            party: us.id,
+            principal: successor.principal,
+            identity: SecretKey::from_seed(&successor.identity.seed())?,
+            s: Session::open(
+                Arc::new(store),
+                client(&successor.device)?,
+                SecretKey::from_seed(&successor.device.seed())?,
+                talks,
+                &origin,
+                log_key.public_key(),
+            )
+            .await?,
+            rooms: old_rooms.clone(),
+        };
+        {
+            let mut all: Vec<&mut DemoSession> = seats.iter_mut().map(|x| &mut x.s).collect();
+            all.push(&mut new_seat.s);
+            backchannel_client::rooms::sync_all(&mut all, &list, now_ms() / 1000).await?;
+        }
+        new_seat.s.receive(&list).await?;
+        let unread_before = new_seat
+            .s
+            .archive()
+            .await?
+            .iter()
+            .filter(|a| a.message.is_none() && a.unreadable.is_some())
+            .count();
+        println!(
+            "[US] the new envoy's device joined the groups of its rooms: MLS gives it nothing \
+             sent before (copies opened the earlier statements), so {unread_before} earlier \
+             messages of talk are unreadable to it"
+        );
+        // The handover: every room the outgoing envoy holds, up to the
+        // checkpoint it verified.
+        wait_for_integration(&seats[US_ENVOY].s).await?;
+        seats[US_ENVOY].s.receive(&list).await?;
+        seats[US_ENVOY].s.verify_log(&old_rooms, now_ms()).await?;
+        let until = seats[US_ENVOY].s.checkpoint_ref().size;
+        let scope = backchannel_client::handover::Scope {
+            talks,
+            from: seats[US_ENVOY].principal,
+            to: successor.principal,
+            until,
+            checkpoint: seats[US_ENVOY].s.checkpoint_ref(),
+            rooms: old_rooms.clone(),
+            private_notes: BTreeSet::new(),
+        };
+        let handed = seats[US_ENVOY]
+            .s
+            .hand_over(&list, &scope, &[successor.device.public_key()], us_internal)
+            .await?;
+        let shared = table.sign(
+            &seats[US_ENVOY],
+            vec![Audience::Room(record)],
+            Markings::mediator_only(),
+            Payload::HistoryShared(backchannel_statement::HistoryShared::new(
+                successor.principal,
+                old_rooms.iter().copied().collect(),
+                until,
+                handed.bundle,
+            )?),
+        )?;
+        let announced = table.post(&mut seats[US_ENVOY], record, &shared).await?;
+        let (opened, _) = handed.contents.counts();
+        println!(
+            "[US] the outgoing envoy handed over {} rooms up to seq {until} ({opened} messages, \
+             {} bytes), sealed to the new envoy's device; announced in the record at seq \
+             {announced}",
+            old_rooms.len(),
+            handed.bytes
+        );
+        new_seat.s.receive(&list).await?;
+        let received = new_seat.s.handovers().await?;
+        match received.last().map(|r| &r.outcome) {
+            Some(backchannel_client::handover::Outcome::Applied { opened, .. }) => println!(
+                "[US] the new envoy verified the bundle against the headers logged at each seq \
+                 and opened {opened} messages"
+            ),
+            Some(backchannel_client::handover::Outcome::Refused(why)) => {
+                bail!("the new envoy refused the handover: {why}")
+            }
+            None => bail!("the new envoy received no handover"),
+        }
+        // Revocation: the outgoing envoy's identity and device keys, then
+        // their device off the list; the groups remove it.
+        for key in [old_identity.id(), old_device.id()] {
+            let st = statement(
+                &us.talks_authority,
+                talks,
+                us.id,
+                record,
+                new_seat.s.checkpoint_ref(),
+                Payload::Revoke(backchannel_statement::Revoke {
+                    key,
+                    reason: backchannel_statement::RevokeReason::Left,
+                    lost_at: None,
+                }),
+            )?;
+            new_seat
+                .s
+                .send(
+                    &list,
+                    record,
+                    Content::Statement(st.as_bytes().to_vec()),
+                    salt(),
+                )
+                .await?;
+        }
+        let current = mediator.access_list(talks).await?;
+        let delta =
+            AccessListDelta::new(talks, current.list.hash(), vec![old_device.id()], vec![])?;
+        change_list(&client, talks, &delta, [&us, &oman, &iran]).await?;
+        let list = mediator.access_list(talks).await?.list;
+        let mut old = std::mem::replace(&mut seats[US_ENVOY], new_seat);
+        {
+            let mut all: Vec<&mut DemoSession> = seats.iter_mut().map(|x| &mut x.s).collect();
+            backchannel_client::rooms::sync_all(&mut all, &list, now_ms() / 1000).await?;
+        }
+        say_talk(
+            &mut seats[US_ENVOY],
+            &list,
+            us_internal,
+            &plant.s("I have the file. We hold the line agreed on the exchange."),
+        )
+        .await?;
+        match old.s.receive(&list).await {
+            Ok(_) => bail!("the outgoing envoy's device can still fetch from the node"),
+            Err(e) => println!(
+                "[US] the outgoing envoy's keys are revoked and their device is off the list \
+                 and out of every group: the node refuses it ({e})"
+            ),
+        }
+        let successor_archive = seats[US_ENVOY].s.archive().await?;
+        let unread: Vec<u64> = successor_archive
+            .iter()
+            .filter(|a| {
+                a.header.header().kind == backchannel_statement::Kind::MlsApp && a.message.is_none()
+            })
+            .map(|a| a.seq)
+            .collect();
+        ensure!(
+            unread.is_empty(),
+            "the new envoy still cannot read seqs {unread:?}"
+        );
+        println!(
+            "[US] the new envoy reads the whole file of its rooms ({} envelopes), verified",
+            successor_archive.len()
+        );
+        let former = format!("{} (former)", old.label);
+        (
+            list,
+            [
+                (old_device.id(), former.clone()),
+                (old_identity.id(), former),
+            ],
+        )
+    };
+
     // 18. Everyone receives, verifies the log from the data tiles and
     //    cosigns the same checkpoint.
     wait_for_integration(&seats[OM_LEAD].s).await?;
@@ -1495,6 +1733,7 @@ async fn run(
         names.insert(x.s.device().public_key().id(), x.label.clone());
         names.insert(x.identity.public_key().id(), x.label.clone());
     }
+    names.extend(former);
     for (p, short) in [(&oman, "OM"), (&us, "US"), (&iran, "IR")] {
         names.insert(
             p.talks_authority.public_key().id(),
@@ -1551,6 +1790,28 @@ async fn run(
     Ok(())
 }
 
+/// Applies an access-list change `delta`: each party's talks authority in
+/// turn signs and submits it until the node applies it (the ground rules'
+/// change rule names whose signatures it needs).
+async fn change_list<E: std::error::Error + Send + Sync + 'static>(
+    client: &impl Fn(&SecretKey) -> Result<NodeClient, E>,
+    talks: TalksId,
+    delta: &AccessListDelta,
+    parties: [&Party; 3],
+) -> anyhow::Result<()> {
+    for p in parties {
+        let change = AccessListChange::new(delta.clone(), vec![delta.sign(&p.talks_authority)?])?;
+        if client(&p.talks_authority)?
+            .submit_change(talks, &change)
+            .await?
+            .applied
+        {
+            return Ok(());
+        }
+    }
+    bail!("the access-list change was not applied with every party's signature")
+}
+
 /// Talk (MLS chat) by the seat in `room`.
 async fn say_talk(
     seat: &mut Seat,
@@ -1595,7 +1856,7 @@ fn render(
             }
             Err(e) => format!("a statement that does not decode: {e}"),
         },
-        Some(Content::Copy(_)) => return None,
+        Some(Content::Copy(_) | Content::Handover(_)) => return None,
         Some(Content::Attachment(_)) => "an attachment".into(),
         None => match (h.kind, &a.unreadable) {
             (_, Some(why)) => format!("unreadable: {why}"),

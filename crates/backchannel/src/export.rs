@@ -351,10 +351,12 @@ async fn export(ctx: &Ctx, a: &ExportArgs) -> anyhow::Result<Exported> {
     let statement = match &message.content {
         Content::Statement(bytes) => SignedStatement::decode(bytes)
             .map_err(|e| anyhow!("the statement at seq {seq} does not decode: {e}"))?,
-        Content::Talk(_) | Content::Copy(_) | Content::Attachment(_) => bail!(
-            "seq {seq} is talk, not a signed statement: only statements are exported as \
+        Content::Talk(_) | Content::Copy(_) | Content::Attachment(_) | Content::Handover(_) => {
+            bail!(
+                "seq {seq} is talk, not a signed statement: only statements are exported as \
              evidence"
-        ),
+            )
+        }
     };
     match view
         .statements

@@ -20,6 +20,7 @@ mod cli;
 mod demo;
 mod evidence;
 mod export;
+mod handover;
 mod home;
 mod keys;
 mod logging;
@@ -86,6 +87,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(command) => keys::main(cli.home, command),
         Command::Talks(command) => talks::main(cli.home, command),
         Command::Members(command) => members::main(cli.home, command),
+        Command::Handover(args) => handover::main(cli.home, args),
         Command::Send(args) => messages::send(cli.home, args),
         Command::Read(args) => messages::read(cli.home, args),
         Command::Message(args) => say::message(cli.home, args),

@@ -180,6 +180,12 @@ fn line(ctx: &Ctx, view: &View, a: &Archived, conveyances: &Conveyances) -> Line
             "a copy of the room's earlier statements, for devices that joined after them".into(),
             None,
         ),
+        Some(Content::Handover(_)) => (
+            "handover",
+            "a handover of earlier history, sealed to a successor's devices              (`backchannel handover --list`)"
+                .into(),
+            None,
+        ),
         None => match (h.kind, &a.unreadable) {
             (Kind::MlsHandshake, None) => ("mls", "the room's MLS group changed".into(), None),
             (Kind::Welcome, None) => ("mls", "an MLS Welcome to new devices".into(), None),

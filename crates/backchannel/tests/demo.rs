@@ -159,6 +159,13 @@ fn check_demo(out: &std::process::Output) {
         "the shipping track met",
         "a sealed letter passed to Iran",
         "Each device holds only its rooms",
+        // Succession: the US envoy replaced mid-talks.
+        "[US] certified US envoy (successor) (head of delegation) in the record",
+        "[US] the outgoing envoy handed over 4 rooms up to seq",
+        "[US] the new envoy verified the bundle against the headers logged at each seq",
+        "[US] the outgoing envoy's keys are revoked and their device is off the list and out \
+         of every group: the node refuses it",
+        "[US] the new envoy reads the whole file of its rooms",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
@@ -203,7 +210,13 @@ fn check_demo(out: &std::process::Output) {
     ] {
         assert!(!iran.contains(needle), "Iran saw {needle:?}:\n{iran}");
     }
-    let us = section(&stdout, "[US] US envoy");
+    // The successor's view: the whole file, handed over.
+    let us = section(&stdout, "[US] US envoy (successor)");
+    assert!(
+        us.contains("[US] US envoy (former): "),
+        "the successor does not read the former envoy:\n{us}"
+    );
+    assert!(!us.contains("unreadable"), "{us}");
     for needle in [
         "Internal: United States",
         "(internal, mediator-only)",

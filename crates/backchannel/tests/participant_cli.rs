@@ -1559,6 +1559,13 @@ fn json_outputs_name_the_talks_when_talks_is_left_out() {
 #[test]
 fn a_member_is_added_after_the_roster_and_removed() {
     let t = Talks::open();
+    // Talk in the caucus before the negotiator is invited: MLS gives the
+    // negotiator none of it; only a handover does.
+    let early = t.send(
+        US,
+        "caucus",
+        "Before the negotiator: hold the funds question.",
+    );
     ok(t.cli("neg").args(["home", "init"]));
     let invitation = t.path("neg.member");
     let reply = t.path("neg.reply");
@@ -1663,6 +1670,72 @@ fn a_member_is_added_after_the_roster_and_removed() {
             .starts_with("US negotiator"),
         "{line}"
     );
+
+    // The caucus talk from before it joined: unreadable, with the reason
+    // and what to do, not an error.
+    let early_line = |h: &str| {
+        t.read_all(h)
+            .into_iter()
+            .find(|l| l["seq"] == early)
+            .expect("archived")
+    };
+    let before_handover = early_line("neg");
+    assert!(
+        before_handover["text"]
+            .as_str()
+            .unwrap()
+            .contains("ask your head of delegation for a handover"),
+        "{before_handover}"
+    );
+    // Bad handovers are refused and post nothing.
+    let before = t.whole_log().len();
+    run(t.cli(US).args(["handover", "--to", "nobody"])).refused(FAILED, "your party has no member");
+    run(t.cli(IR).args(["handover", "--to", "US negotiator"]))
+        .refused(FAILED, "your party has no member");
+    run(t
+        .cli(US)
+        .args(["handover", "--to", "US negotiator", "--until", "999999"]))
+    .refused(FAILED, "lies past the latest checkpoint you verified");
+    run(t
+        .cli(US)
+        .args(["handover", "--to", "US negotiator", "--until", "0"]))
+    .refused(FAILED, "hands over nothing");
+    run(t
+        .cli(US)
+        .args(["handover", "--to", "US negotiator", "--rooms", "nowhere"]))
+    .refused(FAILED, "you are in no room called");
+    assert_eq!(t.whole_log().len(), before, "nothing was posted");
+    // The envoy hands the caucus over; the negotiator verifies it against
+    // the log and reads it; the record says who shared what.
+    t.verified_to(US, t.whole_log().len() as u64);
+    let sent = ok_json(t.cli(US).args([
+        "handover",
+        "--json",
+        "--to",
+        "US negotiator",
+        "--rooms",
+        "caucus",
+    ]));
+    assert!(sent["opened"].as_u64().unwrap() >= 1, "{sent}");
+    let after_handover = early_line("neg");
+    assert_eq!(
+        after_handover["text"], "Before the negotiator: hold the funds question.",
+        "{after_handover}"
+    );
+    let listed = ok_json(t.cli("neg").args(["handover", "--list", "--json"]));
+    let received = &listed["received"][0];
+    assert_eq!(received["applied"], true, "{listed}");
+    assert_eq!(received["from"], "US envoy", "{listed}");
+    assert_eq!(received["announced_at"], sent["statement_seq"], "{listed}");
+    for h in [OM, IR] {
+        let seen = ok_json(t.cli(h).args(["handover", "--list", "--json"]));
+        assert_eq!(seen["received"], serde_json::json!([]), "{h}: {seen}");
+        assert_eq!(
+            seen["announced"].as_array().unwrap().len(),
+            1,
+            "{h}: {seen}"
+        );
+    }
 
     // The negotiator's laptop is lost after its first message: it sends
     // once more, at a node time past the loss.

@@ -1,0 +1,494 @@
+//! `backchannel handover`: hand the history of your rooms to a successor
+//! (`backchannel_client::handover`), and list the handovers you received.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use backchannel_client::handover::{Outcome, Scope};
+use backchannel_client::seal::Content;
+use backchannel_codec::{PrincipalId, RoomId};
+use backchannel_crypto::{PublicKey, Signer as _};
+use backchannel_statement::access_list::FLAG_DEVICE;
+use backchannel_statement::roster::RoomPurpose;
+use backchannel_statement::{Act, HistoryShared, Payload, Role};
+use clap::Args;
+use serde::Serialize;
+
+use crate::cli::{KeyKindArg, TalksArgs};
+use crate::home;
+use crate::participant::{self, Ctx, View, refresh};
+
+/// `backchannel handover`.
+#[derive(Debug, Args)]
+pub struct HandoverArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The member who receives the history: a member of your party, by
+    /// their name or principal id (32 hex digits); your own name hands it
+    /// to your other devices.
+    #[arg(long, required_unless_present = "list", conflicts_with = "list")]
+    pub to: Option<String>,
+    /// The rooms, by name or id, separated by commas (default: every room
+    /// you and they both sit in).
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Vec<String>,
+    /// Hand over the log below this seq (default: the latest checkpoint
+    /// you verified).
+    #[arg(long, value_name = "SEQ")]
+    pub until: Option<u64>,
+    /// List the handovers you received, and those the record announces.
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(Serialize)]
+struct Sent {
+    to: String,
+    principal: String,
+    rooms: Vec<String>,
+    withheld: Vec<String>,
+    left_out: Vec<String>,
+    until: u64,
+    bundle: String,
+    bytes: usize,
+    opened: usize,
+    not_held: usize,
+    parts: Vec<u64>,
+    statement_seq: u64,
+}
+
+#[derive(Serialize)]
+struct Listed {
+    received: Vec<ReceivedOut>,
+    announced: Vec<AnnouncedOut>,
+}
+
+#[derive(Serialize)]
+struct ReceivedOut {
+    bundle: String,
+    at: u64,
+    from: String,
+    until: u64,
+    rooms: Vec<String>,
+    applied: bool,
+    opened: u64,
+    not_held: u64,
+    withheld: Vec<String>,
+    unverifiable: Vec<String>,
+    refused: Option<String>,
+    announced_at: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct AnnouncedOut {
+    seq: u64,
+    from: String,
+    to: String,
+    rooms: Vec<String>,
+    until: u64,
+    bundle: String,
+}
+
+/// Runs `backchannel handover`.
+pub fn main(home_dir: Option<PathBuf>, a: HandoverArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    home::block_on(async move {
+        let ctx = participant::open(&dir, &a.talks).await?;
+        let result = if a.list {
+            list(&ctx, &a).await
+        } else {
+            send(&ctx, &a).await
+        };
+        ctx.close().await;
+        result
+    })
+}
+
+/// The members of the participant's party the record knows: (principal,
+/// name, role), from the roster and member certificates since.
+fn party_members(ctx: &Ctx, view: &View) -> Vec<(PrincipalId, String, Role)> {
+    let mut out: Vec<(PrincipalId, String, Role)> = Vec::new();
+    if let Some(r) = view.replay.roster() {
+        for m in r
+            .members
+            .iter()
+            .filter(|m| m.member.party == ctx.record.party)
+        {
+            out.push((m.member.principal, m.member.name.clone(), m.member.role));
+        }
+    }
+    for l in view.statements.iter().filter(|l| l.verdict.is_ok()) {
+        if let Payload::MemberCert(c) = &l.statement.unverified().payload
+            && c.party == ctx.record.party
+            && !out.iter().any(|(p, ..)| *p == c.principal)
+        {
+            let name = ctx
+                .record
+                .pending_members
+                .iter()
+                .find(|p| p.principal == c.principal)
+                .map_or_else(|| c.principal.to_hex(), |p| p.name.clone());
+            out.push((c.principal, name, c.role));
+        }
+    }
+    out
+}
+
+fn member_name(ctx: &Ctx, view: &View, p: PrincipalId) -> String {
+    party_members(ctx, view)
+        .into_iter()
+        .find(|(q, ..)| *q == p)
+        .map_or_else(
+            || {
+                view.replay
+                    .roster()
+                    .and_then(|r| r.members.iter().find(|m| m.member.principal == p))
+                    .map_or_else(|| p.to_hex(), |m| m.member.name.clone())
+            },
+            |(_, n, _)| n,
+        )
+}
+
+async fn send(ctx: &Ctx, a: &HandoverArgs) -> anyhow::Result<()> {
+    let to_query = a.to.clone().unwrap_or_default();
+    if a.until == Some(0) {
+        bail!("--until 0 hands over nothing; give a seq above 0, or leave it out");
+    }
+    let identity = ctx.key(KeyKindArg::Identity).await.map_err(|_| {
+        anyhow!(
+            "this home holds no member identity key for these talks: a handover is signed by the \
+             member who holds the history; run it from that member's home"
+        )
+    })?;
+    let mut s = ctx.session().await?;
+    let view = refresh(ctx, &mut s).await?;
+    let roster = view
+        .replay
+        .roster()
+        .context("the roster has not reached you yet: run `backchannel read` first")?
+        .clone();
+    let members = party_members(ctx, &view);
+    let me = ctx.record.principal;
+    let my_role = members
+        .iter()
+        .find(|(p, ..)| *p == me)
+        .map(|(_, _, r)| *r)
+        .context("the record does not list you as a member of your party")?;
+    ensure!(
+        my_role.permits(Act::HandOverHistory),
+        "your role ({}) may not hand over history; a member whose role may (head, negotiator, \
+         note-taker, or a mediator's lead, co-mediator or staff) can",
+        my_role.name()
+    );
+    let by_id = PrincipalId::from_hex(&to_query).ok();
+    let q = to_query.to_lowercase();
+    let matching: Vec<&(PrincipalId, String, Role)> = members
+        .iter()
+        .filter(|(p, name, _)| Some(*p) == by_id || name.to_lowercase() == q)
+        .collect();
+    let (to, to_name) = match matching.as_slice() {
+        [one] => (one.0, one.1.clone()),
+        [] => bail!(
+            "your party has no member {to_query:?}; its members: {}",
+            members
+                .iter()
+                .map(|(p, n, _)| format!("{n:?} ({})", p.to_hex()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => bail!("several members are called {to_query:?}; give the principal id"),
+    };
+    let list = participant::access_list(&s).await?;
+    let my_device = s.device().public_key().id();
+    let mine: BTreeSet<RoomId> = list
+        .get(&my_device)
+        .context("your device is not on the access list")?
+        .rooms()
+        .iter()
+        .copied()
+        .collect();
+    // The successor's devices: every device of theirs on the list (for
+    // your own name, your other devices).
+    let devices: Vec<(PublicKey, BTreeSet<RoomId>)> = list
+        .entries()
+        .iter()
+        .filter(|e| e.principal == to && e.flags & FLAG_DEVICE != 0 && e.key_id() != my_device)
+        .map(|e| (*e.key(), e.rooms().iter().copied().collect()))
+        .collect();
+    ensure!(
+        !devices.is_empty(),
+        "{to_name} has no device on the access list yet: they join first (`backchannel members \
+         join`, then `members admit` by your talks authority), then you hand over"
+    );
+    // What they can check: rooms every one of their devices sits in.
+    let theirs: BTreeSet<RoomId> = devices
+        .iter()
+        .map(|(_, r)| r.clone())
+        .reduce(|x, y| x.intersection(&y).copied().collect())
+        .unwrap_or_default();
+    let asked: BTreeSet<RoomId> = if a.rooms.is_empty() {
+        mine.clone()
+    } else {
+        let mut set = BTreeSet::new();
+        for r in &a.rooms {
+            set.insert(view.find_room(&ctx.record, &mine, r.trim())?);
+        }
+        set
+    };
+    let purpose = |room: &RoomId| {
+        roster
+            .rooms
+            .iter()
+            .find(|d| d.room == *room)
+            .map(|d| d.purpose)
+    };
+    let private: BTreeSet<RoomId> = asked
+        .iter()
+        .filter(|r| purpose(r) == Some(RoomPurpose::PrivateNotes))
+        .copied()
+        .collect();
+    // Rooms they do not sit in could not be checked there: left out, and
+    // said so (named rooms: refused).
+    let not_theirs: Vec<RoomId> = asked
+        .iter()
+        .filter(|r| !theirs.contains(r) && !private.contains(r))
+        .copied()
+        .collect();
+    if !a.rooms.is_empty() && !not_theirs.is_empty() {
+        bail!(
+            "{to_name} does not sit in {}: they could not check that history; seat them there \
+             first, or leave it out of --rooms",
+            not_theirs
+                .iter()
+                .map(|r| view.room_name(*r))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let shared: BTreeSet<RoomId> = asked
+        .iter()
+        .filter(|r| theirs.contains(r) && !private.contains(r))
+        .copied()
+        .collect();
+    ensure!(
+        !shared.is_empty(),
+        "no room to hand over: {to_name} sits in none of the rooms you named{}",
+        if private.is_empty() {
+            ""
+        } else {
+            " (private notes are never handed over)"
+        }
+    );
+    let verified = s.checkpoint_ref().size;
+    let until = match a.until {
+        Some(u) if u > verified => bail!(
+            "--until {u} lies past the latest checkpoint you verified (size {verified}); run \
+             `backchannel log verify`, or give a lower seq"
+        ),
+        Some(u) => u,
+        None => verified,
+    };
+    ensure!(
+        until > 0,
+        "you have verified no checkpoint yet: run `backchannel log verify` first"
+    );
+    // The handover travels through a room both sit in: the party's internal
+    // room if there is one, else the first room shared.
+    let travel = shared
+        .iter()
+        .find(|r| purpose(r) == Some(RoomPurpose::PartyInternal))
+        .or_else(|| shared.iter().next())
+        .copied()
+        .context("no room to send it through")?;
+    let scope = Scope {
+        talks: ctx.talks(),
+        from: me,
+        to,
+        until,
+        checkpoint: s.checkpoint_ref(),
+        rooms: shared.iter().chain(&private).copied().collect(),
+        private_notes: private.clone(),
+    };
+    let keys: Vec<PublicKey> = devices.iter().map(|(k, _)| *k).collect();
+    let out = s
+        .hand_over(&list, &scope, &keys, travel)
+        .await
+        .map_err(crate::messages::evidence_or)?;
+    let record = ctx
+        .record
+        .record_room
+        .context("the talks have no record room yet")?;
+    let statement = crate::talks::statement(
+        &identity,
+        &ctx.record,
+        record,
+        s.checkpoint_ref(),
+        Payload::HistoryShared(HistoryShared::new(
+            to,
+            shared.iter().copied().collect(),
+            until,
+            out.bundle,
+        )?),
+    )?;
+    let statement_seq = participant::post(
+        &mut s,
+        record,
+        Content::Statement(statement.as_bytes().to_vec()),
+    )
+    .await?;
+    let (opened, not_held) = out.contents.counts();
+    let sent = Sent {
+        to: to_name.clone(),
+        principal: to.to_hex(),
+        rooms: shared.iter().map(|r| view.room_name(*r)).collect(),
+        withheld: private.iter().map(|r| view.room_name(*r)).collect(),
+        left_out: not_theirs.iter().map(|r| view.room_name(*r)).collect(),
+        until,
+        bundle: out.bundle.to_hex(),
+        bytes: out.bytes,
+        opened,
+        not_held,
+        parts: out.parts.clone(),
+        statement_seq,
+    };
+    if a.talks.json {
+        println!("{}", serde_json::to_string(&sent)?);
+        return Ok(());
+    }
+    println!(
+        "handed over {} up to seq {until} to {to_name}: {opened} messages with their content, \
+         {not_held} you could not read either; sealed to their {} device(s) ({} bytes, parts at \
+         seqs {:?}), announced in the record at seq {statement_seq}",
+        sent.rooms.join(", "),
+        keys.len(),
+        out.bytes,
+        out.parts
+    );
+    for r in &sent.withheld {
+        println!("  left out {r}: private notes are never handed over");
+    }
+    for r in &sent.left_out {
+        println!("  left out {r}: {to_name} does not sit there and could not check it");
+    }
+    Ok(())
+}
+
+async fn list(ctx: &Ctx, a: &HandoverArgs) -> anyhow::Result<()> {
+    let mut s = ctx.session().await?;
+    let view = refresh(ctx, &mut s).await?;
+    let announced = view.replay.history_shared();
+    let received: Vec<ReceivedOut> = s
+        .handovers()
+        .await?
+        .into_iter()
+        .map(|r| {
+            let announced_at = announced
+                .iter()
+                .find(|h| h.bundle == r.bundle && h.by == r.from)
+                .map(|h| h.seq);
+            let (applied, opened, not_held, withheld, unverifiable, refused) = match r.outcome {
+                Outcome::Applied {
+                    opened,
+                    not_held,
+                    withheld,
+                    unverifiable,
+                } => (
+                    true,
+                    opened,
+                    not_held,
+                    withheld
+                        .iter()
+                        .map(|(room, why)| format!("{}: {why}", view.room_name(*room)))
+                        .collect(),
+                    unverifiable
+                        .iter()
+                        .map(|room| view.room_name(*room))
+                        .collect(),
+                    None,
+                ),
+                Outcome::Refused(why) => (false, 0, 0, vec![], vec![], Some(why)),
+            };
+            ReceivedOut {
+                bundle: r.bundle.to_hex(),
+                at: r.at,
+                from: member_name(ctx, &view, r.from),
+                until: r.until,
+                rooms: r.rooms.iter().map(|room| view.room_name(*room)).collect(),
+                applied,
+                opened,
+                not_held,
+                withheld,
+                unverifiable,
+                refused,
+                announced_at,
+            }
+        })
+        .collect();
+    let announced: Vec<AnnouncedOut> = announced
+        .iter()
+        .map(|h| AnnouncedOut {
+            seq: h.seq,
+            from: member_name(ctx, &view, h.by),
+            to: member_name(ctx, &view, h.to),
+            rooms: h.rooms.iter().map(|room| view.room_name(*room)).collect(),
+            until: h.until,
+            bundle: h.bundle.to_hex(),
+        })
+        .collect();
+    if a.talks.json {
+        println!(
+            "{}",
+            serde_json::to_string(&Listed {
+                received,
+                announced
+            })?
+        );
+        return Ok(());
+    }
+    if received.is_empty() {
+        println!("you received no handover");
+    }
+    for r in &received {
+        match &r.refused {
+            Some(why) => println!(
+                "seq {}: REFUSED a handover from {} ({}): {why}; nothing of it was used",
+                r.at, r.from, r.bundle
+            ),
+            None => {
+                println!(
+                    "seq {}: from {}, {} up to seq {}: verified against the log; {} messages \
+                     opened, {} it could not give (its sender could not read them either); {}",
+                    r.at,
+                    r.from,
+                    r.rooms.join(", "),
+                    r.until,
+                    r.opened,
+                    r.not_held,
+                    match r.announced_at {
+                        Some(seq) => format!("announced in the record at seq {seq}"),
+                        None => "not announced in the record (yet)".into(),
+                    }
+                );
+                for w in &r.withheld {
+                    println!("  withheld {w}");
+                }
+                for u in &r.unverifiable {
+                    println!("  not checked here (you do not sit in {u}): nothing of it opened");
+                }
+            }
+        }
+    }
+    for h in &announced {
+        println!(
+            "the record, seq {}: {} handed {} up to seq {} to {}",
+            h.seq,
+            h.from,
+            h.rooms.join(", "),
+            h.until,
+            h.to
+        );
+    }
+    Ok(())
+}
