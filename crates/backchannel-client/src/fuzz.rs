@@ -64,8 +64,8 @@ pub fn participant(data: &[u8]) {
 
 /// The client's persisted state: the log follower, the pending receipts,
 /// the witness memory, a party's verification state and a safety code;
-/// also fork evidence (verified under a fixed key) and an application
-/// message.
+/// also fork evidence (verified under a fixed key), an application
+/// message, and a handover bundle and part.
 pub fn client_state(data: &[u8]) {
     if let Ok(f) = Follower::from_canonical_bytes(data) {
         assert_eq!(f.to_canonical_bytes(), data);
@@ -102,6 +102,13 @@ pub fn client_state(data: &[u8]) {
     if let Ok(m) = AppMessage::from_bytes(data) {
         assert_eq!(m.to_bytes(), data);
         let _ = m.commitment();
+    }
+    if let Ok(b) = crate::handover::Bundle::from_bytes(data) {
+        assert_eq!(b.to_bytes(), data);
+        let _ = b.counts();
+    }
+    if let Ok(p) = crate::handover::Part::from_bytes(data) {
+        assert_eq!(p.to_bytes(), data);
     }
     if let Ok(v) = PartyVerification::from_canonical_bytes(data) {
         assert_eq!(v.to_canonical_bytes(), data);

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use backchannel_client::attachment::Attachment;
 use backchannel_client::follow::{Follower, Pending, Witness};
 use backchannel_client::fork::ForkEvidence;
+use backchannel_client::handover::{self, Bundle, Item, NotHeld, Part, Share};
 use backchannel_client::participant::{
     Enrolment, InvitationDoc, Invited, MemberInvitationDoc, MemberReplyDoc, PendingMember,
     PinnedNode, TalksRecord,
@@ -276,6 +277,39 @@ fn client_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
         content: Content::Statement(ground_rules_statement()),
         salt: Salt([10; 32]),
     };
+    // A handover bundle (one shared room: an opened talk and an item not
+    // held; one withheld room) and one part of a sealed bundle (fixed
+    // bytes: sealing draws a fresh HPKE key, so no sealed part is fixed).
+    let bundle = Bundle {
+        talks,
+        from: PrincipalId([0xa2; 16]),
+        to: PrincipalId([0xa4; 16]),
+        until: 40,
+        checkpoint: backchannel_statement::CheckpointRef {
+            size: 13,
+            root: root(&t, 13),
+        },
+        rooms: vec![
+            (
+                RoomId([0x71; 16]),
+                Share::Shared(vec![
+                    (7, Item::Opened(talk.clone())),
+                    (9, Item::NotHeld(NotHeld::Unread)),
+                ]),
+            ),
+            (RoomId([0x79; 16]), Share::WithheldPrivateNotes),
+        ],
+    };
+    let part = Part {
+        bundle: handover::bundle_id(&bundle.to_bytes()),
+        index: 0,
+        count: 2,
+        recipients: vec![(
+            key(labels::US_NEGOTIATOR_DEVICE).public_key().id(),
+            [0x5e; 80],
+        )],
+        ciphertext: vec![0xc1; 48],
+    };
     let code = SafetyCode(sha256(b"safety code"));
     let verified = PartyVerification::Verified {
         how: "in person, Muscat".into(),
@@ -302,6 +336,8 @@ fn client_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
             PartyVerification::Changed { was: code }.to_canonical_bytes(),
         ),
         ("seed-safety-code", code.to_canonical_bytes()),
+        ("seed-handover-bundle", bundle.to_bytes()),
+        ("seed-handover-part", part.to_bytes()),
     ]
 }
 
