@@ -77,6 +77,9 @@ pub enum Command {
     /// the home that joined the talks).
     #[command(subcommand, after_help = EXIT_CODES)]
     Members(MembersCommand),
+    /// Revoke and list your devices.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Device(crate::device::DeviceCommand),
     /// Hand the history of your rooms to a successor (or your other
     /// devices), sealed to their devices and verified against the log; or
     /// list the handovers you received (--list).

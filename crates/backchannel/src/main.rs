@@ -18,6 +18,7 @@
 mod blob;
 mod cli;
 mod demo;
+mod device;
 mod evidence;
 mod export;
 mod handover;
@@ -87,6 +88,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(command) => keys::main(cli.home, command),
         Command::Talks(command) => talks::main(cli.home, command),
         Command::Members(command) => members::main(cli.home, command),
+        Command::Device(command) => device::main(cli.home, command),
         Command::Handover(args) => handover::main(cli.home, args),
         Command::Send(args) => messages::send(cli.home, args),
         Command::Read(args) => messages::read(cli.home, args),

@@ -30,6 +30,7 @@ use backchannel_client::participant::{
 };
 use backchannel_client::seal::Content;
 use backchannel_codec::PrincipalId;
+use backchannel_core::replay::KeyRole;
 use backchannel_crypto::{KeyId, Signer as _};
 use backchannel_statement::access_list::{AccessEntry, FLAG_DEVICE, FLAG_MEDIATOR};
 use backchannel_statement::{
@@ -43,7 +44,7 @@ use crate::cli::{
     KeyKindArg, MembersAddArgs, MembersAdmitArgs, MembersCommand, MembersJoinArgs,
     MembersRemoveArgs, RevokeReasonArg,
 };
-use crate::participant::{self, now_ms, refresh};
+use crate::participant::{self, View, now_ms, refresh};
 use crate::{home, keys};
 
 #[derive(Serialize)]
@@ -399,6 +400,107 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `--lost-at` of a revocation for `reason`, checked before anything is
+/// opened: the time given (UTC, not after `now`), `now` when none is given
+/// for a loss or a compromise, none otherwise; refused with any other
+/// reason (`Revoke` carries a loss time only for those two). `members
+/// remove` and `device revoke` share it.
+pub fn lost_at(reason: RevokeReason, given: Option<&str>, now: u64) -> anyhow::Result<Option<u64>> {
+    match (given, reason) {
+        (None, RevokeReason::Lost | RevokeReason::Compromised) => Ok(Some(now)),
+        (None, _) => Ok(None),
+        (Some(t), RevokeReason::Lost | RevokeReason::Compromised) => {
+            let t = crate::say::parse_utc(t).map_err(|e| anyhow!("--lost-at: {e}"))?;
+            ensure!(
+                t <= now,
+                "--lost-at lies in the future ({}); give the time the keys were lost",
+                crate::say::utc(t)
+            );
+            Ok(Some(t))
+        }
+        (Some(_), _) => {
+            bail!("--lost-at goes with --reason lost or --reason compromised; nothing was changed")
+        }
+    }
+}
+
+/// Your party's members, as the replayed record knows them: the roster's,
+/// and those certified since (named as this home invited them, or by
+/// their principal id).
+pub fn party_members(ctx: &participant::Ctx, view: &View) -> Vec<(PrincipalId, String)> {
+    let mut members: Vec<(PrincipalId, String)> = view
+        .roster()
+        .into_iter()
+        .flat_map(|r| r.members.iter())
+        .filter(|m| m.member.party == ctx.record.party)
+        .map(|m| (m.member.principal, m.member.name.clone()))
+        .collect();
+    for l in &view.statements {
+        if let (Ok(()), Payload::MemberCert(c)) = (&l.verdict, &l.statement.unverified().payload)
+            && c.party == ctx.record.party
+            && !members.iter().any(|(p, _)| *p == c.principal)
+        {
+            let name = ctx
+                .record
+                .pending_members
+                .iter()
+                .find(|p| p.principal == c.principal)
+                .map_or_else(|| c.principal.to_hex(), |p| p.name.clone());
+            members.push((c.principal, name));
+        }
+    }
+    members
+}
+
+/// The one member of `members` that `query` names: their name (any case)
+/// or their principal id.
+pub fn find_member(
+    members: &[(PrincipalId, String)],
+    query: &str,
+) -> anyhow::Result<(PrincipalId, String)> {
+    let q = query.to_lowercase();
+    let by_id = PrincipalId::from_hex(query).ok();
+    let matching: Vec<_> = members
+        .iter()
+        .filter(|(p, name)| Some(*p) == by_id || name.to_lowercase() == q)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok((one.0, one.1.clone())),
+        [] => bail!(
+            "your party has no member {query:?}; its members: {}",
+            members
+                .iter()
+                .map(|(p, n)| format!("{n:?} ({})", p.to_hex()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => bail!("several members are called {query:?}; give the principal id"),
+    }
+}
+
+/// Every member key the record certified, of any party: the roster's
+/// identity keys and devices, and the member and device certificates
+/// replay accepted since. (Replay says whose each is: `view.replay.key`.)
+pub fn certified_member_keys(view: &View) -> BTreeSet<KeyId> {
+    let mut keys: BTreeSet<KeyId> = BTreeSet::new();
+    for m in view.roster().into_iter().flat_map(|r| r.members.iter()) {
+        keys.insert(m.member.identity_key.id());
+        keys.extend(m.member.devices.iter().map(|d| d.id()));
+    }
+    for l in view.statements.iter().filter(|l| l.verdict.is_ok()) {
+        match &l.statement.unverified().payload {
+            Payload::DeviceCert(c) => {
+                keys.insert(c.device_key.id());
+            }
+            Payload::MemberCert(c) => {
+                keys.insert(c.identity_key.id());
+            }
+            _ => {}
+        }
+    }
+    keys
+}
+
 /// Runs `members remove`.
 fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()> {
     // Arguments first: nothing is opened, synced or posted for a bad one.
@@ -407,22 +509,7 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
         RevokeReasonArg::Lost => RevokeReason::Lost,
         RevokeReasonArg::Compromised => RevokeReason::Compromised,
     };
-    let lost_at = match (&a.lost_at, reason) {
-        (None, RevokeReason::Lost | RevokeReason::Compromised) => Some(now_ms()),
-        (None, _) => None,
-        (Some(t), RevokeReason::Lost | RevokeReason::Compromised) => {
-            let t = crate::say::parse_utc(t).map_err(|e| anyhow!("--lost-at: {e}"))?;
-            ensure!(
-                t <= now_ms(),
-                "--lost-at lies in the future ({}); give the time the keys were lost",
-                crate::say::utc(t)
-            );
-            Some(t)
-        }
-        (Some(_), _) => {
-            bail!("--lost-at goes with --reason lost or --reason compromised; nothing was changed")
-        }
-    };
+    let lost_at = lost_at(reason, a.lost_at.as_deref(), now_ms())?;
     let dir = home::resolve(home_dir)?;
     home::block_on(async move {
         let ctx = participant::open(&dir, &a.talks).await?;
@@ -431,83 +518,25 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
         })?;
         let mut s = ctx.session().await?;
         let view = refresh(&ctx, &mut s).await?;
-        let roster = view
-            .roster()
+        view.roster()
             .context("the roster has not reached you: run `backchannel talks accept` first")?;
-        let q = a.member.to_lowercase();
-        let by_id = PrincipalId::from_hex(&a.member).ok();
-        // The party's members: the roster's, and those certified since
-        // (named as this home invited them).
-        let mut members: Vec<(PrincipalId, String)> = roster
-            .members
-            .iter()
-            .filter(|m| m.member.party == ctx.record.party)
-            .map(|m| (m.member.principal, m.member.name.clone()))
-            .collect();
-        for l in &view.statements {
-            if let (Ok(()), Payload::MemberCert(c)) =
-                (&l.verdict, &l.statement.unverified().payload)
-                && c.party == ctx.record.party
-                && !members.iter().any(|(p, _)| *p == c.principal)
-            {
-                let name = ctx
-                    .record
-                    .pending_members
-                    .iter()
-                    .find(|p| p.principal == c.principal)
-                    .map_or_else(|| c.principal.to_hex(), |p| p.name.clone());
-                members.push((c.principal, name));
-            }
-        }
-        let matching: Vec<_> = members
-            .iter()
-            .filter(|(p, name)| Some(*p) == by_id || name.to_lowercase() == q)
-            .collect();
-        let (principal, name) = match matching.as_slice() {
-            [one] => (one.0, one.1.clone()),
-            [] => bail!(
-                "your party has no member {:?}; its members: {}",
-                a.member,
-                members
-                    .iter()
-                    .map(|(p, n)| format!("{n:?} ({})", p.to_hex()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            _ => bail!(
-                "several members are called {:?}; give the principal id",
-                a.member
-            ),
-        };
+        let (principal, name) = find_member(&party_members(&ctx, &view), &a.member)?;
         ensure!(
             principal != ctx.record.principal,
             "you cannot remove yourself; another member holding your party's talks authority can"
         );
         // Every key of that member the record certified: the roster's, and
         // member and device certificates since.
-        let mut keys: BTreeSet<KeyId> = BTreeSet::new();
-        for m in roster
-            .members
-            .iter()
-            .filter(|m| m.member.principal == principal)
-        {
-            keys.insert(m.member.identity_key.id());
-            keys.extend(m.member.devices.iter().map(|d| d.id()));
-        }
-        for l in view.statements.iter().filter(|l| l.verdict.is_ok()) {
-            match &l.statement.unverified().payload {
-                Payload::DeviceCert(c) if c.principal == principal => {
-                    keys.insert(c.device_key.id());
-                }
-                Payload::MemberCert(c) if c.principal == principal => {
-                    keys.insert(c.identity_key.id());
-                }
-                _ => {}
-            }
-        }
-        let live: Vec<KeyId> = keys
+        let live: Vec<KeyId> = certified_member_keys(&view)
             .into_iter()
-            .filter(|k| view.replay.key(k).is_some_and(|st| st.revoked_at.is_none()))
+            .filter(|k| {
+                view.replay.key(k).is_some_and(|st| {
+                    st.revoked_at.is_none()
+                        && matches!(st.role,
+                            KeyRole::Identity { principal: p, .. } | KeyRole::Device { principal: p, .. }
+                                if p == principal)
+                })
+            })
             .collect();
         let room = ctx
             .record

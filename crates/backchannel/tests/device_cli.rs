@@ -1,0 +1,712 @@
+//! `backchannel device list|revoke` end to end, through the binary against
+//! a real `backchannel node run`: Oman mediating between the United States
+//! and Iran, and a US negotiator admitted after the roster.
+//!
+//! - A member with two devices revokes the lost one from the other, dating
+//!   the loss in the past: the record takes the revocation (signed by the
+//!   member's identity key), every other home's `read` flags what the lost
+//!   device sent at or after the loss and not before; the node refuses to
+//!   take the device off its list on that device's word (it may not
+//!   propose access-list changes), and says so; the talks-authority home
+//!   then takes it off, and its device commits the removal in the rooms it
+//!   shares with it; the lost device's home can no longer read.
+//! - The talks-authority home revokes a member's (only) device outright.
+//! - Every bad input is refused with a clear message and a nonzero exit,
+//!   and changes nothing (the log is as long after as before).
+//!
+//! A member's second device: no command adds one to an existing member's
+//! identity key (it never leaves its home), so the second device answers
+//! the same member invitation from a home of its own (`members join`), and
+//! the party admits it (`members admit`: a member certificate for its own
+//! identity key, under the same principal, and its device certificate).
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{backchannel, ok};
+use serde_json::Value;
+
+/// The node's origin.
+const ORIGIN: &str = "device.example.org";
+/// The passphrase of every home.
+const HOME_PASSPHRASE: &str = "home passphrase";
+/// The homes: the mediator, the two parties, and the US negotiator's two
+/// devices.
+const OM: &str = "om";
+const US: &str = "us";
+const IR: &str = "ir";
+const NEG: &str = "neg";
+const NEG2: &str = "neg2";
+/// The command failed.
+const FAILED: i32 = 1;
+/// The arguments were not understood.
+const USAGE: i32 = 2;
+
+// --- Running the binary ------------------------------------------------------
+
+/// What one command did.
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    }
+
+    /// Asserts the command failed with `code`, saying each of `what` on
+    /// stderr.
+    #[track_caller]
+    fn refused(&self, code: i32, what: &[&str]) {
+        assert_eq!(self.code, Some(code), "{self:?}");
+        for w in what {
+            assert!(
+                self.stderr.contains(w),
+                "stderr does not say {w:?}: {self:?}"
+            );
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Out {
+    let out = cmd.output().expect("runs");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `cmd`, which must succeed; its stdout as JSON.
+fn ok_json(cmd: &mut Command) -> Value {
+    let out = ok(cmd);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+// --- The node ----------------------------------------------------------------
+
+/// A running `backchannel node run`, SIGKILLed when dropped.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: String,
+}
+
+impl Node {
+    fn start(dir: &Path) -> Node {
+        let mut child = backchannel()
+            .args(["node", "run", "--listen", "127.0.0.1:0"])
+            .args(["--checkpoint-interval-ms", "50"])
+            // Every command is a new connection from 127.0.0.1.
+            .args(["--connections-per-second", "1000"])
+            .args(["--connection-burst", "1000"])
+            .args(["--requests-per-second", "1000"])
+            .args(["--request-burst", "1000"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let (addr, fingerprint) = common::listening(&mut child).expect("the node listens");
+        Node {
+            child,
+            addr,
+            fingerprint,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// --- The talks ---------------------------------------------------------------
+
+/// A node and the homes, in one talks.
+struct Talks {
+    dir: tempfile::TempDir,
+    _node: Node,
+}
+
+impl Talks {
+    /// Oman opens the talks, invites and seats the United States and Iran,
+    /// both accept, and the roster is out.
+    fn open() -> Talks {
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = dir.path().join("node");
+        let init = ok_json(
+            backchannel()
+                .args(["node", "init", "--origin", ORIGIN, "--json", "--dir"])
+                .arg(&node_dir),
+        );
+        let log_key = init["log_key"].as_str().unwrap().to_owned();
+        let cli = |h: &str| home_cli(dir.path(), h);
+        for h in [OM, US, IR] {
+            ok(cli(h).args(["home", "init"]));
+        }
+        ok(cli(OM).args(["keys", "generate", "--kind", "authority"]));
+        let key = ok(cli(OM).args([
+            "keys",
+            "export-public",
+            "--label",
+            "default",
+            "--kind",
+            "authority",
+        ]));
+        ok(backchannel()
+            .args(["node", "creators", "add", "--dir"])
+            .arg(&node_dir)
+            .arg(key.trim()));
+        let node = Node::start(&node_dir);
+        let addr = node.addr.to_string();
+        ok(cli(OM).args([
+            "talks",
+            "open",
+            "--node",
+            &addr,
+            "--fingerprint",
+            &node.fingerprint,
+            "--origin",
+            ORIGIN,
+            "--log-key",
+            &log_key,
+            "--name",
+            "Sultanate of Oman",
+            "--member",
+            "Omani lead mediator",
+        ]));
+        for (h, name, member) in [
+            (US, "United States", "US envoy"),
+            (
+                IR,
+                "Islamic Republic of Iran",
+                "Iranian deputy foreign minister",
+            ),
+        ] {
+            let inv = dir.path().join(format!("{h}.inv"));
+            ok(cli(OM).args(["talks", "invite", "--out"]).arg(&inv));
+            ok(cli(h)
+                .args(["talks", "join", "--invitation"])
+                .arg(&inv)
+                .args(["--name", name, "--member", member]));
+        }
+        ok(cli(OM).args(["talks", "seat"]));
+        let children: Vec<Child> = [US, IR]
+            .iter()
+            .map(|h| {
+                cli(h)
+                    .args(["talks", "accept", "--wait", "60"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let seated = ok_json(cli(OM).args(["talks", "seat", "--wait", "60", "--json"]));
+        assert_eq!(seated["roster_posted"], true, "{seated}");
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "talks accept: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Talks { dir, _node: node }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The binary, on home `h`.
+    fn cli(&self, h: &str) -> Command {
+        home_cli(self.dir.path(), h)
+    }
+
+    /// The US invites "US negotiator" (once: `invitation` must not exist).
+    fn invite_negotiator(&self, invitation: &Path) {
+        ok(self
+            .cli(US)
+            .args([
+                "members",
+                "add",
+                "--name",
+                "US negotiator",
+                "--role",
+                "negotiator",
+                "--out",
+            ])
+            .arg(invitation));
+    }
+
+    /// Home `h` answers the negotiator's invitation with a device of its
+    /// own; the US admits it, the mediator and Iran co-sign, and it puts
+    /// its key packages on the node.
+    fn admit(&self, h: &str, invitation: &Path) {
+        let reply = self.path(&format!("{h}.reply"));
+        ok(self.cli(h).args(["home", "init"]));
+        ok(self
+            .cli(h)
+            .args(["members", "join", "--invitation"])
+            .arg(invitation)
+            .arg("--out")
+            .arg(&reply));
+        ok(self
+            .cli(US)
+            .args(["members", "admit", "--reply"])
+            .arg(&reply));
+        ok(self.cli(OM).args(["talks", "cosign"]));
+        ok(self.cli(IR).args(["talks", "cosign"]));
+        ok(self.cli(h).args(["read"]));
+    }
+
+    /// `send --json` from `h`, which must succeed; the seq.
+    fn send(&self, h: &str, room: &str, text: &str) -> u64 {
+        let sent = ok_json(
+            self.cli(h)
+                .args(["send", "--json", "--room", room])
+                .arg(text),
+        );
+        sent["seq"].as_u64().unwrap()
+    }
+
+    /// `read --all --json` of `h`, which must succeed.
+    fn read_all(&self, h: &str) -> Vec<Value> {
+        let out = run(self.cli(h).args(["read", "--all", "--json"]));
+        assert_eq!(out.code, Some(0), "{out:?}");
+        out.json_lines()
+    }
+
+    /// The log as the mediator and both parties archived it, merged by seq
+    /// (the mediator is in every room of these talks).
+    fn log_size(&self) -> usize {
+        let mut by_seq = BTreeMap::new();
+        for h in [OM, US, IR] {
+            for l in self.read_all(h) {
+                by_seq.entry(l["seq"].as_u64().unwrap()).or_insert(l);
+            }
+        }
+        by_seq.len()
+    }
+
+    /// `device list --json` of `h` (with `extra` arguments).
+    fn devices(&self, h: &str, extra: &[&str]) -> Vec<Value> {
+        let v = ok_json(self.cli(h).args(["device", "list", "--json"]).args(extra));
+        v["devices"].as_array().unwrap().clone()
+    }
+
+    /// `device revoke` from `h`.
+    fn revoke(&self, h: &str, args: &[&str]) -> Out {
+        run(self.cli(h).args(["device", "revoke"]).args(args))
+    }
+
+    /// `h`'s `log verify --json`, repeated until the node has integrated
+    /// (and `h` verified) a log of `size`: no evidence, and replay rejected
+    /// no statement.
+    fn verified_to(&self, h: &str, size: u64) {
+        for _ in 0..200 {
+            let out = run(self.cli(h).args(["log", "verify", "--json"]));
+            assert_eq!(out.code, Some(0), "{out:?}");
+            let v = out.json();
+            for field in [
+                "withheld",
+                "not_merged",
+                "discrepancies",
+                "forks",
+                "statements_rejected",
+            ] {
+                assert_eq!(v[field], Value::Array(vec![]), "{h}: {field}: {v}");
+            }
+            if v["size"].as_u64().unwrap() >= size {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the node did not integrate a log of size {size}");
+    }
+}
+
+/// The binary, on home `h` under `root`.
+fn home_cli(root: &Path, h: &str) -> Command {
+    let mut cmd = backchannel();
+    cmd.env("BACKCHANNEL_PASSPHRASE", HOME_PASSPHRASE)
+        .env_remove("BACKCHANNEL_HOME")
+        .arg("--home")
+        .arg(root.join(h));
+    cmd
+}
+
+/// The line of `lines` at `seq`.
+#[track_caller]
+fn at(lines: &[Value], seq: u64) -> &Value {
+    lines
+        .iter()
+        .find(|l| l["seq"] == seq)
+        .unwrap_or_else(|| panic!("no seq {seq}: {lines:?}"))
+}
+
+/// The device of `devices` whose key id is `key_id`.
+#[track_caller]
+fn device<'a>(devices: &'a [Value], key_id: &str) -> &'a Value {
+    devices
+        .iter()
+        .find(|d| d["key_id"] == key_id)
+        .unwrap_or_else(|| panic!("no device {key_id}: {devices:?}"))
+}
+
+fn key_id(d: &Value) -> String {
+    d["key_id"].as_str().unwrap().to_owned()
+}
+
+/// What views add to the sender of an envelope sent at or after a loss.
+const FLAG: &str = "reported lost";
+
+// --- Tests -------------------------------------------------------------------
+
+/// A member with two devices revokes the lost one from the other; the
+/// talks authority takes it off the list; every other home flags what it
+/// sent from the loss on, and it reads nothing more. Bad inputs before
+/// that change nothing.
+#[test]
+fn a_lost_device_is_revoked_from_the_members_other_device() {
+    let t = Talks::open();
+    let invitation = t.path("neg.member");
+    t.invite_negotiator(&invitation);
+    t.admit(NEG, &invitation);
+    t.admit(NEG2, &invitation);
+    // The US head's next command adds both devices to its rooms' groups.
+    ok(t.cli(US).args(["read"]));
+    ok(t.cli(NEG2).args(["read"]));
+
+    // Each home's list: its member's devices, this home's marked.
+    let mine = t.devices(NEG2, &[]);
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    let this: Vec<&Value> = mine.iter().filter(|d| d["this_device"] == true).collect();
+    assert_eq!(this.len(), 1, "{mine:?}");
+    let kept = key_id(this[0]);
+    let lost = key_id(mine.iter().find(|d| d["this_device"] == false).unwrap());
+    for d in &mine {
+        assert_eq!(d["on_access_list"], true, "{d}");
+        assert!(d["certified_at"].as_u64().is_some(), "{d}");
+        assert_eq!(d["revoked"], Value::Null, "{d}");
+        assert!(
+            d["key_id"]
+                .as_str()
+                .unwrap()
+                .starts_with(d["short"].as_str().unwrap())
+        );
+    }
+    let from_lost = t.devices(NEG, &[]);
+    assert_eq!(device(&from_lost, &lost)["this_device"], true);
+    assert_eq!(device(&from_lost, &kept)["this_device"], false);
+    // The talks authority lists another member's devices with --member.
+    let neg_from_us = t.devices(US, &["--member", "US negotiator"]);
+    assert_eq!(neg_from_us.len(), 2, "{neg_from_us:?}");
+    let us_device = key_id(&t.devices(US, &[])[0]);
+    let ir_device = key_id(&t.devices(IR, &[])[0]);
+
+    // The lost device talks before the loss, and once after it (the node
+    // stamps it in a later second).
+    let before = t.send(NEG, "caucus", "Before the laptop went missing.");
+    let before_time = at(&t.read_all(US), before)["node_time"].as_u64().unwrap();
+    while now_ms() < (before_time / 1000 + 1) * 1000 + 50 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stolen = t.send(NEG, "caucus", "Sent by whoever holds the laptop.");
+    let stolen_time = at(&t.read_all(US), stolen)["node_time"].as_u64().unwrap();
+    let lost_at = stolen_time / 1000 * 1000;
+    assert!(before_time < lost_at && lost_at <= stolen_time);
+    let lost_at_utc = rfc3339(lost_at);
+
+    // Bad inputs: refused, nothing posted.
+    let size = t.log_size();
+    assert_eq!(t.log_size(), size, "the log is quiet");
+    let short_kept = &kept[..8];
+    for (h, args, code, what) in [
+        (
+            NEG2,
+            vec![short_kept],
+            FAILED,
+            vec![
+                "this home's own device",
+                "revoke it from another device of yours",
+            ],
+        ),
+        (
+            US,
+            vec![&us_device[..]],
+            FAILED,
+            vec![
+                "this home's own device",
+                "revoke it from another device of yours",
+            ],
+        ),
+        (
+            NEG2,
+            vec![&us_device[..]],
+            FAILED,
+            vec!["another member of your party", "talks authority"],
+        ),
+        (
+            NEG2,
+            vec![&ir_device[..]],
+            FAILED,
+            vec!["not to your party", "Islamic Republic of Iran"],
+        ),
+        (
+            IR,
+            vec![&lost[..]],
+            FAILED,
+            vec!["not to your party", "United States"],
+        ),
+        (
+            NEG2,
+            vec!["0000000000000000"],
+            FAILED,
+            vec!["no device with key id 0000000000000000", "device list"],
+        ),
+        (
+            NEG2,
+            vec![&lost[..7]],
+            FAILED,
+            vec!["too short", "at least 8 hex digits"],
+        ),
+        (NEG2, vec!["not-a-key"], FAILED, vec!["not a device key id"]),
+        (
+            NEG2,
+            vec![
+                &lost[..],
+                "--reason",
+                "superseded",
+                "--lost-at",
+                &lost_at_utc,
+            ],
+            FAILED,
+            vec!["--lost-at goes with --reason lost or --reason compromised"],
+        ),
+        (
+            NEG2,
+            vec![&lost[..], "--lost-at", "yesterday"],
+            FAILED,
+            vec!["not a UTC time"],
+        ),
+        (
+            NEG2,
+            vec![&lost[..], "--lost-at", "2026-02-30T10:00Z"],
+            FAILED,
+            vec!["not a UTC time"],
+        ),
+        (
+            NEG2,
+            vec![&lost[..], "--lost-at", &rfc3339(now_ms() + 3_600_000)],
+            FAILED,
+            vec!["lies in the future"],
+        ),
+        (
+            NEG2,
+            vec![&lost[..], "--reason", "left"],
+            USAGE,
+            vec!["invalid value 'left'"],
+        ),
+    ] {
+        t.revoke(h, &args).refused(code, &what);
+    }
+    assert_eq!(t.log_size(), size, "nothing was posted");
+
+    // The other device revokes the lost one, dating the loss. The record
+    // takes it (the member's identity key signs); the node will not take
+    // the device off its list on this device's word, and the command says
+    // what to do.
+    let out = t.revoke(
+        NEG2,
+        &[&lost[..8], "--reason", "lost", "--lost-at", &lost_at_utc],
+    );
+    out.refused(
+        FAILED,
+        &[
+            "revoked device",
+            "in the record at seq",
+            "did not take it off the access list",
+            "can still read and send",
+            &format!("backchannel device revoke {lost}"),
+        ],
+    );
+    assert_eq!(t.log_size(), size + 1, "the revocation only");
+    let listed = t.devices(NEG2, &[]);
+    let d = device(&listed, &lost);
+    assert_eq!(d["on_access_list"], true, "{d}");
+    assert_eq!(d["revoked"]["reason"], "lost", "{d}");
+    assert_eq!(d["revoked"]["lost_at"], lost_at, "{d}");
+    let revocation = d["revoked"]["seq"].as_u64().unwrap();
+    let line = at(&t.read_all(OM), revocation).clone();
+    assert!(
+        line["verdict"].as_str().unwrap().starts_with("accepted"),
+        "{line}"
+    );
+
+    // The talks authority takes it off the list; its device removes it
+    // from the rooms' groups it shares with it.
+    let done = ok_json(t.cli(US).args(["device", "revoke", "--json", &lost]));
+    assert_eq!(done["revocation_seq"], Value::Null, "{done}");
+    assert_eq!(done["revoked"]["seq"], revocation, "{done}");
+    assert_eq!(done["removed_from_access_list"], true, "{done}");
+    assert_eq!(done["signed_by"], "talks authority", "{done}");
+    let committed: Vec<&str> = done["rooms_committed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(committed.iter().any(|r| r.starts_with("Caucus")), "{done}");
+    assert_eq!(done["rooms_waiting"], serde_json::json!([]), "{done}");
+
+    // Every other home flags what the lost device sent at or after the
+    // loss, and not what it sent before.
+    for h in [OM, US, NEG2] {
+        let view = t.read_all(h);
+        let sender = |seq| at(&view, seq)["sender"].as_str().unwrap().to_owned();
+        assert!(!sender(before).contains(FLAG), "{h}: {}", sender(before));
+        assert!(sender(stolen).contains(FLAG), "{h}: {}", sender(stolen));
+    }
+    // The lost device's home reads nothing more: the node refuses it.
+    run(t.cli(NEG).args(["read"])).refused(
+        FAILED,
+        &[
+            "the node does not know this device",
+            "taken off the access list",
+        ],
+    );
+    run(t.cli(NEG).args(["send", "--room", "caucus", "still here?"]))
+        .refused(FAILED, &["taken off the access list"]);
+    let listed = t.devices(NEG2, &[]);
+    assert_eq!(device(&listed, &lost)["on_access_list"], false);
+    assert_eq!(device(&listed, &kept)["on_access_list"], true);
+    // Again: nothing to do.
+    let size = t.log_size();
+    t.revoke(US, &[&lost[..]])
+        .refused(FAILED, &["already revoked", "off the access list"]);
+    assert_eq!(t.log_size(), size);
+    // The remaining device still talks, and every log verifies with no
+    // statement rejected.
+    t.send(NEG2, "caucus", "The negotiator, on the other device.");
+    let size = t.log_size() as u64;
+    for h in [OM, US, IR] {
+        t.verified_to(h, size);
+    }
+}
+
+/// The talks-authority home revokes a member's only device (compromised,
+/// dated now): revoked in the record, off the list, out of the rooms'
+/// groups; the member's home can read no more.
+#[test]
+fn the_talks_authority_revokes_a_members_device() {
+    let t = Talks::open();
+    let invitation = t.path("neg.member");
+    t.invite_negotiator(&invitation);
+    t.admit(NEG, &invitation);
+    ok(t.cli(US).args(["read"]));
+    let said = t.send(NEG, "caucus", "The negotiator is here.");
+    let devices = t.devices(US, &["--member", "US negotiator"]);
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    let target = key_id(&devices[0]);
+    let short = devices[0]["short"].as_str().unwrap().to_owned();
+    // Someone not of the party, and the member itself from its only device,
+    // may not.
+    let size = t.log_size();
+    t.revoke(OM, &[&short])
+        .refused(FAILED, &["not to your party"]);
+    t.revoke(NEG, &[&short])
+        .refused(FAILED, &["this home's own device"]);
+    assert_eq!(t.log_size(), size);
+
+    let done = ok_json(t.cli(US).args([
+        "device",
+        "revoke",
+        "--json",
+        &short,
+        "--reason",
+        "compromised",
+    ]));
+    assert_eq!(done["device"], target.as_str(), "{done}");
+    assert_eq!(done["signed_by"], "talks authority", "{done}");
+    let seq = done["revocation_seq"].as_u64().expect("posted");
+    assert_eq!(done["revoked"]["seq"], seq, "{done}");
+    assert_eq!(done["revoked"]["reason"], "compromised", "{done}");
+    assert!(done["revoked"]["lost_at"].as_u64().is_some(), "{done}");
+    assert!(
+        done["rooms_committed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().starts_with("Caucus")),
+        "{done}"
+    );
+    assert_eq!(done["rooms_waiting"], serde_json::json!([]), "{done}");
+    let listed = t.devices(US, &["--member", "US negotiator"]);
+    assert_eq!(listed[0]["on_access_list"], false, "{listed:?}");
+    assert_eq!(listed[0]["revoked"]["seq"], seq, "{listed:?}");
+    // What it said before the revocation's date is not flagged.
+    let view = t.read_all(OM);
+    assert!(!at(&view, said)["sender"].as_str().unwrap().contains(FLAG));
+    assert!(
+        at(&view, seq)["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("accepted")
+    );
+    run(t.cli(NEG).args(["read"])).refused(FAILED, &["taken off the access list"]);
+}
+
+/// The wall clock, Unix ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Unix ms (whole seconds) as `YYYY-MM-DDTHH:MM:SSZ`.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
