@@ -8,10 +8,11 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::handover::{Outcome, Scope};
 use backchannel_client::seal::Content;
 use backchannel_codec::{PrincipalId, RoomId};
+use backchannel_core::replay::KeyRole;
 use backchannel_crypto::{PublicKey, Signer as _};
 use backchannel_statement::access_list::FLAG_DEVICE;
 use backchannel_statement::roster::RoomPurpose;
-use backchannel_statement::{Act, HistoryShared, Payload, Role};
+use backchannel_statement::{Act, HistoryShared, Payload};
 use clap::Args;
 use serde::Serialize;
 
@@ -106,40 +107,10 @@ pub fn main(home_dir: Option<PathBuf>, a: HandoverArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The members of the participant's party the record knows: (principal,
-/// name, role), from the roster and member certificates since.
-fn party_members(ctx: &Ctx, view: &View) -> Vec<(PrincipalId, String, Role)> {
-    let mut out: Vec<(PrincipalId, String, Role)> = Vec::new();
-    if let Some(r) = view.replay.roster() {
-        for m in r
-            .members
-            .iter()
-            .filter(|m| m.member.party == ctx.record.party)
-        {
-            out.push((m.member.principal, m.member.name.clone(), m.member.role));
-        }
-    }
-    for l in view.statements.iter().filter(|l| l.verdict.is_ok()) {
-        if let Payload::MemberCert(c) = &l.statement.unverified().payload
-            && c.party == ctx.record.party
-            && !out.iter().any(|(p, ..)| *p == c.principal)
-        {
-            let name = ctx
-                .record
-                .pending_members
-                .iter()
-                .find(|p| p.principal == c.principal)
-                .map_or_else(|| c.principal.to_hex(), |p| p.name.clone());
-            out.push((c.principal, name, c.role));
-        }
-    }
-    out
-}
-
 fn member_name(ctx: &Ctx, view: &View, p: PrincipalId) -> String {
-    party_members(ctx, view)
+    crate::members::party_members(ctx, view)
         .into_iter()
-        .find(|(q, ..)| *q == p)
+        .find(|(q, _)| *q == p)
         .map_or_else(
             || {
                 view.replay
@@ -147,7 +118,7 @@ fn member_name(ctx: &Ctx, view: &View, p: PrincipalId) -> String {
                     .and_then(|r| r.members.iter().find(|m| m.member.principal == p))
                     .map_or_else(|| p.to_hex(), |m| m.member.name.clone())
             },
-            |(_, n, _)| n,
+            |(_, n)| n,
         )
 }
 
@@ -169,37 +140,27 @@ async fn send(ctx: &Ctx, a: &HandoverArgs) -> anyhow::Result<()> {
         .roster()
         .context("the roster has not reached you yet: run `backchannel read` first")?
         .clone();
-    let members = party_members(ctx, &view);
     let me = ctx.record.principal;
-    let my_role = members
-        .iter()
-        .find(|(p, ..)| *p == me)
-        .map(|(_, _, r)| *r)
-        .context("the record does not list you as a member of your party")?;
+    // Your role, as the record certifies your identity key.
+    let my_role = match view
+        .replay
+        .key(&identity.public_key().id())
+        .map(|k| (&k.role, k.revoked_at))
+    {
+        Some((KeyRole::Identity { role, .. }, None)) => *role,
+        _ => bail!(
+            "the record does not certify this home's identity key (or revoked it): only a \
+             member of the talks hands over history"
+        ),
+    };
     ensure!(
         my_role.permits(Act::HandOverHistory),
         "your role ({}) may not hand over history; a member whose role may (head, negotiator, \
          note-taker, or a mediator's lead, co-mediator or staff) can",
         my_role.name()
     );
-    let by_id = PrincipalId::from_hex(&to_query).ok();
-    let q = to_query.to_lowercase();
-    let matching: Vec<&(PrincipalId, String, Role)> = members
-        .iter()
-        .filter(|(p, name, _)| Some(*p) == by_id || name.to_lowercase() == q)
-        .collect();
-    let (to, to_name) = match matching.as_slice() {
-        [one] => (one.0, one.1.clone()),
-        [] => bail!(
-            "your party has no member {to_query:?}; its members: {}",
-            members
-                .iter()
-                .map(|(p, n, _)| format!("{n:?} ({})", p.to_hex()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        _ => bail!("several members are called {to_query:?}; give the principal id"),
-    };
+    let (to, to_name) =
+        crate::members::find_member(&crate::members::party_members(ctx, &view), &to_query)?;
     let list = participant::access_list(&s).await?;
     let my_device = s.device().public_key().id();
     let mine: BTreeSet<RoomId> = list
