@@ -304,7 +304,7 @@ pub struct HistoryShare {
     pub rooms: Vec<RoomId>,
     /// The bundle covers the rooms' log positions strictly below this.
     pub until: u64,
-    /// SHA-256 of the bundle's plaintext.
+    /// The bundle's id (`SHA-256("backchannel/v1/handover-bundle" ‖ bundle)`).
     pub bundle: Digest,
 }
 
@@ -1286,12 +1286,14 @@ impl Replay {
             return Err(Rejected::BeforeRoster);
         };
         // Every key replay knows was certified at or before this seq: the
-        // roster's members, and those of valid member certificates since.
+        // roster's members, and those of valid member certificates since;
+        // the successor must hold one not revoked.
         let member_of_party = self.keys.values().any(|k| {
-            matches!(
-                k.role,
-                KeyRole::Identity { principal, party: p, .. } if principal == share.to && p == party
-            )
+            k.revoked_at.is_none()
+                && matches!(
+                    k.role,
+                    KeyRole::Identity { principal, party: p, .. } if principal == share.to && p == party
+                )
         });
         if !member_of_party {
             return Err(Rejected::HistoryShared(

@@ -12,7 +12,7 @@
 //!
 //! `rooms`: 1 to [`MAX_ROOMS`] room ids, strictly sorted (so unique).
 //! `until`: the bundle covers the rooms' log positions strictly below it;
-//! at least 1. `bundle`: SHA-256 of the bundle's plaintext. Whether the
+//! at least 1. `bundle`: the bundle's id (SHA-256 of its domain-separated plaintext, `docs/formats.md` §7). Whether the
 //! author may hand history over, to whom, of which rooms and up to where is
 //! decided by replay in `backchannel-core`.
 
@@ -51,7 +51,7 @@ pub struct HistoryShared {
     rooms: Vec<RoomId>,
     /// Log positions covered: those strictly below it; at least 1.
     until: u64,
-    /// SHA-256 of the bundle's plaintext.
+    /// the bundle's id (SHA-256 of its domain-separated plaintext, `docs/formats.md` §7).
     pub bundle: Digest,
 }
 
