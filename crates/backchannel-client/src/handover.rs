@@ -389,11 +389,15 @@ pub struct Verified {
     pub unverifiable: Vec<RoomId>,
     /// Items this device had read itself (checked, nothing to open).
     pub already_read: usize,
+    /// Items naming a seq this device did not archive (it was seated in
+    /// the room later, or the node withheld the envelope): not checked,
+    /// nothing opened.
+    pub unchecked: usize,
 }
 
 /// What a device may open with a handover: an application envelope it
 /// archived but could not read because it was not in the room then.
-fn openable(a: &Archived) -> bool {
+pub(crate) fn openable(a: &Archived) -> bool {
     a.message.is_none()
         && a.unreadable
             .as_deref()
@@ -438,6 +442,14 @@ pub fn verify(
         )));
     }
     let by_seq: BTreeMap<u64, &Archived> = archive.iter().map(|a| (a.seq, a)).collect();
+    // A commitment logged twice is a replayed message (salts are fresh):
+    // a handover never opens it under the second sender's name.
+    let mut logged: BTreeMap<[u8; 32], u32> = BTreeMap::new();
+    for a in archive {
+        if a.header.header().kind == Kind::MlsApp {
+            *logged.entry(a.header.header().commitment.0).or_default() += 1;
+        }
+    }
     let mut out = Verified::default();
     for (room, share) in &bundle.rooms {
         let items = match share {
@@ -462,10 +474,12 @@ pub fn verify(
         }
         let mut named = BTreeSet::new();
         for (seq, item) in items {
+            // A seq this device did not archive (a room it was seated in
+            // late, or an envelope the node withheld from it) cannot be
+            // checked here: nothing is opened from it.
             let Some(a) = by_seq.get(seq) else {
-                return Err(HandoverError::Forged(format!(
-                    "it names seq {seq}, which this device has not archived"
-                )));
+                out.unchecked += 1;
+                continue;
             };
             let h = a.header.header();
             if h.room != *room || h.kind != Kind::MlsApp {
@@ -489,7 +503,9 @@ pub fn verify(
                             )));
                         }
                         Some(_) => out.already_read += 1,
-                        None if openable(a) => out.opens.push((*seq, m.clone())),
+                        None if openable(a) && logged.get(&h.commitment.0) == Some(&1) => {
+                            out.opens.push((*seq, m.clone()));
+                        }
                         None => {}
                     }
                 }
@@ -766,6 +782,10 @@ pub const NOT_HANDED_OVER: &str = "not in the handover this device received: ";
 /// The most handover records a session keeps.
 pub const MAX_RECORDS: usize = 1024;
 
+/// The most bundles a session waits for at once (parts arrived, not yet
+/// complete or announced); parts of further bundles are not waited for.
+pub const MAX_PENDING: usize = 256;
+
 /// What became of one handover this device received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
@@ -828,7 +848,7 @@ impl Received {
                 w.len(withheld.len());
                 for (r, why) in withheld {
                     w.raw(&r.0);
-                    w.text(why);
+                    w.text(truncated(why));
                 }
                 w.len(unverifiable.len());
                 for r in unverifiable {
@@ -837,7 +857,7 @@ impl Received {
             }
             Outcome::Refused(why) => {
                 w.u8(2);
-                w.text(why);
+                w.text(truncated(why));
             }
         }
     }
@@ -892,6 +912,16 @@ impl Received {
             outcome,
         })
     }
+}
+
+/// A reason cut to what [`Received`] decodes (4096 bytes), on a character
+/// boundary.
+fn truncated(why: &str) -> &str {
+    let mut end = why.len().min(4096);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    &why[..end]
 }
 
 fn encode_records(records: &[Received]) -> Vec<u8> {
@@ -965,7 +995,7 @@ impl<S: ClientStore> Session<S> {
         let Some(b) = self.store.get(Namespace::Mls, &self.pending_key()).await? else {
             return Ok(BTreeSet::new());
         };
-        if b.len() % 32 != 0 || b.len() / 32 > MAX_RECORDS {
+        if b.len() % 32 != 0 {
             return Err(SessionError::Stored("the pending handovers".into()));
         }
         Ok(b.chunks_exact(32)
@@ -1009,10 +1039,20 @@ impl<S: ClientStore> Session<S> {
                 self.next, scope.until
             )));
         }
+        let in_group = self.room_members(room);
         for d in devices {
             if !list.seats_device(&d.id(), room) {
                 return Err(SessionError::Usage(format!(
                     "device {} is not seated in the room the handover travels through",
+                    d.id().to_hex()
+                )));
+            }
+            if !in_group.contains(d) {
+                return Err(SessionError::Usage(format!(
+                    "device {} is seated in the room the handover travels through but not yet \
+                     in its MLS group, so it could not read the handover: once it has run a \
+                     command (its key packages reach the node), run any command here (this \
+                     device adds it), then hand over again",
                     d.id().to_hex()
                 )));
             }
@@ -1044,90 +1084,103 @@ impl<S: ClientStore> Session<S> {
         })
     }
 
-    /// Applies the handover `bundle` if all its parts sealed to this device
-    /// are archived and it was not applied before: opens it, verifies it
-    /// against the archive ([`verify`]) and opens what it gives; records
-    /// the outcome either way. Returns how many envelopes it opened.
+    /// Applies the handover `bundle` once its announcement (a
+    /// `history-shared` statement of the sharer naming this member, the
+    /// rooms, `until` and the bundle) is in the replayed record and all
+    /// its parts from one device, sealed to this device under one key, are
+    /// archived: opens it, verifies it against the archive ([`verify`])
+    /// and opens what it gives; records the outcome. Until then it stays
+    /// pending. Parts from other devices, or copies and fakes naming the
+    /// same bundle, make other groups: each complete group is tried, so
+    /// no one can spoil a genuine handover by posting parts beside it.
+    /// Returns how many envelopes it opened.
     pub(crate) async fn apply_handover(
         &mut self,
         list: &AccessList,
         bundle: Digest,
     ) -> Result<usize, SessionError> {
         let mut records = self.handovers().await?;
-        if records.iter().any(|r| r.bundle == bundle) {
-            let mut pending = self.pending_handovers().await?;
-            if pending.remove(&bundle) {
+        let applied = records
+            .iter()
+            .any(|r| r.bundle == bundle && matches!(r.outcome, Outcome::Applied { .. }));
+        let me = self.device.public_key().id();
+        let archive = self.archive().await?;
+        let mut groups: BTreeMap<(KeyId, Vec<u8>), PartsByIndex> = BTreeMap::new();
+        if !applied {
+            for a in &archive {
+                let Some(AppMessage {
+                    content: Content::Handover(b),
+                    ..
+                }) = &a.message
+                else {
+                    continue;
+                };
+                let Ok(p) = Part::from_bytes(b) else { continue };
+                if p.bundle != bundle {
+                    continue;
+                }
+                let Some((_, sealed)) = p.recipients.iter().find(|(d, _)| *d == me) else {
+                    continue;
+                };
+                groups
+                    .entry((a.header.header().sender, sealed.to_vec()))
+                    .or_default()
+                    .entry(p.index)
+                    .or_insert((a.seq, p));
+            }
+        }
+        let complete: Vec<(KeyId, Vec<(u64, Part)>)> = groups
+            .into_iter()
+            .filter(|(_, g)| {
+                g.values()
+                    .next()
+                    .is_some_and(|(_, p)| p.count as usize == g.len())
+            })
+            .map(|((sender, _), g)| (sender, g.into_values().collect()))
+            .collect();
+        let mut outcome = None;
+        for (sender, group) in complete {
+            let at = group.iter().map(|(s, _)| *s).max().unwrap_or(0);
+            let parts: Vec<Part> = group.into_iter().map(|(_, p)| p).collect();
+            let mut record = Received {
+                bundle,
+                at,
+                sender,
+                from: PrincipalId([0; 16]),
+                until: 0,
+                rooms: Vec::new(),
+                outcome: Outcome::Refused(String::new()),
+            };
+            match self.check_handover(list, &parts, sender, &mut record).await {
+                Ok(n) => {
+                    outcome = Some((record, n));
+                    break;
+                }
+                // Not announced yet: stays pending.
+                Err(HandoverFailure::Unannounced) => {}
+                Err(HandoverFailure::Refused(why)) => {
+                    record.outcome = Outcome::Refused(why);
+                    outcome = Some((record, 0));
+                }
+                Err(HandoverFailure::Session(e)) => return Err(e),
+            }
+        }
+        let mut pending = self.pending_handovers().await?;
+        let Some((record, opened)) = outcome else {
+            // Nothing complete and announced: keep waiting, unless this
+            // bundle was applied before.
+            if applied && pending.remove(&bundle) {
                 self.store
                     .put_many(vec![self.pending_handovers_put(&pending)])
                     .await?;
             }
             return Ok(0);
-        }
-        let me = self.device.public_key().id();
-        // The parts, grouped by the key sealed to this device: a sharer
-        // that sent the same bundle twice sealed it under two keys.
-        let archive = self.archive().await?;
-        let mut groups: BTreeMap<Vec<u8>, Vec<(u64, KeyId, Part)>> = BTreeMap::new();
-        for a in &archive {
-            let Some(AppMessage {
-                content: Content::Handover(b),
-                ..
-            }) = &a.message
-            else {
-                continue;
-            };
-            let Ok(p) = Part::from_bytes(b) else { continue };
-            if p.bundle != bundle {
-                continue;
-            }
-            let Some((_, sealed)) = p.recipients.iter().find(|(d, _)| *d == me) else {
-                continue;
-            };
-            groups
-                .entry(sealed.to_vec())
-                .or_default()
-                .push((a.seq, a.header.header().sender, p));
-        }
-        let complete = groups.into_values().find(|g| {
-            let count = g.first().map_or(0, |(_, _, p)| p.count as usize);
-            g.iter()
-                .map(|(_, _, p)| p.index)
-                .collect::<BTreeSet<_>>()
-                .len()
-                == count
-        });
-        let Some(group) = complete else {
-            return Ok(0);
         };
-        let at = group.iter().map(|(s, _, _)| *s).max().unwrap_or(0);
-        let sender = group.first().map(|(_, k, _)| *k).unwrap_or(me);
-        let senders: BTreeSet<KeyId> = group.iter().map(|(_, k, _)| *k).collect();
-        let parts: Vec<Part> = group.into_iter().map(|(_, _, p)| p).collect();
-        let mut record = Received {
-            bundle,
-            at,
-            sender,
-            from: PrincipalId([0; 16]),
-            until: 0,
-            rooms: Vec::new(),
-            outcome: Outcome::Refused(String::new()),
-        };
-        let opened = match self
-            .check_handover(list, &parts, &senders, &mut record)
-            .await
-        {
-            Ok(n) => n,
-            Err(HandoverFailure::Refused(why)) => {
-                record.outcome = Outcome::Refused(why);
-                0
-            }
-            Err(HandoverFailure::Session(e)) => return Err(e),
-        };
+        records.retain(|r| r.bundle != bundle || matches!(r.outcome, Outcome::Applied { .. }));
         records.push(record);
         if records.len() > MAX_RECORDS {
             records.remove(0);
         }
-        let mut pending = self.pending_handovers().await?;
         pending.remove(&bundle);
         self.store
             .put_many(vec![
@@ -1146,7 +1199,7 @@ impl<S: ClientStore> Session<S> {
         &mut self,
         list: &AccessList,
         parts: &[Part],
-        senders: &BTreeSet<KeyId>,
+        sender: KeyId,
         record: &mut Received,
     ) -> Result<usize, HandoverFailure> {
         let refused = |e: HandoverError| HandoverFailure::Refused(e.to_string());
@@ -1157,38 +1210,70 @@ impl<S: ClientStore> Session<S> {
         record.from = bundle.from;
         record.until = bundle.until;
         record.rooms = bundle.shared_rooms();
-        // Every part comes from a device of the member the bundle names.
-        for s in senders {
-            let principal = list.get(s).map(|e| e.principal).or_else(|| {
-                match self.keys.key(s).map(|k| &k.role) {
-                    Some(backchannel_core::replay::KeyRole::Device { principal, .. }) => {
-                        Some(*principal)
-                    }
-                    _ => None,
-                }
-            });
-            if principal != Some(bundle.from) {
-                return Err(HandoverFailure::Refused(format!(
-                    "it says member {} hands it over, but device {} sent it",
-                    bundle.from.to_hex(),
-                    s.to_hex()
-                )));
-            }
-        }
-        let me = list
+        let mine = list
             .get(&self.device.public_key().id())
-            .map(|e| e.principal)
+            .map(|e| (e.principal, e.party))
             .ok_or_else(|| {
                 HandoverFailure::Refused("this device is not on the access list".into())
             })?;
+        // The parts come from a device of the member the bundle names, of
+        // this member's party.
+        let by = list
+            .get(&sender)
+            .map(|e| (e.principal, e.party))
+            .or_else(|| match self.keys.key(&sender).map(|k| &k.role) {
+                Some(backchannel_core::replay::KeyRole::Device {
+                    principal, party, ..
+                }) => Some((*principal, *party)),
+                _ => None,
+            });
+        if by != Some((bundle.from, mine.1)) {
+            return Err(HandoverFailure::Refused(format!(
+                "it says member {} of your party hands it over, but device {} sent it",
+                bundle.from.to_hex(),
+                sender.to_hex()
+            )));
+        }
+        // The record announces exactly this handover; a withheld room is
+        // a private-notes room.
+        let id = bundle_id(&bytes);
+        let announced = self.keys.history_shared().iter().any(|h| {
+            h.bundle == id
+                && h.by == bundle.from
+                && h.to == mine.0
+                && h.until == bundle.until
+                && h.rooms == record.rooms
+        });
+        if !announced {
+            return Err(HandoverFailure::Unannounced);
+        }
+        if let Some(roster) = self.keys.roster() {
+            for (room, share) in &bundle.rooms {
+                let purpose = roster
+                    .rooms
+                    .iter()
+                    .find(|d| d.room == *room)
+                    .map(|d| d.purpose);
+                if matches!(share, Share::WithheldPrivateNotes)
+                    && purpose != Some(backchannel_statement::roster::RoomPurpose::PrivateNotes)
+                {
+                    return Err(HandoverFailure::Refused(format!(
+                        "it withholds room {} as private notes, which it is not",
+                        room.to_hex()
+                    )));
+                }
+            }
+        }
         // Opening statements may place senders whose envelopes this device
-        // could not check yet; those are opened in a later round.
-        let mut opened = 0;
-        let mut not_held = 0;
-        let mut last = None;
-        for _round in 0..4 {
+        // could not check yet; those are opened in a later round, until a
+        // round opens nothing new.
+        let mut opened = BTreeSet::new();
+        let mut not_held = BTreeSet::new();
+        let mut last = Verified::default();
+        for _round in 0..=bundle.counts().0 {
             let archive = self.archive().await.map_err(HandoverFailure::Session)?;
-            let v = verify(&bundle, &archive, self.talks, me, self.follower()).map_err(refused)?;
+            let v =
+                verify(&bundle, &archive, self.talks, mine.0, self.follower()).map_err(refused)?;
             let mut writes = Vec::new();
             for (seq, message) in &v.opens {
                 if let Some(mut a) = self
@@ -1199,52 +1284,60 @@ impl<S: ClientStore> Session<S> {
                     a.message = Some(message.clone());
                     a.unreadable = None;
                     writes.push(a.put(self.talks));
+                    opened.insert(*seq);
                 }
             }
             for (seq, why) in &v.not_held {
-                if let Some(mut a) = self
-                    .archived(*seq)
-                    .await
-                    .map_err(HandoverFailure::Session)?
+                if not_held.insert(*seq)
+                    && let Some(mut a) = self
+                        .archived(*seq)
+                        .await
+                        .map_err(HandoverFailure::Session)?
                 {
                     a.unreadable = Some(format!("{NOT_HANDED_OVER}{}", why.describe()));
                     writes.push(a.put(self.talks));
                 }
             }
-            opened += v.opens.len();
-            not_held += v.not_held.len();
-            let progress = !writes.is_empty();
-            if progress {
+            let progress = !v.opens.is_empty();
+            if !writes.is_empty() {
                 self.store
                     .put_many(writes)
                     .await
                     .map_err(|e| HandoverFailure::Session(e.into()))?;
             }
-            last = Some(v);
+            last = v;
+            if !progress {
+                break;
+            }
             let placed = self
                 .place_senders(list)
                 .await
                 .map_err(HandoverFailure::Session)?;
-            if !progress || placed == 0 {
+            if placed == 0 {
                 break;
             }
         }
-        let v = last.unwrap_or_default();
+        let not_held = not_held.difference(&opened).count();
         record.outcome = Outcome::Applied {
-            opened: opened as u64,
+            opened: opened.len() as u64,
             not_held: not_held as u64,
-            withheld: v
+            withheld: last
                 .withheld
                 .iter()
                 .map(|(r, why)| (*r, (*why).to_owned()))
                 .collect(),
-            unverifiable: v.unverifiable,
+            unverifiable: last.unverifiable,
         };
-        Ok(opened)
+        Ok(opened.len())
     }
 }
 
+/// The parts of one group (one sending device, one sealed key), by index:
+/// (seq, part), the first of each index kept.
+type PartsByIndex = BTreeMap<u32, (u64, Part)>;
+
 enum HandoverFailure {
+    Unannounced,
     Refused(String),
     Session(SessionError),
 }

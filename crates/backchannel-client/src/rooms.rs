@@ -1078,7 +1078,7 @@ impl<S: ClientStore> Session<S> {
             // because it was not in the room's group then, from a sender
             // it placed: never a handshake, never one it read or found to
             // be evidence.
-            if h.kind != Kind::MlsApp || a.unreadable.as_deref() != Some(BEFORE_JOIN) {
+            if h.kind != Kind::MlsApp || a.message.is_some() || !crate::handover::openable(&a) {
                 continue;
             }
             if Commitment::to_plaintext(&salt, &bytes) != h.commitment {

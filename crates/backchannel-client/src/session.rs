@@ -418,6 +418,21 @@ pub struct ReplayReport {
     pub equivocations: Vec<(u64, u64, StatementId)>,
 }
 
+/// Whether device `other` belongs to the party of device `me` (by the
+/// access list, or the record for a device since removed): only a member
+/// of one's own party hands one history.
+fn same_party(list: &AccessList, replay: &Replay, me: &KeyId, other: &KeyId) -> bool {
+    let party = |k: &KeyId| {
+        list.get(k)
+            .map(|e| e.party)
+            .or_else(|| match replay.key(k).map(|s| &s.role) {
+                Some(KeyRole::Device { party, .. }) => Some(*party),
+                _ => None,
+            })
+    };
+    party(me).is_some() && party(me) == party(other)
+}
+
 /// A device's session in one talks.
 pub struct Session<S: ClientStore> {
     pub(crate) store: std::sync::Arc<S>,
@@ -905,6 +920,13 @@ impl<S: ClientStore> Session<S> {
                             && let Ok(part) = crate::handover::Part::from_bytes(bytes)
                             && crate::handover::is_for(&part, &self.device.public_key().id())
                             && !handovers.contains(&part.bundle)
+                            && handovers.len() < crate::handover::MAX_PENDING
+                            && same_party(
+                                list,
+                                &replay,
+                                &self.device.public_key().id(),
+                                &archived.header.header().sender,
+                            )
                         {
                             // Owed durably with the page that brought the
                             // part: a process killed before applying it

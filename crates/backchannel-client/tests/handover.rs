@@ -23,7 +23,9 @@ use backchannel_codec::{PrincipalId, RoomId};
 use backchannel_crypto::Signer;
 use backchannel_node::server::{Node, NodeConfig};
 use backchannel_statement::fixtures::{self, PRINCIPALS, US_INTERNAL, key, labels::*};
-use backchannel_statement::{AccessList, AccessListChange, AccessListDelta, Kind, Payload, Salt};
+use backchannel_statement::{
+    AccessList, AccessListChange, AccessListDelta, HistoryShared, Kind, Payload, Salt,
+};
 use backchannel_store::memory::MemoryStore;
 use backchannel_test_support::{ManualClock, Served, serve_tls, test_limits};
 use backchannel_tlog::NodeOrigin;
@@ -216,6 +218,39 @@ async fn integrate(served: &Served, s: &mut Sess) {
     s.verify_log(&rooms, now_ms()).await.unwrap();
 }
 
+/// The head's `history-shared` statement announcing `out` in the record
+/// room (the successor applies a handover only once it is announced).
+async fn announce(
+    head: &mut Sess,
+    list: &AccessList,
+    sc: &Scope,
+    out: &handover::HandedOver,
+) -> u64 {
+    let t = t();
+    let st = t.statement(
+        sc.until,
+        &key(US_HEAD),
+        t.us,
+        Payload::HistoryShared(
+            HistoryShared::new(
+                NEGOTIATOR,
+                out.contents.shared_rooms(),
+                sc.until,
+                out.bundle,
+            )
+            .unwrap(),
+        ),
+    );
+    head.send(
+        list,
+        t.record,
+        Content::Statement(st.as_bytes().to_vec()),
+        Salt([8; 32]),
+    )
+    .await
+    .unwrap()
+}
+
 fn scope(head: &Sess, rooms: &[RoomId], until: u64) -> Scope {
     Scope {
         talks: t().talks,
@@ -255,6 +290,20 @@ async fn the_successor_reads_the_history_it_was_handed_verified() {
         .unwrap();
     assert_eq!(out.parts.len(), 1);
     assert_eq!(out.bundle, handover::bundle_id(&out.contents.to_bytes()));
+    // Not applied before the record announces it: it waits.
+    negotiator.receive(&list).await.unwrap();
+    assert!(negotiator.handovers().await.unwrap().is_empty());
+    assert_eq!(
+        negotiator
+            .archived(said[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .unreadable
+            .as_deref(),
+        Some(BEFORE_JOIN)
+    );
+    announce(&mut head, &list, &sc, &out).await;
     negotiator.receive(&list).await.unwrap();
     let received = negotiator.handovers().await.unwrap();
     assert_eq!(received.len(), 1, "{received:?}");
@@ -288,14 +337,16 @@ async fn the_successor_reads_the_history_it_was_handed_verified() {
     head.receive(&list).await.unwrap();
     integrate(&served, &mut head).await;
     let sc2 = scope(&head, &[t.record], head.follower().size());
-    head.hand_over(
-        &list,
-        &sc2,
-        &[key(US_NEGOTIATOR_DEVICE).public_key()],
-        US_INTERNAL,
-    )
-    .await
-    .unwrap();
+    let out2 = head
+        .hand_over(
+            &list,
+            &sc2,
+            &[key(US_NEGOTIATOR_DEVICE).public_key()],
+            US_INTERNAL,
+        )
+        .await
+        .unwrap();
+    announce(&mut head, &list, &sc2, &out2).await;
     negotiator.receive(&list).await.unwrap();
     assert_eq!(negotiator.handovers().await.unwrap().len(), 2);
     let past = negotiator.archived(said[3]).await.unwrap().unwrap();
