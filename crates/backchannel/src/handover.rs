@@ -257,12 +257,25 @@ async fn send(ctx: &Ctx, a: &HandoverArgs) -> anyhow::Result<()> {
     );
     // The handover travels through a room both sit in: the party's internal
     // room if there is one, else the first room shared.
-    let travel = shared
+    let record = ctx
+        .record
+        .record_room
+        .context("the talks have no record room yet")?;
+    // Through the party's internal room, else any shared room but the
+    // record (where every party's devices would download it).
+    let both: BTreeSet<RoomId> = mine.intersection(&theirs).copied().collect();
+    let travel = both
         .iter()
         .find(|r| purpose(r) == Some(RoomPurpose::PartyInternal))
-        .or_else(|| shared.iter().next())
+        .or_else(|| both.iter().find(|r| **r != record))
         .copied()
-        .context("no room to send it through")?;
+        .with_context(|| {
+            format!(
+                "{to_name} and you sit together only in the record room, and a handover does \
+                 not travel through it (every party would download it): seat them in your \
+                 party's internal room first"
+            )
+        })?;
     let scope = Scope {
         talks: ctx.talks(),
         from: me,
@@ -277,10 +290,6 @@ async fn send(ctx: &Ctx, a: &HandoverArgs) -> anyhow::Result<()> {
         .hand_over(&list, &scope, &keys, travel)
         .await
         .map_err(crate::messages::evidence_or)?;
-    let record = ctx
-        .record
-        .record_room
-        .context("the talks have no record room yet")?;
     let statement = crate::talks::statement(
         &identity,
         &ctx.record,
@@ -298,7 +307,16 @@ async fn send(ctx: &Ctx, a: &HandoverArgs) -> anyhow::Result<()> {
         record,
         Content::Statement(statement.as_bytes().to_vec()),
     )
-    .await?;
+    .await
+    .with_context(|| {
+        format!(
+            "the handover's parts went out (seqs {:?}, bundle {}) but its announcement in the \
+             record did not; {to_name} applies it only once announced: run the same handover \
+             again",
+            out.parts,
+            out.bundle.to_hex()
+        )
+    })?;
     let (opened, not_held) = out.contents.counts();
     let sent = Sent {
         to: to_name.clone(),
