@@ -779,6 +779,10 @@ pub fn content(part: &Part) -> Content {
 /// someone who holds it may still open it.
 pub const NOT_HANDED_OVER: &str = "not in the handover this device received: ";
 
+/// The longest reason a handover record keeps (this crate's sentences are
+/// far shorter; a longer one is cut, so a record always decodes).
+pub const MAX_REASON: usize = 4096;
+
 /// The most handover records a session keeps.
 pub const MAX_RECORDS: usize = 1024;
 
@@ -880,7 +884,10 @@ impl Received {
                 let n = r.len("withheld", MAX_ROOMS, 16 + 4)?;
                 let mut withheld = Vec::with_capacity(n);
                 for _ in 0..n {
-                    withheld.push((RoomId(r.array("room")?), r.text("why", 4096)?.to_owned()));
+                    withheld.push((
+                        RoomId(r.array("room")?),
+                        r.text("why", MAX_REASON)?.to_owned(),
+                    ));
                 }
                 let n = r.len("unverifiable", MAX_ROOMS, 16)?;
                 let mut unverifiable = Vec::with_capacity(n);
@@ -894,7 +901,7 @@ impl Received {
                     unverifiable,
                 }
             }
-            2 => Outcome::Refused(r.text("why", 4096)?.to_owned()),
+            2 => Outcome::Refused(r.text("why", MAX_REASON)?.to_owned()),
             v => {
                 return Err(DecodeError::UnknownValue {
                     field: "outcome",
@@ -914,10 +921,10 @@ impl Received {
     }
 }
 
-/// A reason cut to what [`Received`] decodes (4096 bytes), on a character
-/// boundary.
+/// A reason cut to what [`Received`] decodes ([`MAX_REASON`]), on a
+/// character boundary.
 fn truncated(why: &str) -> &str {
-    let mut end = why.len().min(4096);
+    let mut end = why.len().min(MAX_REASON);
     while !why.is_char_boundary(end) {
         end -= 1;
     }
