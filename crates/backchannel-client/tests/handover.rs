@@ -24,7 +24,7 @@ use backchannel_crypto::Signer;
 use backchannel_node::server::{Node, NodeConfig};
 use backchannel_statement::fixtures::{self, PRINCIPALS, US_INTERNAL, key, labels::*};
 use backchannel_statement::{
-    AccessList, AccessListChange, AccessListDelta, HistoryShared, Kind, Payload, Salt,
+    AccessList, AccessListChange, AccessListDelta, HistoryShared, Payload, Salt,
 };
 use backchannel_store::memory::MemoryStore;
 use backchannel_test_support::{ManualClock, Served, serve_tls, test_limits};
@@ -530,5 +530,4 @@ async fn an_altered_reordered_or_incomplete_bundle_is_refused() {
     let mut b = p.to_bytes();
     b[0] = 2;
     assert!(handover::Part::from_bytes(&b).is_err());
-    let _ = Kind::MlsApp;
 }
