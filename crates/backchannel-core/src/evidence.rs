@@ -6,7 +6,7 @@
 //! ciphertext, which is never included), the seq and node timestamp, an
 //! inclusion proof, a checkpoint note with its cosignatures, and the chain
 //! of statements that certify the author's key (the roster, then any member
-//! or device certificates).
+//! or device certificates, and authority passes of a talks authority).
 //!
 //! Encoding (`docs/formats.md` § 9, Evidence bundles):
 //!
@@ -37,7 +37,8 @@ use backchannel_crypto::{KeyId, PublicKey};
 use backchannel_statement::header::SIGNED_HEADER_LEN;
 use backchannel_statement::roster::{Roster, VerifiedRoster};
 use backchannel_statement::{
-    Kind, Payload, Salt, SignedHeader, SignedStatement, VerifiedStatement, VerifyError,
+    AuthorityPassed, Kind, PartyKind, PassedHow, Payload, Salt, SignedHeader, SignedStatement,
+    VerifiedStatement, VerifyError,
 };
 use backchannel_tlog::{
     CheckpointNote, CosignerKey, InclusionProof, LeafData, LogOrigin, MAX_NOTE_LEN, NodeOrigin,
@@ -311,6 +312,7 @@ impl EvidenceBundle {
             let certified = match &verified.statement().payload {
                 Payload::MemberCert(c) => Some(c.identity_key),
                 Payload::DeviceCert(c) => Some(c.device_key),
+                Payload::AuthorityPassed(p) => Some(p.new_key),
                 _ => None,
             };
             // One holder and one role per key, as in replay.
@@ -339,6 +341,22 @@ impl EvidenceBundle {
                         party: signer.party,
                         holder: Holder::Device(c.principal),
                         not_after: Some(c.not_after),
+                    });
+                }
+                // A talks authority passed on (replay rule 16): handed over by
+                // the old key, or re-appointed by another mediator team with
+                // the party's long-term authority. Endorsements, and whether
+                // the old key was still current, are for replay of the
+                // whole record to decide, as revocations are.
+                Payload::AuthorityPassed(p)
+                    if signer.holder == Holder::Authority
+                        && passes_in_chain(talks, roster, &keys, &signer, p) =>
+                {
+                    keys.push(ChainKey {
+                        key: p.new_key,
+                        party: p.party,
+                        holder: Holder::Authority,
+                        not_after: None,
                     });
                 }
                 _ => return Err(EvidenceError::Chain),
@@ -429,6 +447,33 @@ pub fn verify_equivocation(
 
 /// Whether `principal` is already bound to a party other than `party`
 /// (a principal belongs to one party for the life of the talks).
+/// Whether an authority pass by `signer` holds as a chain link: the old key
+/// is a talks authority of the party the chain knows; handed over by that
+/// key, or re-appointed by another mediator team's talks authority; the new
+/// key's signature and (re-appointed) the long-term authority's
+/// certification verify.
+fn passes_in_chain(
+    talks: backchannel_codec::TalksId,
+    roster: &Roster,
+    keys: &[ChainKey],
+    signer: &ChainKey,
+    p: &AuthorityPassed,
+) -> bool {
+    let Some(entry) = roster.parties.iter().find(|e| e.party == p.party) else {
+        return false;
+    };
+    let old_known = keys
+        .iter()
+        .any(|k| k.holder == Holder::Authority && k.party == p.party && k.key.id() == p.old_key);
+    let author_fits = match p.how() {
+        PassedHow::HandedOver => signer.party == p.party && signer.key.id() == p.old_key,
+        PassedHow::Reappointed => {
+            signer.party != p.party && roster.party_kind(signer.party) == Some(PartyKind::Mediator)
+        }
+    };
+    old_known && author_fits && p.verify(talks, &entry.authority_key).is_ok()
+}
+
 fn principal_of_other_party(keys: &[ChainKey], principal: PrincipalId, party: PartyId) -> bool {
     keys.iter().any(|k| match k.holder {
         Holder::Identity(p) | Holder::Device(p) => p == principal && k.party != party,

@@ -359,7 +359,7 @@ pub fn verify_verbatim(
             KeyRole::TalksAuthority { .. } => None,
         };
         k.valid_from <= v.seq
-            && k.revoked_at.is_none_or(|r| r >= v.seq)
+            && k.retired_at().is_none_or(|r| r >= v.seq)
             && not_after.is_none_or(|t| v.node_time <= t)
     };
     let key = replay

@@ -1,7 +1,7 @@
 //! Replay of key validity: who could sign what, at which log position; of
-//! the talks' acceptance and lifecycle; of joint sessions, commit failures
-//! and history handed over; all from the record room alone, each act
-//! counted once.
+//! the talks' acceptance and lifecycle; of joint sessions, commit failures,
+//! history handed over and talks authorities passed on; all from the record
+//! room alone, each act counted once.
 //!
 //! Rules (`docs/formats.md` § 10, Replay rules):
 //! 1. The first statement is the roster, signed by the mediator team's talks
@@ -51,15 +51,15 @@
 //!    [`Rejected::NotInPhase`]; key management (member and device
 //!    certificates, revocations, access-list changes) goes on, so a lost
 //!    device can be revoked during a suspension. While concluded, only
-//!    revocations, commit failures and history shares (and *closed*) are
-//!    accepted; while closed, nothing. Messages, conveyances, receipts and
+//!    revocations, commit failures, history shares and authority passes
+//!    (and *closed*) are accepted; while closed, nothing. Messages, conveyances, receipts and
 //!    session consents only while open.
 //! 10. **The record room alone.** Every piece of derived state (roster,
 //!     keys, ground rules, acceptances, phase, joint sessions, commit
-//!     failures, history shares) comes from statements posted to the
-//!     roster's record room ([`RoomPurpose::Record`]), so every party
-//!     derives the same state whatever the mediator conveys to, or
-//!     withholds from, the other rooms.
+//!     failures, history shares, authority passes) comes from statements
+//!     posted to the roster's record room ([`RoomPurpose::Record`]), so
+//!     every party derives the same state whatever the mediator conveys
+//!     to, or withholds from, the other rooms.
 //!     The roster itself must be posted to the room it declares as record.
 //!     A formal act (every payload but messages, conveyances and receipts)
 //!     posted to any other room is [`Rejected::NotInRecordRoom`]; a message,
@@ -110,6 +110,26 @@
 //!     [`Rejected::HistoryShared`] or [`Rejected::HistoryRoom`]. It is kept
 //!     ([`Replay::history_shared`]); like a commit failure it is about keys
 //!     and records: accepted while open, suspended or concluded.
+//! 16. **Authority passed.** An [`AuthorityPassed`] moves the talks
+//!     authority of a party the roster declares from `old_key` — its talks
+//!     authority valid at this seq — to `new_key`, a key replay does not
+//!     know in any role (nor a roster long-term authority key), whose
+//!     signature over the transfer must verify. *Handed over*: the author
+//!     is `old_key` itself. *Re-appointed*: the author is the current
+//!     talks authority of a mediator team other than the party; the party's
+//!     long-term authority (its roster `authority_key`) certifies the
+//!     transfer; every endorsement is by the current talks authority of a
+//!     party other than the party and the author's team, and verifies;
+//!     under the ground rules' change rule *all parties* (or before any
+//!     ground rules) every such party endorses. Otherwise
+//!     [`Rejected::NotEntitled`], [`Rejected::AuthorityPassed`],
+//!     [`Rejected::Endorsement`] or [`Rejected::MissingEndorsement`].
+//!     From the next statement on the new key is the party's talks
+//!     authority ([`KeyRole::TalksAuthority`], valid from this seq) and the
+//!     old key signs nothing ([`KeyState::passed_at`],
+//!     [`Rejected::AuthorityRetired`]); what it signed before stays valid.
+//!     Kept in [`Replay::authority_passes`]; accepted while open,
+//!     suspended or concluded, like a commit failure.
 //!
 //! A rejected statement changes no state; replay goes on (the rejection is
 //! itself evidence a client shows).
@@ -119,10 +139,12 @@ use std::fmt;
 
 use backchannel_codec::{PartyId, PrincipalId, RoomId, StatementId, TalksId};
 use backchannel_crypto::{Digest, KeyId, PublicKey};
+use backchannel_statement::roster::ChangeRule;
 use backchannel_statement::roster::{GroundRules, RoomPurpose, Roster, VerifiedRoster};
 use backchannel_statement::{
-    Acceptance, Act, CommitFailure, HistoryShared, LifecycleChange, LifecyclePhase, PartyKind,
-    Payload, Role, SessionConsent, SignedStatement, StatementType, VerifiedStatement, VerifyError,
+    Acceptance, Act, AuthorityPassed, CommitFailure, HistoryShared, LifecycleChange,
+    LifecyclePhase, PartyKind, PassedHow, Payload, Role, SessionConsent, SignedStatement,
+    StatementType, VerifiedStatement, VerifyError,
 };
 use thiserror::Error;
 
@@ -183,6 +205,21 @@ pub struct KeyState {
     /// even before the revocation's seq. A log position, never the signer's
     /// own claim of time, which a thief can backdate.
     pub lost_at: Option<u64>,
+    /// The seq of the `authority-passed` statement that passed this talks
+    /// authority to a new key (rule 16): like a revocation, the key signs
+    /// nothing sequenced after it, and what it signed before stays valid.
+    pub passed_at: Option<u64>,
+}
+
+impl KeyState {
+    /// The seq after which the key signs nothing: the earlier of its
+    /// revocation and the passing of its authority.
+    pub fn retired_at(&self) -> Option<u64> {
+        match (self.revoked_at, self.passed_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// A statement as the log holds it.
@@ -308,6 +345,24 @@ pub struct HistoryShare {
     pub bundle: Digest,
 }
 
+/// A party's talks authority passed to a new key, as the record keeps it
+/// (rule 16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityPass {
+    /// The seq of the authority-passed statement.
+    pub seq: u64,
+    /// Its statement id.
+    pub statement: StatementId,
+    /// The party.
+    pub party: PartyId,
+    /// The old talks authority key, which signs nothing after `seq`.
+    pub old: KeyId,
+    /// The new talks authority key, valid from `seq`.
+    pub new: PublicKey,
+    /// Handed over by the old holder, or re-appointed by a mediator team.
+    pub how: PassedHow,
+}
+
 /// A party's latest consent to a joint session in one room (rule 12).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsentWindow {
@@ -369,6 +424,15 @@ pub enum Rejected {
     Revoked {
         /// Where.
         revoked_at: u64,
+    },
+    /// The author's key was a talks authority that passed to a new key
+    /// earlier in the log (rule 16).
+    #[error(
+        "the author's key passed its party's talks authority to a new key at seq {passed_at}; it signs nothing after that"
+    )]
+    AuthorityRetired {
+        /// The seq of the authority-passed statement.
+        passed_at: u64,
     },
     /// The author's key had expired by the node's clock.
     #[error("the author's key expired before this statement was sequenced")]
@@ -436,6 +500,26 @@ pub enum Rejected {
     /// A history share that does not fit the record (rule 15).
     #[error("the history share does not fit the record: {0}")]
     HistoryShared(&'static str),
+    /// An authority pass that does not fit the record (rule 16).
+    #[error("the authority pass does not fit the record: {0}")]
+    AuthorityPassed(&'static str),
+    /// An endorsement of a re-appointment that does not count (rule 16).
+    #[error("the endorsement by key {} does not count: {reason}", .key.to_hex())]
+    Endorsement {
+        /// The endorsing key's id.
+        key: KeyId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A re-appointment under the change rule "all parties" that a party
+    /// did not endorse (rule 16).
+    #[error(
+        "the ground rules' change rule needs every other party's endorsement of a re-appointment; party {party} has not endorsed it"
+    )]
+    MissingEndorsement {
+        /// The party whose talks authority has not endorsed.
+        party: PartyId,
+    },
     /// A history share naming a room whose history may not be handed over
     /// (rule 15).
     #[error("the history share names room {room}: {reason}")]
@@ -486,6 +570,15 @@ pub enum Accepted {
         room: RoomId,
         /// The commit's seq.
         seq: u64,
+    },
+    /// A party's talks authority passed to a new key (rule 16).
+    AuthorityPassed {
+        /// The party.
+        party: PartyId,
+        /// The old key.
+        old: KeyId,
+        /// The new key's id.
+        new: KeyId,
     },
     /// History handed over, kept (rule 15).
     HistoryShared {
@@ -542,6 +635,7 @@ pub struct Replay {
     consents: BTreeMap<(RoomId, PartyId), ConsentWindow>,
     commit_failures: Vec<CommitFailureRecord>,
     history_shared: Vec<HistoryShare>,
+    authority_passes: Vec<AuthorityPass>,
 }
 
 /// Whether a payload is a formal act, counted only in the record room;
@@ -611,6 +705,7 @@ impl Replay {
             consents: BTreeMap::new(),
             commit_failures: Vec::new(),
             history_shared: Vec::new(),
+            authority_passes: Vec::new(),
         }
     }
 
@@ -684,6 +779,22 @@ impl Replay {
     /// Every history share the record keeps (rule 15), in log order.
     pub fn history_shared(&self) -> &[HistoryShare] {
         &self.history_shared
+    }
+
+    /// Every talks-authority pass the record keeps (rule 16), in log order.
+    pub fn authority_passes(&self) -> &[AuthorityPass] {
+        &self.authority_passes
+    }
+
+    /// The talks authority of `party` as of the last replayed statement:
+    /// its roster key, or the new key of its latest accepted pass; `None`
+    /// when it was revoked (or before the roster).
+    pub fn talks_authority(&self, party: PartyId) -> Option<&KeyState> {
+        self.keys.values().find(|k| {
+            k.role == (KeyRole::TalksAuthority { party })
+                && k.revoked_at.is_none()
+                && k.passed_at.is_none()
+        })
     }
 
     /// Each party's latest consent to a joint session in `room`, by party
@@ -763,6 +874,11 @@ impl Replay {
             if entry.seq > revoked_at {
                 return Err(Rejected::Revoked { revoked_at });
             }
+        }
+        if let Some(passed_at) = author.passed_at
+            && entry.seq > passed_at
+        {
+            return Err(Rejected::AuthorityRetired { passed_at });
         }
         if author.valid_from > entry.seq {
             return Err(Rejected::UnknownKey(entry.seq));
@@ -1086,6 +1202,13 @@ impl Replay {
             Payload::HistoryShared(share) => {
                 self.apply_history_shared(share, &author_role, entry.seq, statement.id)
             }
+            Payload::AuthorityPassed(pass) => self.apply_authority_passed(
+                pass,
+                &author_role,
+                statement.author,
+                entry.seq,
+                statement.id,
+            ),
             // Rule 10 sent these away above; kept exhaustive so a new
             // payload must be placed.
             Payload::Message(_) | Payload::Conveyance(_) | Payload::Receipt(_) => {
@@ -1102,8 +1225,11 @@ impl Replay {
         let allowed = match (self.phase, payload) {
             (_, Payload::Lifecycle(_)) => true,
             (Phase::Closed { .. }, _) => false,
-            // About keys and records, like revocations (rules 14 and 15).
-            (_, Payload::CommitFailure(_) | Payload::HistoryShared(_)) => true,
+            // About keys and records, like revocations (rules 14 to 16).
+            (
+                _,
+                Payload::CommitFailure(_) | Payload::HistoryShared(_) | Payload::AuthorityPassed(_),
+            ) => true,
             (Phase::Open, _) => true,
             (Phase::Suspended { .. }, p) => matches!(
                 p,
@@ -1339,6 +1465,162 @@ impl Replay {
         })
     }
 
+    /// Rule 16: a party's talks authority passes from its current key to a
+    /// new one, handed over by the old holder or re-appointed by a mediator
+    /// team with the party's long-term authority and the endorsements the
+    /// ground rules' change rule names.
+    fn apply_authority_passed(
+        &mut self,
+        pass: &AuthorityPassed,
+        author_role: &KeyRole,
+        author: KeyId,
+        seq: u64,
+        statement: StatementId,
+    ) -> Result<Accepted, Rejected> {
+        let Some((_, roster)) = &self.roster else {
+            return Err(Rejected::BeforeRoster);
+        };
+        let KeyRole::TalksAuthority {
+            party: author_party,
+        } = *author_role
+        else {
+            return Err(Rejected::NotEntitled(
+                "a talks authority passes only by a talks authority's statement",
+            ));
+        };
+        let entry = roster
+            .parties
+            .iter()
+            .find(|p| p.party == pass.party)
+            .ok_or(Rejected::AuthorityPassed(
+                "it names a party the roster does not declare",
+            ))?;
+        // `author_at` already refused a retired or revoked author; the old
+        // key must be the party's talks authority valid at this seq.
+        let current =
+            |k: &KeyState| k.valid_from <= seq && k.revoked_at.is_none() && k.passed_at.is_none();
+        let old_is_current = self.keys.get(&pass.old_key).is_some_and(|k| {
+            k.role == (KeyRole::TalksAuthority { party: pass.party }) && current(k)
+        });
+        if !old_is_current {
+            return Err(Rejected::AuthorityPassed(
+                "the old key is not the party's talks authority at this seq",
+            ));
+        }
+        match pass.how() {
+            PassedHow::HandedOver => {
+                if author != pass.old_key {
+                    return Err(Rejected::NotEntitled(
+                        "a handed-over talks authority is passed by the old key itself",
+                    ));
+                }
+            }
+            PassedHow::Reappointed => {
+                if author_party == pass.party
+                    || roster.party_kind(author_party) != Some(PartyKind::Mediator)
+                {
+                    return Err(Rejected::NotEntitled(
+                        "a talks authority is re-appointed by another mediator team's talks authority",
+                    ));
+                }
+            }
+        }
+        // A key has one holder and one role for the life of the talks.
+        let new_id = pass.new_key.id();
+        if self.keys.contains_key(&new_id)
+            || roster
+                .parties
+                .iter()
+                .any(|p| p.authority_key == pass.new_key)
+        {
+            return Err(Rejected::AuthorityPassed(
+                "the new key is already known; a talks authority passes to a new key",
+            ));
+        }
+        pass.verify(self.talks, &entry.authority_key)
+            .map_err(|e| match e {
+                backchannel_statement::AuthorityError::BadCertification => {
+                    Rejected::AuthorityPassed(
+                        "the party's long-term authority certification does not verify",
+                    )
+                }
+                _ => Rejected::AuthorityPassed(
+                    "the new key's signature over the transfer does not verify",
+                ),
+            })?;
+        if pass.how() == PassedHow::Reappointed {
+            let mut endorsed = BTreeSet::new();
+            for e in pass.endorsements() {
+                let state = self.keys.get(&e.key).ok_or(Rejected::Endorsement {
+                    key: e.key,
+                    reason: "replay does not know the key",
+                })?;
+                let KeyRole::TalksAuthority { party } = state.role else {
+                    return Err(Rejected::Endorsement {
+                        key: e.key,
+                        reason: "it is not a talks authority",
+                    });
+                };
+                if !current(state) {
+                    return Err(Rejected::Endorsement {
+                        key: e.key,
+                        reason: "it is not its party's talks authority at this seq",
+                    });
+                }
+                if party == pass.party || party == author_party {
+                    return Err(Rejected::Endorsement {
+                        key: e.key,
+                        reason: "it speaks for the party itself or the re-appointing mediator team",
+                    });
+                }
+                pass.verify_by(self.talks, &state.key, &e.signature)
+                    .map_err(|_| Rejected::Endorsement {
+                        key: e.key,
+                        reason: "its signature over the transfer does not verify",
+                    })?;
+                endorsed.insert(party);
+            }
+            let all_parties = self
+                .ground_rules
+                .as_ref()
+                .is_none_or(|(_, g)| g.change_rule == ChangeRule::AllParties);
+            if all_parties
+                && let Some(p) = roster.parties.iter().find(|p| {
+                    p.party != pass.party && p.party != author_party && !endorsed.contains(&p.party)
+                })
+            {
+                return Err(Rejected::MissingEndorsement { party: p.party });
+            }
+        }
+        self.keys.insert(
+            new_id,
+            KeyState {
+                key: pass.new_key,
+                role: KeyRole::TalksAuthority { party: pass.party },
+                valid_from: seq,
+                revoked_at: None,
+                lost_at: None,
+                passed_at: None,
+            },
+        );
+        if let Some(old) = self.keys.get_mut(&pass.old_key) {
+            old.passed_at = Some(seq);
+        }
+        self.authority_passes.push(AuthorityPass {
+            seq,
+            statement,
+            party: pass.party,
+            old: pass.old_key,
+            new: pass.new_key,
+            how: pass.how(),
+        });
+        Ok(Accepted::AuthorityPassed {
+            party: pass.party,
+            old: pass.old_key,
+            new: new_id,
+        })
+    }
+
     /// Rule 8: a lifecycle change by a talks authority acting for `party`.
     fn apply_lifecycle(
         &mut self,
@@ -1431,6 +1713,7 @@ impl Replay {
                 valid_from: seq,
                 revoked_at: None,
                 lost_at: None,
+                passed_at: None,
             },
         );
         Ok(Accepted::Certified(id))

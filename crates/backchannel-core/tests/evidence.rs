@@ -8,7 +8,8 @@ use backchannel_crypto::{Digest, Signer, sha256};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::pad_body;
 use backchannel_statement::{
-    Act, Commitment, Header, Kind, MemberCert, Payload, Revoke, RevokeReason, Role, Salt,
+    Act, AuthorityPassed, Commitment, Header, Kind, MemberCert, PassedHow, Payload, Revoke,
+    RevokeReason, Role, Salt,
 };
 use backchannel_tlog::{
     Checkpoint, CosignerKey, InclusionProof, LeafData, LogOrigin, MemoryHashStore, NodeOrigin,
@@ -365,4 +366,66 @@ fn two_bundles_prove_an_equivocation_and_nothing_else_does() {
         verify_equivocation(&b[0], &b[1], &node, &log_key, &witnesses),
         Err(EquivocationError::OtherAuthor)
     );
+}
+
+/// The chain of the fixture bundle, with the US talks authority passed on
+/// (`how`, by `author`) before the member certificate, which the new key
+/// signs.
+fn chain_through_a_pass(
+    how: PassedHow,
+    author: u8,
+    cert_by: u8,
+) -> Vec<backchannel_statement::SignedStatement> {
+    let t = fixtures::talks();
+    let f = fixture();
+    let old = key(US_TALKS).public_key().id();
+    let new = key(US_TALKS_SUCCESSOR).public_key();
+    let sign = |label: u8| {
+        AuthorityPassed::sign_transfer(&key(label), t.talks, t.us, &old, &new, how)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let cert = (how == PassedHow::Reappointed).then(|| sign(cert_by));
+    let pass = AuthorityPassed::new(t.us, old, new, how, sign(US_TALKS_SUCCESSOR), cert, vec![])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let party = if author == OMAN_TALKS { t.oman } else { t.us };
+    let pass = t.statement(20, &key(author), party, Payload::AuthorityPassed(pass));
+    let member = MemberCert::new(
+        fixtures::PRINCIPALS[3],
+        t.us,
+        Role::Negotiator,
+        key(NEW_IDENTITY).public_key(),
+        vec![Act::ProposeText],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let member = t.statement(
+        21,
+        &key(US_TALKS_SUCCESSOR),
+        t.us,
+        Payload::MemberCert(member),
+    );
+    vec![f.bundle.chain[0].clone(), pass, member]
+}
+
+#[test]
+fn a_chain_runs_through_a_talks_authority_passed_on() {
+    let f = fixture();
+    for chain in [
+        chain_through_a_pass(PassedHow::HandedOver, US_TALKS, US_AUTHORITY),
+        chain_through_a_pass(PassedHow::Reappointed, OMAN_TALKS, US_AUTHORITY),
+    ] {
+        let mut b = f.bundle.clone();
+        b.chain = chain;
+        b.verify(&f.node, &key(NODE_LOG).public_key(), &f.witnesses)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Handed over by someone else; re-appointed by the party itself, or
+    // certified by another long-term authority.
+    for chain in [
+        chain_through_a_pass(PassedHow::HandedOver, OMAN_TALKS, US_AUTHORITY),
+        chain_through_a_pass(PassedHow::Reappointed, US_TALKS, US_AUTHORITY),
+        chain_through_a_pass(PassedHow::Reappointed, OMAN_TALKS, IRAN_AUTHORITY),
+    ] {
+        check(|b| b.chain = chain, "not signed by its certifier");
+    }
 }

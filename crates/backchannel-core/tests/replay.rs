@@ -5,17 +5,18 @@
 
 use backchannel_codec::{PartyId, PrincipalId, RoomId, StatementId};
 use backchannel_core::replay::{
-    Accepted, CommitFailureRecord, Equivocation, HistoryShare, LoggedStatement, Phase, Rejected,
-    Replay,
+    Accepted, AuthorityPass, CommitFailureRecord, Equivocation, HistoryShare, KeyRole,
+    LoggedStatement, Phase, Rejected, Replay,
 };
 use backchannel_crypto::{Digest, Signer};
 use backchannel_statement::LifecyclePhase::{Closed, Concluded, Resumed, Suspended};
 use backchannel_statement::fixtures::{self, LETTER, PLENARY, key, labels::*};
-use backchannel_statement::roster::{GroundRules, RoomDecl, RoomPurpose};
+use backchannel_statement::roster::{ChangeRule, GroundRules, RoomDecl, RoomPurpose};
 use backchannel_statement::{
-    Acceptance, Act, Audience, CommitFailure, Conveyed, DeviceCert, HistoryShared, LifecycleChange,
-    LifecyclePhase, MemberCert, Message, Payload, Receipt, ReceiptKind, Revoke, RevokeReason, Role,
-    SessionConsent, SignedStatement, StatementType,
+    Acceptance, Act, Audience, AuthorityPassed, CommitFailure, Conveyed, DeviceCert, Endorsement,
+    HistoryShared, LifecycleChange, LifecyclePhase, MemberCert, Message, PassedHow, Payload,
+    Receipt, ReceiptKind, Revoke, RevokeReason, Role, SessionConsent, SignedStatement,
+    StatementType,
 };
 
 /// A new US negotiator's identity key, and its devices.
@@ -108,7 +109,8 @@ impl Log {
     fn party(&self, signer: u8) -> PartyId {
         match signer {
             OMAN_TALKS | OMAN_LEAD | OMAN_LEAD_DEVICE => self.t.oman,
-            US_TALKS | US_HEAD | US_HEAD_DEVICE | US_NEGOTIATOR | NEW_IDENTITY => self.t.us,
+            US_TALKS | US_TALKS_SUCCESSOR | US_HEAD | US_HEAD_DEVICE | US_NEGOTIATOR
+            | NEW_IDENTITY => self.t.us,
             _ => self.t.iran,
         }
     }
@@ -1859,4 +1861,549 @@ fn history_is_shared_while_suspended_or_concluded_but_not_once_closed() {
         .map(|h| (h.seq, h.until))
         .collect();
     assert_eq!(kept, [(2, 2), (4, 4)]);
+}
+
+// --- Authority passed (rule 16) ---------------------------------------------------
+
+/// A successor to Oman's talks authority (tests only).
+const OMAN_TALKS_SUCCESSOR: u8 = 0x27;
+/// A US member certified by the successor talks authority.
+const SUCCESSOR_MEMBER: PrincipalId = PrincipalId([0xa7; 16]);
+const SUCCESSOR_MEMBER_IDENTITY: u8 = 0x38;
+
+/// What an authority pass carries, by key label: the author, the party, the
+/// old and new keys, how, who signs as the new key, who certifies as the
+/// long-term authority, and each endorsement as (key, signer).
+struct Pass {
+    author: u8,
+    party: PartyId,
+    old: u8,
+    new: u8,
+    how: PassedHow,
+    new_signer: u8,
+    cert: Option<u8>,
+    endorsers: Vec<(u8, u8)>,
+}
+
+impl Pass {
+    /// The US talks authority handed over by the old key to the successor.
+    fn handed_over(l: &Log) -> Self {
+        Self {
+            author: US_TALKS,
+            party: l.t.us,
+            old: US_TALKS,
+            new: US_TALKS_SUCCESSOR,
+            how: PassedHow::HandedOver,
+            new_signer: US_TALKS_SUCCESSOR,
+            cert: None,
+            endorsers: vec![],
+        }
+    }
+    /// The US talks authority re-appointed by Oman, certified by the US
+    /// long-term authority and endorsed by Iran.
+    fn reappointed(l: &Log) -> Self {
+        Self {
+            author: OMAN_TALKS,
+            how: PassedHow::Reappointed,
+            cert: Some(US_AUTHORITY),
+            endorsers: vec![(IRAN_TALKS, IRAN_TALKS)],
+            ..Self::handed_over(l)
+        }
+    }
+    fn payload(&self, l: &Log) -> AuthorityPassed {
+        let old = key(self.old).public_key().id();
+        let new = key(self.new).public_key();
+        let sign = |label: u8| {
+            AuthorityPassed::sign_transfer(&key(label), l.t.talks, self.party, &old, &new, self.how)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let mut endorsements: Vec<Endorsement> = self
+            .endorsers
+            .iter()
+            .map(|(k, signer)| Endorsement {
+                key: key(*k).public_key().id(),
+                signature: sign(*signer),
+            })
+            .collect();
+        endorsements.sort_by_key(|e| e.key);
+        AuthorityPassed::new(
+            self.party,
+            old,
+            new,
+            self.how,
+            sign(self.new_signer),
+            self.cert.map(sign),
+            endorsements,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+    /// The statement, by `author` for its party, to `rooms`.
+    fn to(&self, l: &Log, seed: u64, rooms: &[RoomId]) -> SignedStatement {
+        let party = match self.author {
+            OMAN_TALKS_SUCCESSOR => l.t.oman,
+            IRAN_TALKS_SUCCESSOR => l.t.iran,
+            a => l.party(a),
+        };
+        let audience = rooms.iter().map(|r| Audience::Room(*r)).collect();
+        l.t.statement_to(
+            seed,
+            &key(self.author),
+            party,
+            audience,
+            Payload::AuthorityPassed(self.payload(l)),
+        )
+    }
+    fn at(&self, l: &Log, seed: u64) -> (SignedStatement, Option<RoomId>) {
+        at(self.to(l, seed, &[l.t.record]))
+    }
+}
+
+impl Log {
+    /// A member certificate by `signer` (a US talks authority) for a new US member.
+    fn us_member_by(
+        &self,
+        seed: u64,
+        signer: u8,
+        principal: PrincipalId,
+        ident: u8,
+    ) -> SignedStatement {
+        let cert = MemberCert::new(
+            principal,
+            self.t.us,
+            Role::Negotiator,
+            key(ident).public_key(),
+            vec![],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.t
+            .statement(seed, &key(signer), self.t.us, Payload::MemberCert(cert))
+    }
+    /// Ground rules with `rule` as their change rule.
+    fn rules_changed_by(&self, rule: ChangeRule) -> SignedStatement {
+        let mut g = self.t.ground_rules.clone();
+        g.change_rule = rule;
+        self.rules_with(2, g)
+    }
+}
+
+#[test]
+fn a_handed_over_authority_signs_for_its_party_from_the_next_statement_and_the_old_key_no_more() {
+    let l = Log::new();
+    let t = &l.t;
+    let pass = Pass::handed_over(&l);
+    let old = key(US_TALKS).public_key().id();
+    let new = key(US_TALKS_SUCCESSOR).public_key();
+    let a = |seed, signer| {
+        let (r, g) = (l.roster(OMAN_TALKS), l.rules());
+        l.t.statement(
+            seed,
+            &key(signer),
+            t.us,
+            Payload::Acceptance(Acceptance {
+                roster: r.unverified().id,
+                roster_hash: r.hash(),
+                ground_rules: g.unverified().id,
+                ground_rules_hash: g.hash(),
+            }),
+        )
+    };
+    let log = vec![
+        at(l.roster(OMAN_TALKS)),
+        at(l.rules()),
+        // 2: the old key certifies a member before the pass.
+        at(l.member_cert(US_TALKS)),
+        // 3: the pass.
+        pass.at(&l, 600),
+        // 4, 5: the old key, after it: refused (a certificate, an acceptance).
+        at(l.us_member_by(601, US_TALKS, SUCCESSOR_MEMBER, SUCCESSOR_MEMBER_IDENTITY)),
+        at(a(602, US_TALKS)),
+        // 6..9: the new key certifies a member, accepts, revokes, suspends.
+        at(l.us_member_by(
+            603,
+            US_TALKS_SUCCESSOR,
+            SUCCESSOR_MEMBER,
+            SUCCESSOR_MEMBER_IDENTITY,
+        )),
+        at(a(604, US_TALKS_SUCCESSOR)),
+        // 8: the member the old key certified before the pass still signs.
+        at(l.device_cert(605, NEW_DEVICE, u64::MAX)),
+        at(l.revoke(US_TALKS_SUCCESSOR, true, NEW_DEVICE)),
+        at(l.lifecycle(606, US_TALKS_SUCCESSOR, Suspended)),
+        // 11: the same pass again is a copy, by a key that signs nothing now.
+        pass.at(&l, 600),
+    ];
+    let (replay, got) = verdicts(&log);
+    assert_eq!(
+        got[3],
+        Ok(Accepted::AuthorityPassed {
+            party: t.us,
+            old,
+            new: new.id(),
+        })
+    );
+    for seq in [0, 1, 2, 6, 7, 8, 9, 10] {
+        assert!(got[seq].is_ok(), "seq {seq}: {:?}", got[seq]);
+    }
+    for seq in [4, 5, 11] {
+        assert_eq!(
+            got[seq],
+            Err(Rejected::AuthorityRetired { passed_at: 3 }),
+            "seq {seq}"
+        );
+    }
+    let Err(e) = &got[4] else { unreachable!() };
+    assert!(
+        e.to_string()
+            .contains("passed its party's talks authority to a new key at seq 3"),
+        "{e}"
+    );
+    assert_eq!(
+        replay.authority_passes(),
+        [AuthorityPass {
+            seq: 3,
+            statement: log[3].0.unverified().id,
+            party: t.us,
+            old,
+            new,
+            how: PassedHow::HandedOver,
+        }]
+    );
+    let old_state = replay.key(&old).unwrap_or_else(|| panic!("old key"));
+    assert_eq!(old_state.passed_at, Some(3));
+    assert_eq!(old_state.revoked_at, None);
+    assert_eq!(old_state.retired_at(), Some(3));
+    let new_state = replay.key(&new.id()).unwrap_or_else(|| panic!("new key"));
+    assert_eq!(new_state.role, KeyRole::TalksAuthority { party: t.us });
+    assert_eq!(new_state.valid_from, 3);
+    assert_eq!(replay.talks_authority(t.us).map(|k| k.key), Some(new));
+    assert_eq!(
+        replay.talks_authority(t.iran).map(|k| k.key),
+        Some(key(IRAN_TALKS).public_key())
+    );
+    // Certified before the pass by the old key, still valid.
+    let member = replay
+        .key(&key(NEW_IDENTITY).public_key().id())
+        .unwrap_or_else(|| panic!("member"));
+    assert_eq!((member.valid_from, member.revoked_at), (2, None));
+    assert!(
+        replay
+            .key(&key(SUCCESSOR_MEMBER_IDENTITY).public_key().id())
+            .is_some()
+    );
+    assert_eq!(replay.accepted_by(), [t.us]);
+    assert_eq!(replay.phase(), &Phase::Suspended { by: t.us, at: 10 });
+}
+
+#[test]
+fn a_re_appointed_authority_needs_the_long_term_authority_and_the_change_rules_endorsements() {
+    let l = Log::new();
+    // All parties (the fixture's rule): Iran endorses.
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.rules()),
+            Pass::reappointed(&l).at(&l, 610),
+            at(l.us_member_by(611, US_TALKS, SUCCESSOR_MEMBER, SUCCESSOR_MEMBER_IDENTITY)),
+            at(l.us_member_by(
+                612,
+                US_TALKS_SUCCESSOR,
+                SUCCESSOR_MEMBER,
+                SUCCESSOR_MEMBER_IDENTITY,
+            )),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err("passed its party's talks authority to a new key at seq 2"),
+            Ok(()),
+        ],
+    );
+    assert_eq!(
+        replay
+            .authority_passes()
+            .iter()
+            .map(|p| (p.seq, p.how))
+            .collect::<Vec<_>>(),
+        [(2, PassedHow::Reappointed)]
+    );
+    // Mediator and affected parties: no endorsement needed, but one given
+    // must count.
+    let bare = Pass {
+        endorsers: vec![],
+        ..Pass::reappointed(&l)
+    };
+    let forged = Pass {
+        endorsers: vec![(IRAN_TALKS, IRAN_AUTHORITY)],
+        ..Pass::reappointed(&l)
+    };
+    check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.rules_changed_by(ChangeRule::MediatorAndAffectedParties)),
+            forged.at(&l, 613),
+            bare.at(&l, 614),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Err("its signature over the transfer does not verify"),
+            Ok(()),
+        ],
+    );
+    // No ground rules yet: all parties.
+    check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            bare.at(&l, 615),
+            Pass::reappointed(&l).at(&l, 616),
+        ],
+        &[
+            Ok(()),
+            Err("party 0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c has not endorsed it"),
+            Ok(()),
+        ],
+    );
+}
+
+#[test]
+fn an_authority_pass_is_refused_unless_every_part_fits() {
+    let l = Log::new();
+    let t = &l.t;
+    let h = || Pass::handed_over(&l);
+    let r = || Pass::reappointed(&l);
+    let other_party = PartyId([0xee; 16]);
+    let log = vec![
+        at(l.roster(OMAN_TALKS)),
+        at(l.rules()),
+        // 2: handed over, signed by another party's talks authority.
+        Pass {
+            author: IRAN_TALKS,
+            ..h()
+        }
+        .at(&l, 620),
+        // 3: re-appointed by a party that is no mediator team.
+        Pass {
+            author: IRAN_TALKS,
+            ..r()
+        }
+        .at(&l, 621),
+        // 4: by a member's identity key.
+        Pass {
+            author: OMAN_LEAD,
+            ..r()
+        }
+        .at(&l, 622),
+        // 5: the old key is not the party's talks authority.
+        Pass {
+            old: IRAN_TALKS,
+            ..r()
+        }
+        .at(&l, 623),
+        // 6, 7: the new key is a known key, or a roster long-term authority.
+        Pass {
+            new: US_HEAD,
+            new_signer: US_HEAD,
+            ..h()
+        }
+        .at(&l, 624),
+        Pass {
+            new: US_AUTHORITY,
+            new_signer: US_AUTHORITY,
+            ..h()
+        }
+        .at(&l, 625),
+        // 8: the new key did not sign.
+        Pass {
+            new_signer: IRAN_TALKS_SUCCESSOR,
+            ..h()
+        }
+        .at(&l, 626),
+        // 9: another long-term authority certifies.
+        Pass {
+            cert: Some(IRAN_AUTHORITY),
+            ..r()
+        }
+        .at(&l, 627),
+        // 10: all parties, no endorsement.
+        Pass {
+            endorsers: vec![],
+            ..r()
+        }
+        .at(&l, 628),
+        // 11, 12, 13: endorsed by an identity key, by the party itself, with
+        // a signature by another key.
+        Pass {
+            endorsers: vec![(IRAN_HEAD, IRAN_HEAD)],
+            ..r()
+        }
+        .at(&l, 629),
+        Pass {
+            endorsers: vec![(IRAN_TALKS, IRAN_TALKS), (US_TALKS, US_TALKS)],
+            ..r()
+        }
+        .at(&l, 630),
+        Pass {
+            endorsers: vec![(IRAN_TALKS, IRAN_AUTHORITY)],
+            ..r()
+        }
+        .at(&l, 631),
+        // 14: a party the roster does not declare.
+        Pass {
+            party: other_party,
+            ..r()
+        }
+        .at(&l, 632),
+        // 15: outside the record room.
+        (h().to(&l, 633, &[t.record, t.us_caucus]), Some(t.us_caucus)),
+        // 16: an endorsement by a key replay does not know.
+        Pass {
+            endorsers: vec![(0x99, 0x99)],
+            ..r()
+        }
+        .at(&l, 634),
+        // 17: the valid hand-over.
+        h().at(&l, 635),
+        // 18: the old key again, now passed on.
+        r().at(&l, 636),
+        // 19, 20: Iran re-appointed: endorsed by the retired US key, then by
+        // the current one.
+        Pass {
+            party: t.iran,
+            old: IRAN_TALKS,
+            new: IRAN_TALKS_SUCCESSOR,
+            new_signer: IRAN_TALKS_SUCCESSOR,
+            cert: Some(IRAN_AUTHORITY),
+            endorsers: vec![(US_TALKS, US_TALKS)],
+            ..r()
+        }
+        .at(&l, 637),
+        Pass {
+            party: t.iran,
+            old: IRAN_TALKS,
+            new: IRAN_TALKS_SUCCESSOR,
+            new_signer: IRAN_TALKS_SUCCESSOR,
+            cert: Some(IRAN_AUTHORITY),
+            endorsers: vec![(US_TALKS_SUCCESSOR, US_TALKS_SUCCESSOR)],
+            ..r()
+        }
+        .at(&l, 638),
+        // 21: a re-appointment by the re-appointed party's own new key? No:
+        // the US successor is no mediator team.
+        Pass {
+            author: US_TALKS_SUCCESSOR,
+            old: US_TALKS_SUCCESSOR,
+            new: 0x28,
+            new_signer: 0x28,
+            ..r()
+        }
+        .at(&l, 639),
+    ];
+    let expect: &[Result<(), &str>] = &[
+        Ok(()),
+        Ok(()),
+        Err("a handed-over talks authority is passed by the old key itself"),
+        Err("re-appointed by another mediator team's talks authority"),
+        Err("a talks authority passes only by a talks authority's statement"),
+        Err("the old key is not the party's talks authority at this seq"),
+        Err("the new key is already known"),
+        Err("the new key is already known"),
+        Err("the new key's signature over the transfer does not verify"),
+        Err("the party's long-term authority certification does not verify"),
+        Err("party 0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c has not endorsed it"),
+        Err("it is not a talks authority"),
+        Err("it speaks for the party itself or the re-appointing mediator team"),
+        Err("its signature over the transfer does not verify"),
+        Err("it names a party the roster does not declare"),
+        Err("a authority-passed statement is a formal act"),
+        Err("replay does not know the key"),
+        Ok(()),
+        Err("the old key is not the party's talks authority at this seq"),
+        Err("it is not its party's talks authority at this seq"),
+        Ok(()),
+        Err("re-appointed by another mediator team's talks authority"),
+    ];
+    let replay = check(&log, expect);
+    let (_, got) = verdicts(&log);
+    assert!(matches!(got[2], Err(Rejected::NotEntitled(_))));
+    assert!(matches!(got[10], Err(Rejected::MissingEndorsement { party }) if party == t.iran));
+    assert!(matches!(
+        got[13],
+        Err(Rejected::Endorsement { key: k, .. }) if k == key(IRAN_TALKS).public_key().id()
+    ));
+    assert_eq!(
+        got[15],
+        Err(Rejected::NotInRecordRoom {
+            statement: StatementType::AuthorityPassed
+        })
+    );
+    assert_eq!(
+        replay
+            .authority_passes()
+            .iter()
+            .map(|p| (p.seq, p.party, p.how))
+            .collect::<Vec<_>>(),
+        [
+            (17, t.us, PassedHow::HandedOver),
+            (20, t.iran, PassedHow::Reappointed)
+        ]
+    );
+    // Refused passes changed nothing: the keys they named are unknown.
+    assert!(replay.key(&key(0x28).public_key().id()).is_none());
+    assert_eq!(
+        replay.talks_authority(t.iran).map(|k| k.key),
+        Some(key(IRAN_TALKS_SUCCESSOR).public_key())
+    );
+}
+
+#[test]
+fn authority_passes_while_suspended_or_concluded_but_not_once_closed() {
+    let l = Log::new();
+    let t = &l.t;
+    let oman = Pass {
+        author: OMAN_TALKS,
+        party: t.oman,
+        old: OMAN_TALKS,
+        new: OMAN_TALKS_SUCCESSOR,
+        new_signer: OMAN_TALKS_SUCCESSOR,
+        ..Pass::handed_over(&l)
+    };
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.lifecycle(640, US_TALKS, Suspended)),
+            Pass::handed_over(&l).at(&l, 641),
+            at(l.lifecycle(642, OMAN_TALKS, Concluded)),
+            Pass {
+                party: t.iran,
+                old: IRAN_TALKS,
+                new: IRAN_TALKS_SUCCESSOR,
+                new_signer: IRAN_TALKS_SUCCESSOR,
+                cert: Some(IRAN_AUTHORITY),
+                endorsers: vec![(US_TALKS_SUCCESSOR, US_TALKS_SUCCESSOR)],
+                ..Pass::reappointed(&l)
+            }
+            .at(&l, 643),
+            at(l.lifecycle(644, OMAN_TALKS, Closed)),
+            oman.at(&l, 645),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err("no authority-passed statement is accepted while the talks are closed"),
+        ],
+    );
+    assert_eq!(
+        replay
+            .authority_passes()
+            .iter()
+            .map(|p| p.seq)
+            .collect::<Vec<_>>(),
+        [2, 4]
+    );
 }

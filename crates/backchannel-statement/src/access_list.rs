@@ -15,7 +15,14 @@
 //!   designated signer of every party it touches: whose entries it adds,
 //!   changes or removes, or who has a member in a room whose set of member
 //!   principals it changes. So no member of one party enters another party's rooms
-//!   without that party's signature, whatever the mediator signs.
+//!   without that party's signature, whatever the mediator signs;
+//! - except one narrow case: a change that only replaces a party's
+//!   designated signer (one entry with [`FLAG_DESIGNATED_SIGNER`] removed,
+//!   one new key with the same principal, party, rooms and flags added),
+//!   not signed by that party, needs a mediator's designated signer and
+//!   the designated signer of every other party on the list. This seats a
+//!   re-appointed talks authority (`authority-passed`) when the old key
+//!   can no longer sign.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -360,6 +367,38 @@ impl AccessList {
             return Ok(next);
         }
 
+        // A party's designated signer replaced, when that signer can no
+        // longer sign (a re-appointed talks authority): a mediator plus
+        // every other party on the list.
+        if let Some(replaced) = self.replaced_signer(delta)
+            && !designated(replaced.party)
+        {
+            let mediator = signers
+                .iter()
+                .any(|s| s.has(FLAG_MEDIATOR) && s.has(FLAG_DESIGNATED_SIGNER));
+            if !mediator {
+                return Err(AccessListError::MissingSignature(format!(
+                    "replacing the designated signer of party {} without its signature needs a mediator's designated signer",
+                    replaced.party
+                )));
+            }
+            let others: BTreeSet<PartyId> = self
+                .entries
+                .iter()
+                .map(|e| e.party)
+                .filter(|p| *p != replaced.party)
+                .collect();
+            for party in others {
+                if !designated(party) {
+                    return Err(AccessListError::MissingSignature(format!(
+                        "replacing the designated signer of party {} without its signature needs every other party's designated signer; party {party} has not signed",
+                        replaced.party
+                    )));
+                }
+            }
+            return Ok(next);
+        }
+
         // Any other change: a mediator, plus every touched party.
         for room in changed_rooms(self, &next) {
             for e in self
@@ -400,6 +439,26 @@ impl AccessList {
             }
         }
         Ok(next)
+    }
+}
+
+impl AccessList {
+    /// The entry `delta` replaces, if the delta does nothing but replace
+    /// one designated signer's key: it removes exactly one entry `e` of
+    /// `self` with [`FLAG_DESIGNATED_SIGNER`] and upserts exactly one key
+    /// not on `self`, with `e`'s principal, party, rooms and flags.
+    fn replaced_signer(&self, delta: &AccessListDelta) -> Option<&AccessEntry> {
+        let ([removed], [added]) = (delta.remove.as_slice(), delta.upsert.as_slice()) else {
+            return None;
+        };
+        let e = self.get(removed)?;
+        let same = e.has(FLAG_DESIGNATED_SIGNER)
+            && self.get(&added.key_id()).is_none()
+            && added.principal == e.principal
+            && added.party == e.party
+            && added.rooms == e.rooms
+            && added.flags == e.flags;
+        same.then_some(e)
     }
 }
 

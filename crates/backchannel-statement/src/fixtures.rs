@@ -84,7 +84,8 @@ pub struct Talks {
 }
 
 /// Key labels: long-term authority 1x, talks authority 2x, identity 3x, device 4x;
-/// x = 1 Oman lead, 2 US head, 3 Iran head, 4 US negotiator.
+/// x = 1 Oman lead, 2 US head, 3 Iran head, 4 US negotiator; talks
+/// authority successors 25 (US) and 26 (Iran).
 pub mod labels {
     /// Oman's long-term authority.
     pub const OMAN_AUTHORITY: u8 = 0x11;
@@ -98,6 +99,11 @@ pub mod labels {
     pub const US_TALKS: u8 = 0x22;
     /// Iran's talks authority.
     pub const IRAN_TALKS: u8 = 0x23;
+    /// A successor to the US talks authority (not in the roster: an
+    /// `authority-passed` statement names it).
+    pub const US_TALKS_SUCCESSOR: u8 = 0x25;
+    /// A successor to Iran's talks authority (not in the roster).
+    pub const IRAN_TALKS_SUCCESSOR: u8 = 0x26;
     /// Oman lead mediator's identity key.
     pub const OMAN_LEAD: u8 = 0x31;
     /// US head's identity key.

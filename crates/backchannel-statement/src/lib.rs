@@ -10,7 +10,8 @@
 //!   [`AccessListChange`], [`DeviceCert`], [`MemberCert`], [`Revoke`],
 //!   [`LifecycleChange`], and what people say in rooms: [`Message`],
 //!   [`Conveyed`], [`Receipt`], [`CommitFailure`], [`SessionConsent`];
-//!   and a member's hand-over of room history, [`HistoryShared`];
+//!   a member's hand-over of room history, [`HistoryShared`]; and the
+//!   succession of a party's talks authority, [`AuthorityPassed`];
 //! - [`StructuredText`] for prose, with NFC and bidi-control checks and a
 //!   [`confusables`] detector;
 //! - the [`AccessList`] (the only roster-derived thing the node parses) and
@@ -25,6 +26,7 @@
 //! known-answer vectors.
 
 pub mod access_list;
+pub mod authority;
 pub mod certs;
 #[cfg(feature = "test-fixtures")]
 #[doc(hidden)]
@@ -47,6 +49,7 @@ pub mod text;
 pub use access_list::{
     AccessEntry, AccessList, AccessListChange, AccessListDelta, AccessListError,
 };
+pub use authority::{AuthorityError, AuthorityPassed, Endorsement, PassedHow};
 pub use certs::{DeviceCert, MemberCert, Revoke, RevokeReason};
 pub use header::{Commitment, Header, Kind, Salt, Severity, SignedHeader};
 pub use history::{HistoryError, HistoryShared};
@@ -71,6 +74,7 @@ pub fn contexts() -> Vec<backchannel_crypto::Context> {
     let mut v: Vec<_> = StatementType::ALL.iter().map(|t| t.context()).collect();
     v.extend([
         access_list::ACCESS_LIST_CONTEXT,
+        authority::AUTHORITY_PASSED_CONTEXT,
         invitation::INVITATION_CONTEXT,
         header::ENVELOPE_CONTEXT,
         header::COMMITMENT_CONTEXT,

@@ -5,6 +5,7 @@ use backchannel_codec::{Decode, DecodeError, Encode, Reader, StatementId, Writer
 use backchannel_crypto::{Context, Digest};
 
 use crate::access_list::AccessListChange;
+use crate::authority::AuthorityPassed;
 use crate::certs::{DeviceCert, MemberCert, Revoke};
 use crate::history::HistoryShared;
 use crate::lifecycle::LifecycleChange;
@@ -42,11 +43,13 @@ pub enum StatementType {
     SessionConsent,
     /// A member handed the history of rooms over to a successor.
     HistoryShared,
+    /// A party's talks authority passed to a new key.
+    AuthorityPassed,
 }
 
 impl StatementType {
     /// Every type of this version.
-    pub const ALL: [StatementType; 14] = [
+    pub const ALL: [StatementType; 15] = [
         StatementType::Roster,
         StatementType::GroundRules,
         StatementType::Acceptance,
@@ -61,6 +64,7 @@ impl StatementType {
         StatementType::CommitFailure,
         StatementType::SessionConsent,
         StatementType::HistoryShared,
+        StatementType::AuthorityPassed,
     ];
 
     /// The type's code in the frame.
@@ -80,6 +84,7 @@ impl StatementType {
             StatementType::CommitFailure => 12,
             StatementType::SessionConsent => 13,
             StatementType::HistoryShared => 14,
+            StatementType::AuthorityPassed => 15,
         }
     }
 
@@ -105,6 +110,7 @@ impl StatementType {
             StatementType::CommitFailure => "commit-failure",
             StatementType::SessionConsent => "session-consent",
             StatementType::HistoryShared => "history-shared",
+            StatementType::AuthorityPassed => "authority-passed",
         }
     }
 
@@ -129,6 +135,9 @@ impl StatementType {
                 Context::new("backchannel/v1/statement/session-consent")
             }
             StatementType::HistoryShared => Context::new("backchannel/v1/statement/history-shared"),
+            StatementType::AuthorityPassed => {
+                Context::new("backchannel/v1/statement/authority-passed")
+            }
         }
     }
 }
@@ -199,6 +208,8 @@ pub enum Payload {
     SessionConsent(SessionConsent),
     /// See [`HistoryShared`].
     HistoryShared(HistoryShared),
+    /// See [`AuthorityPassed`].
+    AuthorityPassed(AuthorityPassed),
 }
 
 impl Payload {
@@ -219,6 +230,7 @@ impl Payload {
             Payload::CommitFailure(_) => StatementType::CommitFailure,
             Payload::SessionConsent(_) => StatementType::SessionConsent,
             Payload::HistoryShared(_) => StatementType::HistoryShared,
+            Payload::AuthorityPassed(_) => StatementType::AuthorityPassed,
         }
     }
 
@@ -259,6 +271,9 @@ impl Payload {
             StatementType::HistoryShared => {
                 Payload::HistoryShared(HistoryShared::from_canonical_bytes(bytes)?)
             }
+            StatementType::AuthorityPassed => {
+                Payload::AuthorityPassed(AuthorityPassed::from_canonical_bytes(bytes)?)
+            }
         })
     }
 }
@@ -280,6 +295,7 @@ impl Encode for Payload {
             Payload::CommitFailure(p) => p.encode(w),
             Payload::SessionConsent(p) => p.encode(w),
             Payload::HistoryShared(p) => p.encode(w),
+            Payload::AuthorityPassed(p) => p.encode(w),
         }
     }
 }

@@ -1,8 +1,12 @@
 //! Statement frame, payloads, access lists and headers, end to end.
 
-use backchannel_codec::{Decode, Encode, PartyId, PrincipalId, RoomId, TalksId};
+use backchannel_codec::{
+    Decode, DecodeError, Encode, PartyId, PrincipalId, RoomId, TalksId, Writer,
+};
 use backchannel_crypto::{Digest, Signer, sha256};
-use backchannel_statement::access_list::{FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR};
+use backchannel_statement::access_list::{
+    FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
+};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::header::{BODY_BUCKETS, pad_body, unpad_body};
 use backchannel_statement::roster::MemberFields;
@@ -96,7 +100,42 @@ fn payloads(t: &fixtures::Talks) -> Vec<(u8, PartyId, Payload)> {
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
         ),
+        (
+            OMAN_TALKS,
+            t.oman,
+            Payload::AuthorityPassed(reappointed(t, &[IRAN_TALKS])),
+        ),
     ]
+}
+
+/// The US talks authority re-appointed by Oman: the successor's signature,
+/// the US long-term authority's certification, endorsements by `endorsers`.
+fn reappointed(t: &fixtures::Talks, endorsers: &[u8]) -> AuthorityPassed {
+    let old = key(US_TALKS).public_key().id();
+    let new = key(US_TALKS_SUCCESSOR).public_key();
+    let how = PassedHow::Reappointed;
+    let sign = |label: u8| {
+        AuthorityPassed::sign_transfer(&key(label), t.talks, t.us, &old, &new, how)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let mut endorsements: Vec<Endorsement> = endorsers
+        .iter()
+        .map(|l| Endorsement {
+            key: key(*l).public_key().id(),
+            signature: sign(*l),
+        })
+        .collect();
+    endorsements.sort_by_key(|e| e.key);
+    AuthorityPassed::new(
+        t.us,
+        old,
+        new,
+        how,
+        sign(US_TALKS_SUCCESSOR),
+        Some(sign(US_AUTHORITY)),
+        endorsements,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -574,6 +613,8 @@ fn fixture_keys_are_valid_and_distinct() {
         OMAN_TALKS,
         US_TALKS,
         IRAN_TALKS,
+        US_TALKS_SUCCESSOR,
+        IRAN_TALKS_SUCCESSOR,
         OMAN_LEAD,
         US_HEAD,
         IRAN_HEAD,
@@ -633,7 +674,6 @@ fn non_canonical_values_are_refused() {
 
 #[test]
 fn lifecycle_changes_round_trip_and_decode_strictly() {
-    use backchannel_codec::DecodeError;
     use backchannel_statement::lifecycle::MAX_REASON_BYTES;
 
     // Every phase, with reasons up to the limit, round-trips.
@@ -726,7 +766,7 @@ fn lifecycle_changes_round_trip_and_decode_strictly() {
         "backchannel/v1/statement/lifecycle"
     );
     assert_eq!(StatementType::from_code(8), Some(StatementType::Lifecycle));
-    assert_eq!(StatementType::from_code(15), None);
+    assert_eq!(StatementType::from_code(16), None);
     let decoded = SignedStatement::decode(signed.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(decoded, signed);
     // The payload is the frame's last field: its last byte, before the
@@ -954,4 +994,378 @@ fn history_shares_round_trip_and_decode_strictly() {
         SignedStatement::decode(&bytes),
         Err(DecodeError::Invalid { field: "until", .. })
     ));
+}
+
+#[test]
+fn authority_passes_round_trip_and_decode_strictly() {
+    let t = fixtures::talks();
+    let pass = reappointed(&t, &[IRAN_TALKS, OMAN_LEAD]);
+    let bytes = pass.to_canonical_bytes();
+    // party 16, old 32, new 32, how 1, signature 64, certification 1 + 64,
+    // endorsements 4 + 2 × 96.
+    assert_eq!(bytes.len(), 16 + 32 + 32 + 1 + 64 + 65 + 4 + 2 * 96);
+    assert_eq!(&bytes[..16], &t.us.0);
+    assert_eq!(bytes[80], 2);
+    assert_eq!(bytes[145], 1);
+    assert_eq!(
+        AuthorityPassed::from_canonical_bytes(&bytes),
+        Ok(pass.clone())
+    );
+    assert_eq!(pass.how(), PassedHow::Reappointed);
+    assert_eq!(pass.endorsements().len(), 2);
+    // Every signature is over the one transfer, under its own context.
+    let transfer = pass.transfer_bytes(t.talks);
+    assert_eq!(transfer.len(), authority::TRANSFER_LEN);
+    let mut want = t.talks.0.to_vec();
+    want.extend_from_slice(&t.us.0);
+    want.extend_from_slice(pass.old_key.as_bytes());
+    want.extend_from_slice(pass.new_key.as_bytes());
+    want.push(2);
+    assert_eq!(transfer, want);
+    assert_eq!(
+        authority::AUTHORITY_PASSED_CONTEXT.as_str(),
+        "backchannel/v1/authority-passed"
+    );
+    let us_authority = key(US_AUTHORITY).public_key();
+    assert_eq!(pass.verify(t.talks, &us_authority), Ok(()));
+    assert_eq!(
+        pass.verify(t.talks, &key(IRAN_AUTHORITY).public_key()),
+        Err(AuthorityError::BadCertification)
+    );
+    for e in pass.endorsements() {
+        let signer = [IRAN_TALKS, OMAN_LEAD]
+            .into_iter()
+            .map(|l| key(l).public_key())
+            .find(|k| k.id() == e.key)
+            .unwrap_or_else(|| panic!("endorser"));
+        assert!(pass.verify_by(t.talks, &signer, &e.signature).is_ok());
+        assert!(
+            pass.verify_by(TalksId([9; 16]), &signer, &e.signature)
+                .is_err()
+        );
+    }
+    // The new key's signature is bound to the way of passing.
+    let mut forged = bytes.clone();
+    forged[80] = 1;
+    // (That also breaks the shape: a certification on a hand-over.)
+    assert!(matches!(
+        AuthorityPassed::from_canonical_bytes(&forged),
+        Err(DecodeError::Invalid {
+            field: "authority certification",
+            ..
+        })
+    ));
+    let mut bad_sig = bytes.clone();
+    bad_sig[81] ^= 1;
+    let bad_sig = AuthorityPassed::from_canonical_bytes(&bad_sig).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        bad_sig.verify(t.talks, &us_authority),
+        Err(AuthorityError::BadNewKeySignature)
+    );
+
+    // Trailing bytes; truncation at every length.
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(
+        AuthorityPassed::from_canonical_bytes(&long),
+        Err(DecodeError::TrailingBytes { .. })
+    ));
+    for n in 0..bytes.len() {
+        assert!(AuthorityPassed::from_canonical_bytes(&bytes[..n]).is_err());
+    }
+
+    // Field by field, through a raw encoder.
+    let old = key(US_TALKS).public_key().id();
+    let new = key(US_TALKS_SUCCESSOR).public_key();
+    let sig = backchannel_crypto::Signature([0x5a; 64]);
+    let end = |l: u8| Endorsement {
+        key: key(l).public_key().id(),
+        signature: sig,
+    };
+    let (e1, e2) = {
+        let (a, b) = (end(IRAN_TALKS), end(OMAN_TALKS));
+        if a.key < b.key { (a, b) } else { (b, a) }
+    };
+    let raw = |old: &[u8], new: &[u8], how: u8, cert: Option<u8>, ends: &[Endorsement]| {
+        let mut w = Writer::new();
+        t.us.encode(&mut w);
+        w.raw(old);
+        w.raw(new);
+        w.u8(how);
+        sig.encode(&mut w);
+        match cert {
+            None => w.u8(0),
+            Some(b) => {
+                w.u8(b);
+                sig.encode(&mut w);
+            }
+        }
+        w.list(ends);
+        w.into_bytes()
+    };
+    let (o, n) = (old.as_bytes().as_slice(), new.as_bytes().as_slice());
+    // The good shapes decode.
+    assert!(AuthorityPassed::from_canonical_bytes(&raw(o, n, 1, None, &[])).is_ok());
+    assert!(AuthorityPassed::from_canonical_bytes(&raw(o, n, 2, Some(1), &[])).is_ok());
+    assert!(AuthorityPassed::from_canonical_bytes(&raw(o, n, 2, Some(1), &[e1, e2])).is_ok());
+    let refused = |bytes: Vec<u8>, field: &str| {
+        let got = AuthorityPassed::from_canonical_bytes(&bytes);
+        assert!(
+            matches!(
+                &got,
+                Err(DecodeError::Invalid { field: f, .. } | DecodeError::UnknownValue { field: f, .. }) if *f == field
+            ),
+            "{field}: {got:?}"
+        );
+    };
+    // how: 0, 3, 0xff.
+    for how in [0, 3, 0xff] {
+        refused(raw(o, n, how, None, &[]), "how");
+    }
+    // The new key is the old key.
+    refused(raw(new.id().as_bytes(), n, 1, None, &[]), "new key");
+    // Certification on a hand-over, missing on a re-appointment, presence byte 2.
+    refused(raw(o, n, 1, Some(1), &[]), "authority certification");
+    refused(raw(o, n, 2, None, &[]), "authority certification");
+    refused(raw(o, n, 2, Some(2), &[]), "authority certification");
+    // Endorsements on a hand-over; unsorted; twice.
+    refused(raw(o, n, 1, None, &[e1]), "endorsements");
+    refused(raw(o, n, 2, Some(1), &[e2, e1]), "endorsements");
+    refused(raw(o, n, 2, Some(1), &[e1, e1]), "endorsements");
+    // A new key that is not a valid public key (small order: the identity).
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    assert!(AuthorityPassed::from_canonical_bytes(&raw(o, &identity, 1, None, &[])).is_err());
+    // More than MAX_PARTIES endorsements.
+    let mut many = raw(o, n, 2, Some(1), &[]);
+    let count = many.len() - 4;
+    many.truncate(count);
+    many.extend_from_slice(&(roster::MAX_PARTIES as u32 + 1).to_be_bytes());
+    for i in 0..=roster::MAX_PARTIES {
+        many.extend_from_slice(&[i as u8; 32]);
+        many.extend_from_slice(&[0; 64]);
+    }
+    assert!(matches!(
+        AuthorityPassed::from_canonical_bytes(&many),
+        Err(DecodeError::TooLong { .. })
+    ));
+
+    // The constructor refuses what the decoder refuses.
+    let new_pass = |how, cert: Option<backchannel_crypto::Signature>, ends: Vec<Endorsement>| {
+        AuthorityPassed::new(t.us, old, new, how, sig, cert, ends)
+    };
+    assert_eq!(
+        AuthorityPassed::new(
+            t.us,
+            new.id(),
+            new,
+            PassedHow::HandedOver,
+            sig,
+            None,
+            vec![]
+        ),
+        Err(AuthorityError::SameKey)
+    );
+    assert_eq!(
+        new_pass(PassedHow::HandedOver, Some(sig), vec![]),
+        Err(AuthorityError::CertificationOnHandover)
+    );
+    assert_eq!(
+        new_pass(PassedHow::Reappointed, None, vec![]),
+        Err(AuthorityError::MissingCertification)
+    );
+    assert_eq!(
+        new_pass(PassedHow::HandedOver, None, vec![e1]),
+        Err(AuthorityError::EndorsementsOnHandover)
+    );
+    assert_eq!(
+        new_pass(PassedHow::Reappointed, Some(sig), vec![e2, e1]),
+        Err(AuthorityError::EndorsementsUnsorted)
+    );
+    let too_many: Vec<Endorsement> = (0..=roster::MAX_PARTIES)
+        .map(|i| Endorsement {
+            key: backchannel_crypto::KeyId(Digest([i as u8; 32])),
+            signature: sig,
+        })
+        .collect();
+    assert_eq!(
+        new_pass(PassedHow::Reappointed, Some(sig), too_many),
+        Err(AuthorityError::TooManyEndorsements)
+    );
+
+    // A hand-over carrying an endorsement, re-signed by its author: the
+    // frame does not decode, so replay never sees it.
+    let old_key = key(US_TALKS);
+    let hand_over = raw(o, n, 1, None, &[]);
+    let signed = t.statement(
+        10,
+        &old_key,
+        t.us,
+        Payload::AuthorityPassed(
+            AuthorityPassed::from_canonical_bytes(&hand_over).unwrap_or_else(|e| panic!("{e}")),
+        ),
+    );
+    let mut frame = signed.frame().to_vec();
+    let at = frame.len() - hand_over.len() - 4;
+    assert_eq!(&frame[at + 4..], &hand_over[..]);
+    frame.truncate(at);
+    let with_endorsement = raw(o, n, 1, None, &[e1]);
+    frame.extend_from_slice(&(with_endorsement.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&with_endorsement);
+    let sig = old_key
+        .sign(StatementType::AuthorityPassed.context(), &frame)
+        .unwrap_or_else(|e| panic!("{e}"));
+    frame.extend_from_slice(sig.as_bytes());
+    assert!(matches!(
+        SignedStatement::decode(&frame),
+        Err(DecodeError::Invalid {
+            field: "endorsements",
+            ..
+        })
+    ));
+
+    // In a statement: type 15, its own context.
+    let signed = t.statement(9, &key(OMAN_TALKS), t.oman, Payload::AuthorityPassed(pass));
+    assert_eq!(StatementType::AuthorityPassed.code(), 15);
+    assert_eq!(StatementType::AuthorityPassed.name(), "authority-passed");
+    assert_eq!(
+        StatementType::AuthorityPassed.context().as_str(),
+        "backchannel/v1/statement/authority-passed"
+    );
+    assert_eq!(
+        StatementType::from_code(15),
+        Some(StatementType::AuthorityPassed)
+    );
+    assert_eq!(StatementType::from_code(16), None);
+    assert!(
+        signed
+            .verify(t.talks, &key(OMAN_TALKS).public_key())
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
+    let t = fixtures::talks();
+    let list = t
+        .roster
+        .verify_for(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = Change {
+        talks: &t,
+        list: list.clone(),
+    };
+    let us_signer = list
+        .get(&key(US_TALKS).public_key().id())
+        .cloned()
+        .unwrap_or_else(|| panic!("the US talks authority is on the list"));
+    let entry = |label: u8, principal: PrincipalId, rooms: Vec<RoomId>, flags: u8| {
+        AccessEntry::new(key(label).public_key(), principal, t.us, rooms, flags)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let successor = entry(
+        US_TALKS_SUCCESSOR,
+        us_signer.principal,
+        us_signer.rooms().to_vec(),
+        us_signer.flags,
+    );
+    let replace = || (vec![US_TALKS], vec![successor.clone()]);
+    // The mediator and every other party (Iran) sign: accepted, without the US.
+    let (r, u) = replace();
+    c.check(r, u, &[OMAN_TALKS, IRAN_TALKS], Ok(()));
+    let delta = AccessListDelta::new(
+        t.talks,
+        list.hash(),
+        vec![key(US_TALKS).public_key().id()],
+        vec![successor.clone()],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sigs = [OMAN_TALKS, IRAN_TALKS]
+        .iter()
+        .map(|l| delta.sign(&key(*l)).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let next = list
+        .apply(&AccessListChange::new(delta, sigs).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(next.get(&key(US_TALKS).public_key().id()).is_none());
+    assert!(
+        next.get(&key(US_TALKS_SUCCESSOR).public_key().id())
+            .is_some_and(|e| e.has(FLAG_DESIGNATED_SIGNER) && e.party == t.us)
+    );
+    // One other party missing: refused; the mediator missing: refused.
+    let (r, u) = replace();
+    c.check(r, u, &[OMAN_TALKS], Err("party 0c0c"));
+    let (r, u) = replace();
+    c.check(r, u, &[IRAN_TALKS], Err("mediator's designated signer"));
+    // A mediator's device is not its designated signer.
+    let (r, u) = replace();
+    c.check(
+        r,
+        u,
+        &[OMAN_LEAD_DEVICE, IRAN_TALKS],
+        Err("mediator's designated signer"),
+    );
+    // Anything more than the replacement: the ordinary rule, which needs the US.
+    let extra = entry(0x94, fixtures::PRINCIPALS[1], vec![t.record], FLAG_DEVICE);
+    c.check(
+        vec![US_TALKS],
+        vec![successor.clone(), extra],
+        &[OMAN_TALKS, IRAN_TALKS],
+        Err("designated signer has not signed"),
+    );
+    c.check(
+        vec![US_TALKS, US_HEAD_DEVICE],
+        vec![successor.clone()],
+        &[OMAN_TALKS, IRAN_TALKS],
+        Err("designated signer has not signed"),
+    );
+    // Other rooms, other flags, another principal: the ordinary rule.
+    for other in [
+        entry(
+            US_TALKS_SUCCESSOR,
+            us_signer.principal,
+            vec![t.us_caucus],
+            us_signer.flags,
+        ),
+        entry(
+            US_TALKS_SUCCESSOR,
+            us_signer.principal,
+            vec![],
+            us_signer.flags | FLAG_MAY_PROPOSE,
+        ),
+        entry(
+            US_TALKS_SUCCESSOR,
+            fixtures::PRINCIPALS[1],
+            vec![],
+            us_signer.flags,
+        ),
+    ] {
+        c.check(
+            vec![US_TALKS],
+            vec![other],
+            &[OMAN_TALKS, IRAN_TALKS],
+            Err("designated signer has not signed"),
+        );
+    }
+    // Replacing a device (not a designated signer) that way: the ordinary rule.
+    let device = list
+        .get(&key(US_HEAD_DEVICE).public_key().id())
+        .cloned()
+        .unwrap_or_else(|| panic!("device"));
+    c.check(
+        vec![US_HEAD_DEVICE],
+        vec![entry(
+            0x95,
+            device.principal,
+            device.rooms().to_vec(),
+            device.flags,
+        )],
+        &[OMAN_TALKS, IRAN_TALKS],
+        Err("designated signer has not signed"),
+    );
+    // The ordinary path is unchanged: the old signer signs with the mediator.
+    let (r, u) = replace();
+    c.check(r, u, &[OMAN_TALKS, US_TALKS], Ok(()));
+    let (r, u) = replace();
+    c.check(r, u, &[US_TALKS], Err("mediator"));
 }

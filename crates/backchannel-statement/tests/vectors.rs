@@ -60,6 +60,32 @@ fn seed(target: &str, name: &str, bytes: &[u8]) {
     }
 }
 
+/// The US talks authority re-appointed by Oman: the successor's
+/// signature, the US long-term authority's certification, Iran's
+/// endorsement (the change rule of the fixture ground rules is all parties).
+fn reappointed_us_authority(t: &fixtures::Talks) -> AuthorityPassed {
+    let old = key(US_TALKS).public_key().id();
+    let new = key(US_TALKS_SUCCESSOR).public_key();
+    let how = PassedHow::Reappointed;
+    let sign = |label: u8| {
+        AuthorityPassed::sign_transfer(&key(label), t.talks, t.us, &old, &new, how)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    AuthorityPassed::new(
+        t.us,
+        old,
+        new,
+        how,
+        sign(US_TALKS_SUCCESSOR),
+        Some(sign(US_AUTHORITY)),
+        vec![Endorsement {
+            key: key(IRAN_TALKS).public_key().id(),
+            signature: sign(IRAN_TALKS),
+        }],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn stored_hex(name: &str, field: &str) -> Vec<u8> {
     let path = root()
         .join("test-vectors/statement")
@@ -407,6 +433,13 @@ fn statements() {
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
+            Markings::mediator_only(),
+        ),
+        (
+            "authority-passed",
+            OMAN_TALKS,
+            t.oman,
+            Payload::AuthorityPassed(reappointed_us_authority(&t)),
             Markings::mediator_only(),
         ),
     ];
