@@ -22,9 +22,12 @@
 //! in the chain vouches for; it was committed to in the header logged at
 //! `seq`, in the room named there, in the log whose checkpoint the node's
 //! log key signed and the listed witnesses cosigned. The chain's own
-//! statements are not proven to be in the log, and revocations later in the
-//! log are not visible in a bundle; a participant's replay of the whole
-//! record (client issue) is what decides those.
+//! statements are not proven to be in the log, revocations later in the
+//! log are not visible in a bundle, and an authority pass's endorsements
+//! are not checked; a participant's replay of the whole record (client
+//! issue) is what decides those. A talks authority an authority pass in the
+//! chain passes on vouches for nothing after it: it signs no later link,
+//! passes nothing again and is not accepted as the statement's author.
 //!
 //! An equivocation (one key, one statement id, two different statements:
 //! replay's `Rejected::Equivocation`) is shown with two ordinary bundles,
@@ -208,9 +211,11 @@ impl EvidenceBundle {
         // 3. The author's key is vouched for by the chain.
         let (roster, keys) = self.chain_keys(talks)?;
         let author_id = self.statement.unverified().author;
+        // A talks authority the chain passes on vouches for nothing after
+        // the pass; the chain cannot order the statement before it.
         let author = keys
             .iter()
-            .find(|k| k.key.id() == author_id)
+            .find(|k| k.key.id() == author_id && !k.passed)
             .copied()
             .ok_or(EvidenceError::UnknownAuthor)?;
         if matches!(author.holder, Holder::Device(_)) {
@@ -284,6 +289,7 @@ impl EvidenceBundle {
                 party: p.party,
                 holder: Holder::Authority,
                 not_after: None,
+                passed: false,
             });
         }
         for m in &roster.members {
@@ -292,19 +298,22 @@ impl EvidenceBundle {
                 party: m.party,
                 holder: Holder::Identity(m.principal),
                 not_after: None,
+                passed: false,
             });
             keys.extend(m.devices.iter().map(|d| ChainKey {
                 key: *d,
                 party: m.party,
                 holder: Holder::Device(m.principal),
                 not_after: None,
+                passed: false,
             }));
         }
         for cert in &self.chain[1..] {
             let author = cert.unverified().author;
+            // A key passed on earlier in the chain signs no later link.
             let signer = *keys
                 .iter()
-                .find(|k| k.key.id() == author)
+                .find(|k| k.key.id() == author && !k.passed)
                 .ok_or(EvidenceError::Chain)?;
             let verified = cert
                 .verify(talks, &signer.key)
@@ -332,6 +341,7 @@ impl EvidenceBundle {
                         party: c.party,
                         holder: Holder::Identity(c.principal),
                         not_after: c.not_after,
+                        passed: false,
                     });
                 }
                 // A device certificate, by the member's own identity key.
@@ -341,6 +351,7 @@ impl EvidenceBundle {
                         party: signer.party,
                         holder: Holder::Device(c.principal),
                         not_after: Some(c.not_after),
+                        passed: false,
                     });
                 }
                 // A talks authority passed on (replay rule 16): handed over by
@@ -352,11 +363,15 @@ impl EvidenceBundle {
                     if signer.holder == Holder::Authority
                         && passes_in_chain(talks, roster, &keys, &signer, p) =>
                 {
+                    for k in keys.iter_mut().filter(|k| k.key.id() == p.old_key) {
+                        k.passed = true;
+                    }
                     keys.push(ChainKey {
                         key: p.new_key,
                         party: p.party,
                         holder: Holder::Authority,
                         not_after: None,
+                        passed: false,
                     });
                 }
                 _ => return Err(EvidenceError::Chain),
@@ -445,13 +460,12 @@ pub fn verify_equivocation(
     })
 }
 
-/// Whether `principal` is already bound to a party other than `party`
-/// (a principal belongs to one party for the life of the talks).
 /// Whether an authority pass by `signer` holds as a chain link: the old key
-/// is a talks authority of the party the chain knows; handed over by that
-/// key, or re-appointed by another mediator team's talks authority; the new
-/// key's signature and (re-appointed) the long-term authority's
-/// certification verify.
+/// is a talks authority of the party the chain knows and has not passed on
+/// already; handed over by that key, or re-appointed by another mediator
+/// team's talks authority; the new key is no roster long-term authority
+/// key; the new key's signature and (re-appointed) the long-term
+/// authority's certification verify.
 fn passes_in_chain(
     talks: backchannel_codec::TalksId,
     roster: &Roster,
@@ -462,18 +476,21 @@ fn passes_in_chain(
     let Some(entry) = roster.parties.iter().find(|e| e.party == p.party) else {
         return false;
     };
-    let old_known = keys
-        .iter()
-        .any(|k| k.holder == Holder::Authority && k.party == p.party && k.key.id() == p.old_key);
+    let old_known = keys.iter().any(|k| {
+        k.holder == Holder::Authority && k.party == p.party && k.key.id() == p.old_key && !k.passed
+    });
+    let new_is_long_term = roster.parties.iter().any(|e| e.authority_key == p.new_key);
     let author_fits = match p.how() {
         PassedHow::HandedOver => signer.party == p.party && signer.key.id() == p.old_key,
         PassedHow::Reappointed => {
             signer.party != p.party && roster.party_kind(signer.party) == Some(PartyKind::Mediator)
         }
     };
-    old_known && author_fits && p.verify(talks, &entry.authority_key).is_ok()
+    old_known && !new_is_long_term && author_fits && p.verify(talks, &entry.authority_key).is_ok()
 }
 
+/// Whether `principal` is already bound to a party other than `party`
+/// (a principal belongs to one party for the life of the talks).
 fn principal_of_other_party(keys: &[ChainKey], principal: PrincipalId, party: PartyId) -> bool {
     keys.iter().any(|k| match k.holder {
         Holder::Identity(p) | Holder::Device(p) => p == principal && k.party != party,
@@ -496,6 +513,10 @@ struct ChainKey {
     holder: Holder,
     /// From its certificate, compared with the bundle's node time.
     not_after: Option<u64>,
+    /// A talks authority an authority pass earlier in the chain passed on:
+    /// it vouches for nothing after that link, passes nothing again and
+    /// does not author the statement.
+    passed: bool,
 }
 
 impl ChainKey {

@@ -112,16 +112,21 @@
 //!     and records: accepted while open, suspended or concluded.
 //! 16. **Authority passed.** An [`AuthorityPassed`] moves the talks
 //!     authority of a party the roster declares from `old_key` — its talks
-//!     authority valid at this seq — to `new_key`, a key replay does not
-//!     know in any role (nor a roster long-term authority key), whose
-//!     signature over the transfer must verify. *Handed over*: the author
-//!     is `old_key` itself. *Re-appointed*: the author is the current
+//!     authority valid at this seq and never passed on — to `new_key`, a
+//!     key replay does not know in any role (nor a roster long-term
+//!     authority key), whose signature over the transfer must verify.
+//!     *Handed over*: the author is `old_key` itself, which must not be
+//!     revoked. *Re-appointed*: `old_key` may be revoked (a party that
+//!     revoked its lost talks authority is re-appointed); the party is not
+//!     a mediator team (mediator teams change only with a new roster; a
+//!     mediator team may still hand over its own); the author is the current
 //!     talks authority of a mediator team other than the party; the party's
 //!     long-term authority (its roster `authority_key`) certifies the
 //!     transfer; every endorsement is by the current talks authority of a
 //!     party other than the party and the author's team, and verifies;
-//!     under the ground rules' change rule *all parties* (or before any
-//!     ground rules) every such party endorses. Otherwise
+//!     under the ground rules' change rule *all parties* — or before ground
+//!     rules every party has accepted ([`Replay::awaiting_acceptance`]
+//!     empty) — every such party endorses. Otherwise
 //!     [`Rejected::NotEntitled`], [`Rejected::AuthorityPassed`],
 //!     [`Rejected::Endorsement`] or [`Rejected::MissingEndorsement`].
 //!     From the next statement on the new key is the party's talks
@@ -1496,13 +1501,22 @@ impl Replay {
                 "it names a party the roster does not declare",
             ))?;
         // `author_at` already refused a retired or revoked author; the old
-        // key must be the party's talks authority valid at this seq.
+        // key must be the party's talks authority valid at this seq, never
+        // passed on (so its latest). Handed over, it must also be unrevoked
+        // (it signs the statement); re-appointed, a revoked one is passed
+        // on too: a party that revoked its lost talks authority is still
+        // re-appointed.
         let current =
             |k: &KeyState| k.valid_from <= seq && k.revoked_at.is_none() && k.passed_at.is_none();
-        let old_is_current = self.keys.get(&pass.old_key).is_some_and(|k| {
-            k.role == (KeyRole::TalksAuthority { party: pass.party }) && current(k)
+        let latest = |k: &KeyState| k.valid_from <= seq && k.passed_at.is_none();
+        let old_fits = self.keys.get(&pass.old_key).is_some_and(|k| {
+            k.role == (KeyRole::TalksAuthority { party: pass.party })
+                && match pass.how() {
+                    PassedHow::HandedOver => current(k),
+                    PassedHow::Reappointed => latest(k),
+                }
         });
-        if !old_is_current {
+        if !old_fits {
             return Err(Rejected::AuthorityPassed(
                 "the old key is not the party's talks authority at this seq",
             ));
@@ -1516,6 +1530,11 @@ impl Replay {
                 }
             }
             PassedHow::Reappointed => {
+                if entry.kind == PartyKind::Mediator {
+                    return Err(Rejected::AuthorityPassed(
+                        "a mediator team's talks authority is not re-appointed; mediator teams change only with a new roster",
+                    ));
+                }
                 if author_party == pass.party
                     || roster.party_kind(author_party) != Some(PartyKind::Mediator)
                 {
@@ -1580,10 +1599,14 @@ impl Replay {
                     })?;
                 endorsed.insert(party);
             }
-            let all_parties = self
+            // The ground rules' change rule counts once every party has
+            // accepted them; until then, all parties.
+            let accepted_rules = self
                 .ground_rules
                 .as_ref()
-                .is_none_or(|(_, g)| g.change_rule == ChangeRule::AllParties);
+                .filter(|_| self.awaiting_acceptance().is_empty());
+            let all_parties =
+                accepted_rules.is_none_or(|(_, g)| g.change_rule == ChangeRule::AllParties);
             if all_parties
                 && let Some(p) = roster.parties.iter().find(|p| {
                     p.party != pass.party && p.party != author_party && !endorsed.contains(&p.party)

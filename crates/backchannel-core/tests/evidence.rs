@@ -429,3 +429,103 @@ fn a_chain_runs_through_a_talks_authority_passed_on() {
         check(|b| b.chain = chain, "not signed by its certifier");
     }
 }
+
+/// An authority-pass link of the US talks authority from `old` to `new`
+/// (`how`, signed by `author` and by `new`; re-appointed, certified by the
+/// US long-term authority).
+fn pass_link(
+    seed: u64,
+    how: PassedHow,
+    author: u8,
+    old: u8,
+    new: u8,
+) -> backchannel_statement::SignedStatement {
+    let t = fixtures::talks();
+    let old = key(old).public_key().id();
+    let new_key = key(new).public_key();
+    let sign = |label: u8| {
+        AuthorityPassed::sign_transfer(&key(label), t.talks, t.us, &old, &new_key, how)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let cert = (how == PassedHow::Reappointed).then(|| sign(US_AUTHORITY));
+    let pass = AuthorityPassed::new(t.us, old, new_key, how, sign(new), cert, vec![])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let party = if author == OMAN_TALKS { t.oman } else { t.us };
+    t.statement(seed, &key(author), party, Payload::AuthorityPassed(pass))
+}
+
+/// The fixture's member certificate, signed by `signer` for the US.
+fn member_cert_by(seed: u64, signer: u8) -> backchannel_statement::SignedStatement {
+    let t = fixtures::talks();
+    let member = MemberCert::new(
+        fixtures::PRINCIPALS[3],
+        t.us,
+        Role::Negotiator,
+        key(NEW_IDENTITY).public_key(),
+        vec![Act::ProposeText],
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    t.statement(seed, &key(signer), t.us, Payload::MemberCert(member))
+}
+
+#[test]
+fn a_key_passed_on_in_the_chain_vouches_for_nothing_after_and_never_becomes_a_long_term_key() {
+    let f = fixture();
+    let roster = f.bundle.chain[0].clone();
+    const THIRD: u8 = 0x28;
+    let handed = pass_link(
+        30,
+        PassedHow::HandedOver,
+        US_TALKS,
+        US_TALKS,
+        US_TALKS_SUCCESSOR,
+    );
+    // The control: one pass, the new key certifies the member.
+    let mut b = f.bundle.clone();
+    b.chain = vec![
+        roster.clone(),
+        handed.clone(),
+        member_cert_by(31, US_TALKS_SUCCESSOR),
+    ];
+    b.verify(&f.node, &key(NODE_LOG).public_key(), &f.witnesses)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for chain in [
+        // The passed key passes again: handed over by itself, or
+        // re-appointed by Oman; then the third key certifies the member.
+        vec![
+            roster.clone(),
+            handed.clone(),
+            pass_link(32, PassedHow::HandedOver, US_TALKS, US_TALKS, THIRD),
+            member_cert_by(33, THIRD),
+        ],
+        vec![
+            roster.clone(),
+            handed.clone(),
+            pass_link(34, PassedHow::Reappointed, OMAN_TALKS, US_TALKS, THIRD),
+            member_cert_by(35, THIRD),
+        ],
+        // The passed key certifies the member after the pass.
+        vec![roster.clone(), handed.clone(), member_cert_by(36, US_TALKS)],
+        // The new key is the US long-term authority key (handed over, or
+        // re-appointed).
+        vec![
+            roster.clone(),
+            pass_link(37, PassedHow::HandedOver, US_TALKS, US_TALKS, US_AUTHORITY),
+            member_cert_by(38, US_AUTHORITY),
+        ],
+        vec![
+            roster.clone(),
+            pass_link(
+                39,
+                PassedHow::Reappointed,
+                OMAN_TALKS,
+                US_TALKS,
+                OMAN_AUTHORITY,
+            ),
+            member_cert_by(40, OMAN_AUTHORITY),
+        ],
+    ] {
+        check(|b| b.chain = chain, "not signed by its certifier");
+    }
+}

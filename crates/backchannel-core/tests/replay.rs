@@ -1871,6 +1871,34 @@ const OMAN_TALKS_SUCCESSOR: u8 = 0x27;
 const SUCCESSOR_MEMBER: PrincipalId = PrincipalId([0xa7; 16]);
 const SUCCESSOR_MEMBER_IDENTITY: u8 = 0x38;
 
+/// A second mediator team (tests only): its party, long-term and talks
+/// authority.
+const QATAR: PartyId = PartyId([0x0d; 16]);
+const QATAR_AUTHORITY: u8 = 0x14;
+const QATAR_TALKS: u8 = 0x24;
+
+/// The reference talks with a second mediator team, Qatar (no members).
+fn talks_with_two_mediator_teams() -> fixtures::Talks {
+    let mut t = fixtures::talks();
+    let qatar = backchannel_statement::roster::PartyEntry::certify(
+        t.talks,
+        QATAR,
+        backchannel_statement::PartyKind::Mediator,
+        "State of Qatar",
+        &key(QATAR_AUTHORITY),
+        key(QATAR_TALKS).public_key(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    t.roster.parties.push(qatar);
+    t.roster.parties.sort_by_key(|p| p.party);
+    t.roster.access_list_hash = t
+        .roster
+        .implied_access_list(t.talks)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .hash();
+    t
+}
+
 /// What an authority pass carries, by key label: the author, the party, the
 /// old and new keys, how, who signs as the new key, who certifies as the
 /// long-term authority, and each endorsement as (key, signer).
@@ -1941,6 +1969,7 @@ impl Pass {
     fn to(&self, l: &Log, seed: u64, rooms: &[RoomId]) -> SignedStatement {
         let party = match self.author {
             OMAN_TALKS_SUCCESSOR => l.t.oman,
+            QATAR_TALKS => QATAR,
             IRAN_TALKS_SUCCESSOR => l.t.iran,
             a => l.party(a),
         };
@@ -1978,6 +2007,20 @@ impl Log {
         .unwrap_or_else(|e| panic!("{e}"));
         self.t
             .statement(seed, &key(signer), self.t.us, Payload::MemberCert(cert))
+    }
+    /// An acceptance by `signer` of `self.roster(OMAN_TALKS)` and `rules`.
+    fn accept_rules(&self, seed: u64, signer: u8, rules: &SignedStatement) -> SignedStatement {
+        let r = self.roster(OMAN_TALKS);
+        self.acceptance(
+            seed,
+            signer,
+            Acceptance {
+                roster: r.unverified().id,
+                roster_hash: r.hash(),
+                ground_rules: rules.unverified().id,
+                ground_rules_hash: rules.hash(),
+            },
+        )
     }
     /// Ground rules with `rule` as their change rule.
     fn rules_changed_by(&self, rule: ChangeRule) -> SignedStatement {
@@ -2128,8 +2171,8 @@ fn a_re_appointed_authority_needs_the_long_term_authority_and_the_change_rules_e
             .collect::<Vec<_>>(),
         [(2, PassedHow::Reappointed)]
     );
-    // Mediator and affected parties: no endorsement needed, but one given
-    // must count.
+    // Mediator and affected parties, accepted by every party: no
+    // endorsement needed, but one given must count.
     let bare = Pass {
         endorsers: vec![],
         ..Pass::reappointed(&l)
@@ -2138,17 +2181,42 @@ fn a_re_appointed_authority_needs_the_long_term_authority_and_the_change_rules_e
         endorsers: vec![(IRAN_TALKS, IRAN_AUTHORITY)],
         ..Pass::reappointed(&l)
     };
+    let rules = l.rules_changed_by(ChangeRule::MediatorAndAffectedParties);
     check(
         &[
             at(l.roster(OMAN_TALKS)),
-            at(l.rules_changed_by(ChangeRule::MediatorAndAffectedParties)),
+            at(rules.clone()),
+            at(l.accept_rules(617, US_TALKS, &rules)),
+            at(l.accept_rules(618, IRAN_TALKS, &rules)),
             forged.at(&l, 613),
             bare.at(&l, 614),
         ],
         &[
             Ok(()),
             Ok(()),
+            Ok(()),
+            Ok(()),
             Err("its signature over the transfer does not verify"),
+            Ok(()),
+        ],
+    );
+    // Posted by the mediator but not yet accepted by every party (none,
+    // then the US alone): its change rule does not count yet; all parties.
+    check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(rules.clone()),
+            bare.at(&l, 619),
+            at(l.accept_rules(620, US_TALKS, &rules)),
+            bare.at(&l, 621),
+            Pass::reappointed(&l).at(&l, 622),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Err("party 0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c has not endorsed it"),
+            Ok(()),
+            Err("party 0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c has not endorsed it"),
             Ok(()),
         ],
     );
@@ -2355,6 +2423,120 @@ fn an_authority_pass_is_refused_unless_every_part_fits() {
         replay.talks_authority(t.iran).map(|k| k.key),
         Some(key(IRAN_TALKS_SUCCESSOR).public_key())
     );
+}
+
+#[test]
+fn a_mediator_teams_authority_is_handed_over_but_never_re_appointed() {
+    let l = Log::with(talks_with_two_mediator_teams());
+    let t = &l.t;
+    let oman = Pass {
+        party: t.oman,
+        old: OMAN_TALKS,
+        new: OMAN_TALKS_SUCCESSOR,
+        new_signer: OMAN_TALKS_SUCCESSOR,
+        ..Pass::handed_over(&l)
+    };
+    // Qatar re-appoints Oman's talks authority, certified by Oman's
+    // long-term authority and endorsed by every other party: refused.
+    let reappointed = Pass {
+        author: QATAR_TALKS,
+        how: PassedHow::Reappointed,
+        cert: Some(OMAN_AUTHORITY),
+        endorsers: vec![(US_TALKS, US_TALKS), (IRAN_TALKS, IRAN_TALKS)],
+        ..oman
+    };
+    // Qatar may re-appoint a delegation's, with Oman and Iran endorsing.
+    let us = Pass {
+        author: QATAR_TALKS,
+        endorsers: vec![(OMAN_TALKS, OMAN_TALKS), (IRAN_TALKS, IRAN_TALKS)],
+        ..Pass::reappointed(&l)
+    };
+    let replay = check(
+        &[
+            at(l.roster(OMAN_TALKS)),
+            at(l.rules()),
+            reappointed.at(&l, 650),
+            us.at(&l, 651),
+            Pass {
+                author: OMAN_TALKS,
+                ..oman
+            }
+            .at(&l, 652),
+        ],
+        &[
+            Ok(()),
+            Ok(()),
+            Err("a mediator team's talks authority is not re-appointed"),
+            Ok(()),
+            Ok(()),
+        ],
+    );
+    assert_eq!(
+        replay
+            .authority_passes()
+            .iter()
+            .map(|p| (p.seq, p.party, p.how))
+            .collect::<Vec<_>>(),
+        [
+            (3, t.us, PassedHow::Reappointed),
+            (4, t.oman, PassedHow::HandedOver)
+        ]
+    );
+}
+
+#[test]
+fn a_revoked_authority_is_re_appointed_but_not_handed_over() {
+    let l = Log::new();
+    let t = &l.t;
+    let log = vec![
+        at(l.roster(OMAN_TALKS)),
+        at(l.rules()),
+        // 2: the US revokes its lost talks authority.
+        at(l.revoke(US_TALKS, true, US_TALKS)),
+        // 3: the revoked key hands over: refused.
+        Pass::handed_over(&l).at(&l, 660),
+        // 4: re-appointed by Oman: accepted.
+        Pass::reappointed(&l).at(&l, 661),
+        // 5: the new key certifies a member.
+        at(l.us_member_by(
+            662,
+            US_TALKS_SUCCESSOR,
+            SUCCESSOR_MEMBER,
+            SUCCESSOR_MEMBER_IDENTITY,
+        )),
+        // 6: the revoked key, now passed on, re-appointed again: refused.
+        Pass {
+            new: 0x28,
+            new_signer: 0x28,
+            ..Pass::reappointed(&l)
+        }
+        .at(&l, 663),
+    ];
+    let replay = check(
+        &log,
+        &[
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err("the author's key was revoked at seq 2"),
+            Ok(()),
+            Ok(()),
+            Err("the old key is not the party's talks authority at this seq"),
+        ],
+    );
+    // Revoked, the party has no current talks authority; re-appointed, the
+    // new key is it.
+    let (before, _) = verdicts(&log[..4]);
+    assert!(before.talks_authority(t.us).is_none());
+    assert_eq!(
+        replay.talks_authority(t.us).map(|k| k.key),
+        Some(key(US_TALKS_SUCCESSOR).public_key())
+    );
+    let old = replay
+        .key(&key(US_TALKS).public_key().id())
+        .unwrap_or_else(|| panic!("old key"));
+    assert_eq!((old.revoked_at, old.passed_at), (Some(2), Some(4)));
+    assert_eq!(old.retired_at(), Some(2));
 }
 
 #[test]

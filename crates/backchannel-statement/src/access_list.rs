@@ -17,12 +17,15 @@
 //!   principals it changes. So no member of one party enters another party's rooms
 //!   without that party's signature, whatever the mediator signs;
 //! - except one narrow case: a change that only replaces a party's
-//!   designated signer (one entry with [`FLAG_DESIGNATED_SIGNER`] removed,
-//!   one new key with the same principal, party, rooms and flags added),
-//!   not signed by that party, needs a mediator's designated signer and
-//!   the designated signer of every other party on the list. This seats a
-//!   re-appointed talks authority (`authority-passed`) when the old key
-//!   can no longer sign.
+//!   talks-authority entry (one entry shaped as the roster implies a
+//!   non-mediator talks authority's: flags exactly
+//!   [`FLAG_DESIGNATED_SIGNER`], no rooms, principal id = party id; one new
+//!   key with an entry identical but for the key), not signed by that
+//!   party, needs the new key's own signature over the change (the one
+//!   signature allowed from a key not on the list), a mediator's
+//!   designated signer and the designated signer of every other party on
+//!   the list. This seats a re-appointed talks authority
+//!   (`authority-passed`) when the old key can no longer sign.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -301,18 +304,27 @@ impl AccessList {
         if delta.remove.is_empty() && delta.upsert.is_empty() {
             return Err(AccessListError::Empty);
         }
-        // Signatures: every one must be by a key on the current list and verify.
+        // Signatures: every one must be by a key on the current list and
+        // verify; the one exception is the new key's own signature on a
+        // replacement of a talks authority's entry (step 7), checked below.
+        let replacement = self.replaced_signer(delta);
         let message = delta.to_canonical_bytes();
         let mut signers = Vec::with_capacity(change.signatures.len());
+        let mut new_key_signed = false;
         for (key_id, sig) in &change.signatures {
-            let entry = self
-                .get(key_id)
-                .ok_or(AccessListError::UnknownSigner(*key_id))?;
-            entry
-                .key
-                .verify(ACCESS_LIST_CONTEXT, &message, sig)
+            let key = match (self.get(key_id), replacement) {
+                (Some(entry), _) => {
+                    signers.push(entry);
+                    &entry.key
+                }
+                (None, Some((_, added))) if added.key_id() == *key_id => {
+                    new_key_signed = true;
+                    &added.key
+                }
+                (None, _) => return Err(AccessListError::UnknownSigner(*key_id)),
+            };
+            key.verify(ACCESS_LIST_CONTEXT, &message, sig)
                 .map_err(|_| AccessListError::BadSignature(*key_id))?;
-            signers.push(entry);
         }
         let designated = |party: PartyId| {
             signers
@@ -367,36 +379,19 @@ impl AccessList {
             return Ok(next);
         }
 
-        // A party's designated signer replaced, when that signer can no
-        // longer sign (a re-appointed talks authority): a mediator plus
-        // every other party on the list.
-        if let Some(replaced) = self.replaced_signer(delta)
-            && !designated(replaced.party)
-        {
-            let mediator = signers
-                .iter()
-                .any(|s| s.has(FLAG_MEDIATOR) && s.has(FLAG_DESIGNATED_SIGNER));
-            if !mediator {
-                return Err(AccessListError::MissingSignature(format!(
-                    "replacing the designated signer of party {} without its signature needs a mediator's designated signer",
-                    replaced.party
-                )));
-            }
-            let others: BTreeSet<PartyId> = self
-                .entries
-                .iter()
-                .map(|e| e.party)
-                .filter(|p| *p != replaced.party)
-                .collect();
-            for party in others {
-                if !designated(party) {
-                    return Err(AccessListError::MissingSignature(format!(
-                        "replacing the designated signer of party {} without its signature needs every other party's designated signer; party {party} has not signed",
-                        replaced.party
-                    )));
+        // A party's talks-authority entry replaced, when that signer can no
+        // longer sign (a re-appointed talks authority): the new key itself,
+        // a mediator, and every other party on the list.
+        if let Some((replaced, added)) = replacement {
+            if designated(replaced.party) {
+                // The party signs: the ordinary rule, where a key not on
+                // the list signs nothing.
+                if new_key_signed {
+                    return Err(AccessListError::UnknownSigner(added.key_id()));
                 }
+            } else {
+                return self.apply_replacement(replaced, &signers, new_key_signed, next);
             }
-            return Ok(next);
         }
 
         // Any other change: a mediator, plus every touched party.
@@ -443,22 +438,76 @@ impl AccessList {
 }
 
 impl AccessList {
-    /// The entry `delta` replaces, if the delta does nothing but replace
-    /// one designated signer's key: it removes exactly one entry `e` of
-    /// `self` with [`FLAG_DESIGNATED_SIGNER`] and upserts exactly one key
-    /// not on `self`, with `e`'s principal, party, rooms and flags.
-    fn replaced_signer(&self, delta: &AccessListDelta) -> Option<&AccessEntry> {
+    /// The entries `delta` swaps, if it does nothing but replace one
+    /// talks-authority entry's key: it removes exactly one entry `e` of
+    /// `self` shaped as the roster implies a non-mediator talks
+    /// authority's (flags exactly [`FLAG_DESIGNATED_SIGNER`]: no
+    /// [`FLAG_MEDIATOR`], no [`FLAG_DEVICE`]; no rooms; principal id = party
+    /// id, see `Roster::implied_access_list`), and upserts exactly one key
+    /// not on `self` whose entry is `e`'s but for the key.
+    fn replaced_signer<'a>(
+        &'a self,
+        delta: &'a AccessListDelta,
+    ) -> Option<(&'a AccessEntry, &'a AccessEntry)> {
         let ([removed], [added]) = (delta.remove.as_slice(), delta.upsert.as_slice()) else {
             return None;
         };
         let e = self.get(removed)?;
-        let same = e.has(FLAG_DESIGNATED_SIGNER)
-            && self.get(&added.key_id()).is_none()
+        let authority_shape =
+            e.flags == FLAG_DESIGNATED_SIGNER && e.rooms.is_empty() && e.principal.0 == e.party.0;
+        let same_but_key = self.get(&added.key_id()).is_none()
             && added.principal == e.principal
             && added.party == e.party
             && added.rooms == e.rooms
             && added.flags == e.flags;
-        same.then_some(e)
+        (authority_shape && same_but_key).then_some((e, added))
+    }
+
+    /// Step 7 of the change rule: a talks-authority entry replaced without
+    /// its party's signature needs the new key's own signature, a
+    /// mediator's designated signer and every other party's.
+    fn apply_replacement(
+        &self,
+        replaced: &AccessEntry,
+        signers: &[&AccessEntry],
+        new_key_signed: bool,
+        next: AccessList,
+    ) -> Result<AccessList, AccessListError> {
+        if !new_key_signed {
+            return Err(AccessListError::MissingSignature(format!(
+                "replacing the designated signer of party {} without its signature needs the new key's own signature over the change",
+                replaced.party
+            )));
+        }
+        let designated = |party: PartyId| {
+            signers
+                .iter()
+                .any(|s| s.party == party && s.has(FLAG_DESIGNATED_SIGNER))
+        };
+        let mediator = signers
+            .iter()
+            .any(|s| s.has(FLAG_MEDIATOR) && s.has(FLAG_DESIGNATED_SIGNER));
+        if !mediator {
+            return Err(AccessListError::MissingSignature(format!(
+                "replacing the designated signer of party {} without its signature needs a mediator's designated signer",
+                replaced.party
+            )));
+        }
+        let others: BTreeSet<PartyId> = self
+            .entries
+            .iter()
+            .map(|e| e.party)
+            .filter(|p| *p != replaced.party)
+            .collect();
+        for party in others {
+            if !designated(party) {
+                return Err(AccessListError::MissingSignature(format!(
+                    "replacing the designated signer of party {} without its signature needs every other party's designated signer; party {party} has not signed",
+                    replaced.party
+                )));
+            }
+        }
+        Ok(next)
     }
 }
 

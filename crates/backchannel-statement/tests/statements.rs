@@ -3,7 +3,7 @@
 use backchannel_codec::{
     Decode, DecodeError, Encode, PartyId, PrincipalId, RoomId, TalksId, Writer,
 };
-use backchannel_crypto::{Digest, Signer, sha256};
+use backchannel_crypto::{Digest, KeyId, Signature, Signer, sha256};
 use backchannel_statement::access_list::{
     FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
 };
@@ -349,6 +349,27 @@ impl Change<'_> {
         signers: &[u8],
         expect: Result<(), &str>,
     ) {
+        self.check_signed(
+            remove,
+            upsert,
+            |delta| {
+                signers
+                    .iter()
+                    .map(|l| delta.sign(&key(*l)).unwrap_or_else(|e| panic!("{e}")))
+                    .collect()
+            },
+            expect,
+        );
+    }
+
+    /// As [`Change::check`], with the signatures `sign` makes for the delta.
+    fn check_signed(
+        &self,
+        remove: Vec<u8>,
+        upsert: Vec<AccessEntry>,
+        sign: impl FnOnce(&AccessListDelta) -> Vec<(KeyId, Signature)>,
+        expect: Result<(), &str>,
+    ) {
         let delta = AccessListDelta::new(
             self.talks.talks,
             self.list.hash(),
@@ -356,10 +377,7 @@ impl Change<'_> {
             upsert,
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let sigs = signers
-            .iter()
-            .map(|l| delta.sign(&key(*l)).unwrap_or_else(|e| panic!("{e}")))
-            .collect();
+        let sigs = sign(&delta);
         let change = AccessListChange::new(delta, sigs).unwrap_or_else(|e| panic!("{e}"));
         let decoded = AccessListChange::from_canonical_bytes(&change.to_canonical_bytes())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -1077,7 +1095,7 @@ fn authority_passes_round_trip_and_decode_strictly() {
     // Field by field, through a raw encoder.
     let old = key(US_TALKS).public_key().id();
     let new = key(US_TALKS_SUCCESSOR).public_key();
-    let sig = backchannel_crypto::Signature([0x5a; 64]);
+    let sig = Signature([0x5a; 64]);
     let end = |l: u8| Endorsement {
         key: key(l).public_key().id(),
         signature: sig,
@@ -1151,7 +1169,7 @@ fn authority_passes_round_trip_and_decode_strictly() {
     ));
 
     // The constructor refuses what the decoder refuses.
-    let new_pass = |how, cert: Option<backchannel_crypto::Signature>, ends: Vec<Endorsement>| {
+    let new_pass = |how, cert: Option<Signature>, ends: Vec<Endorsement>| {
         AuthorityPassed::new(t.us, old, new, how, sig, cert, ends)
     };
     assert_eq!(
@@ -1184,7 +1202,7 @@ fn authority_passes_round_trip_and_decode_strictly() {
     );
     let too_many: Vec<Endorsement> = (0..=roster::MAX_PARTIES)
         .map(|i| Endorsement {
-            key: backchannel_crypto::KeyId(Digest([i as u8; 32])),
+            key: KeyId(Digest([i as u8; 32])),
             signature: sig,
         })
         .collect();
@@ -1259,6 +1277,10 @@ fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
         .get(&key(US_TALKS).public_key().id())
         .cloned()
         .unwrap_or_else(|| panic!("the US talks authority is on the list"));
+    // The shape the roster implies for a party's talks authority.
+    assert_eq!(us_signer.flags, FLAG_DESIGNATED_SIGNER);
+    assert!(us_signer.rooms().is_empty());
+    assert_eq!(us_signer.principal.0, t.us.0);
     let entry = |label: u8, principal: PrincipalId, rooms: Vec<RoomId>, flags: u8| {
         AccessEntry::new(key(label).public_key(), principal, t.us, rooms, flags)
             .unwrap_or_else(|e| panic!("{e}"))
@@ -1270,9 +1292,10 @@ fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
         us_signer.flags,
     );
     let replace = || (vec![US_TALKS], vec![successor.clone()]);
-    // The mediator and every other party (Iran) sign: accepted, without the US.
+    // The new key itself, the mediator and every other party (Iran) sign:
+    // accepted, without the US.
     let (r, u) = replace();
-    c.check(r, u, &[OMAN_TALKS, IRAN_TALKS], Ok(()));
+    c.check(r, u, &[OMAN_TALKS, IRAN_TALKS, US_TALKS_SUCCESSOR], Ok(()));
     let delta = AccessListDelta::new(
         t.talks,
         list.hash(),
@@ -1280,7 +1303,7 @@ fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
         vec![successor.clone()],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let sigs = [OMAN_TALKS, IRAN_TALKS]
+    let sigs = [OMAN_TALKS, IRAN_TALKS, US_TALKS_SUCCESSOR]
         .iter()
         .map(|l| delta.sign(&key(*l)).unwrap_or_else(|e| panic!("{e}")))
         .collect();
@@ -1292,26 +1315,96 @@ fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
         next.get(&key(US_TALKS_SUCCESSOR).public_key().id())
             .is_some_and(|e| e.has(FLAG_DESIGNATED_SIGNER) && e.party == t.us)
     );
+    // Proof of possession: without the new key's signature, refused; with
+    // a signature by the new key over another delta (or by another key
+    // under the new key's id), refused.
+    let (r, u) = replace();
+    c.check(
+        r,
+        u,
+        &[OMAN_TALKS, IRAN_TALKS],
+        Err("needs the new key's own signature over the change"),
+    );
+    let new_id = key(US_TALKS_SUCCESSOR).public_key().id();
+    let other_delta = AccessListDelta::new(
+        t.talks,
+        Digest([0x5a; 32]),
+        vec![key(US_TALKS).public_key().id()],
+        vec![successor.clone()],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for forged in [
+        other_delta
+            .sign(&key(US_TALKS_SUCCESSOR))
+            .unwrap_or_else(|e| panic!("{e}")),
+        {
+            let (r, u) = replace();
+            let d = AccessListDelta::new(
+                t.talks,
+                list.hash(),
+                r.iter().map(|l| key(*l).public_key().id()).collect(),
+                u,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            (
+                new_id,
+                d.sign(&key(0x96)).unwrap_or_else(|e| panic!("{e}")).1,
+            )
+        },
+    ] {
+        let (r, u) = replace();
+        c.check_signed(
+            r,
+            u,
+            |delta| {
+                let mut sigs: Vec<_> = [OMAN_TALKS, IRAN_TALKS]
+                    .iter()
+                    .map(|l| delta.sign(&key(*l)).unwrap_or_else(|e| panic!("{e}")))
+                    .collect();
+                sigs.push(forged);
+                sigs
+            },
+            Err("does not verify"),
+        );
+    }
     // One other party missing: refused; the mediator missing: refused.
     let (r, u) = replace();
-    c.check(r, u, &[OMAN_TALKS], Err("party 0c0c"));
+    c.check(r, u, &[OMAN_TALKS, US_TALKS_SUCCESSOR], Err("party 0c0c"));
     let (r, u) = replace();
-    c.check(r, u, &[IRAN_TALKS], Err("mediator's designated signer"));
+    c.check(
+        r,
+        u,
+        &[IRAN_TALKS, US_TALKS_SUCCESSOR],
+        Err("mediator's designated signer"),
+    );
     // A mediator's device is not its designated signer.
     let (r, u) = replace();
     c.check(
         r,
         u,
-        &[OMAN_LEAD_DEVICE, IRAN_TALKS],
+        &[OMAN_LEAD_DEVICE, IRAN_TALKS, US_TALKS_SUCCESSOR],
         Err("mediator's designated signer"),
     );
-    // Anything more than the replacement: the ordinary rule, which needs the US.
+    // Anything more than the replacement: the ordinary rule, which needs
+    // the US, and where the new key, not on the list, signs nothing.
     let extra = entry(0x94, fixtures::PRINCIPALS[1], vec![t.record], FLAG_DEVICE);
     c.check(
         vec![US_TALKS],
-        vec![successor.clone(), extra],
+        vec![successor.clone(), extra.clone()],
         &[OMAN_TALKS, IRAN_TALKS],
         Err("designated signer has not signed"),
+    );
+    c.check(
+        vec![US_TALKS],
+        vec![successor.clone(), extra],
+        &[OMAN_TALKS, IRAN_TALKS, US_TALKS_SUCCESSOR],
+        Err("not on the current access list"),
+    );
+    c.check(
+        vec![US_TALKS, US_HEAD_DEVICE],
+        vec![successor.clone()],
+        &[OMAN_TALKS, IRAN_TALKS, US_TALKS_SUCCESSOR],
+        Err("not on the current access list"),
     );
     c.check(
         vec![US_TALKS, US_HEAD_DEVICE],
@@ -1319,7 +1412,8 @@ fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
         &[OMAN_TALKS, IRAN_TALKS],
         Err("designated signer has not signed"),
     );
-    // Other rooms, other flags, another principal: the ordinary rule.
+    // The new entry differs from the old but for the key (rooms, flags, a
+    // device flag, another principal): the ordinary rule.
     for other in [
         entry(
             US_TALKS_SUCCESSOR,
@@ -1335,18 +1429,102 @@ fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
         ),
         entry(
             US_TALKS_SUCCESSOR,
+            us_signer.principal,
+            vec![],
+            us_signer.flags | FLAG_DEVICE,
+        ),
+        entry(
+            US_TALKS_SUCCESSOR,
             fixtures::PRINCIPALS[1],
             vec![],
             us_signer.flags,
         ),
     ] {
-        c.check(
+        for signers in [
+            &[OMAN_TALKS, IRAN_TALKS][..],
+            &[OMAN_TALKS, IRAN_TALKS, US_TALKS_SUCCESSOR][..],
+        ] {
+            c.check(
+                vec![US_TALKS],
+                vec![other.clone()],
+                signers,
+                Err(if signers.len() == 2 {
+                    "designated signer has not signed"
+                } else {
+                    "not on the current access list"
+                }),
+            );
+        }
+    }
+    // The old entry is not a talks authority's shape: a designated signer
+    // with a device flag, with rooms, or whose principal is not its party:
+    // the ordinary rule, even replaced by an identical entry.
+    let shaped = |e: AccessEntry| {
+        let base = AccessList::new(
+            t.talks,
+            0,
+            list.entries()
+                .iter()
+                .filter(|x| x.key_id() != us_signer.key_id())
+                .cloned()
+                .chain([e])
+                .collect(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Change {
+            talks: &t,
+            list: base,
+        }
+    };
+    for (principal, rooms, flags) in [
+        (
+            us_signer.principal,
+            vec![],
+            FLAG_DESIGNATED_SIGNER | FLAG_DEVICE,
+        ),
+        (us_signer.principal, vec![t.record], FLAG_DESIGNATED_SIGNER),
+        (PrincipalId([0xb1; 16]), vec![], FLAG_DESIGNATED_SIGNER),
+    ] {
+        let c = shaped(entry(US_TALKS, principal, rooms.clone(), flags));
+        let (r, u) = (
             vec![US_TALKS],
-            vec![other],
+            vec![entry(US_TALKS_SUCCESSOR, principal, rooms, flags)],
+        );
+        c.check(
+            r,
+            u,
             &[OMAN_TALKS, IRAN_TALKS],
             Err("designated signer has not signed"),
         );
     }
+    // A mediator team's designated signer is never replaced that way:
+    // mediator teams change only with a new roster. Refused without the
+    // mediator team's own signature, new key signing or not.
+    let oman_signer = list
+        .get(&key(OMAN_TALKS).public_key().id())
+        .cloned()
+        .unwrap_or_else(|| panic!("the Oman talks authority is on the list"));
+    assert!(oman_signer.has(FLAG_MEDIATOR));
+    let oman_successor = AccessEntry::new(
+        key(0x27).public_key(),
+        oman_signer.principal,
+        oman_signer.party,
+        oman_signer.rooms().to_vec(),
+        oman_signer.flags,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    c.check(
+        vec![OMAN_TALKS],
+        vec![oman_successor.clone()],
+        &[US_TALKS, IRAN_TALKS],
+        Err("mediator"),
+    );
+    c.check(
+        vec![OMAN_TALKS],
+        vec![oman_successor],
+        &[US_TALKS, IRAN_TALKS, 0x27],
+        Err("not on the current access list"),
+    );
     // Replacing a device (not a designated signer) that way: the ordinary rule.
     let device = list
         .get(&key(US_HEAD_DEVICE).public_key().id())
@@ -1363,9 +1541,26 @@ fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
         &[OMAN_TALKS, IRAN_TALKS],
         Err("designated signer has not signed"),
     );
-    // The ordinary path is unchanged: the old signer signs with the mediator.
+    // The ordinary path is unchanged: the old signer signs with the
+    // mediator; a signer not on the list is refused there, the new key
+    // included.
     let (r, u) = replace();
     c.check(r, u, &[OMAN_TALKS, US_TALKS], Ok(()));
     let (r, u) = replace();
     c.check(r, u, &[US_TALKS], Err("mediator"));
+    let (r, u) = replace();
+    c.check(
+        r,
+        u,
+        &[OMAN_TALKS, US_TALKS, US_TALKS_SUCCESSOR],
+        Err("not on the current access list"),
+    );
+    // Step 7 allows the new key alone off the list.
+    let (r, u) = replace();
+    c.check(
+        r,
+        u,
+        &[OMAN_TALKS, IRAN_TALKS, US_TALKS_SUCCESSOR, 0x55],
+        Err("not on the current access list"),
+    );
 }
