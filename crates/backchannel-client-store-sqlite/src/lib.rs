@@ -401,6 +401,46 @@ impl SqliteClientStore {
         })
     }
 
+    /// Writes a consistent copy of the whole store to `path`, a file that
+    /// must not exist (`VACUUM INTO` on the write connection, so no write
+    /// lands half in the copy): the same rows, sealed under the same
+    /// passphrase, with no free pages (so no stale ciphertexts). The copy
+    /// is made with mode `0600` and fsynced before this returns. Refuses a
+    /// path where a file exists ([`ClientStoreError::Backend`] saying so).
+    pub async fn backup_to(&self, path: &Path) -> Result<(), ClientStoreError> {
+        const OP: &str = "backup";
+        // Made here first, so the mode is ours and an existing file is
+        // refused without a race; SQLite then writes into the empty file.
+        create_private(path).map_err(|e| ClientStoreError::Backend(format!("{OP}: {e}")))?;
+        let target = path
+            .to_str()
+            .ok_or_else(|| ClientStoreError::Backend(format!("{OP}: the path is not UTF-8")))?
+            .to_owned();
+        let result = async {
+            let mut conn = self.writer.acquire().await.map_err(|e| backend(OP, e))?;
+            sqlx::query("VACUUM INTO ?")
+                .bind(&target)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| backend(OP, e))?;
+            let file = std::fs::File::open(path)
+                .map_err(|e| ClientStoreError::Backend(format!("{OP}: {e}")))?;
+            file.sync_all()
+                .map_err(|e| ClientStoreError::Backend(format!("{OP}: {e}")))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| ClientStoreError::Backend(format!("{OP}: {e}")))?;
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+
     /// The scrypt work factor this store was created with.
     pub fn scrypt_log_n(&self) -> u8 {
         self.scrypt_log_n

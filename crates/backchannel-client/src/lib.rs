@@ -28,6 +28,10 @@
 //! - [`participant`]: what a home remembers of each talks (pinned node,
 //!   who the participant is, every other party's verification state), the
 //!   invitation document and the enrolment payload, sealed to the mediator.
+//! - [`recovery`]: the recovery sheet (a member's identity key as 24
+//!   words to print) and reading it back.
+//! - [`restore`]: moving a home onto a new device key (restore, recovery):
+//!   everything but the MLS state, which is never restored.
 //!
 //! IO only at one edge: [`net`] opens sockets (through reqwest and
 //! hyper-util; [`net::NodeClient::stream_over`] takes any byte stream, for
@@ -43,6 +47,8 @@ pub mod fuzz;
 pub mod handover;
 pub mod net;
 pub mod participant;
+pub mod recovery;
+pub mod restore;
 pub mod rooms;
 pub mod safety;
 pub mod seal;

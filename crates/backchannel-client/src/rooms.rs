@@ -40,7 +40,7 @@ use backchannel_statement::{AccessList, Commitment, Header, Kind, Salt, SignedHe
 
 use crate::net::NetError;
 use crate::seal::{AppMessage, Content};
-use crate::session::{Archived, Session, SessionError, key};
+use crate::session::{Archived, Session, SessionError, key, room_key};
 use crate::store::{ClientStore, Namespace, Put};
 
 /// Below this many key packages on the node, a sync uploads more.
@@ -879,9 +879,7 @@ impl<S: ClientStore> Session<S> {
     }
 
     fn copy_key(&self, room: RoomId) -> Vec<u8> {
-        let mut k = key(self.talks, "copy");
-        k.extend_from_slice(room.as_bytes());
-        k
+        room_key(self.talks, "copy", room)
     }
 
     /// Pays the copy for newcomers that a commit of ours adding devices to
@@ -933,9 +931,7 @@ impl<S: ClientStore> Session<S> {
     }
 
     fn pcs_key(&self, room: RoomId) -> Vec<u8> {
-        let mut k = key(self.talks, "pcs");
-        k.extend_from_slice(room.as_bytes());
-        k
+        room_key(self.talks, "pcs", room)
     }
 
     /// Whether this device owes the room an update of its own leaf at
@@ -1126,19 +1122,16 @@ impl<S: ClientStore> Session<S> {
         let admits = |k: &PublicKey| list.seats_device(&k.id(), h.room);
         match h.kind {
             Kind::MlsApp => {
-                let plaintext = if h.sender == self.device.public_key().id() {
-                    match own_plaintext {
-                        Some(p) => p,
-                        None => {
-                            return (
-                                None,
-                                Some(
-                                    "sent from this device, but its plaintext was not kept here"
-                                        .into(),
-                                ),
-                            );
-                        }
-                    }
+                // This device's own, or a former device's of this home
+                // (a restore) whose plaintext was kept at sending: the
+                // commitment below is checked all the same.
+                let plaintext = if let Some(p) = own_plaintext {
+                    p
+                } else if h.sender == self.device.public_key().id() {
+                    return (
+                        None,
+                        Some("sent from this device, but its plaintext was not kept here".into()),
+                    );
                 } else {
                     match self.mls.decrypt_from(h.room, message, &h.commitment.0) {
                         Ok((sender, p)) if sender.id() == h.sender => p,

@@ -460,11 +460,23 @@ pub struct Session<S: ClientStore> {
     /// the fetch cursor), in seq order: which device keys were valid at
     /// which seq ([`sender_key`]). Rebuilt from the archive on open.
     pub(crate) keys: Replay,
+    /// This home's former device keys in the talks (a restore moved it to
+    /// a new one): their messages that were sent but not yet archived when
+    /// the home was copied are opened from the plaintext kept at sending,
+    /// as this device's own are.
+    former: Vec<KeyId>,
 }
 
 pub(crate) fn key(talks: TalksId, name: &str) -> Vec<u8> {
     let mut k = talks.0.to_vec();
     k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The store key of one room's value `name` in `talks`.
+pub(crate) fn room_key(talks: TalksId, name: &str, room: RoomId) -> Vec<u8> {
+    let mut k = key(talks, name);
+    k.extend_from_slice(room.as_bytes());
     k
 }
 
@@ -788,7 +800,9 @@ impl<S: ClientStore> Session<S> {
             None => Vec::new(),
         };
         let mls = load_mls(&*store, talks, &device).await?;
+        let former = crate::restore::former_devices(&*store, talks).await?;
         let mut session = Self {
+            former,
             store,
             mls,
             pcs: BTreeMap::new(),
@@ -1076,7 +1090,8 @@ impl<S: ClientStore> Session<S> {
             .map_err(|_| evidence("its header signature does not verify".into()))?;
         let (message, unreadable) = match &d.body {
             Some(body) => {
-                let own = if h.sender == self.device.public_key().id() && h.kind == Kind::MlsApp {
+                let mine = h.sender == self.device.public_key().id() || self.former.contains(&h.sender);
+                let own = if mine && h.kind == Kind::MlsApp {
                     self.store
                         .get(Namespace::Mls, &self.sent_key(&d.header))
                         .await?

@@ -540,8 +540,9 @@ fn map_age_error(e: age::DecryptError) -> DecryptFailure {
 }
 
 /// The work factor for new files: [`SCRYPT_LOG_N`], or the test override in
-/// debug builds.
-fn write_log_n() -> u8 {
+/// debug builds. Other files sealed to a passphrase the same way (a device
+/// link's offer) use it too.
+pub fn write_log_n() -> u8 {
     log_n_from_env(
         std::env::var(DANGER_TEST_SCRYPT_LOG_N_ENV).ok().as_deref(),
         cfg!(debug_assertions),
