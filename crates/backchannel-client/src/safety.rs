@@ -5,7 +5,10 @@
 //! ```text
 //! code  = SHA-256("backchannel/v1/safety-code" ‖ version:u8 (=1) ‖ talks[16]
 //!                 ‖ SHA-256(accepted roster statement) ‖ SHA-256(accepted ground-rules statement)
-//!                 ‖ node certificate fingerprint[32] ‖ node log key[32])
+//!                 ‖ node certificate fingerprint[32] ‖ node log key[32]
+//!                 [‖ "passes" ‖ u32 count ‖ count × SHA-256(accepted authority-passed statement)])
+//!         the bracketed part only once some party's talks authority has passed
+//!         (replay rule 16), in log order; before that the code is unchanged
 //! words = the first 132 bits of `code`, 11 bits at a time, as 12 words of
 //!         the BIP-39 English list
 //! qr    = "backchannel-safety:1:" ‖ hex(code), as a QR code
@@ -19,6 +22,12 @@
 //! (how, when), vouched for by the mediator only, or changed since it was
 //! verified (a talks-authority key that changed blocks that party's formal
 //! acts until re-verified — enforced by the client).
+//!
+//! A party's talks authority passing to a new key (handed over or
+//! re-appointed) changes the code: the new key now certifies that party's
+//! members for everyone. The code is one for the talks, so every
+//! verification made before the pass shows as changed, and the parties
+//! compare the new code once.
 
 use backchannel_codec::{Decode, DecodeError, Encode, Reader, TalksId, Writer};
 use backchannel_crypto::{Context, Digest, PublicKey};
@@ -33,7 +42,7 @@ pub const SAFETY_VERSION: u8 = 1;
 pub const SAFETY_WORDS: usize = 12;
 
 /// What the code covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SafetyInputs {
     /// The talks.
     pub talks: TalksId,
@@ -45,6 +54,9 @@ pub struct SafetyInputs {
     pub node_fingerprint: [u8; 32],
     /// The node's log key.
     pub log_key: PublicKey,
+    /// SHA-256 of each accepted authority-passed statement's signed bytes,
+    /// in log order (empty until a talks authority passes).
+    pub authority_passes: Vec<Digest>,
 }
 
 /// A talks safety code.
@@ -54,17 +66,24 @@ pub struct SafetyCode(pub Digest);
 impl SafetyCode {
     /// The code for `inputs`.
     pub fn compute(inputs: &SafetyInputs) -> Self {
-        Self(Digest::with_context(
-            SAFETY_CONTEXT,
-            &[
-                &[SAFETY_VERSION],
-                inputs.talks.as_bytes(),
-                &inputs.roster.0,
-                &inputs.ground_rules.0,
-                &inputs.node_fingerprint,
-                inputs.log_key.as_bytes(),
-            ],
-        ))
+        let mut parts: Vec<&[u8]> = vec![
+            &[SAFETY_VERSION],
+            inputs.talks.as_bytes(),
+            &inputs.roster.0,
+            &inputs.ground_rules.0,
+            &inputs.node_fingerprint,
+            inputs.log_key.as_bytes(),
+        ];
+        // u32 cannot overflow: replay accepts far fewer statements.
+        let count = u32::try_from(inputs.authority_passes.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes();
+        if !inputs.authority_passes.is_empty() {
+            parts.push(b"passes");
+            parts.push(&count);
+            parts.extend(inputs.authority_passes.iter().map(|d| &d.0[..]));
+        }
+        Self(Digest::with_context(SAFETY_CONTEXT, &parts))
     }
 
     /// The 12 words people read to each other.
@@ -236,6 +255,7 @@ mod tests {
             ground_rules: sha256(b"ground rules"),
             node_fingerprint: [7; 32],
             log_key: key(labels::NODE_LOG).public_key(),
+            authority_passes: Vec::new(),
         }
     }
 
@@ -243,7 +263,11 @@ mod tests {
     fn every_input_changes_the_code() {
         let base = SafetyCode::compute(&inputs());
         type Edit = fn(&mut SafetyInputs);
-        let edits: [Edit; 5] = [
+        let edits: [Edit; 7] = [
+            |i| i.authority_passes.push(sha256(b"a pass")),
+            |i| {
+                i.authority_passes = vec![sha256(b"a pass"), sha256(b"another")];
+            },
             |i| i.talks = TalksId([2; 16]),
             |i| i.roster = sha256(b"other roster"),
             |i| i.ground_rules = sha256(b"other rules"),

@@ -31,6 +31,7 @@ fn code(roster: &SignedStatement) -> SafetyCode {
         ground_rules: sha256(rules.as_bytes()),
         node_fingerprint: [7; 32],
         log_key: key(NODE_LOG).public_key(),
+        authority_passes: Vec::new(),
     })
 }
 

@@ -128,6 +128,16 @@ pub enum HomeCommand {
     /// 0700, and its encrypted store `home.db`. Refuses an existing home.
     #[command(after_help = EXIT_CODES)]
     Init(HomeInitArgs),
+    /// Write a backup of the home: one consistent copy of its store,
+    /// sealed under the home's passphrase (keys, archive, checkpoints).
+    /// Says what a restore could not bring back.
+    #[command(after_help = EXIT_CODES)]
+    Backup(crate::restore::HomeBackupArgs),
+    /// Make a new home (--home) from a backup, on a new device key per
+    /// talks: everything but the MLS state, which is never restored. Writes
+    /// the requests your talks-authority home seats (`device seat`).
+    #[command(after_help = EXIT_CODES)]
+    Restore(crate::restore::HomeRestoreArgs),
 }
 
 /// Where the passphrase of the participant's home comes from.
@@ -646,6 +656,11 @@ pub enum TalksCommand {
     /// Mediator: close concluded talks (nothing is accepted after).
     #[command(after_help = EXIT_CODES)]
     Close(TalksPhaseArgs),
+    /// Pass your party's talks authority to a new holder (a head of
+    /// delegation replaced): handed over by the old holder, or re-appointed
+    /// by a mediator when the old holder is gone.
+    #[command(subcommand)]
+    Authority(crate::authority::AuthorityCommand),
 }
 
 /// `backchannel talks consent`.
@@ -840,9 +855,33 @@ pub enum MembersCommand {
     Join(MembersJoinArgs),
     /// Admit a new member from their reply: certify them in the record and
     /// propose the change that seats their device (the mediator and the
-    /// other parties co-sign it with `talks cosign`).
+    /// other parties co-sign it with `talks cosign`). For a member being
+    /// recovered: the same identity key (from their recovery sheet) is
+    /// only seated; a new one is certified and the old one revoked.
     #[command(after_help = EXIT_CODES)]
     Admit(MembersAdmitArgs),
+    /// A member of your party lost every device: write a member invitation
+    /// for them again, for the same member (principal, role). They answer
+    /// with `members join` (with `--from-sheet` if they kept their
+    /// recovery sheet: same identity key; otherwise a new one, which you
+    /// certify after your own check), and you admit the reply.
+    #[command(after_help = EXIT_CODES)]
+    Recover(MembersRecoverArgs),
+}
+
+/// `backchannel members recover`.
+#[derive(Debug, Args)]
+pub struct MembersRecoverArgs {
+    /// Which talks.
+    #[command(flatten)]
+    pub talks: TalksArgs,
+    /// The member: their name as the record knows it, or their principal
+    /// id (32 hex digits).
+    #[arg(long)]
+    pub member: String,
+    /// Where to write the member invitation (must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `backchannel members add`.
@@ -871,6 +910,16 @@ pub struct MembersJoinArgs {
     /// Where to write the reply (must not exist).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Also write a recovery sheet of the new identity key here (must not
+    /// exist): 24 words to print and keep offline, which re-issue the key
+    /// on a new home if every device is lost (`--from-sheet`).
+    #[arg(long, value_name = "FILE", conflicts_with = "from_sheet")]
+    pub recovery_sheet: Option<PathBuf>,
+    /// Being recovered (`members recover`): take the identity key from
+    /// your recovery sheet (the sheet as printed, or its 24 words) instead
+    /// of making a new one.
+    #[arg(long, value_name = "FILE")]
+    pub from_sheet: Option<PathBuf>,
     /// The passphrase.
     #[command(flatten)]
     pub passphrase: HomePassphraseArgs,

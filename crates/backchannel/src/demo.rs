@@ -63,9 +63,9 @@ use backchannel_statement::roster::{
 };
 use backchannel_statement::{
     Acceptance, AccessList, AccessListChange, AccessListDelta, AgendaItem, Attribution, Audience,
-    CheckpointRef, Conveyance, Conveyed, InvitationFields, InvitationToken, Markings, Message,
-    PartyKind, Payload, Receipt, ReceiptKind, Release, Role, Roster, Salt, SignedStatement,
-    Statement,
+    AuthorityPassed, CheckpointRef, Conveyance, Conveyed, InvitationFields, InvitationToken,
+    Markings, Message, PartyKind, PassedHow, Payload, Receipt, ReceiptKind, Release, Role, Roster,
+    Salt, SignedStatement, Statement,
 };
 use backchannel_store_postgres::{PostgresOptions, PostgresStore};
 use backchannel_store_sqlite::{SqliteOptions, SqliteStore};
@@ -481,7 +481,7 @@ async fn run(
             ("Omani mediation staff", Role::Staff),
         ],
     );
-    let us = party(
+    let mut us = party(
         plant,
         "United States",
         "US",
@@ -1535,8 +1535,102 @@ async fn run(
             }
             None => bail!("the new envoy received no handover"),
         }
-        // Revocation: the outgoing envoy's identity and device keys, then
-        // their device off the list; the groups remove it.
+        // The US talks authority passes to the new envoy: handed over, the
+        // outgoing holder signing with the incoming key's own signature
+        // inside; the node seats the new key in the old one's entry (the
+        // US's old key and the mediator sign; the others too, as
+        // change_list does). Every party's safety code changes with it.
+        let code_before = iran_view_code(&seats[IR_HEAD].s, talks, &fingerprint, &log_key).await?;
+        let old_ta = us.talks_authority.public_key().id();
+        let new_ta = SecretKey::generate(&mut OsRng);
+        let how = PassedHow::HandedOver;
+        let signature = AuthorityPassed::sign_transfer(
+            &new_ta,
+            talks,
+            us.id,
+            &old_ta,
+            &new_ta.public_key(),
+            how,
+        )?;
+        let passed = statement(
+            &us.talks_authority,
+            talks,
+            us.id,
+            record,
+            new_seat.s.checkpoint_ref(),
+            Payload::AuthorityPassed(AuthorityPassed::new(
+                us.id,
+                old_ta,
+                new_ta.public_key(),
+                how,
+                signature,
+                None,
+                vec![],
+            )?),
+        )?;
+        let pass_seq = new_seat
+            .s
+            .send(
+                &list,
+                record,
+                Content::Statement(passed.as_bytes().to_vec()),
+                salt(),
+            )
+            .await?;
+        let current = mediator.access_list(talks).await?;
+        let old_entry = current
+            .list
+            .get(&old_ta)
+            .context("the US talks authority is not on the access list")?
+            .clone();
+        let delta = AccessListDelta::new(
+            talks,
+            current.list.hash(),
+            vec![old_ta],
+            vec![AccessEntry::new(
+                new_ta.public_key(),
+                old_entry.principal,
+                old_entry.party,
+                old_entry.rooms().to_vec(),
+                old_entry.flags,
+            )?],
+        )?;
+        change_list(&client, talks, &delta, [&us, &oman, &iran]).await?;
+        us.talks_authority = new_ta;
+        seats[IR_HEAD].s.receive(&list).await?;
+        let code_after = iran_view_code(&seats[IR_HEAD].s, talks, &fingerprint, &log_key).await?;
+        let iran_sees = PartyVerification::Verified {
+            how: "safety codes compared".into(),
+            at_ms: 0,
+            code: code_before,
+        }
+        .against(code_after);
+        println!(
+            "[US] the US talks authority passed to the new envoy at seq {pass_seq} ({}: the \
+             outgoing holder signed, with the new key's own signature); the node seats the new \
+             key in the old one's place, and the old key signs nothing from here on",
+            how.name()
+        );
+        println!(
+            "[IR] Iran's record shows the pass; how the US's keys stand for Iran now: {} (the \
+             safety code covers every pass: {} → {})",
+            iran_sees.label(),
+            &code_before
+                .phrase()
+                .split(' ')
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+            &code_after
+                .phrase()
+                .split(' ')
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        // Revocation, signed by the new talks authority: the outgoing
+        // envoy's identity and device keys, then their device off the
+        // list; the groups remove it.
         for key in [old_identity.id(), old_device.id()] {
             let st = statement(
                 &us.talks_authority,
@@ -1606,6 +1700,7 @@ async fn run(
             [
                 (old_device.id(), former.clone()),
                 (old_identity.id(), former),
+                (old_ta, format!("[US] {} (former talks authority)", us.name)),
             ],
         )
     };
@@ -1717,6 +1812,7 @@ async fn run(
                 .hash(),
             node_fingerprint: fingerprint.0,
             log_key: log_key.public_key(),
+            authority_passes: view.authority_pass_hashes(),
         });
         println!("  {:2}  {}", p.short, code.phrase());
         codes.insert(code.0);
@@ -1810,6 +1906,28 @@ async fn change_list<E: std::error::Error + Send + Sync + 'static>(
         }
     }
     bail!("the access-list change was not applied with every party's signature")
+}
+
+/// The talks safety code as `s`'s verified archive gives it (roster,
+/// ground rules, every authority pass).
+async fn iran_view_code(
+    s: &DemoSession,
+    talks: TalksId,
+    fingerprint: &backchannel_node::tls::Fingerprint,
+    log_key: &SecretKey,
+) -> anyhow::Result<SafetyCode> {
+    let view = View::of(talks, s.archive().await?);
+    Ok(SafetyCode::compute(&SafetyInputs {
+        talks,
+        roster: view.roster_statement().context("no roster")?.hash(),
+        ground_rules: view
+            .ground_rules_statement()
+            .context("no ground rules")?
+            .hash(),
+        node_fingerprint: fingerprint.0,
+        log_key: log_key.public_key(),
+        authority_passes: view.authority_pass_hashes(),
+    }))
 }
 
 /// Talk (MLS chat) by the seat in `room`.

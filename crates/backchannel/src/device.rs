@@ -1,4 +1,5 @@
-//! `backchannel device list|revoke`: one member's devices.
+//! `backchannel device list|revoke`: one member's devices (`link` and
+//! `seat` are in [`crate::link`]).
 //!
 //! Listing shows the devices of this home's member (or, with `--member`,
 //! of another member of its party) as the replayed record and the node's
@@ -65,6 +66,18 @@ pub enum DeviceCommand {
     /// the rooms this device shares with it.
     #[command(after_help = EXIT_CODES)]
     Revoke(DeviceRevokeArgs),
+    /// Add a device of yours through a short code: `--out OFFER` on this
+    /// device prints the code; `--offer OFFER --code CODE --out REQUEST`
+    /// on the new device (a home of its own); `--request REQUEST` back on
+    /// this device seats it. Then `handover --to <your name>` sends it
+    /// your history.
+    #[command(after_help = EXIT_CODES)]
+    Link(crate::link::DeviceLinkArgs),
+    /// Seat a new device key of a member of your party from its request
+    /// (a linked device, a restored home, a recovered member): posts its
+    /// device certificate and proposes the access-list change.
+    #[command(after_help = EXIT_CODES)]
+    Seat(crate::link::DeviceSeatArgs),
 }
 
 /// `backchannel device list`.
@@ -127,6 +140,8 @@ pub fn main(home_dir: Option<PathBuf>, command: DeviceCommand) -> anyhow::Result
     match command {
         DeviceCommand::List(a) => list(home_dir, a),
         DeviceCommand::Revoke(a) => revoke(home_dir, a),
+        DeviceCommand::Link(a) => crate::link::link(home_dir, a),
+        DeviceCommand::Seat(a) => crate::link::seat_command(home_dir, a),
     }
 }
 
@@ -298,6 +313,9 @@ struct ListOut {
     member: String,
     principal: String,
     devices: Vec<DeviceOut>,
+    /// For this home's own member: each room this device sits in, and
+    /// whether its history could come back if the device were lost.
+    if_this_device_is_lost: Vec<IfLost>,
 }
 
 fn list(home_dir: Option<PathBuf>, a: DeviceListArgs) -> anyhow::Result<()> {
@@ -339,6 +357,11 @@ fn list(home_dir: Option<PathBuf>, a: DeviceListArgs) -> anyhow::Result<()> {
                 }
             })
             .collect();
+        // If this device were lost: per room it sits in, whether anyone
+        // else of its party could hand the history back.
+        let if_lost = (principal == ctx.record.principal)
+            .then(|| if_lost(&view, &served, &s.device().public_key().id()))
+            .unwrap_or_default();
         let talks = ctx.talks().to_hex();
         ctx.close().await;
         let out = ListOut {
@@ -346,6 +369,7 @@ fn list(home_dir: Option<PathBuf>, a: DeviceListArgs) -> anyhow::Result<()> {
             member,
             principal: principal.to_hex(),
             devices,
+            if_this_device_is_lost: if_lost,
         };
         if a.talks.json {
             println!("{}", serde_json::to_string(&out)?);
@@ -383,8 +407,98 @@ fn list(home_dir: Option<PathBuf>, a: DeviceListArgs) -> anyhow::Result<()> {
             println!("  {:<12} {}", d.short, state.join("; "));
             println!("  {:<12} key id {}", "", d.key_id);
         }
+        if !out.if_this_device_is_lost.is_empty() {
+            println!("if this device is lost:");
+            for r in &out.if_this_device_is_lost {
+                println!(
+                    "  {}: {}",
+                    crate::messages::printable(&r.room),
+                    r.recoverable
+                );
+            }
+            println!("note: {}", crate::restore::WHAT_IS_LOST);
+        }
         Ok(())
     })
+}
+
+/// What could give back one room's history if this device were lost.
+#[derive(Serialize)]
+struct IfLost {
+    room: String,
+    /// Plain words: who could hand it back, or that no one could.
+    recoverable: String,
+    /// Whether anyone but this device could.
+    held_elsewhere: bool,
+}
+
+/// For each room `me` sits in on `list`: another device of the same
+/// member, or another member of the party, sits there too (a handover
+/// brings the history back), or no one does (what no backup holds is lost
+/// with the device). Private-notes rooms are never handed over.
+fn if_lost(view: &View, list: &AccessList, me: &KeyId) -> Vec<IfLost> {
+    let Some(mine) = list.get(me) else {
+        return Vec::new();
+    };
+    let private: BTreeSet<RoomId> = view
+        .roster()
+        .map(|r| {
+            r.rooms
+                .iter()
+                .filter(|d| d.purpose == backchannel_statement::roster::RoomPurpose::PrivateNotes)
+                .map(|d| d.room)
+                .collect()
+        })
+        .unwrap_or_default();
+    mine.rooms()
+        .iter()
+        .map(|room| {
+            let others: Vec<&backchannel_statement::access_list::AccessEntry> = list
+                .entries()
+                .iter()
+                .filter(|e| {
+                    e.key_id() != *me
+                        && e.has(FLAG_DEVICE)
+                        && e.party == mine.party
+                        && e.rooms().contains(room)
+                })
+                .collect();
+            let own = others.iter().any(|e| e.principal == mine.principal);
+            let (recoverable, held) = if private.contains(room) {
+                (
+                    if own {
+                        "private notes: only your other device holds them (private notes are \
+                         never handed over; a backup keeps what it held)"
+                    } else {
+                        "private notes: no one else holds them; a backup keeps what it held, \
+                         anything after it is lost"
+                    },
+                    own,
+                )
+            } else if own {
+                (
+                    "your other device holds it (`handover --to` your name)",
+                    true,
+                )
+            } else if !others.is_empty() {
+                (
+                    "a member of your party sits in it and can hand it over",
+                    true,
+                )
+            } else {
+                (
+                    "no one else of your party sits in it: what no backup holds is lost with \
+                     this device",
+                    false,
+                )
+            };
+            IfLost {
+                room: view.room_name(*room),
+                recoverable: recoverable.to_owned(),
+                held_elsewhere: held,
+            }
+        })
+        .collect()
 }
 
 /// Who signs a revocation and the removal that goes with it.

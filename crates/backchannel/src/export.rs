@@ -548,6 +548,8 @@ fn chain(
     let certifies = |s: &SignedStatement| match &s.unverified().payload {
         Payload::MemberCert(c) => Some(c.identity_key.id()),
         Payload::DeviceCert(c) => Some(c.device_key.id()),
+        // A talks authority passed on is vouched for by the pass.
+        Payload::AuthorityPassed(a) => Some(a.new_key.id()),
         _ => None,
     };
     let mut needed = vec![statement.unverified().author, sender];

@@ -23,6 +23,8 @@ pub fn main(home: Option<PathBuf>, command: HomeCommand) -> anyhow::Result<()> {
     let dir = resolve(home)?;
     match command {
         HomeCommand::Init(args) => init(&dir, args),
+        HomeCommand::Backup(args) => crate::restore::backup(&dir, args),
+        HomeCommand::Restore(args) => crate::restore::restore(&dir, args),
     }
 }
 
@@ -177,7 +179,7 @@ fn init(dir: &Path, args: HomeInitArgs) -> anyhow::Result<()> {
 }
 
 /// Refuses a directory that already holds a home, or anything else.
-fn refuse_existing(dir: &Path) -> anyhow::Result<()> {
+pub fn refuse_existing(dir: &Path) -> anyhow::Result<()> {
     if dir.join(STORE).exists() {
         bail!(
             "a home already exists at {}; use it, or pass another --home",
@@ -205,7 +207,7 @@ fn refuse_existing(dir: &Path) -> anyhow::Result<()> {
 
 /// Creates the directory (and its parents) with mode `0700`, or narrows an
 /// existing empty one to it.
-fn create_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn create_dir(dir: &Path) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

@@ -309,6 +309,39 @@ async fn store_new_key(
     name: KeyName,
     force: bool,
 ) -> anyhow::Result<(IndexEntry, bool)> {
+    let key = SecretKey::generate(&mut OsRng);
+    store_key(store, name, &key, force, Vec::new()).await
+}
+
+/// Stores `key` (made elsewhere: a linked device's identity key, a seed
+/// from a recovery sheet, a device key replacing a lost one) under `kind`,
+/// `talks`, `label`, with the updated index and the writes in `also`, in
+/// one atomic write. An existing key under that name is replaced only with
+/// `force`.
+pub async fn store_given(
+    store: &SqliteClientStore,
+    kind: KeyKindArg,
+    talks: Option<TalksId>,
+    label: &str,
+    key: &SecretKey,
+    force: bool,
+    also: Vec<Put>,
+) -> anyhow::Result<()> {
+    let name = KeyName {
+        kind,
+        talks,
+        label: label.to_owned(),
+    };
+    store_key(store, name, key, force, also).await.map(|_| ())
+}
+
+async fn store_key(
+    store: &SqliteClientStore,
+    name: KeyName,
+    key: &SecretKey,
+    force: bool,
+    also: Vec<Put>,
+) -> anyhow::Result<(IndexEntry, bool)> {
     let mut index = read_index(store).await?;
     let found = index.binary_search_by(|e| e.name.cmp(&name));
     if found.is_ok() && !force {
@@ -322,7 +355,6 @@ async fn store_new_key(
                 .unwrap_or_default()
         );
     }
-    let key = SecretKey::generate(&mut OsRng);
     let entry = IndexEntry {
         name: name.clone(),
         public: key.public_key(),
@@ -331,22 +363,22 @@ async fn store_new_key(
         Ok(i) => index[i] = entry.clone(),
         Err(i) => index.insert(i, entry.clone()),
     }
-    let record = encode_record(&name, &key);
-    store
-        .put_many(vec![
-            Put {
-                ns: Namespace::Keys,
-                key: name.store_key(),
-                // The store zeroizes the values it is given once sealed.
-                value: Some(record.to_vec()),
-            },
-            Put {
-                ns: Namespace::Keys,
-                key: INDEX_KEY.to_vec(),
-                value: Some(encode_index(&index)),
-            },
-        ])
-        .await?;
+    let record = encode_record(&name, key);
+    let mut writes = vec![
+        Put {
+            ns: Namespace::Keys,
+            key: name.store_key(),
+            // The store zeroizes the values it is given once sealed.
+            value: Some(record.to_vec()),
+        },
+        Put {
+            ns: Namespace::Keys,
+            key: INDEX_KEY.to_vec(),
+            value: Some(encode_index(&index)),
+        },
+    ];
+    writes.extend(also);
+    store.put_many(writes).await?;
     Ok((entry, found.is_ok()))
 }
 

@@ -15,6 +15,7 @@
 //! command ran, and found evidence against the node (`log verify`, `read`,
 //! `follow`: a seq named on stderr).
 
+mod authority;
 mod blob;
 mod cli;
 mod demo;
@@ -24,6 +25,7 @@ mod export;
 mod handover;
 mod home;
 mod keys;
+mod link;
 mod logging;
 mod members;
 mod messages;
@@ -31,6 +33,7 @@ mod node;
 mod node_dir;
 mod participant;
 mod passphrase;
+mod restore;
 mod room_plan;
 mod say;
 mod system;

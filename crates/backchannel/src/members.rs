@@ -32,7 +32,7 @@ use backchannel_client::seal::Content;
 use backchannel_codec::PrincipalId;
 use backchannel_core::replay::KeyRole;
 use backchannel_crypto::{KeyId, Signer as _};
-use backchannel_statement::access_list::{AccessEntry, FLAG_DEVICE, FLAG_MEDIATOR};
+use backchannel_statement::access_list::AccessEntry;
 use backchannel_statement::{
     AccessListChange, AccessListDelta, Audience, CheckpointRef, DeviceCert, Markings, MemberCert,
     Payload, Revoke, RevokeReason, SignedStatement, Statement,
@@ -42,7 +42,7 @@ use serde::Serialize;
 
 use crate::cli::{
     KeyKindArg, MembersAddArgs, MembersAdmitArgs, MembersCommand, MembersJoinArgs,
-    MembersRemoveArgs, RevokeReasonArg,
+    MembersRecoverArgs, MembersRemoveArgs, RevokeReasonArg,
 };
 use crate::participant::{self, View, now_ms, refresh};
 use crate::{home, keys};
@@ -63,6 +63,7 @@ pub fn main(home_dir: Option<PathBuf>, command: MembersCommand) -> anyhow::Resul
         MembersCommand::Add(a) => add(home_dir, a),
         MembersCommand::Join(a) => join(home_dir, a),
         MembersCommand::Admit(a) => admit(home_dir, a),
+        MembersCommand::Recover(a) => recover(home_dir, a),
     }
 }
 
@@ -151,6 +152,33 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
             a.invitation.display()
         )
     })?;
+    // The sheet is read, and checked against the invitation, before the
+    // home is touched.
+    let from_sheet = match &a.from_sheet {
+        None => None,
+        Some(path) => {
+            let text = participant::read_document(path, "recovery sheet")?;
+            let r = backchannel_client::recovery::parse(&text).map_err(|e| {
+                anyhow!("{} does not read as a recovery sheet: {e}", path.display())
+            })?;
+            ensure!(
+                r.talks.is_none_or(|t| t == doc.talks),
+                "the recovery sheet is for other talks than this invitation"
+            );
+            ensure!(
+                r.principal.is_none_or(|p| p == doc.principal),
+                "the recovery sheet is for another member than this invitation"
+            );
+            Some(r)
+        }
+    };
+    for path in [&a.recovery_sheet].into_iter().flatten() {
+        ensure!(
+            !path.exists(),
+            "{} exists; choose another --recovery-sheet",
+            path.display()
+        );
+    }
     home::block_on(async move {
         let store = home::open(&dir, &a.passphrase).await?;
         if talks_store::load(&store, doc.talks).await?.is_some() {
@@ -160,8 +188,36 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
             );
         }
         let t = Some(doc.talks);
-        let identity =
-            keys::load_or_generate(&store, KeyKindArg::Identity, t, participant::LABEL).await?;
+        let identity = match &from_sheet {
+            Some(recovered) => {
+                keys::store_given(
+                    &store,
+                    KeyKindArg::Identity,
+                    t,
+                    participant::LABEL,
+                    &recovered.identity,
+                    false,
+                    Vec::new(),
+                )
+                .await?;
+                keys::load(&store, KeyKindArg::Identity, t, participant::LABEL)
+                    .await?
+                    .context("the identity key just stored cannot be read back")?
+            }
+            None => {
+                keys::load_or_generate(&store, KeyKindArg::Identity, t, participant::LABEL).await?
+            }
+        };
+        if let Some(path) = &a.recovery_sheet {
+            let sheet = backchannel_client::recovery::sheet(
+                doc.talks,
+                &doc.party_name,
+                &doc.name,
+                doc.principal,
+                &identity,
+            );
+            participant::write_secret(path, sheet.as_bytes())?;
+        }
         let device =
             keys::load_or_generate(&store, KeyKindArg::Device, t, participant::LABEL).await?;
         let cert = Statement::new(
@@ -219,6 +275,15 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
                  `backchannel read` works from this home",
                 a.out.display()
             );
+            if let Some(path) = &a.recovery_sheet {
+                println!(
+                    "wrote your recovery sheet to {}: print it, keep it offline, and delete the \
+                     file; it re-issues your identity key if every device is lost (`members \
+                     join --from-sheet`)",
+                    path.display()
+                );
+            }
+            eprintln!("note: {}", crate::restore::WHAT_IS_LOST);
             eprintln!("note: {}", crate::talks::NO_DENIABILITY);
         }
         Ok(())
@@ -297,10 +362,40 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
             matches!(p, Payload::MemberCert(c)
                 if c.principal == reply.principal && c.identity_key == reply.identity_key)
         });
+        // A member being recovered (`members recover`) answers with the
+        // identity key the record already certifies for them (from their
+        // recovery sheet), or with a new one.
+        let known = view.replay.key(&reply.identity_key.id());
+        let theirs = known.filter(|k| {
+            matches!(k.role, KeyRole::Identity { principal, party, .. }
+                if principal == reply.principal && party == ctx.record.party)
+        });
         ensure!(
-            member_logged.is_some() || view.replay.key(&reply.identity_key.id()).is_none(),
+            known.is_none() || theirs.is_some(),
             "the reply's identity key is already in the record for someone else; ask the member to join again from a new home"
         );
+        if let Some(k) = theirs {
+            ensure!(
+                k.revoked_at.is_none(),
+                "the reply's identity key is revoked in the record (seq {}); ask the member to \
+                 join again without --from-sheet, for a new identity key",
+                k.revoked_at.unwrap_or_default()
+            );
+        }
+        let member_logged = member_logged.or(theirs.map(|k| k.valid_from));
+        // The member's earlier identity keys, still valid: a new key
+        // supersedes them once certified.
+        let superseded: Vec<KeyId> = certified_member_keys(&view)
+            .into_iter()
+            .filter(|id| {
+                *id != reply.identity_key.id()
+                    && view.replay.key(id).is_some_and(|k| {
+                        k.revoked_at.is_none()
+                            && matches!(k.role, KeyRole::Identity { principal, .. }
+                                if principal == reply.principal)
+                    })
+            })
+            .collect();
         let device_logged = logged(&|p| {
             matches!(p, Payload::DeviceCert(c)
                 if c.principal == reply.principal && c.device_key == reply.device_key)
@@ -338,6 +433,20 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
                 .await?
             }
         };
+        for old in &superseded {
+            let revoke = crate::talks::statement(
+                &ta,
+                &ctx.record,
+                room,
+                s.checkpoint_ref(),
+                Payload::Revoke(Revoke {
+                    key: *old,
+                    reason: RevokeReason::Superseded,
+                    lost_at: None,
+                }),
+            )?;
+            participant::post(&mut s, room, Content::Statement(revoke.as_bytes().to_vec())).await?;
+        }
         let device_cert_seq = match device_logged {
             Some(seq) => seq,
             None => {
@@ -345,21 +454,22 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
                     .await?
             }
         };
-        // Seat the device where this participant's own device sits (the
+        // Seat the device where the member's devices sit (a member being
+        // recovered), else where this participant's own device sits (the
         // node merges the same delta proposed again).
-        let mine = current
-            .list
-            .get(&s.device().public_key().id())
-            .context("your own device is not on the access list")?;
-        let mut flags = FLAG_DEVICE;
-        if ctx.record.party_kind == backchannel_statement::PartyKind::Mediator {
-            flags |= FLAG_MEDIATOR;
-        }
+        let (rooms, flags) = crate::link::seat_rooms(
+            &view,
+            &current.list,
+            reply.principal,
+            &s.device().public_key(),
+            ctx.record.party_kind,
+            ctx.talks(),
+        )?;
         let entry = AccessEntry::new(
             reply.device_key,
             reply.principal,
             ctx.record.party,
-            mine.rooms().to_vec(),
+            rooms,
             flags,
         )?;
         let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), vec![], vec![entry])?;
@@ -367,7 +477,7 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
         let (applied, missing) = if current.list.get(&reply.device_key.id()).is_some() {
             (true, None)
         } else {
-            let outcome = s.node().submit_change(ctx.talks(), &change).await?;
+            let outcome = participant::submit_change(&ctx, &ta, &change).await?;
             (outcome.applied, outcome.missing)
         };
         ctx.close().await;
@@ -425,8 +535,8 @@ pub fn lost_at(reason: RevokeReason, given: Option<&str>, now: u64) -> anyhow::R
 }
 
 /// Your party's members, as the replayed record knows them: the roster's,
-/// and those certified since (named as this home invited them, or by
-/// their principal id).
+/// and those certified since (named as this home invited them, or, for
+/// this home's own member, as it joined; else by their principal id).
 pub fn party_members(ctx: &participant::Ctx, view: &View) -> Vec<(PrincipalId, String)> {
     let mut members: Vec<(PrincipalId, String)> = view
         .roster()
@@ -440,12 +550,15 @@ pub fn party_members(ctx: &participant::Ctx, view: &View) -> Vec<(PrincipalId, S
             && c.party == ctx.record.party
             && !members.iter().any(|(p, _)| *p == c.principal)
         {
-            let name = ctx
-                .record
-                .pending_members
-                .iter()
-                .find(|p| p.principal == c.principal)
-                .map_or_else(|| c.principal.to_hex(), |p| p.name.clone());
+            let name = if c.principal == ctx.record.principal {
+                ctx.record.member_name.clone()
+            } else {
+                ctx.record
+                    .pending_members
+                    .iter()
+                    .find(|p| p.principal == c.principal)
+                    .map_or_else(|| c.principal.to_hex(), |p| p.name.clone())
+            };
             members.push((c.principal, name));
         }
     }
@@ -499,6 +612,105 @@ pub fn certified_member_keys(view: &View) -> BTreeSet<KeyId> {
         }
     }
     keys
+}
+
+#[derive(Serialize)]
+struct Recovering {
+    member: String,
+    principal: String,
+    invitation: PathBuf,
+}
+
+/// Runs `members recover`: a member invitation, again, for a member of the
+/// party who lost every device.
+fn recover(home_dir: Option<PathBuf>, a: MembersRecoverArgs) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    ensure!(
+        !a.out.exists(),
+        "{} exists; choose another --out",
+        a.out.display()
+    );
+    home::block_on(async move {
+        let mut ctx = participant::open(&dir, &a.talks).await?;
+        ctx.key(KeyKindArg::TalksAuthority).await.map_err(|_| {
+            anyhow!("only the home holding your party's talks authority recovers members: run this from the home that joined the talks for your party")
+        })?;
+        let record_room = ctx
+            .record
+            .record_room
+            .context("the roster has not reached you: run `backchannel talks accept` first")?;
+        let mut s = ctx.session().await?;
+        let view = refresh(&ctx, &mut s).await?;
+        let members = party_members(&ctx, &view);
+        let (principal, name) = find_member(&members, &a.member)?;
+        ensure!(
+            principal != ctx.record.principal,
+            "you cannot recover yourself from this home: it holds your keys"
+        );
+        // The member's role: from their latest identity key the record
+        // certifies.
+        let role = certified_member_keys(&view)
+            .into_iter()
+            .filter_map(|id| view.replay.key(&id))
+            .filter_map(|k| match k.role {
+                KeyRole::Identity {
+                    principal: p, role, ..
+                } if p == principal => Some((k.valid_from, role)),
+                _ => None,
+            })
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, role)| role)
+            .context("the record certifies no identity key for that member")?;
+        let doc = MemberInvitationDoc {
+            node: ctx.record.node.clone(),
+            talks: ctx.talks(),
+            party: ctx.record.party,
+            party_name: ctx.record.party_name.clone(),
+            principal,
+            name: name.clone(),
+            role,
+            record_room,
+        };
+        participant::write_secret(&a.out, doc.to_json().as_bytes())?;
+        if !ctx
+            .record
+            .pending_members
+            .iter()
+            .any(|p| p.principal == principal)
+        {
+            ensure!(
+                ctx.record.pending_members.len()
+                    < backchannel_client::participant::MAX_INVITED_MEMBERS,
+                "this home keeps {} invited members already",
+                backchannel_client::participant::MAX_INVITED_MEMBERS
+            );
+            ctx.record.pending_members.push(PendingMember {
+                principal,
+                role,
+                name: name.clone(),
+            });
+            ctx.save().await?;
+        }
+        ctx.close().await;
+        let out = Recovering {
+            member: name.clone(),
+            principal: principal.to_hex(),
+            invitation: a.out.clone(),
+        };
+        if a.talks.json {
+            println!("{}", serde_json::to_string(&out)?);
+        } else {
+            println!(
+                "wrote a member invitation for {name} to {}: they join from a new home with \
+                 `backchannel members join --invitation <file> --out <reply>` (adding \
+                 `--from-sheet <sheet>` if they kept their recovery sheet); check who answers \
+                 before you admit the reply (`members admit`): without the sheet you certify a \
+                 new identity key for them, and the old one is revoked",
+                a.out.display()
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Runs `members remove`.
@@ -572,7 +784,7 @@ fn remove(home_dir: Option<PathBuf>, a: MembersRemoveArgs) -> anyhow::Result<()>
             let delta =
                 AccessListDelta::new(ctx.talks(), current.list.hash(), remove.clone(), vec![])?;
             let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
-            let outcome = s.node().submit_change(ctx.talks(), &change).await?;
+            let outcome = participant::submit_change(&ctx, &ta, &change).await?;
             ensure!(
                 outcome.applied,
                 "the node did not apply the removal ({}); the revocations are logged: run `members remove` again",

@@ -159,6 +159,23 @@ impl Ctx {
     }
 }
 
+/// Submits `change` over a connection of `ta`, the party's talks
+/// authority (its designated signer on the list): the node takes changes
+/// from a designated signer's connection whatever the flags of this home's
+/// device (a talks authority passed to a member who is not a head).
+pub async fn submit_change(
+    ctx: &Ctx,
+    ta: &SecretKey,
+    change: &backchannel_statement::AccessListChange,
+) -> anyhow::Result<backchannel_client::net::ChangeOutcome> {
+    Ok(ctx
+        .record
+        .node
+        .client(ta)?
+        .submit_change(ctx.talks(), change)
+        .await?)
+}
+
 /// The node's current access list, as served (the one `receive` checks
 /// senders against, with the archive's replay for keys since removed).
 pub async fn access_list(s: &CliSession) -> anyhow::Result<AccessList> {
@@ -231,6 +248,20 @@ impl View {
                     p.talks_authority_key.id(),
                     (p.party, format!("{} (talks authority)", p.name)),
                 );
+            }
+            // A talks authority passed on: the new key is named too, and the
+            // old one as former.
+            for pass in replay.authority_passes() {
+                if let Some(p) = r.parties.iter().find(|p| p.party == pass.party) {
+                    names.insert(
+                        pass.new.id(),
+                        (p.party, format!("{} (talks authority)", p.name)),
+                    );
+                    names.insert(
+                        pass.old,
+                        (p.party, format!("{} (former talks authority)", p.name)),
+                    );
+                }
             }
             for m in &r.members {
                 let party = r
@@ -309,7 +340,19 @@ impl View {
             ground_rules: self.replay.ground_rules_statement()?.hash,
             node_fingerprint: record.node.fingerprint.0,
             log_key: record.node.log_key,
+            authority_passes: self.authority_pass_hashes(),
         }))
+    }
+
+    /// SHA-256 of each accepted authority-passed statement, in log order
+    /// (what the safety code covers of them).
+    pub fn authority_pass_hashes(&self) -> Vec<backchannel_crypto::Digest> {
+        self.replay
+            .authority_passes()
+            .iter()
+            .filter_map(|p| self.logged(p.seq))
+            .map(|l| l.statement.hash())
+            .collect()
     }
 
     /// How `party`'s keys stand for this participant now: its recorded
