@@ -163,6 +163,10 @@ fn check_demo(out: &std::process::Output) {
         "[US] certified US envoy (successor) (head of delegation) in the record",
         "[US] the outgoing envoy handed over 4 rooms up to seq",
         "[US] the new envoy verified the bundle against the headers logged at each seq",
+        // The US talks authority passes with the envoy; Iran sees it.
+        "[US] the US talks authority passed to the new envoy at seq",
+        "[IR] Iran's record shows the pass; how the US's keys stand for Iran now: keys changed \
+         since verified",
         "[US] the outgoing envoy's keys are revoked and their device is off the list and out \
          of every group: the node refuses it",
         "[US] the new envoy reads the whole file of its rooms",

@@ -3,6 +3,8 @@
 //! read from its listening line.
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod talks;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,500 @@
+//! Succession and lost devices end to end, through the binary against a
+//! real `backchannel node run`: Oman mediating between the United States
+//! and Iran, and a US negotiator admitted after the roster.
+//!
+//! - `device link`: the negotiator's second device is added through a
+//!   short code (offer, request, seat), and gets the whole history by a
+//!   handover from the first; a wrong code, a garbled offer, a request
+//!   seated from a home without the talks authority are refused clearly.
+//! - `home backup|restore`, `members join --recovery-sheet|--from-sheet`,
+//!   `members recover`: a restored home comes back on a new device key
+//!   (never the MLS state) and gets what was sent since the backup by a
+//!   handover; a member who lost every device comes back with the same
+//!   identity key from the sheet, or with a new one the talks authority
+//!   certifies (the old one revoked).
+//! - `talks authority claim|pass`: the US talks authority passes to the
+//!   negotiator's home; the mediator co-signs the access-list change; the
+//!   new holder certifies a member; the old holder's signature no longer
+//!   counts; Iran's verification of the US shows the keys changed.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::ok;
+use common::talks::{FAILED, IR, OM, Talks, US, USAGE, ok_json, run};
+use serde_json::Value;
+
+/// The negotiator's homes.
+const NEG: &str = "neg";
+const NEG2: &str = "neg2";
+
+/// The text of the line at `seq` of `lines`, if it has one.
+fn text_at(lines: &[Value], seq: u64) -> Option<String> {
+    lines
+        .iter()
+        .find(|l| l["seq"] == seq)
+        .and_then(|l| l["text"].as_str())
+        .map(str::to_owned)
+}
+
+/// The negotiator: invited by the US, answered from `NEG` (with a
+/// recovery sheet at `sheet`, if given), admitted, co-signed, on the node;
+/// the seq of its member certificate.
+fn admit_negotiator(t: &Talks, sheet: Option<&Path>) -> u64 {
+    let invitation = t.path("neg.inv");
+    t.invite_negotiator(&invitation);
+    let reply = t.path("neg.reply");
+    ok(t.cli(NEG).args(["home", "init"]));
+    let mut join = t.cli(NEG);
+    join.args(["members", "join", "--invitation"])
+        .arg(&invitation)
+        .arg("--out")
+        .arg(&reply);
+    if let Some(sheet) = sheet {
+        join.arg("--recovery-sheet").arg(sheet);
+    }
+    ok(&mut join);
+    let admitted = ok_json(
+        t.cli(US)
+            .args(["members", "admit", "--json", "--reply"])
+            .arg(&reply),
+    );
+    ok(t.cli(OM).args(["talks", "cosign"]));
+    ok(t.cli(IR).args(["talks", "cosign"]));
+    ok(t.cli(NEG).args(["read"]));
+    // The US head's next command adds the device to its rooms' groups.
+    ok(t.cli(US).args(["read"]));
+    ok(t.cli(NEG).args(["read"]));
+    admitted["member_cert_seq"].as_u64().unwrap()
+}
+
+/// `h` reads every line of `seqs` with its text (nothing unreadable).
+#[track_caller]
+fn reads_all(t: &Talks, h: &str, seqs: &[(u64, &str)]) {
+    let lines = t.read_all(h);
+    for (seq, text) in seqs {
+        assert_eq!(
+            text_at(&lines, *seq).as_deref(),
+            Some(*text),
+            "{h} at {seq}: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_device_is_linked_with_a_short_code_and_gets_the_history() {
+    let t = Talks::open();
+    admit_negotiator(&t, None);
+    let early = t.send(NEG, "caucus", "Said before the second device existed.");
+    let from_us = t.send(US, "caucus", "The envoy, before the link.");
+
+    // Before any loss, the member's home says what could come back.
+    let lost = |h: &str| {
+        let v = ok_json(t.cli(h).args(["device", "list", "--json"]));
+        v["if_this_device_is_lost"].as_array().unwrap().clone()
+    };
+    let before = lost(NEG);
+    assert!(!before.is_empty(), "{before:?}");
+    let caucus = |rooms: &[Value]| {
+        rooms
+            .iter()
+            .find(|r| r["room"].as_str().unwrap().starts_with("Caucus"))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(caucus(&before)["held_elsewhere"], true, "{before:?}");
+    assert!(
+        caucus(&before)["recoverable"]
+            .as_str()
+            .unwrap()
+            .contains("a member of your party"),
+        "{before:?}"
+    );
+
+    // The offer, and its code.
+    let offer = t.path("link.offer");
+    let shown = ok_json(
+        t.cli(NEG)
+            .args(["device", "link", "--json", "--out"])
+            .arg(&offer),
+    );
+    let code = shown["code"].as_str().unwrap().to_owned();
+    assert_eq!(code.len(), 11, "{shown}");
+
+    // The new device's home: bad codes and offers change nothing.
+    ok(t.cli(NEG2).args(["home", "init"]));
+    let request = t.path("link.request");
+    let take = |code: &str, offer: &Path| {
+        run(t
+            .cli(NEG2)
+            .args(["device", "link", "--offer"])
+            .arg(offer)
+            .args(["--code", code, "--out"])
+            .arg(&request))
+    };
+    // Another code: its first character changed.
+    let wrong = match code.strip_prefix('0') {
+        Some(rest) => format!("1{rest}"),
+        None => format!("0{}", &code[1..]),
+    };
+    take(&wrong, &offer).refused(FAILED, &["the code does not open this offer"]);
+    take("ABCDE-FGHJU", &offer).refused(FAILED, &["no code does"]);
+    take("ABCD", &offer).refused(FAILED, &["not 10"]);
+    let garbled = t.path("garbled.offer");
+    std::fs::write(&garbled, b"not an offer").unwrap();
+    take(&code, &garbled).refused(FAILED, &["not a device link offer"]);
+    assert!(!request.exists());
+    run(t.cli(NEG2).args(["device", "link"])).refused(FAILED, &["say which step"]);
+    run(t
+        .cli(NEG2)
+        .args(["device", "link", "--offer"])
+        .arg(&offer)
+        .args(["--out", "x"]))
+    .refused(USAGE, &["--code"]);
+
+    let taken = take(&code.to_lowercase(), &offer);
+    assert_eq!(taken.code, Some(0), "{taken:?}");
+    // The same offer cannot be taken twice into one home.
+    let again = run(t
+        .cli(NEG2)
+        .args(["device", "link", "--offer"])
+        .arg(&offer)
+        .args(["--code", &code, "--out"])
+        .arg(t.path("again.request")));
+    again.refused(FAILED, &["already takes part"]);
+
+    // The negotiator's home posts the certificate but cannot sign the
+    // seating change; the talks-authority home does, the mediator
+    // co-signs.
+    run(t
+        .cli(NEG)
+        .args(["device", "link", "--request"])
+        .arg(&request))
+    .refused(FAILED, &["only your party's talks-authority home"]);
+    let seated = ok_json(
+        t.cli(US)
+            .args(["device", "seat", "--json", "--request"])
+            .arg(&request),
+    );
+    assert_eq!(seated["applied"], false, "{seated}");
+    ok(t.cli(OM).args(["talks", "cosign"]));
+    ok(t.cli(IR).args(["talks", "cosign"]));
+    // The request seated again: nothing more to do.
+    let again = ok_json(
+        t.cli(US)
+            .args(["device", "seat", "--json", "--request"])
+            .arg(&request),
+    );
+    assert_eq!(again["applied"], true, "{again}");
+
+    // The new device opens the talks (key packages), the first adds it to
+    // the rooms and hands over the history it cannot read.
+    ok(t.cli(NEG2).args(["read"]));
+    ok(t.cli(NEG).args(["read"]));
+    let lines = t.read_all(NEG2);
+    let line = lines.iter().find(|l| l["seq"] == early).unwrap();
+    assert_eq!(line["kind"], "unreadable", "{line}");
+    // The handover covers what the first device verified in the log.
+    t.verified_to(NEG, from_us + 1);
+    ok(t.cli(NEG).args(["handover", "--to", "US negotiator"]));
+    ok(t.cli(NEG2).args(["read"]));
+    reads_all(
+        &t,
+        NEG2,
+        &[
+            (early, "Said before the second device existed."),
+            (from_us, "The envoy, before the link."),
+        ],
+    );
+    let linked = lost(NEG);
+    assert!(
+        caucus(&linked)["recoverable"]
+            .as_str()
+            .unwrap()
+            .contains("your other device"),
+        "{linked:?}"
+    );
+    let after = t.send(NEG2, "caucus", "Now on the second device.");
+    reads_all(&t, US, &[(after, "Now on the second device.")]);
+}
+
+#[test]
+fn a_home_is_restored_and_a_member_recovered() {
+    let t = Talks::open();
+    let sheet = t.path("neg.sheet");
+    let certified = admit_negotiator(&t, Some(&sheet));
+    let words = std::fs::read_to_string(&sheet).unwrap();
+    assert!(words.contains("words:"), "{words}");
+    let early = t.send(NEG, "caucus", "Before the backup.");
+
+    // The backup, and what it says it cannot bring back.
+    let backup = t.path("neg.backup");
+    let out = run(t.cli(NEG).args(["home", "backup", "--out"]).arg(&backup));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("cannot be recovered"), "{out:?}");
+    run(t.cli(NEG).args(["home", "backup", "--out"]).arg(&backup)).refused(FAILED, &["exists"]);
+    let late = t.send(NEG, "caucus", "After the backup.");
+
+    // Restored on a new device key; a bad passphrase, a non-empty
+    // requests directory change nothing.
+    let requests = t.path("requests");
+    let restore = |h: &str, pass: &str| {
+        run(t
+            .cli(h)
+            .env("BACKCHANNEL_PASSPHRASE", pass)
+            .args(["home", "restore", "--json", "--from"])
+            .arg(&backup)
+            .arg("--requests")
+            .arg(&requests))
+    };
+    restore("restored", "wrong passphrase").refused(FAILED, &["does not open as a backup"]);
+    assert!(!t.path("restored").join("home.db").exists());
+    let restored = restore("restored", common::talks::HOME_PASSPHRASE);
+    assert_eq!(restored.code, Some(0), "{restored:?}");
+    let r = restored.json();
+    let r = &r[0];
+    assert_ne!(r["old_device_key_id"], r["new_device_key_id"], "{r}");
+    let request = r["request"].as_str().unwrap().to_owned();
+    ok(t.cli(US).args(["device", "seat", "--request", &request]));
+    ok(t.cli(OM).args(["talks", "cosign"]));
+    ok(t.cli(IR).args(["talks", "cosign"]));
+    ok(t.cli("restored").args(["read"]));
+    ok(t.cli(US).args(["read"]));
+    // The archive came back; what was sent after the backup comes by a
+    // handover from a member of the party who sits in the room.
+    let lines = t.read_all("restored");
+    assert_eq!(
+        text_at(&lines, early).as_deref(),
+        Some("Before the backup."),
+        "{lines:?}"
+    );
+    let line = lines.iter().find(|l| l["seq"] == late).unwrap();
+    assert_eq!(line["kind"], "unreadable", "{line}");
+    t.verified_to(US, late + 1);
+    ok(t.cli(US).args(["handover", "--to", "US negotiator"]));
+    ok(t.cli("restored").args(["read"]));
+    reads_all(&t, "restored", &[(late, "After the backup.")]);
+
+    // Every device lost: the talks authority writes the invitation again.
+    let inv = t.path("recover.inv");
+    run(t
+        .cli(NEG)
+        .args(["members", "recover", "--member", "US negotiator", "--out"])
+        .arg(&inv))
+    .refused(
+        FAILED,
+        &["only the home holding your party's talks authority"],
+    );
+    run(t
+        .cli(US)
+        .args(["members", "recover", "--member", "nobody", "--out"])
+        .arg(&inv))
+    .refused(FAILED, &["no member"]);
+    ok(t.cli(US)
+        .args(["members", "recover", "--member", "US negotiator", "--out"])
+        .arg(&inv));
+
+    // With the sheet: a wrong word is refused; the right words give the
+    // same identity key, which is only seated.
+    ok(t.cli("from-sheet").args(["home", "init"]));
+    let bad_sheet = t.path("bad.sheet");
+    let first = words
+        .split("words:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &bad_sheet,
+        words.replacen(&format!(" 1 {first}"), " 1 zzzz", 1),
+    )
+    .unwrap();
+    let reply = t.path("sheet.reply");
+    run(t
+        .cli("from-sheet")
+        .args(["members", "join", "--invitation"])
+        .arg(&inv)
+        .arg("--from-sheet")
+        .arg(&bad_sheet)
+        .arg("--out")
+        .arg(&reply))
+    .refused(FAILED, &["word 1", "not a recovery word"]);
+    ok(t.cli("from-sheet")
+        .args(["members", "join", "--invitation"])
+        .arg(&inv)
+        .arg("--from-sheet")
+        .arg(&sheet)
+        .arg("--out")
+        .arg(&reply));
+    let admitted = ok_json(
+        t.cli(US)
+            .args(["members", "admit", "--json", "--reply"])
+            .arg(&reply),
+    );
+    // The same identity key: its certificate is the first one, nothing new.
+    assert_eq!(admitted["member_cert_seq"], certified, "{admitted}");
+    ok(t.cli(OM).args(["talks", "cosign"]));
+    ok(t.cli(IR).args(["talks", "cosign"]));
+    ok(t.cli("from-sheet").args(["read"]));
+    ok(t.cli(US).args(["read"]));
+    ok(t.cli("from-sheet").args(["read"]));
+    let said = t.send("from-sheet", "caucus", "Back from the sheet.");
+    reads_all(&t, US, &[(said, "Back from the sheet.")]);
+
+    // Without the sheet: a new identity key, certified, and the old one
+    // revoked (superseded): the sheet's home can sign nothing more.
+    ok(t.cli("new-key").args(["home", "init"]));
+    let reply = t.path("new.reply");
+    ok(t.cli("new-key")
+        .args(["members", "join", "--invitation"])
+        .arg(&inv)
+        .arg("--out")
+        .arg(&reply));
+    let second = ok_json(
+        t.cli(US)
+            .args(["members", "admit", "--json", "--reply"])
+            .arg(&reply),
+    );
+    assert!(
+        second["member_cert_seq"].as_u64() > admitted["member_cert_seq"].as_u64(),
+        "{admitted} {second}"
+    );
+    ok(t.cli(OM).args(["talks", "cosign"]));
+    ok(t.cli(IR).args(["talks", "cosign"]));
+    ok(t.cli("new-key").args(["read"]));
+    ok(t.cli(US).args(["read"]));
+    ok(t.cli("new-key").args(["read"]));
+    let listed = t.devices(US, &["--member", "US negotiator"]);
+    assert!(listed.len() >= 4, "{listed:?}");
+}
+
+#[test]
+fn the_talks_authority_is_handed_over() {
+    let t = Talks::open();
+    admit_negotiator(&t, None);
+
+    // Iran compares the safety code with the US first.
+    let show = ok_json(t.cli(IR).args(["talks", "show", "--json"]));
+    let code: String = show["safety_code"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .filter(|w| *w != "/")
+        .collect::<Vec<_>>()
+        .join(" ");
+    ok(t.cli(IR).args([
+        "talks",
+        "verify",
+        "--with",
+        "US",
+        "--via",
+        "in person",
+        "--code",
+        &code,
+    ]));
+
+    // The negotiator's home claims; only the current holder passes.
+    let claim = t.path("authority.claim");
+    ok(t.cli(NEG)
+        .args(["talks", "authority", "claim", "--out"])
+        .arg(&claim));
+    run(t
+        .cli(US)
+        .args(["talks", "authority", "claim", "--out"])
+        .arg(t.path("other.claim")))
+    .refused(FAILED, &["already holds your party's talks authority"]);
+    run(t
+        .cli(IR)
+        .args(["talks", "authority", "pass", "--claim"])
+        .arg(&claim))
+    .refused(FAILED, &["passed by its current holder"]);
+    let garbled = t.path("garbled.claim");
+    std::fs::write(&garbled, "{}").unwrap();
+    run(t
+        .cli(US)
+        .args(["talks", "authority", "pass", "--claim"])
+        .arg(&garbled))
+    .refused(FAILED, &["not an authority claim"]);
+    run(t
+        .cli(US)
+        .args(["talks", "authority", "certify", "--claim"])
+        .arg(&claim)
+        .args(["--out", "x"]))
+    .refused(FAILED, &["needs no certification"]);
+
+    let passed = ok_json(
+        t.cli(US)
+            .args(["talks", "authority", "pass", "--json", "--claim"])
+            .arg(&claim),
+    );
+    assert_eq!(passed["applied"], false, "{passed}");
+    ok(t.cli(OM).args(["talks", "cosign"]));
+    // Passed once: the same claim again is refused.
+    run(t
+        .cli(US)
+        .args(["talks", "authority", "pass", "--claim"])
+        .arg(&claim))
+    .refused(FAILED, &["the claim replaces key", "talks authority is"]);
+
+    // Iran sees the change: its verification of the US no longer holds.
+    let show = ok_json(t.cli(IR).args(["talks", "show", "--json"]));
+    let us = show["parties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "United States")
+        .unwrap();
+    assert_eq!(us["verified"], false, "{us}");
+    assert!(us["keys"].as_str().unwrap().contains("changed"), "{us}");
+
+    // The new holder acts for the US: it invites and admits a member, and
+    // every replay takes its certificate.
+    let inv = t.path("expert.inv");
+    ok(t.cli(NEG)
+        .args([
+            "members",
+            "add",
+            "--name",
+            "US expert",
+            "--role",
+            "expert",
+            "--out",
+        ])
+        .arg(&inv));
+    ok(t.cli("expert").args(["home", "init"]));
+    let reply = t.path("expert.reply");
+    ok(t.cli("expert")
+        .args(["members", "join", "--invitation"])
+        .arg(&inv)
+        .arg("--out")
+        .arg(&reply));
+    ok(t.cli(NEG).args(["members", "admit", "--reply"]).arg(&reply));
+    ok(t.cli(OM).args(["talks", "cosign"]));
+    ok(t.cli(IR).args(["talks", "cosign"]));
+    ok(t.cli("expert").args(["read"]));
+    ok(t.cli(US).args(["read"]));
+    ok(t.cli("expert").args(["read"]));
+    let said = t.send(
+        "expert",
+        "caucus",
+        "The expert, certified by the new authority.",
+    );
+    reads_all(
+        &t,
+        US,
+        &[(said, "The expert, certified by the new authority.")],
+    );
+
+    // The old holder's talks authority signs nothing that counts: the
+    // member it tries to remove stays seated.
+    let out = run(t
+        .cli(US)
+        .args(["members", "remove", "--member", "US expert"]));
+    assert_ne!(out.code, Some(0), "{out:?}");
+    let still = t.send("expert", "caucus", "Still here.");
+    reads_all(&t, NEG, &[(still, "Still here.")]);
+}
