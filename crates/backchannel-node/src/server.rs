@@ -576,11 +576,9 @@ async fn submit_change<S: Store>(
 ) -> Result<Response, ApiError> {
     let talks = parse_talks(&talks)?;
     let (record, list, entry) = node.member(talks, &key).await?;
-    if !(entry.has(FLAG_MAY_PROPOSE) || entry.has(FLAG_DESIGNATED_SIGNER)) {
-        return Err(ApiError::forbidden(
-            "this key may not submit access-list changes",
-        ));
-    }
+    // Any member may hand in a change its signatures complete (they alone
+    // authorise it); only a proposer's connection may leave one waiting.
+    let may_propose = entry.has(FLAG_MAY_PROPOSE) || entry.has(FLAG_DESIGNATED_SIGNER);
     let change: AccessListChange = decode(&req.change, "access-list change")?;
     let delta_bytes = change.delta.to_canonical_bytes();
     let delta_hash = sha256(&delta_bytes);
@@ -588,6 +586,13 @@ async fn submit_change<S: Store>(
     // every one before it looks for missing ones.
     let outcome = match list.apply(&change) {
         Ok(next) => Ok(next),
+        Err(AccessListError::MissingSignature(_)) if !may_propose => {
+            return Err(ApiError::forbidden(
+                "this key may not submit access-list changes that wait for signatures; submit \
+                 it with every signature it needs, or from a head's or a talks authority's \
+                 connection",
+            ));
+        }
         Err(AccessListError::MissingSignature(_))
             if !change
                 .signatures()

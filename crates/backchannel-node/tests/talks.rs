@@ -277,6 +277,63 @@ async fn a_change_waits_for_every_required_signature() {
 }
 
 #[tokio::test]
+async fn any_member_hands_in_a_change_its_signatures_complete() {
+    let node = start(test_limits()).await;
+    let talks = node.open_reference_talks().await;
+    let t = fixtures::talks();
+    let list = reference_list();
+    let new_device = key(0x69).public_key();
+    let entry = AccessEntry::new(
+        new_device,
+        fixtures::PRINCIPALS[3],
+        t.us,
+        vec![t.record],
+        FLAG_DEVICE,
+    )
+    .unwrap();
+    let delta = AccessListDelta::new(talks, list.hash(), vec![], vec![entry]).unwrap();
+    let signed = |signers: &[u8]| {
+        let mut sigs: Vec<_> = signers
+            .iter()
+            .map(|s| delta.sign(&key(*s)).unwrap())
+            .collect();
+        sigs.sort_by_key(|(k, _)| *k);
+        AccessListChange::new(delta.clone(), sigs).unwrap()
+    };
+    let submit = |change: AccessListChange| {
+        let c = node.client(US_NEGOTIATOR_DEVICE);
+        async move {
+            c.post(
+                &path(talks, "/access-list/changes"),
+                json!({"change": b64(&change.to_canonical_bytes())}),
+            )
+            .await
+        }
+    };
+    // From a device that may not propose: incomplete, refused and not kept.
+    let a = submit(signed(&[US_TALKS])).await;
+    assert_eq!((a.status, a.code().as_str()), (403, "forbidden"));
+    assert!(
+        node.node
+            .store()
+            .pending_changes(talks)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(current_list(&node, talks).await, list);
+    // Complete: applied, whoever hands it in.
+    let a = submit(signed(&[OMAN_TALKS, US_TALKS])).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert!(
+        current_list(&node, talks)
+            .await
+            .get(&new_device.id())
+            .is_some()
+    );
+}
+
+#[tokio::test]
 async fn blobs_upload_in_chunks_and_are_served_to_their_rooms_only() {
     let node = start(Limits {
         max_blob: 3 << 20,
