@@ -78,7 +78,9 @@ pub fn sheet(
 
 /// Names on the sheet stay on their line.
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// What a sheet gives back.
@@ -109,7 +111,9 @@ pub enum SheetError {
         word: String,
     },
     /// The checksum does not match: a word is wrong or two are swapped.
-    #[error("the words do not check out (a word is wrong, or two are swapped); compare them with the sheet again")]
+    #[error(
+        "the words do not check out (a word is wrong, or two are swapped); compare them with the sheet again"
+    )]
     Checksum,
     /// The words give another key than the sheet's `identity` line.
     #[error("the words give the key {got}, but the sheet names {want}; a word is wrong")]
@@ -132,8 +136,8 @@ pub fn parse(text: &str) -> Result<Recovered, SheetError> {
     let mut talks = None;
     let mut principal = None;
     let mut want: Option<String> = None;
-    let mut words_text: Option<String> = None;
-    let mut all_words = String::new();
+    let mut words_text: Option<Zeroizing<String>> = None;
+    let mut all_words = Zeroizing::new(String::new());
     for line in text.lines() {
         let trimmed = line.trim();
         if let Some(w) = words_text.as_mut() {
@@ -142,10 +146,12 @@ pub fn parse(text: &str) -> Result<Recovered, SheetError> {
             continue;
         }
         if trimmed.eq_ignore_ascii_case("words:") {
-            words_text = Some(String::new());
+            words_text = Some(Zeroizing::new(String::new()));
             continue;
         }
-        let (head, rest) = trimmed.split_once(char::is_whitespace).unwrap_or((trimmed, ""));
+        let (head, rest) = trimmed
+            .split_once(char::is_whitespace)
+            .unwrap_or((trimmed, ""));
         let rest = rest.trim().to_ascii_lowercase();
         let rest = rest.as_str();
         match head.to_ascii_lowercase().as_str() {
@@ -174,11 +180,13 @@ pub fn parse(text: &str) -> Result<Recovered, SheetError> {
         }
     }
     let source = words_text.unwrap_or(all_words);
-    let words: Vec<String> = source
-        .split_whitespace()
-        .filter(|t| !t.chars().all(|c| c.is_ascii_digit()))
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let words: Zeroizing<Vec<String>> = Zeroizing::new(
+        source
+            .split_whitespace()
+            .filter(|t| !t.chars().all(|c| c.is_ascii_digit()))
+            .map(str::to_ascii_lowercase)
+            .collect(),
+    );
     if words.len() != SHEET_WORDS {
         return Err(SheetError::WordCount(words.len()));
     }
@@ -192,8 +200,8 @@ pub fn parse(text: &str) -> Result<Recovered, SheetError> {
         }
     }
     let joined = Zeroizing::new(words.join(" "));
-    let mnemonic = bip39::Mnemonic::parse_in_normalized(list, &joined)
-        .map_err(|_| SheetError::Checksum)?;
+    let mnemonic =
+        bip39::Mnemonic::parse_in_normalized(list, &joined).map_err(|_| SheetError::Checksum)?;
     let (entropy, len) = mnemonic.to_entropy_array();
     let entropy = Zeroizing::new(entropy);
     let seed: [u8; 32] = entropy[..len]
@@ -249,11 +257,7 @@ mod tests {
         check(|s| s, Ok(()));
         check(|s| s.to_uppercase().replace("WORDS:", "words:"), Ok(()));
         // Words alone, without the header, give the key too.
-        let words: String = written()
-            .split("words:")
-            .nth(1)
-            .expect("words")
-            .to_owned();
+        let words: String = written().split("words:").nth(1).expect("words").to_owned();
         let r = parse(&words).expect("words alone");
         assert_eq!(r.identity.public_key(), key().public_key());
         assert_eq!(r.talks, None);
@@ -262,7 +266,13 @@ mod tests {
     #[test]
     fn bad_sheets_say_why() {
         let first_word = |s: &String| {
-            s.split("words:").nth(1).unwrap().split_whitespace().nth(1).unwrap().to_owned()
+            s.split("words:")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .to_owned()
         };
         check(
             |s| {
@@ -290,7 +300,10 @@ mod tests {
                 want: "ab".repeat(32),
             }),
         );
-        check(|s| s.replace("talks     ", "talks     zz"), Err(SheetError::Header("talks")));
+        check(
+            |s| s.replace("talks     ", "talks     zz"),
+            Err(SheetError::Header("talks")),
+        );
         check(|_| "x".repeat(MAX_SHEET + 1), Err(SheetError::TooLong));
         check(|_| String::new(), Err(SheetError::WordCount(0)));
     }

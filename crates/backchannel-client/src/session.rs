@@ -1090,7 +1090,8 @@ impl<S: ClientStore> Session<S> {
             .map_err(|_| evidence("its header signature does not verify".into()))?;
         let (message, unreadable) = match &d.body {
             Some(body) => {
-                let mine = h.sender == self.device.public_key().id() || self.former.contains(&h.sender);
+                let mine =
+                    h.sender == self.device.public_key().id() || self.former.contains(&h.sender);
                 let own = if mine && h.kind == Kind::MlsApp {
                     self.store
                         .get(Namespace::Mls, &self.sent_key(&d.header))
