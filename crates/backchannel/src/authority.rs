@@ -22,8 +22,9 @@
 //!    under the all-parties change rule, every other party's
 //!    talks-authority home runs `endorse`; then a mediator team's
 //!    talks-authority home runs `pass`. The access-list change then needs
-//!    the mediator and every other party (`talks cosign`), not the party's
-//!    old key, which can no longer sign.
+//!    the mediator, every other party and the new key itself (`talks
+//!    cosign`, the new holder's home last, over its device's connection),
+//!    not the party's old key, which can no longer sign.
 //!
 //! Every party's replay takes the new key as the party's talks authority
 //! from the statement's seq and refuses what the old key signs after it;
@@ -210,7 +211,7 @@ impl Claim {
         let how = match j.how.as_str() {
             h if h == PassedHow::HandedOver.name() => PassedHow::HandedOver,
             h if h == PassedHow::Reappointed.name() => PassedHow::Reappointed,
-            other => bail!("its how {other:?} is neither handed-over nor reappointed"),
+            other => bail!("its how {other:?} is neither \"handed over\" nor \"re-appointed\""),
         };
         let mut endorsements = Vec::new();
         for e in &j.endorsements {
@@ -533,35 +534,64 @@ fn pass(dir: &Path, a: PassArgs) -> anyhow::Result<()> {
         }
         let mut s = ctx.session().await?;
         let view = refresh(&ctx, &mut s).await?;
-        check_claim(&view, &c)?;
-        let room = ctx.record.record_room.context("no record room yet")?;
-        let st = crate::talks::statement(
-            &ta,
-            &ctx.record,
-            room,
-            s.checkpoint_ref(),
-            Payload::AuthorityPassed(payload),
-        )?;
-        // The statement goes first: co-signers check the record for it.
-        let seq =
-            participant::post(&mut s, room, Content::Statement(st.as_bytes().to_vec())).await?;
-        let view = refresh(&ctx, &mut s).await?;
-        if let Some(l) = view.logged(seq)
-            && let Err(e) = &l.verdict
-        {
-            bail!("the record refused the pass at seq {seq}: {e}");
+        // Passed already (an earlier run stopped before the access-list
+        // change): only the change is proposed again.
+        let logged = view
+            .replay
+            .authority_passes()
+            .iter()
+            .find(|p| p.party == c.party && p.old == c.old_key && p.new == c.new_key)
+            .map(|p| p.seq);
+        if logged.is_none() {
+            check_claim(&view, &c)?;
         }
+        // The old key's entry is checked before anything is posted.
         let current = s.node().access_list(ctx.talks()).await?;
-        let old = current.list.get(&c.old_key).with_context(|| {
-            format!(
-                "the pass is in the record (seq {seq}), but the node's access list does not \
-                 hold the old key; ask the mediator to seat the new one"
-            )
+        if let Some(seq) = logged
+            && current.list.get(&c.new_key.id()).is_some()
+        {
+            ctx.close().await;
+            println!(
+                "the pass is in the record (seq {seq}) and the new key is on the access list: \
+                 nothing left to do"
+            );
+            return Ok(());
+        }
+        let old = current.list.get(&c.old_key).cloned().with_context(|| {
+            "the node's access list does not hold the old key: the new one cannot be seated in \
+             its place; nothing was posted"
+                .to_owned()
         })?;
         ensure!(
             old.has(FLAG_DESIGNATED_SIGNER),
-            "the old key is not its party's designated signer on the access list"
+            "the old key is not its party's designated signer on the access list; nothing was \
+             posted"
         );
+        let room = ctx.record.record_room.context("no record room yet")?;
+        let seq = match logged {
+            Some(seq) => seq,
+            None => {
+                let st = crate::talks::statement(
+                    &ta,
+                    &ctx.record,
+                    room,
+                    s.checkpoint_ref(),
+                    Payload::AuthorityPassed(payload),
+                )?;
+                // The statement goes first: co-signers check the record for it.
+                let seq =
+                    participant::post(&mut s, room, Content::Statement(st.as_bytes().to_vec()))
+                        .await?;
+                let view = refresh(&ctx, &mut s).await?;
+                if let Some(l) = view.logged(seq)
+                    && let Err(e) = &l.verdict
+                {
+                    bail!("the record refused the pass at seq {seq}: {e}");
+                }
+                seq
+            }
+        };
+        let current = s.node().access_list(ctx.talks()).await?;
         let entry = AccessEntry::new(
             c.new_key,
             old.principal,
@@ -597,11 +627,11 @@ fn pass(dir: &Path, a: PassArgs) -> anyhow::Result<()> {
                 None => println!("the new key is on the access list"),
                 Some(m) => println!(
                     "the access-list change waits for co-signatures ({m}): `backchannel talks \
-                     cosign` from the mediator{}",
+                     cosign` from {}",
                     if c.how == PassedHow::Reappointed {
-                        " and every other party"
+                        "every other party and then the new holder's home (its key signs last)"
                     } else {
-                        ""
+                        "the mediator"
                     }
                 ),
             }
@@ -625,11 +655,17 @@ pub fn justified_pass(
         return None;
     };
     let old = current.get(removed)?;
+    // The pass is in the record, and the key it seats is still the
+    // party's talks authority (not itself passed on since).
     let passed = view
         .replay
         .authority_passes()
         .iter()
-        .any(|p| p.old == *removed && p.new.id() == added.key_id() && p.party == old.party);
+        .any(|p| p.old == *removed && p.new.id() == added.key_id() && p.party == old.party)
+        && view
+            .replay
+            .talks_authority(old.party)
+            .is_some_and(|k| k.key.id() == added.key_id());
     let same = added.principal == old.principal
         && added.party == old.party
         && added.rooms() == old.rooms()

@@ -882,6 +882,11 @@ pub struct MembersRecoverArgs {
     /// Where to write the member invitation (must not exist).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// When their devices were lost, in UTC (2026-11-30T09:00Z; default
+    /// now): once you admit their reply, their earlier keys are revoked as
+    /// lost at this time, and what their devices sent from it is flagged.
+    #[arg(long, value_name = "UTC")]
+    pub lost_at: Option<String>,
 }
 
 /// `backchannel members add`.

@@ -359,9 +359,11 @@ fn list(home_dir: Option<PathBuf>, a: DeviceListArgs) -> anyhow::Result<()> {
             .collect();
         // If this device were lost: per room it sits in, whether anyone
         // else of its party could hand the history back.
-        let if_lost = (principal == ctx.record.principal)
-            .then(|| if_lost(&view, &served, &s.device().public_key().id()))
-            .unwrap_or_default();
+        let if_lost = if principal == ctx.record.principal {
+            if_lost(&view, &served, &s.device().public_key().id())
+        } else {
+            Vec::new()
+        };
         let talks = ctx.talks().to_hex();
         ctx.close().await;
         let out = ListOut {

@@ -344,6 +344,17 @@ async fn store_key(
 ) -> anyhow::Result<(IndexEntry, bool)> {
     let mut index = read_index(store).await?;
     let found = index.binary_search_by(|e| e.name.cmp(&name));
+    // The same key stored again (a command run again after it stopped
+    // half way) is no conflict: only `also` is written.
+    if let Ok(i) = found
+        && !force
+        && index[i].public == key.public_key()
+    {
+        if !also.is_empty() {
+            store.put_many(also).await?;
+        }
+        return Ok((index[i].clone(), true));
+    }
     if found.is_ok() && !force {
         bail!(
             "this home already has {} key labelled {:?}{}; choose another --label, or pass \

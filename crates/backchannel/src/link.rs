@@ -193,11 +193,14 @@ struct Offer {
 
 impl Offer {
     fn to_plaintext(&self) -> Zeroizing<Vec<u8>> {
-        let mut w = Writer::with_capacity(4096);
+        // Exactly the capacity needed, so the buffer holding the seed is
+        // never reallocated (which would leave an unwiped copy behind).
+        let record = self.record.to_canonical_bytes();
+        let mut w = Writer::with_capacity(OFFER_MAGIC.len() + 8 + 32 + record.len());
         w.raw(OFFER_MAGIC);
         w.u64(self.not_after);
         w.raw(&self.identity.seed()[..]);
-        self.record.encode(&mut w);
+        w.raw(&record);
         Zeroizing::new(w.into_bytes())
     }
 
@@ -235,7 +238,12 @@ fn make_offer(home_dir: Option<PathBuf>, t: &TalksArgs, out: &Path) -> anyhow::R
         // link: say so now rather than after the new device is set up.
         let mut s = ctx.session().await?;
         let view = refresh(&ctx, &mut s).await?;
-        identity_of(&view, ctx.record.principal, &identity.public_key())?;
+        identity_of(
+            &view,
+            ctx.record.party,
+            ctx.record.principal,
+            &identity.public_key(),
+        )?;
         let mut record = ctx.record.clone();
         // The new device is not the one that invited anyone.
         record.invited.clear();
@@ -426,7 +434,12 @@ pub fn request_for(
 
 /// Checks that the record certifies `key` as `principal`'s identity key and
 /// has not revoked it.
-fn identity_of(view: &View, principal: PrincipalId, key: &PublicKey) -> anyhow::Result<()> {
+fn identity_of(
+    view: &View,
+    party: backchannel_codec::PartyId,
+    principal: PrincipalId,
+    key: &PublicKey,
+) -> anyhow::Result<()> {
     let Some(state) = view.replay.key(&key.id()) else {
         bail!(
             "the record does not know the identity key {}; the member must be admitted \
@@ -435,8 +448,9 @@ fn identity_of(view: &View, principal: PrincipalId, key: &PublicKey) -> anyhow::
         );
     };
     ensure!(
-        matches!(state.role, KeyRole::Identity { principal: p, .. } if p == principal),
-        "the key {} is not that member's identity key in the record",
+        matches!(state.role, KeyRole::Identity { principal: p, party: q, .. }
+            if p == principal && q == party),
+        "the key {} is not the identity key of that member of your party in the record",
         key.id().to_hex()
     );
     ensure!(
@@ -519,7 +533,26 @@ async fn seat_request(
         "the request's device certificate is not for that member's device in your party; do not \
          seat it"
     );
-    identity_of(&view, request.principal, &request.identity_key)?;
+    identity_of(
+        &view,
+        ctx.record.party,
+        request.principal,
+        &request.identity_key,
+    )?;
+    // A device key the record revoked, or whose certificate expired, is
+    // never seated (again).
+    if let Some(k) = view.replay.key(&request.device_key.id()) {
+        ensure!(
+            k.revoked_at.is_none(),
+            "the request's device key is revoked in the record (seq {}); make a new request",
+            k.revoked_at.unwrap_or_default()
+        );
+        let expired = matches!(k.role, KeyRole::Device { not_after: Some(t), .. } if t <= now_ms());
+        ensure!(
+            !expired,
+            "the request's device certificate has expired; make a new request"
+        );
+    }
     ensure!(
         view.replay.key(&request.device_key.id()).is_none()
             || view.statements.iter().any(|l| l.verdict.is_ok()
@@ -539,7 +572,21 @@ async fn seat_request(
         .map(|l| l.seq);
     let device_cert_seq = match logged {
         Some(seq) => seq,
-        None => participant::post(s, room, Content::Statement(request.device_cert.clone())).await?,
+        None => {
+            let seq =
+                participant::post(s, room, Content::Statement(request.device_cert.clone())).await?;
+            // Seated only if every replay takes the certificate.
+            let view = refresh(ctx, s).await?;
+            if let Some(l) = view.logged(seq)
+                && let Err(e) = &l.verdict
+            {
+                bail!(
+                    "the record refused the device certificate at seq {seq} ({e}); the device is \
+                     not seated"
+                );
+            }
+            seq
+        }
     };
     let current = s.node().access_list(ctx.talks()).await?;
     let device_key_id = request.device_key.id().to_hex();

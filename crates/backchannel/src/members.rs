@@ -29,6 +29,7 @@ use backchannel_client::participant::{
     self as talks_store, MemberInvitationDoc, MemberReplyDoc, PendingMember, TalksRecord,
 };
 use backchannel_client::seal::Content;
+use backchannel_client::store::{ClientStore as _, Namespace, Put};
 use backchannel_codec::PrincipalId;
 use backchannel_core::replay::KeyRole;
 use backchannel_crypto::{KeyId, Signer as _};
@@ -296,6 +297,8 @@ struct Admitted {
     member_cert_seq: u64,
     device_cert_seq: u64,
     applied: bool,
+    /// A member being recovered: their earlier keys, revoked as lost.
+    revoked_as_lost: Vec<String>,
 }
 
 fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
@@ -383,19 +386,32 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
             );
         }
         let member_logged = member_logged.or(theirs.map(|k| k.valid_from));
-        // The member's earlier identity keys, still valid: a new key
-        // supersedes them once certified.
-        let superseded: Vec<KeyId> = certified_member_keys(&view)
-            .into_iter()
-            .filter(|id| {
-                *id != reply.identity_key.id()
-                    && view.replay.key(id).is_some_and(|k| {
-                        k.revoked_at.is_none()
-                            && matches!(k.role, KeyRole::Identity { principal, .. }
-                                if principal == reply.principal)
-                    })
-            })
-            .collect();
+        // A member this home is recovering (`members recover`): every other
+        // key of theirs still valid — earlier identity keys, the lost
+        // devices — is revoked as lost at the time recover was given, and
+        // the devices taken off the list. (Without it, a second identity
+        // key for a member is a second device's, and nothing is revoked.)
+        let recovering = recovering(&ctx, reply.principal).await?;
+        let lost: Vec<KeyId> = match recovering {
+            None => Vec::new(),
+            Some(_) => certified_member_keys(&view)
+                .into_iter()
+                .filter(|id| {
+                    *id != reply.identity_key.id()
+                        && *id != reply.device_key.id()
+                        && view.replay.key(id).is_some_and(|k| {
+                            k.revoked_at.is_none()
+                                && match k.role {
+                                    KeyRole::Identity { principal, .. }
+                                    | KeyRole::Device { principal, .. } => {
+                                        principal == reply.principal
+                                    }
+                                    KeyRole::TalksAuthority { .. } => false,
+                                }
+                        })
+                })
+                .collect(),
+        };
         let device_logged = logged(&|p| {
             matches!(p, Payload::DeviceCert(c)
                 if c.principal == reply.principal && c.device_key == reply.device_key)
@@ -433,7 +449,7 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
                 .await?
             }
         };
-        for old in &superseded {
+        for old in &lost {
             let revoke = crate::talks::statement(
                 &ta,
                 &ctx.record,
@@ -441,12 +457,27 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
                 s.checkpoint_ref(),
                 Payload::Revoke(Revoke {
                     key: *old,
-                    reason: RevokeReason::Superseded,
-                    lost_at: None,
+                    reason: RevokeReason::Lost,
+                    lost_at: recovering,
                 }),
             )?;
             participant::post(&mut s, room, Content::Statement(revoke.as_bytes().to_vec())).await?;
         }
+        // The lost devices off the list (a removal the party's designated
+        // signer makes alone).
+        let gone: Vec<KeyId> = lost
+            .iter()
+            .copied()
+            .filter(|k| current.list.get(k).is_some())
+            .collect();
+        let current = if gone.is_empty() {
+            current
+        } else {
+            let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), gone, vec![])?;
+            let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
+            participant::submit_change(&ctx, &ta, &change).await?;
+            s.node().access_list(ctx.talks()).await?
+        };
         let device_cert_seq = match device_logged {
             Some(seq) => seq,
             None => {
@@ -480,16 +511,34 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
             let outcome = participant::submit_change(&ctx, &ta, &change).await?;
             (outcome.applied, outcome.missing)
         };
+        if recovering.is_some() {
+            ctx.store
+                .put_many(vec![recovering_put(&ctx, reply.principal, None)])
+                .await?;
+        }
         ctx.close().await;
         let out = Admitted {
             principal: reply.principal.to_hex(),
             member_cert_seq,
             device_cert_seq,
             applied,
+            revoked_as_lost: lost.iter().map(KeyId::to_hex).collect(),
         };
         if a.talks.json {
             println!("{}", serde_json::to_string(&out)?);
         } else {
+            if !lost.is_empty() {
+                println!(
+                    "recovered: revoked {} earlier key(s) of {} as lost and took their devices \
+                     off the list: {}",
+                    lost.len(),
+                    pending.name,
+                    lost.iter()
+                        .map(|k| k.to_hex()[..16].to_owned())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             println!(
                 "certified {} in the record (seqs {} and {}); the change seating their device {}",
                 pending.name,
@@ -624,6 +673,8 @@ struct Recovering {
 /// Runs `members recover`: a member invitation, again, for a member of the
 /// party who lost every device.
 fn recover(home_dir: Option<PathBuf>, a: MembersRecoverArgs) -> anyhow::Result<()> {
+    let lost_at = lost_at(RevokeReason::Lost, a.lost_at.as_deref(), now_ms())?
+        .context("a loss has a time")?;
     let dir = home::resolve(home_dir)?;
     ensure!(
         !a.out.exists(),
@@ -672,6 +723,9 @@ fn recover(home_dir: Option<PathBuf>, a: MembersRecoverArgs) -> anyhow::Result<(
             record_room,
         };
         participant::write_secret(&a.out, doc.to_json().as_bytes())?;
+        ctx.store
+            .put_many(vec![recovering_put(&ctx, principal, Some(lost_at))])
+            .await?;
         if !ctx
             .record
             .pending_members
@@ -711,6 +765,41 @@ fn recover(home_dir: Option<PathBuf>, a: MembersRecoverArgs) -> anyhow::Result<(
         }
         Ok(())
     })
+}
+
+/// The store key of "this home is recovering `principal`".
+fn recovering_key(ctx: &participant::Ctx, principal: PrincipalId) -> Vec<u8> {
+    let mut k = b"backchannel/v1/home/recovering/".to_vec();
+    k.extend_from_slice(ctx.talks().as_bytes());
+    k.extend_from_slice(principal.as_bytes());
+    k
+}
+
+/// When `principal`'s keys were lost, if this home is recovering them
+/// (`members recover`, until `members admit` seats them again).
+async fn recovering(ctx: &participant::Ctx, principal: PrincipalId) -> anyhow::Result<Option<u64>> {
+    let Some(b) = ctx
+        .store
+        .get(Namespace::Talks, &recovering_key(ctx, principal))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let b: [u8; 8] = b
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("the home's record of a member being recovered is damaged"))?;
+    Ok(Some(u64::from_be_bytes(b)))
+}
+
+/// The write that records (`Some(lost_at)`) or clears (`None`) that this
+/// home is recovering `principal`.
+fn recovering_put(ctx: &participant::Ctx, principal: PrincipalId, lost_at: Option<u64>) -> Put {
+    Put {
+        ns: Namespace::Talks,
+        key: recovering_key(ctx, principal),
+        value: lost_at.map(|t| t.to_be_bytes().to_vec()),
+    }
 }
 
 /// Runs `members remove`.

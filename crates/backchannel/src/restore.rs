@@ -150,7 +150,8 @@ pub fn restore(dir: &Path, a: HomeRestoreArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| {
                     anyhow!(
-                        "{} does not open as a backup of a home ({e}); give the file `home                          backup` wrote and its home's passphrase",
+                        "{} does not open as a backup of a home ({e}); give the file `home \
+                         backup` wrote and its home's passphrase",
                         a.from.display()
                     )
                 })?
@@ -159,48 +160,17 @@ pub fn restore(dir: &Path, a: HomeRestoreArgs) -> anyhow::Result<()> {
             Ok(())
         })
     });
-    if let Err(e) = opened {
-        // The directory was new or empty: leave it so.
+    // Anything failing from here on leaves no half-restored home behind:
+    // the directory was new or empty, and is left so.
+    let clean = |e: anyhow::Error| {
+        home::release();
         for name in [home::STORE, "home.db-wal", "home.db-shm", home::LOCK] {
             let _ = std::fs::remove_file(dir.join(name));
         }
-        return Err(e);
-    }
-    let restored = home::block_on(async {
-        let store = home::open(dir, &a.passphrase).await?;
-        let mut out = Vec::new();
-        for talks in talks_store::talks_index(&store).await? {
-            let record = talks_store::load(&store, talks)
-                .await?
-                .context("the backup's talks index names talks it holds no record of")?;
-            let t = Some(talks);
-            let Some(identity) = keys::load(&store, KeyKindArg::Identity, t, LABEL).await? else {
-                eprintln!(
-                    "note: talks {talks}: the backup holds no identity key (a talks-authority or \
-                     authority home): nothing to restore there"
-                );
-                continue;
-            };
-            let Some(old) = keys::load(&store, KeyKindArg::Device, t, LABEL).await? else {
-                continue;
-            };
-            let new = SecretKey::generate(&mut OsRng);
-            let erase = device_state_erasure(&store, talks, &old).await?;
-            keys::store_given(&store, KeyKindArg::Device, t, LABEL, &new, true, erase).await?;
-            let request = link::request_for(&record, &identity, &new)?;
-            let path = a.requests.join(format!("request-{}.json", talks.to_hex()));
-            participant::write_secret(&path, request.to_json().as_bytes())?;
-            out.push(Restored {
-                talks: talks.to_hex(),
-                member: record.member_name.clone(),
-                old_device_key_id: old.public_key().id().to_hex(),
-                new_device_key_id: new.public_key().id().to_hex(),
-                request: path,
-            });
-        }
-        store.close().await;
-        Ok(out)
-    })?;
+        e
+    };
+    opened.map_err(clean)?;
+    let restored = rotate(dir, &a).map_err(clean)?;
     if a.json {
         println!("{}", serde_json::to_string(&restored)?);
         return Ok(());
@@ -227,6 +197,72 @@ pub fn restore(dir: &Path, a: HomeRestoreArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Moves every talks of the new home `dir` onto a new device key: first
+/// every request is made (nothing is written if one cannot be), then each
+/// talks' new key is stored with the erasure of the old key's state, in
+/// one write per talks, then the requests are written. A talks for which
+/// the home holds no identity key gets a new device key all the same (its
+/// old state must not live on in a copy), but no request: it says so.
+fn rotate(dir: &Path, a: &HomeRestoreArgs) -> anyhow::Result<Vec<Restored>> {
+    home::block_on(async {
+        let store = home::open(dir, &a.passphrase).await?;
+        let mut planned = Vec::new();
+        for talks in talks_store::talks_index(&store).await? {
+            let record = talks_store::load(&store, talks)
+                .await?
+                .context("the backup's talks index names talks it holds no record of")?;
+            let t = Some(talks);
+            let Some(old) = keys::load(&store, KeyKindArg::Device, t, LABEL).await? else {
+                continue;
+            };
+            let new = SecretKey::generate(&mut OsRng);
+            let request = match keys::load(&store, KeyKindArg::Identity, t, LABEL).await? {
+                Some(identity) => Some(link::request_for(&record, &identity, &new)?),
+                None => {
+                    eprintln!(
+                        "note: talks {talks}: the backup holds no identity key, so no request \
+                         can be signed for the new device; its old device state is forgotten \
+                         all the same"
+                    );
+                    None
+                }
+            };
+            planned.push((record, old, new, request));
+        }
+        let mut out = Vec::new();
+        for (record, old, new, _) in &planned {
+            let talks = record.talks;
+            let erase = device_state_erasure(&store, talks, old).await?;
+            keys::store_given(
+                &store,
+                KeyKindArg::Device,
+                Some(talks),
+                LABEL,
+                new,
+                true,
+                erase,
+            )
+            .await?;
+        }
+        store.close().await;
+        for (record, old, new, request) in planned {
+            let Some(request) = request else { continue };
+            let path = a
+                .requests
+                .join(format!("request-{}.json", record.talks.to_hex()));
+            participant::write_secret(&path, request.to_json().as_bytes())?;
+            out.push(Restored {
+                talks: record.talks.to_hex(),
+                member: record.member_name.clone(),
+                old_device_key_id: old.public_key().id().to_hex(),
+                new_device_key_id: new.public_key().id().to_hex(),
+                request: path,
+            });
+        }
+        Ok(out)
+    })
 }
 
 /// Creates the requests directory (mode 0700), or accepts an empty one.

@@ -1481,13 +1481,22 @@ async fn cosign(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
     let ta = ctx.key(KeyKindArg::TalksAuthority).await?;
     let mut s = ctx.session().await?;
     let view = refresh(&ctx, &mut s).await?;
-    let node = ctx.record.node.client(&ta)?;
+    let current = access_list(&s).await?;
+    // The talks authority's own connection when it is on the list; a
+    // re-appointed authority not seated yet signs over this home's
+    // device's (its own signature is what the seating change waits for).
+    let own_connection;
+    let node = if current.get(&ta.public_key().id()).is_some() {
+        own_connection = ctx.record.node.client(&ta)?;
+        &own_connection
+    } else {
+        s.node()
+    };
     let mut out = CosignedOut {
         cosigned: vec![],
         applied: 0,
         refused: vec![],
     };
-    let current = node.access_list(ctx.talks()).await?.list;
     for p in node.pending_changes(ctx.talks()).await? {
         let delta = &p.change.delta;
         if p.change
@@ -1506,7 +1515,12 @@ async fn cosign(dir: &Path, a: TalksArgs) -> anyhow::Result<()> {
             ));
             continue;
         }
-        let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
+        // With the signatures gathered so far, so that the last one
+        // completes the change whoever submits it.
+        let mut signatures: Vec<_> = p.change.signatures().to_vec();
+        signatures.push(delta.sign(&ta)?);
+        signatures.sort_by_key(|(k, _)| *k);
+        let change = AccessListChange::new(delta.clone(), signatures)?;
         match node.submit_change(ctx.talks(), &change).await {
             Ok(o) => {
                 out.cosigned.push(p.delta_hash.to_hex());
