@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::fork::{Finality, is_final};
 use backchannel_client::seal::Content;
+use backchannel_client::session::revoked_or_expired;
 use backchannel_codec::{Decode as _, Encode as _, PartyId};
 use backchannel_core::evidence::{EvidenceBundle, MAX_BUNDLE_LEN, MAX_CHAIN, VerifiedEvidence};
 use backchannel_crypto::{KeyId, PublicKey};
@@ -212,6 +213,10 @@ struct Exported {
     bytes: usize,
     log_key: String,
     origin: String,
+    /// Why the record flags the statement (its author's key or its
+    /// sender's reported lost at or before it, revoked, expired), if it
+    /// does: the bundle itself does not carry it.
+    flagged: Option<String>,
 }
 
 /// Runs `evidence export`.
@@ -244,6 +249,12 @@ pub fn main(home_dir: Option<PathBuf>, a: ExportArgs) -> anyhow::Result<()> {
                 out.cosigned_by.join(", ")
             );
             println!("markings: {}", out.markings.line());
+            if let Some(why) = &out.flagged {
+                println!(
+                    "FLAGGED: the record says it was {why}; the bundle proves it was logged and \
+                     signed, not that its signer still held the key — say so to whoever receives it"
+                );
+            }
             println!(
                 "check it anywhere with `backchannel evidence verify-statement --log-key {} \
                  --origin {} {}`",
@@ -495,7 +506,13 @@ async fn export(ctx: &Ctx, a: &ExportArgs) -> anyhow::Result<Exported> {
         .collect();
     cosigned_by.sort();
     cosigned_by.dedup();
+    // A loss dated at or before the statement (its author's key, or the
+    // device that sent it): the bundle proves the statement was logged
+    // and signed, and the export says the record flags it.
+    let flagged = revoked_or_expired(&view.replay, &st.author, seq, verified.node_time)
+        .or_else(|| revoked_or_expired(&view.replay, &header.sender, seq, verified.node_time));
     Ok(Exported {
+        flagged,
         talks: ctx.talks().to_hex(),
         seq,
         statement_type: type_name(&st.payload),

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::seal::Content;
+use backchannel_client::session::revoked_or_expired;
 use backchannel_codec::{PartyId, PrincipalId, RoomId};
 use backchannel_core::posts::{
     self, ConveyError, ReleaseState, VerifiedVerbatim, check_outgoing, check_verbatim,
@@ -23,7 +24,7 @@ use backchannel_crypto::{SecretKey, Signer as _};
 use backchannel_statement::roster::RoomPurpose;
 use backchannel_statement::{
     AgendaItem, Attribution, Audience, Conveyance, Conveyed, Markings, Message, Payload, Receipt,
-    ReceiptKind, Release, SignedStatement, Statement, Verbatim,
+    ReceiptKind, Release, SignedHeader, SignedStatement, Statement, Verbatim,
 };
 use clap::{Args, Subcommand, ValueEnum};
 use rand_core::OsRng;
@@ -1087,9 +1088,24 @@ pub fn describe(
         Payload::Conveyance(c) => {
             let by = author.map_or_else(|| "?".into(), name_of);
             let text = match c {
-                Conveyed::Verbatim(_) => match conveyances.get(&seq) {
+                Conveyed::Verbatim(verbatim) => match conveyances.get(&seq) {
                     Some(Ok(v)) => {
                         let o = v.original.statement();
+                        // The original's author key, and the device that
+                        // sent it, judged at the original's seq and node
+                        // time: a loss dated at or before it is shown here
+                        // as in the original's own room.
+                        let sender = SignedHeader::decode(verbatim.header())
+                            .ok()
+                            .map(|h| h.header().sender);
+                        let flag = revoked_or_expired(&view.replay, &o.author, v.seq, v.node_time)
+                            .or_else(|| {
+                                sender.and_then(|k| {
+                                    revoked_or_expired(&view.replay, &k, v.seq, v.node_time)
+                                })
+                            })
+                            .map(|why| format!(" — the original was {why}"))
+                            .unwrap_or_default();
                         let (t, i) = match &o.payload {
                             Payload::Message(m) => (m.text().to_owned(), m.item.clone()),
                             _ => (String::new(), None),
@@ -1103,7 +1119,7 @@ pub fn describe(
                             standing(o.acting_for),
                             v.seq,
                             utc(v.node_time)
-                        )
+                        ) + &flag
                     }
                     Some(Err(e)) => format!("a verbatim conveyance by {by} that FAILED: {e}"),
                     None => format!("a verbatim conveyance by {by}, not checked"),
