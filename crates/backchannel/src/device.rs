@@ -24,11 +24,12 @@
 //! room sync commits the removal in every room it shares with the revoked
 //! device. A revocation is dry-run through replay before it is signed.
 //!
-//! The node takes an access-list change only from a connection whose entry
-//! may propose changes (`FLAG_MAY_PROPOSE`: heads of delegation and lead
-//! mediators of the roster) or is a designated signer. A member's other
-//! device without that flag gets the revocation logged, but not the
-//! removal applied: the command says so, and the talks-authority home
+//! The node applies a change its signatures complete from any member's
+//! connection (a removal of a device of one's own principal, signed by
+//! another device of it, is complete), and keeps a change waiting for
+//! signatures only from a connection that may propose (`FLAG_MAY_PROPOSE`)
+//! or a designated signer. Should the node still refuse the removal, the
+//! revocation is logged, the command says so, and the talks-authority home
 //! finishes it with the same command (a device already revoked but still
 //! on the list is only taken off it).
 

@@ -636,7 +636,8 @@ async fn seat_request(
 /// The rooms and flags a new device of `principal` is seated with: those
 /// of the member's devices on `list`; else of the member's roster entry;
 /// else (a member admitted after the roster whose devices are all gone) of
-/// this home's device `mine`, as `members admit` seats a new member.
+/// this home's device `mine` but its private notes, as `members admit`
+/// seats a new member.
 pub fn seat_rooms(
     view: &View,
     list: &backchannel_statement::AccessList,
@@ -669,7 +670,24 @@ pub fn seat_rooms(
     if party_kind == backchannel_statement::PartyKind::Mediator {
         flags |= FLAG_MEDIATOR;
     }
-    Ok((e.rooms().to_vec(), flags))
+    // Never this home's member's private notes.
+    let private: Vec<backchannel_codec::RoomId> = view
+        .roster()
+        .map(|r| {
+            r.rooms
+                .iter()
+                .filter(|d| d.purpose == backchannel_statement::roster::RoomPurpose::PrivateNotes)
+                .map(|d| d.room)
+                .collect()
+        })
+        .unwrap_or_default();
+    let rooms = e
+        .rooms()
+        .iter()
+        .copied()
+        .filter(|r| !private.contains(r))
+        .collect();
+    Ok((rooms, flags))
 }
 
 #[cfg(test)]
