@@ -617,6 +617,28 @@ impl<S: ClientStore> Session<S> {
         )))
     }
 
+    /// For load generators only: the envelope [`Session::send`] would submit
+    /// for `content` in `room` — encrypted with the room's MLS group at its
+    /// current epoch, header signed with a fresh idempotency key, body
+    /// padded — built by the same code, but neither sent nor written to the
+    /// store (the ratchet and the idempotency counter advance in memory).
+    #[doc(hidden)]
+    pub fn prepare_app_envelope(
+        &mut self,
+        room: RoomId,
+        content: Content,
+        salt: Salt,
+    ) -> Result<(SignedHeader, Vec<u8>), SessionError> {
+        let message = AppMessage { content, salt };
+        let plaintext = message.to_bytes();
+        let commitment = message.commitment();
+        let ciphertext = self
+            .mls
+            .encrypt(room, &plaintext, &commitment.0)
+            .map_err(|e| SessionError::Usage(format!("encrypting for the room: {e}")))?;
+        self.envelope(room, Kind::MlsApp, &ciphertext, commitment)
+    }
+
     /// Keeps this device's key packages on the node and each of its rooms'
     /// groups in step with `list`: creates the group of a room that has
     /// none, adds the devices `list` seats in a room and removes those it
