@@ -54,6 +54,9 @@ pub enum Command {
     /// Set up and run a mediator node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Measure a local node under load (`docs/performance.md`).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
     /// Work with talks logs offline.
     #[command(subcommand)]
     Log(LogCommand),

@@ -16,6 +16,7 @@
 //! `follow`: a seq named on stderr).
 
 mod authority;
+mod bench;
 mod blob;
 mod cli;
 mod demo;
@@ -72,6 +73,7 @@ fn try_main(cli: Cli) -> anyhow::Result<()> {
     logging::init(level)?;
     match cli.command {
         Command::Node(command) => node::main(command),
+        Command::Bench(command) => bench::main(command),
         Command::Demo(args) => demo::main(
             args.keep,
             args.canary.as_deref(),
