@@ -88,6 +88,12 @@ pub struct Node<S: Store> {
     pub(crate) instance: [u8; 16],
     /// Whether this node holds the integrator lease, and under which epoch.
     pub(crate) lease: crate::lease::SharedLease,
+    /// The last access list decoded per talks, by the SHA-256 of its stored
+    /// bytes: decoding parses every key (point decompression, small-order
+    /// check), and every request and every stream wake reads the list. The
+    /// store stays the one source: each use reads the record and decodes
+    /// again whenever its bytes differ.
+    decoded: std::sync::Mutex<std::collections::HashMap<TalksId, (Digest, Arc<AccessList>)>>,
 }
 
 impl<S: Store> Node<S> {
@@ -118,6 +124,7 @@ impl<S: Store> Node<S> {
             metrics,
             instance: config.instance,
             lease: Arc::default(),
+            decoded: std::sync::Mutex::default(),
         })
     }
 
@@ -151,7 +158,7 @@ impl<S: Store> Node<S> {
             .await
             .map_err(store_error)?
             .ok_or_else(ApiError::not_found)?;
-        let list = AccessList::from_canonical_bytes(&record.bytes).map_err(|e| {
+        let list = self.decoded_list(talks, &record).map_err(|e| {
             tracing::error!(error = %e, "a stored access list does not decode");
             ApiError::internal()
         })?;
@@ -159,7 +166,28 @@ impl<S: Store> Node<S> {
             .get(&key.id())
             .cloned()
             .ok_or_else(ApiError::not_found)?;
-        Ok((record, list, entry))
+        Ok((record, (*list).clone(), entry))
+    }
+
+    /// `record`'s list of `talks`, decoded once per distinct stored bytes.
+    pub(crate) fn decoded_list(
+        &self,
+        talks: TalksId,
+        record: &AccessListRecord,
+    ) -> Result<Arc<AccessList>, backchannel_codec::DecodeError> {
+        let hash = sha256(&record.bytes);
+        // A poisoned lock only loses the cache: decode again.
+        if let Ok(cache) = self.decoded.lock()
+            && let Some((h, list)) = cache.get(&talks)
+            && *h == hash
+        {
+            return Ok(Arc::clone(list));
+        }
+        let list = Arc::new(AccessList::from_canonical_bytes(&record.bytes)?);
+        if let Ok(mut cache) = self.decoded.lock() {
+            cache.insert(talks, (hash, Arc::clone(&list)));
+        }
+        Ok(list)
     }
 }
 

@@ -28,10 +28,10 @@ use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use backchannel_codec::{Decode, TalksId};
+use backchannel_codec::TalksId;
 use backchannel_crypto::PublicKey;
-use backchannel_statement::AccessList;
-use backchannel_store::{MAX_READ, Store};
+use backchannel_statement::header::{MAX_BODY, SIGNED_HEADER_LEN};
+use backchannel_store::{MAX_READ, MAX_READ_BYTES, Store};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{Notify, broadcast, mpsc};
@@ -226,6 +226,16 @@ async fn deliver<S: Store>(
             let Some(last) = rows.last().map(|r| r.seq) else {
                 break;
             };
+            // A page that stopped neither at the row limit nor near the
+            // byte limit (a further row of the largest size would still
+            // have fitted) reached the end of the log: no second read (an
+            // append after it wakes this stream again).
+            let bytes: usize = rows
+                .iter()
+                .map(|r| r.header.len() + r.body.as_ref().map_or(0, Vec::len))
+                .sum();
+            let caught_up = rows.len() < MAX_READ
+                && bytes + SIGNED_HEADER_LEN + MAX_BODY as usize <= MAX_READ_BYTES;
             for row in rows {
                 if !may_read(&entry, row.room) {
                     continue;
@@ -236,6 +246,9 @@ async fn deliver<S: Store>(
                 }
             }
             cursor = last + 1;
+            if caught_up {
+                break;
+            }
         }
         if !send(
             tx,
@@ -287,7 +300,7 @@ async fn authorised<S: Store>(
     key: &PublicKey,
 ) -> Result<backchannel_statement::AccessEntry, (u16, &'static str)> {
     match node.store.access_list(talks).await {
-        Ok(Some(record)) => match AccessList::from_canonical_bytes(&record.bytes) {
+        Ok(Some(record)) => match node.decoded_list(talks, &record) {
             Ok(list) => list
                 .get(&key.id())
                 .cloned()
