@@ -402,17 +402,25 @@ fn claim(dir: &Path, a: ClaimArgs) -> anyhow::Result<()> {
     })
 }
 
-fn certify(dir: &Path, a: CertifyArgs) -> anyhow::Result<()> {
+/// The re-appointment claim at `claim`, to be signed and written to the
+/// new file `out`; `refusal` says why a handed-over claim is not.
+fn reappointment(claim: &Path, out: &Path, refusal: &str) -> anyhow::Result<Claim> {
     ensure!(
-        !a.out.exists(),
+        !out.exists(),
         "{} exists; choose another --out",
-        a.out.display()
+        out.display()
     );
-    let mut c = Claim::read(&a.claim)?;
-    ensure!(
-        c.how == PassedHow::Reappointed,
-        "a handed-over claim needs no certification: the current holder passes it"
-    );
+    let c = Claim::read(claim)?;
+    ensure!(c.how == PassedHow::Reappointed, "{refusal}");
+    Ok(c)
+}
+
+fn certify(dir: &Path, a: CertifyArgs) -> anyhow::Result<()> {
+    let mut c = reappointment(
+        &a.claim,
+        &a.out,
+        "a handed-over claim needs no certification: the current holder passes it",
+    )?;
     ensure!(
         c.verifies(&c.new_key, &c.new_key_signature),
         "the claim's new key did not sign it; do not certify it"
@@ -439,16 +447,11 @@ fn certify(dir: &Path, a: CertifyArgs) -> anyhow::Result<()> {
 }
 
 fn endorse(dir: &Path, a: EndorseArgs) -> anyhow::Result<()> {
-    ensure!(
-        !a.out.exists(),
-        "{} exists; choose another --out",
-        a.out.display()
-    );
-    let mut c = Claim::read(&a.claim)?;
-    ensure!(
-        c.how == PassedHow::Reappointed,
-        "a handed-over claim takes no endorsements"
-    );
+    let mut c = reappointment(
+        &a.claim,
+        &a.out,
+        "a handed-over claim takes no endorsements",
+    )?;
     home::block_on(async move {
         let ctx = participant::open(dir, &a.talks).await?;
         ensure!(c.talks == ctx.talks(), "the claim is for other talks");

@@ -1540,7 +1540,7 @@ async fn run(
         // inside; the node seats the new key in the old one's entry (the
         // US's old key and the mediator sign; the others too, as
         // change_list does). Every party's safety code changes with it.
-        let code_before = iran_view_code(&seats[IR_HEAD].s, talks, &fingerprint, &log_key).await?;
+        let code_before = code_seen_by(&seats[IR_HEAD].s, talks, &fingerprint, &log_key).await?;
         let old_ta = us.talks_authority.public_key().id();
         let new_ta = SecretKey::generate(&mut OsRng);
         let how = PassedHow::HandedOver;
@@ -1598,7 +1598,7 @@ async fn run(
         change_list(&client, talks, &delta, [&us, &oman, &iran]).await?;
         us.talks_authority = new_ta;
         seats[IR_HEAD].s.receive(&list).await?;
-        let code_after = iran_view_code(&seats[IR_HEAD].s, talks, &fingerprint, &log_key).await?;
+        let code_after = code_seen_by(&seats[IR_HEAD].s, talks, &fingerprint, &log_key).await?;
         let iran_sees = PartyVerification::Verified {
             how: "safety codes compared".into(),
             at_ms: 0,
@@ -1803,17 +1803,7 @@ async fn run(
     let mut codes = BTreeSet::new();
     for (p, i) in [(&oman, OM_LEAD), (&us, US_ENVOY), (&iran, IR_HEAD)] {
         let view = View::of(talks, archives[i].clone());
-        let code = SafetyCode::compute(&SafetyInputs {
-            talks,
-            roster: view.roster_statement().context("no roster")?.hash(),
-            ground_rules: view
-                .ground_rules_statement()
-                .context("no ground rules")?
-                .hash(),
-            node_fingerprint: fingerprint.0,
-            log_key: log_key.public_key(),
-            authority_passes: view.authority_pass_hashes(),
-        });
+        let code = safety_code_of(&view, talks, &fingerprint, &log_key)?;
         println!("  {:2}  {}", p.short, code.phrase());
         codes.insert(code.0);
     }
@@ -1910,13 +1900,27 @@ async fn change_list<E: std::error::Error + Send + Sync + 'static>(
 
 /// The talks safety code as `s`'s verified archive gives it (roster,
 /// ground rules, every authority pass).
-async fn iran_view_code(
+async fn code_seen_by(
     s: &DemoSession,
     talks: TalksId,
     fingerprint: &backchannel_node::tls::Fingerprint,
     log_key: &SecretKey,
 ) -> anyhow::Result<SafetyCode> {
-    let view = View::of(talks, s.archive().await?);
+    safety_code_of(
+        &View::of(talks, s.archive().await?),
+        talks,
+        fingerprint,
+        log_key,
+    )
+}
+
+/// The talks safety code `view` gives.
+fn safety_code_of(
+    view: &View,
+    talks: TalksId,
+    fingerprint: &backchannel_node::tls::Fingerprint,
+    log_key: &SecretKey,
+) -> anyhow::Result<SafetyCode> {
     Ok(SafetyCode::compute(&SafetyInputs {
         talks,
         roster: view.roster_statement().context("no roster")?.hash(),

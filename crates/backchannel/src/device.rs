@@ -443,16 +443,7 @@ fn if_lost(view: &View, list: &AccessList, me: &KeyId) -> Vec<IfLost> {
     let Some(mine) = list.get(me) else {
         return Vec::new();
     };
-    let private: BTreeSet<RoomId> = view
-        .roster()
-        .map(|r| {
-            r.rooms
-                .iter()
-                .filter(|d| d.purpose == backchannel_statement::roster::RoomPurpose::PrivateNotes)
-                .map(|d| d.room)
-                .collect()
-        })
-        .unwrap_or_default();
+    let private = view.private_notes();
     mine.rooms()
         .iter()
         .map(|room| {

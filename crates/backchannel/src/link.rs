@@ -671,16 +671,7 @@ pub fn seat_rooms(
         flags |= FLAG_MEDIATOR;
     }
     // Never this home's member's private notes.
-    let private: Vec<backchannel_codec::RoomId> = view
-        .roster()
-        .map(|r| {
-            r.rooms
-                .iter()
-                .filter(|d| d.purpose == backchannel_statement::roster::RoomPurpose::PrivateNotes)
-                .map(|d| d.room)
-                .collect()
-        })
-        .unwrap_or_default();
+    let private = view.private_notes();
     let rooms = e
         .rooms()
         .iter()

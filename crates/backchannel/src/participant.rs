@@ -478,6 +478,20 @@ impl View {
         }
     }
 
+    /// The private-notes rooms the roster declares (never handed over, and
+    /// never given to another member's device).
+    pub fn private_notes(&self) -> BTreeSet<RoomId> {
+        self.roster()
+            .map(|r| {
+                r.rooms
+                    .iter()
+                    .filter(|d| d.purpose == RoomPurpose::PrivateNotes)
+                    .map(|d| d.room)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The room's name, as the roster declares it.
     pub fn room_name(&self, room: RoomId) -> String {
         self.roster()

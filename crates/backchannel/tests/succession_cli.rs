@@ -70,6 +70,41 @@ fn admit_negotiator(t: &Talks, sheet: Option<&Path>) -> u64 {
     admitted["member_cert_seq"].as_u64().unwrap()
 }
 
+/// The negotiator's home, holding the US talks authority now, invites and
+/// admits "US expert"; the mediator and Iran co-sign, and the expert's
+/// device joins the groups. The expert's principal id.
+fn admit_expert(t: &Talks) -> String {
+    let inv = t.path("expert.inv");
+    let added = ok_json(
+        t.cli(NEG)
+            .args([
+                "members",
+                "add",
+                "--json",
+                "--name",
+                "US expert",
+                "--role",
+                "expert",
+                "--out",
+            ])
+            .arg(&inv),
+    );
+    ok(t.cli("expert").args(["home", "init"]));
+    let reply = t.path("expert.reply");
+    ok(t.cli("expert")
+        .args(["members", "join", "--invitation"])
+        .arg(&inv)
+        .arg("--out")
+        .arg(&reply));
+    ok(t.cli(NEG).args(["members", "admit", "--reply"]).arg(&reply));
+    ok(t.cli(OM).args(["talks", "cosign"]));
+    ok(t.cli(IR).args(["talks", "cosign"]));
+    ok(t.cli("expert").args(["read"]));
+    ok(t.cli(US).args(["read"]));
+    ok(t.cli("expert").args(["read"]));
+    added["principal"].as_str().unwrap().to_owned()
+}
+
 /// `h` reads every line of `seqs` with its text (nothing unreadable).
 #[track_caller]
 fn reads_all(t: &Talks, h: &str, seqs: &[(u64, &str)]) {
@@ -495,35 +530,7 @@ fn the_talks_authority_is_handed_over() {
 
     // The new holder acts for the US: it invites and admits a member, and
     // every replay takes its certificate.
-    let inv = t.path("expert.inv");
-    let added = ok_json(
-        t.cli(NEG)
-            .args([
-                "members",
-                "add",
-                "--json",
-                "--name",
-                "US expert",
-                "--role",
-                "expert",
-                "--out",
-            ])
-            .arg(&inv),
-    );
-    let expert = added["principal"].as_str().unwrap().to_owned();
-    ok(t.cli("expert").args(["home", "init"]));
-    let reply = t.path("expert.reply");
-    ok(t.cli("expert")
-        .args(["members", "join", "--invitation"])
-        .arg(&inv)
-        .arg("--out")
-        .arg(&reply));
-    ok(t.cli(NEG).args(["members", "admit", "--reply"]).arg(&reply));
-    ok(t.cli(OM).args(["talks", "cosign"]));
-    ok(t.cli(IR).args(["talks", "cosign"]));
-    ok(t.cli("expert").args(["read"]));
-    ok(t.cli(US).args(["read"]));
-    ok(t.cli("expert").args(["read"]));
+    let expert = admit_expert(&t);
     let said = t.send(
         "expert",
         "caucus",
@@ -606,31 +613,7 @@ fn the_talks_authority_is_re_appointed_when_its_holder_is_gone() {
     assert_eq!(last["applied"], 1, "{last}");
 
     // The new holder certifies a member; every replay takes it.
-    let inv = path("expert.inv");
-    ok(t.cli(NEG)
-        .args([
-            "members",
-            "add",
-            "--name",
-            "US expert",
-            "--role",
-            "expert",
-            "--out",
-        ])
-        .arg(&inv));
-    ok(t.cli("expert").args(["home", "init"]));
-    let reply = path("expert.reply");
-    ok(t.cli("expert")
-        .args(["members", "join", "--invitation"])
-        .arg(&inv)
-        .arg("--out")
-        .arg(&reply));
-    ok(t.cli(NEG).args(["members", "admit", "--reply"]).arg(&reply));
-    ok(t.cli(OM).args(["talks", "cosign"]));
-    ok(t.cli(IR).args(["talks", "cosign"]));
-    ok(t.cli("expert").args(["read"]));
-    ok(t.cli(US).args(["read"]));
-    ok(t.cli("expert").args(["read"]));
+    admit_expert(&t);
     let said = t.send(
         "expert",
         "caucus",
