@@ -50,9 +50,9 @@ const TALK_LEN: usize = 1024;
 const BODY_LEN: usize = 1024;
 /// How many failures are kept word for word.
 const FIRST_ERRORS: usize = 5;
-/// The most submission connections a run may open (the node's default
-/// `connections_per_source`, 64, less room for the set-up's).
-const SUBMIT_CONNECTIONS: usize = 60;
+/// The most submission connections a run may open: the node is started
+/// with `--connections-per-source` this plus room for the set-up's.
+const SUBMIT_CONNECTIONS: usize = 1000;
 /// The start mark of a warm-up envelope (sent before t0, not counted).
 const WARM_UP: u64 = u64::MAX;
 /// The SVG's time bins.
@@ -213,6 +213,10 @@ fn start_node(
         .args(["--connections-per-second", "100000"])
         .args(["--connection-burst", "100000"])
         .args(["--max-connections", "100000"])
+        .args([
+            "--connections-per-source",
+            &(SUBMIT_CONNECTIONS + 64).to_string(),
+        ])
         .args(["--streams-per-key", "16"])
         .args(database.map(|d| ["--database", d]).into_iter().flatten())
         .arg("--dir")
@@ -923,9 +927,9 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
         ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
     }
     // Every submission connection comes from 127.0.0.1 (`NodeClient` binds
-    // no local address), and the node keeps at most this many connections
-    // per source address (`Limits::connections_per_source`, not a flag of
-    // `node run`): more are dropped during their TLS handshake.
+    // no local address); the node is started allowing this many per source
+    // address (`--connections-per-source`), and drops more during their
+    // TLS handshake.
     ensure!(
         args.talks * args.in_flight <= SUBMIT_CONNECTIONS,
         "--talks x --in-flight is {}, above the {SUBMIT_CONNECTIONS} connections the node \

@@ -456,6 +456,14 @@ pub struct LimitArgs {
         value_name = "N"
     )]
     pub max_connections: usize,
+    /// Open connections from one source address; more are dropped unread.
+    #[arg(
+        long,
+        default_value_t = defaults().connections_per_source,
+        value_parser = RangedU64ValueParser::<usize>::new().range(1..),
+        value_name = "N"
+    )]
+    pub connections_per_source: usize,
     /// Open event streams (WebSockets) per key.
     #[arg(
         long,
@@ -521,6 +529,7 @@ impl LimitArgs {
             connections_per_second: self.connections_per_second,
             connection_burst: self.connection_burst,
             max_connections: self.max_connections,
+            connections_per_source: self.connections_per_source,
             streams_per_key: self.streams_per_key,
             max_blob: self.max_blob_bytes,
             party_blob_quota: self.party_blob_quota_bytes,
