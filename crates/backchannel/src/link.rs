@@ -25,17 +25,16 @@
 //!    device, `handover --to <your name>` from the existing device sends it
 //!    the whole history of your rooms, verified against the log.
 //!
-//! Seating (`device seat --request REQUEST`, from the member's device that
-//! may propose changes or from the party's talks-authority home): the
-//! request's device certificate must be signed by an identity key the
+//! Seating (`device seat --request REQUEST`, or `device link --request`,
+//! from the party's talks-authority home; any other home of the party only
+//! posts the certificate and says which home finishes): the request's
+//! device certificate must be signed by an identity key the
 //! record certifies for that member, unrevoked; it is posted to the record
 //! room, and the access-list change seating the device in the rooms (and
 //! with the flags) of the member's devices on the list — or, when none is
 //! left, of the member's roster entry — is signed by the party's talks
 //! authority and proposed. A change of rooms' membership needs the
-//! mediator and every party in those rooms (`talks cosign`); a home
-//! without the talks authority posts the certificate and says which home
-//! finishes.
+//! mediator and every party in those rooms (`talks cosign`).
 //!
 //! # Offer plaintext
 //!
@@ -78,7 +77,8 @@ pub const OFFER_LIFETIME_MS: u64 = 30 * 60 * 1000;
 const OFFER_MAGIC: &[u8] = b"backchannel device link v1\n";
 /// The largest offer read (a talks record is well under 4 KiB).
 const MAX_OFFER: u64 = 64 * 1024;
-/// How long a device certificate made here is valid.
+/// How long a device certificate made for a new device key is valid (a
+/// linked, restored or newly joined member's device).
 const DEVICE_VALIDITY_MS: u64 = 365 * 24 * 3_600_000;
 /// Crockford's base32 alphabet.
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -606,24 +606,16 @@ async fn seat_request(
              `backchannel device seat --request <the same file>` there"
         );
     };
-    let (rooms, flags) = seat_rooms(
+    let outcome = propose_seat(
+        ctx,
+        s,
+        &ta,
         &view,
         &current.list,
         request.principal,
-        &s.device().public_key(),
-        ctx.record.party_kind,
-        ctx.talks(),
-    )?;
-    let entry = AccessEntry::new(
         request.device_key,
-        request.principal,
-        ctx.record.party,
-        rooms,
-        flags,
-    )?;
-    let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), vec![], vec![entry])?;
-    let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
-    let outcome = participant::submit_change(ctx, &ta, &change).await?;
+    )
+    .await?;
     Ok(Seated {
         principal: request.principal.to_hex(),
         device_key_id,
@@ -631,6 +623,33 @@ async fn seat_request(
         applied: outcome.applied,
         missing: outcome.missing,
     })
+}
+
+/// Proposes, signed by the party's talks authority `ta`, the access-list
+/// change that seats `device` for `principal` in [`seat_rooms`]: applied
+/// at once, or waiting for the co-signatures the change rule asks
+/// (`talks cosign`). The node merges the same delta proposed again.
+pub async fn propose_seat(
+    ctx: &Ctx,
+    s: &CliSession,
+    ta: &SecretKey,
+    view: &View,
+    list: &backchannel_statement::AccessList,
+    principal: PrincipalId,
+    device: PublicKey,
+) -> anyhow::Result<backchannel_client::net::ChangeOutcome> {
+    let (rooms, flags) = seat_rooms(
+        view,
+        list,
+        principal,
+        &s.device().public_key(),
+        ctx.record.party_kind,
+        ctx.talks(),
+    )?;
+    let entry = AccessEntry::new(device, principal, ctx.record.party, rooms, flags)?;
+    let delta = AccessListDelta::new(ctx.talks(), list.hash(), vec![], vec![entry])?;
+    let change = AccessListChange::new(delta.clone(), vec![delta.sign(ta)?])?;
+    participant::submit_change(ctx, ta, &change).await
 }
 
 /// The rooms and flags a new device of `principal` is seated with: those

@@ -32,13 +32,10 @@ use backchannel_client::seal::Content;
 use backchannel_client::store::{ClientStore as _, Namespace, Put};
 use backchannel_codec::PrincipalId;
 use backchannel_core::replay::KeyRole;
-use backchannel_crypto::{KeyId, Signer as _};
-use backchannel_statement::access_list::AccessEntry;
+use backchannel_crypto::KeyId;
 use backchannel_statement::{
-    AccessListChange, AccessListDelta, Audience, CheckpointRef, DeviceCert, Markings, MemberCert,
-    Payload, Revoke, RevokeReason, SignedStatement, Statement,
+    AccessListChange, AccessListDelta, MemberCert, Payload, Revoke, RevokeReason, SignedStatement,
 };
-use rand_core::OsRng;
 use serde::Serialize;
 
 use crate::cli::{
@@ -68,9 +65,6 @@ pub fn main(home_dir: Option<PathBuf>, command: MembersCommand) -> anyhow::Resul
     }
 }
 
-/// How long a new member's device certificate is valid.
-const DEVICE_VALIDITY_MS: u64 = 365 * 24 * 3_600_000;
-
 #[derive(Serialize)]
 struct AddedOut {
     principal: String,
@@ -91,26 +85,9 @@ fn add(home_dir: Option<PathBuf>, a: MembersAddArgs) -> anyhow::Result<()> {
             "--role {} is not a role of your kind of party; a delegation's members are head, negotiator, expert, legal, note-taker, interpreter or principal, a mediator team's lead, co-mediator or staff",
             role.name()
         );
-        let record_room = ctx
-            .record
-            .record_room
-            .context("the roster has not reached you: run `backchannel talks accept` first")?;
-        ensure!(
-            ctx.record.pending_members.len() < backchannel_client::participant::MAX_INVITED_MEMBERS,
-            "this home has invited {} members into these talks, the most it keeps; another member holding your party's talks authority can invite more",
-            backchannel_client::participant::MAX_INVITED_MEMBERS
-        );
+        room_for_one_more(&ctx.record)?;
         let principal = PrincipalId(participant::random16());
-        let doc = MemberInvitationDoc {
-            node: ctx.record.node.clone(),
-            talks: ctx.talks(),
-            party: ctx.record.party,
-            party_name: ctx.record.party_name.clone(),
-            principal,
-            name: a.name.clone(),
-            role,
-            record_room,
-        };
+        let doc = invitation(&ctx.record, principal, &a.name, role)?;
         participant::write_secret(&a.out, doc.to_json().as_bytes())?;
         ctx.record.pending_members.push(PendingMember {
             principal,
@@ -221,47 +198,23 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
         }
         let device =
             keys::load_or_generate(&store, KeyKindArg::Device, t, participant::LABEL).await?;
-        let cert = Statement::new(
-            &mut OsRng,
-            doc.talks,
-            identity.public_key().id(),
-            doc.party,
-            vec![Audience::Room(doc.record_room)],
-            CheckpointRef::NONE,
-            Markings::mediator_only(),
-            Payload::DeviceCert(DeviceCert {
-                principal: doc.principal,
-                device_key: device.public_key(),
-                not_after: now_ms() + DEVICE_VALIDITY_MS,
-            }),
-        )?
-        .sign(&identity)?;
-        let reply = MemberReplyDoc {
+        let record = TalksRecord {
             talks: doc.talks,
+            node: doc.node.clone(),
+            party: doc.party,
+            party_kind: doc.role.party_kind(),
+            party_name: doc.party_name.clone(),
             principal: doc.principal,
-            identity_key: identity.public_key(),
-            device_key: device.public_key(),
-            device_cert: cert.as_bytes().to_vec(),
+            member_name: doc.name.clone(),
+            role: doc.role,
+            record_room: Some(doc.record_room),
+            invited: vec![],
+            pending_members: vec![],
+            verifications: Default::default(),
         };
+        let reply = crate::link::request_for(&record, &identity, &device)?;
         participant::write_secret(&a.out, reply.to_json().as_bytes())?;
-        talks_store::create(
-            &store,
-            &TalksRecord {
-                talks: doc.talks,
-                node: doc.node.clone(),
-                party: doc.party,
-                party_kind: doc.role.party_kind(),
-                party_name: doc.party_name.clone(),
-                principal: doc.principal,
-                member_name: doc.name.clone(),
-                role: doc.role,
-                record_room: Some(doc.record_room),
-                invited: vec![],
-                pending_members: vec![],
-                verifications: Default::default(),
-            },
-        )
-        .await?;
+        talks_store::create(&store, &record).await?;
         store.close().await;
         let out = MemberJoined {
             talks: doc.talks.to_hex(),
@@ -486,29 +439,20 @@ fn admit(home_dir: Option<PathBuf>, a: MembersAdmitArgs) -> anyhow::Result<()> {
             }
         };
         // Seat the device where the member's devices sit (a member being
-        // recovered), else where this participant's own device sits (the
-        // node merges the same delta proposed again).
-        let (rooms, flags) = crate::link::seat_rooms(
-            &view,
-            &current.list,
-            reply.principal,
-            &s.device().public_key(),
-            ctx.record.party_kind,
-            ctx.talks(),
-        )?;
-        let entry = AccessEntry::new(
-            reply.device_key,
-            reply.principal,
-            ctx.record.party,
-            rooms,
-            flags,
-        )?;
-        let delta = AccessListDelta::new(ctx.talks(), current.list.hash(), vec![], vec![entry])?;
-        let change = AccessListChange::new(delta.clone(), vec![delta.sign(&ta)?])?;
+        // recovered), else where this participant's own device sits.
         let (applied, missing) = if current.list.get(&reply.device_key.id()).is_some() {
             (true, None)
         } else {
-            let outcome = participant::submit_change(&ctx, &ta, &change).await?;
+            let outcome = crate::link::propose_seat(
+                &ctx,
+                &s,
+                &ta,
+                &view,
+                &current.list,
+                reply.principal,
+                reply.device_key,
+            )
+            .await?;
             (outcome.applied, outcome.missing)
         };
         if recovering.is_some() {
@@ -686,10 +630,6 @@ fn recover(home_dir: Option<PathBuf>, a: MembersRecoverArgs) -> anyhow::Result<(
         ctx.key(KeyKindArg::TalksAuthority).await.map_err(|_| {
             anyhow!("only the home holding your party's talks authority recovers members: run this from the home that joined the talks for your party")
         })?;
-        let record_room = ctx
-            .record
-            .record_room
-            .context("the roster has not reached you: run `backchannel talks accept` first")?;
         let mut s = ctx.session().await?;
         let view = refresh(&ctx, &mut s).await?;
         let members = party_members(&ctx, &view);
@@ -712,32 +652,21 @@ fn recover(home_dir: Option<PathBuf>, a: MembersRecoverArgs) -> anyhow::Result<(
             .max_by_key(|(seq, _)| *seq)
             .map(|(_, role)| role)
             .context("the record certifies no identity key for that member")?;
-        let doc = MemberInvitationDoc {
-            node: ctx.record.node.clone(),
-            talks: ctx.talks(),
-            party: ctx.record.party,
-            party_name: ctx.record.party_name.clone(),
-            principal,
-            name: name.clone(),
-            role,
-            record_room,
-        };
+        let doc = invitation(&ctx.record, principal, &name, role)?;
+        let pending = ctx
+            .record
+            .pending_members
+            .iter()
+            .any(|p| p.principal == principal);
+        // Checked before anything is written.
+        if !pending {
+            room_for_one_more(&ctx.record)?;
+        }
         participant::write_secret(&a.out, doc.to_json().as_bytes())?;
         ctx.store
             .put_many(vec![recovering_put(&ctx, principal, Some(lost_at))])
             .await?;
-        if !ctx
-            .record
-            .pending_members
-            .iter()
-            .any(|p| p.principal == principal)
-        {
-            ensure!(
-                ctx.record.pending_members.len()
-                    < backchannel_client::participant::MAX_INVITED_MEMBERS,
-                "this home keeps {} invited members already",
-                backchannel_client::participant::MAX_INVITED_MEMBERS
-            );
+        if !pending {
             ctx.record.pending_members.push(PendingMember {
                 principal,
                 role,
@@ -764,6 +693,40 @@ fn recover(home_dir: Option<PathBuf>, a: MembersRecoverArgs) -> anyhow::Result<(
             );
         }
         Ok(())
+    })
+}
+
+/// Whether this home may remember one more invited member.
+fn room_for_one_more(record: &TalksRecord) -> anyhow::Result<()> {
+    ensure!(
+        record.pending_members.len() < backchannel_client::participant::MAX_INVITED_MEMBERS,
+        "this home has invited {} members into these talks, the most it keeps; another member \
+         holding your party's talks authority can invite more",
+        backchannel_client::participant::MAX_INVITED_MEMBERS
+    );
+    Ok(())
+}
+
+/// The member invitation for `principal` (`name`, `role`) of this home's
+/// party, once the roster has come (it names the record room).
+fn invitation(
+    record: &TalksRecord,
+    principal: PrincipalId,
+    name: &str,
+    role: backchannel_statement::Role,
+) -> anyhow::Result<MemberInvitationDoc> {
+    let record_room = record
+        .record_room
+        .context("the roster has not reached you: run `backchannel talks accept` first")?;
+    Ok(MemberInvitationDoc {
+        node: record.node.clone(),
+        talks: record.talks,
+        party: record.party,
+        party_name: record.party_name.clone(),
+        principal,
+        name: name.to_owned(),
+        role,
+        record_room,
     })
 }
 
