@@ -53,6 +53,9 @@ const FIRST_ERRORS: usize = 5;
 /// The most submission connections a run may open: the node is started
 /// with `--connections-per-source` this plus room for the set-up's.
 const SUBMIT_CONNECTIONS: usize = 1000;
+/// Connections from 127.0.0.1 beside the submissions: the set-up's
+/// sessions and the warm-up (the node's default per-source allowance).
+const SETUP_CONNECTIONS: usize = 64;
 /// The start mark of a warm-up envelope (sent before t0, not counted).
 const WARM_UP: u64 = u64::MAX;
 /// The SVG's time bins.
@@ -215,7 +218,7 @@ fn start_node(
         .args(["--max-connections", "100000"])
         .args([
             "--connections-per-source",
-            &(SUBMIT_CONNECTIONS + 64).to_string(),
+            &(SUBMIT_CONNECTIONS + SETUP_CONNECTIONS).to_string(),
         ])
         .args(["--streams-per-key", "16"])
         .args(database.map(|d| ["--database", d]).into_iter().flatten())
