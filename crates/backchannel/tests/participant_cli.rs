@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use backchannel_codec::RoomId;
 use backchannel_crypto::sha256;
-use common::{backchannel, ok};
+use common::{backchannel, now_ms, ok, rfc3339};
 use serde_json::Value;
 use sqlx::Connection as _;
 
@@ -2347,35 +2347,4 @@ fn the_cli_fails_over_between_nodes_on_one_database() {
         assert_eq!(v["root"], first["root"], "{h}: {v}");
     }
     drop(b);
-}
-
-/// The wall clock, Unix ms.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Unix ms (whole seconds) as `YYYY-MM-DDTHH:MM:SSZ`.
-fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
 }

@@ -28,16 +28,9 @@ use backchannel_node::tls::Fingerprint;
 use backchannel_statement::Salt;
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_tlog::NodeOrigin;
-use common::{backchannel, ok, start_node};
+use common::{backchannel, now_ms, ok, start_node};
 
 type S = Session<MemoryClientStore>;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 async fn session(
     store: &Arc<MemoryClientStore>,

@@ -33,16 +33,9 @@ use backchannel_node::tls::Fingerprint;
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::{AccessList, Salt};
 use backchannel_tlog::NodeOrigin;
-use common::{PgDatabase, backchannel, ok};
+use common::{PgDatabase, backchannel, now_ms, ok};
 
 type Sess = Session<MemoryClientStore>;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 /// A running `node run` with its API and admin addresses.
 struct Node {

@@ -40,6 +40,15 @@ pub fn start_node(dir: &Path) -> (Child, std::net::SocketAddr, String) {
 
 /// [`start_node`], on the database `database` names (`--database`) if any.
 pub fn start_node_on(dir: &Path, database: Option<&str>) -> (Child, std::net::SocketAddr, String) {
+    start_node_with(dir, database, &[])
+}
+
+/// [`start_node_on`], with `extra` arguments for `node run` (limits).
+pub fn start_node_with(
+    dir: &Path,
+    database: Option<&str>,
+    extra: &[&str],
+) -> (Child, std::net::SocketAddr, String) {
     let mut child = backchannel()
         .args([
             "node",
@@ -49,6 +58,7 @@ pub fn start_node_on(dir: &Path, database: Option<&str>) -> (Child, std::net::So
             "--checkpoint-interval-ms",
             "50",
         ])
+        .args(extra)
         .args(database.map(|d| ["--database", d]).into_iter().flatten())
         .arg("--dir")
         .arg(dir)
@@ -180,4 +190,35 @@ fn psql(url: &str, sql: &str) {
         "psql {sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The wall clock, Unix ms.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Unix ms (whole seconds) as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }

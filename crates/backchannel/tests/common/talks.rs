@@ -90,21 +90,21 @@ pub struct Node {
 
 impl Node {
     pub fn start(dir: &Path) -> Node {
-        let mut child = backchannel()
-            .args(["node", "run", "--listen", "127.0.0.1:0"])
-            .args(["--checkpoint-interval-ms", "50"])
-            // Every command is a new connection from 127.0.0.1.
-            .args(["--connections-per-second", "1000"])
-            .args(["--connection-burst", "1000"])
-            .args(["--requests-per-second", "1000"])
-            .args(["--request-burst", "1000"])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        let (addr, fingerprint) = super::listening(&mut child).expect("the node listens");
+        // Every command is a new connection from 127.0.0.1.
+        let (child, addr, fingerprint) = super::start_node_with(
+            dir,
+            None,
+            &[
+                "--connections-per-second",
+                "1000",
+                "--connection-burst",
+                "1000",
+                "--requests-per-second",
+                "1000",
+                "--request-burst",
+                "1000",
+            ],
+        );
         Node {
             child,
             addr,
