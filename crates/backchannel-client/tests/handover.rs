@@ -7,9 +7,12 @@
 //! reason.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
+use common::{Sess, now_ms};
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use backchannel_client::handover::{
     self, Bundle, HandoverError, Item, NotHeld, Outcome, Scope, Share,
@@ -17,30 +20,18 @@ use backchannel_client::handover::{
 use backchannel_client::net::NodeClient;
 use backchannel_client::rooms::{BEFORE_JOIN, sync_all};
 use backchannel_client::seal::{AppMessage, Content};
-use backchannel_client::session::{Archived, Session};
-use backchannel_client::store::MemoryClientStore;
+use backchannel_client::session::Archived;
 use backchannel_codec::{PrincipalId, RoomId};
 use backchannel_crypto::Signer;
-use backchannel_node::server::{Node, NodeConfig};
 use backchannel_statement::fixtures::{self, PRINCIPALS, US_INTERNAL, key, labels::*};
 use backchannel_statement::{
     AccessList, AccessListChange, AccessListDelta, HistoryShared, Payload, Salt,
 };
 use backchannel_store::memory::MemoryStore;
-use backchannel_test_support::{ManualClock, Served, serve_tls, test_limits};
-use backchannel_tlog::NodeOrigin;
-
-type Sess = Session<MemoryClientStore>;
+use backchannel_test_support::Served;
 
 const NEGOTIATOR: PrincipalId = PRINCIPALS[3];
 const HEAD: PrincipalId = PRINCIPALS[1];
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn t() -> fixtures::Talks {
     fixtures::talks_with_internal_rooms()
@@ -64,39 +55,11 @@ fn without_negotiator() -> AccessList {
 }
 
 async fn start() -> Served {
-    let node = Node::new(
-        Arc::new(MemoryStore::new()),
-        NodeConfig {
-            origin: NodeOrigin::new("node.example").unwrap(),
-            log_key: Arc::new(key(NODE_LOG)),
-            creators: vec![key(OMAN_LEAD_DEVICE).public_key()],
-            limits: test_limits(),
-            clock: Arc::new(ManualClock(AtomicU64::new(now_ms()))),
-            instance: [0xf2; 16],
-        },
-    );
-    let served = serve_tls(node, &key(0x52), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    NodeClient::new(served.addr, served.fingerprint, &key(OMAN_LEAD_DEVICE))
-        .unwrap()
-        .create_talks(&without_negotiator())
-        .await
-        .unwrap();
-    served
+    common::start_with(Arc::new(MemoryStore::new()), &without_negotiator()).await
 }
 
 async fn session(served: &Served, device: u8) -> Sess {
-    Session::open(
-        Arc::new(MemoryClientStore::default()),
-        NodeClient::new(served.addr, served.fingerprint, &key(device)).unwrap(),
-        key(device),
-        t().talks,
-        &NodeOrigin::new("node.example").unwrap(),
-        key(NODE_LOG).public_key(),
-    )
-    .await
-    .unwrap()
+    common::session(served, device, t().talks, Arc::default()).await
 }
 
 /// Seats the negotiator's device where the roster puts it (signed by the

@@ -17,18 +17,19 @@
 //!   whose entry may propose changes, which a negotiator's device may not.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
+use common::{Sess, client, now_ms};
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
-use backchannel_client::net::{Delivered, NodeClient};
+use backchannel_client::net::Delivered;
 use backchannel_client::rooms::sync_all;
 use backchannel_client::seal::Content;
-use backchannel_client::session::Session;
 use backchannel_client::store::{ClientStore, MemoryClientStore, Namespace};
 use backchannel_codec::{Decode as _, RoomId, TalksId};
 use backchannel_crypto::Signer;
-use backchannel_node::server::{Node, NodeConfig};
 use backchannel_statement::access_list::FLAG_DEVICE;
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::{
@@ -37,20 +38,11 @@ use backchannel_statement::{
 };
 use backchannel_store::Store as _;
 use backchannel_store::memory::MemoryStore;
-use backchannel_test_support::{ManualClock, Served, serve_tls, test_limits};
-use backchannel_tlog::{NodeOrigin, Receipt};
-
-type Sess = Session<MemoryClientStore>;
+use backchannel_test_support::Served;
+use backchannel_tlog::Receipt;
 
 /// A second device of the US negotiator.
 const OTHER_DEVICE: u8 = 0x45;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn talks() -> TalksId {
     fixtures::talks().talks
@@ -62,45 +54,13 @@ fn list() -> AccessList {
     t.roster.implied_access_list(t.talks).unwrap()
 }
 
-/// A node over `store`, its clock at the current time, with the talks
-/// opened on the roster's list.
+/// A node over `store` with the talks opened on the roster's list.
 async fn start(store: Arc<MemoryStore>) -> Served {
-    let node = Node::new(
-        store,
-        NodeConfig {
-            origin: NodeOrigin::new("node.example").unwrap(),
-            log_key: Arc::new(key(NODE_LOG)),
-            creators: vec![key(OMAN_LEAD_DEVICE).public_key()],
-            limits: test_limits(),
-            clock: Arc::new(ManualClock(AtomicU64::new(now_ms()))),
-            instance: [0xf4; 16],
-        },
-    );
-    let served = serve_tls(node, &key(0x52), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    client(&served, OMAN_LEAD_DEVICE)
-        .create_talks(&list())
-        .await
-        .unwrap();
-    served
-}
-
-fn client(served: &Served, device: u8) -> NodeClient {
-    NodeClient::new(served.addr, served.fingerprint, &key(device)).unwrap()
+    common::start_with(store, &list()).await
 }
 
 async fn session(served: &Served, device: u8, store: &Arc<MemoryClientStore>) -> Sess {
-    Session::open(
-        Arc::clone(store),
-        client(served, device),
-        key(device),
-        talks(),
-        &NodeOrigin::new("node.example").unwrap(),
-        key(NODE_LOG).public_key(),
-    )
-    .await
-    .unwrap()
+    common::session(served, device, talks(), Arc::clone(store)).await
 }
 
 /// Talk from `s` in `room`; its seq.

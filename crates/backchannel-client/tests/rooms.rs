@@ -7,31 +7,23 @@
 //! member's former rooms after its removal (removed online or offline).
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
+use common::{Sess, now_ms, start_with};
+
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use backchannel_client::net::NodeClient;
 use backchannel_client::rooms::{PCS_UPDATE_INTERVAL, PCS_UPDATE_MESSAGES, sync_all};
 use backchannel_client::seal::Content;
-use backchannel_client::session::{Session, SessionError};
+use backchannel_client::session::SessionError;
 use backchannel_client::store::{ClientStore, MemoryClientStore, Namespace, Put};
 use backchannel_codec::TalksId;
 use backchannel_crypto::Signer;
-use backchannel_node::server::{Node, NodeConfig};
 use backchannel_statement::fixtures::{self, key, labels::*};
 use backchannel_statement::{AccessList, Salt};
 use backchannel_store::memory::MemoryStore;
-use backchannel_test_support::{ManualClock, Served, serve_tls, test_limits};
-use backchannel_tlog::NodeOrigin;
-
-type Sess = Session<MemoryClientStore>;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use backchannel_test_support::Served;
 
 fn talks() -> TalksId {
     fixtures::talks().talks
@@ -50,41 +42,8 @@ async fn start_on(store: Arc<MemoryStore>) -> Served {
     start_with(store, &list()).await
 }
 
-/// A node on `store` with talks opened on `list`.
-async fn start_with(store: Arc<MemoryStore>, list: &AccessList) -> Served {
-    let node = Node::new(
-        store,
-        NodeConfig {
-            origin: NodeOrigin::new("node.example").unwrap(),
-            log_key: Arc::new(key(NODE_LOG)),
-            creators: vec![key(OMAN_LEAD_DEVICE).public_key()],
-            limits: test_limits(),
-            clock: Arc::new(ManualClock(AtomicU64::new(now_ms()))),
-            instance: [0xf1; 16],
-        },
-    );
-    let served = serve_tls(node, &key(0x52), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    NodeClient::new(served.addr, served.fingerprint, &key(OMAN_LEAD_DEVICE))
-        .unwrap()
-        .create_talks(list)
-        .await
-        .unwrap();
-    served
-}
-
 async fn session(served: &Served, device: u8, store: &Arc<MemoryClientStore>) -> Sess {
-    Session::open(
-        Arc::clone(store),
-        NodeClient::new(served.addr, served.fingerprint, &key(device)).unwrap(),
-        key(device),
-        talks(),
-        &NodeOrigin::new("node.example").unwrap(),
-        key(NODE_LOG).public_key(),
-    )
-    .await
-    .unwrap()
+    common::session(served, device, talks(), Arc::clone(store)).await
 }
 
 /// The talk this device archived, in seq order.
