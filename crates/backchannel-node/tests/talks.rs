@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use backchannel_codec::{Decode, Encode, PartyId, TalksId};
-use backchannel_crypto::{Signer, sha256};
+use backchannel_crypto::{PublicKey, Signer, sha256};
 use backchannel_node::limits::Limits;
 use backchannel_statement::access_list::{FLAG_DESIGNATED_SIGNER, FLAG_DEVICE};
 use backchannel_statement::fixtures::{self, key, labels::*};
@@ -191,14 +191,11 @@ async fn an_expired_invitation_is_refused() {
     assert_eq!(current_list(&node, talks).await, before);
 }
 
-#[tokio::test]
-async fn a_change_waits_for_every_required_signature() {
-    let node = start(test_limits()).await;
-    let talks = node.open_reference_talks().await;
+/// A second device for the US negotiator, in the record room, added to
+/// `list`: it touches the US party, so the change needs the mediator's and
+/// the US designated signers.
+fn second_negotiator_device(talks: TalksId, list: &AccessList) -> (PublicKey, AccessListDelta) {
     let t = fixtures::talks();
-    let list = reference_list();
-    // A second device for the US negotiator, in the record room: touches
-    // the US party, so it needs the mediator's and the US designated signers.
     let new_device = key(0x69).public_key();
     let entry = AccessEntry::new(
         new_device,
@@ -209,6 +206,15 @@ async fn a_change_waits_for_every_required_signature() {
     )
     .unwrap();
     let delta = AccessListDelta::new(talks, list.hash(), vec![], vec![entry]).unwrap();
+    (new_device, delta)
+}
+
+#[tokio::test]
+async fn a_change_waits_for_every_required_signature() {
+    let node = start(test_limits()).await;
+    let talks = node.open_reference_talks().await;
+    let list = reference_list();
+    let (new_device, delta) = second_negotiator_device(talks, &list);
     let submit = |label: u8, signer: u8| {
         let change =
             AccessListChange::new(delta.clone(), vec![delta.sign(&key(signer)).unwrap()]).unwrap();
@@ -280,18 +286,8 @@ async fn a_change_waits_for_every_required_signature() {
 async fn any_member_hands_in_a_change_its_signatures_complete() {
     let node = start(test_limits()).await;
     let talks = node.open_reference_talks().await;
-    let t = fixtures::talks();
     let list = reference_list();
-    let new_device = key(0x69).public_key();
-    let entry = AccessEntry::new(
-        new_device,
-        fixtures::PRINCIPALS[3],
-        t.us,
-        vec![t.record],
-        FLAG_DEVICE,
-    )
-    .unwrap();
-    let delta = AccessListDelta::new(talks, list.hash(), vec![], vec![entry]).unwrap();
+    let (new_device, delta) = second_negotiator_device(talks, &list);
     let signed = |signers: &[u8]| {
         let mut sigs: Vec<_> = signers
             .iter()
