@@ -341,7 +341,16 @@ impl SecretKey {
     /// that `X25519(secret, 9)` is [`PublicKey::to_x25519`] of this key.
     pub fn x25519_secret(&self) -> zeroize::Zeroizing<[u8; 32]> {
         use sha2::Digest as _;
-        let h = zeroize::Zeroizing::new(sha2::Sha512::digest(self.inner.to_bytes().as_slice()));
+        // Hashed straight into a zeroized buffer: `Zeroizing` of the
+        // digest's own array type needs a feature of `generic-array` that
+        // only other crates of the workspace happen to turn on, so this
+        // crate alone (`cargo test -p` of a crate below it) did not build.
+        let mut h = zeroize::Zeroizing::new([0u8; 64]);
+        let mut hasher = sha2::Sha512::new();
+        hasher.update(self.inner.to_bytes().as_slice());
+        hasher.finalize_into(sha2::digest::generic_array::GenericArray::from_mut_slice(
+            &mut h[..],
+        ));
         let mut s = zeroize::Zeroizing::new([0u8; 32]);
         s.copy_from_slice(&h[..32]);
         s[0] &= 248;
