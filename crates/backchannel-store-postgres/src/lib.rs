@@ -933,32 +933,130 @@ struct Original {
     header_hash: Digest,
 }
 
-async fn by_idempotency_key(
+/// The envelopes already stored under the idempotency keys of `batch`
+/// (read before any of the batch is written): one statement over arrays
+/// of the keys (`UNNEST`) rather than one round trip per submission.
+async fn by_idempotency_keys(
     conn: &mut PgConnection,
-    sub: &Submission,
-) -> Result<Option<Original>, StoreError> {
-    let row = sqlx::query(
-        "SELECT seq, node_time, header_hash, leaf_hash, receipt FROM envelopes
-         WHERE talks = $1 AND sender = $2 AND idempotency_key = $3",
+    batch: &[Submission],
+) -> Result<HashMap<(TalksId, KeyId, [u8; 16]), Original>, StoreError> {
+    // Distinct keys, in order of first appearance.
+    let mut seen: HashSet<(TalksId, KeyId, [u8; 16])> = HashSet::with_capacity(batch.len());
+    let keys: Vec<&Submission> = batch
+        .iter()
+        .filter(|s| seen.insert((s.talks, s.sender, s.idempotency_key)))
+        .collect();
+    let mut found = HashMap::new();
+    if keys.is_empty() {
+        return Ok(found);
+    }
+    let n: Vec<i64> = (0..keys.len() as i64).collect();
+    let talks: Vec<&[u8]> = keys.iter().map(|s| s.talks.as_bytes().as_slice()).collect();
+    let senders: Vec<&[u8]> = keys.iter().map(|s| s.sender.as_bytes().as_slice()).collect();
+    let idempotency: Vec<&[u8]> = keys.iter().map(|s| s.idempotency_key.as_slice()).collect();
+    let rows = sqlx::query(
+        "SELECT k.n, e.seq, e.node_time, e.header_hash, e.leaf_hash, e.receipt
+           FROM UNNEST($1::int8[], $2::bytea[], $3::bytea[], $4::bytea[])
+                AS k(n, talks, sender, idempotency_key)
+           JOIN envelopes e
+             ON e.talks = k.talks AND e.sender = k.sender
+            AND e.idempotency_key = k.idempotency_key",
     )
-    .bind(sub.talks.as_bytes().as_slice())
-    .bind(sub.sender.as_bytes().as_slice())
-    .bind(sub.idempotency_key.as_slice())
-    .fetch_optional(&mut *conn)
+    .bind(&n)
+    .bind(&talks)
+    .bind(&senders)
+    .bind(&idempotency)
+    .fetch_all(&mut *conn)
     .await
     .map_err(|e| backend("sequence", e))?;
-    row.map(|row| {
-        Ok(Original {
-            placement: Placement {
-                seq: uint(&row, "seq")?,
-                node_time: uint(&row, "node_time")?,
-                leaf_hash: digest(&row, "leaf_hash")?,
-                receipt: blob(&row, "receipt")?.to_vec(),
+    for row in rows {
+        let sub = usize::try_from(uint(&row, "n")?)
+            .ok()
+            .and_then(|n| keys.get(n))
+            .ok_or_else(|| StoreError::Backend("sequence: a lookup row of no key".into()))?;
+        found.insert(
+            (sub.talks, sub.sender, sub.idempotency_key),
+            Original {
+                placement: Placement {
+                    seq: uint(&row, "seq")?,
+                    node_time: uint(&row, "node_time")?,
+                    leaf_hash: digest(&row, "leaf_hash")?,
+                    receipt: blob(&row, "receipt")?.to_vec(),
+                },
+                header_hash: digest(&row, "header_hash")?,
             },
-            header_hash: digest(&row, "header_hash")?,
+        );
+    }
+    Ok(found)
+}
+
+/// Writes the batch's new envelopes in one statement over arrays of their
+/// columns (`UNNEST`).
+async fn insert_envelopes(
+    tx: &mut PgConnection,
+    batch: &[Submission],
+    fresh: &[Fresh],
+    placements: &[Placement],
+) -> Result<(), StoreError> {
+    const OP: &str = "sequence";
+    let subs: Vec<&Submission> = fresh.iter().map(|f| &batch[f.submission]).collect();
+    let talks: Vec<&[u8]> = fresh.iter().map(|f| f.record.talks.as_bytes().as_slice()).collect();
+    let seqs: Vec<i64> = fresh
+        .iter()
+        .map(|f| to_sql(f.record.seq, "the log is full"))
+        .collect::<Result<_, _>>()?;
+    let times: Vec<i64> = fresh
+        .iter()
+        .map(|f| to_sql(f.record.timestamp_ms, "the clock is beyond the storage range"))
+        .collect::<Result<_, _>>()?;
+    let rooms: Vec<&[u8]> = subs.iter().map(|s| s.room.as_bytes().as_slice()).collect();
+    let senders: Vec<&[u8]> = subs.iter().map(|s| s.sender.as_bytes().as_slice()).collect();
+    let idempotency: Vec<&[u8]> = subs.iter().map(|s| s.idempotency_key.as_slice()).collect();
+    let headers: Vec<&[u8]> = subs.iter().map(|s| s.header.as_slice()).collect();
+    let header_hashes: Vec<&[u8]> = subs.iter().map(|s| s.header_hash.0.as_slice()).collect();
+    let bodies: Vec<&[u8]> = subs.iter().map(|s| s.body.as_slice()).collect();
+    let body_hashes: Vec<&[u8]> = subs.iter().map(|s| s.body_hash.0.as_slice()).collect();
+    let leaf_hashes: Vec<&[u8]> = fresh.iter().map(|f| f.record.leaf_hash.0.as_slice()).collect();
+    let receipts: Vec<&[u8]> = placements.iter().map(|p| p.receipt.as_slice()).collect();
+    let welcome_to: Vec<Option<Vec<u8>>> = subs
+        .iter()
+        .map(|s| match &s.gate {
+            Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
+            _ => None,
         })
-    })
-    .transpose()
+        .collect();
+    sqlx::query(
+        "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
+                 header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
+         SELECT * FROM UNNEST($1::bytea[], $2::int8[], $3::int8[], $4::bytea[], $5::bytea[],
+                 $6::bytea[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[],
+                 $11::bytea[], $12::bytea[], $13::bytea[])",
+    )
+    .bind(&talks)
+    .bind(&seqs)
+    .bind(&times)
+    .bind(&rooms)
+    .bind(&senders)
+    .bind(&idempotency)
+    .bind(&headers)
+    .bind(&header_hashes)
+    .bind(&bodies)
+    .bind(&body_hashes)
+    .bind(&leaf_hashes)
+    .bind(&receipts)
+    .bind(&welcome_to)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| {
+        // The idempotency keys were looked up under the head locks, so
+        // only the (talks, seq) key can collide: a head behind its rows.
+        if is_unique_violation(&e) {
+            StoreError::Corrupt("the log head is behind its envelopes".into())
+        } else {
+            backend(OP, e)
+        }
+    })?;
+    Ok(())
 }
 
 /// A room's MLS state, read in the caller's transaction.
@@ -1287,6 +1385,10 @@ async fn sequence_in(
     let mut rooms: HashMap<(TalksId, RoomId), RoomPlan> = HashMap::new();
     let mut room_order: Vec<(TalksId, RoomId)> = Vec::new();
 
+    // Every idempotency key of the batch looked up at once, under the
+    // head locks and before anything of the batch is written.
+    let stored = by_idempotency_keys(&mut *tx, batch).await?;
+
     for (i, sub) in batch.iter().enumerate() {
         if ordered.insert(sub.talks) {
             let Some(h) = heads.get(&sub.talks) else {
@@ -1310,9 +1412,9 @@ async fn sequence_in(
             continue;
         }
         // A key stored before: a retry, or a conflict.
-        if let Some(original) = by_idempotency_key(&mut *tx, sub).await? {
+        if let Some(original) = stored.get(&key) {
             slots.push(Slot::Done(if original.header_hash == sub.header_hash {
-                Outcome::Sequenced(original.placement)
+                Outcome::Sequenced(original.placement.clone())
             } else {
                 Outcome::Conflict {
                     seq: original.placement.seq,
@@ -1413,52 +1515,14 @@ async fn sequence_in(
                 .collect::<Result<_, _>>()?
         };
         for (f, receipt) in fresh.iter().zip(receipts) {
-            let sub = &batch[f.submission];
-            let r = &f.record;
-            let welcome_to = match &sub.gate {
-                Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
-                _ => None,
-            };
-            sqlx::query(
-                "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
-                         header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .bind(r.talks.as_bytes().as_slice())
-            .bind(to_sql(r.seq, "the log is full")?)
-            .bind(to_sql(
-                r.timestamp_ms,
-                "the clock is beyond the storage range",
-            )?)
-            .bind(sub.room.as_bytes().as_slice())
-            .bind(sub.sender.as_bytes().as_slice())
-            .bind(sub.idempotency_key.as_slice())
-            .bind(sub.header.as_slice())
-            .bind(sub.header_hash.0.as_slice())
-            .bind(sub.body.as_slice())
-            .bind(sub.body_hash.0.as_slice())
-            .bind(r.leaf_hash.0.as_slice())
-            .bind(receipt.as_slice())
-            .bind(welcome_to)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| {
-                // The idempotency key was looked up above under the
-                // head lock, so only the (talks, seq) key can collide:
-                // a head behind its rows.
-                if is_unique_violation(&e) {
-                    StoreError::Corrupt("the log head is behind its envelopes".into())
-                } else {
-                    backend(OP, e)
-                }
-            })?;
             placements.push(Placement {
-                seq: r.seq,
-                node_time: r.timestamp_ms,
-                leaf_hash: r.leaf_hash,
+                seq: f.record.seq,
+                node_time: f.record.timestamp_ms,
+                leaf_hash: f.record.leaf_hash,
                 receipt,
             });
         }
+        insert_envelopes(&mut *tx, batch, &fresh, &placements).await?;
         // The rooms' new states and commits, after the envelopes they
         // name (foreign keys), in the same transaction.
         for room_key in &room_order {

@@ -609,32 +609,100 @@ struct Original {
     header_hash: Digest,
 }
 
-async fn by_idempotency_key(
+/// How many idempotency keys one lookup statement carries at most (3
+/// bound values each, well under SQLite's 32,766).
+const LOOKUP_CHUNK: usize = 256;
+
+/// How many envelopes one `INSERT` statement carries at most (13 bound
+/// values each).
+const INSERT_CHUNK: usize = 64;
+
+/// Cuts `n` items into ranges of at most `max` (a power of two) items,
+/// each a power of two long: full `max`-sized ranges, then the binary
+/// digits of the rest. A batched statement's SQL depends only on its row
+/// count, so a batch of any size uses a handful of distinct statements,
+/// each prepared once per connection (sqlx caches them), instead of one
+/// round trip to the connection's thread per row.
+fn pow2_chunks(n: usize, max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let rest = n - start;
+        let len = if rest >= max {
+            max
+        } else {
+            1 << (usize::BITS - 1 - rest.leading_zeros())
+        };
+        out.push(start..start + len);
+        start += len;
+    }
+    out
+}
+
+/// `(?, ?, …), (?, ?, …), …`: `rows` rows of `columns` placeholders.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
+}
+
+/// The envelopes already stored under the idempotency keys of `batch`
+/// (read before any of the batch is written), by batch index of the first
+/// submission carrying each key: one statement per [`LOOKUP_CHUNK`] keys
+/// rather than one per submission.
+async fn by_idempotency_keys(
     conn: &mut SqliteConnection,
-    sub: &Submission,
-) -> Result<Option<Original>, StoreError> {
-    let row = sqlx::query(
-        "SELECT seq, node_time, header_hash, leaf_hash, receipt FROM envelopes
-         WHERE talks = ? AND sender = ? AND idempotency_key = ?",
-    )
-    .bind(sub.talks.as_bytes().as_slice())
-    .bind(sub.sender.as_bytes().as_slice())
-    .bind(sub.idempotency_key.as_slice())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(|e| backend("sequence", e))?;
-    row.map(|row| {
-        Ok(Original {
-            placement: Placement {
-                seq: uint(&row, "seq")?,
-                node_time: uint(&row, "node_time")?,
-                leaf_hash: digest(&row, "leaf_hash")?,
-                receipt: blob(&row, "receipt")?.to_vec(),
-            },
-            header_hash: digest(&row, "header_hash")?,
-        })
-    })
-    .transpose()
+    batch: &[Submission],
+) -> Result<HashMap<(TalksId, KeyId, [u8; 16]), Original>, StoreError> {
+    // Distinct keys, by the index of their first submission.
+    let mut seen: HashSet<(TalksId, KeyId, [u8; 16])> = HashSet::with_capacity(batch.len());
+    let keys: Vec<&Submission> = batch
+        .iter()
+        .filter(|s| seen.insert((s.talks, s.sender, s.idempotency_key)))
+        .collect();
+    let mut found = HashMap::new();
+    for range in pow2_chunks(keys.len(), LOOKUP_CHUNK) {
+        let part = &keys[range];
+        let sql = format!(
+            "WITH k(n, talks, sender, idempotency_key) AS (VALUES {})
+             SELECT k.n, e.seq, e.node_time, e.header_hash, e.leaf_hash, e.receipt
+               FROM k JOIN envelopes e
+                 ON e.talks = k.talks AND e.sender = k.sender
+                AND e.idempotency_key = k.idempotency_key",
+            placeholders(part.len(), 4)
+        );
+        // Only placeholders vary: every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (n, sub) in part.iter().enumerate() {
+            query = query
+                .bind(n as i64)
+                .bind(sub.talks.as_bytes().as_slice())
+                .bind(sub.sender.as_bytes().as_slice())
+                .bind(sub.idempotency_key.as_slice());
+        }
+        let rows = query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| backend("sequence", e))?;
+        for row in rows {
+            let n = usize::try_from(uint(&row, "n")?)
+                .ok()
+                .and_then(|n| part.get(n))
+                .ok_or_else(|| StoreError::Backend("sequence: a lookup row of no key".into()))?;
+            found.insert(
+                (n.talks, n.sender, n.idempotency_key),
+                Original {
+                    placement: Placement {
+                        seq: uint(&row, "seq")?,
+                        node_time: uint(&row, "node_time")?,
+                        leaf_hash: digest(&row, "leaf_hash")?,
+                        receipt: blob(&row, "receipt")?.to_vec(),
+                    },
+                    header_hash: digest(&row, "header_hash")?,
+                },
+            );
+        }
+    }
+    Ok(found)
 }
 
 /// A room's MLS state, read in the caller's transaction.
@@ -911,6 +979,10 @@ async fn sequence_in(
     let mut rooms: HashMap<(TalksId, RoomId), RoomPlan> = HashMap::new();
     let mut room_order: Vec<(TalksId, RoomId)> = Vec::new();
 
+    // Every idempotency key of the batch looked up at once, before
+    // anything of the batch is written.
+    let stored = by_idempotency_keys(&mut *tx, batch).await?;
+
     for (i, sub) in batch.iter().enumerate() {
         if let Entry::Vacant(v) = heads.entry(sub.talks) {
             let Some(h) = head(&mut *tx, sub.talks, OP).await? else {
@@ -934,9 +1006,9 @@ async fn sequence_in(
             continue;
         }
         // A key stored before: a retry, or a conflict.
-        if let Some(original) = by_idempotency_key(&mut *tx, sub).await? {
+        if let Some(original) = stored.get(&key) {
             slots.push(Slot::Done(if original.header_hash == sub.header_hash {
-                Outcome::Sequenced(original.placement)
+                Outcome::Sequenced(original.placement.clone())
             } else {
                 Outcome::Conflict {
                     seq: original.placement.seq,
@@ -1037,52 +1109,14 @@ async fn sequence_in(
                 .collect::<Result<_, _>>()?
         };
         for (f, receipt) in fresh.iter().zip(receipts) {
-            let sub = &batch[f.submission];
-            let r = &f.record;
-            let welcome_to = match &sub.gate {
-                Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
-                _ => None,
-            };
-            sqlx::query(
-                "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
-                         header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(r.talks.as_bytes().as_slice())
-            .bind(to_sql(r.seq, "the log is full")?)
-            .bind(to_sql(
-                r.timestamp_ms,
-                "the clock is beyond the storage range",
-            )?)
-            .bind(sub.room.as_bytes().as_slice())
-            .bind(sub.sender.as_bytes().as_slice())
-            .bind(sub.idempotency_key.as_slice())
-            .bind(sub.header.as_slice())
-            .bind(sub.header_hash.0.as_slice())
-            .bind(sub.body.as_slice())
-            .bind(sub.body_hash.0.as_slice())
-            .bind(r.leaf_hash.0.as_slice())
-            .bind(receipt.as_slice())
-            .bind(welcome_to)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| match e {
-                // The idempotency key was looked up above, so only the
-                // (talks, seq) key can collide: a head behind its rows.
-                sqlx::Error::Database(db)
-                    if db.kind() == sqlx::error::ErrorKind::UniqueViolation =>
-                {
-                    StoreError::Corrupt("the log head is behind its envelopes".into())
-                }
-                e => backend(OP, e),
-            })?;
             placements.push(Placement {
-                seq: r.seq,
-                node_time: r.timestamp_ms,
-                leaf_hash: r.leaf_hash,
+                seq: f.record.seq,
+                node_time: f.record.timestamp_ms,
+                leaf_hash: f.record.leaf_hash,
                 receipt,
             });
         }
+        insert_envelopes(&mut *tx, batch, &fresh, &placements).await?;
         // The rooms' new states and commits, after the envelopes they
         // name (foreign keys), in the same transaction.
         for room_key in &room_order {
@@ -1140,6 +1174,64 @@ async fn sequence_in(
 
 async fn commit(tx: Transaction<'static, Sqlite>, op: &'static str) -> Result<(), StoreError> {
     tx.commit().await.map_err(|e| backend(op, e))
+}
+
+/// Writes the batch's new envelopes, [`INSERT_CHUNK`] rows per statement.
+async fn insert_envelopes(
+    tx: &mut SqliteConnection,
+    batch: &[Submission],
+    fresh: &[Fresh],
+    placements: &[Placement],
+) -> Result<(), StoreError> {
+    const OP: &str = "sequence";
+    let welcome_to: Vec<Option<Vec<u8>>> = fresh
+        .iter()
+        .map(|f| match &batch[f.submission].gate {
+            Some(Gate::Welcome { to, .. }) => Some(key_ids_bytes(to)),
+            _ => None,
+        })
+        .collect();
+    for range in pow2_chunks(fresh.len(), INSERT_CHUNK) {
+        let sql = format!(
+            "INSERT INTO envelopes (talks, seq, node_time, room, sender, idempotency_key,
+                     header, header_hash, body, body_hash, leaf_hash, receipt, welcome_to)
+                 VALUES {}",
+            placeholders(range.len(), 13)
+        );
+        // Only placeholders vary: every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for i in range {
+            let (f, placed) = (&fresh[i], &placements[i]);
+            let sub = &batch[f.submission];
+            let r = &f.record;
+            query = query
+                .bind(r.talks.as_bytes().as_slice())
+                .bind(to_sql(r.seq, "the log is full")?)
+                .bind(to_sql(
+                    r.timestamp_ms,
+                    "the clock is beyond the storage range",
+                )?)
+                .bind(sub.room.as_bytes().as_slice())
+                .bind(sub.sender.as_bytes().as_slice())
+                .bind(sub.idempotency_key.as_slice())
+                .bind(sub.header.as_slice())
+                .bind(sub.header_hash.0.as_slice())
+                .bind(sub.body.as_slice())
+                .bind(sub.body_hash.0.as_slice())
+                .bind(r.leaf_hash.0.as_slice())
+                .bind(placed.receipt.as_slice())
+                .bind(welcome_to[i].as_deref());
+        }
+        query.execute(&mut *tx).await.map_err(|e| match e {
+            // The idempotency keys were looked up before, so only the
+            // (talks, seq) key can collide: a head behind its rows.
+            sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+                StoreError::Corrupt("the log head is behind its envelopes".into())
+            }
+            e => backend(OP, e),
+        })?;
+    }
+    Ok(())
 }
 
 /// What became of one submission while its batch is being built.

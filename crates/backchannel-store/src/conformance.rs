@@ -724,6 +724,8 @@ pub async fn idempotent_retries<S: Store>(store: &S) {
         submission(t1, a, 3, 1), // another header under this batch's key
         submission(t1, b, 1, 0), // same key, other sender: new, seq 3
         submission(t2, a, 1, 0), // same key, other talks: new, seq 0
+        submission(t1, a, 1, 0), // the earlier batch's key again
+        submission(t1, a, 2, 1), // the earlier conflict again
     ];
     let out = sequence(store, batch.clone(), 5000).await;
     let p3 = placed(&out[0], "new in batch 2");
@@ -750,6 +752,12 @@ pub async fn idempotent_retries<S: Store>(store: &S) {
         "keys are per sender"
     );
     assert_eq!(placed(&out[6], "other talks").seq, 0, "keys are per talks");
+    assert_eq!(
+        out[7],
+        Outcome::Sequenced(p1.clone()),
+        "a second retry of one key in a batch keeps the original too"
+    );
+    assert_eq!(out[8], Outcome::Conflict { seq: 1 }, "a second conflict");
     for (s, o) in batch.iter().zip(&out) {
         if let Outcome::Sequenced(p) = o {
             check_placement("idempotency", &node_key, s, p);
@@ -782,6 +790,41 @@ pub async fn idempotent_retries<S: Store>(store: &S) {
         "retry-only batch"
     );
     assert_eq!(ok(store.log_size(t1).await, "log_size"), 4);
+
+    // Many keys in one batch (stores may look keys up and write rows in
+    // chunks): 300 new, then all of them again with 3 new ones between,
+    // and a changed header at the end.
+    let many: Vec<Submission> = (100..400).map(|k| submission(t2, b, k, 0)).collect();
+    let first = sequence(store, many.clone(), 10_000).await;
+    let mut again = many.clone();
+    again.insert(150, submission(t2, b, 1000, 0));
+    again.insert(280, submission(t2, b, 1001, 0));
+    again.push(submission(t2, b, 1002, 0));
+    again.push(submission(t2, b, 399, 1));
+    let out = sequence(store, again, 11_000).await;
+    let retried: Vec<&Outcome> = out
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![150, 280, 302, 303].contains(i))
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(retried.len(), first.len());
+    for (o, f) in retried.into_iter().zip(&first) {
+        assert_eq!(o, f, "every retry in a large batch keeps its original");
+    }
+    let news: Vec<u64> = [150, 280, 302]
+        .iter()
+        .map(|&i| placed(&out[i], "new among retries").seq)
+        .collect();
+    assert_eq!(news, [301, 302, 303], "new keys among retries get the next seqs");
+    assert_eq!(
+        out[303],
+        Outcome::Conflict {
+            seq: placed(&first[299], "last").seq
+        },
+        "a changed header at the end of a large batch"
+    );
+    assert_eq!(ok(store.log_size(t2).await, "log_size"), 304);
 }
 
 /// Reads return exactly the rows `from <= seq`, in order, at most `limit`,
