@@ -952,7 +952,10 @@ async fn by_idempotency_keys(
     }
     let n: Vec<i64> = (0..keys.len() as i64).collect();
     let talks: Vec<&[u8]> = keys.iter().map(|s| s.talks.as_bytes().as_slice()).collect();
-    let senders: Vec<&[u8]> = keys.iter().map(|s| s.sender.as_bytes().as_slice()).collect();
+    let senders: Vec<&[u8]> = keys
+        .iter()
+        .map(|s| s.sender.as_bytes().as_slice())
+        .collect();
     let idempotency: Vec<&[u8]> = keys.iter().map(|s| s.idempotency_key.as_slice()).collect();
     let rows = sqlx::query(
         "SELECT k.n, e.seq, e.node_time, e.header_hash, e.leaf_hash, e.receipt
@@ -1000,23 +1003,37 @@ async fn insert_envelopes(
 ) -> Result<(), StoreError> {
     const OP: &str = "sequence";
     let subs: Vec<&Submission> = fresh.iter().map(|f| &batch[f.submission]).collect();
-    let talks: Vec<&[u8]> = fresh.iter().map(|f| f.record.talks.as_bytes().as_slice()).collect();
+    let talks: Vec<&[u8]> = fresh
+        .iter()
+        .map(|f| f.record.talks.as_bytes().as_slice())
+        .collect();
     let seqs: Vec<i64> = fresh
         .iter()
         .map(|f| to_sql(f.record.seq, "the log is full"))
         .collect::<Result<_, _>>()?;
     let times: Vec<i64> = fresh
         .iter()
-        .map(|f| to_sql(f.record.timestamp_ms, "the clock is beyond the storage range"))
+        .map(|f| {
+            to_sql(
+                f.record.timestamp_ms,
+                "the clock is beyond the storage range",
+            )
+        })
         .collect::<Result<_, _>>()?;
     let rooms: Vec<&[u8]> = subs.iter().map(|s| s.room.as_bytes().as_slice()).collect();
-    let senders: Vec<&[u8]> = subs.iter().map(|s| s.sender.as_bytes().as_slice()).collect();
+    let senders: Vec<&[u8]> = subs
+        .iter()
+        .map(|s| s.sender.as_bytes().as_slice())
+        .collect();
     let idempotency: Vec<&[u8]> = subs.iter().map(|s| s.idempotency_key.as_slice()).collect();
     let headers: Vec<&[u8]> = subs.iter().map(|s| s.header.as_slice()).collect();
     let header_hashes: Vec<&[u8]> = subs.iter().map(|s| s.header_hash.0.as_slice()).collect();
     let bodies: Vec<&[u8]> = subs.iter().map(|s| s.body.as_slice()).collect();
     let body_hashes: Vec<&[u8]> = subs.iter().map(|s| s.body_hash.0.as_slice()).collect();
-    let leaf_hashes: Vec<&[u8]> = fresh.iter().map(|f| f.record.leaf_hash.0.as_slice()).collect();
+    let leaf_hashes: Vec<&[u8]> = fresh
+        .iter()
+        .map(|f| f.record.leaf_hash.0.as_slice())
+        .collect();
     let receipts: Vec<&[u8]> = placements.iter().map(|p| p.receipt.as_slice()).collect();
     let welcome_to: Vec<Option<Vec<u8>>> = subs
         .iter()

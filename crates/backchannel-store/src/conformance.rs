@@ -816,7 +816,11 @@ pub async fn idempotent_retries<S: Store>(store: &S) {
         .iter()
         .map(|&i| placed(&out[i], "new among retries").seq)
         .collect();
-    assert_eq!(news, [301, 302, 303], "new keys among retries get the next seqs");
+    assert_eq!(
+        news,
+        [301, 302, 303],
+        "new keys among retries get the next seqs"
+    );
     assert_eq!(
         out[303],
         Outcome::Conflict {
