@@ -141,6 +141,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::num::NonZeroUsize;
 
 use backchannel_codec::{PartyId, PrincipalId, RoomId, StatementId, TalksId};
 use backchannel_crypto::{Digest, KeyId, PublicKey};
@@ -618,6 +619,14 @@ struct Said {
 /// A statement's key for rule 11: its author key and its id.
 type PostKey = (KeyId, StatementId);
 
+/// A statement's signature verified ahead of replay, with the key it was
+/// verified with ([`Replay::apply_all`]).
+type Ahead = Option<(PublicKey, Result<VerifiedStatement, VerifyError>)>;
+
+/// How many statements [`Replay::apply_all`] verifies ahead at a time: the
+/// verified copies it holds at once.
+const PREVERIFY_WINDOW: usize = 4096;
+
 /// Replays one talks' record.
 #[derive(Debug, Clone)]
 pub struct Replay {
@@ -629,6 +638,11 @@ pub struct Replay {
     accepted: BTreeSet<PartyId>,
     phase: Phase,
     keys: HashMap<KeyId, KeyState>,
+    /// Every party an identity or device key in `keys` speaks for, by its
+    /// principal (keys are never removed, so neither are these).
+    principal_parties: HashMap<PrincipalId, BTreeSet<PartyId>>,
+    /// The identity keys in `keys`, by their principal.
+    identities: HashMap<PrincipalId, Vec<KeyId>>,
     last_seq: Option<u64>,
     /// Rule 11 in the record room: one entry per statement posted there
     /// whose signature verified (bounded by the log).
@@ -703,6 +717,8 @@ impl Replay {
             accepted: BTreeSet::new(),
             phase: Phase::Open,
             keys: HashMap::new(),
+            principal_parties: HashMap::new(),
+            identities: HashMap::new(),
             last_seq: None,
             posted: HashMap::new(),
             said: HashMap::new(),
@@ -846,23 +862,146 @@ impl Replay {
                 last,
             });
         }
-        let result = self.apply_inner(entry);
+        let result = self.apply_inner(entry, None);
         self.last_seq = Some(entry.seq);
         result
     }
 
-    fn apply_inner(&mut self, entry: LoggedStatement<'_>) -> Result<Accepted, Rejected> {
+    /// Replays `entries`, the next statements of the log in order: the same
+    /// verdicts, in the same order, and the same state as [`Replay::apply`]
+    /// on each in turn, with their signatures verified ahead on up to
+    /// `threads` threads (scoped, joined before it returns; one thread
+    /// spawns none).
+    ///
+    /// Ahead of replay, each statement's signature is verified
+    /// ([`SignedStatement::verify`]) with the key its author id names: a
+    /// key replay knows, or one a statement of the same window introduces
+    /// (a roster, member or device certificate, an authority pass). Replay
+    /// then judges each statement as [`Replay::apply`] does and uses that
+    /// verification only when the key it finds for the author at that seq
+    /// is the very key verified with; otherwise it verifies again. A
+    /// signature is a function of statement, talks and key, so no verdict
+    /// can differ; statements replay would refuse before their signature
+    /// are verified for nothing.
+    pub fn apply_all(
+        &mut self,
+        entries: &[LoggedStatement<'_>],
+        threads: NonZeroUsize,
+    ) -> Vec<Result<Accepted, Rejected>> {
+        let mut verdicts = Vec::with_capacity(entries.len());
+        for window in entries.chunks(PREVERIFY_WINDOW) {
+            let mut ahead = self.verify_ahead(window, threads).into_iter();
+            for entry in window {
+                let pre = ahead.next().flatten();
+                if let Some(last) = self.last_seq
+                    && entry.seq <= last
+                {
+                    verdicts.push(Err(Rejected::OutOfOrder {
+                        seq: entry.seq,
+                        last,
+                    }));
+                    continue;
+                }
+                verdicts.push(self.apply_inner(*entry, pre));
+                self.last_seq = Some(entry.seq);
+            }
+        }
+        verdicts
+    }
+
+    /// The signatures of `window` verified on up to `threads` threads, each
+    /// with the key its author id names (see [`Replay::apply_all`]), in
+    /// order; `None` where no key is known yet or for the roster (verified
+    /// with its certifications by [`VerifiedRoster::verify`]).
+    fn verify_ahead(&self, window: &[LoggedStatement<'_>], threads: NonZeroUsize) -> Vec<Ahead> {
+        // Keys introduced by the window's own statements, by id.
+        let mut introduced: HashMap<KeyId, PublicKey> = HashMap::new();
+        let mut introduce = |k: &PublicKey| {
+            introduced.insert(k.id(), *k);
+        };
+        for entry in window {
+            match &entry.statement.unverified().payload {
+                Payload::Roster(r) => {
+                    for p in &r.parties {
+                        introduce(&p.talks_authority_key);
+                    }
+                    for m in &r.members {
+                        introduce(&m.identity_key);
+                        m.devices.iter().for_each(&mut introduce);
+                    }
+                }
+                Payload::MemberCert(c) => introduce(&c.identity_key),
+                Payload::DeviceCert(c) => introduce(&c.device_key),
+                Payload::AuthorityPassed(p) => introduce(&p.new_key),
+                _ => {}
+            }
+        }
+        let talks = self.talks;
+        let jobs: Vec<Option<(&SignedStatement, PublicKey)>> = window
+            .iter()
+            .map(|entry| {
+                let unverified = entry.statement.unverified();
+                if matches!(unverified.payload, Payload::Roster(_)) {
+                    return None;
+                }
+                let key = self
+                    .keys
+                    .get(&unverified.author)
+                    .map(|k| k.key)
+                    .or_else(|| introduced.get(&unverified.author).copied())?;
+                Some((entry.statement, key))
+            })
+            .collect();
+        let verify = |jobs: &[Option<(&SignedStatement, PublicKey)>]| -> Vec<Ahead> {
+            jobs.iter()
+                .map(|job| job.map(|(statement, key)| (key, statement.verify(talks, &key))))
+                .collect()
+        };
+        let per_thread = jobs.len().div_ceil(threads.get()).max(1);
+        if threads.get() == 1 || jobs.len() <= per_thread {
+            return verify(&jobs);
+        }
+        std::thread::scope(|scope| {
+            let mut chunks = jobs.chunks(per_thread);
+            let first = chunks.next().unwrap_or_default();
+            let others: Vec<_> = chunks
+                .map(|chunk| (chunk.len(), scope.spawn(move || verify(chunk))))
+                .collect();
+            let mut out = verify(first);
+            for (len, handle) in others {
+                match handle.join() {
+                    Ok(results) => out.extend(results),
+                    // A thread that did not finish leaves its statements to
+                    // be verified in turn by replay.
+                    Err(_) => out.extend(std::iter::repeat_with(|| None).take(len)),
+                }
+            }
+            out
+        })
+    }
+
+    /// `pre`: the statement's signature verified ahead, with the key it was
+    /// verified with ([`Replay::apply_all`]).
+    fn apply_inner(
+        &mut self,
+        entry: LoggedStatement<'_>,
+        pre: Ahead,
+    ) -> Result<Accepted, Rejected> {
         let Some(record) = self.record else {
             return self.apply_roster(entry);
         };
         let (author_key, author_role) = self.author_at(entry)?;
-        let verified = entry.statement.verify(self.talks, &author_key)?;
+        let verified = match pre {
+            Some((key, verified)) if key == author_key => verified?,
+            _ => entry.statement.verify(self.talks, &author_key)?,
+        };
         let in_record = entry.room == record;
-        if let Some(copy) = self.check_repeat(entry, in_record)? {
+        let hash = entry.statement.hash();
+        if let Some(copy) = self.check_repeat(entry, in_record, hash)? {
             return Ok(copy);
         }
         let result = self.judge(entry, in_record, &verified, author_role);
-        self.remember(entry, in_record, result.is_ok());
+        self.remember(entry, in_record, hash, result.is_ok());
         result
     }
 
@@ -917,10 +1056,10 @@ impl Replay {
         &mut self,
         entry: LoggedStatement<'_>,
         in_record: bool,
+        hash: Digest,
     ) -> Result<Option<Accepted>, Rejected> {
         let unverified = entry.statement.unverified();
         let key = (unverified.author, unverified.id);
-        let hash = entry.statement.hash();
         let copy = |first: u64, counted: bool| {
             if counted {
                 Ok(Some(Accepted::Copy { first }))
@@ -981,10 +1120,16 @@ impl Replay {
     }
 
     /// Rule 11, after the statement was judged: its first posting to this room.
-    fn remember(&mut self, entry: LoggedStatement<'_>, in_record: bool, counted: bool) {
+    /// `hash`: the statement's ([`SignedStatement::hash`]).
+    fn remember(
+        &mut self,
+        entry: LoggedStatement<'_>,
+        in_record: bool,
+        hash: Digest,
+        counted: bool,
+    ) {
         let unverified = entry.statement.unverified();
         let key = (unverified.author, unverified.id);
-        let hash = entry.statement.hash();
         if in_record {
             self.posted.entry(key).or_insert(Posted {
                 seq: entry.seq,
@@ -1087,16 +1232,13 @@ impl Replay {
                     ));
                 }
                 // A principal belongs to one party for the life of the talks.
+                // Any identity or device key of the principal speaking
+                // for another party (indexed by principal as certified).
                 let taken = roster.parties.iter().any(|p| p.party.0 == cert.principal.0)
-                    || self.keys.values().any(|k| match k.role {
-                        KeyRole::Identity {
-                            principal, party, ..
-                        }
-                        | KeyRole::Device {
-                            principal, party, ..
-                        } => principal == cert.principal && party != cert.party,
-                        KeyRole::TalksAuthority { .. } => false,
-                    });
+                    || self
+                        .principal_parties
+                        .get(&cert.principal)
+                        .is_some_and(|parties| parties.iter().any(|p| *p != cert.party));
                 if taken {
                     return Err(Rejected::NotEntitled(
                         "the principal belongs to another party",
@@ -1419,13 +1561,19 @@ impl Replay {
         // Every key replay knows was certified at or before this seq: the
         // roster's members, and those of valid member certificates since;
         // the successor must hold one not revoked.
-        let member_of_party = self.keys.values().any(|k| {
-            k.revoked_at.is_none()
-                && matches!(
-                    k.role,
-                    KeyRole::Identity { principal, party: p, .. } if principal == share.to && p == party
-                )
-        });
+        let member_of_party = self
+            .identities
+            .get(&share.to)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.keys.get(id))
+            .any(|k| {
+                k.revoked_at.is_none()
+                    && matches!(
+                        k.role,
+                        KeyRole::Identity { principal, party: p, .. } if principal == share.to && p == party
+                    )
+            });
         if !member_of_party {
             return Err(Rejected::HistoryShared(
                 "it is shared with a principal that is not a member of the author's party",
@@ -1728,6 +1876,26 @@ impl Replay {
                 "the key is already certified; rotation uses a new key",
             ));
         }
+        match role {
+            KeyRole::Identity {
+                principal, party, ..
+            } => {
+                self.principal_parties
+                    .entry(principal)
+                    .or_default()
+                    .insert(party);
+                self.identities.entry(principal).or_default().push(id);
+            }
+            KeyRole::Device {
+                principal, party, ..
+            } => {
+                self.principal_parties
+                    .entry(principal)
+                    .or_default()
+                    .insert(party);
+            }
+            KeyRole::TalksAuthority { .. } => {}
+        }
         self.keys.insert(
             id,
             KeyState {
@@ -1796,7 +1964,7 @@ impl Replay {
         }
         self.roster = Some((StatementRef::of(seq, entry.statement), roster));
         self.record = Some(record);
-        self.remember(entry, true, true);
+        self.remember(entry, true, entry.statement.hash(), true);
         Ok(Accepted::Roster)
     }
 }

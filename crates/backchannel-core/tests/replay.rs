@@ -172,15 +172,62 @@ fn verdicts(
     let t = fixtures::talks();
     let mut replay = Replay::new(t.talks);
     let mut got = Vec::new();
-    for (seq, (statement, room)) in log.iter().enumerate() {
-        got.push(replay.apply(LoggedStatement {
+    let entries: Vec<LoggedStatement<'_>> = log
+        .iter()
+        .enumerate()
+        .map(|(seq, (statement, room))| LoggedStatement {
             seq: seq as u64,
             node_time: 1000 * seq as u64,
             room: room.unwrap_or(t.record),
             statement,
-        }));
+        })
+        .collect();
+    for entry in &entries {
+        got.push(replay.apply(*entry));
+    }
+    // Replaying the whole log with its signatures verified ahead, on one
+    // thread or several, gives the same verdicts and the same state.
+    for threads in [1, 2, 3] {
+        let threads = std::num::NonZeroUsize::new(threads).unwrap_or(std::num::NonZeroUsize::MIN);
+        let mut ahead = Replay::new(t.talks);
+        assert_eq!(ahead.apply_all(&entries, threads), got, "{threads} threads");
+        assert_same_state(&ahead, &replay, log);
     }
     (replay, got)
+}
+
+/// Whether two replays of `log` hold the same state, as far as their
+/// accessors show it (every key the log names, every room's consents).
+fn assert_same_state(a: &Replay, b: &Replay, log: &[(SignedStatement, Option<RoomId>)]) {
+    assert_eq!(a.roster_statement(), b.roster_statement());
+    assert_eq!(a.record_room(), b.record_room());
+    assert_eq!(a.ground_rules_statement(), b.ground_rules_statement());
+    assert_eq!(a.accepted_by(), b.accepted_by());
+    assert_eq!(a.phase(), b.phase());
+    assert_eq!(a.equivocations(), b.equivocations());
+    assert_eq!(a.commit_failures(), b.commit_failures());
+    assert_eq!(a.history_shared(), b.history_shared());
+    assert_eq!(a.authority_passes(), b.authority_passes());
+    for (statement, room) in log {
+        let s = statement.unverified();
+        let mut keys = vec![s.author];
+        match &s.payload {
+            Payload::MemberCert(c) => keys.push(c.identity_key.id()),
+            Payload::DeviceCert(c) => keys.push(c.device_key.id()),
+            Payload::Revoke(r) => keys.push(r.key),
+            Payload::AuthorityPassed(p) => keys.extend([p.old_key, p.new_key.id()]),
+            _ => {}
+        }
+        for k in keys {
+            assert_eq!(a.key(&k), b.key(&k));
+        }
+        if let Some(room) = room {
+            assert_eq!(a.session_consents(*room), b.session_consents(*room));
+        }
+    }
+    for room in [PLENARY, LETTER] {
+        assert_eq!(a.session_consents(room), b.session_consents(room));
+    }
 }
 
 /// Replays `log` as [`verdicts`] does and compares each verdict: `Ok(())`
