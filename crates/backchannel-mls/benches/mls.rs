@@ -2,6 +2,14 @@
 //! and adding one device by a commit (member side, and the node's
 //! `PublicRoom::stage_commit`) in rooms of 10, 100 and 1000 devices.
 //! Setup (rooms, key packages) stays outside the timed part.
+//!
+//! Run: `cargo bench -p backchannel-mls --bench mls -- --warm-up-time 1 --measurement-time 5`.
+//!
+//! A plaintext of 1024 bytes does not fit the 1 KiB envelope body bucket
+//! (padding inside MLS, `backchannel_mls::message_len`): its message fills
+//! the 4 KiB bucket, so "encrypt+decrypt 1 KiB" signs, hashes and encrypts
+//! about 4 KiB. "encrypt+decrypt, 1 KiB bucket" sends the longest plaintext
+//! whose message is a 1 KiB body (what `backchannel bench load` sends).
 
 #![allow(missing_docs)] // criterion generates the entry points.
 #![allow(clippy::expect_used)] // Bench setup: a failure is a broken bench.
@@ -24,6 +32,22 @@ fn encrypt_decrypt(c: &mut Criterion) {
             b[0].decrypt(r, &ct, &commitment(1)).expect("decrypt")
         })
     });
+    // The longest plaintext whose message is a 1 KiB body (bucket less its
+    // 4-byte length prefix).
+    let fits = (0..1024)
+        .rev()
+        .find(|&n| backchannel_mls::message_len(n) == Some(1020))
+        .expect("a plaintext fits the 1 KiB bucket");
+    let msg = vec![0x5a; fits];
+    c.bench_function(
+        &format!("encrypt+decrypt, 1 KiB bucket ({fits}-byte plaintext)"),
+        |bench| {
+            bench.iter(|| {
+                let ct = a[0].encrypt(r, &msg, &commitment(1)).expect("encrypt");
+                b[0].decrypt(r, &ct, &commitment(1)).expect("decrypt")
+            })
+        },
+    );
 }
 
 /// A room of `n` devices as its creator and the node see it (the others

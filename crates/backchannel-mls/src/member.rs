@@ -203,7 +203,16 @@ pub struct Member {
     key_packages: BTreeMap<Vec<u8>, bool>,
     /// The loaded groups (derived from the storage, never serialized).
     groups: BTreeMap<RoomId, mls::MlsGroup>,
+    /// Senders' keys as [`PublicKey::from_bytes`] parsed them, by their
+    /// bytes (a cache, never serialized): parsing decompresses and
+    /// recompresses the point, a tenth of a decryption, and a room's
+    /// messages come from few devices.
+    senders: BTreeMap<[u8; 32], PublicKey>,
 }
+
+/// The most sender keys [`Member`] keeps parsed; past it the cache starts
+/// over (a talks has far fewer devices).
+const MAX_PARSED_SENDERS: usize = 4096;
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -234,6 +243,7 @@ impl Member {
             pending: BTreeMap::new(),
             key_packages: BTreeMap::new(),
             groups: BTreeMap::new(),
+            senders: BTreeMap::new(),
         }
     }
 
@@ -424,6 +434,7 @@ impl Member {
             pending,
             key_packages,
             groups: BTreeMap::new(),
+            senders: BTreeMap::new(),
         };
         let me = member.device();
         let rooms: Vec<RoomId> = member.rooms.keys().copied().collect();
@@ -1014,6 +1025,23 @@ impl Member {
         Ok(bytes)
     }
 
+    /// The sender key whose bytes are `identity`, parsed as
+    /// [`PublicKey::from_bytes`] parses it (the same checks, each distinct
+    /// key parsed once).
+    fn sender_key(&mut self, identity: &[u8]) -> Result<PublicKey, DecryptError> {
+        let bad = || DecryptError::Sender(LeafError::BadIdentity);
+        let bytes: [u8; 32] = identity.try_into().map_err(|_| bad())?;
+        if let Some(key) = self.senders.get(&bytes) {
+            return Ok(*key);
+        }
+        let key = PublicKey::from_bytes(&bytes).map_err(|_| bad())?;
+        if self.senders.len() >= MAX_PARSED_SENDERS {
+            self.senders.clear();
+        }
+        self.senders.insert(bytes, key);
+        Ok(key)
+    }
+
     /// Decrypts an application message of the room: the plaintext (padding
     /// checked), after checking that its authenticated data is
     /// `commitment`.
@@ -1090,8 +1118,7 @@ impl Member {
         // credential's identity the sender's signature key.
         let identity = mls::BasicCredential::try_from(credential)
             .map_err(|_| DecryptError::Sender(LeafError::NotBasic))?;
-        let sender = PublicKey::from_bytes(identity.identity())
-            .map_err(|_| DecryptError::Sender(LeafError::BadIdentity))?;
+        let sender = self.sender_key(identity.identity())?;
         let plaintext = padding::unpad(&data, message.len()).ok_or(DecryptError::Padding)?;
         Ok((sender, plaintext))
     }
