@@ -10,7 +10,9 @@
 //! - [`server`]: the HTTP API — talks, access lists, invitations,
 //!   envelopes, blobs — authorised per request against the talks' access
 //!   list; [`api`] holds its wire types and error codes;
-//! - [`stream`]: WebSocket delivery resuming by seq;
+//! - [`stream`]: WebSocket delivery resuming by seq; [`fanout`] serves
+//!   caught-up streams the rows the sequencer just made durable, as frames
+//!   encoded once for every recipient;
 //! - [`logs`]: checkpoints with cosignatures, tiles and proofs;
 //! - [`submit`]: validation of one envelope, cheapest check first, with one
 //!   Ed25519 verification per envelope;
@@ -33,6 +35,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod fanout;
 pub mod integrate;
 pub mod lease;
 pub mod limits;

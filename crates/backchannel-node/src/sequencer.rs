@@ -8,6 +8,8 @@
 //! own outcome. Nothing is acknowledged before that call returns, so an
 //! acknowledgement always means durably committed. The batch grows with
 //! load by itself: while one commit is in flight, the next batch queues up.
+//! After acknowledging a batch it hands the batch's rows, as ready stream
+//! frames, to the [`Fanout`] the delivery streams read first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +18,8 @@ use backchannel_crypto::Signer;
 use backchannel_store::{MAX_SEQUENCE_BATCH, Outcome, Store, Submission};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::fanout::{Fanout, Prepared};
 
 /// How many submissions may wait for the sequencer before submitters are
 /// slowed down (back-pressure): a few full batches.
@@ -50,6 +54,8 @@ pub enum SequenceError {
 /// gate sees its commit's outcome in the same transaction.
 struct Job {
     unit: Vec<Submission>,
+    /// Each submission's frame parts for [`Fanout`], built by the submitter.
+    prepared: Vec<Option<Prepared>>,
     reply: oneshot::Sender<Result<Vec<Outcome>, SequenceError>>,
 }
 
@@ -57,6 +63,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Sequencer {
     tx: mpsc::Sender<Job>,
+    /// The rows of each batch, for the delivery streams.
+    fanout: Arc<Fanout>,
     /// Envelopes placed in a log so far (for metrics).
     sequenced: Arc<AtomicU64>,
 }
@@ -70,8 +78,25 @@ impl Sequencer {
     ) -> Self {
         let (tx, rx) = mpsc::channel(SEQUENCER_QUEUE);
         let sequenced = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(store, clock, log_key, rx, Arc::clone(&sequenced)));
-        Self { tx, sequenced }
+        let fanout = Arc::new(Fanout::default());
+        tokio::spawn(run(
+            store,
+            clock,
+            log_key,
+            rx,
+            Arc::clone(&sequenced),
+            Arc::clone(&fanout),
+        ));
+        Self {
+            tx,
+            fanout,
+            sequenced,
+        }
+    }
+
+    /// The rows of the batches sequenced so far, as stream frames.
+    pub fn fanout(&self) -> &Arc<Fanout> {
+        &self.fanout
     }
 
     /// How many envelopes were placed in a log since the start (for
@@ -97,8 +122,13 @@ impl Sequencer {
     /// and its Welcome); one outcome each.
     pub async fn submit_unit(&self, unit: Vec<Submission>) -> Result<Vec<Outcome>, SequenceError> {
         let (reply, answer) = oneshot::channel();
+        let prepared = unit.iter().map(Prepared::of).collect();
         self.tx
-            .send(Job { unit, reply })
+            .send(Job {
+                unit,
+                prepared,
+                reply,
+            })
             .await
             .map_err(|_| SequenceError::Stopped)?;
         answer.await.map_err(|_| SequenceError::Stopped)?
@@ -111,6 +141,7 @@ async fn run<S: Store>(
     log_key: Arc<dyn Signer + Send + Sync>,
     mut rx: mpsc::Receiver<Job>,
     sequenced: Arc<AtomicU64>,
+    fanout: Arc<Fanout>,
 ) {
     // A job that would have made the last batch too large opens the next.
     let mut carried: Option<Job> = None;
@@ -125,6 +156,7 @@ async fn run<S: Store>(
         // Bodies move into the batch; they are never copied.
         let mut batch = Vec::with_capacity(MAX_SEQUENCE_BATCH);
         let mut replies = Vec::with_capacity(MAX_SEQUENCE_BATCH);
+        let mut prepared = Vec::with_capacity(MAX_SEQUENCE_BATCH);
         let mut bytes = 0usize;
         let mut next = Some(first);
         while let Some(job) = next.take() {
@@ -139,11 +171,13 @@ async fn run<S: Store>(
             bytes += size;
             replies.push((job.unit.len(), job.reply));
             batch.extend(job.unit);
+            prepared.extend(job.prepared);
             if batch.len() < MAX_SEQUENCE_BATCH {
                 next = rx.try_recv().ok();
             }
         }
         let expected = batch.len();
+        fanout.begin(batch.iter().map(|s| s.talks));
         match store.sequence(batch, clock.now_ms(), &*log_key).await {
             Ok(outcomes) if outcomes.len() == expected => {
                 let placed = outcomes
@@ -151,12 +185,15 @@ async fn run<S: Store>(
                     .filter(|o| matches!(o, Outcome::Sequenced(_)))
                     .count();
                 sequenced.fetch_add(placed as u64, Ordering::Relaxed);
-                let mut outcomes = outcomes.into_iter();
+                // Acknowledge first (the receipts are cheap to clone), then
+                // hand the rows to the streams.
+                let mut rest = outcomes.iter();
                 for (n, reply) in replies {
                     // A submitter that went away still had its envelopes
                     // committed; a retry with its keys finds them.
-                    let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
+                    let _ = reply.send(Ok(rest.by_ref().take(n).cloned().collect()));
                 }
+                fanout.finish(&prepared, &outcomes);
             }
             // Every submission was validated against an existing talks, so
             // any failure is the store's: nothing was written, all retry.
@@ -164,6 +201,7 @@ async fn run<S: Store>(
                 for (_, reply) in replies {
                     let _ = reply.send(Err(SequenceError::Unavailable));
                 }
+                fanout.finish(&[], &[]);
             }
         }
     }

@@ -151,7 +151,7 @@ impl<S: Store> Node<S> {
         &self,
         talks: TalksId,
         key: &PublicKey,
-    ) -> Result<(AccessListRecord, AccessList, AccessEntry), ApiError> {
+    ) -> Result<(AccessListRecord, Arc<AccessList>, AccessEntry), ApiError> {
         let record = self
             .store
             .access_list(talks)
@@ -166,7 +166,7 @@ impl<S: Store> Node<S> {
             .get(&key.id())
             .cloned()
             .ok_or_else(ApiError::not_found)?;
-        Ok((record, (*list).clone(), entry))
+        Ok((record, list, entry))
     }
 
     /// `record`'s list of `talks`, decoded once per distinct stored bytes.

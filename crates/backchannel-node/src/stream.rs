@@ -37,6 +37,7 @@ use serde::Deserialize;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::api::{self, ApiError};
+use crate::fanout::Found;
 use crate::limits::StreamSlot;
 use crate::net::{ConnectionPermit, Shutdown};
 use crate::server::{ApiPath, ApiQuery, Authed, Node, delivered, may_read, parse_talks};
@@ -202,6 +203,9 @@ async fn deliver<S: Store>(
     let mut idle = Box::pin(tokio::time::sleep(limits.idle_timeout));
     let mut poll = tokio::time::interval(limits.poll_interval);
     poll.tick().await;
+    // The log size the last append notification named, while nothing else
+    // woke the stream: up to it, this node's fan-out may hold the rows.
+    let mut announced: Option<u64> = None;
 
     loop {
         // Deliver everything from the cursor, re-authorising for every page
@@ -218,6 +222,25 @@ async fn deliver<S: Store>(
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                     Some(Ok(_)) => idle = Box::pin(tokio::time::sleep(limits.idle_timeout)),
                 }
+            }
+            // Caught up to an announced size: the rows from memory, if
+            // this node sequenced all of them (shared frames, no store
+            // read, no encoding per recipient).
+            if let Some(size) = announced.take().filter(|&n| n > cursor)
+                && let Found::Rows(rows) = node.sequencer.fanout().rows(talks, cursor, size).await
+            {
+                for row in rows {
+                    if !may_read(&entry, row.room) {
+                        continue;
+                    }
+                    if !send_text(tx, queue, limits, row.frame.clone()).await {
+                        return Some((CLOSE_TOO_SLOW, "send queue full; resume by seq"));
+                    }
+                }
+                // Caught up to the announced size; a later append's
+                // notification is already waiting, if there was one.
+                cursor = size;
+                break;
             }
             let rows = match node.store.read(talks, cursor, MAX_READ).await {
                 Ok(rows) => rows,
@@ -265,7 +288,10 @@ async fn deliver<S: Store>(
         loop {
             tokio::select! {
                 n = appended.recv() => match n {
-                    Ok(a) if a.talks == talks && a.size > cursor => break,
+                    Ok(a) if a.talks == talks && a.size > cursor => {
+                        announced = Some(a.size);
+                        break;
+                    }
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
                     Err(broadcast::error::RecvError::Closed) => return Some((CLOSE_ERROR, "node error")),
@@ -327,9 +353,19 @@ async fn send(
     limits: &crate::limits::Limits,
     frame: &api::StreamFrame,
 ) -> bool {
-    let Ok(text) = serde_json::to_string(frame) else {
-        return false;
-    };
+    match serde_json::to_string(frame) {
+        Ok(text) => send_text(tx, queue, limits, text.into()).await,
+        Err(_) => false,
+    }
+}
+
+/// [`send`] of a frame already in its wire form (shared, not copied).
+async fn send_text(
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    queue: &Queue,
+    limits: &crate::limits::Limits,
+    text: Utf8Bytes,
+) -> bool {
     let size = text.len();
     let room = async {
         loop {
@@ -347,6 +383,5 @@ async fn send(
         return false;
     }
     queue.bytes.fetch_add(size, Ordering::AcqRel);
-    tx.send(Outgoing::Frame(Message::Text(text.into()), size))
-        .is_ok()
+    tx.send(Outgoing::Frame(Message::Text(text), size)).is_ok()
 }
