@@ -488,6 +488,8 @@ pub struct NodeClient {
     tls: Arc<rustls::ClientConfig>,
     key: PublicKey,
     pinned: Fingerprint,
+    /// The local address connections are made from, if bound.
+    local: Option<std::net::IpAddr>,
 }
 
 impl fmt::Debug for NodeClient {
@@ -531,6 +533,29 @@ impl NodeClient {
         fingerprint: Fingerprint,
         key: &SecretKey,
     ) -> Result<Self, NetError> {
+        Self::build(address, fingerprint, key, None)
+    }
+
+    /// [`NodeClient::new`], with every connection of this client (its
+    /// requests and [`NodeClient::stream`]) made from the local address
+    /// `local`: for a load generator spreading its connections over several
+    /// loopback addresses, or a host with several interfaces.
+    /// ([`NodeClient::stream_over`] uses the connection the caller made.)
+    pub fn with_local_address(
+        address: impl fmt::Display,
+        fingerprint: Fingerprint,
+        key: &SecretKey,
+        local: std::net::IpAddr,
+    ) -> Result<Self, NetError> {
+        Self::build(address, fingerprint, key, Some(local))
+    }
+
+    fn build(
+        address: impl fmt::Display,
+        fingerprint: Fingerprint,
+        key: &SecretKey,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, NetError> {
         let nodes = NodeAddresses::parse(&address.to_string())?;
         let identity = Identity::self_signed(key, "client").map_err(|e| {
             NetError::Usage(format!("could not make this key's TLS certificate: {e}"))
@@ -541,6 +566,7 @@ impl NodeClient {
             .use_preconfigured_tls(tls.clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
+            .local_address(local)
             .build()
             .map_err(|e| NetError::Usage(format!("could not set up the HTTP client: {e}")))?;
         Ok(Self {
@@ -550,6 +576,7 @@ impl NodeClient {
             tls: Arc::new(tls),
             key: key.public_key(),
             pinned: fingerprint,
+            local,
         })
     }
 
@@ -1463,6 +1490,7 @@ impl NodeClient {
         connector.enforce_http(false);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_local_address(self.local);
         let uri: tungstenite::http::Uri = format!("http://{}", node.authority)
             .parse()
             .map_err(|_| NetError::Usage(format!("{:?} is not an address", node.authority)))?;
@@ -1470,7 +1498,9 @@ impl NodeClient {
             .await
             .map_err(|e| self.transport_at(i, &e))?
             .into_inner();
-        self.stream_over_at(i, io, talks, from).await
+        self.stream_over_at(i, io, talks, from, None)
+            .await
+            .map(|(stream, _)| stream)
     }
 
     /// The delivery stream over `io`, a byte stream already connected to the
@@ -1485,17 +1515,44 @@ impl NodeClient {
     where
         Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        self.stream_over_at(self.current_index(), io, talks, from)
+        self.stream_over_at(self.current_index(), io, talks, from, None)
             .await
+            .map(|(stream, _)| stream)
     }
 
+    /// [`NodeClient::stream_over`], and the instant the TLS handshake was
+    /// done and the WebSocket upgrade request (`GET …/stream?from=`) was
+    /// about to be written: for a load generator timing a catch-up from
+    /// the upgrade request to the `caught` frame, without the handshake.
+    /// `now` reads the caller's clock (the library reads none).
+    #[doc(hidden)]
+    pub async fn stream_over_timed<Io>(
+        &self,
+        io: Io,
+        talks: TalksId,
+        from: u64,
+        now: fn() -> std::time::Instant,
+    ) -> Result<(NodeStream, std::time::Instant), NetError>
+    where
+        Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (stream, upgrade) = self
+            .stream_over_at(self.current_index(), io, talks, from, Some(now))
+            .await?;
+        // `Some(now)` always yields the instant.
+        Ok((stream, upgrade.unwrap_or_else(now)))
+    }
+
+    /// The stream, and the instant (by `now`, if given) its upgrade request
+    /// was about to be written (after the TLS handshake).
     async fn stream_over_at<Io>(
         &self,
         i: usize,
         io: Io,
         talks: TalksId,
         from: u64,
-    ) -> Result<NodeStream, NetError>
+        now: Option<fn() -> std::time::Instant>,
+    ) -> Result<(NodeStream, Option<std::time::Instant>), NetError>
     where
         Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -1508,6 +1565,7 @@ impl NodeClient {
                 .connect(name, io)
                 .await
                 .map_err(|e| self.transport_at(i, &e))?;
+            let upgrade = now.map(|now| now());
             let url = format!(
                 "wss://{}/v1/talks/{}/stream?from={from}",
                 node.authority,
@@ -1517,7 +1575,7 @@ impl NodeClient {
                 .max_message_size(Some(MAX_STREAM_MESSAGE))
                 .max_frame_size(Some(MAX_STREAM_MESSAGE));
             match tokio_tungstenite::client_async_with_config(url, tls, Some(config)).await {
-                Ok((ws, _)) => Ok(ws),
+                Ok((ws, _)) => Ok((ws, upgrade)),
                 Err(tungstenite::Error::Http(resp)) => {
                     let body = resp.body().as_deref().unwrap_or_default();
                     tap(body);
@@ -1526,7 +1584,7 @@ impl NodeClient {
                 Err(e) => Err(self.transport_at(i, &e)),
             }
         };
-        let ws = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        let (ws, upgrade) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| {
                 NetError::Transport(format!(
@@ -1534,12 +1592,13 @@ impl NodeClient {
                     CONNECT_TIMEOUT.as_secs()
                 ))
             })??;
-        Ok(NodeStream {
+        let stream = NodeStream {
             ws,
             talks,
             next: from,
             closed: None,
-        })
+        };
+        Ok((stream, upgrade))
     }
 }
 

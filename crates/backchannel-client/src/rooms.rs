@@ -639,6 +639,47 @@ impl<S: ClientStore> Session<S> {
         self.envelope(room, Kind::MlsApp, &ciphertext, commitment)
     }
 
+    /// For load generators only: the commit envelope an update of this
+    /// device's own leaf in `room` makes (no adds, no removes, no Welcome) —
+    /// built, headed and signed by the same code as the commits
+    /// [`Session::sync_rooms`] submits to `POST …/commits` — then merged
+    /// here at once, as if the node had sequenced it, so that the next call
+    /// builds the commit of the next epoch. Nothing is sent or written to
+    /// the store. The commits of one room must be submitted in the order
+    /// they were built, each after the one before was sequenced, and
+    /// application messages of `room` built before them are stale after the
+    /// first (commits belong in a room with no other traffic).
+    #[doc(hidden)]
+    pub fn prepare_update_commit(
+        &mut self,
+        list: &AccessList,
+        room: RoomId,
+    ) -> Result<(SignedHeader, Vec<u8>), SessionError> {
+        let admits = |k: &PublicKey| list.seats_device(&k.id(), room);
+        let out = self
+            .mls
+            .commit(room, &[], &[], &admits)
+            .map_err(|e| SessionError::Usage(format!("committing to the room: {e}")))?;
+        let hs = Handshake::Commit {
+            commit: &out.commit,
+            group_info: &out.group_info,
+        }
+        .encode();
+        let built = self
+            .random_commitment()
+            .and_then(|c| self.envelope(room, Kind::MlsHandshake, &hs, c))
+            .and_then(|built| {
+                self.mls
+                    .merge_pending(room)
+                    .map_err(|e| SessionError::Usage(format!("merging the room's commit: {e}")))?;
+                Ok(built)
+            });
+        if built.is_err() {
+            self.mls.discard_pending(room);
+        }
+        built
+    }
+
     /// Keeps this device's key packages on the node and each of its rooms'
     /// groups in step with `list`: creates the group of a room that has
     /// none, adds the devices `list` seats in a room and removes those it

@@ -1,19 +1,26 @@
 //! `backchannel bench load`: a load generator that drives a real node (a
-//! child process of this binary) over real TLS with envelopes the real
-//! client code encrypted and signed, and reports what it measured.
+//! child process of this binary) over real TLS with work the real client
+//! code built, encrypted and signed, and reports what it measured.
 //!
 //! The run, in order: the node is set up and started (`node init`, `node
 //! creators add`, `node run` on a fresh directory); the machine's limits
 //! are measured (Ed25519 verifications per second on every core, fsyncs
 //! per second on the node's directory); talks are opened through the API
-//! and every device is put in its room's MLS group by the client library;
-//! each talks' sender pre-builds its envelopes; the other devices open
-//! their delivery streams and catch up; then the timed phase, closed loop
-//! (each sender keeps `--in-flight` submissions outstanding) or open loop
-//! (`--rate`, send times drawn from `--seed`, latency counted from the
-//! scheduled time). Docs: `docs/performance.md`.
+//! and every device is put in its rooms' MLS groups by the client library;
+//! each talks' sender pre-builds its work for the `--mix` (1 KiB MLS
+//! application messages, a chain of MLS self-update commits in a room of
+//! their own, signed statements to the record room, small encrypted
+//! blobs); with `--idle-streams`, that many more devices (each its own
+//! access-list entry, in talks of their own with no traffic) open delivery
+//! streams and hold them; the other devices open their delivery streams
+//! and catch up; then the timed phase, closed loop (each sender keeps
+//! `--in-flight` submissions outstanding) or open loop (`--rate`, send
+//! times drawn from `--seed`, latency counted from the scheduled time);
+//! then, with `--catch-up N`, a recipient's stream is closed, N envelopes
+//! are sequenced while it is away, and its reconnection is timed from the
+//! upgrade request to the `caught` frame. Docs: `docs/performance.md`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -24,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
+use backchannel_client::attachment::Attachment;
 use backchannel_client::net::{NodeClient, StreamEvent};
 use backchannel_client::rooms::sync_all;
 use backchannel_client::seal::Content;
@@ -35,7 +43,10 @@ use backchannel_node::tls::Fingerprint;
 use backchannel_statement::access_list::{
     AccessEntry, FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MEDIATOR,
 };
-use backchannel_statement::{AccessList, Salt, SignedHeader};
+use backchannel_statement::{
+    AccessList, Attribution, Audience, Conveyance, Markings, Message, Payload, Salt, SignedHeader,
+    Statement,
+};
 use backchannel_tlog::NodeOrigin;
 use clap::{Args, Subcommand};
 use rand_core::{OsRng, RngCore as _};
@@ -43,19 +54,42 @@ use serde::Serialize;
 
 /// The node's origin in every run.
 const ORIGIN: &str = "bench.backchannel.example";
-/// The plaintext of every timed envelope is cut to fit the 1 KiB body
-/// bucket; this is where the search starts.
+/// The plaintext of every timed application message is cut to fit the
+/// 1 KiB body bucket; this is where the search starts.
 const TALK_LEN: usize = 1024;
-/// The body size of every timed envelope (the smallest bucket).
+/// The body size of every timed application message (the smallest
+/// bucket).
 const BODY_LEN: usize = 1024;
+/// The words of each statement to the record room (a formal message).
+const STATEMENT_TEXT_LEN: usize = 400;
+/// The file each blob encrypts (the blob is this plus nonce and tag).
+const BLOB_FILE_LEN: usize = 4096;
+/// `--mix`'s default: mostly application messages, a few commits,
+/// statements and blobs.
+const DEFAULT_MIX: &str = "app=94,commit=2,statement=3,blob=1";
 /// How many failures are kept word for word.
 const FIRST_ERRORS: usize = 5;
-/// The most submission connections a run may open: the node is started
-/// with `--connections-per-source` this plus room for the set-up's.
+/// The most submission connections a run may open from one source
+/// address: the node is started with `--connections-per-source` this plus
+/// room for the set-up's.
 const SUBMIT_CONNECTIONS: usize = 1000;
 /// Connections from 127.0.0.1 beside the submissions: the set-up's
 /// sessions and the warm-up (the node's default per-source allowance).
 const SETUP_CONNECTIONS: usize = 64;
+/// `node run --streams-per-key`: a recipient's stream of the timed phase
+/// and its catch-up streams, with room to spare.
+const STREAMS_PER_KEY: usize = 16;
+/// Idle devices per idle talks (each its own access-list entry).
+const IDLE_PER_TALKS: usize = 100;
+/// Idle streams per loopback source address (127.1.x.y), far below the
+/// node's per-source allowance and the ephemeral ports of one address.
+const IDLE_PER_SOURCE: usize = 500;
+/// Idle streams opening (TLS handshake and upgrade) at once.
+const IDLE_OPENING: usize = 64;
+/// Open files each process keeps beside its sockets (stores, logs,
+/// pipes, the runtime's own), when checking `--idle-streams` against the
+/// limit on open files.
+const NOFILE_MARGIN: u64 = 256;
 /// The start mark of a warm-up envelope (sent before t0, not counted).
 const WARM_UP: u64 = u64::MAX;
 /// The SVG's time bins.
@@ -64,8 +98,8 @@ const BIN: Duration = Duration::from_millis(100);
 /// `backchannel bench …`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Drive a fresh local node (a child process) over TLS with envelopes
-    /// the client library encrypted and signed, and report throughput,
+    /// Drive a fresh local node (a child process) over TLS with work the
+    /// client library built, encrypted and signed, and report throughput,
     /// latencies and the machine's limits.
     Load(LoadArgs),
 }
@@ -76,14 +110,15 @@ pub struct LoadArgs {
     /// How many talks.
     #[arg(long, default_value_t = 8)]
     pub talks: usize,
-    /// Devices per talks, in one room: one sends, the others receive on
+    /// Devices per talks, in its rooms: one sends, the others receive on
     /// their delivery streams.
     #[arg(long, default_value_t = 4)]
     pub devices: usize,
     /// Seconds of the timed phase.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Seeds the open loop's send times (and nothing secret).
+    /// Seeds the open loop's send times and the order of the mix's kinds
+    /// (and nothing secret).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Closed loop: submissions each sender keeps outstanding. Open loop:
@@ -91,23 +126,51 @@ pub struct LoadArgs {
     /// scheduled sends wait in the generator, and that wait is counted.
     #[arg(long, default_value_t = 4)]
     pub in_flight: usize,
-    /// Open loop: envelopes per second in total, spread evenly over the
-    /// senders (Poisson arrivals); latency is counted from each scheduled
-    /// send time. Without it, the loop is closed.
-    #[arg(long, value_name = "ENVELOPES_PER_S")]
+    /// Open loop: submissions per second in total (every kind of the
+    /// mix), spread evenly over the senders (Poisson arrivals); latency is
+    /// counted from each scheduled send time. Without it, the loop is
+    /// closed.
+    #[arg(long, value_name = "PER_S")]
     pub rate: Option<f64>,
-    /// Envelopes each sender pre-builds [default: closed loop 6000, open
-    /// loop rate x duration / senders x 1.2 + 100]. The timed phase ends
-    /// early, and says so, if a sender runs out.
+    /// What the timed phase submits, as KIND=WEIGHT pairs: `app` (1 KiB
+    /// MLS application messages to the talks' room), `commit` (MLS
+    /// self-update commits, through `POST …/commits`, in a room of their
+    /// own: pre-built as a chain, submitted in order), `statement` (signed
+    /// statements to the record room, as `Session::send` posts them),
+    /// `blob` (4 KiB files encrypted as attachments, uploaded through the
+    /// blob endpoints: declare, one chunk, complete). Kinds left out weigh
+    /// 0; `app=100` is the application messages alone.
+    #[arg(long, default_value = DEFAULT_MIX, value_parser = parse_mix, value_name = "KIND=WEIGHT,…")]
+    pub mix: Mix,
+    /// Submissions each sender pre-builds, every kind together [default:
+    /// closed loop 6000, open loop rate x duration / senders x 1.2 + 100].
+    /// The timed phase ends early, and says so, if a sender runs out.
     #[arg(long, value_name = "N")]
     pub envelopes_per_sender: Option<usize>,
+    /// After the timed phase: close a recipient's stream, sequence this
+    /// many envelopes of its room while it is away, reconnect it from its
+    /// cursor and time the upgrade request to the `caught` frame (0: no
+    /// catch-up measurement).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub catch_up: usize,
+    /// How many times the catch-up is measured.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub catch_up_repeats: usize,
+    /// Delivery streams of idle devices held open from before the timed
+    /// phase to the end of the run: each device its own access-list entry,
+    /// in talks of their own (100 devices each) with no traffic, the
+    /// streams spread over loopback source addresses 127.1.x.y (500
+    /// each). The node's resident memory is reported with them connected.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub idle_streams: usize,
     /// The node's PostgreSQL database (`postgres://…`) [default: SQLite in
     /// the node's directory].
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
     /// Node processes sharing the node directory and the `--database`
     /// (PostgreSQL only); talks and streams are spread over them, a
-    /// talks' recipients on other nodes than its sender where there are.
+    /// talks' recipients on other nodes than its sender where there are
+    /// (idle streams all go to the first).
     #[arg(long, default_value_t = 1, requires = "database")]
     pub nodes: usize,
     /// The node's directory, which must not exist [default: a new
@@ -118,8 +181,9 @@ pub struct LoadArgs {
     /// Keep the node's directory (its database and `node.log`).
     #[arg(long)]
     pub keep: bool,
-    /// Delivery streams are spread over this many loopback source
-    /// addresses (127.0.0.2 …).
+    /// Submissions and delivery streams are spread over this many loopback
+    /// source addresses (127.0.0.2 …): talks k's sender submits from
+    /// 127.0.0.(2 + k mod N).
     #[arg(long, default_value_t = 4)]
     pub source_addresses: u8,
     /// Print the report as JSON.
@@ -135,6 +199,123 @@ pub fn main(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Load(args) => load(args),
     }
+}
+
+// --- The mix ----------------------------------------------------------------
+
+/// What one submission of the timed phase is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// A 1 KiB MLS application message (`POST …/envelopes`).
+    App,
+    /// An MLS self-update commit (`POST …/commits`).
+    Commit,
+    /// A signed statement in the record room (`POST …/envelopes`).
+    Statement,
+    /// A small encrypted blob (`POST …/blobs`, `PUT …/chunks/0`, `POST
+    /// …/complete`).
+    Blob,
+}
+
+/// Every kind, in the order of [`Mix`]'s weights.
+const WORKS: [Work; 4] = [Work::App, Work::Commit, Work::Statement, Work::Blob];
+/// The kinds that are envelopes (pushed on delivery streams).
+const ENVELOPE_WORKS: usize = 3;
+
+impl Work {
+    fn name(self) -> &'static str {
+        match self {
+            Work::App => "app",
+            Work::Commit => "commit",
+            Work::Statement => "statement",
+            Work::Blob => "blob",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// `--mix`: a weight per kind ([`WORKS`] order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix([u32; 4]);
+
+impl Mix {
+    fn weight(&self, w: Work) -> u32 {
+        self.0[w.index()]
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(*w)).sum()
+    }
+
+    /// `n` kinds drawn by weight, from `seed`.
+    fn draw(&self, n: usize, seed: u64) -> Vec<Work> {
+        let total = self.total().max(1);
+        let mut rng = SplitMix(seed);
+        (0..n)
+            .map(|_| {
+                let mut r = rng.next() % total;
+                for w in WORKS {
+                    let weight = u64::from(self.weight(w));
+                    if r < weight {
+                        return w;
+                    }
+                    r -= weight;
+                }
+                Work::App
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = WORKS
+            .iter()
+            .filter(|w| self.weight(**w) > 0)
+            .map(|w| format!("{}={}", w.name(), self.weight(*w)))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Parses `--mix`: `KIND=WEIGHT` pairs separated by commas, each kind at
+/// most once, whole weights, at least one above 0.
+fn parse_mix(s: &str) -> Result<Mix, String> {
+    const KINDS: &str = "app, commit, statement, blob";
+    let mut weights = [None::<u32>; 4];
+    for part in s.split(',') {
+        let part = part.trim();
+        let Some((kind, weight)) = part.split_once('=') else {
+            return Err(format!(
+                "{part:?} is not KIND=WEIGHT (kinds: {KINDS}; e.g. {DEFAULT_MIX})"
+            ));
+        };
+        let (kind, weight) = (kind.trim(), weight.trim());
+        let w = WORKS
+            .iter()
+            .find(|w| w.name() == kind)
+            .ok_or_else(|| format!("{kind:?} is not a kind of work (kinds: {KINDS})"))?;
+        let weight: u32 = weight
+            .parse()
+            .ok()
+            .filter(|w| *w <= 1_000_000)
+            .ok_or_else(|| {
+                format!("the weight of {kind}, {weight:?}, is not a whole number from 0 to 1000000")
+            })?;
+        if weights[w.index()].replace(weight).is_some() {
+            return Err(format!("{kind} is given twice"));
+        }
+    }
+    let mix = Mix(weights.map(|w| w.unwrap_or(0)));
+    if mix.total() == 0 {
+        return Err(format!(
+            "every weight is 0: give at least one kind a weight above 0 (e.g. {DEFAULT_MIX})"
+        ));
+    }
+    Ok(mix)
 }
 
 // --- The node, as a child process -------------------------------------------
@@ -220,7 +401,7 @@ fn start_node(
             "--connections-per-source",
             &(SUBMIT_CONNECTIONS + SETUP_CONNECTIONS).to_string(),
         ])
-        .args(["--streams-per-key", "16"])
+        .args(["--streams-per-key", &STREAMS_PER_KEY.to_string()])
         .args(database.map(|d| ["--database", d]).into_iter().flatten())
         .arg("--dir")
         .arg(dir)
@@ -337,6 +518,28 @@ fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
     Ok((field(14)? + field(15)?) as f64 / ticks)
 }
 
+/// VmRSS and VmHWM of `/proc/<pid>/status`, in KiB.
+fn memory_kib(pid: &str) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("/proc/{pid}/status: no {name}"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Resets the peak resident set size (VmHWM) of `pid` to its current one
+/// (`echo 5 > /proc/<pid>/clear_refs`, Linux 4.0 and later): the node's
+/// start-up (its key files unlocked by a memory-hard KDF) is not what is
+/// measured. Whether it worked.
+fn reset_peak_memory(pid: &str) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 // --- Set-up -----------------------------------------------------------------
 
 fn random16() -> [u8; 16] {
@@ -345,15 +548,42 @@ fn random16() -> [u8; 16] {
     b
 }
 
+/// One envelope, as submitted.
+type Envelope = (SignedHeader, Vec<u8>);
+
+/// What one talks' set-up is asked to build.
+struct Plan {
+    devices: usize,
+    mix: Mix,
+    /// Submissions of the timed phase.
+    submissions: usize,
+    /// Application messages sent before t0, not counted.
+    warm_up: usize,
+    /// Application messages for the catch-up measurement.
+    catch_up: usize,
+    /// Seeds the order of the kinds.
+    seed: u64,
+}
+
 /// One talks, ready for the timed phase.
 struct Talks {
     talks: TalksId,
-    /// The sender's client (its own TLS connections).
-    sender: NodeClient,
-    /// The pre-built envelopes, in order.
-    envelopes: Vec<(SignedHeader, Vec<u8>)>,
-    /// Each envelope's index, by idempotency key.
-    index: HashMap<[u8; 16], usize>,
+    /// The sender's key.
+    sender: SecretKey,
+    /// The room blobs are uploaded for (the application room).
+    blob_room: RoomId,
+    /// Per envelope kind ([`WORKS`] order), the pre-built envelopes: the
+    /// application messages (the warm-up's first), the commit chain in
+    /// order, the statements.
+    envelopes: [Vec<Envelope>; ENVELOPE_WORKS],
+    /// The pre-built blobs.
+    blobs: Vec<Vec<u8>>,
+    /// The timed phase's submissions in order: kind, and its slot in its
+    /// kind's list (a commit takes the next of the chain whatever its
+    /// slot).
+    schedule: Vec<(Work, usize)>,
+    /// Application messages for the catch-up measurement.
+    catch_up: Vec<Envelope>,
     /// The recipients' device keys.
     recipients: Vec<SecretKey>,
 }
@@ -362,26 +592,41 @@ fn duplicate(key: &SecretKey) -> anyhow::Result<SecretKey> {
     SecretKey::from_seed(&key.seed()).map_err(|e| anyhow!("{e}"))
 }
 
-/// Opens one talks (a mediator's talks authority in the record room, the
-/// devices in one room besides it, each its own principal of one party),
-/// puts every device in the room's MLS group, and pre-builds `envelopes`
-/// 1 KiB application messages of its first device.
+/// A fresh 32-byte salt.
+fn salt() -> Salt {
+    let mut salt = [0u8; 32];
+    OsRng.fill_bytes(&mut salt);
+    Salt(salt)
+}
+
+/// Opens one talks (a mediator's talks authority in the record room; the
+/// devices, each its own principal of one party, in the application room,
+/// and in the commit room and the record room when the mix has commits and
+/// statements), puts every device in its rooms' MLS groups, and has its
+/// first device pre-build the plan's work with the client's own code.
 async fn set_up_talks(
     addr: SocketAddr,
     fp: Fingerprint,
     creator: &SecretKey,
-    devices: usize,
-    envelopes: usize,
+    plan: Plan,
 ) -> anyhow::Result<Talks> {
     let talks = TalksId(random16());
     let record = RoomId(random16());
     let room = RoomId(random16());
+    let commit_room = RoomId(random16());
     let mediators = PartyId(random16());
     let party = PartyId(random16());
     let authority = SecretKey::generate(&mut OsRng);
-    let keys: Vec<SecretKey> = (0..devices)
+    let keys: Vec<SecretKey> = (0..plan.devices)
         .map(|_| SecretKey::generate(&mut OsRng))
         .collect();
+    let mut device_rooms = vec![room];
+    if plan.mix.weight(Work::Commit) > 0 {
+        device_rooms.push(commit_room);
+    }
+    if plan.mix.weight(Work::Statement) > 0 {
+        device_rooms.push(record);
+    }
     let mut entries = vec![AccessEntry::new(
         authority.public_key(),
         PrincipalId(random16()),
@@ -394,7 +639,7 @@ async fn set_up_talks(
             k.public_key(),
             PrincipalId(random16()),
             party,
-            vec![room],
+            device_rooms.clone(),
             FLAG_DEVICE,
         )?);
     }
@@ -430,19 +675,28 @@ async fn set_up_talks(
         let mut all: Vec<&mut Session<MemoryClientStore>> = sessions.iter_mut().collect();
         sync_all(&mut all, &list, now_s)
             .await
-            .context("putting the devices in the room's MLS group")?;
+            .context("putting the devices in the rooms' MLS groups")?;
     }
     let mut sender = sessions.swap_remove(0);
     drop(sessions);
 
-    // The talk's length is cut until the padded body fits the 1 KiB bucket.
+    let schedule_kinds = plan.mix.draw(plan.submissions, plan.seed);
+    let mut counts = [0usize; 4];
+    let mut schedule = Vec::with_capacity(schedule_kinds.len());
+    for w in schedule_kinds {
+        let slot = counts[w.index()] + if w == Work::App { plan.warm_up } else { 0 };
+        counts[w.index()] += 1;
+        schedule.push((w, slot));
+    }
+
+    // Application messages: the talk's length is cut until the padded
+    // body fits the 1 KiB bucket.
+    let apps = plan.warm_up + counts[Work::App.index()] + plan.catch_up;
     let mut len = TALK_LEN;
-    let mut built = Vec::with_capacity(envelopes);
-    while built.is_empty() {
+    let mut built = Vec::with_capacity(apps);
+    while built.is_empty() && apps > 0 {
         let text: String = std::iter::repeat_n('x', len).collect();
-        let mut salt = [0u8; 32];
-        OsRng.fill_bytes(&mut salt);
-        let (h, b) = sender.prepare_app_envelope(room, Content::Talk(text), Salt(salt))?;
+        let (h, b) = sender.prepare_app_envelope(room, Content::Talk(text), salt())?;
         if b.len() == BODY_LEN {
             built.push((h, b));
         } else {
@@ -451,28 +705,277 @@ async fn set_up_talks(
         }
     }
     let text: String = std::iter::repeat_n('x', len).collect();
-    while built.len() < envelopes {
-        let mut salt = [0u8; 32];
-        OsRng.fill_bytes(&mut salt);
-        let (h, b) = sender.prepare_app_envelope(room, Content::Talk(text.clone()), Salt(salt))?;
+    while built.len() < apps {
+        let (h, b) = sender.prepare_app_envelope(room, Content::Talk(text.clone()), salt())?;
         ensure!(b.len() == BODY_LEN, "a body of {} bytes", b.len());
         built.push((h, b));
     }
-    let index = built
-        .iter()
-        .enumerate()
-        .map(|(i, (h, _))| (h.header().idempotency_key, i))
+    let catch_up = built.split_off(apps - plan.catch_up);
+
+    // Commits: a chain of updates of the sender's own leaf in the commit
+    // room, each built on the one before (merged at once in the sender's
+    // state), for the node to sequence in this order.
+    let mut commits = Vec::with_capacity(counts[Work::Commit.index()]);
+    for _ in 0..counts[Work::Commit.index()] {
+        commits.push(
+            sender
+                .prepare_update_commit(&list, commit_room)
+                .context("building a commit")?,
+        );
+    }
+
+    // Statements: a formal message, signed, posted to the record room the
+    // way `Session::send` posts a statement (MLS-encrypted, header signed).
+    let mut statements = Vec::with_capacity(counts[Work::Statement.index()]);
+    let words: String = "the parties note the draft and reserve their positions "
+        .chars()
+        .cycle()
+        .take(STATEMENT_TEXT_LEN)
         .collect();
+    let words = words.trim().to_owned();
+    for _ in 0..counts[Work::Statement.index()] {
+        let st = Statement::new(
+            &mut OsRng,
+            talks,
+            keys[0].public_key().id(),
+            party,
+            vec![Audience::Room(record)],
+            sender.checkpoint_ref(),
+            Markings::new(Conveyance::MediatorOnly, vec![], Attribution::Formal)?,
+            Payload::Message(Message::new(None, words.clone(), None)?),
+        )?
+        .sign(&keys[0])?;
+        statements.push(sender.prepare_app_envelope(
+            record,
+            Content::Statement(st.as_bytes().to_vec()),
+            salt(),
+        )?);
+    }
+
+    // Blobs: a file encrypted as an attachment (fresh key and nonce each).
+    let mut blobs = Vec::with_capacity(counts[Work::Blob.index()]);
+    for i in 0..counts[Work::Blob.index()] {
+        let mut key = [0u8; 32];
+        let mut nonce = [0u8; 24];
+        OsRng.fill_bytes(&mut key);
+        OsRng.fill_bytes(&mut nonce);
+        let file = vec![0x2eu8; BLOB_FILE_LEN];
+        let (blob, _) = Attachment::seal(talks, key, nonce, format!("annex-{i}.txt"), &file)
+            .map_err(|e| anyhow!("sealing a blob: {e}"))?;
+        blobs.push(blob);
+    }
+
     let mut recipients = Vec::new();
     for k in &keys[1..] {
         recipients.push(duplicate(k)?);
     }
     Ok(Talks {
         talks,
-        sender: NodeClient::new(addr, fp, &keys[0])?,
-        envelopes: built,
-        index,
+        sender: duplicate(&keys[0])?,
+        blob_room: room,
+        envelopes: [built, commits, statements],
+        blobs,
+        schedule,
+        catch_up,
         recipients,
+    })
+}
+
+// --- Idle devices -----------------------------------------------------------
+
+/// The idle devices' streams, held open until `stop`.
+struct Idle {
+    /// Streams that connected and caught up.
+    connected: usize,
+    /// Streams that failed to open.
+    failed: usize,
+    /// The first failure, word for word.
+    first_failure: Option<String>,
+    /// Idle talks opened.
+    talks: usize,
+    /// Source addresses used.
+    addresses: usize,
+    /// Seconds it took to open them all.
+    open_s: f64,
+    /// Streams open now (connected, not closed since).
+    alive: Arc<AtomicUsize>,
+    /// Streams that closed before `stop`, by close code (0: the connection
+    /// failed without one).
+    closes: Arc<Mutex<HashMap<u16, u64>>>,
+    /// Each stream's task.
+    tasks: tokio::task::JoinSet<()>,
+}
+
+/// Counts an idle stream open while it lives.
+struct Alive(Arc<AtomicUsize>);
+
+impl Alive {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(n))
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The number of files `pid` has open (its sockets included).
+fn open_files(pid: &str) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// The source address of idle stream `i`: 127.1.x.y, [`IDLE_PER_SOURCE`]
+/// streams each.
+fn idle_source(i: usize) -> IpAddr {
+    let a = i / IDLE_PER_SOURCE;
+    IpAddr::V4(Ipv4Addr::new(127, 1, (a / 250) as u8, (a % 250 + 1) as u8))
+}
+
+/// Opens `n` idle devices' delivery streams to `node`: each device its own
+/// access-list entry, [`IDLE_PER_TALKS`] to a talks of their own, seated
+/// in a room nothing is sent to; each stream read (pings answered) until
+/// `stop`.
+async fn open_idle(
+    node: &NodeProcess,
+    creator: &SecretKey,
+    n: usize,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Idle> {
+    let start = Instant::now();
+    let opener = NodeClient::new(node.addr, node.fingerprint, creator)?;
+    let mut devices: Vec<(TalksId, SecretKey)> = Vec::with_capacity(n);
+    let mut talks_n = 0;
+    while devices.len() < n {
+        let talks = TalksId(random16());
+        let lobby = RoomId(random16());
+        let party = PartyId(random16());
+        let authority = SecretKey::generate(&mut OsRng);
+        let mut entries = vec![AccessEntry::new(
+            authority.public_key(),
+            PrincipalId(random16()),
+            PartyId(random16()),
+            vec![lobby],
+            FLAG_MEDIATOR | FLAG_DESIGNATED_SIGNER,
+        )?];
+        let keys: Vec<SecretKey> = (0..IDLE_PER_TALKS.min(n - devices.len()))
+            .map(|_| SecretKey::generate(&mut OsRng))
+            .collect();
+        for k in &keys {
+            entries.push(AccessEntry::new(
+                k.public_key(),
+                PrincipalId(random16()),
+                party,
+                vec![lobby],
+                FLAG_DEVICE,
+            )?);
+        }
+        opener
+            .create_talks(&AccessList::new(talks, 0, entries)?)
+            .await
+            .context("opening an idle talks")?;
+        talks_n += 1;
+        devices.extend(keys.into_iter().map(|k| (talks, k)));
+    }
+    eprintln!(
+        "bench: {talks_n} idle talks opened in {:.1} s; opening {n} idle streams",
+        start.elapsed().as_secs_f64()
+    );
+    let opening = Arc::new(tokio::sync::Semaphore::new(IDLE_OPENING));
+    // One permit per stream, connected or failed.
+    let settled = Arc::new(tokio::sync::Semaphore::new(0));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let alive = Arc::new(AtomicUsize::new(0));
+    let closes = Arc::new(Mutex::new(HashMap::<u16, u64>::new()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (talks, key)) in devices.into_iter().enumerate() {
+        let (addr, fp) = (node.addr, node.fingerprint);
+        let (opening, settled) = (Arc::clone(&opening), Arc::clone(&settled));
+        let (connected, failures) = (Arc::clone(&connected), Arc::clone(&failures));
+        let (alive, closes) = (Arc::clone(&alive), Arc::clone(&closes));
+        let mut stop = stop.clone();
+        tasks.spawn(async move {
+            let opened = async {
+                let _permit = opening.acquire().await?;
+                let client = NodeClient::new(addr, fp, &key)?;
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(idle_source(i), 0))?;
+                let io = socket.connect(addr).await?;
+                let mut stream = client.stream_over(io, talks, 0).await?;
+                loop {
+                    match stream.next().await? {
+                        StreamEvent::Caught(_) => break,
+                        StreamEvent::Envelope(_) => {}
+                        StreamEvent::Closed(code) => bail!("closed ({code}) while opening"),
+                    }
+                }
+                anyhow::Ok(stream)
+            }
+            .await;
+            let mut stream = match opened {
+                Ok(s) => {
+                    connected.fetch_add(1, Ordering::Relaxed);
+                    settled.add_permits(1);
+                    s
+                }
+                Err(e) => {
+                    if let Ok(mut f) = failures.lock() {
+                        f.push(format!("{e:#}"));
+                    }
+                    settled.add_permits(1);
+                    return;
+                }
+            };
+            let _alive = Alive::new(&alive);
+            let closed = loop {
+                tokio::select! {
+                    e = stream.next() => match e {
+                        Ok(StreamEvent::Closed(code)) => break Some(code),
+                        Ok(StreamEvent::Caught(_) | StreamEvent::Envelope(_)) => {}
+                        Err(_) => break Some(0),
+                    },
+                    _ = stop.changed() => break None,
+                }
+            };
+            match closed {
+                Some(code) if !*stop.borrow() => {
+                    if let Ok(mut c) = closes.lock() {
+                        *c.entry(code).or_default() += 1;
+                    }
+                }
+                _ => stream.close().await,
+            }
+        });
+    }
+    let mut reported = Instant::now();
+    let mut waited = 0;
+    while waited < n {
+        let step = (n - waited).min(IDLE_OPENING) as u32;
+        settled.acquire_many(step).await?.forget();
+        waited += step as usize;
+        if reported.elapsed() >= Duration::from_secs(5) {
+            reported = Instant::now();
+            eprintln!(
+                "bench: {} of {n} idle streams open ({:.0} s)",
+                connected.load(Ordering::Relaxed),
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    Ok(Idle {
+        connected: connected.load(Ordering::Relaxed),
+        failed: failures.len(),
+        first_failure: failures.first().cloned(),
+        talks: talks_n,
+        addresses: n.div_ceil(IDLE_PER_SOURCE),
+        open_s: start.elapsed().as_secs_f64(),
+        alive,
+        closes,
+        tasks,
     })
 }
 
@@ -482,30 +985,80 @@ async fn set_up_talks(
 struct Sender {
     talks: TalksId,
     client: NodeClient,
-    envelopes: Vec<(SignedHeader, Vec<u8>)>,
-    index: HashMap<[u8; 16], usize>,
-    /// The next envelope to send.
+    blob_room: RoomId,
+    envelopes: [Vec<Envelope>; ENVELOPE_WORKS],
+    blobs: Vec<Vec<u8>>,
+    schedule: Vec<(Work, usize)>,
+    /// Each envelope's kind and slot, by idempotency key.
+    index: HashMap<[u8; 16], (Work, usize)>,
+    /// The next submission of `schedule`.
     next: AtomicUsize,
-    /// Per envelope: ns after `t0` it was sent (closed loop) or scheduled
-    /// (open loop), plus one; 0 while unsent.
-    start: Vec<AtomicU64>,
-    /// Envelopes acknowledged.
-    acked: AtomicU64,
+    /// The next commit of the chain; held while one is on the wire (a
+    /// room's commits are sequenced one epoch after another).
+    next_commit: tokio::sync::Mutex<usize>,
+    /// Per envelope kind and slot: ns after `t0` it was sent (closed loop)
+    /// or scheduled (open loop), plus one; 0 while unsent.
+    start: [Vec<AtomicU64>; ENVELOPE_WORKS],
+    /// Acknowledged, per kind.
+    acked: [AtomicU64; 4],
+}
+
+impl Sender {
+    fn new(t: Talks, client: NodeClient) -> Self {
+        let mut index = HashMap::new();
+        for w in &WORKS[..ENVELOPE_WORKS] {
+            for (i, (h, _)) in t.envelopes[w.index()].iter().enumerate() {
+                index.insert(h.header().idempotency_key, (*w, i));
+            }
+        }
+        let start = [0, 1, 2].map(|k| {
+            (0..t.envelopes[k].len())
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        });
+        Self {
+            talks: t.talks,
+            client,
+            blob_room: t.blob_room,
+            envelopes: t.envelopes,
+            blobs: t.blobs,
+            schedule: t.schedule,
+            index,
+            next: AtomicUsize::new(0),
+            next_commit: tokio::sync::Mutex::new(0),
+            start,
+            acked: Default::default(),
+        }
+    }
+
+    fn acked(&self, w: Work) -> u64 {
+        self.acked[w.index()].load(Ordering::Relaxed)
+    }
 }
 
 /// Shared by every task of the timed phase.
 struct Run {
-    t0: Instant,
+    /// The start of the timed phase, set once the streams caught up and
+    /// the warm-up is over.
+    t0: std::sync::OnceLock<Instant>,
     end: Duration,
-    /// A sender ran out of pre-built envelopes.
+    /// A sender ran out of pre-built work.
     exhausted: AtomicBool,
     errors: AtomicU64,
+    /// Failed submissions, per kind.
+    failed: [AtomicU64; 4],
     first_errors: Mutex<Vec<String>>,
 }
 
 impl Run {
+    /// ns after `t0` (0 before it).
     fn now(&self) -> u64 {
-        self.t0.elapsed().as_nanos() as u64
+        self.t0.get().map_or(0, |t0| t0.elapsed().as_nanos() as u64)
+    }
+
+    /// `t0` (now, if it was not set).
+    fn t0(&self) -> Instant {
+        *self.t0.get_or_init(Instant::now)
     }
 
     fn error(&self, what: String) {
@@ -521,45 +1074,81 @@ impl Run {
 /// (time of the sample, latency), both ns after `t0`.
 type Samples = Vec<(u64, u64)>;
 
-/// Submits envelope `i` of `sender`, counted from `from` (ns after `t0`):
-/// the ack sample, or `None` after counting the error.
-async fn submit_one(run: &Run, sender: &Sender, i: usize, from: u64) -> Option<(u64, u64)> {
-    sender.start[i].store(from + 1, Ordering::Release);
-    let (h, b) = &sender.envelopes[i];
-    match sender.client.submit(sender.talks, h, b).await {
-        Ok(_) => {
+/// Samples per kind ([`WORKS`] order).
+type KindSamples = [Samples; 4];
+
+/// Submits the schedule's submission `i` of `sender`, counted from `from`
+/// (ns after `t0`): its kind and ack sample, or `None` after counting the
+/// error. A commit waits for the commit before it (its latency counts the
+/// wait).
+async fn submit_one(run: &Run, sender: &Sender, i: usize, from: u64) -> Option<(Work, (u64, u64))> {
+    let (work, slot) = sender.schedule[i];
+    let done = match work {
+        Work::App | Work::Statement => {
+            sender.start[work.index()][slot].store(from + 1, Ordering::Release);
+            let (h, b) = &sender.envelopes[work.index()][slot];
+            sender.client.submit(sender.talks, h, b).await.map(|_| ())
+        }
+        Work::Commit => {
+            let mut next = sender.next_commit.lock().await;
+            let slot = *next;
+            *next += 1;
+            match sender.envelopes[work.index()].get(slot) {
+                Some((h, b)) => {
+                    sender.start[work.index()][slot].store(from + 1, Ordering::Release);
+                    sender
+                        .client
+                        .submit_commit(sender.talks, (h, b), None)
+                        .await
+                        .map(|_| ())
+                }
+                None => {
+                    run.exhausted.store(true, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        Work::Blob => sender
+            .client
+            .upload_blob(sender.talks, sender.blob_room, &sender.blobs[slot])
+            .await
+            .map(|_| ()),
+    };
+    match done {
+        Ok(()) => {
             let at = run.now();
-            sender.acked.fetch_add(1, Ordering::Relaxed);
-            Some((at, at.saturating_sub(from)))
+            sender.acked[work.index()].fetch_add(1, Ordering::Relaxed);
+            Some((work, (at, at.saturating_sub(from))))
         }
         Err(e) => {
-            run.error(format!("submit: {e}"));
+            run.failed[work.index()].fetch_add(1, Ordering::Relaxed);
+            run.error(format!("submit {}: {e}", work.name()));
             None
         }
     }
 }
 
 /// Closed loop: one of a sender's `--in-flight` tasks.
-async fn closed_worker(run: Arc<Run>, sender: Arc<Sender>) -> Samples {
-    let mut samples = Vec::new();
+async fn closed_worker(run: Arc<Run>, sender: Arc<Sender>) -> KindSamples {
+    let mut samples = KindSamples::default();
     loop {
         let from = run.now();
         if from >= run.end.as_nanos() as u64 {
             return samples;
         }
         let i = sender.next.fetch_add(1, Ordering::Relaxed);
-        if i >= sender.envelopes.len() {
+        if i >= sender.schedule.len() {
             run.exhausted.store(true, Ordering::Relaxed);
             return samples;
         }
-        if let Some(s) = submit_one(&run, &sender, i, from).await {
-            samples.push(s);
+        if let Some((w, s)) = submit_one(&run, &sender, i, from).await {
+            samples[w.index()].push(s);
         }
     }
 }
 
 /// A small deterministic generator (SplitMix64) for the open loop's send
-/// times.
+/// times and the mix's order.
 struct SplitMix(u64);
 
 impl SplitMix {
@@ -585,7 +1174,7 @@ async fn open_sender(
     rate: f64,
     seed: u64,
     in_flight: usize,
-) -> Samples {
+) -> KindSamples {
     let mut rng = SplitMix(seed);
     // At most `in_flight` submissions on the wire (HTTP/1.1: one per
     // connection); the others wait here, in order, their wait counted.
@@ -599,11 +1188,11 @@ async fn open_sender(
             break;
         }
         let i = sender.next.fetch_add(1, Ordering::Relaxed);
-        if i >= sender.envelopes.len() {
+        if i >= sender.schedule.len() {
             run.exhausted.store(true, Ordering::Relaxed);
             break;
         }
-        tokio::time::sleep_until((run.t0 + scheduled).into()).await;
+        tokio::time::sleep_until((run.t0() + scheduled).into()).await;
         let (run, sender) = (Arc::clone(&run), Arc::clone(&sender));
         let from = scheduled.as_nanos() as u64;
         let wire = Arc::clone(&wire);
@@ -612,18 +1201,21 @@ async fn open_sender(
             submit_one(&run, &sender, i, from).await
         });
     }
-    let mut samples = Vec::new();
+    let mut samples = KindSamples::default();
     while let Some(done) = tasks.join_next().await {
-        if let Ok(Some(s)) = done {
-            samples.push(s);
+        if let Ok(Some((w, s))) = done {
+            samples[w.index()].push(s);
         }
     }
     samples
 }
 
+/// Envelopes a recipient received, per envelope kind.
+type Received = [AtomicU64; ENVELOPE_WORKS];
+
 /// One recipient's delivery stream, over a connection from `source`:
 /// caught up before `ready` is counted, then a push sample for every
-/// envelope of the timed phase, until `stop`.
+/// envelope of the timed phase, per kind, until `stop`.
 #[allow(clippy::too_many_arguments)]
 async fn recipient(
     run: Arc<Run>,
@@ -632,15 +1224,15 @@ async fn recipient(
     node: SocketAddr,
     source: IpAddr,
     ready: Arc<tokio::sync::Semaphore>,
-    received: Arc<AtomicU64>,
+    received: Arc<Received>,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<Samples> {
+) -> anyhow::Result<KindSamples> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     let io = socket.connect(node).await?;
     io.set_nodelay(true)?;
     let mut stream = client.stream_over(io, sender.talks, 0).await?;
-    let mut samples = Vec::new();
+    let mut samples = KindSamples::default();
     let mut caught = false;
     loop {
         let event = tokio::select! {
@@ -662,15 +1254,18 @@ async fn recipient(
             StreamEvent::Envelope(d) => {
                 let at = run.now();
                 let key = d.header.header().idempotency_key;
-                if let Some(&i) = sender.index.get(&key) {
-                    let from = sender.start[i].load(Ordering::Acquire);
+                if let Some(&(w, i)) = sender.index.get(&key) {
+                    let from = sender.start[w.index()][i].load(Ordering::Acquire);
                     if from == WARM_UP {
                         // A warm-up envelope, before t0: not counted.
                     } else if from > 0 {
-                        samples.push((at, at.saturating_sub(from - 1)));
-                        received.fetch_add(1, Ordering::Relaxed);
+                        samples[w.index()].push((at, at.saturating_sub(from - 1)));
+                        received[w.index()].fetch_add(1, Ordering::Relaxed);
                     } else {
-                        run.error("an envelope delivered before its submission began".into());
+                        run.error(format!(
+                            "a {} envelope delivered before its submission began",
+                            w.name()
+                        ));
                     }
                 }
             }
@@ -687,6 +1282,140 @@ async fn recipient(
     }
     stream.close().await;
     Ok(samples)
+}
+
+// --- Catch-up -----------------------------------------------------------------
+
+/// What the catch-up measurement found.
+#[derive(Debug, Serialize)]
+struct CatchUpReport {
+    /// Envelopes sequenced while the recipient was away, each repetition.
+    missed: usize,
+    repetitions: usize,
+    /// From the WebSocket upgrade request (written after the TLS
+    /// handshake) to the `caught` frame after the last missed envelope:
+    /// the client-observed upper bound of the node's time.
+    upgrade_to_caught: Latency,
+    /// From the upgrade request to the first missed envelope's arrival
+    /// (the node's authentication, authorisation and first read, and the
+    /// round trip).
+    upgrade_to_first: Latency,
+    /// TCP connected to upgrade request: the TLS handshake, not counted
+    /// above.
+    tls_handshake: Latency,
+    /// Missed envelopes per second of `upgrade_to_caught` (p50).
+    envelopes_per_s: f64,
+}
+
+/// Closes nothing the timed phase used: opens `recipient`'s stream at the
+/// end of the log, then `repeats` times: the stream closed, `missed`
+/// envelopes of its room sequenced (`in_flight` at a time over the
+/// sender's client), the stream reopened from its cursor and read to the
+/// `caught` frame after them.
+#[allow(clippy::too_many_arguments)]
+async fn catch_up(
+    sender: &Sender,
+    envelopes: Vec<Envelope>,
+    recipient: NodeClient,
+    node: SocketAddr,
+    source: IpAddr,
+    missed: usize,
+    repeats: usize,
+    in_flight: usize,
+) -> anyhow::Result<CatchUpReport> {
+    let envelopes = Arc::new(envelopes);
+    let mut cursor = recipient
+        .fetch(sender.talks, 0, 1)
+        .await
+        .context("reading the log's size")?
+        .log_size;
+    let mut upgrade_to_caught = Samples::new();
+    let mut upgrade_to_first = Samples::new();
+    let mut tls = Samples::new();
+    for r in 0..repeats {
+        let batch = r * missed..(r + 1) * missed;
+        let keys: HashSet<[u8; 16]> = envelopes[batch.clone()]
+            .iter()
+            .map(|(h, _)| h.header().idempotency_key)
+            .collect();
+        // Sequenced while the recipient is away.
+        let next = Arc::new(AtomicUsize::new(batch.start));
+        let mut submitters = tokio::task::JoinSet::new();
+        for _ in 0..in_flight.min(missed) {
+            let (next, envelopes) = (Arc::clone(&next), Arc::clone(&envelopes));
+            let (client, talks, end) = (sender.client.clone(), sender.talks, batch.end);
+            submitters.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= end {
+                        return anyhow::Ok(());
+                    }
+                    let (h, b) = &envelopes[i];
+                    client.submit(talks, h, b).await?;
+                }
+            });
+        }
+        while let Some(s) = submitters.join_next().await {
+            s.context("a catch-up submitter")?
+                .context("a catch-up submission")?;
+        }
+        // Back, from its cursor.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let io = socket.connect(node).await?;
+        io.set_nodelay(true)?;
+        let connected = Instant::now();
+        let (mut stream, upgrade) = recipient
+            .stream_over_timed(io, sender.talks, cursor, Instant::now)
+            .await
+            .context("reopening the stream")?;
+        let (mut got, mut other) = (0usize, 0usize);
+        let mut first = None;
+        let read = async {
+            loop {
+                match stream.next().await? {
+                    StreamEvent::Envelope(d) => {
+                        first.get_or_insert_with(|| upgrade.elapsed());
+                        if keys.contains(&d.header.header().idempotency_key) {
+                            got += 1;
+                        } else {
+                            other += 1;
+                        }
+                    }
+                    StreamEvent::Caught(next) if got >= missed => {
+                        return anyhow::Ok((upgrade.elapsed(), next));
+                    }
+                    StreamEvent::Caught(_) => {}
+                    StreamEvent::Closed(code) => bail!("the stream closed ({code})"),
+                }
+            }
+        };
+        let (took, next) = tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .map_err(|_| anyhow!("the catch-up took over 60 s"))??;
+        ensure!(
+            got == missed && other == 0,
+            "the catch-up delivered {got} of the {missed} missed envelopes and {other} others"
+        );
+        cursor = next;
+        upgrade_to_caught.push((0, took.as_nanos() as u64));
+        upgrade_to_first.push((0, first.unwrap_or(took).as_nanos() as u64));
+        tls.push((0, upgrade.duration_since(connected).as_nanos() as u64));
+        stream.close().await;
+    }
+    let lat = latency(&upgrade_to_caught);
+    Ok(CatchUpReport {
+        missed,
+        repetitions: repeats,
+        envelopes_per_s: if lat.p50_ms > 0.0 {
+            missed as f64 / (lat.p50_ms / 1e3)
+        } else {
+            0.0
+        },
+        upgrade_to_caught: lat,
+        upgrade_to_first: latency(&upgrade_to_first),
+        tls_handshake: latency(&tls),
+    })
 }
 
 // --- The report ---------------------------------------------------------------
@@ -722,6 +1451,62 @@ fn latency(samples: &Samples) -> Latency {
     }
 }
 
+/// One kind of the mix, as measured.
+#[derive(Debug, Serialize)]
+struct KindReport {
+    kind: &'static str,
+    weight: u32,
+    /// What one submission carries: the padded body, or the blob.
+    bytes: usize,
+    acknowledged: u64,
+    errors: u64,
+    throughput_per_s: f64,
+    /// Submission start (or scheduled time) to the answer: for a blob, its
+    /// declaration to the answer completing it; for a commit, including
+    /// the wait for the talks' commit before it.
+    ack: Latency,
+    /// Submission start to arrival on each recipient's stream (envelopes
+    /// only).
+    push: Option<Latency>,
+    push_missing: Option<u64>,
+}
+
+/// The idle devices' streams, as measured.
+#[derive(Debug, Serialize)]
+struct IdleReport {
+    requested: usize,
+    connected: usize,
+    failed: usize,
+    first_failure: Option<String>,
+    /// Connected streams the node closed before the end of the run.
+    dropped: u64,
+    /// Those, by close code (4001: the node's idle timeout; 0: the
+    /// connection failed without a close frame).
+    dropped_by_code: Vec<(u16, u64)>,
+    /// Streams open when the memory was read (before the timed phase), and
+    /// the node's open files then (its sockets included).
+    open_at_measurement: usize,
+    node_open_files_at_measurement: u64,
+    /// Streams still open at the end of the run.
+    open_at_end: usize,
+    /// Each stream a device of its own (its own access-list entry), not
+    /// more streams of the same devices.
+    distinct_devices: bool,
+    talks: usize,
+    devices_per_talks: usize,
+    source_addresses: usize,
+    open_s: f64,
+    /// The first node's VmRSS before the idle streams opened, then with
+    /// them connected (before the timed phase), KiB.
+    node_vmrss_before_kib: u64,
+    node_vmrss_connected_kib: u64,
+    node_vmhwm_connected_kib: u64,
+    /// The first node's CPU with only the idle streams connected (2 s with
+    /// no load), in cores; this generator's, the same 2 s.
+    node_idle_cpu_cores: f64,
+    generator_idle_cpu_cores: f64,
+}
+
 /// What `bench load` reports.
 #[derive(Debug, Serialize)]
 struct Report {
@@ -731,22 +1516,37 @@ struct Report {
     talks: usize,
     devices: usize,
     recipients_per_envelope: usize,
+    /// The application messages' body.
     body_bytes: usize,
+    mix: String,
     mode: String,
     rate: Option<f64>,
     in_flight: usize,
     seed: u64,
     duration_s: f64,
-    /// A sender ran out of pre-built envelopes, ending the phase early.
+    /// A sender ran out of pre-built work, ending the phase early.
     exhausted: bool,
+    /// Every kind together.
     acknowledged: u64,
     errors: u64,
     first_errors: Vec<String>,
     throughput_per_s: f64,
+    /// Every kind together.
     ack: Latency,
+    /// Application messages.
     push: Latency,
-    /// Pushes of acknowledged envelopes never seen on a stream.
+    /// Pushes of acknowledged envelopes (every kind) never seen on a
+    /// stream.
     push_missing: u64,
+    kinds: Vec<KindReport>,
+    catch_up: Option<CatchUpReport>,
+    idle: Option<IdleReport>,
+    /// The first node's VmRSS and VmHWM at the end of the timed phase, KiB.
+    node_vmrss_kib: u64,
+    node_vmhwm_kib: u64,
+    /// Whether VmHWM was reset after the node's start-up (which unlocks
+    /// its key files with a memory-hard KDF); if not, it counts that too.
+    node_vmhwm_reset: bool,
     ed25519_verify_per_s: f64,
     fsync_per_s: f64,
     node_cpu_s: f64,
@@ -757,6 +1557,13 @@ struct Report {
     nofile_limit: Option<u64>,
     stream_source_addresses: u8,
     submit_source_addresses: u8,
+    /// `/proc/loadavg` (1, 5, 15 min) as the timed phase started: above
+    /// about 1.5 on two cores, others were using the machine too.
+    load_average: [f64; 3],
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
 }
 
 fn table(r: &Report) -> String {
@@ -776,16 +1583,40 @@ fn table(r: &Report) -> String {
             r.talks, r.devices, r.recipients_per_envelope
         ),
     );
-    row("body", format!("{} bytes (MLS application)", r.body_bytes));
+    row(
+        "mix",
+        format!("{} (application bodies {} bytes)", r.mix, r.body_bytes),
+    );
     row(
         "mode",
         match r.rate {
             Some(rate) => format!(
-                "open loop, {rate} env/s, seed {}, at most {} on the wire per sender",
+                "open loop, {rate} submissions/s, seed {}, at most {} on the wire per sender",
                 r.seed, r.in_flight
             ),
             None => format!("closed loop, {} in flight per sender", r.in_flight),
         },
+    );
+    row(
+        "source addresses",
+        format!(
+            "submissions {}, streams {} (127.0.0.2 …)",
+            r.submit_source_addresses, r.stream_source_addresses
+        ),
+    );
+    row(
+        "load average at start",
+        format!(
+            "{:.2} {:.2} {:.2}{}",
+            r.load_average[0],
+            r.load_average[1],
+            r.load_average[2],
+            if r.load_average[0] > 1.5 {
+                " (others were using the machine: figures indicative only)"
+            } else {
+                ""
+            }
+        ),
     );
     row(
         "duration",
@@ -793,24 +1624,173 @@ fn table(r: &Report) -> String {
             "{:.2} s{}",
             r.duration_s,
             if r.exhausted {
-                " (ended early: envelopes ran out)"
+                " (ended early: pre-built work ran out)"
             } else {
                 ""
             }
         ),
     );
-    row("acknowledged", r.acknowledged.to_string());
+    row("acknowledged", format!("{} (every kind)", r.acknowledged));
     row("errors", r.errors.to_string());
-    row("throughput", format!("{:.0} env/s", r.throughput_per_s));
+    row(
+        "throughput",
+        format!("{:.0} /s (every kind)", r.throughput_per_s),
+    );
     let lat = |l: &Latency| {
         format!(
             "p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  (n={})",
             l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.samples
         )
     };
-    row("ack latency", lat(&r.ack));
-    row("push latency", lat(&r.push));
+    row("ack latency (every kind)", lat(&r.ack));
+    row("push latency (app)", lat(&r.push));
     row("push missing", r.push_missing.to_string());
+    for k in &r.kinds {
+        row(
+            &format!("{} ({} bytes)", k.kind, k.bytes),
+            format!(
+                "{} acknowledged, {} errors, {:.1} /s",
+                k.acknowledged, k.errors, k.throughput_per_s
+            ),
+        );
+        row(&format!("  {} ack", k.kind), lat(&k.ack));
+        if let Some(p) = &k.push {
+            row(&format!("  {} push", k.kind), lat(p));
+        }
+    }
+    if let Some(c) = &r.catch_up {
+        row(
+            "catch-up",
+            format!(
+                "{} envelopes missed, {} repetitions, after the timed phase (no load)",
+                c.missed, c.repetitions
+            ),
+        );
+        row(
+            "  upgrade request -> caught",
+            format!(
+                "{} (client-observed upper bound of the node's time)",
+                lat(&c.upgrade_to_caught)
+            ),
+        );
+        row("  upgrade request -> first", lat(&c.upgrade_to_first));
+        row("  TLS handshake (not counted)", lat(&c.tls_handshake));
+        row(
+            "  envelopes per second (p50)",
+            format!("{:.0}", c.envelopes_per_s),
+        );
+        if c.missed == 1000 {
+            row(
+                "  target: 1000 in <= 50 ms",
+                format!(
+                    "{} (p99 {:.2} ms)",
+                    if c.upgrade_to_caught.p99_ms <= 50.0 {
+                        "met"
+                    } else {
+                        "missed"
+                    },
+                    c.upgrade_to_caught.p99_ms
+                ),
+            );
+        }
+    }
+    if let Some(i) = &r.idle {
+        row(
+            "idle streams",
+            format!(
+                "{} connected of {} ({} failed) in {:.1} s",
+                i.connected, i.requested, i.failed, i.open_s
+            ),
+        );
+        row(
+            "  open when measured",
+            format!(
+                "{} (node: {} files open); {} at the end of the run",
+                i.open_at_measurement, i.node_open_files_at_measurement, i.open_at_end
+            ),
+        );
+        row(
+            "  closed by the node",
+            format!(
+                "{} (by close code: {})",
+                i.dropped,
+                if i.dropped_by_code.is_empty() {
+                    "none".to_owned()
+                } else {
+                    i.dropped_by_code
+                        .iter()
+                        .map(|(c, n)| format!("{c}: {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+        );
+        row(
+            "  devices",
+            format!(
+                "distinct: each its own access-list entry, {} talks of up to {}, no traffic; \
+                 {} source addresses (127.1.x.y)",
+                i.talks, i.devices_per_talks, i.source_addresses
+            ),
+        );
+        row(
+            "  node VmRSS",
+            format!(
+                "{} before them, {} with them connected (VmHWM {}), {} at the end of the run",
+                mib(i.node_vmrss_before_kib),
+                mib(i.node_vmrss_connected_kib),
+                mib(i.node_vmhwm_connected_kib),
+                mib(r.node_vmrss_kib)
+            ),
+        );
+        row(
+            "  node VmRSS per idle stream",
+            format!(
+                "{:.0} KiB ((with - before) / open when measured)",
+                i.node_vmrss_connected_kib
+                    .saturating_sub(i.node_vmrss_before_kib) as f64
+                    / i.open_at_measurement.max(1) as f64
+            ),
+        );
+        row(
+            "  node CPU, idle streams only",
+            format!(
+                "{:.2} cores (2 s, no load; this generator {:.2})",
+                i.node_idle_cpu_cores, i.generator_idle_cpu_cores
+            ),
+        );
+        row(
+            "  target: 20000, <= 2 GiB",
+            format!(
+                "{} ({} open when measured, {} at the end; VmHWM of the run {})",
+                if i.open_at_measurement.min(i.open_at_end) >= 20_000 && r.node_vmhwm_kib <= 2 << 20
+                {
+                    "met"
+                } else {
+                    "missed"
+                },
+                i.open_at_measurement,
+                i.open_at_end,
+                mib(r.node_vmhwm_kib)
+            ),
+        );
+        if let Some(f) = &i.first_failure {
+            row("  first failure", f.clone());
+        }
+    }
+    row(
+        "node memory (end of timed phase)",
+        format!(
+            "VmRSS {}, VmHWM {} ({})",
+            mib(r.node_vmrss_kib),
+            mib(r.node_vmhwm_kib),
+            if r.node_vmhwm_reset {
+                "peak since the node's start-up"
+            } else {
+                "peak including the start-up's key-file unlock: not reset"
+            }
+        ),
+    );
     row(
         "ed25519 verify (all cores)",
         format!("{:.0} /s", r.ed25519_verify_per_s),
@@ -822,7 +1802,7 @@ fn table(r: &Report) -> String {
     row("node CPU", format!("{:.2} s", r.node_cpu_s));
     row("generator CPU", format!("{:.2} s", r.generator_cpu_s));
     row(
-        "envelopes per node CPU-second",
+        "submissions per node CPU-second",
         format!("{:.0}", r.envelopes_per_node_cpu_s),
     );
     row(
@@ -830,7 +1810,7 @@ fn table(r: &Report) -> String {
         format!("{:.3}", r.fraction_of_ed25519),
     );
     row(
-        "envelopes per fsync",
+        "submissions per fsync",
         format!("{:.2} (throughput / fsyncs per s)", r.envelopes_per_fsync),
     );
     for e in &r.first_errors {
@@ -910,6 +1890,16 @@ fn svg(ack: &Samples, push: &Samples, end: Duration, title: &str) -> String {
 
 // --- The run ------------------------------------------------------------------
 
+/// `/proc/loadavg`'s three averages (zeros if unreadable).
+fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut out = [0.0; 3];
+    for (o, f) in out.iter_mut().zip(text.split_whitespace()) {
+        *o = f.parse().unwrap_or(0.0);
+    }
+    out
+}
+
 fn load(args: LoadArgs) -> anyhow::Result<()> {
     ensure!(args.talks >= 1, "--talks must be at least 1");
     ensure!(args.nodes >= 1, "--nodes must be at least 1");
@@ -923,23 +1913,54 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
     );
     ensure!(args.in_flight >= 1, "--in-flight must be at least 1");
     ensure!(
-        args.source_addresses >= 1,
-        "--source-addresses must be at least 1"
+        args.source_addresses >= 1 && args.source_addresses <= 250,
+        "--source-addresses must be from 1 to 250 (127.0.0.2 … 127.0.0.251)"
     );
     if let Some(rate) = args.rate {
         ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
     }
-    // Every submission connection comes from 127.0.0.1 (`NodeClient` binds
-    // no local address); the node is started allowing this many per source
+    ensure!(
+        args.catch_up == 0 || args.catch_up_repeats >= 1,
+        "--catch-up-repeats must be at least 1"
+    );
+    ensure!(
+        args.catch_up.saturating_mul(args.catch_up_repeats) <= 1_000_000,
+        "--catch-up x --catch-up-repeats is over 1000000 pre-built envelopes"
+    );
+    // Talks k's sender submits from 127.0.0.(2 + k mod --source-addresses);
+    // the node is started allowing this many connections per source
     // address (`--connections-per-source`), and drops more during their
     // TLS handshake.
+    let per_source = args.talks.div_ceil(usize::from(args.source_addresses)) * args.in_flight;
     ensure!(
-        args.talks * args.in_flight <= SUBMIT_CONNECTIONS,
-        "--talks x --in-flight is {}, above the {SUBMIT_CONNECTIONS} connections the node \
-         allows one source address (every submission connection comes from 127.0.0.1)",
-        args.talks * args.in_flight
+        per_source <= SUBMIT_CONNECTIONS,
+        "--talks x --in-flight / --source-addresses is {per_source} submission connections \
+         from one source address, above the {SUBMIT_CONNECTIONS} the node is started to allow; \
+         use more --source-addresses or fewer in flight"
     );
-    let (nofile, _) = raise_nofile();
+    let (nofile, hard) = raise_nofile();
+    if args.idle_streams > 0 {
+        // Each idle stream is a socket in this process and one in the
+        // node's (which inherits this limit).
+        let others = (args.talks * (args.in_flight + args.devices) + 2 * SETUP_CONNECTIONS) as u64
+            + NOFILE_MARGIN;
+        let limit = nofile.unwrap_or(u64::MAX);
+        ensure!(
+            args.idle_streams as u64 + others <= limit,
+            "--idle-streams {}: this process and the node may each have {limit} files open \
+             (RLIMIT_NOFILE, hard limit {}), and each idle stream is one socket on either side; \
+             with the run's other connections and files (about {others}) at most {} idle \
+             streams fit. Raising the hard limit needs root with CAP_SYS_RESOURCE (`ulimit -Hn`, \
+             or LimitNOFILE= for a service)",
+            args.idle_streams,
+            hard.map_or("unlimited".to_owned(), |h| h.to_string()),
+            limit.saturating_sub(others)
+        );
+        ensure!(
+            args.idle_streams.div_ceil(IDLE_PER_SOURCE) <= 250 * 250,
+            "--idle-streams is above what 127.1.x.y can hold at {IDLE_PER_SOURCE} per address"
+        );
+    }
     let path = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!(
@@ -973,6 +1994,9 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
         );
         nodes.push(node);
     }
+    let hwm_reset = nodes
+        .iter()
+        .all(|n| reset_peak_memory(&n.child.id().to_string()));
     let ed25519 = ed25519_per_second();
     let fsync = fsyncs_per_second(&dir.path)?;
     eprintln!("bench: {ed25519:.0} Ed25519 verifications/s, {fsync:.0} fsyncs/s");
@@ -980,13 +2004,16 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(timed(&args, &nodes, &creator, ed25519, fsync, nofile))?;
+    let mut report = runtime.block_on(timed(&args, &nodes, &creator, ed25519, fsync, nofile))?;
+    report.0.node_vmhwm_reset = hwm_reset;
+    // The idle streams' tasks may still be closing: not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(2));
     drop(nodes);
     if let Some(file) = &args.svg {
         let (ack, push, end) = &report.1;
         let title = format!(
-            "{} {}, {} talks x {} devices",
-            report.0.backend, report.0.mode, report.0.talks, report.0.devices
+            "{} {}, {}, {} talks x {} devices",
+            report.0.backend, report.0.mode, report.0.mix, report.0.talks, report.0.devices
         );
         std::fs::write(file, svg(ack, push, *end, &title))
             .with_context(|| format!("writing {}", file.display()))?;
@@ -1004,6 +2031,12 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Loopback source address `i` of the submissions and streams
+/// (127.0.0.2 …).
+fn source(i: usize, n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(n)) as u8))
 }
 
 async fn timed(
@@ -1024,13 +2057,24 @@ async fn timed(
     for k in 0..args.talks {
         let creator = duplicate(creator)?;
         let node = &nodes[k % nodes.len()];
-        let (addr, fingerprint, devices) = (node.addr, node.fingerprint, args.devices);
-        tasks.spawn(async move {
-            (
-                k,
-                set_up_talks(addr, fingerprint, &creator, devices, per_sender).await,
-            )
-        });
+        let (addr, fingerprint) = (node.addr, node.fingerprint);
+        let plan = Plan {
+            devices: args.devices,
+            mix: args.mix,
+            submissions: per_sender,
+            warm_up: args.in_flight,
+            catch_up: if k == 0 {
+                args.catch_up * args.catch_up_repeats
+            } else {
+                0
+            },
+            seed: args
+                .seed
+                .wrapping_mul(0x1000_0000_01b3)
+                .wrapping_add(k as u64)
+                ^ 0x006d_6978,
+        };
+        tasks.spawn(async move { (k, set_up_talks(addr, fingerprint, &creator, plan).await) });
     }
     let mut all = Vec::new();
     while let Some(t) = tasks.join_next().await {
@@ -1040,21 +2084,61 @@ async fn timed(
     // In talks order: talks k's sender is on node k mod nodes.
     all.sort_by_key(|(k, _)| *k);
     eprintln!(
-        "bench: {} talks set up, {} envelopes pre-built per sender, in {:.1} s",
+        "bench: {} talks set up, {} submissions pre-built per sender ({}), in {:.1} s",
         all.len(),
         per_sender,
+        args.mix,
         setup.elapsed().as_secs_f64()
     );
 
+    // The idle devices' streams, open before the timed phase and held to
+    // the end of the run.
+    let node0 = nodes[0].child.id().to_string();
+    let (stop_idle, stop_idle_rx) = tokio::sync::watch::channel(false);
+    let mut idle = None;
+    if args.idle_streams > 0 {
+        let (rss_before, _) = memory_kib(&node0)?;
+        let opened = open_idle(&nodes[0], creator, args.idle_streams, &stop_idle_rx).await?;
+        eprintln!(
+            "bench: {} idle streams connected, {} failed, in {:.1} s",
+            opened.connected, opened.failed, opened.open_s
+        );
+        let (cpu0, self0) = (cpu_seconds(&node0)?, cpu_seconds("self")?);
+        let quiet = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let secs = quiet.elapsed().as_secs_f64();
+        let idle_cpu = (cpu_seconds(&node0)? - cpu0) / secs;
+        let self_cpu = (cpu_seconds("self")? - self0) / secs;
+        let (rss, hwm) = memory_kib(&node0)?;
+        let open = opened.alive.load(Ordering::Relaxed);
+        let files = open_files(&node0);
+        eprintln!(
+            "bench: {open} idle streams open, the node has {files} files open, VmRSS {}",
+            mib(rss)
+        );
+        idle = Some((
+            opened,
+            rss_before,
+            rss,
+            hwm,
+            [idle_cpu, self_cpu],
+            (open, files),
+        ));
+    }
+
     let end = Duration::from_secs_f64(args.duration);
-    // The streams open and catch up on the set-up's envelopes first; t0,
-    // the start of the timed phase, leaves them time for that.
-    let t0 = Instant::now() + Duration::from_secs(3) + Duration::from_millis(50 * all.len() as u64);
+    // The streams open and catch up on the set-up's envelopes first, within
+    // this grace period (longer with idle streams keeping the node busy).
+    let grace = Duration::from_secs(3)
+        + Duration::from_millis(50 * all.len() as u64)
+        + Duration::from_millis(2 * args.idle_streams as u64);
+    let ready_by = Instant::now() + grace;
     let run = Arc::new(Run {
-        t0,
+        t0: std::sync::OnceLock::new(),
         end,
         exhausted: AtomicBool::new(false),
         errors: AtomicU64::new(0),
+        failed: Default::default(),
         first_errors: Mutex::new(Vec::new()),
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -1063,25 +2147,31 @@ async fn timed(
     let mut streams = tokio::task::JoinSet::new();
     let mut receivers = Vec::new();
     let mut n_streams = 0u32;
-    for (k, t) in all {
-        let n = t.envelopes.len();
-        let sender = Arc::new(Sender {
-            talks: t.talks,
-            client: t.sender,
-            envelopes: t.envelopes,
-            index: t.index,
-            next: AtomicUsize::new(0),
-            start: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            acked: AtomicU64::new(0),
-        });
-        for (j, key) in t.recipients.iter().enumerate() {
-            let source = IpAddr::V4(Ipv4Addr::new(
-                127,
-                0,
-                0,
-                2 + ((k + j) % usize::from(args.source_addresses)) as u8,
-            ));
-            let received = Arc::new(AtomicU64::new(0));
+    let mut catch_up_work = None;
+    let bytes: [usize; 4] = {
+        let (_, t) = &all[0];
+        [
+            t.envelopes[0].first().map_or(0, |e| e.1.len()),
+            t.envelopes[1].first().map_or(0, |e| e.1.len()),
+            t.envelopes[2].first().map_or(0, |e| e.1.len()),
+            t.blobs.first().map_or(0, Vec::len),
+        ]
+    };
+    for (k, mut t) in all {
+        let node = &nodes[k % nodes.len()];
+        let client = NodeClient::with_local_address(
+            node.addr,
+            node.fingerprint,
+            &t.sender,
+            source(k, args.source_addresses),
+        )?;
+        let recipients = std::mem::take(&mut t.recipients);
+        if k == 0 && args.catch_up > 0 {
+            catch_up_work = Some((std::mem::take(&mut t.catch_up), duplicate(&recipients[0])?));
+        }
+        let sender = Arc::new(Sender::new(t, client));
+        for (j, key) in recipients.iter().enumerate() {
+            let received = Arc::new(Received::default());
             receivers.push((Arc::clone(&sender), Arc::clone(&received)));
             // Another node than the sender's, where there is one.
             let node = &nodes[(k + j + 1) % nodes.len()];
@@ -1090,7 +2180,7 @@ async fn timed(
                 Arc::clone(&sender),
                 NodeClient::new(node.addr, node.fingerprint, key)?,
                 node.addr,
-                source,
+                source(k + j, args.source_addresses),
                 Arc::clone(&ready),
                 received,
                 Arc::clone(&stop),
@@ -1102,25 +2192,30 @@ async fn timed(
     // Every stream caught up on the set-up's envelopes before t0.
     tokio::select! {
         r = ready.acquire_many(n_streams) => { r?.forget(); }
-        () = tokio::time::sleep_until(t0.into()) => {
-            bail!("the delivery streams did not catch up within the set-up's grace period");
+        () = tokio::time::sleep_until(ready_by.into()) => {
+            bail!(
+                "the delivery streams did not catch up within {:.1} s (the set-up's grace period)",
+                grace.as_secs_f64()
+            );
         }
         Some(r) = streams.join_next() => {
             r??;
             bail!("a delivery stream ended before the timed phase");
         }
     }
-    // Warm-up: each sender's first `--in-flight` envelopes, at once, so
-    // its connections (TLS handshakes) are open before t0; not counted.
+    // Warm-up: each sender's first `--in-flight` application messages, at
+    // once, so its connections (TLS handshakes) are open before t0; not
+    // counted.
     let mut warm = tokio::task::JoinSet::new();
     for sender in &senders {
-        let warm_up = args.in_flight.min(sender.envelopes.len());
-        sender.next.store(warm_up, Ordering::Relaxed);
+        let warm_up = args
+            .in_flight
+            .min(sender.envelopes[Work::App.index()].len());
         for i in 0..warm_up {
             let sender = Arc::clone(sender);
-            sender.start[i].store(WARM_UP, Ordering::Release);
+            sender.start[Work::App.index()][i].store(WARM_UP, Ordering::Release);
             warm.spawn(async move {
-                let (h, b) = &sender.envelopes[i];
+                let (h, b) = &sender.envelopes[Work::App.index()][i];
                 sender.client.submit(sender.talks, h, b).await.map(|_| ())
             });
         }
@@ -1129,13 +2224,12 @@ async fn timed(
         w.context("a warm-up task")?
             .context("a warm-up submission")?;
     }
-    ensure!(
-        Instant::now() < t0,
-        "the set-up's grace period ran out before the warm-up ended"
-    );
     let node_pids: Vec<String> = nodes.iter().map(|n| n.child.id().to_string()).collect();
     let nodes_cpu = || -> anyhow::Result<f64> { node_pids.iter().map(|p| cpu_seconds(p)).sum() };
-    tokio::time::sleep_until(t0.into()).await;
+    // The warm-up's pushes settle; then the clock starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.t0();
+    let load_average = load_average();
     let node_cpu0 = nodes_cpu()?;
     let self_cpu0 = cpu_seconds("self")?;
 
@@ -1160,46 +2254,141 @@ async fn timed(
             }
         }
     }
-    let mut ack = Samples::new();
+    let mut ack = KindSamples::default();
     while let Some(w) = workers.join_next().await {
-        ack.extend(w.context("a sender task")?);
+        for (all, some) in ack.iter_mut().zip(w.context("a sender task")?) {
+            all.extend(some);
+        }
     }
     // The phase lasts until the last answer came (closed loop: the last
     // submissions begun before the end; open loop: the last scheduled).
     let elapsed = Duration::from_nanos(run.now());
     let node_cpu = nodes_cpu()? - node_cpu0;
     let self_cpu = cpu_seconds("self")? - self_cpu0;
+    let (node_vmrss, node_vmhwm) = memory_kib(&node0)?;
     // Timed phase over (the last acknowledgement in); the pushes still on
     // their way get up to 5 s.
+    let missing = |w: Work| -> u64 {
+        receivers
+            .iter()
+            .map(|(s, r)| {
+                s.acked(w)
+                    .saturating_sub(r[w.index()].load(Ordering::Relaxed))
+            })
+            .sum()
+    };
     let drain = Instant::now();
     while drain.elapsed() < Duration::from_secs(5)
-        && receivers
-            .iter()
-            .any(|(s, r)| r.load(Ordering::Relaxed) < s.acked.load(Ordering::Relaxed))
+        && WORKS[..ENVELOPE_WORKS].iter().any(|w| missing(*w) > 0)
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let mut push = Samples::new();
+    let mut push = KindSamples::default();
     while let Some(s) = streams.join_next().await {
         match s.context("a stream task")? {
-            Ok(samples) => push.extend(samples),
+            Ok(samples) => {
+                for (all, some) in push.iter_mut().zip(samples) {
+                    all.extend(some);
+                }
+            }
             Err(e) => run.error(format!("stream: {e:#}")),
         }
     }
-    let push_missing = receivers
-        .iter()
-        .map(|(s, r)| {
-            s.acked
-                .load(Ordering::Relaxed)
-                .saturating_sub(r.load(Ordering::Relaxed))
-        })
-        .sum();
-    let acknowledged: u64 = senders
-        .iter()
-        .map(|s| s.acked.load(Ordering::Relaxed))
-        .sum();
+
+    let catch_up_report = match catch_up_work {
+        Some((envelopes, key)) => {
+            let node = &nodes[1 % nodes.len()];
+            eprintln!(
+                "bench: catch-up: {} missed envelopes, {} repetitions",
+                args.catch_up, args.catch_up_repeats
+            );
+            Some(
+                catch_up(
+                    &senders[0],
+                    envelopes,
+                    NodeClient::new(node.addr, node.fingerprint, &key)?,
+                    node.addr,
+                    source(0, args.source_addresses),
+                    args.catch_up,
+                    args.catch_up_repeats,
+                    args.in_flight.max(8),
+                )
+                .await
+                .context("the catch-up measurement")?,
+            )
+        }
+        None => None,
+    };
+
+    let idle_report = match idle {
+        Some((mut opened, rss_before, rss, hwm, [idle_cpu, self_idle_cpu], (open, files))) => {
+            let open_at_end = opened.alive.load(Ordering::Relaxed);
+            let _ = stop_idle.send(true);
+            while let Some(t) = opened.tasks.join_next().await {
+                if let Err(e) = t {
+                    run.error(format!("an idle stream's task: {e}"));
+                }
+            }
+            let mut by_code: Vec<(u16, u64)> = opened
+                .closes
+                .lock()
+                .map(|c| c.iter().map(|(k, v)| (*k, *v)).collect())
+                .unwrap_or_default();
+            by_code.sort_unstable();
+            let dropped = by_code.iter().map(|(_, n)| n).sum();
+            if dropped > 0 {
+                run.error(format!(
+                    "{dropped} idle streams closed by the node (by close code: {by_code:?})"
+                ));
+            }
+            Some(IdleReport {
+                requested: args.idle_streams,
+                connected: opened.connected,
+                failed: opened.failed,
+                first_failure: opened.first_failure,
+                dropped,
+                dropped_by_code: by_code,
+                open_at_measurement: open,
+                node_open_files_at_measurement: files,
+                open_at_end,
+                distinct_devices: true,
+                talks: opened.talks,
+                devices_per_talks: IDLE_PER_TALKS,
+                source_addresses: opened.addresses,
+                open_s: opened.open_s,
+                node_vmrss_before_kib: rss_before,
+                node_vmrss_connected_kib: rss,
+                node_vmhwm_connected_kib: hwm,
+                node_idle_cpu_cores: idle_cpu,
+                generator_idle_cpu_cores: self_idle_cpu,
+            })
+        }
+        None => None,
+    };
+
     let duration_s = elapsed.as_secs_f64();
+    let kinds: Vec<KindReport> = WORKS
+        .iter()
+        .filter(|w| args.mix.weight(**w) > 0)
+        .map(|w| {
+            let acknowledged: u64 = senders.iter().map(|s| s.acked(*w)).sum();
+            let envelope = w.index() < ENVELOPE_WORKS;
+            KindReport {
+                kind: w.name(),
+                weight: args.mix.weight(*w),
+                bytes: bytes[w.index()],
+                acknowledged,
+                errors: run.failed[w.index()].load(Ordering::Relaxed),
+                throughput_per_s: acknowledged as f64 / duration_s,
+                ack: latency(&ack[w.index()]),
+                push: envelope.then(|| latency(&push[w.index()])),
+                push_missing: envelope.then(|| missing(*w)),
+            }
+        })
+        .collect();
+    let push_missing = WORKS[..ENVELOPE_WORKS].iter().map(|w| missing(*w)).sum();
+    let acknowledged: u64 = kinds.iter().map(|k| k.acknowledged).sum();
     let throughput = acknowledged as f64 / duration_s;
     let exhausted = run.exhausted.load(Ordering::Relaxed);
     let errors = run.errors.load(Ordering::Relaxed);
@@ -1208,6 +2397,8 @@ async fn timed(
         .lock()
         .map(|e| e.clone())
         .unwrap_or_default();
+    let all_ack: Samples = ack.iter().flatten().copied().collect();
+    let [app_push, ..] = push;
     let report = Report {
         backend: if args.database.is_some() {
             "postgresql".into()
@@ -1224,6 +2415,7 @@ async fn timed(
         devices: args.devices,
         recipients_per_envelope: args.devices - 1,
         body_bytes: BODY_LEN,
+        mix: args.mix.to_string(),
         mode: if args.rate.is_some() {
             "open".into()
         } else {
@@ -1238,9 +2430,15 @@ async fn timed(
         errors,
         first_errors,
         throughput_per_s: throughput,
-        ack: latency(&ack),
-        push: latency(&push),
+        ack: latency(&all_ack),
+        push: latency(&app_push),
         push_missing,
+        kinds,
+        catch_up: catch_up_report,
+        idle: idle_report,
+        node_vmrss_kib: node_vmrss,
+        node_vmhwm_kib: node_vmhwm,
+        node_vmhwm_reset: false,
         ed25519_verify_per_s: ed25519,
         fsync_per_s: fsync,
         node_cpu_s: node_cpu,
@@ -1254,7 +2452,8 @@ async fn timed(
         envelopes_per_fsync: throughput / fsync.max(1.0),
         nofile_limit: nofile,
         stream_source_addresses: args.source_addresses,
-        submit_source_addresses: 1,
+        submit_source_addresses: args.source_addresses,
+        load_average,
     };
-    Ok((report, (ack, push, elapsed)))
+    Ok((report, (all_ack, app_push, elapsed)))
 }
