@@ -1876,25 +1876,20 @@ impl Replay {
                 "the key is already certified; rotation uses a new key",
             ));
         }
-        match role {
-            KeyRole::Identity {
-                principal, party, ..
-            } => {
-                self.principal_parties
-                    .entry(principal)
-                    .or_default()
-                    .insert(party);
-                self.identities.entry(principal).or_default().push(id);
-            }
-            KeyRole::Device {
-                principal, party, ..
-            } => {
-                self.principal_parties
-                    .entry(principal)
-                    .or_default()
-                    .insert(party);
-            }
-            KeyRole::TalksAuthority { .. } => {}
+        if let KeyRole::Identity {
+            principal, party, ..
+        }
+        | KeyRole::Device {
+            principal, party, ..
+        } = role
+        {
+            self.principal_parties
+                .entry(principal)
+                .or_default()
+                .insert(party);
+        }
+        if let KeyRole::Identity { principal, .. } = role {
+            self.identities.entry(principal).or_default().push(id);
         }
         self.keys.insert(
             id,
