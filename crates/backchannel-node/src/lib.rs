@@ -12,7 +12,8 @@
 //!   list; [`api`] holds its wire types and error codes;
 //! - [`stream`]: WebSocket delivery resuming by seq; [`fanout`] serves
 //!   caught-up streams the rows the sequencer just made durable, as frames
-//!   encoded once for every recipient;
+//!   encoded once for every recipient; [`wake`] wakes only the streams of
+//!   the talks that changed, and polls once per talks, not per stream;
 //! - [`logs`]: checkpoints with cosignatures, tiles and proofs;
 //! - [`submit`]: validation of one envelope, cheapest check first, with one
 //!   Ed25519 verification per envelope;
@@ -47,3 +48,4 @@ pub mod server;
 pub mod stream;
 pub mod submit;
 pub mod tls;
+pub mod wake;

@@ -38,13 +38,13 @@ use backchannel_store::{
 use backchannel_tlog::NodeOrigin;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::broadcast;
 
 use crate::admin::Metrics;
 use crate::api::{self, ApiError, codes};
 use crate::limits::{KeyRates, Limits, StreamCounts};
 use crate::sequencer::{Clock, Sequencer};
 use crate::submit::SubmitError;
+use crate::wake::Wakeups;
 
 /// The key a connection authenticated with, inserted into every request
 /// on it. `None`: the connection presented no client certificate.
@@ -80,8 +80,8 @@ pub struct Node<S: Store> {
     pub(crate) limits: Limits,
     rates: KeyRates,
     pub(crate) streams: Arc<StreamCounts>,
-    /// Wakes streams of a talks whose access list this node changed.
-    pub(crate) access_changed: broadcast::Sender<TalksId>,
+    /// Wakes the streams of one talks ([`crate::wake`]).
+    pub(crate) wakeups: Arc<Wakeups>,
     /// Request counts and timings, and the API listener's phase.
     pub(crate) metrics: Metrics,
     /// This process's id ([`NodeConfig::instance`]).
@@ -104,7 +104,12 @@ impl<S: Store> Node<S> {
             Arc::clone(&config.clock),
             Arc::clone(&config.log_key),
         );
-        let (access_changed, _) = broadcast::channel(ACCESS_CHANGE_BUFFER);
+        let wakeups = Arc::new(Wakeups::default());
+        tokio::spawn(crate::wake::feed(
+            Arc::downgrade(&wakeups),
+            Arc::downgrade(&store),
+            config.limits.poll_interval,
+        ));
         let rates = KeyRates::new(
             config.limits.requests_per_second,
             config.limits.request_burst,
@@ -120,7 +125,7 @@ impl<S: Store> Node<S> {
             limits: config.limits,
             rates,
             streams: Arc::new(StreamCounts::default()),
-            access_changed,
+            wakeups,
             metrics,
             instance: config.instance,
             lease: Arc::default(),
@@ -378,10 +383,6 @@ pub const MAX_LIST_BODY: usize = 4 << 20;
 /// The largest key-package upload: [`crate::rooms::MAX_KEY_PACKAGES_PER_UPLOAD`]
 /// packages of at most 16 KiB each, in base64 JSON.
 pub const MAX_KEY_PACKAGE_UPLOAD: usize = 1 << 20;
-
-/// How many access-list change wake-ups a stream may lag before it simply
-/// re-reads the list (`Lagged`).
-pub const ACCESS_CHANGE_BUFFER: usize = 1024;
 
 /// The API's routes over `node`.
 pub fn router<S: Store>(node: Arc<Node<S>>) -> Router {
@@ -684,7 +685,7 @@ async fn submit_change<S: Store>(
                 .replace_access_list(talks, record.hash, &next_record)
                 .await
                 .map_err(store_error)?;
-            let _ = node.access_changed.send(talks);
+            node.wakeups.bump(talks);
             tracing::info!("access list changed");
             Ok(axum::Json(api::ChangeOutcome {
                 applied: true,
@@ -877,7 +878,7 @@ async fn enrol<S: Store>(
         )
         .await
         .map_err(store_error)?;
-    let _ = node.access_changed.send(talks);
+    node.wakeups.bump(talks);
     tracing::info!("a party enrolled");
     Ok(axum::Json(access_list_body(talks, &next_record)))
 }

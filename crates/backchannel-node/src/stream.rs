@@ -4,10 +4,11 @@
 //! duplicate: the stream reads the log by seq from `from`, sends every
 //! envelope of the caller's rooms as an [`api::StreamFrame::Envelope`], and
 //! a [`api::StreamFrame::Caught`] with the next seq whenever it has caught
-//! up. It wakes on the store's append notifications, on this node's access
-//! list changes, and every `poll_interval` (writes by other nodes); on every
-//! wake it re-reads the access list, so a key that left it is closed at
-//! once (code 4003).
+//! up. It sleeps on its talks' channel in [`crate::wake`]: woken by this
+//! node's appends to its talks, by this node's changes to its access list,
+//! and by the node's one poll per talks every `poll_interval` (writes by
+//! other nodes), never by other talks; on every wake it re-reads the access
+//! list, so a key that left it is closed at once (code 4003).
 //!
 //! Bounds: at most `streams_per_key` streams per key (429 before the
 //! upgrade); a send queue of at most `send_queue_bytes` — when it is full
@@ -34,7 +35,7 @@ use backchannel_statement::header::{MAX_BODY, SIGNED_HEADER_LEN};
 use backchannel_store::{MAX_READ, MAX_READ_BYTES, Store};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, mpsc};
 
 use crate::api::{self, ApiError};
 use crate::fanout::Found;
@@ -56,6 +57,13 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// The largest WebSocket message a client may send (it sends only pongs
 /// and closes; anything is read as a sign of life).
 pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
+
+/// The WebSocket read buffer of a stream (what the client sends is small;
+/// a larger message is read in several turns).
+pub const READ_BUFFER: usize = 4 << 10;
+
+/// The most frames the writer sends in one flush.
+const MAX_BURST: usize = 64;
 
 /// Query of the stream.
 #[derive(Debug, Deserialize)]
@@ -86,6 +94,10 @@ pub(crate) async fn stream<S: Store>(
         })?;
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
+        // tungstenite allocates its read buffer up front (128 KiB by
+        // default); a client sends only pongs and closes, so a small one
+        // keeps an idle stream small.
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             // The stream keeps its connection's slot until it ends.
             let _permit = permit;
@@ -126,14 +138,40 @@ async fn run<S: Store>(
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer_queue = Arc::clone(&queue);
     let mut writer = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
+        let mut next = rx.recv().await;
+        while let Some(out) = next.take() {
             match out {
                 Outgoing::Frame(msg, size) => {
-                    let sent = sink.send(msg).await;
-                    writer_queue.bytes.fetch_sub(size, Ordering::AcqRel);
+                    // Frames already queued go out in one flush (one TLS
+                    // write for a burst, not one per frame).
+                    let mut fed = sink.feed(msg).await;
+                    let mut sizes = size;
+                    let mut burst = 1;
+                    while fed.is_ok() && burst < MAX_BURST {
+                        match rx.try_recv() {
+                            Ok(Outgoing::Frame(msg, size)) => {
+                                fed = sink.feed(msg).await;
+                                sizes += size;
+                                burst += 1;
+                            }
+                            Ok(close) => {
+                                next = Some(close);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let sent = match fed {
+                        Ok(()) => sink.flush().await,
+                        Err(e) => Err(e),
+                    };
+                    writer_queue.bytes.fetch_sub(sizes, Ordering::AcqRel);
                     writer_queue.drained.notify_one();
                     if sent.is_err() {
                         return;
+                    }
+                    if next.is_none() {
+                        next = rx.recv().await;
                     }
                 }
                 Outgoing::Close(code, reason) => {
@@ -195,14 +233,12 @@ async fn deliver<S: Store>(
 ) -> Option<(u16, &'static str)> {
     let limits = &node.limits;
     // Subscribe before the first read, so that no append falls between.
-    let mut appended = node.store.subscribe();
-    let mut access = node.access_changed.subscribe();
+    let mut wake = node.wakeups.subscribe(talks);
+    let mut seen = *wake.borrow_and_update();
     let mut cursor = from;
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.tick().await;
     let mut idle = Box::pin(tokio::time::sleep(limits.idle_timeout));
-    let mut poll = tokio::time::interval(limits.poll_interval);
-    poll.tick().await;
     // The log size the last append notification named, while nothing else
     // woke the stream: up to it, this node's fan-out may hold the rows.
     let mut announced: Option<u64> = None;
@@ -287,22 +323,21 @@ async fn deliver<S: Store>(
         // Wait for something to do.
         loop {
             tokio::select! {
-                n = appended.recv() => match n {
-                    Ok(a) if a.talks == talks && a.size > cursor => {
-                        announced = Some(a.size);
+                changed = wake.changed() => {
+                    if changed.is_err() {
+                        return Some((CLOSE_ERROR, "node error"));
+                    }
+                    let now = *wake.borrow_and_update();
+                    let previous = std::mem::replace(&mut seen, now);
+                    if now.generation != previous.generation {
+                        // Re-read the store from the cursor.
                         break;
                     }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return Some((CLOSE_ERROR, "node error")),
-                },
-                c = access.recv() => match c {
-                    Ok(t) if t == talks => break,
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return Some((CLOSE_ERROR, "node error")),
-                },
-                _ = poll.tick() => break,
+                    if now.size > cursor {
+                        announced = Some(now.size);
+                        break;
+                    }
+                }
                 _ = ping.tick() => {
                     let _ = tx.send(Outgoing::Frame(Message::Ping(Default::default()), 0));
                 }
