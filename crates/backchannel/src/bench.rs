@@ -32,13 +32,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::attachment::Attachment;
+use backchannel_client::follow::{self, Follower, TILE_HEIGHT, TILE_WIDTH};
 use backchannel_client::net::{NodeClient, StreamEvent};
 use backchannel_client::rooms::sync_all;
 use backchannel_client::seal::Content;
 use backchannel_client::session::Session;
 use backchannel_client::store::MemoryClientStore;
 use backchannel_codec::{PartyId, PrincipalId, RoomId, TalksId};
-use backchannel_crypto::{SecretKey, Signer as _};
+use backchannel_crypto::{Digest, PublicKey, SecretKey, Signer as _};
 use backchannel_node::tls::Fingerprint;
 use backchannel_statement::access_list::{
     AccessEntry, FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MEDIATOR,
@@ -47,7 +48,7 @@ use backchannel_statement::{
     AccessList, Attribution, Audience, Conveyance, Markings, Message, Payload, Salt, SignedHeader,
     Statement,
 };
-use backchannel_tlog::NodeOrigin;
+use backchannel_tlog::{LogOrigin, NodeOrigin, SignedCheckpoint};
 use clap::{Args, Subcommand};
 use rand_core::{OsRng, RngCore as _};
 use serde::Serialize;
@@ -1001,6 +1002,10 @@ struct Sender {
     start: [Vec<AtomicU64>; ENVELOPE_WORKS],
     /// Acknowledged, per kind.
     acked: [AtomicU64; 4],
+    /// Acknowledged envelopes of the timed phase no verified checkpoint
+    /// covers yet: seq, the leaf hash its receipt promised, and ns after
+    /// `t0` it was acknowledged ([`prober`] takes them out).
+    unproven: Mutex<Vec<(u64, Digest, u64)>>,
 }
 
 impl Sender {
@@ -1028,6 +1033,7 @@ impl Sender {
             next_commit: tokio::sync::Mutex::new(0),
             start,
             acked: Default::default(),
+            unproven: Mutex::new(Vec::new()),
         }
     }
 
@@ -1087,7 +1093,11 @@ async fn submit_one(run: &Run, sender: &Sender, i: usize, from: u64) -> Option<(
         Work::App | Work::Statement => {
             sender.start[work.index()][slot].store(from + 1, Ordering::Release);
             let (h, b) = &sender.envelopes[work.index()][slot];
-            sender.client.submit(sender.talks, h, b).await.map(|_| ())
+            sender.client.submit(sender.talks, h, b).await.map(|s| {
+                if let Ok(mut unproven) = sender.unproven.lock() {
+                    unproven.push((s.seq, s.leaf_hash, run.now()));
+                }
+            })
         }
         Work::Commit => {
             let mut next = sender.next_commit.lock().await;
@@ -1282,6 +1292,113 @@ async fn recipient(
     }
     stream.close().await;
     Ok(samples)
+}
+
+// --- Inclusion ----------------------------------------------------------------
+
+/// How often a prober asks for the talks' checkpoint.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// How long a prober waits, after the timed phase, for checkpoints to cover
+/// the last acknowledgements.
+const PROBE_DRAIN: Duration = Duration::from_secs(5);
+
+/// What one talks' prober measured.
+struct Proven {
+    /// (ns after `t0` the prober verified it, ns from its acknowledgement).
+    samples: Samples,
+    /// Acknowledged envelopes no verified checkpoint covered by the end.
+    unproven: u64,
+    /// Checkpoints verified (each from the data tiles of its new range).
+    checkpoints: u64,
+}
+
+/// A recipient device's verifier, as a client does it: every
+/// [`PROBE_EVERY`] it fetches the talks' checkpoint, checks the node's
+/// signature, fetches the data tiles of the new range, hashes the leaves up
+/// to the checkpoint's root ([`Follower::advance`]), and then counts every
+/// acknowledged envelope below it as provably included — once the leaf it
+/// verified is the leaf its receipt promised. Its samples run from the
+/// acknowledgement to that verification, so they include up to one
+/// [`PROBE_EVERY`] of polling.
+async fn prober(
+    run: Arc<Run>,
+    sender: Arc<Sender>,
+    client: NodeClient,
+    log_key: PublicKey,
+    origin: LogOrigin,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Proven> {
+    let talks = sender.talks;
+    let mut follower = Follower::new();
+    // The leaf hash of every verified seq (the run's envelopes, in memory
+    // like the pre-built work).
+    let mut verified: HashMap<u64, Digest> = HashMap::new();
+    let mut proven = Proven {
+        samples: Samples::new(),
+        unproven: 0,
+        checkpoints: 0,
+    };
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        let (_, note) = client.checkpoint(talks).await?;
+        let checkpoint = SignedCheckpoint::verify(&note, &log_key, &origin)
+            .map_err(|e| anyhow!("a checkpoint that does not verify: {e}"))?;
+        let to = checkpoint.checkpoint().size;
+        if to > follower.size() {
+            let mut leaves = Vec::new();
+            for tile in follow::data_tiles(follower.size(), to) {
+                let t = tlog_tiles::Tile::new(
+                    TILE_HEIGHT,
+                    0,
+                    tile.first_seq() / TILE_WIDTH,
+                    u32::try_from(tile.width())?,
+                    true,
+                );
+                let bytes = client.data_tile(talks, &t).await?;
+                leaves.extend(
+                    tile.parse(&bytes)
+                        .map_err(|e| anyhow!("a data tile: {e}"))?,
+                );
+            }
+            follower = follower
+                .advance(&checkpoint, &leaves)
+                .map_err(|e| anyhow!("the data tiles do not hash to the checkpoint: {e}"))?;
+            proven.checkpoints += 1;
+            verified.extend(leaves.iter().map(|l| (l.seq, l.hash())));
+        }
+        let at = run.now();
+        let size = follower.size();
+        {
+            let mut unproven = sender.unproven.lock().unwrap_or_else(|p| p.into_inner());
+            let mut wrong = Vec::new();
+            unproven.retain(|&(seq, leaf, acked)| {
+                if seq >= size {
+                    return true;
+                }
+                if verified.get(&seq) == Some(&leaf) {
+                    proven.samples.push((at, at.saturating_sub(acked)));
+                } else {
+                    wrong.push(seq);
+                }
+                false
+            });
+            for seq in wrong {
+                run.error(format!(
+                    "seq {seq}: the verified leaf is not the one its receipt promised"
+                ));
+            }
+            if let Some(since) = stopped_at
+                && (unproven.is_empty() || since.elapsed() >= PROBE_DRAIN)
+            {
+                proven.unproven = unproven.len() as u64;
+                return Ok(proven);
+            }
+        }
+        if stopped_at.is_none() && stop.load(Ordering::Relaxed) {
+            stopped_at = Some(Instant::now());
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
 }
 
 // --- Catch-up -----------------------------------------------------------------
@@ -1538,6 +1655,13 @@ struct Report {
     /// Pushes of acknowledged envelopes (every kind) never seen on a
     /// stream.
     push_missing: u64,
+    /// Acknowledgement to inclusion verified by a recipient (application
+    /// messages and statements; see [`prober`]).
+    inclusion: Latency,
+    /// Acknowledged envelopes no verified checkpoint covered by the end.
+    inclusion_missing: u64,
+    /// Checkpoints the recipients verified from data tiles.
+    checkpoints_verified: u64,
     kinds: Vec<KindReport>,
     catch_up: Option<CatchUpReport>,
     idle: Option<IdleReport>,
@@ -1645,6 +1769,14 @@ fn table(r: &Report) -> String {
     row("ack latency (every kind)", lat(&r.ack));
     row("push latency (app)", lat(&r.push));
     row("push missing", r.push_missing.to_string());
+    row("inclusion verified (app+stmt)", lat(&r.inclusion));
+    row(
+        "inclusion missing",
+        format!(
+            "{} ({} checkpoints verified from data tiles)",
+            r.inclusion_missing, r.checkpoints_verified
+        ),
+    );
     for k in &r.kinds {
         row(
             &format!("{} ({} bytes)", k.kind, k.bytes),
@@ -2148,6 +2280,9 @@ async fn timed(
     let mut receivers = Vec::new();
     let mut n_streams = 0u32;
     let mut catch_up_work = None;
+    let mut probers = tokio::task::JoinSet::new();
+    let probes_stop = Arc::new(AtomicBool::new(false));
+    let origin = NodeOrigin::new(ORIGIN).map_err(|e| anyhow!("{e}"))?;
     let bytes: [usize; 4] = {
         let (_, t) = &all[0];
         [
@@ -2170,6 +2305,20 @@ async fn timed(
             catch_up_work = Some((std::mem::take(&mut t.catch_up), duplicate(&recipients[0])?));
         }
         let sender = Arc::new(Sender::new(t, client));
+        {
+            // The first recipient verifies inclusion, on its stream's node.
+            let node = &nodes[(k + 1) % nodes.len()];
+            let client = NodeClient::new(node.addr, node.fingerprint, &recipients[0])?;
+            let log_key = client.node_info().await?.log_key;
+            probers.spawn(prober(
+                Arc::clone(&run),
+                Arc::clone(&sender),
+                client,
+                log_key,
+                LogOrigin::new(&origin, sender.talks),
+                Arc::clone(&probes_stop),
+            ));
+        }
         for (j, key) in recipients.iter().enumerate() {
             let received = Arc::new(Received::default());
             receivers.push((Arc::clone(&sender), Arc::clone(&received)));
@@ -2263,6 +2412,7 @@ async fn timed(
     // The phase lasts until the last answer came (closed loop: the last
     // submissions begun before the end; open loop: the last scheduled).
     let elapsed = Duration::from_nanos(run.now());
+    probes_stop.store(true, Ordering::Relaxed);
     let node_cpu = nodes_cpu()? - node_cpu0;
     let self_cpu = cpu_seconds("self")? - self_cpu0;
     let (node_vmrss, node_vmhwm) = memory_kib(&node0)?;
@@ -2294,6 +2444,24 @@ async fn timed(
             }
             Err(e) => run.error(format!("stream: {e:#}")),
         }
+    }
+    let mut inclusion = Samples::new();
+    let (mut unproven, mut checkpoints) = (0, 0);
+    while let Some(p) = probers.join_next().await {
+        match p.context("a prober task")? {
+            Ok(p) => {
+                inclusion.extend(p.samples);
+                unproven += p.unproven;
+                checkpoints += p.checkpoints;
+            }
+            Err(e) => run.error(format!("inclusion: {e:#}")),
+        }
+    }
+    if unproven > 0 {
+        run.error(format!(
+            "{unproven} acknowledged envelopes were not under a verified checkpoint {} s after the timed phase",
+            PROBE_DRAIN.as_secs()
+        ));
     }
 
     let catch_up_report = match catch_up_work {
@@ -2433,6 +2601,9 @@ async fn timed(
         ack: latency(&all_ack),
         push: latency(&app_push),
         push_missing,
+        inclusion: latency(&inclusion),
+        inclusion_missing: unproven,
+        checkpoints_verified: checkpoints,
         kinds,
         catch_up: catch_up_report,
         idle: idle_report,

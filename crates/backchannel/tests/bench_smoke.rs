@@ -36,6 +36,17 @@ fn a_small_closed_loop_run_acknowledges_and_pushes_without_errors() {
         "{report:#}"
     );
     assert_eq!(report["push_missing"], 0, "{report:#}");
+    // Every acknowledged envelope was verified under a checkpoint from
+    // the data tiles (the prober's samples are the acknowledgements).
+    assert_eq!(report["inclusion_missing"], 0, "{report:#}");
+    assert_eq!(
+        report["inclusion"]["samples"], report["acknowledged"],
+        "{report:#}"
+    );
+    assert!(
+        report["checkpoints_verified"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
     assert_eq!(report["backend"], "sqlite");
     assert_eq!(report["mode"], "closed");
     assert_eq!(report["kinds"].as_array().unwrap().len(), 1, "{report:#}");
