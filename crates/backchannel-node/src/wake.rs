@@ -9,8 +9,9 @@
 //! - an access-list change made by this node bumps the talks' generation;
 //! - every `poll_interval`, one read of the log size and one of the
 //!   access-list record per talks (not per stream) catches the writes of
-//!   other nodes on one database: a larger size or a different list bumps
-//!   the generation (those rows are read from the store);
+//!   other nodes on one database: a different list, or a size past both
+//!   the previous poll and this node's own announced appends, bumps the
+//!   generation (those rows are read from the store);
 //! - a lagged notification channel bumps every talks.
 //!
 //! So an append wakes only the streams of its talks, and an idle stream
@@ -103,15 +104,19 @@ impl Wakeups {
         map.keys().copied().collect()
     }
 
-    /// Records what a poll of `talks` read; bumps its generation when it
-    /// differs from the previous poll.
+    /// Records what a poll of `talks` read; bumps its generation when the
+    /// access list differs from the previous poll's, or the log grew past
+    /// both the previous poll and what this node's own appends announced
+    /// (rows another node wrote: this node's are in its fan-out already).
     fn polled(&self, talks: TalksId, size: u64, list: Option<Digest>) {
         if let Some(e) = self.lock().get_mut(&talks) {
-            let now = Some((size, list));
-            if e.polled.is_some() && e.polled != now {
-                e.tx.send_modify(|w| w.generation += 1);
+            if let Some((before, before_list)) = e.polled {
+                let announced = e.tx.borrow().size;
+                if before_list != list || (size > before && size > announced) {
+                    e.tx.send_modify(|w| w.generation += 1);
+                }
             }
-            e.polled = now;
+            e.polled = Some((size, list));
         }
     }
 
@@ -211,9 +216,14 @@ mod tests {
         assert!(!a.has_changed().unwrap(), "nothing changed");
         w.polled(talks(1), 6, list);
         assert_eq!(a.borrow_and_update().generation, 1, "another node's rows");
-        w.polled(talks(1), 6, Some(Digest([8; 32])));
+        // This node's own appends, announced already: no store read.
+        w.appended(talks(1), 9);
+        a.borrow_and_update();
+        w.polled(talks(1), 9, list);
+        assert!(!a.has_changed().unwrap(), "this node's own rows");
+        w.polled(talks(1), 9, Some(Digest([8; 32])));
         assert_eq!(a.borrow_and_update().generation, 2, "another node's list");
-        w.polled(talks(1), 6, None);
+        w.polled(talks(1), 9, None);
         assert_eq!(a.borrow_and_update().generation, 3, "the list is gone");
     }
 
