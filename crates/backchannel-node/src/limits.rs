@@ -43,8 +43,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How often a stream pings its client.
     pub ping_interval: Duration,
-    /// How often a stream re-reads the log and the access list even without
-    /// a notification (writes by other nodes on one database).
+    /// How often the node reads each watched talks' log size and access
+    /// list without a notification (writes by other nodes on one database;
+    /// [`crate::wake`]), once per talks, not per stream.
     pub poll_interval: Duration,
     /// The largest blob.
     pub max_blob: u64,

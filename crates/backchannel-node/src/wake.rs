@@ -92,8 +92,9 @@ impl Wakeups {
         }
     }
 
-    /// How many talks have a stream open (for tests).
-    pub fn talks_watched(&self) -> usize {
+    /// How many talks have a channel.
+    #[cfg(test)]
+    fn talks_watched(&self) -> usize {
         self.lock().len()
     }
 
