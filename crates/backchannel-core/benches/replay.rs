@@ -618,6 +618,21 @@ fn replay_statements(t: &fixtures::Talks, archive: &[Archived], room: RoomId) ->
     replay
 }
 
+/// Times `f` alone, per iteration: dropping its result (a whole replayed
+/// state) is not part of the figure.
+fn timed<R>(b: &mut criterion::Bencher<'_>, mut f: impl FnMut() -> R) {
+    b.iter_custom(|iters| {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let start = Instant::now();
+            let r = f();
+            total += start.elapsed();
+            drop(r);
+        }
+        total
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let start = Instant::now();
     let (t, archive, list) = Builder::new().build();
@@ -663,61 +678,19 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.bench_function(format!("full/{STATEMENTS} record-room statements"), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let start = Instant::now();
-                let r = replay_full(&t, &archive, &list, |_| {});
-                total += start.elapsed();
-                drop(r);
-            }
-            total
-        })
+        timed(b, || replay_full(&t, &archive, &list, |_| {}))
     });
     group.bench_function(
         format!("statements/{STATEMENTS} record-room statements"),
-        |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let r = replay_statements(&t, &archive, t.record);
-                    total += start.elapsed();
-                    drop(r);
-                }
-                total
-            })
-        },
+        |b| timed(b, || replay_statements(&t, &archive, t.record)),
     );
     group.bench_function(
         format!("full, 2 threads/{STATEMENTS} record-room statements"),
-        |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let r = replay_full_parallel(&t, &archive, &list, two);
-                    total += start.elapsed();
-                    drop(r);
-                }
-                total
-            })
-        },
+        |b| timed(b, || replay_full_parallel(&t, &archive, &list, two)),
     );
     group.bench_function(
         format!("statements, 2 threads/{STATEMENTS} record-room statements"),
-        |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let r = replay_parallel(&t, &archive, |_| t.record, two);
-                    total += start.elapsed();
-                    drop(r);
-                }
-                total
-            })
-        },
+        |b| timed(b, || replay_parallel(&t, &archive, |_| t.record, two)),
     );
     group.finish();
 }
