@@ -8,26 +8,30 @@ mod common;
 
 use common::{assert_failure, assert_success, backchannel, run, stdout};
 
+/// A two-second run of 2 talks x 3 devices with `extra` options; its
+/// JSON report, once it exited 0.
+fn small_run(extra: &[&str]) -> serde_json::Value {
+    let out = run(backchannel()
+        .args([
+            "bench",
+            "load",
+            "--talks",
+            "2",
+            "--devices",
+            "3",
+            "--duration",
+            "2",
+            "--json",
+        ])
+        .args(extra));
+    assert_success(&out);
+    serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&out)))
+}
+
 #[test]
 fn a_small_closed_loop_run_acknowledges_and_pushes_without_errors() {
-    let out = run(backchannel().args([
-        "bench",
-        "load",
-        "--talks",
-        "2",
-        "--devices",
-        "3",
-        "--duration",
-        "2",
-        "--envelopes-per-sender",
-        "2000",
-        "--mix",
-        "app=100",
-        "--json",
-    ]));
-    assert_success(&out);
-    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&out)));
+    let report = small_run(&["--envelopes-per-sender", "2000", "--mix", "app=100"]);
     assert_eq!(report["errors"], 0, "{report:#}");
     assert!(report["acknowledged"].as_u64().unwrap() > 0, "{report:#}");
     assert!(report["ack"]["samples"].as_u64().unwrap() > 0, "{report:#}");
@@ -57,15 +61,7 @@ fn a_small_closed_loop_run_acknowledges_and_pushes_without_errors() {
 /// envelope kind pushed, nothing failed.
 #[test]
 fn a_small_mixed_run_with_catch_up_and_idle_streams_has_no_errors() {
-    let out = run(backchannel().args([
-        "bench",
-        "load",
-        "--talks",
-        "2",
-        "--devices",
-        "3",
-        "--duration",
-        "2",
+    let report = small_run(&[
         "--mix",
         "app=70,commit=10,statement=10,blob=10",
         "--envelopes-per-sender",
@@ -78,11 +74,7 @@ fn a_small_mixed_run_with_catch_up_and_idle_streams_has_no_errors() {
         "30",
         "--source-addresses",
         "2",
-        "--json",
-    ]));
-    assert_success(&out);
-    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&out)));
+    ]);
     assert_eq!(report["errors"], 0, "{report:#}");
     assert_eq!(report["push_missing"], 0, "{report:#}");
     assert_eq!(report["mix"], "app=70,commit=10,statement=10,blob=10");
