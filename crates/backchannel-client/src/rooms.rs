@@ -364,7 +364,7 @@ fn seated_or_stale(e: &NetError) -> bool {
 }
 
 impl<S: ClientStore> Session<S> {
-    fn random32(&self) -> Result<[u8; 32], SessionError> {
+    pub(crate) fn random32(&self) -> Result<[u8; 32], SessionError> {
         self.mls
             .random32()
             .map_err(|e| SessionError::Usage(e.to_string()))

@@ -67,6 +67,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::num::NonZeroUsize;
 
 use backchannel_codec::{Decode, Encode, Reader, RoomId, StatementId, TalksId, Writer};
 use backchannel_core::replay::{KeyRole, LoggedStatement, Replay};
@@ -75,6 +76,8 @@ use backchannel_statement::{AccessList, Kind, SignedHeader, SignedStatement};
 use backchannel_tlog::{
     InclusionProof, LeafData, LogOrigin, NodeOrigin, Receipt, SignedCheckpoint,
 };
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
 use thiserror::Error;
 
 use crate::follow::{
@@ -1191,29 +1194,49 @@ impl<S: ClientStore> Session<S> {
 
     /// Replays every statement in the archive, in log order, with
     /// `backchannel_core::replay::Replay` (key validity by log position:
-    /// a revoked or expired key's later statements are rejected), and
+    /// a revoked or expired key's later statements are rejected; the
+    /// signatures batch-verified ahead on the machine's cores by
+    /// `Replay::apply_all`, with the verdicts of one-by-one replay), and
     /// compares each statement's checkpoint reference with this session's
     /// verified tree. Runs over the archive only (MLS cannot decrypt twice).
     pub async fn replay(&self) -> Result<ReplayReport, SessionError> {
         let mut replay = Replay::new(self.talks);
         let mut report = ReplayReport::default();
-        for a in self.archive().await? {
-            let Some(decoded) = statement_of(&a) else {
-                continue;
+        let archive = self.archive().await?;
+        // Decoded first, then replayed in one pass whose signatures are
+        // batch-verified ahead (`Replay::apply_all`: the same verdicts as
+        // applying them one by one).
+        let decoded: Vec<Option<Result<SignedStatement, _>>> =
+            archive.iter().map(statement_of).collect();
+        let entries: Vec<LoggedStatement<'_>> = archive
+            .iter()
+            .zip(&decoded)
+            .filter_map(|(a, d)| match d {
+                Some(Ok(statement)) => Some(LoggedStatement {
+                    seq: a.seq,
+                    node_time: a.node_time,
+                    room: a.header.header().room,
+                    statement,
+                }),
+                _ => None,
+            })
+            .collect();
+        let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+        let mut rng = ChaCha20Rng::from_seed(self.random32()?);
+        let mut verdicts = replay.apply_all(&entries, threads, &mut rng).into_iter();
+        for (a, d) in archive.iter().zip(&decoded) {
+            let statement = match d {
+                None => continue,
+                Some(Err(_)) => {
+                    report.rejected.push((a.seq, "does not decode".into()));
+                    continue;
+                }
+                Some(Ok(statement)) => statement,
             };
-            let Ok(statement) = decoded else {
-                report.rejected.push((a.seq, "does not decode".into()));
-                continue;
-            };
-            let logged = LoggedStatement {
-                seq: a.seq,
-                node_time: a.node_time,
-                room: a.header.header().room,
-                statement: &statement,
-            };
-            match replay.apply(logged) {
-                Ok(_) => report.accepted.push(a.seq),
-                Err(e) => report.rejected.push((a.seq, e.to_string())),
+            match verdicts.next() {
+                Some(Ok(_)) => report.accepted.push(a.seq),
+                Some(Err(e)) => report.rejected.push((a.seq, e.to_string())),
+                None => report.rejected.push((a.seq, "not replayed".into())),
             }
             let r = statement.unverified().checkpoint;
             match self.follower.compare_reference(r.size, &r.root) {

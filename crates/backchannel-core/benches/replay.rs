@@ -21,21 +21,26 @@
 //! statement is checked to be accepted by one untimed replay first.
 //!
 //! Timed:
-//! - `replay/full`: per archived envelope, what the client checks when it
-//!   archives it, less MLS: the logged header decoded, its sender's key
-//!   found as `backchannel_client::session::sender_key` finds it (the
-//!   current access list, else a device key the replay so far certified at
-//!   or before the seq), the header signature verified, the commitment
-//!   re-hashed from salt and statement bytes, then the statement decoded and
-//!   replayed (`Replay::apply`: author key at that seq, signature, rules);
-//! - `replay/statements`: what `Session::replay` does over the archive: each
-//!   statement decoded and `Replay::apply`'d (its signature re-verified, no
-//!   header or commitment);
-//! - `replay/full, 2 threads` and `replay/statements, 2 threads`: the same
-//!   checks with the signatures verified on two threads: the statements
-//!   through `Replay::apply_all` (verified ahead, judged in order), the
-//!   headers and commitments in parallel once the record is replayed (the
-//!   client does not do this yet: it applies statements one by one).
+//! - `replay/full, one by one`: per archived envelope, what the client
+//!   checks when it archives it, less MLS: the logged header decoded, its
+//!   sender's key found as `backchannel_client::session::sender_key` finds
+//!   it (the current access list, else a device key the replay so far
+//!   certified at or before the seq), the header signature verified, the
+//!   commitment re-hashed from salt and statement bytes, then the statement
+//!   decoded and replayed (`Replay::apply`: author key at that seq,
+//!   signature, rules);
+//! - `replay/statements, one by one`: each statement decoded and
+//!   `Replay::apply`'d (its signature re-verified, no header or
+//!   commitment);
+//! - `replay/full, batched` and `replay/statements, batched`, on 1 and 2
+//!   threads: the same checks with the signatures verified in batches: the
+//!   statements through `Replay::apply_all` (what `Session::replay` does:
+//!   each window of 4,096 verified ahead as one `BatchVerifier` per
+//!   thread, judged in order), the headers by `SignedHeader::verify_batch`
+//!   in batches of [`HEADER_BATCH`] once the record is replayed, with the
+//!   commitments (the client's archive path checks headers one at a time
+//!   as they arrive; this is what a batched re-verification of the archive
+//!   costs).
 //!
 //! And the floor under all of them, one Ed25519 verification, over
 //! [`FLOOR`] of the archive's statement signatures: `floor/verify` as
@@ -70,6 +75,9 @@ const STATEMENTS: usize = 100_000;
 
 /// Signatures per iteration of the `floor` benches.
 const FLOOR: usize = 4096;
+
+/// Header signatures per batch in the parallel `replay/full` cases.
+const HEADER_BATCH: usize = 4096;
 
 /// One archived record-room envelope, as the client keeps it (less the
 /// receipt, which replay does not look at).
@@ -549,12 +557,26 @@ fn replay_full_parallel(
         .map(|a| SignedHeader::decode(&a.header).expect("header"))
         .collect();
     let replay = replay_parallel(t, archive, |i| headers[i].header().room, threads);
-    let check = |chunk: &[(&Archived, &SignedHeader)]| {
-        for (a, header) in chunk {
-            let h = header.header();
-            let sender = sender_key(list, &replay, a.seq, &h.sender);
-            header.verify(&sender).expect("header signature");
-            assert!(h.commitment.opens(&a.salt, &a.statement), "commitment");
+    // Each thread's share: the header signatures in batches of
+    // `HEADER_BATCH` (`SignedHeader::verify_batch`), the commitments one by
+    // one.
+    let check = |chunk: &[(&Archived, &SignedHeader)], seed: u64| {
+        let mut rng = fixtures::rng(seed);
+        for batch in chunk.chunks(HEADER_BATCH) {
+            let items: Vec<(&SignedHeader, PublicKey)> = batch
+                .iter()
+                .map(|(a, header)| {
+                    let sender = sender_key(list, &replay, a.seq, &header.header().sender);
+                    (*header, sender)
+                })
+                .collect();
+            for verdict in SignedHeader::verify_batch(&items, &mut rng) {
+                verdict.expect("header signature");
+            }
+            for (a, header) in batch {
+                let h = header.header();
+                assert!(h.commitment.opens(&a.salt, &a.statement), "commitment");
+            }
         }
     };
     let pairs: Vec<_> = archive.iter().zip(&headers).collect();
@@ -562,8 +584,11 @@ fn replay_full_parallel(
     std::thread::scope(|scope| {
         let mut chunks = pairs.chunks(per_thread);
         let first = chunks.next().unwrap_or_default();
-        let others: Vec<_> = chunks.map(|c| scope.spawn(move || check(c))).collect();
-        check(first);
+        let others: Vec<_> = chunks
+            .zip(1..)
+            .map(|(c, seed)| scope.spawn(move || check(c, seed)))
+            .collect();
+        check(first, 0);
         for h in others {
             h.join().expect("checked");
         }
@@ -595,7 +620,8 @@ fn replay_parallel(
         })
         .collect();
     let mut replay = Replay::new(t.talks);
-    for (a, v) in archive.iter().zip(replay.apply_all(&entries, threads)) {
+    let verdicts = replay.apply_all(&entries, threads, &mut fixtures::rng(11));
+    for (a, v) in archive.iter().zip(verdicts) {
         v.unwrap_or_else(|e| panic!("seq {}: {e}", a.seq));
     }
     replay
@@ -677,21 +703,25 @@ fn bench(c: &mut Criterion) {
     // One iteration is a whole archive: few samples, one iteration each.
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
-    group.bench_function(format!("full/{STATEMENTS} record-room statements"), |b| {
-        timed(b, || replay_full(&t, &archive, &list, |_| {}))
-    });
+    let one = NonZeroUsize::MIN;
     group.bench_function(
-        format!("statements/{STATEMENTS} record-room statements"),
+        format!("full, one by one/{STATEMENTS} record-room statements"),
+        |b| timed(b, || replay_full(&t, &archive, &list, |_| {})),
+    );
+    group.bench_function(
+        format!("statements, one by one/{STATEMENTS} record-room statements"),
         |b| timed(b, || replay_statements(&t, &archive, t.record)),
     );
-    group.bench_function(
-        format!("full, 2 threads/{STATEMENTS} record-room statements"),
-        |b| timed(b, || replay_full_parallel(&t, &archive, &list, two)),
-    );
-    group.bench_function(
-        format!("statements, 2 threads/{STATEMENTS} record-room statements"),
-        |b| timed(b, || replay_parallel(&t, &archive, |_| t.record, two)),
-    );
+    for (name, threads) in [("1 thread", one), ("2 threads", two)] {
+        group.bench_function(
+            format!("full, batched, {name}/{STATEMENTS} record-room statements"),
+            |b| timed(b, || replay_full_parallel(&t, &archive, &list, threads)),
+        );
+        group.bench_function(
+            format!("statements, batched, {name}/{STATEMENTS} record-room statements"),
+            |b| timed(b, || replay_parallel(&t, &archive, |_| t.record, threads)),
+        );
+    }
     group.finish();
 }
 

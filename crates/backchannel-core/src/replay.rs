@@ -152,6 +152,9 @@ use backchannel_statement::{
     LifecyclePhase, PartyKind, PassedHow, Payload, Role, SessionConsent, SignedStatement,
     StatementType, VerifiedStatement, VerifyError,
 };
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+use rand_core::CryptoRngCore;
 use thiserror::Error;
 
 /// Whom a key speaks for.
@@ -874,8 +877,10 @@ impl Replay {
     /// spawns none).
     ///
     /// Ahead of replay, each statement's signature is verified
-    /// ([`SignedStatement::verify`]) with the key its author id names: a
-    /// key replay knows, or one a statement of the same window introduces
+    /// ([`SignedStatement::verify_batch`]: one batch per thread and window,
+    /// its coefficients from a generator seeded from `rng`; each checked on
+    /// its own only when the batch fails) with the key its author id names:
+    /// a key replay knows, or one a statement of the same window introduces
     /// (a roster, member or device certificate, an authority pass). Replay
     /// then judges each statement as [`Replay::apply`] does and uses that
     /// verification only when the key it finds for the author at that seq
@@ -887,10 +892,11 @@ impl Replay {
         &mut self,
         entries: &[LoggedStatement<'_>],
         threads: NonZeroUsize,
+        rng: &mut impl CryptoRngCore,
     ) -> Vec<Result<Accepted, Rejected>> {
         let mut verdicts = Vec::with_capacity(entries.len());
         for window in entries.chunks(PREVERIFY_WINDOW) {
-            let mut ahead = self.verify_ahead(window, threads).into_iter();
+            let mut ahead = self.verify_ahead(window, threads, rng).into_iter();
             for entry in window {
                 let pre = ahead.next().flatten();
                 if let Some(last) = self.last_seq
@@ -913,7 +919,12 @@ impl Replay {
     /// with the key its author id names (see [`Replay::apply_all`]), in
     /// order; `None` where no key is known yet or for the roster (verified
     /// with its certifications by [`VerifiedRoster::verify`]).
-    fn verify_ahead(&self, window: &[LoggedStatement<'_>], threads: NonZeroUsize) -> Vec<Ahead> {
+    fn verify_ahead(
+        &self,
+        window: &[LoggedStatement<'_>],
+        threads: NonZeroUsize,
+        rng: &mut impl CryptoRngCore,
+    ) -> Vec<Ahead> {
         // Keys introduced by the window's own statements, by id.
         let mut introduced: HashMap<KeyId, PublicKey> = HashMap::new();
         let mut introduce = |k: &PublicKey| {
@@ -952,22 +963,39 @@ impl Replay {
                 Some((entry.statement, key))
             })
             .collect();
-        let verify = |jobs: &[Option<(&SignedStatement, PublicKey)>]| -> Vec<Ahead> {
+        // Each thread batch-verifies its share with coefficients from its
+        // own generator, seeded from `rng`.
+        let verify = |jobs: &[Option<(&SignedStatement, PublicKey)>], seed: [u8; 32]| {
+            let known: Vec<(&SignedStatement, PublicKey)> =
+                jobs.iter().flatten().copied().collect();
+            let mut rng = ChaCha20Rng::from_seed(seed);
+            let mut verdicts = SignedStatement::verify_batch(talks, &known, &mut rng).into_iter();
             jobs.iter()
-                .map(|job| job.map(|(statement, key)| (key, statement.verify(talks, &key))))
-                .collect()
+                .map(|job| {
+                    let (_, key) = (*job)?;
+                    Some((key, verdicts.next()?))
+                })
+                .collect::<Vec<Ahead>>()
+        };
+        let mut seed = || {
+            let mut seed = [0u8; 32];
+            rng.fill_bytes(&mut seed);
+            seed
         };
         let per_thread = jobs.len().div_ceil(threads.get()).max(1);
         if threads.get() == 1 || jobs.len() <= per_thread {
-            return verify(&jobs);
+            return verify(&jobs, seed());
         }
         std::thread::scope(|scope| {
             let mut chunks = jobs.chunks(per_thread);
             let first = chunks.next().unwrap_or_default();
             let others: Vec<_> = chunks
-                .map(|chunk| (chunk.len(), scope.spawn(move || verify(chunk))))
+                .map(|chunk| {
+                    let seed = seed();
+                    (chunk.len(), scope.spawn(move || verify(chunk, seed)))
+                })
                 .collect();
-            let mut out = verify(first);
+            let mut out = verify(first, seed());
             for (len, handle) in others {
                 match handle.join() {
                     Ok(results) => out.extend(results),

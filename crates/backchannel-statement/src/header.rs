@@ -15,7 +15,8 @@
 
 use backchannel_codec::{Decode, DecodeError, Encode, Reader, RoomId, TalksId, Writer};
 use backchannel_crypto::{
-    BadSignature, Context, Digest, KeyId, PublicKey, SignError, Signature, Signer, sha256,
+    BadSignature, BatchVerifier, Context, Digest, KeyId, PublicKey, SignError, Signature, Signer,
+    sha256,
 };
 use rand_core::CryptoRngCore;
 use thiserror::Error;
@@ -305,6 +306,40 @@ impl SignedHeader {
             &self.header.encode_unsigned(),
             &self.signature,
         )
+    }
+
+    /// Verifies each `(header, sender)` of `items` as
+    /// [`SignedHeader::verify`] does, with the same verdict for each, in
+    /// order: the signatures are checked together in one [`BatchVerifier`]
+    /// (ZIP-215, accepting exactly what single verification accepts; `rng`
+    /// draws its coefficients), and only if that batch fails is each
+    /// checked on its own, to name the bad ones.
+    pub fn verify_batch(
+        items: &[(&SignedHeader, PublicKey)],
+        rng: &mut impl CryptoRngCore,
+    ) -> Vec<Result<(), BadSignature>> {
+        let mut batch = BatchVerifier::new();
+        for (h, sender) in items {
+            if sender.id() == h.header.sender {
+                batch.queue(
+                    sender,
+                    ENVELOPE_CONTEXT,
+                    &h.header.encode_unsigned(),
+                    &h.signature,
+                );
+            }
+        }
+        let all_good = batch.is_empty() || batch.verify(rng).is_ok();
+        items
+            .iter()
+            .map(|(h, sender)| {
+                if all_good && sender.id() == h.header.sender {
+                    Ok(())
+                } else {
+                    h.verify(sender)
+                }
+            })
+            .collect()
     }
 
     /// Checks that `body` is the body this header describes (length and hash).

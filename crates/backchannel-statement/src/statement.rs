@@ -16,7 +16,7 @@ use backchannel_codec::{
     check_strictly_sorted,
 };
 use backchannel_crypto::{
-    BadSignature, Digest, KeyId, PublicKey, SignError, Signature, Signer, sha256,
+    BadSignature, BatchVerifier, Digest, KeyId, PublicKey, SignError, Signature, Signer, sha256,
 };
 use rand_core::CryptoRngCore;
 use thiserror::Error;
@@ -316,6 +316,44 @@ impl SignedStatement {
             &self.signature,
         )?;
         Ok(VerifiedStatement(self.clone()))
+    }
+
+    /// Verifies each `(statement, author)` of `items` as
+    /// [`SignedStatement::verify`] does, with the same verdict for each, in
+    /// order: the signatures that can be checked are checked together in
+    /// one [`BatchVerifier`] (ZIP-215, accepting exactly what single
+    /// verification accepts; `rng` draws its coefficients), and only if that
+    /// batch fails is each checked on its own, to name the bad ones.
+    pub fn verify_batch(
+        talks: TalksId,
+        items: &[(&SignedStatement, PublicKey)],
+        rng: &mut impl CryptoRngCore,
+    ) -> Vec<Result<VerifiedStatement, VerifyError>> {
+        let mut batch = BatchVerifier::new();
+        let mut verdicts: Vec<Option<Result<VerifiedStatement, VerifyError>>> = items
+            .iter()
+            .map(|(s, author)| {
+                if s.statement.talks != talks {
+                    return Some(Err(VerifyError::OtherTalks));
+                }
+                if author.id() != s.statement.author {
+                    return Some(Err(VerifyError::WrongKey));
+                }
+                let context = s.statement.statement_type().context();
+                batch.queue(author, context, s.frame(), &s.signature);
+                None
+            })
+            .collect();
+        let all_good = batch.is_empty() || batch.verify(rng).is_ok();
+        verdicts
+            .iter_mut()
+            .zip(items)
+            .map(|(verdict, (s, author))| match verdict.take() {
+                Some(refused) => refused,
+                None if all_good => Ok(VerifiedStatement((*s).clone())),
+                None => s.verify(talks, author),
+            })
+            .collect()
     }
 }
 

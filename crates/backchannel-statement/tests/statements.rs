@@ -3,7 +3,7 @@
 use backchannel_codec::{
     Decode, DecodeError, Encode, PartyId, PrincipalId, RoomId, TalksId, Writer,
 };
-use backchannel_crypto::{Digest, KeyId, Signature, Signer, sha256};
+use backchannel_crypto::{Digest, KeyId, PublicKey, Signature, Signer, sha256};
 use backchannel_statement::access_list::{
     FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
 };
@@ -1563,4 +1563,120 @@ fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
         &[OMAN_TALKS, IRAN_TALKS, US_TALKS_SUCCESSOR, 0x55],
         Err("not on the current access list"),
     );
+}
+
+/// `verdicts` of `SignedStatement::verify_batch` for `items`, under three
+/// generators, must each equal what `verify` says of that item alone.
+fn check_statement_batch(talks: TalksId, items: &[(&SignedStatement, PublicKey)]) {
+    let alone: Vec<_> = items.iter().map(|(s, k)| s.verify(talks, k)).collect();
+    for seed in 0..3 {
+        let batch = SignedStatement::verify_batch(talks, items, &mut fixtures::rng(seed));
+        assert_eq!(batch, alone, "seed {seed}");
+    }
+}
+
+/// The same statement with one bit of its signature's R flipped: it still
+/// decodes, and no longer verifies.
+fn forged(s: &SignedStatement) -> SignedStatement {
+    let mut bytes = s.as_bytes().to_vec();
+    let r = bytes.len() - 64;
+    bytes[r] ^= 1;
+    SignedStatement::decode(&bytes).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_batch_gives_each_statement_the_verdict_it_gets_alone() {
+    let t = fixtures::talks();
+    let signed: Vec<(SignedStatement, PublicKey)> = payloads(&t)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (label, party, payload))| {
+            let signer = key(label);
+            (
+                t.statement(300 + i as u64, &signer, party, payload),
+                signer.public_key(),
+            )
+        })
+        .collect();
+    let good: Vec<(&SignedStatement, PublicKey)> = signed.iter().map(|(s, k)| (s, *k)).collect();
+    assert!(good.len() > 3);
+    check_statement_batch(t.talks, &good);
+    assert!(
+        SignedStatement::verify_batch(t.talks, &good, &mut fixtures::rng(9))
+            .iter()
+            .all(Result::is_ok)
+    );
+    check_statement_batch(t.talks, &[]);
+    // One forged signature among good ones: only it fails.
+    let bad = forged(good[1].0);
+    let mut mixed = good.clone();
+    mixed[1] = (&bad, good[1].1);
+    check_statement_batch(t.talks, &mixed);
+    let verdicts = SignedStatement::verify_batch(t.talks, &mixed, &mut fixtures::rng(9));
+    assert!(matches!(verdicts[1], Err(VerifyError::BadSignature(_))));
+    assert_eq!(verdicts.iter().filter(|v| v.is_err()).count(), 1);
+    // Offered with another key, and all of them in other talks.
+    let mut wrong_key = good.clone();
+    wrong_key[2].1 = key(0x77).public_key();
+    check_statement_batch(t.talks, &wrong_key);
+    check_statement_batch(TalksId([9; 16]), &good);
+    // Every signature forged.
+    let all_bad: Vec<SignedStatement> = good.iter().map(|(s, _)| forged(s)).collect();
+    let all_bad: Vec<(&SignedStatement, PublicKey)> = all_bad
+        .iter()
+        .zip(&good)
+        .map(|(s, (_, k))| (s, *k))
+        .collect();
+    check_statement_batch(t.talks, &all_bad);
+}
+
+#[test]
+fn a_batch_of_headers_gives_each_header_the_verdict_it_gets_alone() {
+    let t = fixtures::talks();
+    let body = vec![0u8; 1024];
+    let devices: Vec<_> = (0..6u8).map(|i| key(0x60 + i)).collect();
+    let headers: Vec<(SignedHeader, PublicKey)> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, device)| {
+            let header = Header {
+                talks: t.talks,
+                room: t.record,
+                sender: device.public_key().id(),
+                kind: Kind::MlsApp,
+                idempotency_key: [i as u8; 16],
+                body_len: 1024,
+                body_hash: sha256(&body),
+                commitment: Commitment([i as u8; 32]),
+            };
+            let signed = header.sign(device).unwrap_or_else(|e| panic!("{e}"));
+            (signed, device.public_key())
+        })
+        .collect();
+    let check = |items: &[(&SignedHeader, PublicKey)]| {
+        let alone: Vec<_> = items.iter().map(|(h, k)| h.verify(k)).collect();
+        for seed in 0..3 {
+            let batch = SignedHeader::verify_batch(items, &mut fixtures::rng(seed));
+            assert_eq!(batch, alone, "seed {seed}");
+        }
+        alone
+    };
+    let good: Vec<(&SignedHeader, PublicKey)> = headers.iter().map(|(h, k)| (h, *k)).collect();
+    assert!(check(&good).iter().all(Result::is_ok));
+    check(&[]);
+    // One bit of one signature flipped.
+    let mut bytes = good[3].0.to_bytes();
+    let r = bytes.len() - 64;
+    bytes[r] ^= 1;
+    let bad = SignedHeader::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+    let mut mixed = good.clone();
+    mixed[3].0 = &bad;
+    let verdicts = check(&mixed);
+    assert_eq!(verdicts.iter().filter(|v| v.is_err()).count(), 1);
+    assert!(verdicts[3].is_err());
+    // Offered with another device's key.
+    let mut wrong_key = good.clone();
+    wrong_key[0].1 = good[1].1;
+    let verdicts = check(&wrong_key);
+    assert!(verdicts[0].is_err());
 }
