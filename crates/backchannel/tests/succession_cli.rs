@@ -300,6 +300,14 @@ fn a_home_is_restored_and_a_member_recovered() {
     };
     restore("restored", "wrong passphrase").refused(FAILED, &["does not open as a backup"]);
     assert!(!t.path("restored").join("home.db").exists());
+    std::fs::create_dir_all(&requests).unwrap();
+    std::fs::write(requests.join("left-over"), b"x").unwrap();
+    restore("restored", common::talks::HOME_PASSPHRASE)
+        .refused(FAILED, &["is not empty", "new or empty directory"]);
+    assert!(!t.path("restored").join("home.db").exists());
+    std::fs::remove_file(requests.join("left-over")).unwrap();
+    restore("restored", "").refused(FAILED, &["passphrase"]);
+    assert!(!t.path("restored").join("home.db").exists());
     let restored = restore("restored", common::talks::HOME_PASSPHRASE);
     assert_eq!(restored.code, Some(0), "{restored:?}");
     let r = restored.json();
