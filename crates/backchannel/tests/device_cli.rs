@@ -92,10 +92,8 @@ fn a_lost_device_is_revoked_from_the_members_other_device() {
     // --member names a member of one's own party: anyone else is refused,
     // with the party's members listed.
     for query in ["Nobody", "Iranian deputy foreign minister", ""] {
-        run(t.cli(US).args(["device", "list", "--member", query])).refused(
-            FAILED,
-            &["your party has no member", "\"US negotiator\""],
-        );
+        run(t.cli(US).args(["device", "list", "--member", query]))
+            .refused(FAILED, &["your party has no member", "\"US negotiator\""]);
     }
     let us_device = key_id(&t.devices(US, &[])[0]);
     let ir_device = key_id(&t.devices(IR, &[])[0]);
