@@ -721,6 +721,12 @@ pub struct TalksOpenArgs {
     /// The passphrase.
     #[command(flatten)]
     pub passphrase: HomePassphraseArgs,
+    /// Also write a recovery sheet of your new identity key here (must not
+    /// exist): 24 words to print and keep offline, which re-issue the key
+    /// on a new home if every device is lost (`members recover`, then
+    /// `members join --from-sheet`).
+    #[arg(long, value_name = "FILE")]
+    pub recovery_sheet: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -763,6 +769,12 @@ pub struct TalksJoinArgs {
     /// The passphrase.
     #[command(flatten)]
     pub passphrase: HomePassphraseArgs,
+    /// Also write a recovery sheet of your new identity key here (must not
+    /// exist): 24 words to print and keep offline, which re-issue the key
+    /// on a new home if every device is lost (`members recover`, then
+    /// `members join --from-sheet`).
+    #[arg(long, value_name = "FILE")]
+    pub recovery_sheet: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -22,7 +22,7 @@
 //! signature under the change rule), so the node refuses them from then on.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::participant::{
@@ -32,7 +32,7 @@ use backchannel_client::seal::Content;
 use backchannel_client::store::{ClientStore as _, Namespace, Put};
 use backchannel_codec::PrincipalId;
 use backchannel_core::replay::KeyRole;
-use backchannel_crypto::KeyId;
+use backchannel_crypto::{KeyId, SecretKey};
 use backchannel_statement::{
     AccessListChange, AccessListDelta, MemberCert, Payload, Revoke, RevokeReason, SignedStatement,
 };
@@ -150,13 +150,7 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
             Some(r)
         }
     };
-    for path in [&a.recovery_sheet].into_iter().flatten() {
-        ensure!(
-            !path.exists(),
-            "{} exists; choose another --recovery-sheet",
-            path.display()
-        );
-    }
+    refuse_existing_sheet(a.recovery_sheet.as_deref())?;
     home::block_on(async move {
         let store = home::open(&dir, &a.passphrase).await?;
         if talks_store::load(&store, doc.talks).await?.is_some() {
@@ -186,16 +180,6 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
                 keys::load_or_generate(&store, KeyKindArg::Identity, t, participant::LABEL).await?
             }
         };
-        if let Some(path) = &a.recovery_sheet {
-            let sheet = backchannel_client::recovery::sheet(
-                doc.talks,
-                &doc.party_name,
-                &doc.name,
-                doc.principal,
-                &identity,
-            );
-            participant::write_secret(path, sheet.as_bytes())?;
-        }
         let device =
             keys::load_or_generate(&store, KeyKindArg::Device, t, participant::LABEL).await?;
         let record = TalksRecord {
@@ -212,6 +196,9 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
             pending_members: vec![],
             verifications: Default::default(),
         };
+        if let Some(path) = &a.recovery_sheet {
+            write_sheet(path, &record, &identity)?;
+        }
         let reply = crate::link::request_for(&record, &identity, &device)?;
         participant::write_secret(&a.out, reply.to_json().as_bytes())?;
         talks_store::create(&store, &record).await?;
@@ -230,18 +217,59 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
                 a.out.display()
             );
             if let Some(path) = &a.recovery_sheet {
-                println!(
-                    "wrote your recovery sheet to {}: print it, keep it offline, and delete the \
-                     file; it re-issues your identity key if every device is lost (`members \
-                     join --from-sheet`)",
-                    path.display()
-                );
+                println!("{}", sheet_written(path));
             }
             eprintln!("note: {}", crate::restore::WHAT_IS_LOST);
             eprintln!("note: {}", crate::talks::NO_DENIABILITY);
         }
         Ok(())
     })
+}
+
+/// Refuses a `--recovery-sheet` path that exists or whose directory does
+/// not, before anything is made.
+pub fn refuse_existing_sheet(path: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        ensure!(
+            !path.exists(),
+            "{} exists; choose another --recovery-sheet",
+            path.display()
+        );
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        ensure!(
+            parent.is_dir(),
+            "{} is not a directory; choose a --recovery-sheet in one that exists",
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the recovery sheet of `identity`, the identity key of the member
+/// `record` names, to `path` (new, owner-only).
+pub fn write_sheet(path: &Path, record: &TalksRecord, identity: &SecretKey) -> anyhow::Result<()> {
+    let sheet = backchannel_client::recovery::sheet(
+        record.talks,
+        &record.party_name,
+        &record.member_name,
+        record.principal,
+        identity,
+    );
+    participant::write_secret(path, sheet.as_bytes())
+        .with_context(|| format!("writing the recovery sheet {}", path.display()))
+}
+
+/// What a command says once it wrote a recovery sheet to `path`.
+pub fn sheet_written(path: &Path) -> String {
+    format!(
+        "wrote your recovery sheet to {}: print it, keep it offline, and delete the file; it \
+         re-issues your identity key if every device is lost (your talks authority runs \
+         `members recover`, you `members join --from-sheet`)",
+        path.display()
+    )
 }
 
 #[derive(Serialize)]

@@ -239,6 +239,7 @@ struct Opened {
     talks: String,
     party: String,
     record_room: String,
+    recovery_sheet: Option<PathBuf>,
 }
 
 async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
@@ -251,6 +252,7 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
         "--role {} is a delegation's role; a mediator opens talks as lead, co-mediator or staff",
         role.name()
     );
+    crate::members::refuse_existing_sheet(a.recovery_sheet.as_deref())?;
     let store = home::open(dir, &a.passphrase).await?;
     let talks = TalksId(random16());
     let record = TalksRecord {
@@ -269,7 +271,7 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
     };
     let authority = keys::load_or_generate(&store, KeyKindArg::Authority, None, LABEL).await?;
     let ta = keys::load_or_generate(&store, KeyKindArg::TalksAuthority, Some(talks), LABEL).await?;
-    keys::load_or_generate(&store, KeyKindArg::Identity, Some(talks), LABEL).await?;
+    let identity = keys::load_or_generate(&store, KeyKindArg::Identity, Some(talks), LABEL).await?;
     let device = keys::load_or_generate(&store, KeyKindArg::Device, Some(talks), LABEL).await?;
     let initial = AccessList::new(
         talks,
@@ -310,15 +312,23 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
     })?;
     talks_store::create(&store, &record).await?;
     store.close().await;
+    // The talks are open whatever happens to the sheet: a sheet that
+    // cannot be written is said, not a failure of the command.
+    let sheet = write_sheet_or_say(a.recovery_sheet.as_deref(), &record, &identity);
     let out = Opened {
         talks: talks.to_hex(),
         party: record.party.to_hex(),
         record_room: record.record_room.map(|r| r.to_hex()).unwrap_or_default(),
+        recovery_sheet: sheet,
     };
     if a.json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!("opened talks {}", out.talks);
+        if let Some(path) = &out.recovery_sheet {
+            println!("{}", crate::members::sheet_written(path));
+        }
+        eprintln!("note: {}", crate::restore::WHAT_IS_LOST);
         eprintln!("note: {NO_DENIABILITY}");
         println!(
             "next: invite each party with `backchannel talks invite --talks {} --out <file>`",
@@ -417,6 +427,7 @@ struct Joined {
     party: String,
     talks_authority: String,
     device: String,
+    recovery_sheet: Option<PathBuf>,
 }
 
 async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
@@ -429,6 +440,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
          note-taker, interpreter or principal",
         role.name()
     );
+    crate::members::refuse_existing_sheet(a.recovery_sheet.as_deref())?;
     let text = participant::read_document(&a.invitation, "invitation")?;
     let doc = InvitationDoc::parse(&text).map_err(|e| {
         anyhow!(
@@ -464,7 +476,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
     keys::load_or_generate(&store, KeyKindArg::Authority, None, LABEL).await?;
     let t = Some(doc.talks);
     let ta = keys::load_or_generate(&store, KeyKindArg::TalksAuthority, t, LABEL).await?;
-    keys::load_or_generate(&store, KeyKindArg::Identity, t, LABEL).await?;
+    let identity = keys::load_or_generate(&store, KeyKindArg::Identity, t, LABEL).await?;
     let device = keys::load_or_generate(&store, KeyKindArg::Device, t, LABEL).await?;
     let enrolment = certify_self(&store, &record).await?;
     let enrolled = doc
@@ -490,16 +502,22 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
         })?;
     talks_store::create(&store, &record).await?;
     store.close().await;
+    let sheet = write_sheet_or_say(a.recovery_sheet.as_deref(), &record, &identity);
     let out = Joined {
         talks: doc.talks.to_hex(),
         party: doc.party.to_hex(),
         talks_authority: hex::encode(ta.public_key().as_bytes()),
         device: hex::encode(device.public_key().as_bytes()),
+        recovery_sheet: sheet,
     };
     if a.json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!("joined talks {} as {}", out.talks, record.party_name);
+        if let Some(path) = &out.recovery_sheet {
+            println!("{}", crate::members::sheet_written(path));
+        }
+        eprintln!("note: {}", crate::restore::WHAT_IS_LOST);
         eprintln!("note: {NO_DENIABILITY}");
         println!(
             "next: once the mediator has seated the parties, `backchannel talks accept --talks {}`",
@@ -507,6 +525,28 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes the recovery sheet `path` asks for, if any, once the talks
+/// record is kept: the path written, or `None` with the reason on stderr
+/// (the command has already done its work; `keys` cannot redo the sheet,
+/// so the user is told what to do instead).
+fn write_sheet_or_say(
+    path: Option<&Path>,
+    record: &TalksRecord,
+    identity: &SecretKey,
+) -> Option<PathBuf> {
+    let path = path?;
+    match crate::members::write_sheet(path, record, identity) {
+        Ok(()) => Some(path.to_path_buf()),
+        Err(e) => {
+            eprintln!(
+                "warning: no recovery sheet: {e:#}; the talks are set up, but without a sheet a \
+                 lost identity key is re-certified by your talks authority (`members recover`)"
+            );
+            None
+        }
+    }
 }
 
 pub fn statement(

@@ -6,6 +6,9 @@
 //!   short code (offer, request, seat), and gets the whole history by a
 //!   handover from the first; a wrong code, a garbled offer, a request
 //!   seated from a home without the talks authority are refused clearly.
+//! - `talks open|join --recovery-sheet`: the sheet names the identity key
+//!   the command made; a sheet path that exists or whose directory does
+//!   not is refused before anything is made.
 //! - `home backup|restore`, `members join --recovery-sheet|--from-sheet`,
 //!   `members recover`: a restored home comes back on a new device key
 //!   (never the MLS state) and gets what was sent since the backup by a
@@ -630,4 +633,93 @@ fn the_talks_authority_is_re_appointed_when_its_holder_is_gone() {
     // Iran's replay accepted every statement: the pass and what the new
     // key signed.
     t.verified_to(IR, said + 1);
+}
+
+/// The identity key id of talks `talks` in home `h` (`keys list`).
+fn identity_key_id(t: &Talks, h: &str, talks: &str) -> String {
+    let keys = ok_json(t.cli(h).args(["keys", "list", "--json"]));
+    let ids: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kind"] == "identity" && k["talks"] == talks)
+        .map(|k| k["key_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "{keys}");
+    ids[0].to_owned()
+}
+
+/// The key id a recovery sheet names on its `identity` line.
+fn sheet_identity(sheet: &str) -> String {
+    sheet
+        .lines()
+        .find_map(|l| l.strip_prefix("identity"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_recovery_sheet_is_offered_where_a_member_key_is_made_at_talks_join_and_open() {
+    let t = Talks::open();
+    // A fourth home joins with an invitation of the mediator's. A sheet
+    // path that exists, or in a directory that does not, is refused
+    // before anything is made: the invitation stays unused.
+    let inv = t.path("qatar.inv");
+    ok(t.cli(OM).args(["talks", "invite", "--out"]).arg(&inv));
+    ok(t.cli("qatar").args(["home", "init"]));
+    let taken = t.path("taken.sheet");
+    std::fs::write(&taken, b"keep me").unwrap();
+    let join = |sheet: &Path| {
+        run(t
+            .cli("qatar")
+            .args(["talks", "join", "--json", "--name", "State of Qatar"])
+            .args(["--member", "Qatari envoy", "--invitation"])
+            .arg(&inv)
+            .arg("--recovery-sheet")
+            .arg(sheet))
+    };
+    join(&taken).refused(FAILED, &["exists", "choose another --recovery-sheet"]);
+    assert_eq!(std::fs::read(&taken).unwrap(), b"keep me");
+    join(&t.path("no-such-dir/qatar.sheet")).refused(FAILED, &["is not a directory"]);
+    let keys = ok_json(t.cli("qatar").args(["keys", "list", "--json"]));
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 0, "{keys}");
+    // Then with a new path: the sheet names the identity key just made.
+    let sheet_path = t.path("qatar.sheet");
+    let joined = join(&sheet_path);
+    assert_eq!(joined.code, Some(0), "{joined:?}");
+    let joined = joined.json();
+    assert_eq!(
+        joined["recovery_sheet"].as_str(),
+        Some(sheet_path.to_str().unwrap())
+    );
+    let talks = joined["talks"].as_str().unwrap().to_owned();
+    let sheet = std::fs::read_to_string(&sheet_path).unwrap();
+    assert!(sheet.contains("Qatari envoy"), "{sheet}");
+    assert!(sheet.contains("words:"), "{sheet}");
+    assert_eq!(sheet_identity(&sheet), identity_key_id(&t, "qatar", &talks));
+    // Oman opens second talks from its home (its authority key may open
+    // talks on this node), with a sheet: the human output says what the
+    // sheet is for and, before any loss, what a lost device takes with it.
+    let mediator_sheet = t.path("oman2.sheet");
+    run(t
+        .cli(OM)
+        .args(["talks", "open"])
+        .args(&t.pin)
+        .args(["--name", "Oman", "--member", "Second-track mediator"])
+        .arg("--recovery-sheet")
+        .arg(&taken))
+    .refused(FAILED, &["exists"]);
+    let out = run(t
+        .cli(OM)
+        .args(["talks", "open"])
+        .args(&t.pin)
+        .args(["--name", "Oman", "--member", "Second-track mediator"])
+        .arg("--recovery-sheet")
+        .arg(&mediator_sheet));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("wrote your recovery sheet"), "{out:?}");
+    assert!(out.stderr.contains("cannot be recovered"), "{out:?}");
+    let sheet = std::fs::read_to_string(&mediator_sheet).unwrap();
+    assert!(sheet.contains("Second-track mediator"), "{sheet}");
 }

@@ -125,6 +125,9 @@ impl Drop for Node {
 /// A node and the homes, in one talks.
 pub struct Talks {
     pub dir: tempfile::TempDir,
+    /// The `talks open` flags that pin the node (address, fingerprint,
+    /// origin, log key).
+    pub pin: Vec<String>,
     _node: Node,
 }
 
@@ -158,18 +161,19 @@ impl Talks {
             .arg(&node_dir)
             .arg(key.trim()));
         let node = Node::start(&node_dir);
-        let addr = node.addr.to_string();
-        ok(cli(OM).args([
-            "talks",
-            "open",
+        let pin: Vec<String> = [
             "--node",
-            &addr,
+            &node.addr.to_string(),
             "--fingerprint",
             &node.fingerprint,
             "--origin",
             ORIGIN,
             "--log-key",
             &log_key,
+        ]
+        .map(str::to_owned)
+        .into();
+        ok(cli(OM).args(["talks", "open"]).args(&pin).args([
             "--name",
             "Sultanate of Oman",
             "--member",
@@ -212,7 +216,11 @@ impl Talks {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Talks { dir, _node: node }
+        Talks {
+            dir,
+            pin,
+            _node: node,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
