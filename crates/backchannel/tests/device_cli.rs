@@ -100,6 +100,15 @@ fn a_lost_device_is_revoked_from_the_members_other_device() {
 
     // The lost device talks before the loss, and once after it (the node
     // stamps it in a later second).
+    let drafted_before = ok_json(t.cli(NEG).args([
+        "message",
+        "--json",
+        "--room",
+        "internal",
+        "A position drafted before the loss.",
+    ]))["seq"]
+        .as_u64()
+        .unwrap();
     let before = t.send(NEG, "caucus", "Before the laptop went missing.");
     let before_time = at(&t.read_all(US), before)["node_time"].as_u64().unwrap();
     while now_ms() < (before_time / 1000 + 1) * 1000 + 50 {
@@ -110,6 +119,17 @@ fn a_lost_device_is_revoked_from_the_members_other_device() {
     let lost_at = stolen_time / 1000 * 1000;
     assert!(before_time < lost_at && lost_at <= stolen_time);
     let lost_at_utc = rfc3339(lost_at);
+    // And a statement, signed by the member's identity key held on the
+    // lost device and sent by it: a draft in the party's internal room.
+    let signed_when_lost = ok_json(t.cli(NEG).args([
+        "message",
+        "--json",
+        "--room",
+        "internal",
+        "A position drafted on the stolen laptop.",
+    ]))["seq"]
+        .as_u64()
+        .unwrap();
 
     // Bad inputs: refused, nothing posted.
     let size = t.log_size();
@@ -248,6 +268,39 @@ fn a_lost_device_is_revoked_from_the_members_other_device() {
         assert!(!sender(before).contains(FLAG), "{h}: {}", sender(before));
         assert!(sender(stolen).contains(FLAG), "{h}: {}", sender(stolen));
     }
+    // Exported as evidence once every party verified the log, the draft
+    // is flagged: the bundle proves it was logged and signed, and the
+    // export says the record dates the loss of its sender before it.
+    for h in [OM, IR, US] {
+        t.verified_to(h, signed_when_lost + 1);
+    }
+    let bundle = t.path("stolen.bundle");
+    let exported = ok_json(
+        t.cli(US)
+            .args(["evidence", "export", "--json", "--seq"])
+            .arg(signed_when_lost.to_string())
+            .arg("--out")
+            .arg(&bundle),
+    );
+    let flagged = exported["flagged"].as_str().unwrap_or_default();
+    assert!(flagged.contains("reported lost"), "{exported}");
+    let human = run(t
+        .cli(US)
+        .args(["evidence", "export", "--seq"])
+        .arg(signed_when_lost.to_string())
+        .arg("--out")
+        .arg(t.path("stolen2.bundle")));
+    assert_eq!(human.code, Some(0), "{human:?}");
+    assert!(human.stdout.contains("FLAGGED"), "{human:?}");
+    // What it signed before the loss is exported unflagged.
+    let earlier = ok_json(
+        t.cli(US)
+            .args(["evidence", "export", "--json", "--seq"])
+            .arg(drafted_before.to_string())
+            .arg("--out")
+            .arg(t.path("before.bundle")),
+    );
+    assert_eq!(earlier["flagged"], Value::Null, "{earlier}");
     // The lost device's home reads nothing more: the node refuses it.
     run(t.cli(NEG).args(["read"])).refused(
         FAILED,
