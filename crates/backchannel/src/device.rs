@@ -70,8 +70,9 @@ pub enum DeviceCommand {
     /// Add a device of yours through a short code: `--out OFFER` on this
     /// device prints the code; `--offer OFFER --code CODE --out REQUEST`
     /// on the new device (a home of its own); `--request REQUEST` back on
-    /// this device seats it. Then `handover --to <your name>` sends it
-    /// your history.
+    /// this device seats it; once the new device has run a command,
+    /// `--history` on this device adds it to your rooms and hands it your
+    /// history.
     #[command(after_help = EXIT_CODES)]
     Link(crate::link::DeviceLinkArgs),
     /// Seat a new device key of a member of your party from its request

@@ -100,7 +100,13 @@ pub fn main(home_dir: Option<PathBuf>, a: HandoverArgs) -> anyhow::Result<()> {
         let result = if a.list {
             list(&ctx, &a).await
         } else {
-            send(&ctx, &a).await
+            let ask = Ask {
+                to: a.to.clone().unwrap_or_default(),
+                rooms: a.rooms.clone(),
+                until: a.until,
+                json: a.talks.json,
+            };
+            send(&ctx, &ask).await
         };
         ctx.close().await;
         result
@@ -122,8 +128,20 @@ fn member_name(ctx: &Ctx, view: &View, p: PrincipalId) -> String {
         )
 }
 
-async fn send(ctx: &Ctx, a: &HandoverArgs) -> anyhow::Result<()> {
-    let to_query = a.to.clone().unwrap_or_default();
+/// What to hand over: to whom (a name or principal id), which rooms (none:
+/// every room both sit in), below which seq (none: the latest verified
+/// checkpoint), and whether to print JSON.
+pub struct Ask {
+    pub to: String,
+    pub rooms: Vec<String>,
+    pub until: Option<u64>,
+    pub json: bool,
+}
+
+/// Hands the history of `a.rooms` over to `a.to` (`backchannel handover`,
+/// and `device link --history` to the member's own other devices).
+pub async fn send(ctx: &Ctx, a: &Ask) -> anyhow::Result<()> {
+    let to_query = a.to.clone();
     if a.until == Some(0) {
         bail!("--until 0 hands over nothing; give a seq above 0, or leave it out");
     }
@@ -332,7 +350,7 @@ async fn send(ctx: &Ctx, a: &HandoverArgs) -> anyhow::Result<()> {
         parts: out.parts.clone(),
         statement_seq,
     };
-    if a.talks.json {
+    if a.json {
         println!("{}", serde_json::to_string(&sent)?);
         return Ok(());
     }

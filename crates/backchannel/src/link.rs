@@ -3,7 +3,7 @@
 //! device seat`: a new device key of a member of the party put on the
 //! access list (a linked device, a restored home, a recovered key).
 //!
-//! Linking takes three runs of one command:
+//! Linking takes four runs of one command:
 //!
 //! 1. On an existing device, `device link --out OFFER` writes the **offer**
 //!    and prints a **short code** (ten characters, 50 bits). The offer
@@ -21,9 +21,15 @@
 //!    the **request** (the document `members join` writes: talks,
 //!    principal, identity key, device key, device certificate).
 //! 3. On the existing device, `device link --request REQUEST` seats it:
-//!    the same as `device seat`, below. When the groups have added the new
-//!    device, `handover --to <your name>` from the existing device sends it
-//!    the whole history of your rooms, verified against the log.
+//!    the same as `device seat`, below.
+//! 4. Once the new device has run a command (its key packages are on the
+//!    node), `device link --history` on the existing device adds it to
+//!    this device's rooms, waits (`--wait`, 10 s) for a checkpoint that
+//!    covers what this device received, and hands over the whole history
+//!    of its rooms to the member's other devices (`handover --to` one's own
+//!    name): the archive travels device to device, sealed to the new
+//!    device's key, through the node as opaque envelopes, and the new
+//!    device verifies it against the log.
 //!
 //! Seating (`device seat --request REQUEST`, or `device link --request`,
 //! from the party's talks-authority home; any other home of the party only
@@ -49,6 +55,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use age::secrecy::SecretString;
 use anyhow::{Context as _, anyhow, bail, ensure};
@@ -105,6 +112,21 @@ pub struct DeviceLinkArgs {
     /// On the existing device: the new device's request, to seat it.
     #[arg(long, value_name = "FILE", conflicts_with = "out")]
     pub request: Option<PathBuf>,
+    /// On the existing device, once the new one is seated and has run a
+    /// command: hand it the history of your rooms (a handover to your own
+    /// other devices, sealed to them, which verify it against the log),
+    /// after waiting up to --wait seconds for a checkpoint that covers
+    /// what this device has received.
+    #[arg(long, conflicts_with_all = ["out", "offer", "request"])]
+    pub history: bool,
+    /// With --history: how long to wait for that checkpoint.
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "SECONDS",
+        requires = "history"
+    )]
+    pub wait: u64,
 }
 
 /// `backchannel device seat`.
@@ -121,6 +143,9 @@ pub struct DeviceSeatArgs {
 
 /// Runs `device link`.
 pub fn link(home_dir: Option<PathBuf>, a: DeviceLinkArgs) -> anyhow::Result<()> {
+    if a.history {
+        return history(home_dir, &a.talks, Duration::from_secs(a.wait));
+    }
     match (&a.offer, &a.request, &a.out) {
         (Some(offer), _, Some(out)) => {
             let code = a.code.as_deref().unwrap_or_default();
@@ -137,9 +162,58 @@ pub fn link(home_dir: Option<PathBuf>, a: DeviceLinkArgs) -> anyhow::Result<()> 
         (None, None, Some(out)) => make_offer(home_dir, &a.talks, out),
         _ => bail!(
             "say which step: `--out OFFER` on the existing device, `--offer OFFER --code CODE \
-             --out REQUEST` on the new one, then `--request REQUEST` on the existing device"
+             --out REQUEST` on the new one, `--request REQUEST` on the existing device, then \
+             `--history` there once the new device is in your rooms"
         ),
     }
+}
+
+/// `device link --history`: this device's rooms brought up to date (which
+/// adds a newly seated device of the member to their groups), the log
+/// verified until a checkpoint covers what this device received (at most
+/// `wait`), then the history handed over to the member's other devices.
+fn history(home_dir: Option<PathBuf>, t: &TalksArgs, wait: Duration) -> anyhow::Result<()> {
+    let dir = home::resolve(home_dir)?;
+    home::block_on(async move {
+        let ctx = participant::open(&dir, t).await?;
+        let result = async {
+            let mut s = ctx.session().await?;
+            refresh(&ctx, &mut s).await?;
+            let list = participant::access_list(&s).await?;
+            let rooms = participant::my_rooms(&list, s.device());
+            let received = s.next_seq();
+            let deadline = std::time::Instant::now() + wait;
+            loop {
+                s.verify_log(&rooms, now_ms())
+                    .await
+                    .map_err(crate::messages::evidence_or)?;
+                let verified = s.checkpoint_ref().size;
+                if verified >= received {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    eprintln!(
+                        "note: the latest checkpoint covers seqs below {verified} of the \
+                         {received} this device received; what lies past it is not in this \
+                         handover: run `device link --history` again later for it"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            drop(s);
+            let ask = crate::handover::Ask {
+                to: ctx.record.principal.to_hex(),
+                rooms: Vec::new(),
+                until: None,
+                json: t.json,
+            };
+            crate::handover::send(&ctx, &ask).await
+        }
+        .await;
+        ctx.close().await;
+        result
+    })
 }
 
 /// Runs `device seat`.
@@ -496,8 +570,9 @@ fn seat(home_dir: Option<PathBuf>, t: &TalksArgs, request_path: &Path) -> anyhow
         } else if out.applied {
             println!(
                 "the device {} is certified (seq {}) and seated; once it has opened the talks \
-                 (`backchannel read` there) and your rooms have added it, send it the history \
-                 it cannot read with `backchannel handover --to <the member>`",
+                 (`backchannel read` there), the member's existing device sends it the history \
+                 it cannot read with `backchannel device link --history` (another member of \
+                 the party: `backchannel handover --to <the member>`)",
                 out.device_key_id, out.device_cert_seq
             );
         } else if let Some(missing) = &out.missing {

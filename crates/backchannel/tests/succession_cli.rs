@@ -3,8 +3,8 @@
 //! and Iran, and a US negotiator admitted after the roster.
 //!
 //! - `device link`: the negotiator's second device is added through a
-//!   short code (offer, request, seat), and gets the whole history by a
-//!   handover from the first; a wrong code, a garbled offer, a request
+//!   short code (offer, request, seat), and gets the whole history from
+//!   the first (`device link --history`: a handover to its own devices); a wrong code, a garbled offer, a request
 //!   seated from a home without the talks authority are refused clearly.
 //! - `talks open|join --recovery-sheet`: the sheet names the identity key
 //!   the command made; a sheet path that exists or whose directory does
@@ -241,16 +241,29 @@ fn a_device_is_linked_with_a_short_code_and_gets_the_history() {
     );
     assert_eq!(again["applied"], true, "{again}");
 
-    // The new device opens the talks (key packages), the first adds it to
-    // the rooms and hands over the history it cannot read.
+    // The history cannot go before the new device has put its key
+    // packages on the node (so the first can add it to the rooms): said,
+    // nothing posted.
+    let size = t.log_size();
+    run(t
+        .cli(NEG)
+        .args(["device", "link", "--history", "--wait", "0"]))
+    .refused(
+        FAILED,
+        &["not yet in its MLS group", "once it has run a command"],
+    );
+    assert_eq!(t.log_size(), size);
+
+    // The new device opens the talks (key packages); the first adds it to
+    // the rooms, waits for a checkpoint covering what it received, and
+    // hands over the history the new device cannot read.
     ok(t.cli(NEG2).args(["read"]));
-    ok(t.cli(NEG).args(["read"]));
     let lines = t.read_all(NEG2);
     let line = lines.iter().find(|l| l["seq"] == early).unwrap();
     assert_eq!(line["kind"], "unreadable", "{line}");
-    // The handover covers what the first device verified in the log.
-    t.verified_to(NEG, from_us + 1);
-    ok(t.cli(NEG).args(["handover", "--to", "US negotiator"]));
+    let sent = ok_json(t.cli(NEG).args(["device", "link", "--history", "--json"]));
+    assert!(sent["until"].as_u64().unwrap() > from_us, "{sent}");
+    assert!(sent["opened"].as_u64().unwrap() >= 2, "{sent}");
     ok(t.cli(NEG2).args(["read"]));
     reads_all(
         &t,
