@@ -290,15 +290,6 @@ fn a_statement_after_its_keys_revocation_is_rejected_and_before_it_accepted() {
     );
 }
 
-/// The statement with one bit of its signature's R flipped: it decodes,
-/// and its signature no longer verifies.
-fn forged(s: &SignedStatement) -> SignedStatement {
-    let mut bytes = s.as_bytes().to_vec();
-    let r = bytes.len() - 64;
-    bytes[r] ^= 1;
-    SignedStatement::decode(&bytes).unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[test]
 fn a_forged_signature_is_refused_alone_whether_verified_ahead_or_in_turn() {
     // `check` replays each log statement by statement and with the
@@ -310,18 +301,18 @@ fn a_forged_signature_is_refused_alone_whether_verified_ahead_or_in_turn() {
     check(
         &[
             at(l.roster(OMAN_TALKS)),
-            at(forged(&l.rules())),
+            at(fixtures::forged(&l.rules())),
             at(l.rules()),
             at(l.member_cert(US_TALKS)),
-            at(forged(&l.device_cert(4, NEW_DEVICE, u64::MAX))),
+            at(fixtures::forged(&l.device_cert(4, NEW_DEVICE, u64::MAX))),
             at(l.device_cert(4, NEW_DEVICE, u64::MAX)),
-            at(forged(&l.revoke(US_TALKS, true, NEW_IDENTITY))),
+            at(fixtures::forged(&l.revoke(US_TALKS, true, NEW_IDENTITY))),
         ],
         &[Ok(()), Err(bad), Ok(()), Ok(()), Err(bad), Ok(()), Err(bad)],
     );
     // A forged roster is refused by its own check; nothing after it counts.
     check(
-        &[at(forged(&l.roster(OMAN_TALKS))), at(l.rules())],
+        &[at(fixtures::forged(&l.roster(OMAN_TALKS))), at(l.rules())],
         &[Err("must be signed by"), Err("roster must come first")],
     );
 }

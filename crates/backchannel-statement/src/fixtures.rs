@@ -27,6 +27,16 @@ pub const fn id(b: u8) -> [u8; 16] {
     [b; 16]
 }
 
+/// `s` with the lowest bit of its signature's S flipped: it still decodes,
+/// R and S are still well formed (S stays canonical but for a negligible
+/// chance), and only the verification equation fails.
+pub fn forged(s: &SignedStatement) -> SignedStatement {
+    let mut bytes = s.as_bytes().to_vec();
+    let s_low = bytes.len() - 32;
+    bytes[s_low] ^= 1;
+    SignedStatement::decode(&bytes).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A deterministic RNG for fixtures.
 pub fn rng(seed: u64) -> rand_chacha_like::Rng {
     rand_chacha_like::Rng(seed)

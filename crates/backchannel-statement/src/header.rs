@@ -312,7 +312,8 @@ impl SignedHeader {
     /// [`SignedHeader::verify`] does, with the same verdict for each, in
     /// order: the signatures are checked together in one [`BatchVerifier`]
     /// (ZIP-215, accepting exactly what single verification accepts; `rng`
-    /// draws its coefficients), and only if that batch fails is each
+    /// draws its coefficients and must be unpredictable to whoever made the
+    /// signatures), and only if that batch fails is each
     /// checked on its own, to name the bad ones.
     pub fn verify_batch(
         items: &[(&SignedHeader, PublicKey)],

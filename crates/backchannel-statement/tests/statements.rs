@@ -1575,15 +1575,6 @@ fn check_statement_batch(talks: TalksId, items: &[(&SignedStatement, PublicKey)]
     }
 }
 
-/// The same statement with one bit of its signature's R flipped: it still
-/// decodes, and no longer verifies.
-fn forged(s: &SignedStatement) -> SignedStatement {
-    let mut bytes = s.as_bytes().to_vec();
-    let r = bytes.len() - 64;
-    bytes[r] ^= 1;
-    SignedStatement::decode(&bytes).unwrap_or_else(|e| panic!("{e}"))
-}
-
 #[test]
 fn a_batch_gives_each_statement_the_verdict_it_gets_alone() {
     let t = fixtures::talks();
@@ -1608,7 +1599,7 @@ fn a_batch_gives_each_statement_the_verdict_it_gets_alone() {
     );
     check_statement_batch(t.talks, &[]);
     // One forged signature among good ones: only it fails.
-    let bad = forged(good[1].0);
+    let bad = fixtures::forged(good[1].0);
     let mut mixed = good.clone();
     mixed[1] = (&bad, good[1].1);
     check_statement_batch(t.talks, &mixed);
@@ -1621,7 +1612,7 @@ fn a_batch_gives_each_statement_the_verdict_it_gets_alone() {
     check_statement_batch(t.talks, &wrong_key);
     check_statement_batch(TalksId([9; 16]), &good);
     // Every signature forged.
-    let all_bad: Vec<SignedStatement> = good.iter().map(|(s, _)| forged(s)).collect();
+    let all_bad: Vec<SignedStatement> = good.iter().map(|(s, _)| fixtures::forged(s)).collect();
     let all_bad: Vec<(&SignedStatement, PublicKey)> = all_bad
         .iter()
         .zip(&good)
@@ -1664,10 +1655,11 @@ fn a_batch_of_headers_gives_each_header_the_verdict_it_gets_alone() {
     let good: Vec<(&SignedHeader, PublicKey)> = headers.iter().map(|(h, k)| (h, *k)).collect();
     assert!(check(&good).iter().all(Result::is_ok));
     check(&[]);
-    // One bit of one signature flipped.
+    // The lowest bit of one signature's S flipped: well formed, and the
+    // equation fails.
     let mut bytes = good[3].0.to_bytes();
-    let r = bytes.len() - 64;
-    bytes[r] ^= 1;
+    let s_low = bytes.len() - 32;
+    bytes[s_low] ^= 1;
     let bad = SignedHeader::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
     let mut mixed = good.clone();
     mixed[3].0 = &bad;
