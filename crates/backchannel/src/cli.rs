@@ -723,8 +723,9 @@ pub struct TalksOpenArgs {
     pub passphrase: HomePassphraseArgs,
     /// Also write a recovery sheet of your new identity key here (must not
     /// exist): 24 words to print and keep offline, which re-issue the key
-    /// on a new home if every device is lost (`members recover`, then
-    /// `members join --from-sheet`).
+    /// on a new home (`members recover` by whichever home then holds your
+    /// party's talks authority, then `members join --from-sheet`). It does
+    /// not bring back the authority keys this home also holds.
     #[arg(long, value_name = "FILE")]
     pub recovery_sheet: Option<PathBuf>,
     /// Print JSON.
@@ -771,8 +772,9 @@ pub struct TalksJoinArgs {
     pub passphrase: HomePassphraseArgs,
     /// Also write a recovery sheet of your new identity key here (must not
     /// exist): 24 words to print and keep offline, which re-issue the key
-    /// on a new home if every device is lost (`members recover`, then
-    /// `members join --from-sheet`).
+    /// on a new home (`members recover` by whichever home then holds your
+    /// party's talks authority, then `members join --from-sheet`). It does
+    /// not bring back the authority keys this home also holds.
     #[arg(long, value_name = "FILE")]
     pub recovery_sheet: Option<PathBuf>,
     /// Print JSON.

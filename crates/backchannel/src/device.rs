@@ -420,7 +420,7 @@ fn list(home_dir: Option<PathBuf>, a: DeviceListArgs) -> anyhow::Result<()> {
                     r.recoverable
                 );
             }
-            println!("note: {}", crate::restore::WHAT_IS_LOST);
+            println!("note: {}", crate::restore::BEFORE_A_BACKUP);
         }
         Ok(())
     })

@@ -196,6 +196,13 @@ pub async fn send(ctx: &Ctx, a: &Ask) -> anyhow::Result<()> {
         .filter(|e| e.principal == to && e.flags & FLAG_DEVICE != 0 && e.key_id() != my_device)
         .map(|e| (*e.key(), e.rooms().iter().copied().collect()))
         .collect();
+    if devices.is_empty() && to == me {
+        bail!(
+            "you have no other device on the access list yet: your talks-authority home seats \
+             the new one first (`device seat --request`, co-signed with `talks cosign`), then \
+             you hand over"
+        );
+    }
     ensure!(
         !devices.is_empty(),
         "{to_name} has no device on the access list yet: they join first (`backchannel members \

@@ -26,10 +26,11 @@
 //!    node), `device link --history` on the existing device adds it to
 //!    this device's rooms, waits (`--wait`, 10 s) for a checkpoint that
 //!    covers what this device received, and hands over the whole history
-//!    of its rooms to the member's other devices (`handover --to` one's own
-//!    name): the archive travels device to device, sealed to the new
-//!    device's key, through the node as opaque envelopes, and the new
-//!    device verifies it against the log.
+//!    of its rooms to the member's other devices on the access list
+//!    (`handover --to` one's own name; a lost device is revoked first, or
+//!    it is sealed to as well): the archive travels device to device,
+//!    sealed to the new device's key, through the node as opaque
+//!    envelopes, and the new device verifies it against the log.
 //!
 //! Seating (`device seat --request REQUEST`, or `device link --request`,
 //! from the party's talks-authority home; any other home of the party only
@@ -113,10 +114,11 @@ pub struct DeviceLinkArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "out")]
     pub request: Option<PathBuf>,
     /// On the existing device, once the new one is seated and has run a
-    /// command: hand it the history of your rooms (a handover to your own
-    /// other devices, sealed to them, which verify it against the log),
-    /// after waiting up to --wait seconds for a checkpoint that covers
-    /// what this device has received.
+    /// command: hand it the history of your rooms (a handover to every
+    /// other device of yours on the access list — revoke a lost one first
+    /// — sealed to them, which verify it against the log), after waiting
+    /// up to --wait seconds for a checkpoint that covers what this device
+    /// has received.
     #[arg(long, conflicts_with_all = ["out", "offer", "request"])]
     pub history: bool,
     /// With --history: how long to wait for that checkpoint.

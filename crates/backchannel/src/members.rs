@@ -119,6 +119,7 @@ struct MemberJoined {
     talks: String,
     principal: String,
     reply: PathBuf,
+    recovery_sheet: Option<PathBuf>,
 }
 
 fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
@@ -151,6 +152,15 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
         }
     };
     refuse_existing_sheet(a.recovery_sheet.as_deref())?;
+    ensure!(
+        !a.out.exists(),
+        "{} exists; choose another --out",
+        a.out.display()
+    );
+    ensure!(
+        a.recovery_sheet.as_deref() != Some(a.out.as_path()),
+        "--out and --recovery-sheet name the same file; give each its own"
+    );
     home::block_on(async move {
         let store = home::open(&dir, &a.passphrase).await?;
         if talks_store::load(&store, doc.talks).await?.is_some() {
@@ -196,17 +206,16 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
             pending_members: vec![],
             verifications: Default::default(),
         };
-        if let Some(path) = &a.recovery_sheet {
-            write_sheet(path, &record, &identity)?;
-        }
         let reply = crate::link::request_for(&record, &identity, &device)?;
         participant::write_secret(&a.out, reply.to_json().as_bytes())?;
         talks_store::create(&store, &record).await?;
         store.close().await;
+        let sheet = write_sheet_or_say(a.recovery_sheet.as_deref(), &record, &identity);
         let out = MemberJoined {
             talks: doc.talks.to_hex(),
             principal: doc.principal.to_hex(),
             reply: a.out.clone(),
+            recovery_sheet: sheet.clone(),
         };
         if a.json {
             println!("{}", serde_json::to_string(&out)?);
@@ -216,10 +225,10 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
                  `backchannel read` works from this home",
                 a.out.display()
             );
-            if let Some(path) = &a.recovery_sheet {
+            if let Some(path) = &sheet {
                 println!("{}", sheet_written(path));
             }
-            eprintln!("note: {}", crate::restore::WHAT_IS_LOST);
+            eprintln!("note: {}", crate::restore::BEFORE_A_BACKUP);
             eprintln!("note: {}", crate::talks::NO_DENIABILITY);
         }
         Ok(())
@@ -262,6 +271,29 @@ pub fn write_sheet(path: &Path, record: &TalksRecord, identity: &SecretKey) -> a
         .with_context(|| format!("writing the recovery sheet {}", path.display()))
 }
 
+/// Writes the recovery sheet `path` asks for, if any, once the talks
+/// record is kept: the path written, or `None` with the reason on stderr
+/// (the command has already done its work, so it does not fail for the
+/// sheet; the user is told what a missing sheet means).
+pub fn write_sheet_or_say(
+    path: Option<&Path>,
+    record: &TalksRecord,
+    identity: &SecretKey,
+) -> Option<PathBuf> {
+    let path = path?;
+    match write_sheet(path, record, identity) {
+        Ok(()) => Some(path.to_path_buf()),
+        Err(e) => {
+            eprintln!(
+                "warning: no recovery sheet: {e:#}; everything else is done, but without a sheet a \
+                 lost identity key is replaced by a new one your talks authority certifies \
+                 (`members recover`)"
+            );
+            None
+        }
+    }
+}
+
 /// What a command says once it wrote a recovery sheet to `path`.
 pub fn sheet_written(path: &Path) -> String {
     format!(
@@ -269,6 +301,19 @@ pub fn sheet_written(path: &Path) -> String {
          re-issues your identity key if every device is lost (your talks authority runs \
          `members recover`, you `members join --from-sheet`)",
         path.display()
+    )
+}
+
+/// What `talks open` and `talks join` say once they wrote a recovery sheet
+/// to `path`: the home that made the identity key also holds the party's
+/// talks authority and long-term authority, which the sheet does not
+/// bring back.
+pub fn sheet_written_with_authority(path: &Path) -> String {
+    format!(
+        "{}. This home also holds your party's talks authority, which the sheet does not bring \
+         back: the sheet helps once that authority is held by another home (`talks authority \
+         claim|pass`); against losing this home itself, keep a backup (`home backup`)",
+        sheet_written(path)
     )
 }
 

@@ -35,14 +35,24 @@ use crate::cli::{HomePassphraseArgs, KeyKindArg};
 use crate::participant::{self, LABEL};
 use crate::{home, keys, link, passphrase};
 
-/// What a backup leaves out, said before any loss (`home backup` and
-/// `device list` print it).
+/// What a backup leaves out, said before any loss (`home backup` prints
+/// it).
 pub const WHAT_IS_LOST: &str = "if this device is lost, a restore from this backup brings back \
      your keys and everything this home held up to now; it never brings back this device's MLS \
      state (the restored home is a new device, added to your rooms again). What is sent after \
      this backup comes back only through a handover by a member of your party who sits in the \
      room, or from another device of yours: in a room where no one else of your party sits \
      (your private notes, a room you alone hold for your party), it cannot be recovered";
+
+/// What losing a device costs, said before any loss by the commands that
+/// make a member's keys (`talks open`, `talks join`, `members join`) and
+/// by `device list`.
+pub const BEFORE_A_BACKUP: &str = "if this device is lost, only a backup (`backchannel home \
+     backup`, kept off this device) brings back its keys and what it alone holds, and a restore \
+     never brings back its MLS state (the restored home is a new device, added to your rooms \
+     again). History of a room where another member of your party sits comes back through a \
+     handover; in a room where no one else of your party sits (your private notes, a room you \
+     alone hold for your party), it cannot be recovered";
 
 /// `backchannel home backup`.
 #[derive(Debug, Args)]

@@ -314,7 +314,7 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
     store.close().await;
     // The talks are open whatever happens to the sheet: a sheet that
     // cannot be written is said, not a failure of the command.
-    let sheet = write_sheet_or_say(a.recovery_sheet.as_deref(), &record, &identity);
+    let sheet = crate::members::write_sheet_or_say(a.recovery_sheet.as_deref(), &record, &identity);
     let out = Opened {
         talks: talks.to_hex(),
         party: record.party.to_hex(),
@@ -326,9 +326,9 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
     } else {
         println!("opened talks {}", out.talks);
         if let Some(path) = &out.recovery_sheet {
-            println!("{}", crate::members::sheet_written(path));
+            println!("{}", crate::members::sheet_written_with_authority(path));
         }
-        eprintln!("note: {}", crate::restore::WHAT_IS_LOST);
+        eprintln!("note: {}", crate::restore::BEFORE_A_BACKUP);
         eprintln!("note: {NO_DENIABILITY}");
         println!(
             "next: invite each party with `backchannel talks invite --talks {} --out <file>`",
@@ -502,7 +502,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
         })?;
     talks_store::create(&store, &record).await?;
     store.close().await;
-    let sheet = write_sheet_or_say(a.recovery_sheet.as_deref(), &record, &identity);
+    let sheet = crate::members::write_sheet_or_say(a.recovery_sheet.as_deref(), &record, &identity);
     let out = Joined {
         talks: doc.talks.to_hex(),
         party: doc.party.to_hex(),
@@ -515,9 +515,9 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
     } else {
         println!("joined talks {} as {}", out.talks, record.party_name);
         if let Some(path) = &out.recovery_sheet {
-            println!("{}", crate::members::sheet_written(path));
+            println!("{}", crate::members::sheet_written_with_authority(path));
         }
-        eprintln!("note: {}", crate::restore::WHAT_IS_LOST);
+        eprintln!("note: {}", crate::restore::BEFORE_A_BACKUP);
         eprintln!("note: {NO_DENIABILITY}");
         println!(
             "next: once the mediator has seated the parties, `backchannel talks accept --talks {}`",
@@ -525,28 +525,6 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Writes the recovery sheet `path` asks for, if any, once the talks
-/// record is kept: the path written, or `None` with the reason on stderr
-/// (the command has already done its work; `keys` cannot redo the sheet,
-/// so the user is told what to do instead).
-fn write_sheet_or_say(
-    path: Option<&Path>,
-    record: &TalksRecord,
-    identity: &SecretKey,
-) -> Option<PathBuf> {
-    let path = path?;
-    match crate::members::write_sheet(path, record, identity) {
-        Ok(()) => Some(path.to_path_buf()),
-        Err(e) => {
-            eprintln!(
-                "warning: no recovery sheet: {e:#}; the talks are set up, but without a sheet a \
-                 lost identity key is re-certified by your talks authority (`members recover`)"
-            );
-            None
-        }
-    }
 }
 
 pub fn statement(

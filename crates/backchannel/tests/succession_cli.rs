@@ -715,6 +715,8 @@ fn a_recovery_sheet_is_offered_where_a_member_key_is_made_at_talks_join_and_open
     // talks on this node), with a sheet: the human output says what the
     // sheet is for and, before any loss, what a lost device takes with it.
     let mediator_sheet = t.path("oman2.sheet");
+    let om_keys = || ok_json(t.cli(OM).args(["keys", "list", "--json"]))["keys"].clone();
+    let keys_before = om_keys();
     run(t
         .cli(OM)
         .args(["talks", "open"])
@@ -723,6 +725,7 @@ fn a_recovery_sheet_is_offered_where_a_member_key_is_made_at_talks_join_and_open
         .arg("--recovery-sheet")
         .arg(&taken))
     .refused(FAILED, &["exists"]);
+    assert_eq!(om_keys(), keys_before, "a refused open makes no key");
     let out = run(t
         .cli(OM)
         .args(["talks", "open"])
@@ -732,7 +735,39 @@ fn a_recovery_sheet_is_offered_where_a_member_key_is_made_at_talks_join_and_open
         .arg(&mediator_sheet));
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("wrote your recovery sheet"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("also holds your party's talks authority"),
+        "{out:?}"
+    );
     assert!(out.stderr.contains("cannot be recovered"), "{out:?}");
+    let opened = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("opened talks "))
+        .unwrap()
+        .trim()
+        .to_owned();
     let sheet = std::fs::read_to_string(&mediator_sheet).unwrap();
     assert!(sheet.contains("Second-track mediator"), "{sheet}");
+    assert_eq!(sheet_identity(&sheet), identity_key_id(&t, OM, &opened));
+
+    // `members join`: a reply path that exists is refused before the home
+    // is touched, and no sheet is written.
+    let invitation = t.path("neg.inv");
+    t.invite_negotiator(&invitation);
+    ok(t.cli(NEG).args(["home", "init"]));
+    let neg_sheet = t.path("neg.sheet");
+    run(t
+        .cli(NEG)
+        .args(["members", "join", "--invitation"])
+        .arg(&invitation)
+        .arg("--out")
+        .arg(&taken)
+        .arg("--recovery-sheet")
+        .arg(&neg_sheet))
+    .refused(FAILED, &["exists; choose another --out"]);
+    assert!(!neg_sheet.exists());
+    let keys = ok_json(t.cli(NEG).args(["keys", "list", "--json"]));
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 0, "{keys}");
 }
