@@ -1,7 +1,14 @@
 //! Sign and verify, single and batched: `cargo bench -p backchannel-crypto`.
+//!
+//! `ed25519/verify-many/4096x256B`: [`verify_many`] over 4,096 signatures
+//! with none bad, one bad, one in 64 and one in 2 bad (a bad one: a good
+//! signature of another message), beside checking each alone — what a
+//! failed batch costs when it is split rather than checked one by one.
 #![allow(missing_docs)] // criterion generates the entry points.
 
-use backchannel_crypto::{BatchVerifier, Context, SecretKey, Signer};
+use backchannel_crypto::{
+    BatchVerifier, Context, PublicKey, SecretKey, Signature, Signer, ToVerify, verify, verify_many,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const CTX: Context = Context::new("backchannel/v1/bench");
@@ -37,6 +44,61 @@ fn bench(c: &mut Criterion) {
                 v.verify(&mut rand_core::OsRng)
             })
         });
+    }
+    group.finish();
+    verify_many_bench(c, &mut rng);
+}
+
+fn verify_many_bench(c: &mut Criterion, rng: &mut rand_chacha::ChaCha20Rng) {
+    const N: usize = 4096;
+    let keys: Vec<SecretKey> = (0..64).map(|_| SecretKey::generate(&mut *rng)).collect();
+    let publics: Vec<PublicKey> = keys.iter().map(|k| k.public_key()).collect();
+    let messages: Vec<Vec<u8>> = (0..N).map(|i| i.to_le_bytes().repeat(32)).collect();
+    let good: Vec<Signature> = (0..N)
+        .map(|i| {
+            keys[i % keys.len()]
+                .sign(CTX, &messages[i])
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    let mut group = c.benchmark_group("ed25519/verify-many/4096x256B");
+    group.throughput(Throughput::Elements(N as u64));
+    group.sample_size(10);
+    for (name, every) in [
+        ("none bad", 0),
+        ("one bad", N),
+        ("1 in 64 bad", 64),
+        ("1 in 2 bad", 2),
+    ] {
+        let sigs: Vec<Signature> = (0..N)
+            .map(|i| {
+                if every > 0 && i % every == every / 2 {
+                    good[(i + 1) % N]
+                } else {
+                    good[i]
+                }
+            })
+            .collect();
+        let items: Vec<ToVerify<'_>> = (0..N)
+            .map(|i| ToVerify {
+                key: &publics[i % publics.len()],
+                context: CTX,
+                message: &messages[i],
+                signature: &sigs[i],
+            })
+            .collect();
+        group.bench_function(name, |b| b.iter(|| verify_many(&items, &mut *rng)));
+        if every == N {
+            group.bench_function("each alone", |b| {
+                b.iter(|| {
+                    items
+                        .iter()
+                        .map(|i| verify(i.key, i.context, i.message, i.signature).is_ok())
+                        .filter(|ok| *ok)
+                        .count()
+                })
+            });
+        }
     }
     group.finish();
 }

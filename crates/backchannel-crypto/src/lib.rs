@@ -23,6 +23,6 @@ mod keys;
 pub use context::Context;
 pub use hash::{Digest, Sha256Writer, sha256};
 pub use keys::{
-    BadKey, BadSignature, BatchVerifier, KEY_ID_CONTEXT, KeyId, PublicKey, SecretKey, SignError,
-    Signature, Signer, verify,
+    BadKey, BadSignature, BatchVerifier, KEY_ID_CONTEXT, KeyId, PublicKey, SPLIT_FLOOR, SecretKey,
+    SignError, Signature, Signer, ToVerify, verify, verify_many,
 };

@@ -15,8 +15,8 @@
 
 use backchannel_codec::{Decode, DecodeError, Encode, Reader, RoomId, TalksId, Writer};
 use backchannel_crypto::{
-    BadSignature, BatchVerifier, Context, Digest, KeyId, PublicKey, SignError, Signature, Signer,
-    sha256,
+    BadSignature, Context, Digest, KeyId, PublicKey, SignError, Signature, Signer, ToVerify,
+    sha256, verify_many,
 };
 use rand_core::CryptoRngCore;
 use thiserror::Error;
@@ -310,35 +310,47 @@ impl SignedHeader {
 
     /// Verifies each `(header, sender)` of `items` as
     /// [`SignedHeader::verify`] does, with the same verdict for each, in
-    /// order: the signatures are checked together in one [`BatchVerifier`]
-    /// (ZIP-215, accepting exactly what single verification accepts; `rng`
-    /// draws its coefficients and must be unpredictable to whoever made the
-    /// signatures), and only if that batch fails is each
-    /// checked on its own, to name the bad ones.
+    /// order: the sender check first, then the signatures of those that
+    /// pass through [`verify_many`] (batches, split where one fails,
+    /// ZIP-215 like single verification; `rng` draws their coefficients
+    /// and must be unpredictable to whoever made the signatures).
     pub fn verify_batch(
         items: &[(&SignedHeader, PublicKey)],
         rng: &mut impl CryptoRngCore,
     ) -> Vec<Result<(), BadSignature>> {
-        let mut batch = BatchVerifier::new();
-        for (h, sender) in items {
-            if sender.id() == h.header.sender {
-                batch.queue(
-                    sender,
-                    ENVELOPE_CONTEXT,
-                    &h.header.encode_unsigned(),
-                    &h.signature,
-                );
-            }
-        }
-        let all_good = batch.is_empty() || batch.verify(rng).is_ok();
+        let sender_ok: Vec<bool> = items
+            .iter()
+            .map(|(h, sender)| sender.id() == h.header.sender)
+            .collect();
+        let unsigned: Vec<_> = items
+            .iter()
+            .zip(&sender_ok)
+            .filter(|(_, ok)| **ok)
+            .map(|((h, _), _)| h.header.encode_unsigned())
+            .collect();
+        let to_verify: Vec<ToVerify<'_>> = items
+            .iter()
+            .zip(&sender_ok)
+            .filter(|(_, ok)| **ok)
+            .zip(&unsigned)
+            .map(|(((h, sender), _), message)| ToVerify {
+                key: sender,
+                context: ENVELOPE_CONTEXT,
+                message: &message[..],
+                signature: &h.signature,
+            })
+            .collect();
+        let mut checked = verify_many(&to_verify, rng).into_iter();
         items
             .iter()
-            .map(|(h, sender)| {
-                if all_good && sender.id() == h.header.sender {
-                    Ok(())
-                } else {
-                    h.verify(sender)
+            .zip(sender_ok)
+            .map(|((h, sender), ok)| {
+                if ok && let Some(verdict) = checked.next() {
+                    return verdict;
                 }
+                // A sender whose id is not the header's (or, not reached, a
+                // missing verdict): the single check's own verdict.
+                h.verify(sender)
             })
             .collect()
     }

@@ -16,7 +16,8 @@ use backchannel_codec::{
     check_strictly_sorted,
 };
 use backchannel_crypto::{
-    BadSignature, BatchVerifier, Digest, KeyId, PublicKey, SignError, Signature, Signer, sha256,
+    BadSignature, Digest, KeyId, PublicKey, SignError, Signature, Signer, ToVerify, sha256,
+    verify_many,
 };
 use rand_core::CryptoRngCore;
 use thiserror::Error;
@@ -320,39 +321,51 @@ impl SignedStatement {
 
     /// Verifies each `(statement, author)` of `items` as
     /// [`SignedStatement::verify`] does, with the same verdict for each, in
-    /// order: the signatures that can be checked are checked together in
-    /// one [`BatchVerifier`] (ZIP-215, accepting exactly what single
-    /// verification accepts; `rng` draws its coefficients and must be
-    /// unpredictable to whoever made the signatures), and only if that
-    /// batch fails is each checked on its own, to name the bad ones.
+    /// order: the talks and author checks first, then the signatures of
+    /// those that pass through [`verify_many`] (batches, split where one
+    /// fails, ZIP-215 like single verification; `rng` draws their
+    /// coefficients and must be unpredictable to whoever made the
+    /// signatures).
     pub fn verify_batch(
         talks: TalksId,
         items: &[(&SignedStatement, PublicKey)],
         rng: &mut impl CryptoRngCore,
     ) -> Vec<Result<VerifiedStatement, VerifyError>> {
-        let mut batch = BatchVerifier::new();
-        let mut verdicts: Vec<Option<Result<VerifiedStatement, VerifyError>>> = items
+        let pre: Vec<Option<VerifyError>> = items
             .iter()
             .map(|(s, author)| {
                 if s.statement.talks != talks {
-                    return Some(Err(VerifyError::OtherTalks));
+                    Some(VerifyError::OtherTalks)
+                } else if author.id() != s.statement.author {
+                    Some(VerifyError::WrongKey)
+                } else {
+                    None
                 }
-                if author.id() != s.statement.author {
-                    return Some(Err(VerifyError::WrongKey));
-                }
-                let context = s.statement.statement_type().context();
-                batch.queue(author, context, s.frame(), &s.signature);
-                None
             })
             .collect();
-        let all_good = batch.is_empty() || batch.verify(rng).is_ok();
-        verdicts
-            .iter_mut()
-            .zip(items)
-            .map(|(verdict, (s, author))| match verdict.take() {
-                Some(refused) => refused,
-                None if all_good => Ok(VerifiedStatement((*s).clone())),
-                None => s.verify(talks, author),
+        let to_verify: Vec<ToVerify<'_>> = items
+            .iter()
+            .zip(&pre)
+            .filter(|(_, refused)| refused.is_none())
+            .map(|((s, author), _)| ToVerify {
+                key: author,
+                context: s.statement.statement_type().context(),
+                message: s.frame(),
+                signature: &s.signature,
+            })
+            .collect();
+        let mut checked = verify_many(&to_verify, rng).into_iter();
+        items
+            .iter()
+            .zip(pre)
+            .map(|((s, author), refused)| match refused {
+                Some(e) => Err(e),
+                None => match checked.next() {
+                    Some(Ok(())) => Ok(VerifiedStatement((*s).clone())),
+                    Some(Err(e)) => Err(e.into()),
+                    // One verdict per statement checked: not reached.
+                    None => s.verify(talks, author),
+                },
             })
             .collect()
     }
