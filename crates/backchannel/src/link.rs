@@ -121,12 +121,14 @@ pub struct DeviceLinkArgs {
     /// has received.
     #[arg(long, conflicts_with_all = ["out", "offer", "request"])]
     pub history: bool,
-    /// With --history: how long to wait for that checkpoint.
+    /// With --history: how long to wait for that checkpoint (at most
+    /// 600).
     #[arg(
         long,
         default_value_t = 10,
         value_name = "SECONDS",
-        requires = "history"
+        requires = "history",
+        value_parser = clap::value_parser!(u64).range(0..=600)
     )]
     pub wait: u64,
 }

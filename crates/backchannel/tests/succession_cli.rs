@@ -252,6 +252,11 @@ fn a_device_is_linked_with_a_short_code_and_gets_the_history() {
         FAILED,
         &["not yet in its MLS group", "once it has run a command"],
     );
+    run(t
+        .cli(NEG)
+        .args(["device", "link", "--history", "--wait", "601"]))
+    .refused(USAGE, &["601 is not in 0..=600"]);
+    run(t.cli(NEG).args(["device", "link", "--wait", "5"])).refused(USAGE, &["--history"]);
     assert_eq!(t.log_size(), size);
 
     // The new device opens the talks (key packages); the first adds it to
