@@ -878,8 +878,9 @@ impl Replay {
     ///
     /// Ahead of replay, each statement's signature is verified
     /// ([`SignedStatement::verify_batch`]: one batch per thread and window,
-    /// its coefficients from a generator seeded from `rng`; each checked on
-    /// its own only when the batch fails) with the key its author id names:
+    /// its coefficients from a generator seeded from `rng`; a failed batch
+    /// split in halves, and a signature no batch proved good checked on its
+    /// own) with the key its author id names:
     /// a key replay knows, or one a statement of the same window introduces
     /// (a roster, member or device certificate, an authority pass). Replay
     /// then judges each statement as [`Replay::apply`] does and uses that
