@@ -69,15 +69,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::num::NonZeroUsize;
 
-use backchannel_codec::{Decode, Encode, Reader, RoomId, StatementId, TalksId, Writer};
-use backchannel_core::replay::{KeyRole, LoggedStatement, Replay};
+use backchannel_codec::{
+    Decode, DecodeError, Encode, Reader, RoomId, StatementId, TalksId, Writer,
+};
+use backchannel_core::replay::{Accepted, KeyRole, LoggedStatement, Rejected, Replay};
 use backchannel_crypto::{Digest, KeyId, PublicKey, SecretKey, Signer};
 use backchannel_statement::{AccessList, Kind, SignedHeader, SignedStatement};
 use backchannel_tlog::{
     InclusionProof, LeafData, LogOrigin, NodeOrigin, Receipt, SignedCheckpoint,
 };
 use rand_chacha::ChaCha20Rng;
-use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::rand_core::{CryptoRngCore, SeedableRng};
 use thiserror::Error;
 
 use crate::follow::{
@@ -196,7 +198,7 @@ impl Archived {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, SessionError> {
-        let bad = |e: backchannel_codec::DecodeError| SessionError::Stored(e.to_string());
+        let bad = |e: DecodeError| SessionError::Stored(e.to_string());
         let mut r = Reader::new(bytes);
         r.version("archive record version", ARCHIVE_VERSION)
             .map_err(bad)?;
@@ -499,7 +501,7 @@ fn encode_leaves(leaves: &[LeafData]) -> Vec<u8> {
 }
 
 fn decode_leaves(bytes: &[u8]) -> Result<Vec<LeafData>, SessionError> {
-    let bad = |e: backchannel_codec::DecodeError| SessionError::Stored(e.to_string());
+    let bad = |e: DecodeError| SessionError::Stored(e.to_string());
     let mut r = Reader::new(bytes);
     r.version("unaccounted leaves version", UNACCOUNTED_VERSION)
         .map_err(bad)?;
@@ -534,9 +536,7 @@ fn refused(e: &NetError) -> bool {
 
 /// The statement `archived` carries, if its body was opened and holds one
 /// (`Err` when the statement bytes do not decode).
-fn statement_of(
-    archived: &Archived,
-) -> Option<Result<SignedStatement, backchannel_codec::DecodeError>> {
+fn statement_of(archived: &Archived) -> Option<Result<SignedStatement, DecodeError>> {
     match &archived.message {
         Some(AppMessage {
             content: Content::Statement(bytes),
@@ -544,6 +544,61 @@ fn statement_of(
         }) => Some(SignedStatement::decode(bytes)),
         _ => None,
     }
+}
+
+/// One archived envelope carrying a statement, replayed by
+/// [`replay_statements`].
+pub struct Replayed<'a> {
+    /// The envelope, as archived.
+    pub archived: &'a Archived,
+    /// The statement and replay's verdict on it, or why its bytes do not
+    /// decode.
+    pub statement: Result<(SignedStatement, Result<Accepted, Rejected>), DecodeError>,
+}
+
+/// Replays the statements `archive` carries (in log order) into `replay`,
+/// their signatures batch-verified ahead on this machine's cores
+/// (`Replay::apply_all`: the verdicts of applying them one by one; `rng`
+/// seeds the batches' coefficients and must be unpredictable to the
+/// signers). One [`Replayed`] per envelope that carries a statement.
+pub fn replay_statements<'a>(
+    replay: &mut Replay,
+    archive: &'a [Archived],
+    rng: &mut impl CryptoRngCore,
+) -> Vec<Replayed<'a>> {
+    let decoded: Vec<(&Archived, Result<SignedStatement, DecodeError>)> = archive
+        .iter()
+        .filter_map(|a| statement_of(a).map(|d| (a, d)))
+        .collect();
+    let entries: Vec<LoggedStatement<'_>> = decoded
+        .iter()
+        .filter_map(|(a, d)| {
+            d.as_ref().ok().map(|statement| LoggedStatement {
+                seq: a.seq,
+                node_time: a.node_time,
+                room: a.header.header().room,
+                statement,
+            })
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    let verdicts = replay.apply_all(&entries, threads, rng);
+    drop(entries);
+    let mut verdicts = verdicts.into_iter();
+    decoded
+        .into_iter()
+        .filter_map(|(archived, d)| {
+            let statement = match d {
+                // One verdict per decoded statement, in order.
+                Ok(s) => Ok((s, verdicts.next()?)),
+                Err(e) => Err(e),
+            };
+            Some(Replayed {
+                archived,
+                statement,
+            })
+        })
+        .collect()
 }
 
 /// Applies the statement `archived` carries, if any, to `replay`. A
@@ -766,7 +821,7 @@ impl<S: ClientStore> Session<S> {
             let store = store.clone();
             async move { store.get(Namespace::Checkpoints, &key(talks, name)).await }
         };
-        let decode_err = |e: backchannel_codec::DecodeError| SessionError::Stored(e.to_string());
+        let decode_err = |e: DecodeError| SessionError::Stored(e.to_string());
         let follower = match get("follower").await? {
             Some(b) => Follower::from_canonical_bytes(&b).map_err(decode_err)?,
             None => Follower::new(),
@@ -1203,45 +1258,27 @@ impl<S: ClientStore> Session<S> {
         let mut replay = Replay::new(self.talks);
         let mut report = ReplayReport::default();
         let archive = self.archive().await?;
-        // Decoded first, then replayed in one pass whose signatures are
-        // batch-verified ahead (`Replay::apply_all`: the same verdicts as
-        // applying them one by one).
-        let decoded: Vec<Option<Result<SignedStatement, _>>> =
-            archive.iter().map(statement_of).collect();
-        let entries: Vec<LoggedStatement<'_>> = archive
-            .iter()
-            .zip(&decoded)
-            .filter_map(|(a, d)| match d {
-                Some(Ok(statement)) => Some(LoggedStatement {
-                    seq: a.seq,
-                    node_time: a.node_time,
-                    room: a.header.header().room,
-                    statement,
-                }),
-                _ => None,
-            })
-            .collect();
-        let threads = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
         let mut rng = ChaCha20Rng::from_seed(self.random32()?);
-        let mut verdicts = replay.apply_all(&entries, threads, &mut rng).into_iter();
-        for (a, d) in archive.iter().zip(&decoded) {
-            let statement = match d {
-                None => continue,
-                Some(Err(_)) => {
-                    report.rejected.push((a.seq, "does not decode".into()));
+        for r in replay_statements(&mut replay, &archive, &mut rng) {
+            let seq = r.archived.seq;
+            let statement = match r.statement {
+                Err(_) => {
+                    report.rejected.push((seq, "does not decode".into()));
                     continue;
                 }
-                Some(Ok(statement)) => statement,
+                Ok((statement, Ok(_))) => {
+                    report.accepted.push(seq);
+                    statement
+                }
+                Ok((statement, Err(e))) => {
+                    report.rejected.push((seq, e.to_string()));
+                    statement
+                }
             };
-            match verdicts.next() {
-                Some(Ok(_)) => report.accepted.push(a.seq),
-                Some(Err(e)) => report.rejected.push((a.seq, e.to_string())),
-                None => report.rejected.push((a.seq, "not replayed".into())),
-            }
-            let r = statement.unverified().checkpoint;
-            match self.follower.compare_reference(r.size, &r.root) {
+            let c = statement.unverified().checkpoint;
+            match self.follower.compare_reference(c.size, &c.root) {
                 follow::Reference::Differs { size, ours, theirs } => {
-                    report.forks.push((a.seq, size, ours, theirs));
+                    report.forks.push((seq, size, ours, theirs));
                 }
                 follow::Reference::Matches | follow::Reference::Unknown => {}
             }

@@ -19,10 +19,10 @@ use backchannel_client::fork::cosigner_key;
 use backchannel_client::participant::{self as talks_store, TalksRecord};
 use backchannel_client::safety::{PartyVerification, SafetyCode, SafetyInputs};
 use backchannel_client::seal::Content;
-use backchannel_client::session::{Archived, Session};
+use backchannel_client::session::{Archived, Session, replay_statements};
 use backchannel_client_store_sqlite::SqliteClientStore;
 use backchannel_codec::{PartyId, RoomId, TalksId};
-use backchannel_core::replay::{KeyRole, LoggedStatement, Phase, Replay};
+use backchannel_core::replay::{KeyRole, Phase, Replay};
 use backchannel_crypto::{KeyId, SecretKey, Signer as _};
 use backchannel_statement::roster::{RoomPurpose, Roster};
 use backchannel_statement::{AccessList, SignedStatement};
@@ -218,36 +218,17 @@ impl View {
     /// position, ground rules first, acceptances, the talks' phase).
     pub fn of(talks: TalksId, archive: Vec<Archived>) -> Self {
         let mut replay = Replay::new(talks);
-        let decoded: Vec<(&Archived, SignedStatement)> = archive
-            .iter()
-            .filter_map(|a| match a.message.as_ref().map(|m| &m.content) {
-                Some(Content::Statement(bytes)) => {
-                    SignedStatement::decode(bytes).ok().map(|s| (a, s))
-                }
-                _ => None,
-            })
-            .collect();
-        let entries: Vec<LoggedStatement<'_>> = decoded
-            .iter()
-            .map(|(a, statement)| LoggedStatement {
-                seq: a.seq,
-                node_time: a.node_time,
-                room: a.header.header().room,
-                statement,
-            })
-            .collect();
-        // Signatures batch-verified ahead on this machine's cores, with
-        // the verdicts of replaying one by one (`Replay::apply_all`).
-        let threads = std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN);
-        let verdicts = replay.apply_all(&entries, threads, &mut OsRng);
-        drop(entries);
-        let statements: Vec<Logged> = decoded
+        // Statements that do not decode are left out (`log verify` names
+        // them); the others carry replay's verdict.
+        let statements: Vec<Logged> = replay_statements(&mut replay, &archive, &mut OsRng)
             .into_iter()
-            .zip(verdicts)
-            .map(|((a, statement), verdict)| Logged {
-                seq: a.seq,
-                statement,
-                verdict: verdict.map(|_| ()).map_err(|e| e.to_string()),
+            .filter_map(|r| {
+                let (statement, verdict) = r.statement.ok()?;
+                Some(Logged {
+                    seq: r.archived.seq,
+                    statement,
+                    verdict: verdict.map(|_| ()).map_err(|e| e.to_string()),
+                })
             })
             .collect();
         let mut names = BTreeMap::new();
