@@ -579,7 +579,7 @@ impl Decode for Follower {
 /// asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataTile {
-    path: String,
+    tile: tlog_tiles::Tile,
     first_seq: u64,
     width: u64,
     wanted: Range<u64>,
@@ -587,8 +587,8 @@ pub struct DataTile {
 
 impl DataTile {
     /// The tile's path under `…/talks/{talks}/` (the node's `GET …/tile/…`).
-    pub fn path(&self) -> &str {
-        &self.path
+    pub fn path(&self) -> String {
+        self.tile.path()
     }
 
     /// The seq of the tile's first entry, `N·256`.
@@ -604,6 +604,11 @@ impl DataTile {
     /// The seqs asked for (the first tile may begin before them).
     pub fn wanted(&self) -> Range<u64> {
         self.wanted.clone()
+    }
+
+    /// The tile as `NodeClient::data_tile` asks for it.
+    pub fn tile(&self) -> tlog_tiles::Tile {
+        self.tile
     }
 
     /// Parses the tile's bytes strictly ([`parse_data_tile`]) and returns
@@ -632,9 +637,9 @@ pub fn data_tiles(from: u64, to: u64) -> impl Iterator<Item = DataTile> {
         let width = (to - first_seq).min(TILE_WIDTH);
         // Within tlog_tiles::Tile::new's ranges (height 8, level 0, width
         // 1 to 256), so its assertion holds.
-        let path = tlog_tiles::Tile::new(TILE_HEIGHT, 0, n, width as u32, true).path();
+        let tile = tlog_tiles::Tile::new(TILE_HEIGHT, 0, n, width as u32, true);
         DataTile {
-            path,
+            tile,
             first_seq,
             width,
             wanted: from.max(first_seq)..first_seq + width,

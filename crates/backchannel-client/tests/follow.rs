@@ -189,7 +189,7 @@ fn a_long_catch_up_goes_tile_by_tile() {
 fn data_tile_paths() {
     fn check(from: u64, to: u64, want: &[(&str, u64, std::ops::Range<u64>)]) {
         let got: Vec<_> = data_tiles(from, to)
-            .map(|t| (t.path().to_owned(), t.first_seq(), t.wanted()))
+            .map(|t| (t.path(), t.first_seq(), t.wanted()))
             .collect();
         let want: Vec<_> = want
             .iter()
@@ -197,7 +197,7 @@ fn data_tile_paths() {
             .collect();
         assert_eq!(got, want, "{from}..{to}");
         for t in data_tiles(from, to) {
-            let parsed = ok(tlog_tiles::Tile::from_path(t.path()));
+            let parsed = ok(tlog_tiles::Tile::from_path(&t.path()));
             assert!(parsed.is_data() && parsed.height() == 8);
             assert_eq!(u64::from(parsed.width()), t.width());
         }

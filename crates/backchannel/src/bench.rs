@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::attachment::Attachment;
-use backchannel_client::follow::{self, Follower, TILE_HEIGHT, TILE_WIDTH};
+use backchannel_client::follow::{self, Follower};
 use backchannel_client::net::{NodeClient, StreamEvent};
 use backchannel_client::rooms::sync_all;
 use backchannel_client::seal::Content;
@@ -1348,14 +1348,7 @@ async fn prober(
         if to > follower.size() {
             let mut leaves = Vec::new();
             for tile in follow::data_tiles(follower.size(), to) {
-                let t = tlog_tiles::Tile::new(
-                    TILE_HEIGHT,
-                    0,
-                    tile.first_seq() / TILE_WIDTH,
-                    u32::try_from(tile.width())?,
-                    true,
-                );
-                let bytes = client.data_tile(talks, &t).await?;
+                let bytes = client.data_tile(talks, &tile.tile()).await?;
                 leaves.extend(
                     tile.parse(&bytes)
                         .map_err(|e| anyhow!("a data tile: {e}"))?,
