@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use backchannel_client::handover::{Outcome, Scope};
@@ -18,7 +19,7 @@ use serde::Serialize;
 
 use crate::cli::{KeyKindArg, TalksArgs};
 use crate::home;
-use crate::participant::{self, Ctx, View, refresh};
+use crate::participant::{self, CliSession, Ctx, View, refresh};
 
 /// `backchannel handover`.
 #[derive(Debug, Args)]
@@ -104,6 +105,7 @@ pub fn main(home_dir: Option<PathBuf>, a: HandoverArgs) -> anyhow::Result<()> {
                 to: a.to.clone().unwrap_or_default(),
                 rooms: a.rooms.clone(),
                 until: a.until,
+                wait_for_checkpoint: None,
                 json: a.talks.json,
             };
             send(&ctx, &ask).await
@@ -130,12 +132,46 @@ fn member_name(ctx: &Ctx, view: &View, p: PrincipalId) -> String {
 
 /// What to hand over: to whom (a name or principal id), which rooms (none:
 /// every room both sit in), below which seq (none: the latest verified
-/// checkpoint), and whether to print JSON.
+/// checkpoint), how long to wait first for a checkpoint covering what this
+/// device received (none: take the latest verified one as it is), and
+/// whether to print JSON.
 pub struct Ask {
     pub to: String,
     pub rooms: Vec<String>,
     pub until: Option<u64>,
+    pub wait_for_checkpoint: Option<Duration>,
     pub json: bool,
+}
+
+/// How often [`await_checkpoint`] verifies the log again.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
+
+/// Verifies the log until a checkpoint covers every seq this device
+/// received, or `wait` has passed (then says what the handover will leave
+/// out).
+async fn await_checkpoint(s: &mut CliSession, wait: Duration) -> anyhow::Result<()> {
+    let list = participant::access_list(s).await?;
+    let rooms = participant::my_rooms(&list, s.device());
+    let received = s.next_seq();
+    let deadline = Instant::now() + wait;
+    loop {
+        s.verify_log(&rooms, participant::now_ms())
+            .await
+            .map_err(crate::messages::evidence_or)?;
+        let verified = s.checkpoint_ref().size;
+        if verified >= received {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "note: the latest checkpoint covers seqs below {verified} of the {received} this \
+                 device received; what lies past it is not in this handover: run it again later \
+                 for the rest"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(CHECKPOINT_POLL).await;
+    }
 }
 
 /// Hands the history of `a.rooms` over to `a.to` (`backchannel handover`,
@@ -267,6 +303,9 @@ pub async fn send(ctx: &Ctx, a: &Ask) -> anyhow::Result<()> {
             " (private notes are never handed over)"
         }
     );
+    if let Some(wait) = a.wait_for_checkpoint {
+        await_checkpoint(&mut s, wait).await?;
+    }
     let verified = s.checkpoint_ref().size;
     let until = match a.until {
         Some(u) if u > verified => bail!(

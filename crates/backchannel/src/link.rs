@@ -79,6 +79,9 @@ use crate::cli::{HomePassphraseArgs, KeyKindArg, TalksArgs};
 use crate::participant::{self, CliSession, Ctx, LABEL, View, now_ms, refresh};
 use crate::{home, keys};
 
+/// The longest `device link --history --wait`, in seconds (checkpoints
+/// come every second; ten minutes is far past any that is coming).
+pub const MAX_HISTORY_WAIT_S: u64 = 600;
 /// How long an offer can be taken up.
 pub const OFFER_LIFETIME_MS: u64 = 30 * 60 * 1000;
 /// The first line of an offer's plaintext.
@@ -128,7 +131,7 @@ pub struct DeviceLinkArgs {
         default_value_t = 10,
         value_name = "SECONDS",
         requires = "history",
-        value_parser = clap::value_parser!(u64).range(0..=600)
+        value_parser = clap::value_parser!(u64).range(0..=MAX_HISTORY_WAIT_S)
     )]
     pub wait: u64,
 }
@@ -180,41 +183,14 @@ fn history(home_dir: Option<PathBuf>, t: &TalksArgs, wait: Duration) -> anyhow::
     let dir = home::resolve(home_dir)?;
     home::block_on(async move {
         let ctx = participant::open(&dir, t).await?;
-        let result = async {
-            let mut s = ctx.session().await?;
-            refresh(&ctx, &mut s).await?;
-            let list = participant::access_list(&s).await?;
-            let rooms = participant::my_rooms(&list, s.device());
-            let received = s.next_seq();
-            let deadline = std::time::Instant::now() + wait;
-            loop {
-                s.verify_log(&rooms, now_ms())
-                    .await
-                    .map_err(crate::messages::evidence_or)?;
-                let verified = s.checkpoint_ref().size;
-                if verified >= received {
-                    break;
-                }
-                if std::time::Instant::now() >= deadline {
-                    eprintln!(
-                        "note: the latest checkpoint covers seqs below {verified} of the \
-                         {received} this device received; what lies past it is not in this \
-                         handover: run `device link --history` again later for it"
-                    );
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            drop(s);
-            let ask = crate::handover::Ask {
-                to: ctx.record.principal.to_hex(),
-                rooms: Vec::new(),
-                until: None,
-                json: t.json,
-            };
-            crate::handover::send(&ctx, &ask).await
-        }
-        .await;
+        let ask = crate::handover::Ask {
+            to: ctx.record.principal.to_hex(),
+            rooms: Vec::new(),
+            until: None,
+            wait_for_checkpoint: Some(wait),
+            json: t.json,
+        };
+        let result = crate::handover::send(&ctx, &ask).await;
         ctx.close().await;
         result
     })
