@@ -318,40 +318,34 @@ impl SignedHeader {
         items: &[(&SignedHeader, PublicKey)],
         rng: &mut impl CryptoRngCore,
     ) -> Vec<Result<(), BadSignature>> {
-        let sender_ok: Vec<bool> = items
+        // The signed bytes of each header whose sender is the key offered.
+        let unsigned: Vec<Option<_>> = items
             .iter()
-            .map(|(h, sender)| sender.id() == h.header.sender)
-            .collect();
-        let unsigned: Vec<_> = items
-            .iter()
-            .zip(&sender_ok)
-            .filter(|(_, ok)| **ok)
-            .map(|((h, _), _)| h.header.encode_unsigned())
+            .map(|(h, sender)| (sender.id() == h.header.sender).then(|| h.header.encode_unsigned()))
             .collect();
         let to_verify: Vec<ToVerify<'_>> = items
             .iter()
-            .zip(&sender_ok)
-            .filter(|(_, ok)| **ok)
             .zip(&unsigned)
-            .map(|(((h, sender), _), message)| ToVerify {
-                key: sender,
-                context: ENVELOPE_CONTEXT,
-                message: &message[..],
-                signature: &h.signature,
+            .filter_map(|((h, sender), message)| {
+                Some(ToVerify {
+                    key: sender,
+                    context: ENVELOPE_CONTEXT,
+                    message: message.as_ref()?,
+                    signature: &h.signature,
+                })
             })
             .collect();
         let mut checked = verify_many(&to_verify, rng).into_iter();
         items
             .iter()
-            .zip(sender_ok)
-            .map(|((h, sender), ok)| {
-                if ok && let Some(verdict) = checked.next() {
-                    return verdict;
-                }
-                // A sender whose id is not the header's (or, not reached, a
-                // missing verdict): the single check's own verdict.
-                h.verify(sender)
-            })
+            .zip(&unsigned)
+            .map(
+                |((h, sender), message)| match message.as_ref().and_then(|_| checked.next()) {
+                    Some(verdict) => verdict,
+                    // Another key than the header's sender: `verify`'s verdict.
+                    None => h.verify(sender),
+                },
+            )
             .collect()
     }
 

@@ -1565,8 +1565,8 @@ fn a_designated_signer_is_replaced_without_it_by_every_other_party() {
     );
 }
 
-/// `verdicts` of `SignedStatement::verify_batch` for `items`, under three
-/// generators, must each equal what `verify` says of that item alone.
+/// `SignedStatement::verify_batch` of `items`, under three generators,
+/// must give each item the verdict `verify` gives it alone.
 fn check_statement_batch(talks: TalksId, items: &[(&SignedStatement, PublicKey)]) {
     let alone: Vec<_> = items.iter().map(|(s, k)| s.verify(talks, k)).collect();
     for seed in 0..3 {
@@ -1609,6 +1609,10 @@ fn a_batch_gives_each_statement_the_verdict_it_gets_alone() {
     // Offered with another key, and all of them in other talks.
     let mut wrong_key = good.clone();
     wrong_key[2].1 = key(0x77).public_key();
+    check_statement_batch(t.talks, &wrong_key);
+    // A refused key before a forged signature: each verdict stays with its
+    // statement.
+    wrong_key[3].0 = &bad;
     check_statement_batch(t.talks, &wrong_key);
     check_statement_batch(TalksId([9; 16]), &good);
     // Every signature forged.
@@ -1671,4 +1675,11 @@ fn a_batch_of_headers_gives_each_header_the_verdict_it_gets_alone() {
     wrong_key[0].1 = good[1].1;
     let verdicts = check(&wrong_key);
     assert!(verdicts[0].is_err());
+    // Both at once: the verdicts stay with their headers.
+    wrong_key[3].0 = &bad;
+    let verdicts = check(&wrong_key);
+    let failed: Vec<usize> = (0..verdicts.len())
+        .filter(|&i| verdicts[i].is_err())
+        .collect();
+    assert_eq!(failed, [0, 3]);
 }
