@@ -564,6 +564,19 @@ pub struct TalksArgs {
     pub json: bool,
 }
 
+/// `--recovery-sheet` of `talks open` and `talks join`, whose home also
+/// holds the party's authority keys.
+#[derive(Debug, Args)]
+pub struct AuthoritySheetArgs {
+    /// Also write a recovery sheet of your new identity key here (must not
+    /// exist): 24 words to print and keep offline, which re-issue the key
+    /// on a new home (`members recover` by whichever home then holds your
+    /// party's talks authority, then `members join --from-sheet`). It does
+    /// not bring back the authority keys this home also holds.
+    #[arg(long, value_name = "FILE")]
+    pub recovery_sheet: Option<PathBuf>,
+}
+
 /// The node to pin, as its operator's `backchannel node info` prints it.
 #[derive(Debug, Args)]
 pub struct PinArgs {
@@ -721,13 +734,9 @@ pub struct TalksOpenArgs {
     /// The passphrase.
     #[command(flatten)]
     pub passphrase: HomePassphraseArgs,
-    /// Also write a recovery sheet of your new identity key here (must not
-    /// exist): 24 words to print and keep offline, which re-issue the key
-    /// on a new home (`members recover` by whichever home then holds your
-    /// party's talks authority, then `members join --from-sheet`). It does
-    /// not bring back the authority keys this home also holds.
-    #[arg(long, value_name = "FILE")]
-    pub recovery_sheet: Option<PathBuf>,
+    /// The recovery sheet to write, if any.
+    #[command(flatten)]
+    pub sheet: AuthoritySheetArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -770,13 +779,9 @@ pub struct TalksJoinArgs {
     /// The passphrase.
     #[command(flatten)]
     pub passphrase: HomePassphraseArgs,
-    /// Also write a recovery sheet of your new identity key here (must not
-    /// exist): 24 words to print and keep offline, which re-issue the key
-    /// on a new home (`members recover` by whichever home then holds your
-    /// party's talks authority, then `members join --from-sheet`). It does
-    /// not bring back the authority keys this home also holds.
-    #[arg(long, value_name = "FILE")]
-    pub recovery_sheet: Option<PathBuf>,
+    /// The recovery sheet to write, if any.
+    #[command(flatten)]
+    pub sheet: AuthoritySheetArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

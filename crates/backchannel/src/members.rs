@@ -151,7 +151,7 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
             Some(r)
         }
     };
-    refuse_existing_sheet(a.recovery_sheet.as_deref())?;
+    check_sheet_path(a.recovery_sheet.as_deref())?;
     ensure!(
         !a.out.exists(),
         "{} exists; choose another --out",
@@ -237,7 +237,7 @@ fn join(home_dir: Option<PathBuf>, a: MembersJoinArgs) -> anyhow::Result<()> {
 
 /// Refuses a `--recovery-sheet` path that exists or whose directory does
 /// not, before anything is made.
-pub fn refuse_existing_sheet(path: Option<&Path>) -> anyhow::Result<()> {
+pub fn check_sheet_path(path: Option<&Path>) -> anyhow::Result<()> {
     if let Some(path) = path {
         ensure!(
             !path.exists(),

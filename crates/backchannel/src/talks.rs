@@ -252,7 +252,7 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
         "--role {} is a delegation's role; a mediator opens talks as lead, co-mediator or staff",
         role.name()
     );
-    crate::members::refuse_existing_sheet(a.recovery_sheet.as_deref())?;
+    crate::members::check_sheet_path(a.sheet.recovery_sheet.as_deref())?;
     let store = home::open(dir, &a.passphrase).await?;
     let talks = TalksId(random16());
     let record = TalksRecord {
@@ -314,7 +314,8 @@ async fn open(dir: &Path, a: TalksOpenArgs) -> anyhow::Result<()> {
     store.close().await;
     // The talks are open whatever happens to the sheet: a sheet that
     // cannot be written is said, not a failure of the command.
-    let sheet = crate::members::write_sheet_or_say(a.recovery_sheet.as_deref(), &record, &identity);
+    let sheet =
+        crate::members::write_sheet_or_say(a.sheet.recovery_sheet.as_deref(), &record, &identity);
     let out = Opened {
         talks: talks.to_hex(),
         party: record.party.to_hex(),
@@ -440,7 +441,7 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
          note-taker, interpreter or principal",
         role.name()
     );
-    crate::members::refuse_existing_sheet(a.recovery_sheet.as_deref())?;
+    crate::members::check_sheet_path(a.sheet.recovery_sheet.as_deref())?;
     let text = participant::read_document(&a.invitation, "invitation")?;
     let doc = InvitationDoc::parse(&text).map_err(|e| {
         anyhow!(
@@ -502,7 +503,8 @@ async fn join(dir: &Path, a: TalksJoinArgs) -> anyhow::Result<()> {
         })?;
     talks_store::create(&store, &record).await?;
     store.close().await;
-    let sheet = crate::members::write_sheet_or_say(a.recovery_sheet.as_deref(), &record, &identity);
+    let sheet =
+        crate::members::write_sheet_or_say(a.sheet.recovery_sheet.as_deref(), &record, &identity);
     let out = Joined {
         talks: doc.talks.to_hex(),
         party: doc.party.to_hex(),
