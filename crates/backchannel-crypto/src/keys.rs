@@ -333,13 +333,10 @@ pub fn verify_many(
         })
         .collect();
     let mut good = vec![false; items.len()];
-    let all = 0..items.len();
-    if !items.is_empty() {
-        if batch_holds(&prepared[all.clone()], rng) {
-            good.fill(true);
-        } else {
-            split_failed(&prepared, all, &mut good, rng);
-        }
+    if batch_holds(&prepared, rng) {
+        good.fill(true);
+    } else {
+        split_failed(&prepared, 0..items.len(), &mut good, rng);
     }
     items
         .iter()
