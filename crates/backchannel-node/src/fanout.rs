@@ -318,6 +318,7 @@ mod tests {
             body: vec![n.wrapping_add(1); body_len],
             body_hash: Digest([0; 32]),
             gate,
+            access_version: None,
         }
     }
 

@@ -38,7 +38,7 @@ use backchannel_store::{Gate, KeyPackageRecord, Outcome, RoomStateUpdate, Store,
 use crate::api::{self, ApiError, codes};
 use crate::sequencer::SequenceError;
 use crate::server::{
-    ApiBytes, ApiJson, ApiPath, Authed, Node, parse_room, parse_talks, store_error,
+    AccessView, ApiBytes, ApiJson, ApiPath, Authed, Node, parse_room, parse_talks, store_error,
 };
 use crate::submit::{self, SubmitError};
 
@@ -264,6 +264,9 @@ pub(crate) fn refused(outcome: &Outcome) -> Option<ApiError> {
             codes::EPOCH_TAKEN,
             "the Welcome's commit was not sequenced",
         )),
+        Outcome::AccessChanged { .. } => Some(ApiError::stale(
+            "the talks' access list changed while this was submitted; submit it again",
+        )),
     }
 }
 
@@ -330,7 +333,7 @@ pub(crate) async fn submit_commit<S: Store>(
     ApiBytes(bytes): ApiBytes,
 ) -> Result<axum::Json<api::CommitSequenced>, ApiError> {
     let talks = parse_talks(&talks)?;
-    let (_, list, _) = node.member(talks, &key).await?;
+    let (record, list, _) = node.member(talks, &key).await?;
     let parts = split_envelopes(&bytes)?;
     let Some(&(commit_header, commit_body)) = parts.first() else {
         return Err(ApiError::malformed(
@@ -357,6 +360,7 @@ pub(crate) async fn submit_commit<S: Store>(
     };
     let commit_hash = commit.header_hash;
     commit.gate = gated.gate;
+    commit.access_version = Some(record.version);
     let mut unit = vec![commit];
     match parts.get(1) {
         Some(&(welcome_header, welcome_body)) if gated.past => {
@@ -381,6 +385,7 @@ pub(crate) async fn submit_commit<S: Store>(
                 commit: commit_hash,
                 to: Vec::new(),
             });
+            welcome.access_version = Some(record.version);
             unit.push(welcome);
         }
         Some(&(welcome_header, welcome_body)) => {
@@ -423,6 +428,7 @@ pub(crate) async fn submit_commit<S: Store>(
                 commit: commit_hash,
                 to,
             });
+            welcome.access_version = Some(record.version);
             unit.push(welcome);
         }
         None if !gated.added.is_empty() && !gated.past => {
@@ -446,32 +452,66 @@ pub(crate) async fn submit_commit<S: Store>(
     Ok(axum::Json(api::CommitSequenced { commit, welcome }))
 }
 
-/// Validates and sequences one envelope submitted alone.
+/// What became of one envelope submitted alone.
+pub(crate) enum Attempt {
+    /// Sequenced, or refused for good.
+    Done(Result<api::Sequenced, ApiError>),
+    /// The access list it was checked against is not (or may not be) the
+    /// current one: read the list again and submit again. Nothing was
+    /// written.
+    ListChanged,
+}
+
+/// Validates and sequences one envelope submitted alone, against `view`
+/// (a cached list is good enough to accept, not to refuse: see
+/// [`Attempt::ListChanged`]).
 pub(crate) async fn sequence_one<S: Store>(
     node: &Node<S>,
     talks: TalksId,
     key: &PublicKey,
-    list: &AccessList,
+    view: &AccessView,
     header: &[u8],
     body: &[u8],
-) -> Result<api::Sequenced, ApiError> {
+) -> Attempt {
     let mut submission: Submission =
-        submit::validate(talks, key, list, header, body.to_vec()).map_err(submit_error)?;
-    let signed = SignedHeader::decode(header)
-        .map_err(|e| ApiError::malformed(format!("the header does not decode: {e}")))?;
-    let gated = gate(node, list, &signed, key, body).await?;
+        match submit::validate(talks, key, &view.list, header, body.to_vec()) {
+            Ok(s) => s,
+            Err(
+                SubmitError::NotOnAccessList
+                | SubmitError::NotADevice
+                | SubmitError::RoomNotAllowed,
+            ) if !view.fresh => return Attempt::ListChanged,
+            Err(e) => return Attempt::Done(Err(submit_error(e))),
+        };
+    let signed = match SignedHeader::decode(header) {
+        Ok(s) => s,
+        Err(e) => {
+            return Attempt::Done(Err(ApiError::malformed(format!(
+                "the header does not decode: {e}"
+            ))));
+        }
+    };
+    // A handshake is checked against the room's members on the list
+    // (which may admit whom): only against a list just read.
+    if signed.header().kind == Kind::MlsHandshake && !view.fresh {
+        return Attempt::ListChanged;
+    }
+    let gated = match gate(node, &view.list, &signed, key, body).await {
+        Ok(g) => g,
+        Err(e) => return Attempt::Done(Err(e)),
+    };
     if !gated.added.is_empty() && !gated.past {
-        return Err(bad_mls(
+        return Attempt::Done(Err(bad_mls(
             "a commit that adds members is submitted with its Welcome (POST …/commits)",
-        ));
+        )));
     }
     submission.gate = gated.gate;
-    let outcome = node
-        .sequencer
-        .submit(submission)
-        .await
-        .map_err(sequence_error)?;
-    sequenced(outcome)
+    submission.access_version = Some(view.version);
+    match node.sequencer.submit(submission).await {
+        Ok(Outcome::AccessChanged { .. }) => Attempt::ListChanged,
+        Ok(outcome) => Attempt::Done(sequenced(outcome)),
+        Err(e) => Attempt::Done(Err(sequence_error(e))),
+    }
 }
 
 // --- Key packages ------------------------------------------------------------

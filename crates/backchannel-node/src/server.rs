@@ -88,12 +88,35 @@ pub struct Node<S: Store> {
     pub(crate) instance: [u8; 16],
     /// Whether this node holds the integrator lease, and under which epoch.
     pub(crate) lease: crate::lease::SharedLease,
-    /// The last access list decoded per talks, by the SHA-256 of its stored
-    /// bytes: decoding parses every key (point decompression, small-order
-    /// check), and every request and every stream wake reads the list. The
-    /// store stays the one source: each use reads the record and decodes
-    /// again whenever its bytes differ.
-    decoded: std::sync::Mutex<std::collections::HashMap<TalksId, (Digest, Arc<AccessList>)>>,
+    /// The last access list decoded per talks, with the SHA-256 of its
+    /// stored bytes and its version: decoding parses every key (point
+    /// decompression, small-order check), and every request and every
+    /// stream wake reads the list. The store stays the one source: every
+    /// use but one reads the record and decodes again whenever its bytes
+    /// differ. The one is envelope submission ([`Node::access_view`]),
+    /// which validates against this cached list and lets the store check,
+    /// in the sequencing transaction, that the list still has this version
+    /// ([`backchannel_store::Submission::access_version`]).
+    decoded: std::sync::Mutex<std::collections::HashMap<TalksId, CachedList>>,
+}
+
+/// One talks' access list as last read and decoded.
+struct CachedList {
+    hash: Digest,
+    version: u64,
+    list: Arc<AccessList>,
+}
+
+/// A talks' access list to validate a submission against: a cached one
+/// (`fresh: false`), or one just read from the store.
+pub(crate) struct AccessView {
+    /// The list's version, which the submission names to the store.
+    pub(crate) version: u64,
+    /// The decoded list.
+    pub(crate) list: Arc<AccessList>,
+    /// Whether it was read from the store for this request. A refusal
+    /// that depends on the list is final only against a fresh list.
+    pub(crate) fresh: bool,
 }
 
 impl<S: Store> Node<S> {
@@ -174,6 +197,41 @@ impl<S: Store> Node<S> {
         Ok((record, list, entry))
     }
 
+    /// The access list to validate an envelope submission against: the
+    /// cached one unless `fresh` is asked for or none is cached, else the
+    /// store's. `not_found` for unknown talks.
+    pub(crate) async fn access_view(
+        &self,
+        talks: TalksId,
+        fresh: bool,
+    ) -> Result<AccessView, ApiError> {
+        if !fresh
+            && let Ok(cache) = self.decoded.lock()
+            && let Some(cached) = cache.get(&talks)
+        {
+            return Ok(AccessView {
+                version: cached.version,
+                list: Arc::clone(&cached.list),
+                fresh: false,
+            });
+        }
+        let record = self
+            .store
+            .access_list(talks)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(ApiError::not_found)?;
+        let list = self.decoded_list(talks, &record).map_err(|e| {
+            tracing::error!(error = %e, "a stored access list does not decode");
+            ApiError::internal()
+        })?;
+        Ok(AccessView {
+            version: record.version,
+            list,
+            fresh: true,
+        })
+    }
+
     /// `record`'s list of `talks`, decoded once per distinct stored bytes.
     pub(crate) fn decoded_list(
         &self,
@@ -183,14 +241,27 @@ impl<S: Store> Node<S> {
         let hash = sha256(&record.bytes);
         // A poisoned lock only loses the cache: decode again.
         if let Ok(cache) = self.decoded.lock()
-            && let Some((h, list)) = cache.get(&talks)
-            && *h == hash
+            && let Some(cached) = cache.get(&talks)
+            && cached.hash == hash
         {
-            return Ok(Arc::clone(list));
+            return Ok(Arc::clone(&cached.list));
         }
         let list = Arc::new(AccessList::from_canonical_bytes(&record.bytes)?);
         if let Ok(mut cache) = self.decoded.lock() {
-            cache.insert(talks, (hash, Arc::clone(&list)));
+            // A read that raced a newer one does not take the cache back.
+            let older = cache
+                .get(&talks)
+                .is_some_and(|cached| cached.version > record.version);
+            if !older {
+                cache.insert(
+                    talks,
+                    CachedList {
+                        hash,
+                        version: record.version,
+                        list: Arc::clone(&list),
+                    },
+                );
+            }
         }
         Ok(list)
     }
@@ -900,16 +971,44 @@ async fn submit_envelope<S: Store>(
     ApiBytes(bytes): ApiBytes,
 ) -> Result<axum::Json<api::Sequenced>, ApiError> {
     let talks = parse_talks(&talks)?;
-    let (_, list, _) = node.member(talks, &key).await?;
-    if bytes.len() < SIGNED_HEADER_LEN {
-        return Err(ApiError::malformed(
-            "the request body is the 223-byte signed header followed by the body",
-        ));
+    // Validated against the cached list; the store's sequencing checks
+    // that the list still has that version, and a refusal that depends on
+    // the list is only given against one just read.
+    let mut view = node.access_view(talks, false).await?;
+    let mut refreshed = 0;
+    loop {
+        if view.list.get(&key.id()).is_none() {
+            if view.fresh {
+                return Err(ApiError::not_found());
+            }
+            view = node.access_view(talks, true).await?;
+            continue;
+        }
+        if bytes.len() < SIGNED_HEADER_LEN {
+            return Err(ApiError::malformed(
+                "the request body is the 223-byte signed header followed by the body",
+            ));
+        }
+        let (header, body) = bytes.split_at(SIGNED_HEADER_LEN);
+        match crate::rooms::sequence_one(&node, talks, &key, &view, header, body).await {
+            crate::rooms::Attempt::Done(sequenced) => return sequenced.map(axum::Json),
+            crate::rooms::Attempt::ListChanged => {
+                refreshed += 1;
+                if refreshed > MAX_ACCESS_REFRESHES {
+                    return Err(ApiError::stale(
+                        "the talks' access list kept changing while this was submitted; \
+                         submit it again",
+                    ));
+                }
+                view = node.access_view(talks, true).await?;
+            }
+        }
     }
-    let (header, body) = bytes.split_at(SIGNED_HEADER_LEN);
-    let sequenced = crate::rooms::sequence_one(&node, talks, &key, &list, header, body).await?;
-    Ok(axum::Json(sequenced))
 }
+
+/// How many times one envelope submission reads the access list again
+/// because it changed under it before the request gives up (409 `stale`).
+const MAX_ACCESS_REFRESHES: u32 = 3;
 
 /// Query of `GET …/envelopes`.
 #[derive(Debug, Deserialize)]

@@ -93,9 +93,11 @@ impl SubmitError {
 }
 
 /// Validates one envelope submitted to `talks` on a connection
-/// authenticated as `connection_key`, against the talks' current access
-/// list. On success, the submission to sequence; the body moves into it
-/// (it is never copied on the way to storage).
+/// authenticated as `connection_key`, against the talks' access list. On
+/// success, the submission to sequence; the body moves into it (it is
+/// never copied on the way to storage). The caller sets its
+/// `access_version` to the list's version, so that the store refuses it
+/// if the list has changed since.
 pub fn validate(
     talks: TalksId,
     connection_key: &PublicKey,
@@ -153,5 +155,7 @@ pub fn validate(
         body,
         body_hash,
         gate: None,
+        // Named by the caller, which knows the list's version.
+        access_version: None,
     })
 }

@@ -504,3 +504,87 @@ async fn connections_per_source_address_are_capped() {
     assert!(ok, "closing a connection did not free its slot");
     drop(b);
 }
+
+/// Envelope submission validates against the node's cached access list,
+/// and the store checks, in the sequencing transaction, that this list is
+/// still the current one: a list replaced behind the node's back (by
+/// another node on the same database; here, the store directly) is never
+/// outrun. A device taken off is refused and nothing of it is written; a
+/// device put on is admitted at once.
+#[tokio::test]
+async fn a_cached_access_list_never_outruns_a_replaced_one() {
+    let node = start(test_limits()).await;
+    let talks = node.open_reference_talks().await;
+    let t = fixtures::talks();
+    let ack = |label: u8, idem: u8| {
+        envelope_with(&key(label), t.record, b"seen", [idem; 16], |h| {
+            h.kind = backchannel_statement::Kind::Ack(0)
+        })
+    };
+    let us = node.client(US_HEAD_DEVICE);
+    // Admitted, and the list is now cached.
+    let a = us
+        .post_raw(&path(talks, "/envelopes"), ack(US_HEAD_DEVICE, 1))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+
+    // The US head's device off the list, a second US negotiator device on.
+    let store = node.node.store().clone();
+    let current = store.access_list(talks).await.unwrap().unwrap();
+    let list = backchannel_statement::AccessList::from_canonical_bytes(&current.bytes).unwrap();
+    let gone = key(US_HEAD_DEVICE).public_key().id();
+    let added = backchannel_statement::AccessEntry::new(
+        key(0x69).public_key(),
+        fixtures::PRINCIPALS[3],
+        t.us,
+        vec![t.record],
+        backchannel_statement::access_list::FLAG_DEVICE,
+    )
+    .unwrap();
+    let mut entries: Vec<_> = list
+        .entries()
+        .iter()
+        .filter(|e| e.key_id() != gone)
+        .cloned()
+        .collect();
+    entries.push(added);
+    let next =
+        backchannel_statement::AccessList::new(talks, list.generation() + 1, entries).unwrap();
+    let bytes = next.to_canonical_bytes();
+    store
+        .replace_access_list(
+            talks,
+            current.hash,
+            &backchannel_store::AccessListRecord {
+                hash: backchannel_crypto::sha256(&bytes),
+                bytes,
+                version: current.version + 1,
+            },
+        )
+        .await
+        .unwrap();
+    let size = store.log_size(talks).await.unwrap();
+
+    // The cached list still admits the removed device: the store does not.
+    let a = us
+        .post_raw(&path(talks, "/envelopes"), ack(US_HEAD_DEVICE, 2))
+        .await;
+    assert_eq!((a.status, a.code().as_str()), (404, "not_found"), "{a:?}");
+    assert_eq!(
+        store.log_size(talks).await.unwrap(),
+        size,
+        "nothing written"
+    );
+    // Off the list, it is not found for anything, a retry included.
+    let again = us
+        .post_raw(&path(talks, "/envelopes"), ack(US_HEAD_DEVICE, 1))
+        .await;
+    assert_eq!(again.status, 404, "{again:?}");
+    // The new device, unknown to the cached list, is admitted.
+    let a = node
+        .client(0x69)
+        .post_raw(&path(talks, "/envelopes"), ack(0x69, 3))
+        .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json["seq"], size);
+}

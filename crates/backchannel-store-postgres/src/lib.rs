@@ -776,6 +776,7 @@ fn scheduled_row(row: &PgRow) -> Result<ScheduledRecord, StoreError> {
             body: blob(row, "body")?.to_vec(),
             body_hash: digest(row, "body_hash")?,
             gate: gate.into_gate()?,
+            access_version: None,
         },
     })
 }
@@ -1384,11 +1385,33 @@ async fn sequence_in(
     let mut ids: Vec<TalksId> = batch.iter().map(|s| s.talks).collect();
     ids.sort_unstable();
     ids.dedup();
-    for talks in ids {
+    for &talks in &ids {
         let Some(h) = head(&mut *tx, talks, OP, HeadLock::Update).await? else {
             return Err(StoreError::UnknownTalks);
         };
         heads.insert(talks, h);
+    }
+    // The access lists' versions of the talks whose submissions name one,
+    // locked `FOR SHARE` (after the heads, in the same order) until
+    // COMMIT: a replacement, which locks the list `FOR UPDATE`, waits for
+    // this batch, and a replacement that committed first is what is read.
+    let mut access: HashMap<TalksId, u64> = HashMap::new();
+    for talks in ids {
+        if !batch
+            .iter()
+            .any(|s| s.talks == talks && s.access_version.is_some())
+        {
+            continue;
+        }
+        let row = sqlx::query("SELECT version FROM access_lists WHERE talks = $1 FOR SHARE")
+            .bind(talks.as_bytes().as_slice())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| backend(OP, e))?;
+        let Some(row) = row else {
+            return Err(StoreError::UnknownTalks);
+        };
+        access.insert(talks, uint(&row, "version")?);
     }
 
     // The talks touched, in order of first appearance (the order of the
@@ -1438,6 +1461,21 @@ async fn sequence_in(
                 }
             }));
             continue;
+        }
+
+        // The access list, after the idempotency lookups: a retry that
+        // landed got its placement above, whatever the list is now.
+        if let Some(validated) = sub.access_version {
+            let Some(&current) = access.get(&sub.talks) else {
+                // Read above for every talks with a submission naming one.
+                return Err(StoreError::Backend(
+                    "sequence: lost an access list version".into(),
+                ));
+            };
+            if validated != current {
+                slots.push(Slot::Done(Outcome::AccessChanged { version: current }));
+                continue;
+            }
         }
 
         // The gate, after the idempotency lookups: a retry that landed

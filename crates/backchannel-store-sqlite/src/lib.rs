@@ -474,6 +474,7 @@ fn scheduled_row(row: &SqliteRow) -> Result<ScheduledRecord, StoreError> {
             body: blob(row, "body")?.to_vec(),
             body_hash: digest(row, "body_hash")?,
             gate: gate.into_gate()?,
+            access_version: None,
         },
     })
 }
@@ -586,6 +587,38 @@ async fn head(
         ));
     }
     Ok(Some(head))
+}
+
+/// A talks' log head and its access list's version, in one query: what
+/// [`sequence_in`] reads of each talks of its batch.
+async fn sequencing_head(
+    conn: &mut SqliteConnection,
+    talks: TalksId,
+    op: &'static str,
+) -> Result<Option<(Head, u64)>, StoreError> {
+    let row = sqlx::query(
+        "SELECT h.next_seq, h.last_time, h.integrated_size, a.version
+         FROM log_heads h JOIN access_lists a ON a.talks = h.talks
+         WHERE h.talks = ?",
+    )
+    .bind(talks.as_bytes().as_slice())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let head = Head {
+        next_seq: uint(&row, "next_seq")?,
+        last_time: uint(&row, "last_time")?,
+        integrated_size: uint(&row, "integrated_size")?,
+    };
+    if head.integrated_size > head.next_seq {
+        return Err(StoreError::Corrupt(
+            "the integrated size exceeds the log size".into(),
+        ));
+    }
+    Ok(Some((head, uint(&row, "version")?)))
 }
 
 /// The latest checkpoint of a talks.
@@ -985,6 +1018,8 @@ async fn sequence_in(
     // Heads of the talks touched, in order of first appearance (the
     // order of the notifications), with their stored next seq.
     let mut heads: HashMap<TalksId, Head> = HashMap::new();
+    // The access list's version of each talks, read with its head.
+    let mut access: HashMap<TalksId, u64> = HashMap::new();
     let mut order: Vec<(TalksId, u64)> = Vec::new();
     let mut pending: HashMap<(TalksId, KeyId, [u8; 16]), usize> = HashMap::new();
     let mut fresh: Vec<Fresh> = Vec::new();
@@ -999,10 +1034,11 @@ async fn sequence_in(
 
     for (i, sub) in batch.iter().enumerate() {
         if let Entry::Vacant(v) = heads.entry(sub.talks) {
-            let Some(h) = head(&mut *tx, sub.talks, OP).await? else {
+            let Some((h, version)) = sequencing_head(&mut *tx, sub.talks, OP).await? else {
                 return Err(StoreError::UnknownTalks);
             };
             order.push((sub.talks, h.next_seq));
+            access.insert(sub.talks, version);
             v.insert(h);
         }
 
@@ -1029,6 +1065,21 @@ async fn sequence_in(
                 }
             }));
             continue;
+        }
+
+        // The access list, after the idempotency lookups: a retry that
+        // landed got its placement above, whatever the list is now.
+        if let Some(validated) = sub.access_version {
+            let Some(&current) = access.get(&sub.talks) else {
+                // Read above with this talks' head.
+                return Err(StoreError::Backend(
+                    "sequence: lost an access list version".into(),
+                ));
+            };
+            if validated != current {
+                slots.push(Slot::Done(Outcome::AccessChanged { version: current }));
+                continue;
+            }
         }
 
         // The gate, after the idempotency lookups: a retry that landed

@@ -36,8 +36,8 @@ use crate::{
     MAX_FIRE_BATCH, MAX_INVITATIONS, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_REFERENCE,
     MAX_KEY_PACKAGES_PER_DEVICE, MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES,
     MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange, Placement, Redemption, RoomState,
-    RoomStateUpdate, ScheduledRecord, Store, StoreError, StoredEnvelope, Submission, Subscription,
-    TalksRecord,
+    RoomStateUpdate, ScheduledRecord, Store, StoreError, StoredEnvelope, Submission,
+    Subscription, TalksRecord,
 };
 
 /// Runs every property, each on a store from `fresh` (which must open a
@@ -58,6 +58,7 @@ where
         create_and_get_talks,
         unknown_talks,
         access_list_compare_and_swap,
+        access_version_checked_when_sequencing,
         sequence_is_dense_per_talks,
         node_time_never_decreases,
         receipts_verify,
@@ -166,6 +167,7 @@ pub fn submission(talks: TalksId, sender: KeyId, key: u32, variant: u8) -> Submi
         body_hash: sha256(&body),
         body,
         gate: None,
+        access_version: None,
     }
 }
 
@@ -555,6 +557,99 @@ pub async fn access_list_compare_and_swap<S: Store>(store: &S) {
         "CAS v1 → v2",
     );
     assert_eq!(ok(store.access_list(t).await, "access_list"), Some(v2));
+}
+
+/// [`Submission::access_version`] names the list the node validated
+/// against; `sequence` refuses it with `AccessChanged` (and the current
+/// version) once the list has another version, after the idempotency
+/// lookup and before the gate, writing nothing and taking no seq.
+pub async fn access_version_checked_when_sequencing<S: Store>(store: &S) {
+    let t = open(store, 1).await;
+    let u = open(store, 2).await;
+    let a = sender(labels::US_HEAD_DEVICE);
+    let named = |sub: Submission, version: Option<u64>| Submission {
+        access_version: version,
+        ..sub
+    };
+    let first = named(submission(t, a, 1, 0), Some(0));
+    let out = sequence(
+        store,
+        vec![
+            first.clone(),
+            named(submission(t, a, 2, 0), None),
+            named(submission(t, a, 3, 0), Some(1)),
+            named(submission(u, a, 4, 0), Some(0)),
+        ],
+        1000,
+    )
+    .await;
+    assert_eq!(placed(&out[0], "the current version").seq, 0);
+    assert_eq!(placed(&out[1], "no version named").seq, 1);
+    assert_eq!(
+        out[2],
+        Outcome::AccessChanged { version: 0 },
+        "a version the list does not have"
+    );
+    assert_eq!(placed(&out[3], "other talks, its own list").seq, 0);
+
+    let (v0, v1) = (access_list(1, 0), access_list(3, 1));
+    ok(
+        store.replace_access_list(t, v0.hash, &v1).await,
+        "replace_access_list",
+    );
+    let gated_stale = Submission {
+        access_version: Some(0),
+        ..gated(t, a, 7, mls_room(1), Gate::Epoch { epoch: 0 })
+    };
+    let gated_current = Submission {
+        access_version: Some(1),
+        ..gated(t, a, 8, mls_room(1), Gate::Epoch { epoch: 0 })
+    };
+    let again = sequence(
+        store,
+        vec![
+            first.clone(),
+            named(submission(t, a, 5, 0), Some(0)),
+            gated_stale,
+            gated_current,
+            named(submission(t, a, 6, 0), Some(1)),
+            named(submission(t, a, 3, 0), Some(1)),
+        ],
+        2000,
+    )
+    .await;
+    assert_eq!(
+        again[0], out[0],
+        "a retry that landed keeps its placement after the list changed"
+    );
+    assert_eq!(
+        again[1],
+        Outcome::AccessChanged { version: 1 },
+        "validated against the replaced list"
+    );
+    assert_eq!(
+        again[2],
+        Outcome::AccessChanged { version: 1 },
+        "the access list is checked before the gate"
+    );
+    assert_eq!(again[3], Outcome::NoGroup, "then the gate");
+    assert_eq!(placed(&again[4], "the new version").seq, 2);
+    assert_eq!(
+        placed(&again[5], "refused before, now current").seq,
+        3,
+        "a refusal kept nothing of its key"
+    );
+    assert_eq!(ok(store.log_size(t).await, "log_size"), 4);
+    let headers: Vec<Vec<u8>> = read_all(store, t)
+        .await
+        .into_iter()
+        .map(|r| r.header)
+        .collect();
+    let want: Vec<Vec<u8>> = [(1, None), (2, None), (6, Some(1)), (3, Some(1))]
+        .into_iter()
+        .map(|(key, version)| named(submission(t, a, key, 0), version).header)
+        .collect();
+    assert_eq!(headers, want, "refused submissions wrote nothing");
 }
 
 /// Seqs are dense from 0 per talks, assigned in batch order, independently

@@ -64,6 +64,15 @@
 //!   seq (seqs stay dense). Which seq and header hash committed each epoch
 //!   is recorded, so the loser of a commit race learns the winner's seq.
 //!   The store sees only bytes: it parses no MLS.
+//! - **Access checked in the transaction.** A submission that names the
+//!   access-list version it was validated against
+//!   ([`Submission::access_version`]) is sequenced only while the talks'
+//!   list still has that version, read in the `sequence` transaction (with
+//!   several nodes, under a lock that a list replacement waits for);
+//!   otherwise its outcome is [`Outcome::AccessChanged`], nothing is
+//!   written for it and it takes no seq. So a list replacement and a
+//!   sequencing are ordered: an envelope validated under a list that a
+//!   revocation replaced is never sequenced after that revocation.
 //! - **Welcome audience.** A Welcome is stored with the device keys whose
 //!   key packages it names ([`StoredEnvelope::welcome_to`]); the node serves
 //!   its body to those only (the store just keeps the list).
@@ -213,6 +222,14 @@ pub struct Submission {
     /// How its room's MLS epoch gates it (`None`: not gated — acks,
     /// alerts, ticks and everything outside MLS rooms).
     pub gate: Option<Gate>,
+    /// The version of the access list the node validated it against
+    /// (`None`: not checked here — the node's own ticks and timers).
+    /// [`Store::sequence`] refuses it with [`Outcome::AccessChanged`] if
+    /// the talks' list has another version in its transaction, so an
+    /// envelope is never sequenced under a list that no longer admits it
+    /// (a revocation that commits first wins), and the node may validate
+    /// against a cached list.
+    pub access_version: Option<u64>,
 }
 
 /// How an MLS submission is gated by its room's epoch (RFC 9420 §14),
@@ -403,6 +420,14 @@ pub enum Outcome {
     /// Refused by its gate: a [`Gate::Welcome`] whose commit did not win
     /// its epoch (or is not there). Nothing was written for it.
     WelcomeOrphaned,
+    /// Refused: the talks' access list is no longer the version the
+    /// submission was validated against ([`Submission::access_version`]).
+    /// Nothing was written for it; validate it against the current list
+    /// and submit it again.
+    AccessChanged {
+        /// The access list's current version.
+        version: u64,
+    },
 }
 
 /// Where an envelope sits in its log, and its receipt.
@@ -1055,7 +1080,9 @@ pub trait Store: Send + Sync + 'static {
     /// in order, finds an earlier envelope with the same (talks, sender,
     /// idempotency key) — a retry with the same header hash gets the
     /// original's placement back, a different header hash a `Conflict` —
-    /// and otherwise checks its [`Gate`], if any, against its room's state
+    /// and otherwise checks its [`Submission::access_version`], if any,
+    /// against the talks' access list (`AccessChanged` if it differs),
+    /// then its [`Gate`], if any, against its room's state
     /// as the earlier submissions of the batch left it ([`check_gate`]): a
     /// refused gate is its outcome, and nothing is written for it nor a seq
     /// taken. Otherwise it gets the talks' next seq and a node timestamp of

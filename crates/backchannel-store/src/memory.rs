@@ -625,6 +625,16 @@ impl MemoryStore {
                 });
                 continue;
             }
+            // The access list, after the idempotency lookup: a retry that
+            // landed got its placement above, whatever the list is now.
+            if let Some(version) = s.access_version
+                && version != log.access.version
+            {
+                plan.push(Planned::Done(Outcome::AccessChanged {
+                    version: log.access.version,
+                }));
+                continue;
+            }
             // The gate, after the idempotency lookup: a retry that landed
             // got its placement above, whatever the room's epoch is now.
             let room = match &s.gate {

@@ -81,6 +81,7 @@ pub fn submission(talks: u8, sender: u8, key: u8, content: u8) -> Submission {
         body_hash: sha256(&body),
         body,
         gate: None,
+        access_version: None,
     }
 }
 
