@@ -147,23 +147,61 @@ pub(crate) async fn feed<S: Store>(wakeups: Weak<Wakeups>, store: Weak<S>, every
             }
             _ = poll.tick() => {
                 let (Some(w), Some(s)) = (wakeups.upgrade(), store.upgrade()) else { return };
-                poll_once(&w, &s).await;
+                let read = poll_once(&w, &s).await;
+                if !settle(&w, &mut appended, read) {
+                    return;
+                }
             }
         }
     }
 }
 
-/// One read of the log size and the access list of every watched talks.
-async fn poll_once<S: Store>(wakeups: &Wakeups, store: &Arc<S>) {
+/// Records a poll's reads, after this node's appends announced while the
+/// poll read: a log size they explain is not another node's rows, and
+/// must not send every stream of the talks to the store (under load, some
+/// always are). `false` when the store's notifications have ended.
+fn settle(
+    w: &Wakeups,
+    appended: &mut broadcast::Receiver<backchannel_store::Appended>,
+    read: Vec<(TalksId, Option<(u64, Option<Digest>)>)>,
+) -> bool {
+    loop {
+        match appended.try_recv() {
+            Ok(a) => w.appended(a.talks, a.size),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => w.bump_all(),
+            Err(broadcast::error::TryRecvError::Empty) => break,
+            Err(broadcast::error::TryRecvError::Closed) => return false,
+        }
+    }
+    for (talks, polled) in read {
+        match polled {
+            Some((size, list)) => w.polled(talks, size, list),
+            // A failed read: let the streams find out for themselves.
+            None => w.bump(talks),
+        }
+    }
+    true
+}
+
+/// One read of the log size and the access list's hash of every watched
+/// talks (`None`: a read failed).
+async fn poll_once<S: Store>(
+    wakeups: &Wakeups,
+    store: &Arc<S>,
+) -> Vec<(TalksId, Option<(u64, Option<Digest>)>)> {
+    let mut read = Vec::new();
     for talks in wakeups.prune() {
         let size = store.log_size(talks).await;
         let list = store.access_list(talks).await;
-        match (size, list) {
-            (Ok(size), Ok(list)) => wakeups.polled(talks, size, list.map(|r| r.hash)),
-            // A failed read: let the streams find out for themselves.
-            _ => wakeups.bump(talks),
-        }
+        read.push((
+            talks,
+            match (size, list) {
+                (Ok(size), Ok(list)) => Some((size, list.map(|r| r.hash))),
+                _ => None,
+            },
+        ));
     }
+    read
 }
 
 #[cfg(test)]
@@ -226,6 +264,39 @@ mod tests {
         assert_eq!(a.borrow_and_update().generation, 2, "another node's list");
         w.polled(talks(1), 9, None);
         assert_eq!(a.borrow_and_update().generation, 3, "the list is gone");
+    }
+
+    #[test]
+    fn a_poll_that_read_this_nodes_unannounced_appends_bumps_nothing() {
+        let w = Wakeups::default();
+        let mut a = w.subscribe(talks(1));
+        let (tx, mut rx) = broadcast::channel(4);
+        let list = Some(Digest([7; 32]));
+        assert!(settle(&w, &mut rx, vec![(talks(1), Some((4, list)))]));
+        // This node appended up to 9, and the poll read 9 before the feed
+        // had seen the notification.
+        tx.send(backchannel_store::Appended {
+            talks: talks(1),
+            size: 9,
+        })
+        .unwrap();
+        assert!(settle(&w, &mut rx, vec![(talks(1), Some((9, list)))]));
+        assert_eq!(
+            *a.borrow_and_update(),
+            Wake {
+                size: 9,
+                generation: 0
+            },
+            "announced, not sent to the store"
+        );
+        // Rows beyond what this node announced are another node's.
+        assert!(settle(&w, &mut rx, vec![(talks(1), Some((11, list)))]));
+        assert_eq!(a.borrow_and_update().generation, 1);
+        // A failed read bumps; a closed notification channel ends the feed.
+        assert!(settle(&w, &mut rx, vec![(talks(1), None)]));
+        assert_eq!(a.borrow_and_update().generation, 2);
+        drop(tx);
+        assert!(!settle(&w, &mut rx, Vec::new()));
     }
 
     #[test]
