@@ -211,8 +211,8 @@ pub(crate) async fn tile<S: Store>(
         .into_response())
 }
 
-/// A data tile: the leaf data of its entries, from the stored envelopes,
-/// within the integrated tree.
+/// A data tile: the leaf data of its entries, from the stored envelopes'
+/// leaf columns (no bodies), within the integrated tree.
 async fn data_tile<S: Store>(
     node: &Node<S>,
     talks: TalksId,
@@ -233,7 +233,7 @@ async fn data_tile<S: Store>(
     while next < end {
         let rows = node
             .store
-            .read(talks, next, (end - next) as usize)
+            .leaves(talks, next, (end - next) as usize)
             .await
             .map_err(store_error)?;
         if rows.is_empty() {

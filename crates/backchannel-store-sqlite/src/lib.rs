@@ -52,7 +52,7 @@ use backchannel_store::{
     MAX_KEY_PACKAGE_REFERENCE, MAX_KEY_PACKAGES_PER_DEVICE, MAX_PENDING_CHANGES, MAX_READ,
     MAX_READ_BYTES, MAX_SCHEDULED, MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange,
     Placement, Redemption, RoomCommit, RoomState, SUBSCRIPTION_BUFFER, ScheduledRecord, Store,
-    StoreError, StoredEnvelope, Submission, Subscription, TalksRecord,
+    StoreError, StoredEnvelope, StoredLeaf, Submission, Subscription, TalksRecord,
 };
 use backchannel_tlog::{BatchRecord, LeafData, SignedBatch};
 use sqlx::pool::PoolConnectionMetadata;
@@ -1543,6 +1543,50 @@ impl Store for SqliteStore {
                 return Err(StoreError::Corrupt("a seq is missing from the log".into()));
             }
             out.push(e);
+        }
+        Ok(out)
+    }
+
+    async fn leaves(
+        &self,
+        talks: TalksId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredLeaf>, StoreError> {
+        const OP: &str = "read leaves";
+        let limit = limit.min(MAX_READ);
+        let Ok(from_sql_value) = i64::try_from(from) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One statement: one snapshot. Rows are dense from `from` up to the
+        // log size (the head is written in the transaction that wrote them).
+        let rows = sqlx::query(
+            "SELECT seq, node_time, room, header, body_hash, leaf_hash
+             FROM envelopes WHERE talks = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(talks.as_bytes().as_slice())
+        .bind(from_sql_value)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| backend(OP, e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (expected, row) in (from..).zip(&rows) {
+            let leaf = StoredLeaf {
+                seq: uint(row, "seq")?,
+                node_time: uint(row, "node_time")?,
+                room: RoomId(fixed::<16>(blob(row, "room")?, "room")?),
+                header: blob(row, "header")?.to_vec(),
+                body_hash: digest(row, "body_hash")?,
+                leaf_hash: digest(row, "leaf_hash")?,
+            };
+            if leaf.seq != expected {
+                return Err(StoreError::Corrupt("a seq is missing from the log".into()));
+            }
+            out.push(leaf);
         }
         Ok(out)
     }

@@ -36,7 +36,7 @@ use crate::{
     MAX_FIRE_BATCH, MAX_INVITATIONS, MAX_KEY_PACKAGE_BYTES, MAX_KEY_PACKAGE_REFERENCE,
     MAX_KEY_PACKAGES_PER_DEVICE, MAX_NUMBER, MAX_PENDING_CHANGES, MAX_READ, MAX_READ_BYTES,
     MAX_SEQUENCE_BATCH, MAX_TREE_HASHES, Outcome, PendingChange, Placement, Redemption, RoomState,
-    RoomStateUpdate, ScheduledRecord, Store, StoreError, StoredEnvelope, Submission,
+    RoomStateUpdate, ScheduledRecord, Store, StoreError, StoredEnvelope, StoredLeaf, Submission,
     Subscription, TalksRecord,
 };
 
@@ -64,6 +64,7 @@ where
         receipts_verify,
         idempotent_retries,
         read_pages,
+        leaves_are_reads_without_bodies,
         read_byte_budget,
         purge_keeps_proof_material,
         integrate_and_tree_hashes,
@@ -650,6 +651,66 @@ pub async fn access_version_checked_when_sequencing<S: Store>(store: &S) {
         .map(|(key, version)| named(submission(t, a, key, 0), version).header)
         .collect();
     assert_eq!(headers, want, "refused submissions wrote nothing");
+}
+
+/// [`Store::leaves`] pages like [`Store::read`], without the byte budget,
+/// and each row is the read's row without body, receipt and audience, a
+/// purged body changing nothing; the leaves rebuilt from them hash to
+/// their stored leaf hashes.
+pub async fn leaves_are_reads_without_bodies<S: Store>(store: &S) {
+    let (t1, t2) = (open(store, 1).await, open(store, 2).await);
+    let a = sender(labels::US_HEAD_DEVICE);
+    let n = MAX_READ as u64 + 5;
+    // Bodies of 64 KiB every 100th: a read's byte budget would cut its
+    // pages short; leaves carry no bodies and are not cut.
+    let batch: Vec<Submission> = (0..n as u32)
+        .map(|i| {
+            let sub = submission(t1, a, i, 0);
+            if i % 100 == 0 {
+                with_body(sub, 64 << 10)
+            } else {
+                sub
+            }
+        })
+        .collect();
+    sequence(store, batch, 1000).await;
+    assert!(
+        ok(store.purge_body(t1, 3).await, "purge_body"),
+        "a body to purge"
+    );
+    let want: Vec<StoredLeaf> = read_all(store, t1)
+        .await
+        .into_iter()
+        .map(StoredLeaf::from)
+        .collect();
+    assert_eq!(want.len() as u64, n);
+    for leaf in &want {
+        assert_eq!(leaf.leaf().hash(), leaf.leaf_hash, "seq {}", leaf.seq);
+    }
+    let check = async |from: u64, limit: usize, range: std::ops::Range<usize>| {
+        let got = ok(store.leaves(t1, from, limit).await, "leaves");
+        assert!(
+            got == want[range.clone()],
+            "leaves(from {from}, limit {limit}) must return seqs {range:?}, got {} rows starting at {:?}",
+            got.len(),
+            got.first().map(|e| e.seq)
+        );
+    };
+    let max = MAX_READ;
+    let n = n as usize;
+    check(0, 10, 0..10).await;
+    check(2, 3, 2..5).await;
+    check(0, 0, 0..0).await;
+    check(0, usize::MAX, 0..max).await;
+    check(max as u64, 10, max..n).await;
+    check(n as u64 - 1, 10, n - 1..n).await;
+    check(n as u64, 10, n..n).await;
+    check(u64::MAX, 10, n..n).await;
+    assert!(ok(store.leaves(t2, 0, 10).await, "leaves").is_empty());
+    assert!(
+        ok(store.leaves(talks_id(9), 0, 10).await, "leaves").is_empty(),
+        "unknown talks"
+    );
 }
 
 /// Seqs are dense from 0 per talks, assigned in batch order, independently

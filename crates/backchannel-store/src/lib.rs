@@ -487,6 +487,51 @@ impl StoredEnvelope {
     }
 }
 
+/// What a log leaf is built from, as stored: an envelope's row without its
+/// body, receipt and audience ([`Store::leaves`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLeaf {
+    /// Its seq.
+    pub seq: u64,
+    /// The node's timestamp (Unix ms).
+    pub node_time: u64,
+    /// The room.
+    pub room: RoomId,
+    /// The canonical signed header.
+    pub header: Vec<u8>,
+    /// SHA-256 of the body.
+    pub body_hash: Digest,
+    /// The stored leaf hash.
+    pub leaf_hash: Digest,
+}
+
+impl StoredLeaf {
+    /// The log leaf, rebuilt with the header re-hashed (never the stored
+    /// leaf hash), exactly as [`StoredEnvelope::leaf`] rebuilds it.
+    pub fn leaf(&self) -> backchannel_tlog::LeafData {
+        backchannel_tlog::LeafData {
+            seq: self.seq,
+            timestamp_ms: self.node_time,
+            room: self.room,
+            header_hash: backchannel_crypto::sha256(&self.header),
+            body_hash: self.body_hash,
+        }
+    }
+}
+
+impl From<StoredEnvelope> for StoredLeaf {
+    fn from(e: StoredEnvelope) -> Self {
+        Self {
+            seq: e.seq,
+            node_time: e.node_time,
+            room: e.room,
+            header: e.header,
+            body_hash: e.body_hash,
+            leaf_hash: e.leaf_hash,
+        }
+    }
+}
+
 /// A signed checkpoint as stored, with the cosignatures gathered for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckpointRecord {
@@ -1117,6 +1162,38 @@ pub trait Store: Send + Sync + 'static {
         from: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StoredEnvelope>, StoreError>> + Send;
+
+    /// What the log leaves of a talks with `from <= seq` are built from, in
+    /// seq order, at most `limit` (capped at [`MAX_READ`]): [`Store::read`]
+    /// without the bodies, receipts and audiences, which integration and
+    /// data tiles do not need (a leaf commits to the body's hash). Rows are
+    /// at most a few hundred bytes, so no byte budget applies: a page
+    /// shorter than asked is the end of the log. A seq missing below the
+    /// log size is `Corrupt`. The default reads whole envelopes; backends
+    /// read only these columns.
+    fn leaves(
+        &self,
+        talks: TalksId,
+        from: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredLeaf>, StoreError>> + Send {
+        async move {
+            let limit = limit.min(MAX_READ);
+            let mut out: Vec<StoredLeaf> = Vec::with_capacity(limit.min(1024));
+            let mut next = from;
+            while out.len() < limit {
+                let page = self.read(talks, next, limit - out.len()).await?;
+                let Some(last) = page.last().map(|e| e.seq) else {
+                    break;
+                };
+                out.extend(page.into_iter().map(StoredLeaf::from));
+                next = last
+                    .checked_add(1)
+                    .ok_or(StoreError::Corrupt("a seq beyond the largest".into()))?;
+            }
+            Ok(out)
+        }
+    }
 
     /// Removes the body of one envelope, keeping its hash, header, leaf and
     /// receipt. `Ok(false)` if there was no such envelope or it was
