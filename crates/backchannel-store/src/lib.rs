@@ -52,7 +52,8 @@
 //!   transaction (never in node memory), so they hold with several nodes on
 //!   one database. Per submission, in batch order: the idempotency lookup
 //!   first (a retry that landed gets its placement back whatever the room's
-//!   epoch is now), then the gate, then a seq. A room's group is created
+//!   epoch or access list is now), then the access-list version, then the
+//!   gate, then a seq. A room's group is created
 //!   once (epoch 0); a commit is sequenced only from the room's current
 //!   epoch and only if that epoch has no commit yet, and it moves the room
 //!   to the next epoch with the new public state and GroupInfo in the same
