@@ -171,6 +171,8 @@ impl SqliteStore {
                 // lost, the pool opens a new one through the same checks.
                 .idle_timeout(None)
                 .max_lifetime(None)
+                // See the readers' pool below.
+                .test_before_acquire(false)
                 .acquire_timeout(options.acquire_timeout)
                 .after_connect(check_durable)
                 .connect_with(
@@ -181,7 +183,12 @@ impl SqliteStore {
                         // these make SQLite use F_FULLFSYNC there (no-ops
                         // elsewhere).
                         .pragma("fullfsync", "ON")
-                        .pragma("checkpoint_fullfsync", "ON"),
+                        .pragma("checkpoint_fullfsync", "ON")
+                        // Sequencing probes the idempotency index at
+                        // random keys while it appends whole envelopes:
+                        // with SQLite's default 2 MiB cache the index
+                        // pages are evicted by the appends and read again.
+                        .pragma("cache_size", WRITER_CACHE_KIB),
                 )
                 .await;
             match connected {
@@ -200,6 +207,12 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
             .min_connections(0)
+            // An SQLite connection is a thread of this process, not a
+            // socket that can go stale: the ping before each acquire would
+            // be one more round trip to that thread per query. (The pool
+            // still pings on release, and drops a connection whose thread
+            // has gone.)
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(
                 base.create_if_missing(false)
@@ -660,6 +673,10 @@ const INSERT_CHUNK: usize = 64;
 /// Each read connection's page cache: `PRAGMA cache_size` in KiB (negative),
 /// 16 MiB (SQLite's default is 2 MiB).
 const READER_CACHE_KIB: &str = "-16384";
+
+/// The write connection's page cache: `PRAGMA cache_size` in KiB
+/// (negative), 64 MiB.
+const WRITER_CACHE_KIB: &str = "-65536";
 
 /// Tree hashes per `INSERT` of an integration (3 values each).
 const HASH_INSERT_CHUNK: usize = 256;
