@@ -163,7 +163,7 @@ pub(crate) async fn feed<S: Store>(wakeups: Weak<Wakeups>, store: Weak<S>, every
 fn settle(
     w: &Wakeups,
     appended: &mut broadcast::Receiver<backchannel_store::Appended>,
-    read: Vec<(TalksId, Option<(u64, Option<Digest>)>)>,
+    read: Vec<(TalksId, Polled)>,
 ) -> bool {
     loop {
         match appended.try_recv() {
@@ -183,12 +183,13 @@ fn settle(
     true
 }
 
+/// What a poll read of one talks: its log size and its access list's
+/// hash (`None`: a read failed).
+type Polled = Option<(u64, Option<Digest>)>;
+
 /// One read of the log size and the access list's hash of every watched
-/// talks (`None`: a read failed).
-async fn poll_once<S: Store>(
-    wakeups: &Wakeups,
-    store: &Arc<S>,
-) -> Vec<(TalksId, Option<(u64, Option<Digest>)>)> {
+/// talks.
+async fn poll_once<S: Store>(wakeups: &Wakeups, store: &Arc<S>) -> Vec<(TalksId, Polled)> {
     let mut read = Vec::new();
     for talks in wakeups.prune() {
         let size = store.log_size(talks).await;
