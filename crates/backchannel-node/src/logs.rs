@@ -14,11 +14,15 @@
 //! verifies each new checkpoint from the leaves themselves and accounts for
 //! every leaf of its rooms. They show every member of the talks each
 //! leaf's room id and time (not its sender, size or content): the price of
-//! withheld-envelope detection, stated in the threat model.
+//! withheld-envelope detection, stated in the threat model. A full data
+//! tile never changes once integrated (a seq's row is never rewritten, and
+//! a purge keeps the leaf columns), so the last [`MAX_CACHED_DATA_TILES`]
+//! served are kept ([`DataTiles`]): every recipient of a talks fetches the
+//! same ones.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::State;
@@ -211,6 +215,43 @@ pub(crate) async fn tile<S: Store>(
         .into_response())
 }
 
+/// How many full data tiles the node keeps (24.25 KiB each: at most about
+/// 12 MiB).
+pub const MAX_CACHED_DATA_TILES: usize = 512;
+
+/// The full data tiles served last, by talks and tile index (oldest
+/// first out). Only full tiles: they are immutable once integrated.
+#[derive(Default)]
+pub(crate) struct DataTiles {
+    inner: Mutex<KeptTiles>,
+}
+
+/// The kept tiles, and their keys in the order they were first kept.
+type KeptTiles = (HashMap<(TalksId, u64), Arc<[u8]>>, VecDeque<(TalksId, u64)>);
+
+impl DataTiles {
+    fn get(&self, talks: TalksId, index: u64) -> Option<Arc<[u8]>> {
+        let inner = self.inner.lock().ok()?;
+        inner.0.get(&(talks, index)).cloned()
+    }
+
+    fn put(&self, talks: TalksId, index: u64, tile: Arc<[u8]>) {
+        // A poisoned lock only loses the cache.
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let (tiles, order) = &mut *inner;
+        if tiles.insert((talks, index), tile).is_none() {
+            order.push_back((talks, index));
+        }
+        while order.len() > MAX_CACHED_DATA_TILES {
+            if let Some(old) = order.pop_front() {
+                tiles.remove(&old);
+            }
+        }
+    }
+}
+
 /// A data tile: the leaf data of its entries, from the stored envelopes'
 /// leaf columns (no bodies), within the integrated tree.
 async fn data_tile<S: Store>(
@@ -222,11 +263,20 @@ async fn data_tile<S: Store>(
         return Err(ApiError::not_found());
     }
     let width = u64::from(tile.width());
+    let full = width == 1 << TILE_HEIGHT;
     let start = tile
         .level_index()
         .checked_mul(1 << TILE_HEIGHT)
         .ok_or_else(ApiError::not_found)?;
     let end = start.checked_add(width).ok_or_else(ApiError::not_found)?;
+    // Served only once integrated: a cached tile was.
+    if full && let Some(cached) = node.data_tiles.get(talks, tile.level_index()) {
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            axum::body::Bytes::from_owner(cached),
+        )
+            .into_response());
+    }
     integrated(node, talks, end).await?;
     let mut out = Vec::with_capacity(width as usize * LEAF_DATA_LEN);
     let mut next = start;
@@ -247,6 +297,16 @@ async fn data_tile<S: Store>(
             out.extend_from_slice(&e.leaf().to_canonical_bytes());
             next += 1;
         }
+    }
+    if full {
+        let out: Arc<[u8]> = out.into();
+        node.data_tiles
+            .put(talks, tile.level_index(), Arc::clone(&out));
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            axum::body::Bytes::from_owner(out),
+        )
+            .into_response());
     }
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
@@ -325,4 +385,27 @@ pub(crate) async fn consistency<S: Store>(
     Ok(Json(api::ProofBody {
         proof: proof.to_canonical_bytes(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_tiles_keep_the_last_ones_served() {
+        let cache = DataTiles::default();
+        let t = TalksId([1; 16]);
+        let tile = |n: u64| -> Arc<[u8]> { Arc::from(n.to_be_bytes().to_vec()) };
+        for n in 0..MAX_CACHED_DATA_TILES as u64 {
+            cache.put(t, n, tile(n));
+        }
+        // Served again: kept once.
+        cache.put(t, 0, tile(0));
+        assert_eq!(cache.get(t, 0).as_deref(), Some(&tile(0)[..]));
+        assert!(cache.get(TalksId([2; 16]), 0).is_none(), "per talks");
+        cache.put(t, MAX_CACHED_DATA_TILES as u64, tile(9));
+        assert!(cache.get(t, 0).is_none(), "the oldest went first");
+        assert!(cache.get(t, 1).is_some());
+        assert!(cache.get(t, MAX_CACHED_DATA_TILES as u64).is_some());
+    }
 }

@@ -88,6 +88,8 @@ pub struct Node<S: Store> {
     pub(crate) instance: [u8; 16],
     /// Whether this node holds the integrator lease, and under which epoch.
     pub(crate) lease: crate::lease::SharedLease,
+    /// The full data tiles served last ([`crate::logs::DataTiles`]).
+    pub(crate) data_tiles: crate::logs::DataTiles,
     /// The last access list decoded per talks, with the SHA-256 of its
     /// stored bytes and its version: decoding parses every key (point
     /// decompression, small-order check), and every request and every
@@ -152,6 +154,7 @@ impl<S: Store> Node<S> {
             metrics,
             instance: config.instance,
             lease: Arc::default(),
+            data_tiles: crate::logs::DataTiles::default(),
             decoded: std::sync::Mutex::default(),
         })
     }

@@ -332,3 +332,53 @@ async fn a_deleted_stored_envelope_is_detectable_as_withheld() {
         .await;
     assert_eq!(tile.status, 200, "the tree still commits to seq 2");
 }
+
+/// A full data tile is served the same from the store and, the second
+/// time, from the node's cache of full tiles; its entries re-hash to the
+/// level-0 hash tile. It is not served before it is integrated.
+#[tokio::test]
+async fn a_full_data_tile_is_the_same_from_the_cache() {
+    let node = start(test_limits()).await;
+    let talks = node.open_reference_talks().await;
+    let t = fixtures::talks();
+    let us = node.client(US_HEAD_DEVICE);
+    let iran = node.client(IRAN_HEAD_DEVICE);
+    assert_eq!(
+        iran.get(&path(talks, "/tile/8/data/000")).await.status,
+        404,
+        "not yet integrated"
+    );
+    for i in 0..256u16 {
+        let mut idem = [0u8; 16];
+        idem[..2].copy_from_slice(&i.to_be_bytes());
+        let e = envelope_with(&key(US_HEAD_DEVICE), t.record, b"seen", idem, |h| {
+            h.kind = backchannel_statement::Kind::Ack(0)
+        });
+        let a = us.post_raw(&path(talks, "/envelopes"), e).await;
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    checkpoint_at_least(&iran, talks, 256).await;
+    let first = iran.get(&path(talks, "/tile/8/data/000")).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.bytes.len(), 256 * backchannel_tlog::LEAF_DATA_LEN);
+    let again = iran.get(&path(talks, "/tile/8/data/000")).await;
+    assert_eq!(again, first, "from the cache");
+    let hashes = iran.get(&path(talks, "/tile/8/0/000")).await;
+    assert_eq!(hashes.status, 200);
+    for (i, entry) in again
+        .bytes
+        .chunks(backchannel_tlog::LEAF_DATA_LEN)
+        .enumerate()
+    {
+        let leaf = LeafData::from_canonical_bytes(entry).unwrap();
+        assert_eq!(leaf.seq, i as u64);
+        assert_eq!(&leaf.hash().0, &hashes.bytes[i * 32..(i + 1) * 32]);
+    }
+    // A partial tile of the same index is never taken from the cache.
+    let partial = iran.get(&path(talks, "/tile/8/data/000.p/7")).await;
+    assert_eq!(partial.status, 200);
+    assert_eq!(
+        &partial.bytes[..],
+        &first.bytes[..7 * backchannel_tlog::LEAF_DATA_LEN]
+    );
+}
