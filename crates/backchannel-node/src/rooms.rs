@@ -476,11 +476,9 @@ pub(crate) async fn sequence_one<S: Store>(
     let mut submission: Submission =
         match submit::validate(talks, key, &view.list, header, body.to_vec()) {
             Ok(s) => s,
-            Err(
-                SubmitError::NotOnAccessList
-                | SubmitError::NotADevice
-                | SubmitError::RoomNotAllowed,
-            ) if !view.fresh => return Attempt::ListChanged,
+            // Any refusal is given only against a list just read: a key
+            // off the current list gets its 404, whatever else is wrong.
+            Err(_) if !view.fresh => return Attempt::ListChanged,
             Err(e) => return Attempt::Done(Err(submit_error(e))),
         };
     let signed = match SignedHeader::decode(header) {
@@ -491,13 +489,9 @@ pub(crate) async fn sequence_one<S: Store>(
             ))));
         }
     };
-    // A handshake is checked against the room's members on the list
-    // (which may admit whom): only against a list just read.
-    if signed.header().kind == Kind::MlsHandshake && !view.fresh {
-        return Attempt::ListChanged;
-    }
     let gated = match gate(node, &view.list, &signed, key, body).await {
         Ok(g) => g,
+        Err(_) if !view.fresh => return Attempt::ListChanged,
         Err(e) => return Attempt::Done(Err(e)),
     };
     if !gated.added.is_empty() && !gated.past {
@@ -509,6 +503,9 @@ pub(crate) async fn sequence_one<S: Store>(
     submission.access_version = Some(view.version);
     match node.sequencer.submit(submission).await {
         Ok(Outcome::AccessChanged { .. }) => Attempt::ListChanged,
+        // A refusal by the store (a conflicting key, a stale epoch) is
+        // only given against a list just read.
+        Ok(outcome) if !view.fresh && refused(&outcome).is_some() => Attempt::ListChanged,
         Ok(outcome) => Attempt::Done(sequenced(outcome)),
         Err(e) => Attempt::Done(Err(sequence_error(e))),
     }

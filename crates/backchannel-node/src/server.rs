@@ -988,6 +988,10 @@ async fn submit_envelope<S: Store>(
             continue;
         }
         if bytes.len() < SIGNED_HEADER_LEN {
+            if !view.fresh {
+                view = node.access_view(talks, true).await?;
+                continue;
+            }
             return Err(ApiError::malformed(
                 "the request body is the 223-byte signed header followed by the body",
             ));

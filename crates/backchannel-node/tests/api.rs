@@ -587,4 +587,37 @@ async fn a_cached_access_list_never_outruns_a_replaced_one() {
         .await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.json["seq"], size);
+
+    // The new device taken off again, behind the node's back: its first
+    // request after that, a retry of what landed, is not found either
+    // (the store checks the list before it looks the retry up).
+    let current = store.access_list(talks).await.unwrap().unwrap();
+    let list = backchannel_statement::AccessList::from_canonical_bytes(&current.bytes).unwrap();
+    let gone = key(0x69).public_key().id();
+    let entries: Vec<_> = list
+        .entries()
+        .iter()
+        .filter(|e| e.key_id() != gone)
+        .cloned()
+        .collect();
+    let next =
+        backchannel_statement::AccessList::new(talks, list.generation() + 1, entries).unwrap();
+    let bytes = next.to_canonical_bytes();
+    store
+        .replace_access_list(
+            talks,
+            current.hash,
+            &backchannel_store::AccessListRecord {
+                hash: backchannel_crypto::sha256(&bytes),
+                bytes,
+                version: current.version + 1,
+            },
+        )
+        .await
+        .unwrap();
+    let again = node
+        .client(0x69)
+        .post_raw(&path(talks, "/envelopes"), ack(0x69, 3))
+        .await;
+    assert_eq!(again.status, 404, "{again:?}");
 }

@@ -1059,6 +1059,21 @@ async fn sequence_in(
             v.insert(h);
         }
 
+        // The access list first, before the idempotency lookups: a key
+        // off the current list learns nothing, not even of its retries.
+        if let Some(validated) = sub.access_version {
+            let Some(&current) = access.get(&sub.talks) else {
+                // Read above with this talks' head.
+                return Err(StoreError::Backend(
+                    "sequence: lost an access list version".into(),
+                ));
+            };
+            if validated != current {
+                slots.push(Slot::Done(Outcome::AccessChanged { version: current }));
+                continue;
+            }
+        }
+
         // A key seen earlier in this batch: a retry of that submission.
         let key = (sub.talks, sub.sender, sub.idempotency_key);
         if let Some(&f) = pending.get(&key) {
@@ -1082,21 +1097,6 @@ async fn sequence_in(
                 }
             }));
             continue;
-        }
-
-        // The access list, after the idempotency lookups: a retry that
-        // landed got its placement above, whatever the list is now.
-        if let Some(validated) = sub.access_version {
-            let Some(&current) = access.get(&sub.talks) else {
-                // Read above with this talks' head.
-                return Err(StoreError::Backend(
-                    "sequence: lost an access list version".into(),
-                ));
-            };
-            if validated != current {
-                slots.push(Slot::Done(Outcome::AccessChanged { version: current }));
-                continue;
-            }
         }
 
         // The gate, after the idempotency lookups: a retry that landed

@@ -562,8 +562,8 @@ pub async fn access_list_compare_and_swap<S: Store>(store: &S) {
 
 /// [`Submission::access_version`] names the list the node validated
 /// against; `sequence` refuses it with `AccessChanged` (and the current
-/// version) once the list has another version, after the idempotency
-/// lookup and before the gate, writing nothing and taking no seq.
+/// version) once the list has another version, before the idempotency
+/// lookup and the gate, writing nothing and taking no seq.
 pub async fn access_version_checked_when_sequencing<S: Store>(store: &S) {
     let t = open(store, 1).await;
     let u = open(store, 2).await;
@@ -615,13 +615,15 @@ pub async fn access_version_checked_when_sequencing<S: Store>(store: &S) {
             gated_current,
             named(submission(t, a, 6, 0), Some(1)),
             named(submission(t, a, 3, 0), Some(1)),
+            named(first.clone(), Some(1)),
         ],
         2000,
     )
     .await;
     assert_eq!(
-        again[0], out[0],
-        "a retry that landed keeps its placement after the list changed"
+        again[0],
+        Outcome::AccessChanged { version: 1 },
+        "a retry under a replaced list learns nothing of its landing"
     );
     assert_eq!(
         again[1],
@@ -639,6 +641,10 @@ pub async fn access_version_checked_when_sequencing<S: Store>(store: &S) {
         placed(&again[5], "refused before, now current").seq,
         3,
         "a refusal kept nothing of its key"
+    );
+    assert_eq!(
+        again[6], out[0],
+        "a retry under the current list gets its placement back"
     );
     assert_eq!(ok(store.log_size(t).await, "log_size"), 4);
     let headers: Vec<Vec<u8>> = read_all(store, t)

@@ -50,9 +50,10 @@
 //! - **Atomic MLS gates.** A submission may carry a [`Gate`]: the RFC 9420
 //!   sequencing rules of its room, checked inside the `sequence`
 //!   transaction (never in node memory), so they hold with several nodes on
-//!   one database. Per submission, in batch order: the idempotency lookup
-//!   first (a retry that landed gets its placement back whatever the room's
-//!   epoch or access list is now), then the access-list version, then the
+//!   one database. Per submission, in batch order: the access-list version
+//!   first (a key off the current list learns nothing, not even whether
+//!   its retry landed), then the idempotency lookup (a retry that landed
+//!   gets its placement back whatever the room's epoch is now), then the
 //!   gate, then a seq. A room's group is created
 //!   once (epoch 0); a commit is sequenced only from the room's current
 //!   epoch and only if that epoch has no commit yet, and it moves the room
@@ -1126,9 +1127,9 @@ pub trait Store: Send + Sync + 'static {
     /// in order, finds an earlier envelope with the same (talks, sender,
     /// idempotency key) — a retry with the same header hash gets the
     /// original's placement back, a different header hash a `Conflict` —
-    /// and otherwise checks its [`Submission::access_version`], if any,
-    /// against the talks' access list (`AccessChanged` if it differs),
-    /// then its [`Gate`], if any, against its room's state
+    /// after checking its [`Submission::access_version`], if any, against
+    /// the talks' access list (`AccessChanged` if it differs, before the
+    /// lookup), and otherwise checks its [`Gate`], if any, against its room's state
     /// as the earlier submissions of the batch left it ([`check_gate`]): a
     /// refused gate is its outcome, and nothing is written for it nor a seq
     /// taken. Otherwise it gets the talks' next seq and a node timestamp of
@@ -1169,9 +1170,10 @@ pub trait Store: Send + Sync + 'static {
     /// without the bodies, receipts and audiences, which integration and
     /// data tiles do not need (a leaf commits to the body's hash). Rows are
     /// at most a few hundred bytes, so no byte budget applies: a page
-    /// shorter than asked is the end of the log. A seq missing below the
-    /// log size is `Corrupt`. The default reads whole envelopes; backends
-    /// read only these columns.
+    /// shorter than asked is the end of the log (or rows missing there:
+    /// callers compare with [`Store::log_size`]); a gap between returned
+    /// rows is `Corrupt`. The default reads whole envelopes; backends read
+    /// only these columns.
     fn leaves(
         &self,
         talks: TalksId,

@@ -601,6 +601,16 @@ impl MemoryStore {
             let Some(log) = txn.log(s.talks) else {
                 return Err(StoreError::UnknownTalks);
             };
+            // The access list first, before the idempotency lookup: a key
+            // off the current list learns nothing, not even of its retries.
+            if let Some(version) = s.access_version
+                && version != log.access.version
+            {
+                plan.push(Planned::Done(Outcome::AccessChanged {
+                    version: log.access.version,
+                }));
+                continue;
+            }
             if let Some(row) = log
                 .keys
                 .get(&(s.sender, s.idempotency_key))
@@ -623,16 +633,6 @@ impl MemoryStore {
                 } else {
                     Planned::ConflictNew(i)
                 });
-                continue;
-            }
-            // The access list, after the idempotency lookup: a retry that
-            // landed got its placement above, whatever the list is now.
-            if let Some(version) = s.access_version
-                && version != log.access.version
-            {
-                plan.push(Planned::Done(Outcome::AccessChanged {
-                    version: log.access.version,
-                }));
                 continue;
             }
             // The gate, after the idempotency lookup: a retry that landed
