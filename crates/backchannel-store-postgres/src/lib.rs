@@ -13,9 +13,13 @@
 //! - **Sequencing by row locks.** Each talks has a log head row: the next
 //!   seq, the last node timestamp and the integrated size. `sequence` locks
 //!   the heads of every talks in its batch (`SELECT … FOR UPDATE`, in talks
-//!   id order so two batches cannot deadlock), then reads idempotency keys,
-//!   room state and gates under that lock, and writes the envelopes and the
-//!   heads in the same transaction. So seqs are handed out in one order
+//!   id order so two batches cannot deadlock), then the access-list rows
+//!   of the talks whose submissions name a list version (`FOR SHARE`, in
+//!   the same order: a replacement or pending change, which locks the row
+//!   `FOR UPDATE` and takes no head lock, waits for the batch, up to
+//!   `lock_timeout`), then reads idempotency keys, room state and gates
+//!   under those locks, and writes the envelopes and the heads in the same
+//!   transaction. So seqs are handed out in one order
 //!   across every connection (and, later, every node) on the database; a
 //!   node timestamp is `max(head's last timestamp, clock)` and never goes
 //!   backwards; and a transaction that rolls back rolls its counter back
