@@ -586,20 +586,22 @@ async fn head(
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| backend(op, e))?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
+    row.as_ref().map(head_of).transpose()
+}
+
+/// A log head from its row's columns, checked.
+fn head_of(row: &SqliteRow) -> Result<Head, StoreError> {
     let head = Head {
-        next_seq: uint(&row, "next_seq")?,
-        last_time: uint(&row, "last_time")?,
-        integrated_size: uint(&row, "integrated_size")?,
+        next_seq: uint(row, "next_seq")?,
+        last_time: uint(row, "last_time")?,
+        integrated_size: uint(row, "integrated_size")?,
     };
     if head.integrated_size > head.next_seq {
         return Err(StoreError::Corrupt(
             "the integrated size exceeds the log size".into(),
         ));
     }
-    Ok(Some(head))
+    Ok(head)
 }
 
 /// A talks' log head and its access list's version, in one query: what
@@ -618,20 +620,8 @@ async fn sequencing_head(
     .fetch_optional(&mut *conn)
     .await
     .map_err(|e| backend(op, e))?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let head = Head {
-        next_seq: uint(&row, "next_seq")?,
-        last_time: uint(&row, "last_time")?,
-        integrated_size: uint(&row, "integrated_size")?,
-    };
-    if head.integrated_size > head.next_seq {
-        return Err(StoreError::Corrupt(
-            "the integrated size exceeds the log size".into(),
-        ));
-    }
-    Ok(Some((head, uint(&row, "version")?)))
+    row.map(|row| Ok((head_of(&row)?, uint(&row, "version")?)))
+        .transpose()
 }
 
 /// The latest checkpoint of a talks.
