@@ -183,16 +183,7 @@ impl<S: Store> Node<S> {
         talks: TalksId,
         key: &PublicKey,
     ) -> Result<(AccessListRecord, Arc<AccessList>, AccessEntry), ApiError> {
-        let record = self
-            .store
-            .access_list(talks)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(ApiError::not_found)?;
-        let list = self.decoded_list(talks, &record).map_err(|e| {
-            tracing::error!(error = %e, "a stored access list does not decode");
-            ApiError::internal()
-        })?;
+        let (record, list) = self.read_list(talks).await?;
         let entry = list
             .get(&key.id())
             .cloned()
@@ -218,6 +209,20 @@ impl<S: Store> Node<S> {
                 fresh: false,
             });
         }
+        let (record, list) = self.read_list(talks).await?;
+        Ok(AccessView {
+            version: record.version,
+            list,
+            fresh: true,
+        })
+    }
+
+    /// The talks' access list read from the store, and decoded (once per
+    /// distinct stored bytes); `not_found` for unknown talks.
+    async fn read_list(
+        &self,
+        talks: TalksId,
+    ) -> Result<(AccessListRecord, Arc<AccessList>), ApiError> {
         let record = self
             .store
             .access_list(talks)
@@ -228,11 +233,7 @@ impl<S: Store> Node<S> {
             tracing::error!(error = %e, "a stored access list does not decode");
             ApiError::internal()
         })?;
-        Ok(AccessView {
-            version: record.version,
-            list,
-            fresh: true,
-        })
+        Ok((record, list))
     }
 
     /// `record`'s list of `talks`, decoded once per distinct stored bytes.
