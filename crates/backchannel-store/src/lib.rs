@@ -479,13 +479,30 @@ impl StoredEnvelope {
     /// header re-hashed (never the stored leaf hash): what integration
     /// hashes into the tree and what data tiles serve.
     pub fn leaf(&self) -> backchannel_tlog::LeafData {
-        backchannel_tlog::LeafData {
-            seq: self.seq,
-            timestamp_ms: self.node_time,
-            room: self.room,
-            header_hash: backchannel_crypto::sha256(&self.header),
-            body_hash: self.body_hash,
-        }
+        leaf_data(
+            self.seq,
+            self.node_time,
+            self.room,
+            &self.header,
+            self.body_hash,
+        )
+    }
+}
+
+/// A log leaf rebuilt from a stored row's columns, the header re-hashed.
+fn leaf_data(
+    seq: u64,
+    node_time: u64,
+    room: RoomId,
+    header: &[u8],
+    body_hash: Digest,
+) -> backchannel_tlog::LeafData {
+    backchannel_tlog::LeafData {
+        seq,
+        timestamp_ms: node_time,
+        room,
+        header_hash: backchannel_crypto::sha256(header),
+        body_hash,
     }
 }
 
@@ -511,13 +528,13 @@ impl StoredLeaf {
     /// The log leaf, rebuilt with the header re-hashed (never the stored
     /// leaf hash), exactly as [`StoredEnvelope::leaf`] rebuilds it.
     pub fn leaf(&self) -> backchannel_tlog::LeafData {
-        backchannel_tlog::LeafData {
-            seq: self.seq,
-            timestamp_ms: self.node_time,
-            room: self.room,
-            header_hash: backchannel_crypto::sha256(&self.header),
-            body_hash: self.body_hash,
-        }
+        leaf_data(
+            self.seq,
+            self.node_time,
+            self.room,
+            &self.header,
+            self.body_hash,
+        )
     }
 }
 
