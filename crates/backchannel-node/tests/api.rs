@@ -530,8 +530,6 @@ async fn a_cached_access_list_never_outruns_a_replaced_one() {
 
     // The US head's device off the list, a second US negotiator device on.
     let store = node.node.store().clone();
-    let current = store.access_list(talks).await.unwrap().unwrap();
-    let list = backchannel_statement::AccessList::from_canonical_bytes(&current.bytes).unwrap();
     let gone = key(US_HEAD_DEVICE).public_key().id();
     let added = backchannel_statement::AccessEntry::new(
         key(0x69).public_key(),
@@ -541,28 +539,7 @@ async fn a_cached_access_list_never_outruns_a_replaced_one() {
         backchannel_statement::access_list::FLAG_DEVICE,
     )
     .unwrap();
-    let mut entries: Vec<_> = list
-        .entries()
-        .iter()
-        .filter(|e| e.key_id() != gone)
-        .cloned()
-        .collect();
-    entries.push(added);
-    let next =
-        backchannel_statement::AccessList::new(talks, list.generation() + 1, entries).unwrap();
-    let bytes = next.to_canonical_bytes();
-    store
-        .replace_access_list(
-            talks,
-            current.hash,
-            &backchannel_store::AccessListRecord {
-                hash: backchannel_crypto::sha256(&bytes),
-                bytes,
-                version: current.version + 1,
-            },
-        )
-        .await
-        .unwrap();
+    replace_list(&*store, talks, &[gone], vec![added]).await;
     let size = store.log_size(talks).await.unwrap();
 
     // The cached list still admits the removed device: the store does not.
@@ -591,30 +568,7 @@ async fn a_cached_access_list_never_outruns_a_replaced_one() {
     // The new device taken off again, behind the node's back: its first
     // request after that, a retry of what landed, is not found either
     // (the store checks the list before it looks the retry up).
-    let current = store.access_list(talks).await.unwrap().unwrap();
-    let list = backchannel_statement::AccessList::from_canonical_bytes(&current.bytes).unwrap();
-    let gone = key(0x69).public_key().id();
-    let entries: Vec<_> = list
-        .entries()
-        .iter()
-        .filter(|e| e.key_id() != gone)
-        .cloned()
-        .collect();
-    let next =
-        backchannel_statement::AccessList::new(talks, list.generation() + 1, entries).unwrap();
-    let bytes = next.to_canonical_bytes();
-    store
-        .replace_access_list(
-            talks,
-            current.hash,
-            &backchannel_store::AccessListRecord {
-                hash: backchannel_crypto::sha256(&bytes),
-                bytes,
-                version: current.version + 1,
-            },
-        )
-        .await
-        .unwrap();
+    replace_list(&*store, talks, &[key(0x69).public_key().id()], Vec::new()).await;
     let again = node
         .client(0x69)
         .post_raw(&path(talks, "/envelopes"), ack(0x69, 3))

@@ -5,7 +5,7 @@
 
 mod common;
 
-use backchannel_codec::{Decode as _, RoomId, TalksId};
+use backchannel_codec::{RoomId, TalksId};
 use backchannel_crypto::{PublicKey, SecretKey, Signer};
 use backchannel_mls::{Handshake, Member};
 use backchannel_statement::fixtures::{self, key, labels::*};
@@ -567,32 +567,8 @@ async fn a_removed_member_reads_nothing_sent_after_its_removal() {
     // Off the list (written to the store as an applied change would be),
     // then out of the group.
     let store = node.node.store().clone();
-    let current = store.access_list(talks).await.unwrap().unwrap();
-    let list = backchannel_statement::AccessList::from_canonical_bytes(&current.bytes).unwrap();
     let negotiator = key(US_NEGOTIATOR_DEVICE).public_key().id();
-    let next = backchannel_statement::AccessList::new(
-        talks,
-        list.generation() + 1,
-        list.entries()
-            .iter()
-            .filter(|e| e.key_id() != negotiator)
-            .cloned()
-            .collect(),
-    )
-    .unwrap();
-    let bytes = backchannel_codec::Encode::to_canonical_bytes(&next);
-    store
-        .replace_access_list(
-            talks,
-            current.hash,
-            &backchannel_store::AccessListRecord {
-                hash: backchannel_crypto::sha256(&bytes),
-                bytes,
-                version: current.version + 1,
-            },
-        )
-        .await
-        .unwrap();
+    replace_list(&*store, talks, &[negotiator], Vec::new()).await;
     for d in ds.iter_mut() {
         d.removed.push(key(US_NEGOTIATOR_DEVICE).public_key());
     }

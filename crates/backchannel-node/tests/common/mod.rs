@@ -507,3 +507,38 @@ pub fn mls_envelope(
         h.commitment = Commitment(commitment);
     })
 }
+
+/// Replaces the talks' access list in the store directly, as another node
+/// applying a change would (behind this node's back): `remove` taken off,
+/// `add` put on, the generation and version one up.
+pub async fn replace_list<S: Store>(
+    store: &S,
+    talks: TalksId,
+    remove: &[backchannel_crypto::KeyId],
+    add: Vec<backchannel_statement::AccessEntry>,
+) {
+    let current = store.access_list(talks).await.unwrap().unwrap();
+    let list =
+        <AccessList as backchannel_codec::Decode>::from_canonical_bytes(&current.bytes).unwrap();
+    let mut entries: Vec<_> = list
+        .entries()
+        .iter()
+        .filter(|e| !remove.contains(&e.key_id()))
+        .cloned()
+        .collect();
+    entries.extend(add);
+    let next = AccessList::new(talks, list.generation() + 1, entries).unwrap();
+    let bytes = next.to_canonical_bytes();
+    store
+        .replace_access_list(
+            talks,
+            current.hash,
+            &backchannel_store::AccessListRecord {
+                hash: sha256(&bytes),
+                bytes,
+                version: current.version + 1,
+            },
+        )
+        .await
+        .unwrap();
+}
