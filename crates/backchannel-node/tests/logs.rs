@@ -333,9 +333,12 @@ async fn a_deleted_stored_envelope_is_detectable_as_withheld() {
     assert_eq!(tile.status, 200, "the tree still commits to seq 2");
 }
 
-/// A full data tile is served the same from the store and, the second
-/// time, from the node's cache of full tiles; its entries re-hash to the
-/// level-0 hash tile. It is not served before it is integrated.
+/// A full data tile, once integrated, is served the same every time (the
+/// second time from the node's cache of full tiles, whose keeping and
+/// eviction `logs::tests` checks: from outside the two are
+/// indistinguishable); its entries re-hash to the level-0 hash tile, and
+/// a partial tile of the same index is its prefix. Nothing is served
+/// before there is anything to integrate.
 #[tokio::test]
 async fn a_full_data_tile_is_the_same_from_the_cache() {
     let node = start(test_limits()).await;
@@ -362,7 +365,7 @@ async fn a_full_data_tile_is_the_same_from_the_cache() {
     assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(first.bytes.len(), 256 * backchannel_tlog::LEAF_DATA_LEN);
     let again = iran.get(&path(talks, "/tile/8/data/000")).await;
-    assert_eq!(again, first, "from the cache");
+    assert_eq!(again, first, "the same the second time");
     let hashes = iran.get(&path(talks, "/tile/8/0/000")).await;
     assert_eq!(hashes.status, 200);
     for (i, entry) in again
