@@ -26,11 +26,24 @@
 //! handed to `tlog_tiles` holds only those plus the new hashes, and refuses
 //! any other index, so a wrong claim here is an error, never a wrong root.
 //!
+//! # Where the leaves come from
+//!
+//! The sequencer records the leaf hash of every envelope it sequences in
+//! [`LeafHints`], after rebuilding the leaf from the submission's own
+//! fields and comparing it with the hash the store committed.
+//! [`integrate_hinted`] takes the run of hinted leaves that starts at the
+//! integrated size and reads only the rest from the store (another node's
+//! rows, and everything after a restart), re-hashing those from their
+//! stored columns. Either way a leaf enters the tree only after its hash
+//! was rebuilt from the envelope's fields: the ones written, or the ones
+//! read back.
+//!
 //! No clock, no randomness: the same store state gives the same hashes and
 //! the same checkpoint note (Ed25519 signatures are deterministic), which
 //! is what the crash model's tests compare.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use backchannel_codec::TalksId;
 use backchannel_crypto::{Digest, Signer, sha256};
@@ -127,6 +140,21 @@ pub async fn integrate_once<S: Store>(
     max_leaves: u64,
     fence: Option<Fence>,
 ) -> Result<Option<u64>, IntegrateError> {
+    integrate_hinted(store, None, talks, node, log_key, max_leaves, fence).await
+}
+
+/// [`integrate_once`], taking the leaves `hints` holds from the integrated
+/// size on instead of reading them, and forgetting the hints the new
+/// integrated size leaves behind.
+pub async fn integrate_hinted<S: Store>(
+    store: &S,
+    hints: Option<&LeafHints>,
+    talks: TalksId,
+    node: &NodeOrigin,
+    log_key: &(dyn Signer + Sync),
+    max_leaves: u64,
+    fence: Option<Fence>,
+) -> Result<Option<u64>, IntegrateError> {
     if max_leaves == 0 {
         return Err(IntegrateError::EmptyBatch);
     }
@@ -138,12 +166,19 @@ pub async fn integrate_once<S: Store>(
             size,
         });
     }
+    if let Some(hints) = hints {
+        hints.forget_below(talks, from);
+    }
     if size == from {
         return Ok(None);
     }
     let to = size.min(from.saturating_add(max_leaves));
 
-    let leaves = read_leaves(store, talks, from, to).await?;
+    let mut leaves = hints.map_or_else(Vec::new, |h| h.run(talks, from, to));
+    let read_from = from + leaves.len() as u64;
+    if read_from < to {
+        leaves.extend(read_leaves(store, talks, read_from, to).await?);
+    }
 
     // The maximal perfect subtrees of [0, from): see the module docs.
     let frontier = tlog_tiles::sub_tree_index(0, from, Vec::new());
@@ -187,7 +222,109 @@ pub async fn integrate_once<S: Store>(
             fence,
         )
         .await?;
+    if let Some(hints) = hints {
+        hints.forget_below(talks, to);
+    }
     Ok(Some(to))
+}
+
+/// The most leaf hashes [`LeafHints`] holds over all talks (16 full
+/// integration batches, about 1.5 MiB); past it, new leaves are not
+/// hinted and integration reads them from the store.
+pub const MAX_LEAF_HINTS: usize = 16 * MAX_INTEGRATION_BATCH as usize;
+
+/// The leaf hashes this node's sequencer committed and the integrator has
+/// not yet integrated, so that integration does not read back the rows
+/// just written. Only ever a shortcut: a leaf not here is read from the
+/// store, so what is dropped (past [`MAX_LEAF_HINTS`], on a restart, by
+/// [`LeafHints::clear`]) costs a read, never a wrong tree.
+#[derive(Debug, Default)]
+pub struct LeafHints {
+    inner: Mutex<HintsInner>,
+}
+
+#[derive(Debug, Default)]
+struct HintsInner {
+    talks: HashMap<TalksId, BTreeMap<u64, Digest>>,
+    count: usize,
+}
+
+impl LeafHints {
+    /// Records that leaf `seq` of `talks` has hash `leaf_hash`, as the
+    /// store committed it. Call it only with a hash the caller rebuilt
+    /// from the envelope's fields and found equal to the committed one.
+    pub fn record(&self, leaves: impl IntoIterator<Item = (TalksId, u64, Digest)>) {
+        let mut inner = self.lock();
+        for (talks, seq, hash) in leaves {
+            if inner.count >= MAX_LEAF_HINTS {
+                return;
+            }
+            if inner
+                .talks
+                .entry(talks)
+                .or_default()
+                .insert(seq, hash)
+                .is_none()
+            {
+                inner.count += 1;
+            }
+        }
+    }
+
+    /// The hinted leaves of `talks` from `from` on, as long as they are
+    /// contiguous, and before `to`.
+    fn run(&self, talks: TalksId, from: u64, to: u64) -> Vec<Digest> {
+        let inner = self.lock();
+        let Some(leaves) = inner.talks.get(&talks) else {
+            return Vec::new();
+        };
+        (from..to)
+            .zip(leaves.range(from..to))
+            .take_while(|(want, (seq, _))| want == *seq)
+            .map(|(_, (_, hash))| *hash)
+            .collect()
+    }
+
+    /// Forgets the leaves of `talks` below `size` (integrated).
+    fn forget_below(&self, talks: TalksId, size: u64) {
+        let mut inner = self.lock();
+        let HintsInner { talks: all, count } = &mut *inner;
+        let Some(leaves) = all.get_mut(&talks) else {
+            return;
+        };
+        let kept = leaves.split_off(&size);
+        *count -= leaves.len();
+        if kept.is_empty() {
+            all.remove(&talks);
+        } else {
+            *leaves = kept;
+        }
+    }
+
+    /// Forgets everything: another node integrates now.
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.talks.clear();
+        inner.count = 0;
+    }
+
+    /// How many leaf hashes are held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().count
+    }
+
+    /// Whether no leaf hash is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HintsInner> {
+        // The data is a cache of plain values, consistent after every
+        // statement, so a panic elsewhere leaves nothing half-done.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The leaf hashes of seqs `[from, to)`, read page by page and each checked
@@ -307,13 +444,23 @@ pub const TALKS_PER_ROUND: usize = 1024;
 /// refused too. Returns how many talks got a new checkpoint.
 pub async fn integrate_round<S: Store>(
     store: &S,
+    hints: Option<&LeafHints>,
     node: &NodeOrigin,
     log_key: &(dyn Signer + Sync),
     fence: Option<Fence>,
 ) -> Result<usize, StoreError> {
     let mut done = 0;
     for talks in store.unintegrated_talks(TALKS_PER_ROUND).await? {
-        match integrate_once(store, talks, node, log_key, MAX_INTEGRATION_BATCH, fence).await {
+        let integrated = integrate_hinted(
+            store,
+            hints,
+            talks,
+            node,
+            log_key,
+            MAX_INTEGRATION_BATCH,
+            fence,
+        );
+        match integrated.await {
             Ok(Some(_)) => done += 1,
             Err(IntegrateError::Fenced) => return Err(StoreError::Fenced),
             Ok(None) | Err(IntegrateError::Stale) => {}

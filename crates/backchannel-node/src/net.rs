@@ -450,11 +450,15 @@ async fn integrate_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
             () = shutdown.draining() => return,
             _ = tick.tick() => {}
         }
+        let hints = node.sequencer.leaf_hints();
         let Some(fence) = node.lease.fence() else {
+            // Another node integrates: this node's hints would only grow.
+            hints.clear();
             continue;
         };
         match crate::integrate::integrate_round(
             &**node.store(),
+            Some(hints),
             &node.origin,
             &*node.log_key,
             Some(fence),

@@ -9,17 +9,21 @@
 //! acknowledgement always means durably committed. The batch grows with
 //! load by itself: while one commit is in flight, the next batch queues up.
 //! After acknowledging a batch it hands the batch's rows, as ready stream
-//! frames, to the [`Fanout`] the delivery streams read first.
+//! frames, to the [`Fanout`] the delivery streams read first, and their leaf
+//! hashes, rebuilt from the submissions and checked against the committed
+//! ones, to the [`LeafHints`] the integrator reads first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use backchannel_crypto::Signer;
+use backchannel_codec::{RoomId, TalksId};
+use backchannel_crypto::{Digest, Signer};
 use backchannel_store::{MAX_SEQUENCE_BATCH, Outcome, Store, Submission};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fanout::{Fanout, Prepared};
+use crate::integrate::LeafHints;
 
 /// How many submissions may wait for the sequencer before submitters are
 /// slowed down (back-pressure): a few full batches.
@@ -65,6 +69,8 @@ pub struct Sequencer {
     tx: mpsc::Sender<Job>,
     /// The rows of each batch, for the delivery streams.
     fanout: Arc<Fanout>,
+    /// The leaf hashes of each batch, for the integrator.
+    hints: Arc<LeafHints>,
     /// Envelopes placed in a log so far (for metrics).
     sequenced: Arc<AtomicU64>,
 }
@@ -79,6 +85,7 @@ impl Sequencer {
         let (tx, rx) = mpsc::channel(SEQUENCER_QUEUE);
         let sequenced = Arc::new(AtomicU64::new(0));
         let fanout = Arc::new(Fanout::default());
+        let hints = Arc::new(LeafHints::default());
         tokio::spawn(run(
             store,
             clock,
@@ -86,12 +93,20 @@ impl Sequencer {
             rx,
             Arc::clone(&sequenced),
             Arc::clone(&fanout),
+            Arc::clone(&hints),
         ));
         Self {
             tx,
             fanout,
+            hints,
             sequenced,
         }
+    }
+
+    /// The leaf hashes sequenced and not yet integrated, for the
+    /// integrator.
+    pub fn leaf_hints(&self) -> &Arc<LeafHints> {
+        &self.hints
     }
 
     /// The rows of the batches sequenced so far, as stream frames.
@@ -142,6 +157,7 @@ async fn run<S: Store>(
     mut rx: mpsc::Receiver<Job>,
     sequenced: Arc<AtomicU64>,
     fanout: Arc<Fanout>,
+    hints: Arc<LeafHints>,
 ) {
     // A job that would have made the last batch too large opens the next.
     let mut carried: Option<Job> = None;
@@ -177,6 +193,7 @@ async fn run<S: Store>(
             }
         }
         let expected = batch.len();
+        let leaf_parts: Vec<LeafParts> = batch.iter().map(LeafParts::of).collect();
         fanout.begin(batch.iter().map(|s| s.talks));
         match store.sequence(batch, clock.now_ms(), &*log_key).await {
             Ok(outcomes) if outcomes.len() == expected => {
@@ -194,6 +211,7 @@ async fn run<S: Store>(
                     let _ = reply.send(Ok(rest.by_ref().take(n).cloned().collect()));
                 }
                 fanout.finish(&prepared, &outcomes);
+                hints.record(committed_leaves(&leaf_parts, &outcomes));
             }
             // Every submission was validated against an existing talks, so
             // any failure is the store's: nothing was written, all retry.
@@ -204,5 +222,110 @@ async fn run<S: Store>(
                 fanout.finish(&[], &[]);
             }
         }
+    }
+}
+
+/// What a submission's log leaf is built from, besides the seq and time
+/// the store gives it.
+struct LeafParts {
+    talks: TalksId,
+    room: RoomId,
+    header_hash: Digest,
+    body_hash: Digest,
+}
+
+impl LeafParts {
+    fn of(s: &Submission) -> Self {
+        Self {
+            talks: s.talks,
+            room: s.room,
+            header_hash: s.header_hash,
+            body_hash: s.body_hash,
+        }
+    }
+}
+
+/// The leaves of a committed batch for [`LeafHints`]: each sequenced
+/// submission's leaf rebuilt from its own fields and the store's seq and
+/// time, kept only where it hashes to the leaf hash the store committed
+/// (a mismatch is left for integration to read, and refuse, from the
+/// store).
+fn committed_leaves<'a>(
+    parts: &'a [LeafParts],
+    outcomes: &'a [Outcome],
+) -> impl Iterator<Item = (TalksId, u64, Digest)> + 'a {
+    parts.iter().zip(outcomes).filter_map(|(p, o)| {
+        let Outcome::Sequenced(placed) = o else {
+            return None;
+        };
+        let leaf = backchannel_tlog::LeafData {
+            seq: placed.seq,
+            timestamp_ms: placed.node_time,
+            room: p.room,
+            header_hash: p.header_hash,
+            body_hash: p.body_hash,
+        };
+        if leaf.hash() == placed.leaf_hash {
+            Some((p.talks, placed.seq, placed.leaf_hash))
+        } else {
+            tracing::error!(
+                seq = placed.seq,
+                "a committed leaf hash does not match its submission; integration will read it"
+            );
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use backchannel_store::Placement;
+
+    use super::*;
+
+    fn parts(n: u8) -> LeafParts {
+        LeafParts {
+            talks: TalksId([n; 16]),
+            room: RoomId([n; 16]),
+            header_hash: Digest([n; 32]),
+            body_hash: Digest([n ^ 0xff; 32]),
+        }
+    }
+
+    fn placed(p: &LeafParts, seq: u64, node_time: u64) -> Outcome {
+        let leaf = backchannel_tlog::LeafData {
+            seq,
+            timestamp_ms: node_time,
+            room: p.room,
+            header_hash: p.header_hash,
+            body_hash: p.body_hash,
+        };
+        Outcome::Sequenced(Placement {
+            seq,
+            node_time,
+            leaf_hash: leaf.hash(),
+            receipt: Vec::new(),
+        })
+    }
+
+    /// Only sequenced submissions whose rebuilt leaf hashes to the
+    /// committed leaf hash are hinted.
+    #[test]
+    fn only_matching_committed_leaves_are_hinted() {
+        let ps = [parts(1), parts(2), parts(3), parts(4)];
+        let good = placed(&ps[0], 10, 5_000);
+        let mut wrong = placed(&ps[1], 11, 5_000);
+        if let Outcome::Sequenced(p) = &mut wrong {
+            p.leaf_hash.0[31] ^= 1;
+        }
+        // Built from another submission's fields: a store that mixed rows up.
+        let swapped = placed(&ps[3], 12, 5_000);
+        let refused = Outcome::Conflict { seq: 3 };
+        let outcomes = [good.clone(), wrong, swapped, refused];
+        let got: Vec<_> = committed_leaves(&ps, &outcomes).collect();
+        let Outcome::Sequenced(g) = good else {
+            unreachable!()
+        };
+        assert_eq!(got, [(ps[0].talks, 10, g.leaf_hash)]);
     }
 }

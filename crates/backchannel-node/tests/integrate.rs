@@ -8,7 +8,9 @@ use std::sync::{Mutex, PoisonError};
 
 use backchannel_codec::{RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
-use backchannel_node::integrate::{IntegrateError, MAX_INTEGRATION_BATCH, integrate_once};
+use backchannel_node::integrate::{
+    IntegrateError, LeafHints, MAX_INTEGRATION_BATCH, integrate_hinted, integrate_once,
+};
 use backchannel_statement::fixtures::labels;
 use backchannel_store::conformance::{
     access_list, hashes_between, log_key, read_all, sender, submission, talks_id, talks_record,
@@ -564,6 +566,89 @@ async fn corrupt_leaves_are_refused() {
         assert_eq!(store.integrated_size(t).await.expect("size"), 0);
         assert_eq!(store.checkpoint(t).await.expect("checkpoint"), None);
     }
+}
+
+/// Hints for the leaves `hinted` of `talks`, with the hashes the store holds.
+async fn hints_for<S: Store>(store: &S, talks: TalksId, hinted: &[u64]) -> LeafHints {
+    let hints = LeafHints::default();
+    let all = read_all(store, talks).await;
+    hints.record(hinted.iter().map(|&seq| {
+        let e = usize::try_from(seq).ok().and_then(|i| all.get(i));
+        (talks, seq, e.expect("a stored leaf").leaf_hash)
+    }));
+    hints
+}
+
+/// Integration with leaf hints, whichever leaves they cover, writes what
+/// integration from the store writes, and leaves no hint below the
+/// integrated size.
+#[tokio::test]
+async fn hints_give_the_same_log_as_reads() {
+    const N: u64 = 23;
+    let check = |hinted: Vec<u64>, max: u64| async move {
+        let reference = MemoryStore::new();
+        let store = MemoryStore::new();
+        let t = talks_id(1);
+        fill(&reference, t, N).await;
+        fill(&store, t, N).await;
+        run_to_end(&reference, t, max).await;
+        let hints = hints_for(&store, t, &hinted).await;
+        let mut sizes = Vec::new();
+        while let Some(size) =
+            integrate_hinted(&store, Some(&hints), t, &node(), &log_key(), max, None)
+                .await
+                .expect("integrates")
+        {
+            sizes.push(size);
+        }
+        assert_eq!(sizes.last(), Some(&N), "hinted {hinted:?}, max {max}");
+        assert_eq!(snapshot(&store, t).await, snapshot(&reference, t).await);
+        check_log(&store, t, N).await;
+        assert!(hints.is_empty(), "hinted {hinted:?}: {} left", hints.len());
+    };
+    for max in [MAX_INTEGRATION_BATCH, 4] {
+        check((0..N).collect(), max).await;
+        check(Vec::new(), max).await;
+        check((0..10).collect(), max).await;
+        check((5..N).collect(), max).await;
+        check((0..N).filter(|s| s % 3 != 1).collect(), max).await;
+        check(vec![0, 1, 2, 12, 13, 22], max).await;
+    }
+}
+
+/// A hinted leaf is not read back; the first leaf past the hinted run is,
+/// and a corrupt one there is still refused.
+#[tokio::test]
+async fn hints_stand_in_for_reads_and_only_for_them() {
+    for (hinted, want) in [(0..7, Err(7)), (0..10, Ok(10)), (1..10, Err(7))] {
+        let store = Faulty::new(Fault::AlterLeaf(7));
+        let t = talks_id(1);
+        fill(&store, t, 10).await;
+        let hints = hints_for(&store.inner, t, &hinted.clone().collect::<Vec<_>>()).await;
+        let r = integrate_hinted(&store, Some(&hints), t, &node(), &log_key(), 16, None).await;
+        match (want, r) {
+            (Ok(n), Ok(Some(size))) => assert_eq!(size, n),
+            (Err(seq), Err(IntegrateError::BadLeaf { seq: s })) => assert_eq!(s, seq),
+            (want, r) => panic!("hinted {hinted:?}: want {want:?}, got {r:?}"),
+        }
+    }
+}
+
+/// The hints hold at most `MAX_LEAF_HINTS` leaves; clearing forgets all.
+#[test]
+fn hints_are_bounded() {
+    use backchannel_node::integrate::MAX_LEAF_HINTS;
+    let hints = LeafHints::default();
+    let leaf = Digest([7; 32]);
+    let n = MAX_LEAF_HINTS as u64 + 10;
+    hints.record((0..n).map(|seq| (talks_id(1 + (seq % 3) as u8), seq, leaf)));
+    assert_eq!(hints.len(), MAX_LEAF_HINTS);
+    // The same leaf again counts once.
+    hints.clear();
+    hints.record([(talks_id(1), 0, leaf), (talks_id(1), 0, leaf)]);
+    assert_eq!(hints.len(), 1);
+    hints.clear();
+    assert!(hints.is_empty());
 }
 
 /// A crash at every step of integrating a log from scratch (several calls),

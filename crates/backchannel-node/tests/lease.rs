@@ -66,7 +66,7 @@ async fn one_integrator_at_a_time_and_a_stale_one_writes_nothing() {
     renew_once(&store, &clock, Y, &y).await.unwrap();
     assert_eq!(y.fence(), None);
     assert_eq!(
-        integrate_round(&store, &node(), &log_key(), x.fence())
+        integrate_round(&store, None, &node(), &log_key(), x.fence())
             .await
             .unwrap(),
         1
@@ -92,7 +92,7 @@ async fn one_integrator_at_a_time_and_a_stale_one_writes_nothing() {
         matches!(r, Err(backchannel_node::integrate::IntegrateError::Fenced)),
         "{r:?}"
     );
-    let r = integrate_round(&store, &node(), &log_key(), x.fence()).await;
+    let r = integrate_round(&store, None, &node(), &log_key(), x.fence()).await;
     assert!(matches!(r, Err(StoreError::Fenced)), "{r:?}");
     assert_eq!(store.integrated_size(talks).await.unwrap(), 5);
     assert_eq!(store.checkpoint(talks).await.unwrap(), before);
@@ -102,7 +102,7 @@ async fn one_integrator_at_a_time_and_a_stale_one_writes_nothing() {
 
     // Y integrates under epoch 2.
     assert_eq!(
-        integrate_round(&store, &node(), &log_key(), y.fence())
+        integrate_round(&store, None, &node(), &log_key(), y.fence())
             .await
             .unwrap(),
         1

@@ -289,6 +289,37 @@ async fn gated_run(
     (store, seq, seqs, roots)
 }
 
+/// Every envelope the sequencer commits is handed to the integrator as a
+/// leaf hint, and integration from the hints takes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequencer_hints_every_leaf_it_commits() {
+    let n = 50u32;
+    let (store, seq, _, _) = gated_run(n, submission).await;
+    let hints = seq.leaf_hints();
+    // The hints are recorded just after the acknowledgements.
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while hints.len() < n as usize {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the sequencer records its leaves");
+    assert_eq!(hints.len(), n as usize);
+    let integrated = backchannel_node::integrate::integrate_hinted(
+        &*store,
+        Some(hints),
+        fixtures::talks().talks,
+        &backchannel_tlog::NodeOrigin::new("mediator.example").expect("origin"),
+        &key(NODE_LOG),
+        u64::from(n),
+        None,
+    )
+    .await
+    .expect("integrates");
+    assert_eq!(integrated, Some(u64::from(n)));
+    assert!(hints.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submissions_that_arrive_during_a_commit_share_the_next_one() {
     let n = 200u32;
