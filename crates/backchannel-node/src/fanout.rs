@@ -62,6 +62,12 @@ pub struct Row {
     pub seq: u64,
     /// Its room (who may read it).
     pub room: RoomId,
+    /// The access-list version it was sequenced under
+    /// ([`Submission::access_version`]; `None` for the node's own
+    /// envelopes, which were not checked against a list). A stream
+    /// delivers it against a list at least this new, and one read from
+    /// the store when `None`.
+    pub access_version: Option<u64>,
     /// The `StreamFrame::Envelope` JSON text, body included.
     pub frame: Utf8Bytes,
 }
@@ -73,6 +79,7 @@ pub struct Row {
 pub struct Prepared {
     talks: TalksId,
     room: RoomId,
+    access_version: Option<u64>,
     header: String,
     body: String,
 }
@@ -89,6 +96,7 @@ impl Prepared {
         Some(Self {
             talks: submission.talks,
             room: submission.room,
+            access_version: submission.access_version,
             header: STANDARD.encode(&submission.header),
             body: STANDARD.encode(&submission.body),
         })
@@ -185,6 +193,7 @@ impl Fanout {
                     Row {
                         seq: placed.seq,
                         room: p.room,
+                        access_version: p.access_version,
                         frame: Utf8Bytes::from(text),
                     },
                 ))

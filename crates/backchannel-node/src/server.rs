@@ -93,12 +93,16 @@ pub struct Node<S: Store> {
     /// The last access list decoded per talks, with the SHA-256 of its
     /// stored bytes and its version: decoding parses every key (point
     /// decompression, small-order check), and every request and every
-    /// stream wake reads the list. The store stays the one source: every
-    /// use but one reads the record and decodes again whenever its bytes
-    /// differ. The one is envelope submission ([`Node::access_view`]),
-    /// which validates against this cached list and lets the store check,
-    /// in the sequencing transaction, that the list still has this version
-    /// ([`backchannel_store::Submission::access_version`]).
+    /// stream page reads the list. The store stays the one source: every
+    /// use but two reads the record and decodes again whenever its bytes
+    /// differ. One is envelope submission ([`Node::access_view`]), which
+    /// validates against this cached list and lets the store check, in the
+    /// sequencing transaction, that the list still has this version
+    /// ([`backchannel_store::Submission::access_version`]). The other is a
+    /// stream sending rows this node just sequenced, from memory: against
+    /// this list when it is at least as new as every row's version
+    /// ([`Node::cached_list`]), so never against an older list than the
+    /// one the row was admitted under.
     decoded: std::sync::Mutex<std::collections::HashMap<TalksId, CachedList>>,
 }
 
@@ -215,6 +219,16 @@ impl<S: Store> Node<S> {
             list,
             fresh: true,
         })
+    }
+
+    /// The cached access list of `talks` if its version is at least
+    /// `at_least`, else `None` (read the store). Versions only grow, so a
+    /// list this new is at least as strict as the one an envelope
+    /// sequenced under `at_least` was validated against.
+    pub(crate) fn cached_list(&self, talks: TalksId, at_least: u64) -> Option<Arc<AccessList>> {
+        let cache = self.decoded.lock().ok()?;
+        let cached = cache.get(&talks)?;
+        (cached.version >= at_least).then(|| Arc::clone(&cached.list))
     }
 
     /// The talks' access list read from the store, and decoded (once per

@@ -7,8 +7,14 @@
 //! up. It sleeps on its talks' channel in [`crate::wake`]: woken by this
 //! node's appends to its talks, by this node's changes to its access list,
 //! and by the node's one poll per talks every `poll_interval` (writes by
-//! other nodes), never by other talks; on every wake it re-reads the access
-//! list, so a key that left it is closed at once (code 4003).
+//! other nodes), never by other talks. Before each page it reads from the
+//! store it re-reads the access list, so a key that left it is closed
+//! (code 4003) before it is sent anything more; rows this node just
+//! sequenced, sent from memory, are checked against the node's cached
+//! list when that is at least as new as the list each row was admitted
+//! under (their access-list version), and against the store's otherwise.
+//! A key is never sent an envelope sequenced under a list without it, and
+//! a change this node makes to the list wakes every stream to the store.
 //!
 //! Bounds: at most `streams_per_key` streams per key (429 before the
 //! upgrade); a send queue of at most `send_queue_bytes` — when it is full
@@ -249,10 +255,6 @@ async fn deliver<S: Store>(
         // hearing the client between pages (pongs keep it from looking
         // idle; a close ends the stream).
         loop {
-            let entry = match authorised(node, talks, key).await {
-                Ok(e) => e,
-                Err(close) => return Some(close),
-            };
             while let Some(m) = incoming.next().now_or_never() {
                 match m {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
@@ -265,6 +267,23 @@ async fn deliver<S: Store>(
             if let Some(size) = announced.take().filter(|&n| n > cursor)
                 && let Found::Rows(rows) = node.sequencer.fanout().rows(talks, cursor, size).await
             {
+                // A row not checked against a list (`None`) needs the store's.
+                let newest = rows
+                    .iter()
+                    .map(|r| r.access_version.unwrap_or(u64::MAX))
+                    .max()
+                    .unwrap_or(0);
+                let entry = match node.cached_list(talks, newest) {
+                    Some(list) => list
+                        .get(&key.id())
+                        .cloned()
+                        .ok_or((CLOSE_REVOKED, "access revoked")),
+                    None => authorised(node, talks, key).await,
+                };
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(close) => return Some(close),
+                };
                 for row in rows {
                     if !may_read(&entry, row.room) {
                         continue;
@@ -278,6 +297,10 @@ async fn deliver<S: Store>(
                 cursor = size;
                 break;
             }
+            let entry = match authorised(node, talks, key).await {
+                Ok(e) => e,
+                Err(close) => return Some(close),
+            };
             let rows = match node.store.read(talks, cursor, MAX_READ).await {
                 Ok(rows) => rows,
                 Err(_) => return Some((CLOSE_ERROR, "node error")),

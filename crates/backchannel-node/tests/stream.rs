@@ -176,6 +176,36 @@ async fn a_key_removed_from_the_access_list_is_closed_at_once() {
     );
 }
 
+/// A removal the node did not make (another node's, on the same database)
+/// wakes no stream here; the next envelope this node sequences is checked
+/// against the new list, and the stream that would deliver it from memory
+/// closes instead, sending nothing sequenced after the removal.
+#[tokio::test]
+async fn a_key_removed_behind_the_node_is_sent_nothing_sequenced_after() {
+    let node = start(test_limits()).await;
+    let talks = node.open_reference_talks().await;
+    let t = fixtures::talks();
+    let mut mls = mls_rooms(&node, talks, &[t.record]).await;
+    let base = node.node.store().log_size(talks).await.unwrap();
+    let mut ws = connect(&node, IRAN_HEAD_DEVICE, talks, base)
+        .await
+        .expect("stream");
+    assert!(until_caught(&mut ws, base).await.is_empty());
+    // Delivered live, from this node's memory.
+    submit(&node, &mut mls, US_HEAD_DEVICE, t.record, 1, 10).await;
+    assert_eq!(until_caught(&mut ws, base + 1).await, vec![base]);
+
+    let iran = key(IRAN_HEAD_DEVICE).public_key().id();
+    replace_list(&**node.node.store(), talks, &[iran], vec![]).await;
+    let seq = submit(&node, &mut mls, US_HEAD_DEVICE, t.record, 2, 10).await;
+    assert_eq!(seq, base + 1);
+    match next(&mut ws).await {
+        Got::Closed(code) => assert_eq!(code, Some(4003)),
+        Got::Envelope(s) => panic!("envelope {s} sent after the removal"),
+        Got::Caught(n) => panic!("caught {n} sent after the removal"),
+    }
+}
+
 #[tokio::test]
 async fn streams_per_key_are_limited() {
     let node = start(Limits {
