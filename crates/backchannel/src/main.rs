@@ -15,6 +15,13 @@
 //! command ran, and found evidence against the node (`log verify`, `read`,
 //! `follow`: a seq named on stderr).
 
+/// mimalloc rather than glibc's malloc: the node allocates and frees
+/// many short-lived buffers per request on several threads (frames,
+/// bodies, JSON, TLS records), and glibc's arenas spent about a sixth of
+/// the node's CPU on it under load (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod authority;
 mod bench;
 mod blob;
