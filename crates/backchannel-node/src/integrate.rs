@@ -28,9 +28,9 @@
 //!
 //! # Where the leaves come from
 //!
-//! The sequencer records the leaf hash of every envelope it sequences in
+//! The sequencer records the leaf data of every envelope it sequences in
 //! [`LeafHints`], after rebuilding the leaf from the submission's own
-//! fields and comparing it with the hash the store committed.
+//! fields and comparing its hash with the leaf hash the store committed.
 //! [`integrate_hinted`] takes the run of hinted leaves that starts at the
 //! integrated size and reads only the rest from the store (another node's
 //! rows, and everything after a restart), re-hashing those from their
@@ -45,10 +45,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use backchannel_codec::Encode;
 use backchannel_codec::TalksId;
 use backchannel_crypto::{Digest, Signer, sha256};
 use backchannel_store::{CheckpointRecord, Fence, MAX_READ, Store, StoreError};
-use backchannel_tlog::{Checkpoint, LogOrigin, NodeOrigin, SignCheckpointError};
+use backchannel_tlog::{
+    Checkpoint, LEAF_DATA_LEN, LeafData, LogOrigin, NodeOrigin, SignCheckpointError,
+};
 use thiserror::Error;
 use tlog_tiles::{Hash, HashReader};
 
@@ -145,7 +148,7 @@ pub async fn integrate_once<S: Store>(
 
 /// [`integrate_once`], taking the leaves `hints` holds from the integrated
 /// size on instead of reading them, and forgetting the hints the new
-/// integrated size leaves behind.
+/// integrated size leaves behind (all but the last two data tiles').
 pub async fn integrate_hinted<S: Store>(
     store: &S,
     hints: Option<&LeafHints>,
@@ -228,105 +231,6 @@ pub async fn integrate_hinted<S: Store>(
     Ok(Some(to))
 }
 
-/// The most leaf hashes [`LeafHints`] holds over all talks (16 full
-/// integration batches, about 1.5 MiB); past it, new leaves are not
-/// hinted and integration reads them from the store.
-pub const MAX_LEAF_HINTS: usize = 16 * MAX_INTEGRATION_BATCH as usize;
-
-/// The leaf hashes this node's sequencer committed and the integrator has
-/// not yet integrated, so that integration does not read back the rows
-/// just written. Only ever a shortcut: a leaf not here is read from the
-/// store, so what is dropped (past [`MAX_LEAF_HINTS`], on a restart, by
-/// [`LeafHints::clear`]) costs a read, never a wrong tree.
-#[derive(Debug, Default)]
-pub struct LeafHints {
-    inner: Mutex<HintsInner>,
-}
-
-#[derive(Debug, Default)]
-struct HintsInner {
-    talks: HashMap<TalksId, BTreeMap<u64, Digest>>,
-    count: usize,
-}
-
-impl LeafHints {
-    /// Records that leaf `seq` of `talks` has hash `leaf_hash`, as the
-    /// store committed it. Call it only with a hash the caller rebuilt
-    /// from the envelope's fields and found equal to the committed one.
-    pub fn record(&self, leaves: impl IntoIterator<Item = (TalksId, u64, Digest)>) {
-        let mut inner = self.lock();
-        for (talks, seq, hash) in leaves {
-            if inner.count >= MAX_LEAF_HINTS {
-                return;
-            }
-            if inner
-                .talks
-                .entry(talks)
-                .or_default()
-                .insert(seq, hash)
-                .is_none()
-            {
-                inner.count += 1;
-            }
-        }
-    }
-
-    /// The hinted leaves of `talks` from `from` on, as long as they are
-    /// contiguous, and before `to`.
-    fn run(&self, talks: TalksId, from: u64, to: u64) -> Vec<Digest> {
-        let inner = self.lock();
-        let Some(leaves) = inner.talks.get(&talks) else {
-            return Vec::new();
-        };
-        (from..to)
-            .zip(leaves.range(from..to))
-            .take_while(|(want, (seq, _))| want == *seq)
-            .map(|(_, (_, hash))| *hash)
-            .collect()
-    }
-
-    /// Forgets the leaves of `talks` below `size` (integrated).
-    fn forget_below(&self, talks: TalksId, size: u64) {
-        let mut inner = self.lock();
-        let HintsInner { talks: all, count } = &mut *inner;
-        let Some(leaves) = all.get_mut(&talks) else {
-            return;
-        };
-        let kept = leaves.split_off(&size);
-        *count -= leaves.len();
-        if kept.is_empty() {
-            all.remove(&talks);
-        } else {
-            *leaves = kept;
-        }
-    }
-
-    /// Forgets everything: another node integrates now.
-    pub fn clear(&self) {
-        let mut inner = self.lock();
-        inner.talks.clear();
-        inner.count = 0;
-    }
-
-    /// How many leaf hashes are held (for tests and metrics).
-    pub fn len(&self) -> usize {
-        self.lock().count
-    }
-
-    /// Whether no leaf hash is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HintsInner> {
-        // The data is a cache of plain values, consistent after every
-        // statement, so a panic elsewhere leaves nothing half-done.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 /// The leaf hashes of seqs `[from, to)`, read page by page and each checked
 /// against its envelope.
 async fn read_leaves<S: Store>(
@@ -389,6 +293,167 @@ impl HashReader for Overlay {
                 found.copied().ok_or(tlog_tiles::Error::IndexesNotInTree)
             })
             .collect()
+    }
+}
+
+/// The most leaves [`LeafHints`] holds over all talks (32 full
+/// integration batches; 97 bytes of leaf data each, about 13 MiB with the
+/// maps). Past it, the talks recorded least recently are forgotten first.
+pub const MAX_LEAF_HINTS: usize = 32 * MAX_INTEGRATION_BATCH as usize;
+
+/// Leaves per data tile (tlog-tiles height 8).
+const TILE_WIDTH: u64 = 1 << 8;
+
+/// The leaves this node's sequencer committed, as leaf data, so that
+/// neither integration nor the data tiles of the log's tail read back the
+/// rows just written. Each talks keeps what is not yet integrated, and the
+/// integrated leaves of its last partial data tile and of the full one
+/// before it (the tiles verifying members fetch next).
+///
+/// Only ever a shortcut: a leaf not here is read from the store, so what
+/// is dropped (past [`MAX_LEAF_HINTS`], on a restart, by
+/// [`LeafHints::clear`]) costs a read, never a wrong tree or tile.
+#[derive(Debug, Default)]
+pub struct LeafHints {
+    inner: Mutex<HintsInner>,
+}
+
+#[derive(Debug, Default)]
+struct HintsInner {
+    talks: HashMap<TalksId, Hinted>,
+    count: usize,
+    /// Bumped by every [`LeafHints::record`]: the recency of each talks.
+    clock: u64,
+}
+
+#[derive(Debug, Default)]
+struct Hinted {
+    leaves: BTreeMap<u64, LeafData>,
+    recorded: u64,
+}
+
+impl LeafHints {
+    /// Records committed leaves of their talks. Call it only with leaves
+    /// the caller rebuilt from the envelope's fields and found to hash to
+    /// the leaf hash the store committed.
+    pub fn record(&self, leaves: impl IntoIterator<Item = (TalksId, LeafData)>) {
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let now = inner.clock;
+        let HintsInner {
+            talks: all, count, ..
+        } = &mut *inner;
+        for (talks, leaf) in leaves {
+            let hinted = all.entry(talks).or_default();
+            hinted.recorded = now;
+            if hinted.leaves.insert(leaf.seq, leaf).is_none() {
+                *count += 1;
+            }
+        }
+        while inner.count > MAX_LEAF_HINTS {
+            inner.evict_one();
+        }
+    }
+
+    /// The leaf hashes of `talks` from `from` on, re-hashed from the leaf
+    /// data, as long as they are contiguous, and before `to`.
+    fn run(&self, talks: TalksId, from: u64, to: u64) -> Vec<Digest> {
+        let inner = self.lock();
+        let Some(hinted) = inner.talks.get(&talks) else {
+            return Vec::new();
+        };
+        (from..to)
+            .zip(hinted.leaves.range(from..to))
+            .take_while(|(want, (seq, _))| want == *seq)
+            .map(|(_, (_, leaf))| leaf.hash())
+            .collect()
+    }
+
+    /// The leaf data of seqs `[start, end)` of `talks`, encoded one after
+    /// the other (a data tile's contents), if every one is held.
+    pub fn tile(&self, talks: TalksId, start: u64, end: u64) -> Option<Vec<u8>> {
+        let inner = self.lock();
+        let leaves = &inner.talks.get(&talks)?.leaves;
+        let want = usize::try_from(end.checked_sub(start)?).ok()?;
+        let mut out = Vec::with_capacity(want * LEAF_DATA_LEN);
+        let mut n = 0;
+        for ((_, leaf), seq) in leaves.range(start..end).zip(start..) {
+            if leaf.seq != seq {
+                return None;
+            }
+            out.extend_from_slice(&leaf.to_canonical_bytes());
+            n += 1;
+        }
+        (n == want).then_some(out)
+    }
+
+    /// Forgets the leaves of `talks` that no longer matter once `size`
+    /// leaves are integrated: those below the full data tile before the
+    /// one `size` falls in.
+    fn forget_below(&self, talks: TalksId, size: u64) {
+        let keep_from = (size / TILE_WIDTH).saturating_sub(1) * TILE_WIDTH;
+        let mut inner = self.lock();
+        let HintsInner {
+            talks: all, count, ..
+        } = &mut *inner;
+        let Some(hinted) = all.get_mut(&talks) else {
+            return;
+        };
+        let kept = hinted.leaves.split_off(&keep_from);
+        *count -= hinted.leaves.len();
+        if kept.is_empty() {
+            all.remove(&talks);
+        } else {
+            hinted.leaves = kept;
+        }
+    }
+
+    /// Forgets everything: another node integrates now.
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.talks.clear();
+        inner.count = 0;
+    }
+
+    /// How many leaves are held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().count
+    }
+
+    /// Whether no leaf is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HintsInner> {
+        // The data is a cache of plain values, consistent after every
+        // statement, so a panic elsewhere leaves nothing half-done.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl HintsInner {
+    /// Frees room: the talks recorded least recently goes, unless it is
+    /// the only one left, which loses its oldest leaf.
+    fn evict_one(&mut self) {
+        if self.talks.len() > 1 {
+            let oldest = self
+                .talks
+                .iter()
+                .min_by_key(|(_, h)| h.recorded)
+                .map(|(t, _)| *t);
+            if let Some(hinted) = oldest.and_then(|t| self.talks.remove(&t)) {
+                self.count -= hinted.leaves.len();
+            }
+        } else if let Some(hinted) = self.talks.values_mut().next()
+            && hinted.leaves.pop_first().is_some()
+        {
+            self.count -= 1;
+        } else {
+            self.count = 0;
+        }
     }
 }
 

@@ -10,8 +10,9 @@
 //! load by itself: while one commit is in flight, the next batch queues up.
 //! After acknowledging a batch it hands the batch's rows, as ready stream
 //! frames, to the [`Fanout`] the delivery streams read first, and their leaf
-//! hashes, rebuilt from the submissions and checked against the committed
-//! ones, to the [`LeafHints`] the integrator reads first.
+//! data, rebuilt from the submissions and checked against the committed
+//! leaf hashes, to the [`LeafHints`] the integrator and the data tiles read
+//! first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,7 +70,7 @@ pub struct Sequencer {
     tx: mpsc::Sender<Job>,
     /// The rows of each batch, for the delivery streams.
     fanout: Arc<Fanout>,
-    /// The leaf hashes of each batch, for the integrator.
+    /// The leaf data of each batch, for the integrator and data tiles.
     hints: Arc<LeafHints>,
     /// Envelopes placed in a log so far (for metrics).
     sequenced: Arc<AtomicU64>,
@@ -103,8 +104,8 @@ impl Sequencer {
         }
     }
 
-    /// The leaf hashes sequenced and not yet integrated, for the
-    /// integrator.
+    /// The leaf data sequenced lately, for the integrator and the data
+    /// tiles.
     pub fn leaf_hints(&self) -> &Arc<LeafHints> {
         &self.hints
     }
@@ -253,7 +254,7 @@ impl LeafParts {
 fn committed_leaves<'a>(
     parts: &'a [LeafParts],
     outcomes: &'a [Outcome],
-) -> impl Iterator<Item = (TalksId, u64, Digest)> + 'a {
+) -> impl Iterator<Item = (TalksId, backchannel_tlog::LeafData)> + 'a {
     parts.iter().zip(outcomes).filter_map(|(p, o)| {
         let Outcome::Sequenced(placed) = o else {
             return None;
@@ -266,7 +267,7 @@ fn committed_leaves<'a>(
             body_hash: p.body_hash,
         };
         if leaf.hash() == placed.leaf_hash {
-            Some((p.talks, placed.seq, placed.leaf_hash))
+            Some((p.talks, leaf))
         } else {
             tracing::error!(
                 seq = placed.seq,
@@ -326,6 +327,8 @@ mod tests {
         let Outcome::Sequenced(g) = good else {
             unreachable!()
         };
-        assert_eq!(got, [(ps[0].talks, 10, g.leaf_hash)]);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].0, got[0].1.seq), (ps[0].talks, 10));
+        assert_eq!(got[0].1.hash(), g.leaf_hash);
     }
 }

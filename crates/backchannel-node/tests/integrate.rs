@@ -6,6 +6,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use backchannel_codec::Encode;
 use backchannel_codec::{RoomId, TalksId};
 use backchannel_crypto::{Digest, KeyId, Signer};
 use backchannel_node::integrate::{
@@ -22,7 +23,8 @@ use backchannel_store::{
     StoredEnvelope, Submission, Subscription, TalksRecord,
 };
 use backchannel_tlog::{
-    HashReader, InclusionProof, LogOrigin, MemoryHashStore, NodeOrigin, SignedCheckpoint,
+    HashReader, InclusionProof, LEAF_DATA_LEN, LeafData, LogOrigin, MemoryHashStore, NodeOrigin,
+    SignedCheckpoint,
 };
 use tlog_tiles::Hash;
 
@@ -574,7 +576,7 @@ async fn hints_for<S: Store>(store: &S, talks: TalksId, hinted: &[u64]) -> LeafH
     let all = read_all(store, talks).await;
     hints.record(hinted.iter().map(|&seq| {
         let e = usize::try_from(seq).ok().and_then(|i| all.get(i));
-        (talks, seq, e.expect("a stored leaf").leaf_hash)
+        (talks, e.expect("a stored leaf").leaf())
     }));
     hints
 }
@@ -604,7 +606,8 @@ async fn hints_give_the_same_log_as_reads() {
         assert_eq!(sizes.last(), Some(&N), "hinted {hinted:?}, max {max}");
         assert_eq!(snapshot(&store, t).await, snapshot(&reference, t).await);
         check_log(&store, t, N).await;
-        assert!(hints.is_empty(), "hinted {hinted:?}: {} left", hints.len());
+        // The last two data tiles' leaves stay (here, all of them).
+        assert_eq!(hints.len(), hinted.len(), "hinted {hinted:?}");
     };
     for max in [MAX_INTEGRATION_BATCH, 4] {
         check((0..N).collect(), max).await;
@@ -634,18 +637,71 @@ async fn hints_stand_in_for_reads_and_only_for_them() {
     }
 }
 
-/// The hints hold at most `MAX_LEAF_HINTS` leaves; clearing forgets all.
+fn leaf(seq: u64) -> LeafData {
+    LeafData {
+        seq,
+        timestamp_ms: 1_000,
+        room: RoomId([1; 16]),
+        header_hash: Digest([2; 32]),
+        body_hash: Digest([3; 32]),
+    }
+}
+
+/// Integration keeps the leaves of the last partial data tile and of the
+/// full one before it, and the data tiles come from the hints only when
+/// every leaf is there.
+#[tokio::test]
+async fn hints_keep_the_last_two_data_tiles() {
+    const N: u64 = 600;
+    let store = MemoryStore::new();
+    let t = talks_id(1);
+    fill(&store, t, N).await;
+    let all: Vec<u64> = (0..N).collect();
+    let hints = hints_for(&store, t, &all).await;
+    let integrated = integrate_hinted(&store, Some(&hints), t, &node(), &log_key(), N, None).await;
+    assert_eq!(integrated.expect("integrates"), Some(N));
+    // 600 = two full tiles and 88 leaves: the second tile and the partial stay.
+    assert_eq!(hints.len(), (N - 256) as usize);
+    let stored: Vec<u8> = read_all(&store, t)
+        .await
+        .iter()
+        .flat_map(|e| e.leaf().to_canonical_bytes())
+        .collect();
+    let bytes = |from: u64, to: u64| {
+        stored[from as usize * LEAF_DATA_LEN..to as usize * LEAF_DATA_LEN].to_vec()
+    };
+    assert_eq!(hints.tile(t, 256, 512), Some(bytes(256, 512)));
+    assert_eq!(hints.tile(t, 512, 600), Some(bytes(512, 600)));
+    assert_eq!(hints.tile(t, 512, 520), Some(bytes(512, 520)));
+    assert_eq!(hints.tile(t, 0, 256), None, "forgotten");
+    assert_eq!(hints.tile(t, 512, 601), None, "not sequenced");
+    assert_eq!(hints.tile(talks_id(2), 0, 1), None, "another talks");
+}
+
+/// The hints hold at most `MAX_LEAF_HINTS` leaves, forgetting the talks
+/// recorded least recently first; clearing forgets all.
 #[test]
 fn hints_are_bounded() {
     use backchannel_node::integrate::MAX_LEAF_HINTS;
     let hints = LeafHints::default();
-    let leaf = Digest([7; 32]);
-    let n = MAX_LEAF_HINTS as u64 + 10;
-    hints.record((0..n).map(|seq| (talks_id(1 + (seq % 3) as u8), seq, leaf)));
+    let max = MAX_LEAF_HINTS as u64;
+    hints.record((0..max / 2).map(|seq| (talks_id(1), leaf(seq))));
+    hints.record((0..max / 2).map(|seq| (talks_id(2), leaf(seq))));
     assert_eq!(hints.len(), MAX_LEAF_HINTS);
+    // One more talks: the first talks goes.
+    hints.record([(talks_id(3), leaf(0))]);
+    assert_eq!(hints.len(), MAX_LEAF_HINTS / 2 + 1);
+    assert_eq!(hints.tile(talks_id(1), 0, 1), None);
+    assert!(hints.tile(talks_id(2), 0, 1).is_some());
+    // One talks alone past the bound loses its oldest leaves.
+    hints.clear();
+    hints.record((0..max + 10).map(|seq| (talks_id(1), leaf(seq))));
+    assert_eq!(hints.len(), MAX_LEAF_HINTS);
+    assert_eq!(hints.tile(talks_id(1), 9, 10), None);
+    assert!(hints.tile(talks_id(1), 10, 11).is_some());
     // The same leaf again counts once.
     hints.clear();
-    hints.record([(talks_id(1), 0, leaf), (talks_id(1), 0, leaf)]);
+    hints.record([(talks_id(1), leaf(0)), (talks_id(1), leaf(0))]);
     assert_eq!(hints.len(), 1);
     hints.clear();
     assert!(hints.is_empty());
