@@ -502,10 +502,10 @@ pub const TALKS_PER_ROUND: usize = 1024;
 
 /// One integration round: integrates every talks with un-integrated
 /// leaves (as the store lists them), up to [`MAX_INTEGRATION_BATCH`]
-/// leaves each, each fenced on `fence`. Errors are per talks and logged
-/// without ids; a talks whose stored data is corrupt keeps failing (and
-/// alerting) while the others go on. A fenced integration ends the round
-/// with [`StoreError::Fenced`]: the lease moved on, so the rest would be
+/// leaves each, each fenced on `fence`, one after the other (the node
+/// spreads them over its checkpoint interval instead: see
+/// [`integrate_talks`]). A fenced integration ends the round with
+/// [`StoreError::Fenced`]: the lease moved on, so the rest would be
 /// refused too. Returns how many talks got a new checkpoint.
 pub async fn integrate_round<S: Store>(
     store: &S,
@@ -516,21 +516,43 @@ pub async fn integrate_round<S: Store>(
 ) -> Result<usize, StoreError> {
     let mut done = 0;
     for talks in store.unintegrated_talks(TALKS_PER_ROUND).await? {
-        let integrated = integrate_hinted(
-            store,
-            hints,
-            talks,
-            node,
-            log_key,
-            MAX_INTEGRATION_BATCH,
-            fence,
-        );
-        match integrated.await {
-            Ok(Some(_)) => done += 1,
-            Err(IntegrateError::Fenced) => return Err(StoreError::Fenced),
-            Ok(None) | Err(IntegrateError::Stale) => {}
-            Err(e) => tracing::error!(error = %e, "integration of a talks failed"),
+        if integrate_talks(store, hints, talks, node, log_key, fence).await? {
+            done += 1;
         }
     }
     Ok(done)
+}
+
+/// One talks' turn in an integration round: up to
+/// [`MAX_INTEGRATION_BATCH`] leaves, fenced on `fence`. Returns whether it
+/// got a new checkpoint. Errors other than [`StoreError::Fenced`] are the
+/// talks' own: logged without ids and not returned, so a talks whose
+/// stored data is corrupt keeps failing (and alerting) while the others go
+/// on.
+pub async fn integrate_talks<S: Store>(
+    store: &S,
+    hints: Option<&LeafHints>,
+    talks: TalksId,
+    node: &NodeOrigin,
+    log_key: &(dyn Signer + Sync),
+    fence: Option<Fence>,
+) -> Result<bool, StoreError> {
+    let integrated = integrate_hinted(
+        store,
+        hints,
+        talks,
+        node,
+        log_key,
+        MAX_INTEGRATION_BATCH,
+        fence,
+    );
+    match integrated.await {
+        Ok(Some(_)) => Ok(true),
+        Err(IntegrateError::Fenced) => Err(StoreError::Fenced),
+        Ok(None) | Err(IntegrateError::Stale) => Ok(false),
+        Err(e) => {
+            tracing::error!(error = %e, "integration of a talks failed");
+            Ok(false)
+        }
+    }
 }

@@ -433,10 +433,50 @@ async fn fire_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
     }
 }
 
+/// One integration round with the talks spread over four fifths of
+/// `every`: each talks' integration is a transaction on the store's one
+/// writer, which the sequencer waits for, so many small waits spread over
+/// the interval instead of one long one at its start. Each talks still
+/// gets a checkpoint every `every`. Returns at once, having written
+/// nothing more, when shutdown starts.
+async fn integrate_spread<S: Store>(
+    node: &Node<S>,
+    hints: &crate::integrate::LeafHints,
+    fence: backchannel_store::Fence,
+    every: Duration,
+    shutdown: &mut Shutdown,
+) -> Result<(), backchannel_store::StoreError> {
+    let store = &**node.store();
+    let talks = store
+        .unintegrated_talks(crate::integrate::TALKS_PER_ROUND)
+        .await?;
+    let gap = every.mul_f64(0.8) / u32::try_from(talks.len()).unwrap_or(u32::MAX).max(1);
+    for (i, t) in talks.into_iter().enumerate() {
+        if i > 0 {
+            tokio::select! {
+                biased;
+                () = shutdown.draining() => return Ok(()),
+                () = tokio::time::sleep(gap) => {}
+            }
+        }
+        crate::integrate::integrate_talks(
+            store,
+            Some(hints),
+            t,
+            &node.origin,
+            &*node.log_key,
+            Some(fence),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Runs an integration round every `checkpoint_interval` (at most
 /// [`crate::lease::MAX_CHECKPOINT_INTERVAL`]) while this node holds the
-/// integrator lease, until shutdown starts; a round in progress then
-/// finishes (it is cut only when the drain time is over).
+/// integrator lease, until shutdown starts; a talks' integration in
+/// progress then finishes (it is cut only when the drain time is over),
+/// and the round's remaining talks wait for the next integrator.
 async fn integrate_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
     let every = node
         .limits()
@@ -456,16 +496,8 @@ async fn integrate_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
             hints.clear();
             continue;
         };
-        match crate::integrate::integrate_round(
-            &**node.store(),
-            Some(hints),
-            &node.origin,
-            &*node.log_key,
-            Some(fence),
-        )
-        .await
-        {
-            Ok(_) => {}
+        match integrate_spread(&node, hints, fence, every, &mut shutdown).await {
+            Ok(()) => {}
             Err(backchannel_store::StoreError::Fenced) => {
                 tracing::info!(
                     epoch = fence.epoch,
