@@ -16,8 +16,9 @@
 //!
 //! So an append wakes only the streams of its talks, and an idle stream
 //! costs no store read at all. A bumped generation makes a stream
-//! re-authorise and read the store from its cursor; it re-authorises on
-//! every wake either way.
+//! re-authorise from the store and read the store from its cursor; an
+//! append's wake re-authorises against the node's cached list, if it is
+//! at least as new as the rows it sends (see [`crate::stream`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};

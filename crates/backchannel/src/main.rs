@@ -17,8 +17,8 @@
 
 /// mimalloc rather than glibc's malloc: the node allocates and frees
 /// many short-lived buffers per request on several threads (frames,
-/// bodies, JSON, TLS records), and glibc's arenas spent about a sixth of
-/// the node's CPU on it under load (docs/performance.md).
+/// bodies, JSON, TLS records), and glibc's malloc was 12.9 % of the
+/// node's profile under load (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
