@@ -230,6 +230,13 @@ async fn a_rewritten_stored_envelope_no_longer_matches_the_client_checkpoint() {
     }
     let node = sqlite_node(&db).await;
     let iran = node.client(IRAN_HEAD_DEVICE);
+    // The data tile is read from the store after the restart, and the
+    // rewritten row no longer hashes to its stored leaf hash: refused,
+    // not served.
+    let tile = iran
+        .get(&path(talks, &format!("/tile/8/data/000.p/{}", held.size)))
+        .await;
+    assert_eq!(tile.status, 500, "{tile:?}");
     let page = iran
         .get(&path(talks, &format!("/envelopes?from={base}")))
         .await;
