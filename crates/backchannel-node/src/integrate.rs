@@ -134,7 +134,9 @@ impl From<StoreError> for IntegrateError {
 /// Each leaf is re-hashed from its stored envelope before it enters the
 /// tree: a leaf in a signed checkpoint is there for good, so a corrupt row
 /// stops integration ([`IntegrateError::BadLeaf`]) rather than being
-/// committed.
+/// committed. ([`integrate_hinted`] takes hinted leaves instead, checked
+/// against the committed leaf hash when the sequencer recorded them; a
+/// row changed after that is caught when a data tile reads it.)
 pub async fn integrate_once<S: Store>(
     store: &S,
     talks: TalksId,
@@ -297,8 +299,10 @@ impl HashReader for Overlay {
 }
 
 /// The most leaves [`LeafHints`] holds over all talks (32 full
-/// integration batches; 97 bytes of leaf data each, about 13 MiB with the
-/// maps). Past it, the talks recorded least recently are forgotten first.
+/// integration batches; 104 bytes each, leaf data and key, so about
+/// 14 MiB in maps of many leaves, more when the leaves are spread over
+/// many talks of few leaves each). Past it, the talks recorded least recently are
+/// forgotten first.
 pub const MAX_LEAF_HINTS: usize = 32 * MAX_INTEGRATION_BATCH as usize;
 
 /// Leaves per data tile (tlog-tiles height 8).
@@ -436,7 +440,8 @@ impl LeafHints {
 
 impl HintsInner {
     /// Frees room: the talks recorded least recently goes, unless it is
-    /// the only one left, which loses its oldest leaf.
+    /// the only one left, which loses its newest leaf (the oldest are the
+    /// ones integration takes next).
     fn evict_one(&mut self) {
         if self.talks.len() > 1 {
             let oldest = self
@@ -448,7 +453,7 @@ impl HintsInner {
                 self.count -= hinted.leaves.len();
             }
         } else if let Some(hinted) = self.talks.values_mut().next()
-            && hinted.leaves.pop_first().is_some()
+            && hinted.leaves.pop_last().is_some()
         {
             self.count -= 1;
         } else {

@@ -693,12 +693,14 @@ fn hints_are_bounded() {
     assert_eq!(hints.len(), MAX_LEAF_HINTS / 2 + 1);
     assert_eq!(hints.tile(talks_id(1), 0, 1), None);
     assert!(hints.tile(talks_id(2), 0, 1).is_some());
-    // One talks alone past the bound loses its oldest leaves.
+    // One talks alone past the bound loses its newest leaves: the oldest
+    // are the ones integration takes next.
     hints.clear();
     hints.record((0..max + 10).map(|seq| (talks_id(1), leaf(seq))));
     assert_eq!(hints.len(), MAX_LEAF_HINTS);
-    assert_eq!(hints.tile(talks_id(1), 9, 10), None);
-    assert!(hints.tile(talks_id(1), 10, 11).is_some());
+    assert!(hints.tile(talks_id(1), 0, 1).is_some());
+    assert!(hints.tile(talks_id(1), max - 1, max).is_some());
+    assert_eq!(hints.tile(talks_id(1), max, max + 1), None);
     // The same leaf again counts once.
     hints.clear();
     hints.record([(talks_id(1), leaf(0)), (talks_id(1), leaf(0))]);
