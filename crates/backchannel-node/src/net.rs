@@ -433,12 +433,15 @@ async fn fire_until<S: Store>(node: Arc<Node<S>>, mut shutdown: Shutdown) {
     }
 }
 
-/// One integration round with the talks spread over four fifths of
-/// `every`: each talks' integration is a transaction on the store's one
-/// writer, which the sequencer waits for, so many small waits spread over
-/// the interval instead of one long one at its start. Each talks still
-/// gets a checkpoint every `every`. Returns at once, having written
-/// nothing more, when shutdown starts.
+/// One integration round with its talks spread over a quarter of `every`
+/// (at most [`crate::lease::MAX_ROUND_SPREAD`]) after the tick: each
+/// talks' integration is a transaction on the store's one writer (SQLite),
+/// which the sequencer waits for, so several short waits spread over the
+/// round replace one long one. The talks' turns are paced from the
+/// round's start (a late turn comes at once, never pushing the others
+/// later), and not at all when they would be under a millisecond apart.
+/// Stops between talks, having written nothing more, when shutdown starts
+/// or the lease moves on.
 async fn integrate_spread<S: Store>(
     node: &Node<S>,
     hints: &crate::integrate::LeafHints,
@@ -450,14 +453,22 @@ async fn integrate_spread<S: Store>(
     let talks = store
         .unintegrated_talks(crate::integrate::TALKS_PER_ROUND)
         .await?;
-    let gap = every.mul_f64(0.8) / u32::try_from(talks.len()).unwrap_or(u32::MAX).max(1);
-    for (i, t) in talks.into_iter().enumerate() {
-        if i > 0 {
+    let window = (every / 4).min(crate::lease::MAX_ROUND_SPREAD);
+    let gap = window / u32::try_from(talks.len()).unwrap_or(u32::MAX).max(1);
+    // `interval` ticks at start + k × gap, at once for a tick already
+    // past (its default `Burst`), so the round never outlasts the window
+    // by more than its own work.
+    let mut pace = (gap >= Duration::from_millis(1)).then(|| tokio::time::interval(gap));
+    for t in talks {
+        if let Some(pace) = pace.as_mut() {
             tokio::select! {
                 biased;
                 () = shutdown.draining() => return Ok(()),
-                () = tokio::time::sleep(gap) => {}
+                _ = pace.tick() => {}
             }
+        }
+        if node.lease.fence() != Some(fence) {
+            return Ok(());
         }
         crate::integrate::integrate_talks(
             store,
