@@ -223,8 +223,9 @@ impl<S: Store> Node<S> {
 
     /// The cached access list of `talks` if its version is at least
     /// `at_least`, else `None` (read the store). Versions only grow, so a
-    /// list this new is at least as strict as the one an envelope
-    /// sequenced under `at_least` was validated against.
+    /// list this new holds every change made before an envelope was
+    /// sequenced under version `at_least`: a key removed by then is not
+    /// on it.
     pub(crate) fn cached_list(&self, talks: TalksId, at_least: u64) -> Option<Arc<AccessList>> {
         let cache = self.decoded.lock().ok()?;
         let cached = cache.get(&talks)?;
