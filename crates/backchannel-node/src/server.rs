@@ -1313,3 +1313,64 @@ async fn get_chunk<S: Store>(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use backchannel_codec::Encode as _;
+    use backchannel_statement::fixtures::{key, labels};
+    use backchannel_store::conformance::{talks_id, talks_record};
+    use backchannel_store::memory::MemoryStore;
+
+    use super::*;
+
+    struct FixedClock;
+
+    impl Clock for FixedClock {
+        fn now_ms(&self) -> u64 {
+            1_700_000_000_000
+        }
+    }
+
+    /// A stream sends rows from memory against the cached list only when
+    /// its version is at least the rows' (`u64::MAX` for rows admitted
+    /// under no list): anything newer sends it to the store.
+    #[tokio::test]
+    async fn the_cached_list_stands_only_for_rows_of_its_version_or_older() {
+        let store = Arc::new(MemoryStore::new());
+        let fixture = backchannel_statement::fixtures::talks();
+        let t = fixture.talks;
+        let bytes = fixture
+            .roster
+            .implied_access_list(t)
+            .expect("the reference list")
+            .to_canonical_bytes();
+        let list = AccessListRecord {
+            hash: sha256(&bytes),
+            bytes,
+            version: 0,
+        };
+        store
+            .create_talks(&talks_record(t), &list)
+            .await
+            .expect("create talks");
+        let node = Node::new(
+            store,
+            NodeConfig {
+                origin: NodeOrigin::new("node.example").expect("origin"),
+                log_key: Arc::new(key(labels::NODE_LOG)),
+                creators: Vec::new(),
+                limits: Limits::default(),
+                clock: Arc::new(FixedClock),
+                instance: [1; 16],
+            },
+        );
+        assert!(node.cached_list(t, 0).is_none(), "nothing cached yet");
+        let view = node.access_view(t, true).await.expect("the list");
+        assert!(node.cached_list(t, 0).is_some());
+        assert_eq!(view.version, 0);
+        assert!(node.cached_list(t, view.version).is_some());
+        assert!(node.cached_list(t, view.version + 1).is_none());
+        assert!(node.cached_list(t, u64::MAX).is_none());
+        assert!(node.cached_list(talks_id(2), 0).is_none(), "another talks");
+    }
+}
