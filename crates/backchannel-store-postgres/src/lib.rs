@@ -1442,19 +1442,12 @@ async fn sequence_in(
             order.push((sub.talks, h.next_seq));
         }
 
-        // The access list first, before the idempotency lookups: a key
-        // off the current list learns nothing, not even of its retries.
-        if let Some(validated) = sub.access_version {
-            let Some(&current) = access.get(&sub.talks) else {
-                // Read above for every talks with a submission naming one.
-                return Err(StoreError::Backend(
-                    "sequence: lost an access list version".into(),
-                ));
-            };
-            if validated != current {
-                slots.push(Slot::Done(Outcome::AccessChanged { version: current }));
-                continue;
-            }
+        // The access list first, before the idempotency lookups.
+        if let Some(refused) =
+            backchannel_store::access_changed(sub.access_version, access.get(&sub.talks).copied())?
+        {
+            slots.push(Slot::Done(refused));
+            continue;
         }
 
         // A key seen earlier in this batch: a retry of that submission.

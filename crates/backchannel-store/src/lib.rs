@@ -320,6 +320,28 @@ pub struct RoomCommit {
     pub header_hash: Digest,
 }
 
+/// The outcome of a submission whose validated access-list version
+/// ([`Submission::access_version`]) is not `current`, the talks' version
+/// read in the sequencing transaction: [`Outcome::AccessChanged`], checked
+/// before the idempotency lookup so that a key off the current list learns
+/// nothing, not even of its retries. `None` when it may go on (or names no
+/// version). A backend that did not read `current` for a submission naming
+/// a version has lost track of its own reads: an error, nothing written.
+pub fn access_changed(
+    validated: Option<u64>,
+    current: Option<u64>,
+) -> Result<Option<Outcome>, StoreError> {
+    let Some(validated) = validated else {
+        return Ok(None);
+    };
+    let Some(current) = current else {
+        return Err(StoreError::Backend(
+            "sequence: lost an access list version".into(),
+        ));
+    };
+    Ok((validated != current).then_some(Outcome::AccessChanged { version: current }))
+}
+
 /// The gate rule every backend applies in [`Store::sequence`], after the
 /// idempotency lookup missed: given the room's state (`None`: no group)
 /// and the recorded commit of [`Gate::commit_epoch`] (`None`: none, or the

@@ -601,14 +601,11 @@ impl MemoryStore {
             let Some(log) = txn.log(s.talks) else {
                 return Err(StoreError::UnknownTalks);
             };
-            // The access list first, before the idempotency lookup: a key
-            // off the current list learns nothing, not even of its retries.
-            if let Some(version) = s.access_version
-                && version != log.access.version
+            // The access list first, before the idempotency lookup.
+            if let Some(refused) =
+                crate::access_changed(s.access_version, Some(log.access.version))?
             {
-                plan.push(Planned::Done(Outcome::AccessChanged {
-                    version: log.access.version,
-                }));
+                plan.push(Planned::Done(refused));
                 continue;
             }
             if let Some(row) = log
