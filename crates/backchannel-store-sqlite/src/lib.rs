@@ -604,24 +604,120 @@ fn head_of(row: &SqliteRow) -> Result<Head, StoreError> {
     Ok(head)
 }
 
-/// A talks' log head and its access list's version, in one query: what
-/// [`sequence_in`] reads of each talks of its batch.
-async fn sequencing_head(
+/// The log heads and access-list versions of the talks in `talks`
+/// (distinct), in one statement per [`LOOKUP_CHUNK`] talks: what
+/// [`sequence_in`] reads of each talks of its batch before it writes
+/// anything. A talks with no head is not in the map.
+async fn sequencing_heads(
     conn: &mut SqliteConnection,
-    talks: TalksId,
+    talks: &[TalksId],
     op: &'static str,
-) -> Result<Option<(Head, u64)>, StoreError> {
-    let row = sqlx::query(
-        "SELECT h.next_seq, h.last_time, h.integrated_size, a.version
-         FROM log_heads h JOIN access_lists a ON a.talks = h.talks
-         WHERE h.talks = ?",
-    )
-    .bind(talks.as_bytes().as_slice())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(|e| backend(op, e))?;
-    row.map(|row| Ok((head_of(&row)?, uint(&row, "version")?)))
-        .transpose()
+) -> Result<HashMap<TalksId, (Head, u64)>, StoreError> {
+    let mut found = HashMap::with_capacity(talks.len());
+    for range in pow2_chunks(talks.len(), LOOKUP_CHUNK) {
+        let part = &talks[range];
+        let sql = format!(
+            "WITH k(n, talks) AS (VALUES {})
+             SELECT k.n, h.next_seq, h.last_time, h.integrated_size, a.version
+               FROM k JOIN log_heads h ON h.talks = k.talks
+                      JOIN access_lists a ON a.talks = h.talks",
+            placeholders(part.len(), 2)
+        );
+        // Only placeholders vary: every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (n, t) in part.iter().enumerate() {
+            query = query.bind(n as i64).bind(t.as_bytes().as_slice());
+        }
+        for row in query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| backend(op, e))?
+        {
+            let t = usize::try_from(uint(&row, "n")?)
+                .ok()
+                .and_then(|n| part.get(n))
+                .ok_or_else(|| StoreError::Backend(format!("{op}: a head row of no talks")))?;
+            found.insert(*t, (head_of(&row)?, uint(&row, "version")?));
+        }
+    }
+    Ok(found)
+}
+
+/// The MLS states of the rooms in `rooms` (distinct), in one statement
+/// per [`LOOKUP_CHUNK`] rooms, read in the caller's transaction. A room
+/// with no state is not in the map.
+async fn room_states(
+    conn: &mut SqliteConnection,
+    rooms: &[(TalksId, RoomId)],
+    op: &'static str,
+) -> Result<HashMap<(TalksId, RoomId), RoomState>, StoreError> {
+    let mut found = HashMap::with_capacity(rooms.len());
+    for range in pow2_chunks(rooms.len(), LOOKUP_CHUNK) {
+        let part = &rooms[range];
+        let sql = format!(
+            "WITH k(n, talks, room) AS (VALUES {})
+             SELECT k.n, r.epoch, r.public_group, r.group_info, r.created_seq
+               FROM k JOIN room_state r ON r.talks = k.talks AND r.room = k.room",
+            placeholders(part.len(), 3)
+        );
+        // Only placeholders vary: every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (n, (t, r)) in part.iter().enumerate() {
+            query = query
+                .bind(n as i64)
+                .bind(t.as_bytes().as_slice())
+                .bind(r.as_bytes().as_slice());
+        }
+        for row in query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| backend(op, e))?
+        {
+            let k = usize::try_from(uint(&row, "n")?)
+                .ok()
+                .and_then(|n| part.get(n))
+                .ok_or_else(|| StoreError::Backend(format!("{op}: a room row of no room")))?;
+            found.insert(*k, room_state_row(&row)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Moves the log heads of `heads` (talks, next seq, last time; distinct
+/// talks) in one statement per [`LOOKUP_CHUNK`] talks, inside the
+/// caller's write transaction; every one of them must exist.
+async fn update_heads(
+    conn: &mut SqliteConnection,
+    heads: &[(TalksId, u64, u64)],
+    op: &'static str,
+) -> Result<(), StoreError> {
+    for range in pow2_chunks(heads.len(), LOOKUP_CHUNK) {
+        let part = &heads[range];
+        let sql = format!(
+            "WITH v(talks, next_seq, last_time) AS (VALUES {})
+             UPDATE log_heads SET next_seq = v.next_seq, last_time = v.last_time
+               FROM v WHERE log_heads.talks = v.talks",
+            placeholders(part.len(), 3)
+        );
+        // Only placeholders vary: every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (talks, next_seq, last_time) in part {
+            query = query
+                .bind(talks.as_bytes().as_slice())
+                .bind(to_sql(*next_seq, "the log is full")?)
+                .bind(to_sql(*last_time, "the clock is beyond the storage range")?);
+        }
+        let done = query
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| backend(op, e))?;
+        if done.rows_affected() != part.len() as u64 {
+            return Err(StoreError::Backend(format!(
+                "{op}: a log head read in this transaction is gone"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The latest checkpoint of a talks.
@@ -1035,13 +1131,29 @@ async fn sequence_in(
     let mut rooms: HashMap<(TalksId, RoomId), RoomPlan> = HashMap::new();
     let mut room_order: Vec<(TalksId, RoomId)> = Vec::new();
 
-    // Every idempotency key of the batch looked up at once, before
+    // Every idempotency key, log head and gated room state of the batch
+    // read at once (a statement each, not one per talks or room), before
     // anything of the batch is written.
     let stored = by_idempotency_keys(&mut *tx, batch).await?;
+    let mut talks_seen = HashSet::with_capacity(batch.len());
+    let talks: Vec<TalksId> = batch
+        .iter()
+        .map(|s| s.talks)
+        .filter(|t| talks_seen.insert(*t))
+        .collect();
+    let mut read_heads = sequencing_heads(&mut *tx, &talks, OP).await?;
+    let mut rooms_seen = HashSet::new();
+    let gated: Vec<(TalksId, RoomId)> = batch
+        .iter()
+        .filter(|s| s.gate.is_some())
+        .map(|s| (s.talks, s.room))
+        .filter(|k| rooms_seen.insert(*k))
+        .collect();
+    let mut read_rooms = room_states(&mut *tx, &gated, OP).await?;
 
     for (i, sub) in batch.iter().enumerate() {
         if let Entry::Vacant(v) = heads.entry(sub.talks) {
-            let Some((h, version)) = sequencing_head(&mut *tx, sub.talks, OP).await? else {
+            let Some((h, version)) = read_heads.remove(&sub.talks) else {
                 return Err(StoreError::UnknownTalks);
             };
             order.push((sub.talks, h.next_seq));
@@ -1087,7 +1199,7 @@ async fn sequence_in(
         let room_key = (sub.talks, sub.room);
         if let Some(gate) = &sub.gate {
             if let Entry::Vacant(v) = rooms.entry(room_key) {
-                let state = room_state(&mut *tx, sub.talks, sub.room, OP).await?;
+                let state = read_rooms.remove(&room_key);
                 room_order.push(room_key);
                 v.insert(RoomPlan {
                     state,
@@ -1182,6 +1294,7 @@ async fn sequence_in(
             });
         }
         insert_envelopes(&mut *tx, batch, &fresh, &placements).await?;
+
         // The rooms' new states and commits, after the envelopes they
         // name (foreign keys), in the same transaction.
         for room_key in &room_order {
@@ -1193,22 +1306,16 @@ async fn sequence_in(
             };
             write_room(&mut *tx, *room_key, state, &planned.commits).await?;
         }
-        for (talks, stored_next) in &order {
-            let Some(h) = heads.get(talks) else { continue };
-            if h.next_seq == *stored_next {
-                continue;
-            }
-            sqlx::query("UPDATE log_heads SET next_seq = ?, last_time = ? WHERE talks = ?")
-                .bind(to_sql(h.next_seq, "the log is full")?)
-                .bind(to_sql(
-                    h.last_time,
-                    "the clock is beyond the storage range",
-                )?)
-                .bind(talks.as_bytes().as_slice())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| backend(OP, e))?;
-        }
+        let moved: Vec<(TalksId, u64, u64)> = order
+            .iter()
+            .filter_map(|(talks, stored_next)| {
+                heads
+                    .get(talks)
+                    .filter(|h| h.next_seq != *stored_next)
+                    .map(|h| (*talks, h.next_seq, h.last_time))
+            })
+            .collect();
+        update_heads(&mut *tx, &moved, OP).await?;
     }
     let appended = order
         .iter()

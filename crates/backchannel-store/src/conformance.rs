@@ -88,6 +88,7 @@ where
         mls_create_once,
         mls_commit_race,
         mls_stale_epoch,
+        mls_rooms_of_two_talks_in_one_batch,
         mls_idempotency_first,
         mls_welcome_audience,
         mls_refusals_write_nothing,
@@ -3143,6 +3144,71 @@ pub async fn mls_stale_epoch<S: Store>(store: &S) {
     assert_eq!(out, [Outcome::StaleEpoch { epoch: 1 }], "behind");
     assert_eq!(ok(store.log_size(t).await, "log_size"), 5);
     assert_eq!(room_state_at(store, t, r).await.map(|s| s.epoch), Some(1));
+}
+
+/// One batch gated on rooms of two talks, each with its own state (read
+/// together before the batch writes): every room is gated on its own
+/// state and epoch, a room of the same id in the other talks is another
+/// room, a room with no group is `NoGroup`, and both talks' heads and
+/// states move.
+pub async fn mls_rooms_of_two_talks_in_one_batch<S: Store>(store: &S) {
+    let (t1, t2) = (open(store, 1).await, open(store, 2).await);
+    let a = sender(labels::US_HEAD_DEVICE);
+    let b = sender(labels::IRAN_HEAD_DEVICE);
+    let (r1, r2, r3) = (mls_room(1), mls_room(2), mls_room(3));
+    let out = sequence(
+        store,
+        vec![
+            gated(t1, a, 1, r1, create_gate(1)),
+            gated(t2, a, 2, r2, create_gate(2)),
+            gated(t2, a, 3, r1, create_gate(3)),
+        ],
+        1000,
+    )
+    .await;
+    for (i, o) in out.iter().enumerate() {
+        placed(o, &format!("create {i}"));
+    }
+    // Room r1 of t2 moves to epoch 1; r1 of t1 and r2 of t2 stay at 0.
+    sequence(store, vec![gated(t2, b, 4, r1, commit_gate(4, 0))], 1000).await;
+
+    let out = sequence(
+        store,
+        vec![
+            gated(t1, b, 5, r1, Gate::Epoch { epoch: 0 }),
+            gated(t2, b, 6, r1, Gate::Epoch { epoch: 1 }),
+            gated(t2, b, 7, r1, Gate::Epoch { epoch: 0 }),
+            gated(t1, b, 8, r3, Gate::Epoch { epoch: 0 }),
+            submission(t2, b, 9, 0),
+            gated(t2, b, 10, r2, commit_gate(5, 0)),
+            gated(t1, b, 11, r1, Gate::Epoch { epoch: 1 }),
+            gated(t2, b, 12, r2, Gate::Epoch { epoch: 1 }),
+            gated(t2, b, 13, r2, Gate::Epoch { epoch: 0 }),
+        ],
+        1000,
+    )
+    .await;
+    assert_eq!(placed(&out[0], "t1 r1 at its epoch 0").seq, 1);
+    assert_eq!(placed(&out[1], "t2 r1 at its epoch 1").seq, 3);
+    assert_eq!(out[2], Outcome::StaleEpoch { epoch: 1 }, "t2 r1 behind");
+    assert_eq!(out[3], Outcome::NoGroup, "t1 r3 has no group");
+    assert_eq!(placed(&out[4], "ungated in t2").seq, 4);
+    assert_eq!(placed(&out[5], "t2 r2 commit").seq, 5);
+    assert_eq!(out[6], Outcome::StaleEpoch { epoch: 0 }, "t1 r1 ahead");
+    assert_eq!(placed(&out[7], "t2 r2 after its commit").seq, 6);
+    assert_eq!(out[8], Outcome::StaleEpoch { epoch: 1 }, "t2 r2 behind");
+    assert_eq!(ok(store.log_size(t1).await, "log_size"), 2);
+    assert_eq!(ok(store.log_size(t2).await, "log_size"), 7);
+    assert_eq!(
+        room_state_at(store, t1, r1).await,
+        Some(room_state_of(&room_update(1, 0), 0, 0))
+    );
+    assert_eq!(room_state_at(store, t2, r1).await.map(|s| s.epoch), Some(1));
+    assert_eq!(
+        room_state_at(store, t2, r2).await,
+        Some(room_state_of(&room_update(5, 1), 1, 0))
+    );
+    assert_eq!(room_state_at(store, t1, r3).await, None);
 }
 
 /// The idempotency lookup comes before the gate: a retry of a landed
