@@ -187,6 +187,23 @@ pub struct LoadArgs {
     /// 127.0.0.(2 + k mod N).
     #[arg(long, default_value_t = 4)]
     pub source_addresses: u8,
+    /// The CPUs the node processes run on, as `0`, `0-3` or `0,2-3`: their
+    /// affinity, which their threads inherit. The Ed25519 ceiling is
+    /// measured on these CPUs [default: every CPU this process may use].
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    pub node_cpus: Option<Cpus>,
+    /// The CPUs this generator runs on once the nodes have started
+    /// [default: every CPU this process may use].
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    pub generator_cpus: Option<Cpus>,
+    /// The generator's nice value, from 0 to 19, raised to this (never
+    /// lowered) once the nodes have started, which keep this process's:
+    /// the nodes' threads get a shared CPU first, so the generator
+    /// disturbs what it measures less; its own delays still count in the
+    /// latencies.
+    #[arg(long, default_value_t = 10, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub generator_nice: i32,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -280,6 +297,109 @@ impl std::fmt::Display for Mix {
             .collect();
         f.write_str(&parts.join(","))
     }
+}
+
+/// A set of CPUs by number (`--node-cpus`, `--generator-cpus`): sorted,
+/// distinct, never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cpus(Vec<usize>);
+
+impl Cpus {
+    /// The CPUs this thread may run on (its affinity).
+    fn allowed() -> anyhow::Result<Self> {
+        let set = rustix::thread::sched_getaffinity(None)
+            .context("reading this process's CPU affinity")?;
+        let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|c| set.is_set(*c))
+            .collect();
+        ensure!(!cpus.is_empty(), "this process may run on no CPU");
+        Ok(Self(cpus))
+    }
+
+    fn set(&self) -> rustix::thread::CpuSet {
+        let mut set = rustix::thread::CpuSet::new();
+        for c in &self.0 {
+            set.set(*c);
+        }
+        set
+    }
+
+    /// Makes this thread, and every thread or process it starts from now
+    /// on, run on these CPUs only (`sched_setaffinity`).
+    fn pin_this_thread(&self) -> anyhow::Result<()> {
+        rustix::thread::sched_setaffinity(None, &self.set())
+            .with_context(|| format!("setting this thread's CPU affinity to {self}"))
+    }
+
+    /// The same CPUs or, if some are not among `allowed`, an error naming
+    /// the option.
+    fn within(&self, allowed: &Self, option: &str) -> anyhow::Result<Self> {
+        let outside: Vec<usize> = self
+            .0
+            .iter()
+            .copied()
+            .filter(|c| !allowed.0.contains(c))
+            .collect();
+        ensure!(
+            outside.is_empty(),
+            "{option} {self}: CPU(s) {} are not among the CPUs this process may use ({allowed}); \
+             choose from those",
+            Cpus(outside)
+        );
+        Ok(self.clone())
+    }
+}
+
+impl std::fmt::Display for Cpus {
+    /// Ranges, as `0-3,6`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < self.0.len() {
+            let start = self.0[i];
+            let mut end = start;
+            while i + 1 < self.0.len() && self.0[i + 1] == end + 1 {
+                i += 1;
+                end += 1;
+            }
+            parts.push(if start == end {
+                start.to_string()
+            } else {
+                format!("{start}-{end}")
+            });
+            i += 1;
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Parses `--node-cpus` and `--generator-cpus`: CPU numbers and ranges
+/// separated by commas (`0`, `0-3`, `0,2-3`), as `taskset -c` takes them.
+fn parse_cpus(s: &str) -> Result<Cpus, String> {
+    let max = rustix::thread::CpuSet::MAX_CPU;
+    let number = |t: &str| -> Result<usize, String> {
+        t.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|c| *c < max)
+            .ok_or_else(|| format!("{:?} is not a CPU number from 0 to {}", t.trim(), max - 1))
+    };
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (number(a)?, number(b)?);
+                if a > b {
+                    return Err(format!("the range {:?} runs backwards", part.trim()));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(number(part)?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(Cpus(cpus))
 }
 
 /// Parses `--mix`: `KIND=WEIGHT` pairs separated by commas, each kind at
@@ -496,6 +616,61 @@ fn fsyncs_per_second(dir: &Path) -> anyhow::Result<f64> {
     drop(file);
     let _ = std::fs::remove_file(&path);
     Ok(rate)
+}
+
+/// The CPUs a process's main thread may run on, as `/proc/<pid>/status`
+/// (or `self`) says (`Cpus_allowed_list`, as `0-1`).
+fn cpus_allowed_list(pid: &str) -> anyhow::Result<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| anyhow!("/proc/{pid}/status has no Cpus_allowed_list"))
+}
+
+/// The CPU time the hypervisor gave to others (`steal`, the eighth
+/// number of `/proc/stat`'s `cpu` line) over every CPU, in seconds; 0
+/// where the kernel does not count it.
+fn steal_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    stat.lines()
+        .find(|l| l.starts_with("cpu "))
+        .and_then(|l| l.split_whitespace().nth(8))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0.0, |t| t as f64 / ticks.max(1.0))
+}
+
+/// The share of every CPU's time the hypervisor stole in each
+/// [`BIN`] of the timed phase, until `stop`: (seconds from the start, %),
+/// as the SVG draws it.
+async fn steal_by_bin(run: Arc<Run>, stop: Arc<AtomicBool>) -> Vec<(f64, f64)> {
+    let cpus = std::fs::read_to_string("/proc/stat")
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+                .count()
+        })
+        .unwrap_or(0)
+        .max(1) as f64;
+    let mut out = Vec::new();
+    let mut tick = tokio::time::interval(BIN);
+    let (mut t_prev, mut s_prev) = (run.now(), steal_seconds());
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let (t, stolen) = (run.now(), steal_seconds());
+        let span = t.saturating_sub(t_prev) as f64 / 1e9;
+        if span > 0.0 {
+            let share = ((stolen - s_prev) / (span * cpus) * 100.0).clamp(0.0, 100.0);
+            out.push((t as f64 / 1e9, share));
+        }
+        (t_prev, s_prev) = (t, stolen);
+    }
+    out
 }
 
 /// utime + stime of `/proc/<pid>/stat` (or `self`), in seconds.
@@ -1678,6 +1853,23 @@ struct Report {
     /// `/proc/loadavg` (1, 5, 15 min) as the timed phase started: above
     /// about 1.5 on two cores, others were using the machine too.
     load_average: [f64; 3],
+    /// CPU time the hypervisor gave to other guests during the timed
+    /// phase, summed over every CPU (`steal` in `/proc/stat`).
+    steal_cpu_s: f64,
+    /// The most of every CPU's time stolen in one 100 ms of the phase, %.
+    steal_peak_percent: f64,
+    placement: Placement,
+}
+
+/// Where the node and the generator ran, as `/proc` reported it after
+/// `--node-cpus`, `--generator-cpus` and `--generator-nice` were applied.
+#[derive(Debug, Default, Serialize)]
+struct Placement {
+    /// The first node's `Cpus_allowed_list`.
+    node_cpus: String,
+    /// This generator's.
+    generator_cpus: String,
+    generator_nice: i32,
 }
 
 fn mib(kib: u64) -> String {
@@ -1720,6 +1912,13 @@ fn table(r: &Report) -> String {
         format!(
             "submissions {}, streams {} (127.0.0.2 …)",
             r.submit_source_addresses, r.stream_source_addresses
+        ),
+    );
+    row(
+        "placement",
+        format!(
+            "node on CPUs {}, generator on CPUs {} at nice {}",
+            r.placement.node_cpus, r.placement.generator_cpus, r.placement.generator_nice
         ),
     );
     row(
@@ -1928,6 +2127,13 @@ fn table(r: &Report) -> String {
     row("node CPU", format!("{:.2} s", r.node_cpu_s));
     row("generator CPU", format!("{:.2} s", r.generator_cpu_s));
     row(
+        "stolen by the hypervisor",
+        format!(
+            "{:.2} CPU-s over every CPU in the timed phase; at most {:.0} % of them in one 100 ms",
+            r.steal_cpu_s, r.steal_peak_percent
+        ),
+    );
+    row(
         "submissions per node CPU-second",
         format!("{:.0}", r.envelopes_per_node_cpu_s),
     );
@@ -1965,7 +2171,9 @@ fn p99_bins(samples: &Samples, end: Duration) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn svg(ack: &Samples, push: &Samples, end: Duration, title: &str) -> String {
+/// Ack and push p99 per [`BIN`] on the left axis (ms), and the share of
+/// the CPUs the hypervisor stole in each bin on the right (%, grey).
+fn svg(ack: &Samples, push: &Samples, steal: &[(f64, f64)], end: Duration, title: &str) -> String {
     let (w, h, m) = (900.0, 400.0, 50.0);
     let a = p99_bins(ack, end);
     let p = p99_bins(push, end);
@@ -2002,14 +2210,32 @@ fn svg(ack: &Samples, push: &Samples, end: Duration, title: &str) -> String {
         w - m - 20.0,
         h - m + 18.0
     );
+    // Steal on the right-hand axis, 0 to 100 %.
+    let stolen: Vec<(f64, f64)> = steal
+        .iter()
+        .map(|(t, pct)| (*t, pct / 100.0 * ymax))
+        .collect();
+    s.push_str(&line(&stolen, "#7f7f7f"));
+    for i in 0..=4 {
+        let v = ymax * f64::from(i) / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#7f7f7f\">{} %</text>",
+            w - m + 5.0,
+            y(v) + 4.0,
+            25 * i
+        );
+    }
     s.push_str(&line(&a, "#1f77b4"));
     s.push_str(&line(&p, "#d62728"));
     let _ = writeln!(
         s,
         "<text x=\"{:.1}\" y=\"40\" fill=\"#1f77b4\">ack</text>\
-         <text x=\"{:.1}\" y=\"40\" fill=\"#d62728\">push</text>\n</svg>",
-        w - m - 80.0,
-        w - m - 40.0
+         <text x=\"{:.1}\" y=\"40\" fill=\"#d62728\">push</text>\
+         <text x=\"{:.1}\" y=\"40\" fill=\"#7f7f7f\">CPU stolen</text>\n</svg>",
+        w - m - 200.0,
+        w - m - 160.0,
+        w - m - 115.0
     );
     s
 }
@@ -2087,6 +2313,19 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
             "--idle-streams is above what 127.1.x.y can hold at {IDLE_PER_SOURCE} per address"
         );
     }
+    // The nodes inherit the affinity of the thread that starts them, and
+    // so do the ceiling's verifying threads; the generator's runtime
+    // threads inherit what this thread has when it is built.
+    let allowed = Cpus::allowed()?;
+    let node_cpus = match &args.node_cpus {
+        Some(c) => c.within(&allowed, "--node-cpus")?,
+        None => allowed.clone(),
+    };
+    let generator_cpus = match &args.generator_cpus {
+        Some(c) => c.within(&allowed, "--generator-cpus")?,
+        None => allowed.clone(),
+    };
+    node_cpus.pin_this_thread()?;
     let path = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!(
@@ -2126,22 +2365,45 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
     let ed25519 = ed25519_per_second();
     let fsync = fsyncs_per_second(&dir.path)?;
     eprintln!("bench: {ed25519:.0} Ed25519 verifications/s, {fsync:.0} fsyncs/s");
+    // From here on this process is the generator.
+    generator_cpus.pin_this_thread()?;
+    let nice =
+        rustix::process::getpriority_process(None).context("reading this process's nice value")?;
+    if nice < args.generator_nice {
+        rustix::process::setpriority_process(None, args.generator_nice).with_context(|| {
+            format!(
+                "raising the generator's nice value to {}",
+                args.generator_nice
+            )
+        })?;
+    }
+    let placement = Placement {
+        node_cpus: cpus_allowed_list(&nodes[0].child.id().to_string())?,
+        generator_cpus: cpus_allowed_list("self")?,
+        generator_nice: rustix::process::getpriority_process(None)
+            .context("reading the generator's nice value")?,
+    };
+    eprintln!(
+        "bench: node on CPUs {}, generator on CPUs {} at nice {}",
+        placement.node_cpus, placement.generator_cpus, placement.generator_nice
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let mut report = runtime.block_on(timed(&args, &nodes, &creator, ed25519, fsync, nofile))?;
     report.0.node_vmhwm_reset = hwm_reset;
+    report.0.placement = placement;
     // The idle streams' tasks may still be closing: not waited for.
     runtime.shutdown_timeout(Duration::from_secs(2));
     drop(nodes);
     if let Some(file) = &args.svg {
-        let (ack, push, end) = &report.1;
+        let (ack, push, end, steal) = &report.1;
         let title = format!(
             "{} {}, {}, {} talks x {} devices",
             report.0.backend, report.0.mode, report.0.mix, report.0.talks, report.0.devices
         );
-        std::fs::write(file, svg(ack, push, *end, &title))
+        std::fs::write(file, svg(ack, push, steal, *end, &title))
             .with_context(|| format!("writing {}", file.display()))?;
     }
     let report = report.0;
@@ -2172,7 +2434,7 @@ async fn timed(
     ed25519: f64,
     fsync: f64,
     nofile: Option<u64>,
-) -> anyhow::Result<(Report, (Samples, Samples, Duration))> {
+) -> anyhow::Result<(Report, (Samples, Samples, Duration, Vec<(f64, f64)>))> {
     let senders_n = args.talks;
     let per_sender = args.envelopes_per_sender.unwrap_or(match args.rate {
         None => 6000,
@@ -2375,6 +2637,9 @@ async fn timed(
     let load_average = load_average();
     let node_cpu0 = nodes_cpu()?;
     let self_cpu0 = cpu_seconds("self")?;
+    let steal0 = steal_seconds();
+    let steal_stop = Arc::new(AtomicBool::new(false));
+    let steal_bins = tokio::spawn(steal_by_bin(Arc::clone(&run), Arc::clone(&steal_stop)));
 
     let mut workers = tokio::task::JoinSet::new();
     for (k, sender) in senders.iter().enumerate() {
@@ -2409,6 +2674,10 @@ async fn timed(
     probes_stop.store(true, Ordering::Relaxed);
     let node_cpu = nodes_cpu()? - node_cpu0;
     let self_cpu = cpu_seconds("self")? - self_cpu0;
+    let steal = steal_seconds() - steal0;
+    steal_stop.store(true, Ordering::Relaxed);
+    let steal_bins = steal_bins.await.context("the steal sampler")?;
+    let steal_peak = steal_bins.iter().map(|b| b.1).fold(0.0, f64::max);
     let (node_vmrss, node_vmhwm) = memory_kib(&node0)?;
     // Timed phase over (the last acknowledgement in); the pushes still on
     // their way get up to 5 s.
@@ -2619,6 +2888,9 @@ async fn timed(
         stream_source_addresses: args.source_addresses,
         submit_source_addresses: args.source_addresses,
         load_average,
+        steal_cpu_s: steal,
+        steal_peak_percent: steal_peak,
+        placement: Placement::default(),
     };
-    Ok((report, (all_ack, app_push, elapsed)))
+    Ok((report, (all_ack, app_push, elapsed, steal_bins)))
 }

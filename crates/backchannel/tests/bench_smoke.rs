@@ -53,6 +53,19 @@ fn a_small_closed_loop_run_acknowledges_and_pushes_without_errors() {
     );
     assert_eq!(report["backend"], "sqlite");
     assert_eq!(report["mode"], "closed");
+    // The generator is niced by default and the nodes keep this
+    // process's placement.
+    assert_eq!(
+        report["placement"]["generator_nice"],
+        own_nice().max(10),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["placement"]["node_cpus"],
+        cpus_allowed_list(),
+        "{report:#}"
+    );
+    assert!(report["steal_cpu_s"].as_f64().unwrap() >= 0.0, "{report:#}");
     assert_eq!(report["kinds"].as_array().unwrap().len(), 1, "{report:#}");
 }
 
@@ -74,6 +87,10 @@ fn a_small_mixed_run_with_catch_up_and_idle_streams_has_no_errors() {
         "30",
         "--source-addresses",
         "2",
+        "--node-cpus",
+        &first_cpu(),
+        "--generator-nice",
+        "0",
     ]);
     assert_eq!(report["errors"], 0, "{report:#}");
     assert_eq!(report["push_missing"], 0, "{report:#}");
@@ -98,6 +115,37 @@ fn a_small_mixed_run_with_catch_up_and_idle_streams_has_no_errors() {
     assert_eq!(report["idle"]["open_at_end"], 30, "{report:#}");
     assert!(report["idle"]["node_vmrss_connected_kib"].as_u64().unwrap() > 0);
     assert_eq!(report["submit_source_addresses"], 2);
+    assert_eq!(report["placement"]["node_cpus"], first_cpu(), "{report:#}");
+    assert_eq!(
+        report["placement"]["generator_nice"],
+        own_nice(),
+        "never lowered: {report:#}"
+    );
+}
+
+/// This test process's `Cpus_allowed_list` (what the bench inherits).
+fn cpus_allowed_list() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// This test process's nice value (`/proc/self/stat`, field 19), which
+/// the bench starts from.
+fn own_nice() -> i64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+/// The first CPU this test process may run on.
+fn first_cpu() -> String {
+    let list = cpus_allowed_list();
+    list.split([',', '-']).next().unwrap().to_owned()
 }
 
 /// Bad option values are refused with a reason, before any node starts.
@@ -115,4 +163,29 @@ fn bad_mixes_and_too_many_idle_streams_are_refused() {
     }
     let out = run(backchannel().args(["bench", "load", "--idle-streams", "100000000"]));
     assert_failure(&out, 1, "RLIMIT_NOFILE");
+    for (option, value, says) in [
+        ("--node-cpus", "x", "\"x\" is not a CPU number"),
+        ("--node-cpus", "0,", "\"\" is not a CPU number"),
+        (
+            "--generator-cpus",
+            "3-1",
+            "the range \"3-1\" runs backwards",
+        ),
+        (
+            "--generator-cpus",
+            "1000000",
+            "is not a CPU number from 0 to",
+        ),
+        ("--generator-nice", "20", "20 is not in 0..=19"),
+        ("--generator-nice", "-1", "unexpected argument"),
+    ] {
+        let out = run(backchannel().args(["bench", "load", option, value]));
+        assert_failure(&out, 2, says);
+    }
+    // A CPU this process may not use (the highest a set can name, which
+    // no machine of ours has), before any node starts.
+    for option in ["--node-cpus", "--generator-cpus"] {
+        let out = run(backchannel().args(["bench", "load", option, "1023"]));
+        assert_failure(&out, 1, "are not among the CPUs this process may use");
+    }
 }
