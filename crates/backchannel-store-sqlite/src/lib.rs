@@ -188,7 +188,8 @@ impl SqliteStore {
                         // random keys while it appends whole envelopes:
                         // with SQLite's default 2 MiB cache the index
                         // pages are evicted by the appends and read again.
-                        .pragma("cache_size", WRITER_CACHE_KIB),
+                        .pragma("cache_size", WRITER_CACHE_KIB)
+                        .statement_cache_capacity(WRITER_STATEMENT_CACHE),
                 )
                 .await;
             match connected {
@@ -712,7 +713,7 @@ async fn update_heads(
             .await
             .map_err(|e| backend(op, e))?;
         if done.rows_affected() != part.len() as u64 {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::Corrupt(format!(
                 "{op}: a log head read in this transaction is gone"
             )));
         }
@@ -748,8 +749,10 @@ struct Original {
     header_hash: Digest,
 }
 
-/// How many idempotency keys one lookup statement carries at most (3
-/// bound values each, well under SQLite's 32,766).
+/// How many rows one lookup or head-update statement of the sequencing
+/// carries at most: idempotency keys (4 bound values each), log heads
+/// (2), room states (3) or head moves (3); at most 1,024 values, well
+/// under SQLite's 32,766.
 const LOOKUP_CHUNK: usize = 256;
 
 /// How many envelopes one `INSERT` statement carries at most (13 bound
@@ -763,6 +766,13 @@ const READER_CACHE_KIB: &str = "-16384";
 /// The write connection's page cache: `PRAGMA cache_size` in KiB
 /// (negative), 64 MiB.
 const WRITER_CACHE_KIB: &str = "-65536";
+
+/// Prepared statements the write connection keeps (sqlx's default is
+/// 100): its fixed statements, about 75, and the batched ones whose text
+/// depends on their row count ([`pow2_chunks`]: up to 9 sizes each of the
+/// idempotency lookups, heads, room states, head moves, envelope and tree
+/// hash inserts), so none is prepared again for every batch.
+const WRITER_STATEMENT_CACHE: usize = 256;
 
 /// Tree hashes per `INSERT` of an integration (3 values each).
 const HASH_INSERT_CHUNK: usize = 256;
@@ -1110,6 +1120,12 @@ async fn write_room(
 /// envelopes, room states and log heads. Returns the outcomes, in batch
 /// order, and the growth to announce once committed (empty: nothing new
 /// was written).
+///
+/// Everything it reads is read before anything is written, a statement
+/// per kind (idempotency keys, heads, gated rooms' states): so a room's
+/// state is read for a submission that turns out to be a retry, and a
+/// corrupt row anywhere in the batch fails it even where a talks named
+/// earlier is unknown.
 async fn sequence_in(
     tx: &mut SqliteConnection,
     batch: &[Submission],

@@ -3162,6 +3162,7 @@ pub async fn mls_rooms_of_two_talks_in_one_batch<S: Store>(store: &S) {
             gated(t1, a, 1, r1, create_gate(1)),
             gated(t2, a, 2, r2, create_gate(2)),
             gated(t2, a, 3, r1, create_gate(3)),
+            gated(t1, a, 14, r2, create_gate(6)),
         ],
         1000,
     )
@@ -3169,7 +3170,9 @@ pub async fn mls_rooms_of_two_talks_in_one_batch<S: Store>(store: &S) {
     for (i, o) in out.iter().enumerate() {
         placed(o, &format!("create {i}"));
     }
-    // Room r1 of t2 moves to epoch 1; r1 of t1 and r2 of t2 stay at 0.
+    // Room r1 of t2 moves to epoch 1; the other three stay at 0. The
+    // next batch gates on five rooms, more than one lookup statement
+    // holds where they are cut in powers of two.
     sequence(store, vec![gated(t2, b, 4, r1, commit_gate(4, 0))], 1000).await;
 
     let out = sequence(
@@ -3184,11 +3187,12 @@ pub async fn mls_rooms_of_two_talks_in_one_batch<S: Store>(store: &S) {
             gated(t1, b, 11, r1, Gate::Epoch { epoch: 1 }),
             gated(t2, b, 12, r2, Gate::Epoch { epoch: 1 }),
             gated(t2, b, 13, r2, Gate::Epoch { epoch: 0 }),
+            gated(t1, b, 15, r2, Gate::Epoch { epoch: 0 }),
         ],
         1000,
     )
     .await;
-    assert_eq!(placed(&out[0], "t1 r1 at its epoch 0").seq, 1);
+    assert_eq!(placed(&out[0], "t1 r1 at its epoch 0").seq, 2);
     assert_eq!(placed(&out[1], "t2 r1 at its epoch 1").seq, 3);
     assert_eq!(out[2], Outcome::StaleEpoch { epoch: 1 }, "t2 r1 behind");
     assert_eq!(out[3], Outcome::NoGroup, "t1 r3 has no group");
@@ -3197,7 +3201,8 @@ pub async fn mls_rooms_of_two_talks_in_one_batch<S: Store>(store: &S) {
     assert_eq!(out[6], Outcome::StaleEpoch { epoch: 0 }, "t1 r1 ahead");
     assert_eq!(placed(&out[7], "t2 r2 after its commit").seq, 6);
     assert_eq!(out[8], Outcome::StaleEpoch { epoch: 1 }, "t2 r2 behind");
-    assert_eq!(ok(store.log_size(t1).await, "log_size"), 2);
+    assert_eq!(placed(&out[9], "t1 r2 at its epoch 0").seq, 3);
+    assert_eq!(ok(store.log_size(t1).await, "log_size"), 4);
     assert_eq!(ok(store.log_size(t2).await, "log_size"), 7);
     assert_eq!(
         room_state_at(store, t1, r1).await,
@@ -3207,6 +3212,10 @@ pub async fn mls_rooms_of_two_talks_in_one_batch<S: Store>(store: &S) {
     assert_eq!(
         room_state_at(store, t2, r2).await,
         Some(room_state_of(&room_update(5, 1), 1, 0))
+    );
+    assert_eq!(
+        room_state_at(store, t1, r2).await,
+        Some(room_state_of(&room_update(6, 0), 0, 1))
     );
     assert_eq!(room_state_at(store, t1, r3).await, None);
 }
