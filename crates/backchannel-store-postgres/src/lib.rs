@@ -1364,6 +1364,180 @@ async fn write_room(
     Ok(())
 }
 
+/// The log heads of `talks` (distinct, sorted), locked `FOR UPDATE` in
+/// that order until the transaction ends, in one statement. A talks with
+/// no head is not in the map.
+async fn locked_heads(
+    conn: &mut PgConnection,
+    talks: &[TalksId],
+    op: &'static str,
+) -> Result<HashMap<TalksId, Head>, StoreError> {
+    let n: Vec<i64> = (0..talks.len() as i64).collect();
+    let ids: Vec<&[u8]> = talks.iter().map(|t| t.as_bytes().as_slice()).collect();
+    let rows = sqlx::query(
+        "SELECT k.n, h.next_seq, h.last_time, h.integrated_size
+           FROM log_heads h JOIN UNNEST($1::int8[], $2::bytea[]) AS k(n, talks)
+             ON h.talks = k.talks
+          ORDER BY h.talks
+            FOR UPDATE OF h",
+    )
+    .bind(&n)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let t = usize::try_from(uint(&row, "n")?)
+            .ok()
+            .and_then(|n| talks.get(n))
+            .ok_or_else(|| StoreError::Backend(format!("{op}: a head row of no talks")))?;
+        let head = Head {
+            next_seq: uint(&row, "next_seq")?,
+            last_time: uint(&row, "last_time")?,
+            integrated_size: uint(&row, "integrated_size")?,
+        };
+        if head.integrated_size > head.next_seq {
+            return Err(StoreError::Corrupt(
+                "the integrated size exceeds the log size".into(),
+            ));
+        }
+        found.insert(*t, head);
+    }
+    Ok(found)
+}
+
+/// The access lists' versions of `talks` (distinct, sorted), locked `FOR
+/// SHARE` in that order until the transaction ends, in one statement. A
+/// talks with no list is not in the map.
+async fn shared_access_versions(
+    conn: &mut PgConnection,
+    talks: &[TalksId],
+    op: &'static str,
+) -> Result<HashMap<TalksId, u64>, StoreError> {
+    let mut found = HashMap::with_capacity(talks.len());
+    if talks.is_empty() {
+        return Ok(found);
+    }
+    let n: Vec<i64> = (0..talks.len() as i64).collect();
+    let ids: Vec<&[u8]> = talks.iter().map(|t| t.as_bytes().as_slice()).collect();
+    let rows = sqlx::query(
+        "SELECT k.n, a.version
+           FROM access_lists a JOIN UNNEST($1::int8[], $2::bytea[]) AS k(n, talks)
+             ON a.talks = k.talks
+          ORDER BY a.talks
+            FOR SHARE OF a",
+    )
+    .bind(&n)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    for row in rows {
+        let t = usize::try_from(uint(&row, "n")?)
+            .ok()
+            .and_then(|n| talks.get(n))
+            .ok_or_else(|| StoreError::Backend(format!("{op}: a list row of no talks")))?;
+        found.insert(*t, uint(&row, "version")?);
+    }
+    Ok(found)
+}
+
+/// The MLS states of `rooms` (distinct), in one statement, read in the
+/// caller's transaction. A room with no state is not in the map.
+async fn room_states(
+    conn: &mut PgConnection,
+    rooms: &[(TalksId, RoomId)],
+    op: &'static str,
+) -> Result<HashMap<(TalksId, RoomId), RoomState>, StoreError> {
+    let mut found = HashMap::with_capacity(rooms.len());
+    if rooms.is_empty() {
+        return Ok(found);
+    }
+    let n: Vec<i64> = (0..rooms.len() as i64).collect();
+    let talks: Vec<&[u8]> = rooms.iter().map(|(t, _)| t.as_bytes().as_slice()).collect();
+    let ids: Vec<&[u8]> = rooms.iter().map(|(_, r)| r.as_bytes().as_slice()).collect();
+    let rows = sqlx::query(
+        "SELECT k.n, r.epoch, r.public_group, r.group_info, r.created_seq
+           FROM UNNEST($1::int8[], $2::bytea[], $3::bytea[]) AS k(n, talks, room)
+           JOIN room_state r ON r.talks = k.talks AND r.room = k.room",
+    )
+    .bind(&n)
+    .bind(&talks)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    for row in rows {
+        let k = usize::try_from(uint(&row, "n")?)
+            .ok()
+            .and_then(|n| rooms.get(n))
+            .ok_or_else(|| StoreError::Backend(format!("{op}: a room row of no room")))?;
+        found.insert(*k, room_state_row(&row)?);
+    }
+    Ok(found)
+}
+
+/// Moves the log heads of `heads` (talks, next seq, last time; distinct
+/// talks, each locked by this transaction) in one statement, and queues
+/// one notification per talks for the other nodes on this database, in
+/// order, in another: they learn of it at the commit (a notification is
+/// delivered only if the transaction commits, in commit order):
+/// `relay_notifications`.
+async fn update_heads(
+    conn: &mut PgConnection,
+    heads: &[(TalksId, u64, u64)],
+    instance: u64,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    if heads.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&[u8]> = heads
+        .iter()
+        .map(|(t, _, _)| t.as_bytes().as_slice())
+        .collect();
+    let next: Vec<i64> = heads
+        .iter()
+        .map(|(_, n, _)| to_sql(*n, "the log is full"))
+        .collect::<Result<_, _>>()?;
+    let last: Vec<i64> = heads
+        .iter()
+        .map(|(_, _, t)| to_sql(*t, "the clock is beyond the storage range"))
+        .collect::<Result<_, _>>()?;
+    let done = sqlx::query(
+        "UPDATE log_heads h SET next_seq = v.next_seq, last_time = v.last_time
+           FROM UNNEST($1::bytea[], $2::int8[], $3::int8[]) AS v(talks, next_seq, last_time)
+          WHERE h.talks = v.talks",
+    )
+    .bind(&ids)
+    .bind(&next)
+    .bind(&last)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    if done.rows_affected() != heads.len() as u64 {
+        return Err(StoreError::Backend(format!(
+            "{op}: a log head locked by this transaction is gone"
+        )));
+    }
+    let payloads: Vec<String> = heads
+        .iter()
+        .map(|(t, next, _)| format!("{:016x} {} {}", instance, t.to_hex(), next))
+        .collect();
+    sqlx::query(
+        "SELECT pg_notify($1, current_schema() || ' ' || u.p)
+           FROM UNNEST($2::text[]) WITH ORDINALITY AS u(p, i)
+          ORDER BY u.i",
+    )
+    .bind(NOTIFY_CHANNEL)
+    .bind(&payloads)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| backend(op, e))?;
+    Ok(())
+}
+
 /// The sequencing of [`Store::sequence`] and [`Store::fire_due`], inside
 /// the caller's write transaction (which the caller commits): locks the
 /// heads of the batch's talks, then the idempotency lookups, gates, seqs,
@@ -1385,37 +1559,31 @@ async fn sequence_in(
     // here on no other connection sequences into these talks, and
     // everything read below (idempotency keys, room state, commits) is
     // what the previous holder of the lock committed.
-    let mut heads: HashMap<TalksId, Head> = HashMap::new();
+    // One statement for them all: the rows are locked as the sort
+    // returns them, in talks order.
     let mut ids: Vec<TalksId> = batch.iter().map(|s| s.talks).collect();
     ids.sort_unstable();
     ids.dedup();
-    for &talks in &ids {
-        let Some(h) = head(&mut *tx, talks, OP, HeadLock::Update).await? else {
-            return Err(StoreError::UnknownTalks);
-        };
-        heads.insert(talks, h);
+    let heads = locked_heads(&mut *tx, &ids, OP).await?;
+    if heads.len() != ids.len() {
+        return Err(StoreError::UnknownTalks);
     }
     // The access lists' versions of the talks whose submissions name one,
     // locked `FOR SHARE` (after the heads, in the same order) until
     // COMMIT: a replacement, which locks the list `FOR UPDATE`, waits for
     // this batch, and a replacement that committed first is what is read.
-    let mut access: HashMap<TalksId, u64> = HashMap::new();
-    for talks in ids {
-        if !batch
-            .iter()
-            .any(|s| s.talks == talks && s.access_version.is_some())
-        {
-            continue;
-        }
-        let row = sqlx::query("SELECT version FROM access_lists WHERE talks = $1 FOR SHARE")
-            .bind(talks.as_bytes().as_slice())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| backend(OP, e))?;
-        let Some(row) = row else {
-            return Err(StoreError::UnknownTalks);
-        };
-        access.insert(talks, uint(&row, "version")?);
+    let listed: Vec<TalksId> = ids
+        .iter()
+        .copied()
+        .filter(|t| {
+            batch
+                .iter()
+                .any(|s| s.talks == *t && s.access_version.is_some())
+        })
+        .collect();
+    let access = shared_access_versions(&mut *tx, &listed, OP).await?;
+    if access.len() != listed.len() {
+        return Err(StoreError::UnknownTalks);
     }
 
     // The talks touched, in order of first appearance (the order of the
@@ -1432,6 +1600,16 @@ async fn sequence_in(
     // Every idempotency key of the batch looked up at once, under the
     // head locks and before anything of the batch is written.
     let stored = by_idempotency_keys(&mut *tx, batch).await?;
+    // And the state of every room a submission is gated on, at once.
+    let mut rooms_seen = HashSet::new();
+    let gated: Vec<(TalksId, RoomId)> = batch
+        .iter()
+        .filter(|s| s.gate.is_some())
+        .map(|s| (s.talks, s.room))
+        .filter(|k| rooms_seen.insert(*k))
+        .collect();
+    let mut read_rooms = room_states(&mut *tx, &gated, OP).await?;
+    let mut heads = heads;
 
     for (i, sub) in batch.iter().enumerate() {
         if ordered.insert(sub.talks) {
@@ -1480,7 +1658,7 @@ async fn sequence_in(
         let room_key = (sub.talks, sub.room);
         if let Some(gate) = &sub.gate {
             if let Entry::Vacant(v) = rooms.entry(room_key) {
-                let state = room_state(&mut *tx, sub.talks, sub.room, OP).await?;
+                let state = read_rooms.remove(&room_key);
                 room_order.push(room_key);
                 v.insert(RoomPlan {
                     state,
@@ -1586,36 +1764,16 @@ async fn sequence_in(
             };
             write_room(&mut *tx, *room_key, state, &planned.commits).await?;
         }
-        for (talks, stored_next) in &order {
-            let Some(h) = heads.get(talks) else { continue };
-            if h.next_seq == *stored_next {
-                continue;
-            }
-            sqlx::query("UPDATE log_heads SET next_seq = $1, last_time = $2 WHERE talks = $3")
-                .bind(to_sql(h.next_seq, "the log is full")?)
-                .bind(to_sql(
-                    h.last_time,
-                    "the clock is beyond the storage range",
-                )?)
-                .bind(talks.as_bytes().as_slice())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| backend(OP, e))?;
-            // Other nodes on this database learn of it at the commit
-            // (a notification is delivered only if the transaction
-            // commits, in commit order): `relay_notifications`.
-            sqlx::query("SELECT pg_notify($1, current_schema() || ' ' || $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(format!(
-                    "{:016x} {} {}",
-                    instance,
-                    talks.to_hex(),
-                    h.next_seq
-                ))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| backend(OP, e))?;
-        }
+        let moved: Vec<(TalksId, u64, u64)> = order
+            .iter()
+            .filter_map(|(talks, stored_next)| {
+                heads
+                    .get(talks)
+                    .filter(|h| h.next_seq != *stored_next)
+                    .map(|h| (*talks, h.next_seq, h.last_time))
+            })
+            .collect();
+        update_heads(&mut *tx, &moved, instance, OP).await?;
     }
     let appended = order
         .iter()
