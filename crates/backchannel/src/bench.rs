@@ -201,7 +201,7 @@ pub struct LoadArgs {
     /// the nodes' threads get a shared CPU first, so the generator
     /// disturbs what it measures less; its own delays still count in the
     /// latencies.
-    #[arg(long, default_value_t = 10, value_name = "N",
+    #[arg(long, default_value_t = 10, value_name = "N", allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub generator_nice: i32,
     /// Print the report as JSON.
@@ -299,6 +299,10 @@ impl std::fmt::Display for Mix {
     }
 }
 
+/// CPU numbers `--node-cpus` and `--generator-cpus` take: below this, as
+/// Linux's `cpu_set_t`.
+const MAX_CPUS: usize = 1024;
+
 /// A set of CPUs by number (`--node-cpus`, `--generator-cpus`): sorted,
 /// distinct, never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,16 +310,25 @@ pub struct Cpus(Vec<usize>);
 
 impl Cpus {
     /// The CPUs this thread may run on (its affinity).
+    #[cfg(target_os = "linux")]
     fn allowed() -> anyhow::Result<Self> {
         let set = rustix::thread::sched_getaffinity(None)
             .context("reading this process's CPU affinity")?;
-        let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        let cpus: Vec<usize> = (0..MAX_CPUS.min(rustix::thread::CpuSet::MAX_CPU))
             .filter(|c| set.is_set(*c))
             .collect();
         ensure!(!cpus.is_empty(), "this process may run on no CPU");
         Ok(Self(cpus))
     }
 
+    #[cfg(not(target_os = "linux"))]
+    fn allowed() -> anyhow::Result<Self> {
+        bail!(
+            "--node-cpus and --generator-cpus need Linux (sched_setaffinity); leave them out here"
+        )
+    }
+
+    #[cfg(target_os = "linux")]
     fn set(&self) -> rustix::thread::CpuSet {
         let mut set = rustix::thread::CpuSet::new();
         for c in &self.0 {
@@ -326,9 +339,18 @@ impl Cpus {
 
     /// Makes this thread, and every thread or process it starts from now
     /// on, run on these CPUs only (`sched_setaffinity`).
+    #[cfg(target_os = "linux")]
     fn pin_this_thread(&self) -> anyhow::Result<()> {
-        rustix::thread::sched_setaffinity(None, &self.set())
-            .with_context(|| format!("setting this thread's CPU affinity to {self}"))
+        rustix::thread::sched_setaffinity(None, &self.set()).with_context(|| {
+            format!("setting this thread's CPU affinity to {self}; choose other CPUs or leave the option out")
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn pin_this_thread(&self) -> anyhow::Result<()> {
+        bail!(
+            "--node-cpus and --generator-cpus need Linux (sched_setaffinity); leave them out here"
+        )
     }
 
     /// The same CPUs or, if some are not among `allowed`, an error naming
@@ -376,7 +398,7 @@ impl std::fmt::Display for Cpus {
 /// Parses `--node-cpus` and `--generator-cpus`: CPU numbers and ranges
 /// separated by commas (`0`, `0-3`, `0,2-3`), as `taskset -c` takes them.
 fn parse_cpus(s: &str) -> Result<Cpus, String> {
-    let max = rustix::thread::CpuSet::MAX_CPU;
+    let max = MAX_CPUS;
     let number = |t: &str| -> Result<usize, String> {
         t.trim()
             .parse::<usize>()
@@ -619,15 +641,17 @@ fn fsyncs_per_second(dir: &Path) -> anyhow::Result<f64> {
 }
 
 /// The CPUs a process's main thread may run on, as `/proc/<pid>/status`
-/// (or `self`) says (`Cpus_allowed_list`, as `0-1`).
-fn cpus_allowed_list(pid: &str) -> anyhow::Result<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .map(|v| v.trim().to_owned())
-        .ok_or_else(|| anyhow!("/proc/{pid}/status has no Cpus_allowed_list"))
+/// (or `self`) says (`Cpus_allowed_list`, as `0-1`); `unknown` without it.
+fn cpus_allowed_list(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// The CPU time the hypervisor gave to others (`steal`, the eighth
@@ -645,32 +669,56 @@ fn steal_seconds() -> f64 {
         .map_or(0.0, |t| t as f64 / ticks.max(1.0))
 }
 
-/// The share of every CPU's time the hypervisor stole in each
-/// [`BIN`] of the timed phase, until `stop`: (seconds from the start, %),
-/// as the SVG draws it.
-async fn steal_by_bin(run: Arc<Run>, stop: Arc<AtomicBool>) -> Vec<(f64, f64)> {
-    let cpus = std::fs::read_to_string("/proc/stat")
+/// The hypervisor's steal counter ([`steal_seconds`]) every [`BIN`] of
+/// the timed phase, until `stop`: (ns from the start, steal seconds),
+/// from the start. Late ticks are delayed, never bunched.
+async fn steal_samples(run: Arc<Run>, stop: Arc<AtomicBool>) -> Vec<(u64, f64)> {
+    let mut out = vec![(run.now(), steal_seconds())];
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + BIN, BIN);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            return out;
+        }
+        out.push((run.now(), steal_seconds()));
+    }
+}
+
+/// The share of `cpus` CPUs' time stolen between successive `samples`
+/// ([`steal_samples`]), as (seconds from the start of each span, %) for
+/// the SVG: a span shorter than half a [`BIN`] is carried into the next
+/// (the counter moves in whole clock ticks, so a short span would read as
+/// a spike). With 100 clock ticks a second, one tick in a 100 ms span is
+/// 10 % of one CPU: 5 % steps on two CPUs.
+fn steal_shares(samples: &[(u64, f64)], cpus: usize) -> Vec<(f64, f64)> {
+    let half = BIN.as_nanos() as u64 / 2;
+    let mut out = Vec::new();
+    let Some(&(mut t0, mut s0)) = samples.first() else {
+        return out;
+    };
+    for &(t, stolen) in &samples[1..] {
+        let span = t.saturating_sub(t0);
+        if span < half {
+            continue;
+        }
+        let share = (stolen - s0) / (span as f64 / 1e9 * cpus.max(1) as f64) * 100.0;
+        out.push((t0 as f64 / 1e9, share.clamp(0.0, 100.0)));
+        (t0, s0) = (t, stolen);
+    }
+    out
+}
+
+/// How many CPUs `/proc/stat` counts (its `cpuN` lines; 1 if unreadable).
+fn online_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
         .map(|s| {
             s.lines()
                 .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
                 .count()
         })
         .unwrap_or(0)
-        .max(1) as f64;
-    let mut out = Vec::new();
-    let mut tick = tokio::time::interval(BIN);
-    let (mut t_prev, mut s_prev) = (run.now(), steal_seconds());
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let (t, stolen) = (run.now(), steal_seconds());
-        let span = t.saturating_sub(t_prev) as f64 / 1e9;
-        if span > 0.0 {
-            let share = ((stolen - s_prev) / (span * cpus) * 100.0).clamp(0.0, 100.0);
-            out.push((t as f64 / 1e9, share));
-        }
-        (t_prev, s_prev) = (t, stolen);
-    }
-    out
+        .max(1)
 }
 
 /// utime + stime of `/proc/<pid>/stat` (or `self`), in seconds.
@@ -2316,16 +2364,23 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
     // The nodes inherit the affinity of the thread that starts them, and
     // so do the ceiling's verifying threads; the generator's runtime
     // threads inherit what this thread has when it is built.
-    let allowed = Cpus::allowed()?;
-    let node_cpus = match &args.node_cpus {
-        Some(c) => c.within(&allowed, "--node-cpus")?,
-        None => allowed.clone(),
+    // Without either option, nothing is pinned.
+    let (node_cpus, generator_cpus) = if args.node_cpus.is_some() || args.generator_cpus.is_some() {
+        let allowed = Cpus::allowed()?;
+        let within = |c: &Option<Cpus>, option: &str| match c {
+            Some(c) => c.within(&allowed, option),
+            None => Ok(allowed.clone()),
+        };
+        (
+            Some(within(&args.node_cpus, "--node-cpus")?),
+            Some(within(&args.generator_cpus, "--generator-cpus")?),
+        )
+    } else {
+        (None, None)
     };
-    let generator_cpus = match &args.generator_cpus {
-        Some(c) => c.within(&allowed, "--generator-cpus")?,
-        None => allowed.clone(),
-    };
-    node_cpus.pin_this_thread()?;
+    if let Some(c) = &node_cpus {
+        c.pin_this_thread()?;
+    }
     let path = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!(
@@ -2366,20 +2421,22 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
     let fsync = fsyncs_per_second(&dir.path)?;
     eprintln!("bench: {ed25519:.0} Ed25519 verifications/s, {fsync:.0} fsyncs/s");
     // From here on this process is the generator.
-    generator_cpus.pin_this_thread()?;
+    if let Some(c) = &generator_cpus {
+        c.pin_this_thread()?;
+    }
     let nice =
         rustix::process::getpriority_process(None).context("reading this process's nice value")?;
     if nice < args.generator_nice {
         rustix::process::setpriority_process(None, args.generator_nice).with_context(|| {
             format!(
-                "raising the generator's nice value to {}",
+                "raising the generator's nice value to {}; --generator-nice {nice} leaves it as it is",
                 args.generator_nice
             )
         })?;
     }
     let placement = Placement {
-        node_cpus: cpus_allowed_list(&nodes[0].child.id().to_string())?,
-        generator_cpus: cpus_allowed_list("self")?,
+        node_cpus: cpus_allowed_list(&nodes[0].child.id().to_string()),
+        generator_cpus: cpus_allowed_list("self"),
         generator_nice: rustix::process::getpriority_process(None)
             .context("reading the generator's nice value")?,
     };
@@ -2639,7 +2696,7 @@ async fn timed(
     let self_cpu0 = cpu_seconds("self")?;
     let steal0 = steal_seconds();
     let steal_stop = Arc::new(AtomicBool::new(false));
-    let steal_bins = tokio::spawn(steal_by_bin(Arc::clone(&run), Arc::clone(&steal_stop)));
+    let steal_sampler = tokio::spawn(steal_samples(Arc::clone(&run), Arc::clone(&steal_stop)));
 
     let mut workers = tokio::task::JoinSet::new();
     for (k, sender) in senders.iter().enumerate() {
@@ -2676,7 +2733,10 @@ async fn timed(
     let self_cpu = cpu_seconds("self")? - self_cpu0;
     let steal = steal_seconds() - steal0;
     steal_stop.store(true, Ordering::Relaxed);
-    let steal_bins = steal_bins.await.context("the steal sampler")?;
+    let steal_bins = steal_shares(
+        &steal_sampler.await.context("the steal sampler")?,
+        online_cpus(),
+    );
     let steal_peak = steal_bins.iter().map(|b| b.1).fold(0.0, f64::max);
     let (node_vmrss, node_vmhwm) = memory_kib(&node0)?;
     // Timed phase over (the last acknowledgement in); the pushes still on
@@ -2893,4 +2953,65 @@ async fn timed(
         placement: Placement::default(),
     };
     Ok((report, (all_ack, app_push, elapsed, steal_bins)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--node-cpus` and `--generator-cpus` values: what they parse to and
+    /// how the report writes them, or the error.
+    #[test]
+    fn cpu_lists() {
+        fn check(input: &str, want: Result<&[usize], &str>, shown: &str) {
+            match (parse_cpus(input), want) {
+                (Ok(c), Ok(w)) => {
+                    assert_eq!(c.0, w, "{input:?}");
+                    assert_eq!(c.to_string(), shown, "{input:?}");
+                }
+                (Err(e), Err(w)) => assert!(e.contains(w), "{input:?}: {e}"),
+                (got, want) => panic!("{input:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        check("0", Ok(&[0]), "0");
+        check("0-1", Ok(&[0, 1]), "0-1");
+        check("3,0-1,1", Ok(&[0, 1, 3]), "0-1,3");
+        check(" 2 , 4-6 ", Ok(&[2, 4, 5, 6]), "2,4-6");
+        check("5-5", Ok(&[5]), "5");
+        check("1023", Ok(&[1023]), "1023");
+        check("1024", Err("is not a CPU number from 0 to 1023"), "");
+        check("", Err("\"\" is not a CPU number"), "");
+        check("0,", Err("\"\" is not a CPU number"), "");
+        check("a-1", Err("\"a\" is not a CPU number"), "");
+        check("-1", Err("\"\" is not a CPU number"), "");
+        check("3-1", Err("the range \"3-1\" runs backwards"), "");
+        check("0-1-2", Err("\"1-2\" is not a CPU number"), "");
+    }
+
+    /// The SVG's stolen share per span: whole ticks over span x CPUs,
+    /// short spans carried into the next, each drawn at its start.
+    #[test]
+    fn steal_shares_per_span() {
+        let ms = |n: u64| n * 1_000_000;
+        // Two CPUs; 0.01 s (one tick) stolen in the first 100 ms, none in
+        // the second, then a 10 ms span carried into a 110 ms one with
+        // 0.11 s stolen (half of two CPUs).
+        let samples = [
+            (ms(0), 5.0),
+            (ms(100), 5.01),
+            (ms(200), 5.01),
+            (ms(210), 5.02),
+            (ms(310), 5.12),
+        ];
+        let got = steal_shares(&samples, 2);
+        let want = [(0.0, 5.0), (0.1, 0.0), (0.2, 50.0)];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((t, v), (wt, wv)) in got.iter().zip(want) {
+            assert!((t - wt).abs() < 1e-9 && (v - wv).abs() < 1e-6, "{got:?}");
+        }
+        // Clamped, and nothing from fewer than two samples.
+        assert_eq!(steal_shares(&[(0, 0.0), (ms(100), 9.0)], 2), [(0.0, 100.0)]);
+        assert!(steal_shares(&[(0, 0.0)], 2).is_empty());
+        assert!(steal_shares(&[], 2).is_empty());
+    }
 }
