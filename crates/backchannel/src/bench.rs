@@ -669,6 +669,41 @@ fn steal_seconds() -> f64 {
         .map_or(0.0, |t| t as f64 / ticks.max(1.0))
 }
 
+/// A 4 KiB append and `fsync` of `path` (in the node's directory) every
+/// [`BIN`] of the timed phase, on a thread of its own, until `stop`: (ns
+/// from the start, ns the fsync took) per probe. At ten a second it adds
+/// little to the node's own fsyncs, and a slow one shows the disk
+/// stalling under the node's group commits.
+fn fsync_watch(
+    path: PathBuf,
+    run: Arc<Run>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<Samples>> {
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::create(&path).context("creating the fsync watch file")?;
+        let block = [0x5au8; 4096];
+        let mut out = Vec::new();
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let at = run.now();
+            let start = Instant::now();
+            file.write_all(&block)?;
+            file.sync_all()?;
+            out.push((at, start.elapsed().as_nanos() as u64));
+            next += BIN;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else {
+                next = now;
+            }
+        }
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        Ok(out)
+    })
+}
+
 /// The hypervisor's steal counter ([`steal_seconds`]) every [`BIN`] of
 /// the timed phase, until `stop`: (ns from the start, steal seconds),
 /// from the start. Late ticks are delayed, never bunched.
@@ -1906,6 +1941,10 @@ struct Report {
     steal_cpu_s: f64,
     /// The most of every CPU's time stolen in one 100 ms of the phase, %.
     steal_peak_percent: f64,
+    /// The fsyncs of [`fsync_watch`] in the timed phase (ten a second).
+    fsync_watch: Latency,
+    /// When the slowest of them started, seconds into the phase.
+    fsync_watch_slowest_at_s: f64,
     placement: Placement,
 }
 
@@ -2175,6 +2214,14 @@ fn table(r: &Report) -> String {
     row("node CPU", format!("{:.2} s", r.node_cpu_s));
     row("generator CPU", format!("{:.2} s", r.generator_cpu_s));
     row(
+        "fsync watch (4 KiB, every 100 ms)",
+        format!(
+            "{}; slowest at {:.1} s",
+            lat(&r.fsync_watch),
+            r.fsync_watch_slowest_at_s
+        ),
+    );
+    row(
         "stolen by the hypervisor",
         format!(
             "{:.2} CPU-s over every CPU in the timed phase; at most {:.0} % of them in one 100 ms",
@@ -2219,13 +2266,28 @@ fn p99_bins(samples: &Samples, end: Duration) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Ack and push p99 per [`BIN`] on the left axis (ms), and the share of
-/// the CPUs the hypervisor stole in each bin on the right (%, grey).
-fn svg(ack: &Samples, push: &Samples, steal: &[(f64, f64)], end: Duration, title: &str) -> String {
+/// Ack and push p99 and the [`fsync_watch`]'s fsync per [`BIN`] on the
+/// left axis (ms), and the share of the CPUs the hypervisor stole in each
+/// bin on the right (%, grey).
+fn svg(
+    ack: &Samples,
+    push: &Samples,
+    fsyncs: &Samples,
+    steal: &[(f64, f64)],
+    end: Duration,
+    title: &str,
+) -> String {
     let (w, h, m) = (900.0, 400.0, 50.0);
     let a = p99_bins(ack, end);
     let p = p99_bins(push, end);
-    let ymax = a.iter().chain(&p).map(|x| x.1).fold(1.0f64, f64::max) * 1.1;
+    let f = p99_bins(fsyncs, end);
+    let ymax = a
+        .iter()
+        .chain(&p)
+        .chain(&f)
+        .map(|x| x.1)
+        .fold(1.0f64, f64::max)
+        * 1.1;
     let xmax = end.as_secs_f64().max(0.1);
     let x = |t: f64| m + t / xmax * (w - 2.0 * m);
     let y = |v: f64| h - m - v / ymax * (h - 2.0 * m);
@@ -2274,13 +2336,16 @@ fn svg(ack: &Samples, push: &Samples, steal: &[(f64, f64)], end: Duration, title
             25 * i
         );
     }
+    s.push_str(&line(&f, "#2ca02c"));
     s.push_str(&line(&a, "#1f77b4"));
     s.push_str(&line(&p, "#d62728"));
     let _ = writeln!(
         s,
         "<text x=\"{:.1}\" y=\"40\" fill=\"#1f77b4\">ack</text>\
          <text x=\"{:.1}\" y=\"40\" fill=\"#d62728\">push</text>\
+         <text x=\"{:.1}\" y=\"40\" fill=\"#2ca02c\">fsync</text>\
          <text x=\"{:.1}\" y=\"40\" fill=\"#7f7f7f\">CPU stolen</text>\n</svg>",
+        w - m - 240.0,
         w - m - 200.0,
         w - m - 160.0,
         w - m - 115.0
@@ -2448,19 +2513,21 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let mut report = runtime.block_on(timed(&args, &nodes, &creator, ed25519, fsync, nofile))?;
+    let mut report = runtime.block_on(timed(
+        &args, &nodes, &creator, ed25519, fsync, nofile, &dir.path,
+    ))?;
     report.0.node_vmhwm_reset = hwm_reset;
     report.0.placement = placement;
     // The idle streams' tasks may still be closing: not waited for.
     runtime.shutdown_timeout(Duration::from_secs(2));
     drop(nodes);
     if let Some(file) = &args.svg {
-        let (ack, push, end, steal) = &report.1;
+        let (ack, push, end, steal, watched) = &report.1;
         let title = format!(
             "{} {}, {}, {} talks x {} devices",
             report.0.backend, report.0.mode, report.0.mix, report.0.talks, report.0.devices
         );
-        std::fs::write(file, svg(ack, push, steal, *end, &title))
+        std::fs::write(file, svg(ack, push, watched, steal, *end, &title))
             .with_context(|| format!("writing {}", file.display()))?;
     }
     let report = report.0;
@@ -2491,7 +2558,11 @@ async fn timed(
     ed25519: f64,
     fsync: f64,
     nofile: Option<u64>,
-) -> anyhow::Result<(Report, (Samples, Samples, Duration, Vec<(f64, f64)>))> {
+    dir: &Path,
+) -> anyhow::Result<(
+    Report,
+    (Samples, Samples, Duration, Vec<(f64, f64)>, Samples),
+)> {
     let senders_n = args.talks;
     let per_sender = args.envelopes_per_sender.unwrap_or(match args.rate {
         None => 6000,
@@ -2697,6 +2768,11 @@ async fn timed(
     let steal0 = steal_seconds();
     let steal_stop = Arc::new(AtomicBool::new(false));
     let steal_sampler = tokio::spawn(steal_samples(Arc::clone(&run), Arc::clone(&steal_stop)));
+    let fsync_watcher = fsync_watch(
+        dir.join("fsync-watch"),
+        Arc::clone(&run),
+        Arc::clone(&steal_stop),
+    );
 
     let mut workers = tokio::task::JoinSet::new();
     for (k, sender) in senders.iter().enumerate() {
@@ -2737,6 +2813,10 @@ async fn timed(
         &steal_sampler.await.context("the steal sampler")?,
         online_cpus(),
     );
+    let fsyncs_watched = fsync_watcher
+        .join()
+        .map_err(|_| anyhow!("the fsync watch panicked"))?
+        .context("the fsync watch")?;
     let steal_peak = steal_bins.iter().map(|b| b.1).fold(0.0, f64::max);
     let (node_vmrss, node_vmhwm) = memory_kib(&node0)?;
     // Timed phase over (the last acknowledgement in); the pushes still on
@@ -2950,9 +3030,17 @@ async fn timed(
         load_average,
         steal_cpu_s: steal,
         steal_peak_percent: steal_peak,
+        fsync_watch: latency(&fsyncs_watched),
+        fsync_watch_slowest_at_s: fsyncs_watched
+            .iter()
+            .max_by_key(|s| s.1)
+            .map_or(0.0, |s| s.0 as f64 / 1e9),
         placement: Placement::default(),
     };
-    Ok((report, (all_ack, app_push, elapsed, steal_bins)))
+    Ok((
+        report,
+        (all_ack, app_push, elapsed, steal_bins, fsyncs_watched),
+    ))
 }
 
 #[cfg(test)]

@@ -31,7 +31,10 @@ fn small_run(extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn a_small_closed_loop_run_acknowledges_and_pushes_without_errors() {
+    let svg = std::env::temp_dir().join(format!("bench-smoke-{}.svg", std::process::id()));
     let report = small_run(&[
+        "--svg",
+        svg.to_str().unwrap(),
         "--envelopes-per-sender",
         "2000",
         "--mix",
@@ -76,6 +79,20 @@ fn a_small_closed_loop_run_acknowledges_and_pushes_without_errors() {
     );
     assert!(report["steal_cpu_s"].is_number(), "{report:#}");
     assert!(report["steal_peak_percent"].is_number(), "{report:#}");
+    // The disk watch probed about ten times a second through the phase.
+    assert!(
+        report["fsync_watch"]["samples"].as_u64().unwrap() >= 10,
+        "{report:#}"
+    );
+    // The SVG draws ack, push, the fsync watch and the stolen share.
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    for colour in ["#1f77b4", "#d62728", "#2ca02c", "#7f7f7f"] {
+        assert!(
+            drawn.contains(&format!("<polyline fill=\"none\" stroke=\"{colour}\"")),
+            "{colour} not drawn: {drawn}"
+        );
+    }
     assert_eq!(report["kinds"].as_array().unwrap().len(), 1, "{report:#}");
 }
 
