@@ -108,6 +108,12 @@ fn tap(bytes: &[u8]) {
 /// the node's own handshake timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an idle connection stays in the client's pool: under the
+/// node's default `header_timeout` (10 s), which also closes a keep-alive
+/// connection that long idle. A pooled connection past that would be
+/// reused just as the node closes it, and the request on it fail.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a request may wait for the next bytes of an answer. Generous:
 /// a submission waits for a durable commit, a blob chunk is 1 MiB.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -566,6 +572,7 @@ impl NodeClient {
             .use_preconfigured_tls(tls.clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .local_address(local)
             .build()
             .map_err(|e| NetError::Usage(format!("could not set up the HTTP client: {e}")))?;

@@ -55,6 +55,9 @@ pub struct Limits {
     pub max_invitation_ttl: Duration,
     /// How long a connection may take for its TLS handshake, to send each
     /// request head, and to send each request body (408 `timeout` after).
+    /// The head's timer runs while a keep-alive connection waits for its
+    /// next request too, so this is also how long one may sit idle
+    /// (`backchannel_client::net::POOL_IDLE_TIMEOUT`, 5 s, is shorter).
     pub header_timeout: Duration,
     /// How often sequenced leaves are integrated and checkpoints signed.
     pub checkpoint_interval: Duration,
