@@ -932,6 +932,16 @@ async fn latest_checkpoint(
     .transpose()
 }
 
+/// The item of `items` a lookup row answers: the row's `n` column is its
+/// index, as the statement bound it. A row naming none is the backend's
+/// fault.
+fn asked<'a, T>(row: &PgRow, items: &'a [T], op: &str) -> Result<&'a T, StoreError> {
+    usize::try_from(uint(row, "n")?)
+        .ok()
+        .and_then(|n| items.get(n))
+        .ok_or_else(|| StoreError::Backend(format!("{op}: a lookup row names nothing looked up")))
+}
+
 /// An envelope found by its idempotency key.
 struct Original {
     placement: Placement,
@@ -978,10 +988,7 @@ async fn by_idempotency_keys(
     .await
     .map_err(|e| backend("sequence", e))?;
     for row in rows {
-        let sub = usize::try_from(uint(&row, "n")?)
-            .ok()
-            .and_then(|n| keys.get(n))
-            .ok_or_else(|| StoreError::Backend("sequence: a lookup row of no key".into()))?;
+        let sub = asked(&row, &keys, "sequence")?;
         found.insert(
             (sub.talks, sub.sender, sub.idempotency_key),
             Original {
@@ -1388,10 +1395,7 @@ async fn locked_heads(
     .map_err(|e| backend(op, e))?;
     let mut found = HashMap::with_capacity(rows.len());
     for row in rows {
-        let t = usize::try_from(uint(&row, "n")?)
-            .ok()
-            .and_then(|n| talks.get(n))
-            .ok_or_else(|| StoreError::Backend(format!("{op}: a head row of no talks")))?;
+        let t = asked(&row, talks, op)?;
         let head = Head {
             next_seq: uint(&row, "next_seq")?,
             last_time: uint(&row, "last_time")?,
@@ -1434,10 +1438,7 @@ async fn shared_access_versions(
     .await
     .map_err(|e| backend(op, e))?;
     for row in rows {
-        let t = usize::try_from(uint(&row, "n")?)
-            .ok()
-            .and_then(|n| talks.get(n))
-            .ok_or_else(|| StoreError::Backend(format!("{op}: a list row of no talks")))?;
+        let t = asked(&row, talks, op)?;
         found.insert(*t, uint(&row, "version")?);
     }
     Ok(found)
@@ -1469,10 +1470,7 @@ async fn room_states(
     .await
     .map_err(|e| backend(op, e))?;
     for row in rows {
-        let k = usize::try_from(uint(&row, "n")?)
-            .ok()
-            .and_then(|n| rooms.get(n))
-            .ok_or_else(|| StoreError::Backend(format!("{op}: a room row of no room")))?;
+        let k = asked(&row, rooms, op)?;
         found.insert(*k, room_state_row(&row)?);
     }
     Ok(found)
@@ -1564,7 +1562,7 @@ async fn sequence_in(
     let mut ids: Vec<TalksId> = batch.iter().map(|s| s.talks).collect();
     ids.sort_unstable();
     ids.dedup();
-    let heads = locked_heads(&mut *tx, &ids, OP).await?;
+    let mut heads = locked_heads(&mut *tx, &ids, OP).await?;
     if heads.len() != ids.len() {
         return Err(StoreError::UnknownTalks);
     }
@@ -1609,7 +1607,6 @@ async fn sequence_in(
         .filter(|k| rooms_seen.insert(*k))
         .collect();
     let mut read_rooms = room_states(&mut *tx, &gated, OP).await?;
-    let mut heads = heads;
 
     for (i, sub) in batch.iter().enumerate() {
         if ordered.insert(sub.talks) {

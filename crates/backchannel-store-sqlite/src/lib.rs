@@ -634,10 +634,7 @@ async fn sequencing_heads(
             .await
             .map_err(|e| backend(op, e))?
         {
-            let t = usize::try_from(uint(&row, "n")?)
-                .ok()
-                .and_then(|n| part.get(n))
-                .ok_or_else(|| StoreError::Backend(format!("{op}: a head row of no talks")))?;
+            let t = asked(&row, part, op)?;
             found.insert(*t, (head_of(&row)?, uint(&row, "version")?));
         }
     }
@@ -674,10 +671,7 @@ async fn room_states(
             .await
             .map_err(|e| backend(op, e))?
         {
-            let k = usize::try_from(uint(&row, "n")?)
-                .ok()
-                .and_then(|n| part.get(n))
-                .ok_or_else(|| StoreError::Backend(format!("{op}: a room row of no room")))?;
+            let k = asked(&row, part, op)?;
             found.insert(*k, room_state_row(&row)?);
         }
     }
@@ -741,6 +735,16 @@ async fn latest_checkpoint(
         })
     })
     .transpose()
+}
+
+/// The item of `items` a lookup row answers: the row's `n` column is its
+/// index, as the statement bound it. A row naming none is the backend's
+/// fault.
+fn asked<'a, T>(row: &SqliteRow, items: &'a [T], op: &str) -> Result<&'a T, StoreError> {
+    usize::try_from(uint(row, "n")?)
+        .ok()
+        .and_then(|n| items.get(n))
+        .ok_or_else(|| StoreError::Backend(format!("{op}: a lookup row names nothing looked up")))
 }
 
 /// An envelope found by its idempotency key.
@@ -844,10 +848,7 @@ async fn by_idempotency_keys(
             .await
             .map_err(|e| backend("sequence", e))?;
         for row in rows {
-            let n = usize::try_from(uint(&row, "n")?)
-                .ok()
-                .and_then(|n| part.get(n))
-                .ok_or_else(|| StoreError::Backend("sequence: a lookup row of no key".into()))?;
+            let n = asked(&row, part, "sequence")?;
             found.insert(
                 (n.talks, n.sender, n.idempotency_key),
                 Original {
