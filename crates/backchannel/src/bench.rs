@@ -303,6 +303,11 @@ impl std::fmt::Display for Mix {
 /// Linux's `cpu_set_t`.
 const MAX_CPUS: usize = 1024;
 
+/// What `--node-cpus` and `--generator-cpus` say off Linux.
+#[cfg(not(target_os = "linux"))]
+const PINNING_NEEDS_LINUX: &str =
+    "--node-cpus and --generator-cpus need Linux (sched_setaffinity); leave them out here";
+
 /// A set of CPUs by number (`--node-cpus`, `--generator-cpus`): sorted,
 /// distinct, never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,9 +328,7 @@ impl Cpus {
 
     #[cfg(not(target_os = "linux"))]
     fn allowed() -> anyhow::Result<Self> {
-        bail!(
-            "--node-cpus and --generator-cpus need Linux (sched_setaffinity); leave them out here"
-        )
+        bail!(PINNING_NEEDS_LINUX)
     }
 
     #[cfg(target_os = "linux")]
@@ -348,9 +351,7 @@ impl Cpus {
 
     #[cfg(not(target_os = "linux"))]
     fn pin_this_thread(&self) -> anyhow::Result<()> {
-        bail!(
-            "--node-cpus and --generator-cpus need Linux (sched_setaffinity); leave them out here"
-        )
+        bail!(PINNING_NEEDS_LINUX)
     }
 
     /// The same CPUs or, if some are not among `allowed`, an error naming
@@ -626,12 +627,10 @@ fn ed25519_per_second() -> f64 {
 fn fsyncs_per_second(dir: &Path) -> anyhow::Result<f64> {
     let path = dir.join("fsync-probe");
     let mut file = std::fs::File::create(&path).context("creating the fsync probe")?;
-    let block = [0x5au8; 4096];
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(1) {
-        file.write_all(&block)?;
-        file.sync_all()?;
+        append_and_sync(&mut file)?;
         n += 1;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
@@ -669,6 +668,17 @@ fn steal_seconds() -> f64 {
         .map_or(0.0, |t| t as f64 / ticks.max(1.0))
 }
 
+/// What the fsync ceiling and the fsync watch append before each fsync.
+const PROBE_BLOCK: [u8; 4096] = [0x5a; 4096];
+
+/// Appends [`PROBE_BLOCK`] to `file` and fsyncs it; how long that took.
+fn append_and_sync(file: &mut std::fs::File) -> std::io::Result<Duration> {
+    let start = Instant::now();
+    file.write_all(&PROBE_BLOCK)?;
+    file.sync_all()?;
+    Ok(start.elapsed())
+}
+
 /// A 4 KiB append and `fsync` of `path` (in the node's directory) every
 /// [`BIN`] of the timed phase, on a thread of its own, until `stop`: (ns
 /// from the start, ns the fsync took) per probe. At ten a second it adds
@@ -678,18 +688,14 @@ fn fsync_watch(
     path: PathBuf,
     run: Arc<Run>,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<anyhow::Result<Samples>> {
-    std::thread::spawn(move || {
+) -> tokio::task::JoinHandle<anyhow::Result<Samples>> {
+    tokio::task::spawn_blocking(move || {
         let mut file = std::fs::File::create(&path).context("creating the fsync watch file")?;
-        let block = [0x5au8; 4096];
         let mut out = Vec::new();
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let at = run.now();
-            let start = Instant::now();
-            file.write_all(&block)?;
-            file.sync_all()?;
-            out.push((at, start.elapsed().as_nanos() as u64));
+            out.push((at, append_and_sync(&mut file)?.as_nanos() as u64));
             next += BIN;
             let now = Instant::now();
             if next > now {
@@ -2766,12 +2772,13 @@ async fn timed(
     let node_cpu0 = nodes_cpu()?;
     let self_cpu0 = cpu_seconds("self")?;
     let steal0 = steal_seconds();
-    let steal_stop = Arc::new(AtomicBool::new(false));
-    let steal_sampler = tokio::spawn(steal_samples(Arc::clone(&run), Arc::clone(&steal_stop)));
+    // The steal sampler and the fsync watch, until the phase ends.
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let steal_sampler = tokio::spawn(steal_samples(Arc::clone(&run), Arc::clone(&watch_stop)));
     let fsync_watcher = fsync_watch(
         dir.join("fsync-watch"),
         Arc::clone(&run),
-        Arc::clone(&steal_stop),
+        Arc::clone(&watch_stop),
     );
 
     let mut workers = tokio::task::JoinSet::new();
@@ -2808,14 +2815,14 @@ async fn timed(
     let node_cpu = nodes_cpu()? - node_cpu0;
     let self_cpu = cpu_seconds("self")? - self_cpu0;
     let steal = steal_seconds() - steal0;
-    steal_stop.store(true, Ordering::Relaxed);
+    watch_stop.store(true, Ordering::Relaxed);
     let steal_bins = steal_shares(
         &steal_sampler.await.context("the steal sampler")?,
         online_cpus(),
     );
     let fsyncs_watched = fsync_watcher
-        .join()
-        .map_err(|_| anyhow!("the fsync watch panicked"))?
+        .await
+        .context("the fsync watch")?
         .context("the fsync watch")?;
     let steal_peak = steal_bins.iter().map(|b| b.1).fold(0.0, f64::max);
     let (node_vmrss, node_vmhwm) = memory_kib(&node0)?;
