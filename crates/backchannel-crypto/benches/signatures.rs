@@ -24,6 +24,26 @@ fn bench(c: &mut Criterion) {
     c.bench_function("ed25519/verify/256B", |b| {
         b.iter(|| pk.verify(CTX, &msg, &sig))
     });
+    // The key decompressed once, as the node keeps it per connection.
+    let vk = pk.verifying_key();
+    c.bench_function("ed25519/verify-kept-key/256B", |b| {
+        b.iter(|| vk.verify(CTX, &msg, &sig))
+    });
+    // What `verify` did before it ran on curve25519-dalek 4 with the key's
+    // point kept: ed25519-consensus, the key decompressed on every call and
+    // `context ‖ message` copied into one buffer. The same verdicts
+    // (tests/zip215.rs); kept here to show what the change buys on the
+    // machine at hand.
+    c.bench_function("ed25519/verify-consensus/256B", |b| {
+        b.iter(|| {
+            let vk = ed25519_consensus::VerificationKey::try_from(*pk.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut m = Vec::with_capacity(CTX.as_bytes().len() + msg.len());
+            m.extend_from_slice(CTX.as_bytes());
+            m.extend_from_slice(&msg);
+            vk.verify(&ed25519_consensus::Signature::from(*sig.as_bytes()), &m)
+        })
+    });
     let mut group = c.benchmark_group("ed25519/batch-verify/256B");
     for n in [16usize, 64] {
         let items: Vec<_> = (0..n)

@@ -2,7 +2,8 @@
 //!
 //! # Verification policy
 //!
-//! Signatures are checked by the ZIP-215 rules (`ed25519-consensus`): the
+//! Signatures are checked by the ZIP-215 rules (single verification on
+//! `curve25519-dalek` 4, [`verify`]; batches by `ed25519-consensus`): the
 //! cofactored equation `[8][S]B = [8]R + [8][k]A`, `S` must be canonical
 //! (`S < ℓ`), and `A` and `R` may be any point encoding. ZIP-215 is chosen
 //! because its batch verification accepts exactly the signatures single
@@ -16,7 +17,9 @@
 //! encoding (and so one [`KeyId`]).
 
 use backchannel_codec::{Decode, DecodeError, Encode, Reader, Writer};
-use curve25519_dalek::edwards::CompressedEdwardsY;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::IsIdentity;
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 
@@ -109,10 +112,20 @@ impl PublicKey {
     /// using the same key pair for Ed25519 and an X25519 based KEM") proves
     /// the combination secure. Every such use names its own HPKE `info`.
     pub fn to_x25519(&self) -> [u8; 32] {
-        // A parsed key always decompresses (checked in `from_bytes`).
-        CompressedEdwardsY(self.0)
-            .decompress()
-            .map_or([0; 32], |p| p.to_montgomery().to_bytes())
+        self.verifying_key()
+            .minus_a
+            .map_or([0; 32], |minus_a| (-minus_a).to_montgomery().to_bytes())
+    }
+
+    /// The key with its point decompressed, to check many signatures
+    /// without decompressing it for each ([`VerifyingKey`]).
+    pub fn verifying_key(&self) -> VerifyingKey {
+        VerifyingKey {
+            key: *self,
+            // A parsed key always decompresses (checked in `from_bytes`);
+            // were it ever not to, every signature would be refused.
+            minus_a: CompressedEdwardsY(self.0).decompress().map(|a| -a),
+        }
     }
 
     /// Verifies `signature` over `context ‖ message` (see the module's
@@ -230,20 +243,90 @@ fn signed_message(context: Context, message: &[u8]) -> Vec<u8> {
     m
 }
 
+/// A [`PublicKey`] with its point decompressed (and negated, as the
+/// verification equation uses it): what a verifier keeps for a key whose
+/// signatures it checks again and again, such as the node for the key a
+/// connection authenticated with. [`verify`] builds one per call.
+#[derive(Clone, Copy)]
+pub struct VerifyingKey {
+    key: PublicKey,
+    /// `−A` (`None` only if the key did not decompress, which parsing
+    /// rules out: then nothing verifies).
+    minus_a: Option<EdwardsPoint>,
+}
+
+impl VerifyingKey {
+    /// The key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.key
+    }
+
+    /// Verifies `signature` over `context ‖ message` (ZIP-215); see
+    /// [`verify`].
+    pub fn verify(
+        &self,
+        context: Context,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), BadSignature> {
+        use sha2::Digest as _;
+        let bad = BadSignature { context };
+        let minus_a = self.minus_a.ok_or(bad)?;
+        let (r_bytes, s_bytes) = signature.0.split_at(32);
+        let s_bytes: [u8; 32] = s_bytes.try_into().map_err(|_| bad)?;
+        let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)).ok_or(bad)?;
+        let r_bytes: [u8; 32] = r_bytes.try_into().map_err(|_| bad)?;
+        let r = CompressedEdwardsY(r_bytes).decompress().ok_or(bad)?;
+        let mut h = sha2::Sha512::new();
+        h.update(r_bytes);
+        h.update(self.key.0);
+        h.update(context.as_bytes());
+        h.update(message);
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        // [k](−A) + [S]B, which is R for an honest signature.
+        let r_prime = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &minus_a, &s);
+        if (r - r_prime).mul_by_cofactor().is_identity() {
+            Ok(())
+        } else {
+            Err(bad)
+        }
+    }
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("VerifyingKey").field(&self.key).finish()
+    }
+}
+
+impl PartialEq for VerifyingKey {
+    fn eq(&self, other: &Self) -> bool {
+        // The point is a function of the (canonical) bytes.
+        self.key == other.key
+    }
+}
+
+impl Eq for VerifyingKey {}
+
 /// Verifies `signature` by `key` over `context ‖ message` (ZIP-215).
+///
+/// The same checks, in the same order, as `ed25519-consensus`'s
+/// `VerificationKey::verify`, which the batch paths ([`BatchVerifier`],
+/// [`verify_many`]) use: `S` must be canonical, `R` must decompress (any
+/// encoding, as ZIP-215 says), and `[8](R − ([S]B − [k]A))` must be the
+/// identity, with `k = SHA-512(R ‖ A ‖ context ‖ message) mod ℓ`. It runs
+/// on `curve25519-dalek` 4, which picks its AVX2 backend at run time where
+/// the CPU has one (`ed25519-consensus` is built on `curve25519-dalek-ng`'s
+/// serial one). `tests/wycheproof.rs` and `tests/zip215.rs` check that its
+/// verdicts are `ed25519-consensus`'s. To check many signatures by one key,
+/// keep its [`VerifyingKey`]: this decompresses the key on every call.
 pub fn verify(
     key: &PublicKey,
     context: Context,
     message: &[u8],
     signature: &Signature,
 ) -> Result<(), BadSignature> {
-    let vk = ed25519_consensus::VerificationKey::try_from(key.0)
-        // A PublicKey is always a valid point (checked in from_bytes), so
-        // this cannot fail; map it to a verdict rather than panic anyway.
-        .map_err(|_| BadSignature { context })?;
-    let sig = ed25519_consensus::Signature::from(signature.0);
-    vk.verify(&sig, &signed_message(context, message))
-        .map_err(|_| BadSignature { context })
+    key.verifying_key().verify(context, message, signature)
 }
 
 /// Verifies many signatures at once, accepting exactly what [`verify`]

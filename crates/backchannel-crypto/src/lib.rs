@@ -24,5 +24,5 @@ pub use context::Context;
 pub use hash::{Digest, Sha256Writer, sha256};
 pub use keys::{
     BadKey, BadSignature, BatchVerifier, KEY_ID_CONTEXT, KeyId, PublicKey, SPLIT_FLOOR, SecretKey,
-    SignError, Signature, Signer, ToVerify, verify, verify_many,
+    SignError, Signature, Signer, ToVerify, VerifyingKey, verify, verify_many,
 };

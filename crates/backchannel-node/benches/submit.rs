@@ -88,7 +88,8 @@ async fn open<S: Store>(store: &S) {
 
 async fn run<S: Store>(store: Arc<S>, sequencer: &Sequencer, batch: Vec<(Vec<u8>, Vec<u8>)>) {
     let t = fixtures::talks();
-    let conn_key = key(US_HEAD_DEVICE).public_key();
+    // Kept decompressed, as the node keeps a connection's key.
+    let conn_key = key(US_HEAD_DEVICE).public_key().verifying_key();
     let chunk = batch.len().div_ceil(CONCURRENCY);
     let mut tasks = Vec::new();
     let mut batch = batch;

@@ -278,8 +278,15 @@ async fn accept_until<L: Listener, S: Store>(
                         () = shutdown.draining() => return,
                     };
                     let peer = tls::peer_device_key(stream.get_ref().1.peer_certificates());
-                    serve_connection(stream, app, Some(Peer(peer)), timeout, shutdown, permit)
-                        .await;
+                    serve_connection(
+                        stream,
+                        app,
+                        Some(Peer(peer.map(|k| k.verifying_key()))),
+                        timeout,
+                        shutdown,
+                        permit,
+                    )
+                    .await;
                 }
                 Transport::DangerPlainHttp => {
                     serve_connection(io, app, None, timeout, shutdown, permit).await;
@@ -335,7 +342,8 @@ async fn serve_connection<I>(
                     .get(DANGER_KEY_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|s| hex::decode(s).ok())
-                    .and_then(|b| PublicKey::from_bytes(&b).ok()),
+                    .and_then(|b| PublicKey::from_bytes(&b).ok())
+                    .map(|k| k.verifying_key()),
             )
         });
         req.extensions_mut().insert(peer);

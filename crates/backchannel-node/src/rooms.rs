@@ -28,7 +28,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use backchannel_codec::{RoomId, TalksId};
-use backchannel_crypto::{KeyId, PublicKey};
+use backchannel_crypto::{KeyId, PublicKey, VerifyingKey};
 use backchannel_mls::{Framing, Handshake, PublicRoom};
 use backchannel_statement::access_list::{AccessEntry, AccessList, FLAG_DEVICE};
 use backchannel_statement::header::{SIGNED_HEADER_LEN, unpad_body};
@@ -38,7 +38,8 @@ use backchannel_store::{Gate, KeyPackageRecord, Outcome, RoomStateUpdate, Store,
 use crate::api::{self, ApiError, codes};
 use crate::sequencer::SequenceError;
 use crate::server::{
-    AccessView, ApiBytes, ApiJson, ApiPath, Authed, Node, parse_room, parse_talks, store_error,
+    AccessView, ApiBytes, ApiJson, ApiPath, Authed, AuthedSender, Node, parse_room, parse_talks,
+    store_error,
 };
 use crate::submit::{self, SubmitError};
 
@@ -328,11 +329,12 @@ fn split_envelopes(mut bytes: &[u8]) -> Result<Vec<Part<'_>>, ApiError> {
 /// its Welcome envelope; sequenced together in one transaction.
 pub(crate) async fn submit_commit<S: Store>(
     State(node): State<Arc<Node<S>>>,
-    Authed(key): Authed,
+    AuthedSender(sender): AuthedSender,
     ApiPath(talks): ApiPath<String>,
     ApiBytes(bytes): ApiBytes,
 ) -> Result<axum::Json<api::CommitSequenced>, ApiError> {
     let talks = parse_talks(&talks)?;
+    let key = *sender.public_key();
     let (record, list, _) = node.member(talks, &key).await?;
     let parts = split_envelopes(&bytes)?;
     let Some(&(commit_header, commit_body)) = parts.first() else {
@@ -347,7 +349,7 @@ pub(crate) async fn submit_commit<S: Store>(
             "the first envelope of a commit request must be a handshake",
         ));
     }
-    let mut commit = submit::validate(talks, &key, &list, commit_header, commit_body.to_vec())
+    let mut commit = submit::validate(talks, &sender, &list, commit_header, commit_body.to_vec())
         .map_err(submit_error)?;
     let gated = gate(&node, &list, &commit_signed, &key, commit_body).await?;
     let commit_epoch = match &gated.gate {
@@ -378,7 +380,7 @@ pub(crate) async fn submit_commit<S: Store>(
                 ));
             }
             let mut welcome =
-                submit::validate(talks, &key, &list, welcome_header, welcome_body.to_vec())
+                submit::validate(talks, &sender, &list, welcome_header, welcome_body.to_vec())
                     .map_err(submit_error)?;
             welcome.gate = Some(Gate::Welcome {
                 commit_epoch,
@@ -404,7 +406,7 @@ pub(crate) async fn submit_commit<S: Store>(
                 ));
             }
             let mut welcome =
-                submit::validate(talks, &key, &list, welcome_header, welcome_body.to_vec())
+                submit::validate(talks, &sender, &list, welcome_header, welcome_body.to_vec())
                     .map_err(submit_error)?;
             let refs = match backchannel_mls::read_framing(mls_bytes(welcome_body)?) {
                 Ok(Framing::Welcome { key_packages }) => key_packages,
@@ -468,13 +470,13 @@ pub(crate) enum Attempt {
 pub(crate) async fn sequence_one<S: Store>(
     node: &Node<S>,
     talks: TalksId,
-    key: &PublicKey,
+    sender: &VerifyingKey,
     view: &AccessView,
     header: &[u8],
     body: &[u8],
 ) -> Attempt {
     let mut submission: Submission =
-        match submit::validate(talks, key, &view.list, header, body.to_vec()) {
+        match submit::validate(talks, sender, &view.list, header, body.to_vec()) {
             Ok(s) => s,
             // Any refusal is given only against a list just read: a key
             // off the current list gets its 404, whatever else is wrong.
@@ -489,7 +491,7 @@ pub(crate) async fn sequence_one<S: Store>(
             ))));
         }
     };
-    let gated = match gate(node, &view.list, &signed, key, body).await {
+    let gated = match gate(node, &view.list, &signed, sender.public_key(), body).await {
         Ok(g) => g,
         Err(_) if !view.fresh => return Attempt::ListChanged,
         Err(e) => return Attempt::Done(Err(e)),

@@ -23,7 +23,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use backchannel_codec::{Decode, Encode, RoomId, TalksId};
-use backchannel_crypto::{Digest, KeyId, PublicKey, Signer, sha256};
+use backchannel_crypto::{Digest, KeyId, PublicKey, Signer, VerifyingKey, sha256};
 use backchannel_statement::access_list::{
     FLAG_DESIGNATED_SIGNER, FLAG_DEVICE, FLAG_MAY_PROPOSE, FLAG_MEDIATOR,
 };
@@ -47,9 +47,11 @@ use crate::submit::SubmitError;
 use crate::wake::Wakeups;
 
 /// The key a connection authenticated with, inserted into every request
-/// on it. `None`: the connection presented no client certificate.
+/// on it. `None`: the connection presented no client certificate. The key
+/// is kept decompressed, so that the envelopes of one connection are
+/// verified without decompressing it again for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer(pub Option<PublicKey>);
+pub struct Peer(pub Option<VerifyingKey>);
 
 /// How the node is set up (no IO: the CLI reads files and passes values).
 pub struct NodeConfig {
@@ -334,18 +336,38 @@ impl<S: Store> FromRequestParts<Arc<Node<S>>> for Authed {
         parts: &mut Parts,
         node: &Arc<Node<S>>,
     ) -> Result<Self, Self::Rejection> {
-        let key = parts
-            .extensions
-            .get::<Peer>()
-            .and_then(|p| p.0)
-            .ok_or_else(ApiError::unauthenticated)?;
-        if !node.rates.allow(key.id(), node.clock.now_ms()) {
-            return Err(ApiError::rate_limited(
-                "too many requests from this key; slow down and retry",
-            ));
-        }
-        Ok(Self(key))
+        authenticate(parts, node).map(|key| Self(*key.public_key()))
     }
+}
+
+/// [`Authed`] with the key as its connection keeps it, decompressed: for
+/// the handlers that verify the caller's envelope signatures.
+pub struct AuthedSender(pub VerifyingKey);
+
+impl<S: Store> FromRequestParts<Arc<Node<S>>> for AuthedSender {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        node: &Arc<Node<S>>,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(parts, node).map(Self)
+    }
+}
+
+/// The request's key, after its rate check.
+fn authenticate<S: Store>(parts: &Parts, node: &Node<S>) -> Result<VerifyingKey, ApiError> {
+    let key = parts
+        .extensions
+        .get::<Peer>()
+        .and_then(|p| p.0)
+        .ok_or_else(ApiError::unauthenticated)?;
+    if !node.rates.allow(key.public_key().id(), node.clock.now_ms()) {
+        return Err(ApiError::rate_limited(
+            "too many requests from this key; slow down and retry",
+        ));
+    }
+    Ok(key)
 }
 
 /// A JSON body, bounded by the route's body limit.
@@ -985,7 +1007,7 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
 
 async fn submit_envelope<S: Store>(
     State(node): State<Arc<Node<S>>>,
-    Authed(key): Authed,
+    AuthedSender(sender): AuthedSender,
     ApiPath(talks): ApiPath<String>,
     ApiBytes(bytes): ApiBytes,
 ) -> Result<axum::Json<api::Sequenced>, ApiError> {
@@ -996,7 +1018,7 @@ async fn submit_envelope<S: Store>(
     let mut view = node.access_view(talks, false).await?;
     let mut refreshed = 0;
     loop {
-        if view.list.get(&key.id()).is_none() {
+        if view.list.get(&sender.public_key().id()).is_none() {
             if view.fresh {
                 return Err(ApiError::not_found());
             }
@@ -1013,7 +1035,7 @@ async fn submit_envelope<S: Store>(
             ));
         }
         let (header, body) = bytes.split_at(SIGNED_HEADER_LEN);
-        match crate::rooms::sequence_one(&node, talks, &key, &view, header, body).await {
+        match crate::rooms::sequence_one(&node, talks, &sender, &view, header, body).await {
             crate::rooms::Attempt::Done(sequenced) => return sequenced.map(axum::Json),
             crate::rooms::Attempt::ListChanged => {
                 refreshed += 1;

@@ -9,7 +9,7 @@
 //! can never fail the others.
 
 use backchannel_codec::{DecodeError, TalksId};
-use backchannel_crypto::{PublicKey, sha256};
+use backchannel_crypto::{VerifyingKey, sha256};
 use backchannel_statement::access_list::{AccessList, FLAG_DEVICE};
 use backchannel_statement::header::{MAX_BODY, SIGNED_HEADER_LEN};
 use backchannel_statement::{Kind, SignedHeader};
@@ -93,14 +93,16 @@ impl SubmitError {
 }
 
 /// Validates one envelope submitted to `talks` on a connection
-/// authenticated as `connection_key`, against the talks' access list. On
+/// authenticated as `connection_key` (kept decompressed for the
+/// connection's life: one key decompression per connection, not per
+/// envelope), against the talks' access list. On
 /// success, the submission to sequence; the body moves into it (it is
 /// never copied on the way to storage). The caller sets its
 /// `access_version` to the list's version, so that the store refuses it
 /// if the list has changed since.
 pub fn validate(
     talks: TalksId,
-    connection_key: &PublicKey,
+    connection_key: &VerifyingKey,
     access: &AccessList,
     header: &[u8],
     body: Vec<u8>,
@@ -120,7 +122,7 @@ pub fn validate(
     if h.talks != talks || access.talks() != talks {
         return Err(SubmitError::OtherTalks);
     }
-    let key_id = connection_key.id();
+    let key_id = connection_key.public_key().id();
     if h.sender != key_id {
         return Err(SubmitError::NotConnectionKey);
     }
@@ -139,7 +141,7 @@ pub fn validate(
     }
     // The one signature check of the hot path.
     signed
-        .verify(connection_key)
+        .verify_with(connection_key)
         .map_err(|_| SubmitError::BadSignature)?;
     let body_hash = sha256(&body);
     if body_hash != h.body_hash {

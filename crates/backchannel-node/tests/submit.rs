@@ -65,7 +65,7 @@ fn check(connection: u8, e: &Envelope, want: Result<(), SubmitError>) {
     let t = fixtures::talks();
     let got = validate(
         t.talks,
-        &key(connection).public_key(),
+        &key(connection).public_key().verifying_key(),
         &access(),
         &e.header,
         e.body.clone(),
@@ -193,7 +193,14 @@ fn submission(i: u32) -> backchannel_store::Submission {
         |h| h.idempotency_key[..4].copy_from_slice(&i.to_be_bytes()),
         &us,
     );
-    validate(t.talks, &us.public_key(), &access(), &e.header, e.body).expect("valid")
+    validate(
+        t.talks,
+        &us.public_key().verifying_key(),
+        &access(),
+        &e.header,
+        e.body,
+    )
+    .expect("valid")
 }
 
 /// The node's log key, holding its first signature until released: a
@@ -362,7 +369,14 @@ fn large_submission(i: u32) -> backchannel_store::Submission {
     };
     header.idempotency_key[..4].copy_from_slice(&i.to_be_bytes());
     let header = header.sign(&us).expect("signs").to_bytes();
-    validate(t.talks, &us.public_key(), &access(), &header, body).expect("valid")
+    validate(
+        t.talks,
+        &us.public_key().verifying_key(),
+        &access(),
+        &header,
+        body,
+    )
+    .expect("valid")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@
 use backchannel_codec::{Decode, DecodeError, Encode, Reader, RoomId, TalksId, Writer};
 use backchannel_crypto::{
     BadSignature, Context, Digest, KeyId, PublicKey, SignError, Signature, Signer, ToVerify,
-    sha256, verify_many,
+    VerifyingKey, sha256, verify_many,
 };
 use rand_core::CryptoRngCore;
 use thiserror::Error;
@@ -296,7 +296,13 @@ impl SignedHeader {
 
     /// Verifies the signature by `sender`, whose id must be the header's sender.
     pub fn verify(&self, sender: &PublicKey) -> Result<(), BadSignature> {
-        if sender.id() != self.header.sender {
+        self.verify_with(&sender.verifying_key())
+    }
+
+    /// [`SignedHeader::verify`] under a key whose point the caller keeps
+    /// (the node keeps one per connection).
+    pub fn verify_with(&self, sender: &VerifyingKey) -> Result<(), BadSignature> {
+        if sender.public_key().id() != self.header.sender {
             return Err(BadSignature {
                 context: ENVELOPE_CONTEXT,
             });
