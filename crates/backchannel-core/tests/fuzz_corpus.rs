@@ -22,6 +22,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("receipt", backchannel_tlog::fuzz::receipt),
     ("proof", backchannel_tlog::fuzz::proof),
     ("evidence", backchannel_core::fuzz::evidence),
+    ("signature", backchannel_crypto::fuzz::signature),
 ];
 
 #[test]

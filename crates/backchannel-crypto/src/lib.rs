@@ -12,11 +12,14 @@
 //!   cards later); [`SecretKey`] is the in-memory implementation.
 //! - One verification policy, ZIP-215 ([`verify`] and [`BatchVerifier`] accept
 //!   exactly the same signatures), so batching can never change a verdict.
+//!   A [`VerifyingKey`] keeps a key's point for checking many signatures.
 //!
 //! Non-features: no IO, no randomness of its own (callers pass an RNG), no
 //! other signature algorithm in format version 1.
 
 mod context;
+#[doc(hidden)]
+pub mod fuzz;
 mod hash;
 mod keys;
 
