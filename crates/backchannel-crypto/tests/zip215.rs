@@ -5,16 +5,23 @@
 //! `ed25519-consensus`, its verdicts could drift from the batch verifier's;
 //! batching must never change a verdict (the module's verification
 //! policy). Every case below is checked by one helper, [`check`], which
-//! asserts that both verdicts agree and returns the verdict, so each case
-//! can also state what ZIP-215 says:
+//! asserts that `verify`, `VerifyingKey::verify`, `ed25519-consensus`'s
+//! single verification and a one-item `BatchVerifier` agree and returns the
+//! verdict, so each case can also state what ZIP-215 says:
 //!
 //! - a good signature verifies;
 //! - a signature whose signer added any of the eight torsion points to its
 //!   `R` verifies (the cofactored equation: a cofactorless verifier would
 //!   refuse seven of them), and one whose `R` was moved so after signing
-//!   does not;
-//! - `R` replaced by every encoding of a small-order point, canonical or
-//!   not, and by random bytes (about half are not points);
+//!   does not (but for the identity);
+//! - a signature by the key holder with `r = 0` verifies exactly when its
+//!   `R` decodes to a small-order point, in every such encoding (canonical
+//!   or not: `y ≥ p`, `x = 0` with the sign bit set; at least four
+//!   non-canonical ones), and fails for the other edge encodings;
+//! - a key with a torsion component (`A = [a]B + T`, which parsing
+//!   accepts) verifies its holder's signatures;
+//! - `R` replaced after signing by every edge encoding and by random
+//!   bytes (about half are not points);
 //! - `S + ℓ` (not canonical) and `S` with its top bit set are refused;
 //! - one flipped bit anywhere in the signature, and another message or
 //!   context, are refused.
@@ -25,7 +32,7 @@
 // Test code: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use backchannel_crypto::{Context, PublicKey, SecretKey, Signature, Signer, verify};
+use backchannel_crypto::{BatchVerifier, Context, PublicKey, SecretKey, Signature, Signer, verify};
 use curve25519_dalek::constants::EIGHT_TORSION;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -49,7 +56,9 @@ const P: [u8; 32] = {
     p
 };
 
-/// Our verdict and `ed25519-consensus`'s must agree; returns it.
+/// [`verify`], [`backchannel_crypto::VerifyingKey::verify`],
+/// `ed25519-consensus`'s single verification and a one-item
+/// [`BatchVerifier`] must agree; returns the verdict.
 fn check(case: &str, key: &PublicKey, context: Context, msg: &[u8], sig: &[u8; 64]) -> bool {
     let ours = verify(key, context, msg, &Signature(*sig)).is_ok();
     let kept = key
@@ -69,6 +78,11 @@ fn check(case: &str, key: &PublicKey, context: Context, msg: &[u8], sig: &[u8; 6
         "{case}: ours {ours}, ed25519-consensus {theirs} (key {key:?}, sig {})",
         hex::encode(sig)
     );
+    // And the batch path (ed25519-consensus's batch), with one item.
+    let mut batch = BatchVerifier::new();
+    batch.queue(key, context, msg, &Signature(*sig));
+    let batched = batch.verify(&mut ChaCha20Rng::seed_from_u64(8)).is_ok();
+    assert_eq!(ours, batched, "{case}: verify and BatchVerifier differ");
     ours
 }
 
@@ -85,11 +99,12 @@ fn add(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
 }
 
 /// Every encoding of a small-order point ZIP-215 decodes, canonical or not,
-/// and some that decode to nothing: `y + p` for `y < 19` (the only `y` with
-/// a second encoding below 2^255), each with both sign bits, the canonical
-/// encodings of the eight torsion points, and `y = 1` and `y = p − 1` (the
-/// points with `x = 0`) with the sign bit set.
-fn small_order_encodings() -> Vec<[u8; 32]> {
+/// and other non-canonical encodings: `y + p` for `y < 19` (the only `y`
+/// with a second encoding below 2^255; small-order for `y = 0` and `y = 1`,
+/// otherwise a point of large order or nothing), each with both sign bits,
+/// the canonical encodings of the eight torsion points, and `y = 1` and
+/// `y = p − 1` (the points with `x = 0`) with the sign bit set.
+fn edge_encodings() -> Vec<[u8; 32]> {
     let mut out = Vec::new();
     for y in 0u8..19 {
         let mut small = [0u8; 32];
@@ -114,31 +129,51 @@ fn small_order_encodings() -> Vec<[u8; 32]> {
     out
 }
 
-/// Signs `CTX ‖ msg` with `R = [r]B + T`: `S = r + k·a` with
-/// `k = SHA-512(R ‖ A ‖ CTX ‖ msg)`, `a` the key's secret scalar.
+/// `S = r + k·a` over `CTX ‖ msg`, with `k = SHA-512(R ‖ A ‖ CTX ‖ msg)`
+/// hashed over the exact bytes of `R` and `A` given: a signature made by
+/// whoever knows `a` and `r`, for any encoding of `R`.
+fn sign_raw(a: &Scalar, key: &[u8; 32], msg: &[u8], r: &Scalar, r_bytes: &[u8; 32]) -> [u8; 64] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha512::new();
+    h.update(r_bytes);
+    h.update(key);
+    h.update(CTX.as_bytes());
+    h.update(msg);
+    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    let s = r + k * a;
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(r_bytes);
+    sig[32..].copy_from_slice(s.as_bytes());
+    sig
+}
+
+/// The key's secret scalar `a` (`A = [a]B`).
+fn secret_scalar(secret: &SecretKey) -> Scalar {
+    Scalar::from_bytes_mod_order(*secret.x25519_secret())
+}
+
+fn random_scalar(rng: &mut ChaCha20Rng) -> Scalar {
+    let mut wide = [0u8; 64];
+    rng.fill_bytes(&mut wide);
+    Scalar::from_bytes_mod_order_wide(&wide)
+}
+
+/// Signs `CTX ‖ msg` with `R = [r]B + T`.
 fn sign_with_torsion(
     secret: &SecretKey,
     msg: &[u8],
     t: &EdwardsPoint,
     rng: &mut ChaCha20Rng,
 ) -> [u8; 64] {
-    use sha2::Digest as _;
-    let a = Scalar::from_bytes_mod_order(*secret.x25519_secret());
-    let mut wide = [0u8; 64];
-    rng.fill_bytes(&mut wide);
-    let r = Scalar::from_bytes_mod_order_wide(&wide);
+    let r = random_scalar(rng);
     let big_r = (EdwardsPoint::mul_base(&r) + t).compress().to_bytes();
-    let mut h = sha2::Sha512::new();
-    h.update(big_r);
-    h.update(secret.public_key().as_bytes());
-    h.update(CTX.as_bytes());
-    h.update(msg);
-    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
-    let s = r + k * a;
-    let mut sig = [0u8; 64];
-    sig[..32].copy_from_slice(&big_r);
-    sig[32..].copy_from_slice(s.as_bytes());
-    sig
+    sign_raw(
+        &secret_scalar(secret),
+        secret.public_key().as_bytes(),
+        msg,
+        &r,
+        &big_r,
+    )
 }
 
 fn r_of(sig: &[u8; 64]) -> [u8; 32] {
@@ -160,16 +195,28 @@ fn with_s(sig: &[u8; 64], s: &[u8; 32]) -> [u8; 64] {
 #[test]
 fn verify_agrees_with_ed25519_consensus_on_the_edges() {
     let mut rng = ChaCha20Rng::seed_from_u64(215);
-    let encodings = small_order_encodings();
+    let encodings = edge_encodings();
     let decodable = encodings
         .iter()
         .filter(|e| CompressedEdwardsY(**e).decompress().is_some())
         .count();
     // The 8 canonical torsion encodings, p and p + 1 (y = 0 and y = 1 once
     // more), and the x = 0 points with the sign bit set, at least.
+    assert!(decodable >= 12, "only {decodable} of the encodings decode");
+    // Of which non-canonical encodings of small-order points (y = 0 and
+    // y = 1 as y + p, the x = 0 points with the sign bit set), which the
+    // signed cases below must see accepted.
+    let non_canonical_small = encodings
+        .iter()
+        .filter(|e| {
+            CompressedEdwardsY(**e)
+                .decompress()
+                .is_some_and(|p| p.is_small_order() && p.compress().to_bytes() != **e)
+        })
+        .count();
     assert!(
-        decodable >= 12,
-        "only {decodable} small-order encodings decode"
+        non_canonical_small >= 4,
+        "only {non_canonical_small} non-canonical small-order encodings"
     );
     let (mut accepted, mut refused) = (0usize, 0usize);
     let mut tally = |v: bool| {
@@ -210,7 +257,47 @@ fn verify_agrees_with_ed25519_consensus_on_the_edges() {
             ));
         }
 
-        // R replaced by small-order and random encodings.
+        // R = a small-order point, in every encoding, signed by the key
+        // holder (r = 0, S = k·a over those exact bytes): `[S]B − [k]A` is
+        // the identity and `[8]R` too, so every encoding of a small-order
+        // point must verify, the non-canonical ones (y ≥ p, x = 0 with the
+        // sign bit set) included: ZIP-215 decodes them all. The other
+        // encodings in the list decode to points of large order (r = 0 is
+        // then the wrong discrete log) or to nothing, and must fail.
+        let a = secret_scalar(&secret);
+        for (i, enc) in encodings.iter().enumerate() {
+            let signed = sign_raw(&a, key.as_bytes(), &msg, &Scalar::ZERO, enc);
+            let small = CompressedEdwardsY(*enc)
+                .decompress()
+                .is_some_and(|p| p.is_small_order());
+            assert_eq!(
+                check(&format!("signed R {i}, r = 0"), &key, CTX, &msg, &signed),
+                small,
+                "round {round}: a signature with r = 0 on R encoding {i} ({}) must verify \
+                 exactly when the encoding decodes to a point of small order",
+                hex::encode(enc)
+            );
+            tally(small);
+        }
+
+        // A key with a torsion component, A = [a]B + T: canonical and not
+        // of small order, so parsing accepts it, and an honest signature
+        // verifies under the cofactored equation (`[S]B − [k]A = R − [k]T`).
+        for (i, t) in EIGHT_TORSION.iter().enumerate() {
+            let torsioned = (EdwardsPoint::mul_base(&a) + t).compress().to_bytes();
+            let tkey = PublicKey::from_bytes(&torsioned)
+                .unwrap_or_else(|e| panic!("round {round}: key + torsion {i} refused: {e}"));
+            let r = random_scalar(&mut rng);
+            let big_r = EdwardsPoint::mul_base(&r).compress().to_bytes();
+            let signed = sign_raw(&a, &torsioned, &msg, &r, &big_r);
+            assert!(
+                check(&format!("key + torsion {i}"), &tkey, CTX, &msg, &signed),
+                "round {round}: a key with torsion point {i} must verify its holder's signature"
+            );
+            tally(true);
+        }
+
+        // R replaced by small-order and random encodings after signing.
         for (i, enc) in encodings.iter().enumerate() {
             tally(check(
                 &format!("small-order R {i}"),
