@@ -112,9 +112,10 @@ impl PublicKey {
     /// using the same key pair for Ed25519 and an X25519 based KEM") proves
     /// the combination secure. Every such use names its own HPKE `info`.
     pub fn to_x25519(&self) -> [u8; 32] {
-        self.verifying_key()
-            .minus_a
-            .map_or([0; 32], |minus_a| (-minus_a).to_montgomery().to_bytes())
+        // A parsed key always decompresses (checked in `from_bytes`).
+        CompressedEdwardsY(self.0)
+            .decompress()
+            .map_or([0; 32], |p| p.to_montgomery().to_bytes())
     }
 
     /// The key with its point decompressed, to check many signatures
