@@ -16,10 +16,10 @@
 //! `context ‖ message`. We need no test-only "raw" entry point in the public
 //! API: [`Context::C2SP_SIGNED_NOTE`] is the empty context, so verifying under
 //! it checks exactly the raw message, through the very code every other
-//! context uses. `ed25519-consensus` is called directly only to mirror that
-//! code where our API cannot go: keys that [`PublicKey::from_bytes`]
-//! refuses (and the mirror is checked against the real path on every other
-//! vector).
+//! context uses. `ed25519-consensus` is called directly as the ZIP-215
+//! reference: our batch paths are built on it, our single verification is
+//! not (it runs the same equation on `curve25519-dalek` 4), and it also
+//! covers keys [`PublicKey::from_bytes`] refuses, where our API cannot go.
 
 #![allow(missing_docs)]
 // Test code: a panic is the failure report.
@@ -75,8 +75,8 @@ fn signature(bytes: &[u8]) -> Option<[u8; 64]> {
 }
 
 /// ZIP-215 single and batch verdicts straight from `ed25519-consensus`, for
-/// any 32 key bytes (mirrors `backchannel_crypto::verify` and
-/// `BatchVerifier::queue`, minus the key check).
+/// any 32 key bytes (the reference `backchannel_crypto::verify` must match,
+/// and what `BatchVerifier::queue` runs, minus the key check).
 fn zip215_verdicts(pk: &[u8], msg: &[u8], sig: &[u8], rng: &mut ChaCha20Rng) -> (bool, bool) {
     let (Ok(pk), Some(sig)) = (<[u8; 32]>::try_from(pk), signature(sig)) else {
         return (false, false);
